@@ -1,0 +1,92 @@
+"""``neuroplastic`` command line: rank, run, report, view.
+
+Every user-facing failure is a ``NeuroplasticError``, printed as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from neuroplastic.errors import NeuroplasticError
+
+    try:
+        return int(args.handler(args) or 0)
+    except NeuroplasticError as error:
+        print(f"neuroplastic {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"neuroplastic {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroplastic",
+        description="Remove a concept from a model by ablating its neurons, retrain, and trace "
+        "where it comes back.",
+    )
+    commands = parser.add_subparsers(dest="command")
+
+    rank = commands.add_parser("rank", help="rank MLP neurons by saliency for a concept")
+    _model_data_args(rank)
+    rank.add_argument("--concept", default="LOC", help="concept label (default: LOC)")
+    rank.add_argument("--method", default="probeless", help="probeless (default) or smd")
+    rank.add_argument("--top", type=int, default=20, help="neurons to print (default: 20)")
+    rank.add_argument("--top-k-tokens", type=int, default=10,
+                      help="top activating tokens kept per neuron (default: 10)")
+    rank.add_argument("--json", type=Path, help="write every neuron's ranking to this file")
+    rank.set_defaults(handler=_rank)
+    return parser
+
+
+def _model_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="embedded",
+                        help="embedded (offline MiniLM, default), tiny-gpt2, tiny-bert, a local "
+                        "directory or a Hugging Face name")
+    parser.add_argument("--dataset", default="embedded",
+                        help="embedded (synthetic offline NER corpus, default), a CoNLL file or "
+                        "directory, or a Hugging Face dataset name")
+    parser.add_argument("--split", default="validation", choices=("train", "validation"))
+    parser.add_argument("--limit", type=int, default=None, help="use at most N sentences")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from neuroplastic.api import rank_neurons
+    from neuroplastic.io import atomic_write_json
+
+    result = rank_neurons(
+        model=args.model, dataset=args.dataset, concept=args.concept, method=args.method,
+        split=args.split, limit=args.limit, batch_size=args.batch_size,
+        top_k_tokens=args.top_k_tokens, device=args.device, progress=not args.quiet,
+    )
+    print(f"{args.method} saliency for {args.concept} in {args.model} "
+          f"({result.n_layers} layers x {result.d_mlp} neurons)")
+    print(f"{'rank':>5} {'layer':>5} {'neuron':>6} {'saliency':>9}  top tokens")
+    for row in result.rows[: args.top]:
+        tokens = " ".join(repr(t) for t in row["top_tokens"][:8])
+        print(f"{row['rank']:>5} {row['layer']:>5} {row['neuron']:>6} {row['saliency']:>9.5f}  "
+              f"{tokens}")
+    if args.json:
+        atomic_write_json(args.json, result.to_json())
+        print(f"wrote {len(result.rows)} neurons to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

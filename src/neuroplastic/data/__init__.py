@@ -1,0 +1,1 @@
+"""Concept data: word-level NER corpora and their model-token alignment."""

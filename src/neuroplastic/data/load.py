@@ -1,0 +1,47 @@
+"""Pick a corpus by name: ``embedded``, a CoNLL file or directory, or a Hugging Face dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from neuroplastic.data.concept import ConceptDataset
+from neuroplastic.data.types import ENTITY_TYPES, NerCorpus
+from neuroplastic.errors import NeuroplasticError
+
+EMBEDDED = "embedded"
+
+
+def load_corpus(name: str = EMBEDDED, n_train: int = 4000, n_validation: int = 800,
+                seed: int = 0) -> NerCorpus:
+    """``embedded`` (the synthetic offline corpus), a CoNLL path, or a hub dataset name."""
+    if name == EMBEDDED:
+        from neuroplastic.data.synthetic import generate_corpus
+
+        return generate_corpus(n_train=n_train, n_validation=n_validation, seed=seed)
+    path = Path(name).expanduser()
+    if path.exists():
+        from neuroplastic.data.conll import read_conll
+
+        return read_conll(path)
+    if name.startswith((".", "/", "~")) or name.endswith((".txt", ".conll")):
+        raise NeuroplasticError(f"dataset path not found: {path}")
+    from neuroplastic.data.hf import load_hf_dataset
+
+    return load_hf_dataset(name)
+
+
+def concept_labels(corpus: NerCorpus) -> tuple[str, ...]:
+    """``O`` then the entity types, the usual four first in their customary order."""
+    present = corpus.entity_types
+    ordered = [t for t in ENTITY_TYPES if t in present]
+    return ("O", *ordered, *sorted(set(present) - set(ordered)))
+
+
+def encode_split(corpus: NerCorpus, tokenizer, split: Literal["train", "validation"],
+                 max_length: int = 128, limit: int | None = None) -> ConceptDataset:
+    sentences = getattr(corpus, split)
+    if limit is not None:
+        sentences = sentences[:limit]
+    return ConceptDataset(sentences, tokenizer, concept_labels(corpus), corpus.tag_names,
+                          max_length=max_length)

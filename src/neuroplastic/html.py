@@ -1,0 +1,659 @@
+"""Self-contained, offline HTML pages with tables, Plotly figures and CircuitsVis views.
+
+A page is built block by block and written as one file that opens from ``file://`` with no
+network: plotly.js and the CircuitsVis browser bundle are inlined, each at most once per page and
+only when the page uses it.
+
+CircuitsVis (1.43) ships an IIFE bundle (``circuitsvis/dist/cdn/iife.js``) that defines the global
+``window.CircuitsVis`` with every React component (``TextNeuronActivations``, ``ColoredTokens``,
+``TopkTokens``, ...) and ``render(elementId, Component, props)``. Its own Python helpers either load
+that bundle from a CDN (blank offline) or inline the 1.3 MB bundle once per view, and emit
+``<div id=... />``, which HTML parses as an *open* div, so only the first of several views renders.
+Here each view is an empty ``<div id=...></div>`` plus its props in a
+``<script type="application/json">`` block; one bootstrap script after the single inlined bundle
+renders every view.
+
+The ``*_props`` functions build the props the Python ``circuitsvis`` functions send to their
+React components (camelCase names, arrays as nested lists, ``None`` options left out), without
+importing ``circuitsvis`` (which imports torch). Two deliberate differences:
+
+* Token strings are HTML-escaped (``escape_tokens=True``). The CircuitsVis components insert each
+  token with ``dangerouslySetInnerHTML`` (after turning whitespace into ``&nbsp;``), so a raw
+  ``<|endoftext|>`` or ``</b>`` token vanishes or breaks the layout, and a token such as
+  ``<img src=... onerror=...>`` would run code or fetch from the network. The cost: the hover
+  tooltip of ``ColoredTokens``, which shows the token as plain text, shows ``&lt;`` for ``<``.
+* Non-finite floats (NaN, inf) become ``null``, because the props travel as strict JSON.
+
+Example::
+
+    page = HtmlPage("Relearning report")
+    page.heading("Where the concept went")
+    page.paragraph("Top-activating tokens per pruned neuron.")
+    page.circuitsvis("ColoredTokens", colored_tokens_props(tokens, values))
+    with page.details("Per-layer saliency"):
+        page.plotly(fig)
+        page.table(df, caption="Saliency by layer")
+    page.write("out/report.html")
+"""
+
+from __future__ import annotations
+
+import html as _html
+import importlib.util
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from neuroplastic.errors import NeuroplasticError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+__all__ = [
+    "CIRCUITSVIS_COMPONENTS",
+    "HtmlPage",
+    "circuitsvis_bundle_path",
+    "colored_tokens_multi_props",
+    "colored_tokens_props",
+    "expand_self_closing_divs",
+    "json_for_script",
+    "text_neuron_activations_props",
+    "topk_samples_props",
+    "topk_tokens_props",
+]
+
+#: Components exported on ``window.CircuitsVis`` by the circuitsvis 1.43 bundle.
+CIRCUITSVIS_COMPONENTS: frozenset[str] = frozenset(
+    {
+        "AttentionHeads",
+        "AttentionPattern",
+        "AttentionPatterns",
+        "ColoredTokens",
+        "ColoredTokensMulti",
+        "Hello",
+        "TextNeuronActivations",
+        "TokenLogProbs",
+        "TopkSamples",
+        "TopkTokens",
+    }
+)
+
+CSS = """\
+:root { color-scheme: light; }
+body {
+  margin: 0; background: #fff; color: #1f2328; line-height: 1.5;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+}
+main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 1.25rem 4rem; }
+h1 { font-size: 1.9rem; margin: 0.5rem 0 1rem; }
+h2 { font-size: 1.4rem; margin-top: 2.2rem; padding-bottom: 0.25rem;
+     border-bottom: 1px solid #d0d7de; }
+h3 { font-size: 1.15rem; margin-top: 1.6rem; }
+p { max-width: 80ch; }
+pre, code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+pre { background: #f6f8fa; padding: 0.75rem 1rem; border-radius: 6px; overflow-x: auto;
+      font-size: 0.85rem; }
+.np-table-wrap { overflow-x: auto; margin: 1rem 0; }
+table.np-table { border-collapse: collapse; font-size: 0.9rem; font-variant-numeric: tabular-nums; }
+table.np-table caption { caption-side: top; text-align: left; font-weight: 600;
+                         padding-bottom: 0.4rem; }
+table.np-table th, table.np-table td { padding: 0.3rem 0.75rem; text-align: right;
+                                       border-bottom: 1px solid #d0d7de; }
+table.np-table thead th { background: #f6f8fa; border-bottom: 2px solid #8c959f; }
+table.np-table tbody th { text-align: left; }
+table.np-table tbody tr:nth-child(even) { background: #fafbfc; }
+.np-cv { margin: 15px 0; }
+.np-plot { margin: 1rem 0; }
+details { border: 1px solid #d0d7de; border-radius: 6px; padding: 0.5rem 1rem; margin: 1rem 0; }
+details > summary { cursor: pointer; font-weight: 600; }
+details[open] > summary { margin-bottom: 0.5rem; }
+.np-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b;
+            border-radius: 4px; padding: 0.5rem 0.75rem; }
+"""
+
+# Renders every CircuitsVis view declared on the page. Runs once, after the bundle.
+_CIRCUITSVIS_BOOTSTRAP = """\
+(function () {
+  "use strict";
+  var cv = window.CircuitsVis;
+  var blocks = document.querySelectorAll('script[type="application/json"][data-circuitsvis]');
+  Array.prototype.forEach.call(blocks, function (block) {
+    var target = block.getAttribute("data-target");
+    var name = block.getAttribute("data-circuitsvis");
+    var box = document.getElementById(target);
+    try {
+      if (!cv || typeof cv.render !== "function") {
+        throw new Error("the CircuitsVis bundle did not load");
+      }
+      if (cv[name] == null) { throw new Error("CircuitsVis has no component " + name); }
+      cv.render(target, cv[name], JSON.parse(block.textContent));
+    } catch (err) {
+      console.error("neuroplastic: CircuitsVis view #" + target + " failed: " + err);
+      if (box) {
+        box.className += " np-error";
+        box.textContent = "This " + name + " view failed to render: " + err;
+      }
+    }
+  });
+})();
+"""
+
+# Plotly sizes a figure from its container; a figure drawn inside a closed <details> gets a
+# wrong width, so resize figures when their <details> opens. "toggle" does not bubble: capture.
+_PLOTLY_TOGGLE_RESIZE = """\
+document.addEventListener("toggle", function (event) {
+  var el = event.target;
+  if (!el.open || !window.Plotly || !el.querySelectorAll) { return; }
+  Array.prototype.forEach.call(el.querySelectorAll(".plotly-graph-div"), function (div) {
+    window.Plotly.Plots.resize(div);
+  });
+}, true);
+"""
+
+_SELF_CLOSING_DIV = re.compile(r"<div\b([^<>]*?)\s*/>", re.IGNORECASE)
+_CLOSE_SCRIPT = re.compile(r"</(script)", re.IGNORECASE)
+_SOURCE_MAP = re.compile(r"^//# sourceMappingURL=.*$", re.MULTILINE)
+
+
+# --------------------------------------------------------------------------------------------
+# Escaping helpers
+# --------------------------------------------------------------------------------------------
+
+
+def expand_self_closing_divs(html: str) -> str:
+    """Rewrite ``<div .../>`` (which HTML parses as an unclosed div) as ``<div ...></div>``."""
+    return _SELF_CLOSING_DIV.sub(r"<div\1></div>", html)
+
+
+def json_for_script(value: Any) -> str:
+    """Serialise ``value`` as strict JSON that is safe inside an HTML ``<script>`` element.
+
+    ``<``, ``>`` and ``&`` can only occur inside JSON strings, where ``\\u003c`` etc. decode to
+    the same characters, so ``</script>`` or ``<!--`` in user text cannot end or corrupt the
+    script element. Non-finite floats become ``null``.
+    """
+    text = json.dumps(_jsonable(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
+def _inline_script(js: str) -> str:
+    """Make third-party JavaScript safe to place inside ``<script>...</script>``.
+
+    ``</script`` can only occur in a string, template or regex literal, or a comment, where
+    ``<\\/script`` means the same thing.
+    """
+    return _CLOSE_SCRIPT.sub(r"<\\/\1", js)
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy / torch values (anything with ``tolist``) and tuples to plain JSON types."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"prop keys must be strings, got {key!r}")
+            out[key] = _jsonable(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return _jsonable(value.tolist())
+    raise TypeError(f"cannot convert {type(value).__name__} to JSON for the page")
+
+
+# --------------------------------------------------------------------------------------------
+# Inlined JavaScript
+# --------------------------------------------------------------------------------------------
+
+
+def circuitsvis_bundle_path() -> Path:
+    """The installed CircuitsVis browser bundle (``circuitsvis/dist/cdn/iife.js``).
+
+    Found without importing ``circuitsvis`` (its ``__init__`` imports torch).
+    """
+    spec = importlib.util.find_spec("circuitsvis")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / "dist" / "cdn" / "iife.js"
+        if candidate.is_file():
+            return candidate
+    raise NeuroplasticError(
+        "The CircuitsVis browser bundle (circuitsvis/dist/cdn/iife.js) was not found; "
+        "install it with `pip install 'circuitsvis>=1.43'`."
+    )
+
+
+@lru_cache(maxsize=1)
+def _circuitsvis_js() -> str:
+    js = circuitsvis_bundle_path().read_text(encoding="utf-8")
+    # The .map file sits next to the bundle, not next to the page; drop the dangling reference.
+    return _inline_script(_SOURCE_MAP.sub("", js))
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    import plotly.offline
+
+    return _inline_script(plotly.offline.get_plotlyjs())
+
+
+# --------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------
+
+
+class HtmlPage:
+    """An HTML report built block by block and written as one self-contained file.
+
+    Element ids are ``{id_prefix}-{kind}-{n}``, unique within the page and deterministic, so
+    the same content always gives the same bytes.
+    """
+
+    def __init__(self, title: str, *, id_prefix: str = "np") -> None:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", id_prefix):
+            raise ValueError(f"id_prefix must be a CSS identifier, got {id_prefix!r}")
+        self.title = title
+        self._id_prefix = id_prefix
+        self._next_id = 0
+        self._stack: list[list[str]] = [[]]
+        self._n_plots = 0
+        self._n_views = 0
+
+    # -- text ----------------------------------------------------------------------------------
+
+    def heading(self, text: str, level: int = 2) -> None:
+        """Add ``<h{level}>`` with escaped text. Level 1 is used by the page title."""
+        if not 1 <= level <= 6:
+            raise ValueError(f"heading level must be 1..6, got {level}")
+        self._add(f"<h{level}>{_html.escape(text)}</h{level}>")
+
+    def paragraph(self, text: str) -> None:
+        """Add a paragraph of plain text (escaped)."""
+        self._add(f"<p>{_html.escape(text)}</p>")
+
+    def preformatted(self, text: str) -> None:
+        """Add plain text in a monospace block, whitespace kept (escaped)."""
+        self._add(f"<pre>{_html.escape(text)}</pre>")
+
+    def raw(self, html: str) -> None:
+        """Add trusted HTML as is, except that ``<div .../>`` becomes ``<div ...></div>``."""
+        self._add(expand_self_closing_divs(html))
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def table(
+        self,
+        df: pd.DataFrame,
+        caption: str | None = None,
+        *,
+        index: bool = True,
+        float_format: str | None = "{:.4g}",
+        max_rows: int | None = None,
+    ) -> None:
+        """Add a DataFrame as a styled table; cells, labels and caption are escaped.
+
+        ``float_format`` is a ``str.format`` pattern for float cells (None: pandas' default).
+        """
+        formatter = float_format.format if float_format is not None else None
+        body = df.to_html(
+            border=0,
+            classes="np-table",
+            escape=True,
+            index=index,
+            float_format=formatter,
+            max_rows=max_rows,
+            na_rep="",
+        )
+        if caption is not None:
+            body = re.sub(
+                r"(<table\b[^>]*>)",
+                lambda m: f"{m.group(1)}\n  <caption>{_html.escape(caption)}</caption>",
+                body,
+                count=1,
+            )
+        self._add(f'<div class="np-table-wrap">\n{body}\n</div>')
+
+    def plotly(self, fig: go.Figure, *, height: str = "450px") -> str:
+        """Add a Plotly figure; returns its div id.
+
+        plotly.js is inlined once in the page head. ``height`` is the CSS height used when the
+        figure's layout sets none.
+        """
+        if not hasattr(fig, "to_html"):
+            raise TypeError(f"expected a plotly Figure, got {type(fig).__name__}")
+        div_id = self._new_id("plot")
+        body = fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            include_mathjax=False,
+            div_id=div_id,
+            default_width="100%",
+            default_height=height,
+            config={"displaylogo": False, "responsive": True},
+        )
+        self._n_plots += 1
+        self._add(f'<div class="np-plot">{body}</div>')
+        return div_id
+
+    def circuitsvis(self, component: str, props: Mapping[str, Any]) -> str:
+        """Add a CircuitsVis React component with the given props; returns its container id.
+
+        Build ``props`` with the ``*_props`` functions of this module (or pass camelCase props
+        as the CircuitsVis React component takes them). ``None`` props are left out, as
+        CircuitsVis does.
+        """
+        if component not in CIRCUITSVIS_COMPONENTS:
+            known = ", ".join(sorted(CIRCUITSVIS_COMPONENTS))
+            raise ValueError(f"unknown CircuitsVis component {component!r}; known: {known}")
+        div_id = self._new_id("cv")
+        data = json_for_script({k: v for k, v in props.items() if v is not None})
+        self._n_views += 1
+        self._add(
+            f'<div id="{div_id}" class="np-cv" data-component="{component}"></div>\n'
+            f'<script type="application/json" data-circuitsvis="{component}" '
+            f'data-target="{div_id}">{data}</script>'
+        )
+        return div_id
+
+    # -- structure -----------------------------------------------------------------------------
+
+    @contextmanager
+    def details(self, summary: str, *, open: bool = False) -> Iterator[None]:
+        """Group the blocks added inside the ``with`` into a collapsible ``<details>``."""
+        self._stack.append([])
+        try:
+            yield
+        finally:
+            inner = self._stack.pop()
+            attr = " open" if open else ""
+            self._add(
+                f"<details{attr}>\n<summary>{_html.escape(summary)}</summary>\n"
+                + "\n".join(inner)
+                + "\n</details>"
+            )
+
+    # -- output --------------------------------------------------------------------------------
+
+    def to_html(self) -> str:
+        """The complete document."""
+        if len(self._stack) != 1:
+            raise RuntimeError("to_html() called inside an open details() block")
+        title = _html.escape(self.title)
+        head = [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            '<meta name="generator" content="neuroplastic">',
+            f"<title>{title}</title>",
+            f"<style>\n{CSS}</style>",
+        ]
+        if self._n_plots:
+            # In the head: each figure's own script calls Plotly.newPlot as soon as it is parsed.
+            head.append(f"<script>{_plotly_js()}</script>")
+            head.append(f"<script>\n{_PLOTLY_TOGGLE_RESIZE}</script>")
+        head.append("</head>")
+        body = ["<body>", "<main>", f"<h1>{title}</h1>", *self._stack[0], "</main>"]
+        if self._n_views:
+            body.append(f"<script>{_circuitsvis_js()}\n</script>")
+            body.append(f"<script>\n{_CIRCUITSVIS_BOOTSTRAP}</script>")
+        body += ["</body>", "</html>", ""]
+        return "\n".join(head + body)
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the page atomically (temporary file in the same directory, then rename)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = self.to_html()
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return target
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _new_id(self, kind: str) -> str:
+        self._next_id += 1
+        return f"{self._id_prefix}-{kind}-{self._next_id}"
+
+    def _add(self, html: str) -> None:
+        self._stack[-1].append(html)
+
+
+# --------------------------------------------------------------------------------------------
+# CircuitsVis props, as the circuitsvis Python functions build them
+# --------------------------------------------------------------------------------------------
+
+
+def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
+    """A numpy view of a numpy array, torch tensor (any device / dtype) or nested list."""
+    if hasattr(value, "detach"):
+        tensor = value.detach().cpu()
+        try:
+            arr = tensor.numpy()
+        except TypeError:  # bfloat16 and other dtypes numpy lacks
+            arr = tensor.float().numpy()
+    else:
+        arr = np.asarray(value)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    return arr
+
+
+def _without_none(props: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in props.items() if v is not None}
+
+
+def _token_html(tokens: Sequence[str], escape: bool) -> list[str]:
+    """Tokens as the HTML that CircuitsVis inserts verbatim (see the module docstring)."""
+    if isinstance(tokens, str):
+        raise TypeError("tokens must be a sequence of strings, not one string")
+    return [_html.escape(str(t), quote=False) if escape else str(t) for t in tokens]
+
+
+def _check_tokens(tokens: Sequence[str], n: int, what: str) -> None:
+    if len(tokens) != n:
+        raise ValueError(f"{len(tokens)} tokens but {what} has {n} positions")
+
+
+def text_neuron_activations_props(
+    tokens: Sequence[str] | Sequence[Sequence[str]],
+    activations: Any,
+    first_dimension_name: str | None = "Layer",
+    second_dimension_name: str | None = "Neuron",
+    first_dimension_labels: Sequence[str] | None = None,
+    second_dimension_labels: Sequence[str] | None = None,
+    *,
+    escape_tokens: bool = True,
+) -> dict[str, Any]:
+    """Props of ``TextNeuronActivations`` (``circuitsvis.activations.text_neuron_activations``).
+
+    One sample: ``tokens`` a list of strings, ``activations`` an array [tokens, layers, neurons].
+    Several samples: a list of token lists and a list of such arrays.
+    """
+    single = hasattr(activations, "ndim")
+    if single:
+        arr = _array(activations, "activations", 3)
+        _check_tokens(tokens, arr.shape[0], "activations")
+        acts: Any = arr.tolist()
+    else:
+        if len(tokens) != len(activations):
+            raise ValueError(f"{len(tokens)} token lists but {len(activations)} activation arrays")
+        acts = []
+        for sample_tokens, sample in zip(tokens, activations, strict=True):
+            arr = _array(sample, "each activations array", 3)
+            _check_tokens(sample_tokens, arr.shape[0], "its activations array")
+            acts.append(arr.tolist())
+    return _without_none(
+        {
+            "tokens": (
+                _token_html(tokens, escape_tokens)  # type: ignore[arg-type]
+                if single
+                else [_token_html(t, escape_tokens) for t in tokens]
+            ),
+            "activations": acts,
+            "firstDimensionName": first_dimension_name,
+            "secondDimensionName": second_dimension_name,
+            "firstDimensionLabels": _opt_list(first_dimension_labels),
+            "secondDimensionLabels": _opt_list(second_dimension_labels),
+        }
+    )
+
+
+def colored_tokens_props(
+    tokens: Sequence[str],
+    values: Any,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    negative_color: str | None = None,
+    positive_color: str | None = None,
+    *,
+    escape_tokens: bool = True,
+) -> dict[str, Any]:
+    """Props of ``ColoredTokens`` (``circuitsvis.tokens.colored_tokens``): one value per token."""
+    arr = _array(values, "values", 1)
+    _check_tokens(tokens, arr.shape[0], "values")
+    return _without_none(
+        {
+            "tokens": _token_html(tokens, escape_tokens),
+            "values": arr.tolist(),
+            "minValue": min_value,
+            "maxValue": max_value,
+            "negativeColor": negative_color,
+            "positiveColor": positive_color,
+        }
+    )
+
+
+def colored_tokens_multi_props(
+    tokens: Sequence[str],
+    values: Any,
+    labels: Sequence[str] | None = None,
+    *,
+    escape_tokens: bool = True,
+) -> dict[str, Any]:
+    """Props of ``ColoredTokensMulti`` (``circuitsvis.tokens.colored_tokens_multi``).
+
+    ``values`` has shape [tokens, K]; ``labels`` names the K value types.
+    """
+    arr = _array(values, "values", 2)
+    _check_tokens(tokens, arr.shape[0], "values")
+    if labels and len(labels) != arr.shape[1]:
+        raise ValueError(f"{len(labels)} labels but values has {arr.shape[1]} columns")
+    return _without_none(
+        {
+            "tokens": _token_html(tokens, escape_tokens),
+            "values": arr.tolist(),
+            "labels": _opt_list(labels),
+        }
+    )
+
+
+def topk_tokens_props(
+    tokens: Sequence[Sequence[str]],
+    activations: Sequence[Any],
+    max_k: int = 10,
+    first_dimension_name: str = "Layer",
+    third_dimension_name: str = "Neuron",
+    sample_labels: Sequence[str] | None = None,
+    first_dimension_labels: Sequence[str] | None = None,
+    *,
+    escape_tokens: bool = True,
+) -> dict[str, Any]:
+    """Props of ``TopkTokens`` (``circuitsvis.topk_tokens.topk_tokens``).
+
+    ``activations`` holds one array [layers, tokens, neurons] per sample. As in CircuitsVis,
+    top-k and bottom-k are taken over the tokens of each sample separately (k = min(max_k,
+    n_tokens)); bottom-k is listed from the largest of the bottom values down.
+    """
+    if len(tokens) != len(activations):
+        raise ValueError(f"{len(tokens)} token lists but {len(activations)} activation arrays")
+    topk_vals, topk_idxs, bottomk_vals, bottomk_idxs = [], [], [], []
+    for sample_tokens, sample in zip(tokens, activations, strict=True):
+        arr = _array(sample, "each activations array", 3)
+        _check_tokens(sample_tokens, arr.shape[1], "its activations array (axis 1)")
+        k = min(arr.shape[1], max_k)
+        ascending = np.argsort(arr, axis=1, kind="stable")
+        top = ascending[:, ::-1, :][:, :k, :]
+        bottom = ascending[:, :k, :][:, ::-1, :]
+        topk_vals.append(np.take_along_axis(arr, top, axis=1).tolist())
+        topk_idxs.append(top.tolist())
+        bottomk_vals.append(np.take_along_axis(arr, bottom, axis=1).tolist())
+        bottomk_idxs.append(bottom.tolist())
+    return _without_none(
+        {
+            "tokens": [_token_html(t, escape_tokens) for t in tokens],
+            "topkVals": topk_vals,
+            "topkIdxs": topk_idxs,
+            "bottomkVals": bottomk_vals,
+            "bottomkIdxs": bottomk_idxs,
+            "firstDimensionName": first_dimension_name,
+            "thirdDimensionName": third_dimension_name,
+            "sampleLabels": _opt_list(sample_labels),
+            "firstDimensionLabels": _opt_list(first_dimension_labels),
+        }
+    )
+
+
+def topk_samples_props(
+    tokens: Sequence[Sequence[Sequence[Sequence[str]]]],
+    activations: Any,
+    zeroth_dimension_name: str | None = "Layer",
+    first_dimension_name: str | None = "Neuron",
+    zeroth_dimension_labels: Sequence[str] | None = None,
+    first_dimension_labels: Sequence[str] | None = None,
+    *,
+    escape_tokens: bool = True,
+) -> dict[str, Any]:
+    """Props of ``TopkSamples`` (``circuitsvis.topk_samples.topk_samples``).
+
+    ``tokens`` and ``activations`` are nested [layers][neurons][samples][tokens].
+    """
+    return _without_none(
+        {
+            "tokens": [
+                [[_token_html(sample, escape_tokens) for sample in neuron] for neuron in layer]
+                for layer in tokens
+            ],
+            "activations": _jsonable(activations),
+            "zerothDimensionName": zeroth_dimension_name,
+            "firstDimensionName": first_dimension_name,
+            "zerothDimensionLabels": _opt_list(zeroth_dimension_labels),
+            "firstDimensionLabels": _opt_list(first_dimension_labels),
+        }
+    )
+
+
+def _opt_list(values: Sequence[str] | None) -> list[str] | None:
+    return None if values is None else list(values)

@@ -1,0 +1,151 @@
+"""Sets of MLP neurons, chosen from a ranking or at random, with a JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.io import atomic_write_json
+from neuroplastic.ranking import Ranking
+
+
+@dataclass(frozen=True)
+class NeuronSet:
+    """Neurons as sorted ``(layer, neuron)`` pairs in a model of ``n_layers x d_mlp``."""
+
+    n_layers: int
+    d_mlp: int
+    neurons: tuple[tuple[int, int], ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        cleaned = tuple(sorted({(int(layer), int(n)) for layer, n in self.neurons}))
+        for layer, neuron in cleaned:
+            if not (0 <= layer < self.n_layers and 0 <= neuron < self.d_mlp):
+                raise NeuroplasticError(
+                    f"neuron {layer}:{neuron} is out of range: the model has layers "
+                    f"0..{self.n_layers - 1} and neurons 0..{self.d_mlp - 1} per layer"
+                )
+        object.__setattr__(self, "neurons", cleaned)
+
+    @classmethod
+    def of(cls, n_layers: int, d_mlp: int, neurons: Iterable[tuple[int, int]],
+           description: str = "") -> NeuronSet:
+        return cls(n_layers, d_mlp, tuple(neurons), description)
+
+    @classmethod
+    def parse(cls, text: str, n_layers: int, d_mlp: int) -> NeuronSet:
+        """``"3:17,5:2"`` -> neurons 17 of layer 3 and 2 of layer 5."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            layer, sep, neuron = item.partition(":")
+            if not sep or not layer.strip().isdigit() or not neuron.strip().isdigit():
+                raise NeuroplasticError(
+                    f"cannot read neuron {item!r}: write LAYER:NEURON, e.g. 3:17,5:2"
+                )
+            pairs.append((int(layer), int(neuron)))
+        if not pairs:
+            raise NeuroplasticError("no neurons given: write LAYER:NEURON[,LAYER:NEURON...]")
+        return cls(n_layers, d_mlp, tuple(pairs), f"neurons {text}")
+
+    @classmethod
+    def top_k(cls, ranking: Ranking, k: int) -> NeuronSet:
+        _check_count(k, ranking.scores.numel())
+        return cls(ranking.n_layers, ranking.d_mlp, tuple(ranking.top(k)),
+                   f"top {k} {ranking.concept} neurons by {ranking.method}")
+
+    @classmethod
+    def top_fraction(cls, ranking: Ranking, fraction: float) -> NeuronSet:
+        if not 0 < fraction <= 1:
+            raise NeuroplasticError(f"fraction must be in (0, 1], got {fraction}")
+        k = max(1, round(fraction * ranking.scores.numel()))
+        chosen = cls.top_k(ranking, k)
+        return cls(chosen.n_layers, chosen.d_mlp, chosen.neurons,
+                   f"top {fraction:.1%} ({k}) {ranking.concept} neurons by {ranking.method}")
+
+    @classmethod
+    def per_layer_top_k(cls, ranking: Ranking, k: int) -> NeuronSet:
+        _check_count(k, ranking.d_mlp)
+        top = torch.argsort(-ranking.scores, dim=1, stable=True)[:, :k]
+        pairs = [(layer, int(n)) for layer in range(ranking.n_layers) for n in top[layer]]
+        return cls(ranking.n_layers, ranking.d_mlp, tuple(pairs),
+                   f"top {k} {ranking.concept} neurons per layer by {ranking.method}")
+
+    def random_matching(self, seed: int = 0) -> NeuronSet:
+        """Random neurons with the same count in every layer (a baseline for this set)."""
+        rng = random.Random(seed)
+        pairs = [
+            (layer, n)
+            for layer, count in sorted(self.per_layer_counts().items())
+            for n in rng.sample(range(self.d_mlp), count)
+        ]
+        return NeuronSet(self.n_layers, self.d_mlp, tuple(pairs),
+                         f"random neurons matching per-layer counts (seed {seed})")
+
+    def __len__(self) -> int:
+        return len(self.neurons)
+
+    def __contains__(self, item: object) -> bool:
+        return item in set(self.neurons)
+
+    def per_layer_counts(self) -> dict[int, int]:
+        return dict(Counter(layer for layer, _ in self.neurons))
+
+    def by_layer(self) -> dict[int, list[int]]:
+        grouped: dict[int, list[int]] = {}
+        for layer, neuron in self.neurons:
+            grouped.setdefault(layer, []).append(neuron)
+        return grouped
+
+    def mask(self) -> Bool[Tensor, "layer neuron"]:
+        """True where a neuron is in the set."""
+        mask = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.bool)
+        for layer, neuron in self.neurons:
+            mask[layer, neuron] = True
+        return mask
+
+    def to_dict(self) -> dict:
+        return {
+            "n_layers": self.n_layers, "d_mlp": self.d_mlp, "description": self.description,
+            "neurons": [list(pair) for pair in self.neurons],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NeuronSet:
+        try:
+            return cls(int(data["n_layers"]), int(data["d_mlp"]),
+                       tuple((int(a), int(b)) for a, b in data["neurons"]),
+                       str(data.get("description", "")))
+        except (KeyError, TypeError, ValueError) as error:
+            raise NeuroplasticError(
+                f"not a neuron set: expected n_layers, d_mlp and neurons [[layer, neuron], ...] "
+                f"({error})"
+            ) from error
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeuronSet:
+        path = Path(path)
+        if not path.is_file():
+            raise NeuroplasticError(f"neuron set file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise NeuroplasticError(f"{path}: not valid JSON ({error})") from error
+        return cls.from_dict(data)
+
+
+def _check_count(k: int, available: int) -> None:
+    if not 0 < k <= available:
+        raise NeuroplasticError(f"cannot choose {k} neurons: choose between 1 and {available}")

@@ -1,0 +1,41 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    from neuroplastic.data.load import load_corpus
+
+    return load_corpus(n_train=300, n_validation=80, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from neuroplastic.models import load_model
+
+    return load_model("tiny-gpt2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    from neuroplastic.models import load_model
+
+    return load_model("tiny-bert", seed=0)
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_bert"])
+def tiny_model(request):
+    model = request.getfixturevalue(request.param)
+    yield model
+    model.reset_hooks(including_permanent=True)
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    from neuroplastic.models import load_model
+
+    return load_model("embedded")

@@ -128,7 +128,7 @@ def mlp_neuron_weights(model: Any, layer: int) -> tuple[_NeuronWeight, Tensor | 
     """
     mlp = model.blocks[layer].mlp
     d_mlp = model.cfg.d_mlp
-    if hasattr(mlp, "W_in") and isinstance(getattr(mlp, "W_in"), torch.nn.Parameter):
+    if hasattr(mlp, "W_in") and isinstance(mlp.W_in, torch.nn.Parameter):
         return _NeuronWeight(mlp.W_in.data, 1), mlp.b_in.data, _NeuronWeight(mlp.W_out.data, 0)
     try:
         linear_in = _unwrap(getattr(mlp, "in"))

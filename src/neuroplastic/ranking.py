@@ -132,7 +132,7 @@ class Ranking:
     def from_frame(cls, frame: pd.DataFrame, concept: str, method: str) -> Ranking:
         n_layers, d_mlp = int(frame["layer"].max()) + 1, int(frame["neuron"].max()) + 1
         scores = torch.zeros(n_layers, d_mlp)
-        scores[frame["layer"].to_numpy(), frame["neuron"].to_numpy()] = torch.tensor(
-            frame["score"].to_numpy(), dtype=torch.float32
+        scores[frame["layer"].to_numpy().copy(), frame["neuron"].to_numpy().copy()] = torch.tensor(
+            frame["score"].to_numpy().copy(), dtype=torch.float32
         )
         return cls(concept, method, scores)

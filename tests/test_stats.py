@@ -1,0 +1,78 @@
+import torch
+
+from neuroplastic.data.load import encode_split
+from neuroplastic.models import mlp_hook_name
+from neuroplastic.stats import NeuronStats, collect_stats
+
+
+def full_cache(model, dataset):
+    """Reference: every labelled token's activations from run_with_cache, concatenated."""
+    n_layers = model.cfg.n_layers
+    acts, labels, where = [], [], []
+    for batch in dataset.batches(7):
+        _, cache = model.run_with_cache(
+            batch.tokens, attention_mask=batch.attention_mask,
+            names_filter=lambda name: name.endswith("mlp.hook_post"))
+        keep = batch.concept_labels >= 0
+        acts.append(torch.stack([cache[mlp_hook_name(layer)][keep] for layer in range(n_layers)], 1))
+        labels.append(batch.concept_labels[keep])
+        rows, cols = keep.nonzero(as_tuple=True)
+        where.append(torch.stack([batch.sentence_index[rows], cols], 1))
+    return torch.cat(acts).double(), torch.cat(labels), torch.cat(where)
+
+
+def test_streaming_stats_equal_full_cache(tiny_model, corpus):
+    dataset = encode_split(corpus, tiny_model.tokenizer, "validation", limit=40)
+    with torch.no_grad():
+        stats = collect_stats(tiny_model, dataset, batch_size=16, top_k=5, progress=False)
+        acts, labels, where = full_cache(tiny_model, dataset)  # [token, layer, neuron]
+    for z in range(len(dataset.label_names)):
+        chosen = acts[labels == z]
+        assert stats.count[z] == len(chosen)
+        if len(chosen):
+            torch.testing.assert_close(stats.mean()[z], chosen.mean(0), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(stats.variance()[z], chosen.var(0, unbiased=False),
+                                       rtol=1e-4, atol=1e-6)
+    values, _ = acts.topk(5, dim=0)  # [5, layer, neuron]
+    torch.testing.assert_close(stats.top_values, values.permute(1, 2, 0).float(), rtol=1e-5,
+                               atol=1e-6)
+    # Ties (a decoder gives equal activations to equal prefixes) may order entries either way,
+    # so check each stored (sentence, position) really carries the stored value and label.
+    row_of = {(int(s), int(p)): i for i, (s, p) in enumerate(where)}
+    n_layers, d_mlp, k = stats.top_values.shape
+    for layer in range(n_layers):
+        for neuron in range(0, d_mlp, 7):
+            for j in range(k):
+                row = row_of[(int(stats.top_sentence[layer, neuron, j]),
+                              int(stats.top_position[layer, neuron, j]))]
+                assert abs(float(acts[row, layer, neuron]) - float(
+                    stats.top_values[layer, neuron, j])) < 1e-5
+                assert int(labels[row]) == int(stats.top_label[layer, neuron, j])
+
+def test_merged_halves_equal_one_pass(tiny_gpt2, corpus):
+    dataset = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=30)
+    whole = collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, progress=False)
+    first = collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, indices=range(0, 13),
+                          progress=False)
+    second = collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, indices=range(13, 30),
+                           progress=False)
+    merged = first.merge(second)
+    assert torch.equal(merged.count, whole.count)
+    torch.testing.assert_close(merged.sum, whole.sum)
+    torch.testing.assert_close(merged.sum_sq, whole.sum_sq)
+    torch.testing.assert_close(merged.top_values, whole.top_values)
+    # Same multiset of (value, sentence, position) per neuron (tie order may differ).
+    def entries(stats):
+        return torch.stack([stats.top_values.double(), stats.top_sentence.double(),
+                            stats.top_position.double()], -1).sort(dim=2).values
+    torch.testing.assert_close(entries(merged), entries(whole))
+
+
+def test_save_load_round_trip(tiny_gpt2, corpus, tmp_path):
+    dataset = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=10)
+    stats = collect_stats(tiny_gpt2, dataset, top_k=3, progress=False)
+    stats.save(tmp_path / "s.safetensors")
+    loaded = NeuronStats.load(tmp_path / "s.safetensors")
+    assert loaded.label_names == stats.label_names
+    for name in ("count", "sum", "sum_sq", "top_values", "top_sentence", "top_token"):
+        assert torch.equal(getattr(loaded, name), getattr(stats, name))

@@ -96,11 +96,14 @@ def ablate(model: Any, neurons: NeuronSet, mode: Mode = "zero",
     return Ablation(model, neurons, mode=mode, stats=stats, permanent=permanent)
 
 
-def prune_weights(model: Any, neurons: NeuronSet) -> None:
-    """Zero each neuron's input weights and bias and its output weights (no hook; may regrow).
+def prune_weights(model: Any, neurons: NeuronSet, zero_output: bool = True) -> None:
+    """Zero each neuron's input weights and bias, and its output weights (no hook).
 
     With GELU/ReLU-like activations a zero pre-activation gives a zero activation, so a pruned
-    neuron is silent until training moves its weights.
+    neuron is silent. Note: zeroing *both* sides puts the neuron on a stationary point (its input
+    gradient is scaled by its output weights, its output gradient by its activation; both zero),
+    so training can never revive it. ``zero_output=False`` zeroes the input side only: the neuron
+    is just as silent at first but gets gradient and can regrow, which is what ``regrow`` uses.
     """
     check_mlp_hooks(model)
     with torch.no_grad():
@@ -110,7 +113,8 @@ def prune_weights(model: Any, neurons: NeuronSet) -> None:
             w_in.tensor.index_fill_(w_in.neuron_dim, index, 0.0)
             if b_in is not None:
                 b_in.index_fill_(0, index, 0.0)
-            w_out.tensor.index_fill_(w_out.neuron_dim, index, 0.0)
+            if zero_output:
+                w_out.tensor.index_fill_(w_out.neuron_dim, index, 0.0)
 
 
 class _NeuronWeight:

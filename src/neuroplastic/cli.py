@@ -49,6 +49,30 @@ def _parser() -> argparse.ArgumentParser:
                       help="top activating tokens kept per neuron (default: 10)")
     rank.add_argument("--json", type=Path, help="write every neuron's ranking to this file")
     rank.set_defaults(handler=_rank)
+
+    run = commands.add_parser(
+        "run", help="the relearning experiment: fine-tune, ablate, retrain in stages, trace",
+        description="Fine-tune for NER, rank neurons for the concept, ablate them, retrain in "
+        "stages with the ablation held, and measure recovery; with a random baseline arm. "
+        "Rerun the same command to resume.")
+    run.add_argument("--out", type=Path, required=True, help="run directory")
+    run.add_argument("--config", type=Path, help="JSON config file; flags override it")
+    from neuroplastic.config import ExperimentConfig
+
+    defaults = ExperimentConfig()
+    for name, value in defaults.to_dict().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            run.add_argument(flag, action="store_const", const=True, default=None,
+                             help=f"(default: {value})")
+        else:
+            kind = type(value) if value is not None else str
+            run.add_argument(flag, type=kind, default=None, help=f"(default: {value})")
+    run.add_argument("--lr", dest="learning_rate", type=float, default=None,
+                     help="alias of --learning-rate")
+    run.add_argument("--no-report", action="store_true", help="skip writing report.html")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
     return parser
 
 
@@ -64,6 +88,37 @@ def _model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from neuroplastic.config import ExperimentConfig
+    from neuroplastic.experiment import run_experiment
+
+    settings = ExperimentConfig.load(args.config).to_dict() if args.config else {}
+    for name in ExperimentConfig().to_dict():
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    config = ExperimentConfig.from_dict(settings)
+    summary = run_experiment(config, args.out, progress=not args.quiet)
+    print(f"summary: {args.out / 'summary.json'}")
+    for arm, result in summary["arms"].items():
+        first, last = result["stages"][1], result["stages"][-1]
+        key = "f1" if "f1" in last else "lm_loss"
+        concept = config.concept if key == "f1" else "concept"
+        print(f"  {arm:<8} {result['neurons']} neurons: {config.concept} {key} "
+              f"{first[key][concept]:.3f} after pruning -> {last[key][concept]:.3f} after "
+              f"{last['step']} retraining steps")
+    if not args.no_report:
+        _write_report(args.out)
+    return 0
+
+
+def _write_report(out: Path) -> None:
+    from neuroplastic.report import write_report
+
+    path = write_report(out)
+    print(f"report: {path}")
 
 
 def _rank(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from neuroplastic.data.concept import ConceptDataset
+from neuroplastic.data.concept import Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
 from neuroplastic.models import check_mlp_hooks, mlp_hook_name, run_forward
@@ -160,6 +160,38 @@ class NeuronStats:
         return cls(label_names=label_names, **load_file(str(path)))
 
 
+class StatsCollector:
+    """Hooks that capture every layer's ``mlp.hook_post`` and fold each batch into NeuronStats.
+
+    Used by ``collect_stats`` and by evaluation, which gathers statistics in its own forward
+    passes instead of running the data through the model twice.
+    """
+
+    def __init__(self, model: Any, label_names: Sequence[str], top_k: int) -> None:
+        self.n_layers, d_mlp = check_mlp_hooks(model)
+        self.top_k = top_k
+        self.stats = NeuronStats.empty(label_names, self.n_layers, d_mlp, top_k)
+        self.captured: dict[int, Tensor] = {}
+        self.hooks = [(mlp_hook_name(layer), self._capture(layer))
+                      for layer in range(self.n_layers)]
+
+    def _capture(self, layer: int):
+        def hook(activation: Tensor, hook: Any) -> None:
+            self.captured[layer] = activation.detach()
+
+        return hook
+
+    def consume(self, batch: Batch) -> None:
+        """Fold in the activations the hooks captured for ``batch``."""
+        keep = batch.concept_labels >= 0
+        acts = torch.stack([self.captured[layer][keep] for layer in range(self.n_layers)])
+        positions = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
+        sentences = batch.sentence_index[:, None].expand_as(batch.tokens)
+        self.stats.update(acts, batch.concept_labels[keep], sentences[keep], positions[keep],
+                          batch.tokens[keep], self.top_k)
+        self.captured.clear()
+
+
 def collect_stats(
     model: Any,
     dataset: ConceptDataset,
@@ -169,31 +201,13 @@ def collect_stats(
     progress: bool = True,
 ) -> NeuronStats:
     """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks."""
-    n_layers, d_mlp = check_mlp_hooks(model)
-    stats = NeuronStats.empty(dataset.label_names, n_layers, d_mlp, top_k)
-    captured: dict[int, Tensor] = {}
-
-    def capture(layer: int):
-        def hook(activation: Tensor, hook: Any) -> None:
-            captured[layer] = activation.detach()
-
-        return hook
-
-    fwd_hooks = [(mlp_hook_name(layer), capture(layer)) for layer in range(n_layers)]
+    collector = StatsCollector(model, dataset.label_names, top_k)
     order = list(range(len(dataset))) if indices is None else list(indices)
     n_batches = (len(order) + batch_size - 1) // batch_size
-    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+    last_hook = mlp_hook_name(collector.n_layers - 1)
+    with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
         for batch in tqdm(dataset.batches(batch_size, order), total=n_batches,
                           desc="neuron statistics", disable=not progress, leave=False):
-            captured.clear()
-            run_forward(model, batch.tokens, batch.attention_mask,
-                        stop_at=mlp_hook_name(n_layers - 1))
-            keep = batch.concept_labels >= 0
-            acts = torch.stack([captured[layer][keep] for layer in range(n_layers)])
-            positions = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
-            sentences = batch.sentence_index[:, None].expand_as(batch.tokens)
-            stats.update(
-                acts, batch.concept_labels[keep], sentences[keep], positions[keep],
-                batch.tokens[keep], top_k,
-            )
-    return stats
+            run_forward(model, batch.tokens, batch.attention_mask, stop_at=last_hook)
+            collector.consume(batch)
+    return collector.stats

@@ -103,7 +103,9 @@ class ConceptDataset:
 
     def collate(self, indices: Sequence[int]) -> Batch:
         rows = [self.encoded[i] for i in indices]
-        width = max(len(r.token_ids) for r in rows)
+        # Round the width up to a multiple of 8: few distinct shapes let CPU kernels (oneDNN)
+        # reuse their cached plans; a new shape every batch made steps several times slower.
+        width = -(-max(len(r.token_ids) for r in rows) // 8) * 8
 
         def pad(values: list[list[int]], fill: int) -> Tensor:
             return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)

@@ -1,0 +1,99 @@
+"""The experiment's one config dataclass, saved with every run so a run is reproducible from it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from neuroplastic.errors import NeuroplasticError
+
+# Output options: they may change between a run and its resumption.
+NOT_IDENTITY = ("save_checkpoints",)
+
+
+@dataclass
+class ExperimentConfig:
+    model: str = "embedded"
+    dataset: str = "embedded"
+    concept: str = "LOC"
+    method: str = "probeless"
+    task: str = "ner"  # "ner" (token classification) or "lm" (causal LM, decoders only)
+    mode: str = "hold"  # "hold": ablation hooks persist; "regrow": weights zeroed once
+    selection: str = "fraction"  # "fraction", "count" or "per-layer"
+    fraction: float = 0.1
+    count: int = 100
+    baseline: str = "random"  # "random" or "none"
+    checkpoint: str | None = None  # an already fine-tuned run's checkpoint: skip base training
+    train_sentences: int = 2000  # embedded corpus size / cap on a dataset's train split
+    validation_sentences: int = 400
+    max_length: int = 64
+    base_steps: int = 150
+    stages: int = 3
+    stage_steps: int = 30
+    eval_every: int = 0  # extra evaluations inside a stage every N steps; 0 = only at stage ends
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    batch_size: int = 16
+    warmup_fraction: float = 0.1
+    top_k_tokens: int = 20
+    seed: int = 0
+    save_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        choices = {"task": ("ner", "lm"), "mode": ("hold", "regrow"),
+                   "selection": ("fraction", "count", "per-layer"),
+                   "baseline": ("random", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise NeuroplasticError(
+                    f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )
+        positive = ("train_sentences", "validation_sentences", "max_length", "batch_size",
+                    "top_k_tokens", "stages", "stage_steps")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise NeuroplasticError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.base_steps < 0:
+            raise NeuroplasticError(f"base_steps must be >= 0; got {self.base_steps}")
+        if not 0 < self.fraction <= 1:
+            raise NeuroplasticError(f"fraction must be in (0, 1]; got {self.fraction}")
+        if self.learning_rate <= 0:
+            raise NeuroplasticError(f"learning_rate must be positive; got {self.learning_rate}")
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return ("concept", "random") if self.baseline == "random" else ("concept",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise NeuroplasticError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise NeuroplasticError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise NeuroplasticError(f"{path}: not valid JSON ({error})") from error
+        return cls.from_dict(data, source=str(path))
+
+    def differences(self, other: ExperimentConfig) -> list[str]:
+        """Human-readable ``name: theirs -> ours`` for settings that define the run."""
+        return [
+            f"{f.name}: {getattr(other, f.name)!r} (existing run) vs {getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.name not in NOT_IDENTITY and getattr(self, f.name) != getattr(other, f.name)
+        ]

@@ -1,0 +1,516 @@
+"""``report.html``: one self-contained page that shows where a removed concept came back.
+
+Built from a run directory only (no model needed), with :mod:`neuroplastic.analysis` for the
+numbers, Plotly for the plots and CircuitsVis for the neuron views, each bundle inlined once
+(:class:`neuroplastic.html.HtmlPage`), so the file opens from disk with no network. Sections, in
+reading order: key numbers, the recovery curves, saliency per layer and the depth of the
+concept, layer x neuron saliency heatmaps, the neurons where the concept reappeared, the pruned
+neurons, primed neurons, polysemantic neurons, and the config. The random arm is always shown
+beside the concept arm: it is the control that says which changes are about the concept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from neuroplastic.analysis import ArmAnalysis, ArmRun, analyse_arm, recovery_curves, stage_scores
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.html import HtmlPage
+from neuroplastic.rundir import RunDir
+from neuroplastic.similarity import TokenEmbeddings
+from neuroplastic.views import add_side_by_side, examples_from_top_k
+
+__all__ = ["build_report", "write_report"]
+
+ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
+LAYER_COLORS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725", "#f89540", "#cc4778",
+                "#7e03a8", "#0d0887", "#b12a90", "#fca636", "#2a788e")
+Similarity = Literal["model", "sentence", "none"]
+
+
+def write_report(
+    run_dir: str | Path | RunDir,
+    out: str | Path | None = None,
+    *,
+    top: int | float = 0.01,
+    n_neurons: int = 10,
+    n_views: int = 5,
+    similarity: Similarity | TokenEmbeddings = "model",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Write ``report.html`` into the run directory (or to ``out``); returns its path.
+
+    ``top``: the most salient neurons per stage (a count, or a fraction of all neurons; at
+    least 10) used for the layer shares and the depth of the concept. ``n_neurons`` rows in the
+    neuron tables, ``n_views`` of them with before/after CircuitsVis views. ``similarity``: token
+    vectors for concept similarity, the model's input embeddings (default), the offline MiniLM
+    sentence model, none, or your own :class:`TokenEmbeddings`.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    page = build_report(run, top=top, n_neurons=n_neurons, n_views=n_views,
+                        similarity=similarity, n_boot=n_boot, seed=seed)
+    return page.write(Path(out) if out is not None else run.report_path)
+
+
+def build_report(
+    run: RunDir,
+    *,
+    top: int | float = 0.01,
+    n_neurons: int = 10,
+    n_views: int = 5,
+    similarity: Similarity | TokenEmbeddings = "model",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> HtmlPage:
+    """The report as an :class:`HtmlPage` (see :func:`write_report`)."""
+    if not run.config_path.is_file():
+        raise NeuroplasticError(f"{run.path} is not a neuroplastic run directory (no config.json)")
+    config = run.config()
+    arms = [arm for arm in run.arms() if run.stages(arm)]
+    if not arms:
+        raise NeuroplasticError(f"{run.path}: no arm has stage artifacts yet; nothing to report")
+    loaded = {arm: ArmRun.load(run, arm) for arm in arms}
+    some = next(iter(loaded.values()))
+    n_total = some.stages[some.first].ranking.scores.numel()
+    # A fraction of a small model can be a handful of neurons: take at least 10.
+    n_top = max(min(10, n_total), round(top * n_total)) if isinstance(top, float) else int(top)
+    embeddings, similarity_note = _embeddings(run, loaded, similarity)
+    analyses = {arm: analyse_arm(data, embeddings, top=n_top, n_reappeared=n_neurons,
+                                 n_boot=n_boot, seed=seed) for arm, data in loaded.items()}
+    summary = run.summary() if run.summary_path.is_file() else None
+    metrics = run.metrics() if run.metrics_path.is_file() else pd.DataFrame()
+    sentences = run.sentences() if (run.path / "sentences.json").is_file() else []
+
+    concept = config["concept"]
+    page = HtmlPage(f"Where did {concept} go? {config.get('model', '')}".strip())
+    page.paragraph(
+        f"Run {run.path.name}: the MLP neurons most salient for {concept} "
+        f"({config.get('method', '?')} ranking) were ablated "
+        f"({config.get('mode', config.get('ablation', 'see config'))} mode), and the model "
+        "retrained. The random arm ablates as many random neurons per layer: the control. "
+        f"Saliency is a neuron's normalized rank for {concept} at that stage (1 = most salient)."
+    )
+    _key_numbers(page, analyses, summary, concept, n_top)
+    _recovery(page, metrics, summary, concept)
+    _saliency(page, analyses, n_top)
+    _heatmaps(page, analyses)
+    _reappeared(page, analyses, sentences, n_views, similarity_note)
+    _pruned(page, analyses, config)
+    _primed(page, analyses, similarity_note)
+    _polysemantic(page, analyses, sentences, n_neurons, n_views)
+    page.heading("Configuration")
+    with page.details("config.json"):
+        page.preformatted(json.dumps(config, indent=2, sort_keys=True))
+    with page.details("Neuron sets"):
+        for arm, data in loaded.items():
+            page.paragraph(f"{arm}: {len(data.ablated)} neurons, {data.ablated.description}; "
+                           f"per layer {dict(sorted(data.ablated.per_layer_counts().items()))}")
+    return page
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _embeddings(run: RunDir, loaded: dict[str, ArmRun], similarity: Similarity | TokenEmbeddings
+                ) -> tuple[TokenEmbeddings | None, str]:
+    if isinstance(similarity, TokenEmbeddings):
+        return similarity, f"Similarity: cosine of centroids of {similarity.source}."
+    if similarity == "none":
+        return None, "Similarity not computed (similarity='none')."
+    if similarity == "sentence":
+        vocabulary: dict[int, str] = {}
+        for data in loaded.values():
+            vocabulary.update(data.vocabulary)
+        embeddings = TokenEmbeddings.from_sentence_model(vocabulary)
+        return embeddings, f"Similarity: cosine of centroids of {embeddings.source}."
+    if similarity != "model":
+        raise NeuroplasticError(f"similarity must be model, sentence or none, got {similarity!r}")
+    try:
+        embeddings = TokenEmbeddings.from_run(run)
+    except NeuroplasticError as error:
+        return None, f"Similarity not computed: {error}."
+    return embeddings, (
+        "Similarity of two token sets: cosine between their centroids in the base model's input "
+        "embedding space (centered, each token unit length); 1 = same direction, ~0 unrelated."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _key_numbers(page: HtmlPage, analyses: dict[str, ArmAnalysis], summary: dict | None,
+                 concept: str, n_top: int) -> None:
+    page.heading("Key numbers")
+    scores = stage_scores(summary) if summary else pd.DataFrame()
+    rows: dict[str, dict[str, str]] = {}
+    for arm, analysis in analyses.items():
+        column: dict[str, str] = {}
+        data = analysis.run
+        if not scores.empty:
+            arm_scores = scores[scores["arm"] == arm].set_index("stage")
+            for entity in (concept, "overall"):
+                if entity in arm_scores.columns:
+                    values = [arm_scores[entity].get(s)
+                              for s in (data.first, data.start, data.last)]
+                    name = "F1" if scores.attrs.get("metric") == "f1" else "LM loss"
+                    column[f"{entity} {name}: {data.first} → {data.start} → {data.last}"] = (
+                        " → ".join(_fmt(v, ".3f") for v in values))
+        depth = analysis.depth.set_index("stage")["mean_layer"]
+        column[f"mean layer of the top {n_top} neurons: {data.first} → {data.last}"] = (
+            f"{depth[data.first]:.2f} → {depth[data.last]:.2f}")
+        shares = analysis.layer_saliency
+        last = shares[shares["stage"] == data.last].set_index("layer")["top_share"]
+        column[f"layer holding most top neurons at {data.last}"] = (
+            f"layer {int(last.idxmax())} ({last.max():.0%})")
+        if analysis.primed is not None:
+            p = analysis.primed
+            column["primed: Spearman ρ(similarity to concept, saliency gain)"] = (
+                f"{p.rho:+.2f} [{p.ci_low:+.2f}, {p.ci_high:+.2f}], n={p.n}")
+        counts = analysis.polysemanticity.counts.set_index("stage")["n_polysemantic"]
+        column[f"polysemantic neurons: {data.first} → {data.last}"] = (
+            f"{counts[data.first]} → {counts[data.last]}")
+        trace = analysis.pruned.stages.set_index("stage")
+        column[f"ablated neurons alive at {data.last}"] = (
+            f"{trace.loc[data.last, 'n_alive']} of {trace.loc[data.last, 'n']}")
+        rows[arm] = column
+    table = pd.DataFrame(rows).rename_axis("measure").reset_index()
+    page.table(table, caption="Concept arm beside the random arm", index=False)
+
+
+def _metric_of(metrics: pd.DataFrame) -> str | None:
+    """``f1`` (NER), ``lm_loss`` (language modelling) or None, from the metrics' columns."""
+    for metric in ("f1", "lm_loss"):
+        if any(c == metric or c.startswith(f"{metric}_") for c in metrics.columns):
+            return metric
+    return None
+
+
+def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    page.heading("Recovery")
+    metric = _metric_of(metrics)
+    if metric is None:
+        page.paragraph("No evaluations recorded (metrics.jsonl is missing or empty).")
+        return
+    curves = recovery_curves(metrics, metric=metric)
+    name = "F1" if metric == "f1" else "LM loss"
+    entities = list(dict.fromkeys(curves["entity"]))
+    entities.sort(key=lambda e: (e != concept, e != "overall", e))
+    n_cols = min(3, len(entities))
+    n_rows = math.ceil(len(entities) / n_cols)
+    titles = [f"{e} (the concept)" if e == concept else e for e in entities]
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_yaxes=True,
+                        horizontal_spacing=0.05, vertical_spacing=0.14)
+    for i, entity in enumerate(entities):
+        row, col = i // n_cols + 1, i % n_cols + 1
+        for arm, group in curves[curves["entity"] == entity].groupby("arm", sort=False):
+            fig.add_trace(go.Scatter(
+                x=group["training_step"], y=group["value"], mode="lines+markers",
+                name=f"{arm} arm", legendgroup=arm, showlegend=i == 0,
+                line={"color": ARM_COLORS.get(arm)}, customdata=group["stage"],
+                hovertemplate="%{customdata}, step %{x}<br>" + name + " %{y:.3f}<extra>" + arm
+                + "</extra>",
+            ), row=row, col=col)
+    for stage, step in _stage_starts(curves):
+        for i in range(len(entities)):
+            fig.add_vline(x=step, line={"dash": "dot", "width": 1, "color": "#8c959f"},
+                          row=i // n_cols + 1, col=i % n_cols + 1,
+                          **({"annotation_text": stage, "annotation_font": {
+                              "size": 9, "color": "#57606a"}} if i == 0 else {}))
+    if metric == "f1":
+        fig.update_yaxes(range=[0, 1.02])
+    fig.update_xaxes(title_text="training step", row=n_rows)
+    fig.update_layout(height=330 * n_rows, margin={"t": 50, "b": 40, "l": 50, "r": 20},
+                      legend={"orientation": "h", "y": -0.12})
+    page.paragraph(
+        f"{'Entity F1' if metric == 'f1' else 'Language-modelling loss on tokens of each label'} "
+        "against training step, concept arm (red) and random arm (blue); dotted lines mark where "
+        "each stage starts. The paper: performance on the concept collapses when its neurons "
+        "are pruned and recovers within a few epochs of retraining."
+    )
+    page.plotly(fig)
+    if summary:
+        with page.details(f"{name} at the end of every stage"):
+            page.table(stage_scores(summary), index=False, float_format="{:.3f}")
+
+
+def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
+    """(stage, first training step) of every stage after the first, from the first arm;
+    evaluations inside a stage (``retrain-1@10``) count as that stage."""
+    arm = curves["arm"].iloc[0]
+    rows = curves[curves["arm"] == arm]
+    starts = rows.groupby(rows["stage"].str.partition("@")[0], sort=False)["training_step"].min()
+    return [(stage, float(step)) for stage, step in list(starts.items())[1:]]
+
+
+def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    page.heading("Saliency per layer")
+    page.paragraph(
+        "Left: mean saliency of each layer's neurons with a 95% interval, per stage. Right: "
+        f"which layers hold the top {n_top} most salient neurons. Below: the saliency-weighted "
+        "mean layer of those top neurons (95% bootstrap interval). Does the concept move to "
+        "earlier layers, as Lo et al. report? Compare the concept arm with the random arm."
+    )
+    arms = list(analyses)
+    fig = make_subplots(rows=len(arms), cols=2, column_titles=["mean saliency per layer",
+                                                               f"layers of the top {n_top}"],
+                        row_titles=[f"{arm} arm" for arm in arms], horizontal_spacing=0.08,
+                        vertical_spacing=0.12)
+    for r, arm in enumerate(arms, start=1):
+        frame = analyses[arm].layer_saliency
+        for layer, group in frame.groupby("layer"):
+            color = LAYER_COLORS[int(layer) % len(LAYER_COLORS)]
+            fig.add_trace(go.Scatter(
+                x=group["stage"], y=group["mean"], mode="lines+markers", name=f"layer {layer}",
+                legendgroup=f"layer {layer}", showlegend=r == 1, line={"color": color},
+                error_y={"type": "data", "symmetric": False,
+                         "array": group["ci_high"] - group["mean"],
+                         "arrayminus": group["mean"] - group["ci_low"]},
+            ), row=r, col=1)
+            fig.add_trace(go.Bar(
+                x=group["stage"], y=group["top_share"], name=f"layer {layer}",
+                legendgroup=f"layer {layer}", showlegend=False, marker={"color": color},
+                hovertemplate="%{x}: %{y:.0%} of the top neurons<extra>layer " + str(layer)
+                + "</extra>",
+            ), row=r, col=2)
+        fig.update_yaxes(range=[0, 1], row=r, col=1)
+        fig.update_yaxes(range=[0, 1], tickformat=".0%", row=r, col=2)
+    fig.update_layout(barmode="stack", height=300 * len(arms) + 60,
+                      margin={"t": 40, "b": 30, "l": 50, "r": 40})
+    page.plotly(fig)
+
+    depth = go.Figure()
+    n_layers = analyses[arms[0]].run.stages[analyses[arms[0]].run.first].ranking.n_layers
+    for arm in arms:
+        frame = analyses[arm].depth
+        depth.add_trace(go.Scatter(
+            x=frame["stage"], y=frame["mean_layer"], mode="lines+markers", name=f"{arm} arm",
+            line={"color": ARM_COLORS.get(arm)},
+            error_y={"type": "data", "symmetric": False,
+                     "array": frame["ci_high"] - frame["mean_layer"],
+                     "arrayminus": frame["mean_layer"] - frame["ci_low"]},
+        ))
+    depth.update_layout(title=f"Mean layer of the top {n_top} neurons", height=330,
+                        yaxis={"title": "layer", "range": [-0.3, n_layers - 0.7], "dtick": 1},
+                        margin={"t": 50, "b": 30, "l": 50, "r": 20})
+    page.plotly(depth, height="330px")
+    with page.details("Saliency per layer, as a table"):
+        for arm in arms:
+            page.table(analyses[arm].layer_saliency, caption=f"{arm} arm", index=False)
+            page.table(analyses[arm].depth, caption=f"{arm} arm: depth of the concept",
+                       index=False)
+
+
+def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    page.heading("Saliency of every neuron")
+    page.paragraph(
+        "One row per layer, one column per neuron, one panel per stage; the random arm on the "
+        "right. Within a layer, neurons are sorted by their saliency at the first stage (hover "
+        "for the neuron's index), so the first panel is a smooth gradient and later panels show "
+        "which neurons lost or gained the concept. The ablated neurons drop to 0 when dead."
+    )
+    arms = list(analyses)
+    stages = list(dict.fromkeys(s for a in arms for s in analyses[a].run.stage_names))
+    fig = make_subplots(rows=len(stages), cols=len(arms), shared_xaxes=True,
+                        column_titles=[f"{arm} arm" for arm in arms], row_titles=stages,
+                        vertical_spacing=0.02, horizontal_spacing=0.03)
+    for c, arm in enumerate(arms, start=1):
+        data = analyses[arm].run
+        base = data.stages[data.first].ranking
+        order = np.argsort(-base.saliency.numpy(), axis=1, kind="stable")
+        for r, stage in enumerate(stages, start=1):
+            if stage not in data.stages:
+                continue
+            saliency = data.stages[stage].ranking.saliency.numpy()
+            z = np.take_along_axis(saliency, order, axis=1).astype(np.float32)
+            fig.add_trace(go.Heatmap(
+                z=z, customdata=order.astype(np.int32), coloraxis="coloraxis",
+                hovertemplate="layer %{y}, neuron %{customdata}<br>saliency %{z:.3f}"
+                "<extra>" + f"{arm}, {stage}" + "</extra>",
+            ), row=r, col=c)
+            fig.update_yaxes(tickmode="array", tickvals=list(range(base.n_layers)),
+                             autorange="reversed", tickfont={"size": 8}, row=r, col=c)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(height=max(300, 95 * len(stages) + 80),
+                      coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": 1,
+                                 "colorbar": {"title": {"text": "saliency"}, "len": 0.6}},
+                      margin={"t": 40, "b": 20, "l": 40, "r": 90})
+    page.plotly(fig, height=f"{max(300, 95 * len(stages) + 80)}px")
+
+
+def _tokens(tokens: Sequence[str], n: int = 8) -> str:
+    return " · ".join(str(t).strip() or repr(t) for t in list(tokens)[:n])
+
+
+def _before_after(page: HtmlPage, data: ArmRun, sentences: list[list[str]], layer: int,
+                  neuron: int, summary: str) -> None:
+    with page.details(summary):
+        if not sentences:
+            page.paragraph("No sentences stored in the run directory (sentences.json).")
+            return
+        columns = [examples_from_top_k(data.stages[stage].top_tokens, sentences, layer, neuron)
+                   for stage in (data.first, data.last)]
+        add_side_by_side(page, columns, [f"L{layer}:N{neuron} at {data.first}",
+                                         f"L{layer}:N{neuron} at {data.last}"])
+
+
+def _reappeared(page: HtmlPage, analyses: dict[str, ArmAnalysis], sentences: list[list[str]],
+                n_views: int, similarity_note: str) -> None:
+    page.heading("Where the concept reappeared")
+    page.paragraph(
+        "The neurons outside the ablated set that gained most saliency from the pruned stage to "
+        "the last, with their top activating tokens before pruning and at the end. "
+        + similarity_note
+    )
+    for i, (arm, analysis) in enumerate(analyses.items()):
+        data, frame = analysis.run, analysis.reappearance
+        table = pd.DataFrame({
+            "neuron": [f"L{a}:N{b}" for a, b in zip(frame["layer"], frame["neuron"], strict=True)],
+            f"saliency {data.start}": frame["saliency_start"],
+            f"saliency {data.last}": frame["saliency_end"], "gain": frame["gain"],
+            f"{analysis.run.concept} share before": frame["concept_share_base"],
+            f"{analysis.run.concept} share after": frame["concept_share_end"],
+            "similarity before/after": frame["similarity"],
+            f"top tokens at {data.first}": frame["tokens_base"].map(_tokens),
+            f"top tokens at {data.last}": frame["tokens_end"].map(_tokens),
+        })
+        with page.details(f"{arm} arm: {len(table)} neurons", open=i == 0):
+            page.table(table, index=False, float_format="{:.3f}")
+            for row in frame.head(n_views).itertuples(index=False):
+                _before_after(page, data, sentences, int(row.layer), int(row.neuron),
+                              f"L{row.layer}:N{row.neuron}: saliency {row.saliency_start:.2f} → "
+                              f"{row.saliency_end:.2f}; now {_tokens(row.tokens_end, 5)}")
+
+
+def _pruned(page: HtmlPage, analyses: dict[str, ArmAnalysis], config: dict[str, Any]) -> None:
+    page.heading("The ablated neurons")
+    mode = config.get("mode", config.get("ablation"))
+    page.paragraph(
+        "Saliency of the ablated neurons at every stage, and how similar their top tokens are to "
+        "their own top tokens before pruning. In hold mode they stay dead (activation 0, "
+        "similarity undefined); in regrow mode they may come back, with the old meaning or a "
+        f"new one. This run: {mode or 'mode not recorded'}."
+    )
+    rows = []
+    for arm, analysis in analyses.items():
+        for r in analysis.pruned.stages.itertuples(index=False):
+            rows.append({
+                "arm": arm, "stage": r.stage, "alive": f"{r.n_alive} of {r.n}",
+                "saliency [95% CI]": _ci(r.saliency_mean, r.saliency_ci_low, r.saliency_ci_high),
+                "similarity to own base tokens [95% CI]": _ci(
+                    r.similarity_mean, r.similarity_ci_low, r.similarity_ci_high),
+                f"{analysis.run.concept} share of top tokens": _fmt(r.concept_share_mean, ".0%"),
+            })
+    page.table(pd.DataFrame(rows), index=False)
+
+
+def _ci(mean: float, low: float, high: float) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: str) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    page.heading("Primed neurons")
+    primed = {arm: a.primed for arm, a in analyses.items() if a.primed is not None}
+    if not primed:
+        page.paragraph("Not computed: " + similarity_note)
+        return
+    first = next(iter(primed.values()))
+    page.paragraph(
+        "Does a neuron's similarity to the concept before pruning (its top tokens against the "
+        "tokens labelled with the concept) predict how much saliency it gains from "
+        f"{first.start} to {first.end}? Spearman's ρ over the neurons outside the ablated set, "
+        "with a 95% bootstrap interval. A positive ρ in the concept arm says the concept came "
+        "back in neurons already near it. " + similarity_note
+    )
+    page.table(pd.DataFrame([
+        {"arm": arm, "rho": p.rho, "ci_low": p.ci_low, "ci_high": p.ci_high,
+         "p_value": p.p_value, "n": p.n} for arm, p in primed.items()
+    ]), index=False, float_format="{:.3g}")
+    titles = [f"{arm} arm: ρ = {p.rho:+.2f}" for arm, p in primed.items()]
+    fig = make_subplots(rows=1, cols=len(primed), shared_yaxes=True, subplot_titles=titles)
+    for c, (arm, p) in enumerate(primed.items(), start=1):
+        frame = p.neurons
+        fig.add_trace(go.Scattergl(
+            x=frame["similarity"], y=frame["gain"], mode="markers", name=f"{arm} arm",
+            marker={"color": ARM_COLORS.get(arm), "size": 4, "opacity": 0.5},
+            customdata=np.stack([frame["layer"], frame["neuron"]], axis=1),
+            hovertemplate="L%{customdata[0]}:N%{customdata[1]}<br>similarity %{x:.2f}"
+            "<br>gain %{y:.2f}<extra></extra>",
+        ), row=1, col=c)
+        fig.update_xaxes(title_text="similarity to the concept before pruning", row=1, col=c)
+    fig.update_yaxes(title_text="saliency gain", row=1, col=1)
+    fig.update_layout(height=360, showlegend=False, margin={"t": 40, "b": 40, "l": 50, "r": 20})
+    page.plotly(fig, height="360px")
+
+
+def _polysemantic(page: HtmlPage, analyses: dict[str, ArmAnalysis], sentences: list[list[str]],
+                  n_neurons: int, n_views: int) -> None:
+    page.heading("Polysemantic neurons")
+    any_analysis = next(iter(analyses.values()))
+    poly = any_analysis.polysemanticity
+    page.paragraph(
+        f"Neurons whose top-k tokens mix {poly.concept} with other labels: between "
+        f"{poly.low:.0%} and {poly.high:.0%} of them labelled {poly.concept}. Dead neurons are "
+        "not counted; 'new' ones were not polysemantic at the first stage."
+    )
+    frames = []
+    for arm, analysis in analyses.items():
+        frame = analysis.polysemanticity.counts.copy()
+        frame.insert(0, "arm", arm)
+        frames.append(frame)
+    page.table(pd.concat(frames, ignore_index=True), index=False, float_format="{:.3f}")
+    for i, (arm, analysis) in enumerate(analyses.items()):
+        data = analysis.run
+        examples = analysis.polysemanticity.examples(data.last, n_neurons)
+        with page.details(f"{arm} arm: polysemantic neurons at {data.last} "
+                          f"({len(examples)} shown)", open=i == 0):
+            if examples.empty:
+                page.paragraph("None.")
+                continue
+            page.table(pd.DataFrame({
+                "neuron": [f"L{a}:N{b}" for a, b in zip(examples["layer"], examples["neuron"],
+                                                       strict=True)],
+                f"{poly.concept} share": examples["concept_share"],
+                "labels": examples["labels"].map(
+                    lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))),
+                "new": examples["new"],
+                "top tokens": examples["tokens"].map(_tokens),
+            }), index=False, float_format="{:.2f}")
+            for row in examples.head(n_views).itertuples(index=False):
+                _before_after(page, data, sentences, int(row.layer), int(row.neuron),
+                              f"L{row.layer}:N{row.neuron}: {row.concept_share:.0%} "
+                              f"{poly.concept}{' (new)' if row.new else ''}; "
+                              f"{_tokens(row.tokens, 5)}")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec)

@@ -1,0 +1,404 @@
+"""Analyses against hand-made run directories with known answers (see fake_run.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fake_run import (
+    CONCEPT,
+    D_MLP,
+    N_LAYERS,
+    PLANTED,
+    POLY_BASE,
+    PRIMED,
+    RANDOM_ABLATED,
+    STAGES,
+    FakeRun,
+    make_fake_run,
+)
+from neuroplastic.analysis import (
+    ArmRun,
+    alive_mask,
+    analyse_arm,
+    concept_depth,
+    concept_share,
+    concept_token_ids,
+    layer_saliency,
+    polysemanticity,
+    primed_neurons,
+    pruned_trace,
+    reappearance,
+    recovery_curves,
+    stage_scores,
+)
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.ranking import Ranking
+from neuroplastic.similarity import TokenEmbeddings, clean_token_text
+
+
+@pytest.fixture(scope="module")
+def hold(tmp_path_factory: pytest.TempPathFactory) -> FakeRun:
+    return make_fake_run(tmp_path_factory.mktemp("hold"), mode="hold")
+
+
+@pytest.fixture(scope="module")
+def regrow(tmp_path_factory: pytest.TempPathFactory) -> FakeRun:
+    return make_fake_run(tmp_path_factory.mktemp("regrow"), mode="regrow")
+
+
+@pytest.fixture(scope="module")
+def concept_arm(hold: FakeRun) -> ArmRun:
+    return ArmRun.load(hold.path, "concept")
+
+
+@pytest.fixture(scope="module")
+def random_arm(hold: FakeRun) -> ArmRun:
+    return ArmRun.load(hold.path, "random")
+
+
+@pytest.fixture(scope="module")
+def embeddings(hold: FakeRun) -> TokenEmbeddings:
+    return TokenEmbeddings.from_run(hold.run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def test_arm_run_loads_stages_in_order(concept_arm: ArmRun) -> None:
+    assert concept_arm.stage_names == list(STAGES)
+    assert (concept_arm.first, concept_arm.start, concept_arm.last) == (
+        "base", "pruned", "retrain-2")
+    assert concept_arm.concept == CONCEPT
+    assert concept_arm.ablated.neurons == tuple(PLANTED)
+    assert concept_arm.tokens("base", *PLANTED[0])[0] == " Paris"
+    with pytest.raises(NeuroplasticError, match="no stage 'retrain-9'"):
+        reappearance(concept_arm, end="retrain-9")
+
+
+def test_dead_neurons_are_recognised(concept_arm: ArmRun) -> None:
+    pruned = concept_arm.stages["pruned"].stats
+    dead = ~alive_mask(pruned)
+    assert sorted(map(tuple, dead.nonzero().tolist())) == PLANTED
+    share = concept_share(pruned, CONCEPT)
+    assert share[PLANTED[0]].isnan() and share[POLY_BASE[0]] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Similarity
+# ---------------------------------------------------------------------------------------------
+
+
+def test_similarity_ordering_follows_the_planted_geometry(hold: FakeRun,
+                                                          embeddings: TokenEmbeddings) -> None:
+    loc = hold.groups["LOC"]
+    scores = {label: embeddings.similarity(ids, loc) for label, ids in hold.groups.items()}
+    assert scores["LOC"] == pytest.approx(1.0)
+    assert scores["LOC"] > scores["PER"] > scores["ORG"] > scores["MISC"] > scores["O"]
+    assert scores["O"] < 0  # centering: unrelated words point away from the concept
+    # A set against itself is 1, and the measure is symmetric.
+    per = hold.groups["PER"]
+    assert embeddings.similarity(per, per) == pytest.approx(1.0)
+    assert embeddings.similarity(per, loc) == pytest.approx(embeddings.similarity(loc, per))
+    # Half the concept's tokens are closer to it than none.
+    half = loc[:3] + hold.groups["O"][:3]
+    assert scores["LOC"] > embeddings.similarity(half, loc) > scores["O"]
+
+
+def test_similarity_handles_unknown_tokens_and_batches(hold: FakeRun,
+                                                       embeddings: TokenEmbeddings) -> None:
+    loc, per = hold.groups["LOC"], hold.groups["PER"]
+    assert math.isnan(embeddings.similarity([10_000], loc))
+    assert math.isnan(embeddings.similarity([], loc))
+    # Unknown ids are dropped from a set, known ones still count.
+    assert embeddings.similarity([10_000, *loc], loc) == pytest.approx(1.0)
+    batch = embeddings.similarity_many(torch.tensor([loc[:4], per[:4]]), torch.tensor(loc))
+    assert batch[0] == pytest.approx(embeddings.similarity(loc[:4], loc), abs=1e-6)
+    assert batch[1] == pytest.approx(embeddings.similarity(per[:4], loc), abs=1e-6)
+    assert loc[0] in embeddings and 10_000 not in embeddings
+
+
+def test_token_embeddings_center_and_dedupe() -> None:
+    ids = torch.tensor([5, 3, 5])
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])
+    raw = TokenEmbeddings.from_vectors(ids, vectors, center=False)
+    assert raw.token_ids.tolist() == [3, 5]  # sorted, first occurrence of 5 kept
+    assert raw.similarity([3], [5]) == pytest.approx(0.0, abs=1e-6)
+    centered = TokenEmbeddings.from_vectors(ids, vectors)
+    assert centered.similarity([3], [5]) == pytest.approx(-1.0, abs=1e-6)
+    with pytest.raises(NeuroplasticError):
+        TokenEmbeddings.from_vectors(torch.tensor([1]), torch.zeros(2, 3))
+
+
+def test_clean_token_text() -> None:
+    assert clean_token_text(" Paris") == "Paris"
+    assert clean_token_text("##ing") == "ing"
+    assert clean_token_text("ĠLondon") == "London"
+    assert clean_token_text("  ") == ""
+
+
+@pytest.mark.slow
+def test_sentence_model_similarity_runs_offline() -> None:
+    embeddings = TokenEmbeddings.from_sentence_model(
+        {1: " Paris", 2: " London", 3: " the", 4: "##", 5: " Berlin"})
+    assert 4 not in embeddings  # no text left to embed
+    assert embeddings.d_model == 384
+    assert embeddings.similarity([1], [2]) > embeddings.similarity([1], [3])
+    assert embeddings.similarity([1, 2], [5]) > embeddings.similarity([3], [5])
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) Saliency per layer and depth: the concept moves from layer 3 to layer 1
+# ---------------------------------------------------------------------------------------------
+
+
+def test_concept_moves_to_layer_1_in_the_concept_arm_only(concept_arm: ArmRun,
+                                                          random_arm: ArmRun) -> None:
+    depth = concept_depth(concept_arm.rankings(), top=6).set_index("stage")
+    assert depth.loc["base", "mean_layer"] == pytest.approx(3.0)
+    assert depth.loc["retrain-2", "mean_layer"] == pytest.approx(1.0)
+    assert depth.loc["retrain-2", "ci_low"] == pytest.approx(1.0)
+    assert depth["n_top"].eq(6).all()
+    control = concept_depth(random_arm.rankings(), top=6).set_index("stage")
+    assert control["mean_layer"].tolist() == pytest.approx([3.0] * len(STAGES))
+
+
+def test_layer_saliency_shares_and_intervals(concept_arm: ArmRun) -> None:
+    frame = layer_saliency(concept_arm.rankings(), top=6)
+    assert len(frame) == len(STAGES) * N_LAYERS
+    assert (frame["ci_low"] <= frame["mean"]).all() and (frame["mean"] <= frame["ci_high"]).all()
+    shares = frame.pivot(index="stage", columns="layer", values="top_share")
+    assert shares.loc["base"].tolist() == [0, 0, 0, 1]
+    assert shares.loc["retrain-2"].tolist() == [0, 1, 0, 0]
+    assert frame.groupby("stage")["top_count"].sum().eq(6).all()
+    # Saliency is a normalized rank: its mean over all neurons is 1/2 at every stage.
+    overall = frame.groupby("stage")["mean"].mean()
+    assert overall.tolist() == pytest.approx([0.5] * len(STAGES))
+    # Layer 3 loses the concept after pruning, layer 1 gains it.
+    means = frame.pivot(index="stage", columns="layer", values="mean")
+    assert means.loc["retrain-2", 1] > means.loc["base", 1]
+    assert means.loc["retrain-2", 3] < means.loc["base", 3]
+    # A fraction means that share of all neurons.
+    assert layer_saliency(concept_arm.rankings(), top=0.0625)["top_count"].sum() == 6 * len(STAGES)
+    with pytest.raises(NeuroplasticError):
+        layer_saliency(concept_arm.rankings(), top=0)
+
+
+def test_saliency_analyses_work_on_in_memory_rankings() -> None:
+    scores = torch.zeros(3, 10)
+    scores[2, :4] = torch.tensor([9.0, 8.0, 7.0, 6.0])
+    moved = torch.zeros(3, 10)
+    moved[0, 5:9] = torch.tensor([9.0, 8.0, 7.0, 6.0])
+    rankings = {"base": Ranking("LOC", "probeless", scores),
+                "retrain-1": Ranking("LOC", "probeless", moved)}
+    depth = concept_depth(rankings, top=4, n_boot=50).set_index("stage")["mean_layer"]
+    assert depth.tolist() == pytest.approx([2.0, 0.0])
+    frame = layer_saliency(rankings, top=4)
+    assert frame.query("stage == 'retrain-1' and layer == 0")["top_share"].item() == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) Where it reappears
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reappearance_finds_the_primed_neurons(concept_arm: ArmRun,
+                                               embeddings: TokenEmbeddings) -> None:
+    frame = reappearance(concept_arm, n=6, embeddings=embeddings)
+    assert sorted(zip(frame["layer"], frame["neuron"], strict=True)) == PRIMED
+    assert (frame["gain"] > 0.8).all()
+    assert (frame["saliency_end"] > frame["saliency_start"]).all()
+    assert frame["concept_share_base"].eq(0).all() and frame["concept_share_end"].eq(0.5).all()
+    first = frame.iloc[0]
+    assert all(t.strip() in {"Alice", "Bob", "Carol", "Dave", "Erin", "Frank"}
+               for t in first["tokens_base"])
+    assert sum(t.strip() in {"Paris", "London", "Berlin", "Rome", "Madrid", "Tokyo", "Cairo",
+                             "Lima"} for t in first["tokens_end"]) == 3
+    assert frame["similarity"].between(0, 1).all()
+    # The ablated neurons are never candidates, however many rows are asked for.
+    everything = reappearance(concept_arm, n=10_000)
+    assert len(everything) == N_LAYERS * D_MLP - len(PLANTED)
+    assert not set(PLANTED) & set(zip(everything["layer"], everything["neuron"], strict=True))
+    assert everything["similarity"].isna().all()  # no embeddings given
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) The pruned neurons
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pruned_neurons_stay_dead_in_hold_mode(concept_arm: ArmRun,
+                                               embeddings: TokenEmbeddings) -> None:
+    trace = pruned_trace(concept_arm, embeddings)
+    stages = trace.stages.set_index("stage")
+    assert stages["n_alive"].tolist() == [6, 0, 0, 0]
+    assert stages.loc["base", "similarity_mean"] == pytest.approx(1.0)
+    assert stages.loc[["pruned", "retrain-1", "retrain-2"], "similarity_mean"].isna().all()
+    assert stages.loc["base", "saliency_mean"] > 0.9 > 0.1 > stages.loc["retrain-2",
+                                                                       "saliency_mean"]
+    assert len(trace.neurons) == len(PLANTED) * len(STAGES)
+
+
+def test_pruned_neurons_regrow_with_their_old_meaning(regrow: FakeRun) -> None:
+    arm = ArmRun.load(regrow.path, "concept")
+    trace = pruned_trace(arm, TokenEmbeddings.from_run(regrow.run)).stages.set_index("stage")
+    assert trace["n_alive"].tolist() == [6, 0, 6, 6]
+    similarity = trace["similarity_mean"]
+    assert math.isnan(similarity["pruned"])
+    assert similarity["retrain-2"] == pytest.approx(1.0)  # the same tokens as at base
+    assert 0 < similarity["retrain-1"] < similarity["retrain-2"]  # half the old tokens
+    assert trace.loc["retrain-1", "concept_share_mean"] == pytest.approx(0.5)
+    assert trace.loc["retrain-2", "saliency_mean"] > trace.loc["pruned", "saliency_mean"]
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) Primed neurons
+# ---------------------------------------------------------------------------------------------
+
+
+def test_concept_tokens_are_the_loc_labelled_top_tokens(hold: FakeRun,
+                                                        concept_arm: ArmRun) -> None:
+    ids = concept_token_ids(concept_arm.stages["base"].stats, CONCEPT)
+    assert sorted(ids.tolist()) == sorted(hold.groups["LOC"])
+
+
+def test_similarity_to_the_concept_predicts_saliency_gain(concept_arm: ArmRun,
+                                                          random_arm: ArmRun,
+                                                          embeddings: TokenEmbeddings) -> None:
+    primed = primed_neurons(concept_arm, embeddings, n_boot=300)
+    assert primed.n == N_LAYERS * D_MLP - len(PLANTED)
+    assert (primed.start, primed.end) == ("pruned", "retrain-2")
+    assert primed.rho > 0.5 and primed.ci_low > 0 and primed.p_value < 1e-6
+    assert primed.ci_low <= primed.rho <= primed.ci_high
+    # The primed neurons: among the most similar to the concept, and the largest gains.
+    frame = primed.neurons.set_index(["layer", "neuron"])
+    assert frame.loc[PRIMED, "gain"].min() == frame["gain"].max()
+    # The random arm: retraining drifts at random, so no such relation.
+    control = primed_neurons(random_arm, embeddings, n_boot=300)
+    assert control.ci_low < 0 < control.ci_high
+    assert abs(control.rho) < primed.rho
+    # Same seed, same interval.
+    again = primed_neurons(concept_arm, embeddings, n_boot=300)
+    assert (again.ci_low, again.ci_high) == (primed.ci_low, primed.ci_high)
+
+
+def test_primed_correlation_is_undefined_without_any_gain(concept_arm: ArmRun,
+                                                          embeddings: TokenEmbeddings) -> None:
+    same = primed_neurons(concept_arm, embeddings, start="base", end="base", n_boot=10)
+    assert math.isnan(same.rho) and math.isnan(same.ci_low)
+    with pytest.raises(NeuroplasticError, match="no token labelled"):
+        primed_neurons(concept_arm, embeddings, concept_tokens=[])
+
+
+# ---------------------------------------------------------------------------------------------
+# (5) Polysemanticity
+# ---------------------------------------------------------------------------------------------
+
+
+def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: ArmRun) -> None:
+    poly = polysemanticity(concept_arm.stats(), CONCEPT, vocabulary=concept_arm.vocabulary)
+    counts = poly.counts.set_index("stage")
+    assert counts["n_polysemantic"].tolist() == [2, 2, 8, 8]
+    assert counts["n_new"].tolist() == [0, 0, 6, 6]
+    assert counts["n_alive"].tolist() == [96, 90, 90, 90]  # the ablated are dead after pruning
+    assert counts["n_concept"].tolist() == [6, 0, 0, 0]
+    examples = poly.examples("retrain-2", n=10)
+    assert len(examples) == 8
+    assert sorted(zip(examples["layer"][:6], examples["neuron"][:6], strict=True)) == PRIMED
+    assert examples["new"].tolist() == [True] * 6 + [False] * 2
+    assert examples.iloc[0]["labels"] == {"LOC": 3, "PER": 3}
+    assert len(examples.iloc[0]["tokens"]) == 6
+    base = poly.examples("base")
+    assert sorted(zip(base["layer"], base["neuron"], strict=True)) == POLY_BASE
+
+    control = polysemanticity(random_arm.stats(), CONCEPT).counts
+    assert control["n_polysemantic"].tolist() == [2, 2, 2, 2]
+    # A stricter band, and leaving neurons out.
+    strict = polysemanticity(concept_arm.stats(), CONCEPT, low=0.4, high=0.45).counts
+    assert strict["n_polysemantic"].tolist() == [0, 0, 0, 0]
+    excluded = polysemanticity(concept_arm.stats(), CONCEPT, exclude=concept_arm.ablated).counts
+    assert excluded["n_alive"].tolist() == [90, 90, 90, 90]
+    with pytest.raises(NeuroplasticError):
+        polysemanticity(concept_arm.stats(), CONCEPT, low=0.9, high=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# (6) Recovery curves
+# ---------------------------------------------------------------------------------------------
+
+
+def test_recovery_curves_from_metrics(hold: FakeRun) -> None:
+    curves = recovery_curves(hold.run.metrics())
+    assert set(curves["arm"]) == {"concept", "random"}
+    assert set(curves["entity"]) == {"overall", "LOC", "PER", "ORG", "MISC"}
+    assert len(curves) == 2 * 6 * 5  # arms x evaluations x entity types
+    loc = curves[(curves["entity"] == "LOC") & (curves["arm"] == "concept")]
+    assert loc.set_index("stage")["f1"]["pruned"] == pytest.approx(0.05)
+    assert loc["value"].iloc[-1] > 0.9
+    assert (loc["training_step"] == loc["step"]).all()  # already monotone: unchanged
+
+
+def test_recovery_curves_continue_steps_that_restart_per_stage() -> None:
+    metrics = pd.DataFrame({
+        "arm": ["concept"] * 5, "stage": ["base", "pruned", "retrain-1", "retrain-2",
+                                          "retrain-2"],
+        "step": [100, 0, 50, 25, 50], "f1_overall": [0.9, 0.1, 0.8, 0.85, 0.9],
+    })
+    curves = recovery_curves(metrics)
+    assert curves["training_step"].tolist() == [100, 100, 150, 175, 200]
+    # Evaluations inside a stage ("retrain-1@10") belong to it; global steps stay as they are.
+    inside = pd.DataFrame({
+        "arm": ["a"] * 5, "stage": ["base", "pruned", "retrain-1@10", "retrain-1", "retrain-2"],
+        "step": [100, 100, 110, 130, 160], "lm_loss_overall": [3.0, 6.0, 4.0, 3.5, 3.2],
+    })
+    lm = recovery_curves(inside, metric="lm_loss")
+    assert lm["training_step"].tolist() == [100, 100, 110, 130, 160]
+    assert lm["stage"].tolist() == inside["stage"].tolist()
+    assert lm["lm_loss"].tolist() == [3.0, 6.0, 4.0, 3.5, 3.2]
+    assert recovery_curves(pd.DataFrame()).empty
+    with pytest.raises(NeuroplasticError, match="f1"):
+        recovery_curves(pd.DataFrame({"arm": ["a"], "stage": ["base"], "step": [0]}))
+
+
+def test_stage_scores_from_summary(hold: FakeRun) -> None:
+    scores = stage_scores(hold.run.summary())
+    assert list(scores.columns[:4]) == ["arm", "stage", "step", "overall"]
+    concept = scores[scores["arm"] == "concept"].set_index("stage")
+    assert concept.loc["pruned", "LOC"] == pytest.approx(0.05)
+    assert concept.loc["retrain-2", "step"] == 40
+    assert scores.attrs["metric"] == "f1"
+    lm = stage_scores({"arms": {"concept": {"stages": [
+        {"stage": "base", "step": 0, "lm_loss": {"overall": 3.0, "LOC": 4.0}}]}}})
+    assert lm.attrs["metric"] == "lm_loss" and lm["LOC"].tolist() == [4.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything together
+# ---------------------------------------------------------------------------------------------
+
+
+def test_analyse_arm_runs_every_analysis(random_arm: ArmRun,
+                                         embeddings: TokenEmbeddings) -> None:
+    analysis = analyse_arm(random_arm, embeddings, top=6, n_reappeared=5, n_boot=50)
+    assert analysis.depth["mean_layer"].tolist() == pytest.approx([3.0] * len(STAGES))
+    assert len(analysis.reappearance) == 5
+    assert not set(RANDOM_ABLATED) & set(zip(analysis.reappearance["layer"],
+                                             analysis.reappearance["neuron"], strict=True))
+    assert analysis.primed is not None
+    assert analysis.pruned.stages["n_alive"].tolist() == [6, 0, 0, 0]
+    assert np.isfinite(analysis.layer_saliency["mean"]).all()
+    without = analyse_arm(random_arm, None, top=6, n_boot=10)
+    assert without.primed is None and without.reappearance["similarity"].isna().all()
+
+
+def test_loading_an_empty_directory_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"concept": "LOC", "method": "probeless"}')
+    with pytest.raises(NeuroplasticError, match="no stage artifacts"):
+        ArmRun.load(tmp_path, "concept")

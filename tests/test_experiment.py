@@ -1,0 +1,186 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import neuroplastic.experiment as experiment
+from neuroplastic.config import ExperimentConfig
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.io import atomic_write_bytes
+from neuroplastic.rundir import RunDir, stage_names
+
+TINY = dict(model="tiny-bert", train_sentences=96, validation_sentences=32, base_steps=6,
+            stages=2, stage_steps=3, batch_size=8, top_k_tokens=5, fraction=0.1,
+            learning_rate=1e-3)
+
+
+def tiny_config(**overrides) -> ExperimentConfig:
+    return ExperimentConfig(**{**TINY, **overrides})
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    return out, experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+
+
+def test_stage_loop_and_outputs(reference):
+    out, summary = reference
+    run = RunDir(out)
+    assert set(summary["arms"]) == {"concept", "random"}
+    for arm, result in summary["arms"].items():
+        assert [s["stage"] for s in result["stages"]] == stage_names(2)
+        assert [s["step"] for s in result["stages"]] == [0, 0, 3, 6]
+        assert set(result["stages"][0]["f1"]) == {"overall", "LOC", "PER", "ORG", "MISC"}
+        assert run.stages(arm) == stage_names(2)
+        assert result["neurons"] == len(run.neurons(arm))
+    concept, random = run.neurons("concept"), run.neurons("random")
+    assert concept.per_layer_counts() == random.per_layer_counts()
+    assert concept != random
+    assert json.loads(run.config_path.read_text()) == tiny_config().to_dict()
+    assert len(run.metrics()) == 8  # base + pruned + 2 retrain stages, per arm
+    stage = run.stage("concept", "retrain-2")
+    assert stage.ranking.scores.shape == (2, 64)
+    assert {"layer", "neuron", "k", "value", "token", "label"} <= set(stage.top_tokens.columns)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_held_neurons_stay_dead_in_later_rankings(reference):
+    out, _ = reference
+    run = RunDir(out)
+    mask = run.neurons("concept").mask()
+    stats = run.stage("concept", "retrain-2").stats
+    assert (stats.sum[:, mask] == 0).all() and (stats.top_values[mask] == 0).all()
+
+
+class SimulatedKill(BaseException):
+    """Like SIGKILL for the code under test: nothing after it runs (not an Exception)."""
+
+
+# Every stage, killed either after its training (before anything is written) or between its
+# weights and its completion marker (a torn stage).
+KILL_POINTS = [
+    ("concept", "base", "before"), ("concept", "pruned", "after-weights"),
+    ("concept", "retrain-1", "before"), ("concept", "retrain-2", "after-weights"),
+    ("random", "pruned", "before"), ("random", "retrain-1", "after-weights"),
+    ("random", "retrain-2", "before"),
+]
+
+
+@pytest.mark.parametrize("arm, stage, when", KILL_POINTS)
+def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm, stage, when):
+    _, expected = reference
+    real_finish, real_save = experiment._finish_stage, experiment._save_weights
+
+    def finish(setup, arm_, stage_, *args):
+        if (arm_, stage_, when) == (arm, stage, "before"):
+            raise SimulatedKill
+        return real_finish(setup, arm_, stage_, *args)
+
+    def save_then_die(setup, arm_, stage_):
+        real_save(setup, arm_, stage_)
+        if (arm_, stage_, when) == (arm, stage, "after-weights"):
+            raise SimulatedKill  # weights written, marker not yet: a torn stage
+
+    monkeypatch.setattr(experiment, "_finish_stage", finish)
+    monkeypatch.setattr(experiment, "_save_weights", save_then_die)
+    with pytest.raises(SimulatedKill):
+        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    monkeypatch.undo()
+    resumed = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    assert resumed == expected
+
+
+def test_sigkill_then_rerun_gives_the_same_summary(reference, tmp_path):
+    _, expected = reference
+    args = [sys.executable, "-m", "neuroplastic.cli", "run", "--out", str(tmp_path), "--quiet",
+            "--no-report"]
+    for name, value in TINY.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "state" / "concept" / "pruned.json"
+    deadline = time.time() + 120
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "summary.json").exists()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(
+        json.dumps(expected))
+
+
+def test_a_different_config_is_refused(reference):
+    out, _ = reference
+    with pytest.raises(NeuroplasticError, match=r"different config.*learning_rate"):
+        experiment.run_experiment(tiny_config(learning_rate=0.5), out, progress=False, log=quiet)
+
+
+def test_nan_loss_stops_and_keeps_completed_stages(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = experiment.tagging_loss
+
+    def poisoned(module, batch):
+        calls["n"] += 1
+        loss = real(module, batch)
+        return loss * float("nan") if calls["n"] > TINY["base_steps"] else loss
+
+    monkeypatch.setattr(experiment, "tagging_loss", poisoned)
+    with pytest.raises(NeuroplasticError, match=r"\[concept\] retrain-1: the loss became nan"):
+        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    run = RunDir(tmp_path)
+    assert run.stages("concept") == ["base", "pruned"]
+    assert list(run.metrics()["stage"]) == ["base", "pruned", "base"]  # random arm shares base
+
+
+def test_regrow_mode_runs_and_neurons_can_return(tmp_path):
+    summary = experiment.run_experiment(tiny_config(mode="regrow", baseline="none",
+                                                    stages=1), tmp_path, progress=False, log=quiet)
+    assert list(summary["arms"]) == ["concept"]
+    run = RunDir(tmp_path)
+    mask = run.neurons("concept").mask()
+    assert (run.stage("concept", "pruned").stats.top_values[mask] == 0).all()
+    assert (run.stage("concept", "retrain-1").stats.top_values[mask] != 0).any()
+
+
+def test_causal_lm_task_reports_concept_and_other_losses(tmp_path):
+    summary = experiment.run_experiment(
+        tiny_config(model="tiny-gpt2", task="lm", stages=1, baseline="none"), tmp_path,
+        progress=False, log=quiet)
+    stages = summary["arms"]["concept"]["stages"]
+    assert [s["stage"] for s in stages] == ["base", "pruned", "retrain-1"]
+    assert all(set(s["lm_loss"]) == {"concept", "other"} and s["lm_loss"]["concept"] > 0
+               for s in stages)
+    with pytest.raises(NeuroplasticError, match="needs a decoder"):
+        experiment.run_experiment(tiny_config(task="lm"), tmp_path / "bert", progress=False,
+                                  log=quiet)
+
+
+def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
+    target = tmp_path / "artifact.json"
+    atomic_write_bytes(target, b"old")
+
+    def crash(*args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new and longer")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_bad_settings_are_explained():
+    with pytest.raises(NeuroplasticError, match="mode must be one of hold, regrow"):
+        ExperimentConfig(mode="keep")
+    with pytest.raises(NeuroplasticError, match="unknown setting"):
+        ExperimentConfig.from_dict({"modle": "gpt2"})

@@ -249,12 +249,20 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
 
 
 def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
-    """(stage, first training step) of every stage after the first, from the first arm;
-    evaluations inside a stage (``retrain-1@10``) count as that stage."""
+    """(stage, step where its training starts = the previous stage's last step) of every stage
+    after the first, from the first arm; evaluations inside a stage (``retrain-1@10``) count
+    as that stage."""
     arm = curves["arm"].iloc[0]
     rows = curves[curves["arm"] == arm]
-    starts = rows.groupby(rows["stage"].str.partition("@")[0], sort=False)["training_step"].min()
-    return [(stage, float(step)) for stage, step in list(starts.items())[1:]]
+    ends = rows.groupby(rows["stage"].str.partition("@")[0], sort=False)["training_step"].max()
+    names, steps = list(ends.index), list(ends.values)
+    starts: list[tuple[str, float]] = []
+    for i in range(1, len(names)):
+        if starts and starts[-1][1] == float(steps[i - 1]):  # e.g. pruning takes no steps
+            starts[-1] = (f"{starts[-1][0]}, {names[i]}", starts[-1][1])
+        else:
+            starts.append((names[i], float(steps[i - 1])))
+    return starts
 
 
 def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> None:

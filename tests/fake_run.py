@@ -50,8 +50,21 @@ WORDS: dict[str, tuple[str, ...]] = {
     "PER": (" Alice", " Bob", " Carol", " Dave", " Erin", " Frank"),
     "ORG": (" Google", " Siemens", " Fiat", " Sony"),
     "MISC": (" French", " German", " Olympics", " English"),
-    "O": (" the", " of", " and", " in", " said", " a", " to", " on", " was", " for", " by",
-          " with", " <b>&amp;"),
+    "O": (
+        " the",
+        " of",
+        " and",
+        " in",
+        " said",
+        " a",
+        " to",
+        " on",
+        " was",
+        " for",
+        " by",
+        " with",
+        " <b>&amp;",
+    ),
 }
 BOS = "<|endoftext|>"
 # Each label group's direction shares a "name" component with LOC in proportion to how close
@@ -140,12 +153,15 @@ class _Planter:
             for p, token in enumerate(sentence):
                 if p:
                     self.occurrences.setdefault(token, []).append((s, p))
-        counts = [sum(fake.token_label[t] == label for sentence in fake.sentences
-                      for t in sentence[1:]) for label in LABELS]
+        counts = [
+            sum(fake.token_label[t] == label for sentence in fake.sentences for t in sentence[1:])
+            for label in LABELS
+        ]
         self.count = torch.tensor(counts, dtype=torch.long)
 
-    def stats(self, loc_mean: torch.Tensor, top_ids: list[list[list[int]]],
-              dead: torch.Tensor) -> NeuronStats:
+    def stats(
+        self, loc_mean: torch.Tensor, top_ids: list[list[list[int]]], dead: torch.Tensor
+    ) -> NeuronStats:
         n_labels = len(LABELS)
         means = torch.zeros(n_labels, N_LAYERS, D_MLP, dtype=torch.float64)
         means[LABELS.index(CONCEPT)] = loc_mean.double()
@@ -172,9 +188,17 @@ class _Planter:
                     label[layer, neuron, k] = LABELS.index(self.fake.token_label[token_id])
                     if not dead[layer, neuron]:
                         values[layer, neuron, k] = 3.0 + float(loc_mean[layer, neuron]) - 0.3 * k
-        return NeuronStats(LABELS, self.count.clone(), means * count,
-                           (means**2 + variance) * count, values, sentence, position, token,
-                           label)
+        return NeuronStats(
+            LABELS,
+            self.count.clone(),
+            means * count,
+            (means**2 + variance) * count,
+            values,
+            sentence,
+            position,
+            token,
+            label,
+        )
 
 
 def _pick(groups: dict[str, list[int]], spec: list[tuple[str, int]], offset: int) -> list[int]:
@@ -186,21 +210,25 @@ def _pick(groups: dict[str, list[int]], spec: list[tuple[str, int]], offset: int
     return ids
 
 
-def _arm_stages(fake: FakeRun, arm: str, rng: np.random.Generator
-                ) -> dict[str, tuple[torch.Tensor, list[list[list[int]]], torch.Tensor]]:
+def _arm_stages(
+    fake: FakeRun, arm: str, rng: np.random.Generator
+) -> dict[str, tuple[torch.Tensor, list[list[list[int]]], torch.Tensor]]:
     """(LOC mean, top token ids, dead mask) of every stage of one arm."""
     groups = fake.groups
     base_mean = torch.tensor(rng.uniform(0.05, 0.3, (N_LAYERS, D_MLP)), dtype=torch.float32)
     drift = torch.tensor(rng.normal(0, 0.03, (N_LAYERS, D_MLP)), dtype=torch.float32)
-    background = [[BACKGROUND[(layer * D_MLP + n) % 4] for n in range(D_MLP)]
-                  for layer in range(N_LAYERS)]
+    background = [
+        [BACKGROUND[(layer * D_MLP + n) % 4] for n in range(D_MLP)] for layer in range(N_LAYERS)
+    ]
     ablated = PLANTED if arm == "concept" else RANDOM_ABLATED
     stages = {}
     for index, stage in enumerate(STAGES):
         progress = {"base": 0.0, "pruned": 0.0, "retrain-1": 0.5, "retrain-2": 1.0}[stage]
         mean = base_mean.clone()
-        tops = [[_pick(groups, [(background[layer][n], TOP_K)], n) for n in range(D_MLP)]
-                for layer in range(N_LAYERS)]
+        tops = [
+            [_pick(groups, [(background[layer][n], TOP_K)], n) for n in range(D_MLP)]
+            for layer in range(N_LAYERS)
+        ]
         # Retraining drifts every neuron a little, in both arms.
         mean += progress * drift
         if arm == "concept":
@@ -228,8 +256,9 @@ def _arm_stages(fake: FakeRun, arm: str, rng: np.random.Generator
                 regrown = fake.mode == "regrow" and arm == "concept" and stage != "pruned"
                 if regrown and stage == "retrain-1":
                     mean[layer, neuron] = 0.5
-                    tops[layer][neuron] = (_pick(groups, [("LOC", 3)], n)
-                                           + _pick(groups, [("O", 3)], n))
+                    tops[layer][neuron] = _pick(groups, [("LOC", 3)], n) + _pick(
+                        groups, [("O", 3)], n
+                    )
                 elif regrown:
                     mean[layer, neuron] = 1.0
                     tops[layer][neuron] = _pick(groups, [("LOC", TOP_K)], n)
@@ -249,16 +278,33 @@ def _metrics(arm: str) -> list[dict]:
     for stage, stage_steps in steps.items():
         for step in stage_steps:
             if arm == "concept":
-                loc = 0.05 if stage == "pruned" else (0.95 if stage == "base"
-                                                      else concept_curve[step])
+                loc = (
+                    0.05
+                    if stage == "pruned"
+                    else (0.95 if stage == "base" else concept_curve[step])
+                )
             else:
                 loc = 0.94 if stage == "base" else 0.9 + step / 1000
-            f1 = {"overall": round((loc + 0.9 * 3) / 4, 4), "LOC": loc, "PER": 0.92,
-                  "ORG": 0.88, "MISC": 0.86}
+            f1 = {
+                "overall": round((loc + 0.9 * 3) / 4, 4),
+                "LOC": loc,
+                "PER": 0.92,
+                "ORG": 0.88,
+                "MISC": 0.86,
+            }
             # As the experiment does: an evaluation inside a stage is named "stage@n".
             name = stage if step == stage_steps[-1] else f"{stage}@{step - stage_steps[0] + 10}"
-            rows.append({"arm": arm, "stage": name, "step": step, "f1": f1,
-                         "precision": dict(f1), "recall": dict(f1), "loss": 1.0 - f1["overall"]})
+            rows.append(
+                {
+                    "arm": arm,
+                    "stage": name,
+                    "step": step,
+                    "f1": f1,
+                    "precision": dict(f1),
+                    "recall": dict(f1),
+                    "loss": 1.0 - f1["overall"],
+                }
+            )
     return rows
 
 
@@ -269,9 +315,15 @@ def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRu
     vocabulary, token_label, groups = _vocabulary()
     fake = FakeRun(path, mode, vocabulary, token_label, groups, [])
     fake.sentences = _sentences(groups, rng)
-    fake.config = {"concept": CONCEPT, "method": "probeless", "mode": mode,
-                   "model": "fake-4x24", "dataset": "hand-made", "seed": seed,
-                   "retrain_stages": 2}
+    fake.config = {
+        "concept": CONCEPT,
+        "method": "probeless",
+        "mode": mode,
+        "model": "fake-4x24",
+        "dataset": "hand-made",
+        "seed": seed,
+        "retrain_stages": 2,
+    }
     run = RunDir(path)
     atomic_write_json(run.config_path, fake.config)
     run.write_sentences([[vocabulary[t] for t in sentence] for sentence in fake.sentences])
@@ -284,15 +336,17 @@ def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRu
     for arm in ("concept", "random"):
         ablated = PLANTED if arm == "concept" else RANDOM_ABLATED
         NeuronSet.of(N_LAYERS, D_MLP, ablated, f"{arm} neurons").save(run.neurons_path(arm))
-        for stage, (mean, tops, dead) in _arm_stages(fake, arm, np.random.default_rng(seed + 1)
-                                                     ).items():
+        for stage, (mean, tops, dead) in _arm_stages(
+            fake, arm, np.random.default_rng(seed + 1)
+        ).items():
             stats = planter.stats(mean, tops, dead)
             ranking = Ranking.from_stats(stats, CONCEPT, "probeless")
             run.write_stage(arm, stage, ranking, stats, top_tokens_frame(stats, tokenizer))
         rows = _metrics(arm)
         run.append_metrics(rows)
-        stages = [{k: v for k, v in row.items() if k != "arm"} for row in rows
-                  if "@" not in row["stage"]]
+        stages = [
+            {k: v for k, v in row.items() if k != "arm"} for row in rows if "@" not in row["stage"]
+        ]
         summary["arms"][arm] = {"neurons": len(ablated), "stages": stages}
     atomic_write_json(run.summary_path, summary)
     return fake

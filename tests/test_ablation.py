@@ -25,8 +25,9 @@ def batch(tiny_model, corpus):
 
 
 def mlp_cache(model, batch):
-    _, cache = model.run_with_cache(batch.tokens, attention_mask=batch.attention_mask,
-                                    names_filter=MLP)
+    _, cache = model.run_with_cache(
+        batch.tokens, attention_mask=batch.attention_mask, names_filter=MLP
+    )
     return cache
 
 
@@ -43,8 +44,9 @@ def test_zero_ablation_zeroes_activations_and_gradients(tiny_model, batch):
             if layer == 0:
                 assert torch.equal(after[name][..., ~mask[0]], before[name][..., ~mask[0]])
         tiny_model.zero_grad()
-        resid = run_forward(tiny_model, batch.tokens, batch.attention_mask,
-                            stop_at=resid_post_name(tiny_model))
+        resid = run_forward(
+            tiny_model, batch.tokens, batch.attention_mask, stop_at=resid_post_name(tiny_model)
+        )
         resid.pow(2).sum().backward()
     for layer, indices in neurons.by_layer().items():
         w_in, _, _ = mlp_neuron_weights(tiny_model, layer)
@@ -67,7 +69,9 @@ def test_mean_ablation_uses_the_overall_mean(tiny_gpt2, corpus):
     with ablate(tiny_gpt2, neurons, mode="mean", stats=stats):
         cache = mlp_cache(tiny_gpt2, batch)
     expected = stats.overall_mean()[1, 2].float()
-    assert torch.allclose(cache[mlp_hook_name(1)][..., 2], expected.expand(2, batch.tokens.shape[1]))
+    assert torch.allclose(
+        cache[mlp_hook_name(1)][..., 2], expected.expand(2, batch.tokens.shape[1])
+    )
     with pytest.raises(NeuroplasticError, match="needs NeuronStats"):
         ablate(tiny_gpt2, neurons, mode="mean")
 

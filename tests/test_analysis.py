@@ -75,7 +75,10 @@ def embeddings(hold: FakeRun) -> TokenEmbeddings:
 def test_arm_run_loads_stages_in_order(concept_arm: ArmRun) -> None:
     assert concept_arm.stage_names == list(STAGES)
     assert (concept_arm.first, concept_arm.start, concept_arm.last) == (
-        "base", "pruned", "retrain-2")
+        "base",
+        "pruned",
+        "retrain-2",
+    )
     assert concept_arm.concept == CONCEPT
     assert concept_arm.ablated.neurons == tuple(PLANTED)
     assert concept_arm.tokens("base", *PLANTED[0])[0] == " Paris"
@@ -96,8 +99,9 @@ def test_dead_neurons_are_recognised(concept_arm: ArmRun) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_similarity_ordering_follows_the_planted_geometry(hold: FakeRun,
-                                                          embeddings: TokenEmbeddings) -> None:
+def test_similarity_ordering_follows_the_planted_geometry(
+    hold: FakeRun, embeddings: TokenEmbeddings
+) -> None:
     loc = hold.groups["LOC"]
     scores = {label: embeddings.similarity(ids, loc) for label, ids in hold.groups.items()}
     assert scores["LOC"] == pytest.approx(1.0)
@@ -112,8 +116,9 @@ def test_similarity_ordering_follows_the_planted_geometry(hold: FakeRun,
     assert scores["LOC"] > embeddings.similarity(half, loc) > scores["O"]
 
 
-def test_similarity_handles_unknown_tokens_and_batches(hold: FakeRun,
-                                                       embeddings: TokenEmbeddings) -> None:
+def test_similarity_handles_unknown_tokens_and_batches(
+    hold: FakeRun, embeddings: TokenEmbeddings
+) -> None:
     loc, per = hold.groups["LOC"], hold.groups["PER"]
     assert math.isnan(embeddings.similarity([10_000], loc))
     assert math.isnan(embeddings.similarity([], loc))
@@ -147,7 +152,8 @@ def test_clean_token_text() -> None:
 @pytest.mark.slow
 def test_sentence_model_similarity_runs_offline() -> None:
     embeddings = TokenEmbeddings.from_sentence_model(
-        {1: " Paris", 2: " London", 3: " the", 4: "##", 5: " Berlin"})
+        {1: " Paris", 2: " London", 3: " the", 4: "##", 5: " Berlin"}
+    )
     assert 4 not in embeddings  # no text left to embed
     assert embeddings.d_model == 384
     assert embeddings.similarity([1], [2]) > embeddings.similarity([1], [3])
@@ -159,8 +165,9 @@ def test_sentence_model_similarity_runs_offline() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_concept_moves_to_layer_1_in_the_concept_arm_only(concept_arm: ArmRun,
-                                                          random_arm: ArmRun) -> None:
+def test_concept_moves_to_layer_1_in_the_concept_arm_only(
+    concept_arm: ArmRun, random_arm: ArmRun
+) -> None:
     depth = concept_depth(concept_arm.rankings(), top=6).set_index("stage")
     assert depth.loc["base", "mean_layer"] == pytest.approx(3.0)
     assert depth.loc["retrain-2", "mean_layer"] == pytest.approx(1.0)
@@ -196,8 +203,10 @@ def test_saliency_analyses_work_on_in_memory_rankings() -> None:
     scores[2, :4] = torch.tensor([9.0, 8.0, 7.0, 6.0])
     moved = torch.zeros(3, 10)
     moved[0, 5:9] = torch.tensor([9.0, 8.0, 7.0, 6.0])
-    rankings = {"base": Ranking("LOC", "probeless", scores),
-                "retrain-1": Ranking("LOC", "probeless", moved)}
+    rankings = {
+        "base": Ranking("LOC", "probeless", scores),
+        "retrain-1": Ranking("LOC", "probeless", moved),
+    }
     depth = concept_depth(rankings, top=4, n_boot=50).set_index("stage")["mean_layer"]
     assert depth.tolist() == pytest.approx([2.0, 0.0])
     frame = layer_saliency(rankings, top=4)
@@ -209,18 +218,26 @@ def test_saliency_analyses_work_on_in_memory_rankings() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_reappearance_finds_the_primed_neurons(concept_arm: ArmRun,
-                                               embeddings: TokenEmbeddings) -> None:
+def test_reappearance_finds_the_primed_neurons(
+    concept_arm: ArmRun, embeddings: TokenEmbeddings
+) -> None:
     frame = reappearance(concept_arm, n=6, embeddings=embeddings)
     assert sorted(zip(frame["layer"], frame["neuron"], strict=True)) == PRIMED
     assert (frame["gain"] > 0.8).all()
     assert (frame["saliency_end"] > frame["saliency_start"]).all()
     assert frame["concept_share_base"].eq(0).all() and frame["concept_share_end"].eq(0.5).all()
     first = frame.iloc[0]
-    assert all(t.strip() in {"Alice", "Bob", "Carol", "Dave", "Erin", "Frank"}
-               for t in first["tokens_base"])
-    assert sum(t.strip() in {"Paris", "London", "Berlin", "Rome", "Madrid", "Tokyo", "Cairo",
-                             "Lima"} for t in first["tokens_end"]) == 3
+    assert all(
+        t.strip() in {"Alice", "Bob", "Carol", "Dave", "Erin", "Frank"}
+        for t in first["tokens_base"]
+    )
+    assert (
+        sum(
+            t.strip() in {"Paris", "London", "Berlin", "Rome", "Madrid", "Tokyo", "Cairo", "Lima"}
+            for t in first["tokens_end"]
+        )
+        == 3
+    )
     assert frame["similarity"].between(0, 1).all()
     # The ablated neurons are never candidates, however many rows are asked for.
     everything = reappearance(concept_arm, n=10_000)
@@ -234,15 +251,17 @@ def test_reappearance_finds_the_primed_neurons(concept_arm: ArmRun,
 # ---------------------------------------------------------------------------------------------
 
 
-def test_pruned_neurons_stay_dead_in_hold_mode(concept_arm: ArmRun,
-                                               embeddings: TokenEmbeddings) -> None:
+def test_pruned_neurons_stay_dead_in_hold_mode(
+    concept_arm: ArmRun, embeddings: TokenEmbeddings
+) -> None:
     trace = pruned_trace(concept_arm, embeddings)
     stages = trace.stages.set_index("stage")
     assert stages["n_alive"].tolist() == [6, 0, 0, 0]
     assert stages.loc["base", "similarity_mean"] == pytest.approx(1.0)
     assert stages.loc[["pruned", "retrain-1", "retrain-2"], "similarity_mean"].isna().all()
-    assert stages.loc["base", "saliency_mean"] > 0.9 > 0.1 > stages.loc["retrain-2",
-                                                                       "saliency_mean"]
+    assert (
+        stages.loc["base", "saliency_mean"] > 0.9 > 0.1 > stages.loc["retrain-2", "saliency_mean"]
+    )
     assert len(trace.neurons) == len(PLANTED) * len(STAGES)
 
 
@@ -263,15 +282,14 @@ def test_pruned_neurons_regrow_with_their_old_meaning(regrow: FakeRun) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_concept_tokens_are_the_loc_labelled_top_tokens(hold: FakeRun,
-                                                        concept_arm: ArmRun) -> None:
+def test_concept_tokens_are_the_loc_labelled_top_tokens(hold: FakeRun, concept_arm: ArmRun) -> None:
     ids = concept_token_ids(concept_arm.stages["base"].stats, CONCEPT)
     assert sorted(ids.tolist()) == sorted(hold.groups["LOC"])
 
 
-def test_similarity_to_the_concept_predicts_saliency_gain(concept_arm: ArmRun,
-                                                          random_arm: ArmRun,
-                                                          embeddings: TokenEmbeddings) -> None:
+def test_similarity_to_the_concept_predicts_saliency_gain(
+    concept_arm: ArmRun, random_arm: ArmRun, embeddings: TokenEmbeddings
+) -> None:
     primed = primed_neurons(concept_arm, embeddings, n_boot=300)
     assert primed.n == N_LAYERS * D_MLP - len(PLANTED)
     assert (primed.start, primed.end) == ("pruned", "retrain-2")
@@ -289,8 +307,9 @@ def test_similarity_to_the_concept_predicts_saliency_gain(concept_arm: ArmRun,
     assert (again.ci_low, again.ci_high) == (primed.ci_low, primed.ci_high)
 
 
-def test_primed_correlation_is_undefined_without_any_gain(concept_arm: ArmRun,
-                                                          embeddings: TokenEmbeddings) -> None:
+def test_primed_correlation_is_undefined_without_any_gain(
+    concept_arm: ArmRun, embeddings: TokenEmbeddings
+) -> None:
     same = primed_neurons(concept_arm, embeddings, start="base", end="base", n_boot=10)
     assert math.isnan(same.rho) and math.isnan(same.ci_low)
     with pytest.raises(NeuroplasticError, match="no token labelled"):
@@ -346,18 +365,25 @@ def test_recovery_curves_from_metrics(hold: FakeRun) -> None:
 
 
 def test_recovery_curves_continue_steps_that_restart_per_stage() -> None:
-    metrics = pd.DataFrame({
-        "arm": ["concept"] * 5, "stage": ["base", "pruned", "retrain-1", "retrain-2",
-                                          "retrain-2"],
-        "step": [100, 0, 50, 25, 50], "f1_overall": [0.9, 0.1, 0.8, 0.85, 0.9],
-    })
+    metrics = pd.DataFrame(
+        {
+            "arm": ["concept"] * 5,
+            "stage": ["base", "pruned", "retrain-1", "retrain-2", "retrain-2"],
+            "step": [100, 0, 50, 25, 50],
+            "f1_overall": [0.9, 0.1, 0.8, 0.85, 0.9],
+        }
+    )
     curves = recovery_curves(metrics)
     assert curves["training_step"].tolist() == [100, 100, 150, 175, 200]
     # Evaluations inside a stage ("retrain-1@10") belong to it; global steps stay as they are.
-    inside = pd.DataFrame({
-        "arm": ["a"] * 5, "stage": ["base", "pruned", "retrain-1@10", "retrain-1", "retrain-2"],
-        "step": [100, 100, 110, 130, 160], "lm_loss_overall": [3.0, 6.0, 4.0, 3.5, 3.2],
-    })
+    inside = pd.DataFrame(
+        {
+            "arm": ["a"] * 5,
+            "stage": ["base", "pruned", "retrain-1@10", "retrain-1", "retrain-2"],
+            "step": [100, 100, 110, 130, 160],
+            "lm_loss_overall": [3.0, 6.0, 4.0, 3.5, 3.2],
+        }
+    )
     lm = recovery_curves(inside, metric="lm_loss")
     assert lm["training_step"].tolist() == [100, 100, 110, 130, 160]
     assert lm["stage"].tolist() == inside["stage"].tolist()
@@ -374,8 +400,17 @@ def test_stage_scores_from_summary(hold: FakeRun) -> None:
     assert concept.loc["pruned", "LOC"] == pytest.approx(0.05)
     assert concept.loc["retrain-2", "step"] == 40
     assert scores.attrs["metric"] == "f1"
-    lm = stage_scores({"arms": {"concept": {"stages": [
-        {"stage": "base", "step": 0, "lm_loss": {"overall": 3.0, "LOC": 4.0}}]}}})
+    lm = stage_scores(
+        {
+            "arms": {
+                "concept": {
+                    "stages": [
+                        {"stage": "base", "step": 0, "lm_loss": {"overall": 3.0, "LOC": 4.0}}
+                    ]
+                }
+            }
+        }
+    )
     assert lm.attrs["metric"] == "lm_loss" and lm["LOC"].tolist() == [4.0]
 
 
@@ -384,13 +419,13 @@ def test_stage_scores_from_summary(hold: FakeRun) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_analyse_arm_runs_every_analysis(random_arm: ArmRun,
-                                         embeddings: TokenEmbeddings) -> None:
+def test_analyse_arm_runs_every_analysis(random_arm: ArmRun, embeddings: TokenEmbeddings) -> None:
     analysis = analyse_arm(random_arm, embeddings, top=6, n_reappeared=5, n_boot=50)
     assert analysis.depth["mean_layer"].tolist() == pytest.approx([3.0] * len(STAGES))
     assert len(analysis.reappearance) == 5
-    assert not set(RANDOM_ABLATED) & set(zip(analysis.reappearance["layer"],
-                                             analysis.reappearance["neuron"], strict=True))
+    assert not set(RANDOM_ABLATED) & set(
+        zip(analysis.reappearance["layer"], analysis.reappearance["neuron"], strict=True)
+    )
     assert analysis.primed is not None
     assert analysis.pruned.stages["n_alive"].tolist() == [6, 0, 0, 0]
     assert np.isfinite(analysis.layer_saliency["mean"]).all()

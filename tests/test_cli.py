@@ -15,14 +15,29 @@ def run_cli(capsys, *args):
 
 def test_rank_prints_and_writes_every_neuron(capsys, tmp_path):
     out = tmp_path / "rank.json"
-    code, stdout, _ = run_cli(capsys, "rank", "--model", "tiny-gpt2", "--limit", "30", "--top",
-                              "3", "--json", str(out), "--quiet")
+    code, stdout, _ = run_cli(
+        capsys,
+        "rank",
+        "--model",
+        "tiny-gpt2",
+        "--limit",
+        "30",
+        "--top",
+        "3",
+        "--json",
+        str(out),
+        "--quiet",
+    )
     assert code == 0
     assert "saliency" in stdout and len(stdout.strip().splitlines()) == 2 + 3 + 1
     data = json.loads(out.read_text())
     assert {k: data[k] for k in ("model", "concept", "method", "n_layers", "d_mlp")} == {
-        "model": "tiny-gpt2", "concept": "LOC", "method": "probeless", "n_layers": 2,
-        "d_mlp": 64}
+        "model": "tiny-gpt2",
+        "concept": "LOC",
+        "method": "probeless",
+        "n_layers": 2,
+        "d_mlp": 64,
+    }
     neurons = data["neurons"]
     assert len(neurons) == 128
     assert [n["rank"] for n in neurons] == list(range(128))
@@ -36,20 +51,35 @@ def test_rank_prints_and_writes_every_neuron(capsys, tmp_path):
 def test_rank_on_a_conll_file_with_smd(capsys, tmp_path):
     path = tmp_path / "data.txt"
     path.write_text(CONLL * 3)
-    code, stdout, _ = run_cli(capsys, "rank", "--model", "tiny-bert", "--dataset", str(path),
-                              "--method", "smd", "--split", "train", "--quiet")
+    code, stdout, _ = run_cli(
+        capsys,
+        "rank",
+        "--model",
+        "tiny-bert",
+        "--dataset",
+        str(path),
+        "--method",
+        "smd",
+        "--split",
+        "train",
+        "--quiet",
+    )
     assert code == 0 and "smd saliency for LOC" in stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--concept", "LOCATION"], "unknown concept label 'LOCATION'; labels present: O, LOC"),
-    (["--dataset", "missing/dir/train.txt"], "dataset path not found"),
-    (["--method", "oracle"], "unknown ranking method 'oracle'"),
-    (["--model", "./no-such-model"], "model directory not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--concept", "LOCATION"], "unknown concept label 'LOCATION'; labels present: O, LOC"),
+        (["--dataset", "missing/dir/train.txt"], "dataset path not found"),
+        (["--method", "oracle"], "unknown ranking method 'oracle'"),
+        (["--model", "./no-such-model"], "model directory not found"),
+    ],
+)
 def test_rank_bad_input(capsys, args, message):
-    code, stdout, stderr = run_cli(capsys, "rank", "--model", "tiny-gpt2", "--limit", "8",
-                                   "--quiet", *args)
+    code, stdout, stderr = run_cli(
+        capsys, "rank", "--model", "tiny-gpt2", "--limit", "8", "--quiet", *args
+    )
     assert code == 2
     assert message in stderr
     assert "Traceback" not in stderr
@@ -66,15 +96,25 @@ def test_malformed_and_conceptless_conll(capsys, tmp_path):
     assert code == 2 and "no sentences" in stderr
     no_loc = tmp_path / "noloc.txt"
     no_loc.write_text("Ann B-PER\nsings O\n\nBob B-PER\nruns O\n\nIBM B-ORG\nwins O\n")
-    code, _, stderr = run_cli(capsys, "rank", "--model", "tiny-gpt2", "--dataset", str(no_loc),
-                              "--split", "train", "--quiet")
+    code, _, stderr = run_cli(
+        capsys,
+        "rank",
+        "--model",
+        "tiny-gpt2",
+        "--dataset",
+        str(no_loc),
+        "--split",
+        "train",
+        "--quiet",
+    )
     assert code == 2 and "unknown concept label 'LOC'; labels present: O, PER, ORG" in stderr
 
 
 def test_run_refuses_a_changed_config(capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model": "tiny-bert", "seed": 1}))
-    code, _, stderr = run_cli(capsys, "run", "--out", str(tmp_path), "--model", "tiny-gpt2",
-                              "--quiet")
+    code, _, stderr = run_cli(
+        capsys, "run", "--out", str(tmp_path), "--model", "tiny-gpt2", "--quiet"
+    )
     assert code == 2
     assert "model: 'tiny-bert' (existing run) vs 'tiny-gpt2'" in stderr
 
@@ -84,15 +124,17 @@ def test_run_config_file_errors(capsys, tmp_path):
     config.write_text('{"learning_rate": 0.1, "epochs": 3}')
     code, _, stderr = run_cli(capsys, "run", "--out", str(tmp_path / "o"), "--config", str(config))
     assert code == 2 and "unknown setting(s) epochs" in stderr
-    code, _, stderr = run_cli(capsys, "run", "--out", str(tmp_path / "o"), "--config",
-                              str(tmp_path / "none.json"))
+    code, _, stderr = run_cli(
+        capsys, "run", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "none.json")
+    )
     assert code == 2 and "config file not found" in stderr
 
 
 def test_concept_without_tokens_in_the_split(capsys, tmp_path):
     (tmp_path / "train.txt").write_text(CONLL)
     (tmp_path / "validation.txt").write_text("Ann B-PER\nsings O\n\nBob B-PER\nruns O\n")
-    code, _, stderr = run_cli(capsys, "rank", "--model", "tiny-gpt2", "--dataset", str(tmp_path),
-                              "--quiet")
+    code, _, stderr = run_cli(
+        capsys, "rank", "--model", "tiny-gpt2", "--dataset", str(tmp_path), "--quiet"
+    )
     assert code == 2
     assert "concept 'LOC' has no tokens in the data; token counts per label: O=" in stderr

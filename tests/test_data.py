@@ -27,7 +27,13 @@ York NNP I-NP I-LOC
 
 def test_iob1_becomes_iob2():
     assert iob1_to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == [
-        "B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG"]
+        "B-PER",
+        "I-PER",
+        "O",
+        "B-LOC",
+        "B-LOC",
+        "B-ORG",
+    ]
     assert iob1_to_iob2(["B-LOC", "I-LOC", "O"]) == ["B-LOC", "I-LOC", "O"]
 
 
@@ -58,12 +64,15 @@ def test_single_file_is_split(tmp_path):
     assert (len(corpus.train), len(corpus.validation)) == (17, 3)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("Paris B-LOC\nis O extra\n", "line 2"),
-    ("Paris LOCATION\n", "line 1"),
-    ("", "no sentences"),
-    ("Paris B-LOC\nis NN B-VP O\n", "line 2"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("Paris B-LOC\nis O extra\n", "line 2"),
+        ("Paris LOCATION\n", "line 1"),
+        ("", "no sentences"),
+        ("Paris B-LOC\nis NN B-VP O\n", "line 2"),
+    ],
+)
 def test_malformed_conll_names_file_and_line(tmp_path, text, message):
     path = tmp_path / "bad.txt"
     path.write_text(text)
@@ -82,10 +91,12 @@ def test_missing_paths(tmp_path):
 def test_hf_dataset_with_classlabel_names():
     datasets = pytest.importorskip("datasets")
     names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-    features = datasets.Features({
-        "tokens": datasets.Sequence(datasets.Value("string")),
-        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
-    })
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
     split = datasets.Dataset.from_dict(
         {"tokens": [["Ann", "lives", "in", "New", "York"]], "ner_tags": [[1, 0, 0, 5, 6]]},
         features=features,
@@ -111,8 +122,9 @@ def test_alignment_maps_every_subtoken_to_its_word(request, model_fixture):
     encoded = dataset.encoded[0]
     # Reassemble each word from its subtokens: alignment is right iff they spell the word.
     for word_index, word in enumerate(SENTENCE.words):
-        pieces = [t for t, w in zip(encoded.token_ids, encoded.word_ids, strict=True)
-                  if w == word_index]
+        pieces = [
+            t for t, w in zip(encoded.token_ids, encoded.word_ids, strict=True) if w == word_index
+        ]
         assert pieces, f"word {word!r} has no tokens"
         spelled = tokenizer.decode(pieces).replace(" ", "").replace("##", "")
         assert spelled.lower() == word.lower()
@@ -120,11 +132,16 @@ def test_alignment_maps_every_subtoken_to_its_word(request, model_fixture):
     assert all(encoded.concept_labels[i] == IGNORE_CONCEPT for i in specials)
     assert len(specials) == (2 if model_fixture == "tiny_bert" else 1)  # [CLS][SEP] or BOS
     # Concept labels on every subtoken; IOB2 tag ids on first subtokens only.
-    expected_concept = [labels.index(SENTENCE.entity_labels[w]) if w >= 0 else IGNORE_CONCEPT
-                        for w in encoded.word_ids]
+    expected_concept = [
+        labels.index(SENTENCE.entity_labels[w]) if w >= 0 else IGNORE_CONCEPT
+        for w in encoded.word_ids
+    ]
     assert encoded.concept_labels == expected_concept
-    firsts = [i for i, w in enumerate(encoded.word_ids)
-              if w >= 0 and (i == 0 or encoded.word_ids[i - 1] != w)]
+    firsts = [
+        i
+        for i, w in enumerate(encoded.word_ids)
+        if w >= 0 and (i == 0 or encoded.word_ids[i - 1] != w)
+    ]
     assert [encoded.tag_labels[i] for i in firsts] == [tags.index(t) for t in SENTENCE.tags]
     others = set(range(len(encoded.word_ids))) - set(firsts)
     assert all(encoded.tag_labels[i] == IGNORE_TAG for i in others)

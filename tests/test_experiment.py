@@ -13,9 +13,18 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
 from neuroplastic.rundir import RunDir, stage_names
 
-TINY = dict(model="tiny-bert", train_sentences=96, validation_sentences=32, base_steps=6,
-            stages=2, stage_steps=3, batch_size=8, top_k_tokens=5, fraction=0.1,
-            learning_rate=1e-3)
+TINY = dict(
+    model="tiny-bert",
+    train_sentences=96,
+    validation_sentences=32,
+    base_steps=6,
+    stages=2,
+    stage_steps=3,
+    batch_size=8,
+    top_k_tokens=5,
+    fraction=0.1,
+    learning_rate=1e-3,
+)
 
 
 def tiny_config(**overrides) -> ExperimentConfig:
@@ -68,9 +77,12 @@ class SimulatedKill(BaseException):
 # Every stage, killed either after its training (before anything is written) or between its
 # weights and its completion marker (a torn stage).
 KILL_POINTS = [
-    ("concept", "base", "before"), ("concept", "pruned", "after-weights"),
-    ("concept", "retrain-1", "before"), ("concept", "retrain-2", "after-weights"),
-    ("random", "pruned", "before"), ("random", "retrain-1", "after-weights"),
+    ("concept", "base", "before"),
+    ("concept", "pruned", "after-weights"),
+    ("concept", "retrain-1", "before"),
+    ("concept", "retrain-2", "after-weights"),
+    ("random", "pruned", "before"),
+    ("random", "retrain-1", "after-weights"),
     ("random", "retrain-2", "before"),
 ]
 
@@ -101,8 +113,16 @@ def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm,
 
 def test_sigkill_then_rerun_gives_the_same_summary(reference, tmp_path):
     _, expected = reference
-    args = [sys.executable, "-m", "neuroplastic.cli", "run", "--out", str(tmp_path), "--quiet",
-            "--no-report"]
+    args = [
+        sys.executable,
+        "-m",
+        "neuroplastic.cli",
+        "run",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--no-report",
+    ]
     for name, value in TINY.items():
         args += ["--" + name.replace("_", "-"), str(value)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,8 +135,7 @@ def test_sigkill_then_rerun_gives_the_same_summary(reference, tmp_path):
     assert not (tmp_path / "summary.json").exists()
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(
-        json.dumps(expected))
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(expected))
 
 
 def test_a_different_config_is_refused(reference):
@@ -143,8 +162,9 @@ def test_nan_loss_stops_and_keeps_completed_stages(tmp_path, monkeypatch):
 
 
 def test_regrow_mode_runs_and_neurons_can_return(tmp_path):
-    summary = experiment.run_experiment(tiny_config(mode="regrow", baseline="none",
-                                                    stages=1), tmp_path, progress=False, log=quiet)
+    summary = experiment.run_experiment(
+        tiny_config(mode="regrow", baseline="none", stages=1), tmp_path, progress=False, log=quiet
+    )
     assert list(summary["arms"]) == ["concept"]
     run = RunDir(tmp_path)
     mask = run.neurons("concept").mask()
@@ -154,15 +174,20 @@ def test_regrow_mode_runs_and_neurons_can_return(tmp_path):
 
 def test_causal_lm_task_reports_concept_and_other_losses(tmp_path):
     summary = experiment.run_experiment(
-        tiny_config(model="tiny-gpt2", task="lm", stages=1, baseline="none"), tmp_path,
-        progress=False, log=quiet)
+        tiny_config(model="tiny-gpt2", task="lm", stages=1, baseline="none"),
+        tmp_path,
+        progress=False,
+        log=quiet,
+    )
     stages = summary["arms"]["concept"]["stages"]
     assert [s["stage"] for s in stages] == ["base", "pruned", "retrain-1"]
-    assert all(set(s["lm_loss"]) == {"concept", "other"} and s["lm_loss"]["concept"] > 0
-               for s in stages)
+    assert all(
+        set(s["lm_loss"]) == {"concept", "other"} and s["lm_loss"]["concept"] > 0 for s in stages
+    )
     with pytest.raises(NeuroplasticError, match="needs a decoder"):
-        experiment.run_experiment(tiny_config(task="lm"), tmp_path / "bert", progress=False,
-                                  log=quiet)
+        experiment.run_experiment(
+            tiny_config(task="lm"), tmp_path / "bert", progress=False, log=quiet
+        )
 
 
 def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):

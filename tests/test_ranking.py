@@ -11,22 +11,30 @@ from neuroplastic.stats import NeuronStats
 
 LABELS = ("O", "LOC", "PER")
 # A toy activation table: 1 layer x 3 neurons, six tokens.
-TOKENS = torch.tensor([
-    [0.0, 1.0, 2.0],   # O
-    [2.0, 1.0, 0.0],   # O
-    [5.0, 1.0, 1.0],   # LOC
-    [3.0, 3.0, 1.0],   # LOC
-    [1.0, 0.0, 4.0],   # PER
-    [1.0, 2.0, 4.0],   # PER
-])
+TOKENS = torch.tensor(
+    [
+        [0.0, 1.0, 2.0],  # O
+        [2.0, 1.0, 0.0],  # O
+        [5.0, 1.0, 1.0],  # LOC
+        [3.0, 3.0, 1.0],  # LOC
+        [1.0, 0.0, 4.0],  # PER
+        [1.0, 2.0, 4.0],  # PER
+    ]
+)
 TOKEN_LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
 
 
 def toy_stats() -> NeuronStats:
     stats = NeuronStats.empty(LABELS, n_layers=1, d_mlp=3, k=2)
     n = len(TOKENS)
-    stats.update(TOKENS[None], TOKEN_LABELS, torch.arange(n), torch.zeros(n, dtype=torch.long),
-                 torch.arange(n), k=2)
+    stats.update(
+        TOKENS[None],
+        TOKEN_LABELS,
+        torch.arange(n),
+        torch.zeros(n, dtype=torch.long),
+        torch.arange(n),
+        k=2,
+    )
     return stats
 
 
@@ -60,8 +68,14 @@ def test_unknown_and_empty_concepts_are_explained():
     with pytest.raises(NeuroplasticError, match="labels present: O, LOC, PER"):
         Ranking.from_stats(toy_stats(), "ORG")
     stats = NeuronStats.empty(("O", "LOC"), 1, 3, 2)
-    stats.update(TOKENS[None, :2], torch.tensor([0, 0]), torch.arange(2), torch.arange(2),
-                 torch.arange(2), k=2)
+    stats.update(
+        TOKENS[None, :2],
+        torch.tensor([0, 0]),
+        torch.arange(2),
+        torch.arange(2),
+        torch.arange(2),
+        k=2,
+    )
     with pytest.raises(NeuroplasticError, match="no tokens"):
         Ranking.from_stats(stats, "LOC")
     with pytest.raises(NeuroplasticError, match="unknown ranking method"):
@@ -97,12 +111,17 @@ def test_neuron_sets():
 
 
 def test_random_baseline_is_not_the_first_units():
-    ranking = Ranking("LOC", "probeless", torch.rand(4, 200, generator=torch.Generator().manual_seed(0)))
+    ranking = Ranking(
+        "LOC", "probeless", torch.rand(4, 200, generator=torch.Generator().manual_seed(0))
+    )
     chosen = NeuronSet.top_k(ranking, 80)
     baselines = {chosen.random_matching(seed=s).neurons for s in range(3)}
     assert len(baselines) == 3
-    first_units = NeuronSet.of(4, 200, [(layer, i) for layer, count in
-                                        chosen.per_layer_counts().items() for i in range(count)])
+    first_units = NeuronSet.of(
+        4,
+        200,
+        [(layer, i) for layer, count in chosen.per_layer_counts().items() for i in range(count)],
+    )
     assert first_units.neurons not in baselines
 
 

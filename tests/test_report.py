@@ -63,8 +63,11 @@ def _assert_rendered(rendered: Rendered, source: str) -> None:
         assert source.count("var CircuitsVis=") == 1
     if n_plots:
         assert source.count("plotly.js v") == 1
-    assert not re.search(r"<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//",
-                         source, flags=re.IGNORECASE)
+    assert not re.search(
+        r"<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//",
+        source,
+        flags=re.IGNORECASE,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +96,9 @@ def test_report_is_written_into_the_run_directory(fake: FakeRun, report: Path) -
 
 
 @pytest.mark.browser
-def test_report_renders_every_plot_and_view_offline(rendered_report: Rendered,
-                                                    report: Path) -> None:
+def test_report_renders_every_plot_and_view_offline(
+    rendered_report: Rendered, report: Path
+) -> None:
     source = report.read_text(encoding="utf-8")
     _assert_rendered(rendered_report, source)
     # Recovery, saliency per layer, depth, heatmaps, primed scatter.
@@ -107,9 +111,17 @@ def test_report_renders_every_plot_and_view_offline(rendered_report: Rendered,
 @pytest.mark.browser
 def test_report_shows_the_planted_story(rendered_report: Rendered, report: Path) -> None:
     headings = rendered_report.values["headings"]
-    for heading in ("Key numbers", "Recovery", "Saliency per layer", "Saliency of every neuron",
-                    "Where the concept reappeared", "The ablated neurons", "Primed neurons",
-                    "Polysemantic neurons", "Configuration"):
+    for heading in (
+        "Key numbers",
+        "Recovery",
+        "Saliency per layer",
+        "Saliency of every neuron",
+        "Where the concept reappeared",
+        "The ablated neurons",
+        "Primed neurons",
+        "Polysemantic neurons",
+        "Configuration",
+    ):
         assert heading in headings
     text = rendered_report.text
     assert "Where did LOC go?" in rendered_report.title
@@ -136,8 +148,13 @@ def test_report_of_a_bare_run_directory(fake: FakeRun, tmp_path: Path) -> None:
     """No metrics, no summary, no embeddings, no sentences (an interrupted run): still a report."""
     bare = tmp_path / "bare"
     shutil.copytree(fake.path, bare)
-    for name in ("metrics.jsonl", "summary.json", "token_embeddings.safetensors",
-                 "sentences.json", "report.html"):
+    for name in (
+        "metrics.jsonl",
+        "summary.json",
+        "token_embeddings.safetensors",
+        "sentences.json",
+        "report.html",
+    ):
         (bare / name).unlink(missing_ok=True)
     out = write_report(bare, n_views=1, n_boot=20)
     source = out.read_text(encoding="utf-8")
@@ -145,8 +162,9 @@ def test_report_of_a_bare_run_directory(fake: FakeRun, tmp_path: Path) -> None:
     assert "Similarity not computed" in source
     assert "No sentences stored" in source
     assert _source_views(source) == 0
-    plain = write_report(fake.path, tmp_path / "plain.html", similarity="none", n_views=1,
-                         n_boot=20)
+    plain = write_report(
+        fake.path, tmp_path / "plain.html", similarity="none", n_views=1, n_boot=20
+    )
     assert _source_views(plain.read_text(encoding="utf-8")) == 2 * (1 + 1) * 2
 
 
@@ -154,8 +172,9 @@ def test_top_k_examples_mark_the_stored_top_tokens(fake: FakeRun) -> None:
     run = fake.run
     stage = run.stage("concept", "retrain-2")
     layer, neuron = PRIMED[0]
-    examples = examples_from_top_k(stage.top_tokens, run.sentences(), layer, neuron,
-                                   max_sentences=10)
+    examples = examples_from_top_k(
+        stage.top_tokens, run.sentences(), layer, neuron, max_sentences=10
+    )
     assert examples.alive and not examples.full and examples.skipped == 0
     values = stage.stats.top_values[layer, neuron]
     assert sum(int((a != 0).sum()) for a in examples.activations) == len(values)
@@ -164,7 +183,13 @@ def test_top_k_examples_mark_the_stored_top_tokens(fake: FakeRun) -> None:
     for tokens, activations in zip(examples.tokens, examples.activations, strict=True):
         assert len(tokens) == len(activations)
         assert tokens[int(np.argmax(activations))].strip() in {
-            "Paris", "London", "Berlin", "Alice", "Bob", "Carol"}
+            "Paris",
+            "London",
+            "Berlin",
+            "Alice",
+            "Bob",
+            "Carol",
+        }
     dead = examples_from_top_k(run.stage("concept", "pruned").top_tokens, run.sentences(), 3, 0)
     assert not dead.alive
 
@@ -184,8 +209,7 @@ def view_inputs(tiny_gpt2, corpus):
 
 def test_model_examples_carry_every_tokens_activation(view_inputs) -> None:
     model, dataset, stats, neurons = view_inputs
-    examples = examples_from_model(model, dataset, neurons, stats, max_sentences=3,
-                                   batch_size=7)
+    examples = examples_from_model(model, dataset, neurons, stats, max_sentences=3, batch_size=7)
     assert [(e.layer, e.neuron) for e in examples] == list(neurons.neurons)
     for example in examples:
         assert example.full and 1 <= len(example.tokens) <= 3
@@ -198,7 +222,8 @@ def test_model_examples_carry_every_tokens_activation(view_inputs) -> None:
         first = example.activations[0]
         assert example.top["sentence"].iloc[0] == top_sentence
         assert first[top_position] == pytest.approx(
-            float(stats.top_values[example.layer, example.neuron, 0]), abs=1e-4)
+            float(stats.top_values[example.layer, example.neuron, 0]), abs=1e-4
+        )
     wrong = NeuronSet.parse("0:1", 3, model.cfg.d_mlp)
     with pytest.raises(NeuroplasticError, match="model has"):
         examples_from_model(model, dataset, wrong, stats)
@@ -207,8 +232,9 @@ def test_model_examples_carry_every_tokens_activation(view_inputs) -> None:
 @pytest.mark.browser
 def test_neuron_view_page_renders(view_inputs, chrome: Chromium, tmp_path: Path) -> None:
     model, dataset, stats, neurons = view_inputs
-    out = write_neuron_view_page(model, dataset, neurons, tmp_path / "views.html", stats=stats,
-                                 max_sentences=3)
+    out = write_neuron_view_page(
+        model, dataset, neurons, tmp_path / "views.html", stats=stats, max_sentences=3
+    )
     source = out.read_text(encoding="utf-8")
     assert _source_views(source) == 1 + len(neurons)
     rendered = chrome.render(out, wait_ms=15_000, selectors=SELECTORS, evaluate=EVALUATE)
@@ -219,6 +245,7 @@ def test_neuron_view_page_renders(view_inputs, chrome: Chromium, tmp_path: Path)
 def test_neuron_view_page_collects_statistics_itself(view_inputs, tmp_path: Path) -> None:
     model, dataset, _, _ = view_inputs
     neurons = NeuronSet.parse("1:2", model.cfg.n_layers, model.cfg.d_mlp)
-    out = write_neuron_view_page(model, dataset, neurons, tmp_path / "one.html", top_k=4,
-                                 max_sentences=2)
+    out = write_neuron_view_page(
+        model, dataset, neurons, tmp_path / "one.html", top_k=4, max_sentences=2
+    )
     assert _source_views(out.read_text(encoding="utf-8")) == 2

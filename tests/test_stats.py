@@ -11,10 +11,14 @@ def full_cache(model, dataset):
     acts, labels, where = [], [], []
     for batch in dataset.batches(7):
         _, cache = model.run_with_cache(
-            batch.tokens, attention_mask=batch.attention_mask,
-            names_filter=lambda name: name.endswith("mlp.hook_post"))
+            batch.tokens,
+            attention_mask=batch.attention_mask,
+            names_filter=lambda name: name.endswith("mlp.hook_post"),
+        )
         keep = batch.concept_labels >= 0
-        acts.append(torch.stack([cache[mlp_hook_name(layer)][keep] for layer in range(n_layers)], 1))
+        acts.append(
+            torch.stack([cache[mlp_hook_name(layer)][keep] for layer in range(n_layers)], 1)
+        )
         labels.append(batch.concept_labels[keep])
         rows, cols = keep.nonzero(as_tuple=True)
         where.append(torch.stack([batch.sentence_index[rows], cols], 1))
@@ -31,11 +35,13 @@ def test_streaming_stats_equal_full_cache(tiny_model, corpus):
         assert stats.count[z] == len(chosen)
         if len(chosen):
             torch.testing.assert_close(stats.mean()[z], chosen.mean(0), rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(stats.variance()[z], chosen.var(0, unbiased=False),
-                                       rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(
+                stats.variance()[z], chosen.var(0, unbiased=False), rtol=1e-4, atol=1e-6
+            )
     values, _ = acts.topk(5, dim=0)  # [5, layer, neuron]
-    torch.testing.assert_close(stats.top_values, values.permute(1, 2, 0).float(), rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        stats.top_values, values.permute(1, 2, 0).float(), rtol=1e-5, atol=1e-6
+    )
     # Ties (a decoder gives equal activations to equal prefixes) may order entries either way,
     # so check each stored (sentence, position) really carries the stored value and label.
     row_of = {(int(s), int(p)): i for i, (s, p) in enumerate(where)}
@@ -43,28 +49,49 @@ def test_streaming_stats_equal_full_cache(tiny_model, corpus):
     for layer in range(n_layers):
         for neuron in range(0, d_mlp, 7):
             for j in range(k):
-                row = row_of[(int(stats.top_sentence[layer, neuron, j]),
-                              int(stats.top_position[layer, neuron, j]))]
-                assert abs(float(acts[row, layer, neuron]) - float(
-                    stats.top_values[layer, neuron, j])) < 1e-5
+                row = row_of[
+                    (
+                        int(stats.top_sentence[layer, neuron, j]),
+                        int(stats.top_position[layer, neuron, j]),
+                    )
+                ]
+                assert (
+                    abs(float(acts[row, layer, neuron]) - float(stats.top_values[layer, neuron, j]))
+                    < 1e-5
+                )
                 assert int(labels[row]) == int(stats.top_label[layer, neuron, j])
+
 
 def test_merged_halves_equal_one_pass(tiny_gpt2, corpus):
     dataset = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=30)
     whole = collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, progress=False)
-    first = collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, indices=range(0, 13),
-                          progress=False)
-    second = collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, indices=range(13, 30),
-                           progress=False)
+    first = collect_stats(
+        tiny_gpt2, dataset, batch_size=8, top_k=4, indices=range(0, 13), progress=False
+    )
+    second = collect_stats(
+        tiny_gpt2, dataset, batch_size=8, top_k=4, indices=range(13, 30), progress=False
+    )
     merged = first.merge(second)
     assert torch.equal(merged.count, whole.count)
     torch.testing.assert_close(merged.sum, whole.sum)
     torch.testing.assert_close(merged.sum_sq, whole.sum_sq)
     torch.testing.assert_close(merged.top_values, whole.top_values)
+
     # Same multiset of (value, sentence, position) per neuron (tie order may differ).
     def entries(stats):
-        return torch.stack([stats.top_values.double(), stats.top_sentence.double(),
-                            stats.top_position.double()], -1).sort(dim=2).values
+        return (
+            torch.stack(
+                [
+                    stats.top_values.double(),
+                    stats.top_sentence.double(),
+                    stats.top_position.double(),
+                ],
+                -1,
+            )
+            .sort(dim=2)
+            .values
+        )
+
     torch.testing.assert_close(entries(merged), entries(whole))
 
 

@@ -16,8 +16,9 @@ def setup(tiny_model, corpus):
     data = encode_split(corpus, tiny_model.tokenizer, "train", limit=48)
     torch.manual_seed(0)
     module = TokenClassifier(tiny_model, len(data.tag_names))
-    neurons = NeuronSet.of(tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp,
-                           [(0, 3), (0, 40), (1, 7), (1, 8)])
+    neurons = NeuronSet.of(
+        tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp, [(0, 3), (0, 40), (1, 7), (1, 8)]
+    )
     yield module, data, neurons
     tiny_model.load_state_dict(state)
 
@@ -52,8 +53,9 @@ def test_held_ablation_holds_across_optimizer_steps(setup):
             def step_and_check(self, *args, **kwargs):
                 for layer, indices in neurons.by_layer().items():
                     w_in, _, _ = mlp_neuron_weights(model, layer)
-                    parameter = next(p for p in model.parameters()
-                                     if p.data_ptr() == w_in.tensor.data_ptr())
+                    parameter = next(
+                        p for p in model.parameters() if p.data_ptr() == w_in.tensor.data_ptr()
+                    )
                     index = torch.tensor(indices)
                     assert parameter.grad.abs().sum() > 0
                     assert (parameter.grad.index_select(w_in.neuron_dim, index) == 0).all()
@@ -81,8 +83,15 @@ def test_regrow_lets_pruned_neurons_change(setup, zero_output):
     module, data, neurons = setup
     prune_weights(module.model, neurons, zero_output=zero_output)
     assert all((rows == 0).all() for rows in input_rows(module.model, neurons))
-    train(module, tagging_loss, data, 3, TrainConfig(learning_rate=1e-3, batch_size=8), seed=0,
-          progress=False)
+    train(
+        module,
+        tagging_loss,
+        data,
+        3,
+        TrainConfig(learning_rate=1e-3, batch_size=8),
+        seed=0,
+        progress=False,
+    )
     regrown = any((rows != 0).any() for rows in input_rows(module.model, neurons))
     # Zeroing both sides is a stationary point: no gradient reaches either side, ever.
     assert regrown is (not zero_output)
@@ -93,8 +102,7 @@ def test_evaluation_stops_when_an_ablation_does_not_hold(setup):
     with pytest.raises(NeuroplasticError, match="stopped holding"):
         evaluate(module, data, "ner", "LOC", dead_neurons=neurons.mask(), progress=False)
     with ablate(module.model, neurons):
-        result = evaluate(module, data, "ner", "LOC", dead_neurons=neurons.mask(),
-                          progress=False)
+        result = evaluate(module, data, "ner", "LOC", dead_neurons=neurons.mask(), progress=False)
     assert set(result.scores["f1"]) == {"overall", "LOC", "PER", "ORG", "MISC"}
     assert result.stats.count.sum() > 0
 

@@ -28,8 +28,14 @@ class Ablation:
     when the removal must survive other code's hook bookkeeping, as in retraining.
     """
 
-    def __init__(self, model: Any, neurons: NeuronSet, mode: Mode = "zero",
-                 stats: NeuronStats | None = None, permanent: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        neurons: NeuronSet,
+        mode: Mode = "zero",
+        stats: NeuronStats | None = None,
+        permanent: bool = False,
+    ) -> None:
         n_layers, d_mlp = check_mlp_hooks(model)
         if (neurons.n_layers, neurons.d_mlp) != (n_layers, d_mlp):
             raise NeuroplasticError(
@@ -90,8 +96,13 @@ class _AblationHook:
         return f"neuroplastic.ablate({int((~self.keep).sum())} neurons)"
 
 
-def ablate(model: Any, neurons: NeuronSet, mode: Mode = "zero",
-           stats: NeuronStats | None = None, permanent: bool = False) -> Ablation:
+def ablate(
+    model: Any,
+    neurons: NeuronSet,
+    mode: Mode = "zero",
+    stats: NeuronStats | None = None,
+    permanent: bool = False,
+) -> Ablation:
     """Ablate ``neurons``: a handle with ``remove()`` that is also a context manager."""
     return Ablation(model, neurons, mode=mode, stats=stats, permanent=permanent)
 
@@ -124,7 +135,9 @@ class _NeuronWeight:
         self.tensor, self.neuron_dim = tensor, neuron_dim
 
 
-def mlp_neuron_weights(model: Any, layer: int) -> tuple[_NeuronWeight, Tensor | None, _NeuronWeight]:
+def mlp_neuron_weights(
+    model: Any, layer: int
+) -> tuple[_NeuronWeight, Tensor | None, _NeuronWeight]:
     """Input weight, input bias and output weight of layer ``layer``'s MLP neurons.
 
     Handles TransformerBridge MLPs (``mlp.in`` / ``mlp.out`` wrapping ``nn.Linear`` or GPT-2's

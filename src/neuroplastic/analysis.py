@@ -129,8 +129,9 @@ class ArmRun:
         return self.stages[name]
 
 
-def top_token_strings(stats: NeuronStats, vocabulary: Mapping[int, str], layer: int,
-                      neuron: int) -> list[str]:
+def top_token_strings(
+    stats: NeuronStats, vocabulary: Mapping[int, str], layer: int, neuron: int
+) -> list[str]:
     return [vocabulary.get(t, f"#{t}") for t in stats.top_token[layer, neuron].tolist()]
 
 
@@ -190,16 +191,24 @@ def layer_saliency(rankings: Mapping[str, Ranking], top: int | float = 0.01) -> 
             mean = float(values.mean())
             sem = float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
             count = int(in_top[layer].sum())
-            rows.append({
-                "stage": stage, "layer": layer, "n": n, "mean": mean,
-                "ci_low": mean - half * sem, "ci_high": mean + half * sem,
-                "top_count": count, "top_share": count / n_top,
-            })
+            rows.append(
+                {
+                    "stage": stage,
+                    "layer": layer,
+                    "n": n,
+                    "mean": mean,
+                    "ci_low": mean - half * sem,
+                    "ci_high": mean + half * sem,
+                    "top_count": count,
+                    "top_share": count / n_top,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def concept_depth(rankings: Mapping[str, Ranking], top: int | float = 0.01, n_boot: int = 1000,
-                  seed: int = 0) -> pd.DataFrame:
+def concept_depth(
+    rankings: Mapping[str, Ranking], top: int | float = 0.01, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """The saliency-weighted mean layer of the ``top`` neurons per stage, with a bootstrap 95%
     interval (resampling those neurons). A falling value means the concept moved to earlier layers.
 
@@ -216,8 +225,15 @@ def concept_depth(rankings: Mapping[str, Ranking], top: int | float = 0.01, n_bo
         index = rng.integers(0, n_top, size=(n_boot, n_top))
         boot = np.array([_weighted_mean(layers[i], weights[i]) for i in index])
         low, high = np.nanpercentile(boot, [2.5, 97.5]) if n_boot else (np.nan, np.nan)
-        rows.append({"stage": stage, "n_top": n_top, "mean_layer": mean,
-                     "ci_low": float(low), "ci_high": float(high)})
+        rows.append(
+            {
+                "stage": stage,
+                "n_top": n_top,
+                "mean_layer": mean,
+                "ci_low": float(low),
+                "ci_high": float(high),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -243,8 +259,13 @@ def _mean_ci(values: np.ndarray) -> tuple[float, float, float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def reappearance(arm: ArmRun, n: int = 20, start: str | None = None, end: str | None = None,
-                 embeddings: TokenEmbeddings | None = None) -> pd.DataFrame:
+def reappearance(
+    arm: ArmRun,
+    n: int = 20,
+    start: str | None = None,
+    end: str | None = None,
+    embeddings: TokenEmbeddings | None = None,
+) -> pd.DataFrame:
     """The ``n`` neurons outside the ablated set that gained most saliency from ``start``
     (default ``pruned``) to ``end`` (default the last stage).
 
@@ -263,26 +284,33 @@ def reappearance(arm: ArmRun, n: int = 20, start: str | None = None, end: str | 
     share_base = concept_share(first.stats, arm.concept)
     share_end = concept_share(after.stats, arm.concept)
     similarity = (
-        embeddings.similarity_many(first.stats.top_token[layers, neurons],
-                                   after.stats.top_token[layers, neurons]).numpy()
-        if embeddings is not None and n else np.full(n, np.nan)
+        embeddings.similarity_many(
+            first.stats.top_token[layers, neurons], after.stats.top_token[layers, neurons]
+        ).numpy()
+        if embeddings is not None and n
+        else np.full(n, np.nan)
     )
     rank_end = after.ranking.global_rank
-    return pd.DataFrame({
-        "layer": layers.numpy(), "neuron": neurons.numpy(),
-        "saliency_base": first.ranking.saliency[layers, neurons].numpy(),
-        "saliency_start": before.ranking.saliency[layers, neurons].numpy(),
-        "saliency_end": after.ranking.saliency[layers, neurons].numpy(),
-        "gain": gain[layers, neurons].numpy(),
-        "rank_end": rank_end[layers, neurons].numpy(),
-        "concept_share_base": share_base[layers, neurons].numpy(),
-        "concept_share_end": share_end[layers, neurons].numpy(),
-        "tokens_base": [arm.tokens(arm.first, int(a), int(b)) for a, b in zip(layers, neurons,
-                                                                              strict=True)],
-        "tokens_end": [arm.tokens(end, int(a), int(b)) for a, b in zip(layers, neurons,
-                                                                       strict=True)],
-        "similarity": similarity,
-    })
+    return pd.DataFrame(
+        {
+            "layer": layers.numpy(),
+            "neuron": neurons.numpy(),
+            "saliency_base": first.ranking.saliency[layers, neurons].numpy(),
+            "saliency_start": before.ranking.saliency[layers, neurons].numpy(),
+            "saliency_end": after.ranking.saliency[layers, neurons].numpy(),
+            "gain": gain[layers, neurons].numpy(),
+            "rank_end": rank_end[layers, neurons].numpy(),
+            "concept_share_base": share_base[layers, neurons].numpy(),
+            "concept_share_end": share_end[layers, neurons].numpy(),
+            "tokens_base": [
+                arm.tokens(arm.first, int(a), int(b)) for a, b in zip(layers, neurons, strict=True)
+            ],
+            "tokens_end": [
+                arm.tokens(end, int(a), int(b)) for a, b in zip(layers, neurons, strict=True)
+            ],
+            "similarity": similarity,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,8 +329,9 @@ class PrunedTrace:
     stages: pd.DataFrame
 
 
-def pruned_trace(arm: ArmRun, embeddings: TokenEmbeddings | None = None,
-                 reference: str | None = None) -> PrunedTrace:
+def pruned_trace(
+    arm: ArmRun, embeddings: TokenEmbeddings | None = None, reference: str | None = None
+) -> PrunedTrace:
     """Saliency of the ablated neurons and the similarity of their top tokens to their own top
     tokens at ``reference`` (default the first stage, before pruning), stage by stage."""
     reference = reference or arm.first
@@ -316,24 +345,42 @@ def pruned_trace(arm: ArmRun, embeddings: TokenEmbeddings | None = None,
         share = concept_share(artifacts.stats, arm.concept)[layers, neurons].numpy()
         if embeddings is not None and len(pairs):
             similarity = embeddings.similarity_many(
-                artifacts.stats.top_token[layers, neurons], original).numpy()
+                artifacts.stats.top_token[layers, neurons], original
+            ).numpy()
             similarity = np.where(alive.numpy(), similarity, np.nan)
         else:
             similarity = np.full(len(pairs), np.nan)
-        per_neuron.append(pd.DataFrame({
-            "stage": stage, "layer": layers.numpy(), "neuron": neurons.numpy(),
-            "saliency": saliency, "alive": alive.numpy(), "concept_share": share,
-            "similarity": similarity,
-        }))
+        per_neuron.append(
+            pd.DataFrame(
+                {
+                    "stage": stage,
+                    "layer": layers.numpy(),
+                    "neuron": neurons.numpy(),
+                    "saliency": saliency,
+                    "alive": alive.numpy(),
+                    "concept_share": share,
+                    "similarity": similarity,
+                }
+            )
+        )
         s_mean, s_low, s_high = _mean_ci(saliency)
         m_mean, m_low, m_high = _mean_ci(similarity)
-        per_stage.append({
-            "stage": stage, "n": len(pairs), "n_alive": int(alive.sum()),
-            "saliency_mean": s_mean, "saliency_ci_low": s_low, "saliency_ci_high": s_high,
-            "similarity_mean": m_mean, "similarity_ci_low": m_low, "similarity_ci_high": m_high,
-            "concept_share_mean": float(np.nanmean(share)) if np.isfinite(share).any()
-            else float("nan"),
-        })
+        per_stage.append(
+            {
+                "stage": stage,
+                "n": len(pairs),
+                "n_alive": int(alive.sum()),
+                "saliency_mean": s_mean,
+                "saliency_ci_low": s_low,
+                "saliency_ci_high": s_high,
+                "similarity_mean": m_mean,
+                "similarity_ci_low": m_low,
+                "similarity_ci_high": m_high,
+                "concept_share_mean": float(np.nanmean(share))
+                if np.isfinite(share).any()
+                else float("nan"),
+            }
+        )
     return PrunedTrace(pd.concat(per_neuron, ignore_index=True), pd.DataFrame(per_stage))
 
 
@@ -358,9 +405,16 @@ class PrimedNeurons:
     neurons: pd.DataFrame
 
 
-def primed_neurons(arm: ArmRun, embeddings: TokenEmbeddings, start: str | None = None,
-                   end: str | None = None, concept_tokens: Sequence[int] | None = None,
-                   n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> PrimedNeurons:
+def primed_neurons(
+    arm: ArmRun,
+    embeddings: TokenEmbeddings,
+    start: str | None = None,
+    end: str | None = None,
+    concept_tokens: Sequence[int] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PrimedNeurons:
     """Does similarity to the concept before pruning predict the saliency gain from ``start``
     (default ``pruned``) to ``end`` (default last)? A positive rho says the concept came back in
     neurons that were already near it ("primed"), as Lo et al. report.
@@ -386,19 +440,23 @@ def primed_neurons(arm: ArmRun, embeddings: TokenEmbeddings, start: str | None =
     keep = ~arm.ablated.mask() & alive_mask(base.stats) & similarity.isfinite()
     layer, neuron = keep.nonzero(as_tuple=True)
     x, y = similarity[keep].double().numpy(), gain[keep].double().numpy()
-    frame = pd.DataFrame({"layer": layer.numpy(), "neuron": neuron.numpy(), "similarity": x,
-                          "gain": y})
+    frame = pd.DataFrame(
+        {"layer": layer.numpy(), "neuron": neuron.numpy(), "similarity": x, "gain": y}
+    )
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:  # rank correlation undefined
-        return PrimedNeurons(float("nan"), float("nan"), float("nan"), float("nan"), len(x),
-                             start, end, frame)
+        return PrimedNeurons(
+            float("nan"), float("nan"), float("nan"), float("nan"), len(x), start, end, frame
+        )
     result = scipy_stats.spearmanr(x, y)
     low, high = _bootstrap_spearman(x, y, n_boot, seed, confidence)
-    return PrimedNeurons(float(result.statistic), low, high, float(result.pvalue), len(x), start,
-                         end, frame)
+    return PrimedNeurons(
+        float(result.statistic), low, high, float(result.pvalue), len(x), start, end, frame
+    )
 
 
-def _bootstrap_spearman(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int,
-                        confidence: float) -> tuple[float, float]:
+def _bootstrap_spearman(
+    x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, confidence: float
+) -> tuple[float, float]:
     """Percentile interval of Spearman's rho, resampling pairs; vectorised in chunks."""
     if n_boot <= 0:
         return float("nan"), float("nan")
@@ -445,14 +503,22 @@ class Polysemanticity:
         the most even mixes."""
         rows = self.neurons[self.neurons["stage"] == stage].copy()
         rows["evenness"] = -(rows["concept_share"] - 0.5).abs()
-        rows = rows.sort_values(["new", "evenness", "layer", "neuron"],
-                                ascending=[False, False, True, True], kind="stable")
+        rows = rows.sort_values(
+            ["new", "evenness", "layer", "neuron"],
+            ascending=[False, False, True, True],
+            kind="stable",
+        )
         return rows.drop(columns="evenness").head(n).reset_index(drop=True)
 
 
-def polysemanticity(stats: Mapping[str, NeuronStats], concept: str, low: float = 0.2,
-                    high: float = 0.8, vocabulary: Mapping[int, str] | None = None,
-                    exclude: NeuronSet | None = None) -> Polysemanticity:
+def polysemanticity(
+    stats: Mapping[str, NeuronStats],
+    concept: str,
+    low: float = 0.2,
+    high: float = 0.8,
+    vocabulary: Mapping[int, str] | None = None,
+    exclude: NeuronSet | None = None,
+) -> Polysemanticity:
     """Count neurons whose share of concept-labelled top-k tokens is in ``[low, high]``.
 
     Dead neurons are not counted; ``exclude`` (e.g. the ablated set) leaves neurons out too.
@@ -471,29 +537,49 @@ def polysemanticity(stats: Mapping[str, NeuronStats], concept: str, low: float =
         if first_mask is None:
             first_mask = poly.clone()
         new = poly & ~first_mask
-        counts.append({
-            "stage": stage, "n_alive": int(alive.sum()),
-            "n_concept": int((alive & (share >= high)).sum()),
-            "n_polysemantic": int(poly.sum()), "n_new": int(new.sum()),
-            "polysemantic_share": float(poly.sum() / alive.sum()) if alive.any() else float("nan"),
-        })
+        counts.append(
+            {
+                "stage": stage,
+                "n_alive": int(alive.sum()),
+                "n_concept": int((alive & (share >= high)).sum()),
+                "n_polysemantic": int(poly.sum()),
+                "n_new": int(new.sum()),
+                "polysemantic_share": float(poly.sum() / alive.sum())
+                if alive.any()
+                else float("nan"),
+            }
+        )
         label_counts = torch.nn.functional.one_hot(
-            stage_stats.top_label, len(stage_stats.label_names)).sum(-2)  # layer neuron label
+            stage_stats.top_label, len(stage_stats.label_names)
+        ).sum(-2)  # layer neuron label
         where = poly.nonzero()
         for (layer, neuron), counts_row, token_row, share_value, is_new in zip(
-                where.tolist(), label_counts[where[:, 0], where[:, 1]].tolist(),
-                stage_stats.top_token[where[:, 0], where[:, 1]].tolist(),
-                share[where[:, 0], where[:, 1]].tolist(), new[where[:, 0], where[:, 1]].tolist(),
-                strict=True):
-            rows.append({
-                "stage": stage, "layer": layer, "neuron": neuron, "concept_share": share_value,
-                "labels": {name: c for name, c in zip(stage_stats.label_names, counts_row,
-                                                      strict=True) if c},
-                "tokens": [vocabulary.get(t, f"#{t}") for t in token_row], "new": is_new,
-            })
+            where.tolist(),
+            label_counts[where[:, 0], where[:, 1]].tolist(),
+            stage_stats.top_token[where[:, 0], where[:, 1]].tolist(),
+            share[where[:, 0], where[:, 1]].tolist(),
+            new[where[:, 0], where[:, 1]].tolist(),
+            strict=True,
+        ):
+            rows.append(
+                {
+                    "stage": stage,
+                    "layer": layer,
+                    "neuron": neuron,
+                    "concept_share": share_value,
+                    "labels": {
+                        name: c
+                        for name, c in zip(stage_stats.label_names, counts_row, strict=True)
+                        if c
+                    },
+                    "tokens": [vocabulary.get(t, f"#{t}") for t in token_row],
+                    "new": is_new,
+                }
+            )
     columns = ["stage", "layer", "neuron", "concept_share", "labels", "tokens", "new"]
-    return Polysemanticity(concept, low, high, pd.DataFrame(counts),
-                           pd.DataFrame(rows, columns=columns))
+    return Polysemanticity(
+        concept, low, high, pd.DataFrame(counts), pd.DataFrame(rows, columns=columns)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +587,9 @@ def polysemanticity(stats: Mapping[str, NeuronStats], concept: str, low: float =
 # ---------------------------------------------------------------------------------------------
 
 
-def recovery_curves(metrics: pd.DataFrame, metric: str = "f1",
-                    stage_order: Sequence[str] | None = None) -> pd.DataFrame:
+def recovery_curves(
+    metrics: pd.DataFrame, metric: str = "f1", stage_order: Sequence[str] | None = None
+) -> pd.DataFrame:
     """``metric`` per entity type against training step, one row per (evaluation, type).
 
     ``metrics`` is ``RunDir.metrics()`` (``f1`` flattened to ``f1_overall``, ``f1_LOC``...;
@@ -522,12 +609,12 @@ def recovery_curves(metrics: pd.DataFrame, metric: str = "f1",
     value_columns = [c for c in frame.columns if c.startswith(f"{metric}_")]
     if not value_columns or not {"arm", "stage", "step"} <= set(frame.columns):
         raise NeuroplasticError(
-            f"metrics need arm, stage, step and {metric} columns; got " + ", ".join(frame.columns))
+            f"metrics need arm, stage, step and {metric} columns; got " + ", ".join(frame.columns)
+        )
     from neuroplastic.rundir import stage_names
 
     order = {name: i for i, name in enumerate(stage_order or stage_names(1000))}
-    frame["_order"] = frame["stage"].map(
-        lambda s: order.get(str(s).partition("@")[0], len(order)))
+    frame["_order"] = frame["stage"].map(lambda s: order.get(str(s).partition("@")[0], len(order)))
     frame = frame.sort_values(["arm", "_order", "step"], kind="stable")
     frame["training_step"] = frame["step"].astype(float)
     for _, group in frame.groupby("arm", sort=False):
@@ -538,8 +625,12 @@ def recovery_curves(metrics: pd.DataFrame, metric: str = "f1",
                 offset = running_max
             frame.loc[stage_rows.index, "training_step"] = steps + offset
             running_max = max(running_max, float(steps.max() + offset))
-    long = frame.melt(id_vars=["arm", "stage", "step", "training_step"], value_vars=value_columns,
-                      var_name="entity", value_name="value")
+    long = frame.melt(
+        id_vars=["arm", "stage", "step", "training_step"],
+        value_vars=value_columns,
+        var_name="entity",
+        value_name="value",
+    )
     long["entity"] = long["entity"].str.removeprefix(f"{metric}_")
     long[metric] = long["value"]
     return long.dropna(subset=["value"]).reset_index(drop=True)[columns]
@@ -549,20 +640,36 @@ def stage_scores(summary: Mapping[str, Any], metric: str | None = None) -> pd.Da
     """``metric`` (default ``f1``, else ``lm_loss``) at the end of every stage of every arm,
     from ``summary.json``: one row per (arm, stage), columns arm, stage, step, then one column
     per entity type (overall first)."""
-    entries = [(arm, entry) for arm, data in summary.get("arms", {}).items()
-               for entry in data.get("stages", [])]
+    entries = [
+        (arm, entry)
+        for arm, data in summary.get("arms", {}).items()
+        for entry in data.get("stages", [])
+    ]
     if metric is None:
         metric = "f1" if any("f1" in e for _, e in entries) or not entries else "lm_loss"
     rows = []
     for arm, entry in entries:
         values = entry.get(metric, {})
         values = values if isinstance(values, Mapping) else {"overall": values}
-        rows.append({"arm": arm, "stage": entry.get("stage"), "step": entry.get("step"),
-                     **{str(k): v for k, v in values.items()}})
+        rows.append(
+            {
+                "arm": arm,
+                "stage": entry.get("stage"),
+                "step": entry.get("step"),
+                **{str(k): v for k, v in values.items()},
+            }
+        )
     frame = pd.DataFrame(rows)
     if "overall" in frame.columns:
-        frame = frame[["arm", "stage", "step", "overall",
-                       *[c for c in frame.columns if c not in ("arm", "stage", "step", "overall")]]]
+        frame = frame[
+            [
+                "arm",
+                "stage",
+                "step",
+                "overall",
+                *[c for c in frame.columns if c not in ("arm", "stage", "step", "overall")],
+            ]
+        ]
     frame.attrs["metric"] = metric
     return frame
 
@@ -585,9 +692,14 @@ class ArmAnalysis:
     polysemanticity: Polysemanticity
 
 
-def analyse_arm(arm: ArmRun, embeddings: TokenEmbeddings | None = None,
-                top: int | float = 0.01, n_reappeared: int = 20, n_boot: int = 1000,
-                seed: int = 0) -> ArmAnalysis:
+def analyse_arm(
+    arm: ArmRun,
+    embeddings: TokenEmbeddings | None = None,
+    top: int | float = 0.01,
+    n_reappeared: int = 20,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> ArmAnalysis:
     """Run every analysis on one arm (similarities need ``embeddings``; without them the
     primed-neuron correlation is skipped and similarity columns are NaN)."""
     rankings = arm.rankings()
@@ -597,8 +709,11 @@ def analyse_arm(arm: ArmRun, embeddings: TokenEmbeddings | None = None,
         depth=concept_depth(rankings, top, n_boot=n_boot, seed=seed),
         reappearance=reappearance(arm, n=n_reappeared, embeddings=embeddings),
         pruned=pruned_trace(arm, embeddings),
-        primed=(primed_neurons(arm, embeddings, n_boot=n_boot, seed=seed)
-                if embeddings is not None and concept_token_ids(
-                    arm.stages[arm.first].stats, arm.concept).numel() else None),
+        primed=(
+            primed_neurons(arm, embeddings, n_boot=n_boot, seed=seed)
+            if embeddings is not None
+            and concept_token_ids(arm.stages[arm.first].stats, arm.concept).numel()
+            else None
+        ),
         polysemanticity=polysemanticity(arm.stats(), arm.concept, vocabulary=arm.vocabulary),
     )

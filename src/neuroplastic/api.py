@@ -30,8 +30,11 @@ class RankResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.model_name, "concept": self.ranking.concept,
-            "method": self.ranking.method, "n_layers": self.n_layers, "d_mlp": self.d_mlp,
+            "model": self.model_name,
+            "concept": self.ranking.concept,
+            "method": self.ranking.method,
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
             "neurons": self.rows,
         }
 
@@ -48,11 +51,15 @@ def ranking_rows(ranking: Ranking, stats: NeuronStats, tokenizer: Any) -> list[d
     for layer, neuron, saliency, rank in frame[["layer", "neuron", "saliency", "rank"]].itertuples(
         index=False
     ):
-        rows.append({
-            "layer": int(layer), "neuron": int(neuron), "saliency": float(saliency),
-            "rank": int(rank),
-            "top_tokens": [vocabulary(int(t)) for t in stats.top_token[layer, neuron]],
-        })
+        rows.append(
+            {
+                "layer": int(layer),
+                "neuron": int(neuron),
+                "saliency": float(saliency),
+                "rank": int(rank),
+                "top_tokens": [vocabulary(int(t)) for t in stats.top_token[layer, neuron]],
+            }
+        )
     return rows
 
 
@@ -85,8 +92,10 @@ def rank_neurons(
     corpus = load_corpus(dataset)
     encoded = encode_split(corpus, loaded.tokenizer, split, limit=limit)
     encoded.label_id(concept)  # unknown labels fail here, before the slow pass
-    stats = collect_stats(loaded, encoded, batch_size=batch_size, top_k=top_k_tokens,
-                          progress=progress)
+    stats = collect_stats(
+        loaded, encoded, batch_size=batch_size, top_k=top_k_tokens, progress=progress
+    )
     ranking = Ranking.from_stats(stats, concept, method)
-    return RankResult(model_name, ranking, stats, encoded,
-                      ranking_rows(ranking, stats, loaded.tokenizer))
+    return RankResult(
+        model_name, ranking, stats, encoded, ranking_rows(ranking, stats, loaded.tokenizer)
+    )

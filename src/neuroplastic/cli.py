@@ -27,8 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"neuroplastic {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"neuroplastic {args.command}: interrupted; rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            f"neuroplastic {args.command}: interrupted; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -45,16 +47,22 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--concept", default="LOC", help="concept label (default: LOC)")
     rank.add_argument("--method", default="probeless", help="probeless (default) or smd")
     rank.add_argument("--top", type=int, default=20, help="neurons to print (default: 20)")
-    rank.add_argument("--top-k-tokens", type=int, default=10,
-                      help="top activating tokens kept per neuron (default: 10)")
+    rank.add_argument(
+        "--top-k-tokens",
+        type=int,
+        default=10,
+        help="top activating tokens kept per neuron (default: 10)",
+    )
     rank.add_argument("--json", type=Path, help="write every neuron's ranking to this file")
     rank.set_defaults(handler=_rank)
 
     run = commands.add_parser(
-        "run", help="the relearning experiment: fine-tune, ablate, retrain in stages, trace",
+        "run",
+        help="the relearning experiment: fine-tune, ablate, retrain in stages, trace",
         description="Fine-tune for NER, rank neurons for the concept, ablate them, retrain in "
         "stages with the ablation held, and measure recovery; with a random baseline arm. "
-        "Rerun the same command to resume.")
+        "Rerun the same command to resume.",
+    )
     run.add_argument("--out", type=Path, required=True, help="run directory")
     run.add_argument("--config", type=Path, help="JSON config file; flags override it")
     from neuroplastic.config import ExperimentConfig
@@ -63,26 +71,54 @@ def _parser() -> argparse.ArgumentParser:
     for name, value in defaults.to_dict().items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            run.add_argument(flag, action="store_const", const=True, default=None,
-                             help=f"(default: {value})")
+            run.add_argument(
+                flag, action="store_const", const=True, default=None, help=f"(default: {value})"
+            )
         else:
             kind = type(value) if value is not None else str
             run.add_argument(flag, type=kind, default=None, help=f"(default: {value})")
-    run.add_argument("--lr", dest="learning_rate", type=float, default=None,
-                     help="alias of --learning-rate")
+    run.add_argument(
+        "--lr", dest="learning_rate", type=float, default=None, help="alias of --learning-rate"
+    )
     run.add_argument("--no-report", action="store_true", help="skip writing report.html")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
+
+    report = commands.add_parser("report", help="write DIR/report.html for a run directory")
+    report.add_argument("run_dir", type=Path, help="a directory written by `neuroplastic run`")
+    report.add_argument(
+        "--similarity",
+        default="model",
+        choices=("model", "sentence", "none"),
+        help="token embeddings for concept similarity: the model's own input "
+        "embeddings (default), the offline MiniLM sentence encoder, or none",
+    )
+    report.set_defaults(handler=_report)
+
+    view = commands.add_parser(
+        "view", help="an offline HTML page of chosen neurons' top activating tokens in context"
+    )
+    _model_data_args(view)
+    view.add_argument("--neurons", required=True, help="LAYER:NEURON[,LAYER:NEURON...]")
+    view.add_argument("--top-k", type=int, default=10, help="top tokens per neuron (default 10)")
+    view.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    view.set_defaults(handler=_view)
     return parser
 
 
 def _model_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="embedded",
-                        help="embedded (offline MiniLM, default), tiny-gpt2, tiny-bert, a local "
-                        "directory or a Hugging Face name")
-    parser.add_argument("--dataset", default="embedded",
-                        help="embedded (synthetic offline NER corpus, default), a CoNLL file or "
-                        "directory, or a Hugging Face dataset name")
+    parser.add_argument(
+        "--model",
+        default="embedded",
+        help="embedded (offline MiniLM, default), tiny-gpt2, tiny-bert, a local "
+        "directory or a Hugging Face name",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="embedded",
+        help="embedded (synthetic offline NER corpus, default), a CoNLL file or "
+        "directory, or a Hugging Face dataset name",
+    )
     parser.add_argument("--split", default="validation", choices=("train", "validation"))
     parser.add_argument("--limit", type=int, default=None, help="use at most N sentences")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -106,19 +142,57 @@ def _run(args: argparse.Namespace) -> int:
         first, last = result["stages"][1], result["stages"][-1]
         key = "f1" if "f1" in last else "lm_loss"
         concept = config.concept if key == "f1" else "concept"
-        print(f"  {arm:<8} {result['neurons']} neurons: {config.concept} {key} "
-              f"{first[key][concept]:.3f} after pruning -> {last[key][concept]:.3f} after "
-              f"{last['step']} retraining steps")
+        print(
+            f"  {arm:<8} {result['neurons']} neurons: {config.concept} {key} "
+            f"{first[key][concept]:.3f} after pruning -> {last[key][concept]:.3f} after "
+            f"{last['step']} retraining steps"
+        )
     if not args.no_report:
         _write_report(args.out)
     return 0
 
 
-def _write_report(out: Path) -> None:
+def _write_report(out: Path, similarity: str = "model") -> None:
     from neuroplastic.report import write_report
 
-    path = write_report(out)
+    path = write_report(out, similarity=similarity)
     print(f"report: {path}")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from neuroplastic.errors import NeuroplasticError
+
+    if not args.run_dir.is_dir() or not (args.run_dir / "config.json").is_file():
+        raise NeuroplasticError(
+            f"{args.run_dir} is not a run directory (no config.json); make one with "
+            "`neuroplastic run --out DIR`"
+        )
+    _write_report(args.run_dir, args.similarity)
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from neuroplastic.data.load import encode_split, load_corpus
+    from neuroplastic.models import check_mlp_hooks, load_model
+    from neuroplastic.neurons import NeuronSet
+    from neuroplastic.views import write_neuron_view_page
+
+    model = load_model(args.model, device=args.device)
+    n_layers, d_mlp = check_mlp_hooks(model)
+    neurons = NeuronSet.parse(args.neurons, n_layers, d_mlp)
+    data = encode_split(load_corpus(args.dataset), model.tokenizer, args.split, limit=args.limit)
+    path = write_neuron_view_page(
+        model,
+        data,
+        neurons,
+        args.out,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        title=f"{args.model}: neurons {args.neurons}",
+    )
+    print(f"wrote {path}")
+    return 0
 
 
 def _rank(args: argparse.Namespace) -> int:
@@ -126,17 +200,28 @@ def _rank(args: argparse.Namespace) -> int:
     from neuroplastic.io import atomic_write_json
 
     result = rank_neurons(
-        model=args.model, dataset=args.dataset, concept=args.concept, method=args.method,
-        split=args.split, limit=args.limit, batch_size=args.batch_size,
-        top_k_tokens=args.top_k_tokens, device=args.device, progress=not args.quiet,
+        model=args.model,
+        dataset=args.dataset,
+        concept=args.concept,
+        method=args.method,
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        top_k_tokens=args.top_k_tokens,
+        device=args.device,
+        progress=not args.quiet,
     )
-    print(f"{args.method} saliency for {args.concept} in {args.model} "
-          f"({result.n_layers} layers x {result.d_mlp} neurons)")
+    print(
+        f"{args.method} saliency for {args.concept} in {args.model} "
+        f"({result.n_layers} layers x {result.d_mlp} neurons)"
+    )
     print(f"{'rank':>5} {'layer':>5} {'neuron':>6} {'saliency':>9}  top tokens")
     for row in result.rows[: args.top]:
         tokens = " ".join(repr(t) for t in row["top_tokens"][:8])
-        print(f"{row['rank']:>5} {row['layer']:>5} {row['neuron']:>6} {row['saliency']:>9.5f}  "
-              f"{tokens}")
+        print(
+            f"{row['rank']:>5} {row['layer']:>5} {row['neuron']:>6} {row['saliency']:>9.5f}  "
+            f"{tokens}"
+        )
     if args.json:
         atomic_write_json(args.json, result.to_json())
         print(f"wrote {len(result.rows)} neurons to {args.json}")

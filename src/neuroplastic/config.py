@@ -42,16 +42,26 @@ class ExperimentConfig:
     save_checkpoints: bool = False
 
     def __post_init__(self) -> None:
-        choices = {"task": ("ner", "lm"), "mode": ("hold", "regrow"),
-                   "selection": ("fraction", "count", "per-layer"),
-                   "baseline": ("random", "none")}
+        choices = {
+            "task": ("ner", "lm"),
+            "mode": ("hold", "regrow"),
+            "selection": ("fraction", "count", "per-layer"),
+            "baseline": ("random", "none"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NeuroplasticError(
                     f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
                 )
-        positive = ("train_sentences", "validation_sentences", "max_length", "batch_size",
-                    "top_k_tokens", "stages", "stage_steps")
+        positive = (
+            "train_sentences",
+            "validation_sentences",
+            "max_length",
+            "batch_size",
+            "top_k_tokens",
+            "stages",
+            "stage_steps",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise NeuroplasticError(f"{name} must be positive; got {getattr(self, name)}")
@@ -75,7 +85,8 @@ class ExperimentConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise NeuroplasticError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
             )
         return cls(**data)
 

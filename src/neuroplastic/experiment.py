@@ -54,15 +54,17 @@ class Setup:
         return tagging_loss if self.config.task == "ner" else lm_loss
 
 
-def run_experiment(config: ExperimentConfig, out: str | Path, progress: bool = True,
-                   log=print) -> dict[str, Any]:
+def run_experiment(
+    config: ExperimentConfig, out: str | Path, progress: bool = True, log=print
+) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary."""
     run = RunDir(out)
     _claim(run, config)
     setup = _setup(config, run, progress)
     base = _base_stage(setup, log)
     ranking = Ranking.from_frame(
-        _read_ranking(run, "concept", "base"), config.concept, config.method)
+        _read_ranking(run, "concept", "base"), config.concept, config.method
+    )
     neuron_sets = _neuron_sets(setup, ranking)
     for arm, neurons in neuron_sets.items():
         _run_arm(setup, arm, neurons, base, log)
@@ -91,12 +93,18 @@ def _setup(config: ExperimentConfig, run: RunDir, progress: bool) -> Setup:
             f"the causal LM task needs a decoder model (GPT-2 family); {config.model} is an "
             "encoder. Use --task ner"
         )
-    corpus = load_corpus(config.dataset, n_train=config.train_sentences,
-                         n_validation=config.validation_sentences, seed=config.seed)
-    train_data = encode_split(corpus, model.tokenizer, "train", config.max_length,
-                              limit=config.train_sentences)
-    validation_data = encode_split(corpus, model.tokenizer, "validation", config.max_length,
-                                   limit=config.validation_sentences)
+    corpus = load_corpus(
+        config.dataset,
+        n_train=config.train_sentences,
+        n_validation=config.validation_sentences,
+        seed=config.seed,
+    )
+    train_data = encode_split(
+        corpus, model.tokenizer, "train", config.max_length, limit=config.train_sentences
+    )
+    validation_data = encode_split(
+        corpus, model.tokenizer, "validation", config.max_length, limit=config.validation_sentences
+    )
     validation_data.label_id(config.concept)  # an unknown concept fails before any training
     if validation_data.label_counts()[config.concept] == 0:
         raise NeuroplasticError(f"concept {config.concept!r} has no tokens in the validation data")
@@ -115,8 +123,9 @@ def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> No
 
 
 def _train_config(config: ExperimentConfig) -> TrainConfig:
-    return TrainConfig(config.learning_rate, config.weight_decay, config.batch_size,
-                       config.warmup_fraction)
+    return TrainConfig(
+        config.learning_rate, config.weight_decay, config.batch_size, config.warmup_fraction
+    )
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -129,8 +138,9 @@ def _weights(run: RunDir, arm: str, stage: str) -> Path:
 
 
 def _save_weights(setup: Setup, arm: str, stage: str) -> None:
-    # named_parameters() lists each tensor once; a bridge's state_dict repeats every alias.
-    state = {k: v.detach().contiguous() for k, v in setup.module.named_parameters()}
+    # named_parameters() lists each tensor once (a bridge's state_dict repeats every alias);
+    # clone because some are views of one storage (GPT-2's q/k/v split of c_attn).
+    state = {k: v.detach().clone().contiguous() for k, v in setup.module.named_parameters()}
     data = save(state)
     atomic_write_bytes(_weights(setup.run, arm, stage), data)
     if setup.config.save_checkpoints:
@@ -156,20 +166,39 @@ def _load_weights(setup: Setup, path: Path) -> None:
             parameter.copy_(state[name])
 
 
-def _finish_stage(setup: Setup, arm: str, stage: str, step: int, losses: list[float],
-                  dead: torch.Tensor | None, extra_rows: list[dict], log) -> dict:
+def _finish_stage(
+    setup: Setup,
+    arm: str,
+    stage: str,
+    step: int,
+    losses: list[float],
+    dead: torch.Tensor | None,
+    extra_rows: list[dict],
+    log,
+) -> dict:
     """Evaluate (collecting statistics in the same pass), write artifacts, mark the stage done."""
     config = setup.config
-    evaluation = evaluate(setup.module, setup.validation_data, config.task, config.concept,
-                          stats_top_k=config.top_k_tokens, dead_neurons=dead,
-                          progress=setup.progress)
+    evaluation = evaluate(
+        setup.module,
+        setup.validation_data,
+        config.task,
+        config.concept,
+        stats_top_k=config.top_k_tokens,
+        dead_neurons=dead,
+        progress=setup.progress,
+    )
     ranking = Ranking.from_stats(evaluation.stats, config.concept, config.method)
     frame = top_tokens_frame(evaluation.stats, setup.model.tokenizer)
     arms = config.arms if stage == "base" else (arm,)
     for each in arms:
         setup.run.write_stage(each, stage, ranking, evaluation.stats, frame)
-    row = {"arm": arm, "stage": stage, "step": step, **evaluation.scores,
-           "train_loss": sum(losses) / len(losses) if losses else None}
+    row = {
+        "arm": arm,
+        "stage": stage,
+        "step": step,
+        **evaluation.scores,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+    }
     _save_weights(setup, arm, stage)
     atomic_write_json(_marker(setup.run, arm, stage), {"rows": [*extra_rows, row]})
     _rewrite_metrics(setup)
@@ -196,9 +225,16 @@ def _base_stage(setup: Setup, log) -> Path:
     if config.checkpoint:
         _load_weights(setup, Path(config.checkpoint))
     else:
-        losses = train(setup.module, setup.loss_fn(), setup.train_data, config.base_steps,
-                       _train_config(config), seed=config.seed, progress=setup.progress,
-                       description="fine-tuning base model")
+        losses = train(
+            setup.module,
+            setup.loss_fn(),
+            setup.train_data,
+            config.base_steps,
+            _train_config(config),
+            seed=config.seed,
+            progress=setup.progress,
+            description="fine-tuning base model",
+        )
     _finish_stage(setup, "concept", "base", 0, losses, None, [], log)
     return weights
 
@@ -248,25 +284,52 @@ def _run_arm(setup: Setup, arm: str, neurons: NeuronSet, base_weights: Path, log
             hold.remove()
 
 
-def _retrain(setup: Setup, arm: str, stage: str, index: int, step: int,
-             dead: torch.Tensor | None, extra: list[dict]) -> list[float]:
+def _retrain(
+    setup: Setup,
+    arm: str,
+    stage: str,
+    index: int,
+    step: int,
+    dead: torch.Tensor | None,
+    extra: list[dict],
+) -> list[float]:
     config = setup.config
     first_step = step - config.stage_steps
 
     def checkpoint_eval(n: int, loss: float) -> None:
         if config.eval_every and n % config.eval_every == 0 and n < config.stage_steps:
-            evaluation = evaluate(setup.module, setup.validation_data, config.task,
-                                  config.concept, stats_top_k=None, dead_neurons=dead,
-                                  progress=False)
-            extra.append({"arm": arm, "stage": f"{stage}@{n}", "step": first_step + n,
-                          **evaluation.scores, "train_loss": loss})
+            evaluation = evaluate(
+                setup.module,
+                setup.validation_data,
+                config.task,
+                config.concept,
+                stats_top_k=None,
+                dead_neurons=dead,
+                progress=False,
+            )
+            extra.append(
+                {
+                    "arm": arm,
+                    "stage": f"{stage}@{n}",
+                    "step": first_step + n,
+                    **evaluation.scores,
+                    "train_loss": loss,
+                }
+            )
             setup.module.train()
 
     arm_index = ("concept", "random").index(arm)
-    return train(setup.module, setup.loss_fn(), setup.train_data, config.stage_steps,
-                 _train_config(config), seed=config.seed * 1000 + arm_index * 100 + index,
-                 on_step=checkpoint_eval, progress=setup.progress,
-                 description=f"[{arm}] {stage}")
+    return train(
+        setup.module,
+        setup.loss_fn(),
+        setup.train_data,
+        config.stage_steps,
+        _train_config(config),
+        seed=config.seed * 1000 + arm_index * 100 + index,
+        on_step=checkpoint_eval,
+        progress=setup.progress,
+        description=f"[{arm}] {stage}",
+    )
 
 
 def _drop_weights(run: RunDir, arm: str, stage: str | None) -> None:
@@ -301,8 +364,14 @@ def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
     rows = _rows(setup.run, setup.config.arms, setup.config.stages)
     arms = {}
     for arm, neurons in neuron_sets.items():
-        stages = [{k: v for k, v in row.items() if k != "arm"}
-                  for row in rows if row["arm"] == arm and "@" not in row["stage"]]
-        arms[arm] = {"neurons": len(neurons), "per_layer": {
-            str(k): v for k, v in sorted(neurons.per_layer_counts().items())}, "stages": stages}
+        stages = [
+            {k: v for k, v in row.items() if k != "arm"}
+            for row in rows
+            if row["arm"] == arm and "@" not in row["stage"]
+        ]
+        arms[arm] = {
+            "neurons": len(neurons),
+            "per_layer": {str(k): v for k, v in sorted(neurons.per_layer_counts().items())},
+            "stages": stages,
+        }
     return {"config": setup.config.to_dict(), "arms": arms}

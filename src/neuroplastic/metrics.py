@@ -21,8 +21,10 @@ def entity_scores(
     so every requested type is always present.
     """
     report = classification_report(
-        [list(t) for t in true_tags], [list(p) for p in predicted_tags],
-        output_dict=True, zero_division=0,
+        [list(t) for t in true_tags],
+        [list(p) for p in predicted_tags],
+        output_dict=True,
+        zero_division=0,
     )
     scores: dict[str, dict[str, float]] = {}
     for key in ENTITY_KEYS:

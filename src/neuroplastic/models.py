@@ -36,8 +36,9 @@ def load_model(name: str = EMBEDDED, device: str = "cpu", seed: int = 0) -> Any:
         return _boot(TransformerBridge, str(path), device=device)
     if name in TINY_MODELS:
         hf_model, tokenizer, directory = _tiny(name, seed)
-        return _boot(TransformerBridge, directory, device=device, hf_model=hf_model,
-                     tokenizer=tokenizer)
+        return _boot(
+            TransformerBridge, directory, device=device, hf_model=hf_model, tokenizer=tokenizer
+        )
     local = Path(name).expanduser()
     if name.startswith((".", "/", "~")) and not local.exists():
         raise NeuroplasticError(f"model directory not found: {local}")
@@ -85,8 +86,9 @@ def check_mlp_hooks(model: Any) -> tuple[int, int]:
             f"{type(model).__name__} is not a TransformerLens-style model: it needs cfg.n_layers, "
             "cfg.d_mlp and a hook_dict (HookedRootModule / TransformerBridge)"
         )
-    missing = [mlp_hook_name(layer) for layer in range(n_layers)
-               if mlp_hook_name(layer) not in hook_dict]
+    missing = [
+        mlp_hook_name(layer) for layer in range(n_layers) if mlp_hook_name(layer) not in hook_dict
+    ]
     if missing:
         raise NeuroplasticError(
             f"{type(model).__name__} has no MLP hook points {', '.join(missing[:3])}"
@@ -112,12 +114,18 @@ def _tiny_tokenizer_dir(kind: str) -> str:
         corpus = generate_corpus(n_train=1500, n_validation=1, seed=12345)
         bpe = ByteLevelBPETokenizer()
         bpe.train_from_iterator(
-            (" ".join(s.words) for s in corpus.train), vocab_size=2000, min_frequency=2,
-            special_tokens=["<|endoftext|>"], show_progress=False,
+            (" ".join(s.words) for s in corpus.train),
+            vocab_size=2000,
+            min_frequency=2,
+            special_tokens=["<|endoftext|>"],
+            show_progress=False,
         )
         tokenizer = GPT2TokenizerFast(
-            tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-            bos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+            tokenizer_object=bpe._tokenizer,
+            eos_token="<|endoftext|>",
+            bos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
         )
     tokenizer.save_pretrained(directory)
     return directory
@@ -139,19 +147,28 @@ def _tiny(name: str, seed: int) -> tuple[Any, Any, str]:
     torch.manual_seed(seed)
     if kind == "bert":
         config = BertConfig(
-            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64, max_position_embeddings=160,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=160,
         )
         hf_model = BertForMaskedLM(config)
     else:
         config = GPT2Config(
-            vocab_size=len(tokenizer), n_positions=160, n_embd=32, n_layer=2, n_head=2,
-            n_inner=64, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            n_positions=160,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_inner=64,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         hf_model = GPT2LMHeadModel(config)
     config.save_pretrained(directory)
     return hf_model, tokenizer, directory
-
 
 
 def resid_post_name(model: Any) -> str:
@@ -159,7 +176,7 @@ def resid_post_name(model: Any) -> str:
 
 
 class _StopForward(Exception):
-    """Raised from a hook to skip the rest of the model (its vocabulary head is most of the cost)."""
+    """Raised from a hook to skip the rest of the model (its vocabulary head costs the most)."""
 
 
 def run_forward(

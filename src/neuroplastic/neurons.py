@@ -38,8 +38,9 @@ class NeuronSet:
         object.__setattr__(self, "neurons", cleaned)
 
     @classmethod
-    def of(cls, n_layers: int, d_mlp: int, neurons: Iterable[tuple[int, int]],
-           description: str = "") -> NeuronSet:
+    def of(
+        cls, n_layers: int, d_mlp: int, neurons: Iterable[tuple[int, int]], description: str = ""
+    ) -> NeuronSet:
         return cls(n_layers, d_mlp, tuple(neurons), description)
 
     @classmethod
@@ -60,8 +61,12 @@ class NeuronSet:
     @classmethod
     def top_k(cls, ranking: Ranking, k: int) -> NeuronSet:
         _check_count(k, ranking.scores.numel())
-        return cls(ranking.n_layers, ranking.d_mlp, tuple(ranking.top(k)),
-                   f"top {k} {ranking.concept} neurons by {ranking.method}")
+        return cls(
+            ranking.n_layers,
+            ranking.d_mlp,
+            tuple(ranking.top(k)),
+            f"top {k} {ranking.concept} neurons by {ranking.method}",
+        )
 
     @classmethod
     def top_fraction(cls, ranking: Ranking, fraction: float) -> NeuronSet:
@@ -69,16 +74,24 @@ class NeuronSet:
             raise NeuroplasticError(f"fraction must be in (0, 1], got {fraction}")
         k = max(1, round(fraction * ranking.scores.numel()))
         chosen = cls.top_k(ranking, k)
-        return cls(chosen.n_layers, chosen.d_mlp, chosen.neurons,
-                   f"top {fraction:.1%} ({k}) {ranking.concept} neurons by {ranking.method}")
+        return cls(
+            chosen.n_layers,
+            chosen.d_mlp,
+            chosen.neurons,
+            f"top {fraction:.1%} ({k}) {ranking.concept} neurons by {ranking.method}",
+        )
 
     @classmethod
     def per_layer_top_k(cls, ranking: Ranking, k: int) -> NeuronSet:
         _check_count(k, ranking.d_mlp)
         top = torch.argsort(-ranking.scores, dim=1, stable=True)[:, :k]
         pairs = [(layer, int(n)) for layer in range(ranking.n_layers) for n in top[layer]]
-        return cls(ranking.n_layers, ranking.d_mlp, tuple(pairs),
-                   f"top {k} {ranking.concept} neurons per layer by {ranking.method}")
+        return cls(
+            ranking.n_layers,
+            ranking.d_mlp,
+            tuple(pairs),
+            f"top {k} {ranking.concept} neurons per layer by {ranking.method}",
+        )
 
     def random_matching(self, seed: int = 0) -> NeuronSet:
         """Random neurons with the same count in every layer (a baseline for this set)."""
@@ -88,8 +101,12 @@ class NeuronSet:
             for layer, count in sorted(self.per_layer_counts().items())
             for n in rng.sample(range(self.d_mlp), count)
         ]
-        return NeuronSet(self.n_layers, self.d_mlp, tuple(pairs),
-                         f"random neurons matching per-layer counts (seed {seed})")
+        return NeuronSet(
+            self.n_layers,
+            self.d_mlp,
+            tuple(pairs),
+            f"random neurons matching per-layer counts (seed {seed})",
+        )
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -115,16 +132,21 @@ class NeuronSet:
 
     def to_dict(self) -> dict:
         return {
-            "n_layers": self.n_layers, "d_mlp": self.d_mlp, "description": self.description,
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
+            "description": self.description,
             "neurons": [list(pair) for pair in self.neurons],
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> NeuronSet:
         try:
-            return cls(int(data["n_layers"]), int(data["d_mlp"]),
-                       tuple((int(a), int(b)) for a, b in data["neurons"]),
-                       str(data.get("description", "")))
+            return cls(
+                int(data["n_layers"]),
+                int(data["d_mlp"]),
+                tuple((int(a), int(b)) for a, b in data["neurons"]),
+                str(data.get("description", "")),
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise NeuroplasticError(
                 f"not a neuron set: expected n_layers, d_mlp and neurons [[layer, neuron], ...] "

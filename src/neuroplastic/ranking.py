@@ -57,7 +57,9 @@ def _concept_index(stats: NeuronStats, concept: str) -> int:
     if stats.count[z] == 0:
         raise NeuroplasticError(
             f"concept {concept!r} has no tokens in the data; token counts per label: "
-            + ", ".join(f"{n}={int(c)}" for n, c in zip(stats.label_names, stats.count, strict=True))
+            + ", ".join(
+                f"{n}={int(c)}" for n, c in zip(stats.label_names, stats.count, strict=True)
+            )
         )
     return z
 
@@ -120,12 +122,16 @@ class Ranking:
         layer, neuron = torch.meshgrid(
             torch.arange(self.n_layers), torch.arange(self.d_mlp), indexing="ij"
         )
-        frame = pd.DataFrame({
-            "layer": layer.flatten().numpy(), "neuron": neuron.flatten().numpy(),
-            "score": self.scores.flatten().numpy(), "saliency": self.saliency.flatten().numpy(),
-            "rank": self.global_rank.flatten().numpy(),
-            "layer_rank": self.layer_rank.flatten().numpy(),
-        })
+        frame = pd.DataFrame(
+            {
+                "layer": layer.flatten().numpy(),
+                "neuron": neuron.flatten().numpy(),
+                "score": self.scores.flatten().numpy(),
+                "saliency": self.saliency.flatten().numpy(),
+                "rank": self.global_rank.flatten().numpy(),
+                "layer_rank": self.layer_rank.flatten().numpy(),
+            }
+        )
         return frame.sort_values("rank", kind="stable").reset_index(drop=True)
 
     @classmethod

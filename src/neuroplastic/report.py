@@ -30,8 +30,20 @@ from neuroplastic.views import add_side_by_side, examples_from_top_k
 __all__ = ["build_report", "write_report"]
 
 ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
-LAYER_COLORS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725", "#f89540", "#cc4778",
-                "#7e03a8", "#0d0887", "#b12a90", "#fca636", "#2a788e")
+LAYER_COLORS = (
+    "#440154",
+    "#3b528b",
+    "#21918c",
+    "#5ec962",
+    "#fde725",
+    "#f89540",
+    "#cc4778",
+    "#7e03a8",
+    "#0d0887",
+    "#b12a90",
+    "#fca636",
+    "#2a788e",
+)
 Similarity = Literal["model", "sentence", "none"]
 
 
@@ -55,8 +67,15 @@ def write_report(
     sentence model, none, or your own :class:`TokenEmbeddings`.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    page = build_report(run, top=top, n_neurons=n_neurons, n_views=n_views,
-                        similarity=similarity, n_boot=n_boot, seed=seed)
+    page = build_report(
+        run,
+        top=top,
+        n_neurons=n_neurons,
+        n_views=n_views,
+        similarity=similarity,
+        n_boot=n_boot,
+        seed=seed,
+    )
     return page.write(Path(out) if out is not None else run.report_path)
 
 
@@ -83,8 +102,12 @@ def build_report(
     # A fraction of a small model can be a handful of neurons: take at least 10.
     n_top = max(min(10, n_total), round(top * n_total)) if isinstance(top, float) else int(top)
     embeddings, similarity_note = _embeddings(run, loaded, similarity)
-    analyses = {arm: analyse_arm(data, embeddings, top=n_top, n_reappeared=n_neurons,
-                                 n_boot=n_boot, seed=seed) for arm, data in loaded.items()}
+    analyses = {
+        arm: analyse_arm(
+            data, embeddings, top=n_top, n_reappeared=n_neurons, n_boot=n_boot, seed=seed
+        )
+        for arm, data in loaded.items()
+    }
     summary = run.summary() if run.summary_path.is_file() else None
     metrics = run.metrics() if run.metrics_path.is_file() else pd.DataFrame()
     sentences = run.sentences() if (run.path / "sentences.json").is_file() else []
@@ -111,8 +134,10 @@ def build_report(
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
     with page.details("Neuron sets"):
         for arm, data in loaded.items():
-            page.paragraph(f"{arm}: {len(data.ablated)} neurons, {data.ablated.description}; "
-                           f"per layer {dict(sorted(data.ablated.per_layer_counts().items()))}")
+            page.paragraph(
+                f"{arm}: {len(data.ablated)} neurons, {data.ablated.description}; "
+                f"per layer {dict(sorted(data.ablated.per_layer_counts().items()))}"
+            )
     return page
 
 
@@ -121,8 +146,9 @@ def build_report(
 # ---------------------------------------------------------------------------------------------
 
 
-def _embeddings(run: RunDir, loaded: dict[str, ArmRun], similarity: Similarity | TokenEmbeddings
-                ) -> tuple[TokenEmbeddings | None, str]:
+def _embeddings(
+    run: RunDir, loaded: dict[str, ArmRun], similarity: Similarity | TokenEmbeddings
+) -> tuple[TokenEmbeddings | None, str]:
     if isinstance(similarity, TokenEmbeddings):
         return similarity, f"Similarity: cosine of centroids of {similarity.source}."
     if similarity == "none":
@@ -150,8 +176,9 @@ def _embeddings(run: RunDir, loaded: dict[str, ArmRun], similarity: Similarity |
 # ---------------------------------------------------------------------------------------------
 
 
-def _key_numbers(page: HtmlPage, analyses: dict[str, ArmAnalysis], summary: dict | None,
-                 concept: str, n_top: int) -> None:
+def _key_numbers(
+    page: HtmlPage, analyses: dict[str, ArmAnalysis], summary: dict | None, concept: str, n_top: int
+) -> None:
     page.heading("Key numbers")
     scores = stage_scores(summary) if summary else pd.DataFrame()
     rows: dict[str, dict[str, str]] = {}
@@ -162,31 +189,38 @@ def _key_numbers(page: HtmlPage, analyses: dict[str, ArmAnalysis], summary: dict
             arm_scores = scores[scores["arm"] == arm].set_index("stage")
             for entity in (concept, "overall"):
                 if entity in arm_scores.columns:
-                    values = [arm_scores[entity].get(s)
-                              for s in (data.first, data.start, data.last)]
+                    values = [
+                        arm_scores[entity].get(s) for s in (data.first, data.start, data.last)
+                    ]
                     name = "F1" if scores.attrs.get("metric") == "f1" else "LM loss"
                     column[f"{entity} {name}: {data.first} → {data.start} → {data.last}"] = (
-                        " → ".join(_fmt(v, ".3f") for v in values))
+                        " → ".join(_fmt(v, ".3f") for v in values)
+                    )
         depth = analysis.depth.set_index("stage")["mean_layer"]
         column[f"mean layer of the top {n_top} neurons: {data.first} → {data.last}"] = (
-            f"{depth[data.first]:.2f} → {depth[data.last]:.2f}")
+            f"{depth[data.first]:.2f} → {depth[data.last]:.2f}"
+        )
         shares = analysis.layer_saliency
         last = shares[shares["stage"] == data.last].set_index("layer")["top_share"]
         column[f"layer holding most top neurons at {data.last}"] = (
-            f"layer {int(last.idxmax())} ({last.max():.0%})")
+            f"layer {int(last.idxmax())} ({last.max():.0%})"
+        )
         if analysis.primed is not None:
             p = analysis.primed
             column["primed: Spearman ρ(similarity to concept, saliency gain)"] = (
-                f"{p.rho:+.2f} [{p.ci_low:+.2f}, {p.ci_high:+.2f}], n={p.n}")
+                f"{p.rho:+.2f} [{p.ci_low:+.2f}, {p.ci_high:+.2f}], n={p.n}"
+            )
         counts = analysis.polysemanticity.counts.set_index("stage")["n_polysemantic"]
         column[f"polysemantic neurons: {data.first} → {data.last}"] = (
-            f"{counts[data.first]} → {counts[data.last]}")
+            f"{counts[data.first]} → {counts[data.last]}"
+        )
         trace = analysis.pruned.stages.set_index("stage")
         column[f"ablated neurons alive at {data.last}"] = (
-            f"{trace.loc[data.last, 'n_alive']} of {trace.loc[data.last, 'n']}")
+            f"{trace.loc[data.last, 'n_alive']} of {trace.loc[data.last, 'n']}"
+        )
         rows[arm] = column
-    table = pd.DataFrame(rows).rename_axis("measure").reset_index()
-    page.table(table, caption="Concept arm beside the random arm", index=False)
+    # Measures as the (unnamed) index: row headers, left-aligned.
+    page.table(pd.DataFrame(rows), caption="Concept arm beside the random arm")
 
 
 def _metric_of(metrics: pd.DataFrame) -> str | None:
@@ -213,29 +247,57 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
     n_cols = min(3, len(entities))
     n_rows = math.ceil(len(entities) / n_cols)
     titles = [f"{e} (the concept)" if e == concept else e for e in entities]
-    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_yaxes=True,
-                        horizontal_spacing=0.05, vertical_spacing=0.14)
+    fig = make_subplots(
+        rows=n_rows,
+        cols=n_cols,
+        subplot_titles=titles,
+        shared_yaxes=True,
+        horizontal_spacing=0.05,
+        vertical_spacing=0.14,
+    )
     for i, entity in enumerate(entities):
         row, col = i // n_cols + 1, i % n_cols + 1
         for arm, group in curves[curves["entity"] == entity].groupby("arm", sort=False):
-            fig.add_trace(go.Scatter(
-                x=group["training_step"], y=group["value"], mode="lines+markers",
-                name=f"{arm} arm", legendgroup=arm, showlegend=i == 0,
-                line={"color": ARM_COLORS.get(arm)}, customdata=group["stage"],
-                hovertemplate="%{customdata}, step %{x}<br>" + name + " %{y:.3f}<extra>" + arm
-                + "</extra>",
-            ), row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=group["training_step"],
+                    y=group["value"],
+                    mode="lines+markers",
+                    name=f"{arm} arm",
+                    legendgroup=arm,
+                    showlegend=i == 0,
+                    line={"color": ARM_COLORS.get(arm)},
+                    customdata=group["stage"],
+                    hovertemplate="%{customdata}, step %{x}<br>"
+                    + name
+                    + " %{y:.3f}<extra>"
+                    + arm
+                    + "</extra>",
+                ),
+                row=row,
+                col=col,
+            )
     for stage, step in _stage_starts(curves):
         for i in range(len(entities)):
-            fig.add_vline(x=step, line={"dash": "dot", "width": 1, "color": "#8c959f"},
-                          row=i // n_cols + 1, col=i % n_cols + 1,
-                          **({"annotation_text": stage, "annotation_font": {
-                              "size": 9, "color": "#57606a"}} if i == 0 else {}))
+            fig.add_vline(
+                x=step,
+                line={"dash": "dot", "width": 1, "color": "#8c959f"},
+                row=i // n_cols + 1,
+                col=i % n_cols + 1,
+                **(
+                    {"annotation_text": stage, "annotation_font": {"size": 9, "color": "#57606a"}}
+                    if i == 0
+                    else {}
+                ),
+            )
     if metric == "f1":
         fig.update_yaxes(range=[0, 1.02])
     fig.update_xaxes(title_text="training step", row=n_rows)
-    fig.update_layout(height=330 * n_rows, margin={"t": 50, "b": 40, "l": 50, "r": 20},
-                      legend={"orientation": "h", "y": -0.12})
+    fig.update_layout(
+        height=330 * n_rows,
+        margin={"t": 50, "b": 40, "l": 50, "r": 20},
+        legend={"orientation": "h", "y": -0.12},
+    )
     page.paragraph(
         f"{'Entity F1' if metric == 'f1' else 'Language-modelling loss on tokens of each label'} "
         "against training step, concept arm (red) and random arm (blue); dotted lines mark where "
@@ -277,53 +339,89 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
         "earlier layers, as Lo et al. report? Compare the concept arm with the random arm."
     )
     arms = list(analyses)
-    fig = make_subplots(rows=len(arms), cols=2, column_titles=["mean saliency per layer",
-                                                               f"layers of the top {n_top}"],
-                        row_titles=[f"{arm} arm" for arm in arms], horizontal_spacing=0.08,
-                        vertical_spacing=0.12)
+    fig = make_subplots(
+        rows=len(arms),
+        cols=2,
+        column_titles=["mean saliency per layer", f"layers of the top {n_top}"],
+        row_titles=[f"{arm} arm" for arm in arms],
+        horizontal_spacing=0.08,
+        vertical_spacing=0.12,
+    )
     for r, arm in enumerate(arms, start=1):
         frame = analyses[arm].layer_saliency
         for layer, group in frame.groupby("layer"):
             color = LAYER_COLORS[int(layer) % len(LAYER_COLORS)]
-            fig.add_trace(go.Scatter(
-                x=group["stage"], y=group["mean"], mode="lines+markers", name=f"layer {layer}",
-                legendgroup=f"layer {layer}", showlegend=r == 1, line={"color": color},
-                error_y={"type": "data", "symmetric": False,
-                         "array": group["ci_high"] - group["mean"],
-                         "arrayminus": group["mean"] - group["ci_low"]},
-            ), row=r, col=1)
-            fig.add_trace(go.Bar(
-                x=group["stage"], y=group["top_share"], name=f"layer {layer}",
-                legendgroup=f"layer {layer}", showlegend=False, marker={"color": color},
-                hovertemplate="%{x}: %{y:.0%} of the top neurons<extra>layer " + str(layer)
-                + "</extra>",
-            ), row=r, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=group["stage"],
+                    y=group["mean"],
+                    mode="lines+markers",
+                    name=f"layer {layer}",
+                    legendgroup=f"layer {layer}",
+                    showlegend=r == 1,
+                    line={"color": color},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": group["ci_high"] - group["mean"],
+                        "arrayminus": group["mean"] - group["ci_low"],
+                    },
+                ),
+                row=r,
+                col=1,
+            )
+            fig.add_trace(
+                go.Bar(
+                    x=group["stage"],
+                    y=group["top_share"],
+                    name=f"layer {layer}",
+                    legendgroup=f"layer {layer}",
+                    showlegend=False,
+                    marker={"color": color},
+                    hovertemplate="%{x}: %{y:.0%} of the top neurons<extra>layer "
+                    + str(layer)
+                    + "</extra>",
+                ),
+                row=r,
+                col=2,
+            )
         fig.update_yaxes(range=[0, 1], row=r, col=1)
         fig.update_yaxes(range=[0, 1], tickformat=".0%", row=r, col=2)
-    fig.update_layout(barmode="stack", height=300 * len(arms) + 60,
-                      margin={"t": 40, "b": 30, "l": 50, "r": 40})
+    fig.update_layout(
+        barmode="stack", height=300 * len(arms) + 60, margin={"t": 40, "b": 30, "l": 50, "r": 40}
+    )
     page.plotly(fig)
 
     depth = go.Figure()
     n_layers = analyses[arms[0]].run.stages[analyses[arms[0]].run.first].ranking.n_layers
     for arm in arms:
         frame = analyses[arm].depth
-        depth.add_trace(go.Scatter(
-            x=frame["stage"], y=frame["mean_layer"], mode="lines+markers", name=f"{arm} arm",
-            line={"color": ARM_COLORS.get(arm)},
-            error_y={"type": "data", "symmetric": False,
-                     "array": frame["ci_high"] - frame["mean_layer"],
-                     "arrayminus": frame["mean_layer"] - frame["ci_low"]},
-        ))
-    depth.update_layout(title=f"Mean layer of the top {n_top} neurons", height=330,
-                        yaxis={"title": "layer", "range": [-0.3, n_layers - 0.7], "dtick": 1},
-                        margin={"t": 50, "b": 30, "l": 50, "r": 20})
+        depth.add_trace(
+            go.Scatter(
+                x=frame["stage"],
+                y=frame["mean_layer"],
+                mode="lines+markers",
+                name=f"{arm} arm",
+                line={"color": ARM_COLORS.get(arm)},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": frame["ci_high"] - frame["mean_layer"],
+                    "arrayminus": frame["mean_layer"] - frame["ci_low"],
+                },
+            )
+        )
+    depth.update_layout(
+        title=f"Mean layer of the top {n_top} neurons",
+        height=330,
+        yaxis={"title": "layer", "range": [-0.3, n_layers - 0.7], "dtick": 1},
+        margin={"t": 50, "b": 30, "l": 50, "r": 20},
+    )
     page.plotly(depth, height="330px")
     with page.details("Saliency per layer, as a table"):
         for arm in arms:
             page.table(analyses[arm].layer_saliency, caption=f"{arm} arm", index=False)
-            page.table(analyses[arm].depth, caption=f"{arm} arm: depth of the concept",
-                       index=False)
+            page.table(analyses[arm].depth, caption=f"{arm} arm: depth of the concept", index=False)
 
 
 def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
@@ -339,9 +437,15 @@ def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
     )
     arms = list(analyses)
     stages = list(dict.fromkeys(s for a in arms for s in analyses[a].run.stage_names))
-    fig = make_subplots(rows=len(stages), cols=len(arms), shared_xaxes=True,
-                        column_titles=[f"{arm} arm" for arm in arms], row_titles=stages,
-                        vertical_spacing=0.02, horizontal_spacing=0.03)
+    fig = make_subplots(
+        rows=len(stages),
+        cols=len(arms),
+        shared_xaxes=True,
+        column_titles=[f"{arm} arm" for arm in arms],
+        row_titles=stages,
+        vertical_spacing=0.02,
+        horizontal_spacing=0.03,
+    )
     for c, arm in enumerate(arms, start=1):
         data = analyses[arm].run
         base = data.stages[data.first].ranking
@@ -351,18 +455,36 @@ def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
                 continue
             saliency = data.stages[stage].ranking.saliency.numpy()
             z = np.take_along_axis(saliency, order, axis=1).astype(np.float32)
-            fig.add_trace(go.Heatmap(
-                z=z, customdata=order.astype(np.int32), coloraxis="coloraxis",
-                hovertemplate="layer %{y}, neuron %{customdata}<br>saliency %{z:.3f}"
-                "<extra>" + f"{arm}, {stage}" + "</extra>",
-            ), row=r, col=c)
-            fig.update_yaxes(tickmode="array", tickvals=list(range(base.n_layers)),
-                             autorange="reversed", tickfont={"size": 8}, row=r, col=c)
+            fig.add_trace(
+                go.Heatmap(
+                    z=z,
+                    customdata=order.astype(np.int32),
+                    coloraxis="coloraxis",
+                    hovertemplate="layer %{y}, neuron %{customdata}<br>saliency %{z:.3f}"
+                    "<extra>" + f"{arm}, {stage}" + "</extra>",
+                ),
+                row=r,
+                col=c,
+            )
+            fig.update_yaxes(
+                tickmode="array",
+                tickvals=list(range(base.n_layers)),
+                autorange="reversed",
+                tickfont={"size": 8},
+                row=r,
+                col=c,
+            )
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(height=max(300, 95 * len(stages) + 80),
-                      coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": 1,
-                                 "colorbar": {"title": {"text": "saliency"}, "len": 0.6}},
-                      margin={"t": 40, "b": 20, "l": 40, "r": 90})
+    fig.update_layout(
+        height=max(300, 95 * len(stages) + 80),
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": 0,
+            "cmax": 1,
+            "colorbar": {"title": {"text": "saliency"}, "len": 0.6},
+        },
+        margin={"t": 40, "b": 20, "l": 40, "r": 90},
+    )
     page.plotly(fig, height=f"{max(300, 95 * len(stages) + 80)}px")
 
 
@@ -370,20 +492,31 @@ def _tokens(tokens: Sequence[str], n: int = 8) -> str:
     return " · ".join(str(t).strip() or repr(t) for t in list(tokens)[:n])
 
 
-def _before_after(page: HtmlPage, data: ArmRun, sentences: list[list[str]], layer: int,
-                  neuron: int, summary: str) -> None:
+def _before_after(
+    page: HtmlPage, data: ArmRun, sentences: list[list[str]], layer: int, neuron: int, summary: str
+) -> None:
     with page.details(summary):
         if not sentences:
             page.paragraph("No sentences stored in the run directory (sentences.json).")
             return
-        columns = [examples_from_top_k(data.stages[stage].top_tokens, sentences, layer, neuron)
-                   for stage in (data.first, data.last)]
-        add_side_by_side(page, columns, [f"L{layer}:N{neuron} at {data.first}",
-                                         f"L{layer}:N{neuron} at {data.last}"])
+        columns = [
+            examples_from_top_k(data.stages[stage].top_tokens, sentences, layer, neuron)
+            for stage in (data.first, data.last)
+        ]
+        add_side_by_side(
+            page,
+            columns,
+            [f"L{layer}:N{neuron} at {data.first}", f"L{layer}:N{neuron} at {data.last}"],
+        )
 
 
-def _reappeared(page: HtmlPage, analyses: dict[str, ArmAnalysis], sentences: list[list[str]],
-                n_views: int, similarity_note: str) -> None:
+def _reappeared(
+    page: HtmlPage,
+    analyses: dict[str, ArmAnalysis],
+    sentences: list[list[str]],
+    n_views: int,
+    similarity_note: str,
+) -> None:
     page.heading("Where the concept reappeared")
     page.paragraph(
         "The neurons outside the ablated set that gained most saliency from the pruned stage to "
@@ -392,22 +525,33 @@ def _reappeared(page: HtmlPage, analyses: dict[str, ArmAnalysis], sentences: lis
     )
     for i, (arm, analysis) in enumerate(analyses.items()):
         data, frame = analysis.run, analysis.reappearance
-        table = pd.DataFrame({
-            "neuron": [f"L{a}:N{b}" for a, b in zip(frame["layer"], frame["neuron"], strict=True)],
-            f"saliency {data.start}": frame["saliency_start"],
-            f"saliency {data.last}": frame["saliency_end"], "gain": frame["gain"],
-            f"{analysis.run.concept} share before": frame["concept_share_base"],
-            f"{analysis.run.concept} share after": frame["concept_share_end"],
-            "similarity before/after": frame["similarity"],
-            f"top tokens at {data.first}": frame["tokens_base"].map(_tokens),
-            f"top tokens at {data.last}": frame["tokens_end"].map(_tokens),
-        })
+        table = pd.DataFrame(
+            {
+                "neuron": [
+                    f"L{a}:N{b}" for a, b in zip(frame["layer"], frame["neuron"], strict=True)
+                ],
+                f"saliency {data.start}": frame["saliency_start"],
+                f"saliency {data.last}": frame["saliency_end"],
+                "gain": frame["gain"],
+                f"{analysis.run.concept} share before": frame["concept_share_base"],
+                f"{analysis.run.concept} share after": frame["concept_share_end"],
+                "similarity before/after": frame["similarity"],
+                f"top tokens at {data.first}": frame["tokens_base"].map(_tokens),
+                f"top tokens at {data.last}": frame["tokens_end"].map(_tokens),
+            }
+        )
         with page.details(f"{arm} arm: {len(table)} neurons", open=i == 0):
             page.table(table, index=False, float_format="{:.3f}")
             for row in frame.head(n_views).itertuples(index=False):
-                _before_after(page, data, sentences, int(row.layer), int(row.neuron),
-                              f"L{row.layer}:N{row.neuron}: saliency {row.saliency_start:.2f} → "
-                              f"{row.saliency_end:.2f}; now {_tokens(row.tokens_end, 5)}")
+                _before_after(
+                    page,
+                    data,
+                    sentences,
+                    int(row.layer),
+                    int(row.neuron),
+                    f"L{row.layer}:N{row.neuron}: saliency {row.saliency_start:.2f} → "
+                    f"{row.saliency_end:.2f}; now {_tokens(row.tokens_end, 5)}",
+                )
 
 
 def _pruned(page: HtmlPage, analyses: dict[str, ArmAnalysis], config: dict[str, Any]) -> None:
@@ -422,13 +566,22 @@ def _pruned(page: HtmlPage, analyses: dict[str, ArmAnalysis], config: dict[str, 
     rows = []
     for arm, analysis in analyses.items():
         for r in analysis.pruned.stages.itertuples(index=False):
-            rows.append({
-                "arm": arm, "stage": r.stage, "alive": f"{r.n_alive} of {r.n}",
-                "saliency [95% CI]": _ci(r.saliency_mean, r.saliency_ci_low, r.saliency_ci_high),
-                "similarity to own base tokens [95% CI]": _ci(
-                    r.similarity_mean, r.similarity_ci_low, r.similarity_ci_high),
-                f"{analysis.run.concept} share of top tokens": _fmt(r.concept_share_mean, ".0%"),
-            })
+            rows.append(
+                {
+                    "arm": arm,
+                    "stage": r.stage,
+                    "alive": f"{r.n_alive} of {r.n}",
+                    "saliency [95% CI]": _ci(
+                        r.saliency_mean, r.saliency_ci_low, r.saliency_ci_high
+                    ),
+                    "similarity to own base tokens [95% CI]": _ci(
+                        r.similarity_mean, r.similarity_ci_low, r.similarity_ci_high
+                    ),
+                    f"{analysis.run.concept} share of top tokens": _fmt(
+                        r.concept_share_mean, ".0%"
+                    ),
+                }
+            )
     page.table(pd.DataFrame(rows), index=False)
 
 
@@ -457,29 +610,54 @@ def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: s
         "with a 95% bootstrap interval. A positive ρ in the concept arm says the concept came "
         "back in neurons already near it. " + similarity_note
     )
-    page.table(pd.DataFrame([
-        {"arm": arm, "rho": p.rho, "ci_low": p.ci_low, "ci_high": p.ci_high,
-         "p_value": p.p_value, "n": p.n} for arm, p in primed.items()
-    ]), index=False, float_format="{:.3g}")
+    page.table(
+        pd.DataFrame(
+            [
+                {
+                    "arm": arm,
+                    "rho": p.rho,
+                    "ci_low": p.ci_low,
+                    "ci_high": p.ci_high,
+                    "p_value": p.p_value,
+                    "n": p.n,
+                }
+                for arm, p in primed.items()
+            ]
+        ),
+        index=False,
+        float_format="{:.3g}",
+    )
     titles = [f"{arm} arm: ρ = {p.rho:+.2f}" for arm, p in primed.items()]
     fig = make_subplots(rows=1, cols=len(primed), shared_yaxes=True, subplot_titles=titles)
     for c, (arm, p) in enumerate(primed.items(), start=1):
         frame = p.neurons
-        fig.add_trace(go.Scattergl(
-            x=frame["similarity"], y=frame["gain"], mode="markers", name=f"{arm} arm",
-            marker={"color": ARM_COLORS.get(arm), "size": 4, "opacity": 0.5},
-            customdata=np.stack([frame["layer"], frame["neuron"]], axis=1),
-            hovertemplate="L%{customdata[0]}:N%{customdata[1]}<br>similarity %{x:.2f}"
-            "<br>gain %{y:.2f}<extra></extra>",
-        ), row=1, col=c)
+        fig.add_trace(
+            go.Scattergl(
+                x=frame["similarity"],
+                y=frame["gain"],
+                mode="markers",
+                name=f"{arm} arm",
+                marker={"color": ARM_COLORS.get(arm), "size": 4, "opacity": 0.5},
+                customdata=np.stack([frame["layer"], frame["neuron"]], axis=1),
+                hovertemplate="L%{customdata[0]}:N%{customdata[1]}<br>similarity %{x:.2f}"
+                "<br>gain %{y:.2f}<extra></extra>",
+            ),
+            row=1,
+            col=c,
+        )
         fig.update_xaxes(title_text="similarity to the concept before pruning", row=1, col=c)
     fig.update_yaxes(title_text="saliency gain", row=1, col=1)
     fig.update_layout(height=360, showlegend=False, margin={"t": 40, "b": 40, "l": 50, "r": 20})
     page.plotly(fig, height="360px")
 
 
-def _polysemantic(page: HtmlPage, analyses: dict[str, ArmAnalysis], sentences: list[list[str]],
-                  n_neurons: int, n_views: int) -> None:
+def _polysemantic(
+    page: HtmlPage,
+    analyses: dict[str, ArmAnalysis],
+    sentences: list[list[str]],
+    n_neurons: int,
+    n_views: int,
+) -> None:
     page.heading("Polysemantic neurons")
     any_analysis = next(iter(analyses.values()))
     poly = any_analysis.polysemanticity
@@ -497,25 +675,41 @@ def _polysemantic(page: HtmlPage, analyses: dict[str, ArmAnalysis], sentences: l
     for i, (arm, analysis) in enumerate(analyses.items()):
         data = analysis.run
         examples = analysis.polysemanticity.examples(data.last, n_neurons)
-        with page.details(f"{arm} arm: polysemantic neurons at {data.last} "
-                          f"({len(examples)} shown)", open=i == 0):
+        with page.details(
+            f"{arm} arm: polysemantic neurons at {data.last} ({len(examples)} shown)", open=i == 0
+        ):
             if examples.empty:
                 page.paragraph("None.")
                 continue
-            page.table(pd.DataFrame({
-                "neuron": [f"L{a}:N{b}" for a, b in zip(examples["layer"], examples["neuron"],
-                                                       strict=True)],
-                f"{poly.concept} share": examples["concept_share"],
-                "labels": examples["labels"].map(
-                    lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))),
-                "new": examples["new"],
-                "top tokens": examples["tokens"].map(_tokens),
-            }), index=False, float_format="{:.2f}")
+            page.table(
+                pd.DataFrame(
+                    {
+                        "neuron": [
+                            f"L{a}:N{b}"
+                            for a, b in zip(examples["layer"], examples["neuron"], strict=True)
+                        ],
+                        f"{poly.concept} share": examples["concept_share"],
+                        "labels": examples["labels"].map(
+                            lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
+                        ),
+                        "new": examples["new"],
+                        "top tokens": examples["tokens"].map(_tokens),
+                    }
+                ),
+                index=False,
+                float_format="{:.2f}",
+            )
             for row in examples.head(n_views).itertuples(index=False):
-                _before_after(page, data, sentences, int(row.layer), int(row.neuron),
-                              f"L{row.layer}:N{row.neuron}: {row.concept_share:.0%} "
-                              f"{poly.concept}{' (new)' if row.new else ''}; "
-                              f"{_tokens(row.tokens, 5)}")
+                _before_after(
+                    page,
+                    data,
+                    sentences,
+                    int(row.layer),
+                    int(row.neuron),
+                    f"L{row.layer}:N{row.neuron}: {row.concept_share:.0%} "
+                    f"{poly.concept}{' (new)' if row.new else ''}; "
+                    f"{_tokens(row.tokens, 5)}",
+                )
 
 
 def _fmt(value: Any, spec: str) -> str:

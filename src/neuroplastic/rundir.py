@@ -119,8 +119,11 @@ class RunDir:
         """Stages of ``arm`` with artifacts, in pipeline order."""
         order = {name: i for i, name in enumerate(stage_names(1000))}
         root = self.path / "stages" / arm
-        found = [p.name for p in root.iterdir() if (p / "ranking.parquet").is_file()] \
-            if root.is_dir() else []
+        found = (
+            [p.name for p in root.iterdir() if (p / "ranking.parquet").is_file()]
+            if root.is_dir()
+            else []
+        )
         return sorted(found, key=lambda name: order.get(name, len(order)))
 
     def stage(self, arm: str, stage: str) -> StageArtifacts:
@@ -131,8 +134,13 @@ class RunDir:
         ranking = Ranking.from_frame(
             pd.read_parquet(directory / "ranking.parquet"), config["concept"], config["method"]
         )
-        return StageArtifacts(arm, stage, ranking, NeuronStats.load(directory / "stats.safetensors"),
-                              pd.read_parquet(directory / "top_tokens.parquet"))
+        return StageArtifacts(
+            arm,
+            stage,
+            ranking,
+            NeuronStats.load(directory / "stats.safetensors"),
+            pd.read_parquet(directory / "top_tokens.parquet"),
+        )
 
     def sentences(self) -> list[list[str]]:
         return json.loads((self.path / "sentences.json").read_text())
@@ -145,8 +153,9 @@ class RunDir:
         return tensors["token_ids"], tensors["embeddings"]
 
     # -- writing ------------------------------------------------------------------------------
-    def write_stage(self, arm: str, stage: str, ranking: Ranking, stats: NeuronStats,
-                    top_tokens: pd.DataFrame) -> None:
+    def write_stage(
+        self, arm: str, stage: str, ranking: Ranking, stats: NeuronStats, top_tokens: pd.DataFrame
+    ) -> None:
         directory = self.stage_dir(arm, stage)
         stats.save(directory / "stats.safetensors")
         atomic_write_bytes(directory / "top_tokens.parquet", _parquet(top_tokens))
@@ -159,32 +168,40 @@ class RunDir:
     def write_token_embeddings(self, token_ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         from safetensors.torch import save
 
-        atomic_write_bytes(self.path / "token_embeddings.safetensors", save({
-            "token_ids": token_ids.contiguous(), "embeddings": embeddings.contiguous()}))
+        atomic_write_bytes(
+            self.path / "token_embeddings.safetensors",
+            save({"token_ids": token_ids.contiguous(), "embeddings": embeddings.contiguous()}),
+        )
 
     def append_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrites the whole file atomically: it is small, and a torn line is never possible."""
         existing = self.metrics_path.read_text() if self.metrics_path.is_file() else ""
-        atomic_write_text(self.metrics_path,
-                          existing + "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(
+            self.metrics_path, existing + "".join(json.dumps(row) + "\n" for row in rows)
+        )
 
 
 def top_tokens_frame(stats: NeuronStats, tokenizer: Any) -> pd.DataFrame:
     """The dataset-wide top-k of every neuron as a long table (readable without the model)."""
     n_layers, d_mlp, k = stats.top_values.shape
     layer, neuron, rank = torch.meshgrid(
-        torch.arange(n_layers), torch.arange(d_mlp), torch.arange(k), indexing="ij")
+        torch.arange(n_layers), torch.arange(d_mlp), torch.arange(k), indexing="ij"
+    )
     token_ids = stats.top_token.flatten()
     vocabulary = {int(t): tokenizer.decode([int(t)]) for t in token_ids.unique()}
-    return pd.DataFrame({
-        "layer": layer.flatten().numpy(), "neuron": neuron.flatten().numpy(),
-        "k": rank.flatten().numpy(), "value": stats.top_values.flatten().numpy(),
-        "sentence": stats.top_sentence.flatten().numpy(),
-        "position": stats.top_position.flatten().numpy(),
-        "token_id": token_ids.numpy(),
-        "token": [vocabulary[int(t)] for t in token_ids],
-        "label": [stats.label_names[int(i)] for i in stats.top_label.flatten()],
-    })
+    return pd.DataFrame(
+        {
+            "layer": layer.flatten().numpy(),
+            "neuron": neuron.flatten().numpy(),
+            "k": rank.flatten().numpy(),
+            "value": stats.top_values.flatten().numpy(),
+            "sentence": stats.top_sentence.flatten().numpy(),
+            "position": stats.top_position.flatten().numpy(),
+            "token_id": token_ids.numpy(),
+            "token": [vocabulary[int(t)] for t in token_ids],
+            "label": [stats.label_names[int(i)] for i in stats.top_label.flatten()],
+        }
+    )
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:

@@ -123,8 +123,12 @@ class TokenEmbeddings:
             raise NeuroplasticError("no token has any text to embed")
         ids = list(texts)
         vectors = _sentence_vectors([texts[t] for t in ids], str(model_path), batch_size)
-        return cls.from_vectors(torch.tensor(ids), vectors, center=center,
-                                source=f"{name} sentence embeddings of each token's text")
+        return cls.from_vectors(
+            torch.tensor(ids),
+            vectors,
+            center=center,
+            source=f"{name} sentence embeddings of each token's text",
+        )
 
     @property
     def d_model(self) -> int:
@@ -160,8 +164,10 @@ class TokenEmbeddings:
         # intermediate, so every neuron of a large model is one cheap product.
         set_index = torch.arange(rows.shape[0])[:, None].expand_as(rows)
         counts = torch.sparse_coo_tensor(
-            torch.stack([set_index[known], rows[known]]), torch.ones(int(known.sum())),
-            (rows.shape[0], len(self.token_ids)), check_invariants=True,
+            torch.stack([set_index[known], rows[known]]),
+            torch.ones(int(known.sum())),
+            (rows.shape[0], len(self.token_ids)),
+            check_invariants=True,
         )
         total = torch.sparse.mm(counts, self.unit)
         n_known = known.sum(-1)
@@ -185,8 +191,9 @@ class TokenEmbeddings:
             b = b[None, :]
             mask_b = None if mask_b is None else mask_b[None, :]
         centroid_b, known_b = self.centroids(b, mask_b)
-        cosine = torch.nn.functional.cosine_similarity(centroid_a, centroid_b.expand_as(centroid_a),
-                                                       dim=-1, eps=1e-12)
+        cosine = torch.nn.functional.cosine_similarity(
+            centroid_a, centroid_b.expand_as(centroid_a), dim=-1, eps=1e-12
+        )
         valid = (known_a > 0) & (known_b > 0).expand_as(known_a)
         return torch.where(valid, cosine, torch.full_like(cosine, float("nan")))
 
@@ -212,8 +219,11 @@ def _sentence_vectors(texts: list[str], model_path: str, batch_size: int) -> Flo
     except ImportError:
         return _mean_pooled_vectors(texts, model_path, batch_size)
     model = SentenceTransformer(model_path, device="cpu")
-    return model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
-                        show_progress_bar=False).float().cpu()
+    return (
+        model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+        .float()
+        .cpu()
+    )
 
 
 def _mean_pooled_vectors(texts: list[str], model_path: str, batch_size: int) -> Tensor:
@@ -224,8 +234,12 @@ def _mean_pooled_vectors(texts: list[str], model_path: str, batch_size: int) -> 
     out = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                              return_tensors="pt")
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+            )
             hidden = model(**batch).last_hidden_state
             weights = batch["attention_mask"].unsqueeze(-1).float()
             out.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1))

@@ -98,7 +98,9 @@ class NeuronStats:
         acts = activations.to(torch.float64)
         one_hot = torch.nn.functional.one_hot(labels, len(self.label_names)).to(torch.float64)
         self.count += one_hot.sum(0).long()
-        self.sum += einops.einsum(one_hot, acts, "token label, layer token neuron -> label layer neuron")
+        self.sum += einops.einsum(
+            one_hot, acts, "token label, layer token neuron -> label layer neuron"
+        )
         self.sum_sq += einops.einsum(
             one_hot, acts**2, "token label, layer token neuron -> label layer neuron"
         )
@@ -107,7 +109,11 @@ class NeuronStats:
         index = einops.rearrange(index, "layer k neuron -> layer neuron k")
         self._merge_top(
             einops.rearrange(values, "layer k neuron -> layer neuron k"),
-            sentence[index], position[index], token[index], labels[index], k,
+            sentence[index],
+            position[index],
+            token[index],
+            labels[index],
+            k,
         )
 
     def _merge_top(self, values, sentence, position, token, label, k: int) -> None:
@@ -133,22 +139,37 @@ class NeuronStats:
             )
         k = max(self.k, other.k)
         merged = NeuronStats(
-            self.label_names, self.count + other.count, self.sum + other.sum,
-            self.sum_sq + other.sum_sq, self.top_values, self.top_sentence, self.top_position,
-            self.top_token, self.top_label,
+            self.label_names,
+            self.count + other.count,
+            self.sum + other.sum,
+            self.sum_sq + other.sum_sq,
+            self.top_values,
+            self.top_sentence,
+            self.top_position,
+            self.top_token,
+            self.top_label,
         )
         merged._merge_top(
-            other.top_values, other.top_sentence, other.top_position, other.top_token,
-            other.top_label, k,
+            other.top_values,
+            other.top_sentence,
+            other.top_position,
+            other.top_token,
+            other.top_label,
+            k,
         )
         return merged
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save
 
-        tensors = {f.name: getattr(self, f.name).contiguous() for f in fields(self)
-                   if f.name != "label_names"}
-        atomic_write_bytes(path, save(tensors, metadata={"label_names": ",".join(self.label_names)}))
+        tensors = {
+            f.name: getattr(self, f.name).contiguous()
+            for f in fields(self)
+            if f.name != "label_names"
+        }
+        atomic_write_bytes(
+            path, save(tensors, metadata={"label_names": ",".join(self.label_names)})
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronStats:
@@ -172,8 +193,9 @@ class StatsCollector:
         self.top_k = top_k
         self.stats = NeuronStats.empty(label_names, self.n_layers, d_mlp, top_k)
         self.captured: dict[int, Tensor] = {}
-        self.hooks = [(mlp_hook_name(layer), self._capture(layer))
-                      for layer in range(self.n_layers)]
+        self.hooks = [
+            (mlp_hook_name(layer), self._capture(layer)) for layer in range(self.n_layers)
+        ]
 
     def _capture(self, layer: int):
         def hook(activation: Tensor, hook: Any) -> None:
@@ -187,8 +209,14 @@ class StatsCollector:
         acts = torch.stack([self.captured[layer][keep] for layer in range(self.n_layers)])
         positions = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
         sentences = batch.sentence_index[:, None].expand_as(batch.tokens)
-        self.stats.update(acts, batch.concept_labels[keep], sentences[keep], positions[keep],
-                          batch.tokens[keep], self.top_k)
+        self.stats.update(
+            acts,
+            batch.concept_labels[keep],
+            sentences[keep],
+            positions[keep],
+            batch.tokens[keep],
+            self.top_k,
+        )
         self.captured.clear()
 
 
@@ -206,8 +234,13 @@ def collect_stats(
     n_batches = (len(order) + batch_size - 1) // batch_size
     last_hook = mlp_hook_name(collector.n_layers - 1)
     with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
-        for batch in tqdm(dataset.batches(batch_size, order), total=n_batches,
-                          desc="neuron statistics", disable=not progress, leave=False):
+        for batch in tqdm(
+            dataset.batches(batch_size, order),
+            total=n_batches,
+            desc="neuron statistics",
+            disable=not progress,
+            leave=False,
+        ):
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=last_hook)
             collector.consume(batch)
     return collector.stats

@@ -33,8 +33,9 @@ class TokenClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(model.cfg.d_model, n_tags)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"],
-                attention_mask: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos n_tags"]:
+    def forward(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos n_tags"]:
         resid = run_forward(self.model, tokens, attention_mask, stop_at=resid_post_name(self.model))
         return self.head(self.dropout(resid))
 
@@ -91,13 +92,18 @@ def train(
     torch.manual_seed(seed)  # dropout masks: a resumed stage replays exactly
     optimizer = torch.optim.AdamW(
         [p for p in module.parameters() if p.requires_grad],
-        lr=config.learning_rate, weight_decay=config.weight_decay,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     scheduler = linear_schedule(optimizer, n_steps, config.warmup_fraction)
     module.train()
     losses: list[float] = []
-    bar = tqdm(batch_order(len(dataset), n_steps, config.batch_size, seed), desc=description,
-               disable=not progress, leave=False)
+    bar = tqdm(
+        batch_order(len(dataset), n_steps, config.batch_size, seed),
+        desc=description,
+        disable=not progress,
+        leave=False,
+    )
     for step, indices in enumerate(bar):
         loss = loss_fn(module, dataset.collate(indices))
         if not torch.isfinite(loss):
@@ -176,8 +182,13 @@ def evaluate(
     module.eval()
     n_batches = (len(dataset) + batch_size - 1) // batch_size
     with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
-        for batch in tqdm(dataset.batches(batch_size), total=n_batches, desc="evaluating",
-                          disable=not progress, leave=False):
+        for batch in tqdm(
+            dataset.batches(batch_size),
+            total=n_batches,
+            desc="evaluating",
+            disable=not progress,
+            leave=False,
+        ):
             if task == "ner":
                 predictions = module(batch.tokens, batch.attention_mask).argmax(-1)
                 _collect_tags(dataset, batch, predictions, true_tags, predicted_tags)
@@ -185,8 +196,10 @@ def evaluate(
                 losses = lm_token_losses(model, batch)
                 target_labels = batch.concept_labels[:, 1:]
                 valid = batch.attention_mask[:, 1:].bool() & (target_labels >= 0)
-                for name, selector in (("concept", target_labels == concept_id),
-                                       ("other", target_labels != concept_id)):
+                for name, selector in (
+                    ("concept", target_labels == concept_id),
+                    ("other", target_labels != concept_id),
+                ):
                     chosen = valid & selector
                     lm_sums[name] += float(losses[chosen].sum())
                     lm_counts[name] += int(chosen.sum())
@@ -214,8 +227,13 @@ def _check_dead(captured: dict[int, Tensor], dead: Tensor, batch: Batch) -> None
                 )
 
 
-def _collect_tags(dataset: ConceptDataset, batch: Batch, predictions: Tensor,
-                  true_tags: list[list[str]], predicted_tags: list[list[str]]) -> None:
+def _collect_tags(
+    dataset: ConceptDataset,
+    batch: Batch,
+    predictions: Tensor,
+    true_tags: list[list[str]],
+    predicted_tags: list[list[str]],
+) -> None:
     """Word-level tags from each word's first subtoken; words cut by truncation are left out."""
     for row, sentence_index in enumerate(batch.sentence_index.tolist()):
         first = batch.tag_labels[row] != IGNORE_TAG

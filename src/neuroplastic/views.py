@@ -99,7 +99,8 @@ def examples_from_top_k(
     skipped = 0
     by_sentence: dict[int, list[tuple[int, float]]] = {}
     for sentence, position, value in rows[["sentence", "position", "value"]].itertuples(
-            index=False):
+        index=False
+    ):
         sentence, position = int(sentence), int(position)
         if not (0 <= sentence < len(sentences) and 0 <= position < len(sentences[sentence])):
             skipped += 1
@@ -108,16 +109,27 @@ def examples_from_top_k(
     for sentence, entries in list(by_sentence.items())[:max_sentences]:
         values = np.zeros(len(sentences[sentence]), dtype=np.float32)
         for position, value in entries:
-            values[position] = max(values[position], value) if values[position] else value
+            values[position] = value
         tokens.append(list(sentences[sentence]))
         activations.append(values)
-    top = rows[[c for c in ("k", "value", "sentence", "position", "token", "label")
-                if c in rows.columns]].reset_index(drop=True)
+    top = rows[
+        [c for c in ("k", "value", "sentence", "position", "token", "label") if c in rows.columns]
+    ].reset_index(drop=True)
     notes = []
     if skipped:
         notes.append(f"{skipped} top-k entries point outside the stored sentences")
-    return NeuronExamples(layer, neuron, title or f"L{layer}:N{neuron}", tokens, activations, top,
-                          alive=alive, full=False, skipped=skipped, notes=notes)
+    return NeuronExamples(
+        layer,
+        neuron,
+        title or f"L{layer}:N{neuron}",
+        tokens,
+        activations,
+        top,
+        alive=alive,
+        full=False,
+        skipped=skipped,
+        notes=notes,
+    )
 
 
 def examples_from_model(
@@ -131,13 +143,17 @@ def examples_from_model(
 ) -> list[NeuronExamples]:
     """Examples with every token's real activation: the neurons' top sentences (from ``stats``,
     collected on ``dataset``) are run through ``model`` again with MLP hooks."""
-    return _model_examples(model, dataset, neurons, stats, max_sentences, batch_size,
-                           progress)[0]
+    return _model_examples(model, dataset, neurons, stats, max_sentences, batch_size, progress)[0]
 
 
 def _model_examples(
-    model: Any, dataset: ConceptDataset, neurons: NeuronSet, stats: NeuronStats,
-    max_sentences: int, batch_size: int, progress: bool,
+    model: Any,
+    dataset: ConceptDataset,
+    neurons: NeuronSet,
+    stats: NeuronStats,
+    max_sentences: int,
+    batch_size: int,
+    progress: bool,
 ) -> tuple[list[NeuronExamples], dict[int, np.ndarray]]:
     """The examples, and every chosen neuron's activations on every sentence of any of them."""
     n_layers, d_mlp = check_mlp_hooks(model)
@@ -162,25 +178,38 @@ def _model_examples(
         for token in ids:
             if token not in vocabulary:
                 vocabulary[token] = dataset.tokenizer.decode([token])
-        top = pd.DataFrame({
-            "k": range(len(ids)), "value": stats.top_values[layer, neuron].numpy(),
-            "sentence": stats.top_sentence[layer, neuron].numpy(),
-            "position": stats.top_position[layer, neuron].numpy(),
-            "token": [vocabulary[t] for t in ids],
-            "label": [stats.label_names[int(i)] for i in stats.top_label[layer, neuron]],
-        })
-        examples.append(NeuronExamples(
-            layer, neuron, f"L{layer}:N{neuron}",
-            [dataset.token_strings(s) for s in sentences],
-            [activations[s][:, column] for s in sentences], top,
-            alive=bool((stats.top_values[layer, neuron].abs() > 0).any()), full=True,
-        ))
+        top = pd.DataFrame(
+            {
+                "k": range(len(ids)),
+                "value": stats.top_values[layer, neuron].numpy(),
+                "sentence": stats.top_sentence[layer, neuron].numpy(),
+                "position": stats.top_position[layer, neuron].numpy(),
+                "token": [vocabulary[t] for t in ids],
+                "label": [stats.label_names[int(i)] for i in stats.top_label[layer, neuron]],
+            }
+        )
+        examples.append(
+            NeuronExamples(
+                layer,
+                neuron,
+                f"L{layer}:N{neuron}",
+                [dataset.token_strings(s) for s in sentences],
+                [activations[s][:, column] for s in sentences],
+                top,
+                alive=bool((stats.top_values[layer, neuron].abs() > 0).any()),
+                full=True,
+            )
+        )
     return examples, activations
 
 
 def _neuron_activations(
-    model: Any, dataset: ConceptDataset, neurons: list[tuple[int, int]], sentences: list[int],
-    batch_size: int, progress: bool,
+    model: Any,
+    dataset: ConceptDataset,
+    neurons: list[tuple[int, int]],
+    sentences: list[int],
+    batch_size: int,
+    progress: bool,
 ) -> dict[int, Float[np.ndarray, "pos neuron"]]:
     """Activation of each chosen neuron on every token of each sentence (padding dropped)."""
     layers = sorted({layer for layer, _ in neurons})
@@ -196,13 +225,20 @@ def _neuron_activations(
     hooks = [(mlp_hook_name(layer), capture(layer)) for layer in layers]
     n_batches = (len(sentences) + batch_size - 1) // batch_size
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in tqdm(dataset.batches(batch_size, sentences), total=n_batches,
-                          desc="neuron views", disable=not progress, leave=False):
+        for batch in tqdm(
+            dataset.batches(batch_size, sentences),
+            total=n_batches,
+            desc="neuron views",
+            disable=not progress,
+            leave=False,
+        ):
             captured.clear()
-            run_forward(model, batch.tokens, batch.attention_mask,
-                        stop_at=mlp_hook_name(layers[-1]))
+            run_forward(
+                model, batch.tokens, batch.attention_mask, stop_at=mlp_hook_name(layers[-1])
+            )
             picked: Float[Tensor, "batch pos neuron"] = torch.stack(
-                [captured[layer][:, :, neuron] for layer, neuron in neurons], dim=-1)
+                [captured[layer][:, :, neuron] for layer, neuron in neurons], dim=-1
+            )
             for row, sentence in enumerate(batch.sentence_index.tolist()):
                 length = int(batch.attention_mask[row].sum())
                 out[sentence] = picked[row, :length].float().cpu().numpy()
@@ -215,7 +251,7 @@ def _neuron_activations(
 
 
 def _top_summary(examples: NeuronExamples, n: int = 10) -> str:
-    """"Paris (LOC 2.31) · London (LOC 2.02) ..." as escaped HTML."""
+    """ "Paris (LOC 2.31) · London (LOC 2.02) ..." as escaped HTML."""
     parts = []
     for row in examples.top.head(n).itertuples(index=False):
         token = _html.escape(str(getattr(row, "token", "?")).strip() or repr(row.token))
@@ -224,8 +260,9 @@ def _top_summary(examples: NeuronExamples, n: int = 10) -> str:
     return " · ".join(parts)
 
 
-def add_neuron_view(page: HtmlPage, examples: NeuronExamples, heading: str | None = None
-                    ) -> str | None:
+def add_neuron_view(
+    page: HtmlPage, examples: NeuronExamples, heading: str | None = None
+) -> str | None:
     """Draw one neuron's examples; returns the CircuitsVis container id (None if nothing to
     draw: a dead neuron or no sentence found)."""
     title = _html.escape(heading if heading is not None else examples.title)
@@ -233,27 +270,35 @@ def add_neuron_view(page: HtmlPage, examples: NeuronExamples, heading: str | Non
     page.raw(f'<div style="font-size:0.85rem">top tokens: {_top_summary(examples)}</div>')
     view_id = None
     if not examples.alive:
-        page.raw('<p><i>Dead at this stage: every top activation is 0 (ablated neuron).</i></p>')
+        page.raw("<p><i>Dead at this stage: every top activation is 0 (ablated neuron).</i></p>")
     elif not examples.tokens:
         page.raw("<p><i>None of the top tokens' sentences are stored.</i></p>")
     else:
         if not examples.full:
-            page.raw('<div style="font-size:0.8rem;color:#57606a">Only the top tokens\' '
-                     "activations are stored; other tokens show 0.</div>")
-        view_id = page.circuitsvis("TextNeuronActivations", text_neuron_activations_props(
-            examples.tokens, [a.reshape(-1, 1, 1) for a in examples.activations],
-            first_dimension_name="Layer", second_dimension_name="Neuron",
-            first_dimension_labels=[str(examples.layer)],
-            second_dimension_labels=[str(examples.neuron)],
-        ))
+            page.raw(
+                '<div style="font-size:0.8rem;color:#57606a">Only the top tokens\' '
+                "activations are stored; other tokens show 0.</div>"
+            )
+        view_id = page.circuitsvis(
+            "TextNeuronActivations",
+            text_neuron_activations_props(
+                examples.tokens,
+                [a.reshape(-1, 1, 1) for a in examples.activations],
+                first_dimension_name="Layer",
+                second_dimension_name="Neuron",
+                first_dimension_labels=[str(examples.layer)],
+                second_dimension_labels=[str(examples.neuron)],
+            ),
+        )
     for note in examples.notes:
         page.raw(f'<div style="font-size:0.8rem;color:#b42318">{_html.escape(note)}</div>')
     page.raw("</div>")
     return view_id
 
 
-def add_side_by_side(page: HtmlPage, columns: Sequence[NeuronExamples],
-                     headings: Sequence[str] | None = None) -> list[str | None]:
+def add_side_by_side(
+    page: HtmlPage, columns: Sequence[NeuronExamples], headings: Sequence[str] | None = None
+) -> list[str | None]:
     """Views in columns (e.g. the same neuron before and after retraining)."""
     headings = list(headings) if headings is not None else [c.title for c in columns]
     page.raw(f'<div class="np-columns" style="{_COLUMNS_STYLE.format(n=len(columns))}">')
@@ -288,12 +333,15 @@ def write_neuron_view_page(
     if len(neurons) == 0:
         raise NeuroplasticError("no neurons to view")
     if stats is None:
-        stats = collect_stats(model, dataset, batch_size=batch_size, top_k=top_k,
-                              progress=progress)
-    examples, activations = _model_examples(model, dataset, neurons, stats, max_sentences,
-                                            batch_size, progress)
-    page = HtmlPage(title or f"Neuron views: {len(neurons)} neuron(s) of "
-                    f"{getattr(model.cfg, 'model_name', type(model).__name__)}")
+        stats = collect_stats(model, dataset, batch_size=batch_size, top_k=top_k, progress=progress)
+    examples, activations = _model_examples(
+        model, dataset, neurons, stats, max_sentences, batch_size, progress
+    )
+    page = HtmlPage(
+        title
+        or f"Neuron views: {len(neurons)} neuron(s) of "
+        f"{getattr(model.cfg, 'model_name', type(model).__name__)}"
+    )
     page.paragraph(
         f"Dataset-wide top-{stats.k} activating tokens of each neuron (blocks.L.mlp.hook_post) "
         f"over {len(dataset)} sentences, and the activation of every token of its top "
@@ -303,13 +351,17 @@ def write_neuron_view_page(
     # Every neuron over every top sentence of any of them: pick a neuron from the view's menu.
     page.heading("All neurons")
     sentences = list(activations)
-    page.circuitsvis("TextNeuronActivations", text_neuron_activations_props(
-        [dataset.token_strings(s) for s in sentences],
-        [activations[s][:, None, :] for s in sentences],
-        first_dimension_name="Hook", second_dimension_name="Neuron",
-        first_dimension_labels=["mlp.hook_post"],
-        second_dimension_labels=[e.label for e in examples],
-    ))
+    page.circuitsvis(
+        "TextNeuronActivations",
+        text_neuron_activations_props(
+            [dataset.token_strings(s) for s in sentences],
+            [activations[s][:, None, :] for s in sentences],
+            first_dimension_name="Hook",
+            second_dimension_name="Neuron",
+            first_dimension_labels=["mlp.hook_post"],
+            second_dimension_labels=[e.label for e in examples],
+        ),
+    )
     page.heading("Each neuron")
     for example in examples:
         add_neuron_view(page, example)
@@ -317,12 +369,18 @@ def write_neuron_view_page(
 
 
 def _neuron_table(examples: Sequence[NeuronExamples]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "neuron": [e.label for e in examples],
-        "max activation": [float(e.top["value"].max()) if len(e.top) else float("nan")
-                           for e in examples],
-        "top tokens": [", ".join(str(t).strip() for t in e.top["token"].head(8))
-                       for e in examples],
-        "labels": [", ".join(f"{k} {v}" for k, v in e.top["label"].value_counts().items())
-                   for e in examples],
-    })
+    return pd.DataFrame(
+        {
+            "neuron": [e.label for e in examples],
+            "max activation": [
+                float(e.top["value"].max()) if len(e.top) else float("nan") for e in examples
+            ],
+            "top tokens": [
+                ", ".join(str(t).strip() for t in e.top["token"].head(8)) for e in examples
+            ],
+            "labels": [
+                ", ".join(f"{k} {v}" for k, v in e.top["label"].value_counts().items())
+                for e in examples
+            ],
+        }
+    )

@@ -67,8 +67,7 @@ class ConceptDataset:
         tag_id = {name: i for i, name in enumerate(self.tag_names)}
         prepend_bos = _needs_bos(tokenizer)
         self.encoded = [
-            _encode(s, tokenizer, label_id, tag_id, max_length, prepend_bos)
-            for s in self.sentences
+            _encode(s, tokenizer, label_id, tag_id, max_length, prepend_bos) for s in self.sentences
         ]
 
     def __len__(self) -> int:
@@ -83,9 +82,7 @@ class ConceptDataset:
 
     def token_strings(self, index: int) -> list[str]:
         """Readable model tokens of one sentence (as the tokenizer spells them)."""
-        return [
-            self.tokenizer.decode([t]) for t in self.encoded[index].token_ids
-        ]
+        return [self.tokenizer.decode([t]) for t in self.encoded[index].token_ids]
 
     def label_counts(self) -> dict[str, int]:
         counts = torch.zeros(len(self.label_names), dtype=torch.long)
@@ -94,9 +91,7 @@ class ConceptDataset:
             counts += torch.bincount(labels[labels >= 0], minlength=len(self.label_names))
         return dict(zip(self.label_names, counts.tolist(), strict=True))
 
-    def batches(
-        self, batch_size: int, order: Sequence[int] | None = None
-    ) -> Iterator[Batch]:
+    def batches(self, batch_size: int, order: Sequence[int] | None = None) -> Iterator[Batch]:
         indices = list(range(len(self))) if order is None else list(order)
         for start in range(0, len(indices), batch_size):
             yield self.collate(indices[start : start + batch_size])

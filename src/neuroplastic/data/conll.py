@@ -13,8 +13,15 @@ from neuroplastic.errors import NeuroplasticError
 _SPLIT_NAMES = {
     "train": ("train", "train.txt", "train.conll", "eng.train"),
     "validation": (
-        "validation", "validation.txt", "valid.txt", "dev.txt", "dev", "valid",
-        "validation.conll", "dev.conll", "eng.testa",
+        "validation",
+        "validation.txt",
+        "valid.txt",
+        "dev.txt",
+        "dev",
+        "valid",
+        "validation.conll",
+        "dev.conll",
+        "eng.testa",
     ),
 }
 

@@ -12,8 +12,9 @@ from neuroplastic.errors import NeuroplasticError
 EMBEDDED = "embedded"
 
 
-def load_corpus(name: str = EMBEDDED, n_train: int = 4000, n_validation: int = 800,
-                seed: int = 0) -> NerCorpus:
+def load_corpus(
+    name: str = EMBEDDED, n_train: int = 4000, n_validation: int = 800, seed: int = 0
+) -> NerCorpus:
     """``embedded`` (the synthetic offline corpus), a CoNLL path, or a hub dataset name."""
     if name == EMBEDDED:
         from neuroplastic.data.synthetic import generate_corpus
@@ -38,10 +39,16 @@ def concept_labels(corpus: NerCorpus) -> tuple[str, ...]:
     return ("O", *ordered, *sorted(set(present) - set(ordered)))
 
 
-def encode_split(corpus: NerCorpus, tokenizer, split: Literal["train", "validation"],
-                 max_length: int = 128, limit: int | None = None) -> ConceptDataset:
+def encode_split(
+    corpus: NerCorpus,
+    tokenizer,
+    split: Literal["train", "validation"],
+    max_length: int = 128,
+    limit: int | None = None,
+) -> ConceptDataset:
     sentences = getattr(corpus, split)
     if limit is not None:
         sentences = sentences[:limit]
-    return ConceptDataset(sentences, tokenizer, concept_labels(corpus), corpus.tag_names,
-                          max_length=max_length)
+    return ConceptDataset(
+        sentences, tokenizer, concept_labels(corpus), corpus.tag_names, max_length=max_length
+    )

@@ -1,0 +1,42 @@
+"""Integration tests on the embedded pretrained model (all-MiniLM-L6-v2) and corpus."""
+
+import pytest
+import torch
+
+from neuroplastic.data.load import encode_split, load_corpus
+from neuroplastic.ranking import Ranking
+from neuroplastic.stats import collect_stats
+
+
+@pytest.fixture(scope="module")
+def embedded_stats(embedded_model):
+    corpus = load_corpus(n_train=10, n_validation=320, seed=0)
+    dataset = encode_split(corpus, embedded_model.tokenizer, "validation", max_length=64)
+    return collect_stats(embedded_model, dataset, batch_size=32, top_k=20, progress=False)
+
+
+def loc_share(stats, ranking, k):
+    loc = stats.label_index("LOC")
+    return float(
+        torch.stack(
+            [(stats.top_label[layer, n] == loc).float().mean() for layer, n in ranking.top(k)]
+        ).mean()
+    )
+
+
+def test_top_loc_neurons_fire_on_location_tokens(embedded_stats):
+    stats = embedded_stats
+    base_rate = float(stats.count[stats.label_index("LOC")] / stats.count.sum())
+    assert 0.05 < base_rate < 0.2
+    # Standardized mean difference picks neurons that fire *on* LOC: their top tokens are mostly
+    # location tokens.
+    smd = Ranking.from_stats(stats, "LOC", "smd")
+    assert loc_share(stats, smd, 10) > 0.5
+    # Probeless scores |differences| of means against every other label, so it also picks
+    # neurons that separate LOC by *not* firing, and neurons of the other entity types; its top
+    # neurons' top tokens are still location tokens far above the base rate.
+    probeless = Ranking.from_stats(stats, "LOC", "probeless")
+    assert loc_share(stats, probeless, 50) > 2 * base_rate
+    # And the ranking is about the concept: LOC and PER rankings differ at the top.
+    per = Ranking.from_stats(stats, "PER", "probeless")
+    assert len(set(probeless.top(50)) & set(per.top(50))) < 40

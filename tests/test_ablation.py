@@ -118,3 +118,18 @@ def test_model_without_mlp_hooks_is_refused():
         check_mlp_hooks(AttentionOnly())
     with pytest.raises(NeuroplasticError, match="not a TransformerLens-style model"):
         check_mlp_hooks(torch.nn.Linear(2, 2))
+
+
+def test_local_model_directory_loads_like_a_hub_name(tiny_gpt2, tmp_path):
+    """The hub path (boot_transformers by name) on a directory saved the way the hub stores it."""
+    from neuroplastic.models import _tiny, load_model
+
+    hf_model, tokenizer, _ = _tiny("tiny-gpt2", seed=0)  # the weights tiny_gpt2 was booted from
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert (loaded.cfg.n_layers, loaded.cfg.d_mlp) == (2, 64)
+    tokens = tiny_gpt2.tokenizer("Paris is big", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = tiny_gpt2(tokens, return_type="logits")
+        torch.testing.assert_close(loaded(tokens, return_type="logits"), expected)

@@ -161,3 +161,15 @@ def test_unknown_label_lists_labels(tiny_gpt2, corpus):
     assert concept_labels(corpus) == ("O", "LOC", "PER", "ORG", "MISC")
     with pytest.raises(NeuroplasticError, match="labels present: O, LOC, PER, ORG, MISC"):
         dataset.label_id("LOCATION")
+
+
+def test_local_hub_style_dataset_directory(tmp_path):
+    """The hub loading path (datasets.load_dataset), fed a local directory instead of a name."""
+    import json
+
+    rows = [{"tokens": ["Ann", "visited", "Oslo"], "ner_tags": ["B-PER", "O", "B-LOC"]}] * 3
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = load_corpus(str(tmp_path))
+    assert corpus.validation[0].tags == ("B-PER", "O", "B-LOC")
+    assert corpus.entity_types == ("LOC", "PER")

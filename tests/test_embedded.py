@@ -40,3 +40,39 @@ def test_top_loc_neurons_fire_on_location_tokens(embedded_stats):
     # And the ranking is about the concept: LOC and PER rankings differ at the top.
     per = Ranking.from_stats(stats, "PER", "probeless")
     assert len(set(probeless.top(50)) & set(per.top(50))) < 40
+
+
+def test_shortened_default_experiment_and_its_report(tmp_path):
+    """The default pipeline, shortened: fine-tune, ablate LOC neurons, retrain, report."""
+    from browser import render
+
+    from neuroplastic.config import ExperimentConfig
+    from neuroplastic.experiment import run_experiment
+    from neuroplastic.report import write_report
+
+    config = ExperimentConfig(
+        train_sentences=600, validation_sentences=128, base_steps=80, stages=1, stage_steps=10
+    )
+    summary = run_experiment(config, tmp_path, progress=False, log=lambda *_: None)
+    concept = {s["stage"]: s["f1"] for s in summary["arms"]["concept"]["stages"]}
+    random = {s["stage"]: s["f1"] for s in summary["arms"]["random"]["stages"]}
+    assert concept["base"]["overall"] > 0.85
+    loc_drop = concept["base"]["LOC"] - concept["pruned"]["LOC"]
+    assert loc_drop > 0.3
+    assert loc_drop > 2 * (concept["base"]["PER"] - concept["pruned"]["PER"])
+    assert loc_drop > 3 * (random["base"]["LOC"] - random["pruned"]["LOC"])
+    assert concept["retrain-1"]["LOC"] > concept["pruned"]["LOC"]  # it comes back
+
+    selectors = [
+        ".plotly-graph-div",
+        ".plotly-graph-div .main-svg",
+        ".np-cv",
+        ".np-cv:empty",
+        ".np-error",
+    ]
+    page = render(write_report(tmp_path), selectors=selectors)
+    assert page.console_errors == [] and page.external_requests == []
+    assert page.count(".plotly-graph-div") > 0
+    assert page.count(".plotly-graph-div .main-svg") >= page.count(".plotly-graph-div")
+    assert page.count(".np-cv") > 0 and page.count(".np-cv:empty") == 0
+    assert page.count(".np-error") == 0

@@ -139,3 +139,14 @@ def test_neuron_set_json_round_trip_and_errors(tmp_path):
     assert NeuronSet.parse("2:3, 0:1", 3, 4).neurons == ((0, 1), (2, 3))
     with pytest.raises(NeuroplasticError, match="choose between 1 and 12"):
         NeuronSet.top_k(layered_ranking(), 13)
+
+
+def test_selectivity_by_hand():
+    # Per-label variances: neuron 0: O 1, LOC 1, PER 0; neuron 1: O 0, LOC 1, PER 1.
+    # Neuron 0 margins: vs O (4-1)/sqrt(1) = 3, vs PER (4-1)/sqrt(0.5) = 4.24 -> 3.
+    # Neuron 1 margins: vs O (2-1)/sqrt(0.5) = 1.41, vs PER (2-1)/sqrt(1) = 1 -> 1.
+    # Neuron 2 fires less on LOC than on PER: negative, least selective.
+    scores = Ranking.from_stats(toy_stats(), "LOC", "selectivity").scores[0]
+    assert scores[0].item() == pytest.approx(3.0, rel=1e-5)
+    assert scores[1].item() == pytest.approx(1.0, rel=1e-5)
+    assert scores[2].item() < 0

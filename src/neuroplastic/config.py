@@ -18,22 +18,24 @@ class ExperimentConfig:
     model: str = "embedded"
     dataset: str = "embedded"
     concept: str = "LOC"
-    method: str = "probeless"
+    # Not the paper's probeless: on NER it ranks neurons separating *all* entities from O first,
+    # so ablating them removes PER as much as LOC. Selectivity removes LOC alone (README).
+    method: str = "selectivity"
     task: str = "ner"  # "ner" (token classification) or "lm" (causal LM, decoders only)
     mode: str = "hold"  # "hold": ablation hooks persist; "regrow": weights zeroed once
     selection: str = "fraction"  # "fraction", "count" or "per-layer"
-    fraction: float = 0.1
+    fraction: float = 0.05
     count: int = 100
     baseline: str = "random"  # "random" or "none"
     checkpoint: str | None = None  # an already fine-tuned run's checkpoint: skip base training
     train_sentences: int = 2000  # embedded corpus size / cap on a dataset's train split
     validation_sentences: int = 400
     max_length: int = 64
-    base_steps: int = 150
+    base_steps: int = 200
     stages: int = 3
     stage_steps: int = 30
     eval_every: int = 0  # extra evaluations inside a stage every N steps; 0 = only at stage ends
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     batch_size: int = 16
     warmup_fraction: float = 0.1

@@ -46,9 +46,30 @@ def smd_scores(stats: NeuronStats, concept: str) -> Scores:
     return ((mean_in - mean_out).abs() / (pooled + 1e-8)).float()
 
 
+def selectivity_scores(stats: NeuronStats, concept: str) -> Scores:
+    """How well a neuron singles the concept out from *every* other label: the smallest
+    standardized margin min over z' != z of (q(z) - q(z')) / sd(z, z').
+
+    Probeless and SMD also reward neurons that separate all entities from ``O`` (or fire
+    *less* on the concept), so their top neurons carry other entity types too; this ranker
+    keeps neurons that fire more on the concept than on each other label, one by one.
+    """
+    z = _concept_index(stats, concept)
+    means, variances = stats.mean(), stats.variance()
+    margins = [
+        (means[z] - means[other]) / ((variances[z] + variances[other]) / 2 + 1e-8).sqrt()
+        for other in range(len(stats.label_names))
+        if other != z and stats.count[other] > 0
+    ]
+    # Not floored at zero: negative margins still order the unselective majority, so saliency
+    # (the normalized rank) never falls back on index order among ties.
+    return torch.stack(margins).min(0).values.float()
+
+
 RANKERS: dict[str, Callable[[NeuronStats, str], Scores]] = {
     "probeless": probeless_scores,
     "smd": smd_scores,
+    "selectivity": selectivity_scores,
 }
 
 

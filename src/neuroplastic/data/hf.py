@@ -38,13 +38,24 @@ def load_hf_dataset(name: str) -> NerCorpus:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name)
+        dataset = _load_with_parquet_fallback(datasets, name)
     except Exception as error:  # the hub raises many unrelated types; all mean "cannot load"
         raise NeuroplasticError(
             f"could not load dataset {name!r} with datasets.load_dataset: {error}. Pass "
             "'embedded', a CoNLL file or directory, or a hub name reachable from this machine"
         ) from error
     return from_hf_dataset(dataset, name=name)
+
+
+def _load_with_parquet_fallback(datasets, name: str):
+    """datasets >= 4 no longer runs loading scripts, and conll2003 on the hub is one; the hub's
+    automatic parquet export of the same data loads without it."""
+    try:
+        return datasets.load_dataset(name)
+    except RuntimeError as error:
+        if "scripts are no longer supported" not in str(error):
+            raise
+        return datasets.load_dataset(name, revision="refs/convert/parquet")
 
 
 def _sentences(split: Any, where: str) -> list[NerSentence]:

@@ -10,6 +10,7 @@ from neuroplastic.data.types import ENTITY_TYPES, NerCorpus
 from neuroplastic.errors import NeuroplasticError
 
 EMBEDDED = "embedded"
+_DATASETS_FILES = ("parquet", "jsonl", "json", "arrow")
 
 
 def load_corpus(
@@ -21,6 +22,11 @@ def load_corpus(
 
         return generate_corpus(n_train=n_train, n_validation=n_validation, seed=seed)
     path = Path(name).expanduser()
+    if path.is_dir() and any(path.glob(f"*.{ext}") for ext in _DATASETS_FILES):
+        # A local copy of a hub dataset (parquet / JSON lines files): the hub loading path.
+        from neuroplastic.data.hf import load_hf_dataset
+
+        return load_hf_dataset(str(path))
     if path.exists():
         from neuroplastic.data.conll import read_conll
 

@@ -151,7 +151,7 @@ def test_batches_pad_and_exclude_padding(tiny_gpt2, corpus):
     dataset = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=5)
     batch = dataset.collate([0, 1, 2])
     lengths = [len(dataset.encoded[i].token_ids) for i in range(3)]
-    assert batch.tokens.shape == (3, max(lengths))
+    assert batch.tokens.shape == (3, -(-max(lengths) // 8) * 8)  # padded to a multiple of 8
     assert batch.attention_mask.sum(1).tolist() == lengths
     assert (batch.concept_labels[batch.attention_mask == 0] == IGNORE_CONCEPT).all()
 

@@ -45,13 +45,12 @@ def test_top_loc_neurons_fire_on_location_tokens(embedded_stats):
 def test_shortened_default_experiment_and_its_report(tmp_path):
     """The default pipeline, shortened: fine-tune, ablate LOC neurons, retrain, report."""
     from browser import render
-
     from neuroplastic.config import ExperimentConfig
     from neuroplastic.experiment import run_experiment
     from neuroplastic.report import write_report
 
     config = ExperimentConfig(
-        train_sentences=600, validation_sentences=128, base_steps=80, stages=1, stage_steps=10
+        train_sentences=1000, validation_sentences=128, base_steps=130, stages=1, stage_steps=10
     )
     summary = run_experiment(config, tmp_path, progress=False, log=lambda *_: None)
     concept = {s["stage"]: s["f1"] for s in summary["arms"]["concept"]["stages"]}

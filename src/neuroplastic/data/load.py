@@ -22,7 +22,7 @@ def load_corpus(
 
         return generate_corpus(n_train=n_train, n_validation=n_validation, seed=seed)
     path = Path(name).expanduser()
-    if path.is_dir() and any(path.glob(f"*.{ext}") for ext in _DATASETS_FILES):
+    if path.is_dir() and any(next(path.glob(f"*.{ext}"), None) for ext in _DATASETS_FILES):
         # A local copy of a hub dataset (parquet / JSON lines files): the hub loading path.
         from neuroplastic.data.hf import load_hf_dataset
 

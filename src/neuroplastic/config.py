@@ -10,7 +10,7 @@ from typing import Any
 from neuroplastic.errors import NeuroplasticError
 
 # Output options: they may change between a run and its resumption.
-NOT_IDENTITY = ("save_checkpoints",)
+NOT_IDENTITY = ("save_checkpoints", "device")
 
 
 @dataclass
@@ -42,6 +42,7 @@ class ExperimentConfig:
     top_k_tokens: int = 20
     seed: int = 0
     save_checkpoints: bool = False
+    device: str = "cpu"  # "cuda" with a GPU; a run may resume on another device
 
     def __post_init__(self) -> None:
         choices = {

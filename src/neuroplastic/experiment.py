@@ -87,7 +87,7 @@ def _claim(run: RunDir, config: ExperimentConfig) -> None:
 
 
 def _setup(config: ExperimentConfig, run: RunDir, progress: bool) -> Setup:
-    model = load_model(config.model, seed=config.seed)
+    model = load_model(config.model, device=config.device, seed=config.seed)
     if config.task == "lm" and not is_decoder(model):
         raise NeuroplasticError(
             f"the causal LM task needs a decoder model (GPT-2 family); {config.model} is an "
@@ -110,6 +110,7 @@ def _setup(config: ExperimentConfig, run: RunDir, progress: bool) -> Setup:
         raise NeuroplasticError(f"concept {config.concept!r} has no tokens in the validation data")
     torch.manual_seed(config.seed)
     module = TokenClassifier(model, len(train_data.tag_names)) if config.task == "ner" else model
+    module.to(config.device)
     run.write_sentences([validation_data.token_strings(i) for i in range(len(validation_data))])
     _write_token_embeddings(run, model, validation_data)
     return Setup(config, run, module, model, train_data, validation_data, progress)
@@ -118,7 +119,7 @@ def _setup(config: ExperimentConfig, run: RunDir, progress: bool) -> Setup:
 def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> None:
     token_ids = torch.tensor(sorted({t for e in data.encoded for t in e.token_ids}))
     with torch.no_grad():
-        embeddings = model.W_E[token_ids].detach().float()
+        embeddings = model.W_E[token_ids.to(model.W_E.device)].detach().float().cpu()
     run.write_token_embeddings(token_ids, embeddings)
 
 
@@ -140,7 +141,7 @@ def _weights(run: RunDir, arm: str, stage: str) -> Path:
 def _save_weights(setup: Setup, arm: str, stage: str) -> None:
     # named_parameters() lists each tensor once (a bridge's state_dict repeats every alias);
     # clone because some are views of one storage (GPT-2's q/k/v split of c_attn).
-    state = {k: v.detach().clone().contiguous() for k, v in setup.module.named_parameters()}
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in setup.module.named_parameters()}
     data = save(state)
     atomic_write_bytes(_weights(setup.run, arm, stage), data)
     if setup.config.save_checkpoints:

@@ -171,6 +171,12 @@ def _tiny(name: str, seed: int) -> tuple[Any, Any, str]:
     return hf_model, tokenizer, directory
 
 
+def model_device(model: Any) -> torch.device:
+    """Where the model's weights live (batches are built on the CPU and moved there)."""
+    parameter = next(iter(model.parameters()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def resid_post_name(model: Any) -> str:
     return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 
@@ -190,10 +196,12 @@ def run_forward(
         captured.append(activation)
         raise _StopForward
 
+    device = model_device(model)
+    tokens = tokens.to(device)
     kwargs: dict[str, Any] = {}
     parameters = inspect.signature(model.forward).parameters
     if attention_mask is not None and "attention_mask" in parameters:
-        kwargs["attention_mask"] = attention_mask
+        kwargs["attention_mask"] = attention_mask.to(device)
     if "return_type" in parameters:
         kwargs["return_type"] = None
     if stop_at is None:

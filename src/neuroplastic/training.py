@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.metrics import entity_scores
-from neuroplastic.models import resid_post_name, run_forward
+from neuroplastic.models import model_device, resid_post_name, run_forward
 from neuroplastic.stats import NeuronStats, StatsCollector
 
 
@@ -97,6 +97,7 @@ def train(
     )
     scheduler = linear_schedule(optimizer, n_steps, config.warmup_fraction)
     module.train()
+    device = model_device(module)
     losses: list[float] = []
     bar = tqdm(
         batch_order(len(dataset), n_steps, config.batch_size, seed),
@@ -105,7 +106,7 @@ def train(
         leave=False,
     )
     for step, indices in enumerate(bar):
-        loss = loss_fn(module, dataset.collate(indices))
+        loss = loss_fn(module, dataset.collate(indices).to(device))
         if not torch.isfinite(loss):
             raise NeuroplasticError(
                 f"{description}: the loss became {loss.item()} at step {step + 1}; lower the "
@@ -190,10 +191,10 @@ def evaluate(
             leave=False,
         ):
             if task == "ner":
-                predictions = module(batch.tokens, batch.attention_mask).argmax(-1)
+                predictions = module(batch.tokens, batch.attention_mask).argmax(-1).cpu()
                 _collect_tags(dataset, batch, predictions, true_tags, predicted_tags)
             else:
-                losses = lm_token_losses(model, batch)
+                losses = lm_token_losses(model, batch.to(model_device(model))).cpu()
                 target_labels = batch.concept_labels[:, 1:]
                 valid = batch.attention_mask[:, 1:].bool() & (target_labels >= 0)
                 for name, selector in (
@@ -218,7 +219,7 @@ def _check_dead(captured: dict[int, Tensor], dead: Tensor, batch: Batch) -> None
     for layer, activation in captured.items():
         mask = dead[layer].to(activation.device)
         if mask.any():
-            values = activation[batch.attention_mask.bool()][:, mask]
+            values = activation[batch.attention_mask.to(activation.device).bool()][:, mask]
             if values.abs().max() != 0:
                 raise AblationViolation(
                     f"ablated neurons of layer {layer} are not zero (max |activation| "

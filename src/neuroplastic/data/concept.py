@@ -11,7 +11,7 @@ Two label views come out of one alignment:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from jaxtyping import Int
@@ -42,6 +42,9 @@ class Batch:
     tag_labels: Int[Tensor, "batch pos"]
     word_ids: Int[Tensor, "batch pos"]
     sentence_index: Int[Tensor, " batch"]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 class ConceptDataset:

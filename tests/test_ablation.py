@@ -133,3 +133,11 @@ def test_local_model_directory_loads_like_a_hub_name(tiny_gpt2, tmp_path):
     with torch.no_grad():
         expected = tiny_gpt2(tokens, return_type="logits")
         torch.testing.assert_close(loaded(tokens, return_type="logits"), expected)
+
+
+def test_handle_reports_hooks_removed_behind_its_back(tiny_gpt2):
+    handle = ablate(tiny_gpt2, chosen(tiny_gpt2))
+    assert handle.active
+    tiny_gpt2.reset_hooks()
+    assert not handle.active
+    handle.remove()

@@ -8,7 +8,10 @@ CONLL = "Paris B-LOC\nis O\nlovely O\n\nAnn B-PER\nlives O\nin O\nRome B-LOC\n"
 
 
 def run_cli(capsys, *args):
-    code = main(list(args))
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -72,7 +75,8 @@ def test_rank_on_a_conll_file_with_smd(capsys, tmp_path):
     [
         (["--concept", "LOCATION"], "unknown concept label 'LOCATION'; labels present: O, LOC"),
         (["--dataset", "missing/dir/train.txt"], "dataset path not found"),
-        (["--method", "oracle"], "unknown ranking method 'oracle'"),
+        (["--method", "oracle"], "invalid choice: 'oracle'"),
+        (["--batch-size", "0"], "argument --batch-size: must be positive, got 0"),
         (["--model", "./no-such-model"], "model directory not found"),
     ],
 )

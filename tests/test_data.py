@@ -173,3 +173,14 @@ def test_local_hub_style_dataset_directory(tmp_path):
     corpus = load_corpus(str(tmp_path))
     assert corpus.validation[0].tags == ("B-PER", "O", "B-LOC")
     assert corpus.entity_types == ("LOC", "PER")
+
+
+def test_bad_encodings_and_tags_are_explained(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("Paris B-LOC\nZ\xfcrich B-LOC\n".encode("latin-1"))
+    with pytest.raises(NeuroplasticError, match=r"not UTF-8 text.*iconv"):
+        read_conll_file(path)
+    datasets = pytest.importorskip("datasets")
+    split = datasets.Dataset.from_dict({"tokens": [["Oslo"]], "ner_tags": [["LOC"]]})
+    with pytest.raises(NeuroplasticError, match=r"toy/train, row 0: 'LOC' is not an NER tag"):
+        from_hf_dataset(datasets.DatasetDict(train=split, validation=split), name="toy")

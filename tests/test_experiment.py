@@ -14,6 +14,7 @@ from neuroplastic.io import atomic_write_bytes
 from neuroplastic.rundir import RunDir, stage_names
 
 TINY = dict(
+    probe_sentences=40,
     model="tiny-bert",
     train_sentences=96,
     validation_sentences=32,
@@ -204,8 +205,39 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_a_failed_start_leaves_the_directory_usable(tmp_path):
+    with pytest.raises(NeuroplasticError, match="unknown concept label 'LCO'"):
+        experiment.run_experiment(tiny_config(concept="LCO"), tmp_path, progress=False, log=quiet)
+    assert not (tmp_path / "config.json").exists()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / ".base.json.123.tmp").write_text("torn")
+    summary = experiment.run_experiment(
+        tiny_config(stages=1, baseline="none", eval_every=3), tmp_path, progress=False, log=quiet
+    )
+    assert not list(tmp_path.rglob("*.tmp"))
+    # Statistics come from the probe sentences, not the validation sentences F1 is taken on.
+    assert len(RunDir(tmp_path).sentences()) == tiny_config().probe_sentences
+    stages = list(RunDir(tmp_path).metrics()["stage"])
+    assert stages == ["base@3", "base", "pruned", "retrain-1"]  # stage_steps 3: no inner eval
+    assert RunDir(tmp_path).metrics()["step"].tolist() == [-3, 0, 0, 3]
+    assert [s["stage"] for s in summary["arms"]["concept"]["stages"]] == [
+        "base",
+        "pruned",
+        "retrain-1",
+    ]
+
+
 def test_bad_settings_are_explained():
     with pytest.raises(NeuroplasticError, match="mode must be one of hold, regrow"):
         ExperimentConfig(mode="keep")
     with pytest.raises(NeuroplasticError, match="unknown setting"):
         ExperimentConfig.from_dict({"modle": "gpt2"})
+    with pytest.raises(NeuroplasticError, match="fraction must be float, got '0.1'"):
+        ExperimentConfig.from_dict({"fraction": "0.1"})
+    with pytest.raises(NeuroplasticError, match="stages must be int, got 2.5"):
+        ExperimentConfig.from_dict({"stages": 2.5})
+    with pytest.raises(NeuroplasticError, match="a JSON object of settings, got list"):
+        ExperimentConfig.from_dict([1, 2])
+    with pytest.raises(NeuroplasticError, match="unknown ranking method 'oracle'"):
+        ExperimentConfig(method="oracle")
+    assert ExperimentConfig.from_dict({"fraction": 1}).fraction == 1

@@ -150,3 +150,33 @@ def test_selectivity_by_hand():
     assert scores[0].item() == pytest.approx(3.0, rel=1e-5)
     assert scores[1].item() == pytest.approx(1.0, rel=1e-5)
     assert scores[2].item() < 0
+
+
+def test_dead_neurons_rank_last_with_every_method():
+    stats = toy_stats()
+    silent = NeuronStats.empty(LABELS, n_layers=1, d_mlp=4, k=2)
+    table = torch.cat([TOKENS, torch.zeros(len(TOKENS), 1)], dim=1)  # neuron 3 never fires
+    n = len(TOKENS)
+    silent.update(
+        table[None],
+        TOKEN_LABELS,
+        torch.arange(n),
+        torch.zeros(n, dtype=torch.long),
+        torch.arange(n),
+        k=2,
+    )
+    for method in ("probeless", "smd", "selectivity"):
+        ranking = Ranking.from_stats(silent, "LOC", method)
+        assert ranking.saliency[0, 3] == 0.0, method
+        assert ranking.top(3) == Ranking.from_stats(stats, "LOC", method).top(3)
+
+
+def test_random_baseline_avoids_the_chosen_neurons():
+    ranking = Ranking(
+        "LOC", "probeless", torch.rand(2, 40, generator=torch.Generator().manual_seed(1))
+    )
+    chosen = NeuronSet.top_k(ranking, 30)
+    for seed in range(5):
+        baseline = chosen.random_matching(seed)
+        assert not set(baseline.neurons) & set(chosen.neurons)
+        assert baseline.per_layer_counts() == chosen.per_layer_counts()

@@ -62,7 +62,9 @@ class Ablation:
 
     @property
     def active(self) -> bool:
-        return bool(self._handles)
+        """Whether every hook is still registered (``model.reset_hooks()`` removes
+        non-permanent ones behind this handle's back)."""
+        return bool(self._handles) and all(h in hp.fwd_hooks for hp, h in self._handles)
 
     def remove(self) -> None:
         for hook_point, handle in self._handles:
@@ -87,10 +89,14 @@ class _AblationHook:
 
     def __init__(self, keep: Tensor, fill: Tensor) -> None:
         self.keep, self.fill = keep, fill
+        self._cast: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def __call__(self, activation: Float[Tensor, "... d_mlp"], hook: Any) -> Tensor:
-        keep = self.keep.to(activation.device, activation.dtype)
-        return activation * keep + self.fill.to(activation.device, activation.dtype)
+        key = (activation.device, activation.dtype)
+        if key not in self._cast:  # one copy per device and dtype, not one per forward pass
+            self._cast[key] = (self.keep.to(*key), self.fill.to(*key))
+        keep, fill = self._cast[key]
+        return activation * keep + fill
 
     def __repr__(self) -> str:
         return f"neuroplastic.ablate({int((~self.keep).sum())} neurons)"
@@ -120,7 +126,7 @@ def prune_weights(model: Any, neurons: NeuronSet, zero_output: bool = True) -> N
     with torch.no_grad():
         for layer, indices in neurons.by_layer().items():
             w_in, b_in, w_out = mlp_neuron_weights(model, layer)
-            index = torch.tensor(indices)
+            index = torch.tensor(indices, device=w_in.tensor.device)
             w_in.tensor.index_fill_(w_in.neuron_dim, index, 0.0)
             if b_in is not None:
                 b_in.index_fill_(0, index, 0.0)

@@ -212,6 +212,9 @@ def concept_depth(
     """The saliency-weighted mean layer of the ``top`` neurons per stage, with a bootstrap 95%
     interval (resampling those neurons). A falling value means the concept moved to earlier layers.
 
+    Weights are the saliency *within the top set* (1 for the first, falling linearly to 1/n_top):
+    the global saliency of a top-1% neuron is 0.99-1.0, which would make every weight the same.
+
     Columns: stage, n_top, mean_layer, ci_low, ci_high.
     """
     rng = np.random.default_rng(seed)
@@ -220,7 +223,7 @@ def concept_depth(
         n_top = _n_top(top, ranking.scores.numel())
         order = ranking.order()[:n_top]
         layers = (order // ranking.d_mlp).double().numpy()
-        weights = ranking.saliency.flatten()[order].double().numpy()
+        weights = 1 - np.arange(n_top, dtype=np.float64) / n_top
         mean = _weighted_mean(layers, weights)
         index = rng.integers(0, n_top, size=(n_boot, n_top))
         boot = np.array([_weighted_mean(layers[i], weights[i]) for i in index])

@@ -45,11 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     rank = commands.add_parser("rank", help="rank MLP neurons by saliency for a concept")
     _model_data_args(rank)
     rank.add_argument("--concept", default="LOC", help="concept label (default: LOC)")
-    rank.add_argument("--method", default="probeless", help="probeless (default) or smd")
-    rank.add_argument("--top", type=int, default=20, help="neurons to print (default: 20)")
+    rank.add_argument(
+        "--method",
+        default="probeless",
+        choices=_rankers(),
+        help="ranking method (default: probeless, the paper's)",
+    )
+    rank.add_argument("--top", type=positive_int, default=20, help="neurons to print (default: 20)")
     rank.add_argument(
         "--top-k-tokens",
-        type=int,
+        type=positive_int,
         default=10,
         help="top activating tokens kept per neuron (default: 10)",
     )
@@ -65,18 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, required=True, help="run directory")
     run.add_argument("--config", type=Path, help="JSON config file; flags override it")
-    from neuroplastic.config import ExperimentConfig
+    from neuroplastic.config import CHOICES, ExperimentConfig
 
     defaults = ExperimentConfig()
     for name, value in defaults.to_dict().items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             run.add_argument(
-                flag, action="store_const", const=True, default=None, help=f"(default: {value})"
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default: {value})",
             )
-        else:
-            kind = type(value) if value is not None else str
-            run.add_argument(flag, type=kind, default=None, help=f"(default: {value})")
+            continue
+        kind = type(value) if value is not None else str
+        if kind is int and name not in ("seed", "eval_every", "base_steps"):
+            kind = positive_int
+        choices = CHOICES.get(name)
+        run.add_argument(flag, type=kind, default=None, choices=choices, help=f"(default: {value})")
     run.add_argument(
         "--lr", dest="learning_rate", type=float, default=None, help="alias of --learning-rate"
     )
@@ -100,10 +111,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     _model_data_args(view)
     view.add_argument("--neurons", required=True, help="LAYER:NEURON[,LAYER:NEURON...]")
-    view.add_argument("--top-k", type=int, default=10, help="top tokens per neuron (default 10)")
+    view.add_argument(
+        "--top-k", type=positive_int, default=10, help="top tokens per neuron (default 10)"
+    )
     view.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     view.set_defaults(handler=_view)
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _rankers() -> list[str]:
+    from neuroplastic.ranking import RANKERS
+
+    return list(RANKERS)
 
 
 def _model_data_args(parser: argparse.ArgumentParser) -> None:
@@ -120,8 +149,8 @@ def _model_data_args(parser: argparse.ArgumentParser) -> None:
         "directory, or a Hugging Face dataset name",
     )
     parser.add_argument("--split", default="validation", choices=("train", "validation"))
-    parser.add_argument("--limit", type=int, default=None, help="use at most N sentences")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--limit", type=positive_int, default=None, help="use at most N sentences")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -135,6 +164,9 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    # Giving a count or a fraction alone says which selection is meant.
+    if args.selection is None and (args.count is None) != (args.fraction is None):
+        settings["selection"] = "count" if args.count is not None else "fraction"
     config = ExperimentConfig.from_dict(settings)
     summary = run_experiment(config, args.out, progress=not args.quiet)
     print(f"summary: {args.out / 'summary.json'}")

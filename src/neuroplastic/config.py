@@ -13,6 +13,14 @@ from neuroplastic.errors import NeuroplasticError
 NOT_IDENTITY = ("save_checkpoints", "device")
 
 
+CHOICES = {
+    "task": ("ner", "lm"),
+    "mode": ("hold", "regrow"),
+    "selection": ("fraction", "count", "per-layer"),
+    "baseline": ("random", "none"),
+}
+
+
 @dataclass
 class ExperimentConfig:
     model: str = "embedded"
@@ -29,7 +37,8 @@ class ExperimentConfig:
     baseline: str = "random"  # "random" or "none"
     checkpoint: str | None = None  # an already fine-tuned run's checkpoint: skip base training
     train_sentences: int = 2000  # embedded corpus size / cap on a dataset's train split
-    validation_sentences: int = 400
+    validation_sentences: int = 400  # F1 is measured on these
+    probe_sentences: int = 400  # neuron statistics and rankings are taken on these (train split)
     max_length: int = 64
     base_steps: int = 200
     stages: int = 3
@@ -45,18 +54,19 @@ class ExperimentConfig:
     device: str = "cpu"  # "cuda" with a GPU; a run may resume on another device
 
     def __post_init__(self) -> None:
-        choices = {
-            "task": ("ner", "lm"),
-            "mode": ("hold", "regrow"),
-            "selection": ("fraction", "count", "per-layer"),
-            "baseline": ("random", "none"),
-        }
-        for name, allowed in choices.items():
+        from neuroplastic.ranking import RANKERS
+
+        if self.method not in RANKERS:  # checked now, not after base fine-tuning
+            raise NeuroplasticError(
+                f"unknown ranking method {self.method!r}; choose one of {', '.join(RANKERS)}"
+            )
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise NeuroplasticError(
                     f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
                 )
         positive = (
+            "probe_sentences",
             "train_sentences",
             "validation_sentences",
             "max_length",
@@ -72,6 +82,15 @@ class ExperimentConfig:
             raise NeuroplasticError(f"base_steps must be >= 0; got {self.base_steps}")
         if not 0 < self.fraction <= 1:
             raise NeuroplasticError(f"fraction must be in (0, 1]; got {self.fraction}")
+        if self.count <= 0 or self.eval_every < 0 or self.weight_decay < 0:
+            raise NeuroplasticError(
+                "count must be positive, eval_every and weight_decay non-negative; got "
+                f"{self.count}, {self.eval_every}, {self.weight_decay}"
+            )
+        if not 0 <= self.warmup_fraction <= 1:
+            raise NeuroplasticError(
+                f"warmup_fraction must be in [0, 1]; got {self.warmup_fraction}"
+            )
         if self.learning_rate <= 0:
             raise NeuroplasticError(f"learning_rate must be positive; got {self.learning_rate}")
 
@@ -84,6 +103,10 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        if not isinstance(data, dict):
+            raise NeuroplasticError(
+                f"{source}: a config is a JSON object of settings, got {type(data).__name__}"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -91,6 +114,16 @@ class ExperimentConfig:
                 f"{source}: unknown setting(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known))}"
             )
+        defaults = cls().to_dict()
+        for name, value in data.items():
+            expected = type(defaults[name]) if defaults[name] is not None else str
+            fits = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                fits = True
+            if not (fits or (value is None and defaults[name] is None)):
+                raise NeuroplasticError(
+                    f"{source}: {name} must be {expected.__name__}, got {value!r}"
+                )
         return cls(**data)
 
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from neuroplastic.models import is_decoder, load_model
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
 from neuroplastic.rundir import RunDir, stage_names, top_tokens_frame
+from neuroplastic.stats import collect_stats
 from neuroplastic.training import (
     TokenClassifier,
     TrainConfig,
@@ -48,6 +50,7 @@ class Setup:
     model: Any
     train_data: ConceptDataset
     validation_data: ConceptDataset
+    probe_data: ConceptDataset  # the sentences neuron statistics and rankings are taken on
     progress: bool
 
     def loss_fn(self):
@@ -59,8 +62,9 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary."""
     run = RunDir(out)
-    _claim(run, config)
-    setup = _setup(config, run, progress)
+    _check_existing(run, config)
+    setup = _setup(config, run, progress, log)  # fails on bad settings before anything is written
+    atomic_write_json(run.config_path, config.to_dict())
     base = _base_stage(setup, log)
     ranking = Ranking.from_frame(
         _read_ranking(run, "concept", "base"), config.concept, config.method
@@ -74,7 +78,11 @@ def run_experiment(
 
 
 # -- set-up ------------------------------------------------------------------------------------
-def _claim(run: RunDir, config: ExperimentConfig) -> None:
+def _check_existing(run: RunDir, config: ExperimentConfig) -> None:
+    # A crash mid-write leaves only a temporary file: sweep them before resuming.
+    if run.path.is_dir():
+        for leftover in run.path.rglob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
     if run.config_path.is_file():
         existing = ExperimentConfig.from_dict(run.config(), source=str(run.config_path))
         differences = config.differences(existing)
@@ -83,10 +91,9 @@ def _claim(run: RunDir, config: ExperimentConfig) -> None:
                 f"{run.path} holds a run with a different config; use another --out, or the "
                 "same settings to resume. Differences: " + "; ".join(differences)
             )
-    atomic_write_json(run.config_path, config.to_dict())
 
 
-def _setup(config: ExperimentConfig, run: RunDir, progress: bool) -> Setup:
+def _setup(config: ExperimentConfig, run: RunDir, progress: bool, log) -> Setup:
     model = load_model(config.model, device=config.device, seed=config.seed)
     if config.task == "lm" and not is_decoder(model):
         raise NeuroplasticError(
@@ -95,25 +102,34 @@ def _setup(config: ExperimentConfig, run: RunDir, progress: bool) -> Setup:
         )
     corpus = load_corpus(
         config.dataset,
-        n_train=config.train_sentences,
+        n_train=config.train_sentences + config.probe_sentences,
         n_validation=config.validation_sentences,
         seed=config.seed,
     )
-    train_data = encode_split(
-        corpus, model.tokenizer, "train", config.max_length, limit=config.train_sentences
-    )
-    validation_data = encode_split(
-        corpus, model.tokenizer, "validation", config.max_length, limit=config.validation_sentences
-    )
-    validation_data.label_id(config.concept)  # an unknown concept fails before any training
-    if validation_data.label_counts()[config.concept] == 0:
-        raise NeuroplasticError(f"concept {config.concept!r} has no tokens in the validation data")
+    encode = partial(encode_split, corpus, model.tokenizer, max_length=config.max_length)
+    train_data = encode("train", limit=config.train_sentences)
+    validation_data = encode("validation", limit=config.validation_sentences)
+    # Neurons are ranked on sentences the F1 is not measured on (no selection bias); they come
+    # after the training slice when the split is long enough, else from its end.
+    probe_start = min(config.train_sentences, max(0, len(corpus.train) - config.probe_sentences))
+    probe_data = encode("train", limit=config.probe_sentences, start=probe_start)
+    for name, data in (("validation", validation_data), ("probe", probe_data)):
+        data.label_id(config.concept)  # an unknown concept fails before any training
+        if data.label_counts()[config.concept] == 0:
+            raise NeuroplasticError(
+                f"concept {config.concept!r} has no tokens in the {name} sentences"
+            )
+        if data.n_truncated:
+            log(
+                f"note: {data.n_truncated} {name} sentences are longer than max_length="
+                f"{config.max_length} tokens; their words past it are left out"
+            )
     torch.manual_seed(config.seed)
     module = TokenClassifier(model, len(train_data.tag_names)) if config.task == "ner" else model
     module.to(config.device)
-    run.write_sentences([validation_data.token_strings(i) for i in range(len(validation_data))])
-    _write_token_embeddings(run, model, validation_data)
-    return Setup(config, run, module, model, train_data, validation_data, progress)
+    run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
+    _write_token_embeddings(run, model, probe_data)
+    return Setup(config, run, module, model, train_data, validation_data, probe_data, progress)
 
 
 def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> None:
@@ -177,22 +193,30 @@ def _finish_stage(
     extra_rows: list[dict],
     log,
 ) -> dict:
-    """Evaluate (collecting statistics in the same pass), write artifacts, mark the stage done."""
+    """Evaluate, take statistics and ranking on the probe sentences, write artifacts, and mark
+    the stage done."""
     config = setup.config
     evaluation = evaluate(
         setup.module,
         setup.validation_data,
         config.task,
         config.concept,
-        stats_top_k=config.top_k_tokens,
+        stats_top_k=None,
         dead_neurons=dead,
         progress=setup.progress,
     )
-    ranking = Ranking.from_stats(evaluation.stats, config.concept, config.method)
-    frame = top_tokens_frame(evaluation.stats, setup.model.tokenizer)
+    stats = collect_stats(
+        setup.model,
+        setup.probe_data,
+        batch_size=32,
+        top_k=config.top_k_tokens,
+        progress=setup.progress,
+    )
+    ranking = Ranking.from_stats(stats, config.concept, config.method)
+    frame = top_tokens_frame(stats, setup.model.tokenizer)
     arms = config.arms if stage == "base" else (arm,)
     for each in arms:
-        setup.run.write_stage(each, stage, ranking, evaluation.stats, frame)
+        setup.run.write_stage(each, stage, ranking, stats, frame)
     row = {
         "arm": arm,
         "stage": stage,
@@ -223,9 +247,11 @@ def _base_stage(setup: Setup, log) -> Path:
         log("[base] already done; resuming")
         return weights
     losses: list[float] = []
+    extra: list[dict] = []
     if config.checkpoint:
         _load_weights(setup, Path(config.checkpoint))
     else:
+        # Steps before pruning count up to 0, so curves show fine-tuning leading into it.
         losses = train(
             setup.module,
             setup.loss_fn(),
@@ -233,10 +259,13 @@ def _base_stage(setup: Setup, log) -> Path:
             config.base_steps,
             _train_config(config),
             seed=config.seed,
+            on_step=_periodic_eval(
+                setup, "concept", "base", -config.base_steps, config.base_steps, None, extra
+            ),
             progress=setup.progress,
             description="fine-tuning base model",
         )
-    _finish_stage(setup, "concept", "base", 0, losses, None, [], log)
+    _finish_stage(setup, "concept", "base", 0, losses, None, extra, log)
     return weights
 
 
@@ -264,6 +293,8 @@ def _run_arm(setup: Setup, arm: str, neurons: NeuronSet, base_weights: Path, log
         log(f"[{arm}] all stages done")
         return
     start = _weights(run, arm, done[-1]) if done else base_weights
+    for stale in done[:-1]:  # left behind by a kill between a marker and the clean-up
+        _drop_weights(run, arm, stale)
     _load_weights(setup, start)
     if config.mode == "regrow" and not done:
         prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights: may regrow
@@ -295,10 +326,37 @@ def _retrain(
     extra: list[dict],
 ) -> list[float]:
     config = setup.config
-    first_step = step - config.stage_steps
+    arm_index = ("concept", "random").index(arm)
+    return train(
+        setup.module,
+        setup.loss_fn(),
+        setup.train_data,
+        config.stage_steps,
+        _train_config(config),
+        seed=config.seed * 1000 + arm_index * 100 + index,
+        on_step=_periodic_eval(
+            setup, arm, stage, step - config.stage_steps, config.stage_steps, dead, extra
+        ),
+        progress=setup.progress,
+        description=f"[{arm}] {stage}",
+    )
 
-    def checkpoint_eval(n: int, loss: float) -> None:
-        if config.eval_every and n % config.eval_every == 0 and n < config.stage_steps:
+
+def _periodic_eval(
+    setup: Setup,
+    arm: str,
+    stage: str,
+    first_step: int,
+    n_steps: int,
+    dead: torch.Tensor | None,
+    rows: list[dict],
+):
+    """An ``on_step`` callback evaluating every ``eval_every`` steps inside a stage; its rows
+    are named ``stage@n`` and kept with the stage's own row."""
+    config = setup.config
+
+    def on_step(n: int, loss: float) -> None:
+        if config.eval_every and n % config.eval_every == 0 and n < n_steps:
             evaluation = evaluate(
                 setup.module,
                 setup.validation_data,
@@ -308,7 +366,7 @@ def _retrain(
                 dead_neurons=dead,
                 progress=False,
             )
-            extra.append(
+            rows.append(
                 {
                     "arm": arm,
                     "stage": f"{stage}@{n}",
@@ -319,18 +377,7 @@ def _retrain(
             )
             setup.module.train()
 
-    arm_index = ("concept", "random").index(arm)
-    return train(
-        setup.module,
-        setup.loss_fn(),
-        setup.train_data,
-        config.stage_steps,
-        _train_config(config),
-        seed=config.seed * 1000 + arm_index * 100 + index,
-        on_step=checkpoint_eval,
-        progress=setup.progress,
-        description=f"[{arm}] {stage}",
-    )
+    return on_step
 
 
 def _drop_weights(run: RunDir, arm: str, stage: str | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,30 @@ def check_mlp_hooks(model: Any) -> tuple[int, int]:
     return int(n_layers), int(d_mlp)
 
 
-@functools.lru_cache(maxsize=1)
+_TOKENIZER_VERSION = 1  # bump when the tiny tokenizers change
+
+
+@functools.cache
 def _tiny_tokenizer_dir(kind: str) -> str:
-    """An offline tokenizer saved to disk (TransformerLens only accepts reloaded tokenizers)."""
+    """An offline tokenizer saved to disk (TransformerLens only accepts reloaded tokenizers),
+    built once per machine in ``$NEUROPLASTIC_CACHE`` (default ``~/.cache/neuroplastic``)."""
+    root = Path(os.environ.get("NEUROPLASTIC_CACHE", Path.home() / ".cache" / "neuroplastic"))
+    final = root / f"tiny-{kind}-tokenizer-v{_TOKENIZER_VERSION}"
+    if (final / "tokenizer_config.json").is_file():
+        return str(final)
+    root.mkdir(parents=True, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=root)
+    _build_tiny_tokenizer(kind, directory)
+    try:
+        os.replace(directory, final)  # atomic; concurrent builders produce identical files
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+    return str(final)
+
+
+def _build_tiny_tokenizer(kind: str, directory: str) -> None:
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
-    directory = tempfile.mkdtemp(prefix=f"neuroplastic-{kind}-tokenizer-")
     if kind == "bert":
         tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
     else:
@@ -128,7 +147,6 @@ def _tiny_tokenizer_dir(kind: str) -> str:
             pad_token="<|endoftext|>",
         )
     tokenizer.save_pretrained(directory)
-    return directory
 
 
 def _tiny(name: str, seed: int) -> tuple[Any, Any, str]:
@@ -167,7 +185,11 @@ def _tiny(name: str, seed: int) -> tuple[Any, Any, str]:
             eos_token_id=tokenizer.eos_token_id,
         )
         hf_model = GPT2LMHeadModel(config)
-    config.save_pretrained(directory)
+    # TransformerLens reads the config beside the tokenizer; the directory is shared between
+    # processes, so replace it atomically (same content for the same kind every time).
+    temporary = Path(directory) / f".config-{os.getpid()}.json"
+    config.to_json_file(str(temporary))
+    os.replace(temporary, Path(directory) / "config.json")
     return hf_model, tokenizer, directory
 
 

@@ -94,13 +94,15 @@ class NeuronSet:
         )
 
     def random_matching(self, seed: int = 0) -> NeuronSet:
-        """Random neurons with the same count in every layer (a baseline for this set)."""
+        """Random neurons with the same count in every layer (a baseline for this set), drawn
+        from the neurons outside it where the layer has enough of them."""
         rng = random.Random(seed)
-        pairs = [
-            (layer, n)
-            for layer, count in sorted(self.per_layer_counts().items())
-            for n in rng.sample(range(self.d_mlp), count)
-        ]
+        chosen = self.by_layer()
+        pairs = []
+        for layer, count in sorted(self.per_layer_counts().items()):
+            outside = sorted(set(range(self.d_mlp)) - set(chosen[layer]))
+            pool = outside if len(outside) >= count else range(self.d_mlp)
+            pairs.extend((layer, n) for n in rng.sample(pool, count))
         return NeuronSet(
             self.n_layers,
             self.d_mlp,

@@ -99,7 +99,12 @@ class Ranking:
             raise NeuroplasticError(
                 f"unknown ranking method {method!r}; choose one of {', '.join(RANKERS)}"
             )
-        return cls(concept, method, RANKERS[method](stats, concept))
+        scores = RANKERS[method](stats, concept)
+        # A neuron that never fired (an ablated one, exactly zero) carries no concept, whatever
+        # a ranker's formula makes of all-zero statistics (selectivity would give it margin 0,
+        # above most live neurons): rank it last.
+        dead = stats.sum_sq.sum(0) == 0
+        return cls(concept, method, scores.masked_fill(dead, float("-inf")))
 
     @property
     def n_layers(self) -> int:

@@ -188,7 +188,7 @@ def top_tokens_frame(stats: NeuronStats, tokenizer: Any) -> pd.DataFrame:
         torch.arange(n_layers), torch.arange(d_mlp), torch.arange(k), indexing="ij"
     )
     token_ids = stats.top_token.flatten()
-    vocabulary = {int(t): tokenizer.decode([int(t)]) for t in token_ids.unique()}
+    vocabulary = {t: tokenizer.decode([t]) for t in token_ids.unique().tolist()}
     return pd.DataFrame(
         {
             "layer": layer.flatten().numpy(),
@@ -198,8 +198,8 @@ def top_tokens_frame(stats: NeuronStats, tokenizer: Any) -> pd.DataFrame:
             "sentence": stats.top_sentence.flatten().numpy(),
             "position": stats.top_position.flatten().numpy(),
             "token_id": token_ids.numpy(),
-            "token": [vocabulary[int(t)] for t in token_ids],
-            "label": [stats.label_names[int(i)] for i in stats.top_label.flatten()],
+            "token": [vocabulary[t] for t in token_ids.tolist()],
+            "label": [stats.label_names[i] for i in stats.top_label.flatten().tolist()],
         }
     )
 

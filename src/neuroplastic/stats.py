@@ -207,7 +207,12 @@ class StatsCollector:
         """Fold in the activations the hooks captured for ``batch``."""
         keep = batch.concept_labels >= 0
         # Statistics accumulate on the CPU in float64 whatever device the model runs on.
-        acts = torch.stack([self.captured[layer].cpu()[keep] for layer in range(self.n_layers)])
+        acts = torch.stack(
+            [
+                self.captured[layer][keep.to(self.captured[layer].device)].cpu()
+                for layer in range(self.n_layers)
+            ]
+        )
         positions = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
         sentences = batch.sentence_index[:, None].expand_as(batch.tokens)
         self.stats.update(

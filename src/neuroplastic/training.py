@@ -175,6 +175,8 @@ def evaluate(
     """
     model = module.model if isinstance(module, TokenClassifier) else module
     collector = StatsCollector(model, dataset.label_names, stats_top_k or 1)
+    # Hooks only when something reads them: statistics, or the check that ablations hold.
+    hooks = collector.hooks if stats_top_k or dead_neurons is not None else []
     true_tags: list[list[str]] = []
     predicted_tags: list[list[str]] = []
     lm_sums = {"concept": 0.0, "other": 0.0}
@@ -182,7 +184,7 @@ def evaluate(
     concept_id = dataset.label_id(concept)
     module.eval()
     n_batches = (len(dataset) + batch_size - 1) // batch_size
-    with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for batch in tqdm(
             dataset.batches(batch_size),
             total=n_batches,
@@ -206,7 +208,9 @@ def evaluate(
                     lm_counts[name] += int(chosen.sum())
             if dead_neurons is not None:
                 _check_dead(collector.captured, dead_neurons, batch)
-            collector.consume(batch)
+            if stats_top_k:
+                collector.consume(batch)
+            collector.captured.clear()
     if task == "ner":
         entity_types = [name for name in dataset.label_names if name != "O"]
         scores: dict[str, Any] = entity_scores(true_tags, predicted_tags, entity_types)

@@ -69,9 +69,20 @@ class ConceptDataset:
         label_id = {name: i for i, name in enumerate(self.label_names)}
         tag_id = {name: i for i, name in enumerate(self.tag_names)}
         prepend_bos = _needs_bos(tokenizer)
+        if max_length < 4:
+            raise NeuroplasticError(f"max_length must be at least 4 tokens; got {max_length}")
         self.encoded = [
             _encode(s, tokenizer, label_id, tag_id, max_length, prepend_bos) for s in self.sentences
         ]
+
+    @property
+    def n_truncated(self) -> int:
+        """Sentences whose last words fell past ``max_length`` tokens (left out everywhere)."""
+        return sum(
+            1
+            for sentence, enc in zip(self.sentences, self.encoded, strict=True)
+            if max(enc.word_ids, default=-1) < len(sentence.words) - 1
+        )
 
     def __len__(self) -> int:
         return len(self.sentences)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neuroplastic.data.types import NerCorpus, NerSentence, iob1_to_iob2
+from neuroplastic.data.types import NerCorpus, NerSentence, iob1_to_iob2, is_valid_tag
 from neuroplastic.errors import NeuroplasticError
 
 _SPLIT_NAMES = {
@@ -42,35 +42,42 @@ def read_conll_file(path: str | Path) -> list[NerSentence]:
             words.clear()
             tags.clear()
 
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                flush()
-                continue
-            if fields[0] == "-DOCSTART-":
-                flush()
-                continue
-            where = f"{path}, line {line_number}"
-            if len(fields) not in (2, 4):
-                raise NeuroplasticError(
-                    f"{where}: expected 2 columns (word TAG) or 4 (word POS chunk TAG), "
-                    f"found {len(fields)}: {line.rstrip()!r}"
-                )
-            if n_columns is None:
-                n_columns = len(fields)
-            elif len(fields) != n_columns:
-                raise NeuroplasticError(
-                    f"{where}: {len(fields)} columns, but the file started with {n_columns}"
-                )
-            tag = fields[-1]
-            if not _is_valid_tag(tag):
-                raise NeuroplasticError(
-                    f"{where}: {tag!r} is not an NER tag; expected O, B-TYPE or I-TYPE "
-                    "(e.g. B-LOC) in the last column"
-                )
-            words.append(fields[0])
-            tags.append(tag)
+    line_number = 0
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                fields = line.split()
+                if not fields:
+                    flush()
+                    continue
+                if fields[0] == "-DOCSTART-":
+                    flush()
+                    continue
+                where = f"{path}, line {line_number}"
+                if len(fields) not in (2, 4):
+                    raise NeuroplasticError(
+                        f"{where}: expected 2 columns (word TAG) or 4 (word POS chunk TAG), "
+                        f"found {len(fields)}: {line.rstrip()!r}"
+                    )
+                if n_columns is None:
+                    n_columns = len(fields)
+                elif len(fields) != n_columns:
+                    raise NeuroplasticError(
+                        f"{where}: {len(fields)} columns, but the file started with {n_columns}"
+                    )
+                tag = fields[-1]
+                if not is_valid_tag(tag):
+                    raise NeuroplasticError(
+                        f"{where}: {tag!r} is not an NER tag; expected O, B-TYPE or I-TYPE "
+                        "(e.g. B-LOC) in the last column"
+                    )
+                words.append(fields[0])
+                tags.append(tag)
+    except UnicodeDecodeError as error:
+        raise NeuroplasticError(
+            f"{path}, line {line_number + 1}: not UTF-8 text ({error.reason} at byte "
+            f"{error.start} of the read block); convert the file to UTF-8 (e.g. with iconv)"
+        ) from error
     flush()
     if not sentences:
         raise NeuroplasticError(f"{path}: no sentences found; is this a CoNLL NER file?")
@@ -117,10 +124,3 @@ def _find_split(directory: Path, names: tuple[str, ...]) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _is_valid_tag(tag: str) -> bool:
-    if tag == "O":
-        return True
-    prefix, _, kind = tag.partition("-")
-    return prefix in ("B", "I") and kind.isalpha()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from neuroplastic.data.types import NerCorpus, NerSentence, iob1_to_iob2
+from neuroplastic.data.types import NerCorpus, NerSentence, iob1_to_iob2, is_valid_tag
 from neuroplastic.errors import NeuroplasticError
 
 _VALIDATION_SPLITS = ("validation", "valid", "dev", "test")
@@ -70,6 +70,12 @@ def _sentences(split: Any, where: str) -> list[NerSentence]:
         tags = [names[t] if names is not None else str(t) for t in row["ner_tags"]]
         if len(tags) != len(row["tokens"]):
             raise NeuroplasticError(f"{where}, row {index}: tokens and ner_tags differ in length")
+        bad = next((t for t in tags if not is_valid_tag(t)), None)
+        if bad is not None:
+            raise NeuroplasticError(
+                f"{where}, row {index}: {bad!r} is not an NER tag; ner_tags must be O, B-TYPE or "
+                "I-TYPE strings, or ids of a ClassLabel feature with such names"
+            )
         if row["tokens"]:
             sentences.append(NerSentence(tuple(row["tokens"]), tuple(iob1_to_iob2(tags))))
     if not sentences:

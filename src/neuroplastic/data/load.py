@@ -51,8 +51,12 @@ def encode_split(
     split: Literal["train", "validation"],
     max_length: int = 128,
     limit: int | None = None,
+    start: int = 0,
 ) -> ConceptDataset:
-    sentences = getattr(corpus, split)
+    """Tokenize ``limit`` sentences of a split from ``start`` on (all of them by default)."""
+    if limit is not None and limit <= 0:
+        raise NeuroplasticError(f"the sentence limit must be positive; got {limit}")
+    sentences = getattr(corpus, split)[start:]
     if limit is not None:
         sentences = sentences[:limit]
     return ConceptDataset(

@@ -50,6 +50,14 @@ def _tag_order(tag: str) -> tuple[int, str, str]:
     return (1, kind, prefix)
 
 
+def is_valid_tag(tag: str) -> bool:
+    """``O``, or ``B-``/``I-`` followed by an entity type (``B-LOC``)."""
+    if tag == "O":
+        return True
+    prefix, _, kind = tag.partition("-")
+    return prefix in ("B", "I") and kind.isalpha()
+
+
 def iob1_to_iob2(tags: list[str]) -> list[str]:
     """Convert IOB1 (``I-`` may start an entity) to IOB2 (every entity starts with ``B-``).
 

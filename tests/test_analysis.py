@@ -307,6 +307,18 @@ def test_similarity_to_the_concept_predicts_saliency_gain(
     assert (again.ci_low, again.ci_high) == (primed.ci_low, primed.ci_high)
 
 
+def test_primed_correlation_among_neurons_with_room_to_gain(
+    concept_arm: ArmRun, embeddings: TokenEmbeddings
+) -> None:
+    everyone = primed_neurons(concept_arm, embeddings, n_boot=50)
+    unsalient = primed_neurons(concept_arm, embeddings, n_boot=50, start_saliency_below=0.5)
+    start = concept_arm.stages["pruned"].ranking.saliency
+    keep = everyone.neurons.set_index(["layer", "neuron"]).index
+    expected = sum(float(start[layer, neuron]) < 0.5 for layer, neuron in keep)
+    assert unsalient.n == expected < everyone.n
+    assert (unsalient.neurons.set_index(["layer", "neuron"]).index.isin(keep)).all()
+
+
 def test_primed_correlation_is_undefined_without_any_gain(
     concept_arm: ArmRun, embeddings: TokenEmbeddings
 ) -> None:

@@ -417,6 +417,7 @@ def primed_neurons(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    start_saliency_below: float | None = None,
 ) -> PrimedNeurons:
     """Does similarity to the concept before pruning predict the saliency gain from ``start``
     (default ``pruned``) to ``end`` (default last)? A positive rho says the concept came back in
@@ -441,6 +442,10 @@ def primed_neurons(
     ).reshape(n_layers, d_mlp)
     gain = arm._stage(end).ranking.saliency - arm._stage(start).ranking.saliency
     keep = ~arm.ablated.mask() & alive_mask(base.stats) & similarity.isfinite()
+    if start_saliency_below is not None:
+        # Neurons already salient at the start cannot gain much (the saliency ceiling), which
+        # biases the correlation down; this asks the question among those with room to gain.
+        keep &= arm._stage(start).ranking.saliency < start_saliency_below
     layer, neuron = keep.nonzero(as_tuple=True)
     x, y = similarity[keep].double().numpy(), gain[keep].double().numpy()
     frame = pd.DataFrame(
@@ -692,6 +697,8 @@ class ArmAnalysis:
     reappearance: pd.DataFrame
     pruned: PrunedTrace
     primed: PrimedNeurons | None
+    #: the same among neurons with saliency < 0.5 at the start (room to gain)
+    primed_unsalient: PrimedNeurons | None
     polysemanticity: Polysemanticity
 
 
@@ -706,16 +713,20 @@ def analyse_arm(
     """Run every analysis on one arm (similarities need ``embeddings``; without them the
     primed-neuron correlation is skipped and similarity columns are NaN)."""
     rankings = arm.rankings()
+    can_prime = (
+        embeddings is not None
+        and concept_token_ids(arm.stages[arm.first].stats, arm.concept).numel() > 0
+    )
     return ArmAnalysis(
         run=arm,
         layer_saliency=layer_saliency(rankings, top),
         depth=concept_depth(rankings, top, n_boot=n_boot, seed=seed),
         reappearance=reappearance(arm, n=n_reappeared, embeddings=embeddings),
         pruned=pruned_trace(arm, embeddings),
-        primed=(
-            primed_neurons(arm, embeddings, n_boot=n_boot, seed=seed)
-            if embeddings is not None
-            and concept_token_ids(arm.stages[arm.first].stats, arm.concept).numel()
+        primed=primed_neurons(arm, embeddings, n_boot=n_boot, seed=seed) if can_prime else None,
+        primed_unsalient=(
+            primed_neurons(arm, embeddings, n_boot=n_boot, seed=seed, start_saliency_below=0.5)
+            if can_prime
             else None
         ),
         polysemanticity=polysemanticity(arm.stats(), arm.concept, vocabulary=arm.vocabulary),

@@ -608,22 +608,30 @@ def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: s
         "tokens labelled with the concept) predict how much saliency it gains from "
         f"{first.start} to {first.end}? Spearman's ρ over the neurons outside the ablated set, "
         "with a 95% bootstrap interval. A positive ρ in the concept arm says the concept came "
-        "back in neurons already near it. " + similarity_note
+        "back in neurons already near it. Neurons already salient at the start have little room "
+        "to gain, so the second row of each arm keeps only those with saliency below 0.5 "
+        "there. " + similarity_note
     )
+    rows = []
+    for arm, analysis in analyses.items():
+        for neurons, p in (
+            ("all", analysis.primed),
+            ("saliency < 0.5 at start", analysis.primed_unsalient),
+        ):
+            if p is not None:
+                rows.append(
+                    {
+                        "arm": arm,
+                        "neurons": neurons,
+                        "rho": p.rho,
+                        "ci_low": p.ci_low,
+                        "ci_high": p.ci_high,
+                        "p_value": p.p_value,
+                        "n": p.n,
+                    }
+                )
     page.table(
-        pd.DataFrame(
-            [
-                {
-                    "arm": arm,
-                    "rho": p.rho,
-                    "ci_low": p.ci_low,
-                    "ci_high": p.ci_high,
-                    "p_value": p.p_value,
-                    "n": p.n,
-                }
-                for arm, p in primed.items()
-            ]
-        ),
+        pd.DataFrame(rows),
         index=False,
         float_format="{:.3g}",
     )

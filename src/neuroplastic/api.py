@@ -39,10 +39,6 @@ class RankResult:
         }
 
 
-def top_token_strings(stats: NeuronStats, tokenizer: Any, layer: int, neuron: int) -> list[str]:
-    return [tokenizer.decode([int(t)]).strip() for t in stats.top_token[layer, neuron]]
-
-
 def ranking_rows(ranking: Ranking, stats: NeuronStats, tokenizer: Any) -> list[dict[str, Any]]:
     """Every neuron, most salient first, with its top activating tokens."""
     frame = ranking.to_frame()

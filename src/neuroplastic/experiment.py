@@ -196,15 +196,7 @@ def _finish_stage(
     """Evaluate, take statistics and ranking on the probe sentences, write artifacts, and mark
     the stage done."""
     config = setup.config
-    evaluation = evaluate(
-        setup.module,
-        setup.validation_data,
-        config.task,
-        config.concept,
-        stats_top_k=None,
-        dead_neurons=dead,
-        progress=setup.progress,
-    )
+    evaluation = _validate(setup, dead, progress=setup.progress)
     stats = collect_stats(
         setup.model,
         setup.probe_data,
@@ -229,6 +221,19 @@ def _finish_stage(
     _rewrite_metrics(setup)
     log(_describe(row))
     return row
+
+
+def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
+    """Scores on the validation sentences, checking that held neurons are still exactly zero."""
+    return evaluate(
+        setup.module,
+        setup.validation_data,
+        setup.config.task,
+        setup.config.concept,
+        stats_top_k=None,
+        dead_neurons=dead,
+        progress=progress,
+    )
 
 
 def _describe(row: dict) -> str:
@@ -357,15 +362,7 @@ def _periodic_eval(
 
     def on_step(n: int, loss: float) -> None:
         if config.eval_every and n % config.eval_every == 0 and n < n_steps:
-            evaluation = evaluate(
-                setup.module,
-                setup.validation_data,
-                config.task,
-                config.concept,
-                stats_top_k=None,
-                dead_neurons=dead,
-                progress=False,
-            )
+            evaluation = _validate(setup, dead, progress=False)
             rows.append(
                 {
                     "arm": arm,

@@ -24,11 +24,11 @@ TOKENS = torch.tensor(
 TOKEN_LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
 
 
-def toy_stats() -> NeuronStats:
-    stats = NeuronStats.empty(LABELS, n_layers=1, d_mlp=3, k=2)
-    n = len(TOKENS)
+def toy_stats(table: torch.Tensor = TOKENS) -> NeuronStats:
+    stats = NeuronStats.empty(LABELS, n_layers=1, d_mlp=table.shape[1], k=2)
+    n = len(table)
     stats.update(
-        TOKENS[None],
+        table[None],
         TOKEN_LABELS,
         torch.arange(n),
         torch.zeros(n, dtype=torch.long),
@@ -154,17 +154,8 @@ def test_selectivity_by_hand():
 
 def test_dead_neurons_rank_last_with_every_method():
     stats = toy_stats()
-    silent = NeuronStats.empty(LABELS, n_layers=1, d_mlp=4, k=2)
-    table = torch.cat([TOKENS, torch.zeros(len(TOKENS), 1)], dim=1)  # neuron 3 never fires
-    n = len(TOKENS)
-    silent.update(
-        table[None],
-        TOKEN_LABELS,
-        torch.arange(n),
-        torch.zeros(n, dtype=torch.long),
-        torch.arange(n),
-        k=2,
-    )
+    # Neuron 3 never fires.
+    silent = toy_stats(torch.cat([TOKENS, torch.zeros(len(TOKENS), 1)], dim=1))
     for method in ("probeless", "smd", "selectivity"):
         ranking = Ranking.from_stats(silent, "LOC", method)
         assert ranking.saliency[0, 3] == 0.0, method

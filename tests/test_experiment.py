@@ -7,11 +7,13 @@ import time
 
 import pytest
 
+import neuroplastic.checkpoint as checkpoint
 import neuroplastic.experiment as experiment
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
 from neuroplastic.rundir import RunDir, stage_names
+from neuroplastic.training import Trainer
 
 TINY = dict(
     probe_sentences=40,
@@ -75,15 +77,18 @@ class SimulatedKill(BaseException):
     """Like SIGKILL for the code under test: nothing after it runs (not an Exception)."""
 
 
-# Every stage, killed either after its training (before anything is written) or between its
-# weights and its completion marker (a torn stage).
+# Every stage, killed mid-training, after its training (before anything is written), or
+# between its weights and its completion marker (a torn stage).
 KILL_POINTS = [
+    ("concept", "base", "mid-training"),
     ("concept", "base", "before"),
     ("concept", "pruned", "after-weights"),
     ("concept", "retrain-1", "before"),
+    ("concept", "retrain-2", "mid-training"),
     ("concept", "retrain-2", "after-weights"),
     ("random", "pruned", "before"),
     ("random", "retrain-1", "after-weights"),
+    ("random", "retrain-2", "mid-training"),
     ("random", "retrain-2", "before"),
 ]
 
@@ -91,25 +96,41 @@ KILL_POINTS = [
 @pytest.mark.parametrize("arm, stage, when", KILL_POINTS)
 def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm, stage, when):
     _, expected = reference
-    real_finish, real_save = experiment._finish_stage, experiment._save_weights
+    real_finish = experiment._finish_stage
+    real_write = checkpoint.atomic_write_json
+    real_run = Trainer.run
+    marker = tmp_path / "state" / arm / f"{stage}.json"
 
-    def finish(setup, arm_, stage_, *args):
+    def finish(setup, arm_, stage_, *args, **kwargs):
         if (arm_, stage_, when) == (arm, stage, "before"):
             raise SimulatedKill
-        return real_finish(setup, arm_, stage_, *args)
+        return real_finish(setup, arm_, stage_, *args, **kwargs)
 
-    def save_then_die(setup, arm_, stage_):
-        real_save(setup, arm_, stage_)
-        if (arm_, stage_, when) == (arm, stage, "after-weights"):
-            raise SimulatedKill  # weights written, marker not yet: a torn stage
+    def write_then_die(path, value):
+        if when == "after-weights" and path == marker:
+            raise SimulatedKill  # weights and trainer state written, marker not: a torn stage
+        return real_write(path, value)
+
+    def run_then_die(self, n_steps, on_step=None, progress=True, description=""):
+        current = ("concept", "base") if "base" in description else (None, None)
+        if description.startswith("["):
+            current = tuple(description[1:].split("] "))
+        if when == "mid-training" and current == (arm, stage):
+            real_run(self, 1, None, False, description)
+            raise SimulatedKill
+        return real_run(self, n_steps, on_step, progress, description)
 
     monkeypatch.setattr(experiment, "_finish_stage", finish)
-    monkeypatch.setattr(experiment, "_save_weights", save_then_die)
+    monkeypatch.setattr(checkpoint, "atomic_write_json", write_then_die)
+    monkeypatch.setattr(Trainer, "run", run_then_die)
     with pytest.raises(SimulatedKill):
         experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     monkeypatch.undo()
     resumed = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     assert resumed == expected
+    # Only what resuming needs stays: the base weights and each arm's last stage.
+    kept = sorted(p.relative_to(tmp_path / "state").as_posix() for p in tmp_path.rglob("*.pt"))
+    assert kept == ["concept/retrain-2.trainer.pt", "random/retrain-2.trainer.pt"]
 
 
 def test_sigkill_then_rerun_gives_the_same_summary(reference, tmp_path):

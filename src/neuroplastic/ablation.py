@@ -14,7 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.models import check_mlp_hooks, mlp_hook_name
+from neuroplastic.models import FLAT_AT_ZERO, activation_name, check_mlp_hooks, mlp_hook_name
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.stats import NeuronStats
 
@@ -132,6 +132,19 @@ def prune_weights(model: Any, neurons: NeuronSet, zero_output: bool = True) -> N
                 b_in.index_fill_(0, index, 0.0)
             if zero_output:
                 w_out.tensor.index_fill_(w_out.neuron_dim, index, 0.0)
+
+
+def check_can_regrow(model: Any) -> None:
+    """Refuse weight pruning meant to regrow on an activation flat at 0 (ReLU): a neuron with
+    zeroed input weights and bias sits at pre-activation 0, where such an activation has zero
+    derivative, so no gradient ever reaches its input weights and it stays dead."""
+    name = activation_name(model)
+    if name in FLAT_AT_ZERO:
+        raise NeuroplasticError(
+            f"regrow mode cannot revive neurons of a {name} MLP: its derivative at 0 is 0, so a "
+            "neuron with zeroed input weights gets no gradient and never regrows. Use --mode "
+            "hold (ablation hooks), or a model with a smooth activation (GELU, SiLU)"
+        )
 
 
 class _NeuronWeight:

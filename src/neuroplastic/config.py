@@ -17,7 +17,8 @@ CHOICES = {
     "task": ("ner", "lm"),
     "mode": ("hold", "regrow"),
     "selection": ("fraction", "count", "per-layer"),
-    "baseline": ("random", "none"),
+    "baseline": ("random", "random-global", "none"),
+    "schedule": ("continuous", "per-stage"),
 }
 
 
@@ -34,15 +35,26 @@ class ExperimentConfig:
     selection: str = "fraction"  # "fraction", "count" or "per-layer"
     fraction: float = 0.05
     count: int = 100
-    baseline: str = "random"  # "random" or "none"
+    # "random": as many random neurons per layer, outside the concept set; "random-global":
+    # as many in total (for sets too dense in a layer to match per layer); "none"
+    baseline: str = "random"
     checkpoint: str | None = None  # an already fine-tuned run's checkpoint: skip base training
     train_sentences: int = 2000  # embedded corpus size / cap on a dataset's train split
     validation_sentences: int = 400  # F1 is measured on these
     probe_sentences: int = 400  # neuron statistics and rankings are taken on these (train split)
     max_length: int = 64
-    base_steps: int = 200
+    # Fine-tuning runs until the probe loss plateaus (checked every plateau_every steps; it
+    # stops after plateau_patience checks without a relative improvement of plateau_tolerance),
+    # or for base_steps steps at most; plateau_every 0 trains exactly base_steps.
+    base_steps: int = 400
+    plateau_every: int = 50
+    plateau_patience: int = 2
+    plateau_tolerance: float = 0.02
     stages: int = 3
     stage_steps: int = 30
+    # "continuous": one optimizer and LR schedule across all retraining stages (stages are
+    # evaluation points); "per-stage": a fresh optimizer and schedule per stage (the paper's)
+    schedule: str = "continuous"
     eval_every: int = 0  # extra evaluations inside a stage every N steps; 0 = only at stage ends
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
@@ -82,6 +94,12 @@ class ExperimentConfig:
             raise NeuroplasticError(f"base_steps must be >= 0; got {self.base_steps}")
         if not 0 < self.fraction <= 1:
             raise NeuroplasticError(f"fraction must be in (0, 1]; got {self.fraction}")
+        if self.plateau_every < 0 or self.plateau_patience <= 0 or self.plateau_tolerance < 0:
+            raise NeuroplasticError(
+                "plateau_every must be >= 0, plateau_patience positive and plateau_tolerance "
+                f">= 0; got {self.plateau_every}, {self.plateau_patience}, "
+                f"{self.plateau_tolerance}"
+            )
         if self.count <= 0 or self.eval_every < 0 or self.weight_decay < 0:
             raise NeuroplasticError(
                 "count must be positive, eval_every and weight_decay non-negative; got "
@@ -96,7 +114,7 @@ class ExperimentConfig:
 
     @property
     def arms(self) -> tuple[str, ...]:
-        return ("concept", "random") if self.baseline == "random" else ("concept",)
+        return ("concept",) if self.baseline == "none" else ("concept", "random")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

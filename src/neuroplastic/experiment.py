@@ -1,30 +1,36 @@
-"""The relearning experiment, top to bottom: fine-tune, rank, ablate, retrain in stages, trace.
+"""The relearning experiment, top to bottom: fine-tune, rank, select, then for each arm retrain
+and measure.
 
-    base ──► statistics + ranking ──► neuron set ──► for each arm (concept, random):
-                                                       pruned ──► retrain-1 ──► ... retrain-S
-                                                       (evaluate + statistics + ranking each)
+    base ──► statistics + ranking ──► neuron sets ──► for each arm (concept, random control):
+                                                        pruned ──► retrain-1 ──► ... retrain-S
+                                                        (evaluate + statistics + ranking each)
 
-Every completed stage leaves a marker with its metrics and the weights after it, so a rerun of
-the same command resumes after the last completed stage and ends with the same summary.
+The two arms differ in the neurons held and in nothing else: both start from the same base
+weights and retrain on the same batches, in the same order, with the same dropout masks and
+the same learning-rate schedule. Persistence lives in :class:`Checkpointer`: a rerun of the
+same command resumes after the last completed stage and ends with the same summary.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import random
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
 
-from neuroplastic.ablation import Ablation, prune_weights
+from neuroplastic.ablation import Ablation, check_can_regrow, prune_weights
+from neuroplastic.checkpoint import Checkpointer, load_weights
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.data.concept import ConceptDataset
-from neuroplastic.data.load import encode_split, load_corpus
+from neuroplastic.data.load import concept_labels, load_corpus
+from neuroplastic.data.overlap import mention_overlap
+from neuroplastic.data.types import NerCorpus, NerSentence
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from neuroplastic.io import atomic_write_json
 from neuroplastic.models import is_decoder, load_model
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
@@ -33,10 +39,11 @@ from neuroplastic.stats import collect_stats
 from neuroplastic.training import (
     TokenClassifier,
     TrainConfig,
+    Trainer,
     evaluate,
     lm_loss,
+    mean_loss,
     tagging_loss,
-    train,
 )
 
 
@@ -45,13 +52,18 @@ class Setup:
     """What every stage needs: the model (with head), the data, and where results go."""
 
     config: ExperimentConfig
-    run: RunDir
+    store: Checkpointer
     module: torch.nn.Module
     model: Any
     train_data: ConceptDataset
     validation_data: ConceptDataset
     probe_data: ConceptDataset  # the sentences neuron statistics and rankings are taken on
+    data_overlap: dict[str, Any]  # share of validation / probe mentions seen in training
     progress: bool
+
+    @property
+    def run(self) -> RunDir:
+        return self.store.run
 
     def loss_fn(self):
         return tagging_loss if self.config.task == "ner" else lm_loss
@@ -61,58 +73,49 @@ def run_experiment(
     config: ExperimentConfig, out: str | Path, progress: bool = True, log=print
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary."""
-    run = RunDir(out)
-    _check_existing(run, config)
-    setup = _setup(config, run, progress, log)  # fails on bad settings before anything is written
-    atomic_write_json(run.config_path, config.to_dict())
-    base = _base_stage(setup, log)
-    ranking = Ranking.from_frame(
-        _read_ranking(run, "concept", "base"), config.concept, config.method
-    )
+    store = Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints)
+    store.check_config(config)
+    setup = _setup(config, store, progress, log)  # fails on bad settings before any write
+    store.write_config(config)
+    _fine_tune_base(setup, log)
+    ranking = setup.run.stage("concept", "base").ranking
     neuron_sets = _neuron_sets(setup, ranking)
     for arm, neurons in neuron_sets.items():
-        _run_arm(setup, arm, neurons, base, log)
+        _retrain_arm(setup, arm, neurons, log)
     summary = _summary(setup, neuron_sets)
-    atomic_write_json(run.summary_path, summary)
+    atomic_write_json(setup.run.summary_path, summary)
     return summary
 
 
 # -- set-up ------------------------------------------------------------------------------------
-def _check_existing(run: RunDir, config: ExperimentConfig) -> None:
-    # A crash mid-write leaves only a temporary file: sweep them before resuming.
-    if run.path.is_dir():
-        for leftover in run.path.rglob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
-    if run.config_path.is_file():
-        existing = ExperimentConfig.from_dict(run.config(), source=str(run.config_path))
-        differences = config.differences(existing)
-        if differences:
-            raise NeuroplasticError(
-                f"{run.path} holds a run with a different config; use another --out, or the "
-                "same settings to resume. Differences: " + "; ".join(differences)
-            )
-
-
-def _setup(config: ExperimentConfig, run: RunDir, progress: bool, log) -> Setup:
-    model = load_model(config.model, device=config.device, seed=config.seed)
+def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -> Setup:
+    # The model's own weights never depend on the seed (a tiny random model is always the same
+    # one): a seed changes the head, the data order, dropout and the sentences sampled.
+    model = load_model(config.model, device=config.device)
     if config.task == "lm" and not is_decoder(model):
         raise NeuroplasticError(
             f"the causal LM task needs a decoder model (GPT-2 family); {config.model} is an "
             "encoder. Use --task ner"
         )
+    if config.mode == "regrow":
+        check_can_regrow(model)
     corpus = load_corpus(
         config.dataset,
-        n_train=config.train_sentences + config.probe_sentences,
+        n_train=config.train_sentences,
         n_validation=config.validation_sentences,
+        n_probe=config.probe_sentences,
         seed=config.seed,
     )
-    encode = partial(encode_split, corpus, model.tokenizer, max_length=config.max_length)
-    train_data = encode("train", limit=config.train_sentences)
-    validation_data = encode("validation", limit=config.validation_sentences)
-    # Neurons are ranked on sentences the F1 is not measured on (no selection bias); they come
-    # after the training slice when the split is long enough, else from its end.
-    probe_start = min(config.train_sentences, max(0, len(corpus.train) - config.probe_sentences))
-    probe_data = encode("train", limit=config.probe_sentences, start=probe_start)
+    train, probe = _train_and_probe(corpus, config)
+    validation = corpus.validation[: config.validation_sentences]
+    encode = partial(
+        ConceptDataset,
+        tokenizer=model.tokenizer,
+        label_names=concept_labels(corpus),
+        tag_names=corpus.tag_names,
+        max_length=config.max_length,
+    )
+    train_data, validation_data, probe_data = encode(train), encode(validation), encode(probe)
     for name, data in (("validation", validation_data), ("probe", probe_data)):
         data.label_id(config.concept)  # an unknown concept fails before any training
         if data.label_counts()[config.concept] == 0:
@@ -124,12 +127,49 @@ def _setup(config: ExperimentConfig, run: RunDir, progress: bool, log) -> Setup:
                 f"note: {data.n_truncated} {name} sentences are longer than max_length="
                 f"{config.max_length} tokens; their words past it are left out"
             )
-    torch.manual_seed(config.seed)
+    overlap = {
+        "validation_seen_in_train": mention_overlap(train, validation),
+        "probe_seen_in_train": mention_overlap(train, probe),
+    }
+    torch.manual_seed(config.seed)  # the head's initialisation
     module = TokenClassifier(model, len(train_data.tag_names)) if config.task == "ner" else model
     module.to(config.device)
-    run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
-    _write_token_embeddings(run, model, probe_data)
-    return Setup(config, run, module, model, train_data, validation_data, probe_data, progress)
+    store.run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
+    _write_token_embeddings(store.run, model, probe_data)
+    return Setup(
+        config, store, module, model, train_data, validation_data, probe_data, overlap, progress
+    )
+
+
+def _train_and_probe(
+    corpus: NerCorpus, config: ExperimentConfig
+) -> tuple[list[NerSentence], list[NerSentence]]:
+    """Training sentences and probe sentences, never the same ones.
+
+    A corpus with its own probe split (the embedded one: names the training never sees) gives
+    the probe; otherwise both are drawn, by the seed, from disjoint parts of the train split.
+    """
+    if corpus.probe:
+        train, probe = corpus.train[: config.train_sentences], corpus.probe
+        if len(probe) < config.probe_sentences:
+            raise NeuroplasticError(
+                f"{corpus.name} has {len(probe)} probe sentences; --probe-sentences asks for "
+                f"{config.probe_sentences}"
+            )
+        return train, probe[: config.probe_sentences]
+    needed = config.train_sentences + config.probe_sentences
+    if len(corpus.train) < needed:
+        raise NeuroplasticError(
+            f"the train split of {corpus.name} has {len(corpus.train)} sentences, but training "
+            f"takes --train-sentences {config.train_sentences} and the probe (neuron "
+            f"statistics) --probe-sentences {config.probe_sentences} others, {needed} in all. "
+            "Lower them so that their sum is at most the split's size"
+        )
+    order = list(range(len(corpus.train)))
+    random.Random(f"neuroplastic-sample-{config.seed}").shuffle(order)
+    train = [corpus.train[i] for i in order[: config.train_sentences]]
+    probe = [corpus.train[i] for i in order[config.train_sentences : needed]]
+    return train, probe
 
 
 def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> None:
@@ -145,133 +185,63 @@ def _train_config(config: ExperimentConfig) -> TrainConfig:
     )
 
 
-# -- stages ------------------------------------------------------------------------------------
-def _marker(run: RunDir, arm: str, stage: str) -> Path:
-    return run.state_dir / arm / f"{stage}.json"
-
-
-def _weights(run: RunDir, arm: str, stage: str) -> Path:
-    return run.state_dir / arm / f"{stage}.safetensors"
-
-
-def _save_weights(setup: Setup, arm: str, stage: str) -> None:
-    # named_parameters() lists each tensor once (a bridge's state_dict repeats every alias);
-    # clone because some are views of one storage (GPT-2's q/k/v split of c_attn).
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in setup.module.named_parameters()}
-    data = save(state)
-    atomic_write_bytes(_weights(setup.run, arm, stage), data)
-    if setup.config.save_checkpoints:
-        atomic_write_bytes(setup.run.checkpoint_path(arm, stage), data)
-
-
-def _load_weights(setup: Setup, path: Path) -> None:
-    if not path.is_file():
-        raise NeuroplasticError(f"checkpoint not found: {path}")
-    state = load_file(str(path))
-    parameters = dict(setup.module.named_parameters())
-    missing = sorted(set(parameters) - set(state))
-    unexpected = sorted(set(state) - set(parameters))
-    wrong = [k for k in set(state) & set(parameters) if state[k].shape != parameters[k].shape]
-    if missing or unexpected or wrong:
-        raise NeuroplasticError(
-            f"{path} does not fit this model and head: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected and {len(wrong)} mis-shaped tensors "
-            f"(e.g. {(missing or unexpected or wrong)[:2]})"
-        )
-    with torch.no_grad():
-        for name, parameter in parameters.items():
-            parameter.copy_(state[name])
-
-
-def _finish_stage(
-    setup: Setup,
-    arm: str,
-    stage: str,
-    step: int,
-    losses: list[float],
-    dead: torch.Tensor | None,
-    extra_rows: list[dict],
-    log,
-) -> dict:
-    """Evaluate, take statistics and ranking on the probe sentences, write artifacts, and mark
-    the stage done."""
-    config = setup.config
-    evaluation = _validate(setup, dead, progress=setup.progress)
-    stats = collect_stats(
-        setup.model,
-        setup.probe_data,
-        batch_size=32,
-        top_k=config.top_k_tokens,
-        progress=setup.progress,
-    )
-    ranking = Ranking.from_stats(stats, config.concept, config.method)
-    frame = top_tokens_frame(stats, setup.model.tokenizer)
-    arms = config.arms if stage == "base" else (arm,)
-    for each in arms:
-        setup.run.write_stage(each, stage, ranking, stats, frame)
-    row = {
-        "arm": arm,
-        "stage": stage,
-        "step": step,
-        **evaluation.scores,
-        "train_loss": sum(losses) / len(losses) if losses else None,
-    }
-    _save_weights(setup, arm, stage)
-    atomic_write_json(_marker(setup.run, arm, stage), {"rows": [*extra_rows, row]})
-    _rewrite_metrics(setup)
-    log(_describe(row))
-    return row
-
-
-def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
-    """Scores on the validation sentences, checking that held neurons are still exactly zero."""
-    return evaluate(
-        setup.module,
-        setup.validation_data,
-        setup.config.task,
-        setup.config.concept,
-        stats_top_k=None,
-        dead_neurons=dead,
-        progress=progress,
-    )
-
-
-def _describe(row: dict) -> str:
-    if "f1" in row:
-        scores = " ".join(f"{k}={v:.3f}" for k, v in row["f1"].items())
-        return f"[{row['arm']}] {row['stage']:<10} step {row['step']:>5}  F1 {scores}"
-    losses = " ".join(f"{k}={v:.3f}" for k, v in row["lm_loss"].items())
-    return f"[{row['arm']}] {row['stage']:<10} step {row['step']:>5}  LM loss {losses}"
-
-
-def _base_stage(setup: Setup, log) -> Path:
-    """Fine-tune (or load) the base model; returns the weights every arm starts from."""
-    run, config = setup.run, setup.config
-    weights = _weights(run, "concept", "base")
-    if _marker(run, "concept", "base").is_file():
+# -- the method --------------------------------------------------------------------------------
+def _fine_tune_base(setup: Setup, log) -> None:
+    """Fine-tune until the probe loss plateaus (or load a checkpoint), then measure the base."""
+    config, store = setup.config, setup.store
+    if store.done("concept", "base"):
         log("[base] already done; resuming")
-        return weights
+        return
+    rows: list[dict] = []
     losses: list[float] = []
-    extra: list[dict] = []
     if config.checkpoint:
-        _load_weights(setup, Path(config.checkpoint))
+        load_weights(setup.module, Path(config.checkpoint))
+        base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
     else:
-        # Steps before pruning count up to 0, so curves show fine-tuning leading into it.
-        losses = train(
-            setup.module,
-            setup.loss_fn(),
-            setup.train_data,
-            config.base_steps,
-            _train_config(config),
-            seed=config.seed,
-            on_step=_periodic_eval(
-                setup, "concept", "base", -config.base_steps, config.base_steps, None, extra
-            ),
+        base, losses = _train_to_plateau(setup, rows)
+    _finish_stage(setup, "concept", "base", 0, losses, None, rows, log, base=base)
+
+
+def _train_to_plateau(setup: Setup, rows: list[dict]) -> tuple[dict, list[float]]:
+    """Train in chunks of ``plateau_every`` steps until the probe loss stops improving by
+    ``plateau_tolerance`` (relative) for ``plateau_patience`` checks, at most ``base_steps``."""
+    config = setup.config
+    trainer = Trainer(
+        setup.module,
+        setup.loss_fn(),
+        setup.train_data,
+        config.base_steps,
+        _train_config(config),
+        seed=config.seed,
+    )
+    chunk = config.plateau_every or config.base_steps
+    history: list[list[float]] = []
+    losses: list[float] = []
+    best, stale, stopped = math.inf, 0, "cap"
+    while trainer.step < config.base_steps:
+        first = trainer.step
+        losses += trainer.run(
+            min(chunk, config.base_steps - first),
+            on_step=_periodic_eval(setup, "concept", "base", first, first, None, rows),
             progress=setup.progress,
-            description="fine-tuning base model",
+            description=f"fine-tuning base model (steps {first + 1}-)",
         )
-    _finish_stage(setup, "concept", "base", 0, losses, None, extra, log)
-    return weights
+        if not config.plateau_every:
+            continue
+        loss = mean_loss(setup.module, setup.loss_fn(), setup.probe_data)
+        history.append([trainer.step, loss])
+        if loss < best * (1 - config.plateau_tolerance):
+            best, stale = loss, 0
+        else:
+            stale += 1
+        if stale >= config.plateau_patience:
+            stopped = "plateau"
+            break
+    # Steps before pruning count up to 0, so curves show fine-tuning leading into it; an
+    # evaluation at the very last step would repeat the stage's own.
+    rows[:] = [{**row, "step": row["step"] - trainer.step} for row in rows]
+    rows[:] = [row for row in rows if row["step"] < 0]
+    return {"steps": trainer.step, "stopped": stopped, "probe_loss": history}, losses
 
 
 def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
@@ -285,65 +255,119 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     sets = {"concept": concept}
     if config.baseline == "random":
         sets["random"] = concept.random_matching(seed=config.seed)
+    elif config.baseline == "random-global":
+        sets["random"] = concept.random_global(seed=config.seed)
     for arm, neurons in sets.items():
         neurons.save(setup.run.neurons_path(arm))
     return sets
 
 
-def _run_arm(setup: Setup, arm: str, neurons: NeuronSet, base_weights: Path, log) -> None:
-    config, run = setup.config, setup.run
+def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
+    """Ablate ``neurons`` in the base model and retrain, evaluating after every stage."""
+    config, store = setup.config, setup.store
     stages = stage_names(config.stages)[1:]
-    done = [s for s in stages if _marker(run, arm, s).is_file()]
-    if len(done) == len(stages):
+    todo = [s for s in stages if not store.done(arm, s)]
+    if not todo:
         log(f"[{arm}] all stages done")
         return
-    start = _weights(run, arm, done[-1]) if done else base_weights
-    for stale in done[:-1]:  # left behind by a kill between a marker and the clean-up
-        _drop_weights(run, arm, stale)
-    _load_weights(setup, start)
-    if config.mode == "regrow" and not done:
-        prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights: may regrow
+    trainer = Trainer(
+        setup.module,
+        setup.loss_fn(),
+        setup.train_data,
+        config.stages * config.stage_steps,
+        _train_config(config),
+        seed=config.seed + 1_000,  # one seed for both arms: the same batches and dropout
+        schedule_steps=config.stages * config.stage_steps
+        if config.schedule == "continuous"
+        else config.stage_steps,
+    )
+    previous = stages[stages.index(todo[0]) - 1] if todo[0] != "pruned" else None
+    store.keep_only(arm, {"base", previous} if previous else {"base"})
+    if previous is None:
+        store.restore("concept", "base", setup.module)
+        if config.mode == "regrow":
+            prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
+    else:
+        state = store.restore(arm, previous, setup.module)
+        if state is None:
+            raise NeuroplasticError(f"{setup.run.path}: the trainer state after {previous} is lost")
+        trainer.load_state_dict(state)
     hold = Ablation(setup.model, neurons, permanent=True) if config.mode == "hold" else None
     dead = neurons.mask() if hold is not None else None
     try:
-        for index, stage in enumerate(stages):
-            if stage in done:
-                continue
-            step = index * config.stage_steps
+        for stage in todo:
+            index = stages.index(stage)
+            rows: list[dict] = []
             losses: list[float] = []
-            extra: list[dict] = []
             if stage != "pruned":
-                losses = _retrain(setup, arm, stage, index, step, dead, extra)
-            _finish_stage(setup, arm, stage, step, losses, dead, extra, log)
-            _drop_weights(run, arm, stages[index - 1] if index else None)
+                if config.schedule == "per-stage":
+                    trainer.restart_schedule()
+                losses = trainer.run(
+                    config.stage_steps,
+                    on_step=_periodic_eval(setup, arm, stage, trainer.step, 0, dead, rows),
+                    progress=setup.progress,
+                    description=f"[{arm}] {stage}",
+                )
+            _finish_stage(
+                setup, arm, stage, trainer.step, losses, dead, rows, log,
+                trainer_state=trainer.state_dict(),
+                previous=stages[index - 1] if index else None,
+            )  # fmt: skip
     finally:
         if hold is not None:
             hold.remove()
 
 
-def _retrain(
+def _finish_stage(
     setup: Setup,
     arm: str,
     stage: str,
-    index: int,
     step: int,
+    losses: list[float],
     dead: torch.Tensor | None,
-    extra: list[dict],
-) -> list[float]:
+    rows: list[dict],
+    log,
+    base: dict | None = None,
+    trainer_state: dict | None = None,
+    previous: str | None = None,
+) -> dict:
+    """Evaluate, take statistics and ranking on the probe sentences, write the artifacts, and
+    mark the stage done."""
     config = setup.config
-    arm_index = ("concept", "random").index(arm)
-    return train(
-        setup.module,
-        setup.loss_fn(),
-        setup.train_data,
-        config.stage_steps,
-        _train_config(config),
-        seed=config.seed * 1000 + arm_index * 100 + index,
-        on_step=_periodic_eval(
-            setup, arm, stage, step - config.stage_steps, config.stage_steps, dead, extra
-        ),
+    evaluation = _validate(setup, dead, progress=setup.progress)
+    stats = collect_stats(
+        setup.model, setup.probe_data, batch_size=32, top_k=config.top_k_tokens,
         progress=setup.progress,
-        description=f"[{arm}] {stage}",
+    )  # fmt: skip
+    ranking = Ranking.from_stats(stats, config.concept, config.method)
+    frame = top_tokens_frame(stats, setup.model.tokenizer)
+    for each in config.arms if stage == "base" else (arm,):
+        setup.run.write_stage(each, stage, ranking, stats, frame)
+    row = {
+        "arm": arm,
+        "stage": stage,
+        "step": step,
+        **evaluation.scores,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+    }
+    marker: dict[str, Any] = {"rows": [*rows, row]}
+    if base is not None:
+        marker["base"] = base
+    setup.store.save(arm, stage, setup.module, marker, trainer_state, previous)
+    setup.store.write_metrics(config.arms, config.stages)
+    log(_describe(row))
+    return row
+
+
+def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
+    """Scores on the validation sentences, checking that held neurons are still exactly zero."""
+    return evaluate(
+        setup.module,
+        setup.validation_data,
+        setup.config.task,
+        setup.config.concept,
+        dead_neurons=dead,
+        progress=progress,
     )
 
 
@@ -352,62 +376,50 @@ def _periodic_eval(
     arm: str,
     stage: str,
     first_step: int,
-    n_steps: int,
+    done_in_stage: int,
     dead: torch.Tensor | None,
-    rows: list[dict],
+    rows: list,
 ):
-    """An ``on_step`` callback evaluating every ``eval_every`` steps inside a stage; its rows
-    are named ``stage@n`` and kept with the stage's own row."""
+    """An ``on_step`` callback evaluating every ``eval_every`` steps of a stage, for a training
+    run that starts at step ``first_step``, ``done_in_stage`` steps into the stage; its rows are
+    named ``stage@n`` (n steps into the stage) and kept with the stage's own row."""
     config = setup.config
+    stage_length = config.stage_steps if stage != "base" else config.base_steps
 
     def on_step(n: int, loss: float) -> None:
-        if config.eval_every and n % config.eval_every == 0 and n < n_steps:
+        step, in_stage = first_step + n, done_in_stage + n
+        if config.eval_every and in_stage % config.eval_every == 0 and in_stage < stage_length:
             evaluation = _validate(setup, dead, progress=False)
             rows.append(
                 {
                     "arm": arm,
-                    "stage": f"{stage}@{n}",
-                    "step": first_step + n,
+                    "stage": f"{stage}@{in_stage}",
+                    "step": step,
                     **evaluation.scores,
                     "train_loss": loss,
                 }
             )
-            setup.module.train()
 
     return on_step
 
 
-def _drop_weights(run: RunDir, arm: str, stage: str | None) -> None:
-    """Only the latest stage's weights are needed to resume; keep disk use flat."""
-    if stage is not None:
-        _weights(run, arm, stage).unlink(missing_ok=True)
+def _describe(row: dict) -> str:
+    if "f1" in row:
+        scores = " ".join(f"{k}={v:.3f}" for k, v in row["f1"].items())
+        return f"[{row['arm']}] {row['stage']:<10} step {row['step']:>5}  F1 {scores}"
+    losses = " ".join(f"{k}={v:.3f}" for k, v in row["lm_loss"].items())
+    return f"[{row['arm']}] {row['stage']:<10} step {row['step']:>5}  LM loss {losses}"
 
 
-def _read_ranking(run: RunDir, arm: str, stage: str):
-    import pandas as pd
-
-    return pd.read_parquet(run.stage_dir(arm, stage) / "ranking.parquet")
-
-
-def _rows(run: RunDir, arms: tuple[str, ...], n_stages: int) -> list[dict]:
-    rows = []
-    for arm in arms:
-        for stage in stage_names(n_stages):
-            marker = _marker(run, "concept" if stage == "base" else arm, stage)
-            if marker.is_file():
-                for row in json.loads(marker.read_text())["rows"]:
-                    rows.append({**row, "arm": arm})
-    return rows
-
-
-def _rewrite_metrics(setup: Setup) -> None:
-    rows = _rows(setup.run, setup.config.arms, setup.config.stages)
-    atomic_write_text(setup.run.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
+# -- the summary -------------------------------------------------------------------------------
 def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
-    rows = _rows(setup.run, setup.config.arms, setup.config.stages)
-    arms = {}
+    """Per arm and stage: the scores, their gap to base and (concept arm) to the paired random
+    arm at the same step; how much of the evaluation data training had seen; how the base
+    fine-tuning ended."""
+    config, store = setup.config, setup.store
+    rows = store.rows(config.arms, config.stages)
+    metric = "f1" if config.task == "ner" else "lm_loss"
+    arms: dict[str, Any] = {}
     for arm, neurons in neuron_sets.items():
         stages = [
             {k: v for k, v in row.items() if k != "arm"}
@@ -419,4 +431,28 @@ def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
             "per_layer": {str(k): v for k, v in sorted(neurons.per_layer_counts().items())},
             "stages": stages,
         }
-    return {"config": setup.config.to_dict(), "arms": arms}
+        if arm != "concept":
+            arms[arm]["overlap_with_concept"] = neurons.overlap(neuron_sets["concept"])
+    for data in arms.values():
+        base = data["stages"][0][metric]
+        for entry in data["stages"]:
+            entry["gap_to_base"] = _difference(entry[metric], base)
+    if "random" in arms:
+        control = {entry["stage"]: entry for entry in arms["random"]["stages"]}
+        for entry in arms["concept"]["stages"]:
+            entry["gap_to_control"] = _difference(entry[metric], control[entry["stage"]][metric])
+    return {
+        "config": config.to_dict(),
+        "data": {
+            "train_sentences": len(setup.train_data),
+            "probe_sentences": len(setup.probe_data),
+            "validation_sentences": len(setup.validation_data),
+            **setup.data_overlap,
+        },
+        "base": store.marker("concept", "base")["base"],
+        "arms": arms,
+    }
+
+
+def _difference(values: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    return {k: values[k] - reference[k] for k in values if k in reference}

@@ -70,11 +70,33 @@ def embedded_model_path() -> Path:
 
 
 def is_decoder(model: Any) -> bool:
-    """True for causal language models (GPT-2 family), False for encoders (BERT)."""
-    architecture = str(getattr(model.cfg, "architecture", "") or "")
-    if architecture:
-        return not any(k in architecture for k in ("Bert", "MaskedLM", "Roberta", "Encoder"))
-    return bool(getattr(model.cfg, "is_causal", True))
+    """True for causal language models (GPT-2 family), False for encoders (BERT), read from the
+    config's attention direction (``"causal"`` or ``"bidirectional"``), not from names."""
+    direction = getattr(model.cfg, "attention_dir", None)
+    if direction not in ("causal", "bidirectional"):
+        raise NeuroplasticError(
+            f"cannot tell whether {type(model).__name__} is a decoder: its cfg.attention_dir is "
+            f"{direction!r}, expected 'causal' or 'bidirectional'"
+        )
+    return direction == "causal"
+
+
+def head_hook_name(model: Any) -> str:
+    """Where a token-classification head reads the model: the normalized final residual stream
+    (``ln_final.hook_out``) for decoders, as Hugging Face's GPT-2 heads do; the last block's
+    output for encoders (a BERT bridge's ``ln_final`` is the MLM head's, not the encoder's)."""
+    if is_decoder(model) and "ln_final.hook_out" in model.hook_dict:
+        return "ln_final.hook_out"
+    return resid_post_name(model)
+
+
+# Activations whose derivative at 0 is 0: a neuron with zeroed input weights and bias sits at
+# pre-activation 0 and gets no gradient, so it can never regrow.
+FLAT_AT_ZERO = ("relu", "solu_ln", "relu2")
+
+
+def activation_name(model: Any) -> str:
+    return str(getattr(model.cfg, "act_fn", "") or "").lower()
 
 
 def check_mlp_hooks(model: Any) -> tuple[int, int]:

@@ -94,21 +94,50 @@ class NeuronSet:
         )
 
     def random_matching(self, seed: int = 0) -> NeuronSet:
-        """Random neurons with the same count in every layer (a baseline for this set), drawn
-        from the neurons outside it where the layer has enough of them."""
+        """Random neurons outside this set with the same count in every layer: the control for
+        this set, differing from it in which neurons are held and in nothing else."""
         rng = random.Random(seed)
         chosen = self.by_layer()
         pairs = []
         for layer, count in sorted(self.per_layer_counts().items()):
             outside = sorted(set(range(self.d_mlp)) - set(chosen[layer]))
-            pool = outside if len(outside) >= count else range(self.d_mlp)
-            pairs.extend((layer, n) for n in rng.sample(pool, count))
+            if len(outside) < count:
+                raise NeuroplasticError(
+                    f"layer {layer} has {count} of its {self.d_mlp} neurons in the set and only "
+                    f"{len(outside)} outside it: a random control matching per-layer counts would "
+                    "have to overlap the set. Use --baseline random-global (matches the total "
+                    "only) or hold fewer neurons"
+                )
+            pairs.extend((layer, n) for n in rng.sample(outside, count))
         return NeuronSet(
             self.n_layers,
             self.d_mlp,
             tuple(pairs),
-            f"random neurons matching per-layer counts (seed {seed})",
+            f"random neurons outside the set matching its per-layer counts (seed {seed})",
         )
+
+    def random_global(self, seed: int = 0) -> NeuronSet:
+        """As many random neurons as this set, drawn from all layers outside it (matches the
+        total only: for sets too dense in some layer to match per layer)."""
+        outside = [(layer, n) for layer in range(self.n_layers) for n in range(self.d_mlp)]
+        held = set(self.neurons)
+        outside = [pair for pair in outside if pair not in held]
+        if len(outside) < len(self):
+            raise NeuroplasticError(
+                f"the set holds {len(self)} of {self.n_layers * self.d_mlp} neurons: too few are "
+                "left outside it for a random control of the same size; hold at most half"
+            )
+        pairs = random.Random(seed).sample(outside, len(self))
+        return NeuronSet(
+            self.n_layers,
+            self.d_mlp,
+            tuple(pairs),
+            f"random neurons outside the set matching its total count (seed {seed})",
+        )
+
+    def overlap(self, other: NeuronSet) -> int:
+        """How many neurons the two sets share."""
+        return len(set(self.neurons) & set(other.neurons))
 
     def __len__(self) -> int:
         return len(self.neurons)

@@ -1,7 +1,7 @@
 """Fine-tune a TransformerLens model for token classification (or causal LM) with hooks held.
 
-The head reads the final residual stream (``blocks.{last}.hook_resid_post``), so any bridge
-works, encoder or decoder, and ablation hooks on ``mlp.hook_post`` act on every step.
+The head reads the final hidden state through a hook point (:func:`head_hook_name`), so any
+bridge works, encoder or decoder, and ablation hooks on ``mlp.hook_post`` act on every step.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ from tqdm.auto import tqdm
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.metrics import entity_scores
-from neuroplastic.models import model_device, resid_post_name, run_forward
-from neuroplastic.stats import NeuronStats, StatsCollector
+from neuroplastic.models import head_hook_name, mlp_hook_name, model_device, run_forward
 
 
 class TokenClassifier(nn.Module):
-    """A linear tagging head on the model's final residual stream, trained with the model."""
+    """A linear tagging head on the model's final hidden state, trained with the model.
+
+    The hidden state is what Hugging Face's token-classification heads read: the normalized
+    final residual stream for decoders (after ``ln_final``), the last block's output for BERT
+    (whose bridge's ``ln_final`` belongs to the MLM head). See :func:`head_hook_name`.
+    """
 
     def __init__(self, model: Any, n_tags: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -36,8 +40,8 @@ class TokenClassifier(nn.Module):
     def forward(
         self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch pos n_tags"]:
-        resid = run_forward(self.model, tokens, attention_mask, stop_at=resid_post_name(self.model))
-        return self.head(self.dropout(resid))
+        hidden = run_forward(self.model, tokens, attention_mask, stop_at=head_hook_name(self.model))
+        return self.head(self.dropout(hidden))
 
 
 @dataclass
@@ -72,6 +76,101 @@ def batch_order(n_items: int, n_steps: int, batch_size: int, seed: int) -> list[
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_steps)]
 
 
+class Trainer:
+    """AdamW over a fixed, seeded sequence of ``total_steps`` batches, run in pieces.
+
+    The batch of step ``n`` and its dropout masks depend only on ``(seed, n)``: two trainers
+    with one seed see identical batches in identical order with identical dropout, whatever
+    neurons are held, and a trainer restored from :meth:`state_dict` continues exactly.
+    ``schedule_steps`` is the length of the warm-up/decay schedule (``total_steps`` for one
+    continuous schedule); :meth:`restart_schedule` begins a fresh optimizer and schedule, as
+    the paper's recipe does for every retraining increment.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        loss_fn: Callable[[nn.Module, Batch], Tensor],
+        dataset: ConceptDataset,
+        total_steps: int,
+        config: TrainConfig,
+        seed: int,
+        schedule_steps: int | None = None,
+    ) -> None:
+        self.module, self.loss_fn, self.dataset = module, loss_fn, dataset
+        self.config, self.seed = config, seed
+        self.total_steps = total_steps
+        self.schedule_steps = schedule_steps or total_steps
+        self.batches = batch_order(len(dataset), total_steps, config.batch_size, seed)
+        self.step = 0
+        self.restart_schedule()
+
+    def restart_schedule(self) -> None:
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.module.parameters() if p.requires_grad],
+            lr=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+        self.scheduler = linear_schedule(
+            self.optimizer, self.schedule_steps, self.config.warmup_fraction
+        )
+
+    def run(
+        self,
+        n_steps: int,
+        on_step: Callable[[int, float], None] | None = None,
+        progress: bool = True,
+        description: str = "training",
+    ) -> list[float]:
+        """The next ``n_steps`` steps; returns their losses. ``on_step(n, loss)`` gets the step
+        number counted from the start of this call.
+
+        A non-finite loss stops training with a NeuroplasticError before the weights are touched.
+        """
+        if self.step + n_steps > self.total_steps:
+            raise NeuroplasticError(
+                f"{description}: {n_steps} more steps would pass the {self.total_steps} planned"
+            )
+        self.module.train()
+        device = model_device(self.module)
+        losses: list[float] = []
+        bar = tqdm(range(n_steps), desc=description, disable=not progress, leave=False)
+        for n in bar:
+            torch.manual_seed(self.seed * 1_000_003 + self.step)  # this step's dropout masks
+            batch = self.dataset.collate(self.batches[self.step]).to(device)
+            loss = self.loss_fn(self.module, batch)
+            if not torch.isfinite(loss):
+                raise NeuroplasticError(
+                    f"{description}: the loss became {loss.item()} at step {n + 1}; lower the "
+                    "learning rate (--lr). Everything completed before this stage is kept"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.config.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if on_step is not None:
+                on_step(n + 1, loss.item())
+                self.module.train()
+        self.module.eval()
+        return losses
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
 def train(
     module: nn.Module,
     loss_fn: Callable[[nn.Module, Batch], Tensor],
@@ -83,46 +182,11 @@ def train(
     progress: bool = True,
     description: str = "training",
 ) -> list[float]:
-    """``n_steps`` AdamW steps with a fresh optimizer; returns the loss of every step.
-
-    A non-finite loss stops training with a NeuroplasticError before the weights are touched.
-    """
+    """``n_steps`` AdamW steps with a fresh optimizer and schedule; the loss of every step."""
     if n_steps <= 0:
         return []
-    torch.manual_seed(seed)  # dropout masks: a resumed stage replays exactly
-    optimizer = torch.optim.AdamW(
-        [p for p in module.parameters() if p.requires_grad],
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-    )
-    scheduler = linear_schedule(optimizer, n_steps, config.warmup_fraction)
-    module.train()
-    device = model_device(module)
-    losses: list[float] = []
-    bar = tqdm(
-        batch_order(len(dataset), n_steps, config.batch_size, seed),
-        desc=description,
-        disable=not progress,
-        leave=False,
-    )
-    for step, indices in enumerate(bar):
-        loss = loss_fn(module, dataset.collate(indices).to(device))
-        if not torch.isfinite(loss):
-            raise NeuroplasticError(
-                f"{description}: the loss became {loss.item()} at step {step + 1}; lower the "
-                "learning rate (--lr). Everything completed before this stage is kept"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if on_step is not None:
-            on_step(step + 1, loss.item())
-    module.eval()
-    return losses
+    trainer = Trainer(module, loss_fn, dataset, n_steps, config, seed)
+    return trainer.run(n_steps, on_step, progress, description)
 
 
 def tagging_loss(module: TokenClassifier, batch: Batch) -> Tensor:
@@ -148,10 +212,9 @@ def lm_loss(model: Any, batch: Batch) -> Tensor:
 
 @dataclass
 class Evaluation:
-    """Scores of one pass over the validation data, plus neuron statistics from the same pass."""
+    """Scores of one pass over the validation data."""
 
     scores: dict[str, Any]
-    stats: NeuronStats | None
 
 
 class AblationViolation(NeuroplasticError):
@@ -164,19 +227,20 @@ def evaluate(
     task: str,
     concept: str,
     batch_size: int = 32,
-    stats_top_k: int | None = 20,
     dead_neurons: Tensor | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """Evaluate, and in the same forward passes collect neuron statistics (one pass, not two).
+    """Entity F1 per type (``ner``) or next-token loss on concept and other tokens (``lm``).
 
     ``dead_neurons`` (a ``[layer, neuron]`` mask) are checked to be exactly zero on every batch:
     a held ablation that stopped holding is a bug, and the run stops.
     """
     model = module.model if isinstance(module, TokenClassifier) else module
-    collector = StatsCollector(model, dataset.label_names, stats_top_k or 1)
-    # Hooks only when something reads them: statistics, or the check that ablations hold.
-    hooks = collector.hooks if stats_top_k or dead_neurons is not None else []
+    captured: dict[int, Tensor] = {}
+    hooks = []
+    if dead_neurons is not None:
+        for layer in dead_neurons.any(-1).nonzero().flatten().tolist():
+            hooks.append((mlp_hook_name(layer), _capture_into(captured, layer)))
     true_tags: list[list[str]] = []
     predicted_tags: list[list[str]] = []
     lm_sums = {"concept": 0.0, "other": 0.0}
@@ -207,16 +271,39 @@ def evaluate(
                     lm_sums[name] += float(losses[chosen].sum())
                     lm_counts[name] += int(chosen.sum())
             if dead_neurons is not None:
-                _check_dead(collector.captured, dead_neurons, batch)
-            if stats_top_k:
-                collector.consume(batch)
-            collector.captured.clear()
+                _check_dead(captured, dead_neurons, batch)
+            captured.clear()
     if task == "ner":
         entity_types = [name for name in dataset.label_names if name != "O"]
         scores: dict[str, Any] = entity_scores(true_tags, predicted_tags, entity_types)
     else:
         scores = {"lm_loss": {k: lm_sums[k] / max(lm_counts[k], 1) for k in lm_sums}}
-    return Evaluation(scores, collector.stats if stats_top_k else None)
+    return Evaluation(scores)
+
+
+def mean_loss(
+    module: nn.Module,
+    loss_fn: Callable[[nn.Module, Batch], Tensor],
+    dataset: ConceptDataset,
+    batch_size: int = 32,
+) -> float:
+    """The training loss over ``dataset`` in eval mode (no dropout), weighted by batch size."""
+    module.eval()
+    device = model_device(module)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in dataset.batches(batch_size):
+            n = batch.tokens.shape[0]
+            total += float(loss_fn(module, batch.to(device))) * n
+            count += n
+    return total / max(count, 1)
+
+
+def _capture_into(captured: dict[int, Tensor], layer: int):
+    def hook(activation: Tensor, hook: Any) -> None:
+        captured[layer] = activation.detach()
+
+    return hook
 
 
 def _check_dead(captured: dict[int, Tensor], dead: Tensor, batch: Batch) -> None:

@@ -12,6 +12,7 @@ import neuroplastic.experiment as experiment
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
+from neuroplastic.neurons import NeuronSet
 from neuroplastic.rundir import RunDir, stage_names
 from neuroplastic.training import Trainer
 
@@ -262,3 +263,122 @@ def test_bad_settings_are_explained():
     with pytest.raises(NeuroplasticError, match="unknown ranking method 'oracle'"):
         ExperimentConfig(method="oracle")
     assert ExperimentConfig.from_dict({"fraction": 1}).fraction == 1
+
+
+def test_arms_are_paired_losses_equal_step_for_step_when_the_sets_are_equal(tmp_path, monkeypatch):
+    # With the control forced to hold the concept arm's own neurons, the two arms must be the
+    # same computation: same batches, order, dropout masks and schedule, so bitwise-equal losses.
+    monkeypatch.setattr(NeuronSet, "random_matching", lambda self, seed=0: self)
+    losses: dict[str, list[float]] = {"concept": [], "random": []}
+    real_run = Trainer.run
+
+    def recording(self, n_steps, on_step=None, progress=True, description=""):
+        result = real_run(self, n_steps, on_step, progress, description)
+        for arm in losses:
+            if description.startswith(f"[{arm}]"):
+                losses[arm] += result
+        return result
+
+    monkeypatch.setattr(Trainer, "run", recording)
+    summary = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    assert len(losses["concept"]) == 2 * TINY["stage_steps"]
+    assert losses["concept"] == losses["random"]
+    concept, random = (summary["arms"][a]["stages"] for a in ("concept", "random"))
+    for a, b in zip(concept, random, strict=True):
+        assert a["f1"] == b["f1"]
+    assert all(v == 0 for s in concept for v in s["gap_to_control"].values())
+
+
+def test_gaps_to_base_and_to_the_paired_control(reference):
+    _, summary = reference
+    concept, random = (summary["arms"][a]["stages"] for a in ("concept", "random"))
+    base = concept[0]["f1"]
+    for entry, control in zip(concept, random, strict=True):
+        for entity, value in entry["f1"].items():
+            assert entry["gap_to_base"][entity] == pytest.approx(value - base[entity])
+            assert entry["gap_to_control"][entity] == pytest.approx(value - control["f1"][entity])
+    assert "gap_to_control" not in random[0]
+    assert summary["arms"]["random"]["overlap_with_concept"] == 0
+    assert set(summary["data"]["validation_seen_in_train"]) == {"LOC", "PER", "ORG", "MISC"}
+    # The embedded corpus draws names per split: nothing to remember from training.
+    for split in ("validation_seen_in_train", "probe_seen_in_train"):
+        assert all(v["seen"] == 0 for v in summary["data"][split].values())
+
+
+def test_base_fine_tuning_stops_on_a_probe_loss_plateau(tmp_path):
+    # Any improvement under 99% counts as none: the second check finds a plateau.
+    config = tiny_config(
+        base_steps=40, plateau_every=2, plateau_patience=1, plateau_tolerance=0.99,
+        baseline="none", stages=1, eval_every=1,
+    )  # fmt: skip
+    summary = experiment.run_experiment(config, tmp_path, progress=False, log=quiet)
+    assert summary["base"]["stopped"] == "plateau"
+    assert summary["base"]["steps"] == 4
+    assert [step for step, _ in summary["base"]["probe_loss"]] == [2, 4]
+    steps = RunDir(tmp_path).metrics()["step"].tolist()
+    assert steps[:4] == [-3, -2, -1, 0]  # in-stage evaluations count up to pruning
+    capped = experiment.run_experiment(
+        tiny_config(plateau_every=0, baseline="none", stages=1), tmp_path / "cap",
+        progress=False, log=quiet,
+    )  # fmt: skip
+    assert capped["base"] == {"steps": TINY["base_steps"], "stopped": "cap", "probe_loss": []}
+
+
+def test_probe_and_training_sentences_never_overlap(tmp_path):
+    words = ["Paris", "is", "big", "."]
+    lines = []
+    for i in range(60):
+        lines += [f"{w}{i if j == 1 else ''} {'B-LOC' if j == 0 else 'O'}" for j, w in
+                  enumerate(words)] + [""]  # fmt: skip
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    (tmp_path / "validation.txt").write_text("\n".join(lines[:50]))
+    config = tiny_config(dataset=str(tmp_path), train_sentences=40, probe_sentences=30)
+    with pytest.raises(NeuroplasticError, match=r"has 60 sentences.*40.*30.*70 in all"):
+        experiment.run_experiment(config, tmp_path / "run", progress=False, log=quiet)
+    store = experiment.Checkpointer(RunDir(tmp_path / "run2"))
+    setup = experiment._setup(
+        tiny_config(dataset=str(tmp_path), train_sentences=40, probe_sentences=20),
+        store, progress=False, log=quiet,
+    )  # fmt: skip
+    train = {s.words for s in setup.train_data.sentences}
+    probe = {s.words for s in setup.probe_data.sentences}
+    assert len(train) == 40 and len(probe) == 20 and not train & probe
+    # Validation repeats training sentences here, and the run says so.
+    assert setup.data_overlap["validation_seen_in_train"]["LOC"]["seen"] > 0
+
+
+def test_a_dense_concept_set_gets_no_overlapping_control(tmp_path):
+    dense = NeuronSet.of(2, 64, [(0, n) for n in range(60)] + [(1, 5)])
+    with pytest.raises(NeuroplasticError, match=r"layer 0 has 60 of its 64.*random-global"):
+        dense.random_matching(seed=0)
+    control = dense.random_global(seed=0)
+    assert len(control) == 61 and dense.overlap(control) == 0
+    assert control.per_layer_counts()[1] >= 61 - 4  # only 4 neurons of layer 0 are outside
+    with pytest.raises(NeuroplasticError, match="hold at most half"):
+        NeuronSet.of(2, 64, [(0, n) for n in range(64)] + [(1, 0)]).random_global()
+    with pytest.raises(NeuroplasticError, match=r"layer 0 has 40 of its 64.*random-global"):
+        experiment.run_experiment(
+            tiny_config(selection="per-layer", count=40), tmp_path, progress=False, log=quiet
+        )
+    summary = experiment.run_experiment(
+        tiny_config(baseline="random-global", stages=1), tmp_path / "global",
+        progress=False, log=quiet,
+    )  # fmt: skip
+    assert summary["arms"]["random"]["overlap_with_concept"] == 0
+    assert summary["arms"]["random"]["neurons"] == summary["arms"]["concept"]["neurons"]
+
+
+def test_regrow_is_refused_for_relu_models(tmp_path, monkeypatch):
+    from neuroplastic import models
+
+    real = models.load_model
+
+    def relu_model(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.cfg.act_fn = "relu"
+        return model
+
+    monkeypatch.setattr(experiment, "load_model", relu_model)
+    with pytest.raises(NeuroplasticError, match="relu MLP: its derivative at 0 is 0"):
+        experiment.run_experiment(tiny_config(mode="regrow"), tmp_path, progress=False, log=quiet)
+    assert not (tmp_path / "config.json").exists()

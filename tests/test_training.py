@@ -1,13 +1,20 @@
 import pytest
 import torch
 
-from neuroplastic.ablation import ablate, mlp_neuron_weights, prune_weights
+from neuroplastic.ablation import ablate, check_can_regrow, mlp_neuron_weights, prune_weights
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.metrics import entity_scores
-from neuroplastic.models import mlp_hook_name
+from neuroplastic.models import head_hook_name, is_decoder, mlp_hook_name
 from neuroplastic.neurons import NeuronSet
-from neuroplastic.training import TokenClassifier, TrainConfig, evaluate, tagging_loss, train
+from neuroplastic.training import (
+    TokenClassifier,
+    TrainConfig,
+    Trainer,
+    evaluate,
+    tagging_loss,
+    train,
+)
 
 
 @pytest.fixture
@@ -104,7 +111,6 @@ def test_evaluation_stops_when_an_ablation_does_not_hold(setup):
     with ablate(module.model, neurons):
         result = evaluate(module, data, "ner", "LOC", dead_neurons=neurons.mask(), progress=False)
     assert set(result.scores["f1"]) == {"overall", "LOC", "PER", "ORG", "MISC"}
-    assert result.stats.count.sum() > 0
 
 
 def test_non_finite_loss_is_a_clear_error(setup):
@@ -129,3 +135,83 @@ def test_per_type_f1_by_hand():
     assert scores["f1"]["MISC"] == 0.0
     # Overall: 2 correct, 3 predicted, 4 true -> P 2/3, R 1/2, F1 4/7.
     assert scores["f1"]["overall"] == pytest.approx(4 / 7)
+
+
+def _learning_rates(trainer, n_steps):
+    rates = []
+    for _ in range(n_steps):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.run(1, progress=False)
+    return rates
+
+
+def test_one_schedule_across_stages_and_a_restart_per_stage(setup):
+    module, data, _ = setup
+    config = TrainConfig(learning_rate=1.0, batch_size=8, warmup_fraction=0.0)
+    continuous = Trainer(module, tagging_loss, data, 6, config, seed=0)
+    # One warm-up step, then linear decay over the other five: no saw-tooth at the boundary.
+    assert _learning_rates(continuous, 6) == pytest.approx([1, 1, 0.8, 0.6, 0.4, 0.2])
+    per_stage = Trainer(module, tagging_loss, data, 6, config, seed=0, schedule_steps=3)
+    rates = _learning_rates(per_stage, 3)
+    per_stage.restart_schedule()
+    rates += _learning_rates(per_stage, 3)
+    assert rates == pytest.approx([1, 1, 0.5] * 2)
+
+
+def test_a_restored_trainer_continues_exactly(setup):
+    module, data, _ = setup
+    config = TrainConfig(learning_rate=1e-3, batch_size=8)
+    start = {k: v.detach().clone() for k, v in module.named_parameters()}
+    straight = Trainer(module, tagging_loss, data, 6, config, seed=4).run(6, progress=False)
+    after_straight = {k: v.detach().clone() for k, v in module.named_parameters()}
+
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            parameter.copy_(start[name])
+    first = Trainer(module, tagging_loss, data, 6, config, seed=4)
+    losses = first.run(3, progress=False)
+    state = first.state_dict()
+    resumed = Trainer(module, tagging_loss, data, 6, config, seed=4)  # a new process
+    resumed.load_state_dict(state)
+    losses += resumed.run(3, progress=False)
+    assert losses == straight
+    for name, parameter in module.named_parameters():
+        assert torch.equal(parameter, after_straight[name]), name
+
+
+def test_the_head_reads_what_hugging_face_heads_read(tiny_gpt2, tiny_bert, corpus):
+    data = encode_split(corpus, tiny_gpt2.tokenizer, "train", limit=2)
+    batch = data.collate([0, 1])
+    seen = []
+    module = TokenClassifier(tiny_gpt2, len(data.tag_names))
+    module.head.register_forward_hook(lambda m, inputs, output: seen.append(inputs[0]))
+    module.eval()
+    with torch.no_grad():
+        module(batch.tokens, batch.attention_mask)
+        hf = tiny_gpt2.original_model.transformer(
+            batch.tokens, attention_mask=batch.attention_mask
+        ).last_hidden_state  # after GPT-2's final layer norm
+    assert torch.allclose(seen[0], hf, atol=1e-5)
+    assert head_hook_name(tiny_gpt2) == "ln_final.hook_out"
+    assert head_hook_name(tiny_bert) == f"blocks.{tiny_bert.cfg.n_layers - 1}.hook_resid_post"
+
+
+def test_decoders_are_told_apart_by_their_config(tiny_gpt2, tiny_bert):
+    assert is_decoder(tiny_gpt2) and not is_decoder(tiny_bert)
+    renamed = type("Model", (), {"cfg": type("Cfg", (), {"attention_dir": "bidirectional"})})
+    renamed.cfg.architecture = "GPT2LMHeadModel"  # a name is not evidence
+    assert not is_decoder(renamed)
+
+
+def test_a_relu_neuron_pruned_on_its_input_side_gets_no_gradient():
+    # Why regrow refuses ReLU models: at pre-activation 0 the derivative is 0.
+    w_in = torch.zeros(1, 4, requires_grad=True)
+    x = torch.randn(5, 4)
+    torch.relu(x @ w_in.T).sum().backward()
+    assert (w_in.grad == 0).all()
+    w_in = torch.zeros(1, 4, requires_grad=True)
+    torch.nn.functional.gelu(x @ w_in.T).sum().backward()
+    assert (w_in.grad != 0).any()
+    model = type("Model", (), {"cfg": type("Cfg", (), {"act_fn": "relu"})})
+    with pytest.raises(NeuroplasticError, match="never regrows"):
+        check_can_regrow(model)

@@ -1,4 +1,4 @@
-"""``neuroplastic`` command line: rank, run, report, view.
+"""``neuroplastic`` command line: rank, run, sweep, report, view.
 
 Every user-facing failure is a ``NeuroplasticError``, printed as one line with exit status 2.
 """
@@ -69,31 +69,26 @@ def _parser() -> argparse.ArgumentParser:
         "Rerun the same command to resume.",
     )
     run.add_argument("--out", type=Path, required=True, help="run directory")
-    run.add_argument("--config", type=Path, help="JSON config file; flags override it")
-    from neuroplastic.config import CHOICES, ExperimentConfig
-
-    defaults = ExperimentConfig()
-    for name, value in defaults.to_dict().items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            run.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"(default: {value})",
-            )
-            continue
-        kind = type(value) if value is not None else str
-        if kind is int and name not in ("seed", "eval_every", "base_steps"):
-            kind = positive_int
-        choices = CHOICES.get(name)
-        run.add_argument(flag, type=kind, default=None, choices=choices, help=f"(default: {value})")
-    run.add_argument(
-        "--lr", dest="learning_rate", type=float, default=None, help="alias of --learning-rate"
-    )
+    _config_args(run)
     run.add_argument("--no-report", action="store_true", help="skip writing report.html")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="the experiment over seeds (and modes / methods), with intervals across seeds",
+        description="One run per (mode, method, seed) under DIR/{mode}-{method}/seed-{s}, each "
+        "resumable (finished ones are skipped); then DIR/sweep.json and DIR/report.html with "
+        "the mean and 95% interval across seeds of every measure. Takes every flag of `run`.",
+    )
+    sweep.add_argument("--out", type=Path, required=True, help="sweep directory")
+    sweep.add_argument(
+        "--seeds", type=_int_list, required=True, help="comma-separated seeds, e.g. 0,1,2"
+    )
+    _config_args(sweep, lists=("mode", "method"), skip=("seed",))
+    sweep.add_argument("--no-report", action="store_true", help="skip writing report.html")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(handler=_sweep)
 
     report = commands.add_parser("report", help="write DIR/report.html for a run directory")
     report.add_argument("run_dir", type=Path, help="a directory written by `neuroplastic run`")
@@ -117,6 +112,71 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     view.set_defaults(handler=_view)
     return parser
+
+
+def _config_args(
+    parser: argparse.ArgumentParser, lists: Sequence[str] = (), skip: Sequence[str] = ()
+) -> None:
+    """A flag per ExperimentConfig setting (``--config FILE`` first, flags override it);
+    ``lists`` settings take comma-separated values; ``skip`` settings get no flag."""
+    from neuroplastic.config import CHOICES, ExperimentConfig
+
+    parser.add_argument("--config", type=Path, help="JSON config file; flags override it")
+    for name, value in ExperimentConfig().to_dict().items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name in lists:
+            allowed = CHOICES.get(name) or _rankers()
+            parser.add_argument(
+                flag,
+                type=_choice_list(allowed),
+                default=None,
+                help=f"comma-separated, from {{{','.join(allowed)}}} (default: {value})",
+            )
+            continue
+        if isinstance(value, bool):
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default: {value})",
+            )
+            continue
+        kind = type(value) if value is not None else str
+        if kind is int and name not in ("seed", "eval_every", "base_steps", "plateau_every"):
+            kind = positive_int
+        choices = CHOICES.get(name)
+        if name == "method":
+            choices = _rankers()
+        parser.add_argument(
+            flag, type=kind, default=None, choices=choices, help=f"(default: {value})"
+        )
+    parser.add_argument(
+        "--lr", dest="learning_rate", type=float, default=None, help="alias of --learning-rate"
+    )
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+
+
+def _choice_list(allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        values = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [v for v in values if v not in allowed]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
+            )
+        return values
+
+    return parse
 
 
 def positive_int(text: str) -> int:
@@ -155,19 +215,55 @@ def _model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace, lists: Sequence[str] = ()):
     from neuroplastic.config import ExperimentConfig
-    from neuroplastic.experiment import run_experiment
 
     settings = ExperimentConfig.load(args.config).to_dict() if args.config else {}
     for name in ExperimentConfig().to_dict():
         value = getattr(args, name, None)
-        if value is not None:
+        if value is not None and name not in lists:
             settings[name] = value
     # Giving a count or a fraction alone says which selection is meant.
     if args.selection is None and (args.count is None) != (args.fraction is None):
         settings["selection"] = "count" if args.count is not None else "fraction"
-    config = ExperimentConfig.from_dict(settings)
+    return ExperimentConfig.from_dict(settings)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from neuroplastic.sweep import run_sweep
+
+    config = _config(args, lists=("mode", "method"))
+    result = run_sweep(
+        config,
+        args.out,
+        seeds=args.seeds,
+        modes=args.mode,
+        methods=args.method,
+        progress=not args.quiet,
+    )
+    print(f"sweep: {args.out / 'sweep.json'}")
+    for cell, data in result["cells"].items():
+        drop = data["arms"]["concept"]["drop_at_pruning"]
+        print(f"  {cell}: {config.concept} F1 drop at pruning {_mean_ci(drop)} across seeds")
+    if not args.no_report:
+        from neuroplastic.sweep_report import write_sweep_report
+
+        print(f"report: {write_sweep_report(args.out)}")
+    return 0
+
+
+def _mean_ci(value: dict) -> str:
+    if value["mean"] is None:
+        return "n/a"
+    if value["ci_low"] is None:
+        return f"{value['mean']:.3f}"
+    return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from neuroplastic.experiment import run_experiment
+
+    config = _config(args)
     summary = run_experiment(config, args.out, progress=not args.quiet)
     print(f"summary: {args.out / 'summary.json'}")
     for arm, result in summary["arms"].items():

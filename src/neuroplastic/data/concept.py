@@ -69,10 +69,12 @@ class ConceptDataset:
         label_id = {name: i for i, name in enumerate(self.label_names)}
         tag_id = {name: i for i, name in enumerate(self.tag_names)}
         prepend_bos = _needs_bos(tokenizer)
+        prefix_space = _needs_prefix_space(tokenizer)
         if max_length < 4:
             raise NeuroplasticError(f"max_length must be at least 4 tokens; got {max_length}")
         self.encoded = [
-            _encode(s, tokenizer, label_id, tag_id, max_length, prepend_bos) for s in self.sentences
+            _encode(s, tokenizer, label_id, tag_id, max_length, prepend_bos, prefix_space)
+            for s in self.sentences
         ]
 
     @property
@@ -143,11 +145,19 @@ def _encode(
     tag_id: dict[str, int],
     max_length: int,
     prepend_bos: bool,
+    prefix_space: bool = False,
 ) -> EncodedSentence:
-    """Align tokens to words through character offsets, which works for WordPiece and BPE alike."""
+    """Align tokens to words through character offsets, which works for WordPiece and BPE alike.
+
+    With ``prefix_space`` the text starts with a space, so the first word is tokenized as every
+    other word is (see :func:`_needs_prefix_space`).
+    """
     text = " ".join(sentence.words)
-    spans: list[tuple[int, int]] = []
     position = 0
+    if prefix_space:
+        text = " " + text
+        position = 1
+    spans: list[tuple[int, int]] = []
     for word in sentence.words:
         spans.append((position, position + len(word)))
         position += len(word) + 1
@@ -187,6 +197,32 @@ def _encode(
         if w >= 0:
             previous = w
     return EncodedSentence(token_ids, word_ids, concept_labels, tag_labels)
+
+
+def _needs_prefix_space(tokenizer) -> bool:
+    """Whether words must be given a leading space to be tokenized alike wherever they stand.
+
+    Byte-level BPE (GPT-2, RoBERTa) folds the space before a word into its first token: ``"Paris"``
+    at the start of a text becomes ``P|aris`` but ``" Paris"`` mid-sentence ``ĠParis``. A name
+    would then look different to the model, and carry other neuron statistics, only because it
+    opens the sentence. Hugging Face's token-classification recipe sets ``add_prefix_space=True``
+    for these tokenizers; adding the space to the text does the same for any tokenizer instance.
+
+    The test is the property itself rather than a class name or a ``pre_tokenizer`` attribute
+    (which slow tokenizers lack and wrappers may hide): a word at the start of ``"a a"`` must get
+    the same tokens as the one after the space. WordPiece (BERT) splits on whitespace, and
+    SentencePiece tokenizers (T5, Llama) add their word marker to the first word themselves; both
+    pass, and keep their text unchanged. A byte-level BPE tokenizer already set to
+    ``add_prefix_space=True`` passes too. Only when the bare text fails and a leading space mends
+    it is the space added.
+    """
+
+    def halves_match(text: str) -> bool:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        half = len(ids) // 2
+        return len(ids) % 2 == 0 and ids[:half] == ids[half:]
+
+    return not halves_match("a a") and halves_match(" a a")
 
 
 def _needs_bos(tokenizer) -> bool:

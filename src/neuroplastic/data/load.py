@@ -11,16 +11,27 @@ from neuroplastic.errors import NeuroplasticError
 
 EMBEDDED = "embedded"
 _DATASETS_FILES = ("parquet", "jsonl", "json", "arrow")
+SPLITS = ("train", "validation", "probe")
 
 
 def load_corpus(
-    name: str = EMBEDDED, n_train: int = 4000, n_validation: int = 800, seed: int = 0
+    name: str = EMBEDDED,
+    n_train: int = 4000,
+    n_validation: int = 800,
+    n_probe: int = 0,
+    seed: int = 0,
 ) -> NerCorpus:
-    """``embedded`` (the synthetic offline corpus), a CoNLL path, or a hub dataset name."""
+    """``embedded`` (the synthetic offline corpus), a CoNLL path, or a hub dataset name.
+
+    The sizes and ``seed`` apply to the embedded corpus only; it alone has a probe split (names
+    and sentences of its own). A file or hub dataset comes whole, with an empty probe split.
+    """
     if name == EMBEDDED:
         from neuroplastic.data.synthetic import generate_corpus
 
-        return generate_corpus(n_train=n_train, n_validation=n_validation, seed=seed)
+        return generate_corpus(
+            n_train=n_train, n_validation=n_validation, n_probe=n_probe, seed=seed
+        )
     path = Path(name).expanduser()
     if path.is_dir() and any(next(path.glob(f"*.{ext}"), None) for ext in _DATASETS_FILES):
         # A local copy of a hub dataset (parquet / JSON lines files): the hub loading path.
@@ -48,14 +59,21 @@ def concept_labels(corpus: NerCorpus) -> tuple[str, ...]:
 def encode_split(
     corpus: NerCorpus,
     tokenizer,
-    split: Literal["train", "validation"],
+    split: Literal["train", "validation", "probe"],
     max_length: int = 128,
     limit: int | None = None,
     start: int = 0,
 ) -> ConceptDataset:
     """Tokenize ``limit`` sentences of a split from ``start`` on (all of them by default)."""
+    if split not in SPLITS:
+        raise NeuroplasticError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if limit is not None and limit <= 0:
         raise NeuroplasticError(f"the sentence limit must be positive; got {limit}")
+    if split == "probe" and not corpus.probe:
+        raise NeuroplasticError(
+            f"the {corpus.name} corpus has no probe split (only the embedded corpus has one); "
+            "take probe sentences from its train split"
+        )
     sentences = getattr(corpus, split)[start:]
     if limit is not None:
         sentences = sentences[:limit]

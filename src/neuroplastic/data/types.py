@@ -26,16 +26,22 @@ class NerSentence:
 
 @dataclass
 class NerCorpus:
-    """Train and validation splits of a word-level NER corpus."""
+    """Train and validation splits of a word-level NER corpus, and optionally a probe split.
+
+    ``probe`` holds sentences to rank neurons on, kept apart from both the sentences a model is
+    trained on and those it is evaluated on. Only the embedded corpus fills it; for a corpus
+    without one it is empty, and probe sentences are taken from the train split instead.
+    """
 
     name: str
     train: list[NerSentence]
     validation: list[NerSentence]
     tag_names: tuple[str, ...] = field(default=())
+    probe: list[NerSentence] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.tag_names:
-            tags = {t for s in (*self.train, *self.validation) for t in s.tags}
+            tags = {t for s in (*self.train, *self.validation, *self.probe) for t in s.tags}
             self.tag_names = tuple(sorted(tags, key=_tag_order))
 
     @property

@@ -1,0 +1,117 @@
+"""``DIR/report.html`` of a sweep: every measure as a mean with a 95% interval across seeds.
+
+Read from ``sweep.json`` only. Each cell (mode x method) gets the concept arm beside the random
+arm and their paired difference, the F1 of every entity type at every stage, and the recovery
+curves of every seed with their mean.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.html import HtmlPage
+
+ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
+
+
+def write_sweep_report(sweep_dir: str | Path) -> Path:
+    path = Path(sweep_dir) / "sweep.json"
+    if not path.is_file():
+        raise NeuroplasticError(f"{path} not found: run `neuroplastic sweep --out {sweep_dir}`")
+    sweep = json.loads(path.read_text())
+    return build_sweep_report(sweep).write(Path(sweep_dir) / "report.html")
+
+
+def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
+    config = sweep["config"]
+    concept = config["concept"]
+    seeds = sweep["seeds"]
+    page = HtmlPage(f"Does {concept} stay removed? {config['model']}, seeds {seeds}")
+    page.paragraph(
+        f"{len(seeds)} seeds per cell. A seed changes the head's initialisation, the data order, "
+        "dropout, the sentences sampled and the random control's neurons; everything else is "
+        "fixed. Every number is a mean across seeds with a 95% t-interval across seeds "
+        f"(n = {len(seeds)}; seeds are the unit of replication). 'concept - random' is the "
+        "paired difference: the two arms of a seed share batches, dropout and schedule."
+    )
+    with page.details("What each measure means", open=True):
+        page.table(pd.Series(sweep["measures"], name="meaning").to_frame(), float_format=None)
+    for cell, result in sweep["cells"].items():
+        page.heading(cell)
+        _measures(page, sweep["measures"], result)
+        _stage_scores(page, result)
+        _curves(page, result, concept)
+    page.heading("Configuration")
+    with page.details("base config (mode, method and seed vary per cell)"):
+        page.preformatted(json.dumps(config, indent=2, sort_keys=True))
+    return page
+
+
+def _measures(page: HtmlPage, measures: dict[str, str], result: dict[str, Any]) -> None:
+    columns = {arm: result["arms"][arm] for arm in result["arms"]}
+    if "concept_minus_random" in result:
+        columns["concept - random"] = result["concept_minus_random"]
+    table = pd.DataFrame(
+        {name: {m: _ci(values[m]) for m in measures} for name, values in columns.items()}
+    )
+    page.table(table, caption="mean [95% interval across seeds]", float_format=None)
+
+
+def _stage_scores(page: HtmlPage, result: dict[str, Any]) -> None:
+    rows = []
+    for arm, data in result["arms"].items():
+        for stage, entities in data["f1"].items():
+            rows.append({"arm": arm, "stage": stage, **{e: _ci(v) for e, v in entities.items()}})
+    with page.details("Entity F1 per stage (mean [95% interval])"):
+        page.table(pd.DataFrame(rows).set_index(["arm", "stage"]), float_format=None)
+
+
+def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for arm, data in result["arms"].items():
+        color = ARM_COLORS.get(arm, "#555")
+        curves = [pd.DataFrame(c) for c in data["curves"]]
+        for i, curve in enumerate(curves):
+            figure.add_trace(
+                go.Scatter(
+                    x=curve["step"], y=curve["f1"], mode="lines", name=f"{arm}, one seed",
+                    line={"color": color, "width": 1}, opacity=0.35,
+                    legendgroup=arm, showlegend=i == 0,
+                )
+            )  # fmt: skip
+        steps = curves[0]["step"]
+        if all(len(c) == len(steps) and (c["step"].values == steps.values).all() for c in curves):
+            mean = np.mean([c["f1"].to_numpy() for c in curves], axis=0)
+            figure.add_trace(
+                go.Scatter(
+                    x=steps, y=mean, mode="lines+markers", name=f"{arm}, mean of seeds",
+                    line={"color": color, "width": 3}, legendgroup=arm,
+                )
+            )  # fmt: skip
+    figure.update_layout(
+        xaxis_title="retraining step (0 = pruned)",
+        yaxis_title=f"{concept} F1",
+        margin={"t": 30},
+    )
+    page.plotly(figure, height="380px")
+
+
+def _ci(value: dict[str, Any]) -> str:
+    mean, low, high = value["mean"], value["ci_low"], value["ci_high"]
+    if mean is None:
+        text = "n/a"
+    elif low is None:
+        text = f"{mean:.3g}"
+    else:
+        text = f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+    if value.get("missing"):
+        text += f" (n/a in {value['missing']} of {value['n'] + value['missing']} seeds)"
+    return text

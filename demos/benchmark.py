@@ -4,7 +4,6 @@
 
 1. streaming statistics vs a full activation cache: memory held and time;
 2. stopping the forward pass at the last hook point needed vs running the vocabulary head;
-3. evaluation that collects statistics in the same pass vs evaluation and a second pass.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import torch
 from neuroplastic.data.load import encode_split, load_corpus
 from neuroplastic.models import load_model, mlp_hook_name, run_forward
 from neuroplastic.stats import collect_stats
-from neuroplastic.training import TokenClassifier, evaluate
 
 
 def timed(fn, repeats: int = 2) -> float:
@@ -95,20 +93,6 @@ def main() -> None:
     print(
         f"2. forward to the last residual stream: {stop_s * 1000:.0f} ms vs {full_s * 1000:.0f}"
         f" ms with the vocabulary head ({full_s / stop_s:.2f}x faster)"
-    )
-
-    module = TokenClassifier(model, len(data.tag_names))
-    fused_s = timed(lambda: evaluate(module, data, "ner", "LOC", progress=False), repeats=1)
-    separate_s = timed(
-        lambda: (
-            evaluate(module, data, "ner", "LOC", stats_top_k=None, progress=False),
-            collect_stats(model, data, progress=False),
-        ),
-        repeats=1,
-    )
-    print(
-        f"3. evaluation + statistics in one pass: {fused_s:.2f}s vs two passes "
-        f"{separate_s:.2f}s ({separate_s / fused_s:.2f}x faster)"
     )
 
 

@@ -24,17 +24,26 @@ polysemantic neurons (LOC share in [0.2, 0.8]) number 2 at ``base`` and ``pruned
 ``retrain-1`` and ``retrain-2`` (6 of them new); the correlation of pre-pruning similarity to the
 concept with saliency gain is positive. The random arm ablates layer 3, neurons 12-17 (same
 per-layer count) and nothing moves: the planted neurons stay on top, in layer 3.
+
+``config.json`` is a real ``ExperimentConfig.to_dict()``; ``metrics.jsonl`` and ``summary.json``
+have the experiment's format (``{"arm", "stage", "step", "f1": {...}, "precision": {...},
+"recall": {...}, "train_loss"}`` rows; base fine-tuning evaluated at step -10, the stage ends at
+0, 0, 20, 40 and inner evaluations ``stage@10``), with the summary's ``data`` (mentions seen in
+training), ``base`` (fine-tuning length and stopping rule), the random arm's
+``overlap_with_concept`` and each stage's ``gap_to_base`` / ``gap_to_control``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from neuroplastic.io import atomic_write_json
+from neuroplastic.config import ExperimentConfig
+from neuroplastic.io import atomic_write_json, atomic_write_text
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
 from neuroplastic.rundir import RunDir, top_tokens_frame
@@ -270,42 +279,87 @@ def _arm_stages(
     return stages
 
 
+#: LOC F1 at every evaluation (step -> value): base fine-tuning at negative steps, pruning at 0.
+#: The base evaluations are shared by both arms, as in the experiment.
+BASE_LOC = {-10: 0.7, 0: 0.95}
+ARM_LOC = {
+    "concept": {0: 0.05, 10: 0.55, 20: 0.8, 30: 0.88, 40: 0.91},
+    "random": {0: 0.93, 10: 0.94, 20: 0.95, 30: 0.96, 40: 0.97},
+}
+#: (stage, step, name) of every evaluation, as ``experiment._finish_stage`` (stage ends) and
+#: ``experiment._periodic_eval`` (``stage@n``, every ``eval_every`` steps inside a stage) name them.
+EVALUATIONS = [
+    ("base", -10, "base@10"),
+    ("base", 0, "base"),
+    ("pruned", 0, "pruned"),
+    ("retrain-1", 10, "retrain-1@10"),
+    ("retrain-1", 20, "retrain-1"),
+    ("retrain-2", 30, "retrain-2@10"),
+    ("retrain-2", 40, "retrain-2"),
+]
+SEEN_IN_TRAIN = {
+    "validation_seen_in_train": {
+        "LOC": {"mentions": 120, "seen": 30, "share": 0.25},
+        "PER": {"mentions": 80, "seen": 0, "share": 0.0},
+        "ORG": {"mentions": 40, "seen": 4, "share": 0.1},
+        "MISC": {"mentions": 50, "seen": 10, "share": 0.2},
+    },
+    "probe_seen_in_train": {
+        "LOC": {"mentions": 110, "seen": 11, "share": 0.1},
+        "PER": {"mentions": 70, "seen": 7, "share": 0.1},
+        "ORG": {"mentions": 30, "seen": 0, "share": 0.0},
+        "MISC": {"mentions": 45, "seen": 9, "share": 0.2},
+    },
+}
+BASE_TRAINING = {"steps": 20, "stopped": "plateau"}
+
+
+def _scores(loc: float) -> dict[str, float]:
+    return {
+        "overall": round((loc + 0.9 * 3) / 4, 4),
+        "LOC": loc,
+        "PER": 0.92,
+        "ORG": 0.88,
+        "MISC": 0.86,
+    }
+
+
 def _metrics(arm: str) -> list[dict]:
-    """F1 per entity type: the concept arm collapses on LOC when pruned and recovers."""
-    steps = {"base": [0], "pruned": [0], "retrain-1": [10, 20], "retrain-2": [30, 40]}
-    concept_curve = {0: 0.93, 10: 0.55, 20: 0.8, 30: 0.88, 40: 0.91}
+    """Evaluation rows of one arm in the experiment's format: the concept arm collapses on LOC
+    when pruned and recovers; the random arm barely moves."""
     rows = []
-    for stage, stage_steps in steps.items():
-        for step in stage_steps:
-            if arm == "concept":
-                loc = (
-                    0.05
-                    if stage == "pruned"
-                    else (0.95 if stage == "base" else concept_curve[step])
-                )
-            else:
-                loc = 0.94 if stage == "base" else 0.9 + step / 1000
-            f1 = {
-                "overall": round((loc + 0.9 * 3) / 4, 4),
-                "LOC": loc,
-                "PER": 0.92,
-                "ORG": 0.88,
-                "MISC": 0.86,
+    for stage, step, name in EVALUATIONS:
+        loc = BASE_LOC[step] if stage == "base" else ARM_LOC[arm][step]
+        f1 = _scores(loc)
+        rows.append(
+            {
+                "arm": arm,
+                "stage": name,
+                "step": step,
+                "f1": f1,
+                "precision": dict(f1),
+                "recall": dict(f1),
+                "train_loss": None if stage == "pruned" else round(1.0 - f1["overall"], 4),
             }
-            # As the experiment does: an evaluation inside a stage is named "stage@n".
-            name = stage if step == stage_steps[-1] else f"{stage}@{step - stage_steps[0] + 10}"
-            rows.append(
-                {
-                    "arm": arm,
-                    "stage": name,
-                    "step": step,
-                    "f1": f1,
-                    "precision": dict(f1),
-                    "recall": dict(f1),
-                    "loss": 1.0 - f1["overall"],
-                }
-            )
+        )
     return rows
+
+
+def _summary_stages(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The stage-end rows of each arm, with their gaps to base and (concept arm) to the control
+    at the same stage, as the experiment writes them in summary.json."""
+    ends = {
+        arm: [{k: v for k, v in r.items() if k != "arm"} for r in arm_rows if "@" not in r["stage"]]
+        for arm, arm_rows in rows.items()
+    }
+    for arm, stages in ends.items():
+        base = stages[0]["f1"]
+        for index, entry in enumerate(stages):
+            entry["gap_to_base"] = {k: v - base[k] for k, v in entry["f1"].items()}
+            if arm == "concept":
+                control = ends["random"][index]["f1"]
+                entry["gap_to_control"] = {k: v - control[k] for k, v in entry["f1"].items()}
+    return ends
 
 
 def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRun:
@@ -315,15 +369,19 @@ def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRu
     vocabulary, token_label, groups = _vocabulary()
     fake = FakeRun(path, mode, vocabulary, token_label, groups, [])
     fake.sentences = _sentences(groups, rng)
-    fake.config = {
-        "concept": CONCEPT,
-        "method": "probeless",
-        "mode": mode,
-        "model": "fake-4x24",
-        "dataset": "hand-made",
-        "seed": seed,
-        "retrain_stages": 2,
-    }
+    fake.config = ExperimentConfig(
+        model="fake-4x24",
+        dataset="hand-made",
+        concept=CONCEPT,
+        method="probeless",
+        mode=mode,
+        seed=seed,
+        base_steps=BASE_TRAINING["steps"],
+        stages=len(STAGES) - 2,
+        stage_steps=20,
+        eval_every=10,
+        top_k_tokens=TOP_K,
+    ).to_dict()
     run = RunDir(path)
     atomic_write_json(run.config_path, fake.config)
     run.write_sentences([[vocabulary[t] for t in sentence] for sentence in fake.sentences])
@@ -332,21 +390,31 @@ def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRu
     run.write_token_embeddings(token_ids, embeddings[token_ids])
     planter = _Planter(fake)
     tokenizer = FakeTokenizer(vocabulary)
-    summary: dict = {"config": fake.config, "arms": {}}
+    rows = {arm: _metrics(arm) for arm in ("concept", "random")}
+    stages = _summary_stages(rows)
+    summary: dict = {
+        "config": fake.config,
+        "data": SEEN_IN_TRAIN,
+        "base": BASE_TRAINING,
+        "arms": {},
+    }
     for arm in ("concept", "random"):
         ablated = PLANTED if arm == "concept" else RANDOM_ABLATED
-        NeuronSet.of(N_LAYERS, D_MLP, ablated, f"{arm} neurons").save(run.neurons_path(arm))
+        neurons = NeuronSet.of(N_LAYERS, D_MLP, ablated, f"{arm} neurons")
+        neurons.save(run.neurons_path(arm))
         for stage, (mean, tops, dead) in _arm_stages(
             fake, arm, np.random.default_rng(seed + 1)
         ).items():
             stats = planter.stats(mean, tops, dead)
             ranking = Ranking.from_stats(stats, CONCEPT, "probeless")
             run.write_stage(arm, stage, ranking, stats, top_tokens_frame(stats, tokenizer))
-        rows = _metrics(arm)
-        run.append_metrics(rows)
-        stages = [
-            {k: v for k, v in row.items() if k != "arm"} for row in rows if "@" not in row["stage"]
-        ]
-        summary["arms"][arm] = {"neurons": len(ablated), "stages": stages}
+        summary["arms"][arm] = {
+            "neurons": len(ablated),
+            "per_layer": {str(k): v for k, v in sorted(neurons.per_layer_counts().items())},
+            "stages": stages[arm],
+        }
+    summary["arms"]["random"]["overlap_with_concept"] = len(set(PLANTED) & set(RANDOM_ABLATED))
+    lines = [row for arm_rows in rows.values() for row in arm_rows]
+    atomic_write_text(run.metrics_path, "".join(json.dumps(row) + "\n" for row in lines))
     atomic_write_json(run.summary_path, summary)
     return fake

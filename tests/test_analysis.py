@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import rankdata
 
 from fake_run import (
     CONCEPT,
     D_MLP,
+    EVALUATIONS,
     N_LAYERS,
     PLANTED,
     POLY_BASE,
@@ -35,9 +37,10 @@ from neuroplastic.analysis import (
     pruned_trace,
     reappearance,
     recovery_curves,
-    stage_scores,
+    stage_gaps,
 )
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
 from neuroplastic.similarity import TokenEmbeddings, clean_token_text
 
@@ -169,25 +172,57 @@ def test_concept_moves_to_layer_1_in_the_concept_arm_only(
     concept_arm: ArmRun, random_arm: ArmRun
 ) -> None:
     depth = concept_depth(concept_arm.rankings(), top=6).set_index("stage")
+    assert list(depth.columns) == ["n_alive", "n_top", "mean_layer"]  # no interval from neurons
     assert depth.loc["base", "mean_layer"] == pytest.approx(3.0)
     assert depth.loc["retrain-2", "mean_layer"] == pytest.approx(1.0)
-    assert depth.loc["retrain-2", "ci_low"] == pytest.approx(1.0)
     assert depth["n_top"].eq(6).all()
+    assert depth["n_alive"].tolist() == [96, 90, 90, 90]
     control = concept_depth(random_arm.rankings(), top=6).set_index("stage")
     assert control["mean_layer"].tolist() == pytest.approx([3.0] * len(STAGES))
 
 
-def test_layer_saliency_shares_and_intervals(concept_arm: ArmRun) -> None:
+def test_depth_is_the_weighted_mean_layer_of_the_live_top_neurons(
+    hold: FakeRun, concept_arm: ArmRun
+) -> None:
+    # At "pruned" the planted layer-3 neurons are dead: the top 6 are the next six live
+    # neurons, read here straight from the stored parquet (dead rows have NaN rank).
+    frame = pd.read_parquet(hold.run.stage_dir("concept", "pruned") / "ranking.parquet")
+    dead = frame[frame["rank"].isna()]
+    assert sorted(zip(dead["layer"], dead["neuron"], strict=True)) == PLANTED
+    assert dead[["score", "saliency", "layer_rank"]].isna().all().all()
+    live = frame.dropna(subset=["rank"]).sort_values("rank", kind="stable").head(6)
+    weights = 1 - np.arange(6) / 6
+    expected = float((live["layer"].to_numpy() * weights).sum() / weights.sum())
+    depth = concept_depth(concept_arm.rankings(), top=6).set_index("stage")
+    assert depth.loc["pruned", "mean_layer"] == pytest.approx(expected)
+    assert 0 < expected < 3
+
+
+def test_layer_saliency_describes_the_live_neurons(concept_arm: ArmRun) -> None:
     frame = layer_saliency(concept_arm.rankings(), top=6)
     assert len(frame) == len(STAGES) * N_LAYERS
-    assert (frame["ci_low"] <= frame["mean"]).all() and (frame["mean"] <= frame["ci_high"]).all()
+    assert not {"ci_low", "ci_high"} & set(frame.columns)  # descriptions, not intervals
+    assert (frame["q25"] <= frame["median"]).all() and (frame["median"] <= frame["q75"]).all()
     shares = frame.pivot(index="stage", columns="layer", values="top_share")
     assert shares.loc["base"].tolist() == [0, 0, 0, 1]
     assert shares.loc["retrain-2"].tolist() == [0, 1, 0, 0]
     assert frame.groupby("stage")["top_count"].sum().eq(6).all()
-    # Saliency is a normalized rank: its mean over all neurons is 1/2 at every stage.
-    overall = frame.groupby("stage")["mean"].mean()
-    assert overall.tolist() == pytest.approx([0.5] * len(STAGES))
+    # The ablated layer-3 neurons are dead after pruning: left out, and counted.
+    alive = frame.pivot(index="stage", columns="layer", values="n_alive")
+    assert alive.loc["base"].tolist() == [24, 24, 24, 24]
+    assert alive.loc["pruned"].tolist() == [24, 24, 24, 18]
+    # Saliency is the normalized rank among the live neurons: over them it averages 1/2.
+    for stage, group in frame.groupby("stage"):
+        overall = (group["mean"] * group["n_alive"]).sum() / group["n_alive"].sum()
+        assert overall == pytest.approx(0.5), stage
+    # Each layer's mean, recomputed from the live neurons' scores with scipy's ranks.
+    ranking = concept_arm.stages["pruned"].ranking
+    scores = ranking.scores[ranking.alive].double().numpy()
+    ranks = (rankdata(scores) - 1) / (len(scores) - 1)
+    layers = ranking.alive.nonzero()[:, 0].numpy()
+    pruned = frame[frame["stage"] == "pruned"].set_index("layer")["mean"]
+    for layer in range(N_LAYERS):
+        assert pruned[layer] == pytest.approx(ranks[layers == layer].mean())
     # Layer 3 loses the concept after pruning, layer 1 gains it.
     means = frame.pivot(index="stage", columns="layer", values="mean")
     assert means.loc["retrain-2", 1] > means.loc["base", 1]
@@ -207,10 +242,15 @@ def test_saliency_analyses_work_on_in_memory_rankings() -> None:
         "base": Ranking("LOC", "probeless", scores),
         "retrain-1": Ranking("LOC", "probeless", moved),
     }
-    depth = concept_depth(rankings, top=4, n_boot=50).set_index("stage")["mean_layer"]
+    depth = concept_depth(rankings, top=4).set_index("stage")["mean_layer"]
     assert depth.tolist() == pytest.approx([2.0, 0.0])
     frame = layer_saliency(rankings, top=4)
     assert frame.query("stage == 'retrain-1' and layer == 0")["top_share"].item() == 1.0
+    # The 26 tied neurons share one average rank: each layer's tied neurons sit at the same
+    # saliency, whatever their index (no fake gradient from tie order).
+    base = rankings["base"].saliency
+    assert base[0].unique().numel() == 1 and base[1].unique().numel() == 1
+    assert base[0, 0] == base[1, 9] == pytest.approx(1 - (4 + 12.5) / 29)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +299,11 @@ def test_pruned_neurons_stay_dead_in_hold_mode(
     assert stages["n_alive"].tolist() == [6, 0, 0, 0]
     assert stages.loc["base", "similarity_mean"] == pytest.approx(1.0)
     assert stages.loc[["pruned", "retrain-1", "retrain-2"], "similarity_mean"].isna().all()
-    assert (
-        stages.loc["base", "saliency_mean"] > 0.9 > 0.1 > stages.loc["retrain-2", "saliency_mean"]
-    )
+    # Dead neurons have no saliency: no mean over them either (and no interval over neurons).
+    assert stages.loc["base", "saliency_mean"] > 0.9
+    assert stages.loc[["pruned", "retrain-1", "retrain-2"], "saliency_mean"].isna().all()
+    assert not any("ci" in column for column in trace.stages.columns)
+    assert trace.neurons.query("stage != 'base'")["saliency"].isna().all()
     assert len(trace.neurons) == len(PLANTED) * len(STAGES)
 
 
@@ -274,7 +316,9 @@ def test_pruned_neurons_regrow_with_their_old_meaning(regrow: FakeRun) -> None:
     assert similarity["retrain-2"] == pytest.approx(1.0)  # the same tokens as at base
     assert 0 < similarity["retrain-1"] < similarity["retrain-2"]  # half the old tokens
     assert trace.loc["retrain-1", "concept_share_mean"] == pytest.approx(0.5)
-    assert trace.loc["retrain-2", "saliency_mean"] > trace.loc["pruned", "saliency_mean"]
+    assert math.isnan(trace.loc["pruned", "saliency_mean"])
+    # Regrown at a LOC mean of 1.0, below only the six primed neurons (3.0): ranks 6-11 of 96.
+    assert trace.loc["retrain-2", "saliency_mean"] == pytest.approx(1 - 8.5 / 95)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,31 +331,32 @@ def test_concept_tokens_are_the_loc_labelled_top_tokens(hold: FakeRun, concept_a
     assert sorted(ids.tolist()) == sorted(hold.groups["LOC"])
 
 
-def test_similarity_to_the_concept_predicts_saliency_gain(
+def test_similarity_to_the_concept_goes_with_saliency_gain(
     concept_arm: ArmRun, random_arm: ArmRun, embeddings: TokenEmbeddings
 ) -> None:
-    primed = primed_neurons(concept_arm, embeddings, n_boot=300)
+    primed = primed_neurons(concept_arm, embeddings)
     assert primed.n == N_LAYERS * D_MLP - len(PLANTED)
     assert (primed.start, primed.end) == ("pruned", "retrain-2")
-    assert primed.rho > 0.5 and primed.ci_low > 0 and primed.p_value < 1e-6
-    assert primed.ci_low <= primed.rho <= primed.ci_high
+    assert primed.rho > 0.5
+    # A description of one run: no p-value, no interval resampling neurons.
+    assert not {"p_value", "ci_low", "ci_high"} & set(vars(primed))
+    # rho is Spearman's over the listed neurons, recomputed from their ranks.
+    frame = primed.neurons
+    rx, ry = rankdata(frame["similarity"]), rankdata(frame["gain"])
+    assert primed.rho == pytest.approx(np.corrcoef(rx, ry)[0, 1])
     # The primed neurons: among the most similar to the concept, and the largest gains.
-    frame = primed.neurons.set_index(["layer", "neuron"])
-    assert frame.loc[PRIMED, "gain"].min() == frame["gain"].max()
+    indexed = frame.set_index(["layer", "neuron"])
+    assert indexed.loc[PRIMED, "gain"].min() == indexed["gain"].max()
     # The random arm: retraining drifts at random, so no such relation.
-    control = primed_neurons(random_arm, embeddings, n_boot=300)
-    assert control.ci_low < 0 < control.ci_high
-    assert abs(control.rho) < primed.rho
-    # Same seed, same interval.
-    again = primed_neurons(concept_arm, embeddings, n_boot=300)
-    assert (again.ci_low, again.ci_high) == (primed.ci_low, primed.ci_high)
+    control = primed_neurons(random_arm, embeddings)
+    assert abs(control.rho) < 0.2 < primed.rho
 
 
 def test_primed_correlation_among_neurons_with_room_to_gain(
     concept_arm: ArmRun, embeddings: TokenEmbeddings
 ) -> None:
-    everyone = primed_neurons(concept_arm, embeddings, n_boot=50)
-    unsalient = primed_neurons(concept_arm, embeddings, n_boot=50, start_saliency_below=0.5)
+    everyone = primed_neurons(concept_arm, embeddings)
+    unsalient = primed_neurons(concept_arm, embeddings, start_saliency_below=0.5)
     start = concept_arm.stages["pruned"].ranking.saliency
     keep = everyone.neurons.set_index(["layer", "neuron"]).index
     expected = sum(float(start[layer, neuron]) < 0.5 for layer, neuron in keep)
@@ -319,11 +364,31 @@ def test_primed_correlation_among_neurons_with_room_to_gain(
     assert (unsalient.neurons.set_index(["layer", "neuron"]).index.isin(keep)).all()
 
 
+def test_neurons_dead_outside_the_ablated_set_have_no_gain(
+    concept_arm: ArmRun, embeddings: TokenEmbeddings
+) -> None:
+    # Forget which neurons were ablated: the planted ones are still dead from "pruned" on, so
+    # they have no saliency and no gain, and no analysis may count them.
+    unknown = ArmRun(
+        concept_arm.arm,
+        concept_arm.concept,
+        NeuronSet.of(N_LAYERS, D_MLP, []),
+        concept_arm.stages,
+        concept_arm.vocabulary,
+    )
+    primed = primed_neurons(unknown, embeddings)
+    assert primed.n == N_LAYERS * D_MLP - len(PLANTED)
+    assert primed.neurons["gain"].notna().all()
+    moved = reappearance(unknown, n=10_000)
+    assert len(moved) == N_LAYERS * D_MLP - len(PLANTED)
+    assert not set(PLANTED) & set(zip(moved["layer"], moved["neuron"], strict=True))
+
+
 def test_primed_correlation_is_undefined_without_any_gain(
     concept_arm: ArmRun, embeddings: TokenEmbeddings
 ) -> None:
-    same = primed_neurons(concept_arm, embeddings, start="base", end="base", n_boot=10)
-    assert math.isnan(same.rho) and math.isnan(same.ci_low)
+    same = primed_neurons(concept_arm, embeddings, start="base", end="base")
+    assert math.isnan(same.rho) and same.n == N_LAYERS * D_MLP - len(PLANTED)
     with pytest.raises(NeuroplasticError, match="no token labelled"):
         primed_neurons(concept_arm, embeddings, concept_tokens=[])
 
@@ -339,7 +404,10 @@ def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: A
     assert counts["n_polysemantic"].tolist() == [2, 2, 8, 8]
     assert counts["n_new"].tolist() == [0, 0, 6, 6]
     assert counts["n_alive"].tolist() == [96, 90, 90, 90]  # the ablated are dead after pruning
-    assert counts["n_concept"].tolist() == [6, 0, 0, 0]
+    # Counted over the neurons alive at every stage: the planted ones (dead from pruning on)
+    # are not in it, even at base, where they were the concept neurons.
+    assert poly.n_population == 90 and counts["n_population"].eq(90).all()
+    assert counts["n_concept"].tolist() == [0, 0, 0, 0]
     examples = poly.examples("retrain-2", n=10)
     assert len(examples) == 8
     assert sorted(zip(examples["layer"][:6], examples["neuron"][:6], strict=True)) == PRIMED
@@ -356,8 +424,22 @@ def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: A
     assert strict["n_polysemantic"].tolist() == [0, 0, 0, 0]
     excluded = polysemanticity(concept_arm.stats(), CONCEPT, exclude=concept_arm.ablated).counts
     assert excluded["n_alive"].tolist() == [90, 90, 90, 90]
+    assert excluded["n_population"].eq(90).all()
     with pytest.raises(NeuroplasticError):
         polysemanticity(concept_arm.stats(), CONCEPT, low=0.9, high=0.1)
+
+
+def test_polysemantic_shares_have_one_denominator(concept_arm: ArmRun) -> None:
+    # Two neurons are polysemantic at base and at pruned; between the two, six neurons die.
+    # The share must not change: only the neurons alive at every stage are counted.
+    poly = polysemanticity(concept_arm.stats(), CONCEPT)
+    shares = poly.counts.set_index("stage")["polysemantic_share"]
+    assert shares["base"] == shares["pruned"] == pytest.approx(2 / 90)
+    assert shares["retrain-2"] == pytest.approx(8 / 90)
+    expected = torch.ones(N_LAYERS, D_MLP, dtype=torch.bool)
+    for layer, neuron in PLANTED:
+        expected[layer, neuron] = False
+    assert torch.equal(poly.population, expected)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,61 +451,68 @@ def test_recovery_curves_from_metrics(hold: FakeRun) -> None:
     curves = recovery_curves(hold.run.metrics())
     assert set(curves["arm"]) == {"concept", "random"}
     assert set(curves["entity"]) == {"overall", "LOC", "PER", "ORG", "MISC"}
-    assert len(curves) == 2 * 6 * 5  # arms x evaluations x entity types
+    assert len(curves) == 2 * len(EVALUATIONS) * 5  # arms x evaluations x entity types
     loc = curves[(curves["entity"] == "LOC") & (curves["arm"] == "concept")]
+    # The recorded steps, in order: base fine-tuning below 0, pruning at 0, retraining after.
+    assert loc["stage"].tolist() == [name for _, _, name in EVALUATIONS]
+    assert loc["step"].tolist() == [step for _, step, _ in EVALUATIONS]
+    assert loc["value"].tolist() == [0.7, 0.95, 0.05, 0.55, 0.8, 0.88, 0.91]
     assert loc.set_index("stage")["f1"]["pruned"] == pytest.approx(0.05)
-    assert loc["value"].iloc[-1] > 0.9
-    assert (loc["training_step"] == loc["step"]).all()  # already monotone: unchanged
-
-
-def test_recovery_curves_continue_steps_that_restart_per_stage() -> None:
-    metrics = pd.DataFrame(
+    assert "training_step" not in curves.columns
+    # Language modelling: losses on concept tokens and on the others.
+    lm = pd.DataFrame(
         {
-            "arm": ["concept"] * 5,
-            "stage": ["base", "pruned", "retrain-1", "retrain-2", "retrain-2"],
-            "step": [100, 0, 50, 25, 50],
-            "f1_overall": [0.9, 0.1, 0.8, 0.85, 0.9],
+            "arm": ["a"] * 4,
+            "stage": ["base", "pruned", "retrain-1@10", "retrain-1"],
+            "step": [0, 0, 10, 20],
+            "lm_loss_concept": [3.0, 6.0, 4.0, 3.5],
+            "lm_loss_other": [2.0, 2.1, 2.0, 2.0],
         }
     )
-    curves = recovery_curves(metrics)
-    assert curves["training_step"].tolist() == [100, 100, 150, 175, 200]
-    # Evaluations inside a stage ("retrain-1@10") belong to it; global steps stay as they are.
-    inside = pd.DataFrame(
-        {
-            "arm": ["a"] * 5,
-            "stage": ["base", "pruned", "retrain-1@10", "retrain-1", "retrain-2"],
-            "step": [100, 100, 110, 130, 160],
-            "lm_loss_overall": [3.0, 6.0, 4.0, 3.5, 3.2],
-        }
-    )
-    lm = recovery_curves(inside, metric="lm_loss")
-    assert lm["training_step"].tolist() == [100, 100, 110, 130, 160]
-    assert lm["stage"].tolist() == inside["stage"].tolist()
-    assert lm["lm_loss"].tolist() == [3.0, 6.0, 4.0, 3.5, 3.2]
+    curves = recovery_curves(lm, metric="lm_loss")
+    concept = curves[curves["entity"] == "concept"]
+    assert concept["stage"].tolist() == lm["stage"].tolist()
+    assert concept["lm_loss"].tolist() == [3.0, 6.0, 4.0, 3.5]
     assert recovery_curves(pd.DataFrame()).empty
     with pytest.raises(NeuroplasticError, match="f1"):
         recovery_curves(pd.DataFrame({"arm": ["a"], "stage": ["base"], "step": [0]}))
 
 
-def test_stage_scores_from_summary(hold: FakeRun) -> None:
-    scores = stage_scores(hold.run.summary())
-    assert list(scores.columns[:4]) == ["arm", "stage", "step", "overall"]
-    concept = scores[scores["arm"] == "concept"].set_index("stage")
-    assert concept.loc["pruned", "LOC"] == pytest.approx(0.05)
-    assert concept.loc["retrain-2", "step"] == 40
-    assert scores.attrs["metric"] == "f1"
-    lm = stage_scores(
+def test_stage_gaps_to_base_and_to_the_paired_control(hold: FakeRun) -> None:
+    gaps = stage_gaps(hold.run.summary()).set_index(["arm", "stage", "entity"])
+    assert gaps.attrs["metric"] == "f1"
+    # Concept arm LOC F1 retrain-2 = 0.91, base 0.95, random arm at retrain-2 0.97.
+    row = gaps.loc[("concept", "retrain-2", "LOC")]
+    assert (row["value"], row["step"]) == (pytest.approx(0.91), 40)
+    assert row["gap_to_base"] == pytest.approx(0.91 - 0.95)
+    assert row["gap_to_control"] == pytest.approx(0.91 - 0.97)
+    assert gaps.loc[("concept", "pruned", "LOC"), "gap_to_control"] == pytest.approx(0.05 - 0.93)
+    # The random arm has a gap to base, and no control of its own.
+    assert gaps.loc[("random", "retrain-2", "LOC"), "gap_to_base"] == pytest.approx(0.97 - 0.95)
+    assert gaps.xs("random")["gap_to_control"].isna().all()
+    # Not recorded (an older summary): NaN, not made up.
+    concept = gaps.xs("concept")
+    assert (
+        concept.loc[("pruned", "LOC"), "step"] == 0
+        and concept.loc[("retrain-2", "LOC"), "step"] == 40
+    )
+    lm = stage_gaps(
         {
             "arms": {
                 "concept": {
                     "stages": [
-                        {"stage": "base", "step": 0, "lm_loss": {"overall": 3.0, "LOC": 4.0}}
+                        {"stage": "base", "step": 0, "lm_loss": {"concept": 4.0, "other": 3.0}}
                     ]
                 }
             }
         }
     )
-    assert lm.attrs["metric"] == "lm_loss" and lm["LOC"].tolist() == [4.0]
+    assert lm.attrs["metric"] == "lm_loss" and lm["entity"].tolist() == ["concept", "other"]
+    bare = {"arms": {"concept": {"stages": [{"stage": "base", "step": 0, "f1": {"LOC": 0.9}}]}}}
+    old = stage_gaps(bare)
+    assert (
+        old["value"].tolist() == [0.9] and old[["gap_to_base", "gap_to_control"]].isna().all().all()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +521,7 @@ def test_stage_scores_from_summary(hold: FakeRun) -> None:
 
 
 def test_analyse_arm_runs_every_analysis(random_arm: ArmRun, embeddings: TokenEmbeddings) -> None:
-    analysis = analyse_arm(random_arm, embeddings, top=6, n_reappeared=5, n_boot=50)
+    analysis = analyse_arm(random_arm, embeddings, top=6, n_reappeared=5)
     assert analysis.depth["mean_layer"].tolist() == pytest.approx([3.0] * len(STAGES))
     assert len(analysis.reappearance) == 5
     assert not set(RANDOM_ABLATED) & set(
@@ -441,7 +530,9 @@ def test_analyse_arm_runs_every_analysis(random_arm: ArmRun, embeddings: TokenEm
     assert analysis.primed is not None
     assert analysis.pruned.stages["n_alive"].tolist() == [6, 0, 0, 0]
     assert np.isfinite(analysis.layer_saliency["mean"]).all()
-    without = analyse_arm(random_arm, None, top=6, n_boot=10)
+    # Polysemanticity leaves the ablated set out (here dead from pruning on anyway).
+    assert analysis.polysemanticity.n_population == N_LAYERS * D_MLP - len(RANDOM_ABLATED)
+    without = analyse_arm(random_arm, None, top=6)
     assert without.primed is None and without.reappearance["similarity"].isna().all()
 
 

@@ -240,8 +240,8 @@ def test_a_failed_start_leaves_the_directory_usable(tmp_path):
     # Statistics come from the probe sentences, not the validation sentences F1 is taken on.
     assert len(RunDir(tmp_path).sentences()) == tiny_config().probe_sentences
     stages = list(RunDir(tmp_path).metrics()["stage"])
-    assert stages == ["base@3", "base", "pruned", "retrain-1"]  # stage_steps 3: no inner eval
-    assert RunDir(tmp_path).metrics()["step"].tolist() == [-3, 0, 0, 3]
+    assert stages == ["base", "pruned", "retrain-1"]  # stage_steps 3: no inner evaluation
+    assert RunDir(tmp_path).metrics()["step"].tolist() == [0, 0, 3]
     assert [s["stage"] for s in summary["arms"]["concept"]["stages"]] == [
         "base",
         "pruned",
@@ -309,14 +309,15 @@ def test_base_fine_tuning_stops_on_a_probe_loss_plateau(tmp_path):
     # Any improvement under 99% counts as none: the second check finds a plateau.
     config = tiny_config(
         base_steps=40, plateau_every=2, plateau_patience=1, plateau_tolerance=0.99,
-        baseline="none", stages=1, eval_every=1,
+        baseline="none", stages=1, stage_steps=4, eval_every=2,
     )  # fmt: skip
     summary = experiment.run_experiment(config, tmp_path, progress=False, log=quiet)
     assert summary["base"]["stopped"] == "plateau"
     assert summary["base"]["steps"] == 4
     assert [step for step, _ in summary["base"]["probe_loss"]] == [2, 4]
-    steps = RunDir(tmp_path).metrics()["step"].tolist()
-    assert steps[:4] == [-3, -2, -1, 0]  # in-stage evaluations count up to pruning
+    metrics = RunDir(tmp_path).metrics()
+    assert metrics["stage"].tolist() == ["base", "pruned", "retrain-1@2", "retrain-1"]
+    assert metrics["step"].tolist() == [0, 0, 2, 4]  # retraining steps count from pruning
     capped = experiment.run_experiment(
         tiny_config(plateau_every=0, baseline="none", stages=1), tmp_path / "cap",
         progress=False, log=quiet,

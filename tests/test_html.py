@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,9 @@ from browser import Rendered, render
 from neuroplastic.html import (
     HtmlPage,
     circuitsvis_bundle_path,
-    colored_tokens_multi_props,
-    colored_tokens_props,
     expand_self_closing_divs,
     json_for_script,
     text_neuron_activations_props,
-    topk_samples_props,
-    topk_tokens_props,
 )
 
 SCRIPT_TOKEN = "<script>window.__pwned = 1</script>"
@@ -39,6 +35,12 @@ def _json_blocks(page_html: str) -> list[tuple[str, str, Any]]:
         re.DOTALL,
     )
     return [(c, t, json.loads(data)) for c, t, data in pattern.findall(page_html)]
+
+
+def _activations(tokens: list[str], values: Any = None) -> dict[str, Any]:
+    """Props of a one-neuron TextNeuronActivations view of ``tokens``."""
+    values = np.arange(float(len(tokens))) if values is None else np.asarray(values, float)
+    return text_neuron_activations_props(tokens, values.reshape(-1, 1, 1))
 
 
 def _bundle_marker() -> str:
@@ -82,8 +84,8 @@ def test_text_is_escaped_and_views_are_well_formed() -> None:
     page = HtmlPage('Report <b>"bold"</b> & co')
     page.heading("<h2>head</h2>", level=3)
     page.paragraph("1 < 2 & </p><script>alert(1)</script>")
-    first = page.circuitsvis("ColoredTokens", colored_tokens_props(TOKENS, np.arange(8.0)))
-    second = page.circuitsvis("ColoredTokens", colored_tokens_props(["a"], [1.0]))
+    first = page.circuitsvis("TextNeuronActivations", _activations(TOKENS))
+    second = page.circuitsvis("TextNeuronActivations", _activations(["a"]))
     source = page.to_html()
 
     assert "<title>Report &lt;b&gt;&quot;bold&quot;&lt;/b&gt; &amp; co</title>" in source
@@ -93,20 +95,25 @@ def test_text_is_escaped_and_views_are_well_formed() -> None:
     # Distinct ids, explicit closing tags: no self-closing div anywhere.
     assert first != second
     assert re.search(r"<div\b[^>]*/>", source) is None
+    component = "TextNeuronActivations"
     for view_id in (first, second):
-        assert f'<div id="{view_id}" class="np-cv" data-component="ColoredTokens"></div>' in source
+        assert f'<div id="{view_id}" class="np-cv" data-component="{component}"></div>' in source
     # The props survive the trip through the page unchanged.
     blocks = _json_blocks(source)
-    assert [(c, t) for c, t, _ in blocks] == [("ColoredTokens", first), ("ColoredTokens", second)]
+    assert [(c, t) for c, t, _ in blocks] == [(component, first), (component, second)]
     assert blocks[0][2]["tokens"][3] == "&lt;script&gt;window.__pwned = 1&lt;/script&gt;"
-    assert blocks[0][2]["values"] == list(np.arange(8.0))
+    assert blocks[0][2]["activations"] == [[[float(i)]] for i in range(8)]
 
 
 def test_tokens_are_html_escaped_for_circuitsvis_unless_asked_not_to() -> None:
-    props = colored_tokens_props(["<b>", "&", "a b"], [0.0, 1.0, 2.0])
+    props = _activations(["<b>", "&", "a b"])
     assert props["tokens"] == ["&lt;b&gt;", "&amp;", "a b"]
-    raw = colored_tokens_props(["<b>"], [0.0], escape_tokens=False)
+    raw = text_neuron_activations_props(["<b>"], np.zeros((1, 1, 1)), escape_tokens=False)
     assert raw["tokens"] == ["<b>"]
+    several = text_neuron_activations_props(
+        [["<i>"], ["x", "&"]], [np.zeros((1, 1, 1)), np.zeros((2, 1, 1))]
+    )
+    assert several["tokens"] == [["&lt;i&gt;"], ["x", "&amp;"]]
 
 
 def test_bundles_are_inlined_once_and_only_when_needed() -> None:
@@ -116,7 +123,7 @@ def test_bundles_are_inlined_once_and_only_when_needed() -> None:
 
     page = HtmlPage("many")
     for _ in range(3):
-        page.circuitsvis("ColoredTokens", colored_tokens_props(["a", "b"], [0.0, 1.0]))
+        page.circuitsvis("TextNeuronActivations", _activations(["a", "b"]))
     for _ in range(2):
         page.plotly(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])))
     source = page.to_html()
@@ -161,8 +168,8 @@ def test_bad_input_is_rejected() -> None:
         page.circuitsvis("NoSuchThing", {})
     with pytest.raises(ValueError, match="level"):
         page.heading("x", level=7)
-    with pytest.raises(ValueError, match="tokens"):
-        colored_tokens_props(["a", "b"], [1.0])
+    with pytest.raises(ValueError, match="2 tokens but activations has 1 positions"):
+        text_neuron_activations_props(["a", "b"], np.zeros((1, 1, 1)))
     with pytest.raises(ValueError, match="3 dimensions"):
         text_neuron_activations_props(["a"], np.zeros((1, 2)))
     with page.details("open"), pytest.raises(RuntimeError):
@@ -179,83 +186,35 @@ def test_write_is_atomic_and_replaces(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]
 
 
-# Each case: (our builder, its arguments, the circuitsvis function, its module, component name).
-def _mirror_cases() -> list[tuple[Callable[..., dict[str, Any]], dict[str, Any], str, str, str]]:
+# Each case: (arguments of text_neuron_activations_props and of the circuitsvis function).
+def _mirror_cases() -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     toks = ["The", " city", " of", " Paris"]
     return [
-        (
-            text_neuron_activations_props,
-            {"tokens": toks, "activations": rng.random((4, 2, 3)), "first_dimension_labels": None},
-            "text_neuron_activations",
-            "activations",
-            "TextNeuronActivations",
-        ),
-        (
-            text_neuron_activations_props,
-            {
-                "tokens": [toks, toks[:2]],
-                "activations": [rng.random((4, 2, 3)), rng.random((2, 2, 3))],
-                "second_dimension_labels": ["n0", "n1", "n2"],
-            },
-            "text_neuron_activations",
-            "activations",
-            "TextNeuronActivations",
-        ),
-        (
-            colored_tokens_props,
-            {"tokens": toks, "values": rng.random(4), "min_value": -1.0},
-            "colored_tokens",
-            "tokens",
-            "ColoredTokens",
-        ),
-        (
-            topk_tokens_props,
-            {
-                "tokens": [toks, toks[:3]],
-                "activations": [rng.random((2, 4, 5)), rng.random((2, 3, 5))],
-                "max_k": 3,
-                "sample_labels": ["s0", "s1"],
-            },
-            "topk_tokens",
-            "topk_tokens",
-            "TopkTokens",
-        ),
-        (
-            topk_samples_props,
-            {"tokens": [[[toks]]], "activations": [[[[0.1, 0.2, 0.3, 0.4]]]]},
-            "topk_samples",
-            "topk_samples",
-            "TopkSamples",
-        ),
+        {"tokens": toks, "activations": rng.random((4, 2, 3)), "first_dimension_labels": None},
+        {
+            "tokens": [toks, toks[:2]],
+            "activations": [rng.random((4, 2, 3)), rng.random((2, 2, 3))],
+            "second_dimension_labels": ["n0", "n1", "n2"],
+        },
     ]
 
 
 @pytest.mark.parametrize("case", range(len(_mirror_cases())))
 def test_props_match_what_circuitsvis_sends(case: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Our props equal the JSON the circuitsvis Python function hands to its component."""
-    import importlib
-
+    import circuitsvis.activations as module
     from circuitsvis.utils.convert_props import convert_props
 
-    ours_fn, kwargs, cv_name, cv_module, component = _mirror_cases()[case]
-    module = importlib.import_module(f"circuitsvis.{cv_module}")
+    kwargs = _mirror_cases()[case]
     sent: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(module, "render", lambda name, **props: sent.append((name, props)))
-    getattr(module, cv_name)(**kwargs)
+    module.text_neuron_activations(**kwargs)
 
     [(name, props)] = sent
-    assert name == component
-    assert json.loads(json_for_script(ours_fn(**kwargs))) == json.loads(convert_props(props))
-
-
-def test_colored_tokens_multi_props_shape() -> None:
-    props = colored_tokens_multi_props(["a", "<b>"], np.ones((2, 3)), labels=["x", "y", "z"])
-    assert props == {
-        "tokens": ["a", "&lt;b&gt;"],
-        "values": [[1.0] * 3] * 2,
-        "labels": ["x", "y", "z"],
-    }
+    assert name == "TextNeuronActivations"
+    ours = text_neuron_activations_props(**kwargs)
+    assert json.loads(json_for_script(ours)) == json.loads(convert_props(props))
 
 
 def _assert_no_remote_resources(source: str) -> None:
@@ -288,8 +247,13 @@ def page_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "TextNeuronActivations",
         text_neuron_activations_props(TOKENS, rng.random((len(TOKENS), 2, 4))),
     )
+    # Any component's props, as CircuitsVis takes them (tokens escaped by the caller).
     page.circuitsvis(
-        "ColoredTokens", colored_tokens_props(TOKENS, np.linspace(-1.0, 1.0, len(TOKENS)))
+        "ColoredTokens",
+        {
+            "tokens": [html.escape(t, quote=False) for t in TOKENS],
+            "values": np.linspace(-1.0, 1.0, len(TOKENS)),
+        },
     )
     with page.details("More views (collapsed)"):
         page.circuitsvis(
@@ -300,7 +264,10 @@ def page_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         page.plotly(go.Figure(go.Bar(x=["<b>a</b>", "b"], y=[1, 2]), layout={"height": 300}))
     page.circuitsvis(
-        "TopkTokens", topk_tokens_props([TOKENS], [rng.random((2, len(TOKENS), 6))], max_k=3)
+        "TextNeuronActivations",
+        text_neuron_activations_props(
+            [TOKENS[::-1]], [rng.random((len(TOKENS), 1, 3))], second_dimension_labels=list("abc")
+        ),
     )
     page.heading("Recovery")
     page.plotly(go.Figure(go.Scatter(x=[0, 1, 2], y=[0.9, 0.1, 0.85], name="F1 </script>")))
@@ -361,8 +328,8 @@ def test_every_circuitsvis_view_renders(rendered: Rendered) -> None:
 @pytest.mark.browser
 def test_tokens_display_literally_and_inject_nothing(rendered: Rendered) -> None:
     texts: list[str] = rendered.values["view_text"]
-    # TextNeuronActivations, ColoredTokens and TopkTokens (top-3) each show tokens as text.
-    for text in (texts[0], texts[1]):
+    # TextNeuronActivations and ColoredTokens each show tokens as text.
+    for text in (texts[0], texts[1], texts[3]):
         for token in ("Paris", SCRIPT_TOKEN, IMG_TOKEN, "<|endoftext|>", "&", '"France"'):
             assert token.replace(" ", "\xa0") in text, (token, text)
     assert "Berlin" in texts[2] and "&lt;" in texts[2]

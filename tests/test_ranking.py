@@ -1,8 +1,10 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from scipy.stats import rankdata
 
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.neurons import NeuronSet
@@ -152,14 +154,122 @@ def test_selectivity_by_hand():
     assert scores[2].item() < 0
 
 
-def test_dead_neurons_rank_last_with_every_method():
+def test_dead_neurons_are_not_ranked_with_every_method():
     stats = toy_stats()
     # Neuron 3 never fires.
     silent = toy_stats(torch.cat([TOKENS, torch.zeros(len(TOKENS), 1)], dim=1))
     for method in ("probeless", "smd", "selectivity"):
         ranking = Ranking.from_stats(silent, "LOC", method)
-        assert ranking.saliency[0, 3] == 0.0, method
-        assert ranking.top(3) == Ranking.from_stats(stats, "LOC", method).top(3)
+        live = Ranking.from_stats(stats, "LOC", method)
+        assert ranking.alive.tolist() == [[True, True, True, False]], method
+        assert ranking.n_alive == 3
+        for values in (ranking.saliency, ranking.global_rank, ranking.layer_rank):
+            assert values[0, 3].isnan(), method
+        # The live neurons keep exactly the saliency they have without the dead one.
+        torch.testing.assert_close(ranking.saliency[:, :3], live.saliency)
+        assert ranking.top(3) == live.top(3)
+        assert ranking.order().tolist() == live.order().tolist()
+        with pytest.raises(NeuroplasticError, match="only 3 of 4 neurons are alive"):
+            ranking.top(4)
+
+
+def random_stats(n_layers: int, d_mlp: int, dead: torch.Tensor, seed: int = 0) -> NeuronStats:
+    """Statistics with random per-label means and variances; ``dead`` neurons exactly zero."""
+    generator = torch.Generator().manual_seed(seed)
+    count = torch.tensor([400, 100, 80, 60])
+    shape = (len(count), n_layers, d_mlp)
+    mean = torch.rand(shape, generator=generator, dtype=torch.float64)
+    variance = torch.rand(shape, generator=generator, dtype=torch.float64) + 0.1
+    mean[:, dead], variance[:, dead] = 0, 0
+    weight = count.double()[:, None, None]
+    empty = torch.zeros(n_layers, d_mlp, 0, dtype=torch.long)
+    return NeuronStats(
+        ("O", "LOC", "PER", "ORG"),
+        count,
+        mean * weight,
+        (mean**2 + variance) * weight,
+        empty.float(),
+        empty,
+        empty,
+        empty,
+        empty,
+    )
+
+
+@pytest.mark.parametrize("method", ["probeless", "smd", "selectivity"])
+def test_ablated_neurons_cannot_fake_a_move_to_earlier_layers(method):
+    # Random statistics carry no concept anywhere: every layer's live neurons should sit at a
+    # mean saliency of 0.5. Half of the last two layers are ablated (exactly zero). Ranking
+    # them last, ties in index order, used to lift the live neurons to ~0.58 and rank dead
+    # layer-4 neurons above dead layer-5 ones.
+    n_layers, d_mlp = 6, 512
+    dead = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
+    dead[4:, ::2] = True
+    ranking = Ranking.from_stats(random_stats(n_layers, d_mlp, dead), "LOC", method)
+    saliency = ranking.saliency.double()
+    means = [float(saliency[layer][~dead[layer]].mean()) for layer in range(n_layers)]
+    assert means == pytest.approx([0.5] * n_layers, abs=0.05), means
+    assert saliency[dead].isnan().all() and ranking.global_rank[dead].isnan().all()
+    assert torch.equal(ranking.alive, ~dead)
+    # The live neurons' saliencies are the normalized ranks 0 .. 1 of the live neurons alone.
+    live = saliency[~dead].sort().values
+    n_live = int((~dead).sum())
+    torch.testing.assert_close(live, torch.arange(n_live, dtype=torch.float64) / (n_live - 1))
+
+
+def test_ties_get_their_average_rank():
+    # Four neurons with equal scores: no index order can make one more salient than another.
+    scores = torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    ranking = Ranking("LOC", "probeless", scores)
+    # Descending ranks: 2.0 -> 0, the four 1.0 share (1+2+3+4)/4 = 2.5, 0.0 -> 5.
+    assert ranking.global_rank.tolist() == [[0.0, 2.5, 2.5], [2.5, 2.5, 5.0]]
+    torch.testing.assert_close(ranking.saliency, torch.tensor([[1.0, 0.5, 0.5], [0.5, 0.5, 0.0]]))
+    assert ranking.layer_rank.tolist() == [[0.0, 1.5, 1.5], [0.5, 0.5, 2.0]]
+    # Computed independently with scipy's average ranks (ascending, 1-based).
+    expected = len(scores.flatten()) - rankdata(scores.flatten().numpy(), method="average")
+    np.testing.assert_allclose(ranking.global_rank.flatten().numpy(), expected)
+
+
+def test_dead_neurons_round_trip_through_the_frame(tmp_path):
+    scores = torch.tensor([[3.0, float("-inf"), 1.0], [float("-inf"), 2.0, 0.5]])
+    ranking = Ranking("LOC", "smd", scores)
+    assert ranking.alive.tolist() == [[True, False, True], [False, True, True]]
+    frame = ranking.to_frame()
+    assert list(frame.columns) == ["layer", "neuron", "score", "saliency", "rank", "layer_rank"]
+    # Most salient first, the dead last with NaN everywhere but their position.
+    assert frame[["layer", "neuron"]].values.tolist() == [
+        [0, 0],
+        [1, 1],
+        [0, 2],
+        [1, 2],
+        [0, 1],
+        [1, 0],
+    ]
+    assert frame["rank"].tolist()[:4] == [0.0, 1.0, 2.0, 3.0]
+    np.testing.assert_allclose(frame["saliency"][:4], [1.0, 2 / 3, 1 / 3, 0.0], rtol=1e-6)
+    assert frame.iloc[4:][["score", "saliency", "rank", "layer_rank"]].isna().all().all()
+    frame.to_parquet(tmp_path / "ranking.parquet", index=False)
+    again = Ranking.from_frame(pd.read_parquet(tmp_path / "ranking.parquet"), "LOC", "smd")
+    assert torch.equal(again.alive, ranking.alive)
+    assert torch.equal(again.scores, ranking.scores)
+    torch.testing.assert_close(again.saliency, ranking.saliency, equal_nan=True)
+    # An explicit mask marks neurons dead whatever their score.
+    masked = Ranking(
+        "LOC", "smd", torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[True, False, True]])
+    )
+    assert masked.top(2) == [(0, 0), (0, 2)] and masked.saliency[0, 1].isnan()
+
+
+def test_neuron_sets_never_pick_a_dead_neuron():
+    # The two most "salient" scores belong to neurons that are dead.
+    scores = torch.tensor([[9.0, 1.0, 2.0, 3.0], [8.0, 7.0, 0.5, 0.1]])
+    alive = torch.tensor([[False, True, True, True], [True, False, True, True]])
+    ranking = Ranking("LOC", "probeless", scores, alive)
+    assert NeuronSet.top_k(ranking, 3).neurons == ((0, 2), (0, 3), (1, 0))
+    assert NeuronSet.top_k(ranking, 6).mask().equal(alive)
+    with pytest.raises(NeuroplasticError, match="only 6 of 8 neurons are alive"):
+        NeuronSet.top_k(ranking, 7)
+    assert NeuronSet.per_layer_top_k(ranking, 2).neurons == ((0, 2), (0, 3), (1, 0), (1, 2))
 
 
 def test_random_baseline_avoids_the_chosen_neurons():

@@ -30,6 +30,18 @@ EVALUATE = {
     ),
     "headings": "Array.from(document.querySelectorAll('h2')).map(el => el.textContent)",
     "view_text": "Array.from(document.querySelectorAll('.np-cv')).map(el => el.textContent)",
+    # Missing (NaN / null) cells of every heatmap trace, as plotly.js holds them.
+    "heatmap_gaps": """Array.from(document.querySelectorAll('.plotly-graph-div')).flatMap(d =>
+        (d._fullData || []).filter(t => t.type === 'heatmap').map(t => {
+            let n = 0;
+            const walk = v => {
+                if (v === null || v === undefined || (typeof v === 'number' && isNaN(v))) n++;
+                else if (typeof v === 'object' && typeof v.length === 'number')
+                    Array.from(v).forEach(walk);
+            };
+            walk(t.z);
+            return n;
+        }))""",
 }
 
 
@@ -82,7 +94,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> FakeRun:
 
 @pytest.fixture(scope="module")
 def report(fake: FakeRun) -> Path:
-    return write_report(fake.path, top=6, n_neurons=8, n_views=3, n_boot=200)
+    return write_report(fake.path, top=6, n_neurons=8, n_views=3)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +139,12 @@ def test_report_shows_the_planted_story(rendered_report: Rendered, report: Path)
     assert "Where did LOC go?" in rendered_report.title
     assert "3.00 → 1.00" in text and "3.00 → 3.00" in text  # depth: concept vs random arm
     assert "layer 1 (100%)" in text and "layer 3 (100%)" in text
-    assert "2 → 8" in text and "2 → 2" in text  # polysemantic neurons, concept vs random arm
-    assert "0.950 → 0.050 → 0.910" in text  # LOC F1 of the concept arm
+    # Polysemantic neurons, concept vs random arm, over the 90 neurons alive throughout.
+    assert "2 → 8 of 90" in text and "2 → 2 of 90" in text
+    assert "describes this one run" in text and "neuroplastic sweep" in text
+    # The six ablated neurons of each arm are masked (no saliency) from the pruned stage on.
+    assert rendered_report.values["heatmap_gaps"] == [0, 6, 6, 6] * 2
+    assert "drawn grey (masked), not as 0" in text
     layer, neuron = PRIMED[0]
     assert f"L{layer}:N{neuron}" in text
     # The views show sentences with the neuron's top tokens.
@@ -156,15 +172,14 @@ def test_report_of_a_bare_run_directory(fake: FakeRun, tmp_path: Path) -> None:
         "report.html",
     ):
         (bare / name).unlink(missing_ok=True)
-    out = write_report(bare, n_views=1, n_boot=20)
+    out = write_report(bare, n_views=1)
     source = out.read_text(encoding="utf-8")
     assert "No evaluations recorded" in source
     assert "Similarity not computed" in source
     assert "No sentences stored" in source
+    assert "No summary.json: scores per stage not recorded" in source
     assert _source_views(source) == 0
-    plain = write_report(
-        fake.path, tmp_path / "plain.html", similarity="none", n_views=1, n_boot=20
-    )
+    plain = write_report(fake.path, tmp_path / "plain.html", similarity="none", n_views=1)
     assert _source_views(plain.read_text(encoding="utf-8")) == 2 * (1 + 1) * 2
 
 

@@ -5,25 +5,33 @@ notebook can use it without a run directory; :meth:`ArmRun.load` reads one arm o
 The questions, after Lo, Cohen & Barez (2024):
 
 * :func:`layer_saliency`, :func:`concept_depth` -- does the concept move to earlier layers? Mean
-  saliency per layer (with a 95% interval), the share of the top-salient neurons in each layer,
+  saliency of the live neurons per layer, the share of the top-salient neurons in each layer,
   and the saliency-weighted mean layer of the top neurons, per stage.
 * :func:`reappearance` -- which surviving neurons took the concept over (largest saliency gain
   from the pruned stage to the last), with their top tokens before and after.
 * :func:`pruned_trace` -- do the pruned neurons come back (``regrow`` mode), and with the same
   meaning? Their saliency and the similarity of their top tokens to their original ones.
-* :func:`primed_neurons` -- does a neuron's similarity to the concept before pruning predict how
-  much saliency it gains? Spearman correlation with a bootstrap interval.
+* :func:`primed_neurons` -- does a neuron's similarity to the concept before pruning go with
+  how much saliency it gains? Spearman's rho over the neurons.
 * :func:`polysemanticity` -- neurons whose top tokens blend the concept with other labels.
-* :func:`recovery_curves`, :func:`stage_scores` -- F1 per entity type over training, both arms.
+* :func:`recovery_curves`, :func:`stage_gaps` -- F1 (or LM loss) per entity type over
+  training, both arms, and each stage's gap to base and to the control arm.
 
-A neuron is *dead* at a stage when all its stored top-k activations are exactly zero (an ablated
-neuron in ``hold`` mode): its "top tokens" are then arbitrary ties, so its similarity and label
-shares are left out (NaN / not counted).
+A neuron is *dead* at a stage when it never fired (every activation exactly zero: an ablated
+neuron in ``hold`` mode). It has no saliency (NaN, see :class:`~neuroplastic.ranking.Ranking`),
+its "top tokens" are arbitrary ties, and every aggregate here leaves it out and says how many
+neurons were alive. Per-stage shares (polysemanticity) are taken over one fixed population, the
+neurons alive at every stage and outside the ablated set, so a change of denominator cannot pass
+for a change of behaviour.
+
+One run is one sample: the statistics over the neurons of one model below are *descriptions*
+(means, medians, counts, a rank correlation), not inference. No p-values or confidence
+intervals are computed from neurons; intervals come from repeating the run over seeds
+(``neuroplastic sweep``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +46,7 @@ from torch import Tensor
 
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
+from neuroplastic.ranking import Ranking, alive_neurons
 from neuroplastic.rundir import RunDir, StageArtifacts
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.stats import NeuronStats
@@ -60,7 +68,7 @@ __all__ = [
     "pruned_trace",
     "reappearance",
     "recovery_curves",
-    "stage_scores",
+    "stage_gaps",
     "top_token_strings",
 ]
 
@@ -136,10 +144,9 @@ def top_token_strings(
 
 
 def alive_mask(stats: NeuronStats) -> Bool[Tensor, "layer neuron"]:
-    """False where a neuron's stored top-k activations are all exactly zero (ablated, dead)."""
-    if stats.k == 0:
-        return torch.zeros(stats.n_layers, stats.d_mlp, dtype=torch.bool)
-    return stats.top_values.abs().amax(-1) > 0
+    """False where a neuron never fired: every activation exactly zero (ablated, dead). The same
+    test :meth:`Ranking.from_stats` uses to leave a neuron out of the ranking."""
+    return alive_neurons(stats)
 
 
 def concept_share(stats: NeuronStats, concept: str) -> Float[Tensor, "layer neuron"]:
@@ -173,88 +180,73 @@ def _n_top(top: int | float, total: int) -> int:
 
 
 def layer_saliency(rankings: Mapping[str, Ranking], top: int | float = 0.01) -> pd.DataFrame:
-    """Per stage and layer: mean saliency with a 95% t-interval, and the top neurons' layers.
+    """Per stage and layer: the saliency of the live neurons (mean, median, quartiles), and
+    which layers hold the most salient neurons.
 
-    ``top`` (a count, or a fraction of all neurons) picks the most salient neurons of each stage;
-    ``top_share`` is the fraction of them in the layer. Columns: stage, layer, n, mean, ci_low,
-    ci_high, top_count, top_share.
+    ``top`` (a count, or a fraction of all neurons, at most the live ones) picks the most
+    salient live neurons of each stage; ``top_share`` is the fraction of them in the layer.
+    Columns: stage, layer, n (neurons in the layer), n_alive, mean, median, q25, q75 (of the
+    live neurons' saliency; NaN when none is alive), top_count, top_share. Descriptions of one
+    run, not estimates with an error.
     """
     rows = []
     for stage, ranking in rankings.items():
         saliency = ranking.saliency.double()
-        n_top = _n_top(top, saliency.numel())
-        in_top = ranking.global_rank < n_top
-        n = ranking.d_mlp
-        half = scipy_stats.t.ppf(0.975, n - 1) if n > 1 else float("nan")
+        top_layers = _top_layers(ranking, top)
         for layer in range(ranking.n_layers):
-            values = saliency[layer]
-            mean = float(values.mean())
-            sem = float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
-            count = int(in_top[layer].sum())
+            values = saliency[layer][ranking.alive[layer]].numpy()
+            quartiles = np.quantile(values, [0.25, 0.5, 0.75]) if len(values) else [np.nan] * 3
+            count = int((top_layers == layer).sum())
             rows.append(
                 {
                     "stage": stage,
                     "layer": layer,
-                    "n": n,
-                    "mean": mean,
-                    "ci_low": mean - half * sem,
-                    "ci_high": mean + half * sem,
+                    "n": ranking.d_mlp,
+                    "n_alive": len(values),
+                    "mean": float(values.mean()) if len(values) else float("nan"),
+                    "median": float(quartiles[1]),
+                    "q25": float(quartiles[0]),
+                    "q75": float(quartiles[2]),
                     "top_count": count,
-                    "top_share": count / n_top,
+                    "top_share": count / len(top_layers),
                 }
             )
     return pd.DataFrame(rows)
 
 
-def concept_depth(
-    rankings: Mapping[str, Ranking], top: int | float = 0.01, n_boot: int = 1000, seed: int = 0
-) -> pd.DataFrame:
-    """The saliency-weighted mean layer of the ``top`` neurons per stage, with a bootstrap 95%
-    interval (resampling those neurons). A falling value means the concept moved to earlier layers.
+def concept_depth(rankings: Mapping[str, Ranking], top: int | float = 0.01) -> pd.DataFrame:
+    """The saliency-weighted mean layer of the ``top`` live neurons per stage (a count, or a
+    fraction of all neurons; at most the live ones). A falling value means the concept moved
+    to earlier layers.
 
     Weights are the saliency *within the top set* (1 for the first, falling linearly to 1/n_top):
     the global saliency of a top-1% neuron is 0.99-1.0, which would make every weight the same.
+    One number per stage and run; its spread comes from seeds (``neuroplastic sweep``).
 
-    Columns: stage, n_top, mean_layer, ci_low, ci_high.
+    Columns: stage, n_alive, n_top, mean_layer.
     """
-    rng = np.random.default_rng(seed)
     rows = []
     for stage, ranking in rankings.items():
-        n_top = _n_top(top, ranking.scores.numel())
-        order = ranking.order()[:n_top]
-        layers = (order // ranking.d_mlp).double().numpy()
+        layers = _top_layers(ranking, top).double().numpy()
+        n_top = len(layers)
         weights = 1 - np.arange(n_top, dtype=np.float64) / n_top
-        mean = _weighted_mean(layers, weights)
-        index = rng.integers(0, n_top, size=(n_boot, n_top))
-        boot = np.array([_weighted_mean(layers[i], weights[i]) for i in index])
-        low, high = np.nanpercentile(boot, [2.5, 97.5]) if n_boot else (np.nan, np.nan)
         rows.append(
             {
                 "stage": stage,
+                "n_alive": ranking.n_alive,
                 "n_top": n_top,
-                "mean_layer": mean,
-                "ci_low": float(low),
-                "ci_high": float(high),
+                "mean_layer": float((layers * weights).sum() / weights.sum()),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
-    total = weights.sum()
-    return float((values * weights).sum() / total) if total > 0 else float(values.mean())
-
-
-def _mean_ci(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95% t-interval of the finite values (NaN when there are none)."""
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = scipy_stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+def _top_layers(ranking: Ranking, top: int | float) -> Int[Tensor, " n_top"]:
+    """The layer of each of the ``top`` most salient live neurons, most salient first."""
+    n_top = min(_n_top(top, ranking.scores.numel()), ranking.n_alive)
+    if n_top == 0:
+        raise NeuroplasticError("no neuron is alive: nothing to rank")
+    return ranking.order()[:n_top] // ranking.d_mlp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +262,8 @@ def reappearance(
     embeddings: TokenEmbeddings | None = None,
 ) -> pd.DataFrame:
     """The ``n`` neurons outside the ablated set that gained most saliency from ``start``
-    (default ``pruned``) to ``end`` (default the last stage).
+    (default ``pruned``) to ``end`` (default the last stage); neurons dead at either stage have
+    no saliency and are left out.
 
     Columns: layer, neuron, saliency_base, saliency_start, saliency_end, gain, rank_end,
     concept_share_base, concept_share_end, tokens_base, tokens_end (top tokens at the first and
@@ -279,10 +272,10 @@ def reappearance(
     start, end = start or arm.start, end or arm.last
     first, before, after = arm._stage(arm.first), arm._stage(start), arm._stage(end)
     gain = after.ranking.saliency - before.ranking.saliency
-    gain[arm.ablated.mask()] = float("-inf")
-    order = torch.argsort(-gain.flatten(), stable=True)
-    n = min(n, len(order) - len(arm.ablated))
-    chosen = order[:n]
+    candidate = gain.isfinite() & ~arm.ablated.mask()
+    order = torch.argsort(-gain.masked_fill(~candidate, float("-inf")).flatten(), stable=True)
+    chosen = order[: min(n, int(candidate.sum()))]
+    n = len(chosen)
     layers, neurons = chosen // gain.shape[1], chosen % gain.shape[1]
     share_base = concept_share(first.stats, arm.concept)
     share_end = concept_share(after.stats, arm.concept)
@@ -325,10 +318,11 @@ def reappearance(
 class PrunedTrace:
     """The ablated neurons at every stage (meaningful in ``regrow`` mode; dead in ``hold``)."""
 
-    #: stage, layer, neuron, saliency, alive, concept_share, similarity (to base top tokens)
+    #: stage, layer, neuron, saliency (NaN when dead), alive, concept_share, similarity (to
+    #: base top tokens)
     neurons: pd.DataFrame
-    #: stage, n, n_alive, saliency_mean/_ci_low/_ci_high, similarity_mean/_ci_low/_ci_high,
-    #: concept_share_mean
+    #: stage, n, n_alive, saliency_mean, saliency_median, similarity_mean, similarity_median,
+    #: concept_share_mean: over the ablated neurons alive at that stage (NaN when none is)
     stages: pd.DataFrame
 
 
@@ -343,14 +337,14 @@ def pruned_trace(
     original = arm._stage(reference).stats.top_token[layers, neurons]
     per_neuron, per_stage = [], []
     for stage, artifacts in arm.stages.items():
-        alive = alive_mask(artifacts.stats)[layers, neurons]
+        alive = alive_mask(artifacts.stats)[layers, neurons].numpy()
         saliency = artifacts.ranking.saliency[layers, neurons].double().numpy()
         share = concept_share(artifacts.stats, arm.concept)[layers, neurons].numpy()
         if embeddings is not None and len(pairs):
             similarity = embeddings.similarity_many(
                 artifacts.stats.top_token[layers, neurons], original
             ).numpy()
-            similarity = np.where(alive.numpy(), similarity, np.nan)
+            similarity = np.where(alive, similarity, np.nan)
         else:
             similarity = np.full(len(pairs), np.nan)
         per_neuron.append(
@@ -360,31 +354,35 @@ def pruned_trace(
                     "layer": layers.numpy(),
                     "neuron": neurons.numpy(),
                     "saliency": saliency,
-                    "alive": alive.numpy(),
+                    "alive": alive,
                     "concept_share": share,
                     "similarity": similarity,
                 }
             )
         )
-        s_mean, s_low, s_high = _mean_ci(saliency)
-        m_mean, m_low, m_high = _mean_ci(similarity)
         per_stage.append(
             {
                 "stage": stage,
                 "n": len(pairs),
                 "n_alive": int(alive.sum()),
-                "saliency_mean": s_mean,
-                "saliency_ci_low": s_low,
-                "saliency_ci_high": s_high,
-                "similarity_mean": m_mean,
-                "similarity_ci_low": m_low,
-                "similarity_ci_high": m_high,
-                "concept_share_mean": float(np.nanmean(share))
-                if np.isfinite(share).any()
-                else float("nan"),
+                "saliency_mean": _finite_mean(saliency),
+                "saliency_median": _finite_median(saliency),
+                "similarity_mean": _finite_mean(similarity),
+                "similarity_median": _finite_median(similarity),
+                "concept_share_mean": _finite_mean(share),
             }
         )
     return PrunedTrace(pd.concat(per_neuron, ignore_index=True), pd.DataFrame(per_stage))
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _finite_median(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,13 +392,11 @@ def pruned_trace(
 
 @dataclass
 class PrimedNeurons:
-    """Spearman correlation between a neuron's pre-pruning similarity to the concept and its
-    saliency gain during retraining, over the neurons outside the ablated set."""
+    """Spearman's rho between a neuron's pre-pruning similarity to the concept and its saliency
+    gain during retraining, over the ``n`` neurons outside the ablated set that are alive at
+    every stage it compares. A description of one run: its uncertainty comes from seeds."""
 
     rho: float
-    ci_low: float
-    ci_high: float
-    p_value: float
     n: int
     start: str
     end: str
@@ -414,18 +410,15 @@ def primed_neurons(
     start: str | None = None,
     end: str | None = None,
     concept_tokens: Sequence[int] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
     start_saliency_below: float | None = None,
 ) -> PrimedNeurons:
-    """Does similarity to the concept before pruning predict the saliency gain from ``start``
-    (default ``pruned``) to ``end`` (default last)? A positive rho says the concept came back in
-    neurons that were already near it ("primed"), as Lo et al. report.
+    """Does similarity to the concept before pruning go with the saliency gain from ``start``
+    (default ``pruned``) to ``end`` (default last)? A positive rho says the concept came back
+    in neurons that were already near it ("primed"), as Lo et al. report.
 
     ``concept_tokens`` defaults to :func:`concept_token_ids` of the first stage. Neurons dead at
-    the first stage or whose top tokens have no embedding are left out. The interval is the
-    percentile bootstrap over neurons.
+    the first stage, at ``start`` or at ``end``, and those whose top tokens have no embedding,
+    are left out. ``start_saliency_below`` keeps only neurons with room to gain.
     """
     start, end = start or arm.start, end or arm.last
     base = arm._stage(arm.first)
@@ -440,52 +433,22 @@ def primed_neurons(
     similarity = embeddings.similarity_many(
         base.stats.top_token.reshape(n_layers * d_mlp, -1), torch.tensor(list(concept_tokens))
     ).reshape(n_layers, d_mlp)
-    gain = arm._stage(end).ranking.saliency - arm._stage(start).ranking.saliency
-    keep = ~arm.ablated.mask() & alive_mask(base.stats) & similarity.isfinite()
+    start_saliency = arm._stage(start).ranking.saliency
+    gain = arm._stage(end).ranking.saliency - start_saliency
+    keep = ~arm.ablated.mask() & alive_mask(base.stats) & similarity.isfinite() & gain.isfinite()
     if start_saliency_below is not None:
         # Neurons already salient at the start cannot gain much (the saliency ceiling), which
         # biases the correlation down; this asks the question among those with room to gain.
-        keep &= arm._stage(start).ranking.saliency < start_saliency_below
+        keep &= start_saliency < start_saliency_below
     layer, neuron = keep.nonzero(as_tuple=True)
     x, y = similarity[keep].double().numpy(), gain[keep].double().numpy()
     frame = pd.DataFrame(
         {"layer": layer.numpy(), "neuron": neuron.numpy(), "similarity": x, "gain": y}
     )
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:  # rank correlation undefined
-        return PrimedNeurons(
-            float("nan"), float("nan"), float("nan"), float("nan"), len(x), start, end, frame
-        )
-    result = scipy_stats.spearmanr(x, y)
-    low, high = _bootstrap_spearman(x, y, n_boot, seed, confidence)
-    return PrimedNeurons(
-        float(result.statistic), low, high, float(result.pvalue), len(x), start, end, frame
-    )
-
-
-def _bootstrap_spearman(
-    x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, confidence: float
-) -> tuple[float, float]:
-    """Percentile interval of Spearman's rho, resampling pairs; vectorised in chunks."""
-    if n_boot <= 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    n, rhos = len(x), []
-    chunk = max(1, 2_000_000 // n)
-    for begin in range(0, n_boot, chunk):
-        index = rng.integers(0, n, size=(min(chunk, n_boot - begin), n))
-        rx = scipy_stats.rankdata(x[index], axis=1)
-        ry = scipy_stats.rankdata(y[index], axis=1)
-        rx -= rx.mean(1, keepdims=True)
-        ry -= ry.mean(1, keepdims=True)
-        denominator = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rhos.append((rx * ry).sum(1) / denominator)
-    alpha = (1 - confidence) / 2
-    rhos_all = np.concatenate(rhos)
-    if not np.isfinite(rhos_all).any():
-        return float("nan"), float("nan")
-    low, high = np.nanquantile(rhos_all, [alpha, 1 - alpha])
-    return float(low), float(high)
+        return PrimedNeurons(float("nan"), len(x), start, end, frame)
+    rho = scipy_stats.spearmanr(x, y).statistic
+    return PrimedNeurons(float(rho), len(x), start, end, frame)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,16 +458,24 @@ def _bootstrap_spearman(
 
 @dataclass
 class Polysemanticity:
-    """Neurons whose top-k tokens mix the concept with other labels, stage by stage."""
+    """Neurons whose top-k tokens mix the concept with other labels, stage by stage, counted
+    over one fixed population (``population``: alive at every stage, outside ``exclude``)."""
 
     concept: str
     low: float
     high: float
-    #: stage, n_alive, n_concept (share >= high), n_polysemantic, n_new (not polysemantic at
-    #: the first stage), polysemantic_share (of alive neurons)
+    #: the neurons counted at every stage
+    population: Bool[Tensor, "layer neuron"]
+    #: stage, n_population, n_alive (alive at the stage, outside ``exclude``), n_concept
+    #: (share >= high), n_polysemantic, n_new (not polysemantic at the first stage),
+    #: polysemantic_share (of the population): all but n_alive over the population
     counts: pd.DataFrame
     #: stage, layer, neuron, concept_share, labels ({label: count}), tokens, new
     neurons: pd.DataFrame
+
+    @property
+    def n_population(self) -> int:
+        return int(self.population.sum())
 
     def examples(self, stage: str, n: int = 10) -> pd.DataFrame:
         """Up to ``n`` polysemantic neurons at ``stage``, newly polysemantic ones first, then
@@ -529,31 +500,40 @@ def polysemanticity(
 ) -> Polysemanticity:
     """Count neurons whose share of concept-labelled top-k tokens is in ``[low, high]``.
 
-    Dead neurons are not counted; ``exclude`` (e.g. the ablated set) leaves neurons out too.
+    Only neurons alive at every stage and outside ``exclude`` (pass the ablated set) are
+    counted, at every stage: the same denominator throughout.
     """
     if not 0 < low <= high < 1:
         raise NeuroplasticError(f"need 0 < low <= high < 1, got low={low}, high={high}")
+    if not stats:
+        raise NeuroplasticError("no stages to count polysemantic neurons in")
     vocabulary = vocabulary or {}
+    shares = {stage: concept_share(stage_stats, concept) for stage, stage_stats in stats.items()}
+    outside = torch.ones_like(next(iter(shares.values())), dtype=torch.bool)
+    if exclude is not None:
+        outside &= ~exclude.mask()
+    population = outside.clone()
+    for share in shares.values():
+        population &= share.isfinite()
+    n_population = int(population.sum())
     counts, rows = [], []
-    first_mask: Tensor | None = None
+    first_poly: Tensor | None = None
     for stage, stage_stats in stats.items():
-        share = concept_share(stage_stats, concept)
-        alive = share.isfinite()
-        if exclude is not None:
-            alive &= ~exclude.mask()
-        poly = alive & (share >= low) & (share <= high)
-        if first_mask is None:
-            first_mask = poly.clone()
-        new = poly & ~first_mask
+        share = shares[stage]
+        poly = population & (share >= low) & (share <= high)
+        if first_poly is None:
+            first_poly = poly.clone()
+        new = poly & ~first_poly
         counts.append(
             {
                 "stage": stage,
-                "n_alive": int(alive.sum()),
-                "n_concept": int((alive & (share >= high)).sum()),
+                "n_population": n_population,
+                "n_alive": int((outside & share.isfinite()).sum()),
+                "n_concept": int((population & (share >= high)).sum()),
                 "n_polysemantic": int(poly.sum()),
                 "n_new": int(new.sum()),
-                "polysemantic_share": float(poly.sum() / alive.sum())
-                if alive.any()
+                "polysemantic_share": int(poly.sum()) / n_population
+                if n_population
                 else float("nan"),
             }
         )
@@ -586,7 +566,7 @@ def polysemanticity(
             )
     columns = ["stage", "layer", "neuron", "concept_share", "labels", "tokens", "new"]
     return Polysemanticity(
-        concept, low, high, pd.DataFrame(counts), pd.DataFrame(rows, columns=columns)
+        concept, low, high, population, pd.DataFrame(counts), pd.DataFrame(rows, columns=columns)
     )
 
 
@@ -595,46 +575,33 @@ def polysemanticity(
 # ---------------------------------------------------------------------------------------------
 
 
-def recovery_curves(
-    metrics: pd.DataFrame, metric: str = "f1", stage_order: Sequence[str] | None = None
-) -> pd.DataFrame:
+def recovery_curves(metrics: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     """``metric`` per entity type against training step, one row per (evaluation, type).
 
     ``metrics`` is ``RunDir.metrics()`` (``f1`` flattened to ``f1_overall``, ``f1_LOC``...;
-    ``metric="lm_loss"`` for the language-modelling task). Evaluations inside a stage are named
-    ``retrain-1@10`` and belong to ``retrain-1``. ``training_step`` is ``step`` made monotone
-    within each arm: if a stage's steps restart below the previous stage's, they are taken as
-    counted from that stage's start and continue from the previous stage's last step (so curves
-    read the same whether the experiment counts steps per stage or per arm). Columns: arm,
-    stage, step, training_step, entity, value (and ``metric`` as a copy of value).
+    ``metric="lm_loss"`` for the language-modelling task, ``lm_loss_concept`` and
+    ``lm_loss_other``). Steps are monotone within an arm: base fine-tuning evaluations have
+    negative steps, retraining steps count from 0 at pruning. Evaluations inside a stage are
+    named ``retrain-1@10`` and belong to ``retrain-1``. Columns: arm, stage, step, entity,
+    value (and ``metric`` as a copy of value), in order of arm and step.
     """
-    columns = ["arm", "stage", "step", "training_step", "entity", "value", metric]
+    columns = ["arm", "stage", "step", "entity", "value", metric]
     if metrics.empty:
         return pd.DataFrame(columns=columns)
-    frame = metrics.copy()
-    if metric in frame.columns and f"{metric}_overall" not in frame.columns:
-        frame = frame.rename(columns={metric: f"{metric}_overall"})
-    value_columns = [c for c in frame.columns if c.startswith(f"{metric}_")]
-    if not value_columns or not {"arm", "stage", "step"} <= set(frame.columns):
+    value_columns = [c for c in metrics.columns if c.startswith(f"{metric}_")]
+    if not value_columns or not {"arm", "stage", "step"} <= set(metrics.columns):
         raise NeuroplasticError(
-            f"metrics need arm, stage, step and {metric} columns; got " + ", ".join(frame.columns)
+            f"metrics need arm, stage, step and {metric} columns; got " + ", ".join(metrics.columns)
         )
     from neuroplastic.rundir import stage_names
 
-    order = {name: i for i, name in enumerate(stage_order or stage_names(1000))}
+    order = {name: i for i, name in enumerate(stage_names(1000))}
+    frame = metrics.copy()
+    # Pruning takes no step: at equal steps the stage order decides (base before pruned).
     frame["_order"] = frame["stage"].map(lambda s: order.get(str(s).partition("@")[0], len(order)))
-    frame = frame.sort_values(["arm", "_order", "step"], kind="stable")
-    frame["training_step"] = frame["step"].astype(float)
-    for _, group in frame.groupby("arm", sort=False):
-        offset, running_max = 0.0, -math.inf
-        for _, stage_rows in group.groupby("_order", sort=True):
-            steps = stage_rows["step"].astype(float)
-            if steps.min() + offset < running_max:  # counted from 0 again in this stage
-                offset = running_max
-            frame.loc[stage_rows.index, "training_step"] = steps + offset
-            running_max = max(running_max, float(steps.max() + offset))
+    frame = frame.sort_values(["arm", "step", "_order"], kind="stable")
     long = frame.melt(
-        id_vars=["arm", "stage", "step", "training_step"],
+        id_vars=["arm", "stage", "step"],
         value_vars=value_columns,
         var_name="entity",
         value_name="value",
@@ -644,40 +611,44 @@ def recovery_curves(
     return long.dropna(subset=["value"]).reset_index(drop=True)[columns]
 
 
-def stage_scores(summary: Mapping[str, Any], metric: str | None = None) -> pd.DataFrame:
-    """``metric`` (default ``f1``, else ``lm_loss``) at the end of every stage of every arm,
-    from ``summary.json``: one row per (arm, stage), columns arm, stage, step, then one column
-    per entity type (overall first)."""
+def _metric_of(entries: Sequence[Mapping[str, Any]]) -> str:
+    return "lm_loss" if entries and not any("f1" in e for e in entries) else "f1"
+
+
+def stage_gaps(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Every stage's score and its gaps, as the experiment recorded them in ``summary.json``:
+    ``gap_to_base`` (score - the base score, every arm) and ``gap_to_control`` (concept arm
+    score - random arm score at the same stage: the paired control).
+
+    One row per (arm, stage, entity); columns arm, stage, step, entity, value, gap_to_base,
+    gap_to_control (NaN where not recorded). ``attrs["metric"]`` is ``f1`` or ``lm_loss``.
+    """
     entries = [
         (arm, entry)
         for arm, data in summary.get("arms", {}).items()
         for entry in data.get("stages", [])
     ]
-    if metric is None:
-        metric = "f1" if any("f1" in e for _, e in entries) or not entries else "lm_loss"
+    metric = _metric_of([e for _, e in entries])
     rows = []
     for arm, entry in entries:
-        values = entry.get(metric, {})
-        values = values if isinstance(values, Mapping) else {"overall": values}
-        rows.append(
-            {
-                "arm": arm,
-                "stage": entry.get("stage"),
-                "step": entry.get("step"),
-                **{str(k): v for k, v in values.items()},
-            }
-        )
-    frame = pd.DataFrame(rows)
-    if "overall" in frame.columns:
-        frame = frame[
-            [
-                "arm",
-                "stage",
-                "step",
-                "overall",
-                *[c for c in frame.columns if c not in ("arm", "stage", "step", "overall")],
-            ]
-        ]
+        to_base, to_control = entry.get("gap_to_base", {}), entry.get("gap_to_control", {})
+        for entity, value in entry.get(metric, {}).items():
+            rows.append(
+                {
+                    "arm": arm,
+                    "stage": entry.get("stage"),
+                    "step": entry.get("step"),
+                    "entity": str(entity),
+                    "value": value,
+                    "gap_to_base": to_base.get(entity, np.nan),
+                    "gap_to_control": to_control.get(entity, np.nan),
+                }
+            )
+    columns = ["arm", "stage", "step", "entity", "value", "gap_to_base", "gap_to_control"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame[["value", "gap_to_base", "gap_to_control"]] = frame[
+        ["value", "gap_to_base", "gap_to_control"]
+    ].astype(float)
     frame.attrs["metric"] = metric
     return frame
 
@@ -707,8 +678,6 @@ def analyse_arm(
     embeddings: TokenEmbeddings | None = None,
     top: int | float = 0.01,
     n_reappeared: int = 20,
-    n_boot: int = 1000,
-    seed: int = 0,
 ) -> ArmAnalysis:
     """Run every analysis on one arm (similarities need ``embeddings``; without them the
     primed-neuron correlation is skipped and similarity columns are NaN)."""
@@ -720,14 +689,14 @@ def analyse_arm(
     return ArmAnalysis(
         run=arm,
         layer_saliency=layer_saliency(rankings, top),
-        depth=concept_depth(rankings, top, n_boot=n_boot, seed=seed),
+        depth=concept_depth(rankings, top),
         reappearance=reappearance(arm, n=n_reappeared, embeddings=embeddings),
         pruned=pruned_trace(arm, embeddings),
-        primed=primed_neurons(arm, embeddings, n_boot=n_boot, seed=seed) if can_prime else None,
+        primed=primed_neurons(arm, embeddings) if can_prime else None,
         primed_unsalient=(
-            primed_neurons(arm, embeddings, n_boot=n_boot, seed=seed, start_saliency_below=0.5)
-            if can_prime
-            else None
+            primed_neurons(arm, embeddings, start_saliency_below=0.5) if can_prime else None
         ),
-        polysemanticity=polysemanticity(arm.stats(), arm.concept, vocabulary=arm.vocabulary),
+        polysemanticity=polysemanticity(
+            arm.stats(), arm.concept, vocabulary=arm.vocabulary, exclude=arm.ablated
+        ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,8 @@ class RankResult:
 
 
 def ranking_rows(ranking: Ranking, stats: NeuronStats, tokenizer: Any) -> list[dict[str, Any]]:
-    """Every neuron, most salient first, with its top activating tokens."""
+    """Every neuron, most salient first, with its top activating tokens; a neuron that never
+    fired has no rank or saliency (None) and comes last. Tied neurons share their average rank."""
     frame = ranking.to_frame()
     vocabulary = _decoder(tokenizer)
     rows = []
@@ -51,8 +53,8 @@ def ranking_rows(ranking: Ranking, stats: NeuronStats, tokenizer: Any) -> list[d
             {
                 "layer": int(layer),
                 "neuron": int(neuron),
-                "saliency": float(saliency),
-                "rank": int(rank),
+                "saliency": float(saliency) if math.isfinite(saliency) else None,
+                "rank": float(rank) if math.isfinite(rank) else None,
                 "top_tokens": [vocabulary(int(t)) for t in stats.top_token[layer, neuron]],
             }
         )

@@ -345,9 +345,12 @@ def _rank(args: argparse.Namespace) -> int:
     )
     print(f"{'rank':>5} {'layer':>5} {'neuron':>6} {'saliency':>9}  top tokens")
     for row in result.rows[: args.top]:
+        if row["rank"] is None:
+            print("(the other neurons never fired on these sentences: no rank)")
+            break
         tokens = " ".join(repr(t) for t in row["top_tokens"][:8])
         print(
-            f"{row['rank']:>5} {row['layer']:>5} {row['neuron']:>6} {row['saliency']:>9.5f}  "
+            f"{row['rank']:>5g} {row['layer']:>5} {row['neuron']:>6} {row['saliency']:>9.5f}  "
             f"{tokens}"
         )
     if args.json:

@@ -55,7 +55,8 @@ class ExperimentConfig:
     # "continuous": one optimizer and LR schedule across all retraining stages (stages are
     # evaluation points); "per-stage": a fresh optimizer and schedule per stage (the paper's)
     schedule: str = "continuous"
-    eval_every: int = 0  # extra evaluations inside a stage every N steps; 0 = only at stage ends
+    # extra evaluations inside each retraining stage every N steps; 0 = only at stage ends
+    eval_every: int = 0
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
     batch_size: int = 16

@@ -192,19 +192,21 @@ def _fine_tune_base(setup: Setup, log) -> None:
     if store.done("concept", "base"):
         log("[base] already done; resuming")
         return
-    rows: list[dict] = []
     losses: list[float] = []
     if config.checkpoint:
         load_weights(setup.module, Path(config.checkpoint))
         base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
     else:
-        base, losses = _train_to_plateau(setup, rows)
-    _finish_stage(setup, "concept", "base", 0, losses, None, rows, log, base=base)
+        base, losses = _train_to_plateau(setup)
+    _finish_stage(setup, "concept", "base", 0, losses, None, [], log, base=base)
 
 
-def _train_to_plateau(setup: Setup, rows: list[dict]) -> tuple[dict, list[float]]:
+def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
     """Train in chunks of ``plateau_every`` steps until the probe loss stops improving by
-    ``plateau_tolerance`` (relative) for ``plateau_patience`` checks, at most ``base_steps``."""
+    ``plateau_tolerance`` (relative) for ``plateau_patience`` checks, at most ``base_steps``.
+
+    The probe loss at every check is the fine-tuning curve; validation F1 is taken at the end
+    only (``eval_every`` applies to retraining, where recovery is measured)."""
     config = setup.config
     trainer = Trainer(
         setup.module,
@@ -222,7 +224,6 @@ def _train_to_plateau(setup: Setup, rows: list[dict]) -> tuple[dict, list[float]
         first = trainer.step
         losses += trainer.run(
             min(chunk, config.base_steps - first),
-            on_step=_periodic_eval(setup, "concept", "base", first, first, None, rows),
             progress=setup.progress,
             description=f"fine-tuning base model (steps {first + 1}-)",
         )
@@ -237,10 +238,6 @@ def _train_to_plateau(setup: Setup, rows: list[dict]) -> tuple[dict, list[float]
         if stale >= config.plateau_patience:
             stopped = "plateau"
             break
-    # Steps before pruning count up to 0, so curves show fine-tuning leading into it; an
-    # evaluation at the very last step would repeat the stage's own.
-    rows[:] = [{**row, "step": row["step"] - trainer.step} for row in rows]
-    rows[:] = [row for row in rows if row["step"] < 0]
     return {"steps": trainer.step, "stopped": stopped, "probe_loss": history}, losses
 
 
@@ -304,7 +301,7 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
                     trainer.restart_schedule()
                 losses = trainer.run(
                     config.stage_steps,
-                    on_step=_periodic_eval(setup, arm, stage, trainer.step, 0, dead, rows),
+                    on_step=_periodic_eval(setup, arm, stage, trainer.step, dead, rows),
                     progress=setup.progress,
                     description=f"[{arm}] {stage}",
                 )
@@ -372,29 +369,21 @@ def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
 
 
 def _periodic_eval(
-    setup: Setup,
-    arm: str,
-    stage: str,
-    first_step: int,
-    done_in_stage: int,
-    dead: torch.Tensor | None,
-    rows: list,
+    setup: Setup, arm: str, stage: str, first_step: int, dead: torch.Tensor | None, rows: list
 ):
-    """An ``on_step`` callback evaluating every ``eval_every`` steps of a stage, for a training
-    run that starts at step ``first_step``, ``done_in_stage`` steps into the stage; its rows are
-    named ``stage@n`` (n steps into the stage) and kept with the stage's own row."""
+    """An ``on_step`` callback evaluating every ``eval_every`` steps of a retraining stage that
+    starts at step ``first_step``; its rows are named ``stage@n`` (n steps into the stage) and
+    kept with the stage's own row."""
     config = setup.config
-    stage_length = config.stage_steps if stage != "base" else config.base_steps
 
     def on_step(n: int, loss: float) -> None:
-        step, in_stage = first_step + n, done_in_stage + n
-        if config.eval_every and in_stage % config.eval_every == 0 and in_stage < stage_length:
+        if config.eval_every and n % config.eval_every == 0 and n < config.stage_steps:
             evaluation = _validate(setup, dead, progress=False)
             rows.append(
                 {
                     "arm": arm,
-                    "stage": f"{stage}@{in_stage}",
-                    "step": step,
+                    "stage": f"{stage}@{n}",
+                    "step": first_step + n,
                     **evaluation.scores,
                     "train_loss": loss,
                 }

@@ -13,15 +13,16 @@ Here each view is an empty ``<div id=...></div>`` plus its props in a
 ``<script type="application/json">`` block; one bootstrap script after the single inlined bundle
 renders every view.
 
-The ``*_props`` functions build the props the Python ``circuitsvis`` functions send to their
-React components (camelCase names, arrays as nested lists, ``None`` options left out), without
-importing ``circuitsvis`` (which imports torch). Two deliberate differences:
+:func:`text_neuron_activations_props` builds the props the Python
+``circuitsvis.activations.text_neuron_activations`` sends to its React component (camelCase names,
+arrays as nested lists, ``None`` options left out), without importing ``circuitsvis`` (which
+imports torch); :meth:`HtmlPage.circuitsvis` takes any component's props in that form. Two
+deliberate differences:
 
 * Token strings are HTML-escaped (``escape_tokens=True``). The CircuitsVis components insert each
   token with ``dangerouslySetInnerHTML`` (after turning whitespace into ``&nbsp;``), so a raw
   ``<|endoftext|>`` or ``</b>`` token vanishes or breaks the layout, and a token such as
-  ``<img src=... onerror=...>`` would run code or fetch from the network. The cost: the hover
-  tooltip of ``ColoredTokens``, which shows the token as plain text, shows ``&lt;`` for ``<``.
+  ``<img src=... onerror=...>`` would run code or fetch from the network.
 * Non-finite floats (NaN, inf) become ``null``, because the props travel as strict JSON.
 
 Example::
@@ -29,7 +30,9 @@ Example::
     page = HtmlPage("Relearning report")
     page.heading("Where the concept went")
     page.paragraph("Top-activating tokens per pruned neuron.")
-    page.circuitsvis("ColoredTokens", colored_tokens_props(tokens, values))
+    page.circuitsvis(
+        "TextNeuronActivations", text_neuron_activations_props(tokens, activations)
+    )
     with page.details("Per-layer saliency"):
         page.plotly(fig)
         page.table(df, caption="Saliency by layer")
@@ -63,13 +66,9 @@ __all__ = [
     "CIRCUITSVIS_COMPONENTS",
     "HtmlPage",
     "circuitsvis_bundle_path",
-    "colored_tokens_multi_props",
-    "colored_tokens_props",
     "expand_self_closing_divs",
     "json_for_script",
     "text_neuron_activations_props",
-    "topk_samples_props",
-    "topk_tokens_props",
 ]
 
 #: Components exported on ``window.CircuitsVis`` by the circuitsvis 1.43 bundle.
@@ -527,130 +526,6 @@ def text_neuron_activations_props(
             "secondDimensionName": second_dimension_name,
             "firstDimensionLabels": _opt_list(first_dimension_labels),
             "secondDimensionLabels": _opt_list(second_dimension_labels),
-        }
-    )
-
-
-def colored_tokens_props(
-    tokens: Sequence[str],
-    values: Any,
-    min_value: float | None = None,
-    max_value: float | None = None,
-    negative_color: str | None = None,
-    positive_color: str | None = None,
-    *,
-    escape_tokens: bool = True,
-) -> dict[str, Any]:
-    """Props of ``ColoredTokens`` (``circuitsvis.tokens.colored_tokens``): one value per token."""
-    arr = _array(values, "values", 1)
-    _check_tokens(tokens, arr.shape[0], "values")
-    return _without_none(
-        {
-            "tokens": _token_html(tokens, escape_tokens),
-            "values": arr.tolist(),
-            "minValue": min_value,
-            "maxValue": max_value,
-            "negativeColor": negative_color,
-            "positiveColor": positive_color,
-        }
-    )
-
-
-def colored_tokens_multi_props(
-    tokens: Sequence[str],
-    values: Any,
-    labels: Sequence[str] | None = None,
-    *,
-    escape_tokens: bool = True,
-) -> dict[str, Any]:
-    """Props of ``ColoredTokensMulti`` (``circuitsvis.tokens.colored_tokens_multi``).
-
-    ``values`` has shape [tokens, K]; ``labels`` names the K value types.
-    """
-    arr = _array(values, "values", 2)
-    _check_tokens(tokens, arr.shape[0], "values")
-    if labels and len(labels) != arr.shape[1]:
-        raise ValueError(f"{len(labels)} labels but values has {arr.shape[1]} columns")
-    return _without_none(
-        {
-            "tokens": _token_html(tokens, escape_tokens),
-            "values": arr.tolist(),
-            "labels": _opt_list(labels),
-        }
-    )
-
-
-def topk_tokens_props(
-    tokens: Sequence[Sequence[str]],
-    activations: Sequence[Any],
-    max_k: int = 10,
-    first_dimension_name: str = "Layer",
-    third_dimension_name: str = "Neuron",
-    sample_labels: Sequence[str] | None = None,
-    first_dimension_labels: Sequence[str] | None = None,
-    *,
-    escape_tokens: bool = True,
-) -> dict[str, Any]:
-    """Props of ``TopkTokens`` (``circuitsvis.topk_tokens.topk_tokens``).
-
-    ``activations`` holds one array [layers, tokens, neurons] per sample. As in CircuitsVis,
-    top-k and bottom-k are taken over the tokens of each sample separately (k = min(max_k,
-    n_tokens)); bottom-k is listed from the largest of the bottom values down.
-    """
-    if len(tokens) != len(activations):
-        raise ValueError(f"{len(tokens)} token lists but {len(activations)} activation arrays")
-    topk_vals, topk_idxs, bottomk_vals, bottomk_idxs = [], [], [], []
-    for sample_tokens, sample in zip(tokens, activations, strict=True):
-        arr = _array(sample, "each activations array", 3)
-        _check_tokens(sample_tokens, arr.shape[1], "its activations array (axis 1)")
-        k = min(arr.shape[1], max_k)
-        ascending = np.argsort(arr, axis=1, kind="stable")
-        top = ascending[:, ::-1, :][:, :k, :]
-        bottom = ascending[:, :k, :][:, ::-1, :]
-        topk_vals.append(np.take_along_axis(arr, top, axis=1).tolist())
-        topk_idxs.append(top.tolist())
-        bottomk_vals.append(np.take_along_axis(arr, bottom, axis=1).tolist())
-        bottomk_idxs.append(bottom.tolist())
-    return _without_none(
-        {
-            "tokens": [_token_html(t, escape_tokens) for t in tokens],
-            "topkVals": topk_vals,
-            "topkIdxs": topk_idxs,
-            "bottomkVals": bottomk_vals,
-            "bottomkIdxs": bottomk_idxs,
-            "firstDimensionName": first_dimension_name,
-            "thirdDimensionName": third_dimension_name,
-            "sampleLabels": _opt_list(sample_labels),
-            "firstDimensionLabels": _opt_list(first_dimension_labels),
-        }
-    )
-
-
-def topk_samples_props(
-    tokens: Sequence[Sequence[Sequence[Sequence[str]]]],
-    activations: Any,
-    zeroth_dimension_name: str | None = "Layer",
-    first_dimension_name: str | None = "Neuron",
-    zeroth_dimension_labels: Sequence[str] | None = None,
-    first_dimension_labels: Sequence[str] | None = None,
-    *,
-    escape_tokens: bool = True,
-) -> dict[str, Any]:
-    """Props of ``TopkSamples`` (``circuitsvis.topk_samples.topk_samples``).
-
-    ``tokens`` and ``activations`` are nested [layers][neurons][samples][tokens].
-    """
-    return _without_none(
-        {
-            "tokens": [
-                [[_token_html(sample, escape_tokens) for sample in neuron] for neuron in layer]
-                for layer in tokens
-            ],
-            "activations": _jsonable(activations),
-            "zerothDimensionName": zeroth_dimension_name,
-            "firstDimensionName": first_dimension_name,
-            "zerothDimensionLabels": _opt_list(zeroth_dimension_labels),
-            "firstDimensionLabels": _opt_list(first_dimension_labels),
         }
     )
 

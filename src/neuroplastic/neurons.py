@@ -60,7 +60,8 @@ class NeuronSet:
 
     @classmethod
     def top_k(cls, ranking: Ranking, k: int) -> NeuronSet:
-        _check_count(k, ranking.scores.numel())
+        """The ``k`` most salient live neurons (neurons that never fired are never chosen)."""
+        _check_count(k, ranking.n_alive, "live ")
         return cls(
             ranking.n_layers,
             ranking.d_mlp,
@@ -83,8 +84,9 @@ class NeuronSet:
 
     @classmethod
     def per_layer_top_k(cls, ranking: Ranking, k: int) -> NeuronSet:
-        _check_count(k, ranking.d_mlp)
-        top = torch.argsort(-ranking.scores, dim=1, stable=True)[:, :k]
+        """The ``k`` most salient live neurons of every layer."""
+        _check_count(k, int(ranking.alive.sum(1).min()), "live ", " in every layer")
+        top = torch.argsort(-ranking.scores, dim=1, stable=True)[:, :k]  # dead score -inf: last
         pairs = [(layer, int(n)) for layer in range(ranking.n_layers) for n in top[layer]]
         return cls(
             ranking.n_layers,
@@ -199,6 +201,9 @@ class NeuronSet:
         return cls.from_dict(data)
 
 
-def _check_count(k: int, available: int) -> None:
+def _check_count(k: int, available: int, kind: str = "", where: str = "") -> None:
     if not 0 < k <= available:
-        raise NeuroplasticError(f"cannot choose {k} neurons: choose between 1 and {available}")
+        raise NeuroplasticError(
+            f"cannot choose {k} neurons: there are {available} {kind}neurons{where}; choose "
+            f"between 1 and {available}"
+        )

@@ -2,6 +2,9 @@
 
 Every ranker produces raw scores; ``Ranking`` turns them into a normalized saliency in [0, 1]
 (1 = most salient, from the rank, as in Lo et al.) so two checkpoints or two rankers compare.
+Only live neurons are ranked: an ablated neuron (exactly zero on every token) has no saliency
+(NaN), and ties share their average rank, so neither dead neurons nor index order can move the
+saliency of the live ones.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
+from scipy.stats import rankdata
 from torch import Tensor
 
 from neuroplastic.errors import NeuroplasticError
@@ -85,13 +89,31 @@ def _concept_index(stats: NeuronStats, concept: str) -> int:
     return z
 
 
+def alive_neurons(stats: NeuronStats) -> Bool[Tensor, "layer neuron"]:
+    """False where a neuron never fired on any token (exactly zero: an ablated neuron)."""
+    return stats.sum_sq.sum(0) > 0
+
+
 @dataclass
 class Ranking:
-    """Scores, normalized saliency and ranks of every neuron for one concept at one checkpoint."""
+    """Scores, normalized saliency and ranks of the live neurons for one concept at one
+    checkpoint.
+
+    A dead neuron (ablated: exactly zero on every token) has no saliency. It is left out of the
+    ranking: its score is ``-inf`` in ``scores`` (so a descending sort puts it last), and its
+    saliency and ranks are NaN. ``alive`` defaults to the finite scores; given explicitly, the
+    scores of the neurons it marks dead are set to ``-inf``.
+    """
 
     concept: str
     method: str
     scores: Scores
+    alive: Bool[Tensor, "layer neuron"] | None = None
+
+    def __post_init__(self) -> None:
+        finite = self.scores > float("-inf")  # NaN and -inf: not ranked
+        self.alive = finite if self.alive is None else self.alive.bool() & finite
+        self.scores = self.scores.masked_fill(~self.alive, float("-inf"))
 
     @classmethod
     def from_stats(cls, stats: NeuronStats, concept: str, method: str = "probeless") -> Ranking:
@@ -99,12 +121,9 @@ class Ranking:
             raise NeuroplasticError(
                 f"unknown ranking method {method!r}; choose one of {', '.join(RANKERS)}"
             )
-        scores = RANKERS[method](stats, concept)
-        # A neuron that never fired (an ablated one, exactly zero) carries no concept, whatever
-        # a ranker's formula makes of all-zero statistics (selectivity would give it margin 0,
-        # above most live neurons): rank it last.
-        dead = stats.sum_sq.sum(0) == 0
-        return cls(concept, method, scores.masked_fill(dead, float("-inf")))
+        # A neuron that never fired carries no concept, whatever a ranker's formula makes of
+        # all-zero statistics (selectivity would give it margin 0, above most live neurons).
+        return cls(concept, method, RANKERS[method](stats, concept), alive_neurons(stats))
 
     @property
     def n_layers(self) -> int:
@@ -115,56 +134,81 @@ class Ranking:
         return self.scores.shape[1]
 
     @property
-    def global_rank(self) -> Int[Tensor, "layer neuron"]:
-        """0 = most salient over all layers; ties broken by (layer, neuron) order."""
-        order = self.order()
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(order.numel())
-        return rank.view(self.n_layers, self.d_mlp)
+    def n_alive(self) -> int:
+        return int(self.alive.sum())
 
     @property
-    def layer_rank(self) -> Int[Tensor, "layer neuron"]:
-        """0 = most salient within its layer."""
-        order = torch.argsort(-self.scores, dim=1, stable=True)
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(self.d_mlp).expand_as(order).contiguous())
-        return rank
+    def global_rank(self) -> Float[Tensor, "layer neuron"]:
+        """0 = most salient of the live neurons over all layers; ties share their average rank;
+        NaN for dead neurons."""
+        return _descending_rank(self.scores.flatten(), self.alive.flatten()).view_as(self.scores)
+
+    @property
+    def layer_rank(self) -> Float[Tensor, "layer neuron"]:
+        """0 = most salient of the live neurons in its layer; ties averaged; NaN for dead."""
+        return torch.stack(
+            [
+                _descending_rank(self.scores[layer], self.alive[layer])
+                for layer in range(self.n_layers)
+            ]
+        )
 
     @property
     def saliency(self) -> Float[Tensor, "layer neuron"]:
-        """Normalized rank: 1 for the most salient neuron, 0 for the least."""
-        n = self.scores.numel()
-        return 1 - self.global_rank.float() / max(n - 1, 1)
+        """Normalized rank among the live neurons: 1 for the most salient, 0 for the least
+        (ties get their average); NaN for dead neurons."""
+        return (1 - self.global_rank / max(self.n_alive - 1, 1)).float()
 
-    def order(self) -> Int[Tensor, " neurons"]:
-        """Flat indices (layer * d_mlp + neuron), most salient first."""
-        return torch.argsort(-self.scores.flatten(), stable=True)
+    def order(self) -> Int[Tensor, " alive"]:
+        """Flat indices (layer * d_mlp + neuron) of the live neurons, most salient first (ties
+        in index order)."""
+        return torch.argsort(-self.scores.flatten(), stable=True)[: self.n_alive]
 
     def top(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` most salient live neurons as ``(layer, neuron)``."""
+        if k > self.n_alive:
+            raise NeuroplasticError(
+                f"cannot choose {k} neurons: only {self.n_alive} of {self.scores.numel()} "
+                "neurons are alive (the others never fired: ablated or dead) and can be ranked"
+            )
         return [divmod(int(i), self.d_mlp) for i in self.order()[:k]]
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per neuron, most salient first."""
+        """One row per neuron, most salient first, dead neurons last with NaN score, saliency
+        and ranks."""
         layer, neuron = torch.meshgrid(
             torch.arange(self.n_layers), torch.arange(self.d_mlp), indexing="ij"
         )
+        scores = self.scores.masked_fill(~self.alive, float("nan"))
         frame = pd.DataFrame(
             {
                 "layer": layer.flatten().numpy(),
                 "neuron": neuron.flatten().numpy(),
-                "score": self.scores.flatten().numpy(),
+                "score": scores.flatten().numpy(),
                 "saliency": self.saliency.flatten().numpy(),
                 "rank": self.global_rank.flatten().numpy(),
                 "layer_rank": self.layer_rank.flatten().numpy(),
             }
         )
-        return frame.sort_values("rank", kind="stable").reset_index(drop=True)
+        order = torch.cat([self.order(), torch.nonzero(~self.alive.flatten()).flatten()])
+        return frame.iloc[order.numpy()].reset_index(drop=True)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, concept: str, method: str) -> Ranking:
+        """The inverse of :meth:`to_frame`: a NaN score marks a dead neuron."""
         n_layers, d_mlp = int(frame["layer"].max()) + 1, int(frame["neuron"].max()) + 1
-        scores = torch.zeros(n_layers, d_mlp)
+        scores = torch.full((n_layers, d_mlp), float("nan"))
         scores[frame["layer"].to_numpy().copy(), frame["neuron"].to_numpy().copy()] = torch.tensor(
             frame["score"].to_numpy().copy(), dtype=torch.float32
         )
         return cls(concept, method, scores)
+
+
+def _descending_rank(scores: Float[Tensor, " n"], alive: Bool[Tensor, " n"]) -> Float[Tensor, " n"]:
+    """0-based rank from the largest score among ``alive``, ties averaged; NaN elsewhere."""
+    rank = torch.full(scores.shape, float("nan"), dtype=torch.float64)
+    live = scores[alive].double().numpy()
+    if len(live):
+        # rankdata ranks from the smallest (1-based): count down from the number alive.
+        rank[alive] = torch.from_numpy(len(live) - rankdata(live, method="average"))
+    return rank

@@ -7,6 +7,10 @@ reading order: key numbers, the recovery curves, saliency per layer and the dept
 concept, layer x neuron saliency heatmaps, the neurons where the concept reappeared, the pruned
 neurons, primed neurons, polysemantic neurons, and the config. The random arm is always shown
 beside the concept arm: it is the control that says which changes are about the concept.
+
+One run is one sample. The page describes it (means, medians, counts, a rank correlation over
+the neurons of one model) and computes no interval or p-value from neurons; intervals come from
+repeating the run over seeds (``neuroplastic sweep``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from neuroplastic.analysis import ArmAnalysis, ArmRun, analyse_arm, recovery_curves, stage_scores
+from neuroplastic.analysis import (
+    ArmAnalysis,
+    ArmRun,
+    analyse_arm,
+    recovery_curves,
+    stage_gaps,
+)
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.html import HtmlPage
 from neuroplastic.rundir import RunDir
@@ -44,7 +54,19 @@ LAYER_COLORS = (
     "#fca636",
     "#2a788e",
 )
+#: Behind the heatmaps, so dead neurons (NaN saliency, drawn as gaps) show grey: no Viridis
+#: colour is grey.
+DEAD_COLOR = "#bdbdbd"
 Similarity = Literal["model", "sentence", "none"]
+
+
+ONE_RUN = (
+    "Every number on this page describes this one run (one seed): means, medians, counts and "
+    "rank correlations over the neurons of one model are descriptions, not estimates with an "
+    "error, and no interval or p-value is computed from neurons. Intervals come from repeating "
+    "the run over seeds: `neuroplastic sweep`."
+)
+NOT_RECORDED = "not recorded"
 
 
 def write_report(
@@ -55,27 +77,17 @@ def write_report(
     n_neurons: int = 10,
     n_views: int = 5,
     similarity: Similarity | TokenEmbeddings = "model",
-    n_boot: int = 1000,
-    seed: int = 0,
 ) -> Path:
     """Write ``report.html`` into the run directory (or to ``out``); returns its path.
 
-    ``top``: the most salient neurons per stage (a count, or a fraction of all neurons; at
+    ``top``: the most salient live neurons per stage (a count, or a fraction of all neurons; at
     least 10) used for the layer shares and the depth of the concept. ``n_neurons`` rows in the
     neuron tables, ``n_views`` of them with before/after CircuitsVis views. ``similarity``: token
     vectors for concept similarity, the model's input embeddings (default), the offline MiniLM
     sentence model, none, or your own :class:`TokenEmbeddings`.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    page = build_report(
-        run,
-        top=top,
-        n_neurons=n_neurons,
-        n_views=n_views,
-        similarity=similarity,
-        n_boot=n_boot,
-        seed=seed,
-    )
+    page = build_report(run, top=top, n_neurons=n_neurons, n_views=n_views, similarity=similarity)
     return page.write(Path(out) if out is not None else run.report_path)
 
 
@@ -86,8 +98,6 @@ def build_report(
     n_neurons: int = 10,
     n_views: int = 5,
     similarity: Similarity | TokenEmbeddings = "model",
-    n_boot: int = 1000,
-    seed: int = 0,
 ) -> HtmlPage:
     """The report as an :class:`HtmlPage` (see :func:`write_report`)."""
     if not run.config_path.is_file():
@@ -103,9 +113,7 @@ def build_report(
     n_top = max(min(10, n_total), round(top * n_total)) if isinstance(top, float) else int(top)
     embeddings, similarity_note = _embeddings(run, loaded, similarity)
     analyses = {
-        arm: analyse_arm(
-            data, embeddings, top=n_top, n_reappeared=n_neurons, n_boot=n_boot, seed=seed
-        )
+        arm: analyse_arm(data, embeddings, top=n_top, n_reappeared=n_neurons)
         for arm, data in loaded.items()
     }
     summary = run.summary() if run.summary_path.is_file() else None
@@ -113,14 +121,15 @@ def build_report(
     sentences = run.sentences() if (run.path / "sentences.json").is_file() else []
 
     concept = config["concept"]
-    page = HtmlPage(f"Where did {concept} go? {config.get('model', '')}".strip())
+    page = HtmlPage(f"Where did {concept} go? {config['model']}")
     page.paragraph(
         f"Run {run.path.name}: the MLP neurons most salient for {concept} "
-        f"({config.get('method', '?')} ranking) were ablated "
-        f"({config.get('mode', config.get('ablation', 'see config'))} mode), and the model "
+        f"({config['method']} ranking) were ablated ({config['mode']} mode), and the model "
         "retrained. The random arm ablates as many random neurons per layer: the control. "
-        f"Saliency is a neuron's normalized rank for {concept} at that stage (1 = most salient)."
+        f"Saliency is a neuron's normalized rank for {concept} among the neurons alive at that "
+        "stage (1 = most salient); an ablated (dead) neuron has none."
     )
+    page.paragraph(ONE_RUN)
     _key_numbers(page, analyses, summary, concept, n_top)
     _recovery(page, metrics, summary, concept)
     _saliency(page, analyses, n_top)
@@ -180,24 +189,24 @@ def _key_numbers(
     page: HtmlPage, analyses: dict[str, ArmAnalysis], summary: dict | None, concept: str, n_top: int
 ) -> None:
     page.heading("Key numbers")
-    scores = stage_scores(summary) if summary else pd.DataFrame()
+    page.paragraph("Base model: " + _base_training((summary or {}).get("base")))
+    if summary is None:
+        page.paragraph("No summary.json: scores per stage not recorded.")
+    else:
+        _stage_table(page, stage_gaps(summary), concept)
+    arms_summary = (summary or {}).get("arms", {})
     rows: dict[str, dict[str, str]] = {}
     for arm, analysis in analyses.items():
         column: dict[str, str] = {}
         data = analysis.run
-        if not scores.empty:
-            arm_scores = scores[scores["arm"] == arm].set_index("stage")
-            for entity in (concept, "overall"):
-                if entity in arm_scores.columns:
-                    values = [
-                        arm_scores[entity].get(s) for s in (data.first, data.start, data.last)
-                    ]
-                    name = "F1" if scores.attrs.get("metric") == "f1" else "LM loss"
-                    column[f"{entity} {name}: {data.first} → {data.start} → {data.last}"] = (
-                        " → ".join(_fmt(v, ".3f") for v in values)
-                    )
+        column["neurons ablated"] = str(len(data.ablated))
+        if len(analyses) > 1:
+            overlap = arms_summary.get(arm, {}).get("overlap_with_concept")
+            column["of them also in the concept set"] = (
+                "–" if arm == "concept" else NOT_RECORDED if overlap is None else str(overlap)
+            )
         depth = analysis.depth.set_index("stage")["mean_layer"]
-        column[f"mean layer of the top {n_top} neurons: {data.first} → {data.last}"] = (
+        column[f"mean layer of the top {n_top} live neurons: {data.first} → {data.last}"] = (
             f"{depth[data.first]:.2f} → {depth[data.last]:.2f}"
         )
         shares = analysis.layer_saliency
@@ -208,11 +217,16 @@ def _key_numbers(
         if analysis.primed is not None:
             p = analysis.primed
             column["primed: Spearman ρ(similarity to concept, saliency gain)"] = (
-                f"{p.rho:+.2f} [{p.ci_low:+.2f}, {p.ci_high:+.2f}], n={p.n}"
+                f"{p.rho:+.2f} over {p.n} neurons"
             )
-        counts = analysis.polysemanticity.counts.set_index("stage")["n_polysemantic"]
-        column[f"polysemantic neurons: {data.first} → {data.last}"] = (
-            f"{counts[data.first]} → {counts[data.last]}"
+        poly = analysis.polysemanticity
+        counts = poly.counts.set_index("stage")
+        column[
+            f"polysemantic neurons: {data.first} → {data.last} "
+            "(of the neurons alive at every stage, outside the ablated set)"
+        ] = (
+            f"{counts.loc[data.first, 'n_polysemantic']} → "
+            f"{counts.loc[data.last, 'n_polysemantic']} of {poly.n_population}"
         )
         trace = analysis.pruned.stages.set_index("stage")
         column[f"ablated neurons alive at {data.last}"] = (
@@ -220,13 +234,74 @@ def _key_numbers(
         )
         rows[arm] = column
     # Measures as the (unnamed) index: row headers, left-aligned.
-    page.table(pd.DataFrame(rows), caption="Concept arm beside the random arm")
+    page.table(pd.DataFrame(rows).fillna("–"), caption="Concept arm beside the random arm")
 
 
-def _metric_of(metrics: pd.DataFrame) -> str | None:
+#: Why base fine-tuning stopped, as summary.json records it.
+STOPPED = {
+    "plateau": "the loss on the probe sentences stopped improving",
+    "cap": "it reached base_steps before a plateau",
+    "checkpoint": "loaded from a checkpoint, not fine-tuned in this run",
+}
+
+
+def _base_training(base: dict | None) -> str:
+    if not base:
+        return f"fine-tuning length and stopping rule {NOT_RECORDED}."
+    stopped = base["stopped"]
+    return (
+        f"fine-tuned for {base['steps']} steps, stopped: {stopped} "
+        f"({STOPPED.get(stopped, 'see the experiment')})."
+    )
+
+
+def _score_names(metric: str, concept: str) -> tuple[str, str, str]:
+    """(what the score is called, the concept's entity, the other entity shown)."""
+    if metric == "f1":
+        return "F1", concept, "overall"
+    return "LM loss", "concept", "other"
+
+
+def _stage_table(page: HtmlPage, gaps: pd.DataFrame, concept: str) -> None:
+    """Per stage of the concept arm: its score, the gap to base and the gap to the random arm
+    at the same stage (the paired control), for the concept and overall."""
+    name, main, other = _score_names(gaps.attrs["metric"], concept)
+    arm = gaps[gaps["arm"] == "concept"]
+    control = gaps[gaps["arm"] == "random"].set_index(["stage", "entity"])["value"]
+    rows = []
+    for stage, group in arm.groupby("stage", sort=False):
+        by_entity = group.set_index("entity")
+        row: dict[str, Any] = {"stage": stage, "step": int(group["step"].iloc[0])}
+        for entity in (main, other):
+            if entity not in by_entity.index:
+                continue
+            entry = by_entity.loc[entity]
+            row[f"{entity} {name}"] = _fmt(entry["value"], ".3f")
+            row[f"{entity} gap to base"] = _gap(entry["gap_to_base"])
+            if not control.empty:
+                row[f"random arm {entity} {name}"] = _fmt(control.get((stage, entity)), ".3f")
+                row[f"{entity} gap to control"] = _gap(entry["gap_to_control"])
+        rows.append(row)
+    page.table(
+        pd.DataFrame(rows),
+        caption=f"Concept arm, per stage: {name}, its gap to base"
+        + (
+            ", and its gap to the random arm at the same stage (the paired control)"
+            if not control.empty
+            else " (no random arm in this run: no control)"
+        ),
+        index=False,
+    )
+
+
+def _gap(value: Any) -> str:
+    return NOT_RECORDED if value is None or not math.isfinite(value) else f"{value:+.3f}"
+
+
+def _metrics_metric(metrics: pd.DataFrame) -> str | None:
     """``f1`` (NER), ``lm_loss`` (language modelling) or None, from the metrics' columns."""
     for metric in ("f1", "lm_loss"):
-        if any(c == metric or c.startswith(f"{metric}_") for c in metrics.columns):
+        if any(c.startswith(f"{metric}_") for c in metrics.columns):
             return metric
     return None
 
@@ -236,78 +311,144 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
     from plotly.subplots import make_subplots
 
     page.heading("Recovery")
-    metric = _metric_of(metrics)
+    metric = _metrics_metric(metrics)
     if metric is None:
         page.paragraph("No evaluations recorded (metrics.jsonl is missing or empty).")
-        return
-    curves = recovery_curves(metrics, metric=metric)
-    name = "F1" if metric == "f1" else "LM loss"
-    entities = list(dict.fromkeys(curves["entity"]))
-    entities.sort(key=lambda e: (e != concept, e != "overall", e))
-    n_cols = min(3, len(entities))
-    n_rows = math.ceil(len(entities) / n_cols)
-    titles = [f"{e} (the concept)" if e == concept else e for e in entities]
-    fig = make_subplots(
-        rows=n_rows,
-        cols=n_cols,
-        subplot_titles=titles,
-        shared_yaxes=True,
-        horizontal_spacing=0.05,
-        vertical_spacing=0.14,
-    )
-    for i, entity in enumerate(entities):
-        row, col = i // n_cols + 1, i % n_cols + 1
-        for arm, group in curves[curves["entity"] == entity].groupby("arm", sort=False):
-            fig.add_trace(
-                go.Scatter(
-                    x=group["training_step"],
-                    y=group["value"],
-                    mode="lines+markers",
-                    name=f"{arm} arm",
-                    legendgroup=arm,
-                    showlegend=i == 0,
-                    line={"color": ARM_COLORS.get(arm)},
-                    customdata=group["stage"],
-                    hovertemplate="%{customdata}, step %{x}<br>"
-                    + name
-                    + " %{y:.3f}<extra>"
-                    + arm
-                    + "</extra>",
-                ),
-                row=row,
-                col=col,
-            )
-    for stage, step in _stage_starts(curves):
-        for i in range(len(entities)):
-            fig.add_vline(
-                x=step,
-                line={"dash": "dot", "width": 1, "color": "#8c959f"},
-                row=i // n_cols + 1,
-                col=i % n_cols + 1,
-                **(
-                    {"annotation_text": stage, "annotation_font": {"size": 9, "color": "#57606a"}}
-                    if i == 0
-                    else {}
-                ),
-            )
-    if metric == "f1":
-        fig.update_yaxes(range=[0, 1.02])
-    fig.update_xaxes(title_text="training step", row=n_rows)
-    fig.update_layout(
-        height=330 * n_rows,
-        margin={"t": 50, "b": 40, "l": 50, "r": 20},
-        legend={"orientation": "h", "y": -0.12},
-    )
-    page.paragraph(
-        f"{'Entity F1' if metric == 'f1' else 'Language-modelling loss on tokens of each label'} "
-        "against training step, concept arm (red) and random arm (blue); dotted lines mark where "
-        "each stage starts. The paper: performance on the concept collapses when its neurons "
-        "are pruned and recovers within a few epochs of retraining."
-    )
-    page.plotly(fig)
+    else:
+        curves = recovery_curves(metrics, metric=metric)
+        name, main, other = _score_names(metric, concept)
+        entities = list(dict.fromkeys(curves["entity"]))
+        entities.sort(key=lambda e: (e != main, e != other, e))
+        n_cols = min(3, len(entities))
+        n_rows = math.ceil(len(entities) / n_cols)
+        titles = [f"{e} (the concept)" if e == concept else e for e in entities]
+        fig = make_subplots(
+            rows=n_rows,
+            cols=n_cols,
+            subplot_titles=titles,
+            shared_yaxes=True,
+            horizontal_spacing=0.05,
+            vertical_spacing=0.14,
+        )
+        for i, entity in enumerate(entities):
+            row, col = i // n_cols + 1, i % n_cols + 1
+            for arm, group in curves[curves["entity"] == entity].groupby("arm", sort=False):
+                fig.add_trace(
+                    go.Scatter(
+                        x=group["step"],
+                        y=group["value"],
+                        mode="lines+markers",
+                        name=f"{arm} arm",
+                        legendgroup=arm,
+                        showlegend=i == 0,
+                        line={"color": ARM_COLORS.get(arm)},
+                        customdata=group["stage"],
+                        hovertemplate="%{customdata}, step %{x}<br>"
+                        + name
+                        + " %{y:.3f}<extra>"
+                        + arm
+                        + "</extra>",
+                    ),
+                    row=row,
+                    col=col,
+                )
+        for stage, step in _stage_starts(curves):
+            for i in range(len(entities)):
+                fig.add_vline(
+                    x=step,
+                    line={"dash": "dot", "width": 1, "color": "#8c959f"},
+                    row=i // n_cols + 1,
+                    col=i % n_cols + 1,
+                    **(
+                        {
+                            "annotation_text": stage,
+                            "annotation_font": {"size": 9, "color": "#57606a"},
+                        }
+                        if i == 0
+                        else {}
+                    ),
+                )
+        if metric == "f1":
+            fig.update_yaxes(range=[0, 1.02])
+        fig.update_xaxes(title_text="training step", row=n_rows)
+        fig.update_layout(
+            height=330 * n_rows,
+            margin={"t": 50, "b": 40, "l": 50, "r": 20},
+            legend={"orientation": "h", "y": -0.12},
+        )
+        page.paragraph(
+            ("Entity F1" if metric == "f1" else "Language-modelling loss on tokens of each label")
+            + " against training step (negative: fine-tuning the base model; 0: pruning), concept "
+            "arm (red) and random arm (blue); dotted lines mark where each stage starts. The "
+            "paper: performance on the concept collapses when its neurons are pruned and "
+            "recovers within a few epochs of retraining. Judge the recovery against the random "
+            "arm at the same step, the paired control (same batches, same order, same schedule; "
+            "only the held neurons differ), not only against base: retraining alone moves both."
+        )
+        page.plotly(fig)
     if summary:
-        with page.details(f"{name} at the end of every stage"):
-            page.table(stage_scores(summary), index=False, float_format="{:.3f}")
+        gaps = stage_gaps(summary)
+        name = _score_names(gaps.attrs["metric"], concept)[0]
+        with page.details(f"{name} of every entity type at the end of every stage"):
+            page.table(
+                _gap_table(gaps, name),
+                caption="gap to base: score - base score; gap to control: concept arm - random "
+                "arm at the same stage",
+                index=False,
+            )
+    _seen_in_train(page, summary)
+
+
+def _gap_table(gaps: pd.DataFrame, name: str) -> pd.DataFrame:
+    """One row per (stage, entity type): each arm's score and gap to base, and the concept arm's
+    gap to the random arm."""
+    rows = []
+    for (stage, entity), group in gaps.groupby(["stage", "entity"], sort=False):
+        by_arm = group.set_index("arm")
+        row: dict[str, Any] = {"stage": stage, "step": int(group["step"].iloc[0]), "entity": entity}
+        for arm in by_arm.index:
+            row[f"{arm} arm {name}"] = _fmt(by_arm.loc[arm, "value"], ".3f")
+            row[f"{arm} arm gap to base"] = _gap(by_arm.loc[arm, "gap_to_base"])
+        if "concept" in by_arm.index and len(by_arm) > 1:
+            row["gap to control"] = _gap(by_arm.loc["concept", "gap_to_control"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _seen_in_train(page: HtmlPage, summary: dict | None) -> None:
+    data = (summary or {}).get("data", {})
+    splits = {
+        "validation": data.get("validation_seen_in_train"),
+        "probe": data.get("probe_seen_in_train"),
+    }
+    page.paragraph(
+        "Entity mentions of the validation sentences (where F1 is measured) and of the probe "
+        "sentences (where neurons are ranked) whose text also occurs as a mention in the "
+        "training sentences. A recovery on seen mentions could be memory of the training "
+        "sentences rather than a relearned concept: the lower the share, the more the F1 says "
+        "about the concept itself."
+    )
+    if not any(splits.values()):
+        page.paragraph(f"Mentions seen in training: {NOT_RECORDED} in summary.json.")
+        return
+    entities = list(dict.fromkeys(e for split in splits.values() for e in (split or {})))
+    rows = []
+    for entity in entities:
+        row: dict[str, Any] = {"entity type": entity}
+        for split, shares in splits.items():
+            entry = (shares or {}).get(entity)
+            if entry is None:
+                row[f"{split} mentions"] = NOT_RECORDED
+                continue
+            row[f"{split} mentions"] = int(entry["mentions"])
+            row[f"{split} seen in training"] = int(entry["seen"])
+            row[f"{split} share seen"] = _fmt(entry["share"], ".1%")
+        rows.append(row)
+    page.table(
+        pd.DataFrame(rows).fillna("–"),
+        caption="Mentions seen in training, per entity type",
+        index=False,
+    )
 
 
 def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
@@ -316,7 +457,7 @@ def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
     as that stage."""
     arm = curves["arm"].iloc[0]
     rows = curves[curves["arm"] == arm]
-    ends = rows.groupby(rows["stage"].str.partition("@")[0], sort=False)["training_step"].max()
+    ends = rows.groupby(rows["stage"].str.partition("@")[0], sort=False)["step"].max()
     names, steps = list(ends.index), list(ends.values)
     starts: list[tuple[str, float]] = []
     for i in range(1, len(names)):
@@ -333,10 +474,13 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
 
     page.heading("Saliency per layer")
     page.paragraph(
-        "Left: mean saliency of each layer's neurons with a 95% interval, per stage. Right: "
-        f"which layers hold the top {n_top} most salient neurons. Below: the saliency-weighted "
-        "mean layer of those top neurons (95% bootstrap interval). Does the concept move to "
-        "earlier layers, as Lo et al. report? Compare the concept arm with the random arm."
+        "Left: mean saliency of each layer's live neurons, per stage (ablated neurons have no "
+        "saliency and are left out; hover for how many were alive). With no concept at all, "
+        f"every layer would sit near 0.5. Right: which layers hold the top {n_top} most salient "
+        "live neurons. Below: the saliency-weighted mean layer of those top neurons. Does the "
+        "concept move to earlier layers, as Lo et al. report? Compare the concept arm with the "
+        "random arm; whether a shift exceeds the spread between seeds is for "
+        "`neuroplastic sweep` to say."
     )
     arms = list(analyses)
     fig = make_subplots(
@@ -360,12 +504,9 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
                     legendgroup=f"layer {layer}",
                     showlegend=r == 1,
                     line={"color": color},
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": group["ci_high"] - group["mean"],
-                        "arrayminus": group["mean"] - group["ci_low"],
-                    },
+                    customdata=np.stack([group["n_alive"], group["n"]], axis=1),
+                    hovertemplate="%{x}: mean saliency %{y:.3f} over %{customdata[0]} of "
+                    "%{customdata[1]} neurons alive<extra>layer " + str(layer) + "</extra>",
                 ),
                 row=r,
                 col=1,
@@ -403,12 +544,6 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
                 mode="lines+markers",
                 name=f"{arm} arm",
                 line={"color": ARM_COLORS.get(arm)},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": frame["ci_high"] - frame["mean_layer"],
-                    "arrayminus": frame["mean_layer"] - frame["ci_low"],
-                },
             )
         )
     depth.update_layout(
@@ -433,7 +568,8 @@ def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
         "One row per layer, one column per neuron, one panel per stage; the random arm on the "
         "right. Within a layer, neurons are sorted by their saliency at the first stage (hover "
         "for the neuron's index), so the first panel is a smooth gradient and later panels show "
-        "which neurons lost or gained the concept. The ablated neurons drop to 0 when dead."
+        "which neurons lost or gained the concept. Ablated (dead) neurons have no saliency: "
+        "they are drawn grey (masked), not as 0."
     )
     arms = list(analyses)
     stages = list(dict.fromkeys(s for a in arms for s in analyses[a].run.stage_names))
@@ -460,6 +596,7 @@ def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
                     z=z,
                     customdata=order.astype(np.int32),
                     coloraxis="coloraxis",
+                    hoverongaps=False,
                     hovertemplate="layer %{y}, neuron %{customdata}<br>saliency %{z:.3f}"
                     "<extra>" + f"{arm}, {stage}" + "</extra>",
                 ),
@@ -477,6 +614,7 @@ def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
     fig.update_xaxes(showticklabels=False)
     fig.update_layout(
         height=max(300, 95 * len(stages) + 80),
+        plot_bgcolor=DEAD_COLOR,  # NaN cells (dead neurons) are gaps: the background shows
         coloraxis={
             "colorscale": "Viridis",
             "cmin": 0,
@@ -556,12 +694,12 @@ def _reappeared(
 
 def _pruned(page: HtmlPage, analyses: dict[str, ArmAnalysis], config: dict[str, Any]) -> None:
     page.heading("The ablated neurons")
-    mode = config.get("mode", config.get("ablation"))
     page.paragraph(
-        "Saliency of the ablated neurons at every stage, and how similar their top tokens are to "
-        "their own top tokens before pruning. In hold mode they stay dead (activation 0, "
-        "similarity undefined); in regrow mode they may come back, with the old meaning or a "
-        f"new one. This run: {mode or 'mode not recorded'}."
+        "The ablated neurons at every stage: how many are alive, and for those alive their mean "
+        "saliency and how similar their top tokens are to their own top tokens before pruning. "
+        "In hold mode they stay dead (activation 0: no saliency, no similarity, '–'); in "
+        "regrow mode they may come back, with the old meaning or a new one. This run: "
+        f"{config['mode']} mode."
     )
     rows = []
     for arm, analysis in analyses.items():
@@ -571,26 +709,14 @@ def _pruned(page: HtmlPage, analyses: dict[str, ArmAnalysis], config: dict[str, 
                     "arm": arm,
                     "stage": r.stage,
                     "alive": f"{r.n_alive} of {r.n}",
-                    "saliency [95% CI]": _ci(
-                        r.saliency_mean, r.saliency_ci_low, r.saliency_ci_high
-                    ),
-                    "similarity to own base tokens [95% CI]": _ci(
-                        r.similarity_mean, r.similarity_ci_low, r.similarity_ci_high
-                    ),
-                    f"{analysis.run.concept} share of top tokens": _fmt(
+                    "mean saliency (alive)": _fmt(r.saliency_mean, ".3f"),
+                    "mean similarity to own base tokens (alive)": _fmt(r.similarity_mean, ".3f"),
+                    f"{analysis.run.concept} share of top tokens (alive)": _fmt(
                         r.concept_share_mean, ".0%"
                     ),
                 }
             )
     page.table(pd.DataFrame(rows), index=False)
-
-
-def _ci(mean: float, low: float, high: float) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{mean:.3f}"
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: str) -> None:
@@ -606,11 +732,12 @@ def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: s
     page.paragraph(
         "Does a neuron's similarity to the concept before pruning (its top tokens against the "
         "tokens labelled with the concept) predict how much saliency it gains from "
-        f"{first.start} to {first.end}? Spearman's ρ over the neurons outside the ablated set, "
-        "with a 95% bootstrap interval. A positive ρ in the concept arm says the concept came "
-        "back in neurons already near it. Neurons already salient at the start have little room "
-        "to gain, so the second row of each arm keeps only those with saliency below 0.5 "
-        "there. " + similarity_note
+        f"{first.start} to {first.end}? Spearman's ρ over the neurons outside the ablated set "
+        "that are alive at every stage compared: a description of this run, not a test (no "
+        "p-value or interval is computed over neurons; seeds give the spread). A positive ρ in "
+        "the concept arm says the concept came back in neurons already near it. Neurons already "
+        "salient at the start have little room to gain, so the second row of each arm keeps "
+        "only those with saliency below 0.5 there. " + similarity_note
     )
     rows = []
     for arm, analysis in analyses.items():
@@ -619,22 +746,8 @@ def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: s
             ("saliency < 0.5 at start", analysis.primed_unsalient),
         ):
             if p is not None:
-                rows.append(
-                    {
-                        "arm": arm,
-                        "neurons": neurons,
-                        "rho": p.rho,
-                        "ci_low": p.ci_low,
-                        "ci_high": p.ci_high,
-                        "p_value": p.p_value,
-                        "n": p.n,
-                    }
-                )
-    page.table(
-        pd.DataFrame(rows),
-        index=False,
-        float_format="{:.3g}",
-    )
+                rows.append({"arm": arm, "neurons": neurons, "rho": p.rho, "n": p.n})
+    page.table(pd.DataFrame(rows), index=False, float_format="{:+.3f}")
     titles = [f"{arm} arm: ρ = {p.rho:+.2f}" for arm, p in primed.items()]
     fig = make_subplots(rows=1, cols=len(primed), shared_yaxes=True, subplot_titles=titles)
     for c, (arm, p) in enumerate(primed.items(), start=1):
@@ -671,8 +784,11 @@ def _polysemantic(
     poly = any_analysis.polysemanticity
     page.paragraph(
         f"Neurons whose top-k tokens mix {poly.concept} with other labels: between "
-        f"{poly.low:.0%} and {poly.high:.0%} of them labelled {poly.concept}. Dead neurons are "
-        "not counted; 'new' ones were not polysemantic at the first stage."
+        f"{poly.low:.0%} and {poly.high:.0%} of them labelled {poly.concept}; 'new' ones were "
+        "not polysemantic at the first stage. Every stage of an arm is counted over one fixed "
+        "population, the neurons alive at every stage and outside the ablated set ("
+        + ", ".join(f"{arm} arm: {a.polysemanticity.n_population}" for arm, a in analyses.items())
+        + " neurons), so a change in the count is a change of behaviour, not of the denominator."
     )
     frames = []
     for arm, analysis in analyses.items():

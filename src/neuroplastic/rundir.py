@@ -10,6 +10,7 @@ DIR/
   token_embeddings.safetensors     "token_ids" [n] and "embeddings" [n, d_model]: the base
                                    model's input embeddings of every token in those sentences
   stages/{arm}/{stage}/ranking.parquet   layer, neuron, score, saliency, rank, layer_rank
+                                         (NaN for dead neurons: they are not ranked)
   stages/{arm}/{stage}/stats.safetensors NeuronStats (counts, sums, top-k buffers)
   stages/{arm}/{stage}/top_tokens.parquet layer, neuron, k, value, sentence, position,
                                           token_id, token, label (the dataset-wide top-k)
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from neuroplastic.io import atomic_write_bytes, atomic_write_json
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
 from neuroplastic.stats import NeuronStats
@@ -171,13 +172,6 @@ class RunDir:
         atomic_write_bytes(
             self.path / "token_embeddings.safetensors",
             save({"token_ids": token_ids.contiguous(), "embeddings": embeddings.contiguous()}),
-        )
-
-    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
-        """Rewrites the whole file atomically: it is small, and a torn line is never possible."""
-        existing = self.metrics_path.read_text() if self.metrics_path.is_file() else ""
-        atomic_write_text(
-            self.metrics_path, existing + "".join(json.dumps(row) + "\n" for row in rows)
         )
 
 

@@ -33,7 +33,7 @@ class ExperimentConfig:
     task: str = "ner"  # "ner" (token classification) or "lm" (causal LM, decoders only)
     mode: str = "hold"  # "hold": ablation hooks persist; "regrow": weights zeroed once
     selection: str = "fraction"  # "fraction", "count" or "per-layer"
-    fraction: float = 0.05
+    fraction: float = 0.1
     count: int = 100
     # "random": as many random neurons per layer, outside the concept set; "random-global":
     # as many in total (for sets too dense in a layer to match per layer); "none"
@@ -46,10 +46,10 @@ class ExperimentConfig:
     # Fine-tuning runs until the probe loss plateaus (checked every plateau_every steps; it
     # stops after plateau_patience checks without a relative improvement of plateau_tolerance),
     # or for base_steps steps at most; plateau_every 0 trains exactly base_steps.
-    base_steps: int = 400
+    base_steps: int = 300
     plateau_every: int = 50
     plateau_patience: int = 2
-    plateau_tolerance: float = 0.02
+    plateau_tolerance: float = 0.05
     stages: int = 3
     stage_steps: int = 30
     # "continuous": one optimizer and LR schedule across all retraining stages (stages are

@@ -50,7 +50,13 @@ def test_shortened_default_experiment_and_its_report(tmp_path):
     from neuroplastic.report import write_report
 
     config = ExperimentConfig(
-        train_sentences=1000, validation_sentences=128, base_steps=130, stages=1, stage_steps=10
+        train_sentences=1000,
+        validation_sentences=128,
+        probe_sentences=160,
+        base_steps=130,
+        plateau_every=0,
+        stages=1,
+        stage_steps=10,
     )
     summary = run_experiment(config, tmp_path, progress=False, log=lambda *_: None)
     concept = {s["stage"]: s["f1"] for s in summary["arms"]["concept"]["stages"]}

@@ -267,9 +267,11 @@ def test_neuron_sets_never_pick_a_dead_neuron():
     ranking = Ranking("LOC", "probeless", scores, alive)
     assert NeuronSet.top_k(ranking, 3).neurons == ((0, 2), (0, 3), (1, 0))
     assert NeuronSet.top_k(ranking, 6).mask().equal(alive)
-    with pytest.raises(NeuroplasticError, match="only 6 of 8 neurons are alive"):
+    with pytest.raises(NeuroplasticError, match="there are 6 live neurons"):
         NeuronSet.top_k(ranking, 7)
     assert NeuronSet.per_layer_top_k(ranking, 2).neurons == ((0, 2), (0, 3), (1, 0), (1, 2))
+    with pytest.raises(NeuroplasticError, match="there are 3 live neurons in every layer"):
+        NeuronSet.per_layer_top_k(ranking, 4)
 
 
 def test_random_baseline_avoids_the_chosen_neurons():

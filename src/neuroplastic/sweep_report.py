@@ -42,6 +42,7 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
     )
     with page.details("What each measure means", open=True):
         page.table(pd.Series(sweep["measures"], name="meaning").to_frame(), float_format=None)
+    _overview(page, sweep)
     for cell, result in sweep["cells"].items():
         page.heading(cell)
         _measures(page, sweep["measures"], result)
@@ -51,6 +52,21 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
     with page.details("base config (mode, method and seed vary per cell)"):
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
     return page
+
+
+def _overview(page: HtmlPage, sweep: dict[str, Any]) -> None:
+    """Every cell side by side (hold beside regrow, method beside method), concept arm and its
+    paired difference from the random arm."""
+    page.heading("All cells")
+    columns = {}
+    for cell, result in sweep["cells"].items():
+        columns[f"{cell}: concept"] = result["arms"]["concept"]
+        if "concept_minus_random" in result:
+            columns[f"{cell}: concept - random"] = result["concept_minus_random"]
+    table = pd.DataFrame(
+        {name: {m: _ci(values[m]) for m in sweep["measures"]} for name, values in columns.items()}
+    )
+    page.table(table, caption="mean [95% interval across seeds]", float_format=None)
 
 
 def _measures(page: HtmlPage, measures: dict[str, str], result: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 A stage is done when its marker exists. The marker is written last, after the stage's artifacts,
 its weights and its trainer state, each written atomically, so a run killed at any moment
-resumes from the last complete stage and ends with the same summary. Only the latest stage's
-weights of an arm are kept on disk (they are all resumption needs).
+resumes from the last complete stage and ends with the same summary. Only the base weights and
+the latest stage's of an arm are kept on disk (all resumption needs), and none once the run is
+complete.
 
 ```
 DIR/state/{arm}/{stage}.json          {"rows": [metric rows], ...}: the stage is done
@@ -104,6 +105,13 @@ class Checkpointer:
                 path.unlink(missing_ok=True)
         for path in (self.run.state_dir / arm).glob("*.trainer.pt"):
             if path.name.removesuffix(".trainer.pt") not in keep:
+                path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Delete every weights and trainer-state file once the run is complete: resuming a
+        finished run needs none (keep models with ``--save-checkpoints``)."""
+        for pattern in ("*.safetensors", "*.trainer.pt"):
+            for path in self.run.state_dir.glob(f"*/{pattern}"):
                 path.unlink(missing_ok=True)
 
     # -- metrics -------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ def run_experiment(
         _retrain_arm(setup, arm, neurons, log)
     summary = _summary(setup, neuron_sets)
     atomic_write_json(setup.run.summary_path, summary)
+    store.release()
     return summary
 
 

@@ -280,11 +280,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(out: Path, similarity: str = "model") -> None:
-    from neuroplastic.report import write_report
+def _write_report(out: Path, similarity: str = "model", command: str = "run") -> None:
+    """Write the report; say on stderr what it cannot show (an unfinished run, a stage whose
+    files were deleted). A partial report is still a report: exit status 0."""
+    from neuroplastic.report import run_warnings, write_report
+    from neuroplastic.rundir import RunDir
 
     path = write_report(out, similarity=similarity)
     print(f"report: {path}")
+    for warning in run_warnings(RunDir(out)):
+        print(f"neuroplastic {command}: warning: {warning}", file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -295,7 +300,7 @@ def _report(args: argparse.Namespace) -> int:
             f"{args.run_dir} is not a run directory (no config.json); make one with "
             "`neuroplastic run --out DIR`"
         )
-    _write_report(args.run_dir, args.similarity)
+    _write_report(args.run_dir, args.similarity, command="report")
     return 0
 
 

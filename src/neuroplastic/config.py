@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -119,6 +120,24 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define the run's results (all but ``NOT_IDENTITY``), every float
+        setting as a float (``fraction`` 1 and 1.0 are one run)."""
+        identity = {}
+        for f in fields(self):
+            if f.name in NOT_IDENTITY:
+                continue
+            value = getattr(self, f.name)
+            if isinstance(f.default, float) and isinstance(value, int | float):
+                value = float(value)
+            identity[f.name] = value
+        return identity
+
+    def identity_hash(self) -> str:
+        """sha256 of the canonical JSON of :meth:`identity` (sorted keys, no spaces)."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:

@@ -72,20 +72,21 @@ class Setup:
 def run_experiment(
     config: ExperimentConfig, out: str | Path, progress: bool = True, log=print
 ) -> dict[str, Any]:
-    """Run (or resume) the experiment into ``out``; returns the summary."""
-    store = Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints)
-    store.check_config(config)
-    setup = _setup(config, store, progress, log)  # fails on bad settings before any write
-    store.write_config(config)
-    _fine_tune_base(setup, log)
-    ranking = setup.run.stage("concept", "base").ranking
-    neuron_sets = _neuron_sets(setup, ranking)
-    for arm, neurons in neuron_sets.items():
-        _retrain_arm(setup, arm, neurons, log)
-    summary = _summary(setup, neuron_sets)
-    atomic_write_json(setup.run.summary_path, summary)
-    store.release()
-    return summary
+    """Run (or resume) the experiment into ``out``; returns the summary. The directory is
+    locked for the whole run: a second run on it is refused."""
+    with Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints) as store:
+        store.check_config(config)
+        setup = _setup(config, store, progress, log)  # fails on bad settings before any write
+        store.write_config(config)
+        _fine_tune_base(setup, log)
+        ranking = setup.run.stage("concept", "base").ranking  # verified against the manifest
+        neuron_sets = _neuron_sets(setup, ranking)
+        for arm, neurons in neuron_sets.items():
+            _retrain_arm(setup, arm, neurons, log)
+        summary = _summary(setup, neuron_sets)
+        atomic_write_json(setup.run.summary_path, summary)
+        store.release()
+        return summary
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -339,8 +340,11 @@ def _finish_stage(
     )  # fmt: skip
     ranking = Ranking.from_stats(stats, config.concept, config.method)
     frame = top_tokens_frame(stats, setup.model.tokenizer)
-    for each in config.arms if stage == "base" else (arm,):
-        setup.run.write_stage(each, stage, ranking, stats, frame)
+    artifacts = [
+        path
+        for each in (config.arms if stage == "base" else (arm,))
+        for path in setup.run.write_stage(each, stage, ranking, stats, frame)
+    ]
     row = {
         "arm": arm,
         "stage": stage,
@@ -351,7 +355,7 @@ def _finish_stage(
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
         marker["base"] = base
-    setup.store.save(arm, stage, setup.module, marker, trainer_state, previous)
+    setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
     setup.store.write_metrics(config.arms, config.stages)
     log(_describe(row))
     return row

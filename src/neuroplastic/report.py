@@ -15,6 +15,7 @@ repeating the run over seeds (``neuroplastic sweep``).
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from collections.abc import Sequence
@@ -31,13 +32,15 @@ from neuroplastic.analysis import (
     recovery_curves,
     stage_gaps,
 )
+from neuroplastic.checkpoint import Checkpointer, reading
+from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.html import HtmlPage
 from neuroplastic.rundir import RunDir
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.views import add_side_by_side, examples_from_top_k
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["build_report", "run_warnings", "write_report"]
 
 ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
 LAYER_COLORS = (
@@ -67,6 +70,10 @@ ONE_RUN = (
     "the run over seeds: `neuroplastic sweep`."
 )
 NOT_RECORDED = "not recorded"
+WARNING_STYLE = (
+    "border:2px solid #cf222e;background:#ffebe9;color:#82071e;padding:.6em .9em;"
+    "border-radius:6px;font-weight:600"
+)
 
 
 def write_report(
@@ -87,8 +94,11 @@ def write_report(
     sentence model, none, or your own :class:`TokenEmbeddings`.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    page = build_report(run, top=top, n_neurons=n_neurons, n_views=n_views, similarity=similarity)
-    return page.write(Path(out) if out is not None else run.report_path)
+    with reading(run):
+        page = build_report(
+            run, top=top, n_neurons=n_neurons, n_views=n_views, similarity=similarity
+        )
+        return page.write(Path(out) if out is not None else run.report_path)
 
 
 def build_report(
@@ -99,13 +109,29 @@ def build_report(
     n_views: int = 5,
     similarity: Similarity | TokenEmbeddings = "model",
 ) -> HtmlPage:
-    """The report as an :class:`HtmlPage` (see :func:`write_report`)."""
+    """The report as an :class:`HtmlPage` (see :func:`write_report`). Refused while a run
+    writes the directory, or when a stage file is not the one the run wrote (its manifest)."""
+    with reading(run):
+        return _build_report(
+            run, top=top, n_neurons=n_neurons, n_views=n_views, similarity=similarity
+        )
+
+
+def _build_report(
+    run: RunDir,
+    *,
+    top: int | float,
+    n_neurons: int,
+    n_views: int,
+    similarity: Similarity | TokenEmbeddings,
+) -> HtmlPage:
     if not run.config_path.is_file():
         raise NeuroplasticError(f"{run.path} is not a neuroplastic run directory (no config.json)")
     config = run.config()
     arms = [arm for arm in run.arms() if run.stages(arm)]
     if not arms:
         raise NeuroplasticError(f"{run.path}: no arm has stage artifacts yet; nothing to report")
+    warnings = run_warnings(run)
     loaded = {arm: ArmRun.load(run, arm) for arm in arms}
     some = next(iter(loaded.values()))
     n_total = some.stages[some.first].ranking.scores.numel()
@@ -122,6 +148,8 @@ def build_report(
 
     concept = config["concept"]
     page = HtmlPage(f"Where did {concept} go? {config['model']}")
+    for warning in warnings:
+        page.raw(f'<p class="np-warning" style="{WARNING_STYLE}">{html.escape(warning)}</p>')
     page.paragraph(
         f"Run {run.path.name}: the MLP neurons most salient for {concept} "
         f"({config['method']} ranking) were ablated ({config['mode']} mode), and the model "
@@ -153,6 +181,44 @@ def build_report(
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
+
+
+def run_warnings(run: RunDir) -> list[str]:
+    """What the report of ``run`` cannot show, one sentence each: the stages an unfinished run
+    has not computed yet, and stages left out because their files were deleted."""
+    config = ExperimentConfig.from_dict(run.config(), source=str(run.config_path))
+    missing = Checkpointer(run).missing_stages(config.arms, config.stages)
+    warnings = []
+    todo: dict[str, list[str]] = {}
+    for gap in missing:
+        if not gap.done:
+            todo.setdefault(gap.arm, []).append(gap.stage)
+    rerun = f"rerun `neuroplastic run --out {run.path}` with the same settings to finish it"
+    if todo:
+        listing = "; ".join(f"{arm} arm: {', '.join(stages)}" for arm, stages in todo.items())
+        warnings.append(
+            f"Unfinished run: these stages have not been computed yet: {listing}. This report "
+            f"shows the stages done so far; {rerun}."
+        )
+    elif not run.summary_path.is_file():
+        warnings.append(
+            "Unfinished run: every stage is done but there is no summary.json (the run "
+            f"stopped before writing it); {rerun}."
+        )
+    for gap in missing:
+        if not gap.done:
+            continue
+        left_out = f"Stage {gap.stage} of the {gap.arm} arm is left out of this report"
+        if not gap.files:
+            warnings.append(f"{left_out}: its files are not in the run's manifest.")
+            continue
+        one = len(gap.files) == 1
+        warnings.append(
+            f"{left_out}: {', '.join(gap.files)} {'is' if one else 'are'} missing, deleted "
+            f"after the run wrote {'it' if one else 'them'}; restore {'it' if one else 'them'} "
+            "or rerun into a new --out."
+        )
+    return warnings
 
 
 def _embeddings(

@@ -16,10 +16,13 @@ DIR/
                                           token_id, token, label (the dataset-wide top-k)
   checkpoints/{arm}/{stage}.safetensors  model and head weights (with --save-checkpoints)
   state/                           resume state (internal)
+  manifest.json                    size and sha256 of every stage, state and checkpoint file
+  .lock                            held (flock) by the run writing the directory; its PID
   report.html
 ```
 Stages are named ``base``, ``pruned``, ``retrain-1`` ... ``retrain-S``. Arms are ``concept``
-and ``random``.
+and ``random``. Stage artifacts are read only as the manifest recorded them
+(:mod:`neuroplastic.manifest`).
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ import torch
 
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
+from neuroplastic.manifest import Manifest
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
 from neuroplastic.stats import NeuronStats
 
 ARMS = ("concept", "random")
+#: The files of one stage; ``ranking.parquet`` is written last.
+STAGE_FILES = ("stats.safetensors", "top_tokens.parquet", "ranking.parquet")
 
 
 def stage_names(n_stages: int) -> list[str]:
@@ -81,6 +87,14 @@ class RunDir:
     def state_dir(self) -> Path:
         return self.path / "state"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(self.path)
+
     def stage_dir(self, arm: str, stage: str) -> Path:
         return self.path / "stages" / arm / stage
 
@@ -117,20 +131,29 @@ class RunDir:
         return [arm for arm in ARMS if self.neurons_path(arm).is_file()]
 
     def stages(self, arm: str) -> list[str]:
-        """Stages of ``arm`` with artifacts, in pipeline order."""
+        """Stages of ``arm`` whose artifacts are all there (and recorded in the manifest: a
+        stage cut short by a kill is not listed), in pipeline order."""
         order = {name: i for i, name in enumerate(stage_names(1000))}
         root = self.path / "stages" / arm
-        found = (
-            [p.name for p in root.iterdir() if (p / "ranking.parquet").is_file()]
-            if root.is_dir()
-            else []
-        )
+        entries = self.manifest.entries()
+        found = [
+            p.name
+            for p in (root.iterdir() if root.is_dir() else [])
+            if all((p / name).is_file() for name in STAGE_FILES)
+            and (entries is None or self.manifest.relative(p / "ranking.parquet") in entries)
+        ]
         return sorted(found, key=lambda name: order.get(name, len(order)))
 
     def stage(self, arm: str, stage: str) -> StageArtifacts:
+        """A stage's artifacts, each verified against the run's manifest first."""
         directory = self.stage_dir(arm, stage)
-        if not (directory / "ranking.parquet").is_file():
+        entries = self.manifest.entries()
+        listed = entries is not None and self.manifest.lists(directory / "ranking.parquet")
+        if not listed and not (directory / "ranking.parquet").is_file():
             raise NeuroplasticError(f"{directory}: no artifacts for stage {stage!r} of arm {arm!r}")
+        if entries is not None:  # a listed file deleted, changed or unlisted is refused
+            for name in STAGE_FILES:
+                self.manifest.verify(directory / name, entries)
         config = self.config()
         ranking = Ranking.from_frame(
             pd.read_parquet(directory / "ranking.parquet"), config["concept"], config["method"]
@@ -156,12 +179,14 @@ class RunDir:
     # -- writing ------------------------------------------------------------------------------
     def write_stage(
         self, arm: str, stage: str, ranking: Ranking, stats: NeuronStats, top_tokens: pd.DataFrame
-    ) -> None:
+    ) -> list[Path]:
+        """Write the stage's artifacts; returns their paths (``STAGE_FILES``)."""
         directory = self.stage_dir(arm, stage)
         stats.save(directory / "stats.safetensors")
         atomic_write_bytes(directory / "top_tokens.parquet", _parquet(top_tokens))
         # Written last: its presence marks the stage's artifacts complete.
         atomic_write_bytes(directory / "ranking.parquet", _parquet(ranking.to_frame()))
+        return [directory / name for name in STAGE_FILES]
 
     def write_sentences(self, tokens: list[list[str]]) -> None:
         atomic_write_json(self.path / "sentences.json", tokens)

@@ -444,12 +444,14 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
         )
         page.paragraph(
             ("Entity F1" if metric == "f1" else "Language-modelling loss on tokens of each label")
-            + " against training step (negative: fine-tuning the base model; 0: pruning), concept "
+            + " against retraining step (step 0 holds the base model and, below it, the model "
+            "right after pruning; the base fine-tuning curve is its probe loss), concept "
             "arm (red) and random arm (blue); dotted lines mark where each stage starts. The "
             "paper: performance on the concept collapses when its neurons are pruned and "
             "recovers within a few epochs of retraining. Judge the recovery against the random "
-            "arm at the same step, the paired control (same batches, same order, same schedule; "
-            "only the held neurons differ), not only against base: retraining alone moves both."
+            "arm at the same step, the paired control (same batches, same order, same dropout, "
+            "same schedule; only the held neurons differ), not only against base: retraining "
+            "alone moves both."
         )
         page.plotly(fig)
     if summary:

@@ -23,7 +23,8 @@ from neuroplastic.cli import main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.rundir import RunDir
-from test_experiment import TINY, SimulatedKill, quiet, tiny_config
+from test_experiment import SimulatedKill, quiet
+from tiny import TINY, tiny_config
 
 KILLED_AT = ("random", "retrain-1")  # the run is killed as this stage ends, before its files
 

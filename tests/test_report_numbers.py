@@ -25,11 +25,11 @@ from fake_run import (
     FakeRun,
     make_fake_run,
 )
-from neuroplastic.config import ExperimentConfig
 from neuroplastic.html import HtmlPage
 from neuroplastic.report import DEAD_COLOR, build_report
 from neuroplastic.rundir import RunDir
 from neuroplastic.stats import NeuronStats
+from tiny import tiny_config
 
 STAGE_TABLE = "Concept arm, per stage"
 ARMS_TABLE = "Concept arm beside the random arm"
@@ -228,20 +228,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     from neuroplastic.experiment import run_experiment
 
     out = tmp_path_factory.mktemp("tiny-run")
-    config = ExperimentConfig(
-        model="tiny-bert",
-        train_sentences=96,
-        validation_sentences=32,
-        probe_sentences=40,
-        base_steps=6,
-        stages=2,
-        stage_steps=3,
-        batch_size=8,
-        top_k_tokens=5,
-        fraction=0.1,
-        learning_rate=1e-3,
-    )
-    run_experiment(config, out, progress=False, log=lambda *a: None)
+    run_experiment(tiny_config(), out, progress=False, log=lambda *a: None)
     return RunDir(out)
 
 

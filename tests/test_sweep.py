@@ -11,22 +11,10 @@ from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.rundir import RunDir
 from neuroplastic.sweep_report import build_sweep_report
+from tiny import TINY
 
-TINY = dict(
-    model="tiny-bert",
-    train_sentences=96,
-    validation_sentences=32,
-    probe_sentences=40,
-    base_steps=40,  # enough for a non-zero LOC F1 in a tiny model
-    plateau_every=0,
-    stages=2,
-    stage_steps=4,
-    batch_size=8,
-    top_k_tokens=5,
-    fraction=0.1,
-    learning_rate=1e-2,
-    eval_every=2,
-)
+# A tiny run long enough for a non-zero LOC F1, with an evaluation every 2 retraining steps.
+SWEPT = dict(TINY, base_steps=40, plateau_every=0, stage_steps=4, learning_rate=1e-2, eval_every=2)
 
 
 def quiet(*_):
@@ -37,7 +25,7 @@ def quiet(*_):
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     result = sweep.run_sweep(
-        ExperimentConfig(**TINY), out, seeds=[0, 1, 2], modes=["hold", "regrow"],
+        ExperimentConfig(**SWEPT), out, seeds=[0, 1, 2], modes=["hold", "regrow"],
         progress=False, log=quiet,
     )  # fmt: skip
     return out, result
@@ -56,7 +44,7 @@ def test_one_resumable_run_per_cell_and_seed(swept, monkeypatch):
 
     monkeypatch.setattr(sweep, "run_experiment", must_not_run)
     again = sweep.run_sweep(
-        ExperimentConfig(**TINY), out, seeds=[0, 1, 2], modes=["hold", "regrow"],
+        ExperimentConfig(**SWEPT), out, seeds=[0, 1, 2], modes=["hold", "regrow"],
         progress=False, log=quiet,
     )  # fmt: skip
     assert again == json.loads(json.dumps(result))  # NaN-free, so equal after a JSON trip
@@ -123,7 +111,7 @@ def test_the_sweep_report_shows_every_cell_with_intervals(swept):
 
 def test_the_sweep_command(tmp_path, capsys):
     args = ["sweep", "--out", str(tmp_path), "--seeds", "0,1", "--quiet"]
-    for name, value in {**TINY, "stages": 1}.items():
+    for name, value in {**SWEPT, "stages": 1}.items():
         args += ["--" + name.replace("_", "-"), str(value)]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -137,4 +125,4 @@ def test_the_sweep_command(tmp_path, capsys):
 
 def test_sweep_refuses_the_lm_task(tmp_path):
     with pytest.raises(NeuroplasticError, match="needs --task ner"):
-        sweep.run_sweep(ExperimentConfig(**TINY, task="lm"), tmp_path, seeds=[0], log=quiet)
+        sweep.run_sweep(ExperimentConfig(**{**SWEPT, "task": "lm"}), tmp_path, seeds=[0], log=quiet)

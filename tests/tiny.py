@@ -1,0 +1,21 @@
+"""The tiny-model experiment settings the tests share: a whole run takes seconds."""
+
+from neuroplastic.config import ExperimentConfig
+
+TINY = dict(
+    probe_sentences=40,
+    model="tiny-bert",
+    train_sentences=96,
+    validation_sentences=32,
+    base_steps=6,
+    stages=2,
+    stage_steps=3,
+    batch_size=8,
+    top_k_tokens=5,
+    fraction=0.1,
+    learning_rate=1e-3,
+)
+
+
+def tiny_config(**overrides) -> ExperimentConfig:
+    return ExperimentConfig(**{**TINY, **overrides})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,9 @@ from neuroplastic.errors import NeuroplasticError
 
 # Output options: they may change between a run and its resumption.
 NOT_IDENTITY = ("save_checkpoints", "device")
+
+DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
+SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
 
 
 CHOICES = {
@@ -79,6 +84,28 @@ class ExperimentConfig:
                 raise NeuroplasticError(
                     f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
                 )
+        for name in ("learning_rate", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise NeuroplasticError(
+                    f"{name} must be a finite number; got {getattr(self, name)}. "
+                    f"Give --{name.replace('_', '-')} a number such as "
+                    f"{ExperimentConfig.__dataclass_fields__[name].default}"
+                )
+        for name in ("plateau_tolerance", "fraction", "warmup_fraction"):
+            if math.isnan(getattr(self, name)):
+                raise NeuroplasticError(
+                    f"{name} must be a number; got nan. Give --{name.replace('_', '-')} a "
+                    f"number such as {ExperimentConfig.__dataclass_fields__[name].default}"
+                )
+        if not 0 <= self.seed <= SEED_MAX:
+            raise NeuroplasticError(
+                f"seed must be in [0, {SEED_MAX}] (2**32 - 1, the range of Python's and "
+                f"torch's generators); got {self.seed}"
+            )
+        if not isinstance(self.device, str) or not re.fullmatch(
+            r"cpu|cuda(:\d+)?|mps", self.device
+        ):
+            raise NeuroplasticError(f"device must be one of {DEVICE_FORMS}; got {self.device!r}")
         positive = (
             "probe_sentences",
             "train_sentences",

@@ -14,6 +14,7 @@ same command resumes after the last completed stage and ends with the same summa
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass
 from functools import partial
@@ -74,6 +75,7 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary. The directory is
     locked for the whole run: a second run on it is refused."""
+    _check_out(Path(out))  # before the lock, which creates the directory
     with Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints) as store:
         store.check_config(config)
         setup = _setup(config, store, progress, log)  # fails on bad settings before any write
@@ -93,7 +95,9 @@ def run_experiment(
 def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -> Setup:
     # The model's own weights never depend on the seed (a tiny random model is always the same
     # one): a seed changes the head, the data order, dropout and the sentences sampled.
+    _check_device(config.device)
     model = load_model(config.model, device=config.device)
+    _check_model_fits(config, model)
     if config.task == "lm" and not is_decoder(model):
         raise NeuroplasticError(
             f"the causal LM task needs a decoder model (GPT-2 family); {config.model} is an "
@@ -141,6 +145,67 @@ def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -
     return Setup(
         config, store, module, model, train_data, validation_data, probe_data, overlap, progress
     )
+
+
+def _check_out(out: Path) -> None:
+    """Refuse at once an ``--out`` that is a file or a directory that cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise NeuroplasticError(
+            f"--out {out} is an existing file, not a directory; give a directory path "
+            "(a new one is created)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NeuroplasticError(
+            f"--out {out}: cannot create the run directory ({error.strerror}); give a path "
+            "in a directory you can write to"
+        ) from error
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise NeuroplasticError(
+            f"--out {out}: the directory is not writable; give a directory you can write to "
+            "or change its permissions"
+        )
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NeuroplasticError(
+                f"--device {device}: CUDA is not available on this machine (no GPU, or torch "
+                "was built without CUDA); use --device cpu"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise NeuroplasticError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), numbered from 0; use --device cuda:0 or --device cpu"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise NeuroplasticError("--device mps: MPS is not available here; use --device cpu")
+
+
+def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
+    """Settings that the loaded model cannot satisfy, before any training."""
+    cfg = model.cfg
+    n_layers, d_mlp = cfg.n_layers, cfg.d_mlp
+    limit = {"count": n_layers * d_mlp, "per-layer": d_mlp}.get(config.selection)
+    if limit is not None and config.count > limit:
+        where = (
+            f"{n_layers} layers x {d_mlp} MLP neurons = {limit} in all"
+            if config.selection == "count"
+            else f"{d_mlp} MLP neurons per layer"
+        )
+        raise NeuroplasticError(
+            f"--count {config.count} with --selection {config.selection} is more neurons than "
+            f"{config.model} has ({where}); give --count {limit} or less"
+        )
+    n_ctx = getattr(cfg, "n_ctx", None)
+    if isinstance(n_ctx, int) and config.max_length > n_ctx:
+        raise NeuroplasticError(
+            f"--max-length {config.max_length} exceeds {config.model}'s {n_ctx} positions; "
+            f"give --max-length {n_ctx} or less"
+        )
 
 
 def _train_and_probe(
@@ -227,7 +292,7 @@ def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
         losses += trainer.run(
             min(chunk, config.base_steps - first),
             progress=setup.progress,
-            description=f"fine-tuning base model (steps {first + 1}-)",
+            description=f"fine-tuning base model from step {first}",
         )
         if not config.plateau_every:
             continue

@@ -5,6 +5,7 @@ Tags may be IOB1 (CoNLL-2003's original scheme) or IOB2; both come out as IOB2.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from neuroplastic.data.types import NerCorpus, NerSentence, iob1_to_iob2, is_valid_tag
@@ -42,42 +43,45 @@ def read_conll_file(path: str | Path) -> list[NerSentence]:
             words.clear()
             tags.clear()
 
-    line_number = 0
+    data = path.read_bytes()
     try:
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                fields = line.split()
-                if not fields:
-                    flush()
-                    continue
-                if fields[0] == "-DOCSTART-":
-                    flush()
-                    continue
-                where = f"{path}, line {line_number}"
-                if len(fields) not in (2, 4):
-                    raise NeuroplasticError(
-                        f"{where}: expected 2 columns (word TAG) or 4 (word POS chunk TAG), "
-                        f"found {len(fields)}: {line.rstrip()!r}"
-                    )
-                if n_columns is None:
-                    n_columns = len(fields)
-                elif len(fields) != n_columns:
-                    raise NeuroplasticError(
-                        f"{where}: {len(fields)} columns, but the file started with {n_columns}"
-                    )
-                tag = fields[-1]
-                if not is_valid_tag(tag):
-                    raise NeuroplasticError(
-                        f"{where}: {tag!r} is not an NER tag; expected O, B-TYPE or I-TYPE "
-                        "(e.g. B-LOC) in the last column"
-                    )
-                words.append(fields[0])
-                tags.append(tag)
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of the text
     except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        line_number = data.count(b"\n", 0, error.start) + 1
         raise NeuroplasticError(
-            f"{path}, line {line_number + 1}: not UTF-8 text ({error.reason} at byte "
-            f"{error.start} of the read block); convert the file to UTF-8 (e.g. with iconv)"
+            f"{path}, line {line_number}: not UTF-8 text ({error.reason}: byte "
+            f"0x{data[error.start]:02x} at column {error.start - line_start + 1}); convert the "
+            "file to UTF-8 (e.g. with iconv -f latin1 -t utf-8)"
         ) from error
+    for line_number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        fields = line.split()
+        if not fields:
+            flush()
+            continue
+        if fields[0] == "-DOCSTART-":
+            flush()
+            continue
+        where = f"{path}, line {line_number}"
+        if len(fields) not in (2, 4):
+            raise NeuroplasticError(
+                f"{where}: expected 2 columns (word TAG) or 4 (word POS chunk TAG), "
+                f"found {len(fields)}: {line.rstrip()!r}"
+            )
+        if n_columns is None:
+            n_columns = len(fields)
+        elif len(fields) != n_columns:
+            raise NeuroplasticError(
+                f"{where}: {len(fields)} columns, but the file started with {n_columns}"
+            )
+        tag = fields[-1]
+        if not is_valid_tag(tag):
+            raise NeuroplasticError(
+                f"{where}: {tag!r} is not an NER tag; expected O, B-TYPE or I-TYPE "
+                "(e.g. B-LOC) in the last column"
+            )
+        words.append(fields[0])
+        tags.append(tag)
     flush()
     if not sentences:
         raise NeuroplasticError(f"{path}: no sentences found; is this a CoNLL NER file?")

@@ -1,0 +1,177 @@
+"""Bad input is refused with one clear line before any compute (tracker issue 11)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from neuroplastic import experiment
+from neuroplastic.cli import main
+from neuroplastic.data.conll import read_conll_file
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment import run_experiment
+from tiny import TINY, tiny_config
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def tiny_flags(**overrides):
+    settings = {**TINY, **overrides}
+    flags = []
+    for name, value in settings.items():
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Reaching base fine-tuning fails the test: the checks must come before it."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("base fine-tuning reached")
+
+    monkeypatch.setattr(experiment, "_fine_tune_base", reached)
+
+
+# -- 1. values refused by the config ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("learning_rate", float("nan"), "learning_rate must be a finite number"),
+        ("learning_rate", float("inf"), "learning_rate must be a finite number"),
+        ("weight_decay", float("nan"), "weight_decay must be a finite number"),
+        ("weight_decay", float("inf"), "weight_decay must be a finite number"),
+        ("plateau_tolerance", float("nan"), "plateau_tolerance must be a number; got nan"),
+        ("fraction", float("nan"), "fraction"),
+        ("warmup_fraction", float("nan"), "warmup_fraction"),
+        ("seed", -1, r"seed must be in \[0, 4294967295\]"),
+        ("seed", 2**32, r"seed must be in \[0, 4294967295\]"),
+        ("device", "gpu", "device must be one of cpu, cuda, cuda:N"),
+        ("device", "cuda:", "device must be one of cpu, cuda, cuda:N"),
+        ("device", "cuda:x", "device must be one of cpu, cuda, cuda:N"),
+    ],
+)
+def test_config_refuses_bad_values(setting, value, message):
+    with pytest.raises(NeuroplasticError, match=message):
+        tiny_config(**{setting: value})
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_config_accepts_device_forms(device):
+    assert tiny_config(device=device).device == device
+
+
+def test_seed_bounds_are_accepted():
+    tiny_config(seed=0)
+    tiny_config(seed=2**32 - 1)
+
+
+def test_refused_nan_lr_leaves_out_usable(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "run", "--out", str(out), *tiny_flags(), "--lr", "nan", "--quiet")
+    assert code == 2
+    assert err.count("\n") == 1 and "learning_rate must be a finite number; got nan" in err
+    assert not (out / "config.json").exists()
+    code, err = run_cli(capsys, "run", "--out", str(out), *tiny_flags(), "--quiet")
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["learning_rate"] == TINY["learning_rate"]
+    assert (out / "summary.json").is_file()
+
+
+# -- 2. checks before base fine-tuning ---------------------------------------------------------
+def test_cuda_unavailable_refused(monkeypatch, tmp_path, no_training, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = run_cli(
+        capsys, "run", "--out", str(tmp_path / "r"), *tiny_flags(), "--device", "cuda", "--quiet"
+    )
+    assert code == 2
+    assert "--device cuda: CUDA is not available" in err and "--device cpu" in err
+
+
+@pytest.mark.parametrize(
+    ("selection", "count", "message"),
+    [
+        ("count", 2 * 64 + 1, r"2 layers x 64 MLP neurons = 128 in all\); give --count 128"),
+        ("per-layer", 65, r"64 MLP neurons per layer\); give --count 64"),
+    ],
+)
+def test_count_larger_than_model_refused(tmp_path, no_training, selection, count, message):
+    config = tiny_config(selection=selection, count=count)
+    with pytest.raises(NeuroplasticError, match=message):
+        run_experiment(config, tmp_path / "r", progress=False, log=lambda *a: None)
+
+
+def test_count_that_fits_passes_the_check(tmp_path, no_training):
+    config = tiny_config(selection="count", count=128)
+    with pytest.raises(AssertionError, match="base fine-tuning reached"):
+        run_experiment(config, tmp_path / "r", progress=False, log=lambda *a: None)
+
+
+def test_max_length_beyond_positions_refused(capsys, tmp_path, no_training):
+    code, err = run_cli(
+        capsys, "run", "--out", str(tmp_path / "r"), *tiny_flags(max_length=161), "--quiet"
+    )
+    assert code == 2
+    assert "--max-length 161 exceeds tiny-bert's 160 positions; give --max-length 160" in err
+
+
+def test_out_is_a_file_refused(capsys, tmp_path, no_training):
+    path = tmp_path / "results.txt"
+    path.write_text("not a directory")
+    code, err = run_cli(capsys, "run", "--out", str(path), *tiny_flags(), "--quiet")
+    assert code == 2
+    assert "is an existing file, not a directory" in err
+    assert path.read_text() == "not a directory"
+
+
+def test_out_in_read_only_directory_refused(capsys, tmp_path, no_training):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: chmod does not stop writes")
+        for out in (locked, locked / "run"):
+            code, err = run_cli(capsys, "run", "--out", str(out), *tiny_flags(), "--quiet")
+            assert code == 2, err
+            assert "you can write to" in err and err.count("\n") == 1
+    finally:
+        os.chmod(locked, 0o755)
+
+
+def test_out_that_cannot_be_created_refused(capsys, tmp_path, no_training):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run_cli(capsys, "run", "--out", str(blocker / "run"), *tiny_flags(), "--quiet")
+    assert code == 2
+    assert "cannot create the run directory" in err and "you can write to" in err
+
+
+def test_out_not_writable_refused_even_as_root(monkeypatch, tmp_path, no_training):
+    out = tmp_path / "r"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != out and real_access(p, mode))
+    with pytest.raises(NeuroplasticError, match="the directory is not writable"):
+        run_experiment(tiny_config(), out, progress=False, log=lambda *a: None)
+
+
+# -- 3. CoNLL input -----------------------------------------------------------------------------
+def test_conll_byte_order_mark_is_stripped(tmp_path):
+    path = tmp_path / "bom.txt"
+    text = "-DOCSTART- -X- -X- O\n\nParis NNP B-NP B-LOC\nis VBZ B-VP O\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    sentences = read_conll_file(path)
+    assert len(sentences) == 1
+    assert sentences[0].words == ("Paris", "is")
+
+
+def test_conll_decoding_error_names_the_bad_line(tmp_path):
+    path = tmp_path / "latin1.txt"
+    lines = [f"w{i} O" for i in range(5000)] + ["Z\xfcrich B-LOC"]
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(NeuroplasticError, match=r"line 5001: not UTF-8 text.*0xfc at column 2"):
+        read_conll_file(path)

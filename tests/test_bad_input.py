@@ -175,3 +175,37 @@ def test_conll_decoding_error_names_the_bad_line(tmp_path):
     path.write_bytes("\n".join(lines).encode("latin-1"))
     with pytest.raises(NeuroplasticError, match=r"line 5001: not UTF-8 text.*0xfc at column 2"):
         read_conll_file(path)
+
+
+def test_output_files_that_are_directories_are_refused_before_any_work(tmp_path, capsys):
+    assert main(["rank", "--model", "tiny-bert", "--json", str(tmp_path)]) == 2
+    assert f"--json {tmp_path} is a directory; give a file path" in capsys.readouterr().err
+    args = ["view", "--model", "tiny-bert", "--neurons", "0:1", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_a_non_utf8_config_file_is_refused(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    data = b'{"seed": 1, "concept": "L\xd6C"}'
+    config.write_bytes(data)
+    assert main(["run", "--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    assert f"not UTF-8 text (byte {data.index(0xD6)})" in capsys.readouterr().err
+
+
+def test_neurons_with_non_ascii_digits_are_refused():
+    from neuroplastic.neurons import NeuronSet
+
+    for text in ("0:\u00b2", "\uff11:3"):  # superscript two, fullwidth one
+        with pytest.raises(NeuroplasticError, match="write LAYER:NEURON"):
+            NeuronSet.parse(text, 2, 64)
+
+
+def test_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
+    broken = tmp_path / "base.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    args = ["run", "--out", str(tmp_path / "run"), "--checkpoint", str(broken)]
+    for name, value in TINY.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    assert main(args) == 2
+    assert "is not a readable safetensors checkpoint" in capsys.readouterr().err

@@ -375,7 +375,13 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
     """Copy a safetensors file of ``module.named_parameters()`` into ``module``."""
     if not path.is_file():
         raise NeuroplasticError(f"checkpoint not found: {path}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for any malformed file
+        raise NeuroplasticError(
+            f"{path} is not a readable safetensors checkpoint ({error}); give the "
+            "checkpoints/{arm}/{stage}.safetensors of a run made with --save-checkpoints"
+        ) from error
     parameters = dict(module.named_parameters())
     missing = sorted(set(parameters) - set(state))
     unexpected = sorted(set(state) - set(parameters))

@@ -179,6 +179,13 @@ def _choice_list(allowed: Sequence[str]):
     return parse
 
 
+def _check_file_target(path: Path, flag: str) -> None:
+    from neuroplastic.errors import NeuroplasticError
+
+    if path.is_dir():
+        raise NeuroplasticError(f"{flag} {path} is a directory; give a file path")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -310,6 +317,7 @@ def _view(args: argparse.Namespace) -> int:
     from neuroplastic.neurons import NeuronSet
     from neuroplastic.views import write_neuron_view_page
 
+    _check_file_target(args.out, "--out")
     model = load_model(args.model, device=args.device)
     n_layers, d_mlp = check_mlp_hooks(model)
     neurons = NeuronSet.parse(args.neurons, n_layers, d_mlp)
@@ -332,6 +340,8 @@ def _rank(args: argparse.Namespace) -> int:
     from neuroplastic.api import rank_neurons
     from neuroplastic.io import atomic_write_json
 
+    if args.json:
+        _check_file_target(args.json, "--json")  # before the work, not after it
     result = rank_neurons(
         model=args.model,
         dataset=args.dataset,

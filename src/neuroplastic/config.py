@@ -197,7 +197,12 @@ class ExperimentConfig:
         if not path.is_file():
             raise NeuroplasticError(f"config file not found: {path}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise NeuroplasticError(
+                f"{path}: not UTF-8 text (byte {error.start}); a config is a JSON file, save it "
+                "as UTF-8"
+            ) from error
         except json.JSONDecodeError as error:
             raise NeuroplasticError(f"{path}: not valid JSON ({error})") from error
         return cls.from_dict(data, source=str(path))

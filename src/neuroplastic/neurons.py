@@ -49,7 +49,7 @@ class NeuronSet:
         pairs = []
         for item in filter(None, (part.strip() for part in text.split(","))):
             layer, sep, neuron = item.partition(":")
-            if not sep or not layer.strip().isdigit() or not neuron.strip().isdigit():
+            if not sep or not _is_number(layer) or not _is_number(neuron):
                 raise NeuroplasticError(
                     f"cannot read neuron {item!r}: write LAYER:NEURON, e.g. 3:17,5:2"
                 )
@@ -199,6 +199,12 @@ class NeuronSet:
         except json.JSONDecodeError as error:
             raise NeuroplasticError(f"{path}: not valid JSON ({error})") from error
         return cls.from_dict(data)
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "²" and "３", which int() refuses."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
 
 
 def _check_count(k: int, available: int, kind: str = "", where: str = "") -> None:

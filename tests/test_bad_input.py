@@ -209,3 +209,24 @@ def test_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
         args += ["--" + name.replace("_", "-"), str(value)]
     assert main(args) == 2
     assert "is not a readable safetensors checkpoint" in capsys.readouterr().err
+
+
+def test_a_file_system_error_while_writing_the_report_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from neuroplastic import html
+
+    args = ["run", "--out", str(tmp_path)]
+    for name, value in {**TINY, "stages": 1, "baseline": "none"}.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    assert main([*args, "--quiet", "--no-report"]) == 0
+    capsys.readouterr()
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device", "report.html")
+
+    monkeypatch.setattr(html.os, "replace", full)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device (report.html)" in err
+    assert (tmp_path / "summary.json").is_file()

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import signal
@@ -201,13 +202,32 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
     atomic_write_bytes(target, b"old")
 
     def crash(*args):
-        raise OSError("disk gone")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(NeuroplasticError, match=r"cannot write .*artifact.json: No space left"):
         atomic_write_bytes(target, b"new and longer")
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_rerun_resumes(reference, tmp_path, monkeypatch):
+    _, expected = reference
+    real = os.replace
+
+    def full_at_retrain_2(source, target):
+        if "retrain-2" in str(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, target)
+
+    monkeypatch.setattr(os, "replace", full_at_retrain_2)
+    with pytest.raises(NeuroplasticError, match="free some space and rerun the same command"):
+        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    monkeypatch.undo()
+    assert RunDir(tmp_path).stages("concept") == ["base", "pruned", "retrain-1"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    resumed = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    assert resumed == expected
 
 
 def test_a_failed_start_leaves_the_directory_usable(tmp_path):

@@ -26,6 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NeuroplasticError as error:
         print(f"neuroplastic {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a file system refusal no check foresaw (full disk, permissions)
+        where = f" ({error.filename})" if error.filename else ""
+        print(
+            f"neuroplastic {args.command}: error: {error.strerror or error}{where}; completed "
+            "results are kept: fix it and rerun the same command",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(
             f"neuroplastic {args.command}: interrupted; rerun the same command to resume",

@@ -223,11 +223,14 @@ class Checkpointer:
     def release(self) -> None:
         """Delete every weights and trainer-state file once the run is complete: resuming a
         finished run needs none (keep models with ``--save-checkpoints``)."""
-        listed = [self.run.path / name for name in self.manifest.entries() or {}]
-        doomed = [p for p in listed if p.parent.parent == self.run.state_dir]
-        for pattern in ("*.safetensors", "*.trainer.pt"):
-            doomed += self.run.state_dir.glob(f"*/{pattern}")
-        self._delete(doomed)
+        arms = {directory.name for directory in self.run.state_dir.glob("*/")}
+        arms |= {
+            name.split("/")[1]
+            for name in self.manifest.entries() or {}
+            if name.count("/") == 2 and name.startswith("state/")
+        }
+        for arm in sorted(arms):
+            self.keep_only(arm, keep=set())
 
     def missing_stages(self, arms: Iterable[str], n_stages: int) -> list[MissingStage]:
         """Every stage of ``arms`` whose artifacts are not all there, in order: computed and

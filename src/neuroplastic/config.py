@@ -209,8 +209,9 @@ class ExperimentConfig:
 
     def differences(self, other: ExperimentConfig) -> list[str]:
         """Human-readable ``name: theirs -> ours`` for settings that define the run."""
+        ours, theirs = self.identity(), other.identity()
         return [
-            f"{f.name}: {getattr(other, f.name)!r} (existing run) vs {getattr(self, f.name)!r}"
-            for f in fields(self)
-            if f.name not in NOT_IDENTITY and getattr(self, f.name) != getattr(other, f.name)
+            f"{name}: {theirs[name]!r} (existing run) vs {value!r}"
+            for name, value in ours.items()
+            if value != theirs[name]
         ]

@@ -53,7 +53,9 @@ class Ablation:
         try:
             for layer in neurons.by_layer():
                 hook_point = model.hook_dict[mlp_hook_name(layer)]
-                fn = _AblationHook(keep[layer], fill[layer] * (~keep[layer]))
+                fn = _AblationHook(
+                    keep[layer], fill[layer] * (~keep[layer]) if mode == "mean" else None
+                )
                 handle = hook_point.add_hook(fn, dir="fwd", is_permanent=permanent)
                 self._handles.append((hook_point, handle))
         except BaseException:
@@ -87,16 +89,17 @@ class Ablation:
 class _AblationHook:
     """A named callable so ``model`` hook listings say what it is."""
 
-    def __init__(self, keep: Tensor, fill: Tensor) -> None:
-        self.keep, self.fill = keep, fill
-        self._cast: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+    def __init__(self, keep: Tensor, fill: Tensor | None) -> None:
+        self.keep, self.fill = keep, fill  # fill None: zero-ablation, one multiply per pass
+        self._cast: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor | None]] = {}
 
     def __call__(self, activation: Float[Tensor, "... d_mlp"], hook: Any) -> Tensor:
         key = (activation.device, activation.dtype)
         if key not in self._cast:  # one copy per device and dtype, not one per forward pass
-            self._cast[key] = (self.keep.to(*key), self.fill.to(*key))
+            fill = None if self.fill is None else self.fill.to(*key)
+            self._cast[key] = (self.keep.to(*key), fill)
         keep, fill = self._cast[key]
-        return activation * keep + fill
+        return activation * keep if fill is None else activation * keep + fill
 
     def __repr__(self) -> str:
         return f"neuroplastic.ablate({int((~self.keep).sum())} neurons)"

@@ -13,7 +13,10 @@ from typing import Any
 from neuroplastic.errors import NeuroplasticError
 
 # Output options: they may change between a run and its resumption.
-NOT_IDENTITY = ("save_checkpoints", "device")
+NOT_IDENTITY = ("save_checkpoints", "device", "device_map")
+# Settings added after runs were published: left out of the identity at their defaults, so the
+# runs made before them keep their hash (and resume).
+LATER_SETTINGS = {"dtype": "float32", "base_epochs": 0.0, "stage_epochs": 0.0}
 
 DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
 SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
@@ -25,6 +28,7 @@ CHOICES = {
     "selection": ("fraction", "count", "per-layer"),
     "baseline": ("random", "random-global", "none"),
     "schedule": ("continuous", "per-stage"),
+    "dtype": ("float32", "bfloat16", "float16"),
 }
 
 
@@ -45,7 +49,9 @@ class ExperimentConfig:
     # as many in total (for sets too dense in a layer to match per layer); "none"
     baseline: str = "random"
     checkpoint: str | None = None  # an already fine-tuned run's checkpoint: skip base training
-    train_sentences: int = 2000  # embedded corpus size / cap on a dataset's train split
+    # embedded corpus size / cap on a dataset's train split; 0: the whole split (what the probe
+    # leaves of a dataset's; CoNLL-2003's 14,041 sentences for the embedded corpus)
+    train_sentences: int = 2000
     validation_sentences: int = 400  # F1 is measured on these
     probe_sentences: int = 400  # neuron statistics and rankings are taken on these (train split)
     max_length: int = 64
@@ -58,6 +64,10 @@ class ExperimentConfig:
     plateau_tolerance: float = 0.05
     stages: int = 3
     stage_steps: int = 30
+    # Epochs over the training sentences instead of steps when positive (the paper's recipe):
+    # base fine-tuning runs exactly base_epochs (no plateau stop), each stage stage_epochs.
+    base_epochs: float = 0.0
+    stage_epochs: float = 0.0
     # "continuous": one optimizer and LR schedule across all retraining stages (stages are
     # evaluation points); "per-stage": a fresh optimizer and schedule per stage (the paper's)
     schedule: str = "continuous"
@@ -71,6 +81,11 @@ class ExperimentConfig:
     seed: int = 0
     save_checkpoints: bool = False
     device: str = "cpu"  # "cuda" with a GPU; a run may resume on another device
+    # The model's weights and activations; statistics stay float32/float64 whatever it is.
+    dtype: str = "float32"
+    # Spread a model too large for one device over several ("auto", "balanced", ...): passed to
+    # Hugging Face's loader through TransformerLens; replaces device.
+    device_map: str | None = None
 
     def __post_init__(self) -> None:
         from neuroplastic.ranking import RANKERS
@@ -106,9 +121,18 @@ class ExperimentConfig:
             r"cpu|cuda(:\d+)?|mps", self.device
         ):
             raise NeuroplasticError(f"device must be one of {DEVICE_FORMS}; got {self.device!r}")
+        if self.train_sentences < 0:
+            raise NeuroplasticError(
+                f"train_sentences must be >= 0 (0: the whole split); got {self.train_sentences}"
+            )
+        for name in ("base_epochs", "stage_epochs"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise NeuroplasticError(
+                    f"{name} must be a finite number >= 0 (0: count steps instead); got "
+                    f"{getattr(self, name)}"
+                )
         positive = (
             "probe_sentences",
-            "train_sentences",
             "validation_sentences",
             "max_length",
             "batch_size",
@@ -141,6 +165,15 @@ class ExperimentConfig:
         if self.learning_rate <= 0:
             raise NeuroplasticError(f"learning_rate must be positive; got {self.learning_rate}")
 
+    def steps(self, n_train: int) -> tuple[int, int]:
+        """Optimizer steps of base fine-tuning (its cap) and of each retraining stage, from the
+        epochs where they are given: ``ceil(epochs x n_train / batch_size)``."""
+
+        def of(epochs: float, steps: int) -> int:
+            return math.ceil(epochs * n_train / self.batch_size) if epochs > 0 else steps
+
+        return of(self.base_epochs, self.base_steps), of(self.stage_epochs, self.stage_steps)
+
     @property
     def arms(self) -> tuple[str, ...]:
         return ("concept",) if self.baseline == "none" else ("concept", "random")
@@ -156,6 +189,8 @@ class ExperimentConfig:
             if f.name in NOT_IDENTITY:
                 continue
             value = getattr(self, f.name)
+            if f.name in LATER_SETTINGS and value == LATER_SETTINGS[f.name]:
+                continue
             if isinstance(f.default, float) and isinstance(value, int | float):
                 value = float(value)
             identity[f.name] = value

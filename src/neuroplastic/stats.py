@@ -19,10 +19,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from neuroplastic import distributed
 from neuroplastic.data.concept import Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
-from neuroplastic.models import check_mlp_hooks, mlp_hook_name, run_forward
+from neuroplastic.models import check_mlp_hooks, mlp_hook_name, model_device, run_forward
 
 
 @dataclass
@@ -182,48 +183,142 @@ class NeuronStats:
 
 
 class StatsCollector:
-    """Hooks that capture every layer's ``mlp.hook_post`` and fold each batch into NeuronStats.
+    """Hooks on every layer's ``mlp.hook_post`` that fold each batch into running statistics
+    on the model's own device; only the finished :class:`NeuronStats` goes to the CPU.
 
-    Used by ``collect_stats`` and by evaluation, which gathers statistics in its own forward
-    passes instead of running the data through the model twice.
+    Each batch is reduced in float32 where it is computed and added to float64 totals (float32
+    sums of a million tokens would lose about three digits). Each layer's activations are used
+    inside its hook and dropped, so memory holds one layer of one batch at a time. A neuron's
+    top-k buffer is merged only where the batch has a token above the neuron's current k-th
+    value, which after the first batches is a small share of the neurons.
     """
 
     def __init__(self, model: Any, label_names: Sequence[str], top_k: int) -> None:
-        self.n_layers, d_mlp = check_mlp_hooks(model)
+        self.n_layers, self.d_mlp = check_mlp_hooks(model)
+        self.label_names = tuple(label_names)
         self.top_k = top_k
-        self.stats = NeuronStats.empty(label_names, self.n_layers, d_mlp, top_k)
-        self.captured: dict[int, Tensor] = {}
-        self.hooks = [
-            (mlp_hook_name(layer), self._capture(layer)) for layer in range(self.n_layers)
-        ]
+        self.device = model_device(model)
+        # float64 totals where the device has float64 (Apple's MPS has none: totals stay on the
+        # CPU there, still folded once per batch).
+        self.total_device = self.device if self.device.type != "mps" else torch.device("cpu")
+        n_labels, shape = len(self.label_names), (self.n_layers, self.d_mlp)
+        self.count = torch.zeros(n_labels, dtype=torch.long, device=self.total_device)
+        self.sum = torch.zeros(n_labels, *shape, dtype=torch.float64, device=self.total_device)
+        self.sum_sq = torch.zeros_like(self.sum)
+        self.top = _TopK(self.n_layers, self.d_mlp, top_k, self.device)
+        self._batch: _BatchTokens | None = None
+        self.hooks = [(mlp_hook_name(layer), self._hook(layer)) for layer in range(self.n_layers)]
 
-    def _capture(self, layer: int):
-        def hook(activation: Tensor, hook: Any) -> None:
-            self.captured[layer] = activation.detach()
+    def begin(self, batch: Batch) -> None:
+        """Announce the batch whose forward pass comes next."""
+        self._batch = _BatchTokens.of(batch, len(self.label_names), self.device)
+        self.count += self._batch.one_hot.sum(0).long().to(self.total_device)
+
+    def _hook(self, layer: int):
+        def hook(activation: Float[Tensor, "batch pos neuron"], hook: Any) -> None:
+            batch = self._batch
+            if batch is None:
+                raise NeuroplasticError("StatsCollector.begin(batch) must precede each forward")
+            acts = activation.detach().reshape(-1, self.d_mlp)[batch.keep].float()
+            self.sum[:, layer] += (batch.one_hot.T @ acts).to(self.total_device, torch.float64)
+            self.sum_sq[:, layer] += (batch.one_hot.T @ acts.square()).to(
+                self.total_device, torch.float64
+            )
+            self.top.update(layer, acts, batch.meta)
 
         return hook
 
-    def consume(self, batch: Batch) -> None:
-        """Fold in the activations the hooks captured for ``batch``."""
-        keep = batch.concept_labels >= 0
-        # Statistics accumulate on the CPU in float64 whatever device the model runs on.
-        acts = torch.stack(
-            [
-                self.captured[layer][keep.to(self.captured[layer].device)].cpu()
-                for layer in range(self.n_layers)
-            ]
+    def all_reduce(self) -> None:
+        """Combine the statistics of every data-parallel process (each saw its own sentences):
+        counts and sums added, top-k buffers gathered and re-selected. Every rank ends with
+        the statistics of all the sentences."""
+        if not distributed.active():
+            return
+        for total in (self.count, self.sum, self.sum_sq):
+            distributed.all_sum(total)
+        self.top.all_gather()
+        self.top.n_seen_all_reduce()
+
+    def finish(self) -> NeuronStats:
+        """The statistics so far, on the CPU."""
+        values, meta = self.top.result()
+        cpu = torch.device("cpu")
+        return NeuronStats(
+            self.label_names,
+            self.count.to(cpu),
+            self.sum.to(cpu),
+            self.sum_sq.to(cpu),
+            values.to(cpu),
+            *(meta[..., i].to(cpu) for i in range(4)),
         )
-        positions = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
-        sentences = batch.sentence_index[:, None].expand_as(batch.tokens)
-        self.stats.update(
-            acts,
-            batch.concept_labels[keep],
-            sentences[keep],
-            positions[keep],
-            batch.tokens[keep],
-            self.top_k,
-        )
-        self.captured.clear()
+
+    @property
+    def stats(self) -> NeuronStats:
+        return self.finish()
+
+
+@dataclass
+class _BatchTokens:
+    """The labelled tokens of one batch, flattened, on the model's device."""
+
+    keep: Int[Tensor, " kept"]  # flat indices into batch x pos
+    one_hot: Float[Tensor, "kept label"]
+    meta: Int[Tensor, "kept 4"]  # sentence, position, token, label
+
+    @classmethod
+    def of(cls, batch: Batch, n_labels: int, device: torch.device) -> _BatchTokens:
+        labels = einops.rearrange(batch.concept_labels, "batch pos -> (batch pos)")
+        keep = (labels >= 0).nonzero().squeeze(1)
+        n_batch, n_pos = batch.tokens.shape
+        positions = einops.repeat(torch.arange(n_pos), "pos -> (batch pos)", batch=n_batch)
+        sentences = einops.repeat(batch.sentence_index, "batch -> (batch pos)", pos=n_pos)
+        tokens = einops.rearrange(batch.tokens, "batch pos -> (batch pos)")
+        meta = torch.stack([sentences, positions, tokens, labels], 1)[keep]
+        one_hot = torch.nn.functional.one_hot(labels[keep], n_labels).float()
+        return cls(keep.to(device), one_hot.to(device), meta.to(device))
+
+
+class _TopK:
+    """Per-neuron top-k activations and where they occurred, merged only where they change."""
+
+    def __init__(self, n_layers: int, d_mlp: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.values = torch.full((n_layers, d_mlp, k), -torch.inf, device=device)
+        self.meta = torch.full((n_layers, d_mlp, k, 4), -1, dtype=torch.long, device=device)
+        self._layers_seen = torch.zeros(n_layers, dtype=torch.long)
+
+    def update(
+        self, layer: int, acts: Float[Tensor, "kept neuron"], meta: Int[Tensor, "kept 4"]
+    ) -> None:
+        self._layers_seen[layer] += acts.shape[0]
+        if acts.shape[0] == 0:
+            return
+        threshold = self.values[layer, :, -1]  # the k-th value; -inf until the buffer is full
+        changed = (acts > threshold).any(0).nonzero().squeeze(1)
+        if changed.numel() == 0:
+            return
+        candidates = acts[:, changed]
+        n_new = min(self.k, candidates.shape[0])
+        new_values, rows = candidates.topk(n_new, dim=0)  # [n_new, changed]
+        values = torch.cat([self.values[layer, changed], new_values.T], dim=1)
+        metas = torch.cat([self.meta[layer, changed], meta[rows.T]], dim=1)
+        kept, order = values.topk(self.k, dim=1)
+        self.values[layer, changed] = kept
+        self.meta[layer, changed] = metas.gather(1, einops.repeat(order, "n k -> n k 4"))
+
+    def all_gather(self) -> None:
+        values = distributed.all_gather_cat(self.values, dim=2)
+        metas = distributed.all_gather_cat(self.meta, dim=2)
+        self.values, order = values.topk(self.k, dim=2)
+        self.meta = metas.gather(2, einops.repeat(order, "l n k -> l n k 4"))
+
+    def n_seen_all_reduce(self) -> None:
+        self._layers_seen = distributed.all_sum(self._layers_seen.to(self.values.device)).cpu()
+
+    def result(self) -> tuple[Float[Tensor, "layer neuron k"], Int[Tensor, "layer neuron k 4"]]:
+        """Buffers cut to the tokens seen when there were fewer than k."""
+        n = min(self.k, int(self._layers_seen.min()))
+        return self.values[..., :n].contiguous(), self.meta[:, :, :n].contiguous()
 
 
 def collect_stats(
@@ -234,9 +329,12 @@ def collect_stats(
     indices: Sequence[int] | None = None,
     progress: bool = True,
 ) -> NeuronStats:
-    """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks."""
+    """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks; the
+    forward stops after the last MLP."""
     collector = StatsCollector(model, dataset.label_names, top_k)
     order = list(range(len(dataset))) if indices is None else list(indices)
+    # Under a data-parallel launcher each process takes its share of the batches.
+    order = distributed.shard_batches(order, batch_size)
     n_batches = (len(order) + batch_size - 1) // batch_size
     last_hook = mlp_hook_name(collector.n_layers - 1)
     with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
@@ -247,6 +345,7 @@ def collect_stats(
             disable=not progress,
             leave=False,
         ):
+            collector.begin(batch)
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=last_hook)
-            collector.consume(batch)
-    return collector.stats
+    collector.all_reduce()
+    return collector.finish()

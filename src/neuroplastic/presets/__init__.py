@@ -1,0 +1,28 @@
+"""Named settings files for ``neuroplastic run --preset NAME`` (flags given with it win).
+
+``paper``: the recipe of Lo, Cohen & Barez (2024) on CoNLL-2003 (needs the hub): DistilGPT2,
+probeless ranking, half of all MLP neurons held at zero, base fine-tuning for 3 epochs over the
+whole training split (all but the 1,000 probe sentences the rankings are taken on), then 4
+retraining stages of 2 epochs each, each with a fresh AdamW (lr 2e-5, weight decay 0.01,
+batch 8, linear decay, no warm-up), evaluated on the 3,250 validation sentences after every
+stage. The control holds as many random neurons in total (at 50% some layers have too few
+neurons left for a per-layer match).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from neuroplastic.errors import NeuroplasticError
+
+PRESETS = ("paper",)
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The settings of preset ``name`` as a dict (ExperimentConfig fields)."""
+    if name not in PRESETS:
+        raise NeuroplasticError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files(__package__).joinpath(f"{name}.json").read_text(encoding="utf-8")
+    return json.loads(text)

@@ -14,6 +14,11 @@ def corpus():
 
 
 @pytest.fixture(scope="session")
+def embedded_corpus(corpus):
+    return corpus
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2():
     from neuroplastic.models import load_model
 

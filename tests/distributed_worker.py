@@ -1,6 +1,6 @@
 """Run under ``torchrun --nproc_per_node N`` by tests/test_distributed.py (not a test module).
 
-    stats OUT   neuron statistics of tiny-bert on 60 validation sentences; rank 0 saves them
+stats OUT   neuron statistics of tiny-bert on 60 validation sentences; rank 0 saves them
 """
 
 import os

@@ -136,8 +136,12 @@ def test_the_lock_is_held_for_the_run_and_released_however_it_ends(tmp_path):
 # -- stages bound to their settings ------------------------------------------------------------
 def test_every_stage_marker_records_the_hash_of_its_settings(finished):
     out, _ = finished
-    output_options = ("device", "save_checkpoints")
-    identity = {k: v for k, v in tiny_config().to_dict().items() if k not in output_options}
+    output_options = ("device", "device_map", "save_checkpoints")
+    # Settings added later are left out at their defaults, so older runs keep their hash.
+    later = ("dtype", "base_epochs", "stage_epochs")
+    identity = {
+        k: v for k, v in tiny_config().to_dict().items() if k not in (*output_options, *later)
+    }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     expected = hashlib.sha256(canonical.encode()).hexdigest()
     markers = sorted((out / "state").glob("*/*.json"))
@@ -145,6 +149,9 @@ def test_every_stage_marker_records_the_hash_of_its_settings(finished):
     assert {json.loads(m.read_text())["config_hash"] for m in markers} == {expected}
     # Output options may change on resumption; 1 and 1.0 are one fraction.
     assert tiny_config(device="cuda", save_checkpoints=True).identity_hash() == expected
+    assert tiny_config(device_map="auto").identity_hash() == expected
+    assert tiny_config(dtype="bfloat16").identity_hash() != expected
+    assert tiny_config(stage_epochs=2.0).identity_hash() != expected
     one, one_point_zero = ExperimentConfig(fraction=1), ExperimentConfig(fraction=1.0)
     assert one.identity_hash() == one_point_zero.identity_hash()
     assert tiny_config(seed=7).identity_hash() != expected

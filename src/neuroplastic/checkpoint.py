@@ -18,7 +18,8 @@ DIR/state/{arm}/{stage}.trainer.pt    optimizer and schedule state after the sta
 Every marker records the hash of the settings its stage was computed under
 (:meth:`ExperimentConfig.identity_hash`); a resumption under other settings, or of stages whose
 config.json is gone, is refused. What a resumption reads (weights, trainer state, the base
-ranking) is verified against the manifest first.
+ranking) is verified against the manifest first. Files that cannot be read at all are
+recomputed where the run kept what they come from, else refused (:mod:`neuroplastic.recovery`).
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from safetensors.torch import load_file, save
 
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from neuroplastic.manifest import CONFIG_HASH, digest, file_digest
-from neuroplastic.rundir import STAGE_FILES, RunDir, stage_names
+from neuroplastic.io import atomic_write_bytes, atomic_write_json
+from neuroplastic.manifest import CONFIG_HASH, CorruptFile, digest, file_digest
+from neuroplastic.recovery import Recovery, recover
+from neuroplastic.rundir import STAGE_FILES, RunDir, json_of, read_run_file, stage_names
 
 #: What a run leaves besides its inputs: with no config.json to check them against, any of
 #: these makes a directory unusable for a new run.
@@ -83,8 +85,14 @@ class Checkpointer:
         nothing."""
         if self._lock is not None:
             return
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:  # e.g. a directory under /proc: it lists, but holds no files
+            raise NeuroplasticError(
+                f"cannot create files in the run directory {self.run.path} ({error.strerror}: "
+                f"{self.run.lock_path}); give a directory you can write to as --out"
+            ) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -112,36 +120,41 @@ class Checkpointer:
             os.close(fd)  # drops the flock
 
     # -- the config a run is bound to --------------------------------------------------------
-    def check_config(self, config: ExperimentConfig) -> None:
+    def check_config(self, config: ExperimentConfig) -> Recovery:
         """Refuse to resume a run made with other settings (config.json, or the config hash
-        of any done stage) or results whose config.json is gone; sweep a crash's temporary
-        files, and bring the manifest in line with the done stages."""
+        of any done stage) or results whose config.json is gone or unreadable; sweep a
+        crash's temporary files, bring the manifest in line with the done stages, and deal
+        with files that cannot be read (:func:`neuroplastic.recovery.recover`): returns the
+        warnings to show and the stage files the experiment must recompute."""
         if self._lock is None:
             raise RuntimeError("check_config needs the run's lock: `with Checkpointer(...)`")
+        warnings = []
+        data = None
         if self.run.config_path.is_file():
-            existing = ExperimentConfig.from_dict(
-                self.run.config(), source=str(self.run.config_path)
-            )
+            try:
+                data = self.run.config()
+            except CorruptFile as error:
+                problem = f"{self.run.config_path} is corrupt or truncated ({error.reason})"
+                self._refuse_results(problem, "restore it")
+                warnings.append(f"{problem}; no stage was computed under it: rewriting it")
+        else:
+            self._refuse_results("no config.json", "restore its config.json")
+        if data is not None:
+            existing = ExperimentConfig.from_dict(data, source=str(self.run.config_path))
             differences = config.differences(existing)
             if differences:
                 raise NeuroplasticError(
                     f"{self.run.path} holds a run with a different config; use another --out, "
                     "or the same settings to resume. Differences: " + "; ".join(differences)
                 )
-        else:
-            found = self._results()
-            if found:
-                names = ", ".join(found[:2]) + (
-                    f" and {len(found) - 2} more" if len(found) > 2 else ""
-                )
-                raise NeuroplasticError(
-                    f"{self.run.path} holds results of a run ({names}) but no config.json, so "
-                    "the settings they were computed under cannot be checked; restore its "
-                    "config.json, or use another --out (nothing was changed)"
-                )
         current = config.identity_hash()
+        unreadable: dict[Path, str] = {}
         for path in sorted(self.run.state_dir.glob("*/*.json")):
-            recorded = json.loads(path.read_text()).get(CONFIG_HASH)
+            try:
+                recorded = self._read_marker(path).get(CONFIG_HASH)
+            except CorruptFile as error:
+                unreadable[path] = error.reason  # no hash to check: recover() decides
+                continue
             if recorded is not None and recorded != current:
                 raise NeuroplasticError(
                     f"{path} was computed under other settings (config hash {recorded[:12]}) "
@@ -152,6 +165,20 @@ class Checkpointer:
         for leftover in self.run.path.rglob(".*.tmp"):
             leftover.unlink(missing_ok=True)
         self._reconcile()
+        recovery = recover(self, config, unreadable)
+        recovery.warnings[:0] = warnings
+        return recovery
+
+    def _refuse_results(self, problem: str, remedy: str) -> None:
+        """Refuse a directory holding results when their config.json cannot be read."""
+        found = self._results()
+        if found:
+            names = ", ".join(found[:2]) + (f" and {len(found) - 2} more" if len(found) > 2 else "")
+            raise NeuroplasticError(
+                f"{self.run.path} holds results of a run ({names}) but {problem}, so the "
+                f"settings they were computed under cannot be checked; {remedy}, or use "
+                "another --out (nothing was changed)"
+            )
 
     def write_config(self, config: ExperimentConfig) -> None:
         atomic_write_json(self.run.config_path, config.to_dict())
@@ -161,7 +188,11 @@ class Checkpointer:
         return self._marker(arm, stage).is_file()
 
     def marker(self, arm: str, stage: str) -> dict[str, Any]:
-        return json.loads(self._marker(arm, stage).read_text())
+        return self._read_marker(self._marker(arm, stage))
+
+    def _read_marker(self, path: Path) -> dict[str, Any]:
+        remedy = "it records its stage's evaluation; restore it, or rerun into a new --out"
+        return read_run_file(path, json_of(dict), remedy)
 
     def save(
         self,
@@ -198,7 +229,7 @@ class Checkpointer:
         self.manifest.update(add=entries)
         atomic_write_json(self._marker(arm, stage), {**marker, CONFIG_HASH: self.config_hash})
         if previous is not None:
-            self._delete([self._weights(arm, previous), self._trainer(arm, previous)])
+            self.delete([self._weights(arm, previous), self._trainer(arm, previous)])
 
     def restore(self, arm: str, stage: str, module: torch.nn.Module) -> dict[str, Any] | None:
         """Load the weights after ``stage`` into ``module``; returns the trainer state saved
@@ -209,7 +240,11 @@ class Checkpointer:
         if not trainer.is_file() and not self.manifest.lists(trainer):
             return None
         self.manifest.verify(trainer)
-        return torch.load(trainer, map_location="cpu", weights_only=True)
+        return read_run_file(
+            trainer,
+            lambda p: torch.load(p, map_location="cpu", weights_only=True),
+            "restore it, or rerun into a new --out",
+        )
 
     def keep_only(self, arm: str, keep: set[str]) -> None:
         """Delete the arm's weights and trainer states except those of the ``keep`` stages
@@ -218,7 +253,7 @@ class Checkpointer:
         listed = [self.run.path / name for name in self.manifest.entries() or {}]
         candidates = [*directory.glob("*.safetensors"), *directory.glob("*.trainer.pt")]
         candidates += [p for p in listed if p.parent == directory and p.suffix != ".json"]
-        self._delete(p for p in candidates if _state_stage(p) not in keep)
+        self.delete(p for p in candidates if _state_stage(p) not in keep)
 
     def release(self) -> None:
         """Delete every weights and trainer-state file once the run is complete: resuming a
@@ -263,12 +298,19 @@ class Checkpointer:
                     rows += [{**row, "arm": arm} for row in self.marker(owner, stage)["rows"]]
         return rows
 
+    def metrics_bytes(self, arms: tuple[str, ...], n_stages: int) -> bytes:
+        """metrics.jsonl as the stage markers give it."""
+        return "".join(json.dumps(row) + "\n" for row in self.rows(arms, n_stages)).encode()
+
     def write_metrics(self, arms: tuple[str, ...], n_stages: int) -> None:
-        lines = "".join(json.dumps(row) + "\n" for row in self.rows(arms, n_stages))
-        atomic_write_text(self.run.metrics_path, lines)
+        atomic_write_bytes(self.run.metrics_path, self.metrics_bytes(arms, n_stages))
 
     # -- the manifest --------------------------------------------------------------------------
-    def _delete(self, paths: Iterable[Path]) -> None:
+    def record(self, paths: Iterable[Path]) -> None:
+        """Add files written outside :meth:`save` (recomputed stage files) to the manifest."""
+        self.manifest.update(add={self.manifest.relative(p): file_digest(p) for p in paths})
+
+    def delete(self, paths: Iterable[Path]) -> None:
         """Delete files and forget them in the manifest."""
         names = []
         for path in set(paths):
@@ -319,13 +361,13 @@ class Checkpointer:
 
     # -- paths ---------------------------------------------------------------------------------
     def _marker(self, arm: str, stage: str) -> Path:
-        return self.run.state_dir / arm / f"{stage}.json"
+        return self.run.marker_path(arm, stage)
 
     def _weights(self, arm: str, stage: str) -> Path:
-        return self.run.state_dir / arm / f"{stage}.safetensors"
+        return self.run.weights_path(arm, stage)
 
     def _trainer(self, arm: str, stage: str) -> Path:
-        return self.run.state_dir / arm / f"{stage}.trainer.pt"
+        return self.run.trainer_path(arm, stage)
 
 
 @contextmanager

@@ -11,18 +11,111 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# The ranking methods of neuroplastic.ranking.RANKERS, named here so that building the parser
+# (and answering --help) never imports torch; a test checks the two agree.
+METHODS = ("probeless", "smd", "selectivity")
+
+# One line per ExperimentConfig setting for `run` / `sweep --help`: what it does, in which unit.
+# A setting missing here gets a help of only its default, which tests/test_help_and_extras.py
+# refuses: add the line when adding a setting.
+SETTING_HELP = {
+    "model": "the model: embedded (offline all-MiniLM-L6-v2, needs the [embedded] extra), "
+    "tiny-gpt2, tiny-bert, a local model directory or a Hugging Face name",
+    "dataset": "NER data: embedded (offline synthetic corpus, needs [embedded]), a CoNLL file or "
+    "directory, or a Hugging Face dataset name",
+    "concept": "the entity label whose neurons are ablated, e.g. LOC or PER",
+    "method": "how neurons are ranked for the concept (probeless: the paper's)",
+    "task": "ner: token classification with a linear head; lm: causal language modelling "
+    "(decoders only)",
+    "mode": "hold: ablation hooks stay on while retraining; regrow: the neurons' weights are "
+    "zeroed once and may relearn",
+    "selection": "which neurons: fraction (--fraction of all), count (--count most salient), "
+    "per-layer (--count per layer); giving only --fraction or --count picks it",
+    "fraction": "share of all MLP neurons to ablate, a fraction in (0, 1]",
+    "count": "neurons to ablate, in total (per layer with --selection per-layer)",
+    "baseline": "control arm: random (as many random neurons per layer), random-global "
+    "(as many in total), none",
+    "checkpoint": "a fine-tuned model's .safetensors checkpoint (from --save-checkpoints): skip "
+    "base fine-tuning",
+    "train_sentences": "training sentences (embedded corpus size, or cap on the train split); "
+    "0: the whole split",
+    "validation_sentences": "validation sentences F1 is measured on",
+    "probe_sentences": "sentences (train split) neuron statistics and rankings are taken on",
+    "max_length": "tokens per sentence; words past it are left out",
+    "base_steps": "most optimizer steps of base fine-tuning (it stops earlier on a plateau)",
+    "plateau_every": "optimizer steps between probe-loss checks in base fine-tuning; "
+    "0: exactly --base-steps",
+    "plateau_patience": "probe-loss checks without improvement before base fine-tuning stops",
+    "plateau_tolerance": "relative probe-loss improvement that counts, a fraction (0.05 = 5%%)",
+    "stages": "retraining stages after pruning (one evaluation each)",
+    "stage_steps": "optimizer steps per retraining stage",
+    "base_epochs": "epochs over the training sentences for base fine-tuning, replacing "
+    "--base-steps and the plateau stop; 0: count steps",
+    "stage_epochs": "epochs over the training sentences per retraining stage, replacing "
+    "--stage-steps; 0: count steps",
+    "schedule": "continuous: one optimizer and LR schedule across stages; per-stage: a fresh "
+    "one per stage (the paper's)",
+    "eval_every": "extra validation every N optimizer steps inside a retraining stage; "
+    "0: only at stage ends",
+    "learning_rate": "AdamW peak learning rate",
+    "weight_decay": "AdamW decoupled weight decay coefficient",
+    "batch_size": "sentences per training batch",
+    "warmup_fraction": "share of each LR schedule's steps spent warming up linearly, 0-1",
+    "top_k_tokens": "top activating tokens kept per neuron at each stage",
+    "seed": "random seed, 0 to 2**32-1: head, data order, dropout, sentences, random control",
+    "save_checkpoints": "keep every stage's weights as .safetensors (about a model's size each)",
+    "device": "where to compute: cpu, cuda, cuda:N or mps; may change when resuming",
+    "dtype": "the model's weights and activations (neuron statistics stay float32)",
+    "device_map": "spread a model too large for one device (Hugging Face's device_map: auto, "
+    "balanced, ...); replaces --device",
+}
+
+
+# The unit a setting's value is in, shown as its metavar (`--stage-steps STEPS`).
+SETTING_UNITS = {
+    "model": "MODEL",
+    "dataset": "DATASET",
+    "concept": "LABEL",
+    "fraction": "FRACTION",
+    "count": "NEURONS",
+    "checkpoint": "FILE",
+    "train_sentences": "SENTENCES",
+    "validation_sentences": "SENTENCES",
+    "probe_sentences": "SENTENCES",
+    "max_length": "TOKENS",
+    "base_steps": "STEPS",
+    "plateau_every": "STEPS",
+    "plateau_patience": "CHECKS",
+    "plateau_tolerance": "FRACTION",
+    "stages": "N",
+    "stage_steps": "STEPS",
+    "base_epochs": "EPOCHS",
+    "stage_epochs": "EPOCHS",
+    "eval_every": "STEPS",
+    "learning_rate": "RATE",
+    "weight_decay": "COEFFICIENT",
+    "batch_size": "SENTENCES",
+    "warmup_fraction": "FRACTION",
+    "top_k_tokens": "TOKENS",
+    "seed": "SEED",
+    "device": "DEVICE",
+    "device_map": "MAP",
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help answers and exits here, before anything heavy
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from neuroplastic.errors import NeuroplasticError
+    from neuroplastic.progress import quiet
 
     try:
-        return int(args.handler(args) or 0)
+        with quiet(getattr(args, "quiet", False)):
+            return int(args.handler(args) or 0)
     except NeuroplasticError as error:
         print(f"neuroplastic {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -43,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command and flag. Imports nothing heavy: `--help` must answer without torch."""
     parser = argparse.ArgumentParser(
         prog="neuroplastic",
         description="Remove a concept from a model by ablating its neurons, retrain, and trace "
@@ -50,23 +144,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command")
 
-    rank = commands.add_parser("rank", help="rank MLP neurons by saliency for a concept")
+    rank = commands.add_parser(
+        "rank",
+        help="rank MLP neurons by saliency for a concept",
+        description="Stream a dataset split through the model and rank every MLP neuron by its "
+        "saliency for the concept; print the top ones with their top activating tokens.",
+    )
     _model_data_args(rank)
-    rank.add_argument("--concept", default="LOC", help="concept label (default: LOC)")
+    rank.add_argument(
+        "--concept",
+        default="LOC",
+        metavar="LABEL",
+        help="entity label to rank neurons for (default: LOC)",
+    )
     rank.add_argument(
         "--method",
         default="probeless",
-        choices=_rankers(),
+        choices=METHODS,
         help="ranking method (default: probeless, the paper's)",
     )
-    rank.add_argument("--top", type=positive_int, default=20, help="neurons to print (default: 20)")
+    rank.add_argument(
+        "--top",
+        type=positive_int,
+        default=20,
+        metavar="NEURONS",
+        help="neurons to print, most salient first (default: 20)",
+    )
     rank.add_argument(
         "--top-k-tokens",
         type=positive_int,
         default=10,
+        metavar="TOKENS",
         help="top activating tokens kept per neuron (default: 10)",
     )
-    rank.add_argument("--json", type=Path, help="write every neuron's ranking to this file")
+    rank.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write every neuron's rank, saliency and top tokens to this JSON file",
+    )
     rank.set_defaults(handler=_rank)
 
     run = commands.add_parser(
@@ -76,10 +192,20 @@ def _parser() -> argparse.ArgumentParser:
         "stages with the ablation held, and measure recovery; with a random baseline arm. "
         "Rerun the same command to resume.",
     )
-    run.add_argument("--out", type=Path, required=True, help="run directory")
+    run.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run directory (created; rerun to resume)",
+    )
     _config_args(run)
-    run.add_argument("--no-report", action="store_true", help="skip writing report.html")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip writing report.html (no [report] extra needed)",
+    )
+    _quiet_arg(run)
     run.set_defaults(handler=_run)
 
     sweep = commands.add_parser(
@@ -89,37 +215,80 @@ def _parser() -> argparse.ArgumentParser:
         "resumable (finished ones are skipped); then DIR/sweep.json and DIR/report.html with "
         "the mean and 95% interval across seeds of every measure. Takes every flag of `run`.",
     )
-    sweep.add_argument("--out", type=Path, required=True, help="sweep directory")
     sweep.add_argument(
-        "--seeds", type=_int_list, required=True, help="comma-separated seeds, e.g. 0,1,2"
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="sweep directory (created; rerun to resume)",
+    )
+    sweep.add_argument(
+        "--seeds",
+        type=_int_list,
+        required=True,
+        metavar="S[,S...]",
+        help="comma-separated distinct seeds, one run each, e.g. 0,1,2",
     )
     _config_args(sweep, lists=("mode", "method"), skip=("seed",))
-    sweep.add_argument("--no-report", action="store_true", help="skip writing report.html")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip writing report.html (no [report] extra needed)",
+    )
+    _quiet_arg(sweep)
     sweep.set_defaults(handler=_sweep)
 
-    report = commands.add_parser("report", help="write DIR/report.html for a run directory")
-    report.add_argument("run_dir", type=Path, help="a directory written by `neuroplastic run`")
+    report = commands.add_parser(
+        "report",
+        help="write DIR/report.html for a run directory",
+        description="Write the offline HTML report of a run directory (finished or not). "
+        "Needs the [report] extra.",
+    )
+    report.add_argument(
+        "run_dir", type=Path, metavar="DIR", help="a directory written by `neuroplastic run`"
+    )
     report.add_argument(
         "--similarity",
         default="model",
         choices=("model", "sentence", "none"),
         help="token embeddings for concept similarity: the model's own input "
-        "embeddings (default), the offline MiniLM sentence encoder, or none",
+        "embeddings (default), the offline MiniLM sentence encoder ([embedded]), or none",
     )
     report.set_defaults(handler=_report)
 
     view = commands.add_parser(
-        "view", help="an offline HTML page of chosen neurons' top activating tokens in context"
+        "view",
+        help="an offline HTML page of chosen neurons' top activating tokens in context",
+        description="Find the chosen neurons' top activating tokens in a dataset split and "
+        "write one offline HTML page showing them in their sentences (CircuitsVis).",
     )
     _model_data_args(view)
-    view.add_argument("--neurons", required=True, help="LAYER:NEURON[,LAYER:NEURON...]")
     view.add_argument(
-        "--top-k", type=positive_int, default=10, help="top tokens per neuron (default 10)"
+        "--neurons",
+        required=True,
+        metavar="LAYER:NEURON[,...]",
+        help="the neurons to show, e.g. 3:120,5:7 (layer and neuron indices from 0)",
     )
-    view.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    view.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=10,
+        metavar="TOKENS",
+        help="top activating tokens found per neuron (default: 10)",
+    )
+    view.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the HTML file to write"
+    )
     view.set_defaults(handler=_view)
     return parser
+
+
+def _quiet_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars and no per-stage lines on stderr (errors still show)",
+    )
 
 
 def _config_args(
@@ -127,20 +296,35 @@ def _config_args(
 ) -> None:
     """A flag per ExperimentConfig setting (``--config FILE`` first, flags override it);
     ``lists`` settings take comma-separated values; ``skip`` settings get no flag."""
-    from neuroplastic.config import CHOICES, ExperimentConfig
+    from neuroplastic.config import CHOICES  # light: no torch
 
-    parser.add_argument("--config", type=Path, help="JSON config file; flags override it")
-    for name, value in ExperimentConfig().to_dict().items():
+    from neuroplastic.presets import PRESETS  # light: no torch
+
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="named settings: 'paper' is Lo et al.'s recipe (DistilGPT2 on CoNLL-2003, "
+        "probeless 50%%, epochs, lr 2e-5, batch 8); --config and flags override it",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON file of settings (the flags' names with _); flags override it",
+    )
+    for name, value in _setting_defaults().items():
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
+        choices = METHODS if name == "method" else CHOICES.get(name)
+        what = SETTING_HELP.get(name, "")
         if name in lists:
-            allowed = CHOICES.get(name) or _rankers()
             parser.add_argument(
                 flag,
-                type=_choice_list(allowed),
+                type=_choice_list(choices),
                 default=None,
-                help=f"comma-separated, from {{{','.join(allowed)}}} (default: {value})",
+                metavar=f"{{{','.join(choices)}}}[,...]",
+                help=f"{what}; comma-separated, one cell each (default: {value})",
             )
             continue
         if isinstance(value, bool):
@@ -148,21 +332,42 @@ def _config_args(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"(default: {value})",
+                help=f"{what} (default: {value})",
             )
             continue
         kind = type(value) if value is not None else str
-        if kind is int and name not in ("seed", "eval_every", "base_steps", "plateau_every"):
+        zero_allowed = ("seed", "eval_every", "base_steps", "plateau_every", "train_sentences")
+        if kind is int and name not in zero_allowed:
             kind = positive_int
-        choices = CHOICES.get(name)
-        if name == "method":
-            choices = _rankers()
         parser.add_argument(
-            flag, type=kind, default=None, choices=choices, help=f"(default: {value})"
+            flag,
+            type=kind,
+            default=None,
+            choices=choices,
+            metavar=None if choices else SETTING_UNITS.get(name),
+            help=f"{what} (default: {value})" if value is not None else what,
         )
     parser.add_argument(
-        "--lr", dest="learning_rate", type=float, default=None, help="alias of --learning-rate"
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="alias of --learning-rate",
     )
+
+
+def _setting_defaults() -> dict:
+    """ExperimentConfig's defaults read off its fields: building one validates the method
+    against neuroplastic.ranking, which imports torch."""
+    from dataclasses import MISSING, fields
+
+    from neuroplastic.config import ExperimentConfig
+
+    return {
+        f.name: f.default if f.default is not MISSING else f.default_factory()
+        for f in fields(ExperimentConfig)
+    }
 
 
 def _int_list(text: str) -> list[int]:
@@ -204,36 +409,56 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _rankers() -> list[str]:
-    from neuroplastic.ranking import RANKERS
-
-    return list(RANKERS)
-
-
 def _model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="embedded",
-        help="embedded (offline MiniLM, default), tiny-gpt2, tiny-bert, a local "
-        "directory or a Hugging Face name",
+        help="embedded (offline MiniLM, default; needs [embedded]), tiny-gpt2, tiny-bert, a "
+        "local directory or a Hugging Face name",
     )
     parser.add_argument(
         "--dataset",
         default="embedded",
-        help="embedded (synthetic offline NER corpus, default), a CoNLL file or "
-        "directory, or a Hugging Face dataset name",
+        help="embedded (synthetic offline NER corpus, default; needs [embedded]), a CoNLL file "
+        "or directory, or a Hugging Face dataset name",
     )
-    parser.add_argument("--split", default="validation", choices=("train", "validation"))
-    parser.add_argument("--limit", type=positive_int, default=None, help="use at most N sentences")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--split",
+        default="validation",
+        choices=("train", "validation"),
+        help="dataset split to read (default: validation)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="SENTENCES",
+        help="use at most N sentences of the split (default: all)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        metavar="SENTENCES",
+        help="sentences per forward pass (default: 32)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="where to compute: cpu, cuda, cuda:N or mps (default: cpu)",
+    )
+    _quiet_arg(parser)
 
 
 def _config(args: argparse.Namespace, lists: Sequence[str] = ()):
     from neuroplastic.config import ExperimentConfig
 
-    settings = ExperimentConfig.load(args.config).to_dict() if args.config else {}
+    from neuroplastic.presets import load_preset
+
+    settings = load_preset(args.preset) if getattr(args, "preset", None) else {}
+    if args.config:
+        settings.update(ExperimentConfig.load(args.config).to_dict())
     for name in ExperimentConfig().to_dict():
         value = getattr(args, name, None)
         if value is not None and name not in lists:
@@ -248,6 +473,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from neuroplastic.sweep import run_sweep
 
     config = _config(args, lists=("mode", "method"))
+    if not args.no_report:
+        _check_report_extra()
     result = run_sweep(
         config,
         args.out,
@@ -279,6 +506,8 @@ def _run(args: argparse.Namespace) -> int:
     from neuroplastic.experiment import run_experiment
 
     config = _config(args)
+    if not args.no_report:
+        _check_report_extra()
     summary = run_experiment(config, args.out, progress=not args.quiet)
     print(f"summary: {args.out / 'summary.json'}")
     for arm, result in summary["arms"].items():
@@ -293,6 +522,13 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _write_report(args.out)
     return 0
+
+
+def _check_report_extra() -> None:
+    """Before the run, not after it: report.html's plots need the [report] extra."""
+    from neuroplastic.extras import require
+
+    require("plotly", "report.html (skip it with --no-report)")
 
 
 def _write_report(out: Path, similarity: str = "model", command: str = "run") -> None:
@@ -315,6 +551,9 @@ def _report(args: argparse.Namespace) -> int:
             f"{args.run_dir} is not a run directory (no config.json); make one with "
             "`neuroplastic run --out DIR`"
         )
+    from neuroplastic.extras import require
+
+    require("plotly", "report.html")
     _write_report(args.run_dir, args.similarity, command="report")
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,9 +33,11 @@ from neuroplastic.data.overlap import mention_overlap
 from neuroplastic.data.types import NerCorpus, NerSentence
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_json
-from neuroplastic.models import is_decoder, load_model
+from neuroplastic.models import is_decoder, load_model, model_device
 from neuroplastic.neurons import NeuronSet
+from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
+from neuroplastic.recovery import Recompute
 from neuroplastic.rundir import RunDir, stage_names, top_tokens_frame
 from neuroplastic.stats import collect_stats
 from neuroplastic.training import (
@@ -61,6 +64,8 @@ class Setup:
     probe_data: ConceptDataset  # the sentences neuron statistics and rankings are taken on
     data_overlap: dict[str, Any]  # share of validation / probe mentions seen in training
     progress: bool
+    base_steps: int  # the cap on base fine-tuning, in optimizer steps (from epochs if given)
+    stage_steps: int  # optimizer steps per retraining stage (from epochs if given)
 
     @property
     def run(self) -> RunDir:
@@ -71,16 +76,20 @@ class Setup:
 
 
 def run_experiment(
-    config: ExperimentConfig, out: str | Path, progress: bool = True, log=print
+    config: ExperimentConfig, out: str | Path, progress: bool = True, log=report_line, warn=None
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary. The directory is
-    locked for the whole run: a second run on it is refused."""
+    locked for the whole run: a second run on it is refused. ``warn`` gets a line per run file
+    found corrupt and recomputed (default: on stderr, even when quiet)."""
     _check_out(Path(out))  # before the lock, which creates the directory
     with Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints) as store:
-        store.check_config(config)
+        recovery = store.check_config(config)  # refuses what cannot be read nor recomputed
+        for warning in recovery.warnings:
+            (warn or _warn)(warning)
         setup = _setup(config, store, progress, log)  # fails on bad settings before any write
         store.write_config(config)
         _fine_tune_base(setup, log)
+        _recompute_stage_files(setup, recovery.stages)
         ranking = setup.run.stage("concept", "base").ranking  # verified against the manifest
         neuron_sets = _neuron_sets(setup, ranking)
         for arm, neurons in neuron_sets.items():
@@ -91,12 +100,19 @@ def run_experiment(
         return summary
 
 
+# The size of CoNLL-2003's training split: the embedded corpus's "whole split"
+# (--train-sentences 0), so the paper's recipe in epochs means the same number of steps.
+CONLL2003_TRAIN_SENTENCES = 14_041
+
+
 # -- set-up ------------------------------------------------------------------------------------
 def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -> Setup:
     # The model's own weights never depend on the seed (a tiny random model is always the same
     # one): a seed changes the head, the data order, dropout and the sentences sampled.
     _check_device(config.device)
-    model = load_model(config.model, device=config.device)
+    model = load_model(
+        config.model, device=config.device, dtype=config.dtype, device_map=config.device_map
+    )
     _check_model_fits(config, model)
     if config.task == "lm" and not is_decoder(model):
         raise NeuroplasticError(
@@ -107,7 +123,7 @@ def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -
         check_can_regrow(model)
     corpus = load_corpus(
         config.dataset,
-        n_train=config.train_sentences,
+        n_train=config.train_sentences or CONLL2003_TRAIN_SENTENCES,
         n_validation=config.validation_sentences,
         n_probe=config.probe_sentences,
         seed=config.seed,
@@ -139,12 +155,18 @@ def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -
     }
     torch.manual_seed(config.seed)  # the head's initialisation
     module = TokenClassifier(model, len(train_data.tag_names)) if config.task == "ner" else model
-    module.to(config.device)
+    module.to(model_device(model))  # the head joins the model (its first device under a map)
     store.run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
     _write_token_embeddings(store.run, model, probe_data)
+    base_steps, stage_steps = config.steps(len(train_data))
     return Setup(
-        config, store, module, model, train_data, validation_data, probe_data, overlap, progress
-    )
+        config, store, module, model, train_data, validation_data, probe_data, overlap, progress,
+        base_steps, stage_steps,
+    )  # fmt: skip
+
+
+def _warn(message: str) -> None:
+    print(f"neuroplastic: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _check_out(out: Path) -> None:
@@ -217,25 +239,26 @@ def _train_and_probe(
     the probe; otherwise both are drawn, by the seed, from disjoint parts of the train split.
     """
     if corpus.probe:
-        train, probe = corpus.train[: config.train_sentences], corpus.probe
+        train, probe = corpus.train[: config.train_sentences or None], corpus.probe
         if len(probe) < config.probe_sentences:
             raise NeuroplasticError(
                 f"{corpus.name} has {len(probe)} probe sentences; --probe-sentences asks for "
                 f"{config.probe_sentences}"
             )
         return train, probe[: config.probe_sentences]
-    needed = config.train_sentences + config.probe_sentences
-    if len(corpus.train) < needed:
+    n_train = config.train_sentences or len(corpus.train) - config.probe_sentences
+    needed = n_train + config.probe_sentences
+    if n_train <= 0 or len(corpus.train) < needed:
         raise NeuroplasticError(
             f"the train split of {corpus.name} has {len(corpus.train)} sentences, but training "
-            f"takes --train-sentences {config.train_sentences} and the probe (neuron "
+            f"takes --train-sentences {n_train} and the probe (neuron "
             f"statistics) --probe-sentences {config.probe_sentences} others, {needed} in all. "
             "Lower them so that their sum is at most the split's size"
         )
     order = list(range(len(corpus.train)))
     random.Random(f"neuroplastic-sample-{config.seed}").shuffle(order)
-    train = [corpus.train[i] for i in order[: config.train_sentences]]
-    probe = [corpus.train[i] for i in order[config.train_sentences : needed]]
+    train = [corpus.train[i] for i in order[:n_train]]
+    probe = [corpus.train[i] for i in order[n_train:needed]]
     return train, probe
 
 
@@ -274,27 +297,25 @@ def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
 
     The probe loss at every check is the fine-tuning curve; validation F1 is taken at the end
     only (``eval_every`` applies to retraining, where recovery is measured)."""
-    config = setup.config
+    config, cap = setup.config, setup.base_steps
     trainer = Trainer(
-        setup.module,
-        setup.loss_fn(),
-        setup.train_data,
-        config.base_steps,
-        _train_config(config),
+        setup.module, setup.loss_fn(), setup.train_data, cap, _train_config(config),
         seed=config.seed,
-    )
-    chunk = config.plateau_every or config.base_steps
+    )  # fmt: skip
+    # Epochs are a fixed budget (the paper's recipe): no plateau stop.
+    plateau_every = 0 if config.base_epochs else config.plateau_every
+    chunk = plateau_every or cap
     history: list[list[float]] = []
     losses: list[float] = []
     best, stale, stopped = math.inf, 0, "cap"
-    while trainer.step < config.base_steps:
+    while trainer.step < cap:
         first = trainer.step
         losses += trainer.run(
-            min(chunk, config.base_steps - first),
+            min(chunk, cap - first),
             progress=setup.progress,
             description=f"fine-tuning base model from step {first}",
         )
-        if not config.plateau_every:
+        if not plateau_every:
             continue
         loss = mean_loss(setup.module, setup.loss_fn(), setup.probe_data)
         history.append([trainer.step, loss])
@@ -338,12 +359,12 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
         setup.module,
         setup.loss_fn(),
         setup.train_data,
-        config.stages * config.stage_steps,
+        config.stages * setup.stage_steps,
         _train_config(config),
         seed=config.seed + 1_000,  # one seed for both arms: the same batches and dropout
-        schedule_steps=config.stages * config.stage_steps
+        schedule_steps=config.stages * setup.stage_steps
         if config.schedule == "continuous"
-        else config.stage_steps,
+        else setup.stage_steps,
     )
     previous = stages[stages.index(todo[0]) - 1] if todo[0] != "pruned" else None
     store.keep_only(arm, {"base", previous} if previous else {"base"})
@@ -367,7 +388,7 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
                 if config.schedule == "per-stage":
                     trainer.restart_schedule()
                 losses = trainer.run(
-                    config.stage_steps,
+                    setup.stage_steps,
                     on_step=_periodic_eval(setup, arm, stage, trainer.step, dead, rows),
                     progress=setup.progress,
                     description=f"[{arm}] {stage}",
@@ -426,6 +447,32 @@ def _finish_stage(
     return row
 
 
+def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
+    """Take the statistics of stages whose files could not be read again, from the weights
+    saved after each (with the arm's neurons held, as when it ran): no training is repeated.
+    ``stages`` lists the base first, whose ranking the neuron sets come from."""
+    config, neuron_sets = setup.config, None
+    for each in stages:
+        load_weights(setup.module, each.weights)
+        setup.module.eval()  # as after training: no dropout in the statistics
+        hold = None
+        if each.stage != "base" and config.mode == "hold":
+            if neuron_sets is None:
+                neuron_sets = _neuron_sets(setup, setup.run.stage("concept", "base").ranking)
+            hold = Ablation(setup.model, neuron_sets[each.arm], permanent=True)
+        try:
+            stats = collect_stats(
+                setup.model, setup.probe_data, batch_size=32, top_k=config.top_k_tokens,
+                progress=setup.progress,
+            )  # fmt: skip
+        finally:
+            if hold is not None:
+                hold.remove()
+        ranking = Ranking.from_stats(stats, config.concept, config.method)
+        frame = top_tokens_frame(stats, setup.model.tokenizer)
+        setup.store.record(setup.run.write_stage(each.arm, each.stage, ranking, stats, frame))
+
+
 def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
     """Scores on the validation sentences, checking that held neurons are still exactly zero."""
     return evaluate(
@@ -447,7 +494,7 @@ def _periodic_eval(
     config = setup.config
 
     def on_step(n: int, loss: float) -> None:
-        if config.eval_every and n % config.eval_every == 0 and n < config.stage_steps:
+        if config.eval_every and n % config.eval_every == 0 and n < setup.stage_steps:
             evaluation = _validate(setup, dead, progress=False)
             rows.append(
                 {
@@ -508,6 +555,7 @@ def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
             "validation_sentences": len(setup.validation_data),
             **setup.data_overlap,
         },
+        "steps": {"base_cap": setup.base_steps, "per_stage": setup.stage_steps},
         "base": store.marker("concept", "base")["base"],
         "arms": arms,
     }

@@ -10,6 +10,9 @@ stage's marker, and removes the files it deletes. The readers verify what they r
 changed after the run wrote it, deleted while listed, or never written by the run is refused,
 never read. A run directory written before manifests existed (no ``manifest.json`` and no stage
 marker carrying a config hash) has nothing to verify against, and is read as it is.
+
+A file that cannot be read at all (truncated, or garbage) is a :class:`CorruptFile`: one line
+naming it, why it cannot be read and what to do.
 """
 
 from __future__ import annotations
@@ -29,6 +32,27 @@ MANIFEST = "manifest.json"
 CONFIG_HASH = "config_hash"
 
 Entry = dict[str, Any]
+
+
+class CorruptFile(NeuroplasticError):
+    """A run file that exists but cannot be read as what it should be (truncated, garbage)."""
+
+    def __init__(self, path: Path, reason: str, remedy: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} is corrupt or truncated ({reason}); {remedy}")
+
+
+def describe(error: BaseException, path: Path | None = None) -> str:
+    """Why a reader failed, as one short line (parsers' messages can span lines; the file's
+    path, which the message names already, is left out)."""
+    text = str(error)
+    if path is not None:
+        text = text.replace(f" '{path}'", "").replace(str(path), Path(path).name)
+    text = " ".join(text.split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    if isinstance(error, NeuroplasticError):  # already says what is wrong
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def digest(data: bytes) -> Entry:
@@ -60,8 +84,8 @@ class Manifest:
         A run whose stage markers say it kept a manifest, but has none, is refused."""
         if self.path.is_file():
             try:
-                entries = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
+                entries = json.loads(self.path.read_bytes().decode("utf-8"))
+            except ValueError:  # not JSON, or not UTF-8 text: both mean not the run's manifest
                 entries = None
             if not isinstance(entries, dict):
                 raise NeuroplasticError(
@@ -75,6 +99,14 @@ class Manifest:
                 "verified; restore it or rerun into a new --out"
             )
         return None
+
+    def matches(self, path: Path, entries: Mapping[str, Entry] | None = None) -> bool:
+        """Whether ``path`` is listed in ``entries`` (default: the manifest's) and is exactly
+        the file recorded there."""
+        recorded = (entries if entries is not None else self.entries() or {}).get(
+            self.relative(path)
+        )
+        return recorded is not None and Path(path).is_file() and file_digest(path) == recorded
 
     def lists(self, path: Path) -> bool:
         entries = self.entries()
@@ -123,8 +155,8 @@ class Manifest:
     def _had_one(self) -> bool:
         for marker in (self.root / "state").glob("*/*.json"):
             try:
-                if CONFIG_HASH in json.loads(marker.read_text()):
+                if CONFIG_HASH in json.loads(marker.read_bytes().decode("utf-8")):
                     return True
-            except (json.JSONDecodeError, OSError):
+            except (ValueError, OSError):  # a corrupt marker is reported by its reader
                 continue
         return False

@@ -53,9 +53,7 @@ def load_model(
 
     if dtype not in DTYPES:
         raise NeuroplasticError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    placement: dict[str, Any] = (
-        {"device_map": device_map} if device_map else {"device": device}
-    )
+    placement: dict[str, Any] = {"device_map": device_map} if device_map else {"device": device}
     placement["dtype"] = DTYPES[dtype]
     if name == EMBEDDED:
         return _boot(TransformerBridge, str(embedded_model_path()), **placement)

@@ -35,7 +35,9 @@ from neuroplastic.analysis import (
 from neuroplastic.checkpoint import Checkpointer, reading
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
+from neuroplastic.manifest import CorruptFile
 from neuroplastic.rundir import RunDir
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.views import add_side_by_side, examples_from_top_k
@@ -144,7 +146,7 @@ def _build_report(
     }
     summary = run.summary() if run.summary_path.is_file() else None
     metrics = run.metrics() if run.metrics_path.is_file() else pd.DataFrame()
-    sentences = run.sentences() if (run.path / "sentences.json").is_file() else []
+    sentences = run.sentences() if run.sentences_path.is_file() else []
 
     concept = config["concept"]
     page = HtmlPage(f"Where did {concept} go? {config['model']}")
@@ -238,7 +240,9 @@ def _embeddings(
         raise NeuroplasticError(f"similarity must be model, sentence or none, got {similarity!r}")
     try:
         embeddings = TokenEmbeddings.from_run(run)
-    except NeuroplasticError as error:
+    except CorruptFile:
+        raise  # a damaged run file is an error, not a note on the page
+    except NeuroplasticError as error:  # none stored (an older run)
         return None, f"Similarity not computed: {error}."
     return embeddings, (
         "Similarity of two token sets: cosine between their centroids in the base model's input "
@@ -373,7 +377,7 @@ def _metrics_metric(metrics: pd.DataFrame) -> str | None:
 
 
 def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", "the report's plots")
     from plotly.subplots import make_subplots
 
     page.heading("Recovery")
@@ -537,7 +541,7 @@ def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
 
 
 def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> None:
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", "the report's plots")
     from plotly.subplots import make_subplots
 
     page.heading("Saliency per layer")
@@ -628,7 +632,7 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
 
 
 def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", "the report's plots")
     from plotly.subplots import make_subplots
 
     page.heading("Saliency of every neuron")
@@ -788,7 +792,7 @@ def _pruned(page: HtmlPage, analyses: dict[str, ArmAnalysis], config: dict[str, 
 
 
 def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: str) -> None:
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", "the report's plots")
     from plotly.subplots import make_subplots
 
     page.heading("Primed neurons")

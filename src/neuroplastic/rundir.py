@@ -23,24 +23,33 @@ DIR/
 Stages are named ``base``, ``pruned``, ``retrain-1`` ... ``retrain-S``. Arms are ``concept``
 and ``random``. Stage artifacts are read only as the manifest recorded them
 (:mod:`neuroplastic.manifest`).
+
+Every reader turns a file that cannot be read (truncated, garbage, the wrong structure) into a
+:class:`CorruptFile` that says what to do: the derived files (summary, metrics, neuron sets,
+sentences, token embeddings) and the stage files whose weights the run kept are recomputed by
+rerunning ``neuroplastic run`` on the directory (:meth:`Checkpointer.check_config`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import torch
 
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
-from neuroplastic.manifest import Manifest
+from neuroplastic.manifest import CorruptFile, Manifest, describe
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
 from neuroplastic.stats import NeuronStats
+
+T = TypeVar("T")
 
 ARMS = ("concept", "random")
 #: The files of one stage; ``ranking.parquet`` is written last.
@@ -80,6 +89,14 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def sentences_path(self) -> Path:
+        return self.path / "sentences.json"
+
+    @property
+    def token_embeddings_path(self) -> Path:
+        return self.path / "token_embeddings.safetensors"
+
+    @property
     def report_path(self) -> Path:
         return self.path / "report.html"
 
@@ -104,6 +121,15 @@ class RunDir:
     def checkpoint_path(self, arm: str, stage: str) -> Path:
         return self.path / "checkpoints" / arm / f"{stage}.safetensors"
 
+    def marker_path(self, arm: str, stage: str) -> Path:
+        return self.state_dir / arm / f"{stage}.json"
+
+    def weights_path(self, arm: str, stage: str) -> Path:
+        return self.state_dir / arm / f"{stage}.safetensors"
+
+    def trainer_path(self, arm: str, stage: str) -> Path:
+        return self.state_dir / arm / f"{stage}.trainer.pt"
+
     # -- reading ------------------------------------------------------------------------------
     def require(self) -> None:
         if not self.summary_path.is_file():
@@ -112,20 +138,53 @@ class RunDir:
                 f"`neuroplastic run --out {self.path}` first"
             )
 
+    @property
+    def rerun(self) -> str:
+        """The command that resumes this run under its own settings."""
+        return f"`neuroplastic run --out {self.path} --config {self.config_path}`"
+
+    def recomputed_by_rerun(self) -> str:
+        """The remedy for a derived file: every run rewrites it from the stages."""
+        return f"rerun {self.rerun}: it recomputes the file from the run's stages"
+
     def config(self) -> dict[str, Any]:
-        return json.loads(self.config_path.read_text())
+        remedy = (
+            "it holds the settings the run's results were computed under and nothing can "
+            "recompute it; restore it, or rerun into a new --out"
+        )
+        return read_run_file(self.config_path, json_of(dict), remedy)
 
     def summary(self) -> dict[str, Any]:
         self.require()
-        return json.loads(self.summary_path.read_text())
+        return read_run_file(self.summary_path, json_of(dict), self.recomputed_by_rerun())
+
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        """The lines of metrics.jsonl; a bad line is named by its number."""
+        remedy = self.recomputed_by_rerun()
+        text = read_run_file(self.metrics_path, lambda p: p.read_bytes().decode("utf-8"), remedy)
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line:
+                rows.append(
+                    read_run_file(
+                        self.metrics_path, json_of(dict, line), remedy, f"line {number}: "
+                    )
+                )
+        return rows
 
     def metrics(self) -> pd.DataFrame:
         """One row per evaluation, with f1 columns flattened to ``f1_overall``, ``f1_LOC``..."""
-        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
-        return pd.json_normalize(rows, sep="_")
+        return pd.json_normalize(self.metrics_rows(), sep="_")
 
     def neurons(self, arm: str) -> NeuronSet:
-        return NeuronSet.load(self.neurons_path(arm))
+        path = self.neurons_path(arm)
+        if not path.is_file():
+            return NeuronSet.load(path)  # its own "not found" message
+
+        def read(path: Path) -> NeuronSet:
+            return NeuronSet.from_dict(_json(path, dict))
+
+        return read_run_file(path, read, self.recomputed_by_rerun())
 
     def arms(self) -> list[str]:
         return [arm for arm in ARMS if self.neurons_path(arm).is_file()]
@@ -151,30 +210,84 @@ class RunDir:
         listed = entries is not None and self.manifest.lists(directory / "ranking.parquet")
         if not listed and not (directory / "ranking.parquet").is_file():
             raise NeuroplasticError(f"{directory}: no artifacts for stage {stage!r} of arm {arm!r}")
-        if entries is not None:  # a listed file deleted, changed or unlisted is refused
-            for name in STAGE_FILES:
-                self.manifest.verify(directory / name, entries)
-        config = self.config()
-        ranking = Ranking.from_frame(
-            pd.read_parquet(directory / "ranking.parquet"), config["concept"], config["method"]
+        readers: dict[str, Callable[[Path], Any]] = {
+            "stats.safetensors": NeuronStats.load,
+            "top_tokens.parquet": pd.read_parquet,
+            "ranking.parquet": pd.read_parquet,
+        }
+        loaded = {}
+        remedy = partial(self.stage_remedy, arm, stage)  # hashes weights: only when needed
+        for name in STAGE_FILES:
+            path = directory / name
+            if entries is not None and not self.manifest.matches(path, entries):
+                # An unreadable file is corrupt, and said so; a readable one that differs is
+                # refused as not the run's, and a deleted one as deleted (verify says which).
+                reason = unreadable(path) if path.is_file() else None
+                if reason is not None:
+                    raise CorruptFile(path, reason, remedy())
+                self.manifest.verify(path, entries)
+            loaded[name] = read_run_file(path, readers[name], remedy)
+        concept, method = self._concept_and_method()
+        ranking = read_run_file(
+            directory / "ranking.parquet",
+            lambda _: Ranking.from_frame(loaded["ranking.parquet"], concept, method),
+            remedy,
         )
         return StageArtifacts(
-            arm,
-            stage,
-            ranking,
-            NeuronStats.load(directory / "stats.safetensors"),
-            pd.read_parquet(directory / "top_tokens.parquet"),
+            arm, stage, ranking, loaded["stats.safetensors"], loaded["top_tokens.parquet"]
         )
 
+    def stage_remedy(self, arm: str, stage: str) -> str:
+        """What to do about a stage file that cannot be read: rerun where the run kept what
+        recomputes it (the weights after the stage, or the base weights its arm restarts
+        from), else do without the stage or start over."""
+        if self.saved_weights(arm, stage) is not None or (
+            stage != "base" and self.saved_weights("concept", "base") is not None
+        ):
+            return f"rerun {self.rerun}: it recomputes the stage from the weights the run kept"
+        return (
+            f"the run no longer keeps the weights to recompute it from (--save-checkpoints "
+            f"keeps them); delete {self.stage_dir(arm, stage)} to go on without that stage, "
+            "or rerun into a new --out"
+        )
+
+    def saved_weights(self, arm: str, stage: str) -> Path | None:
+        """The weights after ``stage`` of ``arm`` (the concept arm's for the base), as the
+        run wrote them (state/, else checkpoints/), or None if the run no longer keeps them."""
+        owner = "concept" if stage == "base" else arm
+        entries = self.manifest.entries()
+        if entries is None:
+            return None  # nothing to check them against
+        for path in (self.weights_path(owner, stage), self.checkpoint_path(owner, stage)):
+            if self.manifest.matches(path, entries):
+                return path
+        return None
+
     def sentences(self) -> list[list[str]]:
-        return json.loads((self.path / "sentences.json").read_text())
+        return read_run_file(self.sentences_path, json_of(list), self.recomputed_by_rerun())
 
     def token_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(token_ids [n], embeddings [n, d_model])`` of the base model."""
         from safetensors.torch import load_file
 
-        tensors = load_file(str(self.path / "token_embeddings.safetensors"))
-        return tensors["token_ids"], tensors["embeddings"]
+        def read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+            tensors = load_file(str(path))
+            token_ids, embeddings = tensors["token_ids"], tensors["embeddings"]
+            if token_ids.ndim != 1 or embeddings.ndim != 2 or len(token_ids) != len(embeddings):
+                raise ValueError(
+                    f"token_ids {tuple(token_ids.shape)} and embeddings "
+                    f"{tuple(embeddings.shape)} should be [n] and [n, d_model]"
+                )
+            return token_ids, embeddings
+
+        return read_run_file(self.token_embeddings_path, read, self.recomputed_by_rerun())
+
+    def _concept_and_method(self) -> tuple[str, str]:
+        config = self.config()
+        try:
+            return config["concept"], config["method"]
+        except KeyError as error:
+            raise CorruptFile(self.config_path, f"no {error}", "restore it") from error
 
     # -- writing ------------------------------------------------------------------------------
     def write_stage(
@@ -189,15 +302,64 @@ class RunDir:
         return [directory / name for name in STAGE_FILES]
 
     def write_sentences(self, tokens: list[list[str]]) -> None:
-        atomic_write_json(self.path / "sentences.json", tokens)
+        atomic_write_json(self.sentences_path, tokens)
 
     def write_token_embeddings(self, token_ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         from safetensors.torch import save
 
         atomic_write_bytes(
-            self.path / "token_embeddings.safetensors",
+            self.token_embeddings_path,
             save({"token_ids": token_ids.contiguous(), "embeddings": embeddings.contiguous()}),
         )
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read as the run file it is (by its name), or None if it can."""
+    readers: dict[str, Callable[[Path], Any]] = {
+        ".json": json_of(object),
+        ".parquet": pd.read_parquet,
+        ".pt": lambda p: torch.load(p, map_location="cpu", weights_only=True),
+        ".safetensors": NeuronStats.load if path.name == "stats.safetensors" else _safetensors,
+    }
+    try:
+        readers[path.suffix](path)
+    except Exception as error:  # each format raises its own errors
+        return describe(error, path)
+    return None
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _json(source: Path | str, kind: type) -> Any:
+    """JSON from a file (or a line of one), whose top level must be a ``kind``."""
+    text = source if isinstance(source, str) else source.read_bytes().decode("utf-8")
+    value = json.loads(text)
+    if not isinstance(value, kind):
+        raise ValueError(f"expected a JSON {kind.__name__}, found {type(value).__name__}")
+    return value
+
+
+def json_of(kind: type, line: str | None = None) -> Callable[[Path], Any]:
+    """A reader of a JSON file (or of one ``line`` of it) whose top level is a ``kind``."""
+    return lambda path: _json(path if line is None else line, kind)
+
+
+def read_run_file(
+    path: Path, read: Callable[[Path], T], remedy: str | Callable[[], str], where: str = ""
+) -> T:
+    """``read(path)``, with any failure to parse it as a :class:`CorruptFile` (``where`` in
+    the file, then ``remedy``: what to do, or a function that says it)."""
+    try:
+        return read(path)
+    except (CorruptFile, FileNotFoundError, PermissionError):
+        raise  # already one line, or a file system error, not a corrupt file
+    except Exception as error:  # json, safetensors, pyarrow, torch and from_dict: their own
+        text = remedy if isinstance(remedy, str) else remedy()
+        raise CorruptFile(path, where + describe(error, path), text) from error
 
 
 def top_tokens_frame(stats: NeuronStats, tokenizer: Any) -> pd.DataFrame:

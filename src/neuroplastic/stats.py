@@ -17,13 +17,13 @@ import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from neuroplastic import distributed
 from neuroplastic.data.concept import Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
 from neuroplastic.models import check_mlp_hooks, mlp_hook_name, model_device, run_forward
+from neuroplastic.progress import progress as progress_bar
 
 
 @dataclass
@@ -338,12 +338,11 @@ def collect_stats(
     n_batches = (len(order) + batch_size - 1) // batch_size
     last_hook = mlp_hook_name(collector.n_layers - 1)
     with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
-        for batch in tqdm(
+        for batch in progress_bar(
             dataset.batches(batch_size, order),
-            total=n_batches,
             desc="neuron statistics",
-            disable=not progress,
-            leave=False,
+            total=n_batches,
+            enabled=progress,
         ):
             collector.begin(batch)
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=last_hook)

@@ -26,6 +26,7 @@ from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import run_experiment
 from neuroplastic.io import atomic_write_json
+from neuroplastic.progress import report_line
 from neuroplastic.rundir import RunDir
 
 RECOVERY_TARGET = 0.9  # "recovered": concept F1 back to 90% of its base value
@@ -55,7 +56,7 @@ def run_sweep(
     methods: Sequence[str] | None = None,
     top: int | float = 0.01,
     progress: bool = True,
-    log: Callable[[str], Any] = print,
+    log: Callable[[str], Any] = report_line,
 ) -> dict[str, Any]:
     """Run (or resume) every cell of the sweep into ``out``; write and return ``sweep.json``."""
     if base.task != "ner":

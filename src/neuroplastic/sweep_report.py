@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
 
 ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
@@ -89,7 +90,7 @@ def _stage_scores(page: HtmlPage, result: dict[str, Any]) -> None:
 
 
 def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", "the sweep report's plots")
 
     figure = go.Figure()
     for arm, data in result["arms"].items():

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.metrics import entity_scores
 from neuroplastic.models import head_hook_name, mlp_hook_name, model_device, run_forward
+from neuroplastic.progress import progress as progress_bar
 
 
 class TokenClassifier(nn.Module):
@@ -41,7 +41,8 @@ class TokenClassifier(nn.Module):
         self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch pos n_tags"]:
         hidden = run_forward(self.model, tokens, attention_mask, stop_at=head_hook_name(self.model))
-        return self.head(self.dropout(hidden))
+        # The head stays float32 over a bfloat16/float16 model.
+        return self.head(self.dropout(hidden.to(self.head.weight.dtype)))
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Trainer:
         self.module.train()
         device = model_device(self.module)
         losses: list[float] = []
-        bar = tqdm(range(n_steps), desc=description, disable=not progress, leave=False)
+        bar = progress_bar(range(n_steps), desc=description, total=n_steps, enabled=progress)
         for n in bar:
             torch.manual_seed(self.seed * 1_000_003 + self.step)  # this step's dropout masks
             batch = self.dataset.collate(self.batches[self.step]).to(device)
@@ -249,12 +250,8 @@ def evaluate(
     module.eval()
     n_batches = (len(dataset) + batch_size - 1) // batch_size
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in tqdm(
-            dataset.batches(batch_size),
-            total=n_batches,
-            desc="evaluating",
-            disable=not progress,
-            leave=False,
+        for batch in progress_bar(
+            dataset.batches(batch_size), desc="evaluating", total=n_batches, enabled=progress
         ):
             if task == "ner":
                 predictions = module(batch.tokens, batch.attention_mask).argmax(-1).cpu()

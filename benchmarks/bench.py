@@ -1,0 +1,330 @@
+"""Benchmarks behind benchmarks/RESULTS.md; they print ratios measured side by side in one
+process on the same batches, never pass/fail.
+
+    python benchmarks/bench.py [--model embedded] [--device cpu] [--dtype float32]
+                               [--sentences 256] [--sections stats,train,memory]
+
+stats   the statistics pass against its floor (a plain forward to the last MLP, no statistics
+        hooks), against run_with_cache of every mlp.hook_post and then ranking, and against the
+        NeuroX way (every token's activations per layer written to disk, loaded, ranked with
+        probeless): NeuroX's own loader and probeless ranker when ``neurox`` imports
+        (``pip install --no-deps neurox h5py``), else that row is skipped;
+train   a training step with the ablation held against a plain step;
+memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
+        each in a fresh process (CPU: peak resident set over the loaded model; GPU: peak
+        allocated over the loaded model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuroplastic.ablation import Ablation
+from neuroplastic.data.concept import ConceptDataset
+from neuroplastic.data.load import encode_split, load_corpus
+from neuroplastic.models import load_model, mlp_hook_name, model_device, run_forward
+from neuroplastic.neurons import NeuronSet
+from neuroplastic.ranking import Ranking
+from neuroplastic.stats import NeuronStats, collect_stats
+from neuroplastic.training import TokenClassifier, TrainConfig, Trainer, tagging_loss
+
+BATCH = 32
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int = 3) -> float:
+    """Seconds per call: one warm-up call, then the mean of ``repeats``."""
+    fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def interleaved(fns: dict[str, Any], device: torch.device, rounds: int = 3) -> dict[str, float]:
+    """Seconds per call of each function, measured in alternating rounds so that a slow spell
+    of the machine falls on all of them alike; the fastest round counts."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+DATASET = "embedded"  # or a CoNLL file/directory (--dataset): its train split is read
+
+
+def dataset_of(model: Any, sentences: int, max_length: int = 64) -> ConceptDataset:
+    if DATASET == "embedded":
+        corpus = load_corpus(n_train=10, n_validation=sentences, seed=0)
+        split = "validation"
+    else:
+        corpus, split = load_corpus(DATASET), "train"  # as many as it has, at most
+    return encode_split(corpus, model.tokenizer, split, max_length=max_length, limit=sentences)
+
+
+def n_tokens(data: ConceptDataset) -> int:
+    return sum(len(e.token_ids) for e in data.encoded)
+
+
+# -- statistics --------------------------------------------------------------------------------
+def floor_pass(model: Any, data: ConceptDataset) -> None:
+    last = mlp_hook_name(model.cfg.n_layers - 1)
+    with torch.no_grad():
+        for batch in data.batches(BATCH):
+            run_forward(model, batch.tokens, batch.attention_mask, stop_at=last)
+
+
+def stats_pass(model: Any, data: ConceptDataset) -> NeuronStats:
+    return collect_stats(model, data, batch_size=BATCH, top_k=20, progress=False)
+
+
+def cache_then_rank(model: Any, data: ConceptDataset, keep: bool = True) -> Ranking:
+    """What a researcher writes first: cache every hook_post of every batch (kept on the CPU,
+    as ``run_with_cache`` users do to analyse afterwards), then reduce and rank."""
+    n_layers = model.cfg.n_layers
+    acts, labels, where = [], [], []
+    with torch.no_grad():
+        for batch in data.batches(BATCH):
+            _, cache = model.run_with_cache(
+                batch.tokens.to(model_device(model)),
+                attention_mask=batch.attention_mask.to(model_device(model)),
+                names_filter=lambda name: name.endswith("mlp.hook_post"),
+            )
+            mask = batch.concept_labels >= 0
+            stacked = torch.stack([cache[mlp_hook_name(i)] for i in range(n_layers)], 2)
+            acts.append(stacked[mask.to(stacked.device)].float().cpu())  # [token, layer, neuron]
+            labels.append(batch.concept_labels[mask])
+            rows, cols = mask.nonzero(as_tuple=True)
+            where.append(torch.stack([batch.sentence_index[rows], cols, batch.tokens[mask]], 1))
+    return _rank_from_cache(torch.cat(acts), torch.cat(labels), torch.cat(where), data)
+
+
+def _rank_from_cache(acts, labels, where, data: ConceptDataset) -> Ranking:
+    one_hot = torch.nn.functional.one_hot(labels, len(data.label_names)).double()
+    wide = acts.double()
+    total = torch.einsum("tz,tln->zln", one_hot, wide)
+    total_sq = torch.einsum("tz,tln->zln", one_hot, wide.square())
+    values, index = acts.topk(min(20, len(acts)), dim=0)  # [k, layer, neuron]
+    index = index.permute(1, 2, 0)
+    stats = NeuronStats(
+        data.label_names, one_hot.sum(0).long(), total, total_sq, values.permute(1, 2, 0),
+        where[:, 0][index], where[:, 1][index], where[:, 2][index], labels[index],
+    )  # fmt: skip
+    return Ranking.from_stats(stats, "LOC", "probeless")
+
+
+def neurox_way(model: Any, data: ConceptDataset) -> list[int] | None:
+    """NeuroX's pipeline on the same neurons: per-sentence [layer, token, neuron] activations
+    in its hdf5 format, read back by ``neurox.data.loader.load_activations``, flattened by
+    ``create_tensors`` and ranked by ``probeless.get_neuron_ordering``. NeuroX's own extractor
+    reads hidden states, not MLP neurons, so the extraction writes its format itself."""
+    try:
+        import h5py
+        import neurox.data.loader as loader
+        import neurox.interpretation.probeless as probeless
+        import neurox.interpretation.utils as utils
+    except ImportError:
+        return None
+    n_layers = model.cfg.n_layers
+    tokens: dict[str, list] = {"source": [], "target": []}
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "activations.hdf5")
+        with h5py.File(path, "w") as file, torch.no_grad():
+            index = {}
+            for batch in data.batches(BATCH):
+                _, cache = model.run_with_cache(
+                    batch.tokens.to(model_device(model)),
+                    attention_mask=batch.attention_mask.to(model_device(model)),
+                    names_filter=lambda name: name.endswith("mlp.hook_post"),
+                )
+                stacked = torch.stack([cache[mlp_hook_name(i)] for i in range(n_layers)], 1)
+                for row, sentence in enumerate(batch.sentence_index.tolist()):
+                    keep = batch.concept_labels[row] >= 0
+                    kept = stacked[row][:, keep.to(stacked.device)].float().cpu().numpy()
+                    file.create_dataset(str(sentence), data=kept)
+                    index[str(sentence)] = str(sentence)
+                    ids = batch.tokens[row][keep].tolist()
+                    tokens["source"].append([str(i) for i in ids])
+                    tokens["target"].append(
+                        [data.label_names[int(z)] for z in batch.concept_labels[row][keep]]
+                    )
+            file.create_dataset("sentence_to_index", data=[json.dumps(index)])
+        activations, _ = loader.load_activations(path)
+    x, y, mapping = utils.create_tensors(tokens, activations, "O")
+    return probeless.get_neuron_ordering(x, y)
+
+
+def section_stats(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    tokens = n_tokens(data)
+    times = interleaved(
+        {
+            "floor": lambda: floor_pass(model, data),
+            "stats": lambda: stats_pass(model, data),
+            "cache_then_rank": lambda: cache_then_rank(model, data),
+        },
+        device,
+    )
+    result = {
+        "tokens": tokens,
+        "seconds": times,
+        "stats_over_floor": times["stats"] / times["floor"],
+        "cache_over_stats": times["cache_then_rank"] / times["stats"],
+        "stats_tokens_per_s": tokens / times["stats"],
+    }
+    if device.type == "cpu" and neurox_way(model, dataset_of(model, 8)) is not None:
+        seconds = timed(lambda: neurox_way(model, data), device, repeats=1)
+        result["seconds"]["neurox"] = seconds
+        result["neurox_over_stats"] = seconds / times["stats"]
+    return result
+
+
+# -- training ----------------------------------------------------------------------------------
+def section_train(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    module = TokenClassifier(model, len(data.tag_names)).to(device)
+    steps = 6
+    trainer = Trainer(
+        module, tagging_loss, data, steps * 4 * 2 + 2, TrainConfig(batch_size=16), seed=0
+    )
+    # 10% of the neurons of every layer, as the default run holds.
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    chosen = torch.rand(n_layers, d_mlp, generator=torch.Generator().manual_seed(0)).argsort(1)
+    neurons = NeuronSet.of(
+        n_layers,
+        d_mlp,
+        [(layer, int(n)) for layer in range(n_layers) for n in chosen[layer][: d_mlp // 10]],
+    )
+
+    def plain():
+        trainer.run(steps, progress=False)
+
+    def held():
+        with Ablation(model, neurons, permanent=True):
+            trainer.run(steps, progress=False)
+
+    times = interleaved({"plain": plain, "held": held}, device)
+    tokens = sum(int(data.collate(b).attention_mask.sum()) for b in trainer.batches[:steps])
+    return {
+        "seconds_per_step": {k: v / steps for k, v in times.items()},
+        "held_over_plain": times["held"] / times["plain"],
+        "train_tokens_per_s": tokens / times["plain"],
+    }
+
+
+# -- memory ------------------------------------------------------------------------------------
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """One measurement in this fresh process; prints a JSON line."""
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    device = model_device(model)
+    data = dataset_of(model, args.sentences)
+    floor_pass(model, dataset_of(model, 8))  # kernels and allocator warmed up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    before = peak_bytes(device)
+    {"stats": stats_pass, "cache": cache_then_rank}[args.memory_child](model, data)
+    after = peak_bytes(device)
+    print(json.dumps({"tokens": n_tokens(data), "peak_over_model_bytes": after - before}))
+
+
+def section_memory(args: argparse.Namespace, tokens_per_sentence: float) -> dict:
+    rows = {}
+    for target in (1_000, 10_000, 100_000):
+        sentences = max(8, round(target / tokens_per_sentence))
+        for method in ("stats", "cache"):
+            command = [
+                sys.executable, __file__, "--model", args.model, "--device", args.device,
+                "--dtype", args.dtype, "--sentences", str(sentences), "--memory-child", method,
+                "--dataset", args.dataset,
+            ]  # fmt: skip
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            measured = json.loads(output.strip().splitlines()[-1])
+            mib = measured["peak_over_model_bytes"] / 2**20
+            rows[f"{method}@{measured['tokens']}"] = mib
+            print(f"  {method:>5} {measured['tokens']:>7} tokens: {mib:.0f} MiB", flush=True)
+    return {"peak_MiB_over_model": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dataset", default="embedded", help="embedded, or a CoNLL path")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument("--sections", default="stats,train,memory")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--memory-child", choices=("stats", "cache"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    global DATASET
+    DATASET = args.dataset
+    if args.memory_child:
+        memory_child(args)
+        return
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    device = model_device(model)
+    data = dataset_of(model, args.sentences)
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    parameters = sum(p.numel() for p in model.parameters())
+    header = {
+        "model": args.model,
+        "parameters": parameters,
+        "dtype": args.dtype,
+        "machine": machine,
+        "torch": torch.__version__,
+        "sentences": len(data),
+        "tokens": n_tokens(data),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(header), flush=True)
+    results: dict[str, Any] = {"header": header}
+    sections = args.sections.split(",")
+    if "stats" in sections:
+        results["stats"] = section_stats(model, data, device)
+        print(json.dumps({"stats": results["stats"]}), flush=True)
+    if "train" in sections:
+        results["train"] = section_train(model, data, device)
+        print(json.dumps({"train": results["train"]}), flush=True)
+    if "memory" in sections:
+        results["memory"] = section_memory(args, n_tokens(data) / len(data))
+        print(json.dumps({"memory": results["memory"]}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

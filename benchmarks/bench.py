@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -237,10 +236,33 @@ def section_train(model: Any, data: ConceptDataset, device: torch.device) -> dic
 
 
 # -- memory ------------------------------------------------------------------------------------
-def peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+class ResidentPeak:
+    """The highest resident set size while the block runs, sampled every 2 ms from /proc (the
+    process-wide ru_maxrss would keep the peak of loading the model)."""
+
+    def __enter__(self) -> ResidentPeak:
+        import threading
+
+        self.peak = self.now()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.002):
+                self.peak = max(self.peak, self.now())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -249,12 +271,19 @@ def memory_child(args: argparse.Namespace) -> None:
     device = model_device(model)
     data = dataset_of(model, args.sentences)
     floor_pass(model, dataset_of(model, 8))  # kernels and allocator warmed up
+    run = {"stats": stats_pass, "cache": cache_then_rank}[args.memory_child]
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-    before = peak_bytes(device)
-    {"stats": stats_pass, "cache": cache_then_rank}[args.memory_child](model, data)
-    after = peak_bytes(device)
-    print(json.dumps({"tokens": n_tokens(data), "peak_over_model_bytes": after - before}))
+        run(model, data)
+        grown = torch.cuda.max_memory_allocated(device) - before
+    else:
+        with ResidentPeak() as peak:
+            before = ResidentPeak.now()
+            run(model, data)
+        grown = peak.peak - before
+    print(json.dumps({"tokens": n_tokens(data), "peak_over_model_bytes": grown}))
 
 
 def section_memory(args: argparse.Namespace, tokens_per_sentence: float) -> dict:

@@ -19,11 +19,11 @@ fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} NEUROPLASTIC_CACHE=$PWD/.gpu/cache HF_HUB_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 NEUROPLASTIC_GPU_CONLL=$PWD/.gpu/data
 if [ -n "${SMALL:-}" ]; then
-  SENT=64; BIG=random-gpt2-small; TRAIN=200; STAGE=(--stage-steps 3 --base-steps 10)
+  SENT=64; SMALLM=tiny-gpt2; BIG=tiny-gpt2; LOW=float32; TRAIN=200; STAGE=(--stage-steps 3 --base-steps 10)
   PAPER=(--train-sentences 100 --validation-sentences 50 --probe-sentences 50 --stages 2
          --stage-epochs 0.2 --base-epochs 0.2)
 else
-  SENT=512; BIG=random-gpt2-1b; TRAIN=2000; STAGE=()
+  SENT=512; SMALLM=random-gpt2-small; BIG=random-gpt2-1b; LOW=bfloat16; TRAIN=2000; STAGE=()
   PAPER=(--train-sentences 1500 --validation-sentences 400 --probe-sentences 400)
 fi
 step() { echo "=== $* ($(date +%T))"; }
@@ -35,10 +35,10 @@ bench() { python3 benchmarks/bench.py --dataset .gpu/data --device "$DEVICE" "$@
 step "bench: MiniLM (the embedded model), float32"
 bench --model .gpu/minilm --sentences $SENT --sections stats,train --json "$OUT/bench-minilm.json"
 step "bench: GPT-2-small-shaped, random, bfloat16"
-bench --model random-gpt2-small --dtype bfloat16 --sentences $SENT --sections stats,train,memory \
+bench --model $SMALLM --dtype $LOW --sentences $SENT --sections stats,train,memory \
   --json "$OUT/bench-gpt2-small.json"
 step "bench: $BIG-shaped, random, bfloat16"
-bench --model $BIG --dtype bfloat16 --sentences $SENT --sections stats,train \
+bench --model $BIG --dtype $LOW --sentences $SENT --sections stats,train \
   --json "$OUT/bench-big.json"
 run() {
   local name=$1; shift

@@ -219,7 +219,8 @@ class StatsCollector:
             batch = self._batch
             if batch is None:
                 raise NeuroplasticError("StatsCollector.begin(batch) must precede each forward")
-            acts = activation.detach().reshape(-1, self.d_mlp)[batch.keep].float()
+            flat = activation.detach().reshape(-1, self.d_mlp).to(self.device)
+            acts = flat.index_select(0, batch.keep).float()  # a gather far cheaper than a mask
             self.sum[:, layer] += (batch.one_hot.T @ acts).to(self.total_device, torch.float64)
             self.sum_sq[:, layer] += (batch.one_hot.T @ acts.square()).to(
                 self.total_device, torch.float64
@@ -279,32 +280,59 @@ class _BatchTokens:
 
 
 class _TopK:
-    """Per-neuron top-k activations and where they occurred, merged only where they change."""
+    """Per-neuron top-k activations and where they occurred.
+
+    Until every buffer holds k tokens, each batch's own top-k is merged in. After that, on a
+    CPU only the tokens above a neuron's current k-th value are merged (after a few batches,
+    a handful per neuron), through one sort instead of a top-k over every token. On a GPU the
+    dense merge stays: it needs no host synchronisation, which the sparse one would.
+    """
 
     def __init__(self, n_layers: int, d_mlp: int, k: int, device: torch.device) -> None:
-        self.k = k
+        self.k, self.d_mlp = k, d_mlp
         self.values = torch.full((n_layers, d_mlp, k), -torch.inf, device=device)
         self.meta = torch.full((n_layers, d_mlp, k, 4), -1, dtype=torch.long, device=device)
         self._layers_seen = torch.zeros(n_layers, dtype=torch.long)
+        self._sparse = device.type == "cpu"
 
     def update(
         self, layer: int, acts: Float[Tensor, "kept neuron"], meta: Int[Tensor, "kept 4"]
     ) -> None:
+        full = int(self._layers_seen[layer]) >= self.k
         self._layers_seen[layer] += acts.shape[0]
         if acts.shape[0] == 0:
             return
-        threshold = self.values[layer, :, -1]  # the k-th value; -inf until the buffer is full
-        changed = (acts > threshold).any(0).nonzero().squeeze(1)
-        if changed.numel() == 0:
+        if full and self._sparse:
+            self._merge_above_threshold(layer, acts, meta)
             return
-        candidates = acts[:, changed]
-        n_new = min(self.k, candidates.shape[0])
-        new_values, rows = candidates.topk(n_new, dim=0)  # [n_new, changed]
-        values = torch.cat([self.values[layer, changed], new_values.T], dim=1)
-        metas = torch.cat([self.meta[layer, changed], meta[rows.T]], dim=1)
+        new_values, rows = acts.topk(min(self.k, acts.shape[0]), dim=0)  # [n_new, neuron]
+        values = torch.cat([self.values[layer], new_values.T], dim=1)
+        metas = torch.cat([self.meta[layer], meta[rows.T]], dim=1)
         kept, order = values.topk(self.k, dim=1)
-        self.values[layer, changed] = kept
-        self.meta[layer, changed] = metas.gather(1, einops.repeat(order, "n k -> n k 4"))
+        self.values[layer] = kept
+        self.meta[layer] = metas.gather(1, einops.repeat(order, "n k -> n k 4"))
+
+    def _merge_above_threshold(
+        self, layer: int, acts: Float[Tensor, "kept neuron"], meta: Int[Tensor, "kept 4"]
+    ) -> None:
+        threshold = self.values[layer, :, -1]
+        rows, neurons = (acts > threshold).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return
+        k, device = self.k, acts.device
+        owner = torch.cat([torch.arange(self.d_mlp, device=device).repeat_interleave(k), neurons])
+        values = torch.cat([self.values[layer].flatten(), acts[rows, neurons]])
+        metas = torch.cat([self.meta[layer].reshape(-1, 4), meta[rows]])
+        # Largest first within each neuron: sort by value, then (stably) by neuron.
+        order = values.argsort(descending=True, stable=True)
+        order = order[owner[order].argsort(stable=True)]
+        sorted_owner = owner[order]
+        starts = torch.zeros(self.d_mlp, dtype=torch.long, device=device)
+        starts[1:] = torch.bincount(sorted_owner, minlength=self.d_mlp).cumsum(0)[:-1]
+        place = torch.arange(len(order), device=device) - starts[sorted_owner]
+        chosen = order[place < k]  # every neuron has at least its k buffered entries
+        self.values[layer] = values[chosen].view(self.d_mlp, k)
+        self.meta[layer] = metas[chosen].view(self.d_mlp, k, 4)
 
     def all_gather(self) -> None:
         values = distributed.all_gather_cat(self.values, dim=2)

@@ -1,7 +1,6 @@
 import torch
 
 from neuroplastic.data.concept import Batch
-
 from neuroplastic.data.load import encode_split
 from neuroplastic.models import mlp_hook_name
 from neuroplastic.stats import NeuronStats, StatsCollector, collect_stats

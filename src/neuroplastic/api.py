@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from neuroplastic.data.concept import ConceptDataset
+import pandas as pd
+import torch
+
+from neuroplastic.data.concept import IGNORE_TAG, ConceptDataset
 from neuroplastic.data.load import encode_split, load_corpus
+from neuroplastic.errors import NeuroplasticError
 from neuroplastic.models import load_model
 from neuroplastic.ranking import Ranking
 from neuroplastic.stats import NeuronStats, collect_stats
+
+if TYPE_CHECKING:
+    from neuroplastic.views import RankingTable
 
 
 @dataclass
@@ -28,6 +35,22 @@ class RankResult:
     @property
     def d_mlp(self) -> int:
         return self.ranking.d_mlp
+
+    def table(self, n: int = 20) -> RankingTable:
+        """The ``n`` most salient neurons with their top tokens, as a notebook table."""
+        from neuroplastic.views import ranking_table
+
+        return ranking_table(
+            self.ranking,
+            self.stats,
+            self.dataset.tokenizer,
+            n,
+            title=f"{self.model_name}: top {n} neurons for {self.ranking.concept} "
+            f"({self.ranking.method})",
+        )
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,3 +120,42 @@ def rank_neurons(
     return RankResult(
         model_name, ranking, stats, encoded, ranking_rows(ranking, stats, loaded.tokenizer)
     )
+
+
+def tag_sentence(tagger: Any, dataset: ConceptDataset, index: int) -> pd.DataFrame:
+    """One sentence's words with their true tag and the tag ``tagger`` (a
+    :class:`~neuroplastic.training.TokenClassifier`) predicts from each word's first subtoken,
+    under whatever hooks the model holds (run it inside ``with ablate(...)`` to see the
+    ablated model). Words cut off by ``max_length`` are left out."""
+    if not 0 <= index < len(dataset):
+        raise NeuroplasticError(
+            f"sentence {index} is out of range: the dataset has {len(dataset)} sentences"
+        )
+    batch = dataset.collate([index])
+    tagger.eval()
+    with torch.no_grad():
+        predicted = tagger(batch.tokens, batch.attention_mask).argmax(-1)[0].cpu()
+    first = batch.tag_labels[0] != IGNORE_TAG
+    words = batch.word_ids[0][first].tolist()
+    sentence = dataset.sentences[index]
+    return pd.DataFrame(
+        {
+            "word": [sentence.words[w] for w in words],
+            "tag": [sentence.tags[w] for w in words],
+            "predicted": [dataset.tag_names[int(t)] for t in predicted[first]],
+        }
+    )
+
+
+def count_hooks(model: Any, *, ablations_only: bool = False) -> int:
+    """Forward hooks held on the model's hook points right now. Some bridges (BERT) carry
+    permanent hooks TransformerLens wires itself; ``ablations_only`` counts neuroplastic's
+    ablation hooks alone (one per layer an active ablation touches, 0 once all are removed)."""
+    from neuroplastic.ablation import _AblationHook
+
+    # A bridge lists some hook points under two names (aliases): count each point once.
+    points = {id(point): point for point in model.hook_dict.values()}.values()
+    handles = [handle for point in points for handle in point.fwd_hooks]
+    if ablations_only:
+        handles = [h for h in handles if isinstance(getattr(h, "user_hook", None), _AblationHook)]
+    return len(handles)

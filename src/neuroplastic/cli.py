@@ -297,7 +297,6 @@ def _config_args(
     """A flag per ExperimentConfig setting (``--config FILE`` first, flags override it);
     ``lists`` settings take comma-separated values; ``skip`` settings get no flag."""
     from neuroplastic.config import CHOICES  # light: no torch
-
     from neuroplastic.presets import PRESETS  # light: no torch
 
     parser.add_argument(
@@ -453,7 +452,6 @@ def _model_data_args(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace, lists: Sequence[str] = ()):
     from neuroplastic.config import ExperimentConfig
-
     from neuroplastic.presets import load_preset
 
     settings = load_preset(args.preset) if getattr(args, "preset", None) else {}

@@ -25,6 +25,17 @@ deliberate differences:
   ``<img src=... onerror=...>`` would run code or fetch from the network.
 * Non-finite floats (NaN, inf) become ``null``, because the props travel as strict JSON.
 
+In a notebook (JupyterLab, Notebook, VS Code, nbconvert's HTML export) every cell's output lands
+in one page, so the views of a whole notebook share one bundle: :meth:`HtmlPage.to_fragment` gives
+a page's body as a cell output, and the first fragment of a Python session carries the bundle in a
+script that defines ``window.CircuitsVis`` only if it is not defined yet. Every fragment draws its
+own views as soon as ``window.CircuitsVis`` exists, or queues them until the bundle arrives
+(frontends may run outputs' scripts out of order). A saved notebook keeps the first fragment's
+bundle in its output, so it draws again when reopened. :func:`reset_notebook_bundle` sends the
+bundle again after that output was cleared. A page with Plotly figures (a report) displays as an
+isolated ``<iframe srcdoc>`` of the whole document instead (:meth:`HtmlPage.to_iframe`).
+``_repr_html_`` picks one of the two.
+
 Example::
 
     page = HtmlPage("Relearning report")
@@ -47,7 +58,9 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -68,6 +81,7 @@ __all__ = [
     "circuitsvis_bundle_path",
     "expand_self_closing_divs",
     "json_for_script",
+    "reset_notebook_bundle",
     "text_neuron_activations_props",
 ]
 
@@ -159,6 +173,131 @@ document.addEventListener("toggle", function (event) {
 }, true);
 """
 
+# Notebook fragments share the notebook's page: every rule is scoped to .np-inline, and colours
+# are translucent greys that read on light and dark themes alike.
+NOTEBOOK_CSS = """\
+.np-inline { line-height: 1.5; margin: 0.25rem 0; }
+.np-inline .np-title { font-weight: 600; font-size: 1.05rem; margin: 0.25rem 0 0.5rem; }
+.np-inline .np-table-wrap { overflow-x: auto; margin: 0.5rem 0; }
+.np-inline table.np-table { border-collapse: collapse; font-size: 0.9rem;
+                            font-variant-numeric: tabular-nums; }
+.np-inline table.np-table caption { caption-side: top; text-align: left; font-weight: 600;
+                                    padding-bottom: 0.4rem; }
+.np-inline table.np-table th, .np-inline table.np-table td {
+  padding: 0.25rem 0.7rem; text-align: right; border-bottom: 1px solid rgba(127,127,127,0.3); }
+.np-inline table.np-table thead th { border-bottom: 2px solid rgba(127,127,127,0.6); }
+.np-inline table.np-table tbody tr:nth-child(even) { background: rgba(127,127,127,0.07); }
+.np-inline .np-cv { margin: 10px 0; }
+.np-inline .np-waiting { font-size: 0.85rem; font-style: italic; opacity: 0.75; }
+.np-inline .np-error { color: #b42318; border: 1px solid #fda29b; border-radius: 4px;
+                       padding: 0.5rem 0.75rem; }
+"""
+
+# Shown in a view's box before any script ran: trusted-only frontends strip scripts.
+_VIEW_NEEDS_SCRIPTS = (
+    "This CircuitsVis view draws when the notebook's scripts run (trust the notebook)."
+)
+
+# Runs in every fragment: draw this fragment's views now, or queue them until the bundle is on
+# the page. The root is found through the script's own parent (robust to a duplicated output,
+# whose ids repeat) or else by id (frontends that run scripts detached, e.g. classic Notebook).
+# Each view gets a fresh id before drawing: CircuitsVis.render looks its box up page-wide.
+_NOTEBOOK_DRAW = """\
+(function (rootId, script) {
+  "use strict";
+  var parent = script && script.parentNode;
+  var root = parent && parent.classList && parent.classList.contains("np-inline")
+    ? parent : document.getElementById(rootId);
+  if (!root) { return; }
+  var np = window.__neuroplastic = window.__neuroplastic || {pending: [], n: 0};
+  var blocks = root.querySelectorAll('script[type="application/json"][data-circuitsvis]');
+  function box(block) {
+    return root.querySelector('[id="' + block.getAttribute("data-target") + '"]');
+  }
+  function draw(cv) {
+    if (root.getAttribute("data-np-drawn")) { return; }
+    root.setAttribute("data-np-drawn", "1");
+    Array.prototype.forEach.call(blocks, function (block) {
+      var name = block.getAttribute("data-circuitsvis");
+      var target = box(block);
+      if (!target) { return; }
+      try {
+        if (cv[name] == null) { throw new Error("CircuitsVis has no component " + name); }
+        np.n += 1;
+        target.id = block.getAttribute("data-target") + "-" + np.n;
+        target.className = target.className.replace(/ ?np-waiting/g, "");
+        target.textContent = "";
+        cv.render(target.id, cv[name], JSON.parse(block.textContent));
+      } catch (err) {
+        console.error("neuroplastic: CircuitsVis view " + target.id + " failed: " + err);
+        target.className += " np-error";
+        target.textContent = "This " + name + " view failed to render: " + err;
+      }
+    });
+  }
+  if (window.CircuitsVis && typeof window.CircuitsVis.render === "function") {
+    draw(window.CircuitsVis);
+    return;
+  }
+  Array.prototype.forEach.call(blocks, function (block) {
+    var target = box(block);
+    if (target) { target.textContent = WAITING; }
+  });
+  np.pending.push(draw);
+})(ROOT_ID, document.currentScript);
+"""
+
+_VIEW_WAITING = (
+    "Waiting for the CircuitsVis bundle, which the first neuroplastic view of this notebook "
+    "carries. If this stays, that output was cleared or this frontend isolates outputs: run "
+    "neuroplastic.html.reset_notebook_bundle() and re-run this cell."
+)
+
+# The first fragment of a session: define window.CircuitsVis unless the page has it, then draw
+# every queued view. Wrapped in a function whose parameters shadow AMD/CommonJS globals
+# (classic Notebook's require.js) so the bundle always defines a plain global.
+_NOTEBOOK_BUNDLE_HEAD = """\
+(function () {
+  var np = window.__neuroplastic = window.__neuroplastic || {pending: [], n: 0};
+  if (!(window.CircuitsVis && typeof window.CircuitsVis.render === "function")) {
+    try {
+      window.CircuitsVis = (function (define, module, exports) {
+"""
+_NOTEBOOK_BUNDLE_TAIL = """
+return CircuitsVis;
+      })();
+    } catch (err) {
+      console.error("neuroplastic: the CircuitsVis bundle failed to load: " + err);
+      return;
+    }
+  }
+  np.pending.splice(0).forEach(function (draw) { draw(window.CircuitsVis); });
+})();
+"""
+
+# Whether this Python session already sent the bundle to the notebook page.
+_notebook_state = {"bundle_sent": False}
+
+
+def reset_notebook_bundle() -> None:
+    """Make the next notebook view carry the CircuitsVis bundle again.
+
+    Needed only when the output that carried it was cleared and the page reloaded: views then
+    say so instead of drawing. Re-run the view's cell after calling this.
+    """
+    _notebook_state["bundle_sent"] = False
+
+
+def _bundle_for_this_output() -> bool:
+    """True for the first fragment of the session, and for every fragment where each output is
+    its own frame (Google Colab), so no output can rely on another's script."""
+    if "google.colab" in sys.modules:
+        return True
+    return not _notebook_state["bundle_sent"]
+
+
+# A view's empty box as HtmlPage.circuitsvis writes it.
+_VIEW_BOX = re.compile(r'(<div id="[\w-]+" class="np-cv)(" data-component="\w+">)(</div>)')
 _SELF_CLOSING_DIV = re.compile(r"<div\b([^<>]*?)\s*/>", re.IGNORECASE)
 _CLOSE_SCRIPT = re.compile(r"</(script)", re.IGNORECASE)
 _SOURCE_MAP = re.compile(r"^//# sourceMappingURL=.*$", re.MULTILINE)
@@ -249,6 +388,18 @@ def _circuitsvis_js() -> str:
     js = circuitsvis_bundle_path().read_text(encoding="utf-8")
     # The .map file sits next to the bundle, not next to the page; drop the dangling reference.
     return _inline_script(_SOURCE_MAP.sub("", js))
+
+
+@lru_cache(maxsize=1)
+def _notebook_bundle_js() -> str:
+    """The CircuitsVis bundle as a script that defines ``window.CircuitsVis`` once per page."""
+    js = _circuitsvis_js()
+    if "var CircuitsVis=" not in js:
+        raise NeuroplasticError(
+            f"{circuitsvis_bundle_path()} does not define CircuitsVis as expected; install "
+            "`circuitsvis>=1.43`"
+        )
+    return _NOTEBOOK_BUNDLE_HEAD + js + _NOTEBOOK_BUNDLE_TAIL
 
 
 @lru_cache(maxsize=1)
@@ -421,6 +572,62 @@ class HtmlPage:
             body.append(f"<script>\n{_CIRCUITSVIS_BOOTSTRAP}</script>")
         body += ["</body>", "</html>", ""]
         return "\n".join(head + body)
+
+    def to_fragment(self) -> str:
+        """The page's title and blocks as one notebook cell output (see the module docstring):
+        styles scoped to the fragment, the CircuitsVis bundle with the session's first one,
+        and a script that draws the fragment's views. Plotly figures need plotly.js on the
+        page: show a page with figures with :meth:`to_iframe` (``_repr_html_`` does)."""
+        if len(self._stack) != 1:
+            raise RuntimeError("to_fragment() called inside an open details() block")
+        if self._n_plots:
+            raise ValueError(
+                "a page with Plotly figures shows in a notebook as a frame: use to_iframe() or "
+                "display the page itself"
+            )
+        root = f"{self._id_prefix}-root-{uuid.uuid4().hex[:12]}"
+        parts = []
+        if self._n_views and _bundle_for_this_output():
+            parts.append(f"<script>{_notebook_bundle_js()}</script>")
+            _notebook_state["bundle_sent"] = True
+        parts.append(f'<div class="np-inline" id="{root}">')
+        parts.append(f"<style>\n{NOTEBOOK_CSS}</style>")
+        if self.title:
+            parts.append(f'<div class="np-title">{_html.escape(self.title)}</div>')
+        # Until a script runs, a view's box says why it is empty.
+        waiting = _html.escape(_VIEW_NEEDS_SCRIPTS)
+        parts.append(
+            _VIEW_BOX.sub(
+                lambda m: f"{m[1]} np-waiting{m[2]}{waiting}{m[3]}", "\n".join(self._stack[0])
+            )
+        )
+        if self._n_views:
+            draw = _NOTEBOOK_DRAW.replace("ROOT_ID", json.dumps(root)).replace(
+                "WAITING", json.dumps(_VIEW_WAITING)
+            )
+            parts.append(f"<script>\n{draw}</script>")
+        parts.append("</div>")
+        return "\n".join(parts)
+
+    def to_iframe(self, height: str = "80vh") -> str:
+        """The whole document in an ``<iframe srcdoc>``: a notebook output isolated from the
+        notebook's styles and scripts, plotly.js and CircuitsVis inlined as in :meth:`write`."""
+        document = _html.escape(self.to_html(), quote=True)
+        return (
+            f'<iframe class="np-page" title="{_html.escape(self.title, quote=True)}" '
+            f'style="width:100%;height:{_html.escape(height, quote=True)};border:1px solid '
+            f'rgba(127,127,127,0.35);border-radius:6px" srcdoc="{document}"></iframe>'
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"HtmlPage({self.title!r}: {self._n_views} CircuitsVis views, {self._n_plots} "
+            "figures; display it in a notebook or write() it)"
+        )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: a fragment, or a frame when the page has figures."""
+        return self.to_iframe() if self._n_plots else self.to_fragment()
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the page atomically (temporary file in the same directory, then rename)."""

@@ -12,11 +12,19 @@ Two sources of examples, one view:
 (one sample per sentence, five to a page, with the top tokens listed above it);
 :func:`add_side_by_side` puts views in columns (before / after retraining);
 :func:`write_neuron_view_page` is ``neuroplastic view``: any neurons of any model, on a page.
+
+In a notebook, :func:`neuron_view` (any neurons of a model), :func:`side_by_side` and
+:func:`ranking_table` return objects that display inline with no network (``_repr_html_``, see
+:mod:`neuroplastic.html`: the CircuitsVis bundle travels once per notebook session), and so
+does a :class:`NeuronExamples`. :func:`show` displays them in a notebook and prints a text
+summary in a script.
 """
 
 from __future__ import annotations
 
 import html as _html
+import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +42,21 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.html import HtmlPage, text_neuron_activations_props
 from neuroplastic.models import check_mlp_hooks, mlp_hook_name, run_forward
 from neuroplastic.neurons import NeuronSet
+from neuroplastic.ranking import Ranking
 from neuroplastic.stats import NeuronStats, collect_stats
 
 __all__ = [
     "NeuronExamples",
+    "NeuronView",
+    "RankingTable",
     "add_neuron_view",
     "add_side_by_side",
     "examples_from_model",
     "examples_from_top_k",
+    "neuron_view",
+    "ranking_table",
+    "show",
+    "side_by_side",
     "write_neuron_view_page",
 ]
 
@@ -74,6 +89,12 @@ class NeuronExamples:
     @property
     def label(self) -> str:
         return f"L{self.layer}:N{self.neuron}"
+
+    def _repr_html_(self) -> str:
+        return NeuronView([self])._repr_html_()
+
+    def __str__(self) -> str:
+        return str(NeuronView([self]))
 
 
 def examples_from_top_k(
@@ -323,49 +344,11 @@ def write_neuron_view_page(
     progress: bool = False,
     title: str | None = None,
 ) -> Path:
-    """``neuroplastic view``: each neuron's dataset-wide top-k tokens and their sentences, with
-    every token's activation, as one offline HTML page.
-
-    Collects statistics over ``dataset`` first unless ``stats`` (taken on this dataset) is given.
-    The page opens with all the neurons over all their top sentences in one view (pick a neuron
-    from its menu), then one view per neuron.
-    """
-    if len(neurons) == 0:
-        raise NeuroplasticError("no neurons to view")
-    if stats is None:
-        stats = collect_stats(model, dataset, batch_size=batch_size, top_k=top_k, progress=progress)
-    examples, activations = _model_examples(
-        model, dataset, neurons, stats, max_sentences, batch_size, progress
+    """``neuroplastic view``: :func:`neuron_view` written as one offline HTML page."""
+    view = neuron_view(
+        model, dataset, neurons, top_k, stats, max_sentences, batch_size, progress, title
     )
-    page = HtmlPage(
-        title
-        or f"Neuron views: {len(neurons)} neuron(s) of "
-        f"{getattr(model.cfg, 'model_name', type(model).__name__)}"
-    )
-    page.paragraph(
-        f"Dataset-wide top-{stats.k} activating tokens of each neuron (blocks.L.mlp.hook_post) "
-        f"over {len(dataset)} sentences, and the activation of every token of its top "
-        f"{max_sentences} sentences."
-    )
-    page.table(_neuron_table(examples), caption="Neurons", index=False)
-    # Every neuron over every top sentence of any of them: pick a neuron from the view's menu.
-    page.heading("All neurons")
-    sentences = list(activations)
-    page.circuitsvis(
-        "TextNeuronActivations",
-        text_neuron_activations_props(
-            [dataset.token_strings(s) for s in sentences],
-            [activations[s][:, None, :] for s in sentences],
-            first_dimension_name="Hook",
-            second_dimension_name="Neuron",
-            first_dimension_labels=["mlp.hook_post"],
-            second_dimension_labels=[e.label for e in examples],
-        ),
-    )
-    page.heading("Each neuron")
-    for example in examples:
-        add_neuron_view(page, example)
-    return page.write(out)
+    return view.save(out)
 
 
 def _neuron_table(examples: Sequence[NeuronExamples]) -> pd.DataFrame:
@@ -384,3 +367,257 @@ def _neuron_table(examples: Sequence[NeuronExamples]) -> pd.DataFrame:
             ],
         }
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Inline in a notebook
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Overview:
+    """Every chosen neuron over every top sentence of any of them: one view with a menu."""
+
+    tokens: list[list[str]]
+    #: per sentence, [pos, 1, neuron]
+    activations: list[np.ndarray]
+    labels: list[str]
+
+
+class NeuronView:
+    """Neurons' examples to look at: inline in a notebook (``_repr_html_``, offline) or as a
+    page (:meth:`save`). Make one with :func:`neuron_view` or :func:`side_by_side`."""
+
+    def __init__(
+        self,
+        examples: Sequence[NeuronExamples],
+        *,
+        columns: bool = False,
+        headings: Sequence[str] | None = None,
+        title: str = "",
+        description: str | None = None,
+        overview: _Overview | None = None,
+    ) -> None:
+        self.examples = list(examples)
+        if not self.examples:
+            raise NeuroplasticError("no neurons to view")
+        self.headings = list(headings) if headings is not None else [e.title for e in examples]
+        if len(self.headings) != len(self.examples):
+            raise NeuroplasticError(
+                f"{len(self.headings)} headings for {len(self.examples)} neurons; give one each"
+            )
+        self.columns, self.title = columns, title
+        self.description, self.overview = description, overview
+
+    @property
+    def neurons(self) -> list[tuple[int, int]]:
+        """``(layer, neuron)`` of each view, in order."""
+        return [(e.layer, e.neuron) for e in self.examples]
+
+    def add_to(self, page: HtmlPage, level: int = 2) -> list[str | None]:
+        """Add the views to ``page`` (headings at ``level``); returns their container ids."""
+        if self.description:
+            page.paragraph(self.description)
+        if self.overview is not None:
+            page.table(_neuron_table(self.examples), caption="Neurons", index=False)
+            page.heading("All neurons", level)
+            page.circuitsvis(
+                "TextNeuronActivations",
+                text_neuron_activations_props(
+                    self.overview.tokens,
+                    self.overview.activations,
+                    first_dimension_name="Hook",
+                    second_dimension_name="Neuron",
+                    first_dimension_labels=["mlp.hook_post"],
+                    second_dimension_labels=self.overview.labels,
+                ),
+            )
+            page.heading("Each neuron", level)
+        if self.columns:
+            return add_side_by_side(page, self.examples, self.headings)
+        return [
+            add_neuron_view(page, e, h) for e, h in zip(self.examples, self.headings, strict=True)
+        ]
+
+    def page(self) -> HtmlPage:
+        """A standalone page of the views."""
+        page = HtmlPage(self.title or f"Neuron views: {', '.join(self._labels())}")
+        self.add_to(page)
+        return page
+
+    def save(self, path: str | Path) -> Path:
+        """Write the views as one offline HTML page; returns its path."""
+        return self.page().write(path)
+
+    def _repr_html_(self) -> str:
+        page = HtmlPage(self.title, id_prefix=_fresh_prefix())
+        self.add_to(page, level=4)
+        return page.to_fragment()
+
+    def _labels(self) -> list[str]:
+        return [e.label for e in self.examples]
+
+    def __repr__(self) -> str:
+        layout = ", side by side" if self.columns else ""
+        return f"NeuronView({len(self.examples)} neurons: {', '.join(self._labels())}{layout})"
+
+    def __str__(self) -> str:
+        """What a script prints: each neuron's top tokens with their labels and activations."""
+        lines = [self.title] if self.title else []
+        for examples, heading in zip(self.examples, self.headings, strict=True):
+            tops = ", ".join(
+                f"{str(row.token).strip() or repr(row.token)} ({row.label} {row.value:.3g})"
+                for row in examples.top.head(8).itertuples(index=False)
+            )
+            state = "" if examples.alive else " [dead: every top activation is 0]"
+            lines.append(f"{heading}{state}: {tops}")
+        return "\n".join(lines)
+
+
+def neuron_view(
+    model: Any,
+    dataset: ConceptDataset,
+    neurons: NeuronSet,
+    top_k: int = 10,
+    stats: NeuronStats | None = None,
+    max_sentences: int = 5,
+    batch_size: int = 32,
+    progress: bool = False,
+    title: str | None = None,
+) -> NeuronView:
+    """Each neuron's dataset-wide top-k tokens and their sentences, with every token's
+    activation: all the neurons over all their top sentences in one view (pick a neuron from
+    its menu), then one view per neuron. Displays inline in a notebook; ``.save(path)`` writes
+    a page.
+
+    Collects statistics over ``dataset`` first unless ``stats`` (taken on this dataset) is given.
+    """
+    if len(neurons) == 0:
+        raise NeuroplasticError("no neurons to view")
+    if stats is None:
+        stats = collect_stats(model, dataset, batch_size=batch_size, top_k=top_k, progress=progress)
+    examples, activations = _model_examples(
+        model, dataset, neurons, stats, max_sentences, batch_size, progress
+    )
+    sentences = list(activations)
+    overview = _Overview(
+        [dataset.token_strings(s) for s in sentences],
+        [activations[s][:, None, :] for s in sentences],
+        [e.label for e in examples],
+    )
+    name = getattr(model.cfg, "model_name", type(model).__name__)
+    return NeuronView(
+        examples,
+        title=title or f"Neuron views: {len(neurons)} neuron(s) of {name}",
+        description=(
+            f"Dataset-wide top-{stats.k} activating tokens of each neuron (blocks.L.mlp.hook_post) "
+            f"over {len(dataset)} sentences, and the activation of every token of its top "
+            f"{max_sentences} sentences."
+        ),
+        overview=overview,
+    )
+
+
+def side_by_side(
+    columns: Sequence[NeuronExamples], headings: Sequence[str] | None = None, title: str = ""
+) -> NeuronView:
+    """Neurons' views in columns (one neuron before and after retraining, or neurons to
+    compare); displays inline in a notebook."""
+    return NeuronView(columns, columns=True, headings=headings, title=title)
+
+
+class RankingTable:
+    """The most salient neurons of a ranking as a table: ``frame`` (a DataFrame), inline in a
+    notebook, or text in a script. Make one with :func:`ranking_table`."""
+
+    def __init__(self, frame: pd.DataFrame, title: str) -> None:
+        self.frame, self.title = frame, title
+
+    def _repr_html_(self) -> str:
+        page = HtmlPage(self.title, id_prefix=_fresh_prefix())
+        page.table(self.frame, index=False)
+        return page.to_fragment()
+
+    def __repr__(self) -> str:
+        return f"RankingTable({len(self.frame)} neurons: {self.title})"
+
+    def __str__(self) -> str:
+        return f"{self.title}\n{self.frame.to_string(index=False)}"
+
+
+def ranking_table(
+    ranking: Ranking,
+    stats: NeuronStats | None = None,
+    tokenizer: Any = None,
+    n: int = 20,
+    title: str | None = None,
+) -> RankingTable:
+    """The ``n`` most salient live neurons: rank (1 = most salient), layer, neuron, score and
+    saliency, and with ``stats`` and ``tokenizer`` their top tokens with their labels."""
+    if n <= 0:
+        raise NeuroplasticError(f"n must be positive; got {n}")
+    if stats is not None and (stats.n_layers, stats.d_mlp) != (ranking.n_layers, ranking.d_mlp):
+        raise NeuroplasticError("the statistics were taken on a model of another shape")
+    frame = ranking.to_frame()
+    frame = frame[frame["rank"].notna()].head(n).reset_index(drop=True)
+    table = pd.DataFrame(
+        {
+            "#": frame["rank"] + 1,
+            "layer": frame["layer"],
+            "neuron": frame["neuron"],
+            "score": frame["score"],
+            "saliency": frame["saliency"],
+        }
+    )
+    if stats is not None and tokenizer is not None:
+        decoded: dict[int, str] = {}
+
+        def word(token: int) -> str:
+            if token not in decoded:
+                decoded[token] = tokenizer.decode([token]).strip()
+            return decoded[token]
+
+        table["top tokens"] = [
+            ", ".join(
+                f"{word(t)} ({stats.label_names[z]})"
+                for t, z in zip(
+                    stats.top_token[layer, neuron][:6].tolist(),
+                    stats.top_label[layer, neuron][:6].tolist(),
+                    strict=True,
+                )
+            )
+            for layer, neuron in zip(frame["layer"], frame["neuron"], strict=True)
+        ]
+    return RankingTable(
+        table,
+        title or f"Top {len(table)} neurons for {ranking.concept} ({ranking.method})",
+    )
+
+
+def show(*objects: Any) -> None:
+    """Display ``objects`` inline in a notebook (IPython kernel); in a script or terminal, print
+    them as text. A Plotly figure prints one line instead of opening a browser."""
+    shell = _kernel_shell()
+    for obj in objects:
+        if shell is not None:
+            from IPython.display import display
+
+            display(obj)
+        elif hasattr(obj, "to_plotly_json"):
+            title = obj.layout.title.text if obj.layout.title.text else "untitled"
+            print(f"[figure: {title}; open this as a notebook to see it]")
+        else:
+            print(obj)
+
+
+def _kernel_shell() -> Any:
+    """The IPython shell when running in a notebook kernel, else None (scripts, terminals)."""
+    if "IPython" not in sys.modules:
+        return None
+    shell = sys.modules["IPython"].get_ipython()
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
+
+
+def _fresh_prefix() -> str:
+    """Element ids unique across a notebook's outputs, which share one page."""
+    return f"np{uuid.uuid4().hex[:10]}"

@@ -149,6 +149,10 @@ def neurox_way(model: Any, data: ConceptDataset) -> list[int] | None:
         import neurox.interpretation.utils as utils
     except ImportError:
         return None
+    import numpy as np
+
+    if not hasattr(np, "int"):
+        np.int = int  # NeuroX 1.0.9 uses the alias numpy 1.24 removed
     n_layers = model.cfg.n_layers
     tokens: dict[str, list] = {"source": [], "target": []}
     with tempfile.TemporaryDirectory() as directory:

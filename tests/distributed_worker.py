@@ -1,10 +1,19 @@
 """Run under ``torchrun --nproc_per_node N`` by tests/test_distributed.py (not a test module).
 
-stats OUT   neuron statistics of tiny-bert on 60 validation sentences; rank 0 saves them
+stats OUT                      neuron statistics of tiny-bert on 60 validation sentences; rank 0
+                               saves them
+run OUT CONFIG CHECKS [STOP]   ``neuroplastic run --out OUT --config CONFIG``; at the end of every
+                               stage with held neurons each rank measures them on its own replica
+                               and writes CHECKS/rank-{r}.json (outside the run directory, which
+                               only rank 0 writes); STOP ("arm:stage") ends every rank after it
 """
 
+import hashlib
+import json
 import os
 import sys
+from functools import partial
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,5 +35,60 @@ def stats(out: str) -> None:
     print(f"rank {distributed.rank()} of {distributed.world_size()}: done", flush=True)
 
 
+def run(out: str, config: str, checks: str, stop: str = "") -> None:
+    from neuroplastic import cli, experiment
+
+    rank = int(os.environ["RANK"])
+    found: list[dict] = []
+    finish_stage = experiment._finish_stage
+
+    def checked(setup, arm, stage, step, losses, dead, rows, log, **kwargs):
+        if dead is not None:
+            found.append({"arm": arm, "stage": stage, **held_neurons(setup, dead)})
+        row = finish_stage(setup, arm, stage, step, losses, dead, rows, log, **kwargs)
+        if f"{arm}:{stage}" == stop:
+            raise SystemExit(3)  # as if killed after this stage, on every rank
+        return row
+
+    experiment._finish_stage = checked
+    try:
+        code = cli.main(["run", "--out", out, "--config", config, "--no-report", "--quiet"])
+    finally:
+        report = {"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "checks": found}
+        Path(checks, f"rank-{rank}.json").write_text(json.dumps(report))
+    raise SystemExit(code)
+
+
+def held_neurons(setup, dead) -> dict:
+    """The largest |activation| of the held neurons on this replica over a batch of probe
+    sentences (every real token), and a digest of the replica's weights."""
+    import torch
+
+    from neuroplastic.models import mlp_hook_name, run_forward
+
+    captured = {}
+
+    def capture(layer, activation, hook):
+        captured[layer] = activation.detach()
+
+    layers = dead.any(-1).nonzero().flatten().tolist()
+    batch = setup.probe_data.collate(list(range(min(16, len(setup.probe_data)))))
+    hooks = [(mlp_hook_name(layer), partial(capture, layer)) for layer in layers]
+    with torch.no_grad(), setup.model.hooks(fwd_hooks=hooks):
+        run_forward(setup.model, batch.tokens, batch.attention_mask)
+    real = batch.attention_mask.bool()
+    largest = max(float(captured[layer][real][:, dead[layer]].abs().max()) for layer in layers)
+    digest = hashlib.sha256()
+    for name, parameter in setup.module.named_parameters():
+        digest.update(name.encode() + parameter.detach().cpu().numpy().tobytes())
+    return {
+        "max_abs": largest,
+        "held": int(dead.sum()),
+        "tokens": int(real.sum()),
+        "layers": layers,
+        "weights": digest.hexdigest(),
+    }
+
+
 if __name__ == "__main__":
-    {"stats": stats}[sys.argv[1]](*sys.argv[2:])
+    {"stats": stats, "run": run}[sys.argv[1]](*sys.argv[2:])

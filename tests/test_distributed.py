@@ -1,15 +1,20 @@
 """Data-parallel runs: 2 CPU processes (gloo) launched by torchrun, against one process."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from neuroplastic.data.load import encode_split
+from neuroplastic.experiment import run_experiment
+from neuroplastic.rundir import RunDir, stage_names
 from neuroplastic.stats import NeuronStats, collect_stats
+from tiny import tiny_config
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -20,21 +25,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args: str, n: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, n: int = 2, timeout: int = 300, ok: bool = True):
+    """``torchrun --nproc_per_node n ARGS`` (a script and its arguments, or ``-m module ...``)."""
     command = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), *args,
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}", *args,
     ]  # fmt: skip
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    if ok:
+        assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def test_two_processes_give_the_statistics_of_one(tmp_path, tiny_bert, corpus):
-    torchrun("stats", str(tmp_path / "stats.safetensors"))
+    torchrun(str(WORKER), "stats", str(tmp_path / "stats.safetensors"))
     merged = NeuronStats.load(tmp_path / "stats.safetensors")
     dataset = encode_split(corpus, tiny_bert.tokenizer, "validation", limit=60)
     single = collect_stats(tiny_bert, dataset, batch_size=8, top_k=5, progress=False)
@@ -63,3 +70,81 @@ def entries(stats: NeuronStats) -> set[tuple]:
                     ]
                     rows.add((layer, neuron, value, *where))
     return rows
+
+
+SETTINGS = tiny_config(eval_every=2)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """The tiny experiment run by 2 processes through the CLI, with every rank's measure of
+    its held neurons; and the same settings run by one process. Evaluations inside the stages
+    too (``eval_every``), which every rank takes in step."""
+    root = tmp_path_factory.mktemp("launched")
+    config, checks = root / "config.json", root / "checks"
+    config.write_text(json.dumps(SETTINGS.to_dict()))
+    checks.mkdir()
+    torchrun(str(WORKER), "run", str(root / "run"), str(config), str(checks))
+    single = run_experiment(SETTINGS, root / "single", progress=False, log=quiet)
+    ranks = [json.loads((checks / f"rank-{r}.json").read_text()) for r in range(2)]
+    return root, single, ranks
+
+
+def test_two_processes_run_the_experiment_of_one(launched):
+    root, single, _ = launched
+    summary = json.loads((root / "run" / "summary.json").read_text())
+    assert summary["config"] == single["config"] == SETTINGS.to_dict()
+    assert summary["steps"] == single["steps"] and summary["data"] == single["data"]
+    assert set(summary["arms"]) == set(single["arms"]) == {"concept", "random"}
+    for arm, result in summary["arms"].items():
+        expected = single["arms"][arm]
+        assert [s["stage"] for s in result["stages"]] == stage_names(2)
+        assert [s["step"] for s in result["stages"]] == [s["step"] for s in expected["stages"]]
+        assert result["neurons"] == expected["neurons"]
+        for stage in result["stages"]:
+            assert set(stage["f1"]) == {"overall", "LOC", "PER", "ORG", "MISC"}
+            assert all(0.0 <= value <= 1.0 for value in stage["f1"].values())
+    run, one = RunDir(root / "run"), RunDir(root / "single")
+    assert run.stages("random") == stage_names(2)
+    assert run.metrics()[["arm", "stage", "step"]].equals(one.metrics()[["arm", "stage", "step"]])
+    assert run.metrics()["stage"].str.contains("@").sum() == 4  # retrain-1@2, retrain-2@2
+    assert not list((root / "run").rglob("*.tmp"))
+
+
+def test_held_neurons_are_zero_on_every_replica(launched):
+    root, _, ranks = launched
+    concept = RunDir(root / "run").neurons("concept")
+    stages = [(arm, stage) for arm in ("concept", "random") for stage in stage_names(2)[1:]]
+    for r, report in enumerate(ranks):
+        assert (report["rank"], report["world"]) == (r, 2)
+        assert [(c["arm"], c["stage"]) for c in report["checks"]] == stages
+        for check in report["checks"]:
+            assert check["max_abs"] == 0.0 and check["held"] == len(concept)
+            assert check["tokens"] > 100 and check["layers"]
+    # DDP keeps the replicas identical: the same weights on both ranks after every stage, and
+    # training changed them from one stage to the next.
+    digests = [[c["weights"] for c in report["checks"]] for report in ranks]
+    assert digests[0] == digests[1]
+    assert len(set(digests[0])) == len(stages) - 1  # the two arms' "pruned" share base weights
+
+
+def test_a_killed_launched_run_resumes_to_the_same_summary(launched, tmp_path):
+    root, _, _ = launched
+    config, out = root / "config.json", tmp_path / "run"
+    stopped = torchrun(
+        str(WORKER), "run", str(out), str(config), str(tmp_path), "concept:retrain-1", ok=False
+    )
+    assert stopped.returncode != 0
+    run = RunDir(out)
+    assert run.marker_path("concept", "retrain-1").is_file()
+    assert not run.marker_path("concept", "retrain-2").is_file()
+    # The module entry point, as a user launches it.
+    flags = ["run", "--out", str(out), "--config", str(config), "--no-report", "--quiet"]
+    result = torchrun("-m", "neuroplastic.cli", *flags)
+    assert result.stdout.count("summary:") == 1  # rank 0 alone prints
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed == json.loads((root / "run" / "summary.json").read_text())

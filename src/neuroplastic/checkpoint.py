@@ -8,7 +8,8 @@ summary. Only the base weights and the latest stage's of an arm are kept on disk
 resumption needs), and none once the run is complete.
 
 ```
-DIR/.lock                             flock'ed by the process writing the run; holds its PID
+DIR/.lock                             flock'ed by the process writing the run (rank 0 of a
+                                      launched run: the only one that touches DIR); its PID
 DIR/manifest.json                     relative path -> {"size", "sha256"} (neuroplastic.manifest)
 DIR/state/{arm}/{stage}.json          {"rows": [metric rows], "config_hash": ...}: stage done
 DIR/state/{arm}/{stage}.safetensors   model and head weights after the stage
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from neuroplastic import distributed
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
@@ -85,6 +87,8 @@ class Checkpointer:
         nothing."""
         if self._lock is not None:
             return
+        if not distributed.is_main():  # the other ranks of a launched run only read from it
+            raise RuntimeError(f"rank {distributed.rank()} may not lock or write {self.run.path}")
         try:
             self.run.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)

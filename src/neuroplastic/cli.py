@@ -501,12 +501,22 @@ def _mean_ci(value: dict) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from neuroplastic import distributed
     from neuroplastic.experiment import run_experiment
 
     config = _config(args)
     if not args.no_report:
         _check_report_extra()
-    summary = run_experiment(config, args.out, progress=not args.quiet)
+    # Under torchrun / accelerate launch every process runs this; rank 0 alone writes and prints.
+    try:
+        summary = run_experiment(config, args.out, progress=not args.quiet)
+        main = distributed.is_main()  # while the process group lasts
+    except distributed.MainFailed:
+        return 2  # rank 0 stopped and says why
+    finally:
+        distributed.finish()
+    if not main:
+        return 0
     print(f"summary: {args.out / 'summary.json'}")
     for arm, result in summary["arms"].items():
         first, last = result["stages"][1], result["stages"][-1]

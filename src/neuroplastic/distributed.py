@@ -4,18 +4,30 @@
 Rank 0 writes; every rank computes. A process group is set up from the launcher's environment
 variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) by :func:`init_from_environment`:
 NCCL for CUDA devices, gloo otherwise.
+
+Rank 0 alone reads and writes the run directory; what the other ranks need from it (decisions,
+weights, trainer state) reaches them through :func:`on_main` and :func:`broadcast_parameters`,
+so several machines need no shared file system.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from neuroplastic.errors import NeuroplasticError
 
 T = TypeVar("T")
+
+
+class MainFailed(NeuroplasticError):
+    """Raised on the other ranks when rank 0 failed in :func:`on_main` (rank 0 says why)."""
 
 
 def launched() -> bool:
@@ -94,3 +106,75 @@ def broadcast_object(value: T) -> T:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 alone (reading or writing the run directory), its result handed to
+    every rank; if it raises, rank 0 raises that error and the others :class:`MainFailed`, so
+    no rank waits forever for a rank that has stopped. In a single process: just ``fn()``."""
+    if not active():
+        return fn()
+    if is_main():
+        try:
+            value = fn()
+        except BaseException as error:
+            broadcast_object(("error", f"rank 0 stopped: {type(error).__name__}: {error}"))
+            raise
+        return broadcast_object(("ok", value))[1]
+    kind, value = broadcast_object(None)
+    if kind == "error":
+        raise MainFailed(value)
+    return value
+
+
+def broadcast_parameters(module: nn.Module) -> None:
+    """Rank 0's parameter values into every rank's ``module`` (after rank 0 loaded weights)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for parameter in module.parameters():
+            # A contiguous copy: some parameters are views of one storage (GPT-2's q/k/v).
+            buffer = parameter.detach().clone(memory_format=torch.contiguous_format)
+            dist.broadcast(buffer, src=0)
+            parameter.copy_(buffer)
+
+
+def my_share(items: Sequence[T]) -> list[T]:
+    """This rank's part of one global batch: rank r of W takes items r, r+W, r+2W, ..."""
+    return list(items[rank() :: world_size()])
+
+
+def mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a (detached) tensor; ``tensor`` itself in a single process."""
+    if not active():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / world_size()
+
+
+def replicate(module: nn.Module, device: str) -> nn.Module:
+    """``module`` wrapped for data-parallel training (its gradients averaged over ranks at every
+    backward), or ``module`` itself in a single process. Parameters the forward skips (a bridge's
+    unembedding when the head reads an earlier hook point) are allowed."""
+    if not active():
+        return module
+    ddp = nn.parallel.DistributedDataParallel
+    # No buffer changes in training (no batch norm here): none to sync at every forward. The
+    # flag's name changed in torch 2.13.
+    sync = "forward_sync_buffers"
+    if sync not in inspect.signature(ddp.__init__).parameters:
+        sync = "broadcast_buffers"
+    cuda = device.startswith("cuda")
+    return ddp(
+        module,
+        device_ids=[torch.device(device).index] if cuda else None,
+        find_unused_parameters=True,
+        **{sync: False},
+    )
+
+
+def finish() -> None:
+    """Leave the process group (at the end of a launched command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

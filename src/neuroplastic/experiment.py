@@ -9,6 +9,12 @@ The two arms differ in the neurons held and in nothing else: both start from the
 weights and retrain on the same batches, in the same order, with the same dropout masks and
 the same learning-rate schedule. Persistence lives in :class:`Checkpointer`: a rerun of the
 same command resumes after the last completed stage and ends with the same summary.
+
+Launched as several processes (``torchrun``, ``accelerate launch``), every rank trains a
+replica of the model with the neurons held (gradients averaged by DDP), evaluates it (so every
+replica checks its own held neurons) and takes its share of the statistics; rank 0 alone locks,
+reads and writes the run directory, and hands what the others need to them (which stages are
+done, weights, trainer state, the plateau loss) through :func:`distributed.on_main`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import torch
 
+from neuroplastic import distributed
 from neuroplastic.ablation import Ablation, check_can_regrow, prune_weights
 from neuroplastic.checkpoint import Checkpointer, load_weights
 from neuroplastic.config import ExperimentConfig
@@ -44,6 +51,7 @@ from neuroplastic.training import (
     TokenClassifier,
     TrainConfig,
     Trainer,
+    check_batch_split,
     evaluate,
     lm_loss,
     mean_loss,
@@ -66,6 +74,11 @@ class Setup:
     progress: bool
     base_steps: int  # the cap on base fine-tuning, in optimizer steps (from epochs if given)
     stage_steps: int  # optimizer steps per retraining stage (from epochs if given)
+    replica: torch.nn.Module | None = None  # what trains: ``module``, or it wrapped in DDP
+
+    @property
+    def trainee(self) -> torch.nn.Module:
+        return self.module if self.replica is None else self.replica
 
     @property
     def run(self) -> RunDir:
@@ -80,24 +93,54 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary. The directory is
     locked for the whole run: a second run on it is refused. ``warn`` gets a line per run file
-    found corrupt and recomputed (default: on stderr, even when quiet)."""
-    _check_out(Path(out))  # before the lock, which creates the directory
-    with Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints) as store:
-        recovery = store.check_config(config)  # refuses what cannot be read nor recomputed
+    found corrupt and recomputed (default: on stderr, even when quiet).
+
+    Under a launcher for several processes, every rank calls this; only rank 0 logs, warns and
+    touches ``out``, and every rank returns the summary."""
+    device = distributed.init_from_environment(config.device)  # this rank's device
+    main = distributed.is_main()
+    if not main:
+        progress, log, warn = False, _silent, _silent
+    store = Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints)
+    try:
+        # Refuses what cannot be read nor recomputed; on rank 0, for every rank.
+        recovery = distributed.on_main(partial(_open, store, config, Path(out)))
         for warning in recovery.warnings:
             (warn or _warn)(warning)
-        setup = _setup(config, store, progress, log)  # fails on bad settings before any write
-        store.write_config(config)
+        setup = _setup(config, store, progress, log, device)  # fails on bad settings first
+        if main:
+            store.write_config(config)
         _fine_tune_base(setup, log)
         _recompute_stage_files(setup, recovery.stages)
-        ranking = setup.run.stage("concept", "base").ranking  # verified against the manifest
-        neuron_sets = _neuron_sets(setup, ranking)
+        neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
         for arm, neurons in neuron_sets.items():
             _retrain_arm(setup, arm, neurons, log)
-        summary = _summary(setup, neuron_sets)
-        atomic_write_json(setup.run.summary_path, summary)
-        store.release()
-        return summary
+        return distributed.on_main(partial(_finish_run, setup, neuron_sets))
+    finally:
+        store.unlock()
+
+
+def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
+    """Check ``out``, lock it and check its config against ``config`` (rank 0's work)."""
+    _check_out(out)  # before the lock, which creates the directory
+    store.lock()
+    return store.check_config(config)
+
+
+def _base_neuron_sets(setup: Setup) -> dict[str, NeuronSet]:
+    ranking = setup.run.stage("concept", "base").ranking  # verified against the manifest
+    return _neuron_sets(setup, ranking)
+
+
+def _finish_run(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
+    summary = _summary(setup, neuron_sets)
+    atomic_write_json(setup.run.summary_path, summary)
+    setup.store.release()
+    return summary
+
+
+def _silent(*_: object) -> None:
+    pass
 
 
 # The size of CoNLL-2003's training split: the embedded corpus's "whole split"
@@ -106,12 +149,17 @@ CONLL2003_TRAIN_SENTENCES = 14_041
 
 
 # -- set-up ------------------------------------------------------------------------------------
-def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -> Setup:
+def _setup(
+    config: ExperimentConfig, store: Checkpointer, progress: bool, log, device: str | None = None
+) -> Setup:
+    """``device``: this process's (one GPU per process when launched), else the config's."""
     # The model's own weights never depend on the seed (a tiny random model is always the same
     # one): a seed changes the head, the data order, dropout and the sentences sampled.
-    _check_device(config.device)
+    device = device or config.device
+    _check_device(device)
+    _check_processes(config)
     model = load_model(
-        config.model, device=config.device, dtype=config.dtype, device_map=config.device_map
+        config.model, device=device, dtype=config.dtype, device_map=config.device_map
     )
     _check_model_fits(config, model)
     if config.task == "lm" and not is_decoder(model):
@@ -156,13 +204,28 @@ def _setup(config: ExperimentConfig, store: Checkpointer, progress: bool, log) -
     torch.manual_seed(config.seed)  # the head's initialisation
     module = TokenClassifier(model, len(train_data.tag_names)) if config.task == "ner" else model
     module.to(model_device(model))  # the head joins the model (its first device under a map)
-    store.run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
-    _write_token_embeddings(store.run, model, probe_data)
+    if distributed.is_main():
+        store.run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
+        _write_token_embeddings(store.run, model, probe_data)
     base_steps, stage_steps = config.steps(len(train_data))
     return Setup(
         config, store, module, model, train_data, validation_data, probe_data, overlap, progress,
-        base_steps, stage_steps,
+        base_steps, stage_steps, distributed.replicate(module, device),
     )  # fmt: skip
+
+
+def _check_processes(config: ExperimentConfig) -> None:
+    """Settings that several processes cannot honour, refused on every rank alike."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return
+    if config.device_map:
+        raise NeuroplasticError(
+            f"--device-map {config.device_map} spreads one model over the GPUs, but {ranks} "
+            "processes were launched (one model each): run one process for --device-map, or "
+            "leave it out to train data-parallel"
+        )
+    check_batch_split(config.batch_size)
 
 
 def _warn(message: str) -> None:
@@ -279,12 +342,12 @@ def _train_config(config: ExperimentConfig) -> TrainConfig:
 def _fine_tune_base(setup: Setup, log) -> None:
     """Fine-tune until the probe loss plateaus (or load a checkpoint), then measure the base."""
     config, store = setup.config, setup.store
-    if store.done("concept", "base"):
+    if distributed.on_main(partial(store.done, "concept", "base")):
         log("[base] already done; resuming")
         return
     losses: list[float] = []
     if config.checkpoint:
-        load_weights(setup.module, Path(config.checkpoint))
+        _load_on_main(setup.module, Path(config.checkpoint))
         base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
     else:
         base, losses = _train_to_plateau(setup)
@@ -299,7 +362,7 @@ def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
     only (``eval_every`` applies to retraining, where recovery is measured)."""
     config, cap = setup.config, setup.base_steps
     trainer = Trainer(
-        setup.module, setup.loss_fn(), setup.train_data, cap, _train_config(config),
+        setup.trainee, setup.loss_fn(), setup.train_data, cap, _train_config(config),
         seed=config.seed,
     )  # fmt: skip
     # Epochs are a fixed budget (the paper's recipe): no plateau stop.
@@ -317,7 +380,10 @@ def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
         )
         if not plateau_every:
             continue
-        loss = mean_loss(setup.module, setup.loss_fn(), setup.probe_data)
+        # Rank 0's loss on every rank, so that all stop at the same check.
+        loss = distributed.on_main(
+            partial(mean_loss, setup.module, setup.loss_fn(), setup.probe_data)
+        )
         history.append([trainer.step, loss])
         if loss < best * (1 - config.plateau_tolerance):
             best, stale = loss, 0
@@ -351,12 +417,12 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
     """Ablate ``neurons`` in the base model and retrain, evaluating after every stage."""
     config, store = setup.config, setup.store
     stages = stage_names(config.stages)[1:]
-    todo = [s for s in stages if not store.done(arm, s)]
+    todo = distributed.on_main(lambda: [s for s in stages if not store.done(arm, s)])
     if not todo:
         log(f"[{arm}] all stages done")
         return
     trainer = Trainer(
-        setup.module,
+        setup.trainee,
         setup.loss_fn(),
         setup.train_data,
         config.stages * setup.stage_steps,
@@ -367,15 +433,22 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
         else setup.stage_steps,
     )
     previous = stages[stages.index(todo[0]) - 1] if todo[0] != "pruned" else None
-    store.keep_only(arm, {"base", previous} if previous else {"base"})
-    if previous is None:
-        store.restore("concept", "base", setup.module)
-        if config.mode == "regrow":
-            prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
-    else:
+
+    def restore() -> dict | None:
+        store.keep_only(arm, {"base", previous} if previous else {"base"})
+        if previous is None:
+            store.restore("concept", "base", setup.module)
+            return None
         state = store.restore(arm, previous, setup.module)
         if state is None:
             raise NeuroplasticError(f"{setup.run.path}: the trainer state after {previous} is lost")
+        return state
+
+    state = distributed.on_main(restore)  # the trainer state, on every rank
+    distributed.broadcast_parameters(setup.module)  # and rank 0's weights
+    if previous is None and config.mode == "regrow":
+        prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
+    if state is not None:
         trainer.load_state_dict(state)
     hold = Ablation(setup.model, neurons, permanent=True) if config.mode == "hold" else None
     dead = neurons.mask() if hold is not None else None
@@ -417,20 +490,14 @@ def _finish_stage(
     previous: str | None = None,
 ) -> dict:
     """Evaluate, take statistics and ranking on the probe sentences, write the artifacts, and
-    mark the stage done."""
+    mark the stage done. Every rank evaluates (checking its own replica's held neurons) and
+    takes its share of the statistics; rank 0 writes."""
     config = setup.config
     evaluation = _validate(setup, dead, progress=setup.progress)
     stats = collect_stats(
         setup.model, setup.probe_data, batch_size=32, top_k=config.top_k_tokens,
         progress=setup.progress,
     )  # fmt: skip
-    ranking = Ranking.from_stats(stats, config.concept, config.method)
-    frame = top_tokens_frame(stats, setup.model.tokenizer)
-    artifacts = [
-        path
-        for each in (config.arms if stage == "base" else (arm,))
-        for path in setup.run.write_stage(each, stage, ranking, stats, frame)
-    ]
     row = {
         "arm": arm,
         "stage": stage,
@@ -441,8 +508,19 @@ def _finish_stage(
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
         marker["base"] = base
-    setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
-    setup.store.write_metrics(config.arms, config.stages)
+
+    def write() -> None:
+        ranking = Ranking.from_stats(stats, config.concept, config.method)
+        frame = top_tokens_frame(stats, setup.model.tokenizer)
+        artifacts = [
+            path
+            for each in (config.arms if stage == "base" else (arm,))
+            for path in setup.run.write_stage(each, stage, ranking, stats, frame)
+        ]
+        setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
+        setup.store.write_metrics(config.arms, config.stages)
+
+    distributed.on_main(write)
     log(_describe(row))
     return row
 
@@ -453,12 +531,12 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
     ``stages`` lists the base first, whose ranking the neuron sets come from."""
     config, neuron_sets = setup.config, None
     for each in stages:
-        load_weights(setup.module, each.weights)
+        _load_on_main(setup.module, each.weights)
         setup.module.eval()  # as after training: no dropout in the statistics
         hold = None
         if each.stage != "base" and config.mode == "hold":
             if neuron_sets is None:
-                neuron_sets = _neuron_sets(setup, setup.run.stage("concept", "base").ranking)
+                neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
             hold = Ablation(setup.model, neuron_sets[each.arm], permanent=True)
         try:
             stats = collect_stats(
@@ -468,9 +546,20 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
         finally:
             if hold is not None:
                 hold.remove()
-        ranking = Ranking.from_stats(stats, config.concept, config.method)
-        frame = top_tokens_frame(stats, setup.model.tokenizer)
-        setup.store.record(setup.run.write_stage(each.arm, each.stage, ranking, stats, frame))
+        distributed.on_main(partial(_rewrite_stage, setup, each, stats))
+
+
+def _rewrite_stage(setup: Setup, each: Recompute, stats) -> None:
+    config = setup.config
+    ranking = Ranking.from_stats(stats, config.concept, config.method)
+    frame = top_tokens_frame(stats, setup.model.tokenizer)
+    setup.store.record(setup.run.write_stage(each.arm, each.stage, ranking, stats, frame))
+
+
+def _load_on_main(module: torch.nn.Module, path: Path) -> None:
+    """Weights from a file rank 0 reads, into every rank's ``module``."""
+    distributed.on_main(partial(load_weights, module, path))
+    distributed.broadcast_parameters(module)
 
 
 def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):

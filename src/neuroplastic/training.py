@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from neuroplastic import distributed
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.metrics import entity_scores
@@ -77,6 +78,16 @@ def batch_order(n_items: int, n_steps: int, batch_size: int, seed: int) -> list[
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_steps)]
 
 
+def check_batch_split(batch_size: int) -> None:
+    """Refuse a batch too small to give every process at least one item."""
+    ranks = distributed.world_size()
+    if batch_size < ranks:
+        raise NeuroplasticError(
+            f"--batch-size {batch_size} is smaller than the {ranks} processes sharing each "
+            f"batch; give --batch-size {ranks} or more, or fewer processes"
+        )
+
+
 class Trainer:
     """AdamW over a fixed, seeded sequence of ``total_steps`` batches, run in pieces.
 
@@ -86,6 +97,11 @@ class Trainer:
     ``schedule_steps`` is the length of the warm-up/decay schedule (``total_steps`` for one
     continuous schedule); :meth:`restart_schedule` begins a fresh optimizer and schedule, as
     the paper's recipe does for every retraining increment.
+
+    Under several processes (``module`` wrapped by :func:`distributed.replicate`) each step's
+    batch is still the ``batch_size`` items of ``(seed, n)``: rank r of W takes items r, r+W, ...
+    of it, with dropout masks of ``(seed, n, r)``, and the wrapper averages the gradients; the
+    reported loss is the mean over ranks, so every rank sees the same value and stops together.
     """
 
     def __init__(
@@ -102,6 +118,7 @@ class Trainer:
         self.config, self.seed = config, seed
         self.total_steps = total_steps
         self.schedule_steps = schedule_steps or total_steps
+        check_batch_split(config.batch_size)
         self.batches = batch_order(len(dataset), total_steps, config.batch_size, seed)
         self.step = 0
         self.restart_schedule()
@@ -136,14 +153,17 @@ class Trainer:
         device = model_device(self.module)
         losses: list[float] = []
         bar = progress_bar(range(n_steps), desc=description, total=n_steps, enabled=progress)
+        ranks, rank = distributed.world_size(), distributed.rank()
         for n in bar:
-            torch.manual_seed(self.seed * 1_000_003 + self.step)  # this step's dropout masks
-            batch = self.dataset.collate(self.batches[self.step]).to(device)
-            loss = self.loss_fn(self.module, batch)
-            if not torch.isfinite(loss):
+            # This step's dropout masks, different on every rank (one rank: the seed of old).
+            torch.manual_seed((self.seed * 1_000_003 + self.step) * ranks + rank)
+            batch = self.dataset.collate(distributed.my_share(self.batches[self.step]))
+            loss = self.loss_fn(self.module, batch.to(device))
+            reported = distributed.mean(loss)  # the same on every rank: all stop, or none
+            if not torch.isfinite(reported):
                 raise NeuroplasticError(
-                    f"{description}: the loss became {loss.item()} at step {n + 1}; lower the "
-                    "learning rate (--lr). Everything completed before this stage is kept"
+                    f"{description}: the loss became {reported.item()} at step {n + 1}; lower "
+                    "the learning rate (--lr). Everything completed before this stage is kept"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -151,10 +171,10 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            losses.append(reported.item())
+            bar.set_postfix(loss=f"{reported.item():.4f}")
             if on_step is not None:
-                on_step(n + 1, loss.item())
+                on_step(n + 1, reported.item())
                 self.module.train()
         self.module.eval()
         return losses

@@ -13,7 +13,7 @@ import pytest
 import neuroplastic.experiment as experiment
 from neuroplastic.errors import NeuroplasticError
 from test_experiment import SimulatedKill, quiet
-from test_integrity import cli, copy, run_args, snapshot
+from test_integrity import cli, copy, killed_run, run_args, snapshot
 from tiny import tiny_config
 
 HOW = ("truncated", "garbage")
@@ -38,19 +38,7 @@ def finished(tmp_path_factory):
 def killed(tmp_path_factory):
     """Killed as the random arm's retrain-1 ends: the base weights, the concept arm's last
     (retrain-2) and the random arm's last (pruned) weights and trainer states are kept."""
-    out = tmp_path_factory.mktemp("killed")
-    real_finish = experiment._finish_stage
-
-    def finish(setup, arm, stage, *args, **kwargs):
-        if (arm, stage) == ("random", "retrain-1"):
-            raise SimulatedKill
-        return real_finish(setup, arm, stage, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiment, "_finish_stage", finish)
-        with pytest.raises(SimulatedKill):
-            experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
-    return out
+    return killed_run(tmp_path_factory.mktemp("killed"), "random", "retrain-1")
 
 
 def one_line(stderr, start, end):
@@ -169,7 +157,7 @@ def test_run_refuses_results_under_an_unreadable_config(finished, tmp_path, caps
     one_line(
         stderr,
         f"neuroplastic run: error: {out} holds results of a run (state/concept/base.json, "
-        f"state/concept/pruned.json and 33 more) but {out / 'config.json'} is corrupt or "
+        f"state/concept/pruned.json and 34 more) but {out / 'config.json'} is corrupt or "
         "truncated (",
         "), so the settings they were computed under cannot be checked; restore it, or use "
         "another --out (nothing was changed)",

@@ -139,6 +139,9 @@ def test_the_extras_table_matches_pyproject():
 
 
 def test_require_names_the_extra(monkeypatch):
+    # Earlier tests may have imported plotly's submodules: hide those too.
+    for name in [n for n in sys.modules if n == "plotly" or n.startswith("plotly.")]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "plotly", None)
     with pytest.raises(MissingExtraError) as caught:
         require("plotly.graph_objects", "the plots")

@@ -37,13 +37,17 @@ def finished(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("killed")
+    return killed_run(tmp_path_factory.mktemp("killed"), *KILLED_AT)
+
+
+def killed_run(out, arm, stage):
+    """A tiny run killed as ``stage`` of ``arm`` ends, before anything of that stage is written."""
     real_finish = experiment._finish_stage
 
-    def finish(setup, arm, stage, *args, **kwargs):
-        if (arm, stage) == KILLED_AT:
+    def finish(setup, this_arm, this_stage, *args, **kwargs):
+        if (this_arm, this_stage) == (arm, stage):
             raise SimulatedKill
-        return real_finish(setup, arm, stage, *args, **kwargs)
+        return real_finish(setup, this_arm, this_stage, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(experiment, "_finish_stage", finish)
@@ -167,7 +171,7 @@ def test_results_without_their_config_json_are_refused(finished, tmp_path, capsy
         assert (code, stderr.strip()) == (
             2,
             f"neuroplastic run: error: {out} holds results of a run (state/concept/base.json, "
-            "state/concept/pruned.json and 33 more) but no config.json, so the settings they "
+            "state/concept/pruned.json and 34 more) but no config.json, so the settings they "
             "were computed under cannot be checked; restore its config.json, or use another "
             "--out (nothing was changed)",
         )
@@ -195,7 +199,8 @@ def test_the_manifest_lists_every_stage_file_as_written(finished):
     out, _ = finished
     manifest = json.loads((out / "manifest.json").read_text())
     on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "stages").rglob("*.*"))
-    assert len(on_disk) == 2 * 4 * 3  # arms x stages x (ranking, stats, top tokens)
+    # arms x stages x (ranking, stats, top tokens), and the concept arm's predictions
+    assert len(on_disk) == 2 * 4 * 3 + 1
     # A complete run has released its weights and trainer state, and forgot them.
     assert sorted(manifest) == on_disk
     for name, entry in manifest.items():

@@ -106,7 +106,7 @@ def test_the_sweep_report_shows_every_cell_with_intervals(swept):
         assert f"<h2>{cell}</h2>" in html
     drop = result["cells"]["hold-selectivity"]["arms"]["concept"]["drop_at_pruning"]
     assert f"{drop['mean']:.3g}" in html
-    assert html.count('class="np-plot"') == 2  # a recovery plot per cell
+    assert html.count('class="np-plot"') == 4  # a recovery and a prediction plot per cell
 
 
 def test_the_sweep_command(tmp_path, capsys):

@@ -10,6 +10,13 @@ weights and retrain on the same batches, in the same order, with the same dropou
 the same learning-rate schedule. Persistence lives in :class:`Checkpointer`: a rerun of the
 same command resumes after the last completed stage and ends with the same summary.
 
+The concept arm also predicts, before any retraining, which surviving neurons will take the
+concept over (:mod:`neuroplastic.predict`): the predictors read at base run on the base weights
+before the removal, those read at the pruned stage with the removal in place; the scores are
+saved with the pruned stage (``predictions.safetensors``) and, once the last stage is done,
+checked against what happened (``summary.json``, key ``prediction``). They run in eval mode on
+rank 0 and draw no random numbers from the global generator: training is the same with them.
+
 Launched as several processes (``torchrun``, ``accelerate launch``), every rank trains a
 replica of the model with the neurons held (gradients averaged by DDP), evaluates it (so every
 replica checks its own held neurons) and takes its share of the statistics; rank 0 alone locks,
@@ -23,6 +30,7 @@ import math
 import os
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +40,7 @@ import torch
 
 from neuroplastic import distributed
 from neuroplastic.ablation import Ablation, check_can_regrow, prune_weights
+from neuroplastic.analysis import ArmRun
 from neuroplastic.checkpoint import Checkpointer, load_weights
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.data.concept import ConceptDataset
@@ -42,10 +51,12 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_json
 from neuroplastic.models import is_decoder, load_model, model_device
 from neuroplastic.neurons import NeuronSet
+from neuroplastic.predict import Predictions, evaluate_arm, predict_at_base, predict_at_pruned
 from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
 from neuroplastic.rundir import RunDir, stage_names, top_tokens_frame
+from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.stats import collect_stats
 from neuroplastic.training import (
     TokenClassifier,
@@ -325,11 +336,16 @@ def _train_and_probe(
     return train, probe
 
 
-def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> None:
+def _token_embeddings(model: Any, data: ConceptDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input embeddings (float32, CPU) of every token in ``data``: ids, vectors."""
     token_ids = torch.tensor(sorted({t for e in data.encoded for t in e.token_ids}))
     with torch.no_grad():
         embeddings = model.W_E[token_ids.to(model.W_E.device)].detach().float().cpu()
-    run.write_token_embeddings(token_ids, embeddings)
+    return token_ids, embeddings
+
+
+def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> None:
+    run.write_token_embeddings(*_token_embeddings(model, data))
 
 
 def _train_config(config: ExperimentConfig) -> TrainConfig:
@@ -446,6 +462,11 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
 
     state = distributed.on_main(restore)  # the trainer state, on every rank
     distributed.broadcast_parameters(setup.module)  # and rank 0's weights
+    predict = None
+    if previous is None and arm in PREDICTED_ARMS:
+        # On the base weights, before any removal (no hook held, no weight pruned yet).
+        at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
+        predict = partial(_predict_at_pruned, setup, neurons, at_base)
     if previous is None and config.mode == "regrow":
         prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
     if state is not None:
@@ -470,10 +491,45 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
                 setup, arm, stage, trainer.step, losses, dead, rows, log,
                 trainer_state=trainer.state_dict(),
                 previous=stages[index - 1] if index else None,
+                predict=predict if stage == "pruned" else None,
             )  # fmt: skip
     finally:
         if hold is not None:
             hold.remove()
+
+
+#: the arms whose removal is predicted: the concept's (a random removal has no new home to find)
+PREDICTED_ARMS = ("concept",)
+
+
+def predictions_path(run: RunDir, arm: str) -> Path:
+    """Where an arm's predictions are saved: with its pruned stage, where they are read."""
+    return run.stage_dir(arm, "pruned") / "predictions.safetensors"
+
+
+def _predict_at_base(setup: Setup, neurons: NeuronSet) -> Predictions:
+    """Base saliency, concept similarity (the base model's own input embeddings, as the report
+    uses) and co-activation with ``neurons``: on the base weights, no ablation held."""
+    config = setup.config
+    base = setup.run.stage("concept", "base")  # verified against the manifest
+    embeddings = TokenEmbeddings.from_vectors(*_token_embeddings(setup.model, setup.probe_data))
+    return predict_at_base(
+        setup.module, setup.probe_data, config.concept, base.ranking, base.stats, neurons,
+        embeddings, progress=setup.progress,
+    )  # fmt: skip
+
+
+def _predict_at_pruned(
+    setup: Setup, neurons: NeuronSet, at_base: Predictions, ranking: Ranking
+) -> Predictions:
+    """``at_base`` with the predictors read at the pruned stage (``ranking``): the model holds
+    the removal as retraining will (hooks in ``hold`` mode, pruned weights in ``regrow``)."""
+    config = setup.config
+    at_pruned = predict_at_pruned(
+        setup.module, setup.probe_data, config.concept, ranking, neurons, seed=config.seed,
+        hold=config.mode == "hold", progress=setup.progress,
+    )  # fmt: skip
+    return at_base.merged(at_pruned)
 
 
 def _finish_stage(
@@ -488,10 +544,13 @@ def _finish_stage(
     base: dict | None = None,
     trainer_state: dict | None = None,
     previous: str | None = None,
+    predict: Callable[[Ranking], Predictions] | None = None,
 ) -> dict:
     """Evaluate, take statistics and ranking on the probe sentences, write the artifacts, and
     mark the stage done. Every rank evaluates (checking its own replica's held neurons) and
-    takes its share of the statistics; rank 0 writes."""
+    takes its share of the statistics; rank 0 writes. ``predict``: at the pruned stage, a
+    function of the stage's ranking giving the predictions saved with it (rank 0 computes
+    them, with the model as retraining will start from it)."""
     config = setup.config
     evaluation = _validate(setup, dead, progress=setup.progress)
     stats = collect_stats(
@@ -517,6 +576,10 @@ def _finish_stage(
             for each in (config.arms if stage == "base" else (arm,))
             for path in setup.run.write_stage(each, stage, ranking, stats, frame)
         ]
+        if predict is not None:
+            path = predictions_path(setup.run, arm)
+            predict(ranking).save(path)
+            artifacts.append(path)  # listed in the manifest before the stage is marked done
         setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
         setup.store.write_metrics(config.arms, config.stages)
 
@@ -547,6 +610,35 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
             if hold is not None:
                 hold.remove()
         distributed.on_main(partial(_rewrite_stage, setup, each, stats))
+        if each.stage == "pruned" and each.arm in PREDICTED_ARMS:
+            if neuron_sets is None:
+                neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+            _repredict(setup, each, neuron_sets[each.arm])
+
+
+def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
+    """The predictions saved with a recomputed pruned stage, computed again as the run did:
+    on the base weights (kept until the run is complete), then on the weights after the stage
+    with the removal held. The same numbers, so a damaged file comes back as it was."""
+    base = distributed.on_main(partial(setup.run.saved_weights, "concept", "base"))
+    if base is None:
+        return  # a complete run keeps no weights: recovery refused it before any of this
+    _load_on_main(setup.module, base)
+    at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
+    _load_on_main(setup.module, each.weights)
+    hold = Ablation(setup.model, neurons, permanent=True) if setup.config.mode == "hold" else None
+    try:
+
+        def write() -> None:
+            ranking = setup.run.stage(each.arm, "pruned").ranking  # as just rewritten
+            path = predictions_path(setup.run, each.arm)
+            _predict_at_pruned(setup, neurons, at_base, ranking).save(path)
+            setup.store.record([path])
+
+        distributed.on_main(write)
+    finally:
+        if hold is not None:
+            hold.remove()
 
 
 def _rewrite_stage(setup: Setup, each: Recompute, stats) -> None:
@@ -647,7 +739,34 @@ def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
         "steps": {"base_cap": setup.base_steps, "per_stage": setup.stage_steps},
         "base": store.marker("concept", "base")["base"],
         "arms": arms,
+        **_prediction(setup.run, list(neuron_sets)),
     }
+
+
+def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
+    """``{"prediction": rows}``: every predictor against every ground truth
+    (:func:`neuroplastic.predict.evaluate_arm`), per predicted arm that has retrained; nothing
+    for a run without predictions (made before they existed) or without retraining."""
+    rows = []
+    for arm in arms:
+        path = predictions_path(run, arm)
+        if arm not in PREDICTED_ARMS or not path.is_file():
+            continue
+        run.manifest.verify(path)  # the file the run wrote, not another
+        loaded = ArmRun.load(run, arm)
+        if loaded.last == loaded.start:
+            continue  # no retraining: nothing happened to predict
+        frame = evaluate_arm(loaded, Predictions.load(path))
+        frame.insert(0, "arm", arm)
+        # None, not NaN, where a measure is undefined: summary.json stays valid JSON.
+        rows += [{k: _number(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    return {"prediction": rows} if rows else {}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _difference(values: dict[str, float], reference: dict[str, float]) -> dict[str, float]:

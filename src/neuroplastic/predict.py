@@ -56,6 +56,7 @@ from neuroplastic.stats import NeuronStats
 from neuroplastic.training import TokenClassifier, lm_token_losses
 
 __all__ = [
+    "DESCRIPTIONS",
     "PREDICTORS",
     "TRUTHS",
     "GroundTruth",
@@ -90,6 +91,18 @@ PREDICTORS = (
 )
 #: the two ground truths (see :func:`ground_truth`)
 TRUTHS = ("gain", "entered")
+#: one line per predictor and truth, for the reports' tables
+DESCRIPTIONS = {
+    "saliency_pruned": "saliency for the concept at the pruned stage",
+    "saliency_base": "saliency for the concept at base, before the removal",
+    "similarity": "similarity of the neuron's base top tokens to the concept's tokens (primed)",
+    "gradient": "mean |activation x gradient| of the concept's loss on its tokens, at the "
+    "pruned stage",
+    "coactivation": "|correlation| with the removed neurons on the concept's tokens, at base",
+    "random": "a seeded random score: the floor",
+    "gain": "the top 1% of survivors by saliency gain from the pruned to the last stage",
+    "entered": "in the top 1% of survivors at the last stage, not at the pruned stage",
+}
 
 
 # ---------------------------------------------------------------------------------------------

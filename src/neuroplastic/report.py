@@ -5,7 +5,8 @@ numbers, Plotly for the plots and CircuitsVis for the neuron views, each bundle 
 (:class:`neuroplastic.html.HtmlPage`), so the file opens from disk with no network. Sections, in
 reading order: key numbers, the recovery curves, saliency per layer and the depth of the
 concept, layer x neuron saliency heatmaps, the neurons where the concept reappeared, the pruned
-neurons, primed neurons, polysemantic neurons, and the config. The random arm is always shown
+neurons, primed neurons, how well each predictor named the new home in advance, polysemantic
+neurons, and the config. The random arm is always shown
 beside the concept arm: it is the control that says which changes are about the concept.
 
 One run is one sample. The page describes it (means, medians, counts, a rank correlation over
@@ -38,6 +39,7 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
 from neuroplastic.manifest import CorruptFile
+from neuroplastic.predict import DESCRIPTIONS, TRUTHS
 from neuroplastic.rundir import RunDir
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.views import add_side_by_side, examples_from_top_k
@@ -167,6 +169,7 @@ def _build_report(
     _reappeared(page, analyses, sentences, n_views, similarity_note)
     _pruned(page, analyses, config)
     _primed(page, analyses, similarity_note)
+    _prediction(page, summary, concept)
     _polysemantic(page, analyses, sentences, n_neurons, n_views)
     page.heading("Configuration")
     with page.details("config.json"):
@@ -842,6 +845,56 @@ def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: s
     fig.update_yaxes(title_text="saliency gain", row=1, col=1)
     fig.update_layout(height=360, showlegend=False, margin={"t": 40, "b": 40, "l": 50, "r": 20})
     page.plotly(fig, height="360px")
+
+
+def _prediction(page: HtmlPage, summary: dict | None, concept: str) -> None:
+    """Each predictor against each ground truth, as the run's summary recorded them (a run
+    made before predictions existed has none: no section)."""
+    rows = (summary or {}).get("prediction")
+    if not rows:
+        return
+    page.heading("Predicting the new home")
+    page.paragraph(
+        f"At the pruned stage, before any retraining, every surviving neuron of the concept arm "
+        f"was scored by each predictor below; once retraining was done, the scores were checked "
+        f"against the neurons that took {concept} over. ROC AUC: the chance that such a neuron "
+        "scores above one that did not (chance: 0.5). Precision at k: the share of them among "
+        "the k best-scored neurons, k their number (chance: their share of all candidates, the "
+        "base rate). Candidates are the neurons outside the removed set alive at both stages. "
+        "This is one seed's description, not an estimate: a handful of positive neurons makes "
+        "these numbers coarse, and their spread comes from seeds (`neuroplastic sweep`)."
+    )
+    frame = pd.DataFrame(rows)
+    with page.details("What each predictor and ground truth is"):
+        names = [*frame["predictor"].unique(), *TRUTHS]
+        page.table(
+            pd.DataFrame({"meaning": [DESCRIPTIONS.get(n, "") for n in names]}, index=names),
+            float_format=None,
+        )
+    for (arm, truth), group in frame.groupby(["arm", "truth"], sort=False):
+        first = group.iloc[0]
+        n_positive, n_candidates = int(first["n_positive"]), int(first["n_candidates"])
+        what = f"{arm} arm, truth '{truth}' ({DESCRIPTIONS.get(truth, truth)})"
+        if n_positive == 0:
+            page.paragraph(f"{what}: no neuron qualified, so no predictor can be scored.")
+            continue
+        table = pd.DataFrame(
+            {
+                "predictor": group["predictor"],
+                "ROC AUC": group["auc"].map(lambda v: _fmt(v, ".3f")),
+                f"precision at {int(first['k'])}": group["precision_at_k"].map(
+                    lambda v: _fmt(v, ".3f")
+                ),
+                "unscored": group["n_unscored"] if "n_unscored" in group else 0,
+            }
+        )
+        page.table(
+            table,
+            caption=f"{what}: {n_positive} of {n_candidates} candidates; chance: AUC 0.5, "
+            f"precision {first['base_rate']:.3f}",
+            index=False,
+            float_format=None,
+        )
 
 
 def _polysemantic(

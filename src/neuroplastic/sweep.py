@@ -7,7 +7,9 @@
 Each measure is computed per run (:func:`run_measures`) and only then aggregated, so an interval
 is over independent runs, never over neurons of one model. Because both arms of a run are paired
 (same batches, dropout and schedule), the concept-minus-random difference is computed per seed
-first and its interval is the paired one.
+first and its interval is the paired one. The same holds for the prediction of where the
+concept goes (:mod:`neuroplastic.predict`): each run's AUC and precision at k per predictor and
+ground truth, then their mean and interval across seeds (:func:`neuroplastic.predict.across_seeds`).
 """
 
 from __future__ import annotations
@@ -137,7 +139,13 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
             "f1": {entry["stage"]: entry["f1"] for entry in data["stages"]},
             "curve": curve.to_dict(orient="list"),
         }
-    return {"seed": summary["config"]["seed"], "concept": concept, "arms": arms}
+    return {
+        "seed": summary["config"]["seed"],
+        "concept": concept,
+        "arms": arms,
+        # per predictor and truth, as the run's summary evaluated them (none in older runs)
+        "prediction": summary.get("prediction", []),
+    }
 
 
 def _curve(metrics: pd.DataFrame, arm: str, concept: str) -> pd.DataFrame:
@@ -222,4 +230,30 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             m: interval([_minus(r["arms"]["concept"][m], r["arms"]["random"][m]) for r in runs])
             for m in MEASURES
         }
+    prediction = prediction_across_seeds(runs)
+    if prediction:
+        result["prediction"] = prediction
     return result
+
+
+def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and 95% t-interval across seeds of each predictor's AUC, precision at k and
+    precision lift (precision minus the base rate), per ground truth, for the concept arm;
+    ``n_seeds`` counts the runs where the measure is defined, ``missing`` the others (a run
+    whose ground truth had no positive neuron). Runs without predictions are left out."""
+    from neuroplastic.predict import across_seeds
+
+    per_seed = {}
+    for run in runs:
+        rows = [row for row in run.get("prediction", []) if row.get("arm", "concept") == "concept"]
+        if rows:
+            # None (no number in the summary's JSON) back to NaN: a measure not defined.
+            measures = {"auc": float, "precision_at_k": float, "base_rate": float}
+            per_seed[run["seed"]] = pd.DataFrame(rows).astype(measures)
+    if not per_seed:
+        return []
+    frame = across_seeds(per_seed)
+    return [
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]

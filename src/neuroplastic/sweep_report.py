@@ -1,8 +1,9 @@
 """``DIR/report.html`` of a sweep: every measure as a mean with a 95% interval across seeds.
 
 Read from ``sweep.json`` only. Each cell (mode x method) gets the concept arm beside the random
-arm and their paired difference, the F1 of every entity type at every stage, and the recovery
-curves of every seed with their mean.
+arm and their paired difference, the F1 of every entity type at every stage, the recovery
+curves of every seed with their mean, and how well each predictor named, before retraining,
+the neurons that took the concept over (mean AUC and precision across seeds, with intervals).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
+from neuroplastic.predict import DESCRIPTIONS
 
 ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
 
@@ -49,6 +51,7 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
         _measures(page, sweep["measures"], result)
         _stage_scores(page, result)
         _curves(page, result, concept)
+        _prediction(page, result, concept)
     page.heading("Configuration")
     with page.details("base config (mode, method and seed vary per cell)"):
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
@@ -119,6 +122,62 @@ def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
         margin={"t": 30},
     )
     page.plotly(figure, height="380px")
+
+
+PREDICTION_MEASURES = {
+    "auc": "ROC AUC (chance 0.5)",
+    "precision_at_k": "precision at k",
+    "precision_lift": "precision at k - base rate (chance 0)",
+}
+
+
+def _prediction(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
+    """Each predictor against each ground truth: mean and interval across seeds (a cell whose
+    runs predate predictions has none: no table)."""
+    rows = result.get("prediction")
+    if not rows:
+        return
+    frame = pd.DataFrame(rows)
+    page.paragraph(
+        f"Predicting, before retraining, which surviving neurons of the concept arm take {concept} "
+        "over (k = the number of such neurons in each run). Chance: AUC 0.5, precision lift 0. "
+        "Seeds where a ground truth had no neuron are counted as missing. "
+        + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in ("gain", "entered"))
+        + "."
+    )
+    cells: dict[tuple[str, str], dict[str, str]] = {}  # (truth, predictor) -> measure -> text
+    for row in rows:
+        entry = cells.setdefault((row["truth"], row["predictor"]), {})
+        entry[PREDICTION_MEASURES[row["measure"]]] = _ci({**row, "n": row["n_seeds"]})
+    truths = list(dict.fromkeys(key[0] for key in cells))
+    keys = sorted(cells, key=lambda key: truths.index(key[0]))  # stable: predictors in order
+    table = pd.DataFrame([cells[key] for key in keys], index=pd.MultiIndex.from_tuples(keys))
+    table.index.names = ["truth", "predictor"]
+    page.table(table, caption="mean [95% interval across seeds]", float_format=None)
+    _prediction_plot(page, frame)
+
+
+def _prediction_plot(page: HtmlPage, frame: pd.DataFrame) -> None:
+    go = require("plotly.graph_objects", "the sweep report's plots")
+
+    auc = frame[frame["measure"] == "auc"]
+    figure = go.Figure()
+    for truth, group in auc.groupby("truth", sort=False):
+        mean = group["mean"].astype(float)
+        high = (group["ci_high"].astype(float) - mean).fillna(0)
+        low = (mean - group["ci_low"].astype(float)).fillna(0)
+        figure.add_trace(
+            go.Bar(
+                x=group["predictor"], y=mean, name=f"truth: {truth}",
+                error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+            )
+        )  # fmt: skip
+    figure.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
+    figure.update_layout(
+        barmode="group", yaxis_title="ROC AUC (mean, 95% interval)", yaxis_range=[0, 1],
+        margin={"t": 30},
+    )  # fmt: skip
+    page.plotly(figure, height="340px")
 
 
 def _ci(value: dict[str, Any]) -> str:

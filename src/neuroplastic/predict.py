@@ -484,7 +484,8 @@ class Predictions:
             loaded = load_file(str(path))
         except Exception as error:  # safetensors raises its own error types for a bad file
             raise NeuroplasticError(
-                f"{path}: not a readable predictions file ({error}); delete it to recompute"
+                f"{path}: not a readable predictions file ({error}); rerun `neuroplastic run` "
+                "on its run directory, which recomputes it while the run's weights are kept"
             ) from error
         ordered = [p for p in PREDICTORS if p in loaded] + sorted(set(loaded) - set(PREDICTORS))
         return cls({name: loaded[name] for name in ordered})

@@ -188,9 +188,8 @@ class StatsCollector:
 
     Each batch is reduced in float32 where it is computed and added to float64 totals (float32
     sums of a million tokens would lose about three digits). Each layer's activations are used
-    inside its hook and dropped, so memory holds one layer of one batch at a time. A neuron's
-    top-k buffer is merged only where the batch has a token above the neuron's current k-th
-    value, which after the first batches is a small share of the neurons.
+    inside its hook and dropped, so memory holds one layer of one batch at a time. The top-k
+    buffers are kept by :class:`_TopK`.
     """
 
     def __init__(self, model: Any, label_names: Sequence[str], top_k: int) -> None:
@@ -207,12 +206,16 @@ class StatsCollector:
         self.sum_sq = torch.zeros_like(self.sum)
         self.top = _TopK(self.n_layers, self.d_mlp, top_k, self.device)
         self._batch: _BatchTokens | None = None
+        self._tokens_seen = 0  # labelled tokens before the current batch (counted on the host)
+        self._buffers_full = False
         self.hooks = [(mlp_hook_name(layer), self._hook(layer)) for layer in range(self.n_layers)]
 
     def begin(self, batch: Batch) -> None:
         """Announce the batch whose forward pass comes next."""
         self._batch = _BatchTokens.of(batch, len(self.label_names), self.device)
         self.count += self._batch.one_hot.sum(0).long().to(self.total_device)
+        self._buffers_full = self._tokens_seen >= self.top_k
+        self._tokens_seen += len(self._batch.keep)
 
     def _hook(self, layer: int):
         def hook(activation: Float[Tensor, "batch pos neuron"], hook: Any) -> None:
@@ -225,7 +228,7 @@ class StatsCollector:
             self.sum_sq[:, layer] += (batch.one_hot.T @ acts.square()).to(
                 self.total_device, torch.float64
             )
-            self.top.update(layer, acts, batch.meta)
+            self.top.update(layer, acts, batch.meta, full=self._buffers_full)
 
         return hook
 
@@ -238,11 +241,10 @@ class StatsCollector:
         for total in (self.count, self.sum, self.sum_sq):
             distributed.all_sum(total)
         self.top.all_gather()
-        self.top.n_seen_all_reduce()
 
     def finish(self) -> NeuronStats:
         """The statistics so far, on the CPU."""
-        values, meta = self.top.result()
+        values, meta = self.top.result(n_tokens=int(self.count.sum()))
         cpu = torch.device("cpu")
         return NeuronStats(
             self.label_names,
@@ -252,10 +254,6 @@ class StatsCollector:
             values.to(cpu),
             *(meta[..., i].to(cpu) for i in range(4)),
         )
-
-    @property
-    def stats(self) -> NeuronStats:
-        return self.finish()
 
 
 @dataclass
@@ -292,14 +290,17 @@ class _TopK:
         self.k, self.d_mlp = k, d_mlp
         self.values = torch.full((n_layers, d_mlp, k), -torch.inf, device=device)
         self.meta = torch.full((n_layers, d_mlp, k, 4), -1, dtype=torch.long, device=device)
-        self._layers_seen = torch.zeros(n_layers, dtype=torch.long)
         self._sparse = device.type == "cpu"
 
     def update(
-        self, layer: int, acts: Float[Tensor, "kept neuron"], meta: Int[Tensor, "kept 4"]
+        self,
+        layer: int,
+        acts: Float[Tensor, "kept neuron"],
+        meta: Int[Tensor, "kept 4"],
+        full: bool,
     ) -> None:
-        full = int(self._layers_seen[layer]) >= self.k
-        self._layers_seen[layer] += acts.shape[0]
+        """Merge a batch into layer ``layer``'s buffers; ``full`` when every buffer already
+        holds k real tokens."""
         if acts.shape[0] == 0:
             return
         if full and self._sparse:
@@ -340,12 +341,11 @@ class _TopK:
         self.values, order = values.topk(self.k, dim=2)
         self.meta = metas.gather(2, einops.repeat(order, "l n k -> l n k 4"))
 
-    def n_seen_all_reduce(self) -> None:
-        self._layers_seen = distributed.all_sum(self._layers_seen.to(self.values.device)).cpu()
-
-    def result(self) -> tuple[Float[Tensor, "layer neuron k"], Int[Tensor, "layer neuron k 4"]]:
-        """Buffers cut to the tokens seen when there were fewer than k."""
-        n = min(self.k, int(self._layers_seen.min()))
+    def result(
+        self, n_tokens: int
+    ) -> tuple[Float[Tensor, "layer neuron k"], Int[Tensor, "layer neuron k 4"]]:
+        """Buffers cut to the ``n_tokens`` tokens seen when there were fewer than k."""
+        n = min(self.k, n_tokens)
         return self.values[..., :n].contiguous(), self.meta[:, :, :n].contiguous()
 
 

@@ -30,7 +30,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -57,7 +57,7 @@ from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
 from neuroplastic.rundir import RunDir, stage_names, top_tokens_frame
 from neuroplastic.similarity import TokenEmbeddings
-from neuroplastic.stats import collect_stats
+from neuroplastic.stats import NeuronStats, collect_stats
 from neuroplastic.training import (
     TokenClassifier,
     TrainConfig,
@@ -553,10 +553,7 @@ def _finish_stage(
     them, with the model as retraining will start from it)."""
     config = setup.config
     evaluation = _validate(setup, dead, progress=setup.progress)
-    stats = collect_stats(
-        setup.model, setup.probe_data, batch_size=32, top_k=config.top_k_tokens,
-        progress=setup.progress,
-    )  # fmt: skip
+    stats = _probe_stats(setup)
     row = {
         "arm": arm,
         "stage": stage,
@@ -569,13 +566,8 @@ def _finish_stage(
         marker["base"] = base
 
     def write() -> None:
-        ranking = Ranking.from_stats(stats, config.concept, config.method)
-        frame = top_tokens_frame(stats, setup.model.tokenizer)
-        artifacts = [
-            path
-            for each in (config.arms if stage == "base" else (arm,))
-            for path in setup.run.write_stage(each, stage, ranking, stats, frame)
-        ]
+        arms = config.arms if stage == "base" else (arm,)
+        ranking, artifacts = _write_stage_files(setup, arms, stage, stats)
         if predict is not None:
             path = predictions_path(setup.run, arm)
             predict(ranking).save(path)
@@ -602,10 +594,7 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
                 neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
             hold = Ablation(setup.model, neuron_sets[each.arm], permanent=True)
         try:
-            stats = collect_stats(
-                setup.model, setup.probe_data, batch_size=32, top_k=config.top_k_tokens,
-                progress=setup.progress,
-            )  # fmt: skip
+            stats = _probe_stats(setup)
         finally:
             if hold is not None:
                 hold.remove()
@@ -641,11 +630,29 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
             hold.remove()
 
 
-def _rewrite_stage(setup: Setup, each: Recompute, stats) -> None:
+def _rewrite_stage(setup: Setup, each: Recompute, stats: NeuronStats) -> None:
+    setup.store.record(_write_stage_files(setup, (each.arm,), each.stage, stats)[1])
+
+
+def _probe_stats(setup: Setup) -> NeuronStats:
+    """Neuron statistics of the model as it is, on the probe sentences."""
+    return collect_stats(
+        setup.model, setup.probe_data, batch_size=32, top_k=setup.config.top_k_tokens,
+        progress=setup.progress,
+    )  # fmt: skip
+
+
+def _write_stage_files(
+    setup: Setup, arms: Sequence[str], stage: str, stats: NeuronStats
+) -> tuple[Ranking, list[Path]]:
+    """The stage's ranking, and the paths of its files written for each of ``arms``."""
     config = setup.config
     ranking = Ranking.from_stats(stats, config.concept, config.method)
     frame = top_tokens_frame(stats, setup.model.tokenizer)
-    setup.store.record(setup.run.write_stage(each.arm, each.stage, ranking, stats, frame))
+    paths = [
+        path for arm in arms for path in setup.run.write_stage(arm, stage, ranking, stats, frame)
+    ]
+    return ranking, paths
 
 
 def _load_on_main(module: torch.nn.Module, path: Path) -> None:

@@ -593,12 +593,11 @@ def recovery_curves(metrics: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
         raise NeuroplasticError(
             f"metrics need arm, stage, step and {metric} columns; got " + ", ".join(metrics.columns)
         )
-    from neuroplastic.rundir import stage_names
+    from neuroplastic.rundir import stage_key
 
-    order = {name: i for i, name in enumerate(stage_names(1000))}
     frame = metrics.copy()
     # Pruning takes no step: at equal steps the stage order decides (base before pruned).
-    frame["_order"] = frame["stage"].map(lambda s: order.get(str(s).partition("@")[0], len(order)))
+    frame["_order"] = frame["stage"].map(lambda s: stage_key(str(s)))
     frame = frame.sort_values(["arm", "step", "_order"], kind="stable")
     long = frame.melt(
         id_vars=["arm", "stage", "step"],

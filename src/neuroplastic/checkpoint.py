@@ -271,7 +271,9 @@ class Checkpointer:
         for arm in sorted(arms):
             self.keep_only(arm, keep=set())
 
-    def missing_stages(self, arms: Iterable[str], n_stages: int) -> list[MissingStage]:
+    def missing_stages(
+        self, arms: Iterable[str], n_stages: int, rounds: int = 1
+    ) -> list[MissingStage]:
         """Every stage of ``arms`` whose artifacts are not all there, in order: computed and
         since deleted (its marker, the manifest or summary.json says it was done), or never
         computed (the run stopped before it)."""
@@ -280,7 +282,7 @@ class Checkpointer:
         missing = []
         for arm in arms:
             present = set(self.run.stages(arm))
-            for stage in stage_names(n_stages):
+            for stage in stage_names(n_stages, rounds):
                 if stage in present:
                     continue
                 paths = [self.run.stage_dir(arm, stage) / name for name in STAGE_FILES]
@@ -292,22 +294,23 @@ class Checkpointer:
         return missing
 
     # -- metrics -------------------------------------------------------------------------------
-    def rows(self, arms: tuple[str, ...], n_stages: int) -> list[dict[str, Any]]:
-        """Every evaluation of every done stage, in order; the random arm shares the base."""
+    def rows(self, arms: tuple[str, ...], n_stages: int, rounds: int = 1) -> list[dict[str, Any]]:
+        """Every evaluation of every done stage, in order; the other arms share the base."""
         rows = []
         for arm in arms:
-            for stage in stage_names(n_stages):
+            for stage in stage_names(n_stages, rounds):
                 owner = "concept" if stage == "base" else arm
                 if self.done(owner, stage):
                     rows += [{**row, "arm": arm} for row in self.marker(owner, stage)["rows"]]
         return rows
 
-    def metrics_bytes(self, arms: tuple[str, ...], n_stages: int) -> bytes:
+    def metrics_bytes(self, arms: tuple[str, ...], n_stages: int, rounds: int = 1) -> bytes:
         """metrics.jsonl as the stage markers give it."""
-        return "".join(json.dumps(row) + "\n" for row in self.rows(arms, n_stages)).encode()
+        rows = self.rows(arms, n_stages, rounds)
+        return "".join(json.dumps(row) + "\n" for row in rows).encode()
 
-    def write_metrics(self, arms: tuple[str, ...], n_stages: int) -> None:
-        atomic_write_bytes(self.run.metrics_path, self.metrics_bytes(arms, n_stages))
+    def write_metrics(self, arms: tuple[str, ...], n_stages: int, rounds: int = 1) -> None:
+        atomic_write_bytes(self.run.metrics_path, self.metrics_bytes(arms, n_stages, rounds))
 
     # -- the manifest --------------------------------------------------------------------------
     def record(self, paths: Iterable[Path]) -> None:

@@ -68,6 +68,13 @@ SETTING_HELP = {
     "dtype": "the model's weights and activations (neuron statistics stay float32)",
     "device_map": "spread a model too large for one device (Hugging Face's device_map: auto, "
     "balanced, ...); replaces --device",
+    "rounds": "chase the concept: rounds of rank-remove-retrain; each round after the first "
+    "ranks the retrained model and holds the next most salient live neurons too",
+    "stop_below": "stop chasing after a round that leaves concept F1 below this share of its "
+    "base F1, 0-1; 0: run every round",
+    "preempt": "also retrain with the concept's neurons plus the --preempt-count survivors this "
+    "predictor scores highest at the pruned stage, against as many random survivors per layer",
+    "preempt_count": "surviving neurons --preempt holds besides the concept's",
 }
 
 
@@ -100,6 +107,10 @@ SETTING_UNITS = {
     "seed": "SEED",
     "device": "DEVICE",
     "device_map": "MAP",
+    "rounds": "N",
+    "stop_below": "SHARE",
+    "preempt": "PREDICTOR",
+    "preempt_count": "NEURONS",
 }
 
 
@@ -296,7 +307,7 @@ def _config_args(
 ) -> None:
     """A flag per ExperimentConfig setting (``--config FILE`` first, flags override it);
     ``lists`` settings take comma-separated values; ``skip`` settings get no flag."""
-    from neuroplastic.config import CHOICES  # light: no torch
+    from neuroplastic.config import CHOICES, OPTIONAL_CHOICES  # light: no torch
     from neuroplastic.presets import PRESETS  # light: no torch
 
     parser.add_argument(
@@ -315,7 +326,7 @@ def _config_args(
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        choices = METHODS if name == "method" else CHOICES.get(name)
+        choices = METHODS if name == "method" else CHOICES.get(name, OPTIONAL_CHOICES.get(name))
         what = SETTING_HELP.get(name, "")
         if name in lists:
             parser.add_argument(

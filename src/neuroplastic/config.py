@@ -16,7 +16,25 @@ from neuroplastic.errors import NeuroplasticError
 NOT_IDENTITY = ("save_checkpoints", "device", "device_map")
 # Settings added after runs were published: left out of the identity at their defaults, so the
 # runs made before them keep their hash (and resume).
-LATER_SETTINGS = {"dtype": "float32", "base_epochs": 0.0, "stage_epochs": 0.0}
+LATER_SETTINGS = {
+    "dtype": "float32",
+    "base_epochs": 0.0,
+    "stage_epochs": 0.0,
+    "rounds": 1,
+    "stop_below": 0.0,
+    "preempt": None,
+    "preempt_count": 100,
+}
+#: The predictors ``--preempt`` can take its neurons from (neuroplastic.predict.PREDICTORS,
+#: named here so that the command line's help needs no torch).
+PREDICTOR_NAMES = (
+    "saliency_pruned",
+    "saliency_base",
+    "similarity",
+    "gradient",
+    "coactivation",
+    "random",
+)
 
 DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
 SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
@@ -30,6 +48,10 @@ CHOICES = {
     "schedule": ("continuous", "per-stage"),
     "dtype": ("float32", "bfloat16", "float16"),
 }
+#: The arms ``--preempt`` adds: the concept's neurons plus the predicted ones, and its control.
+PREEMPT_ARMS = ("preempt", "preempt-random")
+#: Choices of settings that may also be left unset (None).
+OPTIONAL_CHOICES = {"preempt": PREDICTOR_NAMES}
 
 
 @dataclass
@@ -86,6 +108,16 @@ class ExperimentConfig:
     # Spread a model too large for one device over several ("auto", "balanced", ...): passed to
     # Hugging Face's loader through TransformerLens; replaces device.
     device_map: str | None = None
+    # Chase the concept: after retraining, rank again on the retrained model and hold the next
+    # most salient live neurons too (chosen as in round 1), for this many rounds in all.
+    rounds: int = 1
+    # Stop chasing after a round whose retraining leaves concept F1 below this share of its base
+    # F1 (0: run every round).
+    stop_below: float = 0.0
+    # Pre-empt: two more arms hold the concept's neurons plus preempt_count neurons, the ones
+    # this predictor scores highest at the pruned stage vs as many random survivors per layer.
+    preempt: str | None = None
+    preempt_count: int = 100
 
     def __post_init__(self) -> None:
         from neuroplastic.ranking import RANKERS
@@ -164,6 +196,44 @@ class ExperimentConfig:
             )
         if self.learning_rate <= 0:
             raise NeuroplasticError(f"learning_rate must be positive; got {self.learning_rate}")
+        self._check_chase_and_preempt()
+
+    def _check_chase_and_preempt(self) -> None:
+        if self.rounds < 1 or self.preempt_count < 1:
+            raise NeuroplasticError(
+                f"rounds and preempt_count must be positive; got {self.rounds}, "
+                f"{self.preempt_count}"
+            )
+        if not 0 <= self.stop_below <= 1:  # also refuses nan
+            raise NeuroplasticError(
+                f"stop_below is a share of the base F1, in [0, 1]; got {self.stop_below}"
+            )
+        if self.stop_below and self.rounds == 1:
+            raise NeuroplasticError(
+                "--stop-below ends a chase early, but --rounds is 1 (no chase): give --rounds 2 "
+                "or more, or leave --stop-below out"
+            )
+        if self.preempt is not None and self.preempt not in PREDICTOR_NAMES:
+            raise NeuroplasticError(
+                f"preempt must be one of {', '.join(PREDICTOR_NAMES)}; got {self.preempt!r}"
+            )
+        extended = [
+            flag for flag, on in (("--rounds", self.rounds > 1), ("--preempt", self.preempt)) if on
+        ]
+        if extended and self.task != "ner":
+            raise NeuroplasticError(
+                f"{extended[0]} measures recovery of the concept's F1, so it needs --task ner"
+            )
+        if self.rounds > 1 and self.mode != "hold":
+            raise NeuroplasticError(
+                "--rounds chases a removal that stays removed: it needs --mode hold (in regrow "
+                "mode the neurons of earlier rounds may come back)"
+            )
+        if len(extended) == 2:
+            raise NeuroplasticError(
+                "--rounds and --preempt are separate experiments; run them one at a time (into "
+                "separate --out directories)"
+            )
 
     def steps(self, n_train: int) -> tuple[int, int]:
         """Optimizer steps of base fine-tuning (its cap) and of each retraining stage, from the
@@ -176,7 +246,8 @@ class ExperimentConfig:
 
     @property
     def arms(self) -> tuple[str, ...]:
-        return ("concept",) if self.baseline == "none" else ("concept", "random")
+        arms = ("concept",) if self.baseline == "none" else ("concept", "random")
+        return arms + (PREEMPT_ARMS if self.preempt else ())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

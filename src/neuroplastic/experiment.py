@@ -41,8 +41,9 @@ import torch
 from neuroplastic import distributed
 from neuroplastic.ablation import Ablation, check_can_regrow, prune_weights
 from neuroplastic.analysis import ArmRun
+from neuroplastic.chase import next_concept_set, next_random_set, round_measures, select
 from neuroplastic.checkpoint import Checkpointer, load_weights
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import PREEMPT_ARMS, ExperimentConfig
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
@@ -52,10 +53,11 @@ from neuroplastic.io import atomic_write_json
 from neuroplastic.models import is_decoder, load_model, model_device
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.predict import Predictions, evaluate_arm, predict_at_base, predict_at_pruned
+from neuroplastic.preempt import preempt_sets
 from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
-from neuroplastic.rundir import RunDir, stage_names, top_tokens_frame
+from neuroplastic.rundir import RunDir, round_stages, stage_names, stage_round, top_tokens_frame
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.stats import NeuronStats, collect_stats
 from neuroplastic.training import (
@@ -124,9 +126,15 @@ def run_experiment(
         _fine_tune_base(setup, log)
         _recompute_stage_files(setup, recovery.stages)
         neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
-        for arm, neurons in neuron_sets.items():
-            _retrain_arm(setup, arm, neurons, log)
-        return distributed.on_main(partial(_finish_run, setup, neuron_sets))
+        held = HeldSets(setup, neuron_sets)
+        for arm in neuron_sets:
+            _retrain_arm(setup, arm, held, log)
+        if config.preempt:  # from the concept arm's predictions, made at its pruned stage
+            preempted = distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
+            held = HeldSets(setup, {**neuron_sets, **preempted})
+            for arm in preempted:
+                _retrain_arm(setup, arm, held, log)
+        return distributed.on_main(partial(_finish_run, setup, held))
     finally:
         store.unlock()
 
@@ -143,8 +151,8 @@ def _base_neuron_sets(setup: Setup) -> dict[str, NeuronSet]:
     return _neuron_sets(setup, ranking)
 
 
-def _finish_run(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
-    summary = _summary(setup, neuron_sets)
+def _finish_run(setup: Setup, held: HeldSets) -> dict[str, Any]:
+    summary = _summary(setup, held)
     atomic_write_json(setup.run.summary_path, summary)
     setup.store.release()
     return summary
@@ -413,12 +421,7 @@ def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
 
 def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     config = setup.config
-    if config.selection == "fraction":
-        concept = NeuronSet.top_fraction(ranking, config.fraction)
-    elif config.selection == "count":
-        concept = NeuronSet.top_k(ranking, config.count)
-    else:
-        concept = NeuronSet.per_layer_top_k(ranking, config.count)
+    concept = select(ranking, config)
     sets = {"concept": concept}
     if config.baseline == "random":
         sets["random"] = concept.random_matching(seed=config.seed)
@@ -429,30 +432,65 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     return sets
 
 
-def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
-    """Ablate ``neurons`` in the base model and retrain, evaluating after every stage."""
+def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
+    """The pre-empting arms' sets (:mod:`neuroplastic.preempt`), from the concept arm's
+    predictions (rank 0)."""
+    config = setup.config
+    path = predictions_path(setup.run, "concept")
+    setup.run.manifest.verify(path)  # the file the run wrote, not another
+    sets = preempt_sets(
+        concept, Predictions.load(path), config.preempt, config.preempt_count, config.seed
+    )
+    for arm, neurons in sets.items():
+        neurons.save(setup.run.neurons_path(arm))
+    return sets
+
+
+def _retrain_arm(setup: Setup, arm: str, held: HeldSets, log) -> None:
+    """Ablate the arm's neurons in the base model and retrain, evaluating after every stage;
+    in a chase (``--rounds``), round after round, each holding more neurons. The random arm
+    runs as many rounds as the concept arm did."""
+    rounds = setup.config.rounds
+    if arm != "concept":
+        rounds = distributed.on_main(partial(_rounds_run, setup))
+    for round_ in range(1, rounds + 1):
+        _retrain_round(setup, arm, round_, held(arm, round_), log)
+        if arm == "concept" and round_ < rounds:
+            stop = distributed.on_main(partial(_chase_stop, setup, round_))
+            if stop:
+                log(f"[concept] the chase stops after round {round_}: {stop}")
+                return
+
+
+def _retrain_round(setup: Setup, arm: str, round_: int, neurons: NeuronSet, log) -> None:
+    """Round ``round_`` of ``arm``: hold ``neurons``, evaluate (the round's ``pruned`` stage),
+    then retrain stage by stage from the weights the last round ended with (the base weights
+    in round 1), with a fresh optimizer, schedule and batch sequence per round."""
     config, store = setup.config, setup.store
-    stages = stage_names(config.stages)[1:]
+    stages = round_stages(config.stages, round_)
     todo = distributed.on_main(lambda: [s for s in stages if not store.done(arm, s)])
     if not todo:
-        log(f"[{arm}] all stages done")
+        if round_ == 1:
+            log(f"[{arm}] all stages done")
         return
+    offset = (round_ - 1) * config.stages * setup.stage_steps  # steps of the earlier rounds
     trainer = Trainer(
         setup.trainee,
         setup.loss_fn(),
         setup.train_data,
         config.stages * setup.stage_steps,
         _train_config(config),
-        seed=config.seed + 1_000,  # one seed for both arms: the same batches and dropout
+        seed=config.seed + 1_000 * round_,  # one seed for all arms: the same batches, dropout
         schedule_steps=config.stages * setup.stage_steps
         if config.schedule == "continuous"
         else setup.stage_steps,
     )
-    previous = stages[stages.index(todo[0]) - 1] if todo[0] != "pruned" else None
+    every = stage_names(config.stages, config.rounds)
+    previous = every[every.index(todo[0]) - 1]  # base, or the last stage of the last round
 
     def restore() -> dict | None:
-        store.keep_only(arm, {"base", previous} if previous else {"base"})
-        if previous is None:
+        store.keep_only(arm, {"base", previous})
+        if previous == "base":
             store.restore("concept", "base", setup.module)
             return None
         state = store.restore(arm, previous, setup.module)
@@ -463,39 +501,111 @@ def _retrain_arm(setup: Setup, arm: str, neurons: NeuronSet, log) -> None:
     state = distributed.on_main(restore)  # the trainer state, on every rank
     distributed.broadcast_parameters(setup.module)  # and rank 0's weights
     predict = None
-    if previous is None and arm in PREDICTED_ARMS:
+    if previous == "base" and arm in PREDICTED_ARMS:
         # On the base weights, before any removal (no hook held, no weight pruned yet).
         at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
         predict = partial(_predict_at_pruned, setup, neurons, at_base)
-    if previous is None and config.mode == "regrow":
+    if previous == "base" and config.mode == "regrow":
         prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
-    if state is not None:
-        trainer.load_state_dict(state)
+    if state is not None and todo[0] != stages[0]:
+        trainer.load_state_dict(state)  # within the round; a new round starts afresh
     hold = Ablation(setup.model, neurons, permanent=True) if config.mode == "hold" else None
     dead = neurons.mask() if hold is not None else None
     try:
         for stage in todo:
-            index = stages.index(stage)
             rows: list[dict] = []
             losses: list[float] = []
-            if stage != "pruned":
+            if stage != stages[0]:
                 if config.schedule == "per-stage":
                     trainer.restart_schedule()
                 losses = trainer.run(
                     setup.stage_steps,
-                    on_step=_periodic_eval(setup, arm, stage, trainer.step, dead, rows),
+                    on_step=_periodic_eval(setup, arm, stage, offset + trainer.step, dead, rows),
                     progress=setup.progress,
                     description=f"[{arm}] {stage}",
                 )
             _finish_stage(
-                setup, arm, stage, trainer.step, losses, dead, rows, log,
+                setup, arm, stage, offset + trainer.step, losses, dead, rows, log,
                 trainer_state=trainer.state_dict(),
-                previous=stages[index - 1] if index else None,
+                previous=_unless_base(every[every.index(stage) - 1]),
                 predict=predict if stage == "pruned" else None,
             )  # fmt: skip
     finally:
         if hold is not None:
             hold.remove()
+
+
+def _unless_base(stage: str) -> str | None:
+    """The stage whose weights a new stage's save may drop: never the base's."""
+    return None if stage == "base" else stage
+
+
+class HeldSets:
+    """The neurons each arm holds in each round, computed on rank 0 from the run's files (and
+    the same on every resumption: the rankings they come from are verified files) and handed
+    to every rank. Round 1's are the base sets; a later round's are saved, as computed, to
+    ``neurons/{arm}-r{R}.json``."""
+
+    def __init__(self, setup: Setup, base_sets: dict[str, NeuronSet]) -> None:
+        self.setup, self.arms = setup, list(base_sets)
+        self._local = {(arm, 1): neurons for arm, neurons in base_sets.items()}
+        self._shared: dict[tuple[str, int], NeuronSet] = dict(self._local)
+
+    def __call__(self, arm: str, round_: int) -> NeuronSet:
+        if (arm, round_) not in self._shared:
+            self._shared[arm, round_] = distributed.on_main(partial(self.local, arm, round_))
+        return self._shared[arm, round_]
+
+    def local(self, arm: str, round_: int) -> NeuronSet:
+        """On rank 0 (or one process): the set, computed and saved if not yet known."""
+        if (arm, round_) in self._local:
+            return self._local[arm, round_]
+        config, run = self.setup.config, self.setup.run
+        if arm == "concept":
+            last = round_stages(config.stages, round_ - 1)[-1]
+            neurons = next_concept_set(
+                self.local("concept", round_ - 1), run.stage("concept", last).ranking, config
+            )
+        else:
+            neurons = next_random_set(
+                self.local(arm, round_ - 1),
+                self.local("concept", round_ - 1),
+                self.local("concept", round_),
+                seed=config.seed + round_,
+                per_layer=config.baseline == "random",
+            )
+        neurons.save(run.neurons_path(arm, round_))
+        self._local[arm, round_] = neurons
+        return neurons
+
+    def all_local(self, rounds: int) -> dict[str, list[NeuronSet]]:
+        """Every arm's sets of rounds 1..``rounds`` (rank 0)."""
+        return {arm: [self.local(arm, r) for r in range(1, rounds + 1)] for arm in self.arms}
+
+
+def _rounds_run(setup: Setup) -> int:
+    """How many rounds the concept arm runs: all of ``--rounds``, or fewer when one left the
+    concept below ``--stop-below`` of its base F1 (rank 0: read from the stage markers)."""
+    for round_ in range(1, setup.config.rounds):
+        if _chase_stop(setup, round_):
+            return round_
+    return setup.config.rounds
+
+
+def _chase_stop(setup: Setup, round_: int) -> str | None:
+    """Why the chase stops after ``round_`` (None: it goes on, or the round is not done)."""
+    config, store = setup.config, setup.store
+    last = round_stages(config.stages, round_)[-1]
+    if not config.stop_below or not store.done("concept", last):
+        return None
+    base = store.marker("concept", "base")["rows"][-1]["f1"][config.concept]
+    after = store.marker("concept", last)["rows"][-1]["f1"][config.concept]
+    if after >= config.stop_below * base:
+        return None
+    return (
+        f"{config.concept} F1 {after:.3f} after retraining is below --stop-below "
+        f"{config.stop_below:g} x its base F1 {base:.3f}"
+    )
 
 
 #: the arms whose removal is predicted: the concept's (a random removal has no new home to find)
@@ -573,7 +683,7 @@ def _finish_stage(
             predict(ranking).save(path)
             artifacts.append(path)  # listed in the manifest before the stage is marked done
         setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
-        setup.store.write_metrics(config.arms, config.stages)
+        setup.store.write_metrics(config.arms, config.stages, config.rounds)
 
     distributed.on_main(write)
     log(_describe(row))
@@ -582,17 +692,18 @@ def _finish_stage(
 
 def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
     """Take the statistics of stages whose files could not be read again, from the weights
-    saved after each (with the arm's neurons held, as when it ran): no training is repeated.
-    ``stages`` lists the base first, whose ranking the neuron sets come from."""
-    config, neuron_sets = setup.config, None
+    saved after each (with the arm's neurons of the stage's round held, as when it ran): no
+    training is repeated. ``stages`` lists the base first, whose ranking the neuron sets come
+    from."""
+    config, held = setup.config, None
     for each in stages:
         _load_on_main(setup.module, each.weights)
         setup.module.eval()  # as after training: no dropout in the statistics
         hold = None
+        if each.stage != "base" and held is None:
+            held = _held_sets(setup)
         if each.stage != "base" and config.mode == "hold":
-            if neuron_sets is None:
-                neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
-            hold = Ablation(setup.model, neuron_sets[each.arm], permanent=True)
+            hold = Ablation(setup.model, held(each.arm, stage_round(each.stage)), permanent=True)
         try:
             stats = _probe_stats(setup)
         finally:
@@ -600,9 +711,17 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
                 hold.remove()
         distributed.on_main(partial(_rewrite_stage, setup, each, stats))
         if each.stage == "pruned" and each.arm in PREDICTED_ARMS:
-            if neuron_sets is None:
-                neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
-            _repredict(setup, each, neuron_sets[each.arm])
+            _repredict(setup, each, held(each.arm, 1))
+
+
+def _held_sets(setup: Setup) -> HeldSets:
+    """Every arm's sets, as the run chose them (the base ranking's, the predictions')."""
+    neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+    if setup.config.preempt and distributed.on_main(
+        lambda: predictions_path(setup.run, "concept").is_file()
+    ):
+        neuron_sets |= distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
+    return HeldSets(setup, neuron_sets)
 
 
 def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
@@ -706,13 +825,18 @@ def _describe(row: dict) -> str:
 
 
 # -- the summary -------------------------------------------------------------------------------
-def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
-    """Per arm and stage: the scores, their gap to base and (concept arm) to the paired random
-    arm at the same step; how much of the evaluation data training had seen; how the base
-    fine-tuning ended."""
+#: each arm's paired control: the same batches, schedule and dropout, other neurons held
+CONTROLS = {"concept": "random", "preempt": "preempt-random"}
+
+
+def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
+    """Per arm and stage: the scores, their gap to base and (concept and preempt arms) to the
+    paired control arm at the same step; how much of the evaluation data training had seen;
+    how the base fine-tuning ended; a chase's rounds and a pre-emption's comparison."""
     config, store = setup.config, setup.store
-    rows = store.rows(config.arms, config.stages)
+    rows = store.rows(config.arms, config.stages, config.rounds)
     metric = "f1" if config.task == "ner" else "lm_loss"
+    neuron_sets = {arm: held.local(arm, 1) for arm in held.arms}
     arms: dict[str, Any] = {}
     for arm, neurons in neuron_sets.items():
         stages = [
@@ -731,11 +855,15 @@ def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
         base = data["stages"][0][metric]
         for entry in data["stages"]:
             entry["gap_to_base"] = _difference(entry[metric], base)
-    if "random" in arms:
-        control = {entry["stage"]: entry for entry in arms["random"]["stages"]}
-        for entry in arms["concept"]["stages"]:
-            entry["gap_to_control"] = _difference(entry[metric], control[entry["stage"]][metric])
-    return {
+    for arm, control in CONTROLS.items():
+        if arm in arms and control in arms:
+            paired = {entry["stage"]: entry for entry in arms[control]["stages"]}
+            for entry in arms[arm]["stages"]:
+                if entry["stage"] in paired:
+                    entry["gap_to_control"] = _difference(
+                        entry[metric], paired[entry["stage"]][metric]
+                    )
+    summary = {
         "config": config.to_dict(),
         "data": {
             "train_sentences": len(setup.train_data),
@@ -748,6 +876,71 @@ def _summary(setup: Setup, neuron_sets: dict[str, NeuronSet]) -> dict[str, Any]:
         "arms": arms,
         **_prediction(setup.run, list(neuron_sets)),
     }
+    if config.rounds > 1:
+        summary["chase"] = _chase_summary(setup, held, rows)
+    if config.preempt:
+        summary["preempt"] = _preempt_summary(setup, neuron_sets, rows)
+    return summary
+
+
+def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, Any]:
+    """The rounds the chase ran (:func:`neuroplastic.chase.round_measures`) and why it ended."""
+    config = setup.config
+    rounds = _rounds_run(setup)
+    stop = _chase_stop(setup, rounds) if rounds < config.rounds else None
+    per_round = round_measures(
+        rows,
+        {arm: [held.local(arm, r) for r in range(1, rounds + 1)] for arm in held.arms},
+        setup.run.stage("concept", "base").ranking,
+        config.concept,
+        config.stages,
+        config.stages * setup.stage_steps,
+    )
+    return {"rounds_run": rounds, "stopped_early": stop, "rounds": per_round}
+
+
+def _preempt_summary(
+    setup: Setup, neuron_sets: dict[str, NeuronSet], rows: list[dict]
+) -> dict[str, Any]:
+    """Recovery of every arm from its pruned stage (steps to 90% of the base F1, mean recovered
+    share) and the pre-empting arm minus its control, at the last stage and in recovery."""
+    from neuroplastic.curves import recovery_auc, steps_to_recover
+
+    config, concept = setup.config, setup.config.concept
+    base = next(r["f1"][concept] for r in rows if r["stage"] == "base")
+    recovery = {}
+    for arm in neuron_sets:
+        mine = [r for r in rows if r["arm"] == arm and r["stage"] != "base"]
+        curve = {"step": [r["step"] for r in mine], "f1": [r["f1"][concept] for r in mine]}
+        steps = steps_to_recover(curve, 0.9 * base) if base > 0 else math.nan
+        recovery[arm] = {
+            "steps_to_recover_90": _number(steps),
+            "recovery_auc": _number(recovery_auc(curve, base)),
+            "pruned": mine[0]["f1"],
+            "last": mine[-1]["f1"],
+        }
+    treated, control = recovery["preempt"], recovery["preempt-random"]
+    extra = {
+        arm: set(neuron_sets[arm].neurons) - set(neuron_sets["concept"].neurons)
+        for arm in PREEMPT_ARMS
+    }
+    return {
+        "predictor": config.preempt,
+        "count": config.preempt_count,
+        "overlap": len(extra["preempt"] & extra["preempt-random"]),
+        "recovery": recovery,
+        "preempt_minus_control": {
+            "steps_to_recover_90": _minus(
+                treated["steps_to_recover_90"], control["steps_to_recover_90"]
+            ),
+            "recovery_auc": _minus(treated["recovery_auc"], control["recovery_auc"]),
+            "last": _difference(treated["last"], control["last"]),
+        },
+    }
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def recover(store: Checkpointer, config: ExperimentConfig, markers: dict[Path, s
         else:
             raise CorruptFile(path, reason, _unrecoverable(run, path, kind, arm, stage))
     for arm in sorted(forget):
-        _forget_arm(store, arm, config.stages)
+        _forget_arm(store, arm, config.stages, config.rounds)
     recovery.stages = sorted(
         (r for r in recompute.values() if r.stage == "base" or r.arm not in forget),
         key=lambda r: (r.stage != "base", r.arm),
@@ -154,12 +154,12 @@ def _unrecoverable(run: RunDir, path: Path, kind: str, arm: str, stage: str | No
     )
 
 
-def _forget_arm(store: Checkpointer, arm: str, n_stages: int) -> None:
+def _forget_arm(store: Checkpointer, arm: str, n_stages: int, rounds: int) -> None:
     """Delete every stage of ``arm`` but the base (marker, weights, trainer state, stage
     files, checkpoint) and its manifest entries: the resumption computes them again."""
     run = store.run
     paths = []
-    for stage in stage_names(n_stages)[1:]:
+    for stage in stage_names(n_stages, rounds)[1:]:
         paths += [run.stage_dir(arm, stage) / name for name in STAGE_FILES]
         paths += [run.marker_path(arm, stage), run.weights_path(arm, stage)]
         paths += [run.trainer_path(arm, stage), run.checkpoint_path(arm, stage)]
@@ -195,7 +195,7 @@ def _derived_files(
             rewrite_metrics |= path == run.metrics_path
             continue
         if path == run.metrics_path and path.read_bytes() != store.metrics_bytes(
-            config.arms, config.stages
+            config.arms, config.stages, config.rounds
         ):
             # Readable but not what the markers say: cut at a line end, say, or edited.
             if not rewrite_metrics:  # (an arm computed again is said so already)
@@ -205,5 +205,5 @@ def _derived_files(
                 )
             rewrite_metrics = True
     if rewrite_metrics and run.metrics_path.is_file():
-        store.write_metrics(config.arms, config.stages)
+        store.write_metrics(config.arms, config.stages, config.rounds)
     return warnings

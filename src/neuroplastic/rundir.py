@@ -20,8 +20,10 @@ DIR/
   .lock                            held (flock) by the run writing the directory; its PID
   report.html
 ```
-Stages are named ``base``, ``pruned``, ``retrain-1`` ... ``retrain-S``. Arms are ``concept``
-and ``random``. Stage artifacts are read only as the manifest recorded them
+Stages are named ``base``, ``pruned``, ``retrain-1`` ... ``retrain-S``; a chase (``--rounds``)
+adds ``r2-pruned``, ``r2-retrain-1`` ... per later round, whose neuron sets are in
+``neurons/{arm}-r{R}.json``. Arms are ``concept`` and ``random``, and with ``--preempt``
+``preempt`` and ``preempt-random``. Stage artifacts are read only as the manifest recorded them
 (:mod:`neuroplastic.manifest`).
 
 Every reader turns a file that cannot be read (truncated, garbage, the wrong structure) into a
@@ -33,6 +35,7 @@ rerunning ``neuroplastic run`` on the directory (:meth:`Checkpointer.check_confi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -51,13 +54,46 @@ from neuroplastic.stats import NeuronStats
 
 T = TypeVar("T")
 
-ARMS = ("concept", "random")
+ARMS = ("concept", "random", "preempt", "preempt-random")
 #: The files of one stage; ``ranking.parquet`` is written last.
 STAGE_FILES = ("stats.safetensors", "top_tokens.parquet", "ranking.parquet")
 
 
-def stage_names(n_stages: int) -> list[str]:
-    return ["base", "pruned", *(f"retrain-{i}" for i in range(1, n_stages + 1))]
+def stage_names(n_stages: int, rounds: int = 1) -> list[str]:
+    """Every stage of an arm, in order: ``base``, then each round's (:func:`round_stages`)."""
+    return ["base", *(name for r in range(1, rounds + 1) for name in round_stages(n_stages, r))]
+
+
+def round_stages(n_stages: int, round_: int) -> list[str]:
+    """Round 1: ``pruned``, ``retrain-1`` ... ``retrain-S``; a later round r the same names
+    prefixed ``rR-`` (``r2-pruned``: right after round 2's neurons are added)."""
+    prefix = "" if round_ == 1 else f"r{round_}-"
+    return [f"{prefix}pruned", *(f"{prefix}retrain-{i}" for i in range(1, n_stages + 1))]
+
+
+_ROUND = re.compile(r"r(\d+)-(.*)")
+
+
+def stage_round(stage: str) -> int:
+    """The chase round a stage belongs to (0 for ``base``); evaluations inside a stage
+    (``retrain-1@10``) belong to its round."""
+    name = stage.partition("@")[0]
+    if name == "base":
+        return 0
+    match = _ROUND.fullmatch(name)
+    return int(match.group(1)) if match else 1
+
+
+def stage_key(stage: str) -> tuple[int, int]:
+    """Sort key of a stage name in pipeline order; unknown names last."""
+    name = stage.partition("@")[0]
+    round_ = stage_round(name)
+    match = _ROUND.fullmatch(name)
+    rest = match.group(2) if match else name
+    if rest in ("base", "pruned"):
+        return round_, 0
+    index = rest.removeprefix("retrain-")
+    return (round_, int(index)) if index.isdigit() and rest != index else (10**9, 0)
 
 
 @dataclass
@@ -115,8 +151,9 @@ class RunDir:
     def stage_dir(self, arm: str, stage: str) -> Path:
         return self.path / "stages" / arm / stage
 
-    def neurons_path(self, arm: str) -> Path:
-        return self.path / "neurons" / f"{arm}.json"
+    def neurons_path(self, arm: str, round_: int = 1) -> Path:
+        """The neurons ``arm`` holds in ``round_`` (all rounds so far: each adds to the last)."""
+        return self.path / "neurons" / (f"{arm}.json" if round_ == 1 else f"{arm}-r{round_}.json")
 
     def checkpoint_path(self, arm: str, stage: str) -> Path:
         return self.path / "checkpoints" / arm / f"{stage}.safetensors"
@@ -192,7 +229,6 @@ class RunDir:
     def stages(self, arm: str) -> list[str]:
         """Stages of ``arm`` whose artifacts are all there (and recorded in the manifest: a
         stage cut short by a kill is not listed), in pipeline order."""
-        order = {name: i for i, name in enumerate(stage_names(1000))}
         root = self.path / "stages" / arm
         entries = self.manifest.entries()
         found = [
@@ -201,7 +237,7 @@ class RunDir:
             if all((p / name).is_file() for name in STAGE_FILES)
             and (entries is None or self.manifest.relative(p / "ranking.parquet") in entries)
         ]
-        return sorted(found, key=lambda name: order.get(name, len(order)))
+        return sorted(found, key=stage_key)
 
     def stage(self, arm: str, stage: str) -> StageArtifacts:
         """A stage's artifacts, each verified against the run's manifest first."""

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from neuroplastic.config import ExperimentConfig
+from neuroplastic.curves import recovery_auc, steps_to_recover
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import run_experiment
 from neuroplastic.io import atomic_write_json
@@ -154,31 +155,6 @@ def _curve(metrics: pd.DataFrame, arm: str, concept: str) -> pd.DataFrame:
     rows = rows[~rows["stage"].isin(["base"]) & ~rows["stage"].str.startswith("base@")]
     curve = pd.DataFrame({"step": rows["step"].astype(float), "f1": rows[f"f1_{concept}"]})
     return curve.sort_values("step", kind="stable").reset_index(drop=True)
-
-
-def steps_to_recover(curve: pd.DataFrame, target: float) -> float:
-    """The first step at which the curve reaches ``target``, linearly interpolated between the
-    evaluations around it; 0 if it never fell below; NaN if it never gets there."""
-    steps, values = curve["step"].to_numpy(), curve["f1"].to_numpy()
-    for i, (step, value) in enumerate(zip(steps, values, strict=True)):
-        if value >= target:
-            if i == 0:
-                return float(step)
-            before, at = values[i - 1], value
-            return float(steps[i - 1] + (target - before) / (at - before) * (step - steps[i - 1]))
-    return math.nan
-
-
-def recovery_auc(curve: pd.DataFrame, base: float) -> float:
-    """Mean of F1 / base over the retraining steps (trapezoids between evaluations); NaN when
-    the base F1 is 0 (nothing to recover)."""
-    if base <= 0:
-        return math.nan
-    steps, values = curve["step"].to_numpy(), curve["f1"].to_numpy() / base
-    if len(steps) < 2 or steps[-1] == steps[0]:
-        return float(values[-1]) if len(values) else math.nan
-    area = float(((values[1:] + values[:-1]) / 2 * np.diff(steps)).sum())
-    return area / float(steps[-1] - steps[0])
 
 
 def _minus(a: float | None, b: float | None) -> float:

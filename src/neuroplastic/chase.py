@@ -1,0 +1,189 @@
+"""Chase a removed concept round after round (``neuroplastic run --rounds R``).
+
+Round 1 is the paper's experiment: hold the concept's most salient neurons and retrain. Every
+later round ranks the model the last round left (its live neurons only: the held ones are
+exactly zero and have no saliency), adds the next most salient neurons, chosen by the same rule
+as round 1 (``--fraction`` of all neurons, ``--count``, or ``--count`` per layer), to the held
+set, and retrains again. The random arm adds, each round, as many random neurons per layer as
+the concept arm added (in total with ``--baseline random-global``), outside everything either
+arm holds, so the two arms differ in which neurons are held and in nothing else.
+
+Sets only ever grow: a neuron held in one round is held in every later one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from neuroplastic.config import ExperimentConfig
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.neurons import NeuronSet
+from neuroplastic.ranking import Ranking
+
+
+def select(ranking: Ranking, config: ExperimentConfig) -> NeuronSet:
+    """The neurons ``config``'s selection rule takes from ``ranking`` (live neurons only)."""
+    if config.selection == "fraction":
+        return NeuronSet.top_fraction(ranking, config.fraction)
+    if config.selection == "count":
+        return NeuronSet.top_k(ranking, config.count)
+    return NeuronSet.per_layer_top_k(ranking, config.count)
+
+
+def next_concept_set(held: NeuronSet, ranking: Ranking, config: ExperimentConfig) -> NeuronSet:
+    """``held`` and the next most salient live neurons outside it, by ``config``'s rule."""
+    outside = Ranking(ranking.concept, ranking.method, ranking.scores, ranking.alive & ~held.mask())
+    added = select(outside, config)
+    return NeuronSet(
+        held.n_layers,
+        held.d_mlp,
+        held.neurons + added.neurons,
+        f"{held.description}; then {added.description} among the rest",
+    )
+
+
+def next_random_set(
+    held: NeuronSet,
+    concept_before: NeuronSet,
+    concept_now: NeuronSet,
+    seed: int,
+    per_layer: bool = True,
+) -> NeuronSet:
+    """``held`` (the random arm's last set) and as many random neurons as the concept arm added
+    from ``concept_before`` to ``concept_now``: per layer (``per_layer``) or in total, drawn
+    outside ``held`` and ``concept_now``."""
+    added = _added(concept_before, concept_now)
+    taken = set(held.neurons) | set(concept_now.neurons)
+    rng = random.Random(seed)
+    if per_layer:
+        pairs: list[tuple[int, int]] = []
+        for layer, count in sorted(added.per_layer_counts().items()):
+            free = [n for n in range(held.d_mlp) if (layer, n) not in taken]
+            if len(free) < count:
+                raise NeuroplasticError(
+                    f"layer {layer}: the concept arm added {count} neurons this round, but only "
+                    f"{len(free)} of the layer's {held.d_mlp} are held by neither arm, too few "
+                    "for a random control matching per layer. Use --baseline random-global, "
+                    "fewer --rounds or a smaller --fraction/--count"
+                )
+            pairs += [(layer, n) for n in rng.sample(free, count)]
+    else:
+        free_pairs = [
+            (layer, n)
+            for layer in range(held.n_layers)
+            for n in range(held.d_mlp)
+            if (layer, n) not in taken
+        ]
+        if len(free_pairs) < len(added):
+            raise NeuroplasticError(
+                f"the concept arm added {len(added)} neurons this round, but only "
+                f"{len(free_pairs)} are held by neither arm; use fewer --rounds or a smaller "
+                "--fraction/--count"
+            )
+        pairs = rng.sample(free_pairs, len(added))
+    how = "per layer" if per_layer else "in total"
+    return NeuronSet(
+        held.n_layers,
+        held.d_mlp,
+        held.neurons + tuple(pairs),
+        f"{held.description}; then as many random neurons {how} as the concept arm added "
+        f"(seed {seed})",
+    )
+
+
+def _added(before: NeuronSet, now: NeuronSet) -> NeuronSet:
+    """The neurons of ``now`` not in ``before``."""
+    old = set(before.neurons)
+    return NeuronSet(now.n_layers, now.d_mlp, tuple(p for p in now.neurons if p not in old))
+
+
+def mean_layer(neurons: NeuronSet) -> float:
+    """The mean layer of ``neurons`` (each neuron counts once); NaN for none."""
+    if not len(neurons):
+        return math.nan
+    return sum(layer for layer, _ in neurons.neurons) / len(neurons)
+
+
+def share_salient_at_base(added: NeuronSet, held: NeuronSet, base: Ranking) -> float:
+    """The share of ``added`` that ranked, at base, among the ``len(held)`` most salient live
+    neurons: the part of a round's new home a removal that large at the start would have
+    caught. NaN for none added."""
+    if not len(added):
+        return math.nan
+    top = set(base.top(min(len(held), base.n_alive)))
+    return sum(pair in top for pair in added.neurons) / len(added)
+
+
+def round_measures(
+    rows: Sequence[Mapping[str, Any]],
+    sets: Mapping[str, Sequence[NeuronSet]],
+    base: Ranking,
+    concept: str,
+    n_stages: int,
+    steps_per_round: int,
+    recovery_target: float = 0.9,
+) -> list[dict[str, Any]]:
+    """One record per round run: per arm, the F1 right after the round's removal and after its
+    retraining, steps (from the round's start) until the concept is back to
+    ``recovery_target`` of its base F1 (interpolated between evaluations; None if never) and
+    the mean recovered share over the round, the neurons added and held (in all and per
+    layer) and the added neurons' mean layer; for the concept arm, the share of its added
+    neurons already among the base's most salient (:func:`share_salient_at_base`).
+
+    ``rows``: the run's evaluations (``metrics.jsonl``); ``sets``: each arm's held set per
+    round, round 1 first."""
+    from neuroplastic.curves import recovery_auc, steps_to_recover
+    from neuroplastic.rundir import round_stages, stage_round
+
+    base_f1 = next(r["f1"] for r in rows if r["stage"] == "base" and r["arm"] == "concept")
+    records = []
+    for index in range(max(len(s) for s in sets.values())):
+        round_ = index + 1
+        first, last = round_stages(n_stages, round_)[0], round_stages(n_stages, round_)[-1]
+        offset = index * steps_per_round
+        record: dict[str, Any] = {"round": round_, "arms": {}}
+        for arm, per_round in sets.items():
+            if index >= len(per_round):
+                continue
+            mine = [r for r in rows if r["arm"] == arm and stage_round(r["stage"]) == round_]
+            at = {r["stage"]: r for r in mine}
+            if last not in at:
+                continue  # the round is not done
+            held = per_round[index]
+            added = _added(per_round[index - 1], held) if index else held
+            curve = {
+                "step": [float(r["step"] - offset) for r in mine],
+                "f1": [r["f1"][concept] for r in mine],
+            }
+            target = recovery_target * base_f1[concept]
+            steps = steps_to_recover(curve, target) if base_f1[concept] > 0 else math.nan
+            entry = {
+                "removed": at[first]["f1"],
+                "retrained": at[last]["f1"],
+                "steps_to_recover": None if math.isnan(steps) else steps,
+                "recovery_auc": _none_if_nan(recovery_auc(curve, base_f1[concept])),
+                "added": len(added),
+                "held": len(held),
+                "added_per_layer": _per_layer(added),
+                "held_per_layer": _per_layer(held),
+                "added_mean_layer": _none_if_nan(mean_layer(added)),
+            }
+            if arm == "concept":
+                entry["already_salient_at_base"] = _none_if_nan(
+                    share_salient_at_base(added, held, base)
+                )
+            record["arms"][arm] = entry
+        if record["arms"]:
+            records.append(record)
+    return records
+
+
+def _per_layer(neurons: NeuronSet) -> dict[str, int]:
+    return {str(k): v for k, v in sorted(neurons.per_layer_counts().items())}
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if isinstance(value, float) and math.isnan(value) else value

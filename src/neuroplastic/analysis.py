@@ -90,9 +90,13 @@ class ArmRun:
     vocabulary: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, run: RunDir | str | Path, arm: str) -> ArmRun:
+    def load(cls, run: RunDir | str | Path, arm: str, round_: int = 1) -> ArmRun:
+        """The arm's base and the stages of one round of a chase (``--rounds``; the only
+        round otherwise), with the neurons held in that round."""
+        from neuroplastic.rundir import stage_round
+
         run = run if isinstance(run, RunDir) else RunDir(run)
-        names = run.stages(arm)
+        names = [s for s in run.stages(arm) if stage_round(s) in (0, round_)]
         if not names:
             raise NeuroplasticError(f"{run.path}: arm {arm!r} has no stage artifacts yet")
         stages = {name: run.stage(arm, name) for name in names}
@@ -100,7 +104,8 @@ class ArmRun:
         for artifacts in stages.values():
             pairs = artifacts.top_tokens[["token_id", "token"]].drop_duplicates("token_id")
             vocabulary.update(zip(pairs["token_id"].astype(int), pairs["token"], strict=True))
-        return cls(arm, run.config()["concept"], run.neurons(arm), stages, vocabulary)
+        ablated = run.neurons(arm, round_)
+        return cls(arm, run.config()["concept"], ablated, stages, vocabulary)
 
     @property
     def stage_names(self) -> list[str]:

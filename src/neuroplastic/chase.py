@@ -16,12 +16,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
+
+if TYPE_CHECKING:
+    from neuroplastic.checkpoint import Checkpointer
 
 
 def select(ranking: Ranking, config: ExperimentConfig) -> NeuronSet:
@@ -98,6 +101,32 @@ def _added(before: NeuronSet, now: NeuronSet) -> NeuronSet:
     """The neurons of ``now`` not in ``before``."""
     old = set(before.neurons)
     return NeuronSet(now.n_layers, now.d_mlp, tuple(p for p in now.neurons if p not in old))
+
+
+def rounds_run(store: Checkpointer, config: ExperimentConfig) -> int:
+    """How many rounds the concept arm runs: all of ``--rounds``, or fewer when one left the
+    concept below ``--stop-below`` of its base F1 (read from the stage markers; rank 0)."""
+    for round_ in range(1, config.rounds):
+        if chase_stop(store, config, round_):
+            return round_
+    return config.rounds
+
+
+def chase_stop(store: Checkpointer, config: ExperimentConfig, round_: int) -> str | None:
+    """Why the chase stops after ``round_`` (None: it goes on, or the round is not done)."""
+    from neuroplastic.rundir import round_stages
+
+    last = round_stages(config.stages, round_)[-1]
+    if not config.stop_below or not store.done("concept", last):
+        return None
+    base = store.marker("concept", "base")["rows"][-1]["f1"][config.concept]
+    after = store.marker("concept", last)["rows"][-1]["f1"][config.concept]
+    if after >= config.stop_below * base:
+        return None
+    return (
+        f"{config.concept} F1 {after:.3f} after retraining is below --stop-below "
+        f"{config.stop_below:g} x its base F1 {base:.3f}"
+    )
 
 
 def mean_layer(neurons: NeuronSet) -> float:

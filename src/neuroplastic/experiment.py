@@ -41,7 +41,14 @@ import torch
 from neuroplastic import distributed
 from neuroplastic.ablation import Ablation, check_can_regrow, prune_weights
 from neuroplastic.analysis import ArmRun
-from neuroplastic.chase import next_concept_set, next_random_set, round_measures, select
+from neuroplastic.chase import (
+    chase_stop,
+    next_concept_set,
+    next_random_set,
+    round_measures,
+    rounds_run,
+    select,
+)
 from neuroplastic.checkpoint import Checkpointer, load_weights
 from neuroplastic.config import PREEMPT_ARMS, ExperimentConfig
 from neuroplastic.data.concept import ConceptDataset
@@ -584,28 +591,11 @@ class HeldSets:
 
 
 def _rounds_run(setup: Setup) -> int:
-    """How many rounds the concept arm runs: all of ``--rounds``, or fewer when one left the
-    concept below ``--stop-below`` of its base F1 (rank 0: read from the stage markers)."""
-    for round_ in range(1, setup.config.rounds):
-        if _chase_stop(setup, round_):
-            return round_
-    return setup.config.rounds
+    return rounds_run(setup.store, setup.config)
 
 
 def _chase_stop(setup: Setup, round_: int) -> str | None:
-    """Why the chase stops after ``round_`` (None: it goes on, or the round is not done)."""
-    config, store = setup.config, setup.store
-    last = round_stages(config.stages, round_)[-1]
-    if not config.stop_below or not store.done("concept", last):
-        return None
-    base = store.marker("concept", "base")["rows"][-1]["f1"][config.concept]
-    after = store.marker("concept", last)["rows"][-1]["f1"][config.concept]
-    if after >= config.stop_below * base:
-        return None
-    return (
-        f"{config.concept} F1 {after:.3f} after retraining is below --stop-below "
-        f"{config.stop_below:g} x its base F1 {base:.3f}"
-    )
+    return chase_stop(setup.store, setup.config, round_)
 
 
 #: the arms whose removal is predicted: the concept's (a random removal has no new home to find)

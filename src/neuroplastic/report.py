@@ -33,6 +33,7 @@ from neuroplastic.analysis import (
     recovery_curves,
     stage_gaps,
 )
+from neuroplastic.chase import rounds_run
 from neuroplastic.checkpoint import Checkpointer, reading
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
@@ -192,7 +193,9 @@ def run_warnings(run: RunDir) -> list[str]:
     """What the report of ``run`` cannot show, one sentence each: the stages an unfinished run
     has not computed yet, and stages left out because their files were deleted."""
     config = ExperimentConfig.from_dict(run.config(), source=str(run.config_path))
-    missing = Checkpointer(run).missing_stages(config.arms, config.stages)
+    store = Checkpointer(run)
+    # Rounds a chase did not run (--stop-below) are not missing.
+    missing = store.missing_stages(config.arms, config.stages, rounds_run(store, config))
     warnings = []
     todo: dict[str, list[str]] = {}
     for gap in missing:

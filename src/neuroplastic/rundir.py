@@ -213,8 +213,8 @@ class RunDir:
         """One row per evaluation, with f1 columns flattened to ``f1_overall``, ``f1_LOC``..."""
         return pd.json_normalize(self.metrics_rows(), sep="_")
 
-    def neurons(self, arm: str) -> NeuronSet:
-        path = self.neurons_path(arm)
+    def neurons(self, arm: str, round_: int = 1) -> NeuronSet:
+        path = self.neurons_path(arm, round_)
         if not path.is_file():
             return NeuronSet.load(path)  # its own "not found" message
 

@@ -39,7 +39,13 @@ def select(ranking: Ranking, config: ExperimentConfig) -> NeuronSet:
 def next_concept_set(held: NeuronSet, ranking: Ranking, config: ExperimentConfig) -> NeuronSet:
     """``held`` and the next most salient live neurons outside it, by ``config``'s rule."""
     outside = Ranking(ranking.concept, ranking.method, ranking.scores, ranking.alive & ~held.mask())
-    added = select(outside, config)
+    try:
+        added = select(outside, config)
+    except NeuroplasticError as error:
+        raise NeuroplasticError(
+            f"the chase cannot add another round of neurons outside the {len(held)} held: "
+            f"{error}. Use fewer --rounds or a smaller --fraction/--count"
+        ) from error
     return NeuronSet(
         held.n_layers,
         held.d_mlp,
@@ -160,7 +166,8 @@ def round_measures(
     ``recovery_target`` of its base F1 (interpolated between evaluations; None if never) and
     the mean recovered share over the round, the neurons added and held (in all and per
     layer) and the added neurons' mean layer; for the concept arm, the share of its added
-    neurons already among the base's most salient (:func:`share_salient_at_base`).
+    neurons already among the base's most salient (:func:`share_salient_at_base`), for the
+    others how many neurons they hold in common with it.
 
     ``rows``: the run's evaluations (``metrics.jsonl``); ``sets``: each arm's held set per
     round, round 1 first."""
@@ -200,6 +207,10 @@ def round_measures(
                 "held_per_layer": _per_layer(held),
                 "added_mean_layer": _none_if_nan(mean_layer(added)),
             }
+            if arm != "concept" and "concept" in sets and index < len(sets["concept"]):
+                # The concept arm picks by its own ranking alone: it may take up neurons the
+                # control held in an earlier round (the control's picks avoid the concept's).
+                entry["overlap_with_concept"] = held.overlap(sets["concept"][index])
             if arm == "concept":
                 entry["already_salient_at_base"] = _none_if_nan(
                     share_salient_at_base(added, held, base)

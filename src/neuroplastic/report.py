@@ -47,7 +47,12 @@ from neuroplastic.views import add_side_by_side, examples_from_top_k
 
 __all__ = ["build_report", "run_warnings", "write_report"]
 
-ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
+ARM_COLORS = {
+    "concept": "#d62728",
+    "random": "#1f77b4",
+    "preempt": "#9467bd",
+    "preempt-random": "#7f7f7f",
+}
 LAYER_COLORS = (
     "#440154",
     "#3b528b",
@@ -161,10 +166,20 @@ def _build_report(
         "retrained. The random arm ablates as many random neurons per layer: the control. "
         f"Saliency is a neuron's normalized rank for {concept} among the neurons alive at that "
         "stage (1 = most salient); an ablated (dead) neuron has none."
+        + (
+            f" Two more arms pre-empt the concept's new home: preempt also holds the "
+            f"{config.get('preempt_count')} surviving neurons the {config['preempt']} predictor "
+            "scored highest at the pruned stage, and preempt-random, its control, as many "
+            "random survivors per layer."
+            if config.get("preempt")
+            else ""
+        )
     )
     page.paragraph(ONE_RUN)
     _key_numbers(page, analyses, summary, concept, n_top)
     _recovery(page, metrics, summary, concept)
+    _chase(page, metrics, summary, concept)
+    _preempt(page, summary, concept)
     _saliency(page, analyses, n_top)
     _heatmaps(page, analyses)
     _reappeared(page, analyses, sentences, n_views, similarity_note)
@@ -310,7 +325,12 @@ def _key_numbers(
         )
         rows[arm] = column
     # Measures as the (unnamed) index: row headers, left-aligned.
-    page.table(pd.DataFrame(rows).fillna("–"), caption="Concept arm beside the random arm")
+    others = [arm for arm in rows if arm not in ("concept", "random")]
+    page.table(
+        pd.DataFrame(rows).fillna("–"),
+        caption="Concept arm beside the random arm"
+        + (f" and the {' and '.join(others)} arms" if others else ""),
+    )
 
 
 #: Why base fine-tuning stopped, as summary.json records it.
@@ -456,7 +476,13 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
             ("Entity F1" if metric == "f1" else "Language-modelling loss on tokens of each label")
             + " against retraining step (step 0 holds the base model and, below it, the model "
             "right after pruning; the base fine-tuning curve is its probe loss), concept "
-            "arm (red) and random arm (blue); dotted lines mark where each stage starts. The "
+            "arm (red) and random arm (blue)"
+            + (
+                ", preempt arm (purple) and its control, the preempt-random arm (grey)"
+                if "preempt" in set(curves["arm"])
+                else ""
+            )
+            + "; dotted lines mark where each stage starts. The "
             "paper: performance on the concept collapses when its neurons are pruned and "
             "recovers within a few epochs of retraining. Judge the recovery against the random "
             "arm at the same step, the paired control (same batches, same order, same dropout, "
@@ -471,7 +497,12 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
             page.table(
                 _gap_table(gaps, name),
                 caption="gap to base: score - base score; gap to control: concept arm - random "
-                "arm at the same stage",
+                "arm at the same stage"
+                + (
+                    "; preempt arm gap to control: preempt arm - preempt-random arm"
+                    if "preempt" in set(gaps["arm"])
+                    else ""
+                ),
                 index=False,
             )
     _seen_in_train(page, summary)
@@ -489,6 +520,8 @@ def _gap_table(gaps: pd.DataFrame, name: str) -> pd.DataFrame:
             row[f"{arm} arm gap to base"] = _gap(by_arm.loc[arm, "gap_to_base"])
         if "concept" in by_arm.index and len(by_arm) > 1:
             row["gap to control"] = _gap(by_arm.loc["concept", "gap_to_control"])
+        if "preempt" in by_arm.index and "preempt-random" in by_arm.index:
+            row["preempt arm gap to control"] = _gap(by_arm.loc["preempt", "gap_to_control"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -544,6 +577,288 @@ def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
         else:
             starts.append((names[i], float(steps[i - 1])))
     return starts
+
+
+ONE_SEED_SWEEP = (
+    "These are one seed's numbers, a description of this run, not estimates: intervals come "
+    "from repeating the run over seeds, `neuroplastic sweep {flags}`."
+)
+
+
+def _steps(value: Any) -> str:
+    return "not reached" if value is None else f"{value:.1f}"
+
+
+def _chase(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
+    """A chase's rounds (``--rounds``): how fast each came back, what it cost the other entity
+    types, and where each round's new neurons sat (no chase in the summary: no section)."""
+    chase = (summary or {}).get("chase")
+    if not chase:
+        return
+    rounds = chase["rounds"]
+    asked = (summary or {}).get("config", {}).get("rounds", chase["rounds_run"])
+    page.heading("Chasing the concept")
+    stopped = chase.get("stopped_early")
+    page.paragraph(
+        f"Round 1 holds the neurons most salient for {concept} and retrains; every later round "
+        "ranks the retrained model's live neurons again, adds the next most salient to the held "
+        "set and retrains again. The random arm adds, each round, as many random neurons per "
+        f"layer. {chase['rounds_run']} of {asked} rounds ran"
+        + (f"; the chase stopped early: {stopped}." if stopped else ".")
+        + " The neuron analyses further down (saliency, heatmaps, reappeared, ablated, primed "
+        "and polysemantic neurons) describe round 1. "
+        + ONE_SEED_SWEEP.format(flags=f"--rounds {asked}")
+    )
+    _chase_recovery(page, metrics, summary or {}, rounds, concept)
+    _chase_collateral(page, summary or {}, rounds, concept)
+    _chase_layers(page, rounds, summary or {})
+
+
+def _chase_recovery(
+    page: HtmlPage, metrics: pd.DataFrame, summary: dict, rounds: list[dict], concept: str
+) -> None:
+    go = require("plotly.graph_objects", "the report's plots")
+    from neuroplastic.rundir import stage_round
+
+    page.paragraph(
+        f"Per round: {concept} F1 right after the round's neurons were removed and after its "
+        f"retraining, the retraining steps from the round's start until {concept} F1 is back to "
+        "90% of its base value (interpolated between evaluations; 'not reached' within the "
+        f"round), the recovery AUC (mean of {concept} F1 / base F1 over the round's steps; 1 = "
+        "never lost) and the neurons the round added and held in all."
+    )
+    for record in rounds:
+        rows = {
+            arm: {
+                f"{concept} F1 after removal": _fmt(entry["removed"].get(concept), ".3f"),
+                f"{concept} F1 after retraining": _fmt(entry["retrained"].get(concept), ".3f"),
+                "steps to 90% of base": _steps(entry["steps_to_recover"]),
+                "recovery AUC": _fmt(entry["recovery_auc"], ".3f"),
+                "neurons added": str(entry["added"]),
+                "neurons held": str(entry["held"]),
+            }
+            for arm, entry in record["arms"].items()
+        }
+        page.table(
+            pd.DataFrame(rows).T,
+            caption=f"Round {record['round']}: recovery of {concept}, per arm",
+            float_format=None,
+        )
+    column = f"f1_{concept}"
+    if metrics.empty or column not in metrics.columns:
+        page.paragraph(f"No evaluations recorded: no curve of {concept} F1 per step.")
+        return
+    rows = metrics[metrics["stage"].map(lambda s: stage_round(str(s)) >= 1)]
+    figure = go.Figure()
+    for arm, group in rows.groupby("arm", sort=False):
+        if arm not in rounds[0]["arms"]:
+            continue
+        group = group.sort_values("step", kind="stable")
+        figure.add_trace(
+            go.Scatter(
+                x=group["step"],
+                y=group[column],
+                mode="lines+markers",
+                name=f"{arm} arm",
+                line={"color": ARM_COLORS.get(arm)},
+                customdata=group["stage"],
+                hovertemplate="%{customdata}, step %{x}<br>F1 %{y:.3f}<extra>" + arm + "</extra>",
+            )
+        )
+    first = rows[rows["arm"] == rows["arm"].iloc[0]] if len(rows) else rows
+    for record in rounds:
+        mine = first[first["stage"].map(lambda s: stage_round(str(s))) == record["round"]]
+        if len(mine):
+            figure.add_vline(
+                x=float(mine["step"].min()),
+                line={"dash": "dot", "width": 1, "color": "#8c959f"},
+                annotation_text=f"round {record['round']}",
+                annotation_font={"size": 9, "color": "#57606a"},
+            )
+    base = _base_scores(summary)
+    if base.get(concept):
+        figure.add_hline(
+            y=0.9 * base[concept],
+            line={"dash": "dash", "width": 1, "color": "#57606a"},
+            annotation_text="90% of base",
+            annotation_font={"size": 9},
+        )
+    figure.update_layout(
+        xaxis_title="training step (across rounds)",
+        yaxis={"title": f"{concept} F1", "range": [0, 1.02]},
+        height=360,
+        margin={"t": 40, "b": 40, "l": 50, "r": 20},
+    )
+    page.paragraph(
+        f"{concept} F1 against training step over every round, each arm; dotted lines mark "
+        "where each round starts (its neurons removed), the dashed line is 90% of the base F1."
+    )
+    page.plotly(figure, height="360px")
+
+
+def _base_scores(summary: dict) -> dict[str, float]:
+    """The base model's F1 per entity type (the concept arm's ``base`` stage)."""
+    stages = summary.get("arms", {}).get("concept", {}).get("stages", [])
+    return next((e.get("f1", {}) for e in stages if e.get("stage") == "base"), {})
+
+
+def _chase_collateral(page: HtmlPage, summary: dict, rounds: list[dict], concept: str) -> None:
+    go = require("plotly.graph_objects", "the report's plots")
+    from plotly.subplots import make_subplots
+
+    entities = [
+        e for e in rounds[0]["arms"]["concept"]["retrained"] if e not in (concept, "overall")
+    ]
+    if not entities:
+        return
+    base = _base_scores(summary)
+    page.paragraph(
+        f"Collateral damage: the F1 of the other entity types after each round's retraining "
+        "against the neurons held so far. Holding more neurons costs every type something; what "
+        f"the concept arm costs beyond the random arm at the same count is what removing "
+        f"{concept}'s neurons costs the other types. Held 0 is the base model."
+    )
+    rows = [{"round": "base", "arm": "–", "neurons held": "0"}]
+    rows[0].update({f"{e} F1": _fmt(base.get(e), ".3f") for e in entities})
+    for record in rounds:
+        for arm, entry in record["arms"].items():
+            row = {"round": str(record["round"]), "arm": arm, "neurons held": str(entry["held"])}
+            row.update({f"{e} F1": _fmt(entry["retrained"].get(e), ".3f") for e in entities})
+            rows.append(row)
+    page.table(
+        pd.DataFrame(rows),
+        caption="Other entity types' F1 after each round's retraining",
+        index=False,
+        float_format=None,
+    )
+    fig = make_subplots(rows=1, cols=len(entities), subplot_titles=entities, shared_yaxes=True)
+    arms = list(dict.fromkeys(arm for record in rounds for arm in record["arms"]))
+    for c, entity in enumerate(entities, start=1):
+        for arm in arms:
+            points = [(0, base.get(entity), "base")] + [
+                (
+                    r["arms"][arm]["held"],
+                    r["arms"][arm]["retrained"].get(entity),
+                    f"round {r['round']}",
+                )
+                for r in rounds
+                if arm in r["arms"]
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in points],
+                    y=[p[1] for p in points],
+                    customdata=[p[2] for p in points],
+                    mode="lines+markers",
+                    name=f"{arm} arm",
+                    legendgroup=arm,
+                    showlegend=c == 1,
+                    line={"color": ARM_COLORS.get(arm)},
+                    hovertemplate="%{customdata}: %{x} held<br>F1 %{y:.3f}<extra>"
+                    + arm
+                    + "</extra>",
+                ),
+                row=1,
+                col=c,
+            )
+        fig.update_xaxes(title_text="neurons held", row=1, col=c)
+    fig.update_yaxes(title_text="F1 after retraining", range=[0, 1.02], row=1, col=1)
+    fig.update_layout(height=340, margin={"t": 40, "b": 40, "l": 50, "r": 20})
+    page.plotly(fig, height="340px")
+
+
+def _chase_layers(page: HtmlPage, rounds: list[dict], summary: dict) -> None:
+    n_layers = summary.get("config", {}).get("n_layers")
+    layers = sorted(
+        {int(k) for r in rounds for e in r["arms"].values() for k in e["added_per_layer"]}
+    )
+    layers = list(range(n_layers)) if isinstance(n_layers, int) else layers
+    page.paragraph(
+        "Where each round's new neurons came from: how many the round added in every layer, "
+        "and their mean layer (each neuron counts once). With --baseline random (per layer) "
+        "the random arm matches the concept arm's count in every layer, so its row repeats the "
+        "concept arm's; with random-global only the total. 'Already salient at base' "
+        "(concept arm): the share of the round's new neurons that were already, in the base "
+        "model, among the most salient live neurons, as many as the round held in all. A high "
+        "share says the round took neurons that carried the concept from the start (a larger "
+        "first removal would have caught them); a low share says retraining moved the concept "
+        "into neurons that were not about it before."
+    )
+    rows = []
+    for record in rounds:
+        for arm, entry in record["arms"].items():
+            row: dict[str, Any] = {"round": str(record["round"]), "arm": arm}
+            row.update({f"layer {k}": str(entry["added_per_layer"].get(str(k), 0)) for k in layers})
+            row["mean layer of the added"] = _fmt(entry["added_mean_layer"], ".2f")
+            row["already salient at base"] = (
+                _fmt(entry.get("already_salient_at_base"), ".0%") if arm == "concept" else "–"
+            )
+            rows.append(row)
+    page.table(
+        pd.DataFrame(rows),
+        caption="Neurons added per layer, per round and arm",
+        index=False,
+        float_format=None,
+    )
+
+
+def _preempt(page: HtmlPage, summary: dict | None, concept: str) -> None:
+    """The pre-empting arm against its control, with the concept and random arms beside
+    (``--preempt``; none in the summary: no section)."""
+    preempt = (summary or {}).get("preempt")
+    if not preempt:
+        return
+    count, predictor = preempt["count"], preempt["predictor"]
+    page.heading("Pre-empting the new home")
+    page.paragraph(
+        f"The preempt arm holds the concept's neurons and, besides them, the {count} surviving "
+        f"neurons the {predictor} predictor scored highest at the pruned stage, before any "
+        f"retraining. Its control, the preempt-random arm, holds the concept's neurons and "
+        f"{count} random survivors, as many in every layer as the preempt arm took there and "
+        f"drawn from the same candidates (the survivors {predictor} scored): the two differ only "
+        f"in which survivors they hold, so preempt minus control is what the prediction bought. "
+        f"{preempt['overlap']} of the {count} random survivors are also among the predicted "
+        "ones. Steps to 90%: retraining steps from pruning until "
+        f"{concept} F1 is back to 90% of its base value (interpolated; 'not reached' within the "
+        f"run); recovery AUC: mean of {concept} F1 / base F1 over the retraining steps. "
+        + ONE_SEED_SWEEP.format(flags=f"--preempt {predictor} --preempt-count {count}")
+    )
+    recovery = preempt["recovery"]
+    entities = list(dict.fromkeys(e for data in recovery.values() for e in data["last"]))
+    entities.sort(key=lambda e: (e != concept, e))
+    rows = {}
+    for arm, data in recovery.items():
+        row = {
+            "steps to 90% of base": _steps(data["steps_to_recover_90"]),
+            "recovery AUC": _fmt(data["recovery_auc"], ".3f"),
+        }
+        for entity in entities:
+            row[f"{entity} F1 pruned"] = _fmt(data["pruned"].get(entity), ".3f")
+            row[f"{entity} F1 last"] = _fmt(data["last"].get(entity), ".3f")
+        rows[arm] = row
+    page.table(
+        pd.DataFrame(rows).T,
+        caption=f"Recovery of {concept} in every arm",
+        float_format=None,
+    )
+    diff = preempt["preempt_minus_control"]
+    difference = {
+        "steps to 90% of base": _gap_or_missing(
+            diff["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
+        ),
+        "recovery AUC": _gap_or_missing(diff["recovery_auc"], "+.3f"),
+        **{f"{e} F1 last": _gap_or_missing(diff["last"].get(e), "+.3f") for e in entities},
+    }
+    page.table(
+        pd.DataFrame({"preempt - preempt-random": difference}),
+        caption="Preempt arm minus its control (positive steps, negative AUC or F1: the "
+        "prediction slowed the recovery)",
+        float_format=None,
+    )
+
+
+def _gap_or_missing(value: Any, spec: str, missing: str = "–") -> str:
+    return missing if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> None:

@@ -30,7 +30,7 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import run_experiment
 from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
-from neuroplastic.rundir import RunDir
+from neuroplastic.rundir import RunDir, stage_round
 
 RECOVERY_TARGET = 0.9  # "recovered": concept F1 back to 90% of its base value
 #: the per-run measures, in reading order, with what each one means
@@ -44,6 +44,25 @@ MEASURES = {
     "(negative: the concept moved to earlier layers)",
     "primed_rho": "Spearman rho between a neuron's similarity to the concept before pruning "
     "and its saliency gain while retraining",
+}
+#: a chase's (``--rounds``) per-run measures of every round, per arm
+CHASE_MEASURES = {
+    "removed": "concept F1 right after the round's neurons were removed",
+    "retrained": "concept F1 after the round's retraining",
+    "steps_to_recover": "retraining steps from the round's start until concept F1 is back to 90% "
+    "of base (interpolated; a round that never gets there counts as missing)",
+    "recovery_auc": "mean of concept F1 / base F1 over the round's retraining steps",
+    "held": "neurons held after the round's removal (all rounds so far)",
+    "others_retrained": "unweighted mean F1 of the other entity types (not the concept, not "
+    "overall) after the round's retraining",
+}
+#: a pre-emption's (``--preempt``) per-run measures, per arm
+PREEMPT_MEASURES = {
+    "steps_to_recover_90": "retraining steps until concept F1 is back to 90% of base "
+    "(interpolated; never: missing)",
+    "recovery_auc": "mean of concept F1 / base F1 over the retraining steps",
+    "pruned_f1": "concept F1 right after pruning",
+    "last_f1": "concept F1 after the last stage",
 }
 
 
@@ -90,6 +109,8 @@ def run_sweep(
         "modes": modes,
         "methods": methods,
         "measures": MEASURES,
+        **({"chase_measures": CHASE_MEASURES} if base.rounds > 1 else {}),
+        **({"preempt_measures": PREEMPT_MEASURES} if base.preempt else {}),
         "cells": {
             cell: aggregate([run_measures(path, top=top) for path in paths.values()])
             for cell, paths in runs.items()
@@ -110,7 +131,9 @@ def _finished(path: Path, config: ExperimentConfig) -> bool:
 
 # -- one run -----------------------------------------------------------------------------------
 def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]:
-    """The sweep's measures of one finished run, per arm, plus its stage scores and curves."""
+    """The sweep's measures of one finished run, per arm, plus its stage scores and curves;
+    of a chase (``--rounds``) these are round 1's, the paper's experiment, and ``chase`` has
+    every round's; of a pre-emption (``--preempt``), ``preempt`` its arms' recovery."""
     from neuroplastic.analysis import ArmRun, concept_depth, concept_token_ids, primed_neurons
     from neuroplastic.similarity import TokenEmbeddings
 
@@ -121,9 +144,11 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     embeddings = TokenEmbeddings.from_run(run)
     arms: dict[str, Any] = {}
     for arm, data in summary["arms"].items():
-        stages = {entry["stage"]: entry for entry in data["stages"]}
+        # Later rounds of a chase start from another model: they have their own measures.
+        entries = [e for e in data["stages"] if stage_round(e["stage"]) in (0, 1)]
+        stages = {entry["stage"]: entry for entry in entries}
         base_f1 = stages["base"]["f1"][concept]
-        last = data["stages"][-1]
+        last = entries[-1]
         curve = _curve(metrics, arm, concept)
         loaded = ArmRun.load(run, arm)
         depth = concept_depth(loaded.rankings(), top).set_index("stage")["mean_layer"]
@@ -137,22 +162,83 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
             "final_gap_to_base": last["f1"][concept] - base_f1,
             "depth_change": float(depth[loaded.last] - depth[loaded.first]),
             "primed_rho": primed_neurons(loaded, embeddings).rho if can_prime else math.nan,
-            "f1": {entry["stage"]: entry["f1"] for entry in data["stages"]},
+            "f1": {entry["stage"]: entry["f1"] for entry in entries},
             "curve": curve.to_dict(orient="list"),
         }
-    return {
+    measures = {
         "seed": summary["config"]["seed"],
         "concept": concept,
         "arms": arms,
         # per predictor and truth, as the run's summary evaluated them (none in older runs)
         "prediction": summary.get("prediction", []),
     }
+    if "chase" in summary:
+        measures["chase"] = chase_measures(summary)
+    if "preempt" in summary:
+        measures["preempt"] = preempt_measures(summary)
+    return measures
+
+
+def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
+    """:data:`CHASE_MEASURES` of every round a chase ran, per arm, from its ``summary.json``;
+    ``rounds`` the rounds asked for, ``rounds_run`` those run (fewer: stopped early)."""
+    concept = summary["config"]["concept"]
+    chase = summary["chase"]
+    rounds = []
+    for record in chase["rounds"]:
+        arms = {}
+        for arm, entry in record["arms"].items():
+            others = [v for e, v in entry["retrained"].items() if e not in (concept, "overall")]
+            arms[arm] = {
+                "removed": entry["removed"][concept],
+                "retrained": entry["retrained"][concept],
+                "steps_to_recover": _nan(entry["steps_to_recover"]),
+                "recovery_auc": _nan(entry["recovery_auc"]),
+                "held": entry["held"],
+                "others_retrained": float(np.mean(others)) if others else math.nan,
+            }
+        rounds.append({"round": record["round"], "arms": arms})
+    return {
+        "rounds": summary["config"].get("rounds", chase["rounds_run"]),
+        "rounds_run": chase["rounds_run"],
+        "stopped_early": chase.get("stopped_early"),
+        "per_round": rounds,
+    }
+
+
+def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
+    """:data:`PREEMPT_MEASURES` per arm of a pre-emption, from its ``summary.json``, and the
+    preempt arm minus its control (``preempt-random``) in this run."""
+    concept = summary["config"]["concept"]
+    preempt = summary["preempt"]
+    arms = {
+        arm: {
+            "steps_to_recover_90": _nan(data["steps_to_recover_90"]),
+            "recovery_auc": _nan(data["recovery_auc"]),
+            "pruned_f1": data["pruned"][concept],
+            "last_f1": data["last"][concept],
+        }
+        for arm, data in preempt["recovery"].items()
+    }
+    treated, control = arms["preempt"], arms["preempt-random"]
+    return {
+        "predictor": preempt["predictor"],
+        "count": preempt["count"],
+        "overlap": preempt["overlap"],
+        "arms": arms,
+        "preempt_minus_control": {m: _minus(treated[m], control[m]) for m in PREEMPT_MEASURES},
+    }
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _curve(metrics: pd.DataFrame, arm: str, concept: str) -> pd.DataFrame:
-    """Concept F1 against retraining step (pruning is step 0), one row per evaluation."""
+    """Concept F1 against retraining step (pruning is step 0), one row per evaluation, of
+    round 1 (a chase's later rounds have their own measures)."""
     rows = metrics[(metrics["arm"] == arm) & (metrics["step"] >= 0)]
-    rows = rows[~rows["stage"].isin(["base"]) & ~rows["stage"].str.startswith("base@")]
+    rows = rows[rows["stage"].map(lambda s: stage_round(str(s)) == 1)]
     curve = pd.DataFrame({"step": rows["step"].astype(float), "f1": rows[f"f1_{concept}"]})
     return curve.sort_values("step", kind="stable").reset_index(drop=True)
 
@@ -209,7 +295,85 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     prediction = prediction_across_seeds(runs)
     if prediction:
         result["prediction"] = prediction
+    if any("chase" in r for r in runs):
+        result["chase"] = chase_across_seeds(runs)
+    if any("preempt" in r for r in runs):
+        result["preempt"] = preempt_across_seeds(runs)
     return result
+
+
+def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per round of a chase, per arm, mean and 95% t-interval across seeds of every
+    :data:`CHASE_MEASURES`, and of the per-seed concept-minus-random difference (paired).
+
+    A seed whose chase stopped before round r (``--stop-below``) has no number there: it counts
+    as missing (``missing`` of the interval; ``seeds_reached`` lists the seeds that ran the
+    round), so a later round's mean is over the seeds where the concept still came back
+    enough to go on: compare rounds with that in mind."""
+    seeds = [r["seed"] for r in runs]
+    n_rounds = max(r["chase"]["rounds"] for r in runs if "chase" in r)
+    by_seed = [
+        {rec["round"]: rec["arms"] for rec in r["chase"]["per_round"]} if "chase" in r else {}
+        for r in runs
+    ]
+    arms = list(dict.fromkeys(a for rounds in by_seed for arms in rounds.values() for a in arms))
+    result = []
+    for round_ in range(1, n_rounds + 1):
+        per_seed = [rounds.get(round_, {}) for rounds in by_seed]
+        entry: dict[str, Any] = {
+            "round": round_,
+            "seeds_reached": [s for s, arms_ in zip(seeds, per_seed, strict=True) if arms_],
+            "arms": {
+                arm: {
+                    m: interval([a[arm][m] if arm in a else None for a in per_seed])
+                    for m in CHASE_MEASURES
+                }
+                for arm in arms
+            },
+        }
+        if {"concept", "random"} <= set(arms):
+            entry["concept_minus_random"] = {
+                m: interval(
+                    [
+                        _minus(a["concept"][m], a["random"][m])
+                        if "concept" in a and "random" in a
+                        else None
+                        for a in per_seed
+                    ]
+                )
+                for m in CHASE_MEASURES
+            }
+        result.append(entry)
+    return {
+        "rounds": n_rounds,
+        "stopped_early": {
+            str(r["seed"]): r["chase"]["stopped_early"]
+            for r in runs
+            if "chase" in r and r["chase"]["stopped_early"]
+        },
+        "per_round": result,
+    }
+
+
+def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and 95% t-interval across seeds of every :data:`PREEMPT_MEASURES` per arm, of the
+    per-seed preempt-minus-control difference (paired: same batches, same count per layer)
+    and of the overlap of the two arms' extra neurons."""
+    present = [r["preempt"] for r in runs if "preempt" in r]
+    arms = list(present[0]["arms"])
+    return {
+        "predictor": present[0]["predictor"],
+        "count": present[0]["count"],
+        "seeds": [r["seed"] for r in runs if "preempt" in r],
+        "overlap": interval([p["overlap"] for p in present]),
+        "arms": {
+            arm: {m: interval([p["arms"][arm][m] for p in present]) for m in PREEMPT_MEASURES}
+            for arm in arms
+        },
+        "preempt_minus_control": {
+            m: interval([p["preempt_minus_control"][m] for p in present]) for m in PREEMPT_MEASURES
+        },
+    }
 
 
 def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@
 Read from ``sweep.json`` only. Each cell (mode x method) gets the concept arm beside the random
 arm and their paired difference, the F1 of every entity type at every stage, the recovery
 curves of every seed with their mean, and how well each predictor named, before retraining,
-the neurons that took the concept over (mean AUC and precision across seeds, with intervals).
+the neurons that took the concept over (mean AUC and precision across seeds, with intervals),
+and, where the runs had them, every round of a chase (``--rounds``) and the pre-empting arm
+against its control (``--preempt``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
 from neuroplastic.predict import DESCRIPTIONS
 
-ARM_COLORS = {"concept": "#d62728", "random": "#1f77b4"}
+ARM_COLORS = {
+    "concept": "#d62728",
+    "random": "#1f77b4",
+    "preempt": "#9467bd",
+    "preempt-random": "#7f7f7f",
+}
 
 
 def write_sweep_report(sweep_dir: str | Path) -> Path:
@@ -52,6 +59,8 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
         _stage_scores(page, result)
         _curves(page, result, concept)
         _prediction(page, result, concept)
+        _chase(page, sweep.get("chase_measures", {}), result, concept)
+        _preempt(page, sweep.get("preempt_measures", {}), result, concept)
     page.heading("Configuration")
     with page.details("base config (mode, method and seed vary per cell)"):
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
@@ -178,6 +187,95 @@ def _prediction_plot(page: HtmlPage, frame: pd.DataFrame) -> None:
         margin={"t": 30},
     )  # fmt: skip
     page.plotly(figure, height="340px")
+
+
+def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str) -> None:
+    """Every round of a chase: each arm's measures and the paired concept-minus-random
+    difference, mean and interval across seeds, and concept F1 after each round's retraining
+    with its interval (no chase in the cell: nothing)."""
+    chase = result.get("chase")
+    if not chase:
+        return
+    measures = measures or {m: m for m in chase["per_round"][0]["arms"]["concept"]}
+    stopped = chase.get("stopped_early") or {}
+    page.paragraph(
+        f"Chasing {concept} over {chase['rounds']} rounds: each round holds the next most "
+        "salient live neurons as well and retrains (the random arm as many random ones per "
+        "layer). Round 1 is the experiment the measures above describe. A seed whose chase "
+        "stopped early (--stop-below) did not run the later rounds: there it counts as missing, "
+        "so a later round's mean is over the seeds that reached it. "
+        + (
+            "Stopped early: "
+            + "; ".join(f"seed {seed}: {why}" for seed, why in stopped.items())
+            + "."
+            if stopped
+            else "No seed stopped early."
+        )
+    )
+    for entry in chase["per_round"]:
+        columns = dict(entry["arms"])
+        if "concept_minus_random" in entry:
+            columns["concept - random"] = entry["concept_minus_random"]
+        table = pd.DataFrame(
+            {name: {measures[m]: _ci(v[m]) for m in measures} for name, v in columns.items()}
+        )
+        page.table(
+            table,
+            caption=f"Round {entry['round']}: mean [95% interval across seeds], "
+            f"seeds that ran it: {entry['seeds_reached']}",
+            float_format=None,
+        )
+    _chase_plot(page, chase, concept)
+
+
+def _chase_plot(page: HtmlPage, chase: dict[str, Any], concept: str) -> None:
+    go = require("plotly.graph_objects", "the sweep report's plots")
+
+    figure = go.Figure()
+    arms = list(dict.fromkeys(a for entry in chase["per_round"] for a in entry["arms"]))
+    for arm in arms:
+        values = [entry["arms"][arm]["retrained"] for entry in chase["per_round"]]
+        mean = np.array([np.nan if v["mean"] is None else v["mean"] for v in values])
+        high = [0 if v["ci_high"] is None else v["ci_high"] - v["mean"] for v in values]
+        low = [0 if v["ci_low"] is None else v["mean"] - v["ci_low"] for v in values]
+        figure.add_trace(
+            go.Scatter(
+                x=[entry["round"] for entry in chase["per_round"]], y=mean,
+                mode="lines+markers", name=f"{arm} arm", line={"color": ARM_COLORS.get(arm)},
+                error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+            )
+        )  # fmt: skip
+    figure.update_layout(
+        xaxis={"title": "round", "dtick": 1},
+        yaxis_title=f"{concept} F1 after the round's retraining (mean, 95% interval)",
+        margin={"t": 30},
+    )
+    page.plotly(figure, height="360px")
+
+
+def _preempt(
+    page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str
+) -> None:
+    """Every arm of a pre-emption and the paired preempt-minus-control difference, mean and
+    interval across seeds (none in the cell: nothing)."""
+    preempt = result.get("preempt")
+    if not preempt:
+        return
+    measures = measures or {m: m for m in preempt["preempt_minus_control"]}
+    count, predictor = preempt["count"], preempt["predictor"]
+    page.paragraph(
+        f"Pre-empting {concept}'s new home: the preempt arm also holds the {count} surviving "
+        f"neurons {predictor} scored highest before retraining; its control, preempt-random, "
+        f"{count} random survivors, as many per layer, from the same candidates. "
+        "'preempt - preempt-random' is paired per seed (same batches, same count per layer). "
+        f"The two arms' extra neurons overlap by {_ci(preempt['overlap'])} neurons."
+    )
+    columns = dict(preempt["arms"])
+    columns["preempt - preempt-random"] = preempt["preempt_minus_control"]
+    table = pd.DataFrame(
+        {name: {measures[m]: _ci(v[m]) for m in measures} for name, v in columns.items()}
+    )
+    page.table(table, caption="Pre-emption: mean [95% interval across seeds]", float_format=None)
 
 
 def _ci(value: dict[str, Any]) -> str:

@@ -1,0 +1,351 @@
+"""Chase (``--rounds``, ``--stop-below``) and pre-empt (``--preempt``): the neuron sets against
+independent recomputations, held neurons exactly zero in every round, the arms paired, the
+stop, exact resumption at round boundaries, and a planted relocation pre-empted."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import neuroplastic.checkpoint as checkpoint
+import neuroplastic.experiment as experiment
+from neuroplastic import chase
+from neuroplastic.chase import next_concept_set, next_random_set, share_salient_at_base
+from neuroplastic.cli import _config, _parser
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.neurons import NeuronSet
+from neuroplastic.predict import Predictions, predict_at_pruned
+from neuroplastic.preempt import preempt_sets
+from neuroplastic.ranking import Ranking
+from neuroplastic.report import run_warnings
+from neuroplastic.rundir import RunDir, round_stages, stage_key, stage_names, stage_round
+from neuroplastic.training import Trainer
+from test_predict import CONCEPT, PLANTED, planted  # noqa: F401  (the planted fixture)
+from tiny import TINY, tiny_config
+
+ROUNDS = dict(rounds=3, eval_every=1)
+N_ADDED = round(0.1 * 2 * 64)  # --fraction 0.1 of tiny-bert's 2 x 64 neurons, every round
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def chased(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chase")
+    return out, experiment.run_experiment(tiny_config(**ROUNDS), out, progress=False, log=quiet)
+
+
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("preempt")
+    config = tiny_config(preempt="gradient", preempt_count=20)
+    return out, experiment.run_experiment(config, out, progress=False, log=quiet)
+
+
+# -- stage names -------------------------------------------------------------------------------
+def test_stage_names_of_rounds():
+    assert stage_names(2) == ["base", "pruned", "retrain-1", "retrain-2"]
+    assert stage_names(2, rounds=2)[4:] == ["r2-pruned", "r2-retrain-1", "r2-retrain-2"]
+    assert round_stages(1, 3) == ["r3-pruned", "r3-retrain-1"]
+    names = stage_names(2, rounds=3)
+    assert sorted(reversed(names), key=stage_key) == names
+    assert [stage_round(n) for n in names] == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert stage_round("r2-retrain-1@5") == 2 and stage_round("retrain-1@5") == 1
+
+
+# -- the sets, by hand ---------------------------------------------------------------------------
+def test_next_concept_set_takes_the_next_most_salient_live_neurons():
+    scores = torch.tensor([[9.0, 8.0, 7.0, 1.0], [6.0, 5.0, 4.0, 3.0]])
+    alive = torch.tensor([[True, True, True, True], [True, False, True, True]])
+    ranking = Ranking(CONCEPT, "probeless", scores, alive)
+    held = NeuronSet.of(2, 4, [(0, 0), (0, 2)])
+    # count 2: (0, 1) at 8, then (1, 0) at 6 ((1, 1) at 5 is dead, (0, 0) and (0, 2) held)
+    grown = next_concept_set(held, ranking, tiny_config(selection="count", count=2))
+    assert grown.neurons == ((0, 0), (0, 1), (0, 2), (1, 0))
+    per_layer = next_concept_set(held, ranking, tiny_config(selection="per-layer", count=1))
+    assert per_layer.neurons == ((0, 0), (0, 1), (0, 2), (1, 0))
+    assert len(next_concept_set(held, ranking, tiny_config(selection="count", count=5))) == 7
+    with pytest.raises(NeuroplasticError, match=r"outside the 2 held: cannot choose 6.*--rounds"):
+        next_concept_set(held, ranking, tiny_config(selection="count", count=6))
+
+
+def test_next_random_set_matches_the_concept_arms_additions():
+    before = NeuronSet.of(2, 64, [(0, 1), (1, 1)])
+    now = NeuronSet.of(2, 64, [(0, 1), (1, 1), (0, 2), (0, 3), (1, 4)])
+    held = NeuronSet.of(2, 64, [(0, 10), (1, 10)])
+    grown = next_random_set(held, before, now, seed=3)
+    added = set(grown.neurons) - set(held.neurons)
+    assert set(held.neurons) < set(grown.neurons)
+    assert NeuronSet.of(2, 64, added).per_layer_counts() == {0: 2, 1: 1}
+    assert not added & set(now.neurons)
+    assert next_random_set(held, before, now, seed=3) == grown  # seeded
+    total = next_random_set(held, before, now, seed=3, per_layer=False)
+    assert len(total) == len(held) + 3 and not set(total.neurons) & set(now.neurons)
+    crowded = NeuronSet.of(2, 64, [(0, n) for n in range(4, 64)])  # only 0 left
+    with pytest.raises(NeuroplasticError, match=r"layer 0: .*added 2.*random-global"):
+        next_random_set(crowded, before, now, seed=0)
+
+
+def test_share_salient_at_base_by_hand():
+    base = Ranking(CONCEPT, "probeless", torch.tensor([[4.0, 3.0, 2.0, 1.0]]))
+    held = NeuronSet.of(1, 4, [(0, 0), (0, 1), (0, 3)])  # 3 held: base top 3 = 0, 1, 2
+    added = NeuronSet.of(1, 4, [(0, 1), (0, 3)])
+    assert share_salient_at_base(added, held, base) == 0.5
+    assert math.isnan(share_salient_at_base(NeuronSet.of(1, 4, []), held, base))
+
+
+# -- a chase, end to end -------------------------------------------------------------------------
+def test_rounds_add_neurons_and_never_remove_any(chased):
+    out, summary = chased
+    run = RunDir(out)
+    for arm in ("concept", "random"):
+        sets = [run.neurons(arm, r) for r in (1, 2, 3)]
+        for earlier, later in zip(sets, sets[1:], strict=False):
+            assert set(earlier.neurons) < set(later.neurons)
+            assert len(later) - len(earlier) == N_ADDED
+        assert [s["stage"] for s in summary["arms"][arm]["stages"]] == stage_names(2, 3)
+    for r in (2, 3):
+        concept, random = run.neurons("concept", r), run.neurons("random", r)
+        added = {
+            arm: NeuronSet.of(
+                2, 64, set(run.neurons(arm, r).neurons) - set(run.neurons(arm, r - 1).neurons)
+            )
+            for arm in ("concept", "random")
+        }
+        assert added["concept"].per_layer_counts() == added["random"].per_layer_counts()
+        # The control's picks avoid everything the concept arm holds; the concept arm picks by
+        # its own ranking and may take up what the control held before: that is recorded.
+        assert added["random"].overlap(concept) == 0
+        record = summary["chase"]["rounds"][r - 1]["arms"]["random"]
+        assert record["overlap_with_concept"] == concept.overlap(random)
+
+
+def test_each_round_adds_the_top_of_the_last_rounds_ranking(chased):
+    """Recomputed from the saved ranking with numpy: the most salient live neurons outside the
+    held set, at the end of the last round."""
+    out, _ = chased
+    run = RunDir(out)
+    for r in (2, 3):
+        held = run.neurons("concept", r - 1)
+        frame = run.stage("concept", round_stages(2, r - 1)[-1]).ranking.to_frame()
+        frame = frame[np.isfinite(frame["score"])]
+        frame = frame[
+            [(a, b) not in held for a, b in zip(frame["layer"], frame["neuron"], strict=True)]
+        ]
+        # a stable sort by score: ties in index order, as the ranking orders them
+        frame = frame.assign(index=frame["layer"] * 64 + frame["neuron"])
+        top = frame.sort_values(["score", "index"], ascending=[False, True]).head(N_ADDED)
+        expected = set(held.neurons) | set(zip(top["layer"], top["neuron"], strict=True))
+        assert set(run.neurons("concept", r).neurons) == expected
+
+
+def test_held_neurons_are_exactly_zero_in_every_round(chased):
+    out, _ = chased
+    run = RunDir(out)
+    for arm in ("concept", "random"):
+        for r in (1, 2, 3):
+            mask = run.neurons(arm, r).mask()
+            for stage in round_stages(2, r):
+                stats = run.stage(arm, stage).stats
+                assert (stats.sum[:, mask] == 0).all() and (stats.sum_sq[:, mask] == 0).all()
+                assert (stats.top_values[mask] == 0).all()
+
+
+def test_the_round_records_match_the_stages(chased):
+    out, summary = chased
+    run = RunDir(out)
+    record = summary["chase"]
+    assert record["rounds_run"] == 3 and record["stopped_early"] is None
+    stages = {(a, s["stage"]): s for a, d in summary["arms"].items() for s in d["stages"]}
+    base = run.stage("concept", "base").ranking
+    for entry in record["rounds"]:
+        r = entry["round"]
+        first, last = round_stages(2, r)[0], round_stages(2, r)[-1]
+        for arm, data in entry["arms"].items():
+            assert data["removed"] == stages[arm, first]["f1"]
+            assert data["retrained"] == stages[arm, last]["f1"]
+            assert data["held"] == len(run.neurons(arm, r))
+            assert data["added"] == (N_ADDED if r > 1 else len(run.neurons(arm, 1)))
+            held = run.neurons(arm, r)
+            added = set(held.neurons) - (set(run.neurons(arm, r - 1).neurons) if r > 1 else set())
+            assert data["added_mean_layer"] == pytest.approx(np.mean([a for a, _ in added]))
+            if arm == "concept":
+                top = set(base.top(len(held)))
+                assert data["already_salient_at_base"] == pytest.approx(
+                    len(added & top) / len(added)
+                )
+    # Steps are global and increase through the rounds, 2 stages x 3 steps per round.
+    steps = [s["step"] for s in summary["arms"]["concept"]["stages"]]
+    assert steps == [0, 0, 3, 6, 6, 9, 12, 12, 15, 18]
+
+
+def test_paired_arms_stay_identical_through_the_rounds(tmp_path, monkeypatch):
+    """With the control forced to hold the concept arm's own neurons in every round, the arms
+    are one computation: equal F1 at every stage (same batches, dropout and schedule)."""
+    monkeypatch.setattr(NeuronSet, "random_matching", lambda self, seed=0: self)
+    monkeypatch.setattr(experiment, "next_random_set", lambda held, before, now, **_: now)
+    summary = experiment.run_experiment(tiny_config(rounds=2), tmp_path, progress=False, log=quiet)
+    concept, random = (summary["arms"][a]["stages"] for a in ("concept", "random"))
+    assert [s["f1"] for s in concept] == [s["f1"] for s in random]
+
+
+def test_stop_below_ends_the_chase_and_the_report_misses_nothing(tmp_path):
+    config = tiny_config(rounds=3, stop_below=1.0)
+    summary = experiment.run_experiment(config, tmp_path, progress=False, log=quiet)
+    base = summary["arms"]["concept"]["stages"][0]["f1"][CONCEPT]
+    after = {s["stage"]: s["f1"][CONCEPT] for s in summary["arms"]["concept"]["stages"]}
+    # The first round whose retraining leaves the concept below 1.0 x base ends it.
+    expected = next((r for r in (1, 2) if after[round_stages(2, r)[-1]] < base), 3)
+    assert expected < 3  # the tiny model's LOC F1 falls in round 1: the stop is exercised
+    assert summary["chase"]["rounds_run"] == expected
+    assert "below --stop-below 1" in summary["chase"]["stopped_early"]
+    for arm in ("concept", "random"):
+        assert RunDir(tmp_path).stages(arm) == stage_names(2, expected)
+    assert run_warnings(RunDir(tmp_path)) == []
+    # Rerunning a finished, stopped chase changes nothing.
+    assert experiment.run_experiment(config, tmp_path, progress=False, log=quiet) == summary
+
+
+class SimulatedKill(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(
+    "arm, stage, when",
+    [
+        ("concept", "r2-pruned", "before"),
+        ("concept", "r2-pruned", "after-weights"),
+        ("concept", "r2-retrain-1", "mid-training"),
+        ("concept", "r3-pruned", "before"),
+        ("random", "r2-pruned", "before"),
+        ("random", "r3-retrain-2", "after-weights"),
+    ],
+)
+def test_resume_is_exact_at_round_boundaries(chased, tmp_path, monkeypatch, arm, stage, when):
+    _, expected = chased
+    real_finish, real_write, real_run = (
+        experiment._finish_stage,
+        checkpoint.atomic_write_json,
+        Trainer.run,
+    )
+    marker = tmp_path / "state" / arm / f"{stage}.json"
+
+    def finish(setup, arm_, stage_, *args, **kwargs):
+        if (arm_, stage_, when) == (arm, stage, "before"):
+            raise SimulatedKill
+        return real_finish(setup, arm_, stage_, *args, **kwargs)
+
+    def write_then_die(path, value):
+        if when == "after-weights" and path == marker:
+            raise SimulatedKill
+        return real_write(path, value)
+
+    def run_then_die(self, n_steps, on_step=None, progress=True, description=""):
+        if when == "mid-training" and description == f"[{arm}] {stage}":
+            real_run(self, 1, None, False, description)
+            raise SimulatedKill
+        return real_run(self, n_steps, on_step, progress, description)
+
+    monkeypatch.setattr(experiment, "_finish_stage", finish)
+    monkeypatch.setattr(checkpoint, "atomic_write_json", write_then_die)
+    monkeypatch.setattr(Trainer, "run", run_then_die)
+    with pytest.raises(SimulatedKill):
+        experiment.run_experiment(tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet)
+    monkeypatch.undo()
+    resumed = experiment.run_experiment(tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet)
+    assert resumed == expected
+
+
+# -- pre-empt ------------------------------------------------------------------------------------
+def test_preempt_holds_exactly_the_requested_neurons(preempted):
+    out, summary = preempted
+    run = RunDir(out)
+    concept = run.neurons("concept")
+    scores = Predictions.load(out / "stages/concept/pruned/predictions.safetensors").scores
+    gradient = scores["gradient"].double().numpy()
+    flat = np.where(np.isfinite(gradient), gradient, -np.inf).ravel()
+    top = np.argsort(-flat, kind="stable")[:20]
+    expected = set(concept.neurons) | {divmod(int(i), 64) for i in top}
+    assert set(run.neurons("preempt").neurons) == expected
+    control = run.neurons("preempt-random")
+    extra = set(control.neurons) - set(concept.neurons)
+    assert len(control) == len(concept) + 20 and len(extra) == 20
+    assert all(np.isfinite(gradient[a, b]) for a, b in extra)  # survivors the predictor scored
+    predicted = NeuronSet.of(2, 64, expected - set(concept.neurons))
+    assert NeuronSet.of(2, 64, extra).per_layer_counts() == predicted.per_layer_counts()
+    assert summary["preempt"]["overlap"] == len(extra & set(predicted.neurons))
+    for arm in ("preempt", "preempt-random"):
+        mask = run.neurons(arm).mask()
+        for stage in stage_names(2):
+            if stage != "base":
+                assert (run.stage(arm, stage).stats.sum[:, mask] == 0).all()
+    recovery = summary["preempt"]["recovery"]
+    difference = summary["preempt"]["preempt_minus_control"]
+    assert difference["recovery_auc"] == pytest.approx(
+        recovery["preempt"]["recovery_auc"] - recovery["preempt-random"]["recovery_auc"]
+    )
+    last = {a: summary["arms"][a]["stages"][-1]["f1"] for a in ("preempt", "preempt-random")}
+    assert difference["last"] == {
+        k: last["preempt"][k] - last["preempt-random"][k] for k in last["preempt"]
+    }
+    gaps = summary["arms"]["preempt"]["stages"][-1]["gap_to_control"]
+    assert gaps == difference["last"]
+
+
+def test_preempt_takes_a_planted_relocation(planted):  # noqa: F811
+    """On the planted fixture the gradient predictor scores the planted neurons, and only them,
+    above zero: pre-empting 8 holds exactly them; its control draws as many per layer."""
+    module, data, removed, pruned, _, planted_mask = planted
+    predictions = predict_at_pruned(module, data, CONCEPT, pruned, removed, seed=0)
+    sets = preempt_sets(removed, predictions, "gradient", len(PLANTED), seed=0)
+    assert set(sets["preempt"].neurons) == set(removed.neurons) | set(PLANTED)
+    extra = NeuronSet.of(2, 64, set(sets["preempt-random"].neurons) - set(removed.neurons))
+    assert extra.per_layer_counts() == NeuronSet.of(2, 64, PLANTED).per_layer_counts()
+    assert not set(extra.neurons) & set(removed.neurons)
+    with pytest.raises(NeuroplasticError, match="--preempt-count 500 is more than the 124"):
+        preempt_sets(removed, predictions, "gradient", 500, seed=0)
+    with pytest.raises(NeuroplasticError, match="no 'similarity' scores"):
+        preempt_sets(removed, predictions, "similarity", 5, seed=0)
+
+
+# -- settings ----------------------------------------------------------------------------------
+def test_the_command_line_takes_the_chase_and_preempt_flags():
+    args = _parser().parse_args(["run", "--out", "x", "--rounds", "3", "--stop-below", "0.5"])
+    config = _config(args)
+    assert (config.rounds, config.stop_below) == (3, 0.5)
+    args = _parser().parse_args(
+        ["sweep", "--out", "x", "--seeds", "0,1", "--preempt", "gradient", "--preempt-count", "50"]
+    )
+    config = _config(args, lists=("mode", "method"))
+    assert (config.preempt, config.preempt_count) == ("gradient", 50)
+    assert config.arms == ("concept", "random", "preempt", "preempt-random")
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--out", "x", "--preempt", "oracle"])
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(rounds=0), "rounds and preempt_count must be positive"),
+        (dict(stop_below=0.5), "give --rounds 2 or more"),
+        (dict(rounds=2, stop_below=1.5), r"stop_below is a share of the base F1, in \[0, 1\]"),
+        (dict(rounds=2, mode="regrow"), "needs --mode hold"),
+        (dict(rounds=2, task="lm", model="tiny-gpt2"), "needs --task ner"),
+        (dict(rounds=2, preempt="gradient"), "separate experiments"),
+    ],
+)
+def test_bad_chase_settings_are_explained(settings, message):
+    with pytest.raises(NeuroplasticError, match=message):
+        tiny_config(**settings)
+
+
+def test_defaults_leave_older_runs_identity_unchanged():
+    config = tiny_config()
+    assert not {"rounds", "stop_below", "preempt", "preempt_count"} & set(config.identity())
+    assert "rounds" in tiny_config(rounds=2).identity()
+    assert TINY["stages"] == 2 and chase.__doc__

@@ -98,8 +98,8 @@ def floor_pass(model: Any, data: ConceptDataset) -> None:
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=last)
 
 
-def stats_pass(model: Any, data: ConceptDataset) -> NeuronStats:
-    return collect_stats(model, data, batch_size=BATCH, top_k=20, progress=False)
+def stats_pass(model: Any, data: ConceptDataset, merge: str = "auto") -> NeuronStats:
+    return collect_stats(model, data, batch_size=BATCH, top_k=20, progress=False, merge=merge)
 
 
 def cache_then_rank(model: Any, data: ConceptDataset, keep: bool = True) -> Ranking:
@@ -184,14 +184,14 @@ def neurox_way(model: Any, data: ConceptDataset) -> list[int] | None:
 
 def section_stats(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     tokens = n_tokens(data)
-    times = interleaved(
-        {
-            "floor": lambda: floor_pass(model, data),
-            "stats": lambda: stats_pass(model, data),
-            "cache_then_rank": lambda: cache_then_rank(model, data),
-        },
-        device,
-    )
+    passes = {
+        "floor": lambda: floor_pass(model, data),
+        "stats": lambda: stats_pass(model, data),
+        "cache_then_rank": lambda: cache_then_rank(model, data),
+    }
+    if device.type != "cpu":  # the top-k merge the CPU uses, with its host synchronisations
+        passes["stats_sparse_merge"] = lambda: stats_pass(model, data, merge="sparse")
+    times = interleaved(passes, device)
     result = {
         "tokens": tokens,
         "seconds": times,
@@ -199,6 +199,8 @@ def section_stats(model: Any, data: ConceptDataset, device: torch.device) -> dic
         "cache_over_stats": times["cache_then_rank"] / times["stats"],
         "stats_tokens_per_s": tokens / times["stats"],
     }
+    if "stats_sparse_merge" in times:
+        result["sparse_merge_over_floor"] = times["stats_sparse_merge"] / times["floor"]
     if device.type == "cpu" and neurox_way(model, dataset_of(model, 8)) is not None:
         seconds = timed(lambda: neurox_way(model, data), device, repeats=1)
         result["seconds"]["neurox"] = seconds

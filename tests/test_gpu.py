@@ -59,3 +59,14 @@ def test_training_on_the_gpu_keeps_held_neurons_at_zero(corpus, dtype):
     assert (captured["act"][..., [5, 7]] == 0).all()
     stats = collect_stats(model, dataset, batch_size=8, top_k=3, progress=False)
     assert stats.sum.dtype == torch.float64 and torch.isfinite(stats.sum).all()
+
+
+def test_the_sparse_top_k_merge_on_the_gpu_equals_the_dense_one(corpus):
+    model = load_model("tiny-gpt2", seed=0, device="cuda")
+    dataset = encode_split(corpus, model.tokenizer, "train", limit=60)
+    dense, sparse = (
+        collect_stats(model, dataset, batch_size=8, top_k=4, progress=False, merge=merge)
+        for merge in ("dense", "sparse")
+    )
+    assert torch.equal(dense.top_values, sparse.top_values)
+    assert torch.equal(dense.top_sentence, sparse.top_sentence)

@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from neuroplastic.data.concept import Batch
 from neuroplastic.data.load import encode_split
+from neuroplastic.errors import NeuroplasticError
 from neuroplastic.models import mlp_hook_name
 from neuroplastic.stats import NeuronStats, StatsCollector, collect_stats
 
@@ -63,6 +65,24 @@ def test_streaming_stats_equal_full_cache(tiny_model, corpus):
                 assert int(labels[row]) == int(stats.top_label[layer, neuron, j])
 
 
+# (value, sentence, position) entries per neuron, to compare two statistics' top-k. Which of
+# several tokens with exactly equal activations is kept depends on the order they were seen in (a causal model gives
+# every sentence that starts with the same words the same activations there), so entries
+# are compared where their value is unique in the neuron's list and above its cut-off.
+def unique_entries(stats):
+    rows = set()
+    for layer in range(stats.n_layers):
+        for neuron in range(stats.d_mlp):
+            values = stats.top_values[layer, neuron].tolist()
+            for j, value in enumerate(values):
+                if values.count(value) == 1 and value > min(values):
+                    rows.add(
+                        (layer, neuron, value, int(stats.top_sentence[layer, neuron, j]),
+                         int(stats.top_position[layer, neuron, j]))
+                    )  # fmt: skip
+    return rows
+
+
 def test_merged_halves_equal_one_pass(tiny_gpt2, corpus):
     dataset = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=30)
     whole = collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, progress=False)
@@ -79,25 +99,8 @@ def test_merged_halves_equal_one_pass(tiny_gpt2, corpus):
     torch.testing.assert_close(merged.sum_sq, whole.sum_sq, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(merged.top_values, whole.top_values)
 
-    # Same (value, sentence, position) entries per neuron. Which of several tokens with exactly
-    # equal activations is kept depends on the order they were seen in (a causal model gives
-    # every sentence that starts with the same words the same activations there), so entries
-    # are compared where their value is unique in the neuron's list and above its cut-off.
-    def entries(stats):
-        rows = set()
-        for layer in range(stats.n_layers):
-            for neuron in range(stats.d_mlp):
-                values = stats.top_values[layer, neuron].tolist()
-                for j, value in enumerate(values):
-                    if values.count(value) == 1 and value > min(values):
-                        rows.add(
-                            (layer, neuron, value, int(stats.top_sentence[layer, neuron, j]),
-                             int(stats.top_position[layer, neuron, j]))
-                        )  # fmt: skip
-        return rows
-
-    assert entries(merged) == entries(whole)
-    assert len(entries(whole)) > stats_size(whole) // 2
+    assert unique_entries(merged) == unique_entries(whole)
+    assert len(unique_entries(whole)) > stats_size(whole) // 2
 
 
 def stats_size(stats):
@@ -152,3 +155,19 @@ def test_float32_batches_folded_in_float64_match_a_float64_reference(tiny_gpt2):
         assert ((stats.sum_sq[z] - expected_sq).abs() / expected_sq).max() < 1e-6
     values, _ = acts.float().topk(7, dim=1)  # [layer, 7, neuron]
     assert torch.equal(stats.top_values, values.permute(0, 2, 1))
+
+
+@pytest.mark.parametrize("model_name", ["tiny_gpt2", "tiny_bert"])
+def test_the_dense_and_sparse_top_k_merges_agree_exactly(model_name, corpus, request):
+    """The two ways of merging a batch into full buffers (sparse: the CPU's default; dense:
+    the GPU's) keep the same values, bit for bit, and the same tokens wherever values differ."""
+    model = request.getfixturevalue(model_name)
+    dataset = encode_split(corpus, model.tokenizer, "train", limit=60)
+    dense, sparse = (
+        collect_stats(model, dataset, batch_size=8, top_k=4, progress=False, merge=merge)
+        for merge in ("dense", "sparse")
+    )
+    assert torch.equal(dense.top_values, sparse.top_values)
+    assert unique_entries(dense) == unique_entries(sparse)  # ties may keep another token
+    with pytest.raises(NeuroplasticError, match="merge must be one of auto, dense, sparse"):
+        collect_stats(model, dataset, merge="fast", progress=False)

@@ -192,7 +192,9 @@ class StatsCollector:
     buffers are kept by :class:`_TopK`.
     """
 
-    def __init__(self, model: Any, label_names: Sequence[str], top_k: int) -> None:
+    def __init__(
+        self, model: Any, label_names: Sequence[str], top_k: int, merge: str = "auto"
+    ) -> None:
         self.n_layers, self.d_mlp = check_mlp_hooks(model)
         self.label_names = tuple(label_names)
         self.top_k = top_k
@@ -204,7 +206,7 @@ class StatsCollector:
         self.count = torch.zeros(n_labels, dtype=torch.long, device=self.total_device)
         self.sum = torch.zeros(n_labels, *shape, dtype=torch.float64, device=self.total_device)
         self.sum_sq = torch.zeros_like(self.sum)
-        self.top = _TopK(self.n_layers, self.d_mlp, top_k, self.device)
+        self.top = _TopK(self.n_layers, self.d_mlp, top_k, self.device, merge)
         self._batch: _BatchTokens | None = None
         self._tokens_seen = 0  # labelled tokens before the current batch (counted on the host)
         self._buffers_full = False
@@ -277,6 +279,11 @@ class _BatchTokens:
         return cls(keep.to(device), one_hot.to(device), meta.to(device))
 
 
+#: How the top-k buffers take a batch in once full: ``auto`` (sparse on a CPU, dense
+#: elsewhere), or either one everywhere (to measure them side by side; the results are equal).
+TOPK_MERGES = ("auto", "dense", "sparse")
+
+
 class _TopK:
     """Per-neuron top-k activations and where they occurred.
 
@@ -286,11 +293,15 @@ class _TopK:
     dense merge stays: it needs no host synchronisation, which the sparse one would.
     """
 
-    def __init__(self, n_layers: int, d_mlp: int, k: int, device: torch.device) -> None:
+    def __init__(
+        self, n_layers: int, d_mlp: int, k: int, device: torch.device, merge: str = "auto"
+    ) -> None:
+        if merge not in TOPK_MERGES:
+            raise NeuroplasticError(f"merge must be one of {', '.join(TOPK_MERGES)}; got {merge!r}")
         self.k, self.d_mlp = k, d_mlp
         self.values = torch.full((n_layers, d_mlp, k), -torch.inf, device=device)
         self.meta = torch.full((n_layers, d_mlp, k, 4), -1, dtype=torch.long, device=device)
-        self._sparse = device.type == "cpu"
+        self._sparse = merge == "sparse" or (merge == "auto" and device.type == "cpu")
 
     def update(
         self,
@@ -356,10 +367,11 @@ def collect_stats(
     top_k: int = 20,
     indices: Sequence[int] | None = None,
     progress: bool = True,
+    merge: str = "auto",
 ) -> NeuronStats:
     """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks; the
-    forward stops after the last MLP."""
-    collector = StatsCollector(model, dataset.label_names, top_k)
+    forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`."""
+    collector = StatsCollector(model, dataset.label_names, top_k, merge)
     order = list(range(len(dataset))) if indices is None else list(indices)
     # Under a data-parallel launcher each process takes its share of the batches.
     order = distributed.shard_batches(order, batch_size)

@@ -66,9 +66,10 @@ def test_streaming_stats_equal_full_cache(tiny_model, corpus):
 
 
 # (value, sentence, position) entries per neuron, to compare two statistics' top-k. Which of
-# several tokens with exactly equal activations is kept depends on the order they were seen in (a causal model gives
-# every sentence that starts with the same words the same activations there), so entries
-# are compared where their value is unique in the neuron's list and above its cut-off.
+# several tokens with exactly equal activations is kept depends on the order they were seen
+# in (a causal model gives every sentence that starts with the same words the same
+# activations there), so entries are compared where their value is unique in the neuron's
+# list and above its cut-off.
 def unique_entries(stats):
     rows = set()
     for layer in range(stats.n_layers):

@@ -7,6 +7,8 @@
 #   .gpu/data/   the embedded corpus written as CoNLL (train 4,000 / validation 400 sentences)
 #   .gpu/cache/  the tiny GPT-2 tokenizer (NEUROPLASTIC_CACHE), used by the random models
 # DEVICE=cpu SMALL=1 rehearses it on a CPU in a few minutes. Results go to $OUT.
+# STEPS picks the steps (default: all of tests bench default paper chase); SECTIONS the
+# benchmark's sections (default: as each model's line says).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/gpu-check}
@@ -26,20 +28,27 @@ else
   SENT=512; SMALLM=random-gpt2-small; BIG=random-gpt2-1b; LOW=bfloat16; TRAIN=2000; STAGE=()
   PAPER=(--train-sentences 1500 --validation-sentences 400 --probe-sentences 400)
 fi
+STEPS=${STEPS:-tests bench default paper chase}
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
 step() { echo "=== $* ($(date +%T))"; }
 step environment
 python3 -c "import torch, transformers, transformer_lens; print(torch.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
-step "tests on the GPU"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3
+if wants tests; then
+  step "tests on the GPU"
+  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3
+fi
 bench() { python3 benchmarks/bench.py --dataset .gpu/data --device "$DEVICE" "$@"; }
-step "bench: MiniLM (the embedded model), float32"
-bench --model .gpu/minilm --sentences $SENT --sections stats,train --json "$OUT/bench-minilm.json"
-step "bench: GPT-2-small-shaped, random, bfloat16"
-bench --model $SMALLM --dtype $LOW --sentences $SENT --sections stats,train,memory \
-  --json "$OUT/bench-gpt2-small.json"
-step "bench: $BIG-shaped, random, bfloat16"
-bench --model $BIG --dtype $LOW --sentences $SENT --sections stats,train \
-  --json "$OUT/bench-big.json"
+if wants bench; then
+  step "bench: MiniLM (the embedded model), float32"
+  bench --model .gpu/minilm --sentences $SENT --sections ${SECTIONS:-stats,train} \
+    --json "$OUT/bench-minilm.json"
+  step "bench: GPT-2-small-shaped, random, bfloat16"
+  bench --model $SMALLM --dtype $LOW --sentences $SENT --sections ${SECTIONS:-stats,train,memory} \
+    --json "$OUT/bench-gpt2-small.json"
+  step "bench: $BIG-shaped, random, bfloat16"
+  bench --model $BIG --dtype $LOW --sentences $SENT --sections ${SECTIONS:-stats,train} \
+    --json "$OUT/bench-big.json"
+fi
 run() {
   local name=$1; shift
   local start=$(date +%s.%N)
@@ -51,8 +60,18 @@ run() {
   tail -n 12 "$OUT/run-$name.log"
   cp "/tmp/run-$name/summary.json" "$OUT/summary-$name.json" 2>/dev/null
 }
-step "the default run on $DEVICE (MiniLM, CoNLL copy of the embedded corpus)"
-run default --train-sentences $TRAIN "${STAGE[@]}"
-step "--preset paper end to end on $DEVICE (MiniLM, fewer sentences)"
-run paper --preset paper "${PAPER[@]}"
+if wants default; then
+  step "the default run on $DEVICE (MiniLM, CoNLL copy of the embedded corpus)"
+  run default --train-sentences $TRAIN "${STAGE[@]}"
+fi
+if wants paper; then
+  step "--preset paper end to end on $DEVICE (MiniLM, fewer sentences)"
+  run paper --preset paper "${PAPER[@]}"
+fi
+if wants chase; then
+  step "a chase (--rounds 3 --stop-below 0.5) and a pre-emption end to end on $DEVICE (MiniLM)"
+  run chase --train-sentences $TRAIN "${STAGE[@]}" --rounds 3 --stop-below 0.5 --eval-every 10
+  run preempt --train-sentences $TRAIN "${STAGE[@]}" --preempt similarity --preempt-count 92 \
+    --eval-every 10
+fi
 step done

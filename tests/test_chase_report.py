@@ -177,4 +177,4 @@ def test_ordinary_run_has_neither_section(tmp_path: Path) -> None:
     fake = make_fake_run(tmp_path)
     text = _text(build_report(fake.run, top=6, n_views=0, similarity="none").to_html())
     assert "Chasing the concept" not in text and "Pre-empting the new home" not in text
-    assert "preempt" not in text
+    assert "pre-empt the concept's new home" not in text and "preempt arm" not in text

@@ -3,7 +3,9 @@
 Built from a run directory only (no model needed), with :mod:`neuroplastic.analysis` for the
 numbers, Plotly for the plots and CircuitsVis for the neuron views, each bundle inlined once
 (:class:`neuroplastic.html.HtmlPage`), so the file opens from disk with no network. Sections, in
-reading order: key numbers, the recovery curves, saliency per layer and the depth of the
+reading order: key numbers, the recovery curves, a chase's rounds (``--rounds``) and the
+pre-empting arm against its control (``--preempt``) where the run has them, saliency per layer
+and the depth of the
 concept, layer x neuron saliency heatmaps, the neurons where the concept reappeared, the pruned
 neurons, primed neurons, how well each predictor named the new home in advance, polysemantic
 neurons, and the config. The random arm is always shown

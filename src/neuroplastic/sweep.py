@@ -10,6 +10,10 @@ is over independent runs, never over neurons of one model. Because both arms of 
 first and its interval is the paired one. The same holds for the prediction of where the
 concept goes (:mod:`neuroplastic.predict`): each run's AUC and precision at k per predictor and
 ground truth, then their mean and interval across seeds (:func:`neuroplastic.predict.across_seeds`).
+A chase (``--rounds``) keeps these measures for round 1 and adds each round's
+(:data:`CHASE_MEASURES`, a seed that stopped early missing from the later rounds); a
+pre-emption (``--preempt``) each arm's recovery and the paired preempt-minus-control
+(:data:`PREEMPT_MEASURES`).
 """
 
 from __future__ import annotations

@@ -496,6 +496,24 @@ def _sweep(args: argparse.Namespace) -> int:
     for cell, data in result["cells"].items():
         drop = data["arms"]["concept"]["drop_at_pruning"]
         print(f"  {cell}: {config.concept} F1 drop at pruning {_mean_ci(drop)} across seeds")
+        for entry in data.get("chase", {}).get("per_round", []):
+            arms = entry["arms"]
+            print(
+                f"    round {entry['round']}: {config.concept} F1 after retraining, concept arm "
+                f"{_mean_ci(arms['concept']['retrained'])}"
+                + (
+                    f", random arm {_mean_ci(arms['random']['retrained'])}"
+                    if "random" in arms
+                    else ""
+                )
+            )
+        if "preempt" in data:
+            difference = data["preempt"]["preempt_minus_control"]
+            print(
+                f"    pre-empting by {data['preempt']['predictor']} minus its control: steps to "
+                f"90% {_mean_ci(difference['steps_to_recover_90'])}, recovery AUC "
+                f"{_mean_ci(difference['recovery_auc'])}"
+            )
     if not args.no_report:
         from neuroplastic.sweep_report import write_sweep_report
 

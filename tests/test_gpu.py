@@ -11,6 +11,7 @@ from neuroplastic.models import load_model, mlp_hook_name, run_forward
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.stats import collect_stats
 from neuroplastic.training import TokenClassifier, TrainConfig, Trainer, tagging_loss
+from test_stats import unique_entries
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -69,4 +70,6 @@ def test_the_sparse_top_k_merge_on_the_gpu_equals_the_dense_one(corpus):
         for merge in ("dense", "sparse")
     )
     assert torch.equal(dense.top_values, sparse.top_values)
-    assert torch.equal(dense.top_sentence, sparse.top_sentence)
+    # Which of several tokens with equal activations is kept may differ (a decoder gives equal
+    # prefixes equal activations): tokens are compared where values are unique.
+    assert unique_entries(dense) == unique_entries(sparse)

@@ -98,6 +98,7 @@ def test_two_processes_run_the_experiment_of_one(launched):
     root, single, _ = launched
     summary = json.loads((root / "run" / "summary.json").read_text())
     assert summary["config"] == single["config"] == SETTINGS.to_dict()
+    assert summary["processes"] == [2] and "processes" not in single
     assert summary["steps"] == single["steps"] and summary["data"] == single["data"]
     assert set(summary["arms"]) == set(single["arms"]) == {"concept", "random"}
     for arm, result in summary["arms"].items():

@@ -386,3 +386,29 @@ def test_regrow_is_refused_for_relu_models(tmp_path, monkeypatch):
     with pytest.raises(NeuroplasticError, match="relu MLP: its derivative at 0 is 0"):
         experiment.run_experiment(tiny_config(mode="regrow"), tmp_path, progress=False, log=quiet)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_a_resumption_with_another_process_count_is_noted(tmp_path, monkeypatch):
+    """Stages computed by a launched run (their markers say 2 processes) resumed by one
+    process: the run says the result will not be bit-identical, and the summary lists both."""
+    real_finish = experiment._finish_stage
+
+    def finish(setup, arm, stage, *args, **kwargs):
+        if (arm, stage) == ("concept", "retrain-1"):
+            raise SimulatedKill
+        return real_finish(setup, arm, stage, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "_finish_stage", finish)
+    with pytest.raises(SimulatedKill):
+        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    monkeypatch.undo()
+    run = RunDir(tmp_path)
+    for stage in ("base", "pruned"):  # as a 2-process launch writes them
+        path = run.marker_path("concept", stage)
+        path.write_text(json.dumps({**json.loads(path.read_text()), "processes": 2}))
+    lines: list[str] = []
+    summary = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=lines.append)
+    assert summary["processes"] == [1, 2]
+    notes = [line for line in lines if line.startswith("note:")]
+    assert notes and "pruned ran with 2 process(es), this run has 1" in notes[0]
+    assert "not be bit-identical" in notes[0]

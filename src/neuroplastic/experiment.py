@@ -507,6 +507,13 @@ def _retrain_round(setup: Setup, arm: str, round_: int, neurons: NeuronSet, log)
 
     state = distributed.on_main(restore)  # the trainer state, on every rank
     distributed.broadcast_parameters(setup.module)  # and rank 0's weights
+    before = distributed.on_main(partial(_processes, setup, arm, previous))
+    if before != distributed.world_size():
+        log(
+            f"note: [{arm}] {previous} ran with {before} process(es), this run has "
+            f"{distributed.world_size()}: the global batches are the same, but dropout masks are "
+            "drawn per process, so the result will not be bit-identical to a run never resumed"
+        )
     predict = None
     if previous == "base" and arm in PREDICTED_ARMS:
         # On the base weights, before any removal (no hook held, no weight pruned yet).
@@ -540,6 +547,12 @@ def _retrain_round(setup: Setup, arm: str, round_: int, neurons: NeuronSet, log)
     finally:
         if hold is not None:
             hold.remove()
+
+
+def _processes(setup: Setup, arm: str, stage: str) -> int:
+    """How many processes computed ``stage`` (its marker; rank 0)."""
+    owner = "concept" if stage == "base" else arm
+    return int(setup.store.marker(owner, stage).get("processes", 1))
 
 
 def _unless_base(stage: str) -> str | None:
@@ -664,6 +677,8 @@ def _finish_stage(
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
         marker["base"] = base
+    if distributed.world_size() > 1:  # (one process: markers as before launchers existed)
+        marker["processes"] = distributed.world_size()
 
     def write() -> None:
         arms = config.arms if stage == "base" else (arm,)
@@ -866,6 +881,16 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
         "arms": arms,
         **_prediction(setup.run, list(neuron_sets)),
     }
+    counts = sorted(
+        {
+            int(store.marker("concept" if stage == "base" else arm, stage).get("processes", 1))
+            for arm in config.arms
+            for stage in stage_names(config.stages, config.rounds)
+            if store.done("concept" if stage == "base" else arm, stage)
+        }
+    )
+    if counts != [1]:  # launched: how many processes computed the stages (several if resumed)
+        summary["processes"] = counts
     if config.rounds > 1:
         summary["chase"] = _chase_summary(setup, held, rows)
     if config.preempt:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import neuroplastic.checkpoint as checkpoint
 import neuroplastic.experiment as experiment
+from kills import SimulatedKill, kill_at
 from neuroplastic import chase
 from neuroplastic.chase import next_concept_set, next_random_set, share_salient_at_base
 from neuroplastic.cli import _config, _parser
@@ -22,7 +22,6 @@ from neuroplastic.preempt import preempt_sets
 from neuroplastic.ranking import Ranking
 from neuroplastic.report import run_warnings
 from neuroplastic.rundir import RunDir, round_stages, stage_key, stage_names, stage_round
-from neuroplastic.training import Trainer
 from test_predict import CONCEPT, PLANTED, planted  # noqa: F401  (the planted fixture)
 from tiny import TINY, tiny_config
 
@@ -211,10 +210,6 @@ def test_stop_below_ends_the_chase_and_the_report_misses_nothing(tmp_path):
     assert experiment.run_experiment(config, tmp_path, progress=False, log=quiet) == summary
 
 
-class SimulatedKill(BaseException):
-    pass
-
-
 @pytest.mark.parametrize(
     "arm, stage, when",
     [
@@ -228,32 +223,7 @@ class SimulatedKill(BaseException):
 )
 def test_resume_is_exact_at_round_boundaries(chased, tmp_path, monkeypatch, arm, stage, when):
     _, expected = chased
-    real_finish, real_write, real_run = (
-        experiment._finish_stage,
-        checkpoint.atomic_write_json,
-        Trainer.run,
-    )
-    marker = tmp_path / "state" / arm / f"{stage}.json"
-
-    def finish(setup, arm_, stage_, *args, **kwargs):
-        if (arm_, stage_, when) == (arm, stage, "before"):
-            raise SimulatedKill
-        return real_finish(setup, arm_, stage_, *args, **kwargs)
-
-    def write_then_die(path, value):
-        if when == "after-weights" and path == marker:
-            raise SimulatedKill
-        return real_write(path, value)
-
-    def run_then_die(self, n_steps, on_step=None, progress=True, description=""):
-        if when == "mid-training" and description == f"[{arm}] {stage}":
-            real_run(self, 1, None, False, description)
-            raise SimulatedKill
-        return real_run(self, n_steps, on_step, progress, description)
-
-    monkeypatch.setattr(experiment, "_finish_stage", finish)
-    monkeypatch.setattr(checkpoint, "atomic_write_json", write_then_die)
-    monkeypatch.setattr(Trainer, "run", run_then_die)
+    kill_at(monkeypatch, tmp_path, arm, stage, when)
     with pytest.raises(SimulatedKill):
         experiment.run_experiment(tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet)
     monkeypatch.undo()

@@ -11,8 +11,9 @@ import shutil
 import pytest
 
 import neuroplastic.experiment as experiment
+from kills import SimulatedKill
 from neuroplastic.errors import NeuroplasticError
-from test_experiment import SimulatedKill, quiet
+from test_experiment import quiet
 from test_integrity import cli, copy, killed_run, run_args, snapshot
 from tiny import tiny_config
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-import neuroplastic.checkpoint as checkpoint
 import neuroplastic.experiment as experiment
+from kills import SimulatedKill, kill_at
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
@@ -58,10 +58,6 @@ def test_held_neurons_stay_dead_in_later_rankings(reference):
     assert (stats.sum[:, mask] == 0).all() and (stats.top_values[mask] == 0).all()
 
 
-class SimulatedKill(BaseException):
-    """Like SIGKILL for the code under test: nothing after it runs (not an Exception)."""
-
-
 # Every stage, killed mid-training, after its training (before anything is written), or
 # between its weights and its completion marker (a torn stage).
 KILL_POINTS = [
@@ -81,33 +77,7 @@ KILL_POINTS = [
 @pytest.mark.parametrize("arm, stage, when", KILL_POINTS)
 def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm, stage, when):
     _, expected = reference
-    real_finish = experiment._finish_stage
-    real_write = checkpoint.atomic_write_json
-    real_run = Trainer.run
-    marker = tmp_path / "state" / arm / f"{stage}.json"
-
-    def finish(setup, arm_, stage_, *args, **kwargs):
-        if (arm_, stage_, when) == (arm, stage, "before"):
-            raise SimulatedKill
-        return real_finish(setup, arm_, stage_, *args, **kwargs)
-
-    def write_then_die(path, value):
-        if when == "after-weights" and path == marker:
-            raise SimulatedKill  # weights and trainer state written, marker not: a torn stage
-        return real_write(path, value)
-
-    def run_then_die(self, n_steps, on_step=None, progress=True, description=""):
-        current = ("concept", "base") if "base" in description else (None, None)
-        if description.startswith("["):
-            current = tuple(description[1:].split("] "))
-        if when == "mid-training" and current == (arm, stage):
-            real_run(self, 1, None, False, description)
-            raise SimulatedKill
-        return real_run(self, n_steps, on_step, progress, description)
-
-    monkeypatch.setattr(experiment, "_finish_stage", finish)
-    monkeypatch.setattr(checkpoint, "atomic_write_json", write_then_die)
-    monkeypatch.setattr(Trainer, "run", run_then_die)
+    kill_at(monkeypatch, tmp_path, arm, stage, when)
     with pytest.raises(SimulatedKill):
         experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     monkeypatch.undo()
@@ -391,14 +361,7 @@ def test_regrow_is_refused_for_relu_models(tmp_path, monkeypatch):
 def test_a_resumption_with_another_process_count_is_noted(tmp_path, monkeypatch):
     """Stages computed by a launched run (their markers say 2 processes) resumed by one
     process: the run says the result will not be bit-identical, and the summary lists both."""
-    real_finish = experiment._finish_stage
-
-    def finish(setup, arm, stage, *args, **kwargs):
-        if (arm, stage) == ("concept", "retrain-1"):
-            raise SimulatedKill
-        return real_finish(setup, arm, stage, *args, **kwargs)
-
-    monkeypatch.setattr(experiment, "_finish_stage", finish)
+    kill_at(monkeypatch, tmp_path, "concept", "retrain-1", "before")
     with pytest.raises(SimulatedKill):
         experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     monkeypatch.undo()

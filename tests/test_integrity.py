@@ -18,12 +18,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import neuroplastic.experiment as experiment
+from kills import SimulatedKill
 from neuroplastic.checkpoint import Checkpointer
 from neuroplastic.cli import main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.rundir import RunDir
-from test_experiment import SimulatedKill, quiet
+from test_experiment import quiet
 from tiny import TINY, tiny_config
 
 KILLED_AT = ("random", "retrain-1")  # the run is killed as this stage ends, before its files
@@ -142,7 +143,10 @@ def test_every_stage_marker_records_the_hash_of_its_settings(finished):
     out, _ = finished
     output_options = ("device", "device_map", "save_checkpoints")
     # Settings added later are left out at their defaults, so older runs keep their hash.
-    later = ("dtype", "base_epochs", "stage_epochs")
+    later = (
+        *("dtype", "base_epochs", "stage_epochs"),
+        *("rounds", "stop_below", "preempt", "preempt_count"),
+    )
     identity = {
         k: v for k, v in tiny_config().to_dict().items() if k not in (*output_options, *later)
     }

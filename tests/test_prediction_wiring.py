@@ -15,12 +15,13 @@ from scipy import stats
 
 import neuroplastic.experiment as experiment
 import neuroplastic.sweep as sweep
+from kills import SimulatedKill, kill_at
 from neuroplastic.analysis import ArmRun
 from neuroplastic.predict import PREDICTORS, Predictions, random_score, survivors
 from neuroplastic.report import build_report
 from neuroplastic.rundir import RunDir
 from neuroplastic.sweep_report import build_sweep_report
-from test_experiment import SimulatedKill, quiet
+from test_experiment import quiet
 from tiny import tiny_config
 
 PREDICTIONS = "stages/concept/pruned/predictions.safetensors"
@@ -239,14 +240,7 @@ def test_damaged_predictions_of_a_killed_run_are_computed_again(
     """Killed before the concept arm's retrain-1 is done: the base and pruned weights are kept,
     so a damaged predictions file is computed again from them, to the byte."""
     out, expected = predicted
-    real_finish = experiment._finish_stage
-
-    def finish(setup, arm, stage, *args, **kwargs):
-        if (arm, stage) == ("concept", "retrain-1"):
-            raise SimulatedKill
-        return real_finish(setup, arm, stage, *args, **kwargs)
-
-    monkeypatch.setattr(experiment, "_finish_stage", finish)
+    kill_at(monkeypatch, tmp_path, "concept", "retrain-1", "before")
     with pytest.raises(SimulatedKill):
         experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     monkeypatch.undo()

@@ -25,8 +25,8 @@ LATER_SETTINGS = {
     "preempt": None,
     "preempt_count": 100,
 }
-#: The predictors ``--preempt`` can take its neurons from (neuroplastic.predict.PREDICTORS,
-#: named here so that the command line's help needs no torch).
+#: The predictors of neuroplastic.predict, which ``--preempt`` can take its neurons from (named
+#: here so that the command line's help needs no torch).
 PREDICTOR_NAMES = (
     "saliency_pruned",
     "saliency_base",

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from neuroplastic.ablation import Ablation
 from neuroplastic.analysis import ArmRun, concept_token_ids
+from neuroplastic.config import PREDICTOR_NAMES
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
@@ -80,15 +81,9 @@ __all__ = [
 Scores = Float[Tensor, "layer neuron"]
 Mask = Bool[Tensor, "layer neuron"]
 
-#: every predictor, in reading order (the order of the evaluation tables)
-PREDICTORS = (
-    "saliency_pruned",
-    "saliency_base",
-    "similarity",
-    "gradient",
-    "coactivation",
-    "random",
-)
+#: every predictor, in reading order (the order of the evaluation tables); named in the config
+#: module, which the command line reads without torch
+PREDICTORS = PREDICTOR_NAMES
 #: the two ground truths (see :func:`ground_truth`)
 TRUTHS = ("gain", "entered")
 #: one line per predictor and truth, for the reports' tables

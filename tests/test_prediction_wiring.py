@@ -5,6 +5,7 @@ summary.json; shown in the run's report and, across seeds, in the sweep's."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import neuroplastic.experiment as experiment
 import neuroplastic.sweep as sweep
 from kills import SimulatedKill, kill_at
 from neuroplastic.analysis import ArmRun
+from neuroplastic.errors import NeuroplasticError
 from neuroplastic.predict import PREDICTORS, Predictions, random_score, survivors
 from neuroplastic.report import build_report
 from neuroplastic.rundir import RunDir
@@ -258,3 +260,18 @@ def test_damaged_predictions_of_a_killed_run_are_computed_again(
     )
     assert path.read_bytes() == (out / PREDICTIONS).read_bytes()
     assert resumed == expected
+
+
+def test_damaged_predictions_of_a_finished_run_are_refused_with_what_to_do(predicted, tmp_path):
+    """A complete run keeps no weights: the file cannot be recomputed, and deleting it would
+    lose the evaluation on the next rerun. The refusal says so, and changes nothing."""
+    out, expected = predicted
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    path = copy / PREDICTIONS
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(NeuroplasticError, match=r"predictions.safetensors is corrupt") as error:
+        experiment.run_experiment(tiny_config(), copy, progress=False, log=quiet)
+    assert "kept in summary.json ('prediction')" in str(error.value)
+    assert "Restore the file, or rerun into a new --out" in str(error.value)
+    assert json.loads((copy / "summary.json").read_text()) == expected

@@ -146,6 +146,13 @@ def _unrecoverable(run: RunDir, path: Path, kind: str, arm: str, stage: str | No
             "keeps them), and the neuron sets come from it; restore it, or rerun into a new "
             "--out"
         )
+    if kind == "stage" and path.name == "predictions.safetensors":
+        return (
+            "its evaluation is kept in summary.json ('prediction'), but the scores cannot be "
+            "computed again: a complete run keeps none of the weights they come from "
+            "(--save-checkpoints keeps them). Restore the file, or rerun into a new --out to "
+            "have it again"
+        )
     if kind == "stage":
         return run.stage_remedy(arm, stage)
     return (

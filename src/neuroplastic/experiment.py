@@ -477,8 +477,7 @@ def _retrain_round(setup: Setup, arm: str, round_: int, neurons: NeuronSet, log)
     stages = round_stages(config.stages, round_)
     todo = distributed.on_main(lambda: [s for s in stages if not store.done(arm, s)])
     if not todo:
-        if round_ == 1:
-            log(f"[{arm}] all stages done")
+        log(f"[{arm}] {f'round {round_}: ' if config.rounds > 1 else ''}all stages done")
         return
     offset = (round_ - 1) * config.stages * setup.stage_steps  # steps of the earlier rounds
     trainer = Trainer(
@@ -597,10 +596,6 @@ class HeldSets:
         neurons.save(run.neurons_path(arm, round_))
         self._local[arm, round_] = neurons
         return neurons
-
-    def all_local(self, rounds: int) -> dict[str, list[NeuronSet]]:
-        """Every arm's sets of rounds 1..``rounds`` (rank 0)."""
-        return {arm: [self.local(arm, r) for r in range(1, rounds + 1)] for arm in self.arms}
 
 
 def _rounds_run(setup: Setup) -> int:
@@ -881,14 +876,7 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
         "arms": arms,
         **_prediction(setup.run, list(neuron_sets)),
     }
-    counts = sorted(
-        {
-            int(store.marker("concept" if stage == "base" else arm, stage).get("processes", 1))
-            for arm in config.arms
-            for stage in stage_names(config.stages, config.rounds)
-            if store.done("concept" if stage == "base" else arm, stage)
-        }
-    )
+    counts = _process_counts(setup)
     if counts != [1]:  # launched: how many processes computed the stages (several if resumed)
         summary["processes"] = counts
     if config.rounds > 1:
@@ -896,6 +884,20 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
     if config.preempt:
         summary["preempt"] = _preempt_summary(setup, neuron_sets, rows)
     return summary
+
+
+def _process_counts(setup: Setup) -> list[int]:
+    """Every number of processes the run's done stages were computed with."""
+    config = setup.config
+    stages = stage_names(config.stages, config.rounds)
+    return sorted(
+        {
+            _processes(setup, arm, stage)
+            for arm in config.arms
+            for stage in stages
+            if setup.store.done("concept" if stage == "base" else arm, stage)
+        }
+    )
 
 
 def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, Any]:

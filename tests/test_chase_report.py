@@ -77,7 +77,11 @@ def test_chase_section_shows_every_round_as_the_summary_has_it(
             assert row[f"{CONCEPT} F1 after retraining"] == _f(entry["retrained"][CONCEPT])
             steps = entry["steps_to_recover"]
             assert row["steps to 90% of base"] == (
-                "not reached" if steps is None else f"{steps:.1f}"
+                "not reached"
+                if steps is None
+                else "0 (never below)"
+                if steps == 0
+                else f"{steps:.1f}"
             )
             assert row["recovery AUC"] == _f(entry["recovery_auc"])
             assert row["neurons added"] == str(entry["added"]) == "13"
@@ -145,7 +149,7 @@ def test_preempt_section_shows_every_arm_and_the_paired_difference(
     for arm, data in preempt["recovery"].items():
         steps = data["steps_to_recover_90"]
         assert shown.loc[arm, "steps to 90% of base"] == (
-            "not reached" if steps is None else f"{steps:.1f}"
+            "not reached" if steps is None else "0 (never below)" if steps == 0 else f"{steps:.1f}"
         )
         assert shown.loc[arm, "recovery AUC"] == _f(data["recovery_auc"])
         for entity in (CONCEPT, "overall", *OTHERS):

@@ -588,7 +588,10 @@ ONE_SEED_SWEEP = (
 
 
 def _steps(value: Any) -> str:
-    return "not reached" if value is None else f"{value:.1f}"
+    """Steps to recover: 0 means the score never fell below the target."""
+    if value is None:
+        return "not reached"
+    return "0 (never below)" if value == 0 else f"{value:.1f}"
 
 
 def _chase(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:

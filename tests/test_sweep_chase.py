@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -192,8 +193,22 @@ def test_sweep_report_shows_rounds_and_preemption_with_intervals() -> None:
     assert "(n/a in 1 of 3 seeds)" in html
     paired = cell["preempt"]["preempt_minus_control"]["recovery_auc"]
     assert "preempt - preempt-random" in html and f"{paired['mean']:.3g}" in html
-    # a recovery and a chase plot (no prediction rows)
+    # a recovery and a chase plot (no prediction rows); the chase plot's F1 right after each
+    # removal and after each retraining, per arm
     assert html.count('class="np-plot"') == 2
+    for arm in ("concept", "random"):
+        for when in ("after removal", "retrained"):
+            assert f"{arm} arm, {when}" in html
+    tables = re.sub(r"<script.*?</script>", "", html, flags=re.S)  # (plotly's code has e+0)
+    assert not re.search(r"\de\+0", tables)  # counts of neurons as whole numbers
+
+
+def test_large_numbers_are_whole_in_the_sweep_report() -> None:
+    from neuroplastic.sweep_report import _ci
+
+    value = sweep.interval([1844.0, 1844.0, 1844.0])
+    assert _ci(value) == "1,844 [1,844, 1,844]"
+    assert _ci(sweep.interval([0.0202, 0.01, 0.03])).startswith("0.0201 [")
 
 
 # -- a real chase run ---------------------------------------------------------------------------

@@ -233,21 +233,26 @@ def _chase_plot(page: HtmlPage, chase: dict[str, Any], concept: str) -> None:
 
     figure = go.Figure()
     arms = list(dict.fromkeys(a for entry in chase["per_round"] for a in entry["arms"]))
-    for arm in arms:
-        values = [entry["arms"][arm]["retrained"] for entry in chase["per_round"]]
-        mean = np.array([np.nan if v["mean"] is None else v["mean"] for v in values])
-        high = [0 if v["ci_high"] is None else v["ci_high"] - v["mean"] for v in values]
-        low = [0 if v["ci_low"] is None else v["mean"] - v["ci_low"] for v in values]
-        figure.add_trace(
-            go.Scatter(
-                x=[entry["round"] for entry in chase["per_round"]], y=mean,
-                mode="lines+markers", name=f"{arm} arm", line={"color": ARM_COLORS.get(arm)},
-                error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
-            )
-        )  # fmt: skip
+    rounds = [entry["round"] for entry in chase["per_round"]]
+    for measure, when, dash in (
+        ("removed", "after removal", "dot"),
+        ("retrained", "retrained", None),
+    ):
+        for arm in arms:
+            values = [entry["arms"][arm][measure] for entry in chase["per_round"]]
+            mean = np.array([np.nan if v["mean"] is None else v["mean"] for v in values])
+            high = [0 if v["ci_high"] is None else v["ci_high"] - v["mean"] for v in values]
+            low = [0 if v["ci_low"] is None else v["mean"] - v["ci_low"] for v in values]
+            figure.add_trace(
+                go.Scatter(
+                    x=rounds, y=mean, mode="lines+markers", name=f"{arm} arm, {when}",
+                    line={"color": ARM_COLORS.get(arm), "dash": dash},
+                    error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+                )
+            )  # fmt: skip
     figure.update_layout(
         xaxis={"title": "round", "dtick": 1},
-        yaxis_title=f"{concept} F1 after the round's retraining (mean, 95% interval)",
+        yaxis_title=f"{concept} F1 (mean, 95% interval across seeds)",
         margin={"t": 30},
     )
     page.plotly(figure, height="360px")
@@ -278,14 +283,19 @@ def _preempt(
     page.table(table, caption="Pre-emption: mean [95% interval across seeds]", float_format=None)
 
 
+def _number(value: float) -> str:
+    """Three significant digits; whole numbers from 100 up (neuron counts, not 1.84e+03)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _ci(value: dict[str, Any]) -> str:
     mean, low, high = value["mean"], value["ci_low"], value["ci_high"]
     if mean is None:
         text = "n/a"
     elif low is None:
-        text = f"{mean:.3g}"
+        text = _number(mean)
     else:
-        text = f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+        text = f"{_number(mean)} [{_number(low)}, {_number(high)}]"
     if value.get("missing"):
         text += f" (n/a in {value['missing']} of {value['n'] + value['missing']} seeds)"
     return text

@@ -44,3 +44,25 @@ def embedded_model():
     from neuroplastic.models import load_model
 
     return load_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def chase_run(tmp_path_factory):
+    """A tiny 3-round chase with an evaluation every step: (its directory, its summary)."""
+    from neuroplastic.experiment import run_experiment
+    from tiny import tiny_config
+
+    out = tmp_path_factory.mktemp("chase")
+    config = tiny_config(rounds=3, eval_every=1)
+    return out, run_experiment(config, out, progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def preempt_run(tmp_path_factory):
+    """A tiny run pre-empting the 20 survivors the gradient predictor scores highest."""
+    from neuroplastic.experiment import run_experiment
+    from tiny import tiny_config
+
+    out = tmp_path_factory.mktemp("preempt")
+    config = tiny_config(preempt="gradient", preempt_count=20)
+    return out, run_experiment(config, out, progress=False, log=lambda *_: None)

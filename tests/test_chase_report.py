@@ -10,12 +10,10 @@ import pytest
 
 import neuroplastic.report as report_module
 from fake_run import make_fake_run
-from neuroplastic.experiment import run_experiment
 from neuroplastic.html import HtmlPage
 from neuroplastic.report import build_report
 from neuroplastic.rundir import RunDir, stage_round
 from test_report_numbers import _text, table
-from tiny import tiny_config
 
 CONCEPT = "LOC"
 OTHERS = ("PER", "ORG", "MISC")
@@ -42,19 +40,14 @@ def _f(value: float) -> str:
     return f"{value:.3f}"
 
 
-@pytest.fixture(scope="module")
-def chased(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    out = tmp_path_factory.mktemp("chase")
-    run_experiment(tiny_config(rounds=3, eval_every=1), out, progress=False, log=lambda *a: None)
-    return RunDir(out)
+@pytest.fixture
+def chased(chase_run) -> RunDir:
+    return RunDir(chase_run[0])
 
 
-@pytest.fixture(scope="module")
-def preempted(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    out = tmp_path_factory.mktemp("preempt")
-    config = tiny_config(preempt="gradient", preempt_count=20)
-    run_experiment(config, out, progress=False, log=lambda *a: None)
-    return RunDir(out)
+@pytest.fixture
+def preempted(preempt_run) -> RunDir:
+    return RunDir(preempt_run[0])
 
 
 def test_chase_section_shows_every_round_as_the_summary_has_it(

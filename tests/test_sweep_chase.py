@@ -14,7 +14,6 @@ import pytest
 from scipy import stats
 
 import neuroplastic.sweep as sweep
-from neuroplastic.experiment import run_experiment
 from neuroplastic.rundir import RunDir, stage_round
 from neuroplastic.sweep_report import build_sweep_report
 from tiny import tiny_config
@@ -212,11 +211,9 @@ def test_large_numbers_are_whole_in_the_sweep_report() -> None:
 
 
 # -- a real chase run ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def chased(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    out = tmp_path_factory.mktemp("chase")
-    run_experiment(tiny_config(rounds=2, eval_every=1), out, progress=False, log=lambda *a: None)
-    return RunDir(out)
+@pytest.fixture
+def chased(chase_run) -> RunDir:
+    return RunDir(chase_run[0])
 
 
 PLANTED = 0.777  # every score of round 2, planted: round 1's measures must not see it
@@ -279,7 +276,7 @@ def test_round_one_measures_do_not_depend_on_later_rounds(chased, monkeypatch) -
 def test_chase_measures_of_a_real_run(chased) -> None:
     measures = sweep.run_measures(chased.path)["chase"]
     summary = chased.summary()["chase"]
-    assert (measures["rounds"], measures["rounds_run"], measures["stopped_early"]) == (2, 2, None)
+    assert (measures["rounds"], measures["rounds_run"], measures["stopped_early"]) == (3, 3, None)
     for mine, theirs in zip(measures["per_round"], summary["rounds"], strict=True):
         assert mine["round"] == theirs["round"]
         for arm, entry in theirs["arms"].items():

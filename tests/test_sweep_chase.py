@@ -99,6 +99,8 @@ def fabricated(seed: int, chase: bool = True, preempt: bool = False) -> dict:
                 "recovery_auc": 0.5 + 0.1 * i - 0.05 * seed,
                 "pruned_f1": 0.1 * i,
                 "last_f1": 0.6 - 0.1 * i + 0.01 * seed**2,
+                "others_pruned": 0.8 - 0.01 * i,
+                "others_last": 0.85 - 0.02 * i + 0.01 * seed,
             }
             for i, arm in enumerate(("concept", "random", "preempt", "preempt-random"))
         }
@@ -168,6 +170,7 @@ def test_preempt_across_seeds_pairs_each_seed() -> None:
     paired = preempt["preempt_minus_control"]
     assert paired["last_f1"]["values"] == pytest.approx([0.1, 0.1, 0.1])
     assert paired["last_f1"]["ci_low"] == pytest.approx(0.1)
+    assert paired["others_last"]["values"] == pytest.approx([0.02, 0.02, 0.02])  # the cost
     # Steps: seed 1's preempt arm never recovered: its difference is missing.
     assert paired["steps_to_recover_90"]["values"] == [-1.0, None, -1.0]
     assert paired["steps_to_recover_90"]["missing"] == 1
@@ -290,3 +293,20 @@ def test_chase_measures_of_a_real_run(chased) -> None:
             )
             others = [entry["retrained"][e] for e in ("PER", "ORG", "MISC")]
             assert got["others_retrained"] == pytest.approx(np.mean(others))
+
+
+def test_preempt_measures_of_a_real_run(preempt_run) -> None:
+    out, summary = preempt_run
+    measures = sweep.run_measures(out)["preempt"]
+    recovery = summary["preempt"]["recovery"]
+    for arm, got in measures["arms"].items():
+        last = recovery[arm]["last"]
+        assert got["last_f1"] == last[CONCEPT]
+        assert got["others_last"] == pytest.approx(
+            np.mean([last[e] for e in ("PER", "ORG", "MISC")])
+        )
+    difference = measures["preempt_minus_control"]["others_last"]
+    assert difference == pytest.approx(
+        measures["arms"]["preempt"]["others_last"]
+        - measures["arms"]["preempt-random"]["others_last"]
+    )

@@ -67,6 +67,9 @@ PREEMPT_MEASURES = {
     "recovery_auc": "mean of concept F1 / base F1 over the retraining steps",
     "pruned_f1": "concept F1 right after pruning",
     "last_f1": "concept F1 after the last stage",
+    "others_pruned": "unweighted mean F1 of the other entity types (not the concept, not "
+    "overall) right after pruning",
+    "others_last": "the same after the last stage: what the removal costs the other types",
 }
 
 
@@ -192,14 +195,13 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
     for record in chase["rounds"]:
         arms = {}
         for arm, entry in record["arms"].items():
-            others = [v for e, v in entry["retrained"].items() if e not in (concept, "overall")]
             arms[arm] = {
                 "removed": entry["removed"][concept],
                 "retrained": entry["retrained"][concept],
                 "steps_to_recover": _nan(entry["steps_to_recover"]),
                 "recovery_auc": _nan(entry["recovery_auc"]),
                 "held": entry["held"],
-                "others_retrained": float(np.mean(others)) if others else math.nan,
+                "others_retrained": _others_mean(entry["retrained"], concept),
             }
         rounds.append({"round": record["round"], "arms": arms})
     return {
@@ -221,6 +223,8 @@ def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
             "recovery_auc": _nan(data["recovery_auc"]),
             "pruned_f1": data["pruned"][concept],
             "last_f1": data["last"][concept],
+            "others_pruned": _others_mean(data["pruned"], concept),
+            "others_last": _others_mean(data["last"], concept),
         }
         for arm, data in preempt["recovery"].items()
     }
@@ -232,6 +236,12 @@ def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
         "arms": arms,
         "preempt_minus_control": {m: _minus(treated[m], control[m]) for m in PREEMPT_MEASURES},
     }
+
+
+def _others_mean(f1: dict[str, float], concept: str) -> float:
+    """Unweighted mean F1 of the entity types other than ``concept`` (and not ``overall``)."""
+    others = [v for e, v in f1.items() if e not in (concept, "overall")]
+    return float(np.mean(others)) if others else math.nan
 
 
 def _nan(value: float | None) -> float:

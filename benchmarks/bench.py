@@ -226,9 +226,11 @@ def section_train(model: Any, data: ConceptDataset, device: torch.device) -> dic
     )
 
     def plain():
+        trainer.step = 0  # both see the same batches: the cost of a step depends on their length
         trainer.run(steps, progress=False)
 
     def held():
+        trainer.step = 0
         with Ablation(model, neurons, permanent=True):
             trainer.run(steps, progress=False)
 
@@ -238,6 +240,30 @@ def section_train(model: Any, data: ConceptDataset, device: torch.device) -> dic
         "seconds_per_step": {k: v / steps for k, v in times.items()},
         "held_over_plain": times["held"] / times["plain"],
         "train_tokens_per_s": tokens / times["plain"],
+        "held_minus_plain_by_op": _extra_ops({"plain": plain, "held": held}, device),
+    }
+
+
+def _extra_ops(fns: dict[str, Any], device: torch.device, n: int = 8) -> dict[str, Any]:
+    """Where a held step's extra time goes: the total self time (device time on a GPU) of one
+    plain and one held call, and the ops whose time grows most from one to the other, in ms,
+    from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    totals = {}
+    for name, fn in fns.items():
+        with profile(activities=activities) as prof:
+            fn()
+            synchronize(device)
+        totals[name] = {e.key: getattr(e, key) / 1000 for e in prof.key_averages()}
+    names = set(totals["plain"]) | set(totals["held"])
+    extra = {op: totals["held"].get(op, 0.0) - totals["plain"].get(op, 0.0) for op in names}
+    top = sorted(extra.items(), key=lambda item: item[1], reverse=True)[:n]
+    return {
+        "total_ms": {name: round(sum(ops.values()), 3) for name, ops in totals.items()},
+        "top": [{"op": op, "extra_ms": round(ms, 3)} for op, ms in top],
     }
 
 

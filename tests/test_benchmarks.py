@@ -49,5 +49,4 @@ def test_benchmark_writes_its_figures(tmp_path):
     assert train["held_over_plain"] > 0 and train["train_tokens_per_s"] > 0
     # The hold's extra cost, by op (times on a shared CPU are too noisy to assert which).
     extra = train["held_minus_plain_by_op"]
-    assert set(extra["total_ms"]) == {"plain", "held"} and min(extra["total_ms"].values()) > 0
     assert extra["top"] and all({"op", "extra_ms"} == set(row) for row in extra["top"])

@@ -149,3 +149,26 @@ def test_a_killed_launched_run_resumes_to_the_same_summary(launched, tmp_path):
     assert result.stdout.count("summary:") == 1  # rank 0 alone prints
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed == json.loads((root / "run" / "summary.json").read_text())
+
+
+def test_a_chase_runs_data_parallel_with_every_rounds_neurons_held(tmp_path):
+    """A 2-round chase by 2 processes: the round-2 sets are chosen once (on rank 0) and held on
+    both replicas, exactly zero at every stage of both rounds, with the replicas in step."""
+    config, checks = tmp_path / "config.json", tmp_path / "checks"
+    config.write_text(json.dumps(tiny_config(rounds=2).to_dict()))
+    checks.mkdir()
+    torchrun(str(WORKER), "run", str(tmp_path / "run"), str(config), str(checks))
+    run = RunDir(tmp_path / "run")
+    summary = run.summary()
+    assert summary["chase"]["rounds_run"] == 2 and summary["processes"] == [2]
+    expected = {
+        (arm, stage): len(run.neurons(arm, 1 if stage in stage_names(2) else 2))
+        for arm in ("concept", "random")
+        for stage in stage_names(2, rounds=2)[1:]
+    }
+    assert len(run.neurons("concept", 2)) > len(run.neurons("concept", 1))
+    ranks = [json.loads((checks / f"rank-{r}.json").read_text()) for r in range(2)]
+    for report in ranks:
+        assert {(c["arm"], c["stage"]): c["held"] for c in report["checks"]} == expected
+        assert all(c["max_abs"] == 0.0 for c in report["checks"])
+    assert [c["weights"] for c in ranks[0]["checks"]] == [c["weights"] for c in ranks[1]["checks"]]

@@ -314,3 +314,16 @@ def test_defaults_leave_older_runs_identity_unchanged():
     assert not {"rounds", "stop_below", "preempt", "preempt_count"} & set(config.identity())
     assert "rounds" in tiny_config(rounds=2).identity()
     assert TINY["stages"] == 2 and chase.__doc__
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(rounds=11), r"--rounds 11 holds 13 more neurons each round, 143 in all.*128"),
+        (dict(preempt="random", preempt_count=120), r"--preempt-count 120 besides.*115 or less"),
+    ],
+)
+def test_sets_larger_than_the_model_are_refused_before_training(tmp_path, settings, message):
+    with pytest.raises(NeuroplasticError, match=message):
+        experiment.run_experiment(tiny_config(**settings), tmp_path, progress=False, log=quiet)
+    assert not (tmp_path / "state").exists()  # refused before any training

@@ -311,6 +311,24 @@ def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
             f"--count {config.count} with --selection {config.selection} is more neurons than "
             f"{config.model} has ({where}); give --count {limit} or less"
         )
+    n_total = n_layers * d_mlp
+    per_round = {
+        "fraction": max(1, round(config.fraction * n_total)),
+        "count": config.count,
+        "per-layer": config.count * n_layers,
+    }[config.selection]
+    if config.rounds * per_round > n_total:
+        raise NeuroplasticError(
+            f"--rounds {config.rounds} holds {per_round} more neurons each round, "
+            f"{config.rounds * per_round} in all, but {config.model} has {n_total}; give "
+            f"--rounds {n_total // per_round} or less"
+        )
+    if config.preempt and per_round + config.preempt_count > n_total:
+        raise NeuroplasticError(
+            f"--preempt-count {config.preempt_count} besides the concept's {per_round} neurons "
+            f"is more than {config.model}'s {n_total}; give --preempt-count "
+            f"{n_total - per_round} or less"
+        )
     n_ctx = getattr(cfg, "n_ctx", None)
     if isinstance(n_ctx, int) and config.max_length > n_ctx:
         raise NeuroplasticError(

@@ -47,6 +47,17 @@ def embedded_model():
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny experiment at its default settings, run once for every test that only reads it
+    (or copies it first): (its directory, its summary)."""
+    from neuroplastic.experiment import run_experiment
+    from tiny import tiny_config
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    return out, run_experiment(tiny_config(), out, progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
 def chase_run(tmp_path_factory):
     """A tiny 3-round chase with an evaluation every step: (its directory, its summary)."""
     from neuroplastic.experiment import run_experiment

@@ -23,10 +23,9 @@ def quiet(*_):
     pass
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    return out, experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+@pytest.fixture
+def reference(tiny_run):
+    return tiny_run
 
 
 def test_stage_loop_and_outputs(reference):

@@ -30,10 +30,9 @@ from tiny import TINY, tiny_config
 KILLED_AT = ("random", "retrain-1")  # the run is killed as this stage ends, before its files
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("finished")
-    return out, experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+@pytest.fixture
+def finished(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,9 @@ from tiny import tiny_config
 PREDICTIONS = "stages/concept/pruned/predictions.safetensors"
 
 
-@pytest.fixture(scope="module")
-def predicted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("predicted")
-    return out, experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+@pytest.fixture
+def predicted(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

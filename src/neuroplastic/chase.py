@@ -19,9 +19,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuroplastic.config import ExperimentConfig
+from neuroplastic.curves import recovery_auc, steps_to_recover
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
+from neuroplastic.rundir import round_stages, stage_round
 
 if TYPE_CHECKING:
     from neuroplastic.checkpoint import Checkpointer
@@ -120,8 +122,6 @@ def rounds_run(store: Checkpointer, config: ExperimentConfig) -> int:
 
 def chase_stop(store: Checkpointer, config: ExperimentConfig, round_: int) -> str | None:
     """Why the chase stops after ``round_`` (None: it goes on, or the round is not done)."""
-    from neuroplastic.rundir import round_stages
-
     last = round_stages(config.stages, round_)[-1]
     if not config.stop_below or not store.done("concept", last):
         return None
@@ -171,9 +171,6 @@ def round_measures(
 
     ``rows``: the run's evaluations (``metrics.jsonl``); ``sets``: each arm's held set per
     round, round 1 first."""
-    from neuroplastic.curves import recovery_auc, steps_to_recover
-    from neuroplastic.rundir import round_stages, stage_round
-
     base_f1 = next(r["f1"] for r in rows if r["stage"] == "base" and r["arm"] == "concept")
     records = []
     for index in range(max(len(s) for s in sets.values())):

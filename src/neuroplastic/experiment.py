@@ -51,6 +51,7 @@ from neuroplastic.chase import (
 )
 from neuroplastic.checkpoint import Checkpointer, load_weights
 from neuroplastic.config import PREEMPT_ARMS, ExperimentConfig
+from neuroplastic.curves import recovery_auc, steps_to_recover
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
@@ -477,11 +478,11 @@ def _retrain_arm(setup: Setup, arm: str, held: HeldSets, log) -> None:
     runs as many rounds as the concept arm did."""
     rounds = setup.config.rounds
     if arm != "concept":
-        rounds = distributed.on_main(partial(_rounds_run, setup))
+        rounds = distributed.on_main(partial(rounds_run, setup.store, setup.config))
     for round_ in range(1, rounds + 1):
         _retrain_round(setup, arm, round_, held(arm, round_), log)
         if arm == "concept" and round_ < rounds:
-            stop = distributed.on_main(partial(_chase_stop, setup, round_))
+            stop = distributed.on_main(partial(chase_stop, setup.store, setup.config, round_))
             if stop:
                 log(f"[concept] the chase stops after round {round_}: {stop}")
                 return
@@ -614,14 +615,6 @@ class HeldSets:
         neurons.save(run.neurons_path(arm, round_))
         self._local[arm, round_] = neurons
         return neurons
-
-
-def _rounds_run(setup: Setup) -> int:
-    return rounds_run(setup.store, setup.config)
-
-
-def _chase_stop(setup: Setup, round_: int) -> str | None:
-    return chase_stop(setup.store, setup.config, round_)
 
 
 #: the arms whose removal is predicted: the concept's (a random removal has no new home to find)
@@ -921,8 +914,8 @@ def _process_counts(setup: Setup) -> list[int]:
 def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, Any]:
     """The rounds the chase ran (:func:`neuroplastic.chase.round_measures`) and why it ended."""
     config = setup.config
-    rounds = _rounds_run(setup)
-    stop = _chase_stop(setup, rounds) if rounds < config.rounds else None
+    rounds = rounds_run(setup.store, config)
+    stop = chase_stop(setup.store, config, rounds) if rounds < config.rounds else None
     per_round = round_measures(
         rows,
         {arm: [held.local(arm, r) for r in range(1, rounds + 1)] for arm in held.arms},
@@ -939,8 +932,6 @@ def _preempt_summary(
 ) -> dict[str, Any]:
     """Recovery of every arm from its pruned stage (steps to 90% of the base F1, mean recovered
     share) and the pre-empting arm minus its control, at the last stage and in recovery."""
-    from neuroplastic.curves import recovery_auc, steps_to_recover
-
     config, concept = setup.config, setup.config.concept
     base = next(r["f1"][concept] for r in rows if r["stage"] == "base")
     recovery = {}

@@ -144,7 +144,7 @@ class Checkpointer:
         else:
             self._refuse_results("no config.json", "restore its config.json")
         if data is not None:
-            existing = ExperimentConfig.from_dict(data, source=str(self.run.config_path))
+            existing = ExperimentConfig.from_run(data, source=str(self.run.config_path))
             differences = config.differences(existing)
             if differences:
                 raise NeuroplasticError(

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from neuroplastic.errors import NeuroplasticError
 
 # Output options: they may change between a run and its resumption.
@@ -24,6 +26,7 @@ LATER_SETTINGS = {
     "stop_below": 0.0,
     "preempt": None,
     "preempt_count": 100,
+    "eval_grid": "uniform",
 }
 #: The predictors of neuroplastic.predict, which ``--preempt`` can take its neurons from (named
 #: here so that the command line's help needs no torch).
@@ -44,14 +47,27 @@ CHOICES = {
     "task": ("ner", "lm"),
     "mode": ("hold", "regrow"),
     "selection": ("fraction", "count", "per-layer"),
-    "baseline": ("random", "random-global", "none"),
+    "baseline": ("random", "random-global", "random-any", "none"),
     "schedule": ("continuous", "per-stage"),
     "dtype": ("float32", "bfloat16", "float16"),
+    "eval_grid": ("dense", "uniform"),
 }
 #: The arms ``--preempt`` adds: the concept's neurons plus the predicted ones, and its control.
 PREEMPT_ARMS = ("preempt", "preempt-random")
 #: Choices of settings that may also be left unset (None).
 OPTIONAL_CHOICES = {"preempt": PREDICTOR_NAMES}
+
+
+def dense_grid(stage_steps: int, every_step: int = 4, log_points: int = 7) -> list[int]:
+    """Where a stage of ``stage_steps`` steps is evaluated when recovery is measured densely:
+    each of the first ``every_step`` steps, then ``log_points`` log-spaced steps from there to
+    the stage's end (30 steps: 1, 2, 3, 4, 6, 8, 11, 15, 21, 30), so that steps-to-recover and
+    the recovery AUC do not depend on a coarse grid where the curve rises fastest."""
+    first = list(range(1, min(every_step, stage_steps) + 1))
+    if stage_steps <= every_step:
+        return first
+    spaced = np.geomspace(every_step, stage_steps, log_points)
+    return sorted(set(first) | {int(round(float(s))) for s in spaced})
 
 
 @dataclass
@@ -68,7 +84,9 @@ class ExperimentConfig:
     fraction: float = 0.1
     count: int = 100
     # "random": as many random neurons per layer, outside the concept set; "random-global":
-    # as many in total (for sets too dense in a layer to match per layer); "none"
+    # as many in total (for sets too dense in a layer to match per layer); "random-any": as many
+    # drawn uniformly from all neurons, the concept's included (its overlap is recorded); "none".
+    # A control drawn from a pool no larger than the set is the set's complement, and is named so.
     baseline: str = "random"
     checkpoint: str | None = None  # an already fine-tuned run's checkpoint: skip base training
     # embedded corpus size / cap on a dataset's train split; 0: the whole split (what the probe
@@ -93,7 +111,11 @@ class ExperimentConfig:
     # "continuous": one optimizer and LR schedule across all retraining stages (stages are
     # evaluation points); "per-stage": a fresh optimizer and schedule per stage (the paper's)
     schedule: str = "continuous"
-    # extra evaluations inside each retraining stage every N steps; 0 = only at stage ends
+    # Where retraining is evaluated. "dense": every step for the first 4 steps of each round's
+    # first stage, then log-spaced to its end (recovery happens there, and a coarse grid moves
+    # steps-to-recover), then at every stage end; "uniform": at stage ends only. Both add an
+    # evaluation every eval_every steps inside every stage when eval_every > 0.
+    eval_grid: str = "dense"
     eval_every: int = 0
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
@@ -229,6 +251,12 @@ class ExperimentConfig:
                 "--rounds chases a removal that stays removed: it needs --mode hold (in regrow "
                 "mode the neurons of earlier rounds may come back)"
             )
+        if self.rounds > 1 and self.baseline == "random-any":
+            raise NeuroplasticError(
+                "--baseline random-any may overlap the concept's neurons, but a chase's control "
+                "adds neurons outside everything either arm holds: use --baseline random or "
+                "random-global with --rounds"
+            )
         if len(extended) == 2:
             raise NeuroplasticError(
                 "--rounds and --preempt are separate experiments; run them one at a time (into "
@@ -243,6 +271,16 @@ class ExperimentConfig:
             return math.ceil(epochs * n_train / self.batch_size) if epochs > 0 else steps
 
         return of(self.base_epochs, self.base_steps), of(self.stage_epochs, self.stage_steps)
+
+    def inner_evaluations(self, stage_steps: int, first_of_round: bool) -> list[int]:
+        """Steps into a retraining stage of ``stage_steps`` steps at which it is evaluated before
+        its end (the end always is): :func:`dense_grid` in the first stage of a round with
+        ``eval_grid`` dense, and every ``eval_every`` steps in every stage."""
+        dense = first_of_round and self.eval_grid == "dense"
+        steps = set(dense_grid(stage_steps)) if dense else set()
+        if self.eval_every:
+            steps |= set(range(self.eval_every, stage_steps, self.eval_every))
+        return sorted(s for s in steps if 0 < s < stage_steps)
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -296,6 +334,14 @@ class ExperimentConfig:
                     f"{source}: {name} must be {expected.__name__}, got {value!r}"
                 )
         return cls(**data)
+
+    @classmethod
+    def from_run(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        """A run's own ``config.json``: a setting added after the run was made is read at the
+        value the run had then (``LATER_SETTINGS``), not at today's default."""
+        if isinstance(data, dict):
+            data = {**{k: v for k, v in LATER_SETTINGS.items() if k not in data}, **data}
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:

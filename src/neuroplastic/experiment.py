@@ -51,7 +51,7 @@ from neuroplastic.chase import (
 )
 from neuroplastic.checkpoint import Checkpointer, load_weights
 from neuroplastic.config import PREEMPT_ARMS, ExperimentConfig
-from neuroplastic.curves import recovery_auc, steps_to_recover
+from neuroplastic.curves import recovery, recovery_auc, steps_to_recover
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
@@ -59,13 +59,20 @@ from neuroplastic.data.types import NerCorpus, NerSentence
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_json
 from neuroplastic.models import is_decoder, load_model, model_device
-from neuroplastic.neurons import NeuronSet
+from neuroplastic.neurons import NeuronSet, control_kind
 from neuroplastic.predict import Predictions, evaluate_arm, predict_at_base, predict_at_pruned
 from neuroplastic.preempt import preempt_sets
 from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
-from neuroplastic.rundir import RunDir, round_stages, stage_names, stage_round, top_tokens_frame
+from neuroplastic.rundir import (
+    RunDir,
+    round_stages,
+    stage_key,
+    stage_names,
+    stage_round,
+    top_tokens_frame,
+)
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.stats import NeuronStats, collect_stats
 from neuroplastic.training import (
@@ -134,6 +141,7 @@ def run_experiment(
         _fine_tune_base(setup, log)
         _recompute_stage_files(setup, recovery.stages)
         neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+        _note_control(setup, neuron_sets, log)
         held = HeldSets(setup, neuron_sets)
         for arm in neuron_sets:
             _retrain_arm(setup, arm, held, log)
@@ -453,9 +461,30 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
         sets["random"] = concept.random_matching(seed=config.seed)
     elif config.baseline == "random-global":
         sets["random"] = concept.random_global(seed=config.seed)
+    elif config.baseline == "random-any":
+        sets["random"] = concept.random_any(seed=config.seed)
     for arm, neurons in sets.items():
         neurons.save(setup.run.neurons_path(arm))
     return sets
+
+
+def _note_control(setup: Setup, neuron_sets: dict[str, NeuronSet], log) -> None:
+    """Say so when the control is not a random draw (the complement) or overlaps the set."""
+    if "random" not in neuron_sets:
+        return
+    control, concept = neuron_sets["random"], neuron_sets["concept"]
+    kind = control_kind(setup.config.baseline, control, concept)
+    if kind == "complement":
+        log(
+            f"note: the control holds all {len(control)} neurons outside the concept set (per "
+            "layer where matched): it is the set's complement, the same for every seed, and is "
+            "reported as 'complement'. --baseline random-any draws the control from all neurons"
+        )
+    elif kind == "random-any":
+        log(
+            f"note: the random-any control shares {control.overlap(concept)} of its "
+            f"{len(control)} neurons with the concept set"
+        )
 
 
 def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
@@ -806,13 +835,15 @@ def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
 def _periodic_eval(
     setup: Setup, arm: str, stage: str, first_step: int, dead: torch.Tensor | None, rows: list
 ):
-    """An ``on_step`` callback evaluating every ``eval_every`` steps of a retraining stage that
-    starts at step ``first_step``; its rows are named ``stage@n`` (n steps into the stage) and
-    kept with the stage's own row."""
-    config = setup.config
+    """An ``on_step`` callback evaluating a retraining stage that starts at step ``first_step``
+    at the steps of its grid (:meth:`ExperimentConfig.inner_evaluations`: dense in a round's
+    first stage by default); its rows are named ``stage@n`` (n steps into the stage) and kept
+    with the stage's own row."""
+    first_of_round = stage_key(stage)[1] == 1
+    grid = set(setup.config.inner_evaluations(setup.stage_steps, first_of_round))
 
     def on_step(n: int, loss: float) -> None:
-        if config.eval_every and n % config.eval_every == 0 and n < setup.stage_steps:
+        if n in grid:
             evaluation = _validate(setup, dead, progress=False)
             rows.append(
                 {
@@ -862,6 +893,11 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
         }
         if arm != "concept":
             arms[arm]["overlap_with_concept"] = neurons.overlap(neuron_sets["concept"])
+        if arm == "random":
+            arms[arm]["control"] = control_kind(config.baseline, neurons, neuron_sets["concept"])
+        if metric == "f1" and stages:
+            base_f1 = stages[0]["f1"][config.concept]
+            arms[arm]["recovery"] = recovery(round_one_curve(rows, arm, config.concept), base_f1)
     for data in arms.values():
         base = data["stages"][0][metric]
         for entry in data["stages"]:
@@ -967,6 +1003,14 @@ def _preempt_summary(
 
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def round_one_curve(rows: Sequence[dict], arm: str, concept: str) -> dict[str, list[float]]:
+    """Concept F1 of ``arm`` against retraining step over round 1 (pruning is step 0), every
+    evaluation of the grid included; a chase's later rounds have their own measures."""
+    mine = [r for r in rows if r["arm"] == arm and r["step"] >= 0 and stage_round(r["stage"]) == 1]
+    mine.sort(key=lambda r: (r["step"], stage_key(r["stage"])))
+    return {"step": [float(r["step"]) for r in mine], "f1": [r["f1"][concept] for r in mine]}
 
 
 def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:

@@ -141,6 +141,36 @@ class NeuronSet:
             f"random neurons outside the set matching its total count (seed {seed})",
         )
 
+    def random_any(self, seed: int = 0) -> NeuronSet:
+        """As many random neurons as this set, drawn uniformly from all neurons of the model,
+        this set's included: a control that is a random draw at any size (at half of all
+        neurons, the pool outside the set is only the complement). Its overlap with this set
+        is part of the control: record it (:meth:`overlap`)."""
+        every = [(layer, n) for layer in range(self.n_layers) for n in range(self.d_mlp)]
+        pairs = random.Random(seed).sample(every, len(self))
+        return NeuronSet(
+            self.n_layers,
+            self.d_mlp,
+            tuple(pairs),
+            f"random neurons from all neurons, the set's included, as many as it holds "
+            f"(seed {seed})",
+        )
+
+    def complement(self) -> NeuronSet:
+        """Every neuron of the model outside this set."""
+        held = set(self.neurons)
+        return NeuronSet(
+            self.n_layers,
+            self.d_mlp,
+            tuple(
+                (layer, n)
+                for layer in range(self.n_layers)
+                for n in range(self.d_mlp)
+                if (layer, n) not in held
+            ),
+            "every neuron outside the set",
+        )
+
     def overlap(self, other: NeuronSet) -> int:
         """How many neurons the two sets share."""
         return len(set(self.neurons) & set(other.neurons))
@@ -217,3 +247,26 @@ def _check_count(k: int, available: int, kind: str = "", where: str = "") -> Non
             f"cannot choose {k} neurons: there are {available} {kind}neurons{where}; choose "
             f"between 1 and {available}"
         )
+
+
+#: what a run's control arm is, by how it was drawn (summary.json ``arms.random.control``)
+CONTROL_KINDS = {
+    "random": "random neurons outside the concept set",
+    "complement": "the concept set's complement: the pool outside the set was no larger than "
+    "the set, so the draw had no choice and is the same for every seed",
+    "random-any": "random neurons drawn from all neurons, the concept's included",
+}
+
+
+def control_kind(baseline: str, control: NeuronSet, concept: NeuronSet) -> str:
+    """``random``, ``complement`` (a draw from outside ``concept`` that had to take its whole
+    pool: every neuron outside the set, or per layer every neuron outside it in each layer it
+    matched) or ``random-any`` (``--baseline random-any``)."""
+    if baseline == "random-any":
+        return "random-any"
+    if baseline == "random":
+        held, drawn = concept.per_layer_counts(), control.per_layer_counts()
+        forced = all(concept.d_mlp - held.get(layer, 0) == count for layer, count in drawn.items())
+    else:
+        forced = len(control) == concept.n_layers * concept.d_mlp - len(concept)
+    return "complement" if forced and len(control) and not control.overlap(concept) else "random"

@@ -209,7 +209,7 @@ def _build_report(
 def run_warnings(run: RunDir) -> list[str]:
     """What the report of ``run`` cannot show, one sentence each: the stages an unfinished run
     has not computed yet, and stages left out because their files were deleted."""
-    config = ExperimentConfig.from_dict(run.config(), source=str(run.config_path))
+    config = ExperimentConfig.from_run(run.config(), source=str(run.config_path))
     store = Checkpointer(run)
     # Rounds a chase did not run (--stop-below) are not missing.
     missing = store.missing_stages(config.arms, config.stages, rounds_run(store, config))

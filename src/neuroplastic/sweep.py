@@ -132,7 +132,7 @@ def _finished(path: Path, config: ExperimentConfig) -> bool:
     run = RunDir(path)
     if not (run.summary_path.is_file() and run.config_path.is_file()):
         return False
-    existing = ExperimentConfig.from_dict(run.config(), source=str(run.config_path))
+    existing = ExperimentConfig.from_run(run.config(), source=str(run.config_path))
     return not config.differences(existing)
 
 

@@ -110,3 +110,29 @@ def test_the_fake_run_relocates_to_layer_1_on_its_survivors(tmp_path) -> None:
             assert set(PRIMED).isdisjoint(PLANTED)
         else:  # nothing moves in the random arm: the planted neurons stay on top, in layer 3
             assert moved.shift == pytest.approx(0.0)
+
+
+def test_partial_correlation_takes_out_the_mechanical_part_of_priming() -> None:
+    """Similarity goes with the pruned saliency; the last saliency depends on the pruned one
+    only (regression to the mean): the raw rho with gain is strongly negative, the partial rho
+    given the pruned saliency is about 0. With real priming it is clearly positive."""
+    import numpy as np
+    from scipy import stats
+
+    from neuroplastic.analysis import partial_spearman
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    pruned = rng.normal(size=n)
+    similarity = pruned + rng.normal(size=n)
+    last = 0.5 * pruned + rng.normal(size=n)
+    raw = stats.spearmanr(similarity, last - pruned).statistic
+    assert raw < -0.2
+    assert abs(partial_spearman(similarity, last, pruned)) < 0.05
+    primed = last + 0.8 * (similarity - pruned)
+    assert partial_spearman(similarity, primed, pruned) > 0.3
+    # By hand on ranks: the residual correlation formula.
+    rx, ry, rz = (stats.rankdata(v) for v in (similarity, primed, pruned))
+    r = np.corrcoef([rx, ry, rz])
+    expected = (r[0, 1] - r[0, 2] * r[1, 2]) / np.sqrt((1 - r[0, 2] ** 2) * (1 - r[1, 2] ** 2))
+    assert partial_spearman(similarity, primed, pruned) == pytest.approx(expected)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+import neuroplastic.curves as curves
 import neuroplastic.sweep as sweep
 from neuroplastic.cli import main
 from neuroplastic.config import ExperimentConfig
@@ -81,13 +82,13 @@ def test_measures_come_from_each_run_and_intervals_from_seeds(swept):
 def test_steps_to_recover_and_auc_by_hand():
     curve = pd.DataFrame({"step": [0.0, 10, 20, 30], "f1": [0.2, 0.5, 0.9, 0.95]})
     # 90% of base 1.0 is reached between 10 (0.5) and 20 (0.9): exactly at 20.
-    assert sweep.steps_to_recover(curve, 0.9) == pytest.approx(20)
-    assert sweep.steps_to_recover(curve, 0.7) == pytest.approx(15)
-    assert sweep.steps_to_recover(curve, 0.1) == 0
-    assert math.isnan(sweep.steps_to_recover(curve, 0.99))
+    assert curves.steps_to_recover(curve, 0.9) == pytest.approx(20)
+    assert curves.steps_to_recover(curve, 0.7) == pytest.approx(15)
+    assert curves.steps_to_recover(curve, 0.1) == 0
+    assert math.isnan(curves.steps_to_recover(curve, 0.99))
     # Trapezoids: (0.35 + 0.7 + 0.925) * 10 / 30 with base 1.
-    assert sweep.recovery_auc(curve, 1.0) == pytest.approx((0.35 + 0.7 + 0.925) / 3)
-    assert sweep.recovery_auc(curve, 0.5) == pytest.approx(2 * (0.35 + 0.7 + 0.925) / 3)
+    assert curves.recovery_auc(curve, 1.0) == pytest.approx((0.35 + 0.7 + 0.925) / 3)
+    assert curves.recovery_auc(curve, 0.5) == pytest.approx(2 * (0.35 + 0.7 + 0.925) / 3)
 
 
 def test_interval_counts_runs_that_never_recovered():

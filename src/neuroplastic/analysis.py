@@ -34,6 +34,7 @@ intervals are computed from neurons; intervals come from repeating the run over 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -522,8 +523,15 @@ class PrimedNeurons:
     n: int
     start: str
     end: str
-    #: layer, neuron, similarity (base top tokens vs the concept's tokens), gain
+    #: layer, neuron, similarity (base top tokens vs the concept's tokens), gain,
+    #: saliency_start, saliency_end
     neurons: pd.DataFrame
+    #: Spearman rho of similarity with saliency at ``start``: the part of ``rho`` that is
+    #: mechanical (gain = end - start, so whatever goes with start goes against gain)
+    rho_with_start: float = float("nan")
+    #: partial Spearman rho of similarity with saliency at ``end``, given saliency at
+    #: ``start``: priming with the mechanical part taken out
+    partial_rho: float = float("nan")
 
 
 def primed_neurons(
@@ -564,13 +572,53 @@ def primed_neurons(
         keep &= start_saliency < start_saliency_below
     layer, neuron = keep.nonzero(as_tuple=True)
     x, y = similarity[keep].double().numpy(), gain[keep].double().numpy()
+    before = start_saliency[keep].double().numpy()
     frame = pd.DataFrame(
-        {"layer": layer.numpy(), "neuron": neuron.numpy(), "similarity": x, "gain": y}
+        {
+            "layer": layer.numpy(),
+            "neuron": neuron.numpy(),
+            "similarity": x,
+            "gain": y,
+            "saliency_start": before,
+            "saliency_end": before + y,
+        }
     )
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:  # rank correlation undefined
         return PrimedNeurons(float("nan"), len(x), start, end, frame)
     rho = scipy_stats.spearmanr(x, y).statistic
-    return PrimedNeurons(float(rho), len(x), start, end, frame)
+    return PrimedNeurons(
+        float(rho),
+        len(x),
+        start,
+        end,
+        frame,
+        rho_with_start=_spearman(x, before),
+        partial_rho=partial_spearman(x, before + y, before),
+    )
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(scipy_stats.spearmanr(x, y).statistic)
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, given: np.ndarray) -> float:
+    """Spearman's rho of ``x`` with ``y`` with ``given`` partialled out: the correlation of
+    their ranks after each is regressed on the ranks of ``given`` (ties share their average
+    rank). NaN when a rank correlation is undefined or ``given`` explains x or y entirely."""
+    rx, ry, rz = (scipy_stats.rankdata(v) for v in (x, y, given))
+    r_xy, r_xz, r_yz = _pearson(rx, ry), _pearson(rx, rz), _pearson(ry, rz)
+    denominator = math.sqrt(max(0.0, (1 - r_xz**2) * (1 - r_yz**2)))
+    if not np.isfinite([r_xy, r_xz, r_yz]).all() or denominator < 1e-12:
+        return float("nan")
+    return float((r_xy - r_xz * r_yz) / denominator)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from neuroplastic.config import ExperimentConfig
-from neuroplastic.curves import recovery_auc, steps_to_recover
+from neuroplastic.curves import SHARE_STEPS, recovery
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import run_experiment
+from neuroplastic.intervals import censored_interval, interval, paired
 from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
 from neuroplastic.rundir import RunDir, stage_round
@@ -41,14 +41,57 @@ RECOVERY_TARGET = 0.9  # "recovered": concept F1 back to 90% of its base value
 MEASURES = {
     "drop_at_pruning": "concept F1 lost at pruning (base - pruned)",
     "steps_to_recover_90": "retraining steps until concept F1 is back to 90% of base "
-    "(interpolated between evaluations; runs that never get there are left out and counted)",
+    "(interpolated between the evaluations of the run's grid); a run that never gets there is "
+    "censored: counted, and the mean becomes a lower bound (the budget for that run)",
+    **{
+        f"share_recovered_{step}": f"share of the drop at pruning recovered after {step} "
+        "retraining steps, (F1 - F1 pruned) / (F1 base - F1 pruned), interpolated between "
+        "evaluations; undefined for an arm whose drop is under 10% of base (a control)"
+        for step in SHARE_STEPS
+    },
     "recovery_auc": "mean of concept F1 / base F1 over the retraining steps (1 = never lost)",
     "final_gap_to_base": "concept F1 after the last stage minus base",
-    "depth_change": "change of the top neurons' saliency-weighted mean layer, last stage - base "
-    "(negative: the concept moved to earlier layers)",
+    "relocation": "change of the top 1% neurons' saliency-weighted mean layer from the pruned "
+    "stage to the last, every stage's top set drawn from one fixed population (alive at every "
+    "stage, outside the removed set): movement while retraining (negative: earlier layers)",
+    "removal_shift": "change of the top 1%'s mean layer from base to pruned, each stage taking "
+    "its own top set: what removing the top tier does to 'the top neurons' with no training "
+    "at all (not movement)",
     "primed_rho": "Spearman rho between a neuron's similarity to the concept before pruning "
-    "and its saliency gain while retraining",
+    "and its saliency gain while retraining (partly mechanical: gain is measured from the "
+    "pruned saliency that similarity also correlates with)",
+    "primed_partial_rho": "partial Spearman rho of similarity to the concept with saliency at "
+    "the last stage, given saliency at the pruned stage: priming without the mechanical part",
 }
+#: the range of the measures that have one (their intervals never leave it)
+BOUNDS = {
+    "drop_at_pruning": (-1.0, 1.0),
+    "final_gap_to_base": (-1.0, 1.0),
+    "primed_rho": (-1.0, 1.0),
+    "primed_partial_rho": (-1.0, 1.0),
+}
+F1_BOUNDS = (0.0, 1.0)
+#: measures some runs may never reach (their censored runs are counted, never dropped)
+CENSORED = ("steps_to_recover_90",)
+#: the equivalence margin of each paired difference: "no difference" means inside it (TOST)
+MARGINS = {
+    "drop_at_pruning": 0.02,
+    "steps_to_recover_90": 3.0,
+    **{f"share_recovered_{step}": 0.05 for step in SHARE_STEPS},
+    "recovery_auc": 0.02,
+    "final_gap_to_base": 0.02,
+    "relocation": 0.25,
+    "removal_shift": 0.25,
+    "primed_rho": 0.1,
+    "primed_partial_rho": 0.1,
+}
+
+
+def _difference_bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The range of a difference of two measures with range ``bounds``."""
+    return None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+
+
 #: a chase's (``--rounds``) per-run measures of every round, per arm
 CHASE_MEASURES = {
     "removed": "concept F1 right after the round's neurons were removed",
@@ -116,6 +159,7 @@ def run_sweep(
         "modes": modes,
         "methods": methods,
         "measures": MEASURES,
+        "margins": MARGINS,
         **({"chase_measures": CHASE_MEASURES} if base.rounds > 1 else {}),
         **({"preempt_measures": PREEMPT_MEASURES} if base.preempt else {}),
         "cells": {
@@ -141,7 +185,7 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     """The sweep's measures of one finished run, per arm, plus its stage scores and curves;
     of a chase (``--rounds``) these are round 1's, the paper's experiment, and ``chase`` has
     every round's; of a pre-emption (``--preempt``), ``preempt`` its arms' recovery."""
-    from neuroplastic.analysis import ArmRun, concept_depth, concept_token_ids, primed_neurons
+    from neuroplastic.analysis import ArmRun, concept_token_ids, primed_neurons, relocation
     from neuroplastic.similarity import TokenEmbeddings
 
     run = RunDir(run_dir)
@@ -157,21 +201,30 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         base_f1 = stages["base"]["f1"][concept]
         last = entries[-1]
         curve = _curve(metrics, arm, concept)
+        recovered = recovery(curve, base_f1, RECOVERY_TARGET)
         loaded = ArmRun.load(run, arm)
-        depth = concept_depth(loaded.rankings(), top).set_index("stage")["mean_layer"]
+        moved = relocation(loaded.rankings(), loaded.ablated, top, loaded.start)
         can_prime = concept_token_ids(loaded.stages[loaded.first].stats, concept).numel() > 0
+        primed = primed_neurons(loaded, embeddings) if can_prime else None
         arms[arm] = {
             "drop_at_pruning": base_f1 - stages["pruned"]["f1"][concept],
-            "steps_to_recover_90": steps_to_recover(curve, RECOVERY_TARGET * base_f1)
-            if base_f1 > 0
-            else math.nan,
-            "recovery_auc": recovery_auc(curve, base_f1),
+            "steps_to_recover_90": recovered["steps_to_recover"],
+            **{
+                f"share_recovered_{step}": recovered["share_recovered"][str(step)]
+                for step in SHARE_STEPS
+            },
+            "recovery_auc": recovered["auc"],
             "final_gap_to_base": last["f1"][concept] - base_f1,
-            "depth_change": float(depth[loaded.last] - depth[loaded.first]),
-            "primed_rho": primed_neurons(loaded, embeddings).rho if can_prime else math.nan,
+            "relocation": moved.shift,
+            "removal_shift": moved.removal_shift,
+            "primed_rho": primed.rho if primed else math.nan,
+            "primed_partial_rho": primed.partial_rho if primed else math.nan,
+            "recovery": recovered,
             "f1": {entry["stage"]: entry["f1"] for entry in entries},
             "curve": curve.to_dict(orient="list"),
         }
+        if "control" in data:
+            arms[arm]["control"] = data["control"]
     measures = {
         "seed": summary["config"]["seed"],
         "concept": concept,
@@ -262,48 +315,36 @@ def _minus(a: float | None, b: float | None) -> float:
 
 
 # -- across seeds ------------------------------------------------------------------------------
-def interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean and t-interval of the finite values; ``n`` counts them, ``missing`` the others."""
-    array = np.asarray([math.nan if v is None else v for v in values], dtype=float)
-    finite = array[np.isfinite(array)]
-    # None, not NaN, where there is no number: sweep.json stays valid JSON.
-    result: dict[str, Any] = {
-        "mean": float(finite.mean()) if len(finite) else None,
-        "ci_low": None,
-        "ci_high": None,
-        "n": int(len(finite)),
-        "missing": int(len(array) - len(finite)),
-        "values": [float(v) if np.isfinite(v) else None for v in array],
-    }
-    if len(finite) >= 2:
-        half = scipy_stats.t.ppf(0.5 + confidence / 2, len(finite) - 1) * finite.std(ddof=1)
-        half /= math.sqrt(len(finite))
-        result["ci_low"], result["ci_high"] = result["mean"] - half, result["mean"] + half
-    return result
-
-
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and 95% interval across runs (seeds) of every measure and stage score, per arm, and
-    of the per-seed concept-minus-random difference (paired)."""
+    of the per-seed concept-minus-random difference (paired, with the difference 80% power
+    would detect and an equivalence test against :data:`MARGINS`). Runs that never recovered
+    are censored (:func:`~neuroplastic.intervals.censored_interval`), never dropped."""
     arms = list(runs[0]["arms"])
     result: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "arms": {}}
     for arm in arms:
         per_arm = [r["arms"][arm] for r in runs]
         stages = list(per_arm[0]["f1"])
         result["arms"][arm] = {
-            **{m: interval([a[m] for a in per_arm]) for m in MEASURES},
+            **{m: _across(m, per_arm) for m in MEASURES},
             "f1": {
                 stage: {
-                    entity: interval([a["f1"][stage][entity] for a in per_arm])
+                    entity: interval([a["f1"][stage][entity] for a in per_arm], bounds=F1_BOUNDS)
                     for entity in per_arm[0]["f1"][stage]
                 }
                 for stage in stages
             },
+            "grid": _grid(per_arm),
             "curves": [a["curve"] for a in per_arm],
         }
+        kinds = sorted({a["control"] for a in per_arm if "control" in a})
+        if kinds:
+            result["arms"][arm]["control"] = kinds[0] if len(kinds) == 1 else kinds
     if "random" in arms:
         result["concept_minus_random"] = {
-            m: interval([_minus(r["arms"]["concept"][m], r["arms"]["random"][m]) for r in runs])
+            m: _paired_across(
+                m, [r["arms"]["concept"] for r in runs], [r["arms"]["random"] for r in runs]
+            )
             for m in MEASURES
         }
     prediction = prediction_across_seeds(runs)
@@ -314,6 +355,41 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if any("preempt" in r for r in runs):
         result["preempt"] = preempt_across_seeds(runs)
     return result
+
+
+def _budget(arm: dict[str, Any]) -> float | None:
+    """The last retraining step a run's arm was evaluated at (a censored run's lower bound)."""
+    return (arm.get("recovery") or {}).get("budget")
+
+
+def _across(measure: str, per_arm: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    values = [a[measure] for a in per_arm]
+    if measure in CENSORED:
+        return censored_interval(values, [_budget(a) for a in per_arm])
+    return interval(values, bounds=BOUNDS.get(measure))
+
+
+def _paired_across(
+    measure: str, treated: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The per-seed difference treated - control of ``measure``, across seeds. A censored
+    treated run's difference is at least its budget minus the control's number."""
+    values = [_minus(t[measure], c[measure]) for t, c in zip(treated, control, strict=True)]
+    if measure in CENSORED:
+        at_least = [
+            _minus(_budget(t), c[measure]) if t[measure] is None else None
+            for t, c in zip(treated, control, strict=True)
+        ]
+        result = censored_interval(values, at_least)
+        result["margin"] = MARGINS.get(measure)
+        return result
+    return paired(values, MARGINS.get(measure), _difference_bounds(BOUNDS.get(measure)))
+
+
+def _grid(per_arm: Sequence[dict[str, Any]]) -> list[float] | list[list[float]]:
+    """The retraining steps the arm was evaluated at: one list when every seed had the same."""
+    grids = [list((a.get("recovery") or {}).get("grid") or a["curve"]["step"]) for a in per_arm]
+    return grids[0] if all(g == grids[0] for g in grids) else grids
 
 
 def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -25,7 +25,13 @@
 import os
 import tempfile
 
-from neuroplastic.analysis import ArmRun, concept_depth, layer_saliency, recovery_curves
+from neuroplastic.analysis import (
+    ArmRun,
+    fixed_population,
+    layer_saliency,
+    recovery_curves,
+    relocation,
+)
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.experiment import run_experiment
 from neuroplastic.rundir import RunDir
@@ -60,7 +66,7 @@ config = ExperimentConfig(
     plateau_every=0,  # exactly BASE_STEPS steps of fine-tuning
     stages=2,
     stage_steps=STAGE_STEPS,
-    eval_every=max(1, STAGE_STEPS // 2),  # two evaluations per stage
+    # evaluated at the default dense grid: every step, then log-spaced, in the first stage
     learning_rate=2e-4,
     top_k_tokens=10,
 )
@@ -102,15 +108,25 @@ for arm, entries in stages.items():
 # ## Where did the concept go?
 #
 # Per layer and stage, the mean saliency for LOC of the live neurons (1 = most salient; the
-# held neurons have none), and the saliency-weighted mean layer of the top 1%: a falling value
-# means the concept moved to earlier layers. One run is one sample: `neuroplastic sweep` repeats
-# it over seeds for intervals.
+# held neurons have none), and the saliency-weighted mean layer of the top 1%. Removing the top
+# tier changes which neurons are "the top 1%" with no training at all, so movement is read on
+# one fixed population (alive at every stage, outside the held set), from the pruned stage on;
+# the removal's own shift (base to pruned) is a separate number. A falling value means the
+# concept moved to earlier layers. One run is one sample: `neuroplastic sweep` repeats it over
+# seeds for intervals.
 
 # %%
 concept_arm = ArmRun.load(run, "concept")
 rankings = concept_arm.rankings()
-saliency = layer_saliency(rankings, top=0.01)
-depth = concept_depth(rankings, top=0.01)
+population = fixed_population(rankings, concept_arm.ablated)
+saliency = layer_saliency(rankings, top=0.01, population=population)
+moved = relocation(rankings, concept_arm.ablated, top=0.01)
+depth = moved.depth
+print(
+    f"relocation while retraining ({moved.start} -> {moved.end}, {moved.n_population} neurons): "
+    f"{moved.shift:+.2f} layers; shift at the removal alone ({moved.first} -> {moved.start}): "
+    f"{moved.removal_shift:+.2f} layers"
+)
 where = go.Figure(
     [
         go.Scatter(x=rows["layer"], y=rows["mean"], mode="lines+markers", name=stage)

@@ -120,11 +120,12 @@ def test_relearning_curves_and_saliency(monkeypatch: pytest.MonkeyPatch, tmp_pat
     run, model_cfg = demo["run"], demo["config"]
     assert run.path == out and (out / "summary.json").is_file()
 
-    # Recovery curves: both arms, an evaluation every 2 steps, F1 a proportion.
+    # Recovery curves: both arms, the dense grid in the first stage (every step of its 4), F1 a
+    # proportion.
     loc = demo["loc"]
     assert set(loc["arm"]) == {"concept", "random"}
     for arm, rows in loc.groupby("arm"):
-        assert set(rows["step"]) == {0, 2, 4, 6, 8}, arm
+        assert set(rows["step"]) == {0, 1, 2, 3, 4, 8}, arm
     assert loc["value"].between(0, 1).all()
     for entries in demo["stages"].values():
         for entry in entries:
@@ -152,6 +153,15 @@ def test_relearning_curves_and_saliency(monkeypatch: pytest.MonkeyPatch, tmp_pat
     depth = demo["depth"]
     assert depth["stage"].tolist() == stages
     assert depth["mean_layer"].between(0, n_layers - 1).all()
+    assert depth["mean_layer_fixed"].between(0, n_layers - 1).all()
+    moved = demo["moved"]
+    by_stage = depth.set_index("stage")
+    assert moved.shift == pytest.approx(
+        by_stage.loc["retrain-2", "mean_layer_fixed"] - by_stage.loc["pruned", "mean_layer_fixed"]
+    )
+    assert moved.removal_shift == pytest.approx(
+        by_stage.loc["pruned", "mean_layer"] - by_stage.loc["base", "mean_layer"]
+    )
 
     # The report displays inline as a frame holding the whole page.
     frame = demo["report"]._repr_html_()

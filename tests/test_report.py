@@ -137,7 +137,12 @@ def test_report_shows_the_planted_story(rendered_report: Rendered, report: Path)
         assert heading in headings
     text = rendered_report.text
     assert "Where did LOC go?" in rendered_report.title
-    assert "3.00 → 1.00" in text and "3.00 → 3.00" in text  # depth: concept vs random arm
+    # Depth, concept arm: of its base → last shift of 3.00 → 1.00 layers, -1.67 is the removal
+    # itself (base → pruned, no training) and -0.33 relocation on its fixed population (by hand:
+    # the top 6 of the survivors sit at mean layer 1.33 when pruned, 1.00 at the end); the
+    # random arm moves neither way.
+    assert "-0.33 layers" in text and "-1.67 layers" in text
+    assert text.count("+0.00 layers") == 2
     assert "layer 1 (100%)" in text and "layer 3 (100%)" in text
     # Polysemantic neurons, concept vs random arm, over the 90 neurons alive throughout.
     assert "2 → 8 of 90" in text and "2 → 2 of 90" in text

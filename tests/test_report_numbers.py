@@ -133,10 +133,13 @@ def test_key_numbers_of_the_planted_story(fake_html: str) -> None:
     arms = table(fake_html, ARMS_TABLE)
     assert arms.loc["neurons ablated"].tolist() == ["6", "6"]
     assert arms.loc["of them also in the concept set", "random"] == "0"
-    assert arms.loc["mean layer of the top 6 live neurons: base → retrain-2"].tolist() == [
-        "3.00 → 1.00",
-        "3.00 → 3.00",
-    ]
+    # Of the concept arm's 3.00 → 1.00, the removal alone is -1.67 and relocation on the 90
+    # survivors -0.33 (the top 6 of them: mean layer 1.33 when pruned, 1.00 at the end).
+    relocation = [row for row in arms.index if row.startswith("relocation of the top 6")]
+    assert "pruned → retrain-2" in relocation[0] and "90 neurons" in relocation[0]
+    assert arms.loc[relocation[0]].tolist() == ["-0.33 layers", "+0.00 layers"]
+    removal = [row for row in arms.index if row.startswith("shift of the top 6")]
+    assert arms.loc[removal[0]].tolist() == ["-1.67 layers", "+0.00 layers"]
     poly = [row for row in arms.index if row.startswith("polysemantic neurons")]
     assert arms.loc[poly[0]].tolist() == ["2 → 8 of 90", "2 → 2 of 90"]
     assert arms.loc["ablated neurons alive at retrain-2"].tolist() == ["0 of 6", "0 of 6"]
@@ -232,9 +235,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     return RunDir(out)
 
 
-def _hand_depth(path: Path, n_top: int) -> float:
-    """The weighted mean layer of the ``n_top`` most salient live neurons of a stored ranking."""
+def _hand_depth(path: Path, n_top: int, population: set | None = None) -> float:
+    """The weighted mean layer of the ``n_top`` most salient live neurons of a stored ranking
+    (of those in ``population``, pairs (layer, neuron), when given)."""
     frame = pd.read_parquet(path)
+    if population is not None:
+        pairs = zip(frame["layer"], frame["neuron"], strict=True)
+        frame = frame[[pair in population for pair in pairs]]
     top = frame.dropna(subset=["rank"]).sort_values("rank", kind="stable").head(n_top)
     weights = 1 - np.arange(n_top) / n_top
     return float((top["layer"].to_numpy() * weights).sum() / weights.sum())
@@ -260,14 +267,28 @@ def test_report_of_a_real_run_matches_its_files(tiny_run: RunDir) -> None:
     n_total = len(pd.read_parquet(tiny_run.stage_dir("concept", "base") / "ranking.parquet"))
     n_top = max(10, round(0.01 * n_total))
     last = tiny_run.stages("concept")[-1]
-    expected = " → ".join(
-        f"{_hand_depth(tiny_run.stage_dir('concept', s) / 'ranking.parquet', n_top):.2f}"
-        for s in ("base", last)
+    ranked = {
+        s: tiny_run.stage_dir("concept", s) / "ranking.parquet" for s in ("base", "pruned", last)
+    }
+    removed = set(tiny_run.neurons("concept").neurons)
+    population = None
+    for stage in tiny_run.stages("concept"):
+        frame = pd.read_parquet(tiny_run.stage_dir("concept", stage) / "ranking.parquet")
+        live = frame.dropna(subset=["rank"])
+        alive = set(zip(live["layer"], live["neuron"], strict=True))
+        population = alive if population is None else population & alive
+    population -= removed
+    relocation = _hand_depth(ranked[last], n_top, population) - _hand_depth(
+        ranked["pruned"], n_top, population
     )
+    removal = _hand_depth(ranked["pruned"], n_top) - _hand_depth(ranked["base"], n_top)
     key = table(html, ARMS_TABLE)
-    assert key.loc[f"mean layer of the top {n_top} live neurons: base → {last}", "concept"] == (
-        expected
-    )
+    rows = {row.split(" (")[0]: row for row in key.index}
+    moved = rows[f"relocation of the top {n_top} while retraining, pruned → {last}"]
+    assert key.loc[moved, "concept"] == f"{relocation:+.2f} layers"
+    assert f"{len(population)} neurons alive" in moved
+    shift = rows[f"shift of the top {n_top} at the removal alone, base → pruned"]
+    assert key.loc[shift, "concept"] == f"{removal:+.2f} layers"
     # The ablated neurons: as many as the neuron file lists, none alive in hold mode (their
     # statistics are exactly zero).
     ablated = tiny_run.neurons("concept")

@@ -42,6 +42,7 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
 from neuroplastic.manifest import CorruptFile
+from neuroplastic.neurons import CONTROL_KINDS
 from neuroplastic.predict import DESCRIPTIONS, TRUTHS
 from neuroplastic.rundir import RunDir
 from neuroplastic.similarity import TokenEmbeddings
@@ -165,7 +166,7 @@ def _build_report(
     page.paragraph(
         f"Run {run.path.name}: the MLP neurons most salient for {concept} "
         f"({config['method']} ranking) were ablated ({config['mode']} mode), and the model "
-        "retrained. The random arm ablates as many random neurons per layer: the control. "
+        f"retrained. {_control_sentence(config, summary)} "
         f"Saliency is a neuron's normalized rank for {concept} among the neurons alive at that "
         "stage (1 = most salient); an ablated (dead) neuron has none."
         + (
@@ -298,13 +299,25 @@ def _key_numbers(
             column["of them also in the concept set"] = (
                 "–" if arm == "concept" else NOT_RECORDED if overlap is None else str(overlap)
             )
-        depth = analysis.depth.set_index("stage")["mean_layer"]
-        column[f"mean layer of the top {n_top} live neurons: {data.first} → {data.last}"] = (
-            f"{depth[data.first]:.2f} → {depth[data.last]:.2f}"
-        )
+        if arm == "random":
+            kind = arms_summary.get(arm, {}).get("control")
+            column["the control is"] = NOT_RECORDED if kind is None else CONTROL_KINDS[kind]
+        recovered = arms_summary.get(arm, {}).get("recovery")
+        if recovered is not None:
+            column.update(_recovery_numbers(recovered))
+        moved = analysis.relocation
+        column[
+            f"relocation of the top {n_top} while retraining, {moved.start} → {moved.end} "
+            f"(one fixed population: {moved.n_population} neurons alive at every stage, outside "
+            "the removed set)"
+        ] = f"{moved.shift:+.2f} layers"
+        column[
+            f"shift of the top {n_top} at the removal alone, {moved.first} → {moved.start} "
+            "(each stage's own top set; no training in between: not movement)"
+        ] = f"{moved.removal_shift:+.2f} layers"
         shares = analysis.layer_saliency
         last = shares[shares["stage"] == data.last].set_index("layer")["top_share"]
-        column[f"layer holding most top neurons at {data.last}"] = (
+        column[f"layer holding most top neurons of the population at {data.last}"] = (
             f"layer {int(last.idxmax())} ({last.max():.0%})"
         )
         if analysis.primed is not None:
@@ -312,6 +325,10 @@ def _key_numbers(
             column["primed: Spearman ρ(similarity to concept, saliency gain)"] = (
                 f"{p.rho:+.2f} over {p.n} neurons"
             )
+            column[
+                "primed, the mechanical part taken out: partial ρ(similarity, saliency at the "
+                "end | saliency at the start)"
+            ] = f"{p.partial_rho:+.2f}"
         poly = analysis.polysemanticity
         counts = poly.counts.set_index("stage")
         column[
@@ -333,6 +350,47 @@ def _key_numbers(
         caption="Concept arm beside the random arm"
         + (f" and the {' and '.join(others)} arms" if others else ""),
     )
+
+
+def _control_sentence(config: dict[str, Any], summary: dict | None) -> str:
+    """What the control arm holds, as the run drew it."""
+    if config.get("baseline") == "none":
+        return "There is no control arm."
+    kind = ((summary or {}).get("arms", {}).get("random", {})).get("control")
+    if kind == "complement":
+        return (
+            "The control arm (named random in the files) holds the complement of the concept "
+            "set: at this size the pool outside the set is no larger than the set, so the "
+            "control is not a random draw and is the same for every seed."
+        )
+    if kind == "random-any":
+        return (
+            "The random arm holds as many neurons drawn uniformly from all neurons, the "
+            "concept's included (their overlap is in the key numbers): the control."
+        )
+    per = "in total" if config.get("baseline") == "random-global" else "per layer"
+    return f"The random arm ablates as many random neurons {per}, outside the set: the control."
+
+
+def _recovery_numbers(recovered: dict[str, Any]) -> dict[str, str]:
+    """An arm's recovery measures with the grid they were read from."""
+    grid = recovered.get("grid") or []
+    steps = recovered.get("steps_to_recover")
+    budget = recovered.get("budget")
+    numbers = {
+        f"steps to 90% of base (evaluated at steps {_grid_text(grid)})": (
+            _steps(steps) if recovered.get("reached") else f"not within {budget:g} (censored)"
+        )
+    }
+    for step, share in (recovered.get("share_recovered") or {}).items():
+        numbers[f"share of the drop recovered after {step} steps"] = (
+            "n/a (no drop, or beyond the grid)" if share is None else f"{share:.2f}"
+        )
+    return numbers
+
+
+def _grid_text(grid: Sequence[float]) -> str:
+    return ", ".join(f"{g:g}" for g in grid)
 
 
 #: Why base fine-tuning stopped, as summary.json records it.
@@ -875,10 +933,14 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
         "Left: mean saliency of each layer's live neurons, per stage (ablated neurons have no "
         "saliency and are left out; hover for how many were alive). With no concept at all, "
         f"every layer would sit near 0.5. Right: which layers hold the top {n_top} most salient "
-        "live neurons. Below: the saliency-weighted mean layer of those top neurons. Does the "
-        "concept move to earlier layers, as Lo et al. report? Compare the concept arm with the "
-        "random arm; whether a shift exceeds the spread between seeds is for "
-        "`neuroplastic sweep` to say."
+        "neurons of one fixed population per arm (alive at every stage, outside the arm's "
+        "removed set), so that every stage's top set is drawn from the same neurons. Below: the "
+        "saliency-weighted mean layer of those top neurons (solid), and of each stage's own top "
+        "set among all live neurons (dotted). Between base and pruned nothing is trained: the "
+        "dotted line's step there is what removing the top tier does to 'the top neurons' by "
+        "itself, not movement. Does the concept move to earlier layers while retraining, as Lo "
+        "et al. report? Read the solid line from pruned on, against the random arm; whether a "
+        "shift exceeds the spread between seeds is for `neuroplastic sweep` to say."
     )
     arms = list(analyses)
     fig = make_subplots(
@@ -938,10 +1000,19 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
         depth.add_trace(
             go.Scatter(
                 x=frame["stage"],
+                y=frame["mean_layer_fixed"],
+                mode="lines+markers",
+                name=f"{arm} arm, fixed population",
+                line={"color": ARM_COLORS.get(arm)},
+            )
+        )
+        depth.add_trace(
+            go.Scatter(
+                x=frame["stage"],
                 y=frame["mean_layer"],
                 mode="lines+markers",
-                name=f"{arm} arm",
-                line={"color": ARM_COLORS.get(arm)},
+                name=f"{arm} arm, each stage's own top set",
+                line={"color": ARM_COLORS.get(arm), "dash": "dot", "width": 1},
             )
         )
     depth.update_layout(
@@ -1135,7 +1206,10 @@ def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: s
         "p-value or interval is computed over neurons; seeds give the spread). A positive ρ in "
         "the concept arm says the concept came back in neurons already near it. Neurons already "
         "salient at the start have little room to gain, so the second row of each arm keeps "
-        "only those with saliency below 0.5 there. " + similarity_note
+        "only those with saliency below 0.5 there. The gain is measured from the saliency at "
+        "the start, and similarity goes with that saliency too, so part of ρ is mechanical; "
+        "the partial ρ of similarity with the saliency at the end, given the saliency at the "
+        "start, takes that part out. " + similarity_note
     )
     rows = []
     for arm, analysis in analyses.items():
@@ -1144,7 +1218,16 @@ def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: s
             ("saliency < 0.5 at start", analysis.primed_unsalient),
         ):
             if p is not None:
-                rows.append({"arm": arm, "neurons": neurons, "rho": p.rho, "n": p.n})
+                rows.append(
+                    {
+                        "arm": arm,
+                        "neurons": neurons,
+                        "rho": p.rho,
+                        "rho with saliency at start": p.rho_with_start,
+                        "partial rho given start": p.partial_rho,
+                        "n": p.n,
+                    }
+                )
     page.table(pd.DataFrame(rows), index=False, float_format="{:+.3f}")
     titles = [f"{arm} arm: ρ = {p.rho:+.2f}" for arm, p in primed.items()]
     fig = make_subplots(rows=1, cols=len(primed), shared_yaxes=True, subplot_titles=titles)

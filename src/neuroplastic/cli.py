@@ -34,7 +34,8 @@ SETTING_HELP = {
     "fraction": "share of all MLP neurons to ablate, a fraction in (0, 1]",
     "count": "neurons to ablate, in total (per layer with --selection per-layer)",
     "baseline": "control arm: random (as many random neurons per layer), random-global "
-    "(as many in total), none",
+    "(as many in total), random-any (as many from all neurons, the concept's included), none; "
+    "a control whose pool is no larger than the set is its complement, and is named so",
     "checkpoint": "a fine-tuned model's .safetensors checkpoint (from --save-checkpoints): skip "
     "base fine-tuning",
     "train_sentences": "training sentences (embedded corpus size, or cap on the train split); "
@@ -55,8 +56,10 @@ SETTING_HELP = {
     "--stage-steps; 0: count steps",
     "schedule": "continuous: one optimizer and LR schedule across stages; per-stage: a fresh "
     "one per stage (the paper's)",
-    "eval_every": "extra validation every N optimizer steps inside a retraining stage; "
-    "0: only at stage ends",
+    "eval_grid": "where retraining is evaluated: dense (every step for 4 steps, then "
+    "log-spaced, in each round's first stage; and every stage end) or uniform (stage ends "
+    "only); --eval-every adds more",
+    "eval_every": "extra validation every N optimizer steps inside every retraining stage; 0: none",
     "learning_rate": "AdamW peak learning rate",
     "weight_decay": "AdamW decoupled weight decay coefficient",
     "batch_size": "sentences per training batch",

@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from neuroplastic.errors import NeuroplasticError
 
 # Output options: they may change between a run and its resumption.
@@ -66,8 +64,9 @@ def dense_grid(stage_steps: int, every_step: int = 4, log_points: int = 7) -> li
     first = list(range(1, min(every_step, stage_steps) + 1))
     if stage_steps <= every_step:
         return first
-    spaced = np.geomspace(every_step, stage_steps, log_points)
-    return sorted(set(first) | {int(round(float(s))) for s in spaced})
+    ratio = (stage_steps / every_step) ** (1 / (log_points - 1))
+    spaced = {round(every_step * ratio**i) for i in range(log_points)}
+    return sorted(set(first) | spaced | {stage_steps})
 
 
 @dataclass
@@ -362,8 +361,12 @@ class ExperimentConfig:
     def differences(self, other: ExperimentConfig) -> list[str]:
         """Human-readable ``name: theirs -> ours`` for settings that define the run."""
         ours, theirs = self.identity(), other.identity()
+        names = list(dict.fromkeys([*ours, *theirs]))
+        # A later setting at its earlier default is left out of an identity: read it back.
+        mine = {name: ours.get(name, LATER_SETTINGS.get(name)) for name in names}
+        existing = {name: theirs.get(name, LATER_SETTINGS.get(name)) for name in names}
         return [
-            f"{name}: {theirs[name]!r} (existing run) vs {value!r}"
-            for name, value in ours.items()
-            if value != theirs[name]
+            f"{name}: {existing[name]!r} (existing run) vs {mine[name]!r}"
+            for name in names
+            if mine[name] != existing[name]
         ]

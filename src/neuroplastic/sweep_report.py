@@ -52,9 +52,21 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
     )
     with page.details("What each measure means", open=True):
         page.table(pd.Series(sweep["measures"], name="meaning").to_frame(), float_format=None)
+    page.paragraph(
+        "Intervals: 95% t-intervals across seeds; for a bounded measure whose t-interval would "
+        "leave its range, the range of the seeds instead (marked; with n seeds it holds the "
+        "median with probability 1 - 2^(1-n)). A measure that some seeds never reached within "
+        "their steps (censored) shows a lower bound on its mean, never a mean over the seeds "
+        "that reached it. A paired difference is called 'within ±m' only when two one-sided "
+        "t-tests (TOST, alpha 0.05) show it inside the margin m; otherwise the text says how "
+        "large a difference the 90% interval still admits. Margins: "
+        + ", ".join(f"{m} {_number(v)}" for m, v in (sweep.get("margins") or {}).items())
+        + "."
+    )
     _overview(page, sweep)
     for cell, result in sweep["cells"].items():
         page.heading(cell)
+        _design(page, result)
         _measures(page, sweep["measures"], result)
         _stage_scores(page, result)
         _curves(page, result, concept)
@@ -80,6 +92,28 @@ def _overview(page: HtmlPage, sweep: dict[str, Any]) -> None:
         {name: {m: _ci(values[m]) for m in sweep["measures"]} for name, values in columns.items()}
     )
     page.table(table, caption="mean [95% interval across seeds]", float_format=None)
+
+
+def _design(page: HtmlPage, result: dict[str, Any]) -> None:
+    """What the control was and where the recovery was read: both change what the numbers say."""
+    random = result["arms"].get("random", {})
+    kind = random.get("control")
+    notes = []
+    if kind == "complement":
+        notes.append(
+            "The control arm holds the concept set's complement (the pool outside the set was "
+            "no larger than the set): it is not a random draw, and 'concept - random' below is "
+            "'concept - complement'."
+        )
+    elif kind == "random-any":
+        notes.append("The control draws its neurons from all neurons, the concept's included.")
+    grid = result["arms"]["concept"].get("grid")
+    if grid and not isinstance(grid[0], list):
+        notes.append("Recovery read at retraining steps " + ", ".join(f"{g:g}" for g in grid) + ".")
+    elif grid:
+        notes.append("The seeds were evaluated at different steps (see each seed's curve).")
+    if notes:
+        page.paragraph(" ".join(notes))
 
 
 def _measures(page: HtmlPage, measures: dict[str, str], result: dict[str, Any]) -> None:
@@ -289,13 +323,31 @@ def _number(value: float) -> str:
 
 
 def _ci(value: dict[str, Any]) -> str:
+    """A measure across seeds as text: mean [interval]; a censored measure as its lower bound
+    and how many seeds reached it; '(seed range)' where a t-interval would have left the
+    measure's range; a paired difference with what its equivalence test and power say."""
     mean, low, high = value["mean"], value["ci_low"], value["ci_high"]
+    if value.get("censored"):
+        n = value["reached"] + value["censored"]
+        return (
+            f"≥ {_number(value['lower_bound'])} (reached by {value['reached']} of {n} seeds; "
+            f"{value['censored']} censored at their budget)"
+        )
     if mean is None:
         text = "n/a"
     elif low is None:
         text = _number(mean)
     else:
         text = f"{_number(mean)} [{_number(low)}, {_number(high)}]"
+        if value.get("method") == "seed range":
+            text += " (seed range)"
     if value.get("missing"):
         text += f" (n/a in {value['missing']} of {value['n'] + value['missing']} seeds)"
+    test = value.get("equivalence")
+    if test and test.get("p") is not None:
+        margin = _number(test["margin"])
+        if test["equivalent"]:
+            text += f"; within ±{margin} (TOST p = {test['p']:.3f})"
+        else:
+            text += f"; not shown within ±{margin}: admits up to {_number(test['admits'])}"
     return text

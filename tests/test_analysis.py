@@ -399,7 +399,8 @@ def test_primed_correlation_is_undefined_without_any_gain(
 
 
 def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: ArmRun) -> None:
-    poly = polysemanticity(concept_arm.stats(), CONCEPT, vocabulary=concept_arm.vocabulary)
+    band = {"low": 0.2, "high": 0.8}  # a fixed band: the counting itself
+    poly = polysemanticity(concept_arm.stats(), CONCEPT, vocabulary=concept_arm.vocabulary, **band)
     counts = poly.counts.set_index("stage")
     assert counts["n_polysemantic"].tolist() == [2, 2, 8, 8]
     assert counts["n_new"].tolist() == [0, 0, 6, 6]
@@ -417,12 +418,14 @@ def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: A
     base = poly.examples("base")
     assert sorted(zip(base["layer"], base["neuron"], strict=True)) == POLY_BASE
 
-    control = polysemanticity(random_arm.stats(), CONCEPT).counts
+    control = polysemanticity(random_arm.stats(), CONCEPT, **band).counts
     assert control["n_polysemantic"].tolist() == [2, 2, 2, 2]
     # A stricter band, and leaving neurons out.
     strict = polysemanticity(concept_arm.stats(), CONCEPT, low=0.4, high=0.45).counts
     assert strict["n_polysemantic"].tolist() == [0, 0, 0, 0]
-    excluded = polysemanticity(concept_arm.stats(), CONCEPT, exclude=concept_arm.ablated).counts
+    excluded = polysemanticity(
+        concept_arm.stats(), CONCEPT, exclude=concept_arm.ablated, **band
+    ).counts
     assert excluded["n_alive"].tolist() == [90, 90, 90, 90]
     assert excluded["n_population"].eq(90).all()
     with pytest.raises(NeuroplasticError):
@@ -432,7 +435,7 @@ def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: A
 def test_polysemantic_shares_have_one_denominator(concept_arm: ArmRun) -> None:
     # Two neurons are polysemantic at base and at pruned; between the two, six neurons die.
     # The share must not change: only the neurons alive at every stage are counted.
-    poly = polysemanticity(concept_arm.stats(), CONCEPT)
+    poly = polysemanticity(concept_arm.stats(), CONCEPT, low=0.2, high=0.8)
     shares = poly.counts.set_index("stage")["polysemantic_share"]
     assert shares["base"] == shares["pruned"] == pytest.approx(2 / 90)
     assert shares["retrain-2"] == pytest.approx(8 / 90)
@@ -513,6 +516,34 @@ def test_stage_gaps_to_base_and_to_the_paired_control(hold: FakeRun) -> None:
     assert (
         old["value"].tolist() == [0.9] and old[["gap_to_base", "gap_to_control"]].isna().all().all()
     )
+
+
+def test_the_mixing_band_is_relative_to_the_concepts_share_of_tokens(
+    concept_arm: ArmRun, random_arm: ArmRun
+) -> None:
+    from neuroplastic.analysis import common_population, concept_base_rate, mixing_band
+
+    base = concept_arm.stages["base"].stats
+    rate = concept_base_rate(base, CONCEPT)
+    assert rate == pytest.approx(float(base.count[1] / base.count.sum()))  # LOC, by hand
+    assert mixing_band(0.12) == pytest.approx((0.24, 0.88))
+    with pytest.raises(NeuroplasticError, match="no mixing band"):
+        mixing_band(0.4)
+    # Here LOC is 24% of tokens: a mix needs at least 49% LOC top tokens. The primed neurons'
+    # 2 of 6 at retrain-1 is no longer a mix; their 3 of 6 at retrain-2 and the two always
+    # half-LOC neurons are.
+    poly = polysemanticity(concept_arm.stats(), CONCEPT)
+    assert (poly.low, poly.high) == pytest.approx((2 * rate, 1 - rate))
+    assert poly.counts["n_polysemantic"].tolist() == [2, 2, 2, 8]
+    # Over one population common to both arms (outside both removed sets): 96 - 6 - 6.
+    common = common_population({"concept": concept_arm, "random": random_arm})
+    assert int(common.sum()) == N_LAYERS * D_MLP - len(PLANTED) - len(RANDOM_ABLATED)
+    both = {
+        arm.arm: polysemanticity(arm.stats(), CONCEPT, population=common).counts
+        for arm in (concept_arm, random_arm)
+    }
+    assert both["concept"]["n_population"].eq(84).all()
+    assert both["random"]["n_polysemantic"].tolist() == [2, 2, 2, 2]
 
 
 # ---------------------------------------------------------------------------------------------

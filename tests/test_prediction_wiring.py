@@ -66,7 +66,9 @@ def test_predictions_are_saved_with_the_concept_arms_pruned_stage(predicted):
     run = RunDir(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert PREDICTIONS in manifest
-    assert not list((out / "stages" / "random").rglob("predictions.*"))
+    # The control is predicted too (its null), with its own pruned stage.
+    control = "stages/random/pruned/predictions.safetensors"
+    assert control in manifest and set(load_file(str(out / control))) == set(PREDICTORS)
     tensors = load_file(str(out / PREDICTIONS))
     # similarity needs a base top token labelled LOC; the tiny run has some
     assert set(tensors) == set(PREDICTORS)
@@ -98,10 +100,11 @@ def hand_auc(scores, positive):
 def test_the_summary_evaluates_every_predictor_against_what_happened(predicted):
     out, summary = predicted
     run = RunDir(out)
-    rows = pd.DataFrame(summary["prediction"])
-    assert set(rows["arm"]) == {"concept"}
+    every = pd.DataFrame(summary["prediction"])
+    assert set(every["arm"]) == {"concept", "random"}  # the control's numbers: the null
+    rows = every[every["arm"] == "concept"]
     assert rows[["predictor", "truth"]].apply(tuple, axis=1).tolist() == [
-        (p, t) for p in PREDICTORS for t in ("gain", "entered")
+        (p, t) for p in PREDICTORS for t in ("gain", "entered", "last_top")
     ]
     # The "gain" truth by hand: the top 1% (here 1) of candidates by positive saliency gain.
     arm = ArmRun.load(run, "concept")
@@ -203,7 +206,13 @@ def test_the_sweep_gives_each_predictor_a_mean_and_interval_across_seeds():
     half = stats.t.ppf(0.975, 2) * np.std([0.9, 0.7, 0.8], ddof=1) / math.sqrt(3)
     assert (auc["n_seeds"], auc["missing"]) == (3, 0)
     assert auc["mean"] == pytest.approx(0.8)
-    assert (auc["ci_low"], auc["ci_high"]) == pytest.approx((0.8 - half, 0.8 + half))
+    # The t-interval would end above 1, outside an AUC's range: the seeds' range instead.
+    assert 0.8 + half > 1
+    assert (auc["ci_low"], auc["ci_high"]) == pytest.approx((0.7, 0.9))
+    assert auc["method"] == "seed range"
+    precision = rows["gradient", "gain", "precision_at_k"]
+    spread = stats.t.ppf(0.975, 2) * np.std([1.0, 0.5, 0.5], ddof=1) / math.sqrt(3)
+    assert precision["method"] == "t" and precision["ci_low"] == pytest.approx(2 / 3 - spread)
     lift = rows["random", "gain", "precision_lift"]
     assert lift["mean"] == pytest.approx(1 / 6 - 0.25)
     # The seed without positives for gradient/entered is missing, not a zero.

@@ -144,8 +144,9 @@ def test_report_shows_the_planted_story(rendered_report: Rendered, report: Path)
     assert "-0.33 layers" in text and "-1.67 layers" in text
     assert text.count("+0.00 layers") == 2
     assert "layer 1 (100%)" in text and "layer 3 (100%)" in text
-    # Polysemantic neurons, concept vs random arm, over the 90 neurons alive throughout.
-    assert "2 → 8 of 90" in text and "2 → 2 of 90" in text
+    # Polysemantic neurons, concept vs random arm, over the 84 neurons alive throughout in both
+    # arms and outside both removed sets.
+    assert "2 → 8 of 84" in text and "2 → 2 of 84" in text
     assert "describes this one run" in text and "neuroplastic sweep" in text
     # The six ablated neurons of each arm are masked (no saliency) from the pruned stage on.
     assert rendered_report.values["heatmap_gaps"] == [0, 6, 6, 6] * 2

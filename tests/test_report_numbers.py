@@ -141,7 +141,7 @@ def test_key_numbers_of_the_planted_story(fake_html: str) -> None:
     removal = [row for row in arms.index if row.startswith("shift of the top 6")]
     assert arms.loc[removal[0]].tolist() == ["-1.67 layers", "+0.00 layers"]
     poly = [row for row in arms.index if row.startswith("polysemantic neurons")]
-    assert arms.loc[poly[0]].tolist() == ["2 → 8 of 90", "2 → 2 of 90"]
+    assert arms.loc[poly[0]].tolist() == ["2 → 8 of 84", "2 → 2 of 84"]
     assert arms.loc["ablated neurons alive at retrain-2"].tolist() == ["0 of 6", "0 of 6"]
     text = _text(fake_html)
     steps, stopped = BASE_TRAINING["steps"], BASE_TRAINING["stopped"]

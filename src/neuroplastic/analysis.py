@@ -63,11 +63,14 @@ __all__ = [
     "Relocation",
     "alive_mask",
     "analyse_arm",
+    "common_population",
+    "concept_base_rate",
     "concept_depth",
     "concept_share",
     "concept_token_ids",
     "fixed_population",
     "layer_saliency",
+    "mixing_band",
     "polysemanticity",
     "primed_neurons",
     "pruned_trace",
@@ -660,28 +663,70 @@ class Polysemanticity:
         return rows.drop(columns="evenness").head(n).reset_index(drop=True)
 
 
+def concept_base_rate(stats: NeuronStats, concept: str) -> float:
+    """The share of all tokens labelled ``concept``: what a neuron's top tokens would hold of
+    it by chance."""
+    count = stats.count.double()
+    return float(count[stats.label_index(concept)] / count.sum())
+
+
+def mixing_band(base_rate: float) -> tuple[float, float]:
+    """The shares of concept tokens among a neuron's top tokens that count as a mix, relative
+    to the concept's share of all tokens p: at least 2p (the concept enriched twice over
+    chance) and at most 1 - p (other labels still hold at least the concept's own share).
+    LOC, about 12% of tokens: [0.24, 0.88]."""
+    low, high = 2 * base_rate, 1 - base_rate
+    if not 0 < low <= high < 1:
+        raise NeuroplasticError(
+            f"the concept is {base_rate:.0%} of all tokens: no mixing band relative to it "
+            "(need under a third); give low and high explicitly"
+        )
+    return low, high
+
+
+def common_population(arms: Mapping[str, ArmRun]) -> Bool[Tensor, "layer neuron"]:
+    """Neurons alive at every stage of every arm and outside every arm's removed set: the one
+    population over which arms' counts can be compared (churn in a control counts too)."""
+    masks = [fixed_population(arm.rankings(), arm.ablated) for arm in arms.values()]
+    if not masks:
+        raise NeuroplasticError("no arms: no common population")
+    population = masks[0].clone()
+    for mask in masks[1:]:
+        population &= mask
+    return population
+
+
 def polysemanticity(
     stats: Mapping[str, NeuronStats],
     concept: str,
-    low: float = 0.2,
-    high: float = 0.8,
+    low: float | None = None,
+    high: float | None = None,
     vocabulary: Mapping[int, str] | None = None,
     exclude: NeuronSet | None = None,
+    population: Bool[Tensor, "layer neuron"] | None = None,
 ) -> Polysemanticity:
-    """Count neurons whose share of concept-labelled top-k tokens is in ``[low, high]``.
+    """Count neurons whose share of concept-labelled top-k tokens is in ``[low, high]``; by
+    default the :func:`mixing_band` of the concept's base rate at the first stage.
 
     Only neurons alive at every stage and outside ``exclude`` (pass the ablated set) are
-    counted, at every stage: the same denominator throughout.
+    counted, at every stage: the same denominator throughout. ``population`` narrows that to
+    given neurons (pass :func:`common_population` to compare arms on the same neurons).
     """
-    if not 0 < low <= high < 1:
-        raise NeuroplasticError(f"need 0 < low <= high < 1, got low={low}, high={high}")
     if not stats:
         raise NeuroplasticError("no stages to count polysemantic neurons in")
+    if low is None or high is None:
+        band = mixing_band(concept_base_rate(next(iter(stats.values())), concept))
+        low = band[0] if low is None else low
+        high = band[1] if high is None else high
+    if not 0 < low <= high < 1:
+        raise NeuroplasticError(f"need 0 < low <= high < 1, got low={low}, high={high}")
     vocabulary = vocabulary or {}
     shares = {stage: concept_share(stage_stats, concept) for stage, stage_stats in stats.items()}
     outside = torch.ones_like(next(iter(shares.values())), dtype=torch.bool)
     if exclude is not None:
         outside &= ~exclude.mask()
+    if population is not None:
+        outside &= population
     population = outside.clone()
     for share in shares.values():
         population &= share.isfinite()
@@ -850,9 +895,12 @@ def analyse_arm(
     embeddings: TokenEmbeddings | None = None,
     top: int | float = 0.01,
     n_reappeared: int = 20,
+    population: Bool[Tensor, "layer neuron"] | None = None,
 ) -> ArmAnalysis:
     """Run every analysis on one arm (similarities need ``embeddings``; without them the
-    primed-neuron correlation is skipped and similarity columns are NaN)."""
+    primed-neuron correlation is skipped and similarity columns are NaN). ``population``: the
+    neurons polysemanticity is counted over (:func:`common_population` of the run's arms, so
+    that the arms' counts compare); by default the arm's own fixed population."""
     rankings = arm.rankings()
     moved = relocation(rankings, arm.ablated, top, arm.start)
     can_prime = (
@@ -871,6 +919,10 @@ def analyse_arm(
             primed_neurons(arm, embeddings, start_saliency_below=0.5) if can_prime else None
         ),
         polysemanticity=polysemanticity(
-            arm.stats(), arm.concept, vocabulary=arm.vocabulary, exclude=arm.ablated
+            arm.stats(),
+            arm.concept,
+            vocabulary=arm.vocabulary,
+            exclude=arm.ablated,
+            population=population,
         ),
     )

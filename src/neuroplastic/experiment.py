@@ -646,8 +646,9 @@ class HeldSets:
         return neurons
 
 
-#: the arms whose removal is predicted: the concept's (a random removal has no new home to find)
-PREDICTED_ARMS = ("concept",)
+#: the arms whose removal is predicted: the concept's, and its paired control, where nothing
+#: concept-specific was removed, so that every predictor's score there is its null
+PREDICTED_ARMS = ("concept", "random")
 
 
 def predictions_path(run: RunDir, arm: str) -> Path:

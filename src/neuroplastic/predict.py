@@ -85,7 +85,7 @@ Mask = Bool[Tensor, "layer neuron"]
 #: module, which the command line reads without torch
 PREDICTORS = PREDICTOR_NAMES
 #: the two ground truths (see :func:`ground_truth`)
-TRUTHS = ("gain", "entered")
+TRUTHS = ("gain", "entered", "last_top")
 #: one line per predictor and truth, for the reports' tables
 DESCRIPTIONS = {
     "saliency_pruned": "saliency for the concept at the pruned stage",
@@ -97,6 +97,8 @@ DESCRIPTIONS = {
     "random": "a seeded random score: the floor",
     "gain": "the top 1% of survivors by saliency gain from the pruned to the last stage",
     "entered": "in the top 1% of survivors at the last stage, not at the pruned stage",
+    "last_top": "in the top 1% of survivors at the last stage (no difference with the pruned "
+    "stage, so no predictor read there is part of it)",
 }
 
 
@@ -586,6 +588,10 @@ def ground_truth(
     * ``entered``: candidates in the top ``top`` share by saliency at ``last`` that were not in
       it at ``pruned``. Both top shares are taken among the candidates, so the two stages are
       cut over the same population.
+    * ``last_top``: candidates in the top ``top`` share by saliency at ``last``. The two above
+      are built from the pruned saliency, which is also a predictor (``saliency_pruned``), so
+      that predictor is scored partly against itself (regression to the mean); this truth
+      contains no predictor. Score every predictor on the control arm too: its null.
 
     Saliency is each stage's live-only normalized rank (:class:`Ranking`). A neuron tied with the
     last one in is in too, so a set can exceed the share; index order never decides.
@@ -610,6 +616,7 @@ def ground_truth(
         positives={
             "gain": _top_mask(gain, candidates & (gain > 0), n_top),
             "entered": _top_mask(after, candidates, n_top) & ~_top_mask(before, candidates, n_top),
+            "last_top": _top_mask(after, candidates, n_top),
         },
         top=top,
     )

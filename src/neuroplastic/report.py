@@ -32,6 +32,7 @@ from neuroplastic.analysis import (
     ArmAnalysis,
     ArmRun,
     analyse_arm,
+    common_population,
     recovery_curves,
     stage_gaps,
 )
@@ -151,8 +152,11 @@ def _build_report(
     # A fraction of a small model can be a handful of neurons: take at least 10.
     n_top = max(min(10, n_total), round(top * n_total)) if isinstance(top, float) else int(top)
     embeddings, similarity_note = _embeddings(run, loaded, similarity)
+    # Polysemantic neurons are counted over one population common to every arm, so that the
+    # control's churn is counted on the same neurons as the concept arm's.
+    common = common_population(loaded)
     analyses = {
-        arm: analyse_arm(data, embeddings, top=n_top, n_reappeared=n_neurons)
+        arm: analyse_arm(data, embeddings, top=n_top, n_reappeared=n_neurons, population=common)
         for arm, data in loaded.items()
     }
     summary = run.summary() if run.summary_path.is_file() else None
@@ -332,8 +336,8 @@ def _key_numbers(
         poly = analysis.polysemanticity
         counts = poly.counts.set_index("stage")
         column[
-            f"polysemantic neurons: {data.first} → {data.last} "
-            "(of the neurons alive at every stage, outside the ablated set)"
+            f"polysemantic neurons: {data.first} → {data.last} (of the neurons alive at every "
+            "stage of every arm, outside every removed set)"
         ] = (
             f"{counts.loc[data.first, 'n_polysemantic']} → "
             f"{counts.loc[data.last, 'n_polysemantic']} of {poly.n_population}"
@@ -1315,11 +1319,14 @@ def _polysemantic(
     poly = any_analysis.polysemanticity
     page.paragraph(
         f"Neurons whose top-k tokens mix {poly.concept} with other labels: between "
-        f"{poly.low:.0%} and {poly.high:.0%} of them labelled {poly.concept}; 'new' ones were "
-        "not polysemantic at the first stage. Every stage of an arm is counted over one fixed "
-        "population, the neurons alive at every stage and outside the ablated set ("
-        + ", ".join(f"{arm} arm: {a.polysemanticity.n_population}" for arm, a in analyses.items())
-        + " neurons), so a change in the count is a change of behaviour, not of the denominator."
+        f"{poly.low:.0%} and {poly.high:.0%} of them labelled {poly.concept} (twice the "
+        f"concept's share of all tokens, and at most one minus it: a mix relative to how often "
+        f"{poly.concept} occurs); 'new' ones were not polysemantic at the first stage. Every "
+        "stage of every arm is counted over one population, the "
+        f"{poly.n_population} neurons alive at every stage of every arm and outside every "
+        "arm's removed set, so a change in the count is a change of behaviour, not of the "
+        "denominator, and the control arm's count (churn from retraining alone) is the "
+        "yardstick for the concept arm's."
     )
     frames = []
     for arm, analysis in analyses.items():

@@ -466,24 +466,76 @@ def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and 95% t-interval across seeds of each predictor's AUC, precision at k and
-    precision lift (precision minus the base rate), per ground truth, for the concept arm;
-    ``n_seeds`` counts the runs where the measure is defined, ``missing`` the others (a run
-    whose ground truth had no positive neuron). Runs without predictions are left out."""
-    from neuroplastic.predict import across_seeds
+#: the range of each prediction measure, and of its concept-minus-random difference
+PREDICTION_BOUNDS = {"auc": (0.0, 1.0), "precision_at_k": (0.0, 1.0), "precision_lift": (-1.0, 1.0)}
+#: the margin a predictor's concept-minus-null difference must be shown inside to be "none"
+PREDICTION_MARGIN = 0.05
 
-    per_seed = {}
+
+def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and 95% interval across seeds of each predictor's AUC, precision at k and precision
+    lift (precision minus the base rate), per ground truth, for the concept arm and for its
+    paired control (``arm`` random: nothing concept-specific removed there, so its numbers are
+    each predictor's null), and of their per-seed difference (``arm`` "concept - random", with
+    an equivalence test and the difference 80% power would detect). ``n_seeds`` counts the runs
+    where the measure is defined, ``missing`` the others (a ground truth with no positive
+    neuron). Runs without predictions are left out."""
+    per_arm: dict[str, dict[int, pd.DataFrame]] = {}
     for run in runs:
-        rows = [row for row in run.get("prediction", []) if row.get("arm", "concept") == "concept"]
-        if rows:
-            # None (no number in the summary's JSON) back to NaN: a measure not defined.
-            measures = {"auc": float, "precision_at_k": float, "base_rate": float}
-            per_seed[run["seed"]] = pd.DataFrame(rows).astype(measures)
-    if not per_seed:
+        frame = pd.DataFrame(run.get("prediction", []))
+        if frame.empty:
+            continue
+        if "arm" not in frame:
+            frame["arm"] = "concept"
+        # None (no number in the summary's JSON) back to NaN: a measure not defined.
+        frame = frame.astype({"auc": float, "precision_at_k": float, "base_rate": float})
+        frame["precision_lift"] = frame["precision_at_k"] - frame["base_rate"]
+        for arm, rows in frame.groupby("arm", sort=False):
+            per_arm.setdefault(str(arm), {})[run["seed"]] = rows.set_index(["predictor", "truth"])
+    if "concept" not in per_arm:
         return []
-    frame = across_seeds(per_seed)
-    return [
-        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-        for row in frame.to_dict("records")
-    ]
+    result = []
+    concept = per_arm["concept"]
+    keys = list(dict.fromkeys(k for frame in concept.values() for k in frame.index))
+    for predictor, truth in keys:
+        for measure, bounds in PREDICTION_BOUNDS.items():
+            for arm, seeds in per_arm.items():
+                values = [_cell(seeds.get(s), predictor, truth, measure) for s in concept]
+                result.append(
+                    _prediction_row(arm, predictor, truth, measure, interval(values, bounds=bounds))
+                )
+            if "random" in per_arm:
+                control = per_arm["random"]
+                values = [
+                    _minus(
+                        _cell(concept[s], predictor, truth, measure),
+                        _cell(control.get(s), predictor, truth, measure),
+                    )
+                    for s in concept
+                ]
+                difference = paired(values, PREDICTION_MARGIN, _difference_bounds(bounds))
+                result.append(
+                    _prediction_row("concept - random", predictor, truth, measure, difference)
+                )
+    return result
+
+
+def _cell(frame: pd.DataFrame | None, predictor: str, truth: str, measure: str) -> float:
+    if frame is None or (predictor, truth) not in frame.index:
+        return math.nan
+    value = frame.loc[(predictor, truth), measure]
+    return float(value) if value is not None else math.nan
+
+
+def _prediction_row(
+    arm: str, predictor: str, truth: str, measure: str, summary: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "arm": arm,
+        "predictor": predictor,
+        "truth": truth,
+        "measure": measure,
+        "n_seeds": summary["n"],
+        **{k: v for k, v in summary.items() if k not in ("n", "values")},
+        "values": summary["values"],
+    }

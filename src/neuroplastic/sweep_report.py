@@ -180,24 +180,32 @@ def _prediction(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
     rows = result.get("prediction")
     if not rows:
         return
+    for row in rows:
+        row.setdefault("arm", "concept")  # sweeps from before the control was scored
     frame = pd.DataFrame(rows)
+    truths = list(dict.fromkeys(frame["truth"]))
     page.paragraph(
         f"Predicting, before retraining, which surviving neurons of the concept arm take {concept} "
-        "over (k = the number of such neurons in each run). Chance: AUC 0.5, precision lift 0. "
-        "Seeds where a ground truth had no neuron are counted as missing. "
-        + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in ("gain", "entered"))
+        "over (k = the number of such neurons in each run). Every predictor is scored on the "
+        "paired control too, where nothing concept-specific was removed: that is its null, "
+        "and 'concept - random' (paired per seed) is what it finds beyond it. Chance: AUC 0.5, "
+        "precision lift 0. Seeds where a ground truth had no neuron are counted as missing. "
+        + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in truths if name in DESCRIPTIONS)
         + "."
     )
-    cells: dict[tuple[str, str], dict[str, str]] = {}  # (truth, predictor) -> measure -> text
-    for row in rows:
-        entry = cells.setdefault((row["truth"], row["predictor"]), {})
-        entry[PREDICTION_MEASURES[row["measure"]]] = _ci({**row, "n": row["n_seeds"]})
-    truths = list(dict.fromkeys(key[0] for key in cells))
-    keys = sorted(cells, key=lambda key: truths.index(key[0]))  # stable: predictors in order
-    table = pd.DataFrame([cells[key] for key in keys], index=pd.MultiIndex.from_tuples(keys))
-    table.index.names = ["truth", "predictor"]
-    page.table(table, caption="mean [95% interval across seeds]", float_format=None)
-    _prediction_plot(page, frame)
+    for arm in dict.fromkeys(frame["arm"]):
+        cells: dict[tuple[str, str], dict[str, str]] = {}  # (truth, predictor) -> text
+        for row in rows:
+            if row["arm"] != arm:
+                continue
+            entry = cells.setdefault((row["truth"], row["predictor"]), {})
+            entry[PREDICTION_MEASURES[row["measure"]]] = _ci({**row, "n": row["n_seeds"]})
+        keys = sorted(cells, key=lambda key: truths.index(key[0]))  # stable: predictors in order
+        table = pd.DataFrame([cells[key] for key in keys], index=pd.MultiIndex.from_tuples(keys))
+        table.index.names = ["truth", "predictor"]
+        label = arm if arm == "concept - random" else f"{arm} arm"
+        page.table(table, caption=f"{label}: mean [95% interval across seeds]", float_format=None)
+    _prediction_plot(page, frame[frame["arm"] != "concept - random"])
 
 
 def _prediction_plot(page: HtmlPage, frame: pd.DataFrame) -> None:
@@ -205,13 +213,13 @@ def _prediction_plot(page: HtmlPage, frame: pd.DataFrame) -> None:
 
     auc = frame[frame["measure"] == "auc"]
     figure = go.Figure()
-    for truth, group in auc.groupby("truth", sort=False):
+    for (arm, truth), group in auc.groupby(["arm", "truth"], sort=False):
         mean = group["mean"].astype(float)
         high = (group["ci_high"].astype(float) - mean).fillna(0)
         low = (mean - group["ci_low"].astype(float)).fillna(0)
         figure.add_trace(
             go.Bar(
-                x=group["predictor"], y=mean, name=f"truth: {truth}",
+                x=group["predictor"], y=mean, name=f"{arm} arm, truth: {truth}",
                 error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
             )
         )  # fmt: skip

@@ -152,6 +152,19 @@ def share_salient_at_base(added: NeuronSet, held: NeuronSet, base: Ranking) -> f
     return sum(pair in top for pair in added.neurons) / len(added)
 
 
+def salient_at_base_chance(before: NeuronSet | None, held: NeuronSet, base: Ranking) -> float:
+    """What :func:`share_salient_at_base` would be for neurons drawn at random from those the
+    round could add (alive at base, not held before it): the share of them among the base's
+    ``len(held)`` most salient. Round 1 under a global rule takes exactly those: 1 by
+    construction there, and the chance level is what the share must be read against."""
+    held_before = set(before.neurons) if before is not None else set()
+    candidates = int(base.alive.sum()) - sum(bool(base.alive[a, b]) for a, b in held_before)
+    if candidates <= 0:
+        return math.nan
+    top = set(base.top(min(len(held), base.n_alive)))
+    return len(top - held_before) / candidates
+
+
 def round_measures(
     rows: Sequence[Mapping[str, Any]],
     sets: Mapping[str, Sequence[NeuronSet]],
@@ -161,13 +174,16 @@ def round_measures(
     steps_per_round: int,
     recovery_target: float = 0.9,
 ) -> list[dict[str, Any]]:
-    """One record per round run: per arm, the F1 right after the round's removal and after its
-    retraining, steps (from the round's start) until the concept is back to
-    ``recovery_target`` of its base F1 (interpolated between evaluations; None if never) and
-    the mean recovered share over the round, the neurons added and held (in all and per
-    layer) and the added neurons' mean layer; for the concept arm, the share of its added
-    neurons already among the base's most salient (:func:`share_salient_at_base`), for the
-    others how many neurons they hold in common with it.
+    """One record per round run: per arm, the concept's F1 just before the round's removal
+    (``before``: base in round 1, else the arm's F1 after the previous round), right after it
+    and after its retraining, the drop, steps (from the round's start) until the concept is
+    back to ``recovery_target`` of ``before`` (interpolated between evaluations; None if never)
+    and the mean share of ``before`` recovered over the round, the neurons added and held (in
+    all and per layer) and the added neurons' mean layer; for the concept arm, the share of its
+    added neurons already among the base's most salient (:func:`share_salient_at_base`) beside
+    its chance level (:func:`salient_at_base_chance`), for the others how many neurons they
+    hold in common with it. Measuring a later round against base would give 0 steps whenever
+    the concept never falls below 90% of base, by construction.
 
     ``rows``: the run's evaluations (``metrics.jsonl``); ``sets``: each arm's held set per
     round, round 1 first."""
@@ -191,13 +207,18 @@ def round_measures(
                 "step": [float(r["step"] - offset) for r in mine],
                 "f1": [r["f1"][concept] for r in mine],
             }
-            target = recovery_target * base_f1[concept]
-            steps = steps_to_recover(curve, target) if base_f1[concept] > 0 else math.nan
+            before = base_f1 if index == 0 else _retrained_f1(rows, arm, round_ - 1, n_stages)
+            if before is None:  # the previous round's end is missing (an arm from older runs)
+                before = base_f1
+            target = recovery_target * before[concept]
+            steps = steps_to_recover(curve, target) if before[concept] > 0 else math.nan
             entry = {
+                "before": before,
                 "removed": at[first]["f1"],
                 "retrained": at[last]["f1"],
+                "drop": before[concept] - at[first]["f1"][concept],
                 "steps_to_recover": None if math.isnan(steps) else steps,
-                "recovery_auc": _none_if_nan(recovery_auc(curve, base_f1[concept])),
+                "recovery_auc": _none_if_nan(recovery_auc(curve, before[concept])),
                 "added": len(added),
                 "held": len(held),
                 "added_per_layer": _per_layer(added),
@@ -212,10 +233,21 @@ def round_measures(
                 entry["already_salient_at_base"] = _none_if_nan(
                     share_salient_at_base(added, held, base)
                 )
+                entry["already_salient_chance"] = _none_if_nan(
+                    salient_at_base_chance(per_round[index - 1] if index else None, held, base)
+                )
             record["arms"][arm] = entry
         if record["arms"]:
             records.append(record)
     return records
+
+
+def _retrained_f1(
+    rows: Sequence[Mapping[str, Any]], arm: str, round_: int, n_stages: int
+) -> dict[str, float] | None:
+    """The arm's F1 after round ``round_``'s retraining (its last stage)."""
+    last = round_stages(n_stages, round_)[-1]
+    return next((r["f1"] for r in rows if r["arm"] == arm and r["stage"] == last), None)
 
 
 def _per_layer(neurons: NeuronSet) -> dict[str, int]:

@@ -94,11 +94,15 @@ def _difference_bounds(bounds: tuple[float, float] | None) -> tuple[float, float
 
 #: a chase's (``--rounds``) per-run measures of every round, per arm
 CHASE_MEASURES = {
+    "before": "concept F1 just before the round's removal (base in round 1, else after the "
+    "previous round's retraining)",
     "removed": "concept F1 right after the round's neurons were removed",
+    "drop": "concept F1 lost at the round's removal: before - removed",
     "retrained": "concept F1 after the round's retraining",
     "steps_to_recover": "retraining steps from the round's start until concept F1 is back to 90% "
-    "of base (interpolated; a round that never gets there counts as missing)",
-    "recovery_auc": "mean of concept F1 / base F1 over the round's retraining steps",
+    "of its F1 just before the removal (interpolated; a round that never gets there counts as "
+    "missing)",
+    "recovery_auc": "mean of concept F1 / its F1 before the removal over the round's steps",
     "held": "neurons held after the round's removal (all rounds so far)",
     "others_retrained": "unweighted mean F1 of the other entity types (not the concept, not "
     "overall) after the round's retraining",
@@ -249,7 +253,9 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
         arms = {}
         for arm, entry in record["arms"].items():
             arms[arm] = {
+                "before": (entry.get("before") or {}).get(concept, math.nan),
                 "removed": entry["removed"][concept],
+                "drop": entry.get("drop", math.nan),
                 "retrained": entry["retrained"][concept],
                 "steps_to_recover": _nan(entry["steps_to_recover"]),
                 "recovery_auc": _nan(entry["recovery_auc"]),

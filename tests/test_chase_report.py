@@ -36,8 +36,8 @@ def _report(run: RunDir, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list]:
     return html, list(_Capture.figures)
 
 
-def _f(value: float) -> str:
-    return f"{value:.3f}"
+def _f(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 @pytest.fixture
@@ -66,10 +66,19 @@ def test_chase_section_shows_every_round_as_the_summary_has_it(
         assert list(shown.index) == ["concept", "random"]
         for arm, entry in record["arms"].items():
             row = shown.loc[arm]
+            # Measured against the model the round removed from: base, or the previous round.
+            before = (
+                summary["arms"][arm]["stages"][0]["f1"]
+                if record["round"] == 1
+                else rounds[record["round"] - 2]["arms"][arm]["retrained"]
+            )
+            assert entry["before"] == before
+            assert entry["drop"] == pytest.approx(before[CONCEPT] - entry["removed"][CONCEPT])
+            assert row[f"{CONCEPT} F1 before the removal"] == _f(before[CONCEPT])
             assert row[f"{CONCEPT} F1 after removal"] == _f(entry["removed"][CONCEPT])
             assert row[f"{CONCEPT} F1 after retraining"] == _f(entry["retrained"][CONCEPT])
             steps = entry["steps_to_recover"]
-            assert row["steps to 90% of base"] == (
+            assert row["steps to 90% of that"] == (
                 "not reached"
                 if steps is None
                 else "0 (never below)"

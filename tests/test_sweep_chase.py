@@ -76,6 +76,8 @@ def fabricated(seed: int, chase: bool = True, preempt: bool = False) -> dict:
                     "round": index + 1,
                     "arms": {
                         arm: {
+                            "before": 0.9,
+                            "drop": 0.9 - RETRAINED[seed][arm][index] / 2,
                             "removed": RETRAINED[seed][arm][index] / 2,
                             "retrained": RETRAINED[seed][arm][index],
                             "steps_to_recover": math.nan

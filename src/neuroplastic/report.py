@@ -688,18 +688,24 @@ def _chase_recovery(
     from neuroplastic.rundir import stage_round
 
     page.paragraph(
-        f"Per round: {concept} F1 right after the round's neurons were removed and after its "
-        f"retraining, the retraining steps from the round's start until {concept} F1 is back to "
-        "90% of its base value (interpolated between evaluations; 'not reached' within the "
-        f"round), the recovery AUC (mean of {concept} F1 / base F1 over the round's steps; 1 = "
-        "never lost) and the neurons the round added and held in all."
+        f"Per round: {concept} F1 just before the round's removal (base in round 1, else after "
+        f"the previous round), right after it and after its retraining, the retraining steps "
+        f"from the round's start until {concept} F1 is back to 90% of its F1 before the removal "
+        "(interpolated between evaluations; 'not reached' within the round), the recovery AUC "
+        f"(mean of {concept} F1 / its F1 before the removal over the round's steps; 1 = never "
+        "lost) and the neurons the round added and held in all. Each round is measured against "
+        "the model it removed from: against base, a later round that never falls below 90% of "
+        "base would read 0 steps by construction."
     )
     for record in rounds:
         rows = {
             arm: {
+                f"{concept} F1 before the removal": _fmt(
+                    (entry.get("before") or {}).get(concept), ".3f"
+                ),
                 f"{concept} F1 after removal": _fmt(entry["removed"].get(concept), ".3f"),
                 f"{concept} F1 after retraining": _fmt(entry["retrained"].get(concept), ".3f"),
-                "steps to 90% of base": _steps(entry["steps_to_recover"]),
+                "steps to 90% of that": _steps(entry["steps_to_recover"]),
                 "recovery AUC": _fmt(entry["recovery_auc"], ".3f"),
                 "neurons added": str(entry["added"]),
                 "neurons held": str(entry["held"]),

@@ -6,11 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from neuroplastic.data.load import encode_split
 from neuroplastic.ranking import Ranking
 from neuroplastic.stats import collect_stats
+
+# Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 

@@ -23,6 +23,9 @@ from neuroplastic.html import reset_notebook_bundle
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import alive_neurons
 
+# Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 DEMOS = Path(__file__).resolve().parents[1] / "demos"
 NOTEBOOKS = (
     "01_quickstart.py",

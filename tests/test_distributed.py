@@ -16,6 +16,9 @@ from neuroplastic.rundir import RunDir, stage_names
 from neuroplastic.stats import NeuronStats, collect_stats
 from tiny import tiny_config
 
+# Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 

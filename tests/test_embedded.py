@@ -7,6 +7,9 @@ from neuroplastic.data.load import encode_split, load_corpus
 from neuroplastic.ranking import Ranking
 from neuroplastic.stats import collect_stats
 
+# Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def embedded_stats(embedded_model):

@@ -87,6 +87,7 @@ def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm,
     assert not list((tmp_path / "state").rglob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_summary(reference, tmp_path):
     _, expected = reference
     args = [

@@ -194,6 +194,7 @@ EMBEDDED = 'pip install "neuroplastic[embedded]"'
 REPORT = 'pip install "neuroplastic[report]"'
 
 
+@pytest.mark.slow
 def test_core_imports_without_extras_and_commands_name_the_missing_one(tmp_path):
     (tmp_path / "fake-run").mkdir()
     (tmp_path / "fake-run" / "config.json").write_text("{}")
@@ -264,6 +265,7 @@ def tiny_run_flags() -> list[str]:
 RUN = "import sys; from neuroplastic.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
+@pytest.mark.slow
 def test_a_log_file_gets_one_line_per_stage_and_quiet_gets_none(tmp_path):
     log = tmp_path / "run.log"
     with log.open("w") as stderr:  # a file, not a terminal

@@ -43,6 +43,9 @@ from neuroplastic.views import (
     side_by_side,
 )
 
+# Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 BUNDLE = "var CircuitsVis="  # once in the CircuitsVis bundle
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 

@@ -99,26 +99,31 @@ def test_share_salient_at_base_by_hand():
 def test_rounds_add_neurons_and_never_remove_any(chased):
     out, summary = chased
     run = RunDir(out)
+    sets = [run.neurons("concept", r) for r in (1, 2, 3)]
+    for earlier, later in zip(sets, sets[1:], strict=False):
+        assert set(earlier.neurons) < set(later.neurons)
+        assert len(later) - len(earlier) == N_ADDED
     for arm in ("concept", "random"):
-        sets = [run.neurons(arm, r) for r in (1, 2, 3)]
-        for earlier, later in zip(sets, sets[1:], strict=False):
-            assert set(earlier.neurons) < set(later.neurons)
-            assert len(later) - len(earlier) == N_ADDED
         assert [s["stage"] for s in summary["arms"][arm]["stages"]] == stage_names(2, 3)
     for r in (2, 3):
+        before = run.neurons("concept", r - 1)
         concept, random = run.neurons("concept", r), run.neurons("random", r)
+        # A later round's control branches from the concept model of round r-1: it holds that
+        # model's neurons plus as many random survivors per layer as the concept arm adds,
+        # none of them the concept arm's own picks.
+        assert set(before.neurons) < set(random.neurons)
         added = {
-            arm: NeuronSet.of(
-                2, 64, set(run.neurons(arm, r).neurons) - set(run.neurons(arm, r - 1).neurons)
-            )
-            for arm in ("concept", "random")
+            arm: NeuronSet.of(2, 64, set(held.neurons) - set(before.neurons))
+            for arm, held in (("concept", concept), ("random", random))
         }
+        assert len(added["random"]) == N_ADDED
         assert added["concept"].per_layer_counts() == added["random"].per_layer_counts()
-        # The control's picks avoid everything the concept arm holds; the concept arm picks by
-        # its own ranking and may take up what the control held before: that is recorded.
         assert added["random"].overlap(concept) == 0
         record = summary["chase"]["rounds"][r - 1]["arms"]["random"]
-        assert record["overlap_with_concept"] == concept.overlap(random)
+        assert record["overlap_with_concept"] == concept.overlap(random) == len(before)
+        # Its F1 before the removal is the concept model's it branched from.
+        concept_record = summary["chase"]["rounds"][r - 2]["arms"]["concept"]
+        assert record["before"] == concept_record["retrained"]
 
 
 def test_each_round_adds_the_top_of_the_last_rounds_ranking(chased):
@@ -168,12 +173,20 @@ def test_the_round_records_match_the_stages(chased):
             assert data["held"] == len(run.neurons(arm, r))
             assert data["added"] == (N_ADDED if r > 1 else len(run.neurons(arm, 1)))
             held = run.neurons(arm, r)
-            added = set(held.neurons) - (set(run.neurons(arm, r - 1).neurons) if r > 1 else set())
+            # Every later round adds to the concept model of the round before (the control
+            # branches from it).
+            before = set(run.neurons("concept", r - 1).neurons) if r > 1 else set()
+            added = set(held.neurons) - before
             assert data["added_mean_layer"] == pytest.approx(np.mean([a for a, _ in added]))
             if arm == "concept":
                 top = set(base.top(len(held)))
                 assert data["already_salient_at_base"] == pytest.approx(
                     len(added & top) / len(added)
+                )
+                # By chance: the share of the base's top among the neurons the round could add.
+                alive = {tuple(p) for p in base.alive.nonzero().tolist()}
+                assert data["already_salient_chance"] == pytest.approx(
+                    len(top - before) / len(alive - before)
                 )
     # Steps are global and increase through the rounds, 2 stages x 3 steps per round.
     steps = [s["step"] for s in summary["arms"]["concept"]["stages"]]

@@ -4,9 +4,12 @@ Round 1 is the paper's experiment: hold the concept's most salient neurons and r
 later round ranks the model the last round left (its live neurons only: the held ones are
 exactly zero and have no saliency), adds the next most salient neurons, chosen by the same rule
 as round 1 (``--fraction`` of all neurons, ``--count``, or ``--count`` per layer), to the held
-set, and retrains again. The random arm adds, each round, as many random neurons per layer as
-the concept arm added (in total with ``--baseline random-global``), outside everything either
-arm holds, so the two arms differ in which neurons are held and in nothing else.
+set, and retrains again. From round 2 on, the control branches from the same model as the
+concept arm's round (the concept model round r-1 left): it holds that model's neurons plus as
+many random survivors per layer as the concept arm adds (in total with ``--baseline
+random-global``), drawn outside the concept arm's round-r set, so the two differ in which
+neurons are added and in nothing else. (A control that were its own lineage would compare two
+models: the concept intact in one, removed in the other.)
 
 Sets only ever grow: a neuron held in one round is held in every later one.
 """
@@ -173,6 +176,7 @@ def round_measures(
     n_stages: int,
     steps_per_round: int,
     recovery_target: float = 0.9,
+    branches: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per round run: per arm, the concept's F1 just before the round's removal
     (``before``: base in round 1, else the arm's F1 after the previous round), right after it
@@ -186,7 +190,9 @@ def round_measures(
     the concept never falls below 90% of base, by construction.
 
     ``rows``: the run's evaluations (``metrics.jsonl``); ``sets``: each arm's held set per
-    round, round 1 first."""
+    round, round 1 first; ``branches``: arms whose later rounds start from another arm's model
+    (the control from the concept arm's), which is then what ``before`` is read from."""
+    branches = branches or {}
     base_f1 = next(r["f1"] for r in rows if r["stage"] == "base" and r["arm"] == "concept")
     records = []
     for index in range(max(len(s) for s in sets.values())):
@@ -202,12 +208,15 @@ def round_measures(
             if last not in at:
                 continue  # the round is not done
             held = per_round[index]
-            added = _added(per_round[index - 1], held) if index else held
+            lineage = branches.get(arm, arm)
+            # A branch's round adds to the set of the model it branched from.
+            added = _added(sets[lineage][index - 1], held) if index else held
             curve = {
                 "step": [float(r["step"] - offset) for r in mine],
                 "f1": [r["f1"][concept] for r in mine],
             }
-            before = base_f1 if index == 0 else _retrained_f1(rows, arm, round_ - 1, n_stages)
+            lineage = branches.get(arm, arm)
+            before = base_f1 if index == 0 else _retrained_f1(rows, lineage, round_ - 1, n_stages)
             if before is None:  # the previous round's end is missing (an arm from older runs)
                 before = base_f1
             target = recovery_target * before[concept]

@@ -143,8 +143,11 @@ def run_experiment(
         neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
         _note_control(setup, neuron_sets, log)
         held = HeldSets(setup, neuron_sets)
-        for arm in neuron_sets:
-            _retrain_arm(setup, arm, held, log)
+        if config.rounds > 1:
+            _chase(setup, list(neuron_sets), held, log)
+        else:
+            for arm in neuron_sets:
+                _retrain_arm(setup, arm, held, log)
         if config.preempt:  # from the concept arm's predictions, made at its pruned stage
             preempted = distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
             held = HeldSets(setup, {**neuron_sets, **preempted})
@@ -502,25 +505,38 @@ def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
 
 
 def _retrain_arm(setup: Setup, arm: str, held: HeldSets, log) -> None:
-    """Ablate the arm's neurons in the base model and retrain, evaluating after every stage;
-    in a chase (``--rounds``), round after round, each holding more neurons. The random arm
-    runs as many rounds as the concept arm did."""
-    rounds = setup.config.rounds
-    if arm != "concept":
-        rounds = distributed.on_main(partial(rounds_run, setup.store, setup.config))
-    for round_ in range(1, rounds + 1):
-        _retrain_round(setup, arm, round_, held(arm, round_), log)
-        if arm == "concept" and round_ < rounds:
-            stop = distributed.on_main(partial(chase_stop, setup.store, setup.config, round_))
-            if stop:
-                log(f"[concept] the chase stops after round {round_}: {stop}")
-                return
+    """Ablate the arm's neurons in the base model and retrain, evaluating after every stage."""
+    _retrain_round(setup, arm, 1, held(arm, 1), log)
 
 
-def _retrain_round(setup: Setup, arm: str, round_: int, neurons: NeuronSet, log) -> None:
+def _chase(setup: Setup, arms: Sequence[str], held: HeldSets, log) -> None:
+    """A chase (``--rounds``), round by round. Round 1 is the experiment: every arm from the
+    base weights. A later round's control branches from the same model as the concept arm's
+    round: the concept model round r-1 left, holding its neurons plus as many random survivors
+    per layer as the concept arm adds in round r. So the control runs first (those weights
+    are still kept), then the concept arm; the two differ in the neurons added and in nothing
+    else."""
+    config = setup.config
+    for arm in arms:
+        _retrain_round(setup, arm, 1, held(arm, 1), log)
+    for round_ in range(2, config.rounds + 1):
+        stop = distributed.on_main(partial(chase_stop, setup.store, config, round_ - 1))
+        if stop:
+            log(f"[concept] the chase stops after round {round_ - 1}: {stop}")
+            return
+        for arm in arms:
+            if arm != "concept":
+                _retrain_round(setup, arm, round_, held(arm, round_), log, branch="concept")
+        _retrain_round(setup, "concept", round_, held("concept", round_), log)
+
+
+def _retrain_round(
+    setup: Setup, arm: str, round_: int, neurons: NeuronSet, log, branch: str | None = None
+) -> None:
     """Round ``round_`` of ``arm``: hold ``neurons``, evaluate (the round's ``pruned`` stage),
     then retrain stage by stage from the weights the last round ended with (the base weights
-    in round 1), with a fresh optimizer, schedule and batch sequence per round."""
+    in round 1; ``branch``'s, another arm's, when given), with a fresh optimizer, schedule and
+    batch sequence per round."""
     config, store = setup.config, setup.store
     stages = round_stages(config.stages, round_)
     todo = distributed.on_main(lambda: [s for s in stages if not store.done(arm, s)])
@@ -541,20 +557,22 @@ def _retrain_round(setup: Setup, arm: str, round_: int, neurons: NeuronSet, log)
     )
     every = stage_names(config.stages, config.rounds)
     previous = every[every.index(todo[0]) - 1]  # base, or the last stage of the last round
+    # A round starts from the weights the last round left: this arm's, or ``branch``'s.
+    source = branch if branch is not None and todo[0] == stages[0] else arm
 
     def restore() -> dict | None:
-        store.keep_only(arm, {"base", previous})
+        store.keep_only(arm, {"base", previous} if source == arm else {"base"})
         if previous == "base":
             store.restore("concept", "base", setup.module)
             return None
-        state = store.restore(arm, previous, setup.module)
+        state = store.restore(source, previous, setup.module)
         if state is None:
             raise NeuroplasticError(f"{setup.run.path}: the trainer state after {previous} is lost")
         return state
 
     state = distributed.on_main(restore)  # the trainer state, on every rank
     distributed.broadcast_parameters(setup.module)  # and rank 0's weights
-    before = distributed.on_main(partial(_processes, setup, arm, previous))
+    before = distributed.on_main(partial(_processes, setup, source, previous))
     if before != distributed.world_size():
         log(
             f"note: [{arm}] {previous} ran with {before} process(es), this run has "
@@ -611,7 +629,8 @@ class HeldSets:
     """The neurons each arm holds in each round, computed on rank 0 from the run's files (and
     the same on every resumption: the rankings they come from are verified files) and handed
     to every rank. Round 1's are the base sets; a later round's are saved, as computed, to
-    ``neurons/{arm}-r{R}.json``."""
+    ``neurons/{arm}-r{R}.json``: the concept arm's from its last ranking, the control's the
+    concept arm's previous set plus random survivors matching the concept arm's additions."""
 
     def __init__(self, setup: Setup, base_sets: dict[str, NeuronSet]) -> None:
         self.setup, self.arms = setup, list(base_sets)
@@ -634,8 +653,10 @@ class HeldSets:
                 self.local("concept", round_ - 1), run.stage("concept", last).ranking, config
             )
         else:
+            # The control branches from the concept model round r-1 left: it holds that
+            # model's neurons plus as many random survivors as the concept arm adds.
             neurons = next_random_set(
-                self.local(arm, round_ - 1),
+                self.local("concept", round_ - 1),
                 self.local("concept", round_ - 1),
                 self.local("concept", round_),
                 seed=config.seed + round_,
@@ -960,6 +981,7 @@ def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, 
         config.concept,
         config.stages,
         config.stages * setup.stage_steps,
+        branches={arm: "concept" for arm in held.arms if arm != "concept"},
     )
     return {"rounds_run": rounds, "stopped_early": stop, "rounds": per_round}
 

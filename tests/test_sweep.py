@@ -36,9 +36,14 @@ def test_one_resumable_run_per_cell_and_seed(swept, monkeypatch):
     out, result = swept
     assert set(result["cells"]) == {"hold-selectivity", "regrow-selectivity"}
     for cell in result["cells"]:
+        endings = []
         for seed in (0, 1, 2):
-            config = RunDir(out / cell / f"seed-{seed}").config()
+            run = RunDir(out / cell / f"seed-{seed}")
+            config = run.config()
             assert config["seed"] == seed and config["mode"] == cell.split("-")[0]
+            endings.append(run.summary()["base"]["stopped"])
+        # How each seed's base fine-tuning ended, counted.
+        assert result["cells"][cell]["base_stopped"] == {e: endings.count(e) for e in endings}
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished cell was run again")

@@ -1005,26 +1005,19 @@ def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> N
 
     depth = go.Figure()
     n_layers = analyses[arms[0]].run.stages[analyses[arms[0]].run.first].ranking.n_layers
+    lines = (
+        ("mean_layer_fixed", "fixed population", {}),
+        ("mean_layer", "each stage's own top set", {"dash": "dot", "width": 1}),
+    )
     for arm in arms:
         frame = analyses[arm].depth
-        depth.add_trace(
-            go.Scatter(
-                x=frame["stage"],
-                y=frame["mean_layer_fixed"],
-                mode="lines+markers",
-                name=f"{arm} arm, fixed population",
-                line={"color": ARM_COLORS.get(arm)},
-            )
-        )
-        depth.add_trace(
-            go.Scatter(
-                x=frame["stage"],
-                y=frame["mean_layer"],
-                mode="lines+markers",
-                name=f"{arm} arm, each stage's own top set",
-                line={"color": ARM_COLORS.get(arm), "dash": "dot", "width": 1},
-            )
-        )
+        for column, what, style in lines:
+            depth.add_trace(
+                go.Scatter(
+                    x=frame["stage"], y=frame[column], mode="lines+markers",
+                    name=f"{arm} arm, {what}", line={"color": ARM_COLORS.get(arm), **style},
+                )
+            )  # fmt: skip
     depth.update_layout(
         title=f"Mean layer of the top {n_top} neurons",
         height=330,

@@ -232,6 +232,8 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     measures = {
         "seed": summary["config"]["seed"],
         "concept": concept,
+        # how base fine-tuning ended: a retraining that measures recovery needs a converged base
+        "base": {k: summary.get("base", {}).get(k) for k in ("steps", "stopped")},
         "arms": arms,
         # per predictor and truth, as the run's summary evaluated them (none in older runs)
         "prediction": summary.get("prediction", []),
@@ -328,6 +330,8 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     are censored (:func:`~neuroplastic.intervals.censored_interval`), never dropped."""
     arms = list(runs[0]["arms"])
     result: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "arms": {}}
+    endings = [(r.get("base") or {}).get("stopped") for r in runs]
+    result["base_stopped"] = {str(e): endings.count(e) for e in dict.fromkeys(endings)}
     for arm in arms:
         per_arm = [r["arms"][arm] for r in runs]
         stages = list(per_arm[0]["f1"])

@@ -107,6 +107,15 @@ def _design(page: HtmlPage, result: dict[str, Any]) -> None:
         )
     elif kind == "random-any":
         notes.append("The control draws its neurons from all neurons, the concept's included.")
+    stopped = result.get("base_stopped")
+    if stopped:
+        notes.append(
+            "Base fine-tuning ended: "
+            + ", ".join(f"{why} in {n} seed{'s' if n != 1 else ''}" for why, n in stopped.items())
+            + " (plateau: the probe loss stopped improving; cap: the step limit came first, so "
+            "retraining also continues training). The control arm's change from base is the "
+            "yardstick of what retraining alone still changes."
+        )
     grid = result["arms"]["concept"].get("grid")
     if grid and not isinstance(grid[0], list):
         notes.append("Recovery read at retraining steps " + ", ".join(f"{g:g}" for g in grid) + ".")

@@ -220,6 +220,7 @@ def test_stop_below_ends_the_chase_and_the_report_misses_nothing(tmp_path):
     assert experiment.run_experiment(config, tmp_path, progress=False, log=quiet) == summary
 
 
+@pytest.mark.slow  # kills and resumptions: several runs each
 @pytest.mark.parametrize(
     "arm, stage, when",
     [

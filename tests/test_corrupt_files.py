@@ -270,6 +270,7 @@ def same_stage_files(out, reference):
     return all((out / f).read_bytes() == (reference / f).read_bytes() for f in files)
 
 
+@pytest.mark.slow  # kills and resumptions: several runs each
 @pytest.mark.parametrize(
     "name, how, source",
     [

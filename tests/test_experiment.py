@@ -73,6 +73,7 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.slow  # kills and resumptions: several runs each
 @pytest.mark.parametrize("arm, stage, when", KILL_POINTS)
 def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm, stage, when):
     _, expected = reference

@@ -126,6 +126,7 @@ def test_the_summary_evaluates_every_predictor_against_what_happened(predicted):
     assert "NaN" not in (out / "summary.json").read_text()
 
 
+@pytest.mark.slow  # kills and resumptions: several runs each
 @pytest.mark.parametrize(
     "arm, stage, when",
     [
@@ -244,6 +245,7 @@ def test_the_sweep_report_tables_and_plots_the_prediction(predicted):
     assert _prediction(page, {}, "LOC") is None  # a cell without predictions: nothing
 
 
+@pytest.mark.slow  # kills and resumptions: several runs each
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
 def test_damaged_predictions_of_a_killed_run_are_computed_again(
     predicted, tmp_path, monkeypatch, how

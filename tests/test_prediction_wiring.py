@@ -19,7 +19,9 @@ import neuroplastic.sweep as sweep
 from kills import SimulatedKill, kill_at
 from neuroplastic.analysis import ArmRun
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.halves import split_probe
 from neuroplastic.predict import PREDICTORS, Predictions, random_score, survivors
+from neuroplastic.ranking import Ranking
 from neuroplastic.report import build_report
 from neuroplastic.rundir import RunDir
 from neuroplastic.sweep_report import build_sweep_report
@@ -73,10 +75,17 @@ def test_predictions_are_saved_with_the_concept_arms_pruned_stage(predicted):
     # similarity needs a base top token labelled LOC; the tiny run has some
     assert set(tensors) == set(PREDICTORS)
     removed = run.neurons("concept")
-    base, pruned = run.stage("concept", "base").ranking, run.stage("concept", "pruned").ranking
+    # Every predictor reads the predict half of the probe sentences only.
+    base, pruned = (predict_half(run, "concept", stage) for stage in ("base", "pruned"))
     at_base, at_pruned = survivors(base.alive, removed), survivors(pruned.alive, removed)
-    for name in ("saliency_base", "similarity", "coactivation"):
+    for name in ("saliency_base", "coactivation"):
         assert torch.equal(~tensors[name].isnan(), at_base), name
+    # Similarity reads the base top tokens taken on predict-half sentences: a neuron all of
+    # whose top tokens come from the other half has nothing to read (NaN, ranked last).
+    split = split_probe(len(run.sentences()), tiny_config().seed)
+    readable = split.in_predict(run.stage("concept", "base").stats.top_sentence).any(-1)
+    assert torch.equal(~tensors["similarity"].isnan(), at_base & readable)
+    assert readable[at_base].float().mean() > 0.5  # most neurons keep something to read
     for name in ("saliency_pruned", "gradient", "random"):
         assert torch.equal(~tensors[name].isnan(), at_pruned), name
     # The ones read from saved artifacts, recomputed from them here.
@@ -88,6 +97,35 @@ def test_predictions_are_saved_with_the_concept_arms_pruned_stage(predicted):
     assert (tensors["gradient"][at_pruned] >= 0).all()
     assert (tensors["coactivation"][at_base] >= 0).all()
     assert (tensors["coactivation"][at_base] <= 1).all()
+
+
+def predict_half(run, arm, stage):
+    return half_ranking(run, arm, stage, "predict")
+
+
+def truth_half(run, arm, stage):
+    return half_ranking(run, arm, stage, "truth")
+
+
+def half_ranking(run, arm, stage, half):
+    return Ranking.from_stats(run.stage_halves(arm, stage)[half], "LOC", tiny_config().method)
+
+
+def test_the_halves_split_the_probe_sentences_and_merge_into_the_stage(predicted):
+    out, _ = predicted
+    run = RunDir(out)
+    split = split_probe(len(run.sentences()), tiny_config().seed)
+    assert set(split.predict).isdisjoint(split.truth)
+    assert sorted(split.predict + split.truth) == list(range(len(run.sentences())))
+    assert split == split_probe(len(run.sentences()), tiny_config().seed)  # the same on resume
+    assert split != split_probe(len(run.sentences()), tiny_config().seed + 1)
+    for stage in ("base", "pruned", "retrain-2"):
+        full = run.stage("concept", stage).stats
+        halves = run.stage_halves("concept", stage)
+        assert torch.equal(halves["predict"].count + halves["truth"].count, full.count)
+        torch.testing.assert_close(halves["predict"].sum + halves["truth"].sum, full.sum)
+        # each half's token count is its sentences' (the statistics are per sentence)
+        assert 0 < int(halves["predict"].count.sum()) < int(full.count.sum())
 
 
 def hand_auc(scores, positive):
@@ -108,7 +146,9 @@ def test_the_summary_evaluates_every_predictor_against_what_happened(predicted):
     ]
     # The "gain" truth by hand: the top 1% (here 1) of candidates by positive saliency gain.
     arm = ArmRun.load(run, "concept")
-    pruned, last = arm.stages["pruned"].ranking, arm.stages["retrain-2"].ranking
+    # The truths read the other half of the probe sentences, which no predictor reads.
+    pruned, last = (truth_half(run, "concept", stage) for stage in ("pruned", "retrain-2"))
+    assert not torch.equal(pruned.scores, arm.stages["pruned"].ranking.scores)
     candidates = survivors(pruned.alive & last.alive, arm.ablated).numpy()
     gain = (last.saliency.double() - pruned.saliency.double()).numpy()[candidates]
     n_top = max(1, round(0.01 * candidates.sum()))

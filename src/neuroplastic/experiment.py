@@ -57,6 +57,7 @@ from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
 from neuroplastic.data.types import NerCorpus, NerSentence
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.halves import HALVES, ProbeSplit, split_probe
 from neuroplastic.io import atomic_write_json
 from neuroplastic.models import is_decoder, load_model, model_device
 from neuroplastic.neurons import NeuronSet, control_kind
@@ -103,6 +104,14 @@ class Setup:
     base_steps: int  # the cap on base fine-tuning, in optimizer steps (from epochs if given)
     stage_steps: int  # optimizer steps per retraining stage (from epochs if given)
     replica: torch.nn.Module | None = None  # what trains: ``module``, or it wrapped in DDP
+    #: the probe sentences' two halves: predictors read one, ground truths the other
+    probe_split: ProbeSplit | None = None
+
+    @property
+    def predict_data(self) -> ConceptDataset:
+        """The probe sentences the predictors read (:mod:`neuroplastic.halves`)."""
+        assert self.probe_split is not None
+        return self.probe_data.subset(self.probe_split.predict)
 
     @property
     def trainee(self) -> torch.nn.Module:
@@ -249,6 +258,7 @@ def _setup(
     return Setup(
         config, store, module, model, train_data, validation_data, probe_data, overlap, progress,
         base_steps, stage_steps, distributed.replicate(module, device),
+        split_probe(len(probe_data), config.seed),
     )  # fmt: skip
 
 
@@ -680,23 +690,38 @@ def predictions_path(run: RunDir, arm: str) -> Path:
 def _predict_at_base(setup: Setup, neurons: NeuronSet) -> Predictions:
     """Base saliency, concept similarity (the base model's own input embeddings, as the report
     uses) and co-activation with ``neurons``: on the base weights, no ablation held."""
-    config = setup.config
+    config, split = setup.config, setup.probe_split
     base = setup.run.stage("concept", "base")  # verified against the manifest
     embeddings = TokenEmbeddings.from_vectors(*_token_embeddings(setup.model, setup.probe_data))
+    # Every predictor reads the predict half only: its saliency, its share of the base top
+    # tokens (each entry records its sentence), its sentences for co-activation.
     return predict_at_base(
-        setup.module, setup.probe_data, config.concept, base.ranking, base.stats, neurons,
-        embeddings, progress=setup.progress,
+        setup.module, setup.predict_data, config.concept,
+        _half_ranking(setup, "concept", "base", "predict"), base.stats, neurons, embeddings,
+        progress=setup.progress, readable=split.in_predict(base.stats.top_sentence),
     )  # fmt: skip
+
+
+def _half_ranking(setup: Setup, arm: str, stage: str, half: str) -> Ranking:
+    """A stage's ranking on one half of the probe sentences (as saved with the stage)."""
+    halves = setup.run.stage_halves(arm, stage)
+    if halves is None:
+        raise NeuroplasticError(
+            f"{setup.run.path}: stage {stage} of the {arm} arm was made before the probe "
+            "sentences were split in halves (predictors / ground truths); rerun into a new --out"
+        )
+    return Ranking.from_stats(halves[half], setup.config.concept, setup.config.method)
 
 
 def _predict_at_pruned(
     setup: Setup, neurons: NeuronSet, at_base: Predictions, ranking: Ranking
 ) -> Predictions:
-    """``at_base`` with the predictors read at the pruned stage (``ranking``): the model holds
-    the removal as retraining will (hooks in ``hold`` mode, pruned weights in ``regrow``)."""
+    """``at_base`` with the predictors read at the pruned stage (``ranking``: on the predict
+    half of the probe sentences): the model holds the removal as retraining will (hooks in
+    ``hold`` mode, pruned weights in ``regrow``)."""
     config = setup.config
     at_pruned = predict_at_pruned(
-        setup.module, setup.probe_data, config.concept, ranking, neurons, seed=config.seed,
+        setup.module, setup.predict_data, config.concept, ranking, neurons, seed=config.seed,
         hold=config.mode == "hold", progress=setup.progress,
     )  # fmt: skip
     return at_base.merged(at_pruned)
@@ -723,7 +748,7 @@ def _finish_stage(
     them, with the model as retraining will start from it)."""
     config = setup.config
     evaluation = _validate(setup, dead, progress=setup.progress)
-    stats = _probe_stats(setup)
+    stats, halves = _probe_stats(setup)
     row = {
         "arm": arm,
         "stage": stage,
@@ -739,9 +764,10 @@ def _finish_stage(
 
     def write() -> None:
         arms = config.arms if stage == "base" else (arm,)
-        ranking, artifacts = _write_stage_files(setup, arms, stage, stats)
+        _, artifacts = _write_stage_files(setup, arms, stage, stats, halves)
         if predict is not None:
             path = predictions_path(setup.run, arm)
+            ranking = Ranking.from_stats(halves["predict"], config.concept, config.method)
             predict(ranking).save(path)
             artifacts.append(path)  # listed in the manifest before the stage is marked done
         setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
@@ -767,11 +793,11 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
         if each.stage != "base" and config.mode == "hold":
             hold = Ablation(setup.model, held(each.arm, stage_round(each.stage)), permanent=True)
         try:
-            stats = _probe_stats(setup)
+            stats, halves = _probe_stats(setup)
         finally:
             if hold is not None:
                 hold.remove()
-        distributed.on_main(partial(_rewrite_stage, setup, each, stats))
+        distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
         if each.stage == "pruned" and each.arm in PREDICTED_ARMS:
             _repredict(setup, each, held(each.arm, 1))
 
@@ -800,7 +826,7 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
     try:
 
         def write() -> None:
-            ranking = setup.run.stage(each.arm, "pruned").ranking  # as just rewritten
+            ranking = _half_ranking(setup, each.arm, "pruned", "predict")  # as just rewritten
             path = predictions_path(setup.run, each.arm)
             _predict_at_pruned(setup, neurons, at_base, ranking).save(path)
             setup.store.record([path])
@@ -811,27 +837,45 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
             hold.remove()
 
 
-def _rewrite_stage(setup: Setup, each: Recompute, stats: NeuronStats) -> None:
-    setup.store.record(_write_stage_files(setup, (each.arm,), each.stage, stats)[1])
+def _rewrite_stage(
+    setup: Setup, each: Recompute, stats: NeuronStats, halves: dict[str, NeuronStats]
+) -> None:
+    setup.store.record(_write_stage_files(setup, (each.arm,), each.stage, stats, halves)[1])
 
 
-def _probe_stats(setup: Setup) -> NeuronStats:
-    """Neuron statistics of the model as it is, on the probe sentences."""
-    return collect_stats(
-        setup.model, setup.probe_data, batch_size=32, top_k=setup.config.top_k_tokens,
-        progress=setup.progress,
-    )  # fmt: skip
+def _probe_stats(setup: Setup) -> tuple[NeuronStats, dict[str, NeuronStats]]:
+    """Neuron statistics of the model as it is, on each half of the probe sentences, and on
+    all of them (the two merged: exactly what one pass over all of them gives)."""
+    assert setup.probe_split is not None
+    halves = {
+        half: collect_stats(
+            setup.model,
+            setup.probe_data,
+            batch_size=32,
+            top_k=setup.config.top_k_tokens,
+            indices=getattr(setup.probe_split, half),
+            progress=setup.progress,
+        )  # fmt: skip
+        for half in HALVES
+    }
+    return halves["predict"].merge(halves["truth"]), halves
 
 
 def _write_stage_files(
-    setup: Setup, arms: Sequence[str], stage: str, stats: NeuronStats
+    setup: Setup,
+    arms: Sequence[str],
+    stage: str,
+    stats: NeuronStats,
+    halves: dict[str, NeuronStats],
 ) -> tuple[Ranking, list[Path]]:
     """The stage's ranking, and the paths of its files written for each of ``arms``."""
     config = setup.config
     ranking = Ranking.from_stats(stats, config.concept, config.method)
     frame = top_tokens_frame(stats, setup.model.tokenizer)
     paths = [
-        path for arm in arms for path in setup.run.write_stage(arm, stage, ranking, stats, frame)
+        path
+        for arm in arms
+        for path in setup.run.write_stage(arm, stage, ranking, stats, frame, halves)
     ]
     return ranking, paths
 
@@ -1049,11 +1093,26 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
         loaded = ArmRun.load(run, arm)
         if loaded.last == loaded.start:
             continue  # no retraining: nothing happened to predict
-        frame = evaluate_arm(loaded, Predictions.load(path))
+        frame = evaluate_arm(
+            loaded, Predictions.load(path), rankings=truth_rankings(run, arm, loaded)
+        )
         frame.insert(0, "arm", arm)
         # None, not NaN, where a measure is undefined: summary.json stays valid JSON.
         rows += [{k: _number(v) for k, v in row.items()} for row in frame.to_dict("records")]
     return {"prediction": rows} if rows else {}
+
+
+def truth_rankings(run: RunDir, arm: str, loaded: ArmRun) -> tuple[Ranking, Ranking] | None:
+    """The arm's rankings at its pruned and last stages on the truth half of the probe
+    sentences, which no predictor reads; None for a run made before the split."""
+    config = run.config()
+    rankings = []
+    for stage in (loaded.start, loaded.last):
+        halves = run.stage_halves(arm, stage)
+        if halves is None:
+            return None
+        rankings.append(Ranking.from_stats(halves["truth"], config["concept"], config["method"]))
+    return rankings[0], rankings[1]
 
 
 def _number(value: Any) -> Any:

@@ -43,7 +43,7 @@ from scipy import stats as scipy_stats
 from torch import Tensor, nn
 
 from neuroplastic.ablation import Ablation
-from neuroplastic.analysis import ArmRun, concept_token_ids
+from neuroplastic.analysis import ArmRun
 from neuroplastic.config import PREDICTOR_NAMES
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
@@ -72,6 +72,7 @@ __all__ = [
     "predict_at_base",
     "predict_at_pruned",
     "random_score",
+    "readable_concept_tokens",
     "roc_auc",
     "saliency_score",
     "similarity_score",
@@ -149,17 +150,22 @@ def similarity_score(
     concept: str,
     candidates: Mask,
     concept_tokens: Sequence[int] | None = None,
+    readable: Bool[Tensor, "layer neuron k"] | None = None,
 ) -> Scores:
     """Concept similarity (:class:`TokenEmbeddings`, centroid cosine) between each candidate's
     base top-k tokens and the concept's tokens: how close the neuron already was to the concept
     before it was removed elsewhere ("primed", Lo et al. 2024).
 
-    ``concept_tokens`` defaults to the distinct concept-labelled tokens among all neurons' base
-    top-k tokens, as :func:`neuroplastic.analysis.primed_neurons` uses. NaN where a neuron's top
-    tokens have no embedding.
+    ``readable`` marks the top-token entries the predictor may read (default: all); the run
+    passes those from the predict half of the probe sentences (:mod:`neuroplastic.halves`).
+    ``concept_tokens`` defaults to the distinct concept-labelled tokens among the readable
+    top tokens of all neurons, as :func:`neuroplastic.analysis.primed_neurons` uses. NaN where
+    a neuron's readable top tokens have no embedding.
     """
+    if readable is None:
+        readable = torch.ones_like(base_stats.top_token, dtype=torch.bool)
     if concept_tokens is None:
-        concept_tokens = concept_token_ids(base_stats, concept).tolist()
+        concept_tokens = readable_concept_tokens(base_stats, concept, readable).tolist()
     if len(concept_tokens) == 0:
         raise NeuroplasticError(
             f"no token labelled {concept!r} among the base top tokens: cannot measure similarity "
@@ -169,8 +175,17 @@ def similarity_score(
     similarity = embeddings.similarity_many(
         base_stats.top_token.reshape(n_layers * d_mlp, -1).contiguous(),
         torch.tensor(list(concept_tokens)),
+        mask_a=readable.reshape(n_layers * d_mlp, -1),
     ).reshape(n_layers, d_mlp)
     return _only(similarity, candidates)
+
+
+def readable_concept_tokens(
+    stats: NeuronStats, concept: str, readable: Bool[Tensor, "layer neuron k"]
+) -> Tensor:
+    """:func:`neuroplastic.analysis.concept_token_ids` over the ``readable`` entries only."""
+    z = stats.label_index(concept)
+    return stats.top_token[(stats.top_label == z) & readable].unique()
 
 
 def random_score(candidates: Mask, seed: int) -> Scores:
@@ -508,18 +523,25 @@ def predict_at_base(
     embeddings: TokenEmbeddings | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    readable: Bool[Tensor, "layer neuron k"] | None = None,
 ) -> Predictions:
     """The predictors read at base: ``saliency_base``, ``similarity`` (needs ``embeddings``) and
     ``coactivation``. Call it on the base model with no ablation hook attached (in ``hold`` mode
     before the hold is attached, in ``regrow`` mode before the weights are pruned). Without
     ``embeddings``, or when no base top token is labelled ``concept``, ``similarity`` is left
-    out."""
+    out. ``data``, ``base`` and ``readable`` (the base top-token entries similarity may read)
+    should all come from the predict half of the probe sentences (:mod:`neuroplastic.halves`),
+    so that no predictor shares the ground truth's sentences."""
     candidates = survivors(base.alive, removed)
     scores = {"saliency_base": saliency_score(base, candidates)}
+    if readable is None:
+        readable = torch.ones_like(base_stats.top_token, dtype=torch.bool)
     # Like the primed-neuron analysis, similarity is left out (not scored NaN, which would pass
     # for a chance-level predictor) when no base top token is labelled with the concept.
-    if embeddings is not None and concept_token_ids(base_stats, concept).numel():
-        scores["similarity"] = similarity_score(base_stats, embeddings, concept, candidates)
+    if embeddings is not None and readable_concept_tokens(base_stats, concept, readable).numel():
+        scores["similarity"] = similarity_score(
+            base_stats, embeddings, concept, candidates, readable=readable
+        )
     scores["coactivation"] = coactivation_score(
         module, data, concept, removed, candidates, batch_size, progress
     )
@@ -731,16 +753,20 @@ def evaluate_arm(
     top: float = 0.01,
     start: str | None = None,
     end: str | None = None,
+    rankings: tuple[Ranking, Ranking] | None = None,
 ) -> pd.DataFrame:
     """:func:`evaluate_predictions` for one arm of a run: the ground truth from its rankings at
-    ``start`` (default ``pruned``) and ``end`` (default the last stage) and its removed set."""
+    ``start`` (default ``pruned``) and ``end`` (default the last stage) and its removed set.
+    ``rankings``: the two stages' rankings to build the truth from instead (the run passes
+    those of the truth half of the probe sentences: :mod:`neuroplastic.halves`)."""
     start, end = start or arm.start, end or arm.last
     for stage in (start, end):
         if stage not in arm.stages:
             raise NeuroplasticError(
                 f"arm {arm.arm!r} has no stage {stage!r}; stages: {', '.join(arm.stages)}"
             )
-    truth = ground_truth(arm.stages[start].ranking, arm.stages[end].ranking, arm.ablated, top)
+    before, after = rankings or (arm.stages[start].ranking, arm.stages[end].ranking)
+    truth = ground_truth(before, after, arm.ablated, top)
     return evaluate_predictions(predictions, truth)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuroplastic.config import ExperimentConfig
+from neuroplastic.halves import HALVES_FILE
 from neuroplastic.manifest import CorruptFile
 from neuroplastic.rundir import STAGE_FILES, RunDir, stage_names, unreadable
 
@@ -167,7 +168,7 @@ def _forget_arm(store: Checkpointer, arm: str, n_stages: int, rounds: int) -> No
     run = store.run
     paths = []
     for stage in stage_names(n_stages, rounds)[1:]:
-        paths += [run.stage_dir(arm, stage) / name for name in STAGE_FILES]
+        paths += [run.stage_dir(arm, stage) / name for name in (*STAGE_FILES, HALVES_FILE)]
         paths += [run.marker_path(arm, stage), run.weights_path(arm, stage)]
         paths += [run.trainer_path(arm, stage), run.checkpoint_path(arm, stage)]
     store.delete(paths)

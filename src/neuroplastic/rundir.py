@@ -14,6 +14,9 @@ DIR/
   stages/{arm}/{stage}/stats.safetensors NeuronStats (counts, sums, top-k buffers)
   stages/{arm}/{stage}/top_tokens.parquet layer, neuron, k, value, sentence, position,
                                           token_id, token, label (the dataset-wide top-k)
+  stages/{arm}/{stage}/halves.safetensors the moments of each half of the probe sentences
+                                          (predictors read one, ground truths the other:
+                                          neuroplastic.halves)
   checkpoints/{arm}/{stage}.safetensors  model and head weights (with --save-checkpoints)
   state/                           resume state (internal)
   manifest.json                    size and sha256 of every stage, state and checkpoint file
@@ -46,6 +49,7 @@ import pandas as pd
 import torch
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.halves import HALVES_FILE, load_halves, save_halves
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
 from neuroplastic.manifest import CorruptFile, Manifest, describe
 from neuroplastic.neurons import NeuronSet
@@ -327,15 +331,36 @@ class RunDir:
 
     # -- writing ------------------------------------------------------------------------------
     def write_stage(
-        self, arm: str, stage: str, ranking: Ranking, stats: NeuronStats, top_tokens: pd.DataFrame
+        self,
+        arm: str,
+        stage: str,
+        ranking: Ranking,
+        stats: NeuronStats,
+        top_tokens: pd.DataFrame,
+        halves: dict[str, NeuronStats] | None = None,
     ) -> list[Path]:
-        """Write the stage's artifacts; returns their paths (``STAGE_FILES``)."""
+        """Write the stage's artifacts; returns their paths (``STAGE_FILES``, and the halves'
+        moments when given)."""
         directory = self.stage_dir(arm, stage)
         stats.save(directory / "stats.safetensors")
         atomic_write_bytes(directory / "top_tokens.parquet", _parquet(top_tokens))
+        written = []
+        if halves is not None:
+            save_halves(directory / HALVES_FILE, halves)
+            written.append(directory / HALVES_FILE)
         # Written last: its presence marks the stage's artifacts complete.
         atomic_write_bytes(directory / "ranking.parquet", _parquet(ranking.to_frame()))
-        return [directory / name for name in STAGE_FILES]
+        return [*(directory / name for name in STAGE_FILES), *written]
+
+    def stage_halves(self, arm: str, stage: str) -> dict[str, NeuronStats] | None:
+        """The moments of each half of the probe sentences at a stage (``{"predict", "truth"}``,
+        :mod:`neuroplastic.halves`), verified against the manifest; None for a run made before
+        the probe sentences were split."""
+        path = self.stage_dir(arm, stage) / HALVES_FILE
+        if not path.is_file() and not self.manifest.lists(path):
+            return None
+        self.manifest.verify(path)
+        return read_run_file(path, load_halves, partial(self.stage_remedy, arm, stage))
 
     def write_sentences(self, tokens: list[list[str]]) -> None:
         atomic_write_json(self.sentences_path, tokens)

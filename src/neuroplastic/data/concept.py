@@ -10,6 +10,7 @@ Two label views come out of one alignment:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
@@ -88,6 +89,19 @@ class ConceptDataset:
 
     def __len__(self) -> int:
         return len(self.sentences)
+
+    def subset(self, indices: Sequence[int]) -> ConceptDataset:
+        """The sentences ``indices`` (in that order), encoded as here: nothing is re-tokenized.
+        Sentence indices in its batches are the subset's own (0 .. len - 1)."""
+        chosen = list(indices)
+        if not chosen or min(chosen) < 0 or max(chosen) >= len(self):
+            raise NeuroplasticError(
+                f"a subset needs indices in 0..{len(self) - 1}; got {len(chosen)} indices"
+            )
+        subset = copy.copy(self)
+        subset.sentences = [self.sentences[i] for i in chosen]
+        subset.encoded = [self.encoded[i] for i in chosen]
+        return subset
 
     def label_id(self, label: str) -> int:
         if label not in self.label_names:

@@ -159,7 +159,7 @@ def test_run_refuses_results_under_an_unreadable_config(finished, tmp_path, caps
         stderr,
         # 35: every stage and state file, the control arm's predictions among them
         f"neuroplastic run: error: {out} holds results of a run (state/concept/base.json, "
-        f"state/concept/pruned.json and 43 more) but {out / 'config.json'} is corrupt or "
+        f"state/concept/pruned.json and 44 more) but {out / 'config.json'} is corrupt or "
         "truncated (",
         "), so the settings they were computed under cannot be checked; restore it, or use "
         "another --out (nothing was changed)",

@@ -82,3 +82,31 @@ def test_a_planted_relocation_is_still_found_beyond_the_null() -> None:
             c["random", truth] - n["random", truth] for c, n in zip(concept, control, strict=True)
         ]
         assert abs(np.mean(noise)) < 0.15, truth
+
+
+def _pruned_saliency_against_gain(seed: int, split: bool) -> float:
+    """AUC of the pruned saliency against the gain truth, nothing moving, when the predictor
+    reads the same pass as the truth (``split`` False) or the other half's (True)."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(N_LAYERS, D_MLP))
+    alive = torch.ones(N_LAYERS, D_MLP, dtype=torch.bool)
+    removed = NeuronSet.of(N_LAYERS, D_MLP, [])
+
+    def reading() -> Ranking:
+        noisy = latent + rng.normal(scale=0.5, size=latent.shape)
+        return Ranking("LOC", "probeless", torch.tensor(noisy, dtype=torch.float32), alive)
+
+    truth_pruned, truth_last = reading(), reading()
+    predictor = reading() if split else truth_pruned
+    truth = ground_truth(truth_pruned, truth_last, removed, top=0.01)
+    frame = evaluate_predictions({"saliency_pruned": predictor.saliency.double()}, truth)
+    return float(frame.set_index("truth").loc["gain", "auc"])
+
+
+def test_disjoint_halves_remove_the_predictors_coupling_to_the_truth() -> None:
+    # One pass for both: regression to the mean makes the pruned saliency an anti-predictor of
+    # the gain with nothing moving. Another half's reading shares no noise with the truth.
+    shared = np.mean([_pruned_saliency_against_gain(s, split=False) for s in range(8)])
+    split = np.mean([_pruned_saliency_against_gain(s, split=True) for s in range(8)])
+    assert shared < 0.35
+    assert abs(split - 0.5) < 0.08

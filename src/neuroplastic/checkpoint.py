@@ -338,7 +338,8 @@ class Checkpointer:
                 path
                 for name in ("state", "stages", "checkpoints")
                 for path in (self.run.path / name).rglob("*")
-                if path.is_file() and path.suffix != ".json"
+                # (the stage markers are state's .json files: not results)
+                if path.is_file() and not (name == "state" and path.suffix == ".json")
             ]
             adopted = {self.manifest.relative(p): file_digest(p) for p in files}
             entries = adopted

@@ -41,6 +41,7 @@ import torch
 from neuroplastic import distributed
 from neuroplastic.ablation import Ablation, check_can_regrow, prune_weights
 from neuroplastic.analysis import ArmRun
+from neuroplastic.causal import CAUSAL_FILE, candidate_sets, damage
 from neuroplastic.chase import (
     chase_stop,
     next_concept_set,
@@ -61,13 +62,21 @@ from neuroplastic.halves import HALVES, ProbeSplit, split_probe
 from neuroplastic.io import atomic_write_json
 from neuroplastic.models import is_decoder, load_model, model_device
 from neuroplastic.neurons import NeuronSet, control_kind
-from neuroplastic.predict import Predictions, evaluate_arm, predict_at_base, predict_at_pruned
+from neuroplastic.predict import (
+    Predictions,
+    evaluate_arm,
+    ground_truth,
+    predict_at_base,
+    predict_at_pruned,
+)
 from neuroplastic.preempt import preempt_sets
 from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
 from neuroplastic.rundir import (
     RunDir,
+    json_of,
+    read_run_file,
     round_stages,
     stage_key,
     stage_names,
@@ -594,6 +603,9 @@ def _retrain_round(
         # On the base weights, before any removal (no hook held, no weight pruned yet).
         at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
         predict = partial(_predict_at_pruned, setup, neurons, at_base)
+    causal = None
+    if _has_causal_truth(setup, arm, stages[-1]):
+        causal = partial(_causal_truth, setup, arm, neurons)
     if previous == "base" and config.mode == "regrow":
         prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
     if state is not None and todo[0] != stages[0]:
@@ -618,6 +630,7 @@ def _retrain_round(
                 trainer_state=trainer.state_dict(),
                 previous=_unless_base(every[every.index(stage) - 1]),
                 predict=predict if stage == "pruned" else None,
+                causal=causal if stage == stages[-1] else None,
             )  # fmt: skip
     finally:
         if hold is not None:
@@ -687,6 +700,37 @@ def predictions_path(run: RunDir, arm: str) -> Path:
     return run.stage_dir(arm, "pruned") / "predictions.safetensors"
 
 
+#: the arms whose predictors also get a causal truth (ablating each one's picks in the
+#: retrained model): the concept arm, where there is something to have taken over
+CAUSAL_ARMS = ("concept",)
+
+
+def _has_causal_truth(setup: Setup, arm: str, stage: str) -> bool:
+    """Whether ``stage`` is where ``arm``'s causal truth is taken: the last stage of round 1
+    of a predicted arm that retrained."""
+    last = round_stages(setup.config.stages, 1)[-1]
+    return arm in CAUSAL_ARMS and arm in PREDICTED_ARMS and stage == last and last != "pruned"
+
+
+def _causal_truth(
+    setup: Setup, arm: str, neurons: NeuronSet, stage: str, halves: dict[str, NeuronStats]
+) -> Path:
+    """On rank 0: the causal truth (:mod:`neuroplastic.causal`) of ``arm``'s predictions, in
+    the model as it is now (the removal held), written with ``stage``; returns the file."""
+    config, run = setup.config, setup.run
+    last = Ranking.from_stats(halves["truth"], config.concept, config.method)
+    truth = ground_truth(_half_ranking(setup, arm, "pruned", "truth"), last, neurons)
+    predictions = Predictions.load(predictions_path(run, arm))
+    sets = candidate_sets(predictions.scores, truth, config.seed)
+    result = damage(
+        setup.module, setup.model, setup.validation_data, config.task, config.concept, sets,
+        progress=setup.progress,
+    )  # fmt: skip
+    path = run.stage_dir(arm, stage) / CAUSAL_FILE
+    atomic_write_json(path, result)
+    return path
+
+
 def _predict_at_base(setup: Setup, neurons: NeuronSet) -> Predictions:
     """Base saliency, concept similarity (the base model's own input embeddings, as the report
     uses) and co-activation with ``neurons``: on the base weights, no ablation held."""
@@ -740,12 +784,15 @@ def _finish_stage(
     trainer_state: dict | None = None,
     previous: str | None = None,
     predict: Callable[[Ranking], Predictions] | None = None,
+    causal: Callable[[str, dict[str, NeuronStats]], Path] | None = None,
 ) -> dict:
     """Evaluate, take statistics and ranking on the probe sentences, write the artifacts, and
     mark the stage done. Every rank evaluates (checking its own replica's held neurons) and
     takes its share of the statistics; rank 0 writes. ``predict``: at the pruned stage, a
     function of the stage's ranking giving the predictions saved with it (rank 0 computes
-    them, with the model as retraining will start from it)."""
+    them, with the model as retraining will start from it). ``causal``: at the last stage, a
+    function of the stage and its halves' statistics writing the causal truth
+    (:mod:`neuroplastic.causal`, rank 0, the model as retraining left it)."""
     config = setup.config
     evaluation = _validate(setup, dead, progress=setup.progress)
     stats, halves = _probe_stats(setup)
@@ -770,6 +817,8 @@ def _finish_stage(
             ranking = Ranking.from_stats(halves["predict"], config.concept, config.method)
             predict(ranking).save(path)
             artifacts.append(path)  # listed in the manifest before the stage is marked done
+        if causal is not None:
+            artifacts.append(causal(stage, halves))
         setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
         setup.store.write_metrics(config.arms, config.stages, config.rounds)
 
@@ -798,6 +847,20 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
             if hold is not None:
                 hold.remove()
         distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
+        if _has_causal_truth(setup, each.arm, each.stage) and each.stage != "base":
+            causal = partial(_causal_truth, setup, each.arm, held(each.arm, 1))
+            hold = (
+                Ablation(setup.model, held(each.arm, 1), permanent=True)
+                if config.mode == "hold"
+                else None
+            )
+            try:
+                distributed.on_main(
+                    lambda: setup.store.record([causal(each.stage, halves)])  # noqa: B023
+                )
+            finally:
+                if hold is not None:
+                    hold.remove()
         if each.stage == "pruned" and each.arm in PREDICTED_ARMS:
             _repredict(setup, each, held(each.arm, 1))
 
@@ -1084,7 +1147,8 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
     """``{"prediction": rows}``: every predictor against every ground truth
     (:func:`neuroplastic.predict.evaluate_arm`), per predicted arm that has retrained; nothing
     for a run without predictions (made before they existed) or without retraining."""
-    rows = []
+    rows: list[dict] = []
+    causal: dict[str, Any] = {}
     for arm in arms:
         path = predictions_path(run, arm)
         if arm not in PREDICTED_ARMS or not path.is_file():
@@ -1099,7 +1163,15 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
         frame.insert(0, "arm", arm)
         # None, not NaN, where a measure is undefined: summary.json stays valid JSON.
         rows += [{k: _number(v) for k, v in row.items()} for row in frame.to_dict("records")]
-    return {"prediction": rows} if rows else {}
+        causal_path = run.stage_dir(arm, loaded.last) / CAUSAL_FILE
+        if causal_path.is_file() or run.manifest.lists(causal_path):
+            run.manifest.verify(causal_path)
+            causal[arm] = read_run_file(
+                causal_path, json_of(dict), partial(run.stage_remedy, arm, loaded.last)
+            )
+    if not rows:
+        return {}
+    return {"prediction": rows, **({"causal": causal} if causal else {})}
 
 
 def truth_rankings(run: RunDir, arm: str, loaded: ArmRun) -> tuple[Ranking, Ranking] | None:

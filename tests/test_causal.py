@@ -1,0 +1,95 @@
+"""The causal ground truth (neuroplastic.causal): every candidate set of the truth's size, and
+the damage each does, on a planted case where one neuron carries the concept."""
+
+import math
+
+import pytest
+import torch
+
+import neuroplastic.causal as causal
+from neuroplastic.data.load import encode_split
+from neuroplastic.models import mlp_hook_name, run_forward
+from neuroplastic.neurons import NeuronSet
+from neuroplastic.predict import ground_truth
+from neuroplastic.ranking import Ranking
+from neuroplastic.training import Evaluation
+
+N_LAYERS, D_MLP = 3, 200
+
+
+def planted_truth():
+    """Stable saliency except 4 survivors in layer 2 that rise to the top; 10 removed."""
+    generator = torch.Generator().manual_seed(0)
+    before = torch.rand(N_LAYERS, D_MLP, generator=generator)
+    after = before.clone()
+    risers = [(2, 10), (2, 11), (2, 12), (2, 13)]
+    for layer, neuron in risers:
+        after[layer, neuron] = 5.0
+    removed = NeuronSet.of(N_LAYERS, D_MLP, [(0, n) for n in range(10)])
+    alive = torch.ones(N_LAYERS, D_MLP, dtype=torch.bool)
+    truth = ground_truth(
+        Ranking("LOC", "probeless", before, alive),
+        Ranking("LOC", "probeless", after, alive),
+        removed,
+        top=0.01,
+    )
+    return truth, risers, removed
+
+
+def test_every_set_has_the_truths_size_and_holds_only_candidates():
+    truth, risers, removed = planted_truth()
+    k = round(0.01 * (N_LAYERS * D_MLP - 10))  # 6
+    good = torch.zeros(N_LAYERS, D_MLP, dtype=torch.float64)
+    good[2, 10:16] = torch.arange(6, 0, -1, dtype=torch.float64)  # picks the risers first
+    partial = torch.full((N_LAYERS, D_MLP), math.nan, dtype=torch.float64)
+    partial[1, :3] = 1.0  # only 3 scored: its set has 3
+    sets = causal.candidate_sets({"good": good, "partial": partial}, truth, seed=7)
+    assert list(sets) == ["good", "partial", *causal.REFERENCE_SETS]
+    assert sets["good"].neurons == tuple((2, n) for n in range(10, 16))
+    assert sets["partial"].neurons == ((1, 0), (1, 1), (1, 2))
+    # Only the risers gained (every other survivor slid down one place per riser): the gainers
+    # are those 4, fewer than k; in a real run thousands of survivors gain.
+    assert sets["gainers"].neurons == tuple(risers)
+    assert len(sets["last_top"].neurons) == k and set(risers) <= set(sets["last_top"].neurons)
+    # The floor: as many random survivors as the gainers in each layer, none removed.
+    assert sets["random"].per_layer_counts() == sets["gainers"].per_layer_counts()
+    for neurons in sets.values():
+        assert not (neurons.mask() & removed.mask()).any()
+        assert (neurons.mask() <= truth.candidates).all()
+    again = causal.candidate_sets({"good": good, "partial": partial}, truth, seed=7)
+    other = causal.candidate_sets({"good": good, "partial": partial}, truth, seed=8)
+    assert again["random"] == sets["random"] and other["random"] != sets["random"]
+
+
+def test_the_damage_is_the_score_lost_with_each_set_ablated(tiny_model, corpus, monkeypatch):
+    """A planted concept: the evaluation's F1 is 0.9 while neuron (1, 5) fires and 0.3 once it
+    is zeroed, read from the model's own activations, so only the ablation hooks can move it."""
+    data = encode_split(corpus, tiny_model.tokenizer, "validation", limit=4)
+
+    def fake_evaluate(module, dataset, task, concept, progress=False, **_):
+        captured = {}
+        name = mlp_hook_name(1)
+        hook = (name, lambda act, hook: captured.setdefault("act", act.detach()))
+        batch = dataset.collate(list(range(len(dataset))))
+        with tiny_model.hooks(fwd_hooks=[hook]):
+            run_forward(tiny_model, batch.tokens, batch.attention_mask, stop_at=name)
+        fires = bool(captured["act"][..., 5].abs().sum() > 0)
+        return Evaluation({"f1": {concept: 0.9 if fires else 0.3}})
+
+    monkeypatch.setattr(causal, "evaluate", fake_evaluate)
+    n_layers, d_mlp = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    sets = {
+        "carrier": NeuronSet.of(n_layers, d_mlp, [(1, 5), (0, 2)]),
+        "bystanders": NeuronSet.of(n_layers, d_mlp, [(1, 6), (0, 2)]),
+    }
+    result = causal.damage(tiny_model, tiny_model, data, "ner", "LOC", sets)
+    assert result["score"] == 0.9 and result["k"] == 2 and result["task"] == "ner"
+    assert result["lost"] == pytest.approx({"carrier": 0.6, "bystanders": 0.0})
+    # No hook is left behind: the model scores as before.
+    assert fake_evaluate(tiny_model, data, "ner", "LOC").scores["f1"]["LOC"] == 0.9
+
+
+def test_for_language_modelling_the_damage_is_the_loss_gained():
+    scores = {"lm_loss": {"concept": 2.5, "other": 1.0}}
+    assert causal.concept_score(scores, "lm", "LOC") == 2.5
+    assert causal.concept_score({"f1": {"LOC": 0.7}}, "ner", "LOC") == 0.7

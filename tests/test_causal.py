@@ -93,3 +93,29 @@ def test_for_language_modelling_the_damage_is_the_loss_gained():
     scores = {"lm_loss": {"concept": 2.5, "other": 1.0}}
     assert causal.concept_score(scores, "lm", "LOC") == 2.5
     assert causal.concept_score({"f1": {"LOC": 0.7}}, "ner", "LOC") == 0.7
+
+
+def test_the_sweep_pairs_each_sets_damage_with_the_random_floor_seed_by_seed():
+    from neuroplastic.sweep import causal_across_seeds
+
+    def run(seed, gradient, gainers, floor):
+        lost = {"gradient": gradient, "gainers": gainers, "random": floor}
+        return {
+            "seed": seed,
+            "causal": {"concept": {"task": "ner", "k": 9, "score": 0.8, "lost": lost}},
+        }
+
+    runs = [run(0, 0.10, 0.30, 0.02), run(1, 0.06, 0.25, 0.00), run(2, 0.08, 0.35, 0.04)]
+    result = causal_across_seeds(runs)["concept"]
+    assert result["k"] == [9, 9, 9] and result["task"] == "ner"
+    assert result["lost"]["gainers"]["mean"] == pytest.approx(0.30)
+    beyond = result["beyond_random"]["gradient"]
+    assert beyond["values"] == pytest.approx([0.08, 0.06, 0.04])
+    differences = torch.tensor([0.08, 0.06, 0.04], dtype=torch.float64)
+    half = 4.302652729911275 * differences.std() / math.sqrt(3)  # t(0.975, 2)
+    assert beyond["ci_low"] == pytest.approx(float(differences.mean() - half))
+    assert "random" not in result["beyond_random"] and "equivalence" in beyond
+    # A run without a causal truth (made before it existed) is missing, not zero.
+    runs.append({"seed": 3})
+    again = causal_across_seeds(runs)["concept"]
+    assert again["lost"]["gainers"]["n"] == 3 and again["lost"]["gainers"]["missing"] == 1

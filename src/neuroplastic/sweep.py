@@ -237,6 +237,8 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         "arms": arms,
         # per predictor and truth, as the run's summary evaluated them (none in older runs)
         "prediction": summary.get("prediction", []),
+        # per arm: the concept's score, and what ablating each candidate set costs it
+        "causal": summary.get("causal", {}),
     }
     if "chase" in summary:
         measures["chase"] = chase_measures(summary)
@@ -360,6 +362,9 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     prediction = prediction_across_seeds(runs)
     if prediction:
         result["prediction"] = prediction
+    causal = causal_across_seeds(runs)
+    if causal:
+        result["causal"] = causal
     if any("chase" in r for r in runs):
         result["chase"] = chase_across_seeds(runs)
     if any("preempt" in r for r in runs):
@@ -527,6 +532,43 @@ def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, An
                 result.append(
                     _prediction_row("concept - random", predictor, truth, measure, difference)
                 )
+    return result
+
+
+#: the margin within which a set's damage beyond the random floor counts as none
+CAUSAL_MARGIN = 0.05
+
+
+def causal_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per arm with a causal truth (:mod:`neuroplastic.causal`), across seeds: the damage of
+    each candidate set (concept F1 lost, or loss gained) and, paired within each seed, the
+    damage beyond the random floor (the set minus ``random``, the same count per layer), with
+    an equivalence test and the difference 80% power would detect. A set ``k`` neurons wide
+    that costs no more than random survivors did not pick what the model uses."""
+    result: dict[str, Any] = {}
+    arms = dict.fromkeys(arm for run in runs for arm in run.get("causal") or {})
+    for arm in arms:
+        per_seed = [(run.get("causal") or {}).get(arm) for run in runs]
+        present = [c for c in per_seed if c]
+        names = list(dict.fromkeys(n for c in present for n in c["lost"]))
+
+        def lost(record: dict | None, name: str) -> float:
+            value = (record or {}).get("lost", {}).get(name)
+            return math.nan if value is None else float(value)
+
+        result[arm] = {
+            "task": present[0]["task"],
+            "k": [c["k"] if c else None for c in per_seed],
+            "score": interval([c["score"] if c else math.nan for c in per_seed]),
+            "lost": {name: interval([lost(c, name) for c in per_seed]) for name in names},
+            "beyond_random": {
+                name: paired(
+                    [_minus(lost(c, name), lost(c, "random")) for c in per_seed], CAUSAL_MARGIN
+                )
+                for name in names
+                if name != "random"
+            },
+        }
     return result
 
 

@@ -273,6 +273,8 @@ def test_round_one_measures_do_not_depend_on_later_rounds(chased, monkeypatch) -
         stages = {e["stage"]: e["f1"][CONCEPT] for e in summary["arms"][arm]["stages"]}
         assert set(measures["f1"]) == {"base", "pruned", "retrain-1", "retrain-2"}
         assert measures["final_gap_to_base"] == pytest.approx(stages["retrain-2"] - stages["base"])
+        drift = stages["retrain-2"] - stages["pruned"]
+        assert measures["drift_after_pruning"] == pytest.approx(drift)
         assert measures["curve"]["step"] == [0.0, 1, 2, 3, 4, 5, 6]  # round 1: 2 stages x 3
         first = summary["chase"]["rounds"][0]["arms"][arm]
         assert measures["recovery_auc"] == pytest.approx(first["recovery_auc"])

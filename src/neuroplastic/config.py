@@ -97,7 +97,7 @@ class ExperimentConfig:
     # Fine-tuning runs until the probe loss plateaus (checked every plateau_every steps; it
     # stops after plateau_patience checks without a relative improvement of plateau_tolerance),
     # or for base_steps steps at most; plateau_every 0 trains exactly base_steps.
-    base_steps: int = 400
+    base_steps: int = 600
     plateau_every: int = 50
     plateau_patience: int = 2
     plateau_tolerance: float = 0.05

@@ -51,6 +51,9 @@ MEASURES = {
     },
     "recovery_auc": "mean of concept F1 / base F1 over the retraining steps (1 = never lost)",
     "final_gap_to_base": "concept F1 after the last stage minus base",
+    "drift_after_pruning": "concept F1 after the last stage minus at the pruned stage: on the "
+    "control, where nothing concept-specific was removed, what retraining alone adds (the "
+    "yardstick a converged base keeps near zero)",
     "relocation": "change of the top 1% neurons' saliency-weighted mean layer from the pruned "
     "stage to the last, every stage's top set drawn from one fixed population (alive at every "
     "stage, outside the removed set): movement while retraining (negative: earlier layers)",
@@ -67,6 +70,7 @@ MEASURES = {
 BOUNDS = {
     "drop_at_pruning": (-1.0, 1.0),
     "final_gap_to_base": (-1.0, 1.0),
+    "drift_after_pruning": (-1.0, 1.0),
     "primed_rho": (-1.0, 1.0),
     "primed_partial_rho": (-1.0, 1.0),
 }
@@ -80,6 +84,7 @@ MARGINS = {
     **{f"share_recovered_{step}": 0.05 for step in SHARE_STEPS},
     "recovery_auc": 0.02,
     "final_gap_to_base": 0.02,
+    "drift_after_pruning": 0.02,
     "relocation": 0.25,
     "removal_shift": 0.25,
     "primed_rho": 0.1,
@@ -219,6 +224,7 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
             },
             "recovery_auc": recovered["auc"],
             "final_gap_to_base": last["f1"][concept] - base_f1,
+            "drift_after_pruning": last["f1"][concept] - stages["pruned"]["f1"][concept],
             "relocation": moved.shift,
             "removal_shift": moved.removal_shift,
             "primed_rho": primed.rho if primed else math.nan,

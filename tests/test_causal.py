@@ -52,13 +52,16 @@ def test_every_set_has_the_truths_size_and_holds_only_candidates():
     assert sets["gainers"].neurons == tuple(risers)
     assert len(sets["last_top"].neurons) == k and set(risers) <= set(sets["last_top"].neurons)
     # The floor: as many random survivors as the gainers in each layer, none removed.
-    assert sets["random"].per_layer_counts() == sets["gainers"].per_layer_counts()
+    assert sets["matched_random"].per_layer_counts() == sets["gainers"].per_layer_counts()
     for neurons in sets.values():
         assert not (neurons.mask() & removed.mask()).any()
         assert (neurons.mask() <= truth.candidates).all()
     again = causal.candidate_sets({"good": good, "partial": partial}, truth, seed=7)
     other = causal.candidate_sets({"good": good, "partial": partial}, truth, seed=8)
-    assert again["random"] == sets["random"] and other["random"] != sets["random"]
+    assert (
+        again["matched_random"] == sets["matched_random"]
+        and other["matched_random"] != sets["matched_random"]
+    )
 
 
 def test_the_damage_is_the_score_lost_with_each_set_ablated(tiny_model, corpus, monkeypatch):
@@ -99,7 +102,7 @@ def test_the_sweep_pairs_each_sets_damage_with_the_random_floor_seed_by_seed():
     from neuroplastic.sweep import causal_across_seeds
 
     def run(seed, gradient, gainers, floor):
-        lost = {"gradient": gradient, "gainers": gainers, "random": floor}
+        lost = {"gradient": gradient, "gainers": gainers, "matched_random": floor}
         return {
             "seed": seed,
             "causal": {"concept": {"task": "ner", "k": 9, "score": 0.8, "lost": lost}},
@@ -114,7 +117,7 @@ def test_the_sweep_pairs_each_sets_damage_with_the_random_floor_seed_by_seed():
     differences = torch.tensor([0.08, 0.06, 0.04], dtype=torch.float64)
     half = 4.302652729911275 * differences.std() / math.sqrt(3)  # t(0.975, 2)
     assert beyond["ci_low"] == pytest.approx(float(differences.mean() - half))
-    assert "random" not in result["beyond_random"] and "equivalence" in beyond
+    assert "matched_random" not in result["beyond_random"] and "equivalence" in beyond
     # A run without a causal truth (made before it existed) is missing, not zero.
     runs.append({"seed": 3})
     again = causal_across_seeds(runs)["concept"]

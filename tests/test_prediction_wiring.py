@@ -326,3 +326,22 @@ def test_damaged_predictions_of_a_finished_run_are_refused_with_what_to_do(predi
     assert "kept in summary.json ('prediction')" in str(error.value)
     assert "Restore the file, or rerun into a new --out" in str(error.value)
     assert json.loads((copy / "summary.json").read_text()) == expected
+
+
+def test_the_causal_truth_is_taken_in_the_retrained_model_and_reported(predicted):
+    out, summary = predicted
+    run = RunDir(out)
+    record = summary["causal"]["concept"]
+    assert set(summary["causal"]) == {"concept"}  # the control has nothing taken over
+    assert list(record["lost"]) == [*PREDICTORS, "gainers", "last_top", "matched_random"]
+    # The score it starts from is the last stage's own evaluation (same model, same hold).
+    last = next(e for e in summary["arms"]["concept"]["stages"] if e["stage"] == "retrain-2")
+    assert record["score"] == pytest.approx(last["f1"]["LOC"])
+    # k is the truth's size: the top 1% of the truth half's candidates.
+    pruned, final = (truth_half(run, "concept", s) for s in ("pruned", "retrain-2"))
+    n = int(survivors(pruned.alive & final.alive, run.neurons("concept")).sum())
+    assert record["k"] == max(1, round(0.01 * n))
+    html = build_report(run, similarity="none").to_html()
+    assert "Causal truth, concept arm" in html
+    for name, value in record["lost"].items():
+        assert f"<td>{name}</td>" in html and f"<td>{value:+.3f}</td>" in html

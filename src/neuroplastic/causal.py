@@ -10,7 +10,7 @@ measured again with ``k`` more survivors zero-ablated, once per candidate set:
 ``<predictor>``     the ``k`` survivors each predictor scored highest at the pruned stage
 ``gainers``         the realised top gainers (the ``gain`` truth): what hindsight picks
 ``last_top``        the ``k`` most salient survivors at the last stage
-``random``          ``k`` random survivors with the gainers' count in every layer: the floor
+``matched_random``  ``k`` random survivors with the gainers' count in every layer: the floor
 ==================  ========================================================================
 
 ``k`` is the size of the rank truths (the top 1% of survivors), so the sets are as large as
@@ -37,7 +37,7 @@ from neuroplastic.predict import GroundTruth
 from neuroplastic.training import evaluate
 
 #: the reference sets besides the predictors' own, in reading order
-REFERENCE_SETS = ("gainers", "last_top", "random")
+REFERENCE_SETS = ("gainers", "last_top", "matched_random")
 CAUSAL_FILE = "causal.json"
 
 
@@ -68,7 +68,7 @@ def candidate_sets(
     for layer, n in sorted(sets["gainers"].per_layer_counts().items()):
         pool = torch.nonzero(candidates[layer]).flatten().tolist()
         matched += [(layer, neuron) for neuron in rng.sample(pool, min(n, len(pool)))]
-    sets["random"] = NeuronSet.of(n_layers, d_mlp, sorted(matched))
+    sets["matched_random"] = NeuronSet.of(n_layers, d_mlp, sorted(matched))
     return sets
 
 

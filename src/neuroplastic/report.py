@@ -1271,9 +1271,12 @@ def _prediction(page: HtmlPage, summary: dict | None, concept: str) -> None:
         "the k best-scored neurons, k their number (chance: their share of all candidates, the "
         "base rate). Candidates are the neurons outside the removed set alive at both stages. "
         "This is one seed's description, not an estimate: a handful of positive neurons makes "
-        "these numbers coarse, and their spread comes from seeds (`neuroplastic sweep`)."
+        "these numbers coarse, and their spread comes from seeds (`neuroplastic sweep`). The "
+        "probe sentences are split in two halves by a seeded hash: the predictors read one, "
+        "the ground truths the other, so no predictor shares a truth's sampling noise."
     )
     frame = pd.DataFrame(rows)
+    _causal_table(page, (summary or {}).get("causal") or {}, concept)
     with page.details("What each predictor and ground truth is"):
         names = [*frame["predictor"].unique(), *TRUTHS]
         page.table(
@@ -1301,6 +1304,35 @@ def _prediction(page: HtmlPage, summary: dict | None, concept: str) -> None:
             table,
             caption=f"{what}: {n_positive} of {n_candidates} candidates; chance: AUC 0.5, "
             f"precision {first['base_rate']:.3f}",
+            index=False,
+            float_format=None,
+        )
+
+
+def _causal_table(page: HtmlPage, causal: dict[str, Any], concept: str) -> None:
+    """What ablating each predictor's picks costs the retrained model (neuroplastic.causal)."""
+    for arm, record in causal.items():
+        ner = record["task"] == "ner"
+        what = f"{concept} F1 lost" if ner else f"{concept} next-token loss gained"
+        score = f"{concept} F1 {record['score']:.3f}" if ner else f"loss {record['score']:.3f}"
+        floor = record["lost"].get("matched_random")
+        table = pd.DataFrame(
+            {
+                "set ablated": list(record["lost"]),
+                what: [_fmt(v, "+.3f") for v in record["lost"].values()],
+                "beyond random survivors": [
+                    _fmt(None if v is None or floor is None else v - floor, "+.3f")
+                    for v in record["lost"].values()
+                ],
+            }
+        )
+        page.table(
+            table,
+            caption=f"Causal truth, {arm} arm: in the retrained model ({score}, its removal "
+            f"held), {record['k']} more surviving neurons ablated at a time: each predictor's "
+            "best-scored, the realised top gainers (hindsight), the last stage's most salient, "
+            "and random survivors with the gainers' count per layer (the floor). Scored on the "
+            "validation sentences, which neither predictors nor rankings read; one seed",
             index=False,
             float_format=None,
         )

@@ -548,9 +548,9 @@ CAUSAL_MARGIN = 0.05
 def causal_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per arm with a causal truth (:mod:`neuroplastic.causal`), across seeds: the damage of
     each candidate set (concept F1 lost, or loss gained) and, paired within each seed, the
-    damage beyond the random floor (the set minus ``random``, the same count per layer), with
-    an equivalence test and the difference 80% power would detect. A set ``k`` neurons wide
-    that costs no more than random survivors did not pick what the model uses."""
+    damage beyond the random floor (the set minus ``matched_random``, the same count per
+    layer), with an equivalence test and the difference 80% power would detect. A set ``k``
+    neurons wide that costs no more than random survivors did not pick what the model uses."""
     result: dict[str, Any] = {}
     arms = dict.fromkeys(arm for run in runs for arm in run.get("causal") or {})
     for arm in arms:
@@ -569,10 +569,11 @@ def causal_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "lost": {name: interval([lost(c, name) for c in per_seed]) for name in names},
             "beyond_random": {
                 name: paired(
-                    [_minus(lost(c, name), lost(c, "random")) for c in per_seed], CAUSAL_MARGIN
+                    [_minus(lost(c, name), lost(c, "matched_random")) for c in per_seed],
+                    CAUSAL_MARGIN,
                 )
                 for name in names
-                if name != "random"
+                if name != "matched_random"
             },
         }
     return result

@@ -276,6 +276,40 @@ def test_preempt_holds_exactly_the_requested_neurons(preempted):
     assert gaps == difference["last"]
 
 
+def test_the_oracle_arm_holds_the_concept_arms_realised_top_gainers(preempted):
+    out, summary = preempted
+    run = RunDir(out)
+    concept = run.neurons("concept")
+    pruned, last = run.stage("concept", "pruned").ranking, run.stage("concept", "retrain-2").ranking
+    # By hand: saliency gain from pruned to last among survivors alive at both, top 20.
+    gain = (last.saliency.double() - pruned.saliency.double()).numpy()
+    alive = (pruned.alive & last.alive & ~concept.mask()).numpy()
+    flat = np.where(alive, gain, -np.inf).ravel()
+    top = np.argsort(-flat, kind="stable")[:20]
+    oracle = set(run.neurons("preempt-oracle").neurons) - set(concept.neurons)
+    assert oracle == {divmod(int(i), 64) for i in top}
+    mask = run.neurons("preempt-oracle").mask()
+    assert (run.stage("preempt-oracle", "retrain-2").stats.sum[:, mask] == 0).all()
+    preempt = summary["preempt"]
+    recovery = preempt["recovery"]
+    bound = preempt["oracle_minus_control"]["recovery_auc"]
+    assert bound == pytest.approx(
+        recovery["preempt-oracle"]["recovery_auc"] - recovery["preempt-random"]["recovery_auc"]
+    )
+    bought = preempt["preempt_minus_control"]["recovery_auc"]
+    assert preempt["share_of_oracle"] == (pytest.approx(bought / bound) if bound else None)
+    predicted = set(run.neurons("preempt").neurons) - set(concept.neurons)
+    assert preempt["oracle_overlap"] == len(predicted & oracle)
+
+
+def test_preempt_oracle_holds_the_gainers_in_the_preempt_arm_itself():
+    config = tiny_config(preempt="oracle", preempt_count=20)
+    assert config.arms == ("concept", "random", "preempt", "preempt-random")
+    assert "preempt-oracle" in tiny_config(preempt="gradient").arms
+    with pytest.raises(NeuroplasticError, match="preempt must be one of .*oracle"):
+        tiny_config(preempt="hindsight")
+
+
 def test_preempt_takes_a_planted_relocation(planted):  # noqa: F811
     """On the planted fixture the gradient predictor scores the planted neurons, and only them,
     above zero: pre-empting 8 holds exactly them; its control draws as many per layer."""
@@ -302,9 +336,11 @@ def test_the_command_line_takes_the_chase_and_preempt_flags():
     )
     config = _config(args, lists=("mode", "method"))
     assert (config.preempt, config.preempt_count) == ("gradient", 50)
-    assert config.arms == ("concept", "random", "preempt", "preempt-random")
+    assert config.arms == ("concept", "random", "preempt", "preempt-random", "preempt-oracle")
+    args = _parser().parse_args(["run", "--out", "x", "--preempt", "oracle"])
+    assert _config(args).preempt == "oracle"
     with pytest.raises(SystemExit):
-        _parser().parse_args(["run", "--out", "x", "--preempt", "oracle"])
+        _parser().parse_args(["run", "--out", "x", "--preempt", "hindsight"])
 
 
 @pytest.mark.parametrize(

@@ -147,7 +147,7 @@ def test_preempt_section_shows_every_arm_and_the_paired_difference(
     assert "as many in every layer as the preempt arm took there" in text
     assert "neuroplastic sweep --preempt gradient --preempt-count 20" in text
     shown = table(html, f"Recovery of {CONCEPT} in every arm")
-    assert list(shown.index) == ["concept", "random", "preempt", "preempt-random"]
+    assert list(shown.index) == ["concept", "random", "preempt", "preempt-random", "preempt-oracle"]
     for arm, data in preempt["recovery"].items():
         steps = data["steps_to_recover_90"]
         assert shown.loc[arm, "steps to 90% of base"] == (
@@ -167,8 +167,17 @@ def test_preempt_section_shows_every_arm_and_the_paired_difference(
         )
         assert value == pytest.approx(treated - control)
     # The rest of the report knows the new arms: colours, captions, the gap to their control.
-    key = table(html, "Concept arm beside the random arm and the preempt and preempt-random arms")
-    assert list(key.columns) == ["concept", "random", "preempt", "preempt-random"]
+    oracle = table(html, "Preempt arm minus its control")["preempt-oracle - preempt-random"]
+    assert oracle["recovery AUC"] == f"{preempt['oracle_minus_control']['recovery_auc']:+.3f}"
+    assert "of the oracle&#x27;s recovery-AUC change over random" in html or (
+        "of the oracle's recovery-AUC change over random" in text
+    )
+    key = table(
+        html,
+        "Concept arm beside the random arm and the preempt and preempt-random and preempt-oracle "
+        "arms",
+    )
+    assert list(key.columns) == ["concept", "random", "preempt", "preempt-random", "preempt-oracle"]
     assert "preempt arm (purple) and its control, the preempt-random arm (grey)" in text
     gaps = table(html, "gap to base")
     stages = {e["stage"]: e for e in preempted.summary()["arms"]["preempt"]["stages"]}

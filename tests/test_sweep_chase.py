@@ -104,7 +104,9 @@ def fabricated(seed: int, chase: bool = True, preempt: bool = False) -> dict:
                 "others_pruned": 0.8 - 0.01 * i,
                 "others_last": 0.85 - 0.02 * i + 0.01 * seed,
             }
-            for i, arm in enumerate(("concept", "random", "preempt", "preempt-random"))
+            for i, arm in enumerate(
+                ("concept", "random", "preempt", "preempt-random", "preempt-oracle")
+            )
         }
         arms = {a: {m: math.nan if v is None else v for m, v in d.items()} for a, d in arms.items()}
         run["preempt"] = {
@@ -114,6 +116,10 @@ def fabricated(seed: int, chase: bool = True, preempt: bool = False) -> dict:
             "arms": arms,
             "preempt_minus_control": {
                 m: arms["preempt"][m] - arms["preempt-random"][m] for m in sweep.PREEMPT_MEASURES
+            },
+            "oracle_minus_control": {
+                m: arms["preempt-oracle"][m] - arms["preempt-random"][m]
+                for m in sweep.PREEMPT_MEASURES
             },
         }
     return run
@@ -176,6 +182,11 @@ def test_preempt_across_seeds_pairs_each_seed() -> None:
     # Steps: seed 1's preempt arm never recovered: its difference is missing.
     assert paired["steps_to_recover_90"]["values"] == [-1.0, None, -1.0]
     assert paired["steps_to_recover_90"]["missing"] == 1
+    # The oracle (i = 4) minus the same control: AUC +0.1 per seed; preempt bought -0.1, so
+    # its share of the oracle's change is -100% (it sped recovery as much as hindsight slowed).
+    oracle = preempt["oracle_minus_control"]
+    assert oracle["recovery_auc"]["values"] == pytest.approx([0.1, 0.1, 0.1])
+    assert preempt["share_of_oracle_auc"] == pytest.approx(-1.0)
 
 
 def test_sweep_report_shows_rounds_and_preemption_with_intervals() -> None:

@@ -76,7 +76,9 @@ SETTING_HELP = {
     "stop_below": "stop chasing after a round that leaves concept F1 below this share of its "
     "base F1, 0-1; 0: run every round",
     "preempt": "also retrain with the concept's neurons plus the --preempt-count survivors this "
-    "predictor scores highest at the pruned stage, against as many random survivors per layer",
+    "predictor scores highest at the pruned stage, against as many random survivors per layer "
+    "and the oracle (the concept arm's realised top gainers: the bound on any predictor); "
+    "'oracle' holds the oracle's in the preempt arm itself",
     "preempt_count": "surviving neurons --preempt holds besides the concept's",
 }
 

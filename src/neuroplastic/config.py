@@ -50,10 +50,15 @@ CHOICES = {
     "dtype": ("float32", "bfloat16", "float16"),
     "eval_grid": ("dense", "uniform"),
 }
-#: The arms ``--preempt`` adds: the concept's neurons plus the predicted ones, and its control.
-PREEMPT_ARMS = ("preempt", "preempt-random")
+#: What ``--preempt`` takes its neurons from: a predictor, or ``oracle``, the concept arm's
+#: realised top gainers (hindsight: what no predictor can beat).
+PREEMPT_CHOICES = (*PREDICTOR_NAMES, "oracle")
+#: The arms ``--preempt`` adds: the concept's neurons plus the predicted ones, its control, and
+#: the oracle (the concept arm's realised top gainers held instead), which bounds what any
+#: predictor could buy; ``--preempt oracle`` runs the first two only (its preempt is the oracle).
+PREEMPT_ARMS = ("preempt", "preempt-random", "preempt-oracle")
 #: Choices of settings that may also be left unset (None).
-OPTIONAL_CHOICES = {"preempt": PREDICTOR_NAMES}
+OPTIONAL_CHOICES = {"preempt": PREEMPT_CHOICES}
 
 
 def dense_grid(stage_steps: int, every_step: int = 4, log_points: int = 7) -> list[int]:
@@ -234,9 +239,9 @@ class ExperimentConfig:
                 "--stop-below ends a chase early, but --rounds is 1 (no chase): give --rounds 2 "
                 "or more, or leave --stop-below out"
             )
-        if self.preempt is not None and self.preempt not in PREDICTOR_NAMES:
+        if self.preempt is not None and self.preempt not in PREEMPT_CHOICES:
             raise NeuroplasticError(
-                f"preempt must be one of {', '.join(PREDICTOR_NAMES)}; got {self.preempt!r}"
+                f"preempt must be one of {', '.join(PREEMPT_CHOICES)}; got {self.preempt!r}"
             )
         extended = [
             flag for flag, on in (("--rounds", self.rounds > 1), ("--preempt", self.preempt)) if on
@@ -284,7 +289,9 @@ class ExperimentConfig:
     @property
     def arms(self) -> tuple[str, ...]:
         arms = ("concept",) if self.baseline == "none" else ("concept", "random")
-        return arms + (PREEMPT_ARMS if self.preempt else ())
+        if not self.preempt:
+            return arms
+        return arms + (PREEMPT_ARMS[:2] if self.preempt == "oracle" else PREEMPT_ARMS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -69,7 +69,7 @@ from neuroplastic.predict import (
     predict_at_base,
     predict_at_pruned,
 )
-from neuroplastic.preempt import preempt_sets
+from neuroplastic.preempt import oracle_set, preempt_sets, realised_gain
 from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
@@ -512,12 +512,25 @@ def _note_control(setup: Setup, neuron_sets: dict[str, NeuronSet], log) -> None:
 def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
     """The pre-empting arms' sets (:mod:`neuroplastic.preempt`), from the concept arm's
     predictions (rank 0)."""
-    config = setup.config
-    path = predictions_path(setup.run, "concept")
-    setup.run.manifest.verify(path)  # the file the run wrote, not another
-    sets = preempt_sets(
-        concept, Predictions.load(path), config.preempt, config.preempt_count, config.seed
-    )
+    config, run = setup.config, setup.run
+    # The oracle: what the concept arm (run first, on the same batches) realised.
+    arm = ArmRun.load(run, "concept")
+    first_round_last = round_stages(config.stages, 1)[-1]
+    pruned, last = arm.stages["pruned"].ranking, arm.stages[first_round_last].ranking
+    if config.preempt == "oracle":
+        sets = preempt_sets(
+            concept, realised_gain(pruned, last, concept), "oracle", config.preempt_count,
+            config.seed,
+        )  # fmt: skip
+    else:
+        path = predictions_path(run, "concept")
+        run.manifest.verify(path)  # the file the run wrote, not another
+        sets = preempt_sets(
+            concept, Predictions.load(path), config.preempt, config.preempt_count, config.seed
+        )
+        sets["preempt-oracle"] = oracle_set(
+            concept, pruned, last, config.preempt_count, config.seed
+        )
     for arm, neurons in sets.items():
         neurons.save(setup.run.neurons_path(arm))
     return sets
@@ -1111,23 +1124,37 @@ def _preempt_summary(
             "pruned": mine[0]["f1"],
             "last": mine[-1]["f1"],
         }
-    treated, control = recovery["preempt"], recovery["preempt-random"]
     extra = {
         arm: set(neuron_sets[arm].neurons) - set(neuron_sets["concept"].neurons)
         for arm in PREEMPT_ARMS
+        if arm in neuron_sets
     }
-    return {
+    summary = {
         "predictor": config.preempt,
         "count": config.preempt_count,
         "overlap": len(extra["preempt"] & extra["preempt-random"]),
         "recovery": recovery,
-        "preempt_minus_control": {
-            "steps_to_recover_90": _minus(
-                treated["steps_to_recover_90"], control["steps_to_recover_90"]
-            ),
-            "recovery_auc": _minus(treated["recovery_auc"], control["recovery_auc"]),
-            "last": _difference(treated["last"], control["last"]),
-        },
+        "preempt_minus_control": _arm_minus(recovery["preempt"], recovery["preempt-random"]),
+    }
+    if "preempt-oracle" in recovery:
+        oracle = _arm_minus(recovery["preempt-oracle"], recovery["preempt-random"])
+        summary["oracle_overlap"] = len(extra["preempt"] & extra["preempt-oracle"])
+        summary["oracle_minus_control"] = oracle
+        # Where the predictor sits between random (0) and hindsight (1), in recovery AUC.
+        bought, bound = summary["preempt_minus_control"]["recovery_auc"], oracle["recovery_auc"]
+        summary["share_of_oracle"] = (
+            bought / bound if bought is not None and bound not in (None, 0) else None
+        )
+    return summary
+
+
+def _arm_minus(treated: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "steps_to_recover_90": _minus(
+            treated["steps_to_recover_90"], control["steps_to_recover_90"]
+        ),
+        "recovery_auc": _minus(treated["recovery_auc"], control["recovery_auc"]),
+        "last": _difference(treated["last"], control["last"]),
     }
 
 

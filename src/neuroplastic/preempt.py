@@ -9,6 +9,12 @@ Two more arms start from the same base weights as the others and retrain on the 
 
 So the two differ in which N survivors are held, and in nothing else (not how many, nor in
 which layers): a slower recovery of ``preempt`` is what the prediction bought.
+
+- ``preempt-oracle`` holds the concept's neurons and the N survivors that gained the most
+  saliency in the concept arm, which ran first on the same batches (:func:`realised_gain`):
+  hindsight, what no predictor read before retraining can beat. The predictor's arm is read
+  between the two: its share of the oracle's slowdown over random. ``--preempt oracle`` holds
+  the oracle's neurons in ``preempt`` itself (and runs no third arm).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import torch
 
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.neurons import NeuronSet
-from neuroplastic.predict import Predictions
+from neuroplastic.predict import Predictions, ground_truth
+from neuroplastic.ranking import Ranking
 
 
 def preempt_sets(
@@ -56,6 +63,22 @@ def preempt_sets(
             concept, matched, f"{count} random survivors matching those per layer (seed {seed})"
         ),
     }
+
+
+def realised_gain(pruned: Ranking, last: Ranking, concept: NeuronSet) -> Predictions:
+    """The concept arm's saliency gain from its pruned to its last stage, as a predictor's
+    scores (``oracle``; NaN outside the survivors alive at both stages)."""
+    truth = ground_truth(pruned, last, concept)
+    return Predictions({"oracle": truth.gain})
+
+
+def oracle_set(
+    concept: NeuronSet, pruned: Ranking, last: Ranking, count: int, seed: int
+) -> NeuronSet:
+    """The ``preempt-oracle`` arm's set: the concept's neurons and the ``count`` survivors of
+    largest realised gain."""
+    sets = preempt_sets(concept, realised_gain(pruned, last, concept), "oracle", count, seed)
+    return sets["preempt"]
 
 
 def _with(concept: NeuronSet, extra: list[tuple[int, int]], what: str) -> NeuronSet:

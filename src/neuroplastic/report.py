@@ -56,6 +56,7 @@ ARM_COLORS = {
     "random": "#1f77b4",
     "preempt": "#9467bd",
     "preempt-random": "#7f7f7f",
+    "preempt-oracle": "#2ca02c",
 }
 LAYER_COLORS = (
     "#440154",
@@ -546,6 +547,11 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
                 if "preempt" in set(curves["arm"])
                 else ""
             )
+            + (
+                ", the oracle, the preempt-oracle arm (green)"
+                if "preempt-oracle" in set(curves["arm"])
+                else ""
+            )
             + "; dotted lines mark where each stage starts. The "
             "paper: performance on the concept collapses when its neurons are pruned and "
             "recovers within a few epochs of retraining. Judge the recovery against the random "
@@ -922,12 +928,42 @@ def _preempt(page: HtmlPage, summary: dict | None, concept: str) -> None:
         "recovery AUC": _gap_or_missing(diff["recovery_auc"], "+.3f"),
         **{f"{e} F1 last": _gap_or_missing(diff["last"].get(e), "+.3f") for e in entities},
     }
+    columns = {"preempt - preempt-random": difference}
+    oracle = preempt.get("oracle_minus_control")
+    if oracle is not None:
+        columns["preempt-oracle - preempt-random"] = {
+            "steps to 90% of base": _gap_or_missing(
+                oracle["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
+            ),
+            "recovery AUC": _gap_or_missing(oracle["recovery_auc"], "+.3f"),
+            **{f"{e} F1 last": _gap_or_missing(oracle["last"].get(e), "+.3f") for e in entities},
+        }
     page.table(
-        pd.DataFrame({"preempt - preempt-random": difference}),
+        pd.DataFrame(columns),
         caption="Preempt arm minus its control (positive steps, negative AUC or F1: the "
-        "prediction slowed the recovery)",
+        "prediction slowed the recovery)"
+        + (
+            ", and the oracle minus the same control: the most any predictor could buy"
+            if oracle
+            else ""
+        ),
         float_format=None,
     )
+    if oracle is not None:
+        share = preempt.get("share_of_oracle")
+        page.paragraph(
+            f"The oracle holds the {count} survivors that gained the most saliency in the "
+            f"concept arm, which ran first on the same batches: hindsight no predictor read "
+            f"before retraining has. {predictor} bought "
+            + (
+                f"{share:.0%}"
+                if share is not None
+                else "an undefined share (the oracle bought nothing)"
+            )
+            + f" of the oracle's recovery-AUC change over random (0%: no better than random "
+            f"survivors, 100%: as good as hindsight); {preempt.get('oracle_overlap', 0)} of its "
+            f"{count} neurons are among the oracle's. One seed: the spread is the sweep's."
+        )
 
 
 def _gap_or_missing(value: Any, spec: str, missing: str = "–") -> str:

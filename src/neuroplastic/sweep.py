@@ -298,13 +298,19 @@ def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
         for arm, data in preempt["recovery"].items()
     }
     treated, control = arms["preempt"], arms["preempt-random"]
-    return {
+    measures = {
         "predictor": preempt["predictor"],
         "count": preempt["count"],
         "overlap": preempt["overlap"],
         "arms": arms,
         "preempt_minus_control": {m: _minus(treated[m], control[m]) for m in PREEMPT_MEASURES},
     }
+    if "preempt-oracle" in arms:
+        oracle = arms["preempt-oracle"]
+        measures["oracle_minus_control"] = {
+            m: _minus(oracle[m], control[m]) for m in PREEMPT_MEASURES
+        }
+    return measures
 
 
 def _others_mean(f1: dict[str, float], concept: str) -> float:
@@ -484,7 +490,23 @@ def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "preempt_minus_control": {
             m: interval([p["preempt_minus_control"][m] for p in present]) for m in PREEMPT_MEASURES
         },
+        **_oracle_across(present),
     }
+
+
+def _oracle_across(present: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The oracle minus the control across seeds, and the predictor's share of it: the mean
+    paired difference over the mean oracle difference (a ratio of means: a per-seed ratio
+    explodes where one seed's oracle bought almost nothing)."""
+    if not all("oracle_minus_control" in p for p in present):
+        return {}
+    oracle = {
+        m: interval([p["oracle_minus_control"][m] for p in present]) for m in PREEMPT_MEASURES
+    }
+    bought = interval([p["preempt_minus_control"]["recovery_auc"] for p in present])["mean"]
+    bound = oracle["recovery_auc"]["mean"]
+    share = bought / bound if bought is not None and bound else None
+    return {"oracle_minus_control": oracle, "share_of_oracle_auc": share}
 
 
 #: the range of each prediction measure, and of its concept-minus-random difference

@@ -27,6 +27,7 @@ ARM_COLORS = {
     "random": "#1f77b4",
     "preempt": "#9467bd",
     "preempt-random": "#7f7f7f",
+    "preempt-oracle": "#2ca02c",
 }
 
 
@@ -328,10 +329,21 @@ def _preempt(
     )
     columns = dict(preempt["arms"])
     columns["preempt - preempt-random"] = preempt["preempt_minus_control"]
+    if "oracle_minus_control" in preempt:
+        columns["preempt-oracle - preempt-random"] = preempt["oracle_minus_control"]
     table = pd.DataFrame(
         {name: {measures[m]: _ci(v[m]) for m in measures} for name, v in columns.items()}
     )
     page.table(table, caption="Pre-emption: mean [95% interval across seeds]", float_format=None)
+    if "oracle_minus_control" in preempt:
+        share = preempt.get("share_of_oracle_auc")
+        page.paragraph(
+            "preempt-oracle holds the survivors that gained the most saliency in each seed's "
+            f"concept arm (hindsight: the bound on any predictor). {predictor} bought "
+            + (f"{share:.0%}" if share is not None else "an undefined share")
+            + " of the oracle's mean recovery-AUC change over random (a ratio of the means "
+            "across seeds; 0%: random survivors, 100%: hindsight)."
+        )
 
 
 def _number(value: float) -> str:

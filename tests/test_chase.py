@@ -240,6 +240,32 @@ def test_resume_is_exact_at_round_boundaries(chased, tmp_path, monkeypatch, arm,
     assert resumed == expected
 
 
+def test_the_one_shot_arm_holds_every_chased_neuron_from_base_at_once(chased):
+    out, summary = chased
+    run = RunDir(out)
+    rounds = summary["chase"]["rounds_run"]
+    union = run.neurons("concept", rounds) if rounds > 1 else run.neurons("concept")
+    once = run.neurons("one-shot")
+    assert once.neurons == union.neurons and len(once) == rounds * N_ADDED
+    # One round from the base weights: its pruned stage is the base model with all of them
+    # held, so every one of them is silent there, and it never runs a second round.
+    assert run.stages("one-shot") == ["base", "pruned", "retrain-1", "retrain-2"]
+    mask = once.mask()
+    for stage in ("pruned", "retrain-2"):
+        assert (run.stage("one-shot", stage).stats.sum[:, mask] == 0).all()
+    one_shot = summary["chase"]["one_shot"]
+    assert one_shot["neurons"] == len(once) and one_shot["rounds"] == rounds
+    last = {e["stage"]: e["f1"] for e in summary["arms"]["one-shot"]["stages"]}
+    chase_end = summary["arms"]["concept"]["stages"][-1]["f1"]
+    for entity, value in one_shot["one_shot_minus_chase"].items():
+        assert value == pytest.approx(last["retrain-2"][entity] - chase_end[entity])
+    assert (
+        one_shot["retraining_steps"]["chase"] == rounds * one_shot["retraining_steps"]["one_shot"]
+    )
+    # The chase's own rounds hold no one-shot record: it is not a round of the chase.
+    assert all("one-shot" not in record["arms"] for record in summary["chase"]["rounds"])
+
+
 # -- pre-empt ------------------------------------------------------------------------------------
 def test_preempt_holds_exactly_the_requested_neurons(preempted):
     out, summary = preempted

@@ -57,6 +57,9 @@ PREEMPT_CHOICES = (*PREDICTOR_NAMES, "oracle")
 #: the oracle (the concept arm's realised top gainers held instead), which bounds what any
 #: predictor could buy; ``--preempt oracle`` runs the first two only (its preempt is the oracle).
 PREEMPT_ARMS = ("preempt", "preempt-random", "preempt-oracle")
+#: The arm a chase adds: the union of every round's neurons held from the base weights at once,
+#: retrained for one round (is chasing different from removing more at once?).
+ONE_SHOT_ARM = "one-shot"
 #: Choices of settings that may also be left unset (None).
 OPTIONAL_CHOICES = {"preempt": PREEMPT_CHOICES}
 
@@ -289,6 +292,8 @@ class ExperimentConfig:
     @property
     def arms(self) -> tuple[str, ...]:
         arms = ("concept",) if self.baseline == "none" else ("concept", "random")
+        if self.rounds > 1:
+            return (*arms, ONE_SHOT_ARM)
         if not self.preempt:
             return arms
         return arms + (PREEMPT_ARMS[:2] if self.preempt == "oracle" else PREEMPT_ARMS)

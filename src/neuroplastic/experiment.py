@@ -51,7 +51,7 @@ from neuroplastic.chase import (
     select,
 )
 from neuroplastic.checkpoint import Checkpointer, load_weights
-from neuroplastic.config import PREEMPT_ARMS, ExperimentConfig
+from neuroplastic.config import ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
 from neuroplastic.curves import recovery, recovery_auc, steps_to_recover
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import concept_labels, load_corpus
@@ -163,6 +163,10 @@ def run_experiment(
         held = HeldSets(setup, neuron_sets)
         if config.rounds > 1:
             _chase(setup, list(neuron_sets), held, log)
+            # Then every neuron the chase removed, from base at once, for one round.
+            one_shot = distributed.on_main(partial(_one_shot_set, setup, held))
+            held = HeldSets(setup, {**neuron_sets, ONE_SHOT_ARM: one_shot})
+            _retrain_arm(setup, ONE_SHOT_ARM, held, log)
         else:
             for arm in neuron_sets:
                 _retrain_arm(setup, arm, held, log)
@@ -536,6 +540,21 @@ def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
     return sets
 
 
+def _one_shot_set(setup: Setup, held: HeldSets) -> NeuronSet:
+    """The one-shot arm's set (rank 0): every neuron the concept arm holds after the last
+    round the chase ran (each round adds to the last), saved as ``neurons/one-shot.json``."""
+    rounds = rounds_run(setup.store, setup.config)
+    union = held.local("concept", rounds)
+    neurons = NeuronSet(
+        union.n_layers,
+        union.d_mlp,
+        union.neurons,
+        f"every neuron of the chase's {rounds} rounds, held from the base at once",
+    )
+    neurons.save(setup.run.neurons_path(ONE_SHOT_ARM))
+    return neurons
+
+
 def _retrain_arm(setup: Setup, arm: str, held: HeldSets, log) -> None:
     """Ablate the arm's neurons in the base model and retrain, evaluating after every stage."""
     _retrain_round(setup, arm, 1, held(arm, 1), log)
@@ -881,6 +900,9 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
 def _held_sets(setup: Setup) -> HeldSets:
     """Every arm's sets, as the run chose them (the base ranking's, the predictions')."""
     neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+    one_shot = setup.run.neurons_path(ONE_SHOT_ARM)
+    if setup.config.rounds > 1 and distributed.on_main(one_shot.is_file):
+        neuron_sets[ONE_SHOT_ARM] = distributed.on_main(partial(setup.run.neurons, ONE_SHOT_ARM))
     if setup.config.preempt and distributed.on_main(
         lambda: predictions_path(setup.run, "concept").is_file()
     ):
@@ -1058,6 +1080,7 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
             "train_sentences": len(setup.train_data),
             "probe_sentences": len(setup.probe_data),
             "validation_sentences": len(setup.validation_data),
+            "probe_halves": setup.probe_split.sizes if setup.probe_split else None,
             **setup.data_overlap,
         },
         "steps": {"base_cap": setup.base_steps, "per_stage": setup.stage_steps},
@@ -1094,16 +1117,49 @@ def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, 
     config = setup.config
     rounds = rounds_run(setup.store, config)
     stop = chase_stop(setup.store, config, rounds) if rounds < config.rounds else None
+    chased = [arm for arm in held.arms if arm != ONE_SHOT_ARM]
+    base = setup.run.stage("concept", "base").ranking
     per_round = round_measures(
         rows,
-        {arm: [held.local(arm, r) for r in range(1, rounds + 1)] for arm in held.arms},
-        setup.run.stage("concept", "base").ranking,
+        {arm: [held.local(arm, r) for r in range(1, rounds + 1)] for arm in chased},
+        base,
         config.concept,
         config.stages,
         config.stages * setup.stage_steps,
-        branches={arm: "concept" for arm in held.arms if arm != "concept"},
+        branches={arm: "concept" for arm in chased if arm != "concept"},
     )
-    return {"rounds_run": rounds, "stopped_early": stop, "rounds": per_round}
+    summary = {"rounds_run": rounds, "stopped_early": stop, "rounds": per_round}
+    if ONE_SHOT_ARM in held.arms:
+        summary["one_shot"] = _one_shot_summary(setup, held, rows, per_round, base)
+    return summary
+
+
+def _one_shot_summary(
+    setup: Setup, held: HeldSets, rows: list[dict], per_round: list[dict], base: Ranking
+) -> dict[str, Any] | None:
+    """The one-shot arm's round (every chased neuron from base at once) beside the chase's
+    end: the same neurons held, removed in rounds or at once. None until it has run."""
+    config = setup.config
+    measured = round_measures(
+        rows, {ONE_SHOT_ARM: [held.local(ONE_SHOT_ARM, 1)]}, base, config.concept,
+        config.stages, config.stages * setup.stage_steps,
+    )  # fmt: skip
+    if not measured or ONE_SHOT_ARM not in measured[0]["arms"]:
+        return None
+    once = measured[0]["arms"][ONE_SHOT_ARM]
+    chase_end = per_round[-1]["arms"]["concept"]
+    return {
+        "neurons": len(held.local(ONE_SHOT_ARM, 1)),
+        "rounds": len(per_round),
+        "one_shot": once,
+        "chase_retrained": chase_end["retrained"],
+        # the same neurons held at the end: F1 after removing them at once minus in rounds
+        "one_shot_minus_chase": _difference(once["retrained"], chase_end["retrained"]),
+        "retraining_steps": {
+            "one_shot": config.stages * setup.stage_steps,
+            "chase": len(per_round) * config.stages * setup.stage_steps,
+        },
+    }
 
 
 def _preempt_summary(

@@ -683,8 +683,25 @@ def _chase(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept:
         + ONE_SEED_SWEEP.format(flags=f"--rounds {asked}")
     )
     _chase_recovery(page, metrics, summary or {}, rounds, concept)
+    _one_shot(page, chase.get("one_shot"), concept)
     _chase_collateral(page, summary or {}, rounds, concept)
     _chase_layers(page, rounds, summary or {})
+
+
+def _one_shot(page: HtmlPage, once: dict | None, concept: str) -> None:
+    """The one-shot arm beside the chase's end: the same neurons, removed at once."""
+    if not once:
+        return
+    arm, steps = once["one_shot"], once["retraining_steps"]
+    difference = once["one_shot_minus_chase"][concept]
+    page.paragraph(
+        f"Removing more at once instead: the one-shot arm holds all {once['neurons']} neurons "
+        f"of the chase's {once['rounds']} rounds from the base weights at once and retrains one "
+        f"round ({steps['one_shot']} steps; the chase retrained {steps['chase']}). Its {concept} "
+        f"F1 fell by {arm['drop']:.3f} at the removal and reached {arm['retrained'][concept]:.3f}"
+        f" after retraining, against {once['chase_retrained'][concept]:.3f} at the end of the "
+        f"chase with the same neurons held: one-shot minus chase {difference:+.3f}. One seed."
+    )
 
 
 def _chase_recovery(

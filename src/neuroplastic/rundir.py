@@ -26,8 +26,9 @@ DIR/
 Stages are named ``base``, ``pruned``, ``retrain-1`` ... ``retrain-S``; a chase (``--rounds``)
 adds ``r2-pruned``, ``r2-retrain-1`` ... per later round, whose neuron sets are in
 ``neurons/{arm}-r{R}.json``. Arms are ``concept`` and ``random``, and with ``--preempt``
-``preempt``, ``preempt-random`` and (for a predictor) ``preempt-oracle``. Stage artifacts are
-read only as the manifest recorded them (:mod:`neuroplastic.manifest`).
+``preempt``, ``preempt-random`` and (for a predictor) ``preempt-oracle``; a chase adds
+``one-shot`` (every round's neurons from base at once, one round). Stage artifacts are read
+only as the manifest recorded them (:mod:`neuroplastic.manifest`).
 
 Every reader turns a file that cannot be read (truncated, garbage, the wrong structure) into a
 :class:`CorruptFile` that says what to do: the derived files (summary, metrics, neuron sets,
@@ -58,7 +59,7 @@ from neuroplastic.stats import NeuronStats
 
 T = TypeVar("T")
 
-ARMS = ("concept", "random", "preempt", "preempt-random", "preempt-oracle")
+ARMS = ("concept", "random", "preempt", "preempt-random", "preempt-oracle", "one-shot")
 #: The files of one stage; ``ranking.parquet`` is written last.
 STAGE_FILES = ("stats.safetensors", "top_tokens.parquet", "ranking.parquet")
 

@@ -273,12 +273,21 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
                 "others_retrained": _others_mean(entry["retrained"], concept),
             }
         rounds.append({"round": record["round"], "arms": arms})
-    return {
+    measures = {
         "rounds": summary["config"].get("rounds", chase["rounds_run"]),
         "rounds_run": chase["rounds_run"],
         "stopped_early": chase.get("stopped_early"),
         "per_round": rounds,
     }
+    once = chase.get("one_shot")
+    if once:  # the same neurons removed at once from base: concept F1 after, minus the chase's
+        measures["one_shot"] = {
+            "retrained": once["one_shot"]["retrained"][concept],
+            "drop": once["one_shot"]["drop"],
+            "steps_to_recover": _nan(once["one_shot"]["steps_to_recover"]),
+            "one_shot_minus_chase": once["one_shot_minus_chase"][concept],
+        }
+    return measures
 
 
 def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
@@ -435,6 +444,7 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ]
     arms = list(dict.fromkeys(a for rounds in by_seed for arms in rounds.values() for a in arms))
     result = []
+    one_shot = [(r.get("chase") or {}).get("one_shot") for r in runs]
     for round_ in range(1, n_rounds + 1):
         per_seed = [rounds.get(round_, {}) for rounds in by_seed]
         entry: dict[str, Any] = {
@@ -461,7 +471,18 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 for m in CHASE_MEASURES
             }
         result.append(entry)
+    once = {}
+    if any(one_shot):
+        once = {
+            "one_shot": {
+                m: (paired if m == "one_shot_minus_chase" else interval)(
+                    [o[m] if o else None for o in one_shot]
+                )
+                for m in ("retrained", "drop", "steps_to_recover", "one_shot_minus_chase")
+            }
+        }
     return {
+        **once,
         "rounds": n_rounds,
         "stopped_early": {
             str(r["seed"]): r["chase"]["stopped_early"]

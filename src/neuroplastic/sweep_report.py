@@ -277,6 +277,14 @@ def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], con
             f"seeds that ran it: {entry['seeds_reached']}",
             float_format=None,
         )
+    once = chase.get("one_shot")
+    if once:
+        page.paragraph(
+            "Removing more at once instead: the one-shot arm holds every neuron of each seed's "
+            f"chase from the base weights at once and retrains one round. {concept} F1 after it "
+            f"{_ci(once['retrained'])}; one-shot minus the chase's end, paired per seed (the "
+            f"same neurons held): {_ci(once['one_shot_minus_chase'])}."
+        )
     _chase_plot(page, chase, concept)
 
 

@@ -121,13 +121,7 @@ class NeuronSet:
     def random_global(self, seed: int = 0) -> NeuronSet:
         """As many random neurons as this set, drawn from all layers outside it (matches the
         total only: for sets too dense in some layer to match per layer)."""
-        held = set(self.neurons)
-        outside = [
-            (layer, n)
-            for layer in range(self.n_layers)
-            for n in range(self.d_mlp)
-            if (layer, n) not in held
-        ]
+        outside = list(self.complement().neurons)
         if len(outside) < len(self):
             raise NeuroplasticError(
                 f"the set holds {len(self)} of {self.n_layers * self.d_mlp} neurons: too few are "

@@ -77,7 +77,7 @@ def test_the_damage_is_the_score_lost_with_each_set_ablated(tiny_model, corpus, 
         with tiny_model.hooks(fwd_hooks=[hook]):
             run_forward(tiny_model, batch.tokens, batch.attention_mask, stop_at=name)
         fires = bool(captured["act"][..., 5].abs().sum() > 0)
-        return Evaluation({"f1": {concept: 0.9 if fires else 0.3}})
+        return Evaluation({"f1": {concept: 0.9 if fires else 0.3, "PER": 0.8, "overall": 0.85}})
 
     monkeypatch.setattr(causal, "evaluate", fake_evaluate)
     n_layers, d_mlp = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
@@ -88,6 +88,7 @@ def test_the_damage_is_the_score_lost_with_each_set_ablated(tiny_model, corpus, 
     result = causal.damage(tiny_model, tiny_model, data, "ner", "LOC", sets)
     assert result["score"] == 0.9 and result["k"] == 2 and result["task"] == "ner"
     assert result["lost"] == pytest.approx({"carrier": 0.6, "bystanders": 0.0})
+    assert result["others_lost"] == {"carrier": {"PER": 0.0}, "bystanders": {"PER": 0.0}}
     # No hook is left behind: the model scores as before.
     assert fake_evaluate(tiny_model, data, "ner", "LOC").scores["f1"]["LOC"] == 0.9
 

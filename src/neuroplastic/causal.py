@@ -90,23 +90,39 @@ def damage(
 
     ``{"task", "k", "score", "lost": {set: damage}}``: damage is F1 lost for ``ner`` (score
     minus ablated score) and loss gained for ``lm`` (ablated minus score), so larger always
-    means the set mattered more. The model's own hooks (a held removal) stay as they are."""
+    means the set mattered more; for ``ner``, ``others_lost`` gives every other type's F1 lost
+    per set (a set that costs every type alike is not the concept's). The model's own hooks (a
+    held removal) stay as they are."""
     if not sets:
         raise NeuroplasticError("no candidate sets to ablate")
 
-    def score() -> float:
-        result = evaluate(module, data, task, concept, progress=progress)
-        return concept_score(result.scores, task, concept)
+    def score() -> dict[str, Any]:
+        return evaluate(module, data, task, concept, progress=progress).scores
 
     was_training = module.training
     try:
         plain = score()
-        lost = {}
+        lost, collateral = {}, {}
         for name, neurons in sets.items():
             with Ablation(model, neurons):
                 ablated = score()
-            lost[name] = plain - ablated if task == "ner" else ablated - plain
+            before, after = (concept_score(s, task, concept) for s in (plain, ablated))
+            lost[name] = before - after if task == "ner" else after - before
+            if task == "ner":  # what the set costs every other type: is it the concept's?
+                collateral[name] = {
+                    entity: plain["f1"][entity] - ablated["f1"][entity]
+                    for entity in plain["f1"]
+                    if entity not in (concept, "overall")
+                }
     finally:
         module.train(was_training)
     sizes = {len(neurons.neurons) for neurons in sets.values()}
-    return {"task": task, "k": max(sizes), "score": plain, "lost": lost}
+    result = {
+        "task": task,
+        "k": max(sizes),
+        "score": concept_score(plain, task, concept),
+        "lost": lost,
+    }
+    if collateral:
+        result["others_lost"] = collateral
+    return result

@@ -523,9 +523,7 @@ def _oracle_across(present: Sequence[dict[str, Any]]) -> dict[str, Any]:
     explodes where one seed's oracle bought almost nothing)."""
     if not all("oracle_minus_control" in p for p in present):
         return {}
-    oracle = {
-        m: paired([p["oracle_minus_control"][m] for p in present]) for m in PREEMPT_MEASURES
-    }
+    oracle = {m: paired([p["oracle_minus_control"][m] for p in present]) for m in PREEMPT_MEASURES}
     bought = interval([p["preempt_minus_control"]["recovery_auc"] for p in present])["mean"]
     bound = oracle["recovery_auc"]["mean"]
     share = bought / bound if bought is not None and bound else None
@@ -612,6 +610,10 @@ def causal_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "k": [c["k"] if c else None for c in per_seed],
             "score": interval([c["score"] if c else math.nan for c in per_seed]),
             "lost": {name: interval([lost(c, name) for c in per_seed]) for name in names},
+            # the other types' F1 lost (unweighted mean over them), where the run recorded it
+            "others_lost": {
+                name: interval([_others_lost(c, name) for c in per_seed]) for name in names
+            },
             "beyond_random": {
                 name: paired(
                     [_minus(lost(c, name), lost(c, "matched_random")) for c in per_seed],
@@ -622,6 +624,11 @@ def causal_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             },
         }
     return result
+
+
+def _others_lost(record: dict | None, name: str) -> float:
+    values = list(((record or {}).get("others_lost") or {}).get(name, {}).values())
+    return sum(values) / len(values) if values else math.nan
 
 
 def _cell(frame: pd.DataFrame | None, predictor: str, truth: str, measure: str) -> float:

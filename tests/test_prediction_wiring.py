@@ -345,3 +345,6 @@ def test_the_causal_truth_is_taken_in_the_retrained_model_and_reported(predicted
     assert "Causal truth, concept arm" in html
     for name, value in record["lost"].items():
         assert f"<td>{name}</td>" in html and f"<td>{value:+.3f}</td>" in html
+    # every other type's loss per set, beside the concept's: is the set the concept's?
+    assert set(record["others_lost"]["gradient"]) == {"PER", "ORG", "MISC"}
+    assert "F1 lost, mean</th>" in html

@@ -1379,6 +1379,12 @@ def _causal_table(page: HtmlPage, causal: dict[str, Any], concept: str) -> None:
                 ],
             }
         )
+        others = record.get("others_lost")
+        if others:  # is the set the concept's, or one every type leans on?
+            table["other types' F1 lost, mean"] = [
+                _fmt(float(np.mean(list(others[n].values()))) if others.get(n) else None, "+.3f")
+                for n in record["lost"]
+            ]
         page.table(
             table,
             caption=f"Causal truth, {arm} arm: in the retrained model ({score}, its removal "

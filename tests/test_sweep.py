@@ -32,6 +32,7 @@ def swept(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow  # a sweep of several runs
 def test_one_resumable_run_per_cell_and_seed(swept, monkeypatch):
     out, result = swept
     assert set(result["cells"]) == {"hold-selectivity", "regrow-selectivity"}
@@ -57,6 +58,7 @@ def test_one_resumable_run_per_cell_and_seed(swept, monkeypatch):
     assert json.loads((out / "sweep.json").read_text()) == again
 
 
+@pytest.mark.slow  # a sweep of several runs
 def test_measures_come_from_each_run_and_intervals_from_seeds(swept):
     out, result = swept
     cell = result["cells"]["hold-selectivity"]
@@ -105,6 +107,7 @@ def test_interval_counts_runs_that_never_recovered():
     assert sweep.interval([1.0])["ci_low"] is None
 
 
+@pytest.mark.slow  # a sweep of several runs
 def test_the_sweep_report_shows_every_cell_with_intervals(swept):
     _, result = swept
     html = build_sweep_report(json.loads(json.dumps(result))).to_html()
@@ -115,6 +118,7 @@ def test_the_sweep_report_shows_every_cell_with_intervals(swept):
     assert html.count('class="np-plot"') == 4  # a recovery and a prediction plot per cell
 
 
+@pytest.mark.slow  # a sweep of several runs
 def test_the_sweep_command(tmp_path, capsys):
     args = ["sweep", "--out", str(tmp_path), "--seeds", "0,1", "--quiet"]
     for name, value in {**SWEPT, "stages": 1}.items():

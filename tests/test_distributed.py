@@ -169,6 +169,10 @@ def test_a_chase_runs_data_parallel_with_every_rounds_neurons_held(tmp_path):
         for arm in ("concept", "random")
         for stage in stage_names(2, rounds=2)[1:]
     }
+    # then the one-shot arm: every chased neuron, held from base for one round
+    expected |= {
+        ("one-shot", stage): len(run.neurons("concept", 2)) for stage in stage_names(2)[1:]
+    }
     assert len(run.neurons("concept", 2)) > len(run.neurons("concept", 1))
     ranks = [json.loads((checks / f"rank-{r}.json").read_text()) for r in range(2)]
     for report in ranks:

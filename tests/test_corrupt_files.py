@@ -279,6 +279,9 @@ def same_stage_files(out, reference):
          "arm from state/random/pruned.safetensors"),
         ("stages/concept/base/ranking.parquet", "garbage", "stage base of the concept arm from "
          "state/concept/base.safetensors"),
+        # the causal truth, taken again in the kept weights with the removal held
+        ("stages/concept/retrain-2/causal.json", "garbage", "stage retrain-2 of the concept arm "
+         "from state/concept/retrain-2.safetensors"),
         # no weights after the stage: the arm is computed again from the base weights
         ("stages/concept/retrain-1/top_tokens.parquet", "truncated", "the concept arm from the "
          "base weights (state/concept/base.safetensors): its stages are computed again"),

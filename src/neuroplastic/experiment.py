@@ -875,26 +875,20 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
             hold = Ablation(setup.model, held(each.arm, stage_round(each.stage)), permanent=True)
         try:
             stats, halves = _probe_stats(setup)
+            distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
+            if _has_causal_truth(setup, each.arm, each.stage):  # with the removal still held
+                causal = partial(_causal_truth, setup, each.arm, held(each.arm, 1))
+                distributed.on_main(partial(_record, setup, causal, each.stage, halves))
         finally:
             if hold is not None:
                 hold.remove()
-        distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
-        if _has_causal_truth(setup, each.arm, each.stage) and each.stage != "base":
-            causal = partial(_causal_truth, setup, each.arm, held(each.arm, 1))
-            hold = (
-                Ablation(setup.model, held(each.arm, 1), permanent=True)
-                if config.mode == "hold"
-                else None
-            )
-            try:
-                distributed.on_main(
-                    lambda: setup.store.record([causal(each.stage, halves)])  # noqa: B023
-                )
-            finally:
-                if hold is not None:
-                    hold.remove()
         if each.stage == "pruned" and each.arm in PREDICTED_ARMS:
             _repredict(setup, each, held(each.arm, 1))
+
+
+def _record(setup: Setup, write: Callable[..., Path], *args: Any) -> None:
+    """Write a file (``write(*args)`` returns its path) and list it in the manifest."""
+    setup.store.record([write(*args)])
 
 
 def _held_sets(setup: Setup) -> HeldSets:

@@ -45,7 +45,14 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
 from neuroplastic.manifest import CONFIG_HASH, CorruptFile, digest, file_digest
 from neuroplastic.recovery import Recovery, recover
-from neuroplastic.rundir import STAGE_FILES, RunDir, json_of, read_run_file, stage_names
+from neuroplastic.rundir import (
+    STAGE_FILES,
+    RunDir,
+    json_of,
+    read_run_file,
+    stage_names,
+    stage_owner,
+)
 
 #: What a run leaves besides its inputs: with no config.json to check them against, any of
 #: these makes a directory unusable for a new run.
@@ -287,7 +294,7 @@ class Checkpointer:
                     continue
                 paths = [self.run.stage_dir(arm, stage) / name for name in STAGE_FILES]
                 names = [self.manifest.relative(p) for p in paths]
-                owner = ("concept", "base") if stage == "base" else (arm, stage)
+                owner = (stage_owner(arm, stage), stage)
                 done = finished or self.done(*owner) or any(n in entries for n in names)
                 gone = [n for n, p in zip(names, paths, strict=True) if not p.is_file()]
                 missing.append(MissingStage(arm, stage, done, gone if done else []))
@@ -299,7 +306,7 @@ class Checkpointer:
         rows = []
         for arm in arms:
             for stage in stage_names(n_stages, rounds):
-                owner = "concept" if stage == "base" else arm
+                owner = stage_owner(arm, stage)
                 if self.done(owner, stage):
                     rows += [{**row, "arm": arm} for row in self.marker(owner, stage)["rows"]]
         return rows
@@ -351,7 +358,7 @@ class Checkpointer:
         """Whether the stage that wrote the file ``name`` (relative) is done."""
         parts = name.split("/")
         if parts[0] == "stages" and len(parts) == 4:
-            arm, stage = ("concept", "base") if parts[2] == "base" else (parts[1], parts[2])
+            arm, stage = stage_owner(parts[1], parts[2]), parts[2]
         elif parts[0] in ("state", "checkpoints") and len(parts) == 3:
             arm, stage = parts[1], _state_stage(Path(name))
         else:

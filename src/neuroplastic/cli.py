@@ -80,6 +80,14 @@ SETTING_HELP = {
     "and the oracle (the concept arm's realised top gainers: the bound on any predictor); "
     "'oracle' holds the oracle's in the preempt arm itself",
     "preempt_count": "surviving neurons --preempt holds besides the concept's",
+    "naive": "also learn the concept from nothing: a second base fine-tuned identically but "
+    "with the concept's tokens out of the loss, then holding the concept arm's neurons and "
+    "retrained on its batches (savings: is relearning faster than first learning?)",
+    "relearn": "what every arm retrains on: same (the training batches), masked (the same "
+    "batches, the concept's tokens out of the loss), retain (only sentences that never "
+    "mention the concept, for the same steps)",
+    "relearn_sentences": "retrain on a seeded subset of N sentences that mention the concept, "
+    "cycled for the same steps; 0: no subset",
 }
 
 
@@ -116,6 +124,7 @@ SETTING_UNITS = {
     "stop_below": "SHARE",
     "preempt": "PREDICTOR",
     "preempt_count": "NEURONS",
+    "relearn_sentences": "SENTENCES",
 }
 
 
@@ -351,7 +360,10 @@ def _config_args(
             )
             continue
         kind = type(value) if value is not None else str
-        zero_allowed = ("seed", "eval_every", "base_steps", "plateau_every", "train_sentences")
+        zero_allowed = (
+            "seed", "eval_every", "base_steps", "plateau_every", "train_sentences",
+            "relearn_sentences",
+        )  # fmt: skip
         if kind is int and name not in zero_allowed:
             kind = positive_int
         parser.add_argument(

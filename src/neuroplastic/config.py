@@ -25,6 +25,9 @@ LATER_SETTINGS = {
     "preempt": None,
     "preempt_count": 100,
     "eval_grid": "uniform",
+    "naive": False,
+    "relearn": "same",
+    "relearn_sentences": 0,
 }
 #: The predictors of neuroplastic.predict, which ``--preempt`` can take its neurons from (named
 #: here so that the command line's help needs no torch).
@@ -49,6 +52,7 @@ CHOICES = {
     "schedule": ("continuous", "per-stage"),
     "dtype": ("float32", "bfloat16", "float16"),
     "eval_grid": ("dense", "uniform"),
+    "relearn": ("same", "masked", "retain"),
 }
 #: What ``--preempt`` takes its neurons from: a predictor, or ``oracle``, the concept arm's
 #: realised top gainers (hindsight: what no predictor can beat).
@@ -60,6 +64,10 @@ PREEMPT_ARMS = ("preempt", "preempt-random", "preempt-oracle")
 #: The arm a chase adds: the union of every round's neurons held from the base weights at once,
 #: retrained for one round (is chasing different from removing more at once?).
 ONE_SHOT_ARM = "one-shot"
+#: The arm ``--naive`` adds: a base fine-tuned identically but with the concept's tokens out of
+#: the loss (it never learns the concept), then holding the concept arm's neurons and retrained
+#: on the concept arm's batches, labels included: the concept learned from nothing, for savings.
+NAIVE_ARM = "naive"
 #: Choices of settings that may also be left unset (None).
 OPTIONAL_CHOICES = {"preempt": PREEMPT_CHOICES}
 
@@ -147,6 +155,14 @@ class ExperimentConfig:
     # this predictor scores highest at the pruned stage vs as many random survivors per layer.
     preempt: str | None = None
     preempt_count: int = 100
+    # Relearning or learning anew. naive: add the naive arm (NAIVE_ARM). relearn: what every
+    # arm retrains on: "same" (the training batches), "masked" (the same batches with the
+    # concept's tokens out of the loss), "retain" (only sentences with no mention of the
+    # concept). relearn_sentences N > 0: retrain on a seeded subset of N sentences mentioning
+    # the concept, cycled through for the same steps (0: no subset).
+    naive: bool = False
+    relearn: str = "same"
+    relearn_sentences: int = 0
 
     def __post_init__(self) -> None:
         from neuroplastic.ranking import RANKERS
@@ -226,6 +242,39 @@ class ExperimentConfig:
         if self.learning_rate <= 0:
             raise NeuroplasticError(f"learning_rate must be positive; got {self.learning_rate}")
         self._check_chase_and_preempt()
+        self._check_relearn()
+
+    def _check_relearn(self) -> None:
+        if self.relearn_sentences < 0:
+            raise NeuroplasticError(
+                f"relearn_sentences must be >= 0 (0: no subset); got {self.relearn_sentences}"
+            )
+        if self.relearn_sentences and self.relearn == "retain":
+            raise NeuroplasticError(
+                "--relearn-sentences retrains on sentences that mention the concept, --relearn "
+                "retain on sentences that do not: give one of them"
+            )
+        needs_ner = [
+            flag
+            for flag, on in (("--naive", self.naive), ("--relearn masked", self.relearn == "masked"))
+            if on
+        ]
+        if needs_ner and self.task != "ner":
+            raise NeuroplasticError(
+                f"{needs_ner[0]} takes the concept's tokens out of the tagging loss, so it needs "
+                "--task ner"
+            )
+        if self.naive and self.checkpoint:
+            raise NeuroplasticError(
+                "--naive fine-tunes a second base exactly as the first one was, so it cannot "
+                "start from --checkpoint (an already fine-tuned model): leave one of them out"
+            )
+        if self.naive and (self.rounds > 1 or self.preempt):
+            flag = "--rounds" if self.rounds > 1 else "--preempt"
+            raise NeuroplasticError(
+                f"--naive and {flag} are separate experiments; run them one at a time (into "
+                "separate --out directories)"
+            )
 
     def _check_chase_and_preempt(self) -> None:
         if self.rounds < 1 or self.preempt_count < 1:
@@ -294,6 +343,8 @@ class ExperimentConfig:
         arms = ("concept",) if self.baseline == "none" else ("concept", "random")
         if self.rounds > 1:
             return (*arms, ONE_SHOT_ARM)
+        if self.naive:
+            return (*arms, NAIVE_ARM)
         if not self.preempt:
             return arms
         return arms + (PREEMPT_ARMS[:2] if self.preempt == "oracle" else PREEMPT_ARMS)

@@ -82,3 +82,56 @@ def recovery(curve: Curve, base: float, target_share: float = 0.9) -> dict[str, 
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
+
+
+def savings(relearned: Curve, naive: Curve, target: float, until: float) -> dict[str, Any]:
+    """Is relearning faster than first learning? ``relearned``: the concept arm's curve after
+    the removal; ``naive``: the naive arm's (the same neurons held in a model never taught the
+    concept, retrained on the same batches); ``target``: the absolute F1 both must reach (90%
+    of the concept arm's base F1); ``until``: the last step of the first stage.
+
+    ``savings`` is 1 - steps(relearned) / steps(naive), Ebbinghaus's savings: 1 when relearning
+    is immediate, 0 when it is no faster than learning from nothing, negative when slower.
+    A naive arm that never reaches the target within its last evaluation is censored: its
+    steps are at least that budget, so ``savings`` is a lower bound (``bound`` "lower").
+    None when the concept arm never reaches the target (nothing relearned to compare) or the
+    naive arm starts at it (nothing to learn). ``area_between`` is the mean over steps
+    0..``until`` of F1(relearned) - F1(naive) (trapezoids on the union of both grids)."""
+    relearn_steps = steps_to_recover(relearned, target)
+    naive_steps = steps_to_recover(naive, target)
+    naive_budget = float(np.asarray(naive["step"], float)[-1])
+    result: dict[str, Any] = {
+        "target": target,
+        "steps_relearned": _finite_or_none(relearn_steps),
+        "steps_naive": _finite_or_none(naive_steps),
+        "naive_reached": bool(math.isfinite(naive_steps)),
+        "naive_budget": naive_budget,
+        "savings": None,
+        "bound": None,
+        "area_between": _finite_or_none(area_between(relearned, naive, until)),
+    }
+    if not math.isfinite(relearn_steps):
+        result["why_none"] = "the concept arm never reached the target"
+        return result
+    denominator = naive_steps if math.isfinite(naive_steps) else naive_budget
+    if denominator <= 0:
+        result["why_none"] = "the naive arm was at the target before retraining"
+        return result
+    result["savings"] = 1 - relearn_steps / denominator
+    result["bound"] = "exact" if math.isfinite(naive_steps) else "lower"
+    return result
+
+
+def area_between(upper: Curve, lower: Curve, until: float) -> float:
+    """Mean over steps [first, ``until``] of ``upper`` - ``lower`` F1, both linear between
+    their evaluations, on the union of their grids (NaN if they share no span)."""
+    steps_a, values_a = np.asarray(upper["step"], float), np.asarray(upper["f1"], float)
+    steps_b, values_b = np.asarray(lower["step"], float), np.asarray(lower["f1"], float)
+    start = max(steps_a[0], steps_b[0])
+    end = min(until, steps_a[-1], steps_b[-1])
+    if end <= start:
+        return math.nan
+    grid = np.union1d(steps_a, steps_b)
+    grid = np.union1d(grid[(grid >= start) & (grid <= end)], [start, end])
+    gap = np.interp(grid, steps_a, values_a) - np.interp(grid, steps_b, values_b)
+    return float(((gap[1:] + gap[:-1]) / 2 * np.diff(grid)).sum() / (end - start))

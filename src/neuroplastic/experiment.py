@@ -51,8 +51,8 @@ from neuroplastic.chase import (
     select,
 )
 from neuroplastic.checkpoint import Checkpointer, load_weights
-from neuroplastic.config import ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
-from neuroplastic.curves import recovery, recovery_auc, steps_to_recover
+from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
+from neuroplastic.curves import recovery, recovery_auc, savings, steps_to_recover
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
@@ -73,6 +73,7 @@ from neuroplastic.preempt import oracle_set, preempt_sets, realised_gain
 from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
+from neuroplastic.relearn import concept_masked, relearn_data, relearn_loss
 from neuroplastic.rundir import (
     RunDir,
     json_of,
@@ -80,6 +81,7 @@ from neuroplastic.rundir import (
     round_stages,
     stage_key,
     stage_names,
+    stage_owner,
     stage_round,
     top_tokens_frame,
 )
@@ -115,6 +117,8 @@ class Setup:
     replica: torch.nn.Module | None = None  # what trains: ``module``, or it wrapped in DDP
     #: the probe sentences' two halves: predictors read one, ground truths the other
     probe_split: ProbeSplit | None = None
+    #: what every arm retrains on (:mod:`neuroplastic.relearn`; the training data by default)
+    relearn_data: ConceptDataset | None = None
 
     @property
     def predict_data(self) -> ConceptDataset:
@@ -132,6 +136,13 @@ class Setup:
 
     def loss_fn(self):
         return tagging_loss if self.config.task == "ner" else lm_loss
+
+    def concept_id(self) -> int:
+        return self.train_data.label_id(self.config.concept)
+
+    def relearn_loss(self):
+        """Retraining's loss (:func:`neuroplastic.relearn.relearn_loss`)."""
+        return relearn_loss(self.loss_fn(), self.config, self.concept_id())
 
 
 def run_experiment(
@@ -170,6 +181,11 @@ def run_experiment(
         else:
             for arm in neuron_sets:
                 _retrain_arm(setup, arm, held, log)
+        if config.naive:  # the concept learned from nothing, the concept arm's neurons held
+            _fine_tune_naive(setup, log)
+            naive = distributed.on_main(partial(_naive_set, setup, neuron_sets["concept"]))
+            held = HeldSets(setup, {**neuron_sets, NAIVE_ARM: naive})
+            _retrain_arm(setup, NAIVE_ARM, held, log)
         if config.preempt:  # from the concept arm's predictions, made at its pruned stage
             preempted = distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
             held = HeldSets(setup, {**neuron_sets, **preempted})
@@ -268,10 +284,13 @@ def _setup(
         store.run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
         _write_token_embeddings(store.run, model, probe_data)
     base_steps, stage_steps = config.steps(len(train_data))
+    relearned = relearn_data(train_data, config)  # refuses an empty retain set up front
+    if relearned is not train_data:
+        check_batch_split(config.batch_size)
     return Setup(
         config, store, module, model, train_data, validation_data, probe_data, overlap, progress,
         base_steps, stage_steps, distributed.replicate(module, device),
-        split_probe(len(probe_data), config.seed),
+        split_probe(len(probe_data), config.seed), relearned,
     )  # fmt: skip
 
 
@@ -479,6 +498,53 @@ def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
     return {"steps": trainer.step, "stopped": stopped, "probe_loss": history}, losses
 
 
+def _fine_tune_naive(setup: Setup, log) -> None:
+    """The naive arm's base: the concept arm's base fine-tuning exactly (the same initial
+    weights and head, batches, order, dropout, schedule and steps) but with the concept's
+    tokens out of the loss, so the model never learns the concept; then measured."""
+    config, store = setup.config, setup.store
+    if distributed.on_main(partial(store.done, NAIVE_ARM, "base")):
+        log(f"[{NAIVE_ARM}] base already done; resuming")
+        return
+    steps = distributed.on_main(lambda: store.marker("concept", "base")["base"]["steps"])
+    _load_initial_weights(setup)
+    trainer = Trainer(
+        setup.trainee, concept_masked(setup.loss_fn(), setup.concept_id()), setup.train_data,
+        setup.base_steps, _train_config(config), seed=config.seed,
+    )  # fmt: skip
+    losses = trainer.run(
+        steps, progress=setup.progress, description=f"[{NAIVE_ARM}] fine-tuning without {config.concept}"
+    )
+    base = {"steps": steps, "stopped": "matched", "probe_loss": [], "concept_in_loss": False}
+    _finish_stage(setup, NAIVE_ARM, "base", 0, losses, None, [], log, base=base)
+
+
+def _load_initial_weights(setup: Setup) -> None:
+    """The weights base fine-tuning started from, into ``setup.module``: the model as loaded
+    and the head as the seed initialised it (as :func:`_setup` made them)."""
+    config = setup.config
+    model = load_model(config.model, device="cpu", dtype=config.dtype)
+    torch.manual_seed(config.seed)  # the head's initialisation, as in _setup
+    fresh = TokenClassifier(model, len(setup.train_data.tag_names))
+    initial = dict(fresh.named_parameters())
+    with torch.no_grad():
+        for name, parameter in setup.module.named_parameters():
+            parameter.copy_(initial[name])
+    del fresh, model, initial
+
+
+def _naive_set(setup: Setup, concept: NeuronSet) -> NeuronSet:
+    """The naive arm's neurons (rank 0): the concept arm's, saved as ``neurons/naive.json``."""
+    neurons = NeuronSet(
+        concept.n_layers,
+        concept.d_mlp,
+        concept.neurons,
+        "the concept arm's neurons, held in the model fine-tuned without the concept",
+    )
+    neurons.save(setup.run.neurons_path(NAIVE_ARM))
+    return neurons
+
+
 def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     config = setup.config
     concept = select(ranking, config)
@@ -597,8 +663,8 @@ def _retrain_round(
     offset = (round_ - 1) * config.stages * setup.stage_steps  # steps of the earlier rounds
     trainer = Trainer(
         setup.trainee,
-        setup.loss_fn(),
-        setup.train_data,
+        setup.relearn_loss(),
+        setup.relearn_data if setup.relearn_data is not None else setup.train_data,
         config.stages * setup.stage_steps,
         _train_config(config),
         seed=config.seed + 1_000 * round_,  # one seed for all arms: the same batches, dropout
@@ -614,7 +680,7 @@ def _retrain_round(
     def restore() -> dict | None:
         store.keep_only(arm, {"base", previous} if source == arm else {"base"})
         if previous == "base":
-            store.restore("concept", "base", setup.module)
+            store.restore(stage_owner(arm, "base"), "base", setup.module)
             return None
         state = store.restore(source, previous, setup.module)
         if state is None:
@@ -671,8 +737,7 @@ def _retrain_round(
 
 def _processes(setup: Setup, arm: str, stage: str) -> int:
     """How many processes computed ``stage`` (its marker; rank 0)."""
-    owner = "concept" if stage == "base" else arm
-    return int(setup.store.marker(owner, stage).get("processes", 1))
+    return int(setup.store.marker(stage_owner(arm, stage), stage).get("processes", 1))
 
 
 def _unless_base(stage: str) -> str | None:
@@ -842,7 +907,8 @@ def _finish_stage(
         marker["processes"] = distributed.world_size()
 
     def write() -> None:
-        arms = config.arms if stage == "base" else (arm,)
+        # The concept arm's base is every arm's but the naive one's (its own).
+        arms = [a for a in config.arms if stage_owner(a, stage) == arm] if stage == "base" else (arm,)
         _, artifacts = _write_stage_files(setup, arms, stage, stats, halves)
         if predict is not None:
             path = predictions_path(setup.run, arm)
@@ -897,6 +963,10 @@ def _held_sets(setup: Setup) -> HeldSets:
     one_shot = setup.run.neurons_path(ONE_SHOT_ARM)
     if setup.config.rounds > 1 and distributed.on_main(one_shot.is_file):
         neuron_sets[ONE_SHOT_ARM] = distributed.on_main(partial(setup.run.neurons, ONE_SHOT_ARM))
+    if setup.config.naive:
+        neuron_sets[NAIVE_ARM] = distributed.on_main(
+            partial(_naive_set, setup, neuron_sets["concept"])
+        )
     if setup.config.preempt and distributed.on_main(
         lambda: predictions_path(setup.run, "concept").is_file()
     ):
@@ -1053,7 +1123,7 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
             arms[arm]["overlap_with_concept"] = neurons.overlap(neuron_sets["concept"])
         if arm == "random":
             arms[arm]["control"] = control_kind(config.baseline, neurons, neuron_sets["concept"])
-        if metric == "f1" and stages:
+        if metric == "f1" and stages and arm != NAIVE_ARM:  # (the naive base never knew it)
             base_f1 = stages[0]["f1"][config.concept]
             arms[arm]["recovery"] = recovery(round_one_curve(rows, arm, config.concept), base_f1)
     for data in arms.values():
@@ -1089,7 +1159,31 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
         summary["chase"] = _chase_summary(setup, held, rows)
     if config.preempt:
         summary["preempt"] = _preempt_summary(setup, neuron_sets, rows)
+    if config.naive and store.done(NAIVE_ARM, "base"):
+        summary["savings"] = _savings_summary(setup, rows)
     return summary
+
+
+def _savings_summary(setup: Setup, rows: list[dict]) -> dict[str, Any]:
+    """Relearning against first learning (:func:`neuroplastic.curves.savings`): the concept
+    arm's round-1 curve and the naive arm's, to 90% of the concept arm's base F1, the area
+    between them over the first stage, and the naive base as fine-tuned without the concept."""
+    config, store = setup.config, setup.store
+    concept = config.concept
+    base_f1 = next(r["f1"][concept] for r in rows if r["arm"] == "concept" and r["stage"] == "base")
+    curves = {arm: round_one_curve(rows, arm, concept) for arm in ("concept", NAIVE_ARM)}
+    if not curves[NAIVE_ARM]["step"]:
+        return {"naive_base": store.marker(NAIVE_ARM, "base")["base"]}
+    first_stage_end = curves["concept"]["step"][0] + setup.stage_steps
+    naive_base = next(r for r in rows if r["arm"] == NAIVE_ARM and r["stage"] == "base")
+    return {
+        **savings(curves["concept"], curves[NAIVE_ARM], 0.9 * base_f1, first_stage_end),
+        "target_share_of_base": 0.9,
+        "naive_base": {
+            **store.marker(NAIVE_ARM, "base")["base"],
+            "f1": naive_base["f1"],
+        },
+    }
 
 
 def _process_counts(setup: Setup) -> list[int]:
@@ -1101,7 +1195,7 @@ def _process_counts(setup: Setup) -> list[int]:
             _processes(setup, arm, stage)
             for arm in config.arms
             for stage in stages
-            if setup.store.done("concept" if stage == "base" else arm, stage)
+            if setup.store.done(stage_owner(arm, stage), stage)
         }
     )
 

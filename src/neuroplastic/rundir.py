@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import torch
 
+from neuroplastic.config import NAIVE_ARM
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.halves import HALVES_FILE, load_halves, save_halves
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
@@ -59,9 +60,15 @@ from neuroplastic.stats import NeuronStats
 
 T = TypeVar("T")
 
-ARMS = ("concept", "random", "preempt", "preempt-random", "preempt-oracle", "one-shot")
+ARMS = ("concept", "random", "preempt", "preempt-random", "preempt-oracle", "one-shot", NAIVE_ARM)
 #: The files of one stage; ``ranking.parquet`` is written last.
 STAGE_FILES = ("stats.safetensors", "top_tokens.parquet", "ranking.parquet")
+
+
+def stage_owner(arm: str, stage: str) -> str:
+    """The arm whose record and weights ``stage`` of ``arm`` is: the base is the concept arm's,
+    shared by every arm but the naive one, which fine-tunes its own."""
+    return arm if stage != "base" or arm == NAIVE_ARM else "concept"
 
 
 def stage_names(n_stages: int, rounds: int = 1) -> list[str]:
@@ -295,7 +302,7 @@ class RunDir:
     def saved_weights(self, arm: str, stage: str) -> Path | None:
         """The weights after ``stage`` of ``arm`` (the concept arm's for the base), as the
         run wrote them (state/, else checkpoints/), or None if the run no longer keeps them."""
-        owner = "concept" if stage == "base" else arm
+        owner = stage_owner(arm, stage)
         entries = self.manifest.entries()
         if entries is None:
             return None  # nothing to check them against

@@ -254,11 +254,8 @@ class ExperimentConfig:
                 "--relearn-sentences retrains on sentences that mention the concept, --relearn "
                 "retain on sentences that do not: give one of them"
             )
-        needs_ner = [
-            flag
-            for flag, on in (("--naive", self.naive), ("--relearn masked", self.relearn == "masked"))
-            if on
-        ]
+        masking = (("--naive", self.naive), ("--relearn masked", self.relearn == "masked"))
+        needs_ner = [flag for flag, on in masking if on]
         if needs_ner and self.task != "ner":
             raise NeuroplasticError(
                 f"{needs_ner[0]} takes the concept's tokens out of the tagging loss, so it needs "

@@ -73,7 +73,8 @@ from neuroplastic.preempt import oracle_set, preempt_sets, realised_gain
 from neuroplastic.progress import report_line
 from neuroplastic.ranking import Ranking
 from neuroplastic.recovery import Recompute
-from neuroplastic.relearn import concept_masked, relearn_data, relearn_loss
+from neuroplastic.relearn import concept_masked, mentions, relearn_data, relearn_loss
+from neuroplastic.relearn import describe as describe_relearn
 from neuroplastic.rundir import (
     RunDir,
     json_of,
@@ -512,9 +513,7 @@ def _fine_tune_naive(setup: Setup, log) -> None:
         setup.trainee, concept_masked(setup.loss_fn(), setup.concept_id()), setup.train_data,
         setup.base_steps, _train_config(config), seed=config.seed,
     )  # fmt: skip
-    losses = trainer.run(
-        steps, progress=setup.progress, description=f"[{NAIVE_ARM}] fine-tuning without {config.concept}"
-    )
+    losses = trainer.run(steps, progress=setup.progress, description=f"[{NAIVE_ARM}] base")
     base = {"steps": steps, "stopped": "matched", "probe_loss": [], "concept_in_loss": False}
     _finish_stage(setup, NAIVE_ARM, "base", 0, losses, None, [], log, base=base)
 
@@ -908,7 +907,7 @@ def _finish_stage(
 
     def write() -> None:
         # The concept arm's base is every arm's but the naive one's (its own).
-        arms = [a for a in config.arms if stage_owner(a, stage) == arm] if stage == "base" else (arm,)
+        arms = [a for a in config.arms if stage_owner(a, stage) == arm]
         _, artifacts = _write_stage_files(setup, arms, stage, stats, halves)
         if predict is not None:
             path = predictions_path(setup.run, arm)
@@ -1159,6 +1158,16 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
         summary["chase"] = _chase_summary(setup, held, rows)
     if config.preempt:
         summary["preempt"] = _preempt_summary(setup, neuron_sets, rows)
+    if config.relearn != "same" or config.relearn_sentences:
+        relearned = setup.relearn_data or setup.train_data
+        summary["relearn"] = {
+            "mode": config.relearn,
+            "sentences": len(relearned),
+            "mention_concept": sum(
+                mentions(relearned, i, config.concept) for i in range(len(relearned))
+            ),
+            "what": describe_relearn(config, len(relearned)),
+        }
     if config.naive and store.done(NAIVE_ARM, "base"):
         summary["savings"] = _savings_summary(setup, rows)
     return summary

@@ -249,3 +249,84 @@ def test_both_arms_retrain_the_same_way_and_resume_exactly(tmp_path, monkeypatch
 def test_a_default_run_says_nothing_of_relearning(tiny_run):
     _, summary = tiny_run
     assert "relearn" not in summary and "savings" not in summary
+
+
+# -- where it shows ----------------------------------------------------------------------------
+def test_the_report_shows_relearning_beside_learning(naive_run, tmp_path):
+    from neuroplastic.report import write_report
+
+    out, summary = naive_run
+    page = write_report(out, tmp_path / "report.html").read_text()
+    assert "Relearning or learning?" in page
+    naive_f1 = summary["savings"]["naive_base"]["f1"]["LOC"]
+    assert f"The naive base reached LOC F1 {naive_f1:.3f}" in page
+
+
+def test_the_sweep_carries_savings_and_leaves_the_naive_arm_out_of_recovery(naive_run, tmp_path):
+    from neuroplastic.sweep import aggregate, run_measures
+    from neuroplastic.sweep_report import build_sweep_report
+
+    out, summary = naive_run
+    measures = run_measures(out)
+    assert "naive" not in measures["arms"]
+    assert measures["savings"]["target"] == summary["savings"]["target"]
+    assert measures["savings"]["curve"]["step"][0] == 0.0
+    cell = aggregate([measures, {**measures, "seed": 1}])
+    assert cell["savings"]["seeds"] == [0, 1]
+    sweep = {"config": summary["config"], "seeds": [0, 1], "measures": {}, "cells": {"h": cell}}
+    page = build_sweep_report(sweep).write(tmp_path / "sweep.html").read_text()
+    assert "Relearning or learning?" in page
+
+
+def test_savings_across_seeds_counts_a_censored_seed_at_its_bound():
+    from neuroplastic.sweep import savings_across_seeds
+
+    def run(seed, value, bound, naive_steps):
+        return {
+            "seed": seed,
+            "savings": {
+                "savings": value, "bound": bound, "steps_relearned": 2.0,
+                "steps_naive": naive_steps, "naive_reached": naive_steps is not None,
+                "naive_budget": 90.0, "area_between": 0.2, "naive_base_f1": 0.0,
+                "curve": {"step": [0.0], "f1": [0.0]},
+            },
+        }  # fmt: skip
+
+    across = savings_across_seeds(
+        [run(0, 0.5, "exact", 4.0), run(1, 0.7, "exact", 6.0), run(2, 0.6, "lower", None)]
+    )
+    assert across["savings"]["censored"] == 1 and across["savings"]["mean"] is None
+    assert across["savings"]["lower_bound"] == pytest.approx((0.5 + 0.7 + 0.6) / 3)
+    assert across["steps_naive"]["lower_bound"] == pytest.approx((4 + 6 + 90) / 3)
+    exact = savings_across_seeds([run(0, 0.5, "exact", 4.0), run(1, 0.7, "exact", 6.0)])
+    assert exact["savings"]["mean"] == pytest.approx(0.6) and exact["savings"]["censored"] == 0
+
+
+@pytest.mark.slow  # the embedded pretrained model, two short fine-tunes
+def test_a_base_fine_tuned_without_the_concept_never_tags_it(embedded_model, corpus):
+    """The naive base's loss, on the pretrained model: the same fine-tune learns LOC with the
+    concept in the loss and leaves it at zero F1 without, while the other types are learned."""
+    from neuroplastic.training import TrainConfig, Trainer, evaluate
+
+    labels = concept_labels(corpus)
+    encode = {"tokenizer": embedded_model.tokenizer, "label_names": labels}
+    train = ConceptDataset(corpus.train[:200], tag_names=corpus.tag_names, **encode)
+    validation = ConceptDataset(corpus.validation[:60], tag_names=corpus.tag_names, **encode)
+    initial = {k: v.detach().clone() for k, v in embedded_model.named_parameters()}
+    scores = {}
+    for name, loss_fn in (("taught", tagging_loss), ("naive", None)):
+        with torch.no_grad():
+            for key, parameter in embedded_model.named_parameters():
+                parameter.copy_(initial[key])
+        torch.manual_seed(0)
+        module = TokenClassifier(embedded_model, len(corpus.tag_names))
+        loss_fn = loss_fn or concept_masked(tagging_loss, train.label_id("LOC"))
+        config = TrainConfig(learning_rate=3e-4, batch_size=16)
+        Trainer(module, loss_fn, train, 30, config, seed=0).run(30, progress=False)
+        scores[name] = evaluate(module, validation, "ner", "LOC", progress=False).scores["f1"]
+    with torch.no_grad():
+        for key, parameter in embedded_model.named_parameters():
+            parameter.copy_(initial[key])
+    assert scores["taught"]["LOC"] > 0.5
+    assert scores["naive"]["LOC"] < 0.05  # never tagged: chance for an untaught type is 0
+    assert scores["naive"]["PER"] > 0.3  # while the types in its loss are learned

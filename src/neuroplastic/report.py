@@ -45,6 +45,7 @@ from neuroplastic.html import HtmlPage
 from neuroplastic.manifest import CorruptFile
 from neuroplastic.neurons import CONTROL_KINDS
 from neuroplastic.predict import DESCRIPTIONS, TRUTHS
+from neuroplastic.report_relearning import relearning
 from neuroplastic.rundir import RunDir
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.views import add_side_by_side, examples_from_top_k
@@ -57,6 +58,7 @@ ARM_COLORS = {
     "preempt": "#9467bd",
     "preempt-random": "#7f7f7f",
     "preempt-oracle": "#2ca02c",
+    "naive": "#ff7f0e",
 }
 LAYER_COLORS = (
     "#440154",
@@ -188,6 +190,7 @@ def _build_report(
     _recovery(page, metrics, summary, concept)
     _chase(page, metrics, summary, concept)
     _preempt(page, summary, concept)
+    relearning(page, metrics, summary, concept)
     _saliency(page, analyses, n_top)
     _heatmaps(page, analyses)
     _reappeared(page, analyses, sentences, n_views, similarity_note)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import NAIVE_ARM, ExperimentConfig
 from neuroplastic.curves import SHARE_STEPS, recovery
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import run_experiment
@@ -171,6 +171,7 @@ def run_sweep(
         "margins": MARGINS,
         **({"chase_measures": CHASE_MEASURES} if base.rounds > 1 else {}),
         **({"preempt_measures": PREEMPT_MEASURES} if base.preempt else {}),
+        **({"savings_measures": SAVINGS_MEASURES} if base.naive else {}),
         "cells": {
             cell: aggregate([run_measures(path, top=top) for path in paths.values()])
             for cell, paths in runs.items()
@@ -204,6 +205,8 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     embeddings = TokenEmbeddings.from_run(run)
     arms: dict[str, Any] = {}
     for arm, data in summary["arms"].items():
+        if arm == NAIVE_ARM:  # it never knew the concept: no recovery, its savings below
+            continue
         # Later rounds of a chase start from another model: they have their own measures.
         entries = [e for e in data["stages"] if stage_round(e["stage"]) in (0, 1)]
         stages = {entry["stage"]: entry for entry in entries}
@@ -250,7 +253,60 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         measures["chase"] = chase_measures(summary)
     if "preempt" in summary:
         measures["preempt"] = preempt_measures(summary)
+    if "savings" in summary and "savings" in summary["savings"]:
+        measures["savings"] = {
+            **{k: summary["savings"][k] for k in SAVINGS_FIELDS},
+            "naive_base_f1": summary["savings"]["naive_base"]["f1"][concept],
+            "curve": _curve(metrics, NAIVE_ARM, concept).to_dict(orient="list"),
+        }
     return measures
+
+
+#: what a run's summary ``savings`` gives the sweep (:func:`neuroplastic.curves.savings`)
+SAVINGS_FIELDS = (
+    "target",
+    "steps_relearned",
+    "steps_naive",
+    "naive_reached",
+    "naive_budget",
+    "savings",
+    "bound",
+    "area_between",
+)
+#: the savings measures across seeds, with what each one means
+SAVINGS_MEASURES = {
+    "savings": "1 - steps(concept arm) / steps(naive arm) to 90% of the concept arm's base F1: "
+    "1 when relearning is immediate, 0 when no faster than learning from nothing; a seed whose "
+    "naive arm never got there is censored (at least its value at the naive arm's budget)",
+    "steps_relearned": "retraining steps of the concept arm to that target",
+    "steps_naive": "retraining steps of the naive arm (never taught the concept, the same "
+    "neurons held, the same batches) to that target; censored at its budget",
+    "area_between": "mean over the first stage of the concept arm's F1 minus the naive arm's",
+    "naive_base_f1": "concept F1 of the naive base (fine-tuned with the concept out of its loss)",
+}
+
+
+def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """:data:`SAVINGS_MEASURES` across the seeds that have them; censored seeds are counted
+    at their bound, never dropped (:func:`~neuroplastic.intervals.censored_interval`)."""
+    present = [r["savings"] for r in runs if "savings" in r]
+    exact = [s["savings"] if s["bound"] == "exact" else None for s in present]
+    lower = [s["savings"] if s["bound"] == "lower" else None for s in present]
+    return {
+        "seeds": [r["seed"] for r in runs if "savings" in r],
+        "savings": censored_interval(exact, lower),
+        "steps_relearned": censored_interval(
+            [s["steps_relearned"] for s in present],
+            [s["naive_budget"] if s["steps_relearned"] is None else None for s in present],
+        ),
+        "steps_naive": censored_interval(
+            [s["steps_naive"] for s in present],
+            [None if s["naive_reached"] else s["naive_budget"] for s in present],
+        ),
+        "area_between": interval([s["area_between"] for s in present], bounds=(-1.0, 1.0)),
+        "naive_base_f1": interval([s["naive_base_f1"] for s in present], bounds=F1_BOUNDS),
+        "naive_curves": [s["curve"] for s in present],
+    }
 
 
 def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
@@ -390,6 +446,8 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         result["chase"] = chase_across_seeds(runs)
     if any("preempt" in r for r in runs):
         result["preempt"] = preempt_across_seeds(runs)
+    if any("savings" in r for r in runs):
+        result["savings"] = savings_across_seeds(runs)
     return result
 
 

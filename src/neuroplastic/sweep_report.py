@@ -28,6 +28,7 @@ ARM_COLORS = {
     "preempt": "#9467bd",
     "preempt-random": "#7f7f7f",
     "preempt-oracle": "#2ca02c",
+    "naive": "#ff7f0e",
 }
 
 
@@ -74,6 +75,7 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
         _prediction(page, result, concept)
         _chase(page, sweep.get("chase_measures", {}), result, concept)
         _preempt(page, sweep.get("preempt_measures", {}), result, concept)
+        _savings(page, sweep.get("savings_measures", {}), result, concept)
     page.heading("Configuration")
     with page.details("base config (mode, method and seed vary per cell)"):
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
@@ -352,6 +354,45 @@ def _preempt(
             + " of the oracle's mean recovery-AUC change over random (a ratio of the means "
             "across seeds; 0%: random survivors, 100%: hindsight)."
         )
+
+
+def _savings(
+    page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str
+) -> None:
+    """Relearning or learning: the concept arm against the naive arm, across seeds."""
+    saved = result.get("savings")
+    if not saved:
+        return
+    go = require("plotly.graph_objects", "the sweep report's plots")
+    page.paragraph(
+        f"Relearning or learning? The naive arm holds the concept arm's neurons in a model "
+        f"fine-tuned identically but with the {concept} tokens out of its loss (it never "
+        f"learned {concept}), and retrains on the same batches. Savings above 0 means "
+        f"relearning {concept} is faster than learning it from nothing with those neurons "
+        "gone: something of it survived the removal. It does not say what, or where."
+    )
+    measures = measures or {m: m for m in saved if m not in ("seeds", "naive_curves")}
+    table = pd.DataFrame({"across seeds": {measures[m]: _ci(saved[m]) for m in measures}})
+    page.table(table, caption="Savings: mean [95% interval across seeds]", float_format=None)
+    figure = go.Figure()
+    curves = {a: result["arms"][a]["curves"] for a in ("concept", "random") if a in result["arms"]}
+    curves["naive"] = saved["naive_curves"]
+    for arm, per_seed in curves.items():
+        for i, curve in enumerate(per_seed):
+            figure.add_trace(
+                go.Scatter(
+                    x=curve["step"], y=curve["f1"], mode="lines", name=f"{arm} arm",
+                    line={"color": ARM_COLORS.get(arm, "#555"), "width": 1.5}, opacity=0.6,
+                    legendgroup=arm, showlegend=i == 0,
+                )
+            )  # fmt: skip
+    figure.update_layout(
+        xaxis_title="retraining step (0 = the removal)",
+        yaxis_title=f"{concept} F1",
+        margin={"t": 30},
+    )
+    page.paragraph(f"{concept} F1 of every seed, concept, random and naive arms.")
+    page.plotly(figure, height="380px")
 
 
 def _number(value: float) -> str:

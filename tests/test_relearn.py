@@ -288,6 +288,7 @@ def test_savings_across_seeds_counts_a_censored_seed_at_its_bound():
                 "savings": value, "bound": bound, "steps_relearned": 2.0,
                 "steps_naive": naive_steps, "naive_reached": naive_steps is not None,
                 "naive_budget": 90.0, "area_between": 0.2, "naive_base_f1": 0.0,
+                "first_stage_f1": 0.5,
                 "curve": {"step": [0.0], "f1": [0.0]},
             },
         }  # fmt: skip

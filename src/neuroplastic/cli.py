@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # The ranking methods of neuroplastic.ranking.RANKERS, named here so that building the parser
 # (and answering --help) never imports torch; a test checks the two agree.
@@ -86,6 +87,7 @@ SETTING_HELP = {
     "relearn": "what every arm retrains on: same (the training batches), masked (the same "
     "batches, the concept's tokens out of the loss), retain (only sentences that never "
     "mention the concept, for the same steps)",
+    "relearn_lr": "the retraining learning rate (the base model is unchanged); 0: --learning-rate",
     "relearn_sentences": "retrain on a seeded subset of N sentences that mention the concept, "
     "cycled for the same steps; 0: no subset",
 }
@@ -125,6 +127,7 @@ SETTING_UNITS = {
     "preempt": "PREDICTOR",
     "preempt_count": "NEURONS",
     "relearn_sentences": "SENTENCES",
+    "relearn_lr": "RATE",
 }
 
 
@@ -255,6 +258,16 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated distinct seeds, one run each, e.g. 0,1,2",
     )
     _config_args(sweep, lists=("mode", "method"), skip=("seed",))
+    sweep.add_argument(
+        "--grid",
+        type=_grid_axis,
+        action="append",
+        default=None,
+        metavar="SETTING=V1,V2[,...]",
+        help="one axis of a grid of runs over any run setting, e.g. relearn_lr=1e-5,1e-4,1e-3; "
+        "repeat for more axes (every combination runs, for every seed); sweep.json gives each "
+        "axis's best case for recovery chosen per seed",
+    )
     sweep.add_argument(
         "--no-report",
         action="store_true",
@@ -406,6 +419,41 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
+def _grid_axis(text: str) -> tuple[str, list[Any]]:
+    """``SETTING=V1,V2``: the setting (dashes or underscores) and its values, typed as the
+    setting is (``none`` for a setting that may be unset)."""
+    name, equals, values = text.partition("=")
+    key = name.strip().removeprefix("--").replace("-", "_")
+    defaults = _setting_defaults()
+    if not equals or key not in defaults:
+        known = ", ".join(sorted(defaults))
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give SETTING=V1,V2 with SETTING one of {known}"
+            if equals
+            else f"{text!r}: give SETTING=V1,V2 (e.g. relearn_lr=1e-5,1e-4)"
+        )
+    default = defaults[key]
+    parts = [part.strip() for part in values.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: no values after '='")
+
+    def typed(part: str) -> Any:
+        if default is None:
+            return None if part.lower() == "none" else part
+        if isinstance(default, bool):
+            if part.lower() not in ("true", "false"):
+                raise argparse.ArgumentTypeError(f"{text!r}: {key} takes true or false")
+            return part.lower() == "true"
+        try:
+            return type(default)(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {part!r} is not a {type(default).__name__} ({key})"
+            ) from None
+
+    return key, [typed(part) for part in parts]
+
+
 def _choice_list(allowed: Sequence[str]):
     def parse(text: str) -> list[str]:
         values = [part.strip() for part in text.split(",") if part.strip()]
@@ -496,18 +544,32 @@ def _config(args: argparse.Namespace, lists: Sequence[str] = ()):
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from neuroplastic.errors import NeuroplasticError
     from neuroplastic.sweep import run_sweep
 
     config = _config(args, lists=("mode", "method"))
     if not args.no_report:
         _check_report_extra()
+    grid: dict[str, list[Any]] = {}
+    for key, values in args.grid or []:
+        if key in grid:
+            raise NeuroplasticError(f"--grid {key} is given twice; give its values once")
+        grid[key] = values
+    # --grid mode=... and method=... are spellings of --mode and --method.
+    modes, methods = args.mode, args.method
+    for key, given in (("mode", modes), ("method", methods)):
+        if key in grid and given:
+            raise NeuroplasticError(f"give --{key} or --grid {key}=..., not both")
+    modes = grid.pop("mode", None) or modes
+    methods = grid.pop("method", None) or methods
     result = run_sweep(
         config,
         args.out,
         seeds=args.seeds,
-        modes=args.mode,
-        methods=args.method,
+        modes=modes,
+        methods=methods,
         progress=not args.quiet,
+        grid=grid,
     )
     print(f"sweep: {args.out / 'sweep.json'}")
     for cell, data in result["cells"].items():

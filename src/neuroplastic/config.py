@@ -28,6 +28,7 @@ LATER_SETTINGS = {
     "naive": False,
     "relearn": "same",
     "relearn_sentences": 0,
+    "relearn_lr": 0.0,
 }
 #: The predictors of neuroplastic.predict, which ``--preempt`` can take its neurons from (named
 #: here so that the command line's help needs no torch).
@@ -163,6 +164,9 @@ class ExperimentConfig:
     naive: bool = False
     relearn: str = "same"
     relearn_sentences: int = 0
+    # The retrainer's learning rate (0: learning_rate, the base's): a grid over it asks for the
+    # retrainer's best case with the base model unchanged.
+    relearn_lr: float = 0.0
 
     def __post_init__(self) -> None:
         from neuroplastic.ranking import RANKERS
@@ -245,6 +249,11 @@ class ExperimentConfig:
         self._check_relearn()
 
     def _check_relearn(self) -> None:
+        if not (math.isfinite(self.relearn_lr) and self.relearn_lr >= 0):
+            raise NeuroplasticError(
+                f"relearn_lr must be a finite number >= 0 (0: --learning-rate); got "
+                f"{self.relearn_lr}"
+            )
         if self.relearn_sentences < 0:
             raise NeuroplasticError(
                 f"relearn_sentences must be >= 0 (0: no subset); got {self.relearn_sentences}"

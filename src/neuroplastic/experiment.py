@@ -436,10 +436,10 @@ def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> No
     run.write_token_embeddings(*_token_embeddings(model, data))
 
 
-def _train_config(config: ExperimentConfig) -> TrainConfig:
-    return TrainConfig(
-        config.learning_rate, config.weight_decay, config.batch_size, config.warmup_fraction
-    )
+def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainConfig:
+    """Base fine-tuning's optimizer settings, or retraining's (``relearn_lr`` if given)."""
+    rate = (config.relearn_lr or config.learning_rate) if retraining else config.learning_rate
+    return TrainConfig(rate, config.weight_decay, config.batch_size, config.warmup_fraction)
 
 
 # -- the method --------------------------------------------------------------------------------
@@ -665,7 +665,7 @@ def _retrain_round(
         setup.relearn_loss(),
         setup.relearn_data if setup.relearn_data is not None else setup.train_data,
         config.stages * setup.stage_steps,
-        _train_config(config),
+        _train_config(config, retraining=True),
         seed=config.seed + 1_000 * round_,  # one seed for all arms: the same batches, dropout
         schedule_steps=config.stages * setup.stage_steps
         if config.schedule == "continuous"

@@ -125,8 +125,17 @@ PREEMPT_MEASURES = {
 }
 
 
-def cell_name(mode: str, method: str) -> str:
-    return f"{mode}-{method}"
+def cell_name(mode: str, method: str, point: dict[str, Any] | None = None) -> str:
+    """``{mode}-{method}``, then ``_{key}={value}`` per grid axis (``--grid``), in order."""
+    return f"{mode}-{method}" + "".join(f"_{k}={v}" for k, v in (point or {}).items())
+
+
+def grid_points(grid: dict[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first axis slowest ([{}] for no grid)."""
+    points: list[dict[str, Any]] = [{}]
+    for key, values in (grid or {}).items():
+        points = [{**point, key: value} for point in points for value in values]
+    return points
 
 
 def run_sweep(
@@ -138,8 +147,14 @@ def run_sweep(
     top: int | float = 0.01,
     progress: bool = True,
     log: Callable[[str], Any] = report_line,
+    grid: dict[str, Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every cell of the sweep into ``out``; write and return ``sweep.json``."""
+    """Run (or resume) every cell of the sweep into ``out``; write and return ``sweep.json``.
+
+    A cell is a mode, a method and a point of ``grid`` (``{setting: [values]}``, every
+    combination: ``--grid relearn_lr=1e-5,1e-4,1e-3``). Every cell's settings are checked
+    before the first run starts. With a grid, ``best_case`` gives, per axis, the retrainer's
+    best choice made per seed (:func:`best_cases`)."""
     if base.task != "ner":
         raise NeuroplasticError(
             "sweep measures recovery of entity F1, so it needs --task ner; run --task lm "
@@ -149,19 +164,32 @@ def run_sweep(
         raise NeuroplasticError(f"give distinct seeds, e.g. --seeds 0,1,2; got {list(seeds)}")
     out = Path(out)
     modes, methods = list(modes or [base.mode]), list(methods or [base.method])
-    runs: dict[str, dict[int, Path]] = {}
+    grid = {key: list(values) for key, values in (grid or {}).items()}
+    _check_grid(grid)
+    # Every cell and seed is checked (the config validates itself) before anything runs.
+    planned: list[tuple[str, int, ExperimentConfig]] = []
+    settings: dict[str, dict[str, Any]] = {}
     for mode in modes:
         for method in methods:
-            cell = cell_name(mode, method)
-            for seed in seeds:
-                config = replace(base, mode=mode, method=method, seed=seed)  # validates
-                path = out / cell / f"seed-{seed}"
-                if _finished(path, config):
-                    log(f"[sweep] {cell} seed {seed}: done ({path})")
-                else:
-                    log(f"[sweep] {cell} seed {seed}: {path}")
-                    run_experiment(config, path, progress=progress, log=log)
-                runs.setdefault(cell, {})[seed] = path
+            for point in grid_points(grid):
+                cell = cell_name(mode, method, point)
+                settings[cell] = {"mode": mode, "method": method, **point}
+                for seed in seeds:
+                    config = replace(base, mode=mode, method=method, seed=seed, **point)
+                    planned.append((cell, seed, config))
+    runs: dict[str, dict[int, Path]] = {}
+    for cell, seed, config in planned:
+        path = out / cell / f"seed-{seed}"
+        if _finished(path, config):
+            log(f"[sweep] {cell} seed {seed}: done ({path})")
+        else:
+            log(f"[sweep] {cell} seed {seed}: {path}")
+            run_experiment(config, path, progress=progress, log=log)
+        runs.setdefault(cell, {})[seed] = path
+    measured = {
+        cell: {seed: run_measures(path, top=top) for seed, path in paths.items()}
+        for cell, paths in runs.items()
+    }
     result = {
         "config": base.to_dict(),
         "seeds": list(seeds),
@@ -172,13 +200,99 @@ def run_sweep(
         **({"chase_measures": CHASE_MEASURES} if base.rounds > 1 else {}),
         **({"preempt_measures": PREEMPT_MEASURES} if base.preempt else {}),
         **({"savings_measures": SAVINGS_MEASURES} if base.naive else {}),
-        "cells": {
-            cell: aggregate([run_measures(path, top=top) for path in paths.values()])
-            for cell, paths in runs.items()
-        },
+        "cells": {cell: aggregate(list(per_seed.values())) for cell, per_seed in measured.items()},
     }
+    if grid:
+        result["grid"] = grid
+        result["settings"] = settings
+        result["best_case"] = {
+            axis: best_cases(measured, settings, axis) for axis in grid if len(grid[axis]) > 1
+        }
     atomic_write_json(out / "sweep.json", result)
     return result
+
+
+#: settings a grid cannot vary: they name the sweep's own axes, or change what a run is
+NOT_GRID = ("seed", "mode", "method", "device", "device_map", "save_checkpoints")
+
+
+def _check_grid(grid: dict[str, list[Any]]) -> None:
+    known = set(ExperimentConfig.__dataclass_fields__)
+    for key, values in grid.items():
+        if key in NOT_GRID:
+            hint = {"seed": "--seeds", "mode": "--mode a,b", "method": "--method a,b"}
+            raise NeuroplasticError(
+                f"--grid {key}: not a grid axis"
+                + (f"; give {hint[key]} instead" if key in hint else " (an output option)")
+            )
+        if key not in known:
+            raise NeuroplasticError(
+                f"--grid {key}: unknown setting; known: {', '.join(sorted(known - set(NOT_GRID)))}"
+            )
+        if not values or len(set(map(repr, values))) != len(values):
+            raise NeuroplasticError(f"--grid {key}: give distinct values, e.g. {key}=a,b")
+
+
+def best_cases(
+    measured: dict[str, dict[int, dict[str, Any]]],
+    settings: dict[str, dict[str, Any]],
+    axis: str,
+) -> list[dict[str, Any]]:
+    """The retrainer's best case over ``axis``, as the tamper-resistance literature reports a
+    defence's worst case: for each group of cells that differ in ``axis`` alone, per seed the
+    value that recovered the concept fastest (fewest steps to 90% of base; a seed where none
+    got there is censored at the smallest budget) and the one that ended with the highest
+    concept F1, then both across seeds. The choice is made per seed, after the fact: an upper
+    bound on what a retrainer who tunes ``axis`` gets."""
+    groups: dict[tuple, list[str]] = {}
+    for cell, values in settings.items():
+        rest = tuple((k, repr(v)) for k, v in values.items() if k != axis)
+        groups.setdefault(rest, []).append(cell)
+    cases = []
+    for cells in groups.values():
+        if len(cells) < 2:
+            continue
+        seeds = sorted(set.intersection(*(set(measured[c]) for c in cells)))
+        fastest, at_least, highest = [], [], []
+        chosen_fastest, chosen_highest = [], []
+        for seed in seeds:
+            concept = {c: measured[c][seed]["arms"]["concept"] for c in cells}
+            reached = {
+                c: a["steps_to_recover_90"]
+                for c, a in concept.items()
+                if a["steps_to_recover_90"] is not None
+            }
+            if reached:
+                best = min(reached, key=reached.__getitem__)
+                fastest.append(reached[best])
+                at_least.append(None)
+                chosen_fastest.append(settings[best][axis])
+            else:
+                fastest.append(None)
+                at_least.append(min(_budget(a) or math.inf for a in concept.values()))
+                chosen_fastest.append(None)
+            finals = {c: _last_f1(measured[c][seed], a) for c, a in concept.items()}
+            top = max(finals, key=finals.__getitem__)
+            highest.append(finals[top])
+            chosen_highest.append(settings[top][axis])
+        cases.append(
+            {
+                "fixed": {k: v for k, v in settings[cells[0]].items() if k != axis},
+                "values": [settings[c][axis] for c in cells],
+                "cells": cells,
+                "seeds": seeds,
+                "fastest_recovery": censored_interval(fastest, at_least),
+                "fastest_value": chosen_fastest,
+                "highest_final_f1": interval(highest, bounds=F1_BOUNDS),
+                "highest_value": chosen_highest,
+            }
+        )
+    return cases
+
+
+def _last_f1(run: dict[str, Any], arm: dict[str, Any]) -> float:
+    """The concept F1 an arm ended round 1 with."""
+    return float(list(arm["f1"].values())[-1][run["concept"]])
 
 
 def _finished(path: Path, config: ExperimentConfig) -> bool:
@@ -257,6 +371,11 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         measures["savings"] = {
             **{k: summary["savings"][k] for k in SAVINGS_FIELDS},
             "naive_base_f1": summary["savings"]["naive_base"]["f1"][concept],
+            "first_stage_f1": next(
+                e["f1"][concept]
+                for e in summary["arms"][NAIVE_ARM]["stages"]
+                if e["stage"] == "retrain-1"
+            ),
             "curve": _curve(metrics, NAIVE_ARM, concept).to_dict(orient="list"),
         }
     return measures
@@ -283,6 +402,7 @@ SAVINGS_MEASURES = {
     "neurons held, the same batches) to that target; censored at its budget",
     "area_between": "mean over the first stage of the concept arm's F1 minus the naive arm's",
     "naive_base_f1": "concept F1 of the naive base (fine-tuned with the concept out of its loss)",
+    "naive_first_stage_f1": "concept F1 of the naive arm after the first retraining stage",
 }
 
 
@@ -305,6 +425,7 @@ def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ),
         "area_between": interval([s["area_between"] for s in present], bounds=(-1.0, 1.0)),
         "naive_base_f1": interval([s["naive_base_f1"] for s in present], bounds=F1_BOUNDS),
+        "naive_first_stage_f1": interval([s["first_stage_f1"] for s in present], bounds=F1_BOUNDS),
         "naive_curves": [s["curve"] for s in present],
     }
 

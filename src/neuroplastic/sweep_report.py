@@ -76,6 +76,7 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
         _chase(page, sweep.get("chase_measures", {}), result, concept)
         _preempt(page, sweep.get("preempt_measures", {}), result, concept)
         _savings(page, sweep.get("savings_measures", {}), result, concept)
+    _grid(page, sweep, concept)
     page.heading("Configuration")
     with page.details("base config (mode, method and seed vary per cell)"):
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
@@ -393,6 +394,86 @@ def _savings(
     )
     page.paragraph(f"{concept} F1 of every seed, concept, random and naive arms.")
     page.plotly(figure, height="380px")
+
+
+def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
+    """Each grid axis: concept F1 after the first stage against the axis's values (concept,
+    random and naive arms), and the retrainer's best case chosen per seed."""
+    if not sweep.get("grid"):
+        return
+    go = require("plotly.graph_objects", "the sweep report's plots")
+    page.heading("The retrainer's choices (--grid)")
+    page.paragraph(
+        "Each axis of the grid changes one setting of the run and nothing else. The best case "
+        "is chosen per seed after the fact (the value that brought the concept back fastest, "
+        "and the one that ended highest), as the tamper-resistance literature reports a "
+        "defence's worst case: an upper bound on what a retrainer who tunes that setting gets."
+    )
+    settings = sweep["settings"]
+    for axis, values in sweep["grid"].items():
+        figure = go.Figure()
+        for arm in ("concept", "random", "naive"):
+            xs, means, lows, highs = [], [], [], []
+            for cell, point in settings.items():
+                at = _first_stage_f1(sweep["cells"][cell], arm, concept)
+                if at is None or at["mean"] is None:
+                    continue
+                xs.append(point[axis])
+                means.append(at["mean"])
+                low, high = at["ci_low"], at["ci_high"]
+                lows.append(at["mean"] - (low if low is not None else at["mean"]))
+                highs.append((high if high is not None else at["mean"]) - at["mean"])
+            if xs:
+                figure.add_trace(
+                    go.Scatter(
+                        x=[str(x) for x in xs], y=means, mode="markers", name=f"{arm} arm",
+                        marker={"color": ARM_COLORS.get(arm, "#555"), "size": 9},
+                        error_y={"type": "data", "symmetric": False, "array": highs,
+                                 "arrayminus": lows},
+                    )
+                )  # fmt: skip
+        figure.update_layout(
+            xaxis_title=axis,
+            yaxis_title=f"{concept} F1 after the first retraining stage",
+            yaxis_range=[0, 1.02],
+            margin={"t": 30},
+        )
+        page.paragraph(
+            f"{concept} F1 at the end of the first retraining stage against {axis} ({values}); "
+            "mean and 95% interval across seeds, per cell (cells that differ in other axes "
+            "too appear as separate points at one value)."
+        )
+        page.plotly(figure, height="360px")
+    rows = []
+    for axis, cases in (sweep.get("best_case") or {}).items():
+        for case in cases:
+            rows.append(
+                {
+                    "axis": axis,
+                    "other settings": ", ".join(f"{k}={v}" for k, v in case["fixed"].items()),
+                    "values": ", ".join(map(str, case["values"])),
+                    "fastest recovery (steps to 90%)": _ci(case["fastest_recovery"]),
+                    "chosen per seed": ", ".join(map(str, case["fastest_value"])),
+                    f"highest final {concept} F1": _ci(case["highest_final_f1"]),
+                    "chosen per seed ": ", ".join(map(str, case["highest_value"])),
+                }
+            )
+    if rows:
+        page.table(
+            pd.DataFrame(rows),
+            caption="The retrainer's best case per axis: mean [95% interval across seeds]",
+            index=False,
+            float_format=None,
+        )
+
+
+def _first_stage_f1(result: dict[str, Any], arm: str, concept: str) -> dict[str, Any] | None:
+    """An arm's concept F1 across seeds at the end of retrain-1 (the naive arm's from its
+    savings record)."""
+    if arm in result["arms"]:
+        return (result["arms"][arm]["f1"].get("retrain-1") or {}).get(concept)
+    saved = result.get("savings")
+    return saved.get("naive_first_stage_f1") if arm == "naive" and saved else None
 
 
 def _number(value: float) -> str:

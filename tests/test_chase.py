@@ -378,6 +378,8 @@ def test_the_command_line_takes_the_chase_and_preempt_flags():
         (dict(rounds=2, mode="regrow"), "needs --mode hold"),
         (dict(rounds=2, task="lm", model="tiny-gpt2"), "needs --task ner"),
         (dict(rounds=2, preempt="gradient"), "separate experiments"),
+        # A count for a pre-emption that is not asked for is refused, not ignored.
+        (dict(preempt_count=5), "--preempt is not given"),
     ],
 )
 def test_bad_chase_settings_are_explained(settings, message):

@@ -160,3 +160,22 @@ def test_best_cases_by_hand_with_a_censored_seed():
     # Seed 1 never recovered at either rate: censored at the budget, a lower bound.
     assert case["fastest_recovery"]["censored"] == 1
     assert case["fastest_recovery"]["lower_bound"] == pytest.approx((3.0 + 8.0) / 2)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"seeds": [0, -1]}, "seed must be in"),
+        ({"seeds": [0], "modes": ["hold", "regrow"], "rounds": 2}, "needs --mode hold"),
+    ],
+)
+def test_a_sweep_refuses_a_bad_later_cell_before_its_first_run(
+    tmp_path, monkeypatch, settings, message
+):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the first cell ran before a later one was checked")
+
+    monkeypatch.setattr(sweep, "run_experiment", must_not_run)
+    base = ExperimentConfig(**{**GRIDDED, "rounds": settings.pop("rounds", 1)})
+    with pytest.raises(NeuroplasticError, match=message):
+        sweep.run_sweep(base, tmp_path / "s", progress=False, log=quiet, **settings)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+from neuroplastic.config import check_concept
 from neuroplastic.data.concept import IGNORE_TAG, ConceptDataset
 from neuroplastic.data.load import encode_split, load_corpus
 from neuroplastic.errors import NeuroplasticError
@@ -108,6 +109,7 @@ def rank_neurons(
     progress: bool = True,
 ) -> RankResult:
     """Load a model and corpus, stream neuron statistics, rank neurons for ``concept``."""
+    check_concept(concept)  # before the model loads
     model_name = model if isinstance(model, str) else type(model).__name__
     loaded = load_model(model, device=device) if isinstance(model, str) else model
     corpus = load_corpus(dataset)

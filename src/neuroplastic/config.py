@@ -86,6 +86,19 @@ def dense_grid(stage_steps: int, every_step: int = 4, log_points: int = 7) -> li
     return sorted(set(first) | spaced | {stage_steps})
 
 
+#: the IOB outside label: what no entity is, so never a concept
+OUTSIDE_LABEL = "O"
+
+
+def check_concept(concept: str) -> None:
+    """Refuse the outside label as a concept before any work (it has no entity F1 to lose)."""
+    if concept == OUTSIDE_LABEL:
+        raise NeuroplasticError(
+            "--concept O is the outside label (tokens of no entity), not a concept; give an "
+            "entity type such as LOC, PER, ORG or MISC"
+        )
+
+
 @dataclass
 class ExperimentConfig:
     model: str = "embedded"
@@ -175,6 +188,7 @@ class ExperimentConfig:
             raise NeuroplasticError(
                 f"unknown ranking method {self.method!r}; choose one of {', '.join(RANKERS)}"
             )
+        check_concept(self.concept)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise NeuroplasticError(
@@ -296,6 +310,12 @@ class ExperimentConfig:
             raise NeuroplasticError(
                 "--stop-below ends a chase early, but --rounds is 1 (no chase): give --rounds 2 "
                 "or more, or leave --stop-below out"
+            )
+        if self.preempt is None and self.preempt_count != ExperimentConfig.preempt_count:
+            raise NeuroplasticError(
+                f"--preempt-count {self.preempt_count} says how many neurons --preempt holds, "
+                "but --preempt is not given: give --preempt PREDICTOR too, or leave "
+                "--preempt-count out"
             )
         if self.preempt is not None and self.preempt not in PREEMPT_CHOICES:
             raise NeuroplasticError(

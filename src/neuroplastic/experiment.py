@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,6 +161,7 @@ def run_experiment(
     if not main:
         progress, log, warn = False, _silent, _silent
     store = Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints)
+    created = main and not Path(out).exists()  # a failed start removes what it made
     try:
         # Refuses what cannot be read nor recomputed; on rank 0, for every rank.
         recovery = distributed.on_main(partial(_open, store, config, Path(out)))
@@ -195,6 +197,16 @@ def run_experiment(
         return distributed.on_main(partial(_finish_run, setup, held))
     finally:
         store.unlock()
+        if created:
+            _remove_if_nothing_written(store.run)
+
+
+def _remove_if_nothing_written(run: RunDir) -> None:
+    """Delete a run directory this call created and wrote no file into (only its lock): a
+    start that failed on a setting leaves nothing behind."""
+    files = [p for p in run.path.rglob("*") if p.is_file() and p != run.lock_path]
+    if run.path.is_dir() and not files:
+        shutil.rmtree(run.path, ignore_errors=True)
 
 
 def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
@@ -454,11 +466,11 @@ def _fine_tune_base(setup: Setup, log) -> None:
         _load_on_main(setup.module, Path(config.checkpoint))
         base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
     else:
-        base, losses = _train_to_plateau(setup)
+        base, losses = _train_to_plateau(setup, log)
     _finish_stage(setup, "concept", "base", 0, losses, None, [], log, base=base)
 
 
-def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
+def _train_to_plateau(setup: Setup, log=report_line) -> tuple[dict, list[float]]:
     """Train in chunks of ``plateau_every`` steps until the probe loss stops improving by
     ``plateau_tolerance`` (relative) for ``plateau_patience`` checks, at most ``base_steps``.
 
@@ -493,6 +505,12 @@ def _train_to_plateau(setup: Setup) -> tuple[dict, list[float]]:
             best, stale = loss, 0
         else:
             stale += 1
+        # A line per check: with stderr to a file, the only sign of life in base fine-tuning.
+        log(
+            f"[concept] base fine-tuning step {trainer.step:>5}  probe loss {loss:.4f}"
+            + (f"  (no {config.plateau_tolerance:.0%} gain: {stale} of {config.plateau_patience})"
+               if stale else "")
+        )  # fmt: skip
         if stale >= config.plateau_patience:
             stopped = "plateau"
             break

@@ -1,0 +1,45 @@
+"""Checks that come before the compute, and signs of life while it runs."""
+
+import pytest
+
+from neuroplastic.cli import main
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment import run_experiment
+from tiny import tiny_config
+
+
+def quiet(*_):
+    pass
+
+
+def test_the_outside_label_is_refused_as_a_concept_before_any_work(tmp_path, capsys, monkeypatch):
+    import neuroplastic.api as api
+
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    for command in (["run", "--out", str(tmp_path / "r")], ["rank"]):
+        assert main([*command, "--concept", "O", "--quiet"]) == 2
+        assert "outside label" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_start_leaves_no_directory_behind(tmp_path):
+    with pytest.raises(NeuroplasticError, match="unknown concept label"):
+        run_experiment(tiny_config(concept="CITY"), tmp_path / "new", log=quiet)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a directory the user made stays
+    with pytest.raises(NeuroplasticError, match="unknown concept label"):
+        run_experiment(tiny_config(concept="CITY"), tmp_path / "mine", log=quiet)
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_base_fine_tuning_logs_every_plateau_check(tmp_path):
+    lines = []
+    config = tiny_config(base_steps=6, plateau_every=2, plateau_patience=5)
+    summary = run_experiment(config, tmp_path, progress=False, log=lines.append)
+    checks = [line for line in lines if "base fine-tuning step" in line]
+    history = summary["base"]["probe_loss"]
+    assert len(checks) == len(history) == 3
+    for line, (step, loss) in zip(checks, history, strict=True):
+        assert f"step {step:>5}  probe loss {loss:.4f}" in line
+    first_row = next(i for i, line in enumerate(lines) if "F1 overall" in line)
+    assert lines.index(checks[-1]) < first_row  # all before the base's own evaluation

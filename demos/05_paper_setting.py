@@ -36,6 +36,7 @@ from neuroplastic.views import show
 
 # Where the config files go; tests/test_demos.py points it at a temporary directory.
 OUT = Path(os.environ.get("NP_DEMO_OUT") or tempfile.mkdtemp(prefix="neuroplastic-paper-"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]
 # ## The recipe

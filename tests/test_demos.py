@@ -241,6 +241,8 @@ def test_your_hooks_compose_with_an_ablation_in_either_order(
 
 
 def test_paper_setting_validates_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An NP_DEMO_OUT that does not exist yet is made (not a FileNotFoundError).
+    tmp_path = tmp_path / "new" / "dir"
     demo = run_demo("05_paper_setting.py", monkeypatch, out=tmp_path)
     configs = demo["configs"]
     assert set(configs) == {"distilgpt2", "gpt2"}

@@ -43,3 +43,18 @@ def test_base_fine_tuning_logs_every_plateau_check(tmp_path):
         assert f"step {step:>5}  probe loss {loss:.4f}" in line
     first_row = next(i for i, line in enumerate(lines) if "F1 overall" in line)
     assert lines.index(checks[-1]) < first_row  # all before the base's own evaluation
+
+
+def test_result_files_get_the_users_usual_permissions(tmp_path):
+    import os
+
+    from neuroplastic.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_json(tmp_path / "summary.json", {"a": 1})
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by the group, as any new file
+        os.umask(0o077)
+        assert atomic_write_json(tmp_path / "private.json", {}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -22,6 +22,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         handle, temporary = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
         )
+        # mkstemp makes the file 0600; a result gets the permissions any new file would.
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -41,6 +43,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         _discard(temporary)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _discard(temporary: str | None) -> None:

@@ -58,3 +58,14 @@ def test_result_files_get_the_users_usual_permissions(tmp_path):
         assert atomic_write_json(tmp_path / "private.json", {}).stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_wordpiece_tokens_read_as_words_and_bpe_tokens_are_left_alone():
+    from neuroplastic.views import readable_tokens
+
+    pieces = ["[CLS]", "why", "is", "san", "##ming", "so", "expensive", "?", "[SEP]"]
+    shown = readable_tokens(pieces)
+    assert "".join(shown) == "[CLS] why is sanming so expensive ? [SEP]"
+    assert len(shown) == len(pieces)  # one span per token: the boundaries stay visible
+    bpe = ["<|endoftext|>", "Why", " is", " San", "ming", " so", " expensive", "?"]
+    assert readable_tokens(bpe) == bpe

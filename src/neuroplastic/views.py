@@ -281,6 +281,18 @@ def _top_summary(examples: NeuronExamples, n: int = 10) -> str:
     return " · ".join(parts)
 
 
+def readable_tokens(tokens: Sequence[str]) -> list[str]:
+    """Tokens as a reader reads them, one span each: WordPiece pieces (BERT) get a space before
+    every token that starts a word and lose the ``##`` of those that continue one; tokens that
+    already carry their spaces (byte-level BPE, GPT-2) are left as they are."""
+    tokens = list(tokens)
+    if any(t[:1].isspace() for t in tokens[1:]):
+        return tokens
+    return [
+        t[2:] if t.startswith("##") else (t if i == 0 else f" {t}") for i, t in enumerate(tokens)
+    ]
+
+
 def add_neuron_view(
     page: HtmlPage, examples: NeuronExamples, heading: str | None = None
 ) -> str | None:
@@ -303,7 +315,7 @@ def add_neuron_view(
         view_id = page.circuitsvis(
             "TextNeuronActivations",
             text_neuron_activations_props(
-                examples.tokens,
+                [readable_tokens(sentence) for sentence in examples.tokens],
                 [a.reshape(-1, 1, 1) for a in examples.activations],
                 first_dimension_name="Layer",
                 second_dimension_name="Neuron",
@@ -424,7 +436,7 @@ class NeuronView:
             page.circuitsvis(
                 "TextNeuronActivations",
                 text_neuron_activations_props(
-                    self.overview.tokens,
+                    [readable_tokens(sentence) for sentence in self.overview.tokens],
                     self.overview.activations,
                     first_dimension_name="Hook",
                     second_dimension_name="Neuron",

@@ -69,3 +69,30 @@ def test_wordpiece_tokens_read_as_words_and_bpe_tokens_are_left_alone():
     assert len(shown) == len(pieces)  # one span per token: the boundaries stay visible
     bpe = ["<|endoftext|>", "Why", " is", " San", "ming", " so", " expensive", "?"]
     assert readable_tokens(bpe) == bpe
+
+
+def test_a_kernel_without_ipywidgets_gets_a_text_bar_and_no_warning(monkeypatch):
+    import importlib.util
+    import types
+    import warnings
+
+    import tqdm.std
+
+    import neuroplastic.progress as progress
+
+    class ZMQInteractiveShell:  # what a Jupyter kernel's get_ipython() returns
+        pass
+
+    fake = types.SimpleNamespace(get_ipython=lambda: ZMQInteractiveShell())
+    monkeypatch.setitem(__import__("sys").modules, "IPython", fake)
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ipywidgets" else real_find(name, *a),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm.auto's TqdmWarning would raise here
+        bar = progress.progress(range(3), desc="x")
+        assert list(bar) == [0, 1, 2]
+    assert type(bar) is tqdm.std.tqdm

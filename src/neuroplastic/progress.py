@@ -34,13 +34,29 @@ def is_quiet() -> bool:
     return _quiet
 
 
+def _in_kernel() -> bool:
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def _interactive() -> bool:
     """A terminal on stderr, or a Jupyter kernel (its stderr is never a TTY)."""
     stream = sys.stderr
     if stream is not None and getattr(stream, "isatty", lambda: False)():
         return True
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    return type(shell).__name__ == "ZMQInteractiveShell"
+    return _in_kernel()
+
+
+def _bar_class() -> Any:
+    """tqdm's widget bar in a kernel that has ipywidgets; its text bar everywhere else (in a
+    kernel without ipywidgets, tqdm.auto would print a red "IProgress not found" warning)."""
+    import importlib.util
+
+    if _in_kernel() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm
 
 
 def progress(
@@ -51,8 +67,7 @@ def progress(
     The bar is drawn when ``enabled``, not inside :func:`quiet`, and stderr is a terminal.
     Either way the result iterates like ``iterable`` and accepts tqdm's ``set_postfix`` and
     ``close`` (a disabled tqdm yields the items untouched and writes nothing)."""
-    from tqdm.auto import tqdm  # here, so importing this module stays free
-
+    tqdm = _bar_class()  # imported here, so importing this module stays free
     shown = enabled and not _quiet and _interactive()
     return tqdm(iterable, desc=desc, total=total, disable=not shown, leave=False)
 

@@ -96,3 +96,46 @@ def test_a_kernel_without_ipywidgets_gets_a_text_bar_and_no_warning(monkeypatch)
         bar = progress.progress(range(3), desc="x")
         assert list(bar) == [0, 1, 2]
     assert type(bar) is tqdm.std.tqdm
+
+
+def test_without_chromium_a_browser_test_skips_with_the_remedy_but_fails_under_ci(monkeypatch):
+    import browser
+
+    monkeypatch.setenv("NEUROPLASTIC_CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        browser.chromium_executable()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(browser.BrowserUnavailable, match="apt-get install chromium"):
+        browser.chromium_executable()
+
+
+def test_make_installs_torch_first_then_runs_the_readmes_commands():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    root = Path(__file__).parent.parent
+
+    def steps(target: str) -> list[str]:
+        # -B: every step, as on a fresh clone (no stamp yet)
+        done = subprocess.run(
+            ["make", "-n", "-B", target], cwd=root, capture_output=True, text=True, check=True
+        )
+        return done.stdout.splitlines()
+
+    for target, command in (
+        ("test", "python -m pytest -q"),
+        ("quick", 'python -m pytest -q -m "not slow"'),
+        ("run", "neuroplastic run --out runs/default"),
+    ):
+        lines = steps(target)
+        torch = next(i for i, line in enumerate(lines) if "torch==2.13.0" in line)
+        project = next(i for i, line in enumerate(lines) if '-e ".[all,test]"' in line)
+        last = next(i for i, line in enumerate(lines) if command in line)
+        assert torch < project < last, lines
+        assert "download.pytorch.org/whl/cpu" in lines[torch + 1]  # never a CUDA build
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "make run" in readme[:3000] and "make test" in readme[:3000]

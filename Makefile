@@ -19,7 +19,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --no-index "$(TORCH)" 2>/dev/null \
+	# A local copy of torch if pip has one (then its dependencies as usual), else the CPU index.
+	( $(BIN)/python -m pip install --no-index --no-deps "$(TORCH)" 2>/dev/null \
+		&& $(BIN)/python -m pip install "$(TORCH)" ) \
 		|| $(BIN)/python -m pip install "$(TORCH)" --index-url $(TORCH_INDEX)
 	$(BIN)/python -m pip install -e ".[all,test]"
 	touch $(STAMP)

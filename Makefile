@@ -17,9 +17,9 @@ ENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 install: $(STAMP)
 
+# torch: a local copy if pip has one (then its dependencies as usual), else the CPU index.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# A local copy of torch if pip has one (then its dependencies as usual), else the CPU index.
 	( $(BIN)/python -m pip install --no-index --no-deps "$(TORCH)" 2>/dev/null \
 		&& $(BIN)/python -m pip install "$(TORCH)" ) \
 		|| $(BIN)/python -m pip install "$(TORCH)" --index-url $(TORCH_INDEX)

@@ -47,3 +47,15 @@ def kill_at(monkeypatch, out: Path, arm: str, stage: str, when: str) -> None:
     monkeypatch.setattr(experiment, "_finish_stage", finish)
     monkeypatch.setattr(checkpoint, "atomic_write_json", write_then_die)
     monkeypatch.setattr(Trainer, "run", run_then_die)
+
+
+def killed_then_resumed(monkeypatch, out: Path, config, arm: str, stage: str, when: str) -> dict:
+    """Run ``config`` into ``out``, killed at (``arm``, ``stage``, ``when``) as :func:`kill_at`
+    says, then run it again to the end; returns the resumed run's summary."""
+    import pytest
+
+    kill_at(monkeypatch, out, arm, stage, when)
+    with pytest.raises(SimulatedKill):
+        experiment.run_experiment(config, out, progress=False, log=lambda *_: None)
+    monkeypatch.undo()
+    return experiment.run_experiment(config, out, progress=False, log=lambda *_: None)

@@ -137,6 +137,6 @@ def test_make_installs_torch_first_then_runs_the_readmes_commands():
         last = next(i for i, line in enumerate(lines) if command in line)
         assert torch < project < last, lines
         # A local copy, else PyTorch's CPU index: never a CUDA build.
-        assert any("download.pytorch.org/whl/cpu" in line for line in lines[torch : project])
+        assert any("download.pytorch.org/whl/cpu" in line for line in lines[torch:project])
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert "make run" in readme[:3000] and "make test" in readme[:3000]

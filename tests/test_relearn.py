@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import neuroplastic.experiment as experiment
-from kills import SimulatedKill, kill_at
+from kills import killed_then_resumed
 from neuroplastic.curves import area_between, savings
 from neuroplastic.data.concept import IGNORE_TAG, ConceptDataset
 from neuroplastic.data.load import concept_labels
@@ -204,14 +204,8 @@ def test_the_naive_base_differs_from_the_concept_base_in_the_loss_alone(tmp_path
 )
 def test_a_killed_naive_run_resumes_exactly(naive_run, tmp_path, monkeypatch, arm, stage, when):
     _, expected = naive_run
-    kill_at(monkeypatch, tmp_path, arm, stage, when)
-    with pytest.raises(SimulatedKill):
-        experiment.run_experiment(tiny_config(naive=True), tmp_path, progress=False, log=quiet)
-    monkeypatch.undo()
-    resumed = experiment.run_experiment(
-        tiny_config(naive=True), tmp_path, progress=False, log=quiet
-    )
-    assert resumed == expected
+    config = tiny_config(naive=True)
+    assert killed_then_resumed(monkeypatch, tmp_path, config, arm, stage, when) == expected
 
 
 # -- retraining without the concept, in a run --------------------------------------------------
@@ -238,11 +232,10 @@ def test_both_arms_retrain_the_same_way_and_resume_exactly(tmp_path, monkeypatch
         assert expected["relearn"]["sentences"] == expected["data"]["train_sentences"]
         assert concept[0] is not experiment.tagging_loss and control[0] is not base[0]
     monkeypatch.undo()
-    kill_at(monkeypatch, tmp_path / "killed", "random", "retrain-1", "mid-training")
-    with pytest.raises(SimulatedKill):
-        experiment.run_experiment(config, tmp_path / "killed", progress=False, log=quiet)
-    monkeypatch.undo()
-    resumed = experiment.run_experiment(config, tmp_path / "killed", progress=False, log=quiet)
+    killed = tmp_path / "killed"
+    resumed = killed_then_resumed(
+        monkeypatch, killed, config, "random", "retrain-1", "mid-training"
+    )
     assert resumed == expected
 
 

@@ -166,6 +166,26 @@ def test_chase_per_round_across_seeds_counts_stopped_seeds_as_missing() -> None:
     json.dumps(result, allow_nan=False)  # sweep.json stays valid JSON
 
 
+def test_a_round_that_never_recovers_is_censored_at_its_budget_not_dropped() -> None:
+    runs = [fabricated(seed) for seed in (0, 1, 2)]
+    for run in runs:
+        for entry in run["chase"]["per_round"]:
+            for arm in entry["arms"].values():
+                arm["budget"] = 90.0  # as chase_measures records it (stages x stage steps)
+    chase = sweep.aggregate(runs)["chase"]
+    # Round 2, concept arm: seed 2 never recovered, so it counts at 90 and the mean is a bound.
+    second = chase["per_round"][1]["arms"]["concept"]["steps_to_recover"]
+    assert (second["censored"], second["reached"], second["mean"]) == (1, 2, None)
+    assert second["lower_bound"] == pytest.approx((6.0 + 8.0 + 90.0) / 3)
+    # Round 3: seed 0 censored, seed 2 stopped before the round (missing, not censored).
+    third = chase["per_round"][2]["arms"]["concept"]["steps_to_recover"]
+    assert (third["censored"], third["missing"]) == (1, 2)
+    assert third["lower_bound"] == pytest.approx((90.0 + 9.0) / 2)
+    paired = chase["per_round"][1]["concept_minus_random"]["steps_to_recover"]
+    assert paired["at_least"] == [None, None, 90.0 - 3.0]
+    assert paired["lower_bound"] == pytest.approx((3.5 + 6.0 + 87.0) / 3)
+
+
 def test_preempt_across_seeds_pairs_each_seed() -> None:
     runs = [fabricated(seed, chase=False, preempt=True) for seed in (0, 1, 2)]
     preempt = sweep.aggregate(runs)["preempt"]

@@ -105,8 +105,8 @@ CHASE_MEASURES = {
     "drop": "concept F1 lost at the round's removal: before - removed",
     "retrained": "concept F1 after the round's retraining",
     "steps_to_recover": "retraining steps from the round's start until concept F1 is back to 90% "
-    "of its F1 just before the removal (interpolated; a round that never gets there counts as "
-    "missing)",
+    "of its F1 just before the removal (interpolated); a seed whose round never gets there is "
+    "censored: counted at the round's budget, and the mean becomes a lower bound",
     "recovery_auc": "mean of concept F1 / its F1 before the removal over the round's steps",
     "held": "neurons held after the round's removal (all rounds so far)",
     "others_retrained": "unweighted mean F1 of the other entity types (not the concept, not "
@@ -435,6 +435,8 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
     ``rounds`` the rounds asked for, ``rounds_run`` those run (fewer: stopped early)."""
     concept = summary["config"]["concept"]
     chase = summary["chase"]
+    # A round's retraining steps: what a round that never recovers is censored at.
+    budget = float(summary["steps"]["per_stage"] * summary["config"]["stages"])
     rounds = []
     for record in chase["rounds"]:
         arms = {}
@@ -448,6 +450,7 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
                 "recovery_auc": _nan(entry["recovery_auc"]),
                 "held": entry["held"],
                 "others_retrained": _others_mean(entry["retrained"], concept),
+                "budget": budget,
             }
         rounds.append({"round": record["round"], "arms": arms})
     measures = {
@@ -463,6 +466,7 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
             "drop": once["one_shot"]["drop"],
             "steps_to_recover": _nan(once["one_shot"]["steps_to_recover"]),
             "one_shot_minus_chase": once["one_shot_minus_chase"][concept],
+            "budget": budget,
         }
     return measures
 
@@ -630,33 +634,22 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "round": round_,
             "seeds_reached": [s for s, arms_ in zip(seeds, per_seed, strict=True) if arms_],
             "arms": {
-                arm: {
-                    m: interval([a[arm][m] if arm in a else None for a in per_seed])
-                    for m in CHASE_MEASURES
-                }
+                arm: {m: _chase_across(m, [a.get(arm) for a in per_seed]) for m in CHASE_MEASURES}
                 for arm in arms
             },
         }
         if {"concept", "random"} <= set(arms):
-            entry["concept_minus_random"] = {
-                m: interval(
-                    [
-                        _minus(a["concept"][m], a["random"][m])
-                        if "concept" in a and "random" in a
-                        else None
-                        for a in per_seed
-                    ]
-                )
-                for m in CHASE_MEASURES
-            }
+            pairs = [(a["concept"], a["random"]) if {"concept", "random"} <= set(a) else None
+                     for a in per_seed]  # fmt: skip
+            entry["concept_minus_random"] = {m: _chase_difference(m, pairs) for m in CHASE_MEASURES}
         result.append(entry)
     once = {}
     if any(one_shot):
         once = {
             "one_shot": {
-                m: (paired if m == "one_shot_minus_chase" else interval)(
-                    [o[m] if o else None for o in one_shot]
-                )
+                m: paired([o[m] if o else None for o in one_shot])
+                if m == "one_shot_minus_chase"
+                else _chase_across(m, one_shot)
                 for m in ("retrained", "drop", "steps_to_recover", "one_shot_minus_chase")
             }
         }
@@ -670,6 +663,34 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         },
         "per_round": result,
     }
+
+
+def _chase_across(measure: str, per_seed: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """One arm's ``measure`` across seeds (None: the seed did not run it); a round that never
+    recovered is censored at its budget, never dropped (runs from before budgets were
+    recorded count as missing)."""
+    values = [a[measure] if a else None for a in per_seed]
+    if measure != "steps_to_recover":
+        return interval(values)
+    at_least = [
+        a.get("budget") if a and not math.isfinite(_nan(a[measure])) else None for a in per_seed
+    ]
+    return censored_interval(values, at_least)
+
+
+def _chase_difference(measure: str, pairs: Sequence[tuple[dict, dict] | None]) -> dict[str, Any]:
+    """concept - random of ``measure`` per seed (None: a seed without both arms); a censored
+    concept round's difference is at least its budget minus the control's steps."""
+    values = [_minus(p[0][measure], p[1][measure]) if p else None for p in pairs]
+    if measure != "steps_to_recover":
+        return interval(values)
+    at_least = [
+        _minus(p[0].get("budget"), p[1][measure])
+        if p and not math.isfinite(_nan(p[0][measure]))
+        else None
+        for p in pairs
+    ]
+    return censored_interval(values, at_least)
 
 
 def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -209,6 +209,21 @@ def test_preempt_across_seeds_pairs_each_seed() -> None:
     assert preempt["share_of_oracle_auc"] == pytest.approx(-1.0)
 
 
+def test_a_preempt_arm_that_never_recovers_is_censored_at_its_budget() -> None:
+    runs = [fabricated(seed, chase=False, preempt=True) for seed in (0, 1, 2)]
+    for run in runs:
+        for arm in run["preempt"]["arms"].values():
+            arm["budget"] = 90.0
+    preempt = sweep.aggregate(runs)["preempt"]
+    # Seed 1's preempt arm never recovered: counted at 90, the mean a lower bound.
+    steps = preempt["arms"]["preempt"]["steps_to_recover_90"]
+    assert steps["censored"] == 1 and steps["lower_bound"] == pytest.approx((4 + 90 + 6) / 3)
+    difference = preempt["preempt_minus_control"]["steps_to_recover_90"]
+    assert difference["at_least"] == [None, 90.0 - 6.0, None]  # its control took 2 + 3 + 1 steps
+    # A measure no seed is censored in keeps the paired test and its power.
+    assert "detectable_80" in preempt["preempt_minus_control"]["recovery_auc"]
+
+
 def test_sweep_report_shows_rounds_and_preemption_with_intervals() -> None:
     runs = [fabricated(seed, preempt=True) for seed in (0, 1, 2)]
     cell = sweep.aggregate(runs)

@@ -476,6 +476,7 @@ def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
     preempt arm minus its control (``preempt-random``) in this run."""
     concept = summary["config"]["concept"]
     preempt = summary["preempt"]
+    budget = float(summary["steps"]["per_stage"] * summary["config"]["stages"])
     arms = {
         arm: {
             "steps_to_recover_90": _nan(data["steps_to_recover_90"]),
@@ -484,6 +485,7 @@ def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
             "last_f1": data["last"][concept],
             "others_pruned": _others_mean(data["pruned"], concept),
             "others_last": _others_mean(data["last"], concept),
+            "budget": budget,  # what an arm that never recovers is censored at
         }
         for arm, data in preempt["recovery"].items()
     }
@@ -665,12 +667,16 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: the per-round measures a seed may never reach (censored at the round's budget)
+STEPS_MEASURES = ("steps_to_recover", "steps_to_recover_90")
+
+
 def _chase_across(measure: str, per_seed: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """One arm's ``measure`` across seeds (None: the seed did not run it); a round that never
     recovered is censored at its budget, never dropped (runs from before budgets were
     recorded count as missing)."""
     values = [a[measure] if a else None for a in per_seed]
-    if measure != "steps_to_recover":
+    if measure not in STEPS_MEASURES:
         return interval(values)
     at_least = [
         a.get("budget") if a and not math.isfinite(_nan(a[measure])) else None for a in per_seed
@@ -682,15 +688,32 @@ def _chase_difference(measure: str, pairs: Sequence[tuple[dict, dict] | None]) -
     """concept - random of ``measure`` per seed (None: a seed without both arms); a censored
     concept round's difference is at least its budget minus the control's steps."""
     values = [_minus(p[0][measure], p[1][measure]) if p else None for p in pairs]
-    if measure != "steps_to_recover":
+    if measure not in STEPS_MEASURES:
         return interval(values)
-    at_least = [
+    return censored_interval(values, _differences_at_least(measure, pairs))
+
+
+def _differences_at_least(
+    measure: str, pairs: Sequence[tuple[dict, dict] | None]
+) -> list[float | None]:
+    """Per seed, what treated - control of a steps measure is at least when the treated arm
+    never recovered (its budget minus the control's steps); None otherwise."""
+    return [
         _minus(p[0].get("budget"), p[1][measure])
         if p and not math.isfinite(_nan(p[0][measure]))
         else None
         for p in pairs
     ]
-    return censored_interval(values, at_least)
+
+
+def _paired_steps(measure: str, pairs: Sequence[tuple[dict, dict]]) -> dict[str, Any]:
+    """A paired difference across seeds (:func:`paired`, with its power and equivalence test);
+    of a steps measure with a censored treated seed, the censored interval's bound instead."""
+    values = [_minus(t[measure], c[measure]) for t, c in pairs]
+    at_least = _differences_at_least(measure, pairs) if measure in STEPS_MEASURES else []
+    if any(v is not None and math.isfinite(v) for v in at_least):
+        return censored_interval(values, at_least)
+    return paired(values)
 
 
 def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -699,19 +722,24 @@ def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     and of the overlap of the two arms' extra neurons."""
     present = [r["preempt"] for r in runs if "preempt" in r]
     arms = list(present[0]["arms"])
+
+    def control(p: dict[str, Any]) -> dict[str, Any]:
+        return p["arms"]["preempt-random"]
+
     return {
         "predictor": present[0]["predictor"],
         "count": present[0]["count"],
         "seeds": [r["seed"] for r in runs if "preempt" in r],
         "overlap": interval([p["overlap"] for p in present]),
         "arms": {
-            arm: {m: interval([p["arms"][arm][m] for p in present]) for m in PREEMPT_MEASURES}
+            arm: {m: _chase_across(m, [p["arms"][arm] for p in present]) for m in PREEMPT_MEASURES}
             for arm in arms
         },
         # paired per seed, with the difference 80% power would detect: a null result says
-        # nothing about effects smaller than that
+        # nothing about effects smaller than that (a censored seed: a bound instead)
         "preempt_minus_control": {
-            m: paired([p["preempt_minus_control"][m] for p in present]) for m in PREEMPT_MEASURES
+            m: _paired_steps(m, [(p["arms"]["preempt"], control(p)) for p in present])
+            for m in PREEMPT_MEASURES
         },
         **_oracle_across(present),
     }
@@ -723,7 +751,8 @@ def _oracle_across(present: Sequence[dict[str, Any]]) -> dict[str, Any]:
     explodes where one seed's oracle bought almost nothing)."""
     if not all("oracle_minus_control" in p for p in present):
         return {}
-    oracle = {m: paired([p["oracle_minus_control"][m] for p in present]) for m in PREEMPT_MEASURES}
+    pairs = [(p["arms"]["preempt-oracle"], p["arms"]["preempt-random"]) for p in present]
+    oracle = {m: _paired_steps(m, pairs) for m in PREEMPT_MEASURES}
     bought = interval([p["preempt_minus_control"]["recovery_auc"] for p in present])["mean"]
     bound = oracle["recovery_auc"]["mean"]
     share = bought / bound if bought is not None and bound else None

@@ -286,6 +286,11 @@ def test_a_log_file_gets_one_line_per_stage_and_quiet_gets_none(tmp_path):
         (arm, s) for arm in ("concept", "random") for s in stages[1:]
     ]
     lines = text.splitlines()
+    # Base fine-tuning shows a line per probe-loss check before its own stage line.
+    checks = [line for line in lines if "base fine-tuning step" in line]
+    assert checks and all(" probe loss " in line for line in checks)
+    assert lines.index(checks[-1]) < lines.index(next(x for x in lines if "F1 overall=" in x))
+    lines = [line for line in lines if line not in checks]
     assert [tuple(re.match(r"\[(\w+)\] (\S+)", line).groups()) for line in lines] == expected
     assert all(" step " in line and " F1 overall=" in line for line in lines)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

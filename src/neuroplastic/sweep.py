@@ -851,6 +851,16 @@ def causal_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 for name in names
                 if name != "matched_random"
             },
+            # The concept's loss beyond the other types' (paired within each seed): a set the
+            # concept has moved into costs it more than the others; a set every type shares
+            # (general-purpose neurons) costs the others as much or more.
+            "specific": {
+                name: paired(
+                    [_minus(lost(c, name), _others_lost(c, name)) for c in per_seed],
+                    CAUSAL_MARGIN,
+                )
+                for name in names
+            },
         }
     return result
 

@@ -636,7 +636,7 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "round": round_,
             "seeds_reached": [s for s, arms_ in zip(seeds, per_seed, strict=True) if arms_],
             "arms": {
-                arm: {m: _chase_across(m, [a.get(arm) for a in per_seed]) for m in CHASE_MEASURES}
+                arm: {m: _across_rounds(m, [a.get(arm) for a in per_seed]) for m in CHASE_MEASURES}
                 for arm in arms
             },
         }
@@ -651,7 +651,7 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "one_shot": {
                 m: paired([o[m] if o else None for o in one_shot])
                 if m == "one_shot_minus_chase"
-                else _chase_across(m, one_shot)
+                else _across_rounds(m, one_shot)
                 for m in ("retrained", "drop", "steps_to_recover", "one_shot_minus_chase")
             }
         }
@@ -671,7 +671,7 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 STEPS_MEASURES = ("steps_to_recover", "steps_to_recover_90")
 
 
-def _chase_across(measure: str, per_seed: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+def _across_rounds(measure: str, per_seed: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """One arm's ``measure`` across seeds (None: the seed did not run it); a round that never
     recovered is censored at its budget, never dropped (runs from before budgets were
     recorded count as missing)."""
@@ -732,7 +732,7 @@ def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "seeds": [r["seed"] for r in runs if "preempt" in r],
         "overlap": interval([p["overlap"] for p in present]),
         "arms": {
-            arm: {m: _chase_across(m, [p["arms"][arm] for p in present]) for m in PREEMPT_MEASURES}
+            arm: {m: _across_rounds(m, [p["arms"][arm] for p in present]) for m in PREEMPT_MEASURES}
             for arm in arms
         },
         # paired per seed, with the difference 80% power would detect: a null result says

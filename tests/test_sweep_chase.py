@@ -209,6 +209,22 @@ def test_preempt_across_seeds_pairs_each_seed() -> None:
     assert preempt["share_of_oracle_auc"] == pytest.approx(-1.0)
 
 
+def test_no_share_of_an_oracle_that_bought_nothing_shown() -> None:
+    # The oracle's AUC change over random: +0.02, -0.03, +0.01 across seeds, an interval
+    # around 0 (the real 5-seed sweep's oracle: -0.003 [-0.014, 0.008]). The predictor's
+    # -0.1 over a mean of 0 would read as any share at all; it must be undefined, with why.
+    runs = [fabricated(seed, chase=False, preempt=True) for seed in (0, 1, 2)]
+    for run, change in zip(runs, (0.02, -0.03, 0.01), strict=True):
+        arms = run["preempt"]["arms"]
+        arms["preempt-oracle"]["recovery_auc"] = arms["preempt-random"]["recovery_auc"] + change
+    preempt = sweep.aggregate(runs)["preempt"]
+    oracle = preempt["oracle_minus_control"]["recovery_auc"]
+    assert oracle["values"] == pytest.approx([0.02, -0.03, 0.01])
+    assert oracle["ci_low"] < 0 < oracle["ci_high"]
+    assert preempt["share_of_oracle_auc"] is None
+    assert "contains 0" in preempt["share_undefined"]
+
+
 def test_a_preempt_arm_that_never_recovers_is_censored_at_its_budget() -> None:
     runs = [fabricated(seed, chase=False, preempt=True) for seed in (0, 1, 2)]
     for run in runs:

@@ -748,15 +748,31 @@ def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _oracle_across(present: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The oracle minus the control across seeds, and the predictor's share of it: the mean
     paired difference over the mean oracle difference (a ratio of means: a per-seed ratio
-    explodes where one seed's oracle bought almost nothing)."""
+    explodes where one seed's oracle bought almost nothing).
+
+    The share is only defined where the oracle's own change is shown: with its interval
+    across seeds containing 0, the denominator is noise and any ratio (9.2 on a real sweep)
+    reads as a finding; it is then None, and ``share_undefined`` says why."""
     if not all("oracle_minus_control" in p for p in present):
         return {}
     pairs = [(p["arms"]["preempt-oracle"], p["arms"]["preempt-random"]) for p in present]
     oracle = {m: _paired_steps(m, pairs) for m in PREEMPT_MEASURES}
     bought = interval([p["preempt_minus_control"]["recovery_auc"] for p in present])["mean"]
-    bound = oracle["recovery_auc"]["mean"]
-    share = bought / bound if bought is not None and bound else None
-    return {"oracle_minus_control": oracle, "share_of_oracle_auc": share}
+    bound = oracle["recovery_auc"]
+    shown = bound["ci_low"] is not None and (bound["ci_low"] > 0 or bound["ci_high"] < 0)
+    result: dict[str, Any] = {"oracle_minus_control": oracle}
+    if bought is not None and shown:
+        result["share_of_oracle_auc"] = bought / bound["mean"]
+    else:
+        result["share_of_oracle_auc"] = None
+        result["share_undefined"] = (
+            "the oracle's recovery-AUC change over random survivors is not distinguishable "
+            "from 0 across seeds (its 95% interval contains 0): hindsight bought nothing "
+            "shown, so no share of it is defined"
+            if bound["ci_low"] is not None
+            else "fewer than two seeds with the oracle arm: no interval to show its change"
+        )
+    return result
 
 
 #: the range of each prediction measure, and of its concept-minus-random difference

@@ -352,9 +352,14 @@ def _preempt(
         page.paragraph(
             "preempt-oracle holds the survivors that gained the most saliency in each seed's "
             f"concept arm (hindsight: the bound on any predictor). {predictor} bought "
-            + (f"{share:.0%}" if share is not None else "an undefined share")
-            + " of the oracle's mean recovery-AUC change over random (a ratio of the means "
-            "across seeds; 0%: random survivors, 100%: hindsight)."
+            + (
+                f"{share:.0%} of the oracle's mean recovery-AUC change over random (a ratio of "
+                "the means across seeds; 0%: random survivors, 100%: hindsight)."
+                if share is not None
+                else "no defined share of the oracle's change: "
+                + preempt.get("share_undefined", "the oracle bought nothing")
+                + "."
+            )
         )
 
 

@@ -266,9 +266,10 @@ class Checkpointer:
         candidates += [p for p in listed if p.parent == directory and p.suffix != ".json"]
         self.delete(p for p in candidates if _state_stage(p) not in keep)
 
-    def release(self) -> None:
+    def release(self, keep: set[str] = frozenset()) -> None:
         """Delete every weights and trainer-state file once the run is complete: resuming a
-        finished run needs none (keep models with ``--save-checkpoints``)."""
+        finished run needs none (keep models with ``--save-checkpoints``). ``keep``: stages
+        whose weights stay, in every arm (a sweep keeps ``base`` for its next cells)."""
         arms = {directory.name for directory in self.run.state_dir.glob("*/")}
         arms |= {
             name.split("/")[1]
@@ -276,7 +277,7 @@ class Checkpointer:
             if name.count("/") == 2 and name.startswith("state/")
         }
         for arm in sorted(arms):
-            self.keep_only(arm, keep=set())
+            self.keep_only(arm, keep=set(keep))
 
     def missing_stages(
         self, arms: Iterable[str], n_stages: int, rounds: int = 1

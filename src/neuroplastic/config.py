@@ -30,6 +30,34 @@ LATER_SETTINGS = {
     "relearn_sentences": 0,
     "relearn_lr": 0.0,
 }
+#: Settings that act only after base fine-tuning: which neurons are ranked and removed, and how
+#: the arms retrain, are evaluated and compared. Runs that differ in these alone fine-tune the
+#: very same base weights, so a sweep trains those once (:mod:`neuroplastic.shared_base`);
+#: everything a base stage writes besides its weights (statistics, ranking, top tokens, its
+#: evaluation) is computed again by each run under its own settings.
+AFTER_BASE = (
+    "method",
+    "mode",
+    "selection",
+    "fraction",
+    "count",
+    "baseline",
+    "stages",
+    "stage_steps",
+    "stage_epochs",
+    "schedule",
+    "eval_grid",
+    "eval_every",
+    "top_k_tokens",
+    "rounds",
+    "stop_below",
+    "preempt",
+    "preempt_count",
+    "naive",
+    "relearn",
+    "relearn_sentences",
+    "relearn_lr",
+)
 #: The predictors of neuroplastic.predict, which ``--preempt`` can take its neurons from (named
 #: here so that the command line's help needs no torch).
 PREDICTOR_NAMES = (
@@ -392,6 +420,11 @@ class ExperimentConfig:
                 value = float(value)
             identity[f.name] = value
         return identity
+
+    def base_identity(self) -> dict[str, Any]:
+        """The settings the fine-tuned base weights depend on: :meth:`identity` without
+        ``AFTER_BASE``. Two runs with equal base identities start retraining from one model."""
+        return {k: v for k, v in self.identity().items() if k not in AFTER_BASE}
 
     def identity_hash(self) -> str:
         """sha256 of the canonical JSON of :meth:`identity` (sorted keys, no spaces)."""

@@ -87,6 +87,7 @@ from neuroplastic.rundir import (
     stage_round,
     top_tokens_frame,
 )
+from neuroplastic.shared_base import SharedBase, find_shared_base
 from neuroplastic.similarity import TokenEmbeddings
 from neuroplastic.stats import NeuronStats, collect_stats
 from neuroplastic.training import (
@@ -148,11 +149,22 @@ class Setup:
 
 
 def run_experiment(
-    config: ExperimentConfig, out: str | Path, progress: bool = True, log=report_line, warn=None
+    config: ExperimentConfig,
+    out: str | Path,
+    progress: bool = True,
+    log=report_line,
+    warn=None,
+    base_from: Sequence[str | Path] = (),
+    keep_base: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary. The directory is
     locked for the whole run: a second run on it is refused. ``warn`` gets a line per run file
     found corrupt and recomputed (default: on stderr, even when quiet).
+
+    ``base_from``: finished runs whose fine-tuned base (and naive base) this run may load
+    instead of training it, where their base settings are this run's
+    (:mod:`neuroplastic.shared_base`: what a sweep does for its cells). ``keep_base``: keep this
+    run's base weights when it finishes, for such runs to come.
 
     Under a launcher for several processes, every rank calls this; only rank 0 logs, warns and
     touches ``out``, and every rank returns the summary."""
@@ -170,7 +182,7 @@ def run_experiment(
         setup = _setup(config, store, progress, log, device)  # fails on bad settings first
         if main:
             store.write_config(config)
-        _fine_tune_base(setup, log)
+        _fine_tune_base(setup, log, base_from)
         _recompute_stage_files(setup, recovery.stages)
         neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
         _note_control(setup, neuron_sets, log)
@@ -185,7 +197,7 @@ def run_experiment(
             for arm in neuron_sets:
                 _retrain_arm(setup, arm, held, log)
         if config.naive:  # the concept learned from nothing, the concept arm's neurons held
-            _fine_tune_naive(setup, log)
+            _fine_tune_naive(setup, log, base_from)
             naive = distributed.on_main(partial(_naive_set, setup, neuron_sets["concept"]))
             held = HeldSets(setup, {**neuron_sets, NAIVE_ARM: naive})
             _retrain_arm(setup, NAIVE_ARM, held, log)
@@ -194,7 +206,7 @@ def run_experiment(
             held = HeldSets(setup, {**neuron_sets, **preempted})
             for arm in preempted:
                 _retrain_arm(setup, arm, held, log)
-        return distributed.on_main(partial(_finish_run, setup, held))
+        return distributed.on_main(partial(_finish_run, setup, held, keep_base))
     finally:
         store.unlock()
         if created:
@@ -221,10 +233,10 @@ def _base_neuron_sets(setup: Setup) -> dict[str, NeuronSet]:
     return _neuron_sets(setup, ranking)
 
 
-def _finish_run(setup: Setup, held: HeldSets) -> dict[str, Any]:
+def _finish_run(setup: Setup, held: HeldSets, keep_base: bool = False) -> dict[str, Any]:
     summary = _summary(setup, held)
     atomic_write_json(setup.run.summary_path, summary)
-    setup.store.release()
+    setup.store.release(keep={"base"} if keep_base else set())
     return summary
 
 
@@ -455,19 +467,31 @@ def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainCo
 
 
 # -- the method --------------------------------------------------------------------------------
-def _fine_tune_base(setup: Setup, log) -> None:
-    """Fine-tune until the probe loss plateaus (or load a checkpoint), then measure the base."""
+def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> None:
+    """Fine-tune until the probe loss plateaus (or load a checkpoint, or a sibling run's base
+    of the same base settings), then measure the base."""
     config, store = setup.config, setup.store
     if distributed.on_main(partial(store.done, "concept", "base")):
         log("[base] already done; resuming")
         return
     losses: list[float] = []
+    shared = _shared(setup, base_from, "concept")
     if config.checkpoint:
         _load_on_main(setup.module, Path(config.checkpoint))
         base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
+    elif shared is not None:
+        _load_on_main(setup.module, shared.weights)
+        base, losses = shared.base, shared.losses
+        log(f"[base] fine-tuned weights loaded from {shared.source} (the same base settings)")
     else:
         base, losses = _train_to_plateau(setup, log)
     _finish_stage(setup, "concept", "base", 0, losses, None, [], log, base=base)
+
+
+def _shared(setup: Setup, base_from: Sequence[str | Path], arm: str) -> SharedBase | None:
+    if not base_from:
+        return None
+    return distributed.on_main(partial(find_shared_base, base_from, setup.config, arm))
 
 
 def _train_to_plateau(setup: Setup, log=report_line) -> tuple[dict, list[float]]:
@@ -517,13 +541,19 @@ def _train_to_plateau(setup: Setup, log=report_line) -> tuple[dict, list[float]]
     return {"steps": trainer.step, "stopped": stopped, "probe_loss": history}, losses
 
 
-def _fine_tune_naive(setup: Setup, log) -> None:
+def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> None:
     """The naive arm's base: the concept arm's base fine-tuning exactly (the same initial
     weights and head, batches, order, dropout, schedule and steps) but with the concept's
     tokens out of the loss, so the model never learns the concept; then measured."""
     config, store = setup.config, setup.store
     if distributed.on_main(partial(store.done, NAIVE_ARM, "base")):
         log(f"[{NAIVE_ARM}] base already done; resuming")
+        return
+    shared = _shared(setup, base_from, NAIVE_ARM)
+    if shared is not None:
+        _load_on_main(setup.module, shared.weights)
+        log(f"[{NAIVE_ARM}] base weights loaded from {shared.source} (the same base settings)")
+        _finish_stage(setup, NAIVE_ARM, "base", 0, shared.losses, None, [], log, base=shared.base)
         return
     steps = distributed.on_main(lambda: store.marker("concept", "base")["base"]["steps"])
     _load_initial_weights(setup)

@@ -18,6 +18,7 @@ pre-emption (``--preempt``) each arm's recovery and the paired preempt-minus-con
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neuroplastic.checkpoint import Checkpointer
 from neuroplastic.config import NAIVE_ARM, ExperimentConfig
 from neuroplastic.curves import SHARE_STEPS, recovery
 from neuroplastic.errors import NeuroplasticError
@@ -35,6 +37,7 @@ from neuroplastic.intervals import censored_interval, interval, paired
 from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
 from neuroplastic.rundir import RunDir, stage_round
+from neuroplastic.shared_base import find_shared_base
 
 RECOVERY_TARGET = 0.9  # "recovered": concept F1 back to 90% of its base value
 #: the per-run measures, in reading order, with what each one means
@@ -148,8 +151,14 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], Any] = report_line,
     grid: dict[str, Sequence[Any]] | None = None,
+    share_base: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) every cell of the sweep into ``out``; write and return ``sweep.json``.
+
+    Cells of a seed that differ only in settings acting after base fine-tuning
+    (``AFTER_BASE``: mode, method, retraining...) share its base weights, trained by the first
+    and loaded by the others (``share_base=False``: each trains its own; the results are the
+    same, the time is not).
 
     A cell is a mode, a method and a point of ``grid`` (``{setting: [values]}``, every
     combination: ``--grid relearn_lr=1e-5,1e-4,1e-3``). Every cell's settings are checked
@@ -177,6 +186,11 @@ def run_sweep(
                 for seed in seeds:
                     config = replace(base, mode=mode, method=method, seed=seed, **point)
                     planned.append((cell, seed, config))
+    # Cells of one seed that differ only after base fine-tuning fine-tune the same base: it is
+    # trained once and loaded by the others (:mod:`neuroplastic.shared_base`).
+    siblings: dict[tuple[int, str], list[tuple[Path, ExperimentConfig]]] = {}
+    for cell, seed, config in planned:
+        siblings.setdefault(_base_group(config), []).append((out / cell / f"seed-{seed}", config))
     runs: dict[str, dict[int, Path]] = {}
     for cell, seed, config in planned:
         path = out / cell / f"seed-{seed}"
@@ -184,8 +198,15 @@ def run_sweep(
             log(f"[sweep] {cell} seed {seed}: done ({path})")
         else:
             log(f"[sweep] {cell} seed {seed}: {path}")
-            run_experiment(config, path, progress=progress, log=log)
+            group = siblings[_base_group(config)] if share_base else [(path, config)]
+            earlier, keep = _base_sources(group, path, config)
+            run_experiment(
+                config, path, progress=progress, log=log, base_from=earlier, keep_base=keep
+            )
         runs.setdefault(cell, {})[seed] = path
+    for group in siblings.values():  # every cell is finished: no base is needed any more
+        for path, _ in group:
+            _drop_kept_base(path)
     measured = {
         cell: {seed: run_measures(path, top=top) for seed, path in paths.items()}
         for cell, paths in runs.items()
@@ -293,6 +314,33 @@ def best_cases(
 def _last_f1(run: dict[str, Any], arm: dict[str, Any]) -> float:
     """The concept F1 an arm ended round 1 with."""
     return float(list(arm["f1"].values())[-1][run["concept"]])
+
+
+def _base_group(config: ExperimentConfig) -> tuple[int, str]:
+    """The runs that fine-tune one base: a seed and the settings the base depends on."""
+    return config.seed, json.dumps(config.base_identity(), sort_keys=True)
+
+
+def _base_sources(
+    group: Sequence[tuple[Path, ExperimentConfig]], path: Path, config: ExperimentConfig
+) -> tuple[list[Path], bool]:
+    """For the run at ``path`` of a base ``group`` (in sweep order): the earlier runs it may
+    load its bases from, and whether it should keep its own base weights (it trains one that
+    no earlier run has left, and a later run of the group still has to run)."""
+    index = [p for p, _ in group].index(path)
+    earlier = [p for p, _ in group[:index]]
+    later = [(p, c) for p, c in group[index + 1 :] if not _finished(p, c)]
+    arms = ["concept", *([NAIVE_ARM] if config.naive else [])]
+    trains = any(find_shared_base(earlier, config, arm) is None for arm in arms)
+    return earlier, bool(later) and trains
+
+
+def _drop_kept_base(path: Path) -> None:
+    """Delete the base weights a finished run kept for its siblings."""
+    run = RunDir(path)
+    if run.summary_path.is_file() and any(run.state_dir.glob("*/base.safetensors")):
+        with Checkpointer(run) as store:
+            store.release()
 
 
 def _finished(path: Path, config: ExperimentConfig) -> bool:

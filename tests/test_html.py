@@ -344,3 +344,19 @@ def test_every_plotly_figure_renders(rendered: Rendered) -> None:
     assert rendered.values["plots_with_svg"] == N_PLOTS
     assert rendered.count(".main-svg") >= N_PLOTS
     assert "Offline report with <b>markup</b> & views" == rendered.title
+
+
+def test_a_figure_shown_in_a_notebook_carries_plotlys_mimetype_and_an_offline_frame() -> None:
+    from neuroplastic.views import InlineFigure
+
+    figure = go.Figure(go.Scatter(x=[0, 1, 2], y=[0.1, 0.5, 0.9]), layout={"title": "LOC F1"})
+    bundle = InlineFigure(figure)._repr_mimebundle_()
+    # The mimetype a JupyterLab extension or VS Code draws: the figure's own data.
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["y"] == [0.1, 0.5, 0.9]
+    # Elsewhere (nbconvert's HTML): a frame holding plotly.js itself, so nothing is fetched.
+    frame = bundle["text/html"]
+    assert frame.startswith('<iframe class="np-page"') and 'title="LOC F1"' in frame
+    document = html.unescape(re.search(r'srcdoc="([^"]*)"', frame)[1])
+    assert "plotly-graph-div" in document and "Plotly.newPlot" in document
+    assert not re.search(r'<script[^>]+src="https?:', document)
+    assert bundle["text/plain"] == "<figure: LOC F1>"

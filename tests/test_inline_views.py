@@ -216,7 +216,8 @@ def test_show_prints_in_a_script_and_displays_in_a_kernel(
     monkeypatch.setattr(views, "_kernel_shell", lambda: object())
     monkeypatch.setattr(IPython.display, "display", shown.append)
     show(BOB, figure)
-    assert shown == [BOB, figure] and capsys.readouterr().out == ""
+    assert shown[0] is BOB and capsys.readouterr().out == ""
+    assert isinstance(shown[1], views.InlineFigure) and shown[1].figure is figure
 
 
 def test_rank_result_displays_its_table(tiny_gpt2, corpus) -> None:

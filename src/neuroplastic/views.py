@@ -608,18 +608,39 @@ def ranking_table(
 
 def show(*objects: Any) -> None:
     """Display ``objects`` inline in a notebook (IPython kernel); in a script or terminal, print
-    them as text. A Plotly figure prints one line instead of opening a browser."""
+    them as text. A Plotly figure prints one line instead of opening a browser; in a notebook it
+    displays as :class:`InlineFigure` (drawn offline by every frontend)."""
     shell = _kernel_shell()
     for obj in objects:
         if shell is not None:
             from IPython.display import display
 
-            display(obj)
+            display(InlineFigure(obj) if hasattr(obj, "to_plotly_json") else obj)
         elif hasattr(obj, "to_plotly_json"):
             title = obj.layout.title.text if obj.layout.title.text else "untitled"
             print(f"[figure: {title}; open this as a notebook to see it]")
         else:
             print(obj)
+
+
+class InlineFigure:
+    """A Plotly figure as a notebook output every frontend draws offline: Plotly's own mimetype
+    (JupyterLab with its Plotly extension, VS Code) and, for frontends without it (nbconvert's
+    HTML export, a notebook without the extension, where a bare figure shows nothing), the
+    figure in an isolated frame with plotly.js inlined, as in a report."""
+
+    def __init__(self, figure: Any, height: str = "480px") -> None:
+        self.figure, self.height = figure, height
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        import plotly.io as pio
+
+        title = self.figure.layout.title.text or "figure"
+        page = HtmlPage(title)
+        page.plotly(self.figure, height=self.height)
+        bundle = pio.renderers["plotly_mimetype"].to_mimebundle(self.figure.to_dict())
+        frame = page.to_iframe(height=f"calc({self.height} + 40px)")
+        return {**bundle, "text/html": frame, "text/plain": f"<figure: {title}>"}
 
 
 def _kernel_shell() -> Any:

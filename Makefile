@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	( $(BIN)/python -m pip install --no-index --no-deps "$(TORCH)" 2>/dev/null \
 		&& $(BIN)/python -m pip install "$(TORCH)" ) \
 		|| $(BIN)/python -m pip install "$(TORCH)" --index-url $(TORCH_INDEX)
-	$(BIN)/python -m pip install -e ".[all,test]"
+	$(BIN)/python -m pip install -e ".[all,test,cluster]"
 	touch $(STAMP)
 
 run: $(STAMP)

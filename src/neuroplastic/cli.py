@@ -269,6 +269,36 @@ def _parser() -> argparse.ArgumentParser:
         "axis's best case for recovery chosen per seed",
     )
     sweep.add_argument(
+        "--executor",
+        choices=("serial", "ray"),
+        default="serial",
+        help="serial: one run after another in this process (default); ray: every run a Ray "
+        "task, in parallel on a local Ray instance or a cluster (the [cluster] extra; run "
+        "directories on a file system every worker sees)",
+    )
+    sweep.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="with --executor ray: the cluster to join (auto: the one `ray start` made on "
+        "this machine; default: a local instance of this machine's CPUs and GPUs)",
+    )
+    sweep.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        metavar="CPUS",
+        help="with --executor ray: CPUs each run asks for (torch uses as many threads)",
+    )
+    sweep.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0.0,
+        metavar="GPUS",
+        help="with --executor ray: GPUs each run asks for, e.g. 1 with --device cuda "
+        "(Ray gives each task its own)",
+    )
+    sweep.add_argument(
         "--no-report",
         action="store_true",
         help="skip writing report.html (no [report] extra needed)",
@@ -562,6 +592,19 @@ def _sweep(args: argparse.Namespace) -> int:
             raise NeuroplasticError(f"give --{key} or --grid {key}=..., not both")
     modes = grid.pop("mode", None) or modes
     methods = grid.pop("method", None) or methods
+    executor = None
+    if args.executor == "ray":
+        from neuroplastic.ray_executor import RayExecutor
+
+        executor = RayExecutor(args.ray_address, args.cpus_per_run, args.gpus_per_run)
+    else:
+        for flag, value, default in (
+            ("--ray-address", args.ray_address, None),
+            ("--cpus-per-run", args.cpus_per_run, 1.0),
+            ("--gpus-per-run", args.gpus_per_run, 0.0),
+        ):
+            if value != default:
+                raise NeuroplasticError(f"{flag} is for --executor ray; add --executor ray")
     result = run_sweep(
         config,
         args.out,
@@ -570,6 +613,7 @@ def _sweep(args: argparse.Namespace) -> int:
         methods=methods,
         progress=not args.quiet,
         grid=grid,
+        executor=executor,
     )
     print(f"sweep: {args.out / 'sweep.json'}")
     for cell, data in result["cells"].items():

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
 from neuroplastic.rundir import RunDir, stage_round
 from neuroplastic.shared_base import find_shared_base
+
+if TYPE_CHECKING:
+    from neuroplastic.ray_executor import RayExecutor
 
 RECOVERY_TARGET = 0.9  # "recovered": concept F1 back to 90% of its base value
 #: the per-run measures, in reading order, with what each one means
@@ -152,6 +155,7 @@ def run_sweep(
     log: Callable[[str], Any] = report_line,
     grid: dict[str, Sequence[Any]] | None = None,
     share_base: bool = True,
+    executor: RayExecutor | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every cell of the sweep into ``out``; write and return ``sweep.json``.
 
@@ -159,6 +163,10 @@ def run_sweep(
     (``AFTER_BASE``: mode, method, retraining...) share its base weights, trained by the first
     and loaded by the others (``share_base=False``: each trains its own; the results are the
     same, the time is not).
+
+    ``executor``: None runs one run after another in this process; a
+    :class:`~neuroplastic.ray_executor.RayExecutor` runs them as parallel Ray tasks (the base
+    shared in two waves), with the same results.
 
     A cell is a mode, a method and a point of ``grid`` (``{setting: [values]}``, every
     combination: ``--grid relearn_lr=1e-5,1e-4,1e-3``). Every cell's settings are checked
@@ -192,18 +200,23 @@ def run_sweep(
     for cell, seed, config in planned:
         siblings.setdefault(_base_group(config), []).append((out / cell / f"seed-{seed}", config))
     runs: dict[str, dict[int, Path]] = {}
-    for cell, seed, config in planned:
-        path = out / cell / f"seed-{seed}"
-        if _finished(path, config):
-            log(f"[sweep] {cell} seed {seed}: done ({path})")
-        else:
+    for cell, seed, _ in planned:
+        runs.setdefault(cell, {})[seed] = out / cell / f"seed-{seed}"
+    if executor is None:
+        for cell, seed, config in planned:
+            path = out / cell / f"seed-{seed}"
+            if _finished(path, config):
+                log(f"[sweep] {cell} seed {seed}: done ({path})")
+                continue
             log(f"[sweep] {cell} seed {seed}: {path}")
             group = siblings[_base_group(config)] if share_base else [(path, config)]
             earlier, keep = _base_sources(group, path, config)
             run_experiment(
                 config, path, progress=progress, log=log, base_from=earlier, keep_base=keep
             )
-        runs.setdefault(cell, {})[seed] = path
+    else:
+        for wave in _waves(planned, out, siblings if share_base else None, log):
+            executor.run(wave)
     for group in siblings.values():  # every cell is finished: no base is needed any more
         for path, _ in group:
             _drop_kept_base(path)
@@ -333,6 +346,43 @@ def _base_sources(
     arms = ["concept", *([NAIVE_ARM] if config.naive else [])]
     trains = any(find_shared_base(earlier, config, arm) is None for arm in arms)
     return earlier, bool(later) and trains
+
+
+Wave = list[tuple[str, ExperimentConfig, Path, list[Path], bool]]
+
+
+def _waves(
+    planned: Sequence[tuple[str, int, ExperimentConfig]],
+    out: Path,
+    siblings: dict[tuple[int, str], list[tuple[Path, ExperimentConfig]]] | None,
+    log: Callable[[str], Any],
+) -> list[Wave]:
+    """The unfinished runs in two waves of parallel runs: first, of each group that fine-tunes
+    one base and has no base left by an earlier run, the first unfinished run (keeping its base
+    when others wait for it); then all the others, loading it. Without ``siblings`` (no
+    sharing), one wave."""
+    first: Wave = []
+    rest: Wave = []
+    leads: set[tuple[int, str]] = set()
+    for cell, seed, config in planned:
+        path, label = out / cell / f"seed-{seed}", f"{cell} seed {seed}"
+        if _finished(path, config):
+            log(f"[sweep] {label}: done ({path})")
+            continue
+        if siblings is None:
+            rest.append((label, config, path, [], False))
+            continue
+        key = _base_group(config)
+        group = [p for p, _ in siblings[key] if p != path]
+        arms = ["concept", *([NAIVE_ARM] if config.naive else [])]
+        left = all(find_shared_base(group, config, arm) is not None for arm in arms)
+        if key in leads or left:
+            rest.append((label, config, path, group, False))
+        else:
+            leads.add(key)
+            waiting = any(not _finished(p, c) for p, c in siblings[key] if p != path)
+            first.append((label, config, path, group, waiting))
+    return [wave for wave in (first, rest) if wave]
 
 
 def _drop_kept_base(path: Path) -> None:

@@ -220,6 +220,29 @@ def test_stop_below_ends_the_chase_and_the_report_misses_nothing(tmp_path):
     assert experiment.run_experiment(config, tmp_path, progress=False, log=quiet) == summary
 
 
+def test_a_round_no_control_can_match_stops_the_chase_with_every_result_kept(tmp_path, monkeypatch):
+    # Planted: the control of round 3 cannot be drawn (as when the concept's rounds leave a
+    # layer too few free neurons). The chase stops after round 2, before any of round 3's
+    # training, and the run finishes with its summary instead of ending in an error.
+    real = experiment.next_random_set
+
+    def crowded(held, before, now, seed, per_layer=True):
+        if seed == 0 + 3:  # round 3's control (seeded with the run's seed + its round)
+            raise chase.ControlCapacityError("layer 0: planted, 0 free")
+        return real(held, before, now, seed=seed, per_layer=per_layer)
+
+    monkeypatch.setattr(experiment, "next_random_set", crowded)
+    config = tiny_config(rounds=3)
+    summary = experiment.run_experiment(config, tmp_path, progress=False, log=quiet)
+    record = summary["chase"]
+    assert record["rounds_run"] == 2
+    assert record["stopped_early"].startswith("no random control can match round 3: layer 0")
+    for arm in ("concept", "random"):
+        assert RunDir(tmp_path).stages(arm) == stage_names(2, 2)
+    # Resuming the finished run gives the same summary, the stop read back from its record.
+    assert experiment.run_experiment(config, tmp_path, progress=False, log=quiet) == summary
+
+
 @pytest.mark.slow  # kills and resumptions: several runs each
 @pytest.mark.parametrize(
     "arm, stage, when",
@@ -346,8 +369,10 @@ def test_preempt_takes_a_planted_relocation(planted):  # noqa: F811
     extra = NeuronSet.of(2, 64, set(sets["preempt-random"].neurons) - set(removed.neurons))
     assert extra.per_layer_counts() == NeuronSet.of(2, 64, PLANTED).per_layer_counts()
     assert not set(extra.neurons) & set(removed.neurons)
-    with pytest.raises(NeuroplasticError, match="--preempt-count 500 is more than the 124"):
-        preempt_sets(removed, predictions, "gradient", 500, seed=0)
+    with pytest.raises(NeuroplasticError, match="63 is more than half of the 124.*62 or less"):
+        preempt_sets(removed, predictions, "gradient", 63, seed=0)
+    held = preempt_sets(removed, predictions, "gradient", 62, seed=0)["preempt"]
+    assert len(held) == len(removed) + 62
     with pytest.raises(NeuroplasticError, match="no 'similarity' scores"):
         preempt_sets(removed, predictions, "similarity", 5, seed=0)
 
@@ -398,10 +423,26 @@ def test_defaults_leave_older_runs_identity_unchanged():
     "settings, message",
     [
         (dict(rounds=11), r"--rounds 11 holds 13 more neurons each round, 143 in all.*128"),
-        (dict(preempt="random", preempt_count=120), r"--preempt-count 120 besides.*115 or less"),
+        # 9 x 13 = 117 fit in 128, but not with round 9's control of 13 more outside them.
+        (dict(rounds=9), r"and the last round's control 13 more.*give --rounds 8 or less"),
+        (dict(rounds=9, baseline="none"), None),
+        (dict(preempt="random", preempt_count=120), r"more than half of the 115.*57 or less"),
+        # 58 of 115 survivors: the two pre-emption arms would share most of their neurons.
+        (dict(preempt="random", preempt_count=58), r"mostly the same neurons.*57 or less"),
     ],
 )
-def test_sets_larger_than_the_model_are_refused_before_training(tmp_path, settings, message):
+def test_sets_larger_than_the_model_are_refused_before_training(
+    tmp_path, monkeypatch, settings, message
+):
+    if message is None:  # accepted: stop it at its first training step
+
+        def stop(*_, **__):
+            raise RuntimeError("accepted")
+
+        monkeypatch.setattr(experiment, "_train_to_plateau", stop)
+        with pytest.raises(RuntimeError, match="accepted"):
+            experiment.run_experiment(tiny_config(**settings), tmp_path, progress=False, log=quiet)
+        return
     with pytest.raises(NeuroplasticError, match=message):
         experiment.run_experiment(tiny_config(**settings), tmp_path, progress=False, log=quiet)
     assert not (tmp_path / "state").exists()  # refused before any training

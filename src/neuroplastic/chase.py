@@ -16,6 +16,7 @@ Sets only ever grow: a neuron held in one round is held in every later one.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.curves import recovery_auc, steps_to_recover
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.io import atomic_write_json
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.ranking import Ranking
-from neuroplastic.rundir import round_stages, stage_round
+from neuroplastic.rundir import RunDir, round_stages, stage_round
 
 if TYPE_CHECKING:
     from neuroplastic.checkpoint import Checkpointer
@@ -59,6 +61,15 @@ def next_concept_set(held: NeuronSet, ranking: Ranking, config: ExperimentConfig
     )
 
 
+class ControlCapacityError(NeuroplasticError):
+    """No random control can match the concept arm's additions this round (too few neurons
+    are held by neither arm): the chase stops before the round (:func:`chase_stop`)."""
+
+
+#: the file (under the run's ``neurons/``) that records a chase stopped for want of a control
+CAPACITY_STOP = "chase-stop.json"
+
+
 def next_random_set(
     held: NeuronSet,
     concept_before: NeuronSet,
@@ -77,11 +88,11 @@ def next_random_set(
         for layer, count in sorted(added.per_layer_counts().items()):
             free = [n for n in range(held.d_mlp) if (layer, n) not in taken]
             if len(free) < count:
-                raise NeuroplasticError(
+                raise ControlCapacityError(
                     f"layer {layer}: the concept arm added {count} neurons this round, but only "
                     f"{len(free)} of the layer's {held.d_mlp} are held by neither arm, too few "
-                    "for a random control matching per layer. Use --baseline random-global, "
-                    "fewer --rounds or a smaller --fraction/--count"
+                    "for a random control matching per layer (in a new --out: --baseline "
+                    "random-global, fewer --rounds or a smaller --fraction/--count)"
                 )
             pairs += [(layer, n) for n in rng.sample(free, count)]
     else:
@@ -92,10 +103,10 @@ def next_random_set(
             if (layer, n) not in taken
         ]
         if len(free_pairs) < len(added):
-            raise NeuroplasticError(
+            raise ControlCapacityError(
                 f"the concept arm added {len(added)} neurons this round, but only "
-                f"{len(free_pairs)} are held by neither arm; use fewer --rounds or a smaller "
-                "--fraction/--count"
+                f"{len(free_pairs)} are held by neither arm (in a new --out: fewer --rounds or "
+                "a smaller --fraction/--count)"
             )
         pairs = rng.sample(free_pairs, len(added))
     how = "per layer" if per_layer else "in total"
@@ -124,7 +135,14 @@ def rounds_run(store: Checkpointer, config: ExperimentConfig) -> int:
 
 
 def chase_stop(store: Checkpointer, config: ExperimentConfig, round_: int) -> str | None:
-    """Why the chase stops after ``round_`` (None: it goes on, or the round is not done)."""
+    """Why the chase stops after ``round_`` (None: it goes on, or the round is not done): its
+    concept F1 fell below ``--stop-below``, or no control could be drawn for the next round
+    (recorded by :func:`record_capacity_stop`)."""
+    recorded = store.run.path / "neurons" / CAPACITY_STOP
+    if recorded.is_file():
+        stop = json.loads(recorded.read_text(encoding="utf-8"))
+        if stop["after_round"] == round_:
+            return stop["reason"]
     last = round_stages(config.stages, round_)[-1]
     if not config.stop_below or not store.done("concept", last):
         return None
@@ -136,6 +154,16 @@ def chase_stop(store: Checkpointer, config: ExperimentConfig, round_: int) -> st
         f"{config.concept} F1 {after:.3f} after retraining is below --stop-below "
         f"{config.stop_below:g} x its base F1 {base:.3f}"
     )
+
+
+def record_capacity_stop(run: RunDir, after_round: int, error: ControlCapacityError) -> str:
+    """Record that the chase stops after ``after_round`` because no control can match the next
+    round; returns the reason (what the summary's ``stopped_early`` says)."""
+    reason = f"no random control can match round {after_round + 1}: {error}"
+    atomic_write_json(
+        run.path / "neurons" / CAPACITY_STOP, {"after_round": after_round, "reason": reason}
+    )
+    return reason
 
 
 def mean_layer(neurons: NeuronSet) -> float:

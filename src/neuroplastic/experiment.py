@@ -44,9 +44,11 @@ from neuroplastic.ablation import Ablation, check_can_regrow, prune_weights
 from neuroplastic.analysis import ArmRun
 from neuroplastic.causal import CAUSAL_FILE, candidate_sets, damage
 from neuroplastic.chase import (
+    ControlCapacityError,
     chase_stop,
     next_concept_set,
     next_random_set,
+    record_capacity_stop,
     round_measures,
     rounds_run,
     select,
@@ -396,17 +398,26 @@ def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
         "count": config.count,
         "per-layer": config.count * n_layers,
     }[config.selection]
-    if config.rounds * per_round > n_total:
+    # A later round's control holds the concept's earlier rounds and as many random neurons as
+    # its last round adds, drawn outside all the concept's rounds: R + 1 rounds' worth in all.
+    control = 0 if config.baseline == "none" or config.rounds == 1 else per_round
+    if config.rounds > 1 and config.rounds * per_round + control > n_total:
+        most = (n_total - control) // per_round if control else n_total // per_round
         raise NeuroplasticError(
             f"--rounds {config.rounds} holds {per_round} more neurons each round, "
-            f"{config.rounds * per_round} in all, but {config.model} has {n_total}; give "
-            f"--rounds {n_total // per_round} or less"
+            f"{config.rounds * per_round} in all"
+            + (f", and the last round's control {per_round} more outside them" if control else "")
+            + f", but {config.model} has {n_total}; give --rounds {max(1, most)} or less"
         )
-    if config.preempt and per_round + config.preempt_count > n_total:
+    # The two pre-emption arms draw their extra neurons from the same survivors: past half of
+    # them they must share most of their picks, and the comparison says nothing.
+    survivors = n_total - per_round
+    if config.preempt and config.preempt_count > survivors // 2:
         raise NeuroplasticError(
-            f"--preempt-count {config.preempt_count} besides the concept's {per_round} neurons "
-            f"is more than {config.model}'s {n_total}; give --preempt-count "
-            f"{n_total - per_round} or less"
+            f"--preempt-count {config.preempt_count} is more than half of the {survivors} "
+            f"neurons {config.model} has besides the concept's {per_round}, so the preempt and "
+            f"preempt-random arms would hold mostly the same neurons; give --preempt-count "
+            f"{survivors // 2} or less"
         )
     n_ctx = getattr(cfg, "n_ctx", None)
     if isinstance(n_ctx, int) and config.max_length > n_ctx:
@@ -685,6 +696,9 @@ def _chase(setup: Setup, arms: Sequence[str], held: HeldSets, log) -> None:
         _retrain_round(setup, arm, 1, held(arm, 1), log)
     for round_ in range(2, config.rounds + 1):
         stop = distributed.on_main(partial(chase_stop, setup.store, config, round_ - 1))
+        # The round's sets before any of its training: a control that cannot be drawn stops
+        # the chase here, with every finished round's results kept.
+        stop = stop or distributed.on_main(partial(_round_sets, setup, held, arms, round_))
         if stop:
             log(f"[concept] the chase stops after round {round_ - 1}: {stop}")
             return
@@ -692,6 +706,16 @@ def _chase(setup: Setup, arms: Sequence[str], held: HeldSets, log) -> None:
             if arm != "concept":
                 _retrain_round(setup, arm, round_, held(arm, round_), log, branch="concept")
         _retrain_round(setup, "concept", round_, held("concept", round_), log)
+
+
+def _round_sets(setup: Setup, held: HeldSets, arms: Sequence[str], round_: int) -> str | None:
+    """Every arm's set for ``round_`` (rank 0), or why the chase stops (recorded)."""
+    try:
+        for arm in arms:
+            held.local(arm, round_)
+    except ControlCapacityError as error:
+        return record_capacity_stop(setup.run, round_ - 1, error)
+    return None
 
 
 def _retrain_round(

@@ -42,10 +42,11 @@ def preempt_sets(
     scores = predictions.scores[predictor].double()
     candidates = torch.isfinite(scores)
     n_candidates = int(candidates.sum())
-    if count > n_candidates:
+    if count > n_candidates // 2:
         raise NeuroplasticError(
-            f"--preempt-count {count} is more than the {n_candidates} surviving neurons "
-            f"{predictor} scored; give --preempt-count {n_candidates} or less"
+            f"--preempt-count {count} is more than half of the {n_candidates} surviving neurons "
+            f"{predictor} scored, so the preempt and preempt-random arms would hold mostly the "
+            f"same neurons; give --preempt-count {n_candidates // 2} or less"
         )
     n_layers, d_mlp = scores.shape
     flat = scores.flatten().masked_fill(~candidates.flatten(), float("-inf"))

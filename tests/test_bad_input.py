@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from neuroplastic.data.conll import read_conll_file
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import run_experiment
 from tiny import TINY, tiny_config
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def run_cli(capsys, *args):
@@ -128,6 +131,24 @@ def test_out_is_a_file_refused(capsys, tmp_path, no_training):
     assert path.read_text() == "not a directory"
 
 
+def test_a_run_and_a_sweep_refuse_each_others_directories(capsys, tmp_path, no_training):
+    sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "run"
+    (sweep_dir / "hold-selectivity" / "seed-0").mkdir(parents=True)
+    (sweep_dir / "hold-selectivity" / "seed-0" / "config.json").write_text("{}")
+    (sweep_dir / "sweep.json").write_text("{}")
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, err = run_cli(capsys, "run", "--out", str(sweep_dir), *tiny_flags(), "--quiet")
+    assert code == 2 and f"--out {sweep_dir} is a sweep directory" in err
+    code, err = run_cli(
+        capsys, "sweep", "--out", str(run_dir), "--seeds", "0", *tiny_flags(), "--quiet"
+    )
+    assert code == 2 and f"--out {run_dir} is a run directory" in err
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing replaced
+
+
 def test_out_in_read_only_directory_refused(capsys, tmp_path, no_training):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -230,3 +251,14 @@ def test_a_file_system_error_while_writing_the_report_is_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device (report.html)" in err
     assert (tmp_path / "summary.json").is_file()
+
+
+def test_report_on_a_sweep_directory_rebuilds_the_sweep_report(capsys, tmp_path):
+    committed = BENCHMARKS / "sweep-preempt-5seeds-cpu.json"
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_bytes(committed.read_bytes())
+    assert main(["report", str(sweep_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {sweep_dir / 'report.html'}"
+    page = (sweep_dir / "report.html").read_text(encoding="utf-8")
+    assert "<title>Does LOC stay removed? embedded, seeds [0, 1, 2, 3, 4]</title>" in page

@@ -705,7 +705,15 @@ def _write_report(out: Path, similarity: str = "model", command: str = "run") ->
 
 def _report(args: argparse.Namespace) -> int:
     from neuroplastic.errors import NeuroplasticError
+    from neuroplastic.rundir import directory_kind
 
+    if directory_kind(args.run_dir) == "sweep":  # its report, rebuilt from its sweep.json
+        from neuroplastic.extras import require
+        from neuroplastic.sweep_report import write_sweep_report
+
+        require("plotly", "report.html")
+        print(f"report: {write_sweep_report(args.run_dir)}")
+        return 0
     if not args.run_dir.is_dir() or not (args.run_dir / "config.json").is_file():
         raise NeuroplasticError(
             f"{args.run_dir} is not a run directory (no config.json); make one with "

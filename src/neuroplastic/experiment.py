@@ -80,6 +80,7 @@ from neuroplastic.relearn import concept_masked, mentions, relearn_data, relearn
 from neuroplastic.relearn import describe as describe_relearn
 from neuroplastic.rundir import (
     RunDir,
+    directory_kind,
     json_of,
     read_run_file,
     round_stages,
@@ -340,11 +341,17 @@ def _warn(message: str) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse at once an ``--out`` that is a file or a directory that cannot be written."""
+    """Refuse at once an ``--out`` that is a file, a sweep's directory or a directory that
+    cannot be written."""
     if out.exists() and not out.is_dir():
         raise NeuroplasticError(
             f"--out {out} is an existing file, not a directory; give a directory path "
             "(a new one is created)"
+        )
+    if directory_kind(out) == "sweep":
+        raise NeuroplasticError(
+            f"--out {out} is a sweep directory (made by `neuroplastic sweep`), not a run's; "
+            "give a new directory for this run, or rerun the sweep command to resume the sweep"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)

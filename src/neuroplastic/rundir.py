@@ -108,6 +108,19 @@ def stage_key(stage: str) -> tuple[int, int]:
     return (round_, int(index)) if index.isdigit() and rest != index else (10**9, 0)
 
 
+def directory_kind(path: str | Path) -> str | None:
+    """What ``path`` holds: ``"sweep"`` (a sweep's sweep.json or its per-seed runs), ``"run"``
+    (one run's config, manifest or state) or None (nothing of either: new or empty)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "sweep.json").is_file() or any(path.glob("*/seed-*/config.json")):
+        return "sweep"
+    if any((path / name).exists() for name in ("config.json", "manifest.json", "state")):
+        return "run"
+    return None
+
+
 @dataclass
 class StageArtifacts:
     """What one evaluated stage leaves behind, loaded back."""

@@ -36,7 +36,7 @@ from neuroplastic.experiment import run_experiment
 from neuroplastic.intervals import censored_interval, interval, paired
 from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
-from neuroplastic.rundir import RunDir, stage_round
+from neuroplastic.rundir import RunDir, directory_kind, stage_round
 from neuroplastic.shared_base import find_shared_base
 
 if TYPE_CHECKING:
@@ -180,6 +180,11 @@ def run_sweep(
     if not seeds or len(set(seeds)) != len(seeds):
         raise NeuroplasticError(f"give distinct seeds, e.g. --seeds 0,1,2; got {list(seeds)}")
     out = Path(out)
+    if directory_kind(out) == "run":
+        raise NeuroplasticError(
+            f"--out {out} is a run directory (made by `neuroplastic run`), not a sweep's; give a "
+            "new directory for the sweep (each of its runs gets one inside it)"
+        )
     modes, methods = list(modes or [base.mode]), list(methods or [base.method])
     grid = {key: list(values) for key, values in (grid or {}).items()}
     _check_grid(grid)

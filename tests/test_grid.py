@@ -5,6 +5,7 @@ import argparse
 import pytest
 
 import neuroplastic.sweep as sweep
+import neuroplastic.sweep_plan as sweep_plan
 from neuroplastic.cli import _grid_axis, main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
@@ -40,13 +41,13 @@ def test_a_grid_axis_is_typed_as_its_setting():
 
 
 def test_grid_points_are_every_combination_first_axis_slowest():
-    points = sweep.grid_points({"a": [1, 2], "b": ["x", "y", "z"]})
+    points = sweep_plan.grid_points({"a": [1, 2], "b": ["x", "y", "z"]})
     assert points == [{"a": a, "b": b} for a in (1, 2) for b in ("x", "y", "z")]
-    assert sweep.grid_points(None) == [{}]
-    assert sweep.cell_name("hold", "selectivity", {"relearn_lr": 0.001}) == (
+    assert sweep_plan.grid_points(None) == [{}]
+    assert sweep_plan.cell_name("hold", "selectivity", {"relearn_lr": 0.001}) == (
         "hold-selectivity_relearn_lr=0.001"
     )
-    assert sweep.cell_name("hold", "selectivity") == "hold-selectivity"  # old sweeps resume
+    assert sweep_plan.cell_name("hold", "selectivity") == "hold-selectivity"  # old sweeps resume
 
 
 def test_every_cell_is_checked_before_the_first_run(tmp_path, monkeypatch):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from neuroplastic import progress as progress_module
-from neuroplastic.cli import METHODS, SETTING_HELP, _parser, main
-from neuroplastic.config import CHOICES, ExperimentConfig
+from neuroplastic.cli import SETTING_HELP, _parser, main
+from neuroplastic.config import CHOICES, RANKER_NAMES, ExperimentConfig
 from neuroplastic.extras import EXTRAS, MissingExtraError, require
 from neuroplastic.rundir import stage_names
 from tiny import TINY
@@ -64,6 +64,43 @@ print(json.dumps(result))
 """
 
 
+SETTINGS_ERROR_WITHOUT_TORCH = """
+import contextlib, io, json, sys
+from neuroplastic.cli import main
+result = {}
+for command in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(command)
+        except SystemExit as exit_:
+            code = exit_.code
+    result[" ".join(command)] = [code, "torch" in sys.modules, err.getvalue()]
+print(json.dumps(result))
+"""
+
+
+def test_a_settings_error_is_one_line_before_torch_is_imported(tmp_path):
+    out = str(tmp_path / "never")
+    commands = {
+        # refused by the config: the whole sweep's cells are checked before any import
+        ("run", "--out", out, "--fraction", "2"): "error: fraction must be in (0, 1]; got 2.0",
+        ("sweep", "--out", out, "--seeds", "0,-1"): "error: seed must be in [0, 4294967295]",
+        ("sweep", "--out", out, "--seeds", "0", "--grid", "fraction=0.1,2"): "got 2.0",
+        # refused by the parser: one line, not the 27-line usage above it
+        ("run", "--out", out, "--fraction", "abc"): "invalid float value: 'abc' (see "
+        "`neuroplastic run --help`)",
+    }
+    done = python(SETTINGS_ERROR_WITHOUT_TORCH, json.dumps([list(c) for c in commands]))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for command, expected in commands.items():
+        code, torch_loaded, err = result[" ".join(command)]
+        assert code == 2 and not torch_loaded, command
+        assert err.count("\n") == 1 and expected in err, (command, err)
+    assert not (tmp_path / "never").exists()
+
+
 def test_every_help_answers_without_importing_torch():
     commands = [[], *([name] for name in subcommands())]
     done = python(HELP_WITHOUT_TORCH, json.dumps(commands))
@@ -84,7 +121,7 @@ def test_every_help_answers_without_importing_torch():
 def test_the_cli_names_the_rankers_that_exist():
     from neuroplastic.ranking import RANKERS
 
-    assert METHODS == tuple(RANKERS)
+    assert RANKER_NAMES == tuple(RANKERS)
 
 
 # -- every flag says what it does ---------------------------------------------------------------
@@ -111,7 +148,7 @@ def test_every_setting_has_a_help_line_and_its_choices():
     flags = {a.dest: a for a in run._actions}
     for name in settings:
         action = flags[name]
-        expected = METHODS if name == "method" else CHOICES.get(name)
+        expected = RANKER_NAMES if name == "method" else CHOICES.get(name)
         if expected is not None and not isinstance(action, argparse.BooleanOptionalAction):
             assert tuple(action.choices) == tuple(expected), name
     sweep = {a.dest: a for a in subcommands()["sweep"]._actions}

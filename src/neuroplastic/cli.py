@@ -10,11 +10,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-# The ranking methods of neuroplastic.ranking.RANKERS, named here so that building the parser
-# (and answering --help) never imports torch; a test checks the two agree.
-METHODS = ("probeless", "smd", "selectivity")
+from neuroplastic.config import RANKER_NAMES  # light: building the parser never imports torch
 
 # One line per ExperimentConfig setting for `run` / `sweep --help`: what it does, in which unit.
 # A setting missing here gets a help of only its default, which tests/test_help_and_extras.py
@@ -163,14 +161,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (what was wrong, then where the flags are listed)
+    instead of the whole usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     """Every command and flag. Imports nothing heavy: `--help` must answer without torch."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="neuroplastic",
         description="Remove a concept from a model by ablating its neurons, retrain, and trace "
         "where it comes back.",
     )
-    commands = parser.add_subparsers(dest="command")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     rank = commands.add_parser(
         "rank",
@@ -188,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument(
         "--method",
         default="probeless",
-        choices=METHODS,
+        choices=RANKER_NAMES,
         help="ranking method (default: probeless, the paper's)",
     )
     rank.add_argument(
@@ -383,7 +389,9 @@ def _config_args(
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        choices = METHODS if name == "method" else CHOICES.get(name, OPTIONAL_CHOICES.get(name))
+        choices = (
+            RANKER_NAMES if name == "method" else CHOICES.get(name, OPTIONAL_CHOICES.get(name))
+        )
         what = SETTING_HELP.get(name, "")
         if name in lists:
             parser.add_argument(
@@ -575,7 +583,7 @@ def _config(args: argparse.Namespace, lists: Sequence[str] = ()):
 
 def _sweep(args: argparse.Namespace) -> int:
     from neuroplastic.errors import NeuroplasticError
-    from neuroplastic.sweep import run_sweep
+    from neuroplastic.sweep_plan import plan_sweep  # light: no torch
 
     config = _config(args, lists=("mode", "method"))
     if not args.no_report:
@@ -592,6 +600,9 @@ def _sweep(args: argparse.Namespace) -> int:
             raise NeuroplasticError(f"give --{key} or --grid {key}=..., not both")
     modes = grid.pop("mode", None) or modes
     methods = grid.pop("method", None) or methods
+    plan_sweep(config, args.seeds, modes, methods, grid)  # every run's settings, before torch
+    from neuroplastic.sweep import run_sweep
+
     executor = None
     if args.executor == "ray":
         from neuroplastic.ray_executor import RayExecutor
@@ -653,12 +664,12 @@ def _mean_ci(value: dict) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    config = _config(args)  # settings first: torch takes seconds to import on a loaded machine
+    if not args.no_report:
+        _check_report_extra()
     from neuroplastic import distributed
     from neuroplastic.experiment import run_experiment
 
-    config = _config(args)
-    if not args.no_report:
-        _check_report_extra()
     # Under torchrun / accelerate launch every process runs this; rank 0 alone writes and prints.
     try:
         summary = run_experiment(config, args.out, progress=not args.quiet)

@@ -58,6 +58,9 @@ AFTER_BASE = (
     "relearn_sentences",
     "relearn_lr",
 )
+#: The rankers of neuroplastic.ranking (``RANKERS`` there has exactly these), named here so
+#: that settings are checked, and the command line's help answers, without importing torch.
+RANKER_NAMES = ("probeless", "smd", "selectivity")
 #: The predictors of neuroplastic.predict, which ``--preempt`` can take its neurons from (named
 #: here so that the command line's help needs no torch).
 PREDICTOR_NAMES = (
@@ -210,11 +213,9 @@ class ExperimentConfig:
     relearn_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        from neuroplastic.ranking import RANKERS
-
-        if self.method not in RANKERS:  # checked now, not after base fine-tuning
+        if self.method not in RANKER_NAMES:  # checked now, not after base fine-tuning
             raise NeuroplasticError(
-                f"unknown ranking method {self.method!r}; choose one of {', '.join(RANKERS)}"
+                f"unknown ranking method {self.method!r}; choose one of {', '.join(RANKER_NAMES)}"
             )
         check_concept(self.concept)
         for name, allowed in CHOICES.items():

@@ -18,6 +18,7 @@ from jaxtyping import Bool, Float, Int
 from scipy.stats import rankdata
 from torch import Tensor
 
+from neuroplastic.config import RANKER_NAMES
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.stats import NeuronStats
 
@@ -75,6 +76,7 @@ RANKERS: dict[str, Callable[[NeuronStats, str], Scores]] = {
     "smd": smd_scores,
     "selectivity": selectivity_scores,
 }
+assert tuple(RANKERS) == RANKER_NAMES  # the names settings are checked against, without torch
 
 
 def _concept_index(stats: NeuronStats, concept: str) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
 from neuroplastic.rundir import RunDir, directory_kind, stage_round
 from neuroplastic.shared_base import find_shared_base
+from neuroplastic.sweep_plan import plan_sweep
 
 if TYPE_CHECKING:
     from neuroplastic.ray_executor import RayExecutor
@@ -131,19 +131,6 @@ PREEMPT_MEASURES = {
 }
 
 
-def cell_name(mode: str, method: str, point: dict[str, Any] | None = None) -> str:
-    """``{mode}-{method}``, then ``_{key}={value}`` per grid axis (``--grid``), in order."""
-    return f"{mode}-{method}" + "".join(f"_{k}={v}" for k, v in (point or {}).items())
-
-
-def grid_points(grid: dict[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, the first axis slowest ([{}] for no grid)."""
-    points: list[dict[str, Any]] = [{}]
-    for key, values in (grid or {}).items():
-        points = [{**point, key: value} for point in points for value in values]
-    return points
-
-
 def run_sweep(
     base: ExperimentConfig,
     out: str | Path,
@@ -172,33 +159,21 @@ def run_sweep(
     combination: ``--grid relearn_lr=1e-5,1e-4,1e-3``). Every cell's settings are checked
     before the first run starts. With a grid, ``best_case`` gives, per axis, the retrainer's
     best choice made per seed (:func:`best_cases`)."""
-    if base.task != "ner":
-        raise NeuroplasticError(
-            "sweep measures recovery of entity F1, so it needs --task ner; run --task lm "
-            "experiments one by one with `neuroplastic run`"
-        )
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise NeuroplasticError(f"give distinct seeds, e.g. --seeds 0,1,2; got {list(seeds)}")
+    # Every cell and seed is checked (the config validates itself) before anything runs.
+    plan = plan_sweep(base, seeds, modes, methods, grid)
+    planned, settings, modes, methods, grid = (
+        plan.runs,
+        plan.settings,
+        plan.modes,
+        plan.methods,
+        plan.grid,
+    )
     out = Path(out)
     if directory_kind(out) == "run":
         raise NeuroplasticError(
             f"--out {out} is a run directory (made by `neuroplastic run`), not a sweep's; give a "
             "new directory for the sweep (each of its runs gets one inside it)"
         )
-    modes, methods = list(modes or [base.mode]), list(methods or [base.method])
-    grid = {key: list(values) for key, values in (grid or {}).items()}
-    _check_grid(grid)
-    # Every cell and seed is checked (the config validates itself) before anything runs.
-    planned: list[tuple[str, int, ExperimentConfig]] = []
-    settings: dict[str, dict[str, Any]] = {}
-    for mode in modes:
-        for method in methods:
-            for point in grid_points(grid):
-                cell = cell_name(mode, method, point)
-                settings[cell] = {"mode": mode, "method": method, **point}
-                for seed in seeds:
-                    config = replace(base, mode=mode, method=method, seed=seed, **point)
-                    planned.append((cell, seed, config))
     # Cells of one seed that differ only after base fine-tuning fine-tune the same base: it is
     # trained once and loaded by the others (:mod:`neuroplastic.shared_base`).
     siblings: dict[tuple[int, str], list[tuple[Path, ExperimentConfig]]] = {}
@@ -249,27 +224,6 @@ def run_sweep(
         }
     atomic_write_json(out / "sweep.json", result)
     return result
-
-
-#: settings a grid cannot vary: they name the sweep's own axes, or change what a run is
-NOT_GRID = ("seed", "mode", "method", "device", "device_map", "save_checkpoints")
-
-
-def _check_grid(grid: dict[str, list[Any]]) -> None:
-    known = set(ExperimentConfig.__dataclass_fields__)
-    for key, values in grid.items():
-        if key in NOT_GRID:
-            hint = {"seed": "--seeds", "mode": "--mode a,b", "method": "--method a,b"}
-            raise NeuroplasticError(
-                f"--grid {key}: not a grid axis"
-                + (f"; give {hint[key]} instead" if key in hint else " (an output option)")
-            )
-        if key not in known:
-            raise NeuroplasticError(
-                f"--grid {key}: unknown setting; known: {', '.join(sorted(known - set(NOT_GRID)))}"
-            )
-        if not values or len(set(map(repr, values))) != len(values):
-            raise NeuroplasticError(f"--grid {key}: give distinct values, e.g. {key}=a,b")
 
 
 def best_cases(

@@ -360,3 +360,25 @@ def test_a_figure_shown_in_a_notebook_carries_plotlys_mimetype_and_an_offline_fr
     assert "plotly-graph-div" in document and "Plotly.newPlot" in document
     assert not re.search(r'<script[^>]+src="https?:', document)
     assert bundle["text/plain"] == "<figure: LOC F1>"
+
+
+def test_a_neuron_view_colours_magnitude_not_gelus_negative_floor() -> None:
+    from neuroplastic.views import NeuronExamples, NeuronView
+
+    # GELU's floor (-0.17) beside a peak of 5.16: CircuitsVis would scale -0.17 to full colour.
+    values = np.array([-0.17, 5.16, 1.74, 0.0], dtype=np.float32)
+    top = pd.DataFrame(
+        {"k": [0], "value": [5.16], "sentence": [0], "position": [1], "token": ["Paris"],
+         "label": ["LOC"]}
+    )  # fmt: skip
+    examples = NeuronExamples(0, 3, "L0:N3", [["in", "Paris", "and", "Rome"]], [values], top,
+                              full=True)  # fmt: skip
+    document = NeuronView([examples]).page().to_html()
+    blocks = re.findall(r'<script type="application/json" data-circuitsvis[^>]*>(.*?)</script>',
+                        document, flags=re.S)  # fmt: skip
+    drawn = [json.loads(html.unescape(b))["activations"] for b in blocks]
+    flat = [v for props in drawn for v in np.asarray(props[0], dtype=float).ravel()]
+    assert min(flat) == 0.0 and max(flat) == pytest.approx(5.16, rel=1e-6)
+    assert sorted(flat) == pytest.approx([0.0, 0.0, 1.74, 5.16], rel=1e-6)
+    assert "negative activations (here down to -0.17) show as 0" in document
+    assert examples.activations[0][0] == pytest.approx(-0.17)  # the data itself is untouched

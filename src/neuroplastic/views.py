@@ -312,11 +312,12 @@ def add_neuron_view(
                 '<div style="font-size:0.8rem;color:#57606a">Only the top tokens\' '
                 "activations are stored; other tokens show 0.</div>"
             )
+        _note_clipped(page, examples.activations)
         view_id = page.circuitsvis(
             "TextNeuronActivations",
             text_neuron_activations_props(
                 [readable_tokens(sentence) for sentence in examples.tokens],
-                [a.reshape(-1, 1, 1) for a in examples.activations],
+                [a.reshape(-1, 1, 1) for a in _clipped(examples.activations)],
                 first_dimension_name="Layer",
                 second_dimension_name="Neuron",
                 first_dimension_labels=[str(examples.layer)],
@@ -327,6 +328,23 @@ def add_neuron_view(
         page.raw(f'<div style="font-size:0.8rem;color:#b42318">{_html.escape(note)}</div>')
     page.raw("</div>")
     return view_id
+
+
+def _clipped(activations: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """What a view colours: the activations with their negative side at 0. CircuitsVis scales
+    negative values to their own minimum, so GELU's floor (never below -0.17) would show as
+    bright as the peak; clipped, colour follows the positive magnitude (the value over the
+    view's largest)."""
+    return [np.maximum(a, 0.0) for a in activations]
+
+
+def _note_clipped(page: HtmlPage, activations: Sequence[np.ndarray]) -> None:
+    lowest = min((float(a.min()) for a in activations if a.size), default=0.0)
+    if lowest < 0:
+        page.raw(
+            '<div style="font-size:0.8rem;color:#57606a">Colour follows the activation over the '
+            f"view's largest; negative activations (here down to {lowest:.3g}) show as 0.</div>"
+        )
 
 
 def add_side_by_side(
@@ -433,11 +451,12 @@ class NeuronView:
         if self.overview is not None:
             page.table(_neuron_table(self.examples), caption="Neurons", index=False)
             page.heading("All neurons", level)
+            _note_clipped(page, self.overview.activations)
             page.circuitsvis(
                 "TextNeuronActivations",
                 text_neuron_activations_props(
                     [readable_tokens(sentence) for sentence in self.overview.tokens],
-                    self.overview.activations,
+                    _clipped(self.overview.activations),
                     first_dimension_name="Hook",
                     second_dimension_name="Neuron",
                     first_dimension_labels=["mlp.hook_post"],

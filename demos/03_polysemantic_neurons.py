@@ -24,12 +24,11 @@
 import os
 
 import pandas as pd
-import torch
 
+from neuroplastic.analysis import polysemanticity
 from neuroplastic.data.load import encode_split, load_corpus
 from neuroplastic.models import load_model
 from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import alive_neurons
 from neuroplastic.stats import collect_stats
 from neuroplastic.views import examples_from_model, show, side_by_side
 
@@ -37,7 +36,6 @@ from neuroplastic.views import examples_from_model, show, side_by_side
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")
 SENTENCES = int(os.environ.get("NP_DEMO_SENTENCES", "400"))
 TOP_K = int(os.environ.get("NP_DEMO_TOP_K", "20"))  # top activating tokens kept per neuron
-SHARE = float(os.environ.get("NP_DEMO_SHARE", "0.25"))  # least share of each of the two labels
 N_SHOWN = int(os.environ.get("NP_DEMO_N_SHOWN", "3"))
 CONCEPT = "LOC"
 
@@ -57,31 +55,29 @@ print(f"{stats.n_layers} layers x {stats.d_mlp} neurons, top {stats.k} tokens ea
 # %% [markdown]
 # ## Neurons that respond to LOC and to another label
 #
-# Count the labels of each neuron's top tokens; keep the live neurons where LOC and one other
-# entity type each hold at least `SHARE` of them. The most even mixes come first.
+# The definition the run's report counts (`neuroplastic.analysis.polysemanticity`): a neuron
+# is polysemantic for LOC when LOC holds between twice its share of all tokens and one minus
+# that share of the neuron's top tokens; what it is mixed with is the most common other label
+# among them. Here, the ones mixed with another entity type (PER, ORG or MISC) rather than
+# with the outside label O; the most even mixes first.
 
 # %%
-# [layer, neuron, label]: how many of each neuron's top tokens carry each label
-counts = torch.nn.functional.one_hot(stats.top_label, len(stats.label_names)).sum(-2)
-concept = stats.label_index(CONCEPT)
-others = [i for i, name in enumerate(stats.label_names) if name not in (CONCEPT, "O")]
-candidates = alive_neurons(stats) & (counts[:, :, concept] >= SHARE * stats.k)
-rows = []
-for layer, neuron in candidates.nonzero().tolist():
-    mix = counts[layer, neuron]
-    other = max(others, key=lambda i: int(mix[i]))
-    if mix[other] >= SHARE * stats.k:
-        rows.append(
-            {
-                "layer": layer,
-                "neuron": neuron,
-                CONCEPT: int(mix[concept]),
-                "other_label": stats.label_names[other],
-                "other": int(mix[other]),
-                "O": int(mix[stats.label_index("O")]),
-            }
-        )
-polysemantic = pd.DataFrame(rows, columns=["layer", "neuron", CONCEPT, "other_label", "other", "O"])
+poly = polysemanticity({"model": stats}, CONCEPT)
+print(f"A neuron is {poly.definition()}.")
+mixed = poly.neurons
+counted = mixed["labels"]
+polysemantic = pd.DataFrame(
+    {
+        "layer": mixed["layer"],
+        "neuron": mixed["neuron"],
+        CONCEPT: [labels.get(CONCEPT, 0) for labels in counted],
+        "other_label": mixed["mixed_with"],
+        "other": [labels.get(o, 0) for labels, o in zip(counted, mixed["mixed_with"], strict=True)],
+        "O": [labels.get("O", 0) for labels in counted],
+    },
+    columns=["layer", "neuron", CONCEPT, "other_label", "other", "O"],
+)
+polysemantic = polysemantic[polysemantic["other_label"] != "O"]
 # The most even mixes first, then those with the fewest top tokens outside any entity.
 polysemantic["evenness"] = -(polysemantic[CONCEPT] - polysemantic["other"]).abs()
 polysemantic = (
@@ -91,9 +87,10 @@ polysemantic = (
     .drop(columns="evenness")
     .reset_index(drop=True)
 )
+counts = poly.counts.iloc[0]
 print(
-    f"{len(polysemantic)} of {stats.n_layers * stats.d_mlp} neurons have at least "
-    f"{SHARE:.0%} of their top {stats.k} tokens labelled {CONCEPT} and as many of another type"
+    f"{counts['n_polysemantic']} of {counts['n_population']} live neurons are polysemantic for "
+    f"{CONCEPT}; {len(polysemantic)} of them mixed with another entity type"
 )
 show(polysemantic.groupby("other_label").size().rename("neurons").to_frame())
 show(polysemantic.head(10))

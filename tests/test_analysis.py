@@ -414,6 +414,7 @@ def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: A
     assert sorted(zip(examples["layer"][:6], examples["neuron"][:6], strict=True)) == PRIMED
     assert examples["new"].tolist() == [True] * 6 + [False] * 2
     assert examples.iloc[0]["labels"] == {"LOC": 3, "PER": 3}
+    assert examples.iloc[0]["mixed_with"] == "PER"  # the most common label besides LOC
     assert len(examples.iloc[0]["tokens"]) == 6
     base = poly.examples("base")
     assert sorted(zip(base["layer"], base["neuron"], strict=True)) == POLY_BASE

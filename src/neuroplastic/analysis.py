@@ -641,10 +641,35 @@ class Polysemanticity:
     population: Bool[Tensor, "layer neuron"]
     #: stage, n_population, n_alive (alive at the stage, outside ``exclude``), n_concept
     #: (share >= high), n_polysemantic, n_new (not polysemantic at the first stage),
+    #: n_with_entity (polysemantic, and mixed with another entity type, not the outside label),
     #: polysemantic_share (of the population): all but n_alive over the population
     counts: pd.DataFrame
-    #: stage, layer, neuron, concept_share, labels ({label: count}), tokens, new
+    #: stage, layer, neuron, concept_share, labels ({label: count}), mixed_with (the most
+    #: common other label among its top tokens), tokens, new
     neurons: pd.DataFrame
+
+    #: Readable headers of :attr:`counts`, for tables.
+    HEADERS = {
+        "stage": "stage",
+        "n_population": "neurons counted",
+        "n_alive": "alive at the stage",
+        "n_concept": "concept only (share above the band)",
+        "n_polysemantic": "polysemantic",
+        "n_new": "newly polysemantic",
+        "n_with_entity": "polysemantic, mixed with another entity type",
+        "polysemantic_share": "polysemantic share of those counted",
+    }
+
+    def definition(self) -> str:
+        """The one definition, in words, for every page that counts these neurons."""
+        return (
+            f"polysemantic for {self.concept}: between {self.low:.0%} and {self.high:.0%} of "
+            f"the neuron's top activating tokens are labelled {self.concept} (at least twice "
+            f"the concept's share of all tokens, and at most one minus it, so other labels "
+            f"hold at least as much as the concept does of all tokens); what it is mixed with "
+            f"is the most common other label among those tokens (the outside label O, or "
+            f"another entity type)"
+        )
 
     @property
     def n_population(self) -> int:
@@ -739,6 +764,15 @@ def polysemanticity(
         if first_poly is None:
             first_poly = poly.clone()
         new = poly & ~first_poly
+        label_counts = torch.nn.functional.one_hot(
+            stage_stats.top_label, len(stage_stats.label_names)
+        ).sum(-2)  # layer neuron label
+        others = label_counts.clone()
+        others[..., stage_stats.label_index(concept)] = -1
+        # ties: the first label in the stats' order (argmax's first maximum)
+        mixed_with = others.argmax(-1)
+        no_entity = stage_stats.label_names.index("O") if "O" in stage_stats.label_names else -1
+        with_entity = poly & (mixed_with != no_entity)
         counts.append(
             {
                 "stage": stage,
@@ -747,21 +781,20 @@ def polysemanticity(
                 "n_concept": int((population & (share >= high)).sum()),
                 "n_polysemantic": int(poly.sum()),
                 "n_new": int(new.sum()),
+                "n_with_entity": int(with_entity.sum()),
                 "polysemantic_share": int(poly.sum()) / n_population
                 if n_population
                 else float("nan"),
             }
         )
-        label_counts = torch.nn.functional.one_hot(
-            stage_stats.top_label, len(stage_stats.label_names)
-        ).sum(-2)  # layer neuron label
         where = poly.nonzero()
-        for (layer, neuron), counts_row, token_row, share_value, is_new in zip(
+        for (layer, neuron), counts_row, token_row, share_value, is_new, mix in zip(
             where.tolist(),
             label_counts[where[:, 0], where[:, 1]].tolist(),
             stage_stats.top_token[where[:, 0], where[:, 1]].tolist(),
             share[where[:, 0], where[:, 1]].tolist(),
             new[where[:, 0], where[:, 1]].tolist(),
+            mixed_with[where[:, 0], where[:, 1]].tolist(),
             strict=True,
         ):
             rows.append(
@@ -775,11 +808,14 @@ def polysemanticity(
                         for name, c in zip(stage_stats.label_names, counts_row, strict=True)
                         if c
                     },
+                    "mixed_with": stage_stats.label_names[mix],
                     "tokens": [vocabulary.get(t, f"#{t}") for t in token_row],
                     "new": is_new,
                 }
             )
-    columns = ["stage", "layer", "neuron", "concept_share", "labels", "tokens", "new"]
+    columns = [
+        "stage", "layer", "neuron", "concept_share", "labels", "mixed_with", "tokens", "new"
+    ]  # fmt: skip
     return Polysemanticity(
         concept, low, high, population, pd.DataFrame(counts), pd.DataFrame(rows, columns=columns)
     )

@@ -1411,10 +1411,8 @@ def _polysemantic(
     any_analysis = next(iter(analyses.values()))
     poly = any_analysis.polysemanticity
     page.paragraph(
-        f"Neurons whose top-k tokens mix {poly.concept} with other labels: between "
-        f"{poly.low:.0%} and {poly.high:.0%} of them labelled {poly.concept} (twice the "
-        f"concept's share of all tokens, and at most one minus it: a mix relative to how often "
-        f"{poly.concept} occurs); 'new' ones were not polysemantic at the first stage. Every "
+        f"A neuron is {poly.definition()}. 'Newly polysemantic' ones were not at the first "
+        "stage; demo 03 shows the ones mixed with another entity type. Every "
         "stage of every arm is counted over one population, the "
         f"{poly.n_population} neurons alive at every stage of every arm and outside every "
         "arm's removed set, so a change in the count is a change of behaviour, not of the "
@@ -1426,7 +1424,8 @@ def _polysemantic(
         frame = analysis.polysemanticity.counts.copy()
         frame.insert(0, "arm", arm)
         frames.append(frame)
-    page.table(pd.concat(frames, ignore_index=True), index=False, float_format="{:.3f}")
+    table = pd.concat(frames, ignore_index=True).rename(columns=poly.HEADERS)
+    page.table(table, index=False, float_format="{:.3f}")
     for i, (arm, analysis) in enumerate(analyses.items()):
         data = analysis.run
         examples = analysis.polysemanticity.examples(data.last, n_neurons)
@@ -1444,10 +1443,11 @@ def _polysemantic(
                             for a, b in zip(examples["layer"], examples["neuron"], strict=True)
                         ],
                         f"{poly.concept} share": examples["concept_share"],
-                        "labels": examples["labels"].map(
+                        "mixed with": examples["mixed_with"],
+                        "labels of its top tokens": examples["labels"].map(
                             lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
                         ),
-                        "new": examples["new"],
+                        "newly polysemantic": examples["new"],
                         "top tokens": examples["tokens"].map(_tokens),
                     }
                 ),
@@ -1462,7 +1462,8 @@ def _polysemantic(
                     int(row.layer),
                     int(row.neuron),
                     f"L{row.layer}:N{row.neuron}: {row.concept_share:.0%} "
-                    f"{poly.concept}{' (new)' if row.new else ''}; "
+                    f"{poly.concept}, mixed with {row.mixed_with}"
+                    f"{' (newly polysemantic)' if row.new else ''}; "
                     f"{_tokens(row.tokens, 5)}",
                 )
 

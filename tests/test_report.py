@@ -107,14 +107,24 @@ def test_report_is_written_into_the_run_directory(fake: FakeRun, report: Path) -
     assert sorted(p.name for p in fake.path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_report_leads_with_the_concepts_recovery_beside_its_control(report: Path) -> None:
+    source = report.read_text(encoding="utf-8")
+    headline = source.index("LOC F1 while retraining: the concept arm against its control")
+    assert headline < source.index(">Key numbers<") < source.index(">Recovery<")
+    assert source.count('class="plotly-graph-div"', 0, headline) == 1  # the page's first figure
+    # Every recovery figure names its y axis, and promises no curve it does not draw.
+    assert '"title":{"text":"F1"}' in source.replace(" ", "")
+    assert "probe loss)" not in source
+
+
 @pytest.mark.browser
 def test_report_renders_every_plot_and_view_offline(
     rendered_report: Rendered, report: Path
 ) -> None:
     source = report.read_text(encoding="utf-8")
     _assert_rendered(rendered_report, source)
-    # Recovery, saliency per layer, depth, heatmaps, primed scatter.
-    assert rendered_report.count(".plotly-graph-div") == 5
+    # The headline, recovery, saliency per layer, depth, heatmaps, primed scatter.
+    assert rendered_report.count(".plotly-graph-div") == 6
     # Before/after views: 3 reappeared + 3 polysemantic neurons, 2 columns each, 2 arms; the
     # random arm has only the 2 polysemantic neurons that were always there.
     assert rendered_report.count(".np-cv") == 2 * (3 + 3) + 2 * (3 + 2)

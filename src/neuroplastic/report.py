@@ -186,6 +186,7 @@ def _build_report(
         )
     )
     page.paragraph(ONE_RUN)
+    _headline(page, metrics, concept)
     _key_numbers(page, analyses, summary, concept, n_top)
     _recovery(page, metrics, summary, concept)
     _chase(page, metrics, summary, concept)
@@ -496,7 +497,7 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
         )
         for i, entity in enumerate(entities):
             row, col = i // n_cols + 1, i % n_cols + 1
-            for arm, group in curves[curves["entity"] == entity].groupby("arm", sort=False):
+            for arm, group in _concept_on_top(curves[curves["entity"] == entity]):
                 fig.add_trace(
                     go.Scatter(
                         x=group["step"],
@@ -505,7 +506,7 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
                         name=f"{arm} arm",
                         legendgroup=arm,
                         showlegend=i == 0,
-                        line={"color": ARM_COLORS.get(arm)},
+                        line=_arm_line(arm),
                         customdata=group["stage"],
                         hovertemplate="%{customdata}, step %{x}<br>"
                         + name
@@ -526,6 +527,8 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
                     **(
                         {
                             "annotation_text": stage,
+                            "annotation_textangle": -90,  # upright labels overlap when close
+                            "annotation_position": "bottom right",
                             "annotation_font": {"size": 9, "color": "#57606a"},
                         }
                         if i == 0
@@ -535,6 +538,7 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
         if metric == "f1":
             fig.update_yaxes(range=[0, 1.02])
         fig.update_xaxes(title_text="training step", row=n_rows)
+        fig.update_yaxes(title_text=name, col=1)
         fig.update_layout(
             height=330 * n_rows,
             margin={"t": 50, "b": 40, "l": 50, "r": 20},
@@ -543,8 +547,8 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
         page.paragraph(
             ("Entity F1" if metric == "f1" else "Language-modelling loss on tokens of each label")
             + " against retraining step (step 0 holds the base model and, below it, the model "
-            "right after pruning; the base fine-tuning curve is its probe loss), concept "
-            "arm (red) and random arm (blue)"
+            "right after pruning), concept arm (red, drawn on top) and random arm (blue, "
+            "dashed)"
             + (
                 ", preempt arm (purple) and its control, the preempt-random arm (grey)"
                 if "preempt" in set(curves["arm"])
@@ -632,6 +636,62 @@ def _seen_in_train(page: HtmlPage, summary: dict | None) -> None:
         pd.DataFrame(rows).fillna("–"),
         caption="Mentions seen in training, per entity type",
         index=False,
+    )
+
+
+def _concept_on_top(curves: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Each arm's curve, the concept arm's last so it is drawn over a control it coincides
+    with (two identical curves would otherwise show as the control alone)."""
+    arms = list(curves.groupby("arm", sort=False))
+    return sorted(arms, key=lambda item: item[0] == "concept")
+
+
+def _arm_line(arm: str) -> dict[str, Any]:
+    """The concept arm solid, every control dashed, in its arm's colour."""
+    return {"color": ARM_COLORS.get(arm), **({} if arm == "concept" else {"dash": "dash"})}
+
+
+def _headline(page: HtmlPage, metrics: pd.DataFrame, concept: str) -> None:
+    """The one figure the page leads with: the concept's recovery beside its control's."""
+    metric = _metrics_metric(metrics)
+    if metric is None:
+        return
+    go = require("plotly.graph_objects", "the report's plots")
+    name, main, _ = _score_names(metric, concept)
+    curves = recovery_curves(metrics, metric=metric)
+    curves = curves[(curves["entity"] == main) & curves["arm"].isin(["concept", "random"])]
+    if curves.empty:
+        return
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=group["step"],
+                y=group["value"],
+                mode="lines+markers",
+                name=f"{arm} arm",
+                line=_arm_line(arm),
+            )  # fmt: skip
+            for arm, group in _concept_on_top(curves)
+        ]
+    )
+    fig.update_layout(
+        title=f"{main} {name} while retraining: the concept arm against its control",
+        xaxis_title="retraining step",
+        yaxis_title=f"{main} {name}",
+        height=380,
+        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    if metric == "f1":
+        fig.update_yaxes(range=[0, 1.02])
+    page.plotly(fig, height="380px")
+    page.paragraph(
+        f"Step 0: the base model, then the model right after its neurons were held at zero. "
+        f"The concept arm (red) holds the neurons most salient for {concept}; the random arm "
+        "(blue, dashed), as many random neurons, on the same batches in the same order. "
+        "The gap between the two is what removing the concept's neurons costs; how fast it "
+        "closes is how fast the concept comes back. One run, one seed: a sweep gives the "
+        "spread across seeds."
     )
 
 

@@ -1,0 +1,185 @@
+"""Linear removals held by hooks (LEACE, a direction) and the per-layer probe that traces them.
+
+Expectations are computed independently of the code under test: class-conditional means taken
+by hand from captured activations, a probe trained from scratch, the erasure's own algebra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+from neuroplastic.data.load import encode_split
+from neuroplastic.erasure import (
+    LinearErasure,
+    erase,
+    fit_direction,
+    fit_leace,
+    probe_auc,
+    resid_hook_name,
+    residual_tokens,
+)
+from neuroplastic.errors import NeuroplasticError
+
+if not os.environ.get("CI"):  # under CI the [erasure] extra is installed: a missing one fails
+    pytest.importorskip("concept_erasure", reason='pip install "neuroplastic[erasure]" for LEACE')
+
+CONCEPT = "LOC"
+LAYERS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_bert, corpus):
+    fit = encode_split(corpus, tiny_bert.tokenizer, "train", limit=160, max_length=48)
+    held_out = encode_split(corpus, tiny_bert.tokenizer, "validation", max_length=48)
+    return fit, held_out
+
+
+@pytest.fixture(scope="module")
+def leace(tiny_bert, splits) -> LinearErasure:
+    return fit_leace(tiny_bert, splits[0], CONCEPT, LAYERS)
+
+
+def class_means(model, data, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The concept tokens' and the other tokens' mean residual at ``layer``, by hand."""
+    concept_id = data.label_id(CONCEPT)
+    xs, ys = [], []
+    for residual, labels in residual_tokens(model, data, [layer]):
+        xs.append(residual[layer].double())
+        ys.append(labels == concept_id)
+    x, y = torch.cat(xs), torch.cat(ys)
+    return x[y].mean(0), x[~y].mean(0)
+
+
+def test_leace_leaves_the_concepts_tokens_no_mean_difference_at_any_layer(tiny_bert, splits, leace):
+    fit, _ = splits
+    gaps = {layer: class_means(tiny_bert, fit, layer) for layer in LAYERS}
+    assert min(float((c - o).norm()) for c, o in gaps.values()) > 0.1  # something to erase
+    with erase(tiny_bert, leace):
+        for layer in LAYERS:
+            concept, other = class_means(tiny_bert, fit, layer)
+            # LEACE's guarantee on the data it was fitted on, with every layer's eraser held
+            # (each fitted with the earlier ones in place): the classes' means coincide.
+            assert torch.allclose(concept, other, atol=1e-4), (layer, (concept - other).norm())
+    assert leace.rank == 1 and leace.describe().startswith("LEACE erasure of LOC")
+
+
+@pytest.mark.slow  # the embedded pretrained model: a concept a probe reads well
+def test_after_leace_no_linear_probe_beats_the_constant_predictor(embedded_model, corpus):
+    fit = encode_split(corpus, embedded_model.tokenizer, "train", limit=160, max_length=48)
+    held_out = encode_split(corpus, embedded_model.tokenizer, "validation", max_length=48)
+    layers = [0, embedded_model.cfg.n_layers - 1]
+    before = probe_auc(embedded_model, fit, held_out, CONCEPT, layers)
+    assert min(before.values()) > 0.9, before
+    eraser = fit_leace(embedded_model, fit, CONCEPT, layers)
+    with erase(embedded_model, eraser):
+        after = probe_auc(embedded_model, fit, held_out, CONCEPT, layers)
+        in_sample = probe_auc(embedded_model, fit, fit, CONCEPT, layers)
+    for layer in layers:
+        assert abs(after[layer] - 0.5) < 0.15, after  # the constant predictor's AUC
+        assert abs(in_sample[layer] - 0.5) < 0.1, in_sample
+    with erase(embedded_model, eraser.random_control(seed=0)):
+        control = probe_auc(embedded_model, fit, held_out, CONCEPT, layers)
+    for layer in layers:  # as many random dimensions removed: the concept stays readable
+        assert abs(control[layer] - before[layer]) < 0.03, (before, control)
+
+
+def test_a_random_projection_of_the_same_rank_removes_no_more_than_chance(tiny_bert, splits, leace):
+    fit, _ = splits
+    control = leace.random_control(seed=0)
+    assert control.layers == leace.layers and control.rank == leace.rank
+    for layer in LAYERS:  # orthonormal: Q.T Q = I
+        q = control.left[layer]
+        assert torch.allclose(q.T @ q, torch.eye(control.rank), atol=1e-5)
+    before = {layer: class_means(tiny_bert, fit, layer) for layer in LAYERS}
+    with erase(tiny_bert, control):
+        after = {layer: class_means(tiny_bert, fit, layer) for layer in LAYERS}
+    for layer in LAYERS:
+        gap_before = float((before[layer][0] - before[layer][1]).norm())
+        gap_after = float((after[layer][0] - after[layer][1]).norm())
+        # One random direction of 32 takes about 1/32 of the gap's square, not all of it.
+        assert gap_after > 0.8 * gap_before, (layer, gap_before, gap_after)
+
+
+def test_the_direction_is_the_difference_of_means_and_projecting_it_out_equalises_them(
+    tiny_bert, splits
+):
+    fit, _ = splits
+    direction = fit_direction(tiny_bert, fit, CONCEPT, LAYERS)
+    for layer in LAYERS:
+        # Each layer's direction, with the earlier layers' held (as they will be).
+        earlier = LinearErasure(
+            "direction", CONCEPT,
+            *({k: v for k, v in part.items() if k < layer}
+              for part in (direction.left, direction.right, direction.bias)),
+        )  # fmt: skip
+        with erase(tiny_bert, earlier) if earlier.left else contextlib.nullcontext():
+            concept, other = class_means(tiny_bert, fit, layer)
+        expected = (concept - other) / (concept - other).norm()
+        assert torch.allclose(direction.left[layer][:, 0].double(), expected, atol=1e-5)
+    with erase(tiny_bert, direction):
+        for layer in LAYERS:
+            concept, other = class_means(tiny_bert, fit, layer)
+            d = direction.left[layer][:, 0].double()
+            assert abs(float((concept - other) @ d)) < 1e-4  # none left along it
+
+
+@pytest.mark.parametrize("kind", ["leace", "direction", "random"])
+def test_an_erasure_is_idempotent_and_survives_saving(tiny_bert, splits, leace, tmp_path, kind):
+    erasure = {
+        "leace": leace,
+        "direction": fit_direction(tiny_bert, splits[0], CONCEPT, LAYERS),
+        "random": leace.random_control(seed=1),
+    }[kind]
+    x = torch.randn(7, int(tiny_bert.cfg.d_model))
+    for layer in LAYERS:
+        once = erasure.apply(layer, x)
+        assert torch.allclose(erasure.apply(layer, once), once, atol=1e-4)
+    loaded = LinearErasure.load(erasure.save(tmp_path / "erasure.safetensors"))
+    assert (loaded.kind, loaded.concept, loaded.layers) == (kind, CONCEPT, LAYERS)
+    for layer in LAYERS:
+        assert torch.equal(loaded.apply(layer, x), erasure.apply(layer, x))
+
+
+def test_the_erasure_is_held_through_training_unchanged_and_removed_on_exit(tiny_bert, splits):
+    fit, _ = splits
+    erasure = fit_direction(tiny_bert, fit, CONCEPT, LAYERS)
+    saved = {layer: erasure.left[layer].clone() for layer in LAYERS}
+    state = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    optimizer = torch.optim.SGD(tiny_bert.parameters(), lr=1e-2)
+    batch = fit.collate(list(range(8)))
+    seen: dict[int, torch.Tensor] = {}
+    try:
+        with erase(tiny_bert, erasure, permanent=True) as handle:
+            tiny_bert.reset_hooks()  # other code's bookkeeping: a permanent erasure stays
+            assert handle.active
+            for _ in range(2):
+                optimizer.zero_grad()
+                logits = tiny_bert(batch.tokens, attention_mask=batch.attention_mask)
+                logits.float().pow(2).mean().backward()
+                optimizer.step()
+
+            def capture(x, hook):
+                seen[int(hook.name.split(".")[1])] = x.detach()
+
+            with tiny_bert.hooks(fwd_hooks=[(resid_hook_name(lay), capture) for lay in LAYERS]):
+                tiny_bert(batch.tokens, attention_mask=batch.attention_mask)
+        for layer in LAYERS:
+            assert torch.equal(erasure.left[layer], saved[layer])  # not a parameter
+            d = erasure.left[layer][:, 0]
+            assert float((seen[layer] @ d).abs().max()) < 1e-4  # erased after the steps too
+        hooks = [
+            h for layer in LAYERS for h in tiny_bert.hook_dict[resid_hook_name(layer)].fwd_hooks
+        ]
+        assert not handle.active and hooks == []
+    finally:
+        tiny_bert.load_state_dict(state)  # the session's shared model, as it was
+
+
+def test_fitting_needs_the_concept_in_the_sentences(tiny_bert, corpus):
+    data = encode_split(corpus, tiny_bert.tokenizer, "train", limit=4, max_length=48)
+    with pytest.raises(NeuroplasticError, match="unknown concept label"):
+        fit_leace(tiny_bert, data, "PLACE", LAYERS)

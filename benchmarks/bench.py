@@ -10,6 +10,9 @@ stats   the statistics pass against its floor (a plain forward to the last MLP, 
         probeless): NeuroX's own loader and probeless ranker when ``neurox`` imports
         (``pip install --no-deps neurox h5py``), else that row is skipped;
 train   a training step with the ablation held against a plain step;
+probe   the per-layer linear probes every stage of a run takes (neuroplastic.erasure.probe_auc:
+        the residual stream of every layer on the sentences and on as many held-out ones, one
+        logistic regression per layer) against the statistics pass on the same sentences;
 memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
         each in a fresh process (CPU: peak resident set over the loaded model; GPU: peak
         allocated over the loaded model).
@@ -180,6 +183,21 @@ def neurox_way(model: Any, data: ConceptDataset) -> list[int] | None:
         activations, _ = loader.load_activations(path)
     x, y, mapping = utils.create_tensors(tokens, activations, "O")
     return probeless.get_neuron_ordering(x, y)
+
+
+def section_probe(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    from neuroplastic.erasure import probe_auc
+
+    held_out = data  # scored on the same sentences: the probe's cost, not its accuracy
+    layers = list(range(int(model.cfg.n_layers)))
+    times = interleaved(
+        {
+            "stats": lambda: stats_pass(model, data),
+            "probes": lambda: probe_auc(model, data, held_out, "LOC", layers, batch_size=BATCH),
+        },
+        device,
+    )
+    return {"seconds": times, "probes_over_stats": times["probes"] / times["stats"]}
 
 
 def section_stats(model: Any, data: ConceptDataset, device: torch.device) -> dict:
@@ -374,6 +392,9 @@ def main() -> None:
     if "stats" in sections:
         results["stats"] = section_stats(model, data, device)
         print(json.dumps({"stats": results["stats"]}), flush=True)
+    if "probe" in sections:
+        results["probe"] = section_probe(model, data, device)
+        print(json.dumps({"probe": results["probe"]}), flush=True)
     if "train" in sections:
         results["train"] = section_train(model, data, device)
         print(json.dumps({"train": results["train"]}), flush=True)

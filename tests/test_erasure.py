@@ -183,3 +183,41 @@ def test_fitting_needs_the_concept_in_the_sentences(tiny_bert, corpus):
     data = encode_split(corpus, tiny_bert.tokenizer, "train", limit=4, max_length=48)
     with pytest.raises(NeuroplasticError, match="unknown concept label"):
         fit_leace(tiny_bert, data, "PLACE", LAYERS)
+
+
+def test_the_probe_draws_no_random_numbers_and_reads_the_hooks_the_model_holds(
+    tiny_bert, splits, leace
+):
+    fit, held_out = splits
+    state = torch.get_rng_state()
+    plain = probe_auc(tiny_bert, fit, held_out, CONCEPT, LAYERS)
+    assert torch.equal(torch.get_rng_state(), state)  # training after it is the same
+    assert probe_auc(tiny_bert, fit, held_out, CONCEPT, LAYERS) == plain  # deterministic
+    with erase(tiny_bert, leace):
+        erased = probe_auc(tiny_bert, fit, held_out, CONCEPT, LAYERS)
+    assert erased != plain
+
+
+def test_every_stage_of_a_run_records_where_the_concept_is_readable(tiny_run):
+    _, summary = tiny_run
+    for arm in summary["arms"].values():
+        for entry in arm["stages"]:
+            readable = entry["readable"]
+            assert set(readable) == {"0", "1"}, entry["stage"]
+            assert all(0.0 <= value <= 1.0 for value in readable.values())
+
+
+def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
+    import shutil
+
+    from neuroplastic.report import write_report
+
+    source, summary = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(source, copy)
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert "Where LOC is linearly readable" in page
+    for arm in summary["arms"]:
+        assert f"{arm} arm: probe AUC per layer and stage" in page
+    base = summary["arms"]["concept"]["stages"][0]["readable"]["1"]
+    assert f"{base:.3f}" in page

@@ -328,12 +328,13 @@ def probe_auc(
     layers: Sequence[int],
     batch_size: int = 32,
     steps: int = 200,
-    seed: int = 0,
 ) -> dict[int, float]:
     """Per layer, the ROC AUC on ``test``'s real tokens of a logistic-regression probe for the
     concept (its tokens against the rest) trained on ``train``'s residual stream (standardised
-    with ``train``'s mean and spread; L-BFGS, a small L2 penalty). 0.5: not linearly readable.
-    Whatever hooks the model holds (an erasure, an ablation) apply."""
+    with ``train``'s mean and spread; L-BFGS from zero weights, a small L2 penalty). 0.5: not
+    linearly readable. Whatever hooks the model holds (an erasure, an ablation) apply. It draws
+    no random numbers and leaves the model's mode as it is (call ``model.eval()`` first, or
+    dropout applies to what the probe reads)."""
     concept_id = train.label_id(concept)
 
     def gather(data: ConceptDataset) -> tuple[dict[int, Tensor], Tensor]:
@@ -350,15 +351,14 @@ def probe_auc(
     if y_train.all() or not y_train.any() or y_test.all() or not y_test.any():
         raise NeuroplasticError(f"a probe needs {concept} tokens and others in both splits")
     return {
-        layer: _auc(_fit_probe(x_train[layer], y_train, steps, seed), x_test[layer], y_test)
+        layer: _auc(_fit_probe(x_train[layer], y_train, steps), x_test[layer], y_test)
         for layer in layers
     }
 
 
-def _fit_probe(x: Tensor, y: Tensor, steps: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _fit_probe(x: Tensor, y: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = ((x - mean) / std).double()
-    torch.manual_seed(seed)
     weight = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
     offset = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, offset], max_iter=steps, line_search_fn="strong_wolfe")

@@ -60,6 +60,7 @@ from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
 from neuroplastic.data.types import NerCorpus, NerSentence
+from neuroplastic.erasure import probe_auc
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.halves import HALVES, ProbeSplit, split_probe
 from neuroplastic.io import atomic_write_json
@@ -977,6 +978,7 @@ def _finish_stage(
         "step": step,
         **evaluation.scores,
         "train_loss": sum(losses) / len(losses) if losses else None,
+        "readable": distributed.on_main(partial(_readability, setup)),
     }
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
@@ -1001,6 +1003,19 @@ def _finish_stage(
     distributed.on_main(write)
     log(_describe(row))
     return row
+
+
+def _readability(setup: Setup) -> dict[str, float]:
+    """Where the concept is linearly readable at this stage, whatever the removal: per layer
+    (``blocks.{l}.hook_resid_post``), the validation-token AUC of a logistic-regression probe
+    for the concept trained on the probe sentences, with the arm's removal held (rank 0; no
+    random numbers drawn, so training is the same with it)."""
+    setup.module.eval()
+    layers = range(int(setup.model.cfg.n_layers))
+    auc = probe_auc(
+        setup.model, setup.probe_data, setup.validation_data, setup.config.concept, layers
+    )
+    return {str(layer): value for layer, value in auc.items()}
 
 
 def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:

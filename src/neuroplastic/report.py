@@ -192,6 +192,7 @@ def _build_report(
     _chase(page, metrics, summary, concept)
     _preempt(page, summary, concept)
     relearning(page, metrics, summary, concept)
+    _readable(page, summary, concept)
     _saliency(page, analyses, n_top)
     _heatmaps(page, analyses)
     _reappeared(page, analyses, sentences, n_views, similarity_note)
@@ -637,6 +638,36 @@ def _seen_in_train(page: HtmlPage, summary: dict | None) -> None:
         caption="Mentions seen in training, per entity type",
         index=False,
     )
+
+
+def _readable(page: HtmlPage, summary: dict | None, concept: str) -> None:
+    """Per arm, the layer x stage table of where the concept is linearly readable."""
+    arms = {
+        arm: [e for e in data["stages"] if e.get("readable")]
+        for arm, data in (summary or {}).get("arms", {}).items()
+    }
+    arms = {arm: entries for arm, entries in arms.items() if entries}
+    if not arms:
+        return
+    page.heading(f"Where {concept} is linearly readable")
+    page.paragraph(
+        f"Per layer (the residual stream after block l) and stage: the AUC on the validation "
+        f"tokens of a logistic-regression probe for {concept} (its tokens against all others) "
+        "trained on the probe sentences, with the arm's neurons held. 0.5: no linear probe "
+        f"tells {concept}'s tokens apart; 1: perfectly. Holding neurons removes what the "
+        "network computes from them, not necessarily what the residual stream carries: a "
+        "removal can silence the concept for the tagging head while it stays readable here, "
+        "and retraining can make it readable again before the head uses it. One run, one seed."
+    )
+    for arm, entries in arms.items():
+        layers = sorted({int(k) for e in entries for k in e["readable"]})
+        table = pd.DataFrame(
+            {e["stage"]: [e["readable"].get(str(layer)) for layer in layers] for e in entries},
+            index=pd.Index([f"layer {layer}" for layer in layers], name="layer"),
+        )
+        page.table(
+            table, caption=f"{arm} arm: probe AUC per layer and stage", float_format="{:.3f}"
+        )
 
 
 def _concept_on_top(curves: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

@@ -10,6 +10,8 @@ stats   the statistics pass against its floor (a plain forward to the last MLP, 
         probeless): NeuroX's own loader and probeless ranker when ``neurox`` imports
         (``pip install --no-deps neurox h5py``), else that row is skipped;
 train   a training step with the ablation held against a plain step;
+corpus  generating the embedded synthetic corpus at its default size (4,000 + 800 sentences),
+        once cold and once warm (no model needed; it was a timed test before);
 probe   the per-layer linear probes every stage of a run takes (neuroplastic.erasure.probe_auc:
         the residual stream of every layer on the sentences and on as many held-out ones, one
         logistic regression per layer) against the statistics pass on the same sentences;
@@ -183,6 +185,18 @@ def neurox_way(model: Any, data: ConceptDataset) -> list[int] | None:
         activations, _ = loader.load_activations(path)
     x, y, mapping = utils.create_tensors(tokens, activations, "O")
     return probeless.get_neuron_ordering(x, y)
+
+
+def section_corpus() -> dict:
+    from neuroplastic.data.synthetic import generate_corpus
+
+    seconds = []
+    for _ in range(2):  # the first call also builds the name lists it samples from
+        start = time.perf_counter()
+        corpus = generate_corpus()
+        seconds.append(time.perf_counter() - start)
+    n = len(corpus.train) + len(corpus.validation)
+    return {"sentences": n, "seconds_cold": seconds[0], "seconds_warm": seconds[1]}
 
 
 def section_probe(model: Any, data: ConceptDataset, device: torch.device) -> dict:
@@ -366,6 +380,9 @@ def main() -> None:
     DATASET = args.dataset
     if args.memory_child:
         memory_child(args)
+        return
+    if args.sections == "corpus":  # needs no model
+        print(json.dumps({"corpus": section_corpus()}), flush=True)
         return
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     device = model_device(model)

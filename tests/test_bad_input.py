@@ -68,9 +68,13 @@ def test_config_accepts_device_forms(device):
     assert tiny_config(device=device).device == device
 
 
-def test_seed_bounds_are_accepted():
-    tiny_config(seed=0)
-    tiny_config(seed=2**32 - 1)
+def test_seed_bounds_are_accepted_and_one_past_them_refused():
+    for seed in (0, 2**32 - 1):
+        config = tiny_config(seed=seed)
+        assert config.seed == seed and config.identity()["seed"] == seed
+    for seed in (-1, 2**32):
+        with pytest.raises(NeuroplasticError, match=r"seed must be in \[0, 4294967295\]"):
+            tiny_config(seed=seed)
 
 
 def test_refused_nan_lr_leaves_out_usable(capsys, tmp_path):

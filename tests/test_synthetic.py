@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import random
 import re
-import time
 import unicodedata
 
 import pytest
@@ -30,15 +29,8 @@ SLOT_TYPES = {
 
 
 @pytest.fixture(scope="module")
-def timed_default() -> tuple[NerCorpus, float]:
-    start = time.perf_counter()
-    corpus = generate_corpus()
-    return corpus, time.perf_counter() - start
-
-
-@pytest.fixture(scope="module")
-def corpus(timed_default: tuple[NerCorpus, float]) -> NerCorpus:
-    return timed_default[0]
+def corpus() -> NerCorpus:
+    return generate_corpus()
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +53,6 @@ def _entities(sentence: NerSentence) -> list[tuple[str, tuple[str, ...]]]:
 def _fold(name: str) -> str:
     decomposed = unicodedata.normalize("NFKD", name)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
-def test_default_call_is_fast(timed_default: tuple[NerCorpus, float]) -> None:
-    _, seconds = timed_default
-    assert seconds < 3.0, f"generate_corpus() took {seconds:.2f} s"
 
 
 def test_sizes_and_name(corpus: NerCorpus) -> None:

@@ -26,7 +26,6 @@ from fake_run import (
 )
 from neuroplastic.analysis import (
     ArmRun,
-    alive_mask,
     analyse_arm,
     concept_depth,
     concept_share,
@@ -41,7 +40,7 @@ from neuroplastic.analysis import (
 )
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
+from neuroplastic.ranking import Ranking, alive_neurons
 from neuroplastic.similarity import TokenEmbeddings, clean_token_text
 
 
@@ -91,7 +90,7 @@ def test_arm_run_loads_stages_in_order(concept_arm: ArmRun) -> None:
 
 def test_dead_neurons_are_recognised(concept_arm: ArmRun) -> None:
     pruned = concept_arm.stages["pruned"].stats
-    dead = ~alive_mask(pruned)
+    dead = ~alive_neurons(pruned)
     assert sorted(map(tuple, dead.nonzero().tolist())) == PLANTED
     share = concept_share(pruned, CONCEPT)
     assert share[PLANTED[0]].isnan() and share[POLY_BASE[0]] == 0.5

@@ -61,7 +61,6 @@ __all__ = [
     "PrimedNeurons",
     "PrunedTrace",
     "Relocation",
-    "alive_mask",
     "analyse_arm",
     "common_population",
     "concept_base_rate",
@@ -157,17 +156,11 @@ def top_token_strings(
     return [vocabulary.get(t, f"#{t}") for t in stats.top_token[layer, neuron].tolist()]
 
 
-def alive_mask(stats: NeuronStats) -> Bool[Tensor, "layer neuron"]:
-    """False where a neuron never fired: every activation exactly zero (ablated, dead). The same
-    test :meth:`Ranking.from_stats` uses to leave a neuron out of the ranking."""
-    return alive_neurons(stats)
-
-
 def concept_share(stats: NeuronStats, concept: str) -> Float[Tensor, "layer neuron"]:
     """Fraction of each neuron's top-k tokens labelled ``concept`` (NaN for dead neurons)."""
     z = stats.label_index(concept)
     share = (stats.top_label == z).float().mean(-1)
-    return torch.where(alive_mask(stats), share, torch.full_like(share, float("nan")))
+    return torch.where(alive_neurons(stats), share, torch.full_like(share, float("nan")))
 
 
 def concept_token_ids(stats: NeuronStats, concept: str) -> Int[Tensor, " n"]:
@@ -463,7 +456,7 @@ def pruned_trace(
     original = arm._stage(reference).stats.top_token[layers, neurons]
     per_neuron, per_stage = [], []
     for stage, artifacts in arm.stages.items():
-        alive = alive_mask(artifacts.stats)[layers, neurons].numpy()
+        alive = alive_neurons(artifacts.stats)[layers, neurons].numpy()
         saliency = artifacts.ranking.saliency[layers, neurons].double().numpy()
         share = concept_share(artifacts.stats, arm.concept)[layers, neurons].numpy()
         if embeddings is not None and len(pairs):
@@ -568,7 +561,7 @@ def primed_neurons(
     ).reshape(n_layers, d_mlp)
     start_saliency = arm._stage(start).ranking.saliency
     gain = arm._stage(end).ranking.saliency - start_saliency
-    keep = ~arm.ablated.mask() & alive_mask(base.stats) & similarity.isfinite() & gain.isfinite()
+    keep = ~arm.ablated.mask() & alive_neurons(base.stats) & similarity.isfinite() & gain.isfinite()
     if start_saliency_below is not None:
         # Neurons already salient at the start cannot gain much (the saliency ceiling), which
         # biases the correlation down; this asks the question among those with room to gain.

@@ -196,10 +196,10 @@ class Checkpointer:
 
     # -- stages --------------------------------------------------------------------------------
     def done(self, arm: str, stage: str) -> bool:
-        return self._marker(arm, stage).is_file()
+        return self.run.marker_path(arm, stage).is_file()
 
     def marker(self, arm: str, stage: str) -> dict[str, Any]:
-        return self._read_marker(self._marker(arm, stage))
+        return self._read_marker(self.run.marker_path(arm, stage))
 
     def _read_marker(self, path: Path) -> dict[str, Any]:
         remedy = "it records its stage's evaluation; restore it, or rerun into a new --out"
@@ -224,11 +224,11 @@ class Checkpointer:
         # clone because some are views of one storage (GPT-2's q/k/v split of c_attn).
         state = {k: v.detach().cpu().clone().contiguous() for k, v in module.named_parameters()}
         data = save(state)
-        written = {self._weights(arm, stage): data}
+        written = {self.run.weights_path(arm, stage): data}
         if trainer_state is not None:
             buffer = io.BytesIO()
             torch.save(_to_cpu(trainer_state), buffer)
-            written[self._trainer(arm, stage)] = buffer.getvalue()
+            written[self.run.trainer_path(arm, stage)] = buffer.getvalue()
         if self.save_checkpoints:
             written[self.run.checkpoint_path(arm, stage)] = data
         entries = {}
@@ -238,14 +238,18 @@ class Checkpointer:
         for path in artifacts:
             entries[self.manifest.relative(path)] = file_digest(path)
         self.manifest.update(add=entries)
-        atomic_write_json(self._marker(arm, stage), {**marker, CONFIG_HASH: self.config_hash})
+        atomic_write_json(
+            self.run.marker_path(arm, stage), {**marker, CONFIG_HASH: self.config_hash}
+        )
         if previous is not None:
-            self.delete([self._weights(arm, previous), self._trainer(arm, previous)])
+            self.delete(
+                [self.run.weights_path(arm, previous), self.run.trainer_path(arm, previous)]
+            )
 
     def restore(self, arm: str, stage: str, module: torch.nn.Module) -> dict[str, Any] | None:
         """Load the weights after ``stage`` into ``module``; returns the trainer state saved
         with them (None if there was none). Both are verified against the manifest first."""
-        weights, trainer = self._weights(arm, stage), self._trainer(arm, stage)
+        weights, trainer = self.run.weights_path(arm, stage), self.run.trainer_path(arm, stage)
         self.manifest.verify(weights)
         load_weights(module, weights)
         if not trainer.is_file() and not self.manifest.lists(trainer):
@@ -374,16 +378,6 @@ class Checkpointer:
             files = [path] if path.is_file() else sorted(path.rglob("*"))
             found += [p for p in files if p.is_file() and not p.name.endswith(".tmp")]
         return [self.manifest.relative(p) for p in found]
-
-    # -- paths ---------------------------------------------------------------------------------
-    def _marker(self, arm: str, stage: str) -> Path:
-        return self.run.marker_path(arm, stage)
-
-    def _weights(self, arm: str, stage: str) -> Path:
-        return self.run.weights_path(arm, stage)
-
-    def _trainer(self, arm: str, stage: str) -> Path:
-        return self.run.trainer_path(arm, stage)
 
 
 @contextmanager

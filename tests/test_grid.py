@@ -180,3 +180,27 @@ def test_a_sweep_refuses_a_bad_later_cell_before_its_first_run(
     base = ExperimentConfig(**{**GRIDDED, "rounds": settings.pop("rounds", 1)})
     with pytest.raises(NeuroplasticError, match=message):
         sweep.run_sweep(base, tmp_path / "s", progress=False, log=quiet, **settings)
+
+
+def test_only_finished_aggregates_what_has_run_and_runs_nothing(tmp_path, monkeypatch):
+    config = ExperimentConfig(**GRIDDED)
+    grid = {"relearn_lr": [1e-3, 1e-2]}
+    done = sweep.run_sweep(config, tmp_path / "s", seeds=[0], grid=grid, progress=False, log=quiet)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--only-finished ran a run")
+
+    monkeypatch.setattr(sweep, "run_experiment", must_not_run)
+    partial = sweep.run_sweep(
+        config, tmp_path / "s", seeds=[0, 1], grid=grid, progress=False, log=quiet,
+        only_finished=True,
+    )  # fmt: skip
+    cells = ["hold-selectivity_relearn_lr=0.001", "hold-selectivity_relearn_lr=0.01"]
+    assert partial["incomplete"] == {cell: [1] for cell in cells}
+    assert partial["cells"] == done["cells"]  # seed 0's runs, aggregated as before
+    html = build_sweep_report(partial).to_html()
+    assert f"Incomplete: {cells[0]} lacks seeds [1]" in html
+    with pytest.raises(NeuroplasticError, match="no run of this sweep has finished yet"):
+        sweep.run_sweep(
+            config, tmp_path / "empty", seeds=[0], progress=False, log=quiet, only_finished=True
+        )

@@ -275,6 +275,12 @@ def _parser() -> argparse.ArgumentParser:
         "axis's best case for recovery chosen per seed",
     )
     sweep.add_argument(
+        "--only-finished",
+        action="store_true",
+        help="run nothing: aggregate the runs already finished (a sweep still running or cut "
+        "short) into sweep.json, which then lists each cell's missing seeds under incomplete",
+    )
+    sweep.add_argument(
         "--executor",
         choices=("serial", "ray"),
         default="serial",
@@ -625,6 +631,7 @@ def _sweep(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         grid=grid,
         executor=executor,
+        only_finished=args.only_finished,
     )
     print(f"sweep: {args.out / 'sweep.json'}")
     for cell, data in result["cells"].items():

@@ -143,6 +143,7 @@ def run_sweep(
     grid: dict[str, Sequence[Any]] | None = None,
     share_base: bool = True,
     executor: RayExecutor | None = None,
+    only_finished: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) every cell of the sweep into ``out``; write and return ``sweep.json``.
 
@@ -150,6 +151,10 @@ def run_sweep(
     (``AFTER_BASE``: mode, method, retraining...) share its base weights, trained by the first
     and loaded by the others (``share_base=False``: each trains its own; the results are the
     same, the time is not).
+
+    ``only_finished``: run nothing; aggregate the runs already finished (a sweep still running
+    elsewhere, or cut short), cells without any left out, and say in ``incomplete`` which
+    seeds each cell lacks.
 
     ``executor``: None runs one run after another in this process; a
     :class:`~neuroplastic.ray_executor.RayExecutor` runs them as parallel Ray tasks (the base
@@ -182,7 +187,16 @@ def run_sweep(
     runs: dict[str, dict[int, Path]] = {}
     for cell, seed, _ in planned:
         runs.setdefault(cell, {})[seed] = out / cell / f"seed-{seed}"
-    if executor is None:
+    if only_finished:
+        missing: dict[str, list[int]] = {}
+        for cell, seed, config in planned:
+            if not _finished(runs[cell][seed], config):
+                missing.setdefault(cell, []).append(seed)
+                del runs[cell][seed]
+        runs = {cell: paths for cell, paths in runs.items() if paths}
+        if not runs:
+            raise NeuroplasticError(f"{out}: no run of this sweep has finished yet")
+    elif executor is None:
         for cell, seed, config in planned:
             path = out / cell / f"seed-{seed}"
             if _finished(path, config):
@@ -197,9 +211,10 @@ def run_sweep(
     else:
         for wave in _waves(planned, out, siblings if share_base else None, log):
             executor.run(wave)
-    for group in siblings.values():  # every cell is finished: no base is needed any more
-        for path, _ in group:
-            _drop_kept_base(path)
+    if not only_finished:  # every cell is finished: no base is needed any more
+        for group in siblings.values():
+            for path, _ in group:
+                _drop_kept_base(path)
     measured = {
         cell: {seed: run_measures(path, top=top) for seed, path in paths.items()}
         for cell, paths in runs.items()
@@ -216,11 +231,15 @@ def run_sweep(
         **({"savings_measures": SAVINGS_MEASURES} if base.naive else {}),
         "cells": {cell: aggregate(list(per_seed.values())) for cell, per_seed in measured.items()},
     }
+    if only_finished:
+        result["incomplete"] = missing
     if grid:
         result["grid"] = grid
-        result["settings"] = settings
+        result["settings"] = {cell: v for cell, v in settings.items() if cell in measured}
         result["best_case"] = {
-            axis: best_cases(measured, settings, axis) for axis in grid if len(grid[axis]) > 1
+            axis: best_cases(measured, result["settings"], axis)
+            for axis in grid
+            if len(grid[axis]) > 1
         }
     atomic_write_json(out / "sweep.json", result)
     return result

@@ -10,6 +10,7 @@ against its control (``--preempt``).
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,12 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
     concept = config["concept"]
     seeds = sweep["seeds"]
     page = HtmlPage(f"Does {concept} stay removed? {config['model']}, seeds {seeds}")
+    for cell, seeds_missing in (sweep.get("incomplete") or {}).items():
+        page.raw(
+            f'<p class="np-warning">Incomplete: {html.escape(cell)} lacks seeds '
+            f"{seeds_missing} (aggregated with --only-finished while the sweep was unfinished); "
+            "its intervals are over the seeds it has.</p>"
+        )
     page.paragraph(
         f"{len(seeds)} seeds per cell. A seed changes the head's initialisation, the data order, "
         "dropout, the sentences sampled and the random control's neurons; everything else is "

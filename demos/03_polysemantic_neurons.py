@@ -77,7 +77,7 @@ polysemantic = pd.DataFrame(
     },
     columns=["layer", "neuron", CONCEPT, "other_label", "other", "O"],
 )
-polysemantic = polysemantic[polysemantic["other_label"] != "O"]
+polysemantic = polysemantic[polysemantic["other_label"] != "O"].copy()
 # The most even mixes first, then those with the fewest top tokens outside any entity.
 polysemantic["evenness"] = -(polysemantic[CONCEPT] - polysemantic["other"]).abs()
 polysemantic = (

@@ -90,9 +90,50 @@ def test_a_sibling_with_other_base_settings_is_not_loaded(tmp_path):
     # A base whose weights were changed after the run wrote them is passed over, not loaded.
     weights = RunDir(source).weights_path("concept", "base")
     data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF  # (the head's last bias, initialised at 0: one flipped byte)
+    data[-1] ^= 0xFF  # one flipped byte
     weights.write_bytes(bytes(data))
     assert find_shared_base([source], after_base, "concept") is None
+
+
+def test_the_settings_that_act_after_the_base_leave_its_weights_unchanged(tmp_path):
+    # Every AFTER_BASE setting at once away from its default (those that go together): the
+    # base each fine-tunes must be the same file, byte for byte, and measure the same.
+    default = ExperimentConfig(**SHARED)
+    changed = ExperimentConfig(
+        **{
+            **SHARED, "method": "probeless", "selection": "count", "count": 10,
+            "baseline": "random-global", "stages": 1, "stage_steps": 2, "schedule": "per-stage",
+            "eval_grid": "dense", "eval_every": 1, "top_k_tokens": 3, "relearn": "masked",
+            "relearn_lr": 5e-3,
+        }
+    )  # fmt: skip
+    assert set(default.identity().items()) ^ set(changed.identity().items())
+    assert default.base_identity() == changed.base_identity()
+    bases = []
+    for name, config in (("default", default), ("changed", changed)):
+        experiment.run_experiment(
+            config, tmp_path / name, progress=False, log=quiet, keep_base=True
+        )
+        run = RunDir(tmp_path / name)
+        bases.append(
+            (
+                run.weights_path("concept", "base").read_bytes(),
+                run.weights_path("naive", "base").read_bytes(),
+                json.loads(run.marker_path("concept", "base").read_text())["rows"][-1]["f1"],
+            )
+        )
+    assert bases[0] == bases[1]
+
+
+def test_a_base_trained_by_another_number_of_processes_is_not_loaded(tmp_path):
+    config = ExperimentConfig(**SHARED)
+    source = tmp_path / "source"
+    experiment.run_experiment(config, source, progress=False, log=quiet, keep_base=True)
+    marker = RunDir(source).marker_path("concept", "base")
+    record = json.loads(marker.read_text())
+    assert find_shared_base([source], config, "concept") is not None
+    marker.write_text(json.dumps({**record, "processes": 2}))  # as a 2-process run records it
+    assert find_shared_base([source], config, "concept") is None
 
 
 def test_every_setting_is_either_part_of_the_base_or_acts_after_it():

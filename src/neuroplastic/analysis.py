@@ -640,6 +640,8 @@ class Polysemanticity:
     #: stage, layer, neuron, concept_share, labels ({label: count}), mixed_with (the most
     #: common other label among its top tokens), tokens, new
     neurons: pd.DataFrame
+    #: whether [low, high] is the concept's mixing band (:func:`mixing_band`), not given
+    from_base_rate: bool = True
 
     #: Readable headers of :attr:`counts`, for tables.
     HEADERS = {
@@ -655,13 +657,17 @@ class Polysemanticity:
 
     def definition(self) -> str:
         """The one definition, in words, for every page that counts these neurons."""
+        why = (
+            " (at least twice the concept's share of all tokens, and at most one minus it, so "
+            "other labels hold at least as much as the concept does of all tokens)"
+            if self.from_base_rate
+            else " (a band given explicitly)"
+        )
         return (
             f"polysemantic for {self.concept}: between {self.low:.0%} and {self.high:.0%} of "
-            f"the neuron's top activating tokens are labelled {self.concept} (at least twice "
-            f"the concept's share of all tokens, and at most one minus it, so other labels "
-            f"hold at least as much as the concept does of all tokens); what it is mixed with "
-            f"is the most common other label among those tokens (the outside label O, or "
-            f"another entity type)"
+            f"the neuron's top activating tokens are labelled {self.concept}{why}; what it is "
+            "mixed with is the most common other label among those tokens (an entity type "
+            "where one ties with the outside label O)"
         )
 
     @property
@@ -732,6 +738,7 @@ def polysemanticity(
     """
     if not stats:
         raise NeuroplasticError("no stages to count polysemantic neurons in")
+    from_base_rate = low is None and high is None
     if low is None or high is None:
         band = mixing_band(concept_base_rate(next(iter(stats.values())), concept))
         low = band[0] if low is None else low
@@ -760,11 +767,12 @@ def polysemanticity(
         label_counts = torch.nn.functional.one_hot(
             stage_stats.top_label, len(stage_stats.label_names)
         ).sum(-2)  # layer neuron label
-        others = label_counts.clone()
+        others = label_counts.double()
         others[..., stage_stats.label_index(concept)] = -1
-        # ties: the first label in the stats' order (argmax's first maximum)
-        mixed_with = others.argmax(-1)
         no_entity = stage_stats.label_names.index("O") if "O" in stage_stats.label_names else -1
+        if no_entity >= 0:  # a tie between O and an entity type goes to the entity type
+            others[..., no_entity] -= 0.5
+        mixed_with = others.argmax(-1)  # other ties: the first label in the stats' order
         with_entity = poly & (mixed_with != no_entity)
         counts.append(
             {
@@ -810,8 +818,9 @@ def polysemanticity(
         "stage", "layer", "neuron", "concept_share", "labels", "mixed_with", "tokens", "new"
     ]  # fmt: skip
     return Polysemanticity(
-        concept, low, high, population, pd.DataFrame(counts), pd.DataFrame(rows, columns=columns)
-    )
+        concept, low, high, population, pd.DataFrame(counts), pd.DataFrame(rows, columns=columns),
+        from_base_rate,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

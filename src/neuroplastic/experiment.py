@@ -499,7 +499,8 @@ def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> 
         _load_on_main(setup.module, Path(config.checkpoint))
         base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
     elif shared is not None:
-        _load_on_main(setup.module, shared.weights)
+        distributed.on_main(partial(shared.load_into, setup.module))
+        distributed.broadcast_parameters(setup.module)
         base, losses = shared.base, shared.losses
         log(f"[base] fine-tuned weights loaded from {shared.source} (the same base settings)")
     else:
@@ -570,7 +571,8 @@ def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) ->
         return
     shared = _shared(setup, base_from, NAIVE_ARM)
     if shared is not None:
-        _load_on_main(setup.module, shared.weights)
+        distributed.on_main(partial(shared.load_into, setup.module))
+        distributed.broadcast_parameters(setup.module)
         log(f"[{NAIVE_ARM}] base weights loaded from {shared.source} (the same base settings)")
         _finish_stage(setup, NAIVE_ARM, "base", 0, shared.losses, None, [], log, base=shared.base)
         return
@@ -722,6 +724,8 @@ def _round_sets(setup: Setup, held: HeldSets, arms: Sequence[str], round_: int) 
         for arm in arms:
             held.local(arm, round_)
     except ControlCapacityError as error:
+        # The concept's set of the round that will not run was saved with it: not a round.
+        setup.run.neurons_path("concept", round_).unlink(missing_ok=True)
         return record_capacity_stop(setup.run, round_ - 1, error)
     return None
 

@@ -653,11 +653,14 @@ def _readable(page: HtmlPage, summary: dict | None, concept: str) -> None:
     page.paragraph(
         f"Per layer (the residual stream after block l) and stage: the AUC on the validation "
         f"tokens of a logistic-regression probe for {concept} (its tokens against all others) "
-        "trained on the probe sentences, with the arm's neurons held. 0.5: no linear probe "
-        f"tells {concept}'s tokens apart; 1: perfectly. Holding neurons removes what the "
-        "network computes from them, not necessarily what the residual stream carries: a "
-        "removal can silence the concept for the tagging head while it stays readable here, "
-        "and retraining can make it readable again before the head uses it. One run, one seed."
+        "trained on the probe sentences, with the arm's removal in place (its neurons held, or "
+        "in regrow mode its weights as retraining left them). 0.5: the probe trained on the "
+        f"probe sentences does not tell {concept}'s tokens apart on new ones; 1: perfectly; "
+        "below 0.5: they still differ there, in the opposite direction. Removing neurons "
+        "removes what the network computes from them, not necessarily what the residual "
+        "stream carries: a removal can silence the concept for the tagging head while it "
+        "stays readable here, and retraining can make it readable again before the head uses "
+        "it. One run, one seed."
     )
     for arm, entries in arms.items():
         layers = sorted({int(k) for e in entries for k in e["readable"]})
@@ -705,8 +708,10 @@ def _headline(page: HtmlPage, metrics: pd.DataFrame, concept: str) -> None:
             for arm, group in _concept_on_top(curves)
         ]
     )
+    controlled = set(curves["arm"]) >= {"concept", "random"}
     fig.update_layout(
-        title=f"{main} {name} while retraining: the concept arm against its control",
+        title=f"{main} {name} while retraining"
+        + (": the concept arm against its control" if controlled else ": the concept arm"),
         xaxis_title="retraining step",
         yaxis_title=f"{main} {name}",
         height=380,
@@ -717,12 +722,16 @@ def _headline(page: HtmlPage, metrics: pd.DataFrame, concept: str) -> None:
         fig.update_yaxes(range=[0, 1.02])
     page.plotly(fig, height="380px")
     page.paragraph(
-        f"Step 0: the base model, then the model right after its neurons were held at zero. "
-        f"The concept arm (red) holds the neurons most salient for {concept}; the random arm "
-        "(blue, dashed), as many random neurons, on the same batches in the same order. "
-        "The gap between the two is what removing the concept's neurons costs; how fast it "
-        "closes is how fast the concept comes back. One run, one seed: a sweep gives the "
-        "spread across seeds."
+        "Step 0: the base model, then the model right after its neurons were removed. "
+        f"The concept arm (red) removes the neurons most salient for {concept}"
+        + (
+            "; the random arm (blue, dashed), as many random neurons, on the same batches in "
+            "the same order. The gap between the two is what removing the concept's neurons "
+            "costs; how fast it closes is how fast the concept comes back."
+            if controlled
+            else " (this run has no control arm: --baseline none)."
+        )
+        + " One run, one seed: a sweep gives the spread across seeds."
     )
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuroplastic.checkpoint import reading
+from neuroplastic import distributed
+from neuroplastic.checkpoint import load_weights, reading
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.rundir import RunDir
@@ -41,6 +42,13 @@ class SharedBase:
     def base(self) -> dict[str, Any]:
         """The base record (steps, how it stopped...) with where the weights came from."""
         return {**self.marker.get("base", {}), "shared_from": str(self.source)}
+
+    def load_into(self, module: Any) -> None:
+        """The weights into ``module``, verified against the source's manifest again under its
+        read lock (the source may have changed since it was found)."""
+        with reading(RunDir(self.source)):
+            RunDir(self.source).manifest.verify(self.weights)
+            load_weights(module, self.weights)
 
     @property
     def losses(self) -> list[float]:
@@ -74,6 +82,10 @@ def _checked(run: RunDir, config: ExperimentConfig, arm: str) -> SharedBase | No
                 return None
             run.manifest.verify(weights)
             record = json.loads(marker.read_text())
+            # A base trained by another number of processes has other dropout masks: not this
+            # run's base. (The device may differ, as it may between a run and its resumption.)
+            if record.get("processes", 1) != distributed.world_size():
+                return None
     except (NeuroplasticError, OSError, ValueError):
         return None
     return SharedBase(run.path, weights, record)

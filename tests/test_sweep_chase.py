@@ -270,11 +270,11 @@ def test_sweep_report_shows_rounds_and_preemption_with_intervals() -> None:
 
 
 def test_large_numbers_are_whole_in_the_sweep_report() -> None:
-    from neuroplastic.sweep_report import _ci
+    from neuroplastic.intervals import as_text
 
     value = sweep.interval([1844.0, 1844.0, 1844.0])
-    assert _ci(value) == "1,844 [1,844, 1,844]"
-    assert _ci(sweep.interval([0.0202, 0.01, 0.03])).startswith("0.0201 [")
+    assert as_text(value) == "1,844 [1,844, 1,844]"
+    assert as_text(sweep.interval([0.0202, 0.01, 0.03])).startswith("0.0201 [")
 
 
 # -- a real chase run ---------------------------------------------------------------------------

@@ -663,11 +663,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _mean_ci(value: dict) -> str:
-    if value["mean"] is None:
-        return "n/a"
-    if value["ci_low"] is None:
-        return f"{value['mean']:.3f}"
-    return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+    from neuroplastic.intervals import as_text  # what the sweep report shows, censoring too
+
+    return as_text(value)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -172,3 +172,40 @@ def paired(
     if margin is not None:
         result["equivalence"] = equivalence(values, margin)
     return result
+
+
+# -- as text ---------------------------------------------------------------------------------
+def number_text(value: float) -> str:
+    """Three significant digits; whole numbers from 100 up (neuron counts, not 1.84e+03)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def as_text(value: dict[str, Any]) -> str:
+    """A measure across seeds as text: mean [interval]; a censored measure as its lower bound
+    and how many seeds reached it; '(seed range)' where a t-interval would have left the
+    measure's range; a paired difference with what its equivalence test and power say."""
+    mean, low, high = value["mean"], value["ci_low"], value["ci_high"]
+    if value.get("censored"):
+        n = value["reached"] + value["censored"]
+        return (
+            f"≥ {number_text(value['lower_bound'])} (reached by {value['reached']} of {n} seeds; "
+            f"{value['censored']} censored at their budget)"
+        )
+    if mean is None:
+        text = "n/a"
+    elif low is None:
+        text = number_text(mean)
+    else:
+        text = f"{number_text(mean)} [{number_text(low)}, {number_text(high)}]"
+        if value.get("method") == "seed range":
+            text += " (seed range)"
+    if value.get("missing"):
+        text += f" (n/a in {value['missing']} of {value['n'] + value['missing']} seeds)"
+    test = value.get("equivalence")
+    if test and test.get("p") is not None:
+        margin = number_text(test["margin"])
+        if test["equivalent"]:
+            text += f"; within ±{margin} (TOST p = {test['p']:.3f})"
+        else:
+            text += f"; not shown within ±{margin}: admits up to {number_text(test['admits'])}"
+    return text

@@ -47,6 +47,7 @@ from neuroplastic.analysis import ArmRun
 from neuroplastic.config import PREDICTOR_NAMES
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.intervals import t_half_width
 from neuroplastic.io import atomic_write_bytes
 from neuroplastic.models import check_mlp_hooks, mlp_hook_name, model_device, run_forward
 from neuroplastic.neurons import NeuronSet
@@ -832,6 +833,5 @@ def across_seeds(
 def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     if len(values) < 2:
         return math.nan, math.nan
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1)
-    half /= math.sqrt(len(values))
+    half = t_half_width(values, confidence)
     return float(values.mean() - half), float(values.mean() + half)

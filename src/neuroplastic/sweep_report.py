@@ -21,6 +21,7 @@ import pandas as pd
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
+from neuroplastic.intervals import as_text, number_text
 from neuroplastic.predict import DESCRIPTIONS
 
 ARM_COLORS = {
@@ -69,7 +70,7 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
         "that reached it. A paired difference is called 'within ±m' only when two one-sided "
         "t-tests (TOST, alpha 0.05) show it inside the margin m; otherwise the text says how "
         "large a difference the 90% interval still admits. Margins: "
-        + ", ".join(f"{m} {_number(v)}" for m, v in (sweep.get("margins") or {}).items())
+        + ", ".join(f"{m} {number_text(v)}" for m, v in (sweep.get("margins") or {}).items())
         + "."
     )
     _overview(page, sweep)
@@ -101,7 +102,10 @@ def _overview(page: HtmlPage, sweep: dict[str, Any]) -> None:
         if "concept_minus_random" in result:
             columns[f"{cell}: concept - random"] = result["concept_minus_random"]
     table = pd.DataFrame(
-        {name: {m: _ci(values[m]) for m in sweep["measures"]} for name, values in columns.items()}
+        {
+            name: {m: as_text(values[m]) for m in sweep["measures"]}
+            for name, values in columns.items()
+        }
     )
     page.table(table, caption="mean [95% interval across seeds]", float_format=None)
 
@@ -142,7 +146,7 @@ def _measures(page: HtmlPage, measures: dict[str, str], result: dict[str, Any]) 
     if "concept_minus_random" in result:
         columns["concept - random"] = result["concept_minus_random"]
     table = pd.DataFrame(
-        {name: {m: _ci(values[m]) for m in measures} for name, values in columns.items()}
+        {name: {m: as_text(values[m]) for m in measures} for name, values in columns.items()}
     )
     page.table(table, caption="mean [95% interval across seeds]", float_format=None)
 
@@ -151,7 +155,9 @@ def _stage_scores(page: HtmlPage, result: dict[str, Any]) -> None:
     rows = []
     for arm, data in result["arms"].items():
         for stage, entities in data["f1"].items():
-            rows.append({"arm": arm, "stage": stage, **{e: _ci(v) for e, v in entities.items()}})
+            rows.append(
+                {"arm": arm, "stage": stage, **{e: as_text(v) for e, v in entities.items()}}
+            )
     with page.details("Entity F1 per stage (mean [95% interval])"):
         page.table(pd.DataFrame(rows).set_index(["arm", "stage"]), float_format=None)
 
@@ -220,7 +226,7 @@ def _prediction(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
             if row["arm"] != arm:
                 continue
             entry = cells.setdefault((row["truth"], row["predictor"]), {})
-            entry[PREDICTION_MEASURES[row["measure"]]] = _ci({**row, "n": row["n_seeds"]})
+            entry[PREDICTION_MEASURES[row["measure"]]] = as_text({**row, "n": row["n_seeds"]})
         keys = sorted(cells, key=lambda key: truths.index(key[0]))  # stable: predictors in order
         table = pd.DataFrame([cells[key] for key in keys], index=pd.MultiIndex.from_tuples(keys))
         table.index.names = ["truth", "predictor"]
@@ -280,7 +286,7 @@ def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], con
         if "concept_minus_random" in entry:
             columns["concept - random"] = entry["concept_minus_random"]
         table = pd.DataFrame(
-            {name: {measures[m]: _ci(v[m]) for m in measures} for name, v in columns.items()}
+            {name: {measures[m]: as_text(v[m]) for m in measures} for name, v in columns.items()}
         )
         page.table(
             table,
@@ -293,8 +299,8 @@ def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], con
         page.paragraph(
             "Removing more at once instead: the one-shot arm holds every neuron of each seed's "
             f"chase from the base weights at once and retrains one round. {concept} F1 after it "
-            f"{_ci(once['retrained'])}; one-shot minus the chase's end, paired per seed (the "
-            f"same neurons held): {_ci(once['one_shot_minus_chase'])}."
+            f"{as_text(once['retrained'])}; one-shot minus the chase's end, paired per seed (the "
+            f"same neurons held): {as_text(once['one_shot_minus_chase'])}."
         )
     _chase_plot(page, chase, concept)
 
@@ -344,14 +350,14 @@ def _preempt(
         f"neurons {predictor} scored highest before retraining; its control, preempt-random, "
         f"{count} random survivors, as many per layer, from the same candidates. "
         "'preempt - preempt-random' is paired per seed (same batches, same count per layer). "
-        f"The two arms' extra neurons overlap by {_ci(preempt['overlap'])} neurons."
+        f"The two arms' extra neurons overlap by {as_text(preempt['overlap'])} neurons."
     )
     columns = dict(preempt["arms"])
     columns["preempt - preempt-random"] = preempt["preempt_minus_control"]
     if "oracle_minus_control" in preempt:
         columns["preempt-oracle - preempt-random"] = preempt["oracle_minus_control"]
     table = pd.DataFrame(
-        {name: {measures[m]: _ci(v[m]) for m in measures} for name, v in columns.items()}
+        {name: {measures[m]: as_text(v[m]) for m in measures} for name, v in columns.items()}
     )
     page.table(table, caption="Pre-emption: mean [95% interval across seeds]", float_format=None)
     if "oracle_minus_control" in preempt:
@@ -386,7 +392,7 @@ def _savings(
         "gone: something of it survived the removal. It does not say what, or where."
     )
     measures = measures or {m: m for m in saved if m not in ("seeds", "naive_curves")}
-    table = pd.DataFrame({"across seeds": {measures[m]: _ci(saved[m]) for m in measures}})
+    table = pd.DataFrame({"across seeds": {measures[m]: as_text(saved[m]) for m in measures}})
     page.table(table, caption="Savings: mean [95% interval across seeds]", float_format=None)
     figure = go.Figure()
     curves = {a: result["arms"][a]["curves"] for a in ("concept", "random") if a in result["arms"]}
@@ -419,14 +425,14 @@ def _causal(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
         rows = {}
         for name, lost in record["lost"].items():
             rows[name] = {
-                f"{concept} F1 lost": _ci(lost),
-                "other types' F1 lost": _ci(record["others_lost"][name])
+                f"{concept} F1 lost": as_text(lost),
+                "other types' F1 lost": as_text(record["others_lost"][name])
                 if name in record.get("others_lost", {})
                 else "–",
-                "beyond matched random": _ci(record["beyond_random"][name])
+                "beyond matched random": as_text(record["beyond_random"][name])
                 if name in record["beyond_random"]
                 else "–",
-                f"{concept} lost - others lost": _ci(record["specific"][name])
+                f"{concept} lost - others lost": as_text(record["specific"][name])
                 if name in record.get("specific", {})
                 else "–",
             }
@@ -501,9 +507,9 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
                     "axis": axis,
                     "other settings": ", ".join(f"{k}={v}" for k, v in case["fixed"].items()),
                     "values": ", ".join(map(str, case["values"])),
-                    "fastest recovery (steps to 90%)": _ci(case["fastest_recovery"]),
+                    "fastest recovery (steps to 90%)": as_text(case["fastest_recovery"]),
                     "chosen per seed": ", ".join(map(str, case["fastest_value"])),
-                    f"highest final {concept} F1": _ci(case["highest_final_f1"]),
+                    f"highest final {concept} F1": as_text(case["highest_final_f1"]),
                     "chosen per seed ": ", ".join(map(str, case["highest_value"])),
                 }
             )
@@ -523,39 +529,3 @@ def _first_stage_f1(result: dict[str, Any], arm: str, concept: str) -> dict[str,
         return (result["arms"][arm]["f1"].get("retrain-1") or {}).get(concept)
     saved = result.get("savings")
     return saved.get("naive_first_stage_f1") if arm == "naive" and saved else None
-
-
-def _number(value: float) -> str:
-    """Three significant digits; whole numbers from 100 up (neuron counts, not 1.84e+03)."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def _ci(value: dict[str, Any]) -> str:
-    """A measure across seeds as text: mean [interval]; a censored measure as its lower bound
-    and how many seeds reached it; '(seed range)' where a t-interval would have left the
-    measure's range; a paired difference with what its equivalence test and power say."""
-    mean, low, high = value["mean"], value["ci_low"], value["ci_high"]
-    if value.get("censored"):
-        n = value["reached"] + value["censored"]
-        return (
-            f"≥ {_number(value['lower_bound'])} (reached by {value['reached']} of {n} seeds; "
-            f"{value['censored']} censored at their budget)"
-        )
-    if mean is None:
-        text = "n/a"
-    elif low is None:
-        text = _number(mean)
-    else:
-        text = f"{_number(mean)} [{_number(low)}, {_number(high)}]"
-        if value.get("method") == "seed range":
-            text += " (seed range)"
-    if value.get("missing"):
-        text += f" (n/a in {value['missing']} of {value['n'] + value['missing']} seeds)"
-    test = value.get("equivalence")
-    if test and test.get("p") is not None:
-        margin = _number(test["margin"])
-        if test["equivalent"]:
-            text += f"; within ±{margin} (TOST p = {test['p']:.3f})"
-        else:
-            text += f"; not shown within ±{margin}: admits up to {_number(test['admits'])}"
-    return text

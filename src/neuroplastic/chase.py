@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuroplastic.config import ExperimentConfig
-from neuroplastic.curves import recovery_auc, steps_to_recover
+from neuroplastic.curves import RECOVERY_TARGET, recovery_auc, steps_to_recover
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_json
 from neuroplastic.neurons import NeuronSet
@@ -203,7 +203,7 @@ def round_measures(
     concept: str,
     n_stages: int,
     steps_per_round: int,
-    recovery_target: float = 0.9,
+    recovery_target: float = RECOVERY_TARGET,
     branches: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per round run: per arm, the concept's F1 just before the round's removal

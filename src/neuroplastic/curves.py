@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+#: "recovered": the concept's F1 back to this share of its F1 before the removal
+RECOVERY_TARGET = 0.9
+
 #: ``{"step": [...], "f1": [...]}`` in step order (a DataFrame with those columns will do)
 Curve = Mapping[str, Any]
 
@@ -58,7 +61,7 @@ def share_recovered(curve: Curve, base: float, step: float) -> float:
     return float((np.interp(step, steps, values) - values[0]) / drop)
 
 
-def recovery(curve: Curve, base: float, target_share: float = 0.9) -> dict[str, Any]:
+def recovery(curve: Curve, base: float, target_share: float = RECOVERY_TARGET) -> dict[str, Any]:
     """Every recovery measure of one curve, with the grid it was read from.
 
     ``steps_to_recover`` is None when the curve never reaches ``target_share`` x ``base``

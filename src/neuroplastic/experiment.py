@@ -55,7 +55,13 @@ from neuroplastic.chase import (
 )
 from neuroplastic.checkpoint import Checkpointer, load_weights
 from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
-from neuroplastic.curves import recovery, recovery_auc, savings, steps_to_recover
+from neuroplastic.curves import (
+    RECOVERY_TARGET,
+    recovery,
+    recovery_auc,
+    savings,
+    steps_to_recover,
+)
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
@@ -1284,8 +1290,8 @@ def _savings_summary(setup: Setup, rows: list[dict]) -> dict[str, Any]:
     first_stage_end = curves["concept"]["step"][0] + setup.stage_steps
     naive_base = next(r for r in rows if r["arm"] == NAIVE_ARM and r["stage"] == "base")
     return {
-        **savings(curves["concept"], curves[NAIVE_ARM], 0.9 * base_f1, first_stage_end),
-        "target_share_of_base": 0.9,
+        **savings(curves["concept"], curves[NAIVE_ARM], RECOVERY_TARGET * base_f1, first_stage_end),
+        "target_share_of_base": RECOVERY_TARGET,
         "naive_base": {
             **store.marker(NAIVE_ARM, "base")["base"],
             "f1": naive_base["f1"],
@@ -1368,7 +1374,7 @@ def _preempt_summary(
     for arm in neuron_sets:
         mine = [r for r in rows if r["arm"] == arm and r["stage"] != "base"]
         curve = {"step": [r["step"] for r in mine], "f1": [r["f1"][concept] for r in mine]}
-        steps = steps_to_recover(curve, 0.9 * base) if base > 0 else math.nan
+        steps = steps_to_recover(curve, RECOVERY_TARGET * base) if base > 0 else math.nan
         recovery[arm] = {
             "steps_to_recover_90": _number(steps),
             "recovery_auc": _number(recovery_auc(curve, base)),

@@ -39,6 +39,7 @@ from neuroplastic.analysis import (
 from neuroplastic.chase import rounds_run
 from neuroplastic.checkpoint import Checkpointer, reading
 from neuroplastic.config import ExperimentConfig
+from neuroplastic.curves import RECOVERY_TARGET
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.html import HtmlPage
@@ -877,9 +878,9 @@ def _chase_recovery(
     base = _base_scores(summary)
     if base.get(concept):
         figure.add_hline(
-            y=0.9 * base[concept],
+            y=RECOVERY_TARGET * base[concept],
             line={"dash": "dash", "width": 1, "color": "#57606a"},
-            annotation_text="90% of base",
+            annotation_text=f"{RECOVERY_TARGET:.0%} of base",
             annotation_font={"size": 9},
         )
     figure.update_layout(

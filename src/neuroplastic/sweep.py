@@ -29,7 +29,7 @@ import pandas as pd
 
 from neuroplastic.checkpoint import Checkpointer
 from neuroplastic.config import NAIVE_ARM, ExperimentConfig
-from neuroplastic.curves import SHARE_STEPS, recovery
+from neuroplastic.curves import RECOVERY_TARGET, SHARE_STEPS, recovery
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import run_experiment
 from neuroplastic.intervals import censored_interval, interval, paired
@@ -42,7 +42,6 @@ from neuroplastic.sweep_plan import plan_sweep
 if TYPE_CHECKING:
     from neuroplastic.ray_executor import RayExecutor
 
-RECOVERY_TARGET = 0.9  # "recovered": concept F1 back to 90% of its base value
 #: the per-run measures, in reading order, with what each one means
 MEASURES = {
     "drop_at_pruning": "concept F1 lost at pruning (base - pruned)",

@@ -182,6 +182,7 @@ def test_a_sweep_refuses_a_bad_later_cell_before_its_first_run(
         sweep.run_sweep(base, tmp_path / "s", progress=False, log=quiet, **settings)
 
 
+@pytest.mark.slow  # a two-cell sweep
 def test_only_finished_aggregates_what_has_run_and_runs_nothing(tmp_path, monkeypatch):
     config = ExperimentConfig(**GRIDDED)
     grid = {"relearn_lr": [1e-3, 1e-2]}

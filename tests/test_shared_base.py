@@ -40,6 +40,7 @@ def without_provenance(summary: dict) -> dict:
     return strip(record)
 
 
+@pytest.mark.slow  # several tiny runs
 def test_cells_sharing_a_base_give_the_results_of_cells_that_each_train_their_own(
     tmp_path, monkeypatch
 ):
@@ -76,6 +77,7 @@ def test_cells_sharing_a_base_give_the_results_of_cells_that_each_train_their_ow
     assert not list((tmp_path / "shared").rglob("base.safetensors"))
 
 
+@pytest.mark.slow  # several tiny runs
 def test_a_sibling_with_other_base_settings_is_not_loaded(tmp_path):
     config = ExperimentConfig(**SHARED)
     source = tmp_path / "source"
@@ -95,6 +97,7 @@ def test_a_sibling_with_other_base_settings_is_not_loaded(tmp_path):
     assert find_shared_base([source], after_base, "concept") is None
 
 
+@pytest.mark.slow  # several tiny runs
 def test_the_settings_that_act_after_the_base_leave_its_weights_unchanged(tmp_path):
     # Every AFTER_BASE setting at once away from its default (those that go together): the
     # base each fine-tunes must be the same file, byte for byte, and measure the same.
@@ -125,6 +128,7 @@ def test_the_settings_that_act_after_the_base_leave_its_weights_unchanged(tmp_pa
     assert bases[0] == bases[1]
 
 
+@pytest.mark.slow  # several tiny runs
 def test_a_base_trained_by_another_number_of_processes_is_not_loaded(tmp_path):
     config = ExperimentConfig(**SHARED)
     source = tmp_path / "source"

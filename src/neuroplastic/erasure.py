@@ -38,6 +38,7 @@ from torch import Tensor
 
 from neuroplastic.data.concept import IGNORE_CONCEPT, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.extras import require
 from neuroplastic.models import model_device, run_forward
 from neuroplastic.progress import progress as progress_bar
 
@@ -186,12 +187,7 @@ def fit_leace(
     at one layer changes what every later layer sees, so an eraser fitted on the unerased model
     would not erase there (on the embedded model, the last layer's classes kept a mean
     difference of 1.3 that way, and a probe's AUC 0.82)."""
-    try:
-        from concept_erasure import LeaceFitter
-    except ImportError:
-        raise NeuroplasticError(
-            'LEACE needs the concept-erasure package: pip install "neuroplastic[erasure]"'
-        ) from None
+    LeaceFitter = require("concept_erasure", "LEACE").LeaceFitter
     concept_id = data.label_id(concept)
     d_model = int(model.cfg.d_model)
 

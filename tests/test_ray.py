@@ -21,7 +21,7 @@ import torch
 import neuroplastic.sweep as sweep
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.rundir import RunDir
-from tiny import TINY
+from tiny import TINY, without_provenance
 
 pytestmark = pytest.mark.slow
 
@@ -61,15 +61,6 @@ def serial(tmp_path_factory) -> dict:
         )
     finally:
         torch.set_num_threads(threads)
-
-
-def without_provenance(value):
-    """Drop where base weights came from (which run trained them differs, not what they are)."""
-    if isinstance(value, dict):
-        return {k: without_provenance(v) for k, v in value.items() if k != "shared_from"}
-    if isinstance(value, list):
-        return [without_provenance(v) for v in value]
-    return value
 
 
 def test_a_ray_sweep_equals_the_serial_sweep(local_ray, serial, tmp_path) -> None:

@@ -14,7 +14,7 @@ import neuroplastic.sweep as sweep
 from neuroplastic.config import AFTER_BASE, ExperimentConfig
 from neuroplastic.rundir import RunDir
 from neuroplastic.shared_base import find_shared_base
-from tiny import TINY
+from tiny import TINY, without_provenance
 
 # Long enough to learn some LOC, with the naive arm's own base to share as well.
 SHARED = dict(TINY, base_steps=12, plateau_every=0, stage_steps=3, learning_rate=1e-2, naive=True)
@@ -22,22 +22,6 @@ SHARED = dict(TINY, base_steps=12, plateau_every=0, stage_steps=3, learning_rate
 
 def quiet(*_):
     pass
-
-
-def without_provenance(summary: dict) -> dict:
-    """The summary with the one key sharing adds (where the base weights came from) removed,
-    wherever it sits."""
-    text = json.dumps(summary, sort_keys=True)
-    record = json.loads(text)
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "shared_from"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(record)
 
 
 @pytest.mark.slow  # several tiny runs

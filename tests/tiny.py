@@ -22,3 +22,13 @@ TINY = dict(
 
 def tiny_config(**overrides) -> ExperimentConfig:
     return ExperimentConfig(**{**TINY, **overrides})
+
+
+def without_provenance(value):
+    """``value`` (a summary, a sweep) without the one key base sharing adds, wherever it sits:
+    where a run's base weights came from (which run trained them, not what they are)."""
+    if isinstance(value, dict):
+        return {k: without_provenance(v) for k, v in value.items() if k != "shared_from"}
+    if isinstance(value, list):
+        return [without_provenance(v) for v in value]
+    return value

@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.held_hooks import HeldHooks
 from neuroplastic.models import FLAT_AT_ZERO, activation_name, check_mlp_hooks, mlp_hook_name
 from neuroplastic.neurons import NeuronSet
 from neuroplastic.stats import NeuronStats
@@ -21,7 +22,7 @@ from neuroplastic.stats import NeuronStats
 Mode = Literal["zero", "mean"]
 
 
-class Ablation:
+class Ablation(HeldHooks):
     """Ablation hooks held on a model until ``remove()`` (or the end of a ``with`` block).
 
     ``permanent=True`` registers the hooks so that ``model.reset_hooks()`` keeps them: use it
@@ -46,40 +47,20 @@ class Ablation:
             raise NeuroplasticError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
         if mode == "mean" and stats is None:
             raise NeuroplasticError("mean-ablation needs NeuronStats for the mean activations")
+        super().__init__()
         self.model, self.neurons, self.mode = model, neurons, mode
         keep = ~neurons.mask()
         fill = stats.overall_mean().float() if mode == "mean" else torch.zeros(n_layers, d_mlp)
-        self._handles: list[tuple[Any, Any]] = []
         try:
             for layer in neurons.by_layer():
                 hook_point = model.hook_dict[mlp_hook_name(layer)]
                 fn = _AblationHook(
                     keep[layer], fill[layer] * (~keep[layer]) if mode == "mean" else None
                 )
-                handle = hook_point.add_hook(fn, dir="fwd", is_permanent=permanent)
-                self._handles.append((hook_point, handle))
+                self._hold(hook_point, fn, permanent)
         except BaseException:
             self.remove()
             raise
-
-    @property
-    def active(self) -> bool:
-        """Whether every hook is still registered (``model.reset_hooks()`` removes
-        non-permanent ones behind this handle's back)."""
-        return bool(self._handles) and all(h in hp.fwd_hooks for hp, h in self._handles)
-
-    def remove(self) -> None:
-        for hook_point, handle in self._handles:
-            handle.hook.remove()
-            if handle in hook_point.fwd_hooks:
-                hook_point.fwd_hooks.remove(handle)
-        self._handles = []
-
-    def __enter__(self) -> Ablation:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"

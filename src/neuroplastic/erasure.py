@@ -39,6 +39,7 @@ from torch import Tensor
 from neuroplastic.data.concept import IGNORE_CONCEPT, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
+from neuroplastic.held_hooks import HeldHooks
 from neuroplastic.models import model_device, run_forward
 from neuroplastic.progress import progress as progress_bar
 
@@ -270,43 +271,23 @@ def _fit_in_order(
 
 
 # -- holding it --------------------------------------------------------------------------------
-class Erasing:
+class Erasing(HeldHooks):
     """The erasure's hooks, held on a model until ``remove()`` (or the end of a ``with``
     block); ``permanent=True`` survives ``model.reset_hooks()``, as retraining needs."""
 
     def __init__(self, model: Any, erasure: LinearErasure, permanent: bool = False) -> None:
+        super().__init__()
         self.model, self.erasure = model, erasure
-        self._handles: list[tuple[Any, Any]] = []
         try:
             for layer in erasure.layers:
                 name = resid_hook_name(layer)
                 if name not in model.hook_dict:
                     raise NeuroplasticError(f"the model has no hook point {name}")
                 point = model.hook_dict[name]
-                handle = point.add_hook(
-                    _ErasureHook(erasure, layer), dir="fwd", is_permanent=permanent
-                )
-                self._handles.append((point, handle))
+                self._hold(point, _ErasureHook(erasure, layer), permanent)
         except BaseException:
             self.remove()
             raise
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles) and all(h in p.fwd_hooks for p, h in self._handles)
-
-    def remove(self) -> None:
-        for point, handle in self._handles:
-            handle.hook.remove()
-            if handle in point.fwd_hooks:
-                point.fwd_hooks.remove(handle)
-        self._handles = []
-
-    def __enter__(self) -> Erasing:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.remove()
 
 
 class _ErasureHook:

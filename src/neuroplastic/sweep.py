@@ -746,13 +746,21 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 STEPS_MEASURES = ("steps_to_recover", "steps_to_recover_90")
 
 
+#: the range of the chase's and the pre-emption's F1 measures (their intervals never leave it)
+ROUND_BOUNDS = {
+    **{m: F1_BOUNDS for m in ("before", "removed", "retrained", "others_retrained")},
+    **{m: F1_BOUNDS for m in ("pruned_f1", "last_f1", "others_pruned", "others_last")},
+    "drop": (-1.0, 1.0),
+}
+
+
 def _across_rounds(measure: str, per_seed: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """One arm's ``measure`` across seeds (None: the seed did not run it); a round that never
     recovered is censored at its budget, never dropped (runs from before budgets were
     recorded count as missing)."""
     values = [a[measure] if a else None for a in per_seed]
     if measure not in STEPS_MEASURES:
-        return interval(values)
+        return interval(values, bounds=ROUND_BOUNDS.get(measure))
     at_least = [
         a.get("budget") if a and not math.isfinite(_nan(a[measure])) else None for a in per_seed
     ]
@@ -764,7 +772,7 @@ def _chase_difference(measure: str, pairs: Sequence[tuple[dict, dict] | None]) -
     concept round's difference is at least its budget minus the control's steps."""
     values = [_minus(p[0][measure], p[1][measure]) if p else None for p in pairs]
     if measure not in STEPS_MEASURES:
-        return interval(values)
+        return interval(values, bounds=_difference_bounds(ROUND_BOUNDS.get(measure)))
     return censored_interval(values, _differences_at_least(measure, pairs))
 
 
@@ -788,7 +796,7 @@ def _paired_steps(measure: str, pairs: Sequence[tuple[dict, dict]]) -> dict[str,
     at_least = _differences_at_least(measure, pairs) if measure in STEPS_MEASURES else []
     if any(v is not None and math.isfinite(v) for v in at_least):
         return censored_interval(values, at_least)
-    return paired(values)
+    return paired(values, bounds=_difference_bounds(ROUND_BOUNDS.get(measure)))
 
 
 def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

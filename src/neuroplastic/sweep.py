@@ -320,8 +320,7 @@ def _base_sources(
     index = [p for p, _ in group].index(path)
     earlier = [p for p, _ in group[:index]]
     later = [(p, c) for p, c in group[index + 1 :] if not _finished(p, c)]
-    arms = ["concept", *([NAIVE_ARM] if config.naive else [])]
-    trains = any(find_shared_base(earlier, config, arm) is None for arm in arms)
+    trains = not _bases_left(earlier, config)
     return earlier, bool(later) and trains
 
 
@@ -351,8 +350,7 @@ def _waves(
             continue
         key = _base_group(config)
         group = [p for p, _ in siblings[key] if p != path]
-        arms = ["concept", *([NAIVE_ARM] if config.naive else [])]
-        left = all(find_shared_base(group, config, arm) is not None for arm in arms)
+        left = _bases_left(group, config)
         if key in leads or left:
             rest.append((label, config, path, group, False))
         else:
@@ -360,6 +358,12 @@ def _waves(
             waiting = any(not _finished(p, c) for p, c in siblings[key] if p != path)
             first.append((label, config, path, group, waiting))
     return [wave for wave in (first, rest) if wave]
+
+
+def _bases_left(candidates: Sequence[Path], config: ExperimentConfig) -> bool:
+    """Whether ``candidates`` hold every base ``config``'s run needs (its naive base too)."""
+    arms = ["concept", *([NAIVE_ARM] if config.naive else [])]
+    return all(find_shared_base(candidates, config, arm) is not None for arm in arms)
 
 
 def _drop_kept_base(path: Path) -> None:

@@ -12,7 +12,7 @@ stats   the statistics pass against its floor (a plain forward to the last MLP, 
 train   a training step with the ablation held against a plain step;
 corpus  generating the embedded synthetic corpus at its default size (4,000 + 800 sentences),
         once cold and once warm (no model needed; it was a timed test before);
-probe   the per-layer linear probes every stage of a run takes (neuroplastic.erasure.probe_auc:
+probe   the per-layer linear probes every stage of a run takes (neuroplastic.core.erasure.probe_auc:
         the residual stream of every layer on the sentences and on as many held-out ones, one
         logistic regression per layer) against the statistics pass on the same sentences;
 memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
@@ -35,14 +35,14 @@ from typing import Any
 
 import torch
 
-from neuroplastic.ablation import Ablation
+from neuroplastic.core.ablation import Ablation
+from neuroplastic.core.models import load_model, mlp_hook_name, model_device, run_forward
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import NeuronStats, collect_stats
+from neuroplastic.core.training import TokenClassifier, TrainConfig, Trainer, tagging_loss
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import encode_split, load_corpus
-from neuroplastic.models import load_model, mlp_hook_name, model_device, run_forward
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import NeuronStats, collect_stats
-from neuroplastic.training import TokenClassifier, TrainConfig, Trainer, tagging_loss
 
 BATCH = 32
 
@@ -200,7 +200,7 @@ def section_corpus() -> dict:
 
 
 def section_probe(model: Any, data: ConceptDataset, device: torch.device) -> dict:
-    from neuroplastic.erasure import probe_auc
+    from neuroplastic.core.erasure import probe_auc
 
     held_out = data  # scored on the same sentences: the probe's cost, not its accuracy
     layers = list(range(int(model.cfg.n_layers)))

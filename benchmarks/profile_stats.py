@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from neuroplastic.models import load_model, mlp_hook_name, model_device, run_forward
-from neuroplastic.stats import collect_stats
+from neuroplastic.core.models import load_model, mlp_hook_name, model_device, run_forward
+from neuroplastic.core.stats import collect_stats
 
 
 def load_bench():

@@ -29,15 +29,15 @@ import os
 
 import torch
 
-from neuroplastic.ablation import ablate
 from neuroplastic.api import count_hooks, tag_sentence
+from neuroplastic.core.ablation import ablate
+from neuroplastic.core.models import load_model
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import collect_stats
+from neuroplastic.core.training import TokenClassifier, TrainConfig, evaluate, tagging_loss, train
 from neuroplastic.data.load import encode_split, load_corpus
-from neuroplastic.models import load_model
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import collect_stats
-from neuroplastic.training import TokenClassifier, TrainConfig, evaluate, tagging_loss, train
-from neuroplastic.views import neuron_view, ranking_table, show
+from neuroplastic.report.views import neuron_view, ranking_table, show
 
 # The demo's settings; tests/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")

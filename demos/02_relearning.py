@@ -25,17 +25,13 @@
 import os
 import tempfile
 
-from neuroplastic.analysis import (
-    ArmRun,
-    fixed_population,
-    layer_saliency,
-    recovery_curves,
-    relocation,
-)
+from neuroplastic.analysis.arm_run import ArmRun
+from neuroplastic.analysis.layers import fixed_population, layer_saliency, relocation
+from neuroplastic.analysis.scores import recovery_curves
 from neuroplastic.config import ExperimentConfig
-from neuroplastic.experiment import run_experiment
-from neuroplastic.rundir import RunDir
-from neuroplastic.views import show
+from neuroplastic.experiment.pipeline import run_experiment
+from neuroplastic.report.views import show
+from neuroplastic.store.rundir import RunDir
 
 # The demo's settings; tests/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")
@@ -150,7 +146,7 @@ show(depth)
 
 # %%
 if REPORT:
-    from neuroplastic.report import build_report
+    from neuroplastic.report.run_report import build_report
 
     report = build_report(run)
     show(report)

@@ -25,12 +25,12 @@ import os
 
 import pandas as pd
 
-from neuroplastic.analysis import polysemanticity
+from neuroplastic.analysis.polysemantic import polysemanticity
+from neuroplastic.core.models import load_model
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split, load_corpus
-from neuroplastic.models import load_model
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.stats import collect_stats
-from neuroplastic.views import examples_from_model, show, side_by_side
+from neuroplastic.report.views import examples_from_model, show, side_by_side
 
 # The demo's settings; tests/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")
@@ -55,8 +55,8 @@ print(f"{stats.n_layers} layers x {stats.d_mlp} neurons, top {stats.k} tokens ea
 # %% [markdown]
 # ## Neurons that respond to LOC and to another label
 #
-# The definition the run's report counts (`neuroplastic.analysis.polysemanticity`): a neuron
-# is polysemantic for LOC when LOC holds between twice its share of all tokens and one minus
+# The definition the run's report counts (`neuroplastic.analysis.polysemantic.polysemanticity`): a
+# neuron is polysemantic for LOC when LOC holds between twice its share of all tokens and one minus
 # that share of the neuron's top tokens; what it is mixed with is the most common other label
 # among them. Here, the ones mixed with another entity type (PER, ORG or MISC) rather than
 # with the outside label O; the most even mixes first.

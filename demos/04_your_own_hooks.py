@@ -25,13 +25,13 @@ import os
 
 import torch
 
-from neuroplastic.ablation import ablate
 from neuroplastic.api import count_hooks
+from neuroplastic.core.ablation import ablate
+from neuroplastic.core.models import load_model, mlp_hook_name
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split, load_corpus
-from neuroplastic.models import load_model, mlp_hook_name
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import collect_stats
 
 # The demo's settings; tests/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")

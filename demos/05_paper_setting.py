@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuroplastic.cli import _config, _parser
+from neuroplastic.cli.commands import _config, _parser
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.presets import load_preset
-from neuroplastic.views import show
+from neuroplastic.report.views import show
 
 # Where the config files go; tests/test_demos.py points it at a temporary directory.
 OUT = Path(os.environ.get("NP_DEMO_OUT") or tempfile.mkdtemp(prefix="neuroplastic-paper-"))

@@ -20,14 +20,14 @@ def embedded_corpus(corpus):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
-    from neuroplastic.models import load_model
+    from neuroplastic.core.models import load_model
 
     return load_model("tiny-gpt2", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert():
-    from neuroplastic.models import load_model
+    from neuroplastic.core.models import load_model
 
     return load_model("tiny-bert", seed=0)
 
@@ -41,7 +41,7 @@ def tiny_model(request):
 
 @pytest.fixture(scope="session")
 def embedded_model():
-    from neuroplastic.models import load_model
+    from neuroplastic.core.models import load_model
 
     return load_model("embedded")
 
@@ -50,7 +50,7 @@ def embedded_model():
 def tiny_run(tmp_path_factory):
     """The tiny experiment at its default settings, run once for every test that only reads it
     (or copies it first): (its directory, its summary)."""
-    from neuroplastic.experiment import run_experiment
+    from neuroplastic.experiment.pipeline import run_experiment
     from tiny import tiny_config
 
     out = tmp_path_factory.mktemp("tiny-run")
@@ -60,7 +60,7 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def chase_run(tmp_path_factory):
     """A tiny 3-round chase with an evaluation every step: (its directory, its summary)."""
-    from neuroplastic.experiment import run_experiment
+    from neuroplastic.experiment.pipeline import run_experiment
     from tiny import tiny_config
 
     out = tmp_path_factory.mktemp("chase")
@@ -71,7 +71,7 @@ def chase_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def preempt_run(tmp_path_factory):
     """A tiny run pre-empting the 20 survivors the gradient predictor scores highest."""
-    from neuroplastic.experiment import run_experiment
+    from neuroplastic.experiment.pipeline import run_experiment
     from tiny import tiny_config
 
     out = tmp_path_factory.mktemp("preempt")

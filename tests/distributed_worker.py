@@ -21,9 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def stats(out: str) -> None:
     from neuroplastic import distributed
+    from neuroplastic.core.models import load_model
+    from neuroplastic.core.stats import collect_stats
     from neuroplastic.data.load import encode_split, load_corpus
-    from neuroplastic.models import load_model
-    from neuroplastic.stats import collect_stats
 
     distributed.init_from_environment("cpu")
     model = load_model("tiny-bert", seed=0)
@@ -36,7 +36,8 @@ def stats(out: str) -> None:
 
 
 def run(out: str, config: str, checks: str, stop: str = "") -> None:
-    from neuroplastic import cli, experiment
+    from neuroplastic import cli
+    from neuroplastic.experiment import pipeline as experiment
 
     rank = int(os.environ["RANK"])
     found: list[dict] = []
@@ -64,7 +65,7 @@ def held_neurons(setup, dead) -> dict:
     sentences (every real token), and a digest of the replica's weights."""
     import torch
 
-    from neuroplastic.models import mlp_hook_name, run_forward
+    from neuroplastic.core.models import mlp_hook_name, run_forward
 
     captured = {}
 

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 
 from neuroplastic.config import ExperimentConfig
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import NeuronStats
 from neuroplastic.io import atomic_write_json, atomic_write_text
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
-from neuroplastic.rundir import RunDir, top_tokens_frame
-from neuroplastic.stats import NeuronStats
+from neuroplastic.store.rundir import RunDir, top_tokens_frame
 
 LABELS = ("O", "LOC", "PER", "ORG", "MISC")
 CONCEPT = "LOC"

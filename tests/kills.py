@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import neuroplastic.checkpoint as checkpoint
-import neuroplastic.experiment as experiment
-from neuroplastic.training import Trainer
+import neuroplastic.experiment.pipeline as experiment
+import neuroplastic.store.checkpoint as checkpoint
+from neuroplastic.core.training import Trainer
 
 
 class SimulatedKill(BaseException):

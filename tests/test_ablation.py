@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from neuroplastic.ablation import ablate, mlp_neuron_weights, prune_weights
+from neuroplastic.core.ablation import ablate, mlp_neuron_weights, prune_weights
+from neuroplastic.core.models import check_mlp_hooks, mlp_hook_name, resid_post_name, run_forward
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.models import check_mlp_hooks, mlp_hook_name, resid_post_name, run_forward
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.stats import collect_stats
 
 MLP = lambda name: name.endswith("mlp.hook_post")  # noqa: E731
 
@@ -122,7 +122,7 @@ def test_model_without_mlp_hooks_is_refused():
 
 def test_local_model_directory_loads_like_a_hub_name(tiny_gpt2, tmp_path):
     """The hub path (boot_transformers by name) on a directory saved the way the hub stores it."""
-    from neuroplastic.models import _tiny, load_model
+    from neuroplastic.core.models import _tiny, load_model
 
     hf_model, tokenizer, _ = _tiny("tiny-gpt2", seed=0)  # the weights tiny_gpt2 was booted from
     hf_model.save_pretrained(tmp_path)

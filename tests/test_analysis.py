@@ -24,24 +24,16 @@ from fake_run import (
     FakeRun,
     make_fake_run,
 )
-from neuroplastic.analysis import (
-    ArmRun,
-    analyse_arm,
-    concept_depth,
-    concept_share,
-    concept_token_ids,
-    layer_saliency,
-    polysemanticity,
-    primed_neurons,
-    pruned_trace,
-    reappearance,
-    recovery_curves,
-    stage_gaps,
-)
+from neuroplastic.analysis.arm_analysis import analyse_arm
+from neuroplastic.analysis.arm_run import ArmRun, concept_share, concept_token_ids
+from neuroplastic.analysis.layers import concept_depth, layer_saliency
+from neuroplastic.analysis.polysemantic import polysemanticity
+from neuroplastic.analysis.reappearance import primed_neurons, pruned_trace, reappearance
+from neuroplastic.analysis.scores import recovery_curves, stage_gaps
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking, alive_neurons
+from neuroplastic.core.similarity import TokenEmbeddings, clean_token_text
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking, alive_neurons
-from neuroplastic.similarity import TokenEmbeddings, clean_token_text
 
 
 @pytest.fixture(scope="module")
@@ -521,7 +513,7 @@ def test_stage_gaps_to_base_and_to_the_paired_control(hold: FakeRun) -> None:
 def test_the_mixing_band_is_relative_to_the_concepts_share_of_tokens(
     concept_arm: ArmRun, random_arm: ArmRun
 ) -> None:
-    from neuroplastic.analysis import common_population, concept_base_rate, mixing_band
+    from neuroplastic.analysis.polysemantic import common_population, concept_base_rate, mixing_band
 
     base = concept_arm.stages["base"].stats
     rate = concept_base_rate(base, CONCEPT)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuroplastic import experiment
-from neuroplastic.cli import main
+from neuroplastic.cli.commands import main
 from neuroplastic.data.conll import read_conll_file
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.experiment import run_experiment
+from neuroplastic.experiment import pipeline as experiment
+from neuroplastic.experiment.pipeline import run_experiment
 from tiny import TINY, tiny_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -219,7 +219,7 @@ def test_a_non_utf8_config_file_is_refused(tmp_path, capsys):
 
 
 def test_neurons_with_non_ascii_digits_are_refused():
-    from neuroplastic.neurons import NeuronSet
+    from neuroplastic.core.neurons import NeuronSet
 
     for text in ("0:\u00b2", "\uff11:3"):  # superscript two, fullwidth one
         with pytest.raises(NeuroplasticError, match="write LAYER:NEURON"):
@@ -239,7 +239,7 @@ def test_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
 def test_a_file_system_error_while_writing_the_report_is_one_line(tmp_path, capsys, monkeypatch):
     import errno
 
-    from neuroplastic import html
+    from neuroplastic.report import html
 
     args = ["run", "--out", str(tmp_path)]
     for name, value in {**TINY, "stages": 1, "baseline": "none"}.items():

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import collect_stats
 
 # Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
 pytestmark = pytest.mark.slow

@@ -1,18 +1,18 @@
-"""The causal ground truth (neuroplastic.causal): every candidate set of the truth's size, and
-the damage each does, on a planted case where one neuron carries the concept."""
+"""The causal ground truth (neuroplastic.analysis.causal): every candidate set of the truth's size,
+and the damage each does, on a planted case where one neuron carries the concept."""
 
 import math
 
 import pytest
 import torch
 
-import neuroplastic.causal as causal
+import neuroplastic.analysis.causal as causal
+from neuroplastic.analysis.predict import ground_truth
+from neuroplastic.core.models import mlp_hook_name, run_forward
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.training import Evaluation
 from neuroplastic.data.load import encode_split
-from neuroplastic.models import mlp_hook_name, run_forward
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.predict import ground_truth
-from neuroplastic.ranking import Ranking
-from neuroplastic.training import Evaluation
 
 N_LAYERS, D_MLP = 3, 200
 
@@ -100,7 +100,7 @@ def test_for_language_modelling_the_damage_is_the_loss_gained():
 
 
 def test_the_sweep_pairs_each_sets_damage_with_the_random_floor_seed_by_seed():
-    from neuroplastic.sweep import causal_across_seeds
+    from neuroplastic.experiment.sweep import causal_across_seeds
 
     def run(seed, gradient, gainers, floor):
         lost = {"gradient": gradient, "gainers": gainers, "matched_random": floor}
@@ -126,7 +126,7 @@ def test_the_sweep_pairs_each_sets_damage_with_the_random_floor_seed_by_seed():
 
 
 def test_a_set_every_type_shares_is_not_specific_to_the_concept():
-    from neuroplastic.sweep import causal_across_seeds
+    from neuroplastic.experiment.sweep import causal_across_seeds
 
     def run(seed, loc, per, org):
         return {
@@ -147,8 +147,8 @@ def test_a_set_every_type_shares_is_not_specific_to_the_concept():
     assert specific["values"] == pytest.approx([0.10 - 0.20, 0.08 - 0.20, 0.12 - 0.30])
     assert specific["ci_high"] < 0
     # The sweep report shows it beside the loss itself.
-    from neuroplastic.html import HtmlPage
-    from neuroplastic.sweep_report import _causal
+    from neuroplastic.report.html import HtmlPage
+    from neuroplastic.report.sweep_report import _causal
 
     page = HtmlPage("t")
     _causal(page, {"causal": causal_across_seeds(runs)}, "LOC")

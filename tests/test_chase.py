@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-import neuroplastic.experiment as experiment
+import neuroplastic.experiment.pipeline as experiment
 from kills import SimulatedKill, kill_at
-from neuroplastic import chase
-from neuroplastic.chase import next_concept_set, next_random_set, share_salient_at_base
-from neuroplastic.cli import _config, _parser
+from neuroplastic.analysis.predict import Predictions, predict_at_pruned
+from neuroplastic.cli.commands import _config, _parser
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.predict import Predictions, predict_at_pruned
-from neuroplastic.preempt import preempt_sets
-from neuroplastic.ranking import Ranking
-from neuroplastic.report import run_warnings
-from neuroplastic.rundir import RunDir, round_stages, stage_key, stage_names, stage_round
+from neuroplastic.experiment import chase
+from neuroplastic.experiment.chase import next_concept_set, next_random_set, share_salient_at_base
+from neuroplastic.experiment.preempt import preempt_sets
+from neuroplastic.report.run_report import run_warnings
+from neuroplastic.store.rundir import RunDir, round_stages, stage_key, stage_names, stage_round
 from test_predict import CONCEPT, PLANTED, planted  # noqa: F401  (the planted fixture)
 from tiny import TINY, tiny_config
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuroplastic.chase import round_measures, salient_at_base_chance, share_salient_at_base
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.experiment.chase import (
+    round_measures,
+    salient_at_base_chance,
+    share_salient_at_base,
+)
 
 
 def test_the_already_salient_share_has_a_chance_level() -> None:

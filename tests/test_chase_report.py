@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import neuroplastic.report as report_module
+import neuroplastic.report.run_report as report_module
 from fake_run import make_fake_run
-from neuroplastic.html import HtmlPage
-from neuroplastic.report import build_report
-from neuroplastic.rundir import RunDir, stage_round
+from neuroplastic.report.html import HtmlPage
+from neuroplastic.report.run_report import build_report
+from neuroplastic.store.rundir import RunDir, stage_round
 from test_report_numbers import _text, table
 
 CONCEPT = "LOC"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from neuroplastic.cli import main
+from neuroplastic.cli.commands import main
 
 CONLL = "Paris B-LOC\nis O\nlovely O\n\nAnn B-PER\nlives O\nin O\nRome B-LOC\n"
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-import neuroplastic.experiment as experiment
+import neuroplastic.experiment.pipeline as experiment
 from kills import SimulatedKill
 from neuroplastic.errors import NeuroplasticError
 from test_experiment import quiet

@@ -19,9 +19,9 @@ from seqeval.metrics import classification_report
 
 from neuroplastic.api import count_hooks, tag_sentence
 from neuroplastic.config import ExperimentConfig
-from neuroplastic.html import reset_notebook_bundle
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import alive_neurons
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import alive_neurons
+from neuroplastic.report.html import reset_notebook_bundle
 
 # Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
 pytestmark = pytest.mark.slow

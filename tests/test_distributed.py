@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from neuroplastic.core.stats import NeuronStats, collect_stats
 from neuroplastic.data.load import encode_split
-from neuroplastic.experiment import run_experiment
-from neuroplastic.rundir import RunDir, stage_names
-from neuroplastic.stats import NeuronStats, collect_stats
+from neuroplastic.experiment.pipeline import run_experiment
+from neuroplastic.store.rundir import RunDir, stage_names
 from tiny import tiny_config
 
 # Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').

@@ -2,9 +2,9 @@
 
 import pytest
 
-from neuroplastic.cli import main
+from neuroplastic.cli.commands import main
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.experiment import run_experiment
+from neuroplastic.experiment.pipeline import run_experiment
 from tiny import tiny_config
 
 
@@ -61,7 +61,7 @@ def test_result_files_get_the_users_usual_permissions(tmp_path):
 
 
 def test_wordpiece_tokens_read_as_words_and_bpe_tokens_are_left_alone():
-    from neuroplastic.views import readable_tokens
+    from neuroplastic.report.views import readable_tokens
 
     pieces = ["[CLS]", "why", "is", "san", "##ming", "so", "expensive", "?", "[SEP]"]
     shown = readable_tokens(pieces)

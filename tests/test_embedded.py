@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split, load_corpus
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import collect_stats
 
 # Minutes of model runs and subprocesses: outside the quick loop (pytest -m 'not slow').
 pytestmark = pytest.mark.slow
@@ -49,8 +49,8 @@ def test_shortened_default_experiment_and_its_report(tmp_path):
     """The default pipeline, shortened: fine-tune, ablate LOC neurons, retrain, report."""
     from browser import render
     from neuroplastic.config import ExperimentConfig
-    from neuroplastic.experiment import run_experiment
-    from neuroplastic.report import write_report
+    from neuroplastic.experiment.pipeline import run_experiment
+    from neuroplastic.report.run_report import write_report
 
     config = ExperimentConfig(
         train_sentences=1000,

@@ -12,8 +12,7 @@ import os
 import pytest
 import torch
 
-from neuroplastic.data.load import encode_split
-from neuroplastic.erasure import (
+from neuroplastic.core.erasure import (
     LinearErasure,
     erase,
     fit_direction,
@@ -22,6 +21,7 @@ from neuroplastic.erasure import (
     resid_hook_name,
     residual_tokens,
 )
+from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
 
 if not os.environ.get("CI"):  # under CI the [erasure] extra is installed: a missing one fails
@@ -212,7 +212,7 @@ def test_the_probe_draws_no_random_numbers_and_reads_the_hooks_the_model_holds(
 
 
 def test_layers_probed_in_groups_give_what_one_pass_gives(tiny_bert, splits, monkeypatch):
-    import neuroplastic.erasure as erasure
+    import neuroplastic.core.erasure as erasure
 
     fit, held_out = splits
     together = probe_auc(tiny_bert, fit, held_out, CONCEPT, LAYERS)
@@ -232,7 +232,7 @@ def test_every_stage_of_a_run_records_where_the_concept_is_readable(tiny_run):
 def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
     import shutil
 
-    from neuroplastic.report import write_report
+    from neuroplastic.report.run_report import write_report
 
     source, summary = tiny_run
     copy = tmp_path / "run"

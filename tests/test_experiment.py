@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-import neuroplastic.experiment as experiment
+import neuroplastic.experiment.pipeline as experiment
 from kills import SimulatedKill, kill_at
 from neuroplastic.config import ExperimentConfig
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.training import Trainer
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.rundir import RunDir, stage_names
-from neuroplastic.training import Trainer
+from neuroplastic.store.rundir import RunDir, stage_names
 from tiny import TINY, tiny_config
 
 
@@ -344,7 +344,7 @@ def test_a_dense_concept_set_gets_no_overlapping_control(tmp_path):
 
 
 def test_regrow_is_refused_for_relu_models(tmp_path, monkeypatch):
-    from neuroplastic import models
+    from neuroplastic.core import models
 
     real = models.load_model
 

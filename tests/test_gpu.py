@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from neuroplastic.ablation import Ablation
+from neuroplastic.core.ablation import Ablation
+from neuroplastic.core.models import load_model, mlp_hook_name, run_forward
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.stats import collect_stats
+from neuroplastic.core.training import TokenClassifier, TrainConfig, Trainer, tagging_loss
 from neuroplastic.data.load import encode_split
-from neuroplastic.models import load_model, mlp_hook_name, run_forward
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.stats import collect_stats
-from neuroplastic.training import TokenClassifier, TrainConfig, Trainer, tagging_loss
 from test_stats import unique_entries
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

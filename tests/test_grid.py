@@ -4,13 +4,13 @@ import argparse
 
 import pytest
 
-import neuroplastic.sweep as sweep
-import neuroplastic.sweep_plan as sweep_plan
-from neuroplastic.cli import _grid_axis, main
+import neuroplastic.experiment.sweep as sweep
+import neuroplastic.experiment.sweep_plan as sweep_plan
+from neuroplastic.cli.commands import _grid_axis, main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.rundir import RunDir
-from neuroplastic.sweep_report import build_sweep_report
+from neuroplastic.report.sweep_report import build_sweep_report
+from neuroplastic.store.rundir import RunDir
 from tiny import TINY
 
 # Long enough for a non-zero LOC F1, evaluated every 2 retraining steps (as test_sweep's).

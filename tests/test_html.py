@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import pytest
 
 from browser import Rendered, render
-from neuroplastic.html import (
+from neuroplastic.report.html import (
     HtmlPage,
     circuitsvis_bundle_path,
     expand_self_closing_divs,
@@ -347,7 +347,7 @@ def test_every_plotly_figure_renders(rendered: Rendered) -> None:
 
 
 def test_a_figure_shown_in_a_notebook_carries_plotlys_mimetype_and_an_offline_frame() -> None:
-    from neuroplastic.views import InlineFigure
+    from neuroplastic.report.views import InlineFigure
 
     figure = go.Figure(go.Scatter(x=[0, 1, 2], y=[0.1, 0.5, 0.9]), layout={"title": "LOC F1"})
     bundle = InlineFigure(figure)._repr_mimebundle_()
@@ -363,7 +363,7 @@ def test_a_figure_shown_in_a_notebook_carries_plotlys_mimetype_and_an_offline_fr
 
 
 def test_a_neuron_view_colours_magnitude_not_gelus_negative_floor() -> None:
-    from neuroplastic.views import NeuronExamples, NeuronView
+    from neuroplastic.report.views import NeuronExamples, NeuronView
 
     # GELU's floor (-0.17) beside a peak of 5.16: CircuitsVis would scale -0.17 to full colour.
     values = np.array([-0.17, 5.16, 1.74, 0.0], dtype=np.float32)

@@ -22,19 +22,19 @@ import pytest
 import torch
 
 from browser import Chromium, Rendered
-from neuroplastic import views
 from neuroplastic.api import rank_neurons, tag_sentence
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import NeuronStats
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.html import (
+from neuroplastic.report import views
+from neuroplastic.report.html import (
     NOTEBOOK_CSS,
     HtmlPage,
     reset_notebook_bundle,
     text_neuron_activations_props,
 )
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import NeuronStats
-from neuroplastic.views import (
+from neuroplastic.report.views import (
     NeuronExamples,
     NeuronView,
     RankingTable,
@@ -363,7 +363,7 @@ def test_a_view_without_the_bundle_says_what_to_do(chrome: Chromium, tmp_path: P
     rendered = chrome.render(page, wait_ms=15_000, selectors=SELECTORS, evaluate=EVALUATE)
     assert rendered.console_errors == [] and rendered.external_requests == []
     assert rendered.count(".np-waiting") == 2 and rendered.count(".np-error") == 0
-    assert rendered.text.count("neuroplastic.html.reset_notebook_bundle()") == 2
+    assert rendered.text.count("neuroplastic.report.html.reset_notebook_bundle()") == 2
     # Re-running the cell after reset_notebook_bundle() draws it.
     reset_notebook_bundle()
     again = saved_notebook([orphan, side_by_side([PARIS, BOB])._repr_html_()], page)

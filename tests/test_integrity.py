@@ -17,13 +17,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import neuroplastic.experiment as experiment
+import neuroplastic.experiment.pipeline as experiment
 from kills import SimulatedKill
-from neuroplastic.checkpoint import Checkpointer
-from neuroplastic.cli import main
+from neuroplastic.cli.commands import main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.rundir import RunDir
+from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.rundir import RunDir
 from test_experiment import quiet
 from tiny import TINY, tiny_config
 
@@ -82,8 +82,8 @@ def cli(capsys, *args):
 # -- one writer at a time ----------------------------------------------------------------------
 HOLD = """
 import sys
-from neuroplastic.checkpoint import Checkpointer
-from neuroplastic.rundir import RunDir
+from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.rundir import RunDir
 with Checkpointer(RunDir(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.readline()

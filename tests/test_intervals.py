@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from neuroplastic.intervals import (
+from neuroplastic.analysis.intervals import (
     censored_interval,
     detectable_difference,
     equivalence,

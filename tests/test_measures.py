@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from neuroplastic.config import ExperimentConfig, dense_grid
-from neuroplastic.curves import MIN_DROP, recovery, share_recovered
-from neuroplastic.experiment import run_experiment
-from neuroplastic.neurons import NeuronSet, control_kind
-from neuroplastic.rundir import RunDir
+from neuroplastic.core.curves import MIN_DROP, recovery, share_recovered
+from neuroplastic.core.neurons import NeuronSet, control_kind
+from neuroplastic.experiment.pipeline import run_experiment
+from neuroplastic.store.rundir import RunDir
 from tiny import tiny_config
 
 

@@ -13,14 +13,8 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from fake_run import PRIMED, make_fake_run
-from neuroplastic.ablation import Ablation, mlp_neuron_weights
-from neuroplastic.analysis import ArmRun
-from neuroplastic.data.concept import IGNORE_TAG
-from neuroplastic.data.load import encode_split
-from neuroplastic.errors import NeuroplasticError
-from neuroplastic.models import load_model, mlp_hook_name
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.predict import (
+from neuroplastic.analysis.arm_run import ArmRun
+from neuroplastic.analysis.predict import (
     PREDICTORS,
     Predictions,
     across_seeds,
@@ -38,10 +32,16 @@ from neuroplastic.predict import (
     similarity_score,
     survivors,
 )
-from neuroplastic.ranking import Ranking
-from neuroplastic.similarity import TokenEmbeddings
-from neuroplastic.stats import NeuronStats, collect_stats
-from neuroplastic.training import TokenClassifier
+from neuroplastic.core.ablation import Ablation, mlp_neuron_weights
+from neuroplastic.core.models import load_model, mlp_hook_name
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.similarity import TokenEmbeddings
+from neuroplastic.core.stats import NeuronStats, collect_stats
+from neuroplastic.core.training import TokenClassifier
+from neuroplastic.data.concept import IGNORE_TAG
+from neuroplastic.data.load import encode_split
+from neuroplastic.errors import NeuroplasticError
 
 NAN = math.nan
 CONCEPT = "LOC"

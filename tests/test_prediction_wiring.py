@@ -1,6 +1,6 @@
-"""The predictors of where the concept goes (neuroplastic.predict), wired into the experiment,
-the report and the sweep (issue 10, part 2): computed for the concept arm at the pruned stage,
-saved with it and listed in the manifest, without changing training; evaluated into
+"""The predictors of where the concept goes (neuroplastic.analysis.predict), wired into the
+experiment, the report and the sweep (issue 10, part 2): computed for the concept arm at the pruned
+stage, saved with it and listed in the manifest, without changing training; evaluated into
 summary.json; shown in the run's report and, across seeds, in the sweep's."""
 
 import json
@@ -14,17 +14,17 @@ import torch
 from safetensors.torch import load_file
 from scipy import stats
 
-import neuroplastic.experiment as experiment
-import neuroplastic.sweep as sweep
+import neuroplastic.experiment.pipeline as experiment
+import neuroplastic.experiment.sweep as sweep
 from kills import SimulatedKill, kill_at
-from neuroplastic.analysis import ArmRun
+from neuroplastic.analysis.arm_run import ArmRun
+from neuroplastic.analysis.predict import PREDICTORS, Predictions, random_score, survivors
+from neuroplastic.core.halves import split_probe
+from neuroplastic.core.ranking import Ranking
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.halves import split_probe
-from neuroplastic.predict import PREDICTORS, Predictions, random_score, survivors
-from neuroplastic.ranking import Ranking
-from neuroplastic.report import build_report
-from neuroplastic.rundir import RunDir
-from neuroplastic.sweep_report import build_sweep_report
+from neuroplastic.report.run_report import build_report
+from neuroplastic.report.sweep_report import build_sweep_report
+from neuroplastic.store.rundir import RunDir
 from test_experiment import quiet
 from tiny import tiny_config
 
@@ -274,7 +274,7 @@ def test_the_sweep_report_tables_and_plots_the_prediction(predicted):
         "measures": {}, "cells": {},
     }  # fmt: skip
     page = build_sweep_report(result)
-    from neuroplastic.sweep_report import _prediction
+    from neuroplastic.report.sweep_report import _prediction
 
     _prediction(page, cell, "LOC")
     html = page.to_html()

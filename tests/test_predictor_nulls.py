@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.predict import evaluate_predictions, ground_truth
-from neuroplastic.ranking import Ranking
+from neuroplastic.analysis.predict import evaluate_predictions, ground_truth
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
 
 N_LAYERS, D_MLP = 4, 1000
 PLANTED = [(1, n) for n in range(40)]  # the neurons that take the concept over, when planted

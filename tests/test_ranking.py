@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import NeuronStats
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import NeuronStats
 
 LABELS = ("O", "LOC", "PER")
 # A toy activation table: 1 layer x 3 neurons, six tokens.

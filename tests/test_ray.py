@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-import neuroplastic.sweep as sweep
+import neuroplastic.experiment.sweep as sweep
 from neuroplastic.config import ExperimentConfig
-from neuroplastic.rundir import RunDir
+from neuroplastic.store.rundir import RunDir
 from tiny import TINY, without_provenance
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ if os.environ.get("CI"):  # under CI the [cluster] extra is installed: a missing
 else:
     ray = pytest.importorskip("ray", reason='pip install "neuroplastic[cluster]" for Ray tests')
 
-from neuroplastic.ray_executor import RayExecutor  # noqa: E402
+from neuroplastic.experiment.ray_executor import RayExecutor  # noqa: E402
 
 CONFIG = dict(TINY, base_steps=12, plateau_every=0, stage_steps=3, learning_rate=1e-2)
 SEEDS = [0, 1]

@@ -7,15 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import neuroplastic.experiment as experiment
+import neuroplastic.experiment.pipeline as experiment
 from kills import killed_then_resumed
-from neuroplastic.curves import area_between, savings
+from neuroplastic.core.curves import area_between, savings
+from neuroplastic.core.relearn import concept_masked, mentions, relearn_data, relearn_indices
+from neuroplastic.core.training import TokenClassifier, tagging_loss
 from neuroplastic.data.concept import IGNORE_TAG, ConceptDataset
 from neuroplastic.data.load import concept_labels
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.relearn import concept_masked, mentions, relearn_data, relearn_indices
-from neuroplastic.rundir import RunDir
-from neuroplastic.training import TokenClassifier, tagging_loss
+from neuroplastic.store.rundir import RunDir
 from tiny import tiny_config
 
 
@@ -246,7 +246,7 @@ def test_a_default_run_says_nothing_of_relearning(tiny_run):
 
 # -- where it shows ----------------------------------------------------------------------------
 def test_the_report_shows_relearning_beside_learning(naive_run, tmp_path):
-    from neuroplastic.report import write_report
+    from neuroplastic.report.run_report import write_report
 
     out, summary = naive_run
     page = write_report(out, tmp_path / "report.html").read_text()
@@ -256,8 +256,8 @@ def test_the_report_shows_relearning_beside_learning(naive_run, tmp_path):
 
 
 def test_the_sweep_carries_savings_and_leaves_the_naive_arm_out_of_recovery(naive_run, tmp_path):
-    from neuroplastic.sweep import aggregate, run_measures
-    from neuroplastic.sweep_report import build_sweep_report
+    from neuroplastic.experiment.sweep import aggregate, run_measures
+    from neuroplastic.report.sweep_report import build_sweep_report
 
     out, summary = naive_run
     measures = run_measures(out)
@@ -272,7 +272,7 @@ def test_the_sweep_carries_savings_and_leaves_the_naive_arm_out_of_recovery(naiv
 
 
 def test_savings_across_seeds_counts_a_censored_seed_at_its_bound():
-    from neuroplastic.sweep import savings_across_seeds
+    from neuroplastic.experiment.sweep import savings_across_seeds
 
     def run(seed, value, bound, naive_steps):
         return {
@@ -300,7 +300,7 @@ def test_savings_across_seeds_counts_a_censored_seed_at_its_bound():
 def test_a_base_fine_tuned_without_the_concept_never_tags_it(embedded_model, corpus):
     """The naive base's loss, on the pretrained model: the same fine-tune learns LOC with the
     concept in the loss and leaves it at zero F1 without, while the other types are learned."""
-    from neuroplastic.training import TrainConfig, Trainer, evaluate
+    from neuroplastic.core.training import TrainConfig, Trainer, evaluate
 
     labels = concept_labels(corpus)
     encode = {"tokenizer": embedded_model.tokenizer, "label_names": labels}

@@ -11,15 +11,10 @@ import pytest
 import torch
 
 from fake_run import PLANTED, PRIMED
-from neuroplastic.analysis import (
-    ArmRun,
-    concept_depth,
-    fixed_population,
-    layer_saliency,
-    relocation,
-)
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.ranking import Ranking
+from neuroplastic.analysis.arm_run import ArmRun
+from neuroplastic.analysis.layers import concept_depth, fixed_population, layer_saliency, relocation
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
 
 N_LAYERS, D_MLP = 4, 10
 
@@ -119,7 +114,7 @@ def test_partial_correlation_takes_out_the_mechanical_part_of_priming() -> None:
     import numpy as np
     from scipy import stats
 
-    from neuroplastic.analysis import partial_spearman
+    from neuroplastic.analysis.reappearance import partial_spearman
 
     rng = np.random.default_rng(0)
     n = 4000

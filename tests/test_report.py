@@ -12,12 +12,16 @@ import pytest
 
 from browser import Chromium, Rendered
 from fake_run import PRIMED, FakeRun, make_fake_run
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.report import write_report
-from neuroplastic.stats import collect_stats
-from neuroplastic.views import examples_from_model, examples_from_top_k, write_neuron_view_page
+from neuroplastic.report.run_report import write_report
+from neuroplastic.report.views import (
+    examples_from_model,
+    examples_from_top_k,
+    write_neuron_view_page,
+)
 
 SELECTORS = [".np-cv", ".np-cv:empty", ".np-error", ".plotly-graph-div", ".main-svg"]
 EVALUATE = {

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import neuroplastic.report as report_module
+import neuroplastic.report.run_report as report_module
 from fake_run import (
     ARM_LOC,
     BASE_LOC,
@@ -25,10 +25,10 @@ from fake_run import (
     FakeRun,
     make_fake_run,
 )
-from neuroplastic.html import HtmlPage
-from neuroplastic.report import DEAD_COLOR, build_report
-from neuroplastic.rundir import RunDir
-from neuroplastic.stats import NeuronStats
+from neuroplastic.core.stats import NeuronStats
+from neuroplastic.report.html import HtmlPage
+from neuroplastic.report.run_report import DEAD_COLOR, build_report
+from neuroplastic.store.rundir import RunDir
 from tiny import tiny_config
 
 STAGE_TABLE = "Concept arm, per stage"
@@ -228,7 +228,7 @@ def test_heatmaps_mask_dead_neurons_and_plots_carry_no_error_bars(
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    from neuroplastic.experiment import run_experiment
+    from neuroplastic.experiment.pipeline import run_experiment
 
     out = tmp_path_factory.mktemp("tiny-run")
     run_experiment(tiny_config(), out, progress=False, log=lambda *a: None)

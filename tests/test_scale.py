@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from neuroplastic import experiment
 from neuroplastic.config import ExperimentConfig
+from neuroplastic.core.models import _tiny, load_model, mlp_hook_name, run_forward
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.models import _tiny, load_model, mlp_hook_name, run_forward
+from neuroplastic.experiment import pipeline as experiment
 from neuroplastic.presets import load_preset
 from test_experiment import quiet
 from tiny import tiny_config
@@ -71,7 +71,7 @@ def test_a_bfloat16_run_in_epochs_finishes_with_held_neurons_at_zero(tmp_path):
 def test_train_sentences_zero_takes_all_the_split_leaves_to_training(corpus):
     from dataclasses import replace
 
-    from neuroplastic.experiment import _train_and_probe
+    from neuroplastic.experiment.pipeline import _train_and_probe
 
     without_probe = replace(corpus, probe=[])  # as a CoNLL file or hub dataset comes
     config = ExperimentConfig(train_sentences=0, probe_sentences=40)

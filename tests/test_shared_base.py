@@ -9,11 +9,11 @@ from dataclasses import fields
 
 import pytest
 
-import neuroplastic.experiment as experiment
-import neuroplastic.sweep as sweep
+import neuroplastic.experiment.pipeline as experiment
+import neuroplastic.experiment.sweep as sweep
 from neuroplastic.config import AFTER_BASE, ExperimentConfig
-from neuroplastic.rundir import RunDir
-from neuroplastic.shared_base import find_shared_base
+from neuroplastic.store.rundir import RunDir
+from neuroplastic.store.shared_base import find_shared_base
 from tiny import TINY, without_provenance
 
 # Long enough to learn some LOC, with the naive arm's own base to share as well.

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
+from neuroplastic.core.models import mlp_hook_name
+from neuroplastic.core.stats import NeuronStats, StatsCollector, collect_stats
 from neuroplastic.data.concept import Batch
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.models import mlp_hook_name
-from neuroplastic.stats import NeuronStats, StatsCollector, collect_stats
 
 
 def full_cache(model, dataset):

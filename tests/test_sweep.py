@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import neuroplastic.curves as curves
-import neuroplastic.sweep as sweep
-from neuroplastic.cli import main
+import neuroplastic.core.curves as curves
+import neuroplastic.experiment.sweep as sweep
+from neuroplastic.cli.commands import main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.rundir import RunDir
-from neuroplastic.sweep_report import build_sweep_report
+from neuroplastic.report.sweep_report import build_sweep_report
+from neuroplastic.store.rundir import RunDir
 from tiny import TINY
 
 # A tiny run long enough for a non-zero LOC F1, with an evaluation every 2 retraining steps.

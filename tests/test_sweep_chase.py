@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import neuroplastic.sweep as sweep
-from neuroplastic.rundir import RunDir, stage_round
-from neuroplastic.sweep_report import build_sweep_report
+import neuroplastic.experiment.sweep as sweep
+from neuroplastic.report.sweep_report import build_sweep_report
+from neuroplastic.store.rundir import RunDir, stage_round
 from tiny import tiny_config
 
 CONCEPT = "LOC"
@@ -274,7 +274,7 @@ def test_sweep_report_shows_rounds_and_preemption_with_intervals() -> None:
 
 
 def test_large_numbers_are_whole_in_the_sweep_report() -> None:
-    from neuroplastic.intervals import as_text
+    from neuroplastic.analysis.intervals import as_text
 
     value = sweep.interval([1844.0, 1844.0, 1844.0])
     assert as_text(value) == "1,844 [1,844, 1,844]"

@@ -1,13 +1,11 @@
 import pytest
 import torch
 
-from neuroplastic.ablation import ablate, check_can_regrow, mlp_neuron_weights, prune_weights
-from neuroplastic.data.load import encode_split
-from neuroplastic.errors import NeuroplasticError
-from neuroplastic.metrics import entity_scores
-from neuroplastic.models import head_hook_name, is_decoder, mlp_hook_name
-from neuroplastic.neurons import NeuronSet
-from neuroplastic.training import (
+from neuroplastic.core.ablation import ablate, check_can_regrow, mlp_neuron_weights, prune_weights
+from neuroplastic.core.metrics import entity_scores
+from neuroplastic.core.models import head_hook_name, is_decoder, mlp_hook_name
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.training import (
     TokenClassifier,
     TrainConfig,
     Trainer,
@@ -15,6 +13,8 @@ from neuroplastic.training import (
     tagging_loss,
     train,
 )
+from neuroplastic.data.load import encode_split
+from neuroplastic.errors import NeuroplasticError
 
 
 @pytest.fixture

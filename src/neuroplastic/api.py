@@ -10,15 +10,15 @@ import pandas as pd
 import torch
 
 from neuroplastic.config import check_concept
+from neuroplastic.core.models import load_model
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import NeuronStats, collect_stats
 from neuroplastic.data.concept import IGNORE_TAG, ConceptDataset
 from neuroplastic.data.load import encode_split, load_corpus
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.models import load_model
-from neuroplastic.ranking import Ranking
-from neuroplastic.stats import NeuronStats, collect_stats
 
 if TYPE_CHECKING:
-    from neuroplastic.views import RankingTable
+    from neuroplastic.report.views import RankingTable
 
 
 @dataclass
@@ -39,7 +39,7 @@ class RankResult:
 
     def table(self, n: int = 20) -> RankingTable:
         """The ``n`` most salient neurons with their top tokens, as a notebook table."""
-        from neuroplastic.views import ranking_table
+        from neuroplastic.report.views import ranking_table
 
         return ranking_table(
             self.ranking,
@@ -126,7 +126,7 @@ def rank_neurons(
 
 def tag_sentence(tagger: Any, dataset: ConceptDataset, index: int) -> pd.DataFrame:
     """One sentence's words with their true tag and the tag ``tagger`` (a
-    :class:`~neuroplastic.training.TokenClassifier`) predicts from each word's first subtoken,
+    :class:`~neuroplastic.core.training.TokenClassifier`) predicts from each word's first subtoken,
     under whatever hooks the model holds (run it inside ``with ablate(...)`` to see the
     ablated model). Words cut off by ``max_length`` are left out."""
     if not 0 <= index < len(dataset):
@@ -153,7 +153,7 @@ def count_hooks(model: Any, *, ablations_only: bool = False) -> int:
     """Forward hooks held on the model's hook points right now. Some bridges (BERT) carry
     permanent hooks TransformerLens wires itself; ``ablations_only`` counts neuroplastic's
     ablation hooks alone (one per layer an active ablation touches, 0 once all are removed)."""
-    from neuroplastic.ablation import _AblationHook
+    from neuroplastic.core.ablation import _AblationHook
 
     # A bridge lists some hook points under two names (aliases): count each point once.
     points = {id(point): point for point in model.hook_dict.values()}.values()

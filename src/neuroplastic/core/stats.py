@@ -1,0 +1,390 @@
+"""Streaming per-neuron statistics of ``blocks.{l}.mlp.hook_post`` over a concept dataset.
+
+One batched pass; per concept label the token count, sum and sum of squares of every neuron, and
+the dataset-wide top-k activating tokens of every neuron (sentence, position, token, label). Memory
+is fixed by ``n_labels x n_layers x d_mlp`` and the top-k buffers, whatever the dataset size.
+Two passes over disjoint halves ``merge`` into exactly one pass over the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from neuroplastic import distributed
+from neuroplastic.core.models import check_mlp_hooks, mlp_hook_name, model_device, run_forward
+from neuroplastic.data.concept import Batch, ConceptDataset
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.io import atomic_write_bytes
+from neuroplastic.progress import progress as progress_bar
+
+
+@dataclass
+class NeuronStats:
+    label_names: tuple[str, ...]
+    count: Int[Tensor, " label"]
+    sum: Float[Tensor, "label layer neuron"]
+    sum_sq: Float[Tensor, "label layer neuron"]
+    top_values: Float[Tensor, "layer neuron k"]
+    top_sentence: Int[Tensor, "layer neuron k"]
+    top_position: Int[Tensor, "layer neuron k"]
+    top_token: Int[Tensor, "layer neuron k"]
+    top_label: Int[Tensor, "layer neuron k"]
+
+    @classmethod
+    def empty(cls, label_names: Sequence[str], n_layers: int, d_mlp: int, k: int) -> NeuronStats:
+        n_labels = len(label_names)
+        top_shape = (n_layers, d_mlp, 0)
+        del k  # buffers grow to k as tokens arrive
+        return cls(
+            label_names=tuple(label_names),
+            count=torch.zeros(n_labels, dtype=torch.long),
+            sum=torch.zeros(n_labels, n_layers, d_mlp, dtype=torch.float64),
+            sum_sq=torch.zeros(n_labels, n_layers, d_mlp, dtype=torch.float64),
+            top_values=torch.empty(top_shape),
+            top_sentence=torch.empty(top_shape, dtype=torch.long),
+            top_position=torch.empty(top_shape, dtype=torch.long),
+            top_token=torch.empty(top_shape, dtype=torch.long),
+            top_label=torch.empty(top_shape, dtype=torch.long),
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return self.sum.shape[1]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.sum.shape[2]
+
+    @property
+    def k(self) -> int:
+        return self.top_values.shape[2]
+
+    def label_index(self, label: str) -> int:
+        if label not in self.label_names:
+            raise NeuroplasticError(
+                f"unknown concept label {label!r}; labels present: {', '.join(self.label_names)}"
+            )
+        return self.label_names.index(label)
+
+    def mean(self) -> Float[Tensor, "label layer neuron"]:
+        """Mean activation per label (zero for a label with no tokens)."""
+        counts = self.count.clamp(min=1).to(torch.float64)
+        return self.sum / counts[:, None, None]
+
+    def variance(self) -> Float[Tensor, "label layer neuron"]:
+        counts = self.count.clamp(min=1).to(torch.float64)[:, None, None]
+        return (self.sum_sq / counts - self.mean() ** 2).clamp(min=0)
+
+    def overall_mean(self) -> Float[Tensor, "layer neuron"]:
+        return self.sum.sum(0) / self.count.sum().clamp(min=1)
+
+    def update(
+        self,
+        activations: Float[Tensor, "layer token neuron"],
+        labels: Int[Tensor, " token"],
+        sentence: Int[Tensor, " token"],
+        position: Int[Tensor, " token"],
+        token: Int[Tensor, " token"],
+        k: int,
+    ) -> None:
+        """Fold in the activations of labelled tokens (already stripped of special/pad tokens)."""
+        acts = activations.to(torch.float64)
+        one_hot = torch.nn.functional.one_hot(labels, len(self.label_names)).to(torch.float64)
+        self.count += one_hot.sum(0).long()
+        self.sum += einops.einsum(
+            one_hot, acts, "token label, layer token neuron -> label layer neuron"
+        )
+        self.sum_sq += einops.einsum(
+            one_hot, acts**2, "token label, layer token neuron -> label layer neuron"
+        )
+        n_new = min(k, activations.shape[1])
+        values, index = activations.float().topk(n_new, dim=1)  # [layer, n_new, neuron]
+        index = einops.rearrange(index, "layer k neuron -> layer neuron k")
+        self._merge_top(
+            einops.rearrange(values, "layer k neuron -> layer neuron k"),
+            sentence[index],
+            position[index],
+            token[index],
+            labels[index],
+            k,
+        )
+
+    def _merge_top(self, values, sentence, position, token, label, k: int) -> None:
+        values = torch.cat([self.top_values, values], dim=2)
+        kept, index = values.topk(min(k, values.shape[2]), dim=2)
+        self.top_values = kept
+
+        def pick(old: Tensor, new: Tensor) -> Tensor:
+            return torch.cat([old, new], dim=2).gather(2, index)
+
+        self.top_sentence = pick(self.top_sentence, sentence)
+        self.top_position = pick(self.top_position, position)
+        self.top_token = pick(self.top_token, token)
+        self.top_label = pick(self.top_label, label)
+
+    def merge(self, other: NeuronStats) -> NeuronStats:
+        """Statistics of both passes together (the passes must cover disjoint sentences)."""
+        if self.label_names != other.label_names or self.sum.shape != other.sum.shape:
+            raise NeuroplasticError(
+                "cannot merge statistics of different labels or model shapes: "
+                f"{self.label_names} {tuple(self.sum.shape)} vs "
+                f"{other.label_names} {tuple(other.sum.shape)}"
+            )
+        k = max(self.k, other.k)
+        merged = NeuronStats(
+            self.label_names,
+            self.count + other.count,
+            self.sum + other.sum,
+            self.sum_sq + other.sum_sq,
+            self.top_values,
+            self.top_sentence,
+            self.top_position,
+            self.top_token,
+            self.top_label,
+        )
+        merged._merge_top(
+            other.top_values,
+            other.top_sentence,
+            other.top_position,
+            other.top_token,
+            other.top_label,
+            k,
+        )
+        return merged
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save
+
+        tensors = {
+            f.name: getattr(self, f.name).contiguous()
+            for f in fields(self)
+            if f.name != "label_names"
+        }
+        atomic_write_bytes(
+            path, save(tensors, metadata={"label_names": ",".join(self.label_names)})
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeuronStats:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as handle:
+            label_names = tuple(handle.metadata()["label_names"].split(","))
+        return cls(label_names=label_names, **load_file(str(path)))
+
+
+class StatsCollector:
+    """Hooks on every layer's ``mlp.hook_post`` that fold each batch into running statistics
+    on the model's own device; only the finished :class:`NeuronStats` goes to the CPU.
+
+    Each batch is reduced in float32 where it is computed and added to float64 totals (float32
+    sums of a million tokens would lose about three digits). Each layer's activations are used
+    inside its hook and dropped, so memory holds one layer of one batch at a time. The top-k
+    buffers are kept by :class:`_TopK`.
+    """
+
+    def __init__(
+        self, model: Any, label_names: Sequence[str], top_k: int, merge: str = "auto"
+    ) -> None:
+        self.n_layers, self.d_mlp = check_mlp_hooks(model)
+        self.label_names = tuple(label_names)
+        self.top_k = top_k
+        self.device = model_device(model)
+        # float64 totals where the device has float64 (Apple's MPS has none: totals stay on the
+        # CPU there, still folded once per batch).
+        self.total_device = self.device if self.device.type != "mps" else torch.device("cpu")
+        n_labels, shape = len(self.label_names), (self.n_layers, self.d_mlp)
+        self.count = torch.zeros(n_labels, dtype=torch.long, device=self.total_device)
+        self.sum = torch.zeros(n_labels, *shape, dtype=torch.float64, device=self.total_device)
+        self.sum_sq = torch.zeros_like(self.sum)
+        self.top = _TopK(self.n_layers, self.d_mlp, top_k, self.device, merge)
+        self._batch: _BatchTokens | None = None
+        self._tokens_seen = 0  # labelled tokens before the current batch (counted on the host)
+        self._buffers_full = False
+        self.hooks = [(mlp_hook_name(layer), self._hook(layer)) for layer in range(self.n_layers)]
+
+    def begin(self, batch: Batch) -> None:
+        """Announce the batch whose forward pass comes next."""
+        self._batch = _BatchTokens.of(batch, len(self.label_names), self.device)
+        self.count += self._batch.one_hot.sum(0).long().to(self.total_device)
+        self._buffers_full = self._tokens_seen >= self.top_k
+        self._tokens_seen += len(self._batch.keep)
+
+    def _hook(self, layer: int):
+        def hook(activation: Float[Tensor, "batch pos neuron"], hook: Any) -> None:
+            batch = self._batch
+            if batch is None:
+                raise NeuroplasticError("StatsCollector.begin(batch) must precede each forward")
+            flat = activation.detach().reshape(-1, self.d_mlp).to(self.device)
+            acts = flat.index_select(0, batch.keep).float()  # a gather far cheaper than a mask
+            self.sum[:, layer] += (batch.one_hot.T @ acts).to(self.total_device, torch.float64)
+            self.sum_sq[:, layer] += (batch.one_hot.T @ acts.square()).to(
+                self.total_device, torch.float64
+            )
+            self.top.update(layer, acts, batch.meta, full=self._buffers_full)
+
+        return hook
+
+    def all_reduce(self) -> None:
+        """Combine the statistics of every data-parallel process (each saw its own sentences):
+        counts and sums added, top-k buffers gathered and re-selected. Every rank ends with
+        the statistics of all the sentences."""
+        if not distributed.active():
+            return
+        for total in (self.count, self.sum, self.sum_sq):
+            distributed.all_sum(total)
+        self.top.all_gather()
+
+    def finish(self) -> NeuronStats:
+        """The statistics so far, on the CPU."""
+        values, meta = self.top.result(n_tokens=int(self.count.sum()))
+        cpu = torch.device("cpu")
+        return NeuronStats(
+            self.label_names,
+            self.count.to(cpu),
+            self.sum.to(cpu),
+            self.sum_sq.to(cpu),
+            values.to(cpu),
+            *(meta[..., i].to(cpu) for i in range(4)),
+        )
+
+
+@dataclass
+class _BatchTokens:
+    """The labelled tokens of one batch, flattened, on the model's device."""
+
+    keep: Int[Tensor, " kept"]  # flat indices into batch x pos
+    one_hot: Float[Tensor, "kept label"]
+    meta: Int[Tensor, "kept 4"]  # sentence, position, token, label
+
+    @classmethod
+    def of(cls, batch: Batch, n_labels: int, device: torch.device) -> _BatchTokens:
+        labels = einops.rearrange(batch.concept_labels, "batch pos -> (batch pos)")
+        keep = (labels >= 0).nonzero().squeeze(1)
+        n_batch, n_pos = batch.tokens.shape
+        positions = einops.repeat(torch.arange(n_pos), "pos -> (batch pos)", batch=n_batch)
+        sentences = einops.repeat(batch.sentence_index, "batch -> (batch pos)", pos=n_pos)
+        tokens = einops.rearrange(batch.tokens, "batch pos -> (batch pos)")
+        meta = torch.stack([sentences, positions, tokens, labels], 1)[keep]
+        one_hot = torch.nn.functional.one_hot(labels[keep], n_labels).float()
+        return cls(keep.to(device), one_hot.to(device), meta.to(device))
+
+
+#: How the top-k buffers take a batch in once full: ``auto`` (sparse on a CPU, dense
+#: elsewhere), or either one everywhere (to measure them side by side; the results are equal).
+TOPK_MERGES = ("auto", "dense", "sparse")
+
+
+class _TopK:
+    """Per-neuron top-k activations and where they occurred.
+
+    Until every buffer holds k tokens, each batch's own top-k is merged in. After that, on a
+    CPU only the tokens above a neuron's current k-th value are merged (after a few batches,
+    a handful per neuron), through one sort instead of a top-k over every token. On a GPU the
+    dense merge stays: it needs no host synchronisation, which the sparse one would.
+    """
+
+    def __init__(
+        self, n_layers: int, d_mlp: int, k: int, device: torch.device, merge: str = "auto"
+    ) -> None:
+        if merge not in TOPK_MERGES:
+            raise NeuroplasticError(f"merge must be one of {', '.join(TOPK_MERGES)}; got {merge!r}")
+        self.k, self.d_mlp = k, d_mlp
+        self.values = torch.full((n_layers, d_mlp, k), -torch.inf, device=device)
+        self.meta = torch.full((n_layers, d_mlp, k, 4), -1, dtype=torch.long, device=device)
+        self._sparse = merge == "sparse" or (merge == "auto" and device.type == "cpu")
+
+    def update(
+        self,
+        layer: int,
+        acts: Float[Tensor, "kept neuron"],
+        meta: Int[Tensor, "kept 4"],
+        full: bool,
+    ) -> None:
+        """Merge a batch into layer ``layer``'s buffers; ``full`` when every buffer already
+        holds k real tokens."""
+        if acts.shape[0] == 0:
+            return
+        if full and self._sparse:
+            self._merge_above_threshold(layer, acts, meta)
+            return
+        new_values, rows = acts.topk(min(self.k, acts.shape[0]), dim=0)  # [n_new, neuron]
+        values = torch.cat([self.values[layer], new_values.T], dim=1)
+        metas = torch.cat([self.meta[layer], meta[rows.T]], dim=1)
+        kept, order = values.topk(self.k, dim=1)
+        self.values[layer] = kept
+        self.meta[layer] = metas.gather(1, einops.repeat(order, "n k -> n k 4"))
+
+    def _merge_above_threshold(
+        self, layer: int, acts: Float[Tensor, "kept neuron"], meta: Int[Tensor, "kept 4"]
+    ) -> None:
+        threshold = self.values[layer, :, -1]
+        rows, neurons = (acts > threshold).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return
+        k, device = self.k, acts.device
+        owner = torch.cat([torch.arange(self.d_mlp, device=device).repeat_interleave(k), neurons])
+        values = torch.cat([self.values[layer].flatten(), acts[rows, neurons]])
+        metas = torch.cat([self.meta[layer].reshape(-1, 4), meta[rows]])
+        # Largest first within each neuron: sort by value, then (stably) by neuron.
+        order = values.argsort(descending=True, stable=True)
+        order = order[owner[order].argsort(stable=True)]
+        sorted_owner = owner[order]
+        starts = torch.zeros(self.d_mlp, dtype=torch.long, device=device)
+        starts[1:] = torch.bincount(sorted_owner, minlength=self.d_mlp).cumsum(0)[:-1]
+        place = torch.arange(len(order), device=device) - starts[sorted_owner]
+        chosen = order[place < k]  # every neuron has at least its k buffered entries
+        self.values[layer] = values[chosen].view(self.d_mlp, k)
+        self.meta[layer] = metas[chosen].view(self.d_mlp, k, 4)
+
+    def all_gather(self) -> None:
+        values = distributed.all_gather_cat(self.values, dim=2)
+        metas = distributed.all_gather_cat(self.meta, dim=2)
+        self.values, order = values.topk(self.k, dim=2)
+        self.meta = metas.gather(2, einops.repeat(order, "l n k -> l n k 4"))
+
+    def result(
+        self, n_tokens: int
+    ) -> tuple[Float[Tensor, "layer neuron k"], Int[Tensor, "layer neuron k 4"]]:
+        """Buffers cut to the ``n_tokens`` tokens seen when there were fewer than k."""
+        n = min(self.k, n_tokens)
+        return self.values[..., :n].contiguous(), self.meta[:, :, :n].contiguous()
+
+
+def collect_stats(
+    model: Any,
+    dataset: ConceptDataset,
+    batch_size: int = 32,
+    top_k: int = 20,
+    indices: Sequence[int] | None = None,
+    progress: bool = True,
+    merge: str = "auto",
+) -> NeuronStats:
+    """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks; the
+    forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`."""
+    collector = StatsCollector(model, dataset.label_names, top_k, merge)
+    order = list(range(len(dataset))) if indices is None else list(indices)
+    # Under a data-parallel launcher each process takes its share of the batches.
+    order = distributed.shard_batches(order, batch_size)
+    n_batches = (len(order) + batch_size - 1) // batch_size
+    last_hook = mlp_hook_name(collector.n_layers - 1)
+    with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
+        for batch in progress_bar(
+            dataset.batches(batch_size, order),
+            desc="neuron statistics",
+            total=n_batches,
+            enabled=progress,
+        ):
+            collector.begin(batch)
+            run_forward(model, batch.tokens, batch.attention_mask, stop_at=last_hook)
+    collector.all_reduce()
+    return collector.finish()

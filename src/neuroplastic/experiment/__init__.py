@@ -1,0 +1,2 @@
+"""The study: one run (pipeline), its chase and pre-emption rounds, and sweeps over seeds and
+settings (serially or on Ray)."""

@@ -1,0 +1,1482 @@
+"""The relearning experiment, top to bottom: fine-tune, rank, select, then for each arm retrain
+and measure.
+
+    base ──► statistics + ranking ──► neuron sets ──► for each arm (concept, random control):
+                                                        pruned ──► retrain-1 ──► ... retrain-S
+                                                        (evaluate + statistics + ranking each)
+
+The two arms differ in the neurons held and in nothing else: both start from the same base
+weights and retrain on the same batches, in the same order, with the same dropout masks and
+the same learning-rate schedule. Persistence lives in :class:`Checkpointer`: a rerun of the
+same command resumes after the last completed stage and ends with the same summary.
+
+The concept arm also predicts, before any retraining, which surviving neurons will take the
+concept over (:mod:`neuroplastic.analysis.predict`): the predictors read at base run on the base
+weights before the removal, those read at the pruned stage with the removal in place; the scores are
+saved with the pruned stage (``predictions.safetensors``) and, once the last stage is done,
+checked against what happened (``summary.json``, key ``prediction``). They run in eval mode on
+rank 0 and draw no random numbers from the global generator: training is the same with them.
+
+Launched as several processes (``torchrun``, ``accelerate launch``), every rank trains a
+replica of the model with the neurons held (gradients averaged by DDP), evaluates it (so every
+replica checks its own held neurons) and takes its share of the statistics; rank 0 alone locks,
+reads and writes the run directory, and hands what the others need to them (which stages are
+done, weights, trainer state, the plateau loss) through :func:`distributed.on_main`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuroplastic import distributed
+from neuroplastic.analysis.arm_run import ArmRun
+from neuroplastic.analysis.causal import CAUSAL_FILE, candidate_sets, damage
+from neuroplastic.analysis.predict import (
+    Predictions,
+    evaluate_arm,
+    ground_truth,
+    predict_at_base,
+    predict_at_pruned,
+)
+from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
+from neuroplastic.core.ablation import Ablation, check_can_regrow, prune_weights
+from neuroplastic.core.curves import (
+    RECOVERY_TARGET,
+    recovery,
+    recovery_auc,
+    savings,
+    steps_to_recover,
+)
+from neuroplastic.core.erasure import probe_auc
+from neuroplastic.core.halves import HALVES, ProbeSplit, split_probe
+from neuroplastic.core.models import is_decoder, load_model, model_device
+from neuroplastic.core.neurons import NeuronSet, control_kind
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.relearn import concept_masked, mentions, relearn_data, relearn_loss
+from neuroplastic.core.relearn import describe as describe_relearn
+from neuroplastic.core.similarity import TokenEmbeddings
+from neuroplastic.core.stats import NeuronStats, collect_stats
+from neuroplastic.core.training import (
+    TokenClassifier,
+    TrainConfig,
+    Trainer,
+    check_batch_split,
+    evaluate,
+    lm_loss,
+    mean_loss,
+    tagging_loss,
+)
+from neuroplastic.data.concept import ConceptDataset
+from neuroplastic.data.load import concept_labels, load_corpus
+from neuroplastic.data.overlap import mention_overlap
+from neuroplastic.data.types import NerCorpus, NerSentence
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.chase import (
+    ControlCapacityError,
+    chase_stop,
+    next_concept_set,
+    next_random_set,
+    record_capacity_stop,
+    round_measures,
+    rounds_run,
+    select,
+)
+from neuroplastic.experiment.preempt import oracle_set, preempt_sets, realised_gain
+from neuroplastic.io import atomic_write_json
+from neuroplastic.progress import report_line
+from neuroplastic.store.checkpoint import Checkpointer, load_weights
+from neuroplastic.store.repair import Recompute
+from neuroplastic.store.rundir import (
+    RunDir,
+    directory_kind,
+    json_of,
+    read_run_file,
+    round_stages,
+    stage_key,
+    stage_names,
+    stage_owner,
+    stage_round,
+    top_tokens_frame,
+)
+from neuroplastic.store.shared_base import SharedBase, find_shared_base
+
+
+@dataclass
+class Setup:
+    """What every stage needs: the model (with head), the data, and where results go."""
+
+    config: ExperimentConfig
+    store: Checkpointer
+    module: torch.nn.Module
+    model: Any
+    train_data: ConceptDataset
+    validation_data: ConceptDataset
+    probe_data: ConceptDataset  # the sentences neuron statistics and rankings are taken on
+    data_overlap: dict[str, Any]  # share of validation / probe mentions seen in training
+    progress: bool
+    base_steps: int  # the cap on base fine-tuning, in optimizer steps (from epochs if given)
+    stage_steps: int  # optimizer steps per retraining stage (from epochs if given)
+    replica: torch.nn.Module | None = None  # what trains: ``module``, or it wrapped in DDP
+    #: the probe sentences' two halves: predictors read one, ground truths the other
+    probe_split: ProbeSplit | None = None
+    #: what every arm retrains on (:mod:`neuroplastic.core.relearn`; the training data by default)
+    relearn_data: ConceptDataset | None = None
+
+    @property
+    def predict_data(self) -> ConceptDataset:
+        """The probe sentences the predictors read (:mod:`neuroplastic.core.halves`)."""
+        assert self.probe_split is not None
+        return self.probe_data.subset(self.probe_split.predict)
+
+    @property
+    def trainee(self) -> torch.nn.Module:
+        return self.module if self.replica is None else self.replica
+
+    @property
+    def run(self) -> RunDir:
+        return self.store.run
+
+    def loss_fn(self):
+        return tagging_loss if self.config.task == "ner" else lm_loss
+
+    def concept_id(self) -> int:
+        return self.train_data.label_id(self.config.concept)
+
+    def relearn_loss(self):
+        """Retraining's loss (:func:`neuroplastic.core.relearn.relearn_loss`)."""
+        return relearn_loss(self.loss_fn(), self.config, self.concept_id())
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out: str | Path,
+    progress: bool = True,
+    log=report_line,
+    warn=None,
+    base_from: Sequence[str | Path] = (),
+    keep_base: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the experiment into ``out``; returns the summary. The directory is
+    locked for the whole run: a second run on it is refused. ``warn`` gets a line per run file
+    found corrupt and recomputed (default: on stderr, even when quiet).
+
+    ``base_from``: finished runs whose fine-tuned base (and naive base) this run may load
+    instead of training it, where their base settings are this run's
+    (:mod:`neuroplastic.store.shared_base`: what a sweep does for its cells). ``keep_base``: keep
+    this run's base weights when it finishes, for such runs to come.
+
+    Under a launcher for several processes, every rank calls this; only rank 0 logs, warns and
+    touches ``out``, and every rank returns the summary."""
+    device = distributed.init_from_environment(config.device)  # this rank's device
+    main = distributed.is_main()
+    if not main:
+        progress, log, warn = False, _silent, _silent
+    store = Checkpointer(RunDir(out), save_checkpoints=config.save_checkpoints)
+    created = main and not Path(out).exists()  # a failed start removes what it made
+    try:
+        # Refuses what cannot be read nor recomputed; on rank 0, for every rank.
+        recovery = distributed.on_main(partial(_open, store, config, Path(out)))
+        for warning in recovery.warnings:
+            (warn or _warn)(warning)
+        setup = _setup(config, store, progress, log, device)  # fails on bad settings first
+        if main:
+            store.write_config(config)
+        _fine_tune_base(setup, log, base_from)
+        _recompute_stage_files(setup, recovery.stages)
+        neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+        _note_control(setup, neuron_sets, log)
+        held = HeldSets(setup, neuron_sets)
+        if config.rounds > 1:
+            _chase(setup, list(neuron_sets), held, log)
+            # Then every neuron the chase removed, from base at once, for one round.
+            one_shot = distributed.on_main(partial(_one_shot_set, setup, held))
+            held = HeldSets(setup, {**neuron_sets, ONE_SHOT_ARM: one_shot})
+            _retrain_arm(setup, ONE_SHOT_ARM, held, log)
+        else:
+            for arm in neuron_sets:
+                _retrain_arm(setup, arm, held, log)
+        if config.naive:  # the concept learned from nothing, the concept arm's neurons held
+            _fine_tune_naive(setup, log, base_from)
+            naive = distributed.on_main(partial(_naive_set, setup, neuron_sets["concept"]))
+            held = HeldSets(setup, {**neuron_sets, NAIVE_ARM: naive})
+            _retrain_arm(setup, NAIVE_ARM, held, log)
+        if config.preempt:  # from the concept arm's predictions, made at its pruned stage
+            preempted = distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
+            held = HeldSets(setup, {**neuron_sets, **preempted})
+            for arm in preempted:
+                _retrain_arm(setup, arm, held, log)
+        return distributed.on_main(partial(_finish_run, setup, held, keep_base))
+    finally:
+        store.unlock()
+        if created:
+            _remove_if_nothing_written(store.run)
+
+
+def _remove_if_nothing_written(run: RunDir) -> None:
+    """Delete a run directory this call created and wrote no file into (only its lock): a
+    start that failed on a setting leaves nothing behind."""
+    files = [p for p in run.path.rglob("*") if p.is_file() and p != run.lock_path]
+    if run.path.is_dir() and not files:
+        shutil.rmtree(run.path, ignore_errors=True)
+
+
+def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
+    """Check ``out``, lock it and check its config against ``config`` (rank 0's work)."""
+    _check_out(out)  # before the lock, which creates the directory
+    store.lock()
+    return store.check_config(config)
+
+
+def _base_neuron_sets(setup: Setup) -> dict[str, NeuronSet]:
+    ranking = setup.run.stage("concept", "base").ranking  # verified against the manifest
+    return _neuron_sets(setup, ranking)
+
+
+def _finish_run(setup: Setup, held: HeldSets, keep_base: bool = False) -> dict[str, Any]:
+    summary = _summary(setup, held)
+    atomic_write_json(setup.run.summary_path, summary)
+    setup.store.release(keep={"base"} if keep_base else set())
+    return summary
+
+
+def _silent(*_: object) -> None:
+    pass
+
+
+# The size of CoNLL-2003's training split: the embedded corpus's "whole split"
+# (--train-sentences 0), so the paper's recipe in epochs means the same number of steps.
+CONLL2003_TRAIN_SENTENCES = 14_041
+
+
+# -- set-up ------------------------------------------------------------------------------------
+def _setup(
+    config: ExperimentConfig, store: Checkpointer, progress: bool, log, device: str | None = None
+) -> Setup:
+    """``device``: this process's (one GPU per process when launched), else the config's."""
+    # The model's own weights never depend on the seed (a tiny random model is always the same
+    # one): a seed changes the head, the data order, dropout and the sentences sampled.
+    device = device or config.device
+    _check_device(device)
+    _check_processes(config)
+    model = load_model(
+        config.model, device=device, dtype=config.dtype, device_map=config.device_map
+    )
+    _check_model_fits(config, model)
+    if config.task == "lm" and not is_decoder(model):
+        raise NeuroplasticError(
+            f"the causal LM task needs a decoder model (GPT-2 family); {config.model} is an "
+            "encoder. Use --task ner"
+        )
+    if config.mode == "regrow":
+        check_can_regrow(model)
+    corpus = load_corpus(
+        config.dataset,
+        n_train=config.train_sentences or CONLL2003_TRAIN_SENTENCES,
+        n_validation=config.validation_sentences,
+        n_probe=config.probe_sentences,
+        seed=config.seed,
+    )
+    train, probe = _train_and_probe(corpus, config)
+    validation = corpus.validation[: config.validation_sentences]
+    encode = partial(
+        ConceptDataset,
+        tokenizer=model.tokenizer,
+        label_names=concept_labels(corpus),
+        tag_names=corpus.tag_names,
+        max_length=config.max_length,
+    )
+    train_data, validation_data, probe_data = encode(train), encode(validation), encode(probe)
+    for name, data in (("validation", validation_data), ("probe", probe_data)):
+        data.label_id(config.concept)  # an unknown concept fails before any training
+        if data.label_counts()[config.concept] == 0:
+            raise NeuroplasticError(
+                f"concept {config.concept!r} has no tokens in the {name} sentences"
+            )
+        if data.n_truncated:
+            log(
+                f"note: {data.n_truncated} {name} sentences are longer than max_length="
+                f"{config.max_length} tokens; their words past it are left out"
+            )
+    overlap = {
+        "validation_seen_in_train": mention_overlap(train, validation),
+        "probe_seen_in_train": mention_overlap(train, probe),
+    }
+    torch.manual_seed(config.seed)  # the head's initialisation
+    module = TokenClassifier(model, len(train_data.tag_names)) if config.task == "ner" else model
+    module.to(model_device(model))  # the head joins the model (its first device under a map)
+    if distributed.is_main():
+        store.run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
+        _write_token_embeddings(store.run, model, probe_data)
+    base_steps, stage_steps = config.steps(len(train_data))
+    relearned = relearn_data(train_data, config)  # refuses an empty retain set up front
+    if relearned is not train_data:
+        check_batch_split(config.batch_size)
+    return Setup(
+        config, store, module, model, train_data, validation_data, probe_data, overlap, progress,
+        base_steps, stage_steps, distributed.replicate(module, device),
+        split_probe(len(probe_data), config.seed), relearned,
+    )  # fmt: skip
+
+
+def _check_processes(config: ExperimentConfig) -> None:
+    """Settings that several processes cannot honour, refused on every rank alike."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return
+    if config.device_map:
+        raise NeuroplasticError(
+            f"--device-map {config.device_map} spreads one model over the GPUs, but {ranks} "
+            "processes were launched (one model each): run one process for --device-map, or "
+            "leave it out to train data-parallel"
+        )
+    check_batch_split(config.batch_size)
+
+
+def _warn(message: str) -> None:
+    print(f"neuroplastic: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse at once an ``--out`` that is a file, a sweep's directory or a directory that
+    cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise NeuroplasticError(
+            f"--out {out} is an existing file, not a directory; give a directory path "
+            "(a new one is created)"
+        )
+    if directory_kind(out) == "sweep":
+        raise NeuroplasticError(
+            f"--out {out} is a sweep directory (made by `neuroplastic sweep`), not a run's; "
+            "give a new directory for this run, or rerun the sweep command to resume the sweep"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NeuroplasticError(
+            f"--out {out}: cannot create the run directory ({error.strerror}); give a path "
+            "in a directory you can write to"
+        ) from error
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise NeuroplasticError(
+            f"--out {out}: the directory is not writable; give a directory you can write to "
+            "or change its permissions"
+        )
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NeuroplasticError(
+                f"--device {device}: CUDA is not available on this machine (no GPU, or torch "
+                "was built without CUDA); use --device cpu"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise NeuroplasticError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), numbered from 0; use --device cuda:0 or --device cpu"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise NeuroplasticError("--device mps: MPS is not available here; use --device cpu")
+
+
+def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
+    """Settings that the loaded model cannot satisfy, before any training."""
+    cfg = model.cfg
+    n_layers, d_mlp = cfg.n_layers, cfg.d_mlp
+    limit = {"count": n_layers * d_mlp, "per-layer": d_mlp}.get(config.selection)
+    if limit is not None and config.count > limit:
+        where = (
+            f"{n_layers} layers x {d_mlp} MLP neurons = {limit} in all"
+            if config.selection == "count"
+            else f"{d_mlp} MLP neurons per layer"
+        )
+        raise NeuroplasticError(
+            f"--count {config.count} with --selection {config.selection} is more neurons than "
+            f"{config.model} has ({where}); give --count {limit} or less"
+        )
+    n_total = n_layers * d_mlp
+    per_round = {
+        "fraction": max(1, round(config.fraction * n_total)),
+        "count": config.count,
+        "per-layer": config.count * n_layers,
+    }[config.selection]
+    # A later round's control holds the concept's earlier rounds and as many random neurons as
+    # its last round adds, drawn outside all the concept's rounds: R + 1 rounds' worth in all.
+    control = 0 if config.baseline == "none" or config.rounds == 1 else per_round
+    if config.rounds > 1 and config.rounds * per_round + control > n_total:
+        most = (n_total - control) // per_round if control else n_total // per_round
+        raise NeuroplasticError(
+            f"--rounds {config.rounds} holds {per_round} more neurons each round, "
+            f"{config.rounds * per_round} in all"
+            + (f", and the last round's control {per_round} more outside them" if control else "")
+            + f", but {config.model} has {n_total}; give --rounds {max(1, most)} or less"
+        )
+    # The two pre-emption arms draw their extra neurons from the same survivors: past half of
+    # them they must share most of their picks, and the comparison says nothing.
+    survivors = n_total - per_round
+    if config.preempt and config.preempt_count > survivors // 2:
+        raise NeuroplasticError(
+            f"--preempt-count {config.preempt_count} is more than half of the {survivors} "
+            f"neurons {config.model} has besides the concept's {per_round}, so the preempt and "
+            f"preempt-random arms would hold mostly the same neurons; give --preempt-count "
+            f"{survivors // 2} or less"
+        )
+    n_ctx = getattr(cfg, "n_ctx", None)
+    if isinstance(n_ctx, int) and config.max_length > n_ctx:
+        raise NeuroplasticError(
+            f"--max-length {config.max_length} exceeds {config.model}'s {n_ctx} positions; "
+            f"give --max-length {n_ctx} or less"
+        )
+
+
+def _train_and_probe(
+    corpus: NerCorpus, config: ExperimentConfig
+) -> tuple[list[NerSentence], list[NerSentence]]:
+    """Training sentences and probe sentences, never the same ones.
+
+    A corpus with its own probe split (the embedded one: names the training never sees) gives
+    the probe; otherwise both are drawn, by the seed, from disjoint parts of the train split.
+    """
+    if corpus.probe:
+        train, probe = corpus.train[: config.train_sentences or None], corpus.probe
+        if len(probe) < config.probe_sentences:
+            raise NeuroplasticError(
+                f"{corpus.name} has {len(probe)} probe sentences; --probe-sentences asks for "
+                f"{config.probe_sentences}"
+            )
+        return train, probe[: config.probe_sentences]
+    n_train = config.train_sentences or len(corpus.train) - config.probe_sentences
+    needed = n_train + config.probe_sentences
+    if n_train <= 0 or len(corpus.train) < needed:
+        raise NeuroplasticError(
+            f"the train split of {corpus.name} has {len(corpus.train)} sentences, but training "
+            f"takes --train-sentences {n_train} and the probe (neuron "
+            f"statistics) --probe-sentences {config.probe_sentences} others, {needed} in all. "
+            "Lower them so that their sum is at most the split's size"
+        )
+    order = list(range(len(corpus.train)))
+    random.Random(f"neuroplastic-sample-{config.seed}").shuffle(order)
+    train = [corpus.train[i] for i in order[:n_train]]
+    probe = [corpus.train[i] for i in order[n_train:needed]]
+    return train, probe
+
+
+def _token_embeddings(model: Any, data: ConceptDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input embeddings (float32, CPU) of every token in ``data``: ids, vectors."""
+    token_ids = torch.tensor(sorted({t for e in data.encoded for t in e.token_ids}))
+    with torch.no_grad():
+        embeddings = model.W_E[token_ids.to(model.W_E.device)].detach().float().cpu()
+    return token_ids, embeddings
+
+
+def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> None:
+    run.write_token_embeddings(*_token_embeddings(model, data))
+
+
+def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainConfig:
+    """Base fine-tuning's optimizer settings, or retraining's (``relearn_lr`` if given)."""
+    rate = (config.relearn_lr or config.learning_rate) if retraining else config.learning_rate
+    return TrainConfig(rate, config.weight_decay, config.batch_size, config.warmup_fraction)
+
+
+# -- the method --------------------------------------------------------------------------------
+def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> None:
+    """Fine-tune until the probe loss plateaus (or load a checkpoint, or a sibling run's base
+    of the same base settings), then measure the base."""
+    config, store = setup.config, setup.store
+    if distributed.on_main(partial(store.done, "concept", "base")):
+        log("[base] already done; resuming")
+        return
+    losses: list[float] = []
+    shared = _shared(setup, base_from, "concept")
+    if config.checkpoint:
+        _load_on_main(setup.module, Path(config.checkpoint))
+        base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
+    elif shared is not None:
+        distributed.on_main(partial(shared.load_into, setup.module))
+        distributed.broadcast_parameters(setup.module)
+        base, losses = shared.base, shared.losses
+        log(f"[base] fine-tuned weights loaded from {shared.source} (the same base settings)")
+    else:
+        base, losses = _train_to_plateau(setup, log)
+    _finish_stage(setup, "concept", "base", 0, losses, None, [], log, base=base)
+
+
+def _shared(setup: Setup, base_from: Sequence[str | Path], arm: str) -> SharedBase | None:
+    if not base_from:
+        return None
+    return distributed.on_main(partial(find_shared_base, base_from, setup.config, arm))
+
+
+def _train_to_plateau(setup: Setup, log=report_line) -> tuple[dict, list[float]]:
+    """Train in chunks of ``plateau_every`` steps until the probe loss stops improving by
+    ``plateau_tolerance`` (relative) for ``plateau_patience`` checks, at most ``base_steps``.
+
+    The probe loss at every check is the fine-tuning curve; validation F1 is taken at the end
+    only (``eval_every`` applies to retraining, where recovery is measured)."""
+    config, cap = setup.config, setup.base_steps
+    trainer = Trainer(
+        setup.trainee, setup.loss_fn(), setup.train_data, cap, _train_config(config),
+        seed=config.seed,
+    )  # fmt: skip
+    # Epochs are a fixed budget (the paper's recipe): no plateau stop.
+    plateau_every = 0 if config.base_epochs else config.plateau_every
+    chunk = plateau_every or cap
+    history: list[list[float]] = []
+    losses: list[float] = []
+    best, stale, stopped = math.inf, 0, "cap"
+    while trainer.step < cap:
+        first = trainer.step
+        losses += trainer.run(
+            min(chunk, cap - first),
+            progress=setup.progress,
+            description=f"fine-tuning base model from step {first}",
+        )
+        if not plateau_every:
+            continue
+        # Rank 0's loss on every rank, so that all stop at the same check.
+        loss = distributed.on_main(
+            partial(mean_loss, setup.module, setup.loss_fn(), setup.probe_data)
+        )
+        history.append([trainer.step, loss])
+        if loss < best * (1 - config.plateau_tolerance):
+            best, stale = loss, 0
+        else:
+            stale += 1
+        # A line per check: with stderr to a file, the only sign of life in base fine-tuning.
+        log(
+            f"[concept] base fine-tuning step {trainer.step:>5}  probe loss {loss:.4f}"
+            + (f"  (no {config.plateau_tolerance:.0%} gain: {stale} of {config.plateau_patience})"
+               if stale else "")
+        )  # fmt: skip
+        if stale >= config.plateau_patience:
+            stopped = "plateau"
+            break
+    return {"steps": trainer.step, "stopped": stopped, "probe_loss": history}, losses
+
+
+def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> None:
+    """The naive arm's base: the concept arm's base fine-tuning exactly (the same initial
+    weights and head, batches, order, dropout, schedule and steps) but with the concept's
+    tokens out of the loss, so the model never learns the concept; then measured."""
+    config, store = setup.config, setup.store
+    if distributed.on_main(partial(store.done, NAIVE_ARM, "base")):
+        log(f"[{NAIVE_ARM}] base already done; resuming")
+        return
+    shared = _shared(setup, base_from, NAIVE_ARM)
+    if shared is not None:
+        distributed.on_main(partial(shared.load_into, setup.module))
+        distributed.broadcast_parameters(setup.module)
+        log(f"[{NAIVE_ARM}] base weights loaded from {shared.source} (the same base settings)")
+        _finish_stage(setup, NAIVE_ARM, "base", 0, shared.losses, None, [], log, base=shared.base)
+        return
+    steps = distributed.on_main(lambda: store.marker("concept", "base")["base"]["steps"])
+    _load_initial_weights(setup)
+    trainer = Trainer(
+        setup.trainee, concept_masked(setup.loss_fn(), setup.concept_id()), setup.train_data,
+        setup.base_steps, _train_config(config), seed=config.seed,
+    )  # fmt: skip
+    losses = trainer.run(steps, progress=setup.progress, description=f"[{NAIVE_ARM}] base")
+    base = {"steps": steps, "stopped": "matched", "probe_loss": [], "concept_in_loss": False}
+    _finish_stage(setup, NAIVE_ARM, "base", 0, losses, None, [], log, base=base)
+
+
+def _load_initial_weights(setup: Setup) -> None:
+    """The weights base fine-tuning started from, into ``setup.module``: the model as loaded
+    and the head as the seed initialised it (as :func:`_setup` made them)."""
+    config = setup.config
+    model = load_model(config.model, device="cpu", dtype=config.dtype)
+    torch.manual_seed(config.seed)  # the head's initialisation, as in _setup
+    fresh = TokenClassifier(model, len(setup.train_data.tag_names))
+    initial = dict(fresh.named_parameters())
+    with torch.no_grad():
+        for name, parameter in setup.module.named_parameters():
+            parameter.copy_(initial[name])
+    del fresh, model, initial
+
+
+def _naive_set(setup: Setup, concept: NeuronSet) -> NeuronSet:
+    """The naive arm's neurons (rank 0): the concept arm's, saved as ``neurons/naive.json``."""
+    neurons = NeuronSet(
+        concept.n_layers,
+        concept.d_mlp,
+        concept.neurons,
+        "the concept arm's neurons, held in the model fine-tuned without the concept",
+    )
+    neurons.save(setup.run.neurons_path(NAIVE_ARM))
+    return neurons
+
+
+def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
+    config = setup.config
+    concept = select(ranking, config)
+    sets = {"concept": concept}
+    if config.baseline == "random":
+        sets["random"] = concept.random_matching(seed=config.seed)
+    elif config.baseline == "random-global":
+        sets["random"] = concept.random_global(seed=config.seed)
+    elif config.baseline == "random-any":
+        sets["random"] = concept.random_any(seed=config.seed)
+    for arm, neurons in sets.items():
+        neurons.save(setup.run.neurons_path(arm))
+    return sets
+
+
+def _note_control(setup: Setup, neuron_sets: dict[str, NeuronSet], log) -> None:
+    """Say so when the control is not a random draw (the complement) or overlaps the set."""
+    if "random" not in neuron_sets:
+        return
+    control, concept = neuron_sets["random"], neuron_sets["concept"]
+    kind = control_kind(setup.config.baseline, control, concept)
+    if kind == "complement":
+        log(
+            f"note: the control holds all {len(control)} neurons outside the concept set (per "
+            "layer where matched): it is the set's complement, the same for every seed, and is "
+            "reported as 'complement'. --baseline random-any draws the control from all neurons"
+        )
+    elif kind == "random-any":
+        log(
+            f"note: the random-any control shares {control.overlap(concept)} of its "
+            f"{len(control)} neurons with the concept set"
+        )
+
+
+def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
+    """The pre-empting arms' sets (:mod:`neuroplastic.experiment.preempt`), from the concept arm's
+    predictions (rank 0)."""
+    config, run = setup.config, setup.run
+    # The oracle: what the concept arm (run first, on the same batches) realised.
+    arm = ArmRun.load(run, "concept")
+    first_round_last = round_stages(config.stages, 1)[-1]
+    pruned, last = arm.stages["pruned"].ranking, arm.stages[first_round_last].ranking
+    if config.preempt == "oracle":
+        sets = preempt_sets(
+            concept, realised_gain(pruned, last, concept), "oracle", config.preempt_count,
+            config.seed,
+        )  # fmt: skip
+    else:
+        path = predictions_path(run, "concept")
+        run.manifest.verify(path)  # the file the run wrote, not another
+        sets = preempt_sets(
+            concept, Predictions.load(path), config.preempt, config.preempt_count, config.seed
+        )
+        sets["preempt-oracle"] = oracle_set(
+            concept, pruned, last, config.preempt_count, config.seed
+        )
+    for arm, neurons in sets.items():
+        neurons.save(setup.run.neurons_path(arm))
+    return sets
+
+
+def _one_shot_set(setup: Setup, held: HeldSets) -> NeuronSet:
+    """The one-shot arm's set (rank 0): every neuron the concept arm holds after the last
+    round the chase ran (each round adds to the last), saved as ``neurons/one-shot.json``."""
+    rounds = rounds_run(setup.store, setup.config)
+    union = held.local("concept", rounds)
+    neurons = NeuronSet(
+        union.n_layers,
+        union.d_mlp,
+        union.neurons,
+        f"every neuron of the chase's {rounds} rounds, held from the base at once",
+    )
+    neurons.save(setup.run.neurons_path(ONE_SHOT_ARM))
+    return neurons
+
+
+def _retrain_arm(setup: Setup, arm: str, held: HeldSets, log) -> None:
+    """Ablate the arm's neurons in the base model and retrain, evaluating after every stage."""
+    _retrain_round(setup, arm, 1, held(arm, 1), log)
+
+
+def _chase(setup: Setup, arms: Sequence[str], held: HeldSets, log) -> None:
+    """A chase (``--rounds``), round by round. Round 1 is the experiment: every arm from the
+    base weights. A later round's control branches from the same model as the concept arm's
+    round: the concept model round r-1 left, holding its neurons plus as many random survivors
+    per layer as the concept arm adds in round r. So the control runs first (those weights
+    are still kept), then the concept arm; the two differ in the neurons added and in nothing
+    else."""
+    config = setup.config
+    for arm in arms:
+        _retrain_round(setup, arm, 1, held(arm, 1), log)
+    for round_ in range(2, config.rounds + 1):
+        stop = distributed.on_main(partial(chase_stop, setup.store, config, round_ - 1))
+        # The round's sets before any of its training: a control that cannot be drawn stops
+        # the chase here, with every finished round's results kept.
+        stop = stop or distributed.on_main(partial(_round_sets, setup, held, arms, round_))
+        if stop:
+            log(f"[concept] the chase stops after round {round_ - 1}: {stop}")
+            return
+        for arm in arms:
+            if arm != "concept":
+                _retrain_round(setup, arm, round_, held(arm, round_), log, branch="concept")
+        _retrain_round(setup, "concept", round_, held("concept", round_), log)
+
+
+def _round_sets(setup: Setup, held: HeldSets, arms: Sequence[str], round_: int) -> str | None:
+    """Every arm's set for ``round_`` (rank 0), or why the chase stops (recorded)."""
+    try:
+        for arm in arms:
+            held.local(arm, round_)
+    except ControlCapacityError as error:
+        # The concept's set of the round that will not run was saved with it: not a round.
+        setup.run.neurons_path("concept", round_).unlink(missing_ok=True)
+        return record_capacity_stop(setup.run, round_ - 1, error)
+    return None
+
+
+def _retrain_round(
+    setup: Setup, arm: str, round_: int, neurons: NeuronSet, log, branch: str | None = None
+) -> None:
+    """Round ``round_`` of ``arm``: hold ``neurons``, evaluate (the round's ``pruned`` stage),
+    then retrain stage by stage from the weights the last round ended with (the base weights
+    in round 1; ``branch``'s, another arm's, when given), with a fresh optimizer, schedule and
+    batch sequence per round."""
+    config, store = setup.config, setup.store
+    stages = round_stages(config.stages, round_)
+    todo = distributed.on_main(lambda: [s for s in stages if not store.done(arm, s)])
+    if not todo:
+        log(f"[{arm}] {f'round {round_}: ' if config.rounds > 1 else ''}all stages done")
+        return
+    offset = (round_ - 1) * config.stages * setup.stage_steps  # steps of the earlier rounds
+    trainer = Trainer(
+        setup.trainee,
+        setup.relearn_loss(),
+        setup.relearn_data if setup.relearn_data is not None else setup.train_data,
+        config.stages * setup.stage_steps,
+        _train_config(config, retraining=True),
+        seed=config.seed + 1_000 * round_,  # one seed for all arms: the same batches, dropout
+        schedule_steps=config.stages * setup.stage_steps
+        if config.schedule == "continuous"
+        else setup.stage_steps,
+    )
+    every = stage_names(config.stages, config.rounds)
+    previous = every[every.index(todo[0]) - 1]  # base, or the last stage of the last round
+    # A round starts from the weights the last round left: this arm's, or ``branch``'s.
+    source = branch if branch is not None and todo[0] == stages[0] else arm
+
+    def restore() -> dict | None:
+        store.keep_only(arm, {"base", previous} if source == arm else {"base"})
+        if previous == "base":
+            store.restore(stage_owner(arm, "base"), "base", setup.module)
+            return None
+        state = store.restore(source, previous, setup.module)
+        if state is None:
+            raise NeuroplasticError(f"{setup.run.path}: the trainer state after {previous} is lost")
+        return state
+
+    state = distributed.on_main(restore)  # the trainer state, on every rank
+    distributed.broadcast_parameters(setup.module)  # and rank 0's weights
+    before = distributed.on_main(partial(_processes, setup, source, previous))
+    if before != distributed.world_size():
+        log(
+            f"note: [{arm}] {previous} ran with {before} process(es), this run has "
+            f"{distributed.world_size()}: the global batches are the same, but dropout masks are "
+            "drawn per process, so the result will not be bit-identical to a run never resumed"
+        )
+    predict = None
+    if previous == "base" and arm in PREDICTED_ARMS:
+        # On the base weights, before any removal (no hook held, no weight pruned yet).
+        at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
+        predict = partial(_predict_at_pruned, setup, neurons, at_base)
+    causal = None
+    if _has_causal_truth(setup, arm, stages[-1]):
+        causal = partial(_causal_truth, setup, arm, neurons)
+    if previous == "base" and config.mode == "regrow":
+        prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
+    if state is not None and todo[0] != stages[0]:
+        trainer.load_state_dict(state)  # within the round; a new round starts afresh
+    hold = Ablation(setup.model, neurons, permanent=True) if config.mode == "hold" else None
+    dead = neurons.mask() if hold is not None else None
+    try:
+        for stage in todo:
+            rows: list[dict] = []
+            losses: list[float] = []
+            if stage != stages[0]:
+                if config.schedule == "per-stage":
+                    trainer.restart_schedule()
+                losses = trainer.run(
+                    setup.stage_steps,
+                    on_step=_periodic_eval(setup, arm, stage, offset + trainer.step, dead, rows),
+                    progress=setup.progress,
+                    description=f"[{arm}] {stage}",
+                )
+            _finish_stage(
+                setup, arm, stage, offset + trainer.step, losses, dead, rows, log,
+                trainer_state=trainer.state_dict(),
+                previous=_unless_base(every[every.index(stage) - 1]),
+                predict=predict if stage == "pruned" else None,
+                causal=causal if stage == stages[-1] else None,
+            )  # fmt: skip
+    finally:
+        if hold is not None:
+            hold.remove()
+
+
+def _processes(setup: Setup, arm: str, stage: str) -> int:
+    """How many processes computed ``stage`` (its marker; rank 0)."""
+    return int(setup.store.marker(stage_owner(arm, stage), stage).get("processes", 1))
+
+
+def _unless_base(stage: str) -> str | None:
+    """The stage whose weights a new stage's save may drop: never the base's."""
+    return None if stage == "base" else stage
+
+
+class HeldSets:
+    """The neurons each arm holds in each round, computed on rank 0 from the run's files (and
+    the same on every resumption: the rankings they come from are verified files) and handed
+    to every rank. Round 1's are the base sets; a later round's are saved, as computed, to
+    ``neurons/{arm}-r{R}.json``: the concept arm's from its last ranking, the control's the
+    concept arm's previous set plus random survivors matching the concept arm's additions."""
+
+    def __init__(self, setup: Setup, base_sets: dict[str, NeuronSet]) -> None:
+        self.setup, self.arms = setup, list(base_sets)
+        self._local = {(arm, 1): neurons for arm, neurons in base_sets.items()}
+        self._shared: dict[tuple[str, int], NeuronSet] = dict(self._local)
+
+    def __call__(self, arm: str, round_: int) -> NeuronSet:
+        if (arm, round_) not in self._shared:
+            self._shared[arm, round_] = distributed.on_main(partial(self.local, arm, round_))
+        return self._shared[arm, round_]
+
+    def local(self, arm: str, round_: int) -> NeuronSet:
+        """On rank 0 (or one process): the set, computed and saved if not yet known."""
+        if (arm, round_) in self._local:
+            return self._local[arm, round_]
+        config, run = self.setup.config, self.setup.run
+        if arm == "concept":
+            last = round_stages(config.stages, round_ - 1)[-1]
+            neurons = next_concept_set(
+                self.local("concept", round_ - 1), run.stage("concept", last).ranking, config
+            )
+        else:
+            # The control branches from the concept model round r-1 left: it holds that
+            # model's neurons plus as many random survivors as the concept arm adds.
+            neurons = next_random_set(
+                self.local("concept", round_ - 1),
+                self.local("concept", round_ - 1),
+                self.local("concept", round_),
+                seed=config.seed + round_,
+                per_layer=config.baseline == "random",
+            )
+        neurons.save(run.neurons_path(arm, round_))
+        self._local[arm, round_] = neurons
+        return neurons
+
+
+#: the arms whose removal is predicted: the concept's, and its paired control, where nothing
+#: concept-specific was removed, so that every predictor's score there is its null
+PREDICTED_ARMS = ("concept", "random")
+
+
+def predictions_path(run: RunDir, arm: str) -> Path:
+    """Where an arm's predictions are saved: with its pruned stage, where they are read."""
+    return run.stage_dir(arm, "pruned") / "predictions.safetensors"
+
+
+#: the arms whose predictors also get a causal truth (ablating each one's picks in the
+#: retrained model): the concept arm, where there is something to have taken over
+CAUSAL_ARMS = ("concept",)
+
+
+def _has_causal_truth(setup: Setup, arm: str, stage: str) -> bool:
+    """Whether ``stage`` is where ``arm``'s causal truth is taken: the last stage of round 1
+    of a predicted arm that retrained."""
+    last = round_stages(setup.config.stages, 1)[-1]
+    return arm in CAUSAL_ARMS and arm in PREDICTED_ARMS and stage == last and last != "pruned"
+
+
+def _causal_truth(
+    setup: Setup, arm: str, neurons: NeuronSet, stage: str, halves: dict[str, NeuronStats]
+) -> Path:
+    """On rank 0: the causal truth (:mod:`neuroplastic.analysis.causal`) of ``arm``'s predictions,
+    in the model as it is now (the removal held), written with ``stage``; returns the file."""
+    config, run = setup.config, setup.run
+    last = Ranking.from_stats(halves["truth"], config.concept, config.method)
+    truth = ground_truth(_half_ranking(setup, arm, "pruned", "truth"), last, neurons)
+    predictions = Predictions.load(predictions_path(run, arm))
+    sets = candidate_sets(predictions.scores, truth, config.seed)
+    result = damage(
+        setup.module, setup.model, setup.validation_data, config.task, config.concept, sets,
+        progress=setup.progress,
+    )  # fmt: skip
+    path = run.stage_dir(arm, stage) / CAUSAL_FILE
+    atomic_write_json(path, result)
+    return path
+
+
+def _predict_at_base(setup: Setup, neurons: NeuronSet) -> Predictions:
+    """Base saliency, concept similarity (the base model's own input embeddings, as the report
+    uses) and co-activation with ``neurons``: on the base weights, no ablation held."""
+    config, split = setup.config, setup.probe_split
+    base = setup.run.stage("concept", "base")  # verified against the manifest
+    embeddings = TokenEmbeddings.from_vectors(*_token_embeddings(setup.model, setup.probe_data))
+    # Every predictor reads the predict half only: its saliency, its share of the base top
+    # tokens (each entry records its sentence), its sentences for co-activation.
+    return predict_at_base(
+        setup.module, setup.predict_data, config.concept,
+        _half_ranking(setup, "concept", "base", "predict"), base.stats, neurons, embeddings,
+        progress=setup.progress, readable=split.in_predict(base.stats.top_sentence),
+    )  # fmt: skip
+
+
+def _half_ranking(setup: Setup, arm: str, stage: str, half: str) -> Ranking:
+    """A stage's ranking on one half of the probe sentences (as saved with the stage)."""
+    halves = setup.run.stage_halves(arm, stage)
+    if halves is None:
+        raise NeuroplasticError(
+            f"{setup.run.path}: stage {stage} of the {arm} arm was made before the probe "
+            "sentences were split in halves (predictors / ground truths); rerun into a new --out"
+        )
+    return Ranking.from_stats(halves[half], setup.config.concept, setup.config.method)
+
+
+def _predict_at_pruned(
+    setup: Setup, neurons: NeuronSet, at_base: Predictions, ranking: Ranking
+) -> Predictions:
+    """``at_base`` with the predictors read at the pruned stage (``ranking``: on the predict
+    half of the probe sentences): the model holds the removal as retraining will (hooks in
+    ``hold`` mode, pruned weights in ``regrow``)."""
+    config = setup.config
+    at_pruned = predict_at_pruned(
+        setup.module, setup.predict_data, config.concept, ranking, neurons, seed=config.seed,
+        hold=config.mode == "hold", progress=setup.progress,
+    )  # fmt: skip
+    return at_base.merged(at_pruned)
+
+
+def _finish_stage(
+    setup: Setup,
+    arm: str,
+    stage: str,
+    step: int,
+    losses: list[float],
+    dead: torch.Tensor | None,
+    rows: list[dict],
+    log,
+    base: dict | None = None,
+    trainer_state: dict | None = None,
+    previous: str | None = None,
+    predict: Callable[[Ranking], Predictions] | None = None,
+    causal: Callable[[str, dict[str, NeuronStats]], Path] | None = None,
+) -> dict:
+    """Evaluate, take statistics and ranking on the probe sentences, write the artifacts, and
+    mark the stage done. Every rank evaluates (checking its own replica's held neurons) and
+    takes its share of the statistics; rank 0 writes. ``predict``: at the pruned stage, a
+    function of the stage's ranking giving the predictions saved with it (rank 0 computes
+    them, with the model as retraining will start from it). ``causal``: at the last stage, a
+    function of the stage and its halves' statistics writing the causal truth
+    (:mod:`neuroplastic.analysis.causal`, rank 0, the model as retraining left it)."""
+    config = setup.config
+    evaluation = _validate(setup, dead, progress=setup.progress)
+    stats, halves = _probe_stats(setup)
+    row = {
+        "arm": arm,
+        "stage": stage,
+        "step": step,
+        **evaluation.scores,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "readable": distributed.on_main(partial(_readability, setup)),
+    }
+    marker: dict[str, Any] = {"rows": [*rows, row]}
+    if base is not None:
+        marker["base"] = base
+    if distributed.world_size() > 1:  # (one process: markers as before launchers existed)
+        marker["processes"] = distributed.world_size()
+
+    def write() -> None:
+        # The concept arm's base is every arm's but the naive one's (its own).
+        arms = [a for a in config.arms if stage_owner(a, stage) == arm]
+        _, artifacts = _write_stage_files(setup, arms, stage, stats, halves)
+        if predict is not None:
+            path = predictions_path(setup.run, arm)
+            ranking = Ranking.from_stats(halves["predict"], config.concept, config.method)
+            predict(ranking).save(path)
+            artifacts.append(path)  # listed in the manifest before the stage is marked done
+        if causal is not None:
+            artifacts.append(causal(stage, halves))
+        setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
+        setup.store.write_metrics(config.arms, config.stages, config.rounds)
+
+    distributed.on_main(write)
+    log(_describe(row))
+    return row
+
+
+def _readability(setup: Setup) -> dict[str, float]:
+    """Where the concept is linearly readable at this stage, whatever the removal: per layer
+    (``blocks.{l}.hook_resid_post``), the validation-token AUC of a logistic-regression probe
+    for the concept trained on the probe sentences, with the arm's removal held (rank 0; no
+    random numbers drawn, so training is the same with it)."""
+    setup.module.eval()
+    layers = range(int(setup.model.cfg.n_layers))
+    auc = probe_auc(
+        setup.model, setup.probe_data, setup.validation_data, setup.config.concept, layers
+    )
+    return {str(layer): value for layer, value in auc.items()}
+
+
+def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
+    """Take the statistics of stages whose files could not be read again, from the weights
+    saved after each (with the arm's neurons of the stage's round held, as when it ran): no
+    training is repeated. ``stages`` lists the base first, whose ranking the neuron sets come
+    from."""
+    config, held = setup.config, None
+    for each in stages:
+        _load_on_main(setup.module, each.weights)
+        setup.module.eval()  # as after training: no dropout in the statistics
+        hold = None
+        if each.stage != "base" and held is None:
+            held = _held_sets(setup)
+        if each.stage != "base" and config.mode == "hold":
+            hold = Ablation(setup.model, held(each.arm, stage_round(each.stage)), permanent=True)
+        try:
+            stats, halves = _probe_stats(setup)
+            distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
+            if _has_causal_truth(setup, each.arm, each.stage):  # with the removal still held
+                causal = partial(_causal_truth, setup, each.arm, held(each.arm, 1))
+                distributed.on_main(partial(_record, setup, causal, each.stage, halves))
+        finally:
+            if hold is not None:
+                hold.remove()
+        if each.stage == "pruned" and each.arm in PREDICTED_ARMS:
+            _repredict(setup, each, held(each.arm, 1))
+
+
+def _record(setup: Setup, write: Callable[..., Path], *args: Any) -> None:
+    """Write a file (``write(*args)`` returns its path) and list it in the manifest."""
+    setup.store.record([write(*args)])
+
+
+def _held_sets(setup: Setup) -> HeldSets:
+    """Every arm's sets, as the run chose them (the base ranking's, the predictions')."""
+    neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+    one_shot = setup.run.neurons_path(ONE_SHOT_ARM)
+    if setup.config.rounds > 1 and distributed.on_main(one_shot.is_file):
+        neuron_sets[ONE_SHOT_ARM] = distributed.on_main(partial(setup.run.neurons, ONE_SHOT_ARM))
+    if setup.config.naive:
+        neuron_sets[NAIVE_ARM] = distributed.on_main(
+            partial(_naive_set, setup, neuron_sets["concept"])
+        )
+    if setup.config.preempt and distributed.on_main(
+        lambda: predictions_path(setup.run, "concept").is_file()
+    ):
+        neuron_sets |= distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
+    return HeldSets(setup, neuron_sets)
+
+
+def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
+    """The predictions saved with a recomputed pruned stage, computed again as the run did:
+    on the base weights (kept until the run is complete), then on the weights after the stage
+    with the removal held. The same numbers, so a damaged file comes back as it was."""
+    base = distributed.on_main(partial(setup.run.saved_weights, "concept", "base"))
+    if base is None:
+        return  # a complete run keeps no weights: recovery refused it before any of this
+    _load_on_main(setup.module, base)
+    at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
+    _load_on_main(setup.module, each.weights)
+    hold = Ablation(setup.model, neurons, permanent=True) if setup.config.mode == "hold" else None
+    try:
+
+        def write() -> None:
+            ranking = _half_ranking(setup, each.arm, "pruned", "predict")  # as just rewritten
+            path = predictions_path(setup.run, each.arm)
+            _predict_at_pruned(setup, neurons, at_base, ranking).save(path)
+            setup.store.record([path])
+
+        distributed.on_main(write)
+    finally:
+        if hold is not None:
+            hold.remove()
+
+
+def _rewrite_stage(
+    setup: Setup, each: Recompute, stats: NeuronStats, halves: dict[str, NeuronStats]
+) -> None:
+    setup.store.record(_write_stage_files(setup, (each.arm,), each.stage, stats, halves)[1])
+
+
+def _probe_stats(setup: Setup) -> tuple[NeuronStats, dict[str, NeuronStats]]:
+    """Neuron statistics of the model as it is, on each half of the probe sentences, and on
+    all of them (the two merged: exactly what one pass over all of them gives)."""
+    assert setup.probe_split is not None
+    halves = {
+        half: collect_stats(
+            setup.model,
+            setup.probe_data,
+            batch_size=32,
+            top_k=setup.config.top_k_tokens,
+            indices=getattr(setup.probe_split, half),
+            progress=setup.progress,
+        )  # fmt: skip
+        for half in HALVES
+    }
+    return halves["predict"].merge(halves["truth"]), halves
+
+
+def _write_stage_files(
+    setup: Setup,
+    arms: Sequence[str],
+    stage: str,
+    stats: NeuronStats,
+    halves: dict[str, NeuronStats],
+) -> tuple[Ranking, list[Path]]:
+    """The stage's ranking, and the paths of its files written for each of ``arms``."""
+    config = setup.config
+    ranking = Ranking.from_stats(stats, config.concept, config.method)
+    frame = top_tokens_frame(stats, setup.model.tokenizer)
+    paths = [
+        path
+        for arm in arms
+        for path in setup.run.write_stage(arm, stage, ranking, stats, frame, halves)
+    ]
+    return ranking, paths
+
+
+def _load_on_main(module: torch.nn.Module, path: Path) -> None:
+    """Weights from a file rank 0 reads, into every rank's ``module``."""
+    distributed.on_main(partial(load_weights, module, path))
+    distributed.broadcast_parameters(module)
+
+
+def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
+    """Scores on the validation sentences, checking that held neurons are still exactly zero."""
+    return evaluate(
+        setup.module,
+        setup.validation_data,
+        setup.config.task,
+        setup.config.concept,
+        dead_neurons=dead,
+        progress=progress,
+    )
+
+
+def _periodic_eval(
+    setup: Setup, arm: str, stage: str, first_step: int, dead: torch.Tensor | None, rows: list
+):
+    """An ``on_step`` callback evaluating a retraining stage that starts at step ``first_step``
+    at the steps of its grid (:meth:`ExperimentConfig.inner_evaluations`: dense in a round's
+    first stage by default); its rows are named ``stage@n`` (n steps into the stage) and kept
+    with the stage's own row."""
+    first_of_round = stage_key(stage)[1] == 1
+    grid = set(setup.config.inner_evaluations(setup.stage_steps, first_of_round))
+
+    def on_step(n: int, loss: float) -> None:
+        if n in grid:
+            evaluation = _validate(setup, dead, progress=False)
+            rows.append(
+                {
+                    "arm": arm,
+                    "stage": f"{stage}@{n}",
+                    "step": first_step + n,
+                    **evaluation.scores,
+                    "train_loss": loss,
+                }
+            )
+
+    return on_step
+
+
+def _describe(row: dict) -> str:
+    if "f1" in row:
+        scores = " ".join(f"{k}={v:.3f}" for k, v in row["f1"].items())
+        return f"[{row['arm']}] {row['stage']:<10} step {row['step']:>5}  F1 {scores}"
+    losses = " ".join(f"{k}={v:.3f}" for k, v in row["lm_loss"].items())
+    return f"[{row['arm']}] {row['stage']:<10} step {row['step']:>5}  LM loss {losses}"
+
+
+# -- the summary -------------------------------------------------------------------------------
+#: each arm's paired control: the same batches, schedule and dropout, other neurons held
+CONTROLS = {"concept": "random", "preempt": "preempt-random"}
+
+
+def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
+    """Per arm and stage: the scores, their gap to base and (concept and preempt arms) to the
+    paired control arm at the same step; how much of the evaluation data training had seen;
+    how the base fine-tuning ended; a chase's rounds and a pre-emption's comparison."""
+    config, store = setup.config, setup.store
+    rows = store.rows(config.arms, config.stages, config.rounds)
+    metric = "f1" if config.task == "ner" else "lm_loss"
+    neuron_sets = {arm: held.local(arm, 1) for arm in held.arms}
+    arms: dict[str, Any] = {}
+    for arm, neurons in neuron_sets.items():
+        stages = [
+            {k: v for k, v in row.items() if k != "arm"}
+            for row in rows
+            if row["arm"] == arm and "@" not in row["stage"]
+        ]
+        arms[arm] = {
+            "neurons": len(neurons),
+            "per_layer": {str(k): v for k, v in sorted(neurons.per_layer_counts().items())},
+            "stages": stages,
+        }
+        if arm != "concept":
+            arms[arm]["overlap_with_concept"] = neurons.overlap(neuron_sets["concept"])
+        if arm == "random":
+            arms[arm]["control"] = control_kind(config.baseline, neurons, neuron_sets["concept"])
+        if metric == "f1" and stages and arm != NAIVE_ARM:  # (the naive base never knew it)
+            base_f1 = stages[0]["f1"][config.concept]
+            arms[arm]["recovery"] = recovery(round_one_curve(rows, arm, config.concept), base_f1)
+    for data in arms.values():
+        base = data["stages"][0][metric]
+        for entry in data["stages"]:
+            entry["gap_to_base"] = _difference(entry[metric], base)
+    for arm, control in CONTROLS.items():
+        if arm in arms and control in arms:
+            paired = {entry["stage"]: entry for entry in arms[control]["stages"]}
+            for entry in arms[arm]["stages"]:
+                if entry["stage"] in paired:
+                    entry["gap_to_control"] = _difference(
+                        entry[metric], paired[entry["stage"]][metric]
+                    )
+    summary = {
+        "config": config.to_dict(),
+        "data": {
+            "train_sentences": len(setup.train_data),
+            "probe_sentences": len(setup.probe_data),
+            "validation_sentences": len(setup.validation_data),
+            "probe_halves": setup.probe_split.sizes if setup.probe_split else None,
+            **setup.data_overlap,
+        },
+        "steps": {"base_cap": setup.base_steps, "per_stage": setup.stage_steps},
+        "base": store.marker("concept", "base")["base"],
+        "arms": arms,
+        **_prediction(setup.run, list(neuron_sets)),
+    }
+    counts = _process_counts(setup)
+    if counts != [1]:  # launched: how many processes computed the stages (several if resumed)
+        summary["processes"] = counts
+    if config.rounds > 1:
+        summary["chase"] = _chase_summary(setup, held, rows)
+    if config.preempt:
+        summary["preempt"] = _preempt_summary(setup, neuron_sets, rows)
+    if config.relearn != "same" or config.relearn_sentences:
+        relearned = setup.relearn_data or setup.train_data
+        summary["relearn"] = {
+            "mode": config.relearn,
+            "sentences": len(relearned),
+            "mention_concept": sum(
+                mentions(relearned, i, config.concept) for i in range(len(relearned))
+            ),
+            "what": describe_relearn(config, len(relearned)),
+        }
+    if config.naive and store.done(NAIVE_ARM, "base"):
+        summary["savings"] = _savings_summary(setup, rows)
+    return summary
+
+
+def _savings_summary(setup: Setup, rows: list[dict]) -> dict[str, Any]:
+    """Relearning against first learning (:func:`neuroplastic.core.curves.savings`): the concept
+    arm's round-1 curve and the naive arm's, to 90% of the concept arm's base F1, the area
+    between them over the first stage, and the naive base as fine-tuned without the concept."""
+    config, store = setup.config, setup.store
+    concept = config.concept
+    base_f1 = next(r["f1"][concept] for r in rows if r["arm"] == "concept" and r["stage"] == "base")
+    curves = {arm: round_one_curve(rows, arm, concept) for arm in ("concept", NAIVE_ARM)}
+    if not curves[NAIVE_ARM]["step"]:
+        return {"naive_base": store.marker(NAIVE_ARM, "base")["base"]}
+    first_stage_end = curves["concept"]["step"][0] + setup.stage_steps
+    naive_base = next(r for r in rows if r["arm"] == NAIVE_ARM and r["stage"] == "base")
+    return {
+        **savings(curves["concept"], curves[NAIVE_ARM], RECOVERY_TARGET * base_f1, first_stage_end),
+        "target_share_of_base": RECOVERY_TARGET,
+        "naive_base": {
+            **store.marker(NAIVE_ARM, "base")["base"],
+            "f1": naive_base["f1"],
+        },
+    }
+
+
+def _process_counts(setup: Setup) -> list[int]:
+    """Every number of processes the run's done stages were computed with."""
+    config = setup.config
+    stages = stage_names(config.stages, config.rounds)
+    return sorted(
+        {
+            _processes(setup, arm, stage)
+            for arm in config.arms
+            for stage in stages
+            if setup.store.done(stage_owner(arm, stage), stage)
+        }
+    )
+
+
+def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, Any]:
+    """The rounds the chase ran (:func:`neuroplastic.experiment.chase.round_measures`) and why it
+    ended."""
+    config = setup.config
+    rounds = rounds_run(setup.store, config)
+    stop = chase_stop(setup.store, config, rounds) if rounds < config.rounds else None
+    chased = [arm for arm in held.arms if arm != ONE_SHOT_ARM]
+    base = setup.run.stage("concept", "base").ranking
+    per_round = round_measures(
+        rows,
+        {arm: [held.local(arm, r) for r in range(1, rounds + 1)] for arm in chased},
+        base,
+        config.concept,
+        config.stages,
+        config.stages * setup.stage_steps,
+        branches={arm: "concept" for arm in chased if arm != "concept"},
+    )
+    summary = {"rounds_run": rounds, "stopped_early": stop, "rounds": per_round}
+    if ONE_SHOT_ARM in held.arms:
+        summary["one_shot"] = _one_shot_summary(setup, held, rows, per_round, base)
+    return summary
+
+
+def _one_shot_summary(
+    setup: Setup, held: HeldSets, rows: list[dict], per_round: list[dict], base: Ranking
+) -> dict[str, Any] | None:
+    """The one-shot arm's round (every chased neuron from base at once) beside the chase's
+    end: the same neurons held, removed in rounds or at once. None until it has run."""
+    config = setup.config
+    measured = round_measures(
+        rows, {ONE_SHOT_ARM: [held.local(ONE_SHOT_ARM, 1)]}, base, config.concept,
+        config.stages, config.stages * setup.stage_steps,
+    )  # fmt: skip
+    if not measured or ONE_SHOT_ARM not in measured[0]["arms"]:
+        return None
+    once = measured[0]["arms"][ONE_SHOT_ARM]
+    chase_end = per_round[-1]["arms"]["concept"]
+    return {
+        "neurons": len(held.local(ONE_SHOT_ARM, 1)),
+        "rounds": len(per_round),
+        "one_shot": once,
+        "chase_retrained": chase_end["retrained"],
+        # the same neurons held at the end: F1 after removing them at once minus in rounds
+        "one_shot_minus_chase": _difference(once["retrained"], chase_end["retrained"]),
+        "retraining_steps": {
+            "one_shot": config.stages * setup.stage_steps,
+            "chase": len(per_round) * config.stages * setup.stage_steps,
+        },
+    }
+
+
+def _preempt_summary(
+    setup: Setup, neuron_sets: dict[str, NeuronSet], rows: list[dict]
+) -> dict[str, Any]:
+    """Recovery of every arm from its pruned stage (steps to 90% of the base F1, mean recovered
+    share) and the pre-empting arm minus its control, at the last stage and in recovery."""
+    config, concept = setup.config, setup.config.concept
+    base = next(r["f1"][concept] for r in rows if r["stage"] == "base")
+    recovery = {}
+    for arm in neuron_sets:
+        mine = [r for r in rows if r["arm"] == arm and r["stage"] != "base"]
+        curve = {"step": [r["step"] for r in mine], "f1": [r["f1"][concept] for r in mine]}
+        steps = steps_to_recover(curve, RECOVERY_TARGET * base) if base > 0 else math.nan
+        recovery[arm] = {
+            "steps_to_recover_90": _number(steps),
+            "recovery_auc": _number(recovery_auc(curve, base)),
+            "pruned": mine[0]["f1"],
+            "last": mine[-1]["f1"],
+        }
+    extra = {
+        arm: set(neuron_sets[arm].neurons) - set(neuron_sets["concept"].neurons)
+        for arm in PREEMPT_ARMS
+        if arm in neuron_sets
+    }
+    summary = {
+        "predictor": config.preempt,
+        "count": config.preempt_count,
+        "overlap": len(extra["preempt"] & extra["preempt-random"]),
+        "recovery": recovery,
+        "preempt_minus_control": _arm_minus(recovery["preempt"], recovery["preempt-random"]),
+    }
+    if "preempt-oracle" in recovery:
+        oracle = _arm_minus(recovery["preempt-oracle"], recovery["preempt-random"])
+        summary["oracle_overlap"] = len(extra["preempt"] & extra["preempt-oracle"])
+        summary["oracle_minus_control"] = oracle
+        # Where the predictor sits between random (0) and hindsight (1), in recovery AUC.
+        bought, bound = summary["preempt_minus_control"]["recovery_auc"], oracle["recovery_auc"]
+        summary["share_of_oracle"] = (
+            bought / bound if bought is not None and bound not in (None, 0) else None
+        )
+    return summary
+
+
+def _arm_minus(treated: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "steps_to_recover_90": _minus(
+            treated["steps_to_recover_90"], control["steps_to_recover_90"]
+        ),
+        "recovery_auc": _minus(treated["recovery_auc"], control["recovery_auc"]),
+        "last": _difference(treated["last"], control["last"]),
+    }
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def round_one_curve(rows: Sequence[dict], arm: str, concept: str) -> dict[str, list[float]]:
+    """Concept F1 of ``arm`` against retraining step over round 1 (pruning is step 0), every
+    evaluation of the grid included; a chase's later rounds have their own measures."""
+    mine = [r for r in rows if r["arm"] == arm and r["step"] >= 0 and stage_round(r["stage"]) == 1]
+    mine.sort(key=lambda r: (r["step"], stage_key(r["stage"])))
+    return {"step": [float(r["step"]) for r in mine], "f1": [r["f1"][concept] for r in mine]}
+
+
+def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
+    """``{"prediction": rows}``: every predictor against every ground truth
+    (:func:`neuroplastic.analysis.predict.evaluate_arm`), per predicted arm that has retrained;
+    nothing for a run without predictions (made before they existed) or without retraining."""
+    rows: list[dict] = []
+    causal: dict[str, Any] = {}
+    for arm in arms:
+        path = predictions_path(run, arm)
+        if arm not in PREDICTED_ARMS or not path.is_file():
+            continue
+        run.manifest.verify(path)  # the file the run wrote, not another
+        loaded = ArmRun.load(run, arm)
+        if loaded.last == loaded.start:
+            continue  # no retraining: nothing happened to predict
+        frame = evaluate_arm(
+            loaded, Predictions.load(path), rankings=truth_rankings(run, arm, loaded)
+        )
+        frame.insert(0, "arm", arm)
+        # None, not NaN, where a measure is undefined: summary.json stays valid JSON.
+        rows += [{k: _number(v) for k, v in row.items()} for row in frame.to_dict("records")]
+        causal_path = run.stage_dir(arm, loaded.last) / CAUSAL_FILE
+        if causal_path.is_file() or run.manifest.lists(causal_path):
+            run.manifest.verify(causal_path)
+            causal[arm] = read_run_file(
+                causal_path, json_of(dict), partial(run.stage_remedy, arm, loaded.last)
+            )
+    if not rows:
+        return {}
+    return {"prediction": rows, **({"causal": causal} if causal else {})}
+
+
+def truth_rankings(run: RunDir, arm: str, loaded: ArmRun) -> tuple[Ranking, Ranking] | None:
+    """The arm's rankings at its pruned and last stages on the truth half of the probe
+    sentences, which no predictor reads; None for a run made before the split."""
+    config = run.config()
+    rankings = []
+    for stage in (loaded.start, loaded.last):
+        halves = run.stage_halves(arm, stage)
+        if halves is None:
+            return None
+        rankings.append(Ranking.from_stats(halves["truth"], config["concept"], config["method"]))
+    return rankings[0], rankings[1]
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _difference(values: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    return {k: values[k] - reference[k] for k in values if k in reference}

@@ -1,0 +1,91 @@
+"""A sweep's plan: its cells (mode, method, grid point) and seeds, every run's settings checked.
+
+Light on purpose (no torch): the command line checks a whole sweep's settings with it before
+the heavy imports, and :func:`neuroplastic.experiment.sweep.run_sweep` runs what it plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from neuroplastic.config import ExperimentConfig
+from neuroplastic.errors import NeuroplasticError
+
+
+def cell_name(mode: str, method: str, point: dict[str, Any] | None = None) -> str:
+    """``{mode}-{method}``, then ``_{key}={value}`` per grid axis (``--grid``), in order."""
+    return f"{mode}-{method}" + "".join(f"_{k}={v}" for k, v in (point or {}).items())
+
+
+def grid_points(grid: dict[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first axis slowest ([{}] for no grid)."""
+    points: list[dict[str, Any]] = [{}]
+    for key, values in (grid or {}).items():
+        points = [{**point, key: value} for point in points for value in values]
+    return points
+
+
+#: settings a grid cannot vary: they name the sweep's own axes, or change what a run is
+NOT_GRID = ("seed", "mode", "method", "device", "device_map", "save_checkpoints")
+
+
+def _check_grid(grid: dict[str, list[Any]]) -> None:
+    known = set(ExperimentConfig.__dataclass_fields__)
+    for key, values in grid.items():
+        if key in NOT_GRID:
+            hint = {"seed": "--seeds", "mode": "--mode a,b", "method": "--method a,b"}
+            raise NeuroplasticError(
+                f"--grid {key}: not a grid axis"
+                + (f"; give {hint[key]} instead" if key in hint else " (an output option)")
+            )
+        if key not in known:
+            raise NeuroplasticError(
+                f"--grid {key}: unknown setting; known: {', '.join(sorted(known - set(NOT_GRID)))}"
+            )
+        if not values or len(set(map(repr, values))) != len(values):
+            raise NeuroplasticError(f"--grid {key}: give distinct values, e.g. {key}=a,b")
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Every run of a sweep, in order: ``(cell, seed, config)``; each cell's settings."""
+
+    runs: list[tuple[str, int, ExperimentConfig]]
+    settings: dict[str, dict[str, Any]]
+    modes: list[str]
+    methods: list[str]
+    grid: dict[str, list[Any]]
+
+
+def plan_sweep(
+    base: ExperimentConfig,
+    seeds: Sequence[int],
+    modes: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    grid: dict[str, Sequence[Any]] | None = None,
+) -> SweepPlan:
+    """Every (cell, seed) run with its settings, each checked: raises on the first that is not
+    valid, before anything runs."""
+    if base.task != "ner":
+        raise NeuroplasticError(
+            "sweep measures recovery of entity F1, so it needs --task ner; run --task lm "
+            "experiments one by one with `neuroplastic run`"
+        )
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise NeuroplasticError(f"give distinct seeds, e.g. --seeds 0,1,2; got {list(seeds)}")
+    modes, methods = list(modes or [base.mode]), list(methods or [base.method])
+    grid = {key: list(values) for key, values in (grid or {}).items()}
+    _check_grid(grid)
+    runs: list[tuple[str, int, ExperimentConfig]] = []
+    settings: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        for method in methods:
+            for point in grid_points(grid):
+                cell = cell_name(mode, method, point)
+                settings[cell] = {"mode": mode, "method": method, **point}
+                for seed in seeds:
+                    config = replace(base, mode=mode, method=method, seed=seed, **point)
+                    runs.append((cell, seed, config))
+    return SweepPlan(runs, settings, modes, methods, grid)

@@ -1,0 +1,129 @@
+"""The report's "Relearning or learning?" section: the concept arm's return against the same
+neurons held in a model never taught the concept (``--naive``), and what retraining read
+(``--relearn``, ``--relearn-sentences``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from neuroplastic.analysis.scores import recovery_curves
+from neuroplastic.extras import require
+from neuroplastic.report.html import HtmlPage
+from neuroplastic.store.rundir import stage_round
+
+#: the arms of the section's plot, and their colours (the report's for the first two)
+CURVE_COLORS = {"concept": "#d62728", "random": "#1f77b4", "naive": "#ff7f0e"}
+
+
+def relearning(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
+    """The section, when the run has a naive arm or retrained on other data than the paper's."""
+    if not summary or not ({"savings", "relearn"} & set(summary)):
+        return
+    page.heading("Relearning or learning?")
+    relearn = summary.get("relearn")
+    if relearn:
+        page.paragraph(
+            f"{relearn['what'][0].upper()}{relearn['what'][1:]}; every arm retrained the same "
+            f"way, so the control stays paired ({relearn['mention_concept']} of the "
+            f"{relearn['sentences']} sentences mention {concept}). "
+            + _relearn_meaning(relearn["mode"], concept)
+        )
+    saved = summary.get("savings")
+    if not saved or "savings" not in saved:
+        return
+    _plot(page, metrics, summary, concept)
+    page.paragraph(_savings_sentence(saved, concept))
+
+
+def _relearn_meaning(mode: str, concept: str) -> str:
+    if mode == "masked":
+        return (
+            f"If {concept} F1 comes back with no {concept} label in the loss, the removal left "
+            "something that other supervision re-awakens; if it stays down, recovery under "
+            "--relearn same needed the labels (it may still be relearning, which the naive "
+            "arm measures)."
+        )
+    if mode == "retain":
+        return (
+            f"No sentence shows a {concept} word: a return of {concept} F1 here cannot be "
+            "learned from the data; it must come from what the network kept."
+        )
+    return (
+        "A subset: how little data brings the concept back (compare runs with other "
+        "--relearn-sentences)."
+    )
+
+
+def _plot(page: HtmlPage, metrics: pd.DataFrame, summary: dict, concept: str) -> None:
+    go = require("plotly.graph_objects", "the report's plots")
+    curves = recovery_curves(metrics, metric="f1")
+    curves = curves[
+        (curves["entity"] == concept)
+        & (curves["stage"] != "base")
+        & curves["stage"].map(lambda s: stage_round(str(s)) == 1)
+    ]
+    saved = summary["savings"]
+    fig = go.Figure()
+    for arm, color in CURVE_COLORS.items():
+        group = curves[curves["arm"] == arm]
+        if group.empty:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=group["step"],
+                y=group["value"],
+                mode="lines+markers",
+                name=f"{arm} arm",
+                line={"color": color},
+                hovertemplate="step %{x}<br>" + concept + " F1 %{y:.3f}<extra>" + arm + "</extra>",
+            )
+        )
+    fig.add_hline(
+        y=saved["target"],
+        line={"dash": "dot", "width": 1, "color": "#57606a"},
+        annotation_text="target: 90% of the concept arm's base F1",
+        annotation_font={"size": 9, "color": "#57606a"},
+    )
+    fig.update_yaxes(range=[0, 1.02], title_text=f"{concept} F1")
+    fig.update_xaxes(title_text="retraining step (0: right after the removal)")
+    fig.update_layout(height=380, margin={"t": 30, "b": 40, "l": 50, "r": 20})
+    page.paragraph(
+        f"{concept} F1 against retraining step, round 1: the concept arm (its {concept} neurons "
+        "held after it learned the concept), the random arm (as many random neurons held), "
+        f"and the naive arm (the concept arm's neurons held in a model fine-tuned identically "
+        f"but with the {concept} tokens out of its loss, so it never learned {concept}), all "
+        f"on the same batches. The concept arm above the naive arm is savings: relearning is "
+        f"faster than first learning. It does not say what was kept, only that something was."
+    )
+    page.plotly(fig, height="380px")
+
+
+def _savings_sentence(saved: dict[str, Any], concept: str) -> str:
+    naive_f1 = saved["naive_base"]["f1"][concept]
+    text = (
+        f"The naive base reached {concept} F1 {naive_f1:.3f} after "
+        f"{saved['naive_base']['steps']} steps without {concept} in its loss. "
+    )
+    if saved["savings"] is None:
+        return text + f"Savings is undefined here: {saved.get('why_none', 'no target reached')}."
+    relearned, naive = saved["steps_relearned"], saved["steps_naive"]
+    if saved["bound"] == "lower":
+        naive_text = (
+            f"the naive arm never reached it within {saved['naive_budget']:.0f} steps, so "
+            f"savings is at least {saved['savings']:.3f} (a lower bound: the naive arm is "
+            "censored at its budget)"
+        )
+    else:
+        naive_text = (
+            f"the naive arm in {naive:.1f}: savings 1 - {relearned:.1f} / {naive:.1f} = "
+            f"{saved['savings']:.3f}"
+        )
+    area = saved["area_between"]
+    return (
+        text + f"To {concept} F1 {saved['target']:.3f}, the concept arm took {relearned:.1f} steps "
+        f"and {naive_text}. Over the first stage, the concept arm's F1 was on average "
+        + (f"{area:+.3f} above the naive arm's" if area is not None else "not comparable")
+        + ". One seed: intervals come from `neuroplastic sweep --naive`."
+    )

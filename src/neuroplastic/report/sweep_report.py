@@ -1,0 +1,531 @@
+"""``DIR/report.html`` of a sweep: every measure as a mean with a 95% interval across seeds.
+
+Read from ``sweep.json`` only. Each cell (mode x method) gets the concept arm beside the random
+arm and their paired difference, the F1 of every entity type at every stage, the recovery
+curves of every seed with their mean, and how well each predictor named, before retraining,
+the neurons that took the concept over (mean AUC and precision across seeds, with intervals),
+and, where the runs had them, every round of a chase (``--rounds``) and the pre-empting arm
+against its control (``--preempt``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neuroplastic.analysis.intervals import as_text, number_text
+from neuroplastic.analysis.predict import DESCRIPTIONS
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.extras import require
+from neuroplastic.report.html import HtmlPage
+
+ARM_COLORS = {
+    "concept": "#d62728",
+    "random": "#1f77b4",
+    "preempt": "#9467bd",
+    "preempt-random": "#7f7f7f",
+    "preempt-oracle": "#2ca02c",
+    "naive": "#ff7f0e",
+}
+
+
+def write_sweep_report(sweep_dir: str | Path) -> Path:
+    path = Path(sweep_dir) / "sweep.json"
+    if not path.is_file():
+        raise NeuroplasticError(f"{path} not found: run `neuroplastic sweep --out {sweep_dir}`")
+    sweep = json.loads(path.read_text())
+    return build_sweep_report(sweep).write(Path(sweep_dir) / "report.html")
+
+
+def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
+    config = sweep["config"]
+    concept = config["concept"]
+    seeds = sweep["seeds"]
+    page = HtmlPage(f"Does {concept} stay removed? {config['model']}, seeds {seeds}")
+    for cell, seeds_missing in (sweep.get("incomplete") or {}).items():
+        page.raw(
+            f'<p class="np-warning">Incomplete: {html.escape(cell)} lacks seeds '
+            f"{seeds_missing} (aggregated with --only-finished while the sweep was unfinished); "
+            "its intervals are over the seeds it has.</p>"
+        )
+    page.paragraph(
+        f"{len(seeds)} seeds per cell. A seed changes the head's initialisation, the data order, "
+        "dropout, the sentences sampled and the random control's neurons; everything else is "
+        "fixed. Every number is a mean across seeds with a 95% t-interval across seeds "
+        f"(n = {len(seeds)}; seeds are the unit of replication). 'concept - random' is the "
+        "paired difference: the two arms of a seed share batches, dropout and schedule."
+    )
+    with page.details("What each measure means", open=True):
+        page.table(pd.Series(sweep["measures"], name="meaning").to_frame(), float_format=None)
+    page.paragraph(
+        "Intervals: 95% t-intervals across seeds; for a bounded measure whose t-interval would "
+        "leave its range, the range of the seeds instead (marked; with n seeds it holds the "
+        "median with probability 1 - 2^(1-n)). A measure that some seeds never reached within "
+        "their steps (censored) shows a lower bound on its mean, never a mean over the seeds "
+        "that reached it. A paired difference is called 'within ±m' only when two one-sided "
+        "t-tests (TOST, alpha 0.05) show it inside the margin m; otherwise the text says how "
+        "large a difference the 90% interval still admits. Margins: "
+        + ", ".join(f"{m} {number_text(v)}" for m, v in (sweep.get("margins") or {}).items())
+        + "."
+    )
+    _overview(page, sweep)
+    for cell, result in sweep["cells"].items():
+        page.heading(cell)
+        _design(page, result)
+        _measures(page, sweep["measures"], result)
+        _stage_scores(page, result)
+        _curves(page, result, concept)
+        _prediction(page, result, concept)
+        _causal(page, result, concept)
+        _chase(page, sweep.get("chase_measures", {}), result, concept)
+        _preempt(page, sweep.get("preempt_measures", {}), result, concept)
+        _savings(page, sweep.get("savings_measures", {}), result, concept)
+    _grid(page, sweep, concept)
+    page.heading("Configuration")
+    with page.details("base config (mode, method and seed vary per cell)"):
+        page.preformatted(json.dumps(config, indent=2, sort_keys=True))
+    return page
+
+
+def _overview(page: HtmlPage, sweep: dict[str, Any]) -> None:
+    """Every cell side by side (hold beside regrow, method beside method), concept arm and its
+    paired difference from the random arm."""
+    page.heading("All cells")
+    columns = {}
+    for cell, result in sweep["cells"].items():
+        columns[f"{cell}: concept"] = result["arms"]["concept"]
+        if "concept_minus_random" in result:
+            columns[f"{cell}: concept - random"] = result["concept_minus_random"]
+    table = pd.DataFrame(
+        {
+            name: {m: as_text(values[m]) for m in sweep["measures"]}
+            for name, values in columns.items()
+        }
+    )
+    page.table(table, caption="mean [95% interval across seeds]", float_format=None)
+
+
+def _design(page: HtmlPage, result: dict[str, Any]) -> None:
+    """What the control was and where the recovery was read: both change what the numbers say."""
+    random = result["arms"].get("random", {})
+    kind = random.get("control")
+    notes = []
+    if kind == "complement":
+        notes.append(
+            "The control arm holds the concept set's complement (the pool outside the set was "
+            "no larger than the set): it is not a random draw, and 'concept - random' below is "
+            "'concept - complement'."
+        )
+    elif kind == "random-any":
+        notes.append("The control draws its neurons from all neurons, the concept's included.")
+    stopped = result.get("base_stopped")
+    if stopped:
+        notes.append(
+            "Base fine-tuning ended: "
+            + ", ".join(f"{why} in {n} seed{'s' if n != 1 else ''}" for why, n in stopped.items())
+            + " (plateau: the probe loss stopped improving; cap: the step limit came first, so "
+            "retraining also continues training). The control arm's change from base is the "
+            "yardstick of what retraining alone still changes."
+        )
+    grid = result["arms"]["concept"].get("grid")
+    if grid and not isinstance(grid[0], list):
+        notes.append("Recovery read at retraining steps " + ", ".join(f"{g:g}" for g in grid) + ".")
+    elif grid:
+        notes.append("The seeds were evaluated at different steps (see each seed's curve).")
+    if notes:
+        page.paragraph(" ".join(notes))
+
+
+def _measures(page: HtmlPage, measures: dict[str, str], result: dict[str, Any]) -> None:
+    columns = {arm: result["arms"][arm] for arm in result["arms"]}
+    if "concept_minus_random" in result:
+        columns["concept - random"] = result["concept_minus_random"]
+    table = pd.DataFrame(
+        {name: {m: as_text(values[m]) for m in measures} for name, values in columns.items()}
+    )
+    page.table(table, caption="mean [95% interval across seeds]", float_format=None)
+
+
+def _stage_scores(page: HtmlPage, result: dict[str, Any]) -> None:
+    rows = []
+    for arm, data in result["arms"].items():
+        for stage, entities in data["f1"].items():
+            rows.append(
+                {"arm": arm, "stage": stage, **{e: as_text(v) for e, v in entities.items()}}
+            )
+    with page.details("Entity F1 per stage (mean [95% interval])"):
+        page.table(pd.DataFrame(rows).set_index(["arm", "stage"]), float_format=None)
+
+
+def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
+    go = require("plotly.graph_objects", "the sweep report's plots")
+
+    figure = go.Figure()
+    for arm, data in result["arms"].items():
+        color = ARM_COLORS.get(arm, "#555")
+        curves = [pd.DataFrame(c) for c in data["curves"]]
+        for i, curve in enumerate(curves):
+            figure.add_trace(
+                go.Scatter(
+                    x=curve["step"], y=curve["f1"], mode="lines", name=f"{arm}, one seed",
+                    line={"color": color, "width": 1}, opacity=0.35,
+                    legendgroup=arm, showlegend=i == 0,
+                )
+            )  # fmt: skip
+        steps = curves[0]["step"]
+        if all(len(c) == len(steps) and (c["step"].values == steps.values).all() for c in curves):
+            mean = np.mean([c["f1"].to_numpy() for c in curves], axis=0)
+            figure.add_trace(
+                go.Scatter(
+                    x=steps, y=mean, mode="lines+markers", name=f"{arm}, mean of seeds",
+                    line={"color": color, "width": 3}, legendgroup=arm,
+                )
+            )  # fmt: skip
+    figure.update_layout(
+        xaxis_title="retraining step (0 = pruned)",
+        yaxis_title=f"{concept} F1",
+        margin={"t": 30},
+    )
+    page.plotly(figure, height="380px")
+
+
+PREDICTION_MEASURES = {
+    "auc": "ROC AUC (chance 0.5)",
+    "precision_at_k": "precision at k",
+    "precision_lift": "precision at k - base rate (chance 0)",
+}
+
+
+def _prediction(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
+    """Each predictor against each ground truth: mean and interval across seeds (a cell whose
+    runs predate predictions has none: no table)."""
+    rows = result.get("prediction")
+    if not rows:
+        return
+    for row in rows:
+        row.setdefault("arm", "concept")  # sweeps from before the control was scored
+    frame = pd.DataFrame(rows)
+    truths = list(dict.fromkeys(frame["truth"]))
+    page.paragraph(
+        f"Predicting, before retraining, which surviving neurons of the concept arm take {concept} "
+        "over (k = the number of such neurons in each run). Every predictor is scored on the "
+        "paired control too, where nothing concept-specific was removed: that is its null, "
+        "and 'concept - random' (paired per seed) is what it finds beyond it. Chance: AUC 0.5, "
+        "precision lift 0. Seeds where a ground truth had no neuron are counted as missing. "
+        + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in truths if name in DESCRIPTIONS)
+        + "."
+    )
+    for arm in dict.fromkeys(frame["arm"]):
+        cells: dict[tuple[str, str], dict[str, str]] = {}  # (truth, predictor) -> text
+        for row in rows:
+            if row["arm"] != arm:
+                continue
+            entry = cells.setdefault((row["truth"], row["predictor"]), {})
+            entry[PREDICTION_MEASURES[row["measure"]]] = as_text({**row, "n": row["n_seeds"]})
+        keys = sorted(cells, key=lambda key: truths.index(key[0]))  # stable: predictors in order
+        table = pd.DataFrame([cells[key] for key in keys], index=pd.MultiIndex.from_tuples(keys))
+        table.index.names = ["truth", "predictor"]
+        label = arm if arm == "concept - random" else f"{arm} arm"
+        page.table(table, caption=f"{label}: mean [95% interval across seeds]", float_format=None)
+    _prediction_plot(page, frame[frame["arm"] != "concept - random"])
+
+
+def _prediction_plot(page: HtmlPage, frame: pd.DataFrame) -> None:
+    go = require("plotly.graph_objects", "the sweep report's plots")
+
+    auc = frame[frame["measure"] == "auc"]
+    figure = go.Figure()
+    for (arm, truth), group in auc.groupby(["arm", "truth"], sort=False):
+        mean = group["mean"].astype(float)
+        high = (group["ci_high"].astype(float) - mean).fillna(0)
+        low = (mean - group["ci_low"].astype(float)).fillna(0)
+        figure.add_trace(
+            go.Bar(
+                x=group["predictor"], y=mean, name=f"{arm} arm, truth: {truth}",
+                error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+            )
+        )  # fmt: skip
+    figure.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
+    figure.update_layout(
+        barmode="group", yaxis_title="ROC AUC (mean, 95% interval)", yaxis_range=[0, 1],
+        margin={"t": 30},
+    )  # fmt: skip
+    page.plotly(figure, height="340px")
+
+
+def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str) -> None:
+    """Every round of a chase: each arm's measures and the paired concept-minus-random
+    difference, mean and interval across seeds, and concept F1 after each round's retraining
+    with its interval (no chase in the cell: nothing)."""
+    chase = result.get("chase")
+    if not chase:
+        return
+    measures = measures or {m: m for m in chase["per_round"][0]["arms"]["concept"]}
+    stopped = chase.get("stopped_early") or {}
+    page.paragraph(
+        f"Chasing {concept} over {chase['rounds']} rounds: each round holds the next most "
+        "salient live neurons as well and retrains (the random arm as many random ones per "
+        "layer). Round 1 is the experiment the measures above describe. A seed whose chase "
+        "stopped early (--stop-below) did not run the later rounds: there it counts as missing, "
+        "so a later round's mean is over the seeds that reached it. "
+        + (
+            "Stopped early: "
+            + "; ".join(f"seed {seed}: {why}" for seed, why in stopped.items())
+            + "."
+            if stopped
+            else "No seed stopped early."
+        )
+    )
+    for entry in chase["per_round"]:
+        columns = dict(entry["arms"])
+        if "concept_minus_random" in entry:
+            columns["concept - random"] = entry["concept_minus_random"]
+        table = pd.DataFrame(
+            {name: {measures[m]: as_text(v[m]) for m in measures} for name, v in columns.items()}
+        )
+        page.table(
+            table,
+            caption=f"Round {entry['round']}: mean [95% interval across seeds], "
+            f"seeds that ran it: {entry['seeds_reached']}",
+            float_format=None,
+        )
+    once = chase.get("one_shot")
+    if once:
+        page.paragraph(
+            "Removing more at once instead: the one-shot arm holds every neuron of each seed's "
+            f"chase from the base weights at once and retrains one round. {concept} F1 after it "
+            f"{as_text(once['retrained'])}; one-shot minus the chase's end, paired per seed (the "
+            f"same neurons held): {as_text(once['one_shot_minus_chase'])}."
+        )
+    _chase_plot(page, chase, concept)
+
+
+def _chase_plot(page: HtmlPage, chase: dict[str, Any], concept: str) -> None:
+    go = require("plotly.graph_objects", "the sweep report's plots")
+
+    figure = go.Figure()
+    arms = list(dict.fromkeys(a for entry in chase["per_round"] for a in entry["arms"]))
+    rounds = [entry["round"] for entry in chase["per_round"]]
+    for measure, when, dash in (
+        ("removed", "after removal", "dot"),
+        ("retrained", "retrained", None),
+    ):
+        for arm in arms:
+            values = [entry["arms"][arm][measure] for entry in chase["per_round"]]
+            mean = np.array([np.nan if v["mean"] is None else v["mean"] for v in values])
+            high = [0 if v["ci_high"] is None else v["ci_high"] - v["mean"] for v in values]
+            low = [0 if v["ci_low"] is None else v["mean"] - v["ci_low"] for v in values]
+            figure.add_trace(
+                go.Scatter(
+                    x=rounds, y=mean, mode="lines+markers", name=f"{arm} arm, {when}",
+                    line={"color": ARM_COLORS.get(arm), "dash": dash},
+                    error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+                )
+            )  # fmt: skip
+    figure.update_layout(
+        xaxis={"title": "round", "dtick": 1},
+        yaxis_title=f"{concept} F1 (mean, 95% interval across seeds)",
+        margin={"t": 30},
+    )
+    page.plotly(figure, height="360px")
+
+
+def _preempt(
+    page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str
+) -> None:
+    """Every arm of a pre-emption and the paired preempt-minus-control difference, mean and
+    interval across seeds (none in the cell: nothing)."""
+    preempt = result.get("preempt")
+    if not preempt:
+        return
+    measures = measures or {m: m for m in preempt["preempt_minus_control"]}
+    count, predictor = preempt["count"], preempt["predictor"]
+    page.paragraph(
+        f"Pre-empting {concept}'s new home: the preempt arm also holds the {count} surviving "
+        f"neurons {predictor} scored highest before retraining; its control, preempt-random, "
+        f"{count} random survivors, as many per layer, from the same candidates. "
+        "'preempt - preempt-random' is paired per seed (same batches, same count per layer). "
+        f"The two arms' extra neurons overlap by {as_text(preempt['overlap'])} neurons."
+    )
+    columns = dict(preempt["arms"])
+    columns["preempt - preempt-random"] = preempt["preempt_minus_control"]
+    if "oracle_minus_control" in preempt:
+        columns["preempt-oracle - preempt-random"] = preempt["oracle_minus_control"]
+    table = pd.DataFrame(
+        {name: {measures[m]: as_text(v[m]) for m in measures} for name, v in columns.items()}
+    )
+    page.table(table, caption="Pre-emption: mean [95% interval across seeds]", float_format=None)
+    if "oracle_minus_control" in preempt:
+        share = preempt.get("share_of_oracle_auc")
+        page.paragraph(
+            "preempt-oracle holds the survivors that gained the most saliency in each seed's "
+            f"concept arm (hindsight: the bound on any predictor). {predictor} bought "
+            + (
+                f"{share:.0%} of the oracle's mean recovery-AUC change over random (a ratio of "
+                "the means across seeds; 0%: random survivors, 100%: hindsight)."
+                if share is not None
+                else "no defined share of the oracle's change: "
+                + preempt.get("share_undefined", "the oracle bought nothing")
+                + "."
+            )
+        )
+
+
+def _savings(
+    page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str
+) -> None:
+    """Relearning or learning: the concept arm against the naive arm, across seeds."""
+    saved = result.get("savings")
+    if not saved:
+        return
+    go = require("plotly.graph_objects", "the sweep report's plots")
+    page.paragraph(
+        f"Relearning or learning? The naive arm holds the concept arm's neurons in a model "
+        f"fine-tuned identically but with the {concept} tokens out of its loss (it never "
+        f"learned {concept}), and retrains on the same batches. Savings above 0 means "
+        f"relearning {concept} is faster than learning it from nothing with those neurons "
+        "gone: something of it survived the removal. It does not say what, or where."
+    )
+    measures = measures or {m: m for m in saved if m not in ("seeds", "naive_curves")}
+    table = pd.DataFrame({"across seeds": {measures[m]: as_text(saved[m]) for m in measures}})
+    page.table(table, caption="Savings: mean [95% interval across seeds]", float_format=None)
+    figure = go.Figure()
+    curves = {a: result["arms"][a]["curves"] for a in ("concept", "random") if a in result["arms"]}
+    curves["naive"] = saved["naive_curves"]
+    for arm, per_seed in curves.items():
+        for i, curve in enumerate(per_seed):
+            figure.add_trace(
+                go.Scatter(
+                    x=curve["step"], y=curve["f1"], mode="lines", name=f"{arm} arm",
+                    line={"color": ARM_COLORS.get(arm, "#555"), "width": 1.5}, opacity=0.6,
+                    legendgroup=arm, showlegend=i == 0,
+                )
+            )  # fmt: skip
+    figure.update_layout(
+        xaxis_title="retraining step (0 = the removal)",
+        yaxis_title=f"{concept} F1",
+        margin={"t": 30},
+    )
+    page.paragraph(f"{concept} F1 of every seed, concept, random and naive arms.")
+    page.plotly(figure, height="380px")
+
+
+def _causal(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
+    """The causal truth across seeds: what ablating each candidate set in the retrained model
+    costs the concept, the other types, beyond random survivors, and beyond the others."""
+    for arm, record in (result.get("causal") or {}).items():
+        if record.get("task") != "ner":
+            continue
+        ks = sorted({k for k in record["k"] if k is not None})
+        rows = {}
+        for name, lost in record["lost"].items():
+            rows[name] = {
+                f"{concept} F1 lost": as_text(lost),
+                "other types' F1 lost": as_text(record["others_lost"][name])
+                if name in record.get("others_lost", {})
+                else "–",
+                "beyond matched random": as_text(record["beyond_random"][name])
+                if name in record["beyond_random"]
+                else "–",
+                f"{concept} lost - others lost": as_text(record["specific"][name])
+                if name in record.get("specific", {})
+                else "–",
+            }
+        page.paragraph(
+            f"Causal truth ({arm} arm): in the retrained model, with the removal held, the "
+            f"F1 lost when {', '.join(map(str, ks))} more surviving neurons are ablated: each "
+            "predictor's top picks, the realised top gainers, the last stage's top set, and "
+            "random survivors (matched_random: as many per layer as the gainers). A set costs "
+            f"{concept} something specific only if it costs {concept} more than the other "
+            "types (last column); a set of neurons every type uses costs them all."
+        )
+        page.table(
+            pd.DataFrame(rows).T,
+            caption="Causal truth: mean [95% interval across seeds]",
+            float_format=None,
+        )
+
+
+def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
+    """Each grid axis: concept F1 after the first stage against the axis's values (concept,
+    random and naive arms), and the retrainer's best case chosen per seed."""
+    if not sweep.get("grid"):
+        return
+    go = require("plotly.graph_objects", "the sweep report's plots")
+    page.heading("The retrainer's choices (--grid)")
+    page.paragraph(
+        "Each axis of the grid changes one setting of the run and nothing else. The best case "
+        "is chosen per seed after the fact (the value that brought the concept back fastest, "
+        "and the one that ended highest), as the tamper-resistance literature reports a "
+        "defence's worst case: an upper bound on what a retrainer who tunes that setting gets."
+    )
+    settings = sweep["settings"]
+    for axis, values in sweep["grid"].items():
+        figure = go.Figure()
+        for arm in ("concept", "random", "naive"):
+            xs, means, lows, highs = [], [], [], []
+            for cell, point in settings.items():
+                at = _first_stage_f1(sweep["cells"][cell], arm, concept)
+                if at is None or at["mean"] is None:
+                    continue
+                xs.append(point[axis])
+                means.append(at["mean"])
+                low, high = at["ci_low"], at["ci_high"]
+                lows.append(at["mean"] - (low if low is not None else at["mean"]))
+                highs.append((high if high is not None else at["mean"]) - at["mean"])
+            if xs:
+                figure.add_trace(
+                    go.Scatter(
+                        x=[str(x) for x in xs], y=means, mode="markers", name=f"{arm} arm",
+                        marker={"color": ARM_COLORS.get(arm, "#555"), "size": 9},
+                        error_y={"type": "data", "symmetric": False, "array": highs,
+                                 "arrayminus": lows},
+                    )
+                )  # fmt: skip
+        figure.update_layout(
+            xaxis_title=axis,
+            yaxis_title=f"{concept} F1 after the first retraining stage",
+            yaxis_range=[0, 1.02],
+            margin={"t": 30},
+        )
+        page.paragraph(
+            f"{concept} F1 at the end of the first retraining stage against {axis} ({values}); "
+            "mean and 95% interval across seeds, per cell (cells that differ in other axes "
+            "too appear as separate points at one value)."
+        )
+        page.plotly(figure, height="360px")
+    rows = []
+    for axis, cases in (sweep.get("best_case") or {}).items():
+        for case in cases:
+            rows.append(
+                {
+                    "axis": axis,
+                    "other settings": ", ".join(f"{k}={v}" for k, v in case["fixed"].items()),
+                    "values": ", ".join(map(str, case["values"])),
+                    "fastest recovery (steps to 90%)": as_text(case["fastest_recovery"]),
+                    "chosen per seed": ", ".join(map(str, case["fastest_value"])),
+                    f"highest final {concept} F1": as_text(case["highest_final_f1"]),
+                    "chosen per seed ": ", ".join(map(str, case["highest_value"])),
+                }
+            )
+    if rows:
+        page.table(
+            pd.DataFrame(rows),
+            caption="The retrainer's best case per axis: mean [95% interval across seeds]",
+            index=False,
+            float_format=None,
+        )
+
+
+def _first_stage_f1(result: dict[str, Any], arm: str, concept: str) -> dict[str, Any] | None:
+    """An arm's concept F1 across seeds at the end of retrain-1 (the naive arm's from its
+    savings record)."""
+    if arm in result["arms"]:
+        return (result["arms"][arm]["f1"].get("retrain-1") or {}).get(concept)
+    saved = result.get("savings")
+    return saved.get("naive_first_stage_f1") if arm == "naive" and saved else None

@@ -58,7 +58,7 @@ def random_arm(hold: FakeRun) -> ArmRun:
 
 @pytest.fixture(scope="module")
 def embeddings(hold: FakeRun) -> TokenEmbeddings:
-    return TokenEmbeddings.from_run(hold.run)
+    return hold.run.embeddings()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_pruned_neurons_stay_dead_in_hold_mode(
 
 def test_pruned_neurons_regrow_with_their_old_meaning(regrow: FakeRun) -> None:
     arm = ArmRun.load(regrow.path, "concept")
-    trace = pruned_trace(arm, TokenEmbeddings.from_run(regrow.run)).stages.set_index("stage")
+    trace = pruned_trace(arm, regrow.run.embeddings()).stages.set_index("stage")
     assert trace["n_alive"].tolist() == [6, 0, 6, 6]
     similarity = trace["similarity_mean"]
     assert math.isnan(similarity["pruned"])

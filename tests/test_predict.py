@@ -645,9 +645,7 @@ def test_evaluate_arm_on_the_fake_run(tmp_path):
         {
             "saliency_pruned": saliency_score(pruned, at_pruned),
             "saliency_base": saliency_score(base.ranking, at_base),
-            "similarity": similarity_score(
-                base.stats, TokenEmbeddings.from_run(fake.run), CONCEPT, at_base
-            ),
+            "similarity": similarity_score(base.stats, fake.run.embeddings(), CONCEPT, at_base),
         }
     )
     frame = evaluate_arm(arm, predictions, top=6 / n)

@@ -30,16 +30,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from neuroplastic.errors import NeuroplasticError
-
-if TYPE_CHECKING:
-    from neuroplastic.store.rundir import RunDir
 
 __all__ = ["TokenEmbeddings", "clean_token_text"]
 
@@ -55,7 +51,8 @@ def clean_token_text(token: str) -> str:
 class TokenEmbeddings:
     """Unit vectors for a set of token ids, ready for set-to-set concept similarity.
 
-    Build with :meth:`from_run` (the model's input embeddings), :meth:`from_vectors` (any
+    Build with :meth:`RunDir.embeddings <neuroplastic.store.rundir.RunDir.embeddings>` (the
+    model's input embeddings), :meth:`from_vectors` (any
     vectors) or :meth:`from_sentence_model` (MiniLM on each token's text).
     """
 
@@ -85,18 +82,6 @@ class TokenEmbeddings:
             vectors = vectors - vectors.mean(0, keepdim=True)
         unit = torch.nn.functional.normalize(vectors, dim=-1).float()
         return cls(ids, unit, source)
-
-    @classmethod
-    def from_run(cls, run: RunDir, center: bool = True) -> TokenEmbeddings:
-        """The base model's input embeddings of every token in the run's sentences."""
-        path = run.path / "token_embeddings.safetensors"
-        if not path.is_file():
-            raise NeuroplasticError(
-                f"{path} not found: the run directory has no token embeddings to measure "
-                "concept similarity with"
-            )
-        token_ids, embeddings = run.token_embeddings()
-        return cls.from_vectors(token_ids, embeddings, center=center)
 
     @classmethod
     def from_sentence_model(

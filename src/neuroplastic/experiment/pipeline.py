@@ -50,7 +50,7 @@ from neuroplastic.analysis.predict import (
     predict_at_pruned,
 )
 from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
-from neuroplastic.core.ablation import Ablation, check_can_regrow, prune_weights
+from neuroplastic.core.ablation import check_can_regrow
 from neuroplastic.core.curves import (
     RECOVERY_TARGET,
     recovery,
@@ -65,6 +65,7 @@ from neuroplastic.core.neurons import NeuronSet, control_kind
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.relearn import concept_masked, mentions, relearn_data, relearn_loss
 from neuroplastic.core.relearn import describe as describe_relearn
+from neuroplastic.core.removal import NeuronRemoval, Removal
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.core.stats import NeuronStats, collect_stats
 from neuroplastic.core.training import (
@@ -96,7 +97,7 @@ from neuroplastic.experiment.preempt import oracle_set, preempt_sets, realised_g
 from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
 from neuroplastic.store.checkpoint import Checkpointer, load_weights
-from neuroplastic.store.repair import Recompute
+from neuroplastic.store.repair import Recompute, recover
 from neuroplastic.store.rundir import (
     RunDir,
     directory_kind,
@@ -235,7 +236,10 @@ def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
     """Check ``out``, lock it and check its config against ``config`` (rank 0's work)."""
     _check_out(out)  # before the lock, which creates the directory
     store.lock()
-    return store.check_config(config)
+    found = store.check_config(config)
+    recovery = recover(store, config, found.unreadable)
+    recovery.warnings[:0] = found.warnings
+    return recovery
 
 
 def _base_neuron_sets(setup: Setup) -> dict[str, NeuronSet]:
@@ -793,12 +797,13 @@ def _retrain_round(
     causal = None
     if _has_causal_truth(setup, arm, stages[-1]):
         causal = partial(_causal_truth, setup, arm, neurons)
-    if previous == "base" and config.mode == "regrow":
-        prune_weights(setup.model, neurons, zero_output=False)  # see prune_weights
+    removal = _removal(setup, neurons)
+    if previous == "base":
+        removal.start(setup.model)  # from the base weights; later stages carry its edit
     if state is not None and todo[0] != stages[0]:
         trainer.load_state_dict(state)  # within the round; a new round starts afresh
-    hold = Ablation(setup.model, neurons, permanent=True) if config.mode == "hold" else None
-    dead = neurons.mask() if hold is not None else None
+    hold = removal.hold(setup.model)
+    dead = removal.dead
     try:
         for stage in todo:
             rows: list[dict] = []
@@ -822,6 +827,11 @@ def _retrain_round(
     finally:
         if hold is not None:
             hold.remove()
+
+
+def _removal(setup: Setup, neurons: NeuronSet) -> Removal:
+    """What an arm holding ``neurons`` holds while it retrains and is evaluated."""
+    return NeuronRemoval(neurons, setup.config.mode)
 
 
 def _processes(setup: Setup, arm: str, stage: str) -> int:
@@ -1033,15 +1043,15 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
     saved after each (with the arm's neurons of the stage's round held, as when it ran): no
     training is repeated. ``stages`` lists the base first, whose ranking the neuron sets come
     from."""
-    config, held = setup.config, None
+    held = None
     for each in stages:
         _load_on_main(setup.module, each.weights)
         setup.module.eval()  # as after training: no dropout in the statistics
         hold = None
         if each.stage != "base" and held is None:
             held = _held_sets(setup)
-        if each.stage != "base" and config.mode == "hold":
-            hold = Ablation(setup.model, held(each.arm, stage_round(each.stage)), permanent=True)
+        if each.stage != "base":
+            hold = _removal(setup, held(each.arm, stage_round(each.stage))).hold(setup.model)
         try:
             stats, halves = _probe_stats(setup)
             distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
@@ -1087,7 +1097,7 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
     _load_on_main(setup.module, base)
     at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
     _load_on_main(setup.module, each.weights)
-    hold = Ablation(setup.model, neurons, permanent=True) if setup.config.mode == "hold" else None
+    hold = _removal(setup, neurons).hold(setup.model)
     try:
 
         def write() -> None:

@@ -391,13 +391,12 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     from neuroplastic.analysis.arm_run import ArmRun, concept_token_ids
     from neuroplastic.analysis.layers import relocation
     from neuroplastic.analysis.reappearance import primed_neurons
-    from neuroplastic.core.similarity import TokenEmbeddings
 
     run = RunDir(run_dir)
     summary = run.summary()
     concept = summary["config"]["concept"]
     metrics = run.metrics()
-    embeddings = TokenEmbeddings.from_run(run)
+    embeddings = run.embeddings()
     arms: dict[str, Any] = {}
     for arm, data in summary["arms"].items():
         if arm == NAIVE_ARM:  # it never knew the concept: no recovery, its savings below

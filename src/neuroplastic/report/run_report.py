@@ -31,7 +31,7 @@ import pandas as pd
 from neuroplastic.analysis.arm_analysis import ArmAnalysis, analyse_arm
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.polysemantic import common_population
-from neuroplastic.analysis.predict import DESCRIPTIONS, TRUTHS
+from neuroplastic.analysis.predictor_labels import DESCRIPTIONS, TRUTHS
 from neuroplastic.analysis.scores import recovery_curves, stage_gaps
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.curves import RECOVERY_TARGET
@@ -270,7 +270,7 @@ def _embeddings(
     if similarity != "model":
         raise NeuroplasticError(f"similarity must be model, sentence or none, got {similarity!r}")
     try:
-        embeddings = TokenEmbeddings.from_run(run)
+        embeddings = run.embeddings()
     except CorruptFile:
         raise  # a damaged run file is an error, not a note on the page
     except NeuroplasticError as error:  # none stored (an older run)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from neuroplastic.analysis.intervals import as_text, number_text
-from neuroplastic.analysis.predict import DESCRIPTIONS
+from neuroplastic.analysis.predictor_labels import DESCRIPTIONS
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.report.html import HtmlPage

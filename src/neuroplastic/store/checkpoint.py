@@ -44,7 +44,6 @@ from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
 from neuroplastic.store.manifest import CONFIG_HASH, CorruptFile, digest, file_digest
-from neuroplastic.store.repair import Recovery, recover
 from neuroplastic.store.rundir import (
     STAGE_FILES,
     RunDir,
@@ -68,6 +67,15 @@ class MissingStage:
     stage: str
     done: bool
     files: list[str]
+
+
+@dataclass
+class ConfigCheck:
+    """What :meth:`Checkpointer.check_config` found: warnings to show, and the stage markers
+    that cannot be read (path -> why)."""
+
+    warnings: list[str]
+    unreadable: dict[Path, str]
 
 
 class Checkpointer:
@@ -131,12 +139,13 @@ class Checkpointer:
             os.close(fd)  # drops the flock
 
     # -- the config a run is bound to --------------------------------------------------------
-    def check_config(self, config: ExperimentConfig) -> Recovery:
+    def check_config(self, config: ExperimentConfig) -> ConfigCheck:
         """Refuse to resume a run made with other settings (config.json, or the config hash
         of any done stage) or results whose config.json is gone or unreadable; sweep a
-        crash's temporary files, bring the manifest in line with the done stages, and deal
-        with files that cannot be read (:func:`neuroplastic.store.repair.recover`): returns the
-        warnings to show and the stage files the experiment must recompute."""
+        crash's temporary files and bring the manifest in line with the done stages. Returns
+        what it found: the warnings to show and the stage markers that cannot be read, which
+        the caller hands to :func:`neuroplastic.store.repair.recover` (the store reports,
+        the pipeline decides)."""
         if self._lock is None:
             raise RuntimeError("check_config needs the run's lock: `with Checkpointer(...)`")
         warnings = []
@@ -176,9 +185,7 @@ class Checkpointer:
         for leftover in self.run.path.rglob(".*.tmp"):
             leftover.unlink(missing_ok=True)
         self._reconcile()
-        recovery = recover(self, config, unreadable)
-        recovery.warnings[:0] = warnings
-        return recovery
+        return ConfigCheck(warnings, unreadable)
 
     def _refuse_results(self, problem: str, remedy: str) -> None:
         """Refuse a directory holding results when their config.json cannot be read."""

@@ -2,7 +2,8 @@
 them where the run kept what they are computed from, and say so; refuse, in one line, where it
 did not.
 
-Checked before any compute, by :meth:`Checkpointer.check_config`:
+Checked before any compute, on what :meth:`Checkpointer.check_config` found (the pipeline calls
+:func:`recover`):
 
 ```
 file that cannot be read                  recomputed from                        else

@@ -53,6 +53,7 @@ from neuroplastic.config import NAIVE_ARM
 from neuroplastic.core.halves import HALVES_FILE, load_halves, save_halves
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.core.stats import NeuronStats
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
@@ -342,6 +343,17 @@ class RunDir:
             return token_ids, embeddings
 
         return read_run_file(self.token_embeddings_path, read, self.recomputed_by_rerun())
+
+    def embeddings(self, center: bool = True) -> TokenEmbeddings:
+        """The base model's input embeddings of every token in the run's sentences, to measure
+        concept similarity with."""
+        if not self.token_embeddings_path.is_file():
+            raise NeuroplasticError(
+                f"{self.token_embeddings_path} not found: the run directory has no token "
+                "embeddings to measure concept similarity with"
+            )
+        token_ids, embeddings = self.token_embeddings()
+        return TokenEmbeddings.from_vectors(token_ids, embeddings, center=center)
 
     def _concept_and_method(self) -> tuple[str, str]:
         config = self.config()

@@ -42,6 +42,7 @@ from neuroplastic.experiment.chase import rounds_run
 from neuroplastic.extras import require
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.relearning import relearning
+from neuroplastic.report.style import ARM_COLORS
 from neuroplastic.report.views import add_side_by_side, examples_from_top_k
 from neuroplastic.store.checkpoint import Checkpointer, reading
 from neuroplastic.store.manifest import CorruptFile
@@ -49,14 +50,6 @@ from neuroplastic.store.rundir import RunDir
 
 __all__ = ["build_report", "run_warnings", "write_report"]
 
-ARM_COLORS = {
-    "concept": "#d62728",
-    "random": "#1f77b4",
-    "preempt": "#9467bd",
-    "preempt-random": "#7f7f7f",
-    "preempt-oracle": "#2ca02c",
-    "naive": "#ff7f0e",
-}
 LAYER_COLORS = (
     "#440154",
     "#3b528b",

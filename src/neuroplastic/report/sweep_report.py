@@ -23,15 +23,7 @@ from neuroplastic.analysis.predictor_labels import DESCRIPTIONS
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.report.html import HtmlPage
-
-ARM_COLORS = {
-    "concept": "#d62728",
-    "random": "#1f77b4",
-    "preempt": "#9467bd",
-    "preempt-random": "#7f7f7f",
-    "preempt-oracle": "#2ca02c",
-    "naive": "#ff7f0e",
-}
+from neuroplastic.report.style import ARM_COLORS
 
 
 def write_sweep_report(sweep_dir: str | Path) -> Path:

@@ -11,10 +11,12 @@ import pandas as pd
 from neuroplastic.analysis.scores import recovery_curves
 from neuroplastic.extras import require
 from neuroplastic.report.html import HtmlPage
+from neuroplastic.report.style import ARM_COLORS
 from neuroplastic.store.rundir import stage_round
 
 #: the arms of the section's plot, and their colours (the report's for the first two)
-CURVE_COLORS = {"concept": "#d62728", "random": "#1f77b4", "naive": "#ff7f0e"}
+#: the arms the section's curves show, in drawing order
+CURVE_ARMS = ("concept", "random", "naive")
 
 
 def relearning(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
@@ -66,7 +68,8 @@ def _plot(page: HtmlPage, metrics: pd.DataFrame, summary: dict, concept: str) ->
     ]
     saved = summary["savings"]
     fig = go.Figure()
-    for arm, color in CURVE_COLORS.items():
+    for arm in CURVE_ARMS:
+        color = ARM_COLORS[arm]
         group = curves[curves["arm"] == arm]
         if group.empty:
             continue

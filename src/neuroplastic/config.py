@@ -29,6 +29,8 @@ LATER_SETTINGS = {
     "relearn": "same",
     "relearn_sentences": 0,
     "relearn_lr": 0.0,
+    "removal": "neurons",
+    "removal_layers": "all",
 }
 #: Settings that act only after base fine-tuning: which neurons are ranked and removed, and how
 #: the arms retrain, are evaluated and compared. Runs that differ in these alone fine-tune the
@@ -57,6 +59,8 @@ AFTER_BASE = (
     "relearn",
     "relearn_sentences",
     "relearn_lr",
+    "removal",
+    "removal_layers",
 )
 #: The rankers of neuroplastic.core.ranking (``RANKERS`` there has exactly these), named here so
 #: that settings are checked, and the command line's help answers, without importing torch.
@@ -85,6 +89,7 @@ CHOICES = {
     "dtype": ("float32", "bfloat16", "float16"),
     "eval_grid": ("dense", "uniform"),
     "relearn": ("same", "masked", "retain"),
+    "removal": ("neurons", "leace", "direction"),
 }
 #: What ``--preempt`` takes its neurons from: a predictor, or ``oracle``, the concept arm's
 #: realised top gainers (hindsight: what no predictor can beat).
@@ -211,6 +216,14 @@ class ExperimentConfig:
     # The retrainer's learning rate (0: learning_rate, the base's): a grid over it asks for the
     # retrainer's best case with the base model unchanged.
     relearn_lr: float = 0.0
+    # What removes the concept: "neurons" (the ranking's top MLP neurons, zero-ablated as mode
+    # says), "leace" (a LEACE eraser of the concept's tokens against the rest) or "direction"
+    # (the concept's difference-of-means direction projected out), each of the last two fitted
+    # at base on the probe sentences and held at blocks.{l}.hook_resid_post of removal_layers
+    # ("all", or layers "0,2,5"). The random control is a random orthogonal projection of the
+    # same rank at the same points.
+    removal: str = "neurons"
+    removal_layers: str = "all"
 
     def __post_init__(self) -> None:
         if self.method not in RANKER_NAMES:  # checked now, not after base fine-tuning
@@ -290,6 +303,47 @@ class ExperimentConfig:
             raise NeuroplasticError(f"learning_rate must be positive; got {self.learning_rate}")
         self._check_chase_and_preempt()
         self._check_relearn()
+        self._check_removal()
+
+    def _check_removal(self) -> None:
+        layers = self.removal_layers
+        if layers != "all" and not re.fullmatch(r"\d+(,\d+)*", str(layers)):
+            raise NeuroplasticError(
+                f"removal_layers must be 'all' or layer indices such as 0,2,5; got {layers!r}"
+            )
+        if self.removal == "neurons":
+            if layers != "all":
+                raise NeuroplasticError(
+                    "--removal-layers says where an erasure is held, but --removal is neurons: "
+                    "give --removal leace or direction too, or leave --removal-layers out"
+                )
+            return
+        refused = [
+            (flag, on)
+            for flag, on in (
+                ("--rounds", self.rounds > 1),
+                ("--preempt", self.preempt is not None),
+                ("--mode regrow", self.mode == "regrow"),
+            )
+            if on
+        ]
+        if refused:
+            raise NeuroplasticError(
+                f"--removal {self.removal} erases the concept from the residual stream; "
+                f"{refused[0][0]} acts on removed neurons, so it needs --removal neurons"
+            )
+
+    def erasure_layers(self, n_layers: int) -> list[int]:
+        """The layers an erasure is held at (``removal_layers``), checked against the model."""
+        if self.removal_layers == "all":
+            return list(range(n_layers))
+        layers = sorted({int(part) for part in self.removal_layers.split(",")})
+        if layers[-1] >= n_layers:
+            raise NeuroplasticError(
+                f"removal_layers {self.removal_layers} names layer {layers[-1]}, but the model "
+                f"has {n_layers} layers (0 to {n_layers - 1})"
+            )
+        return layers
 
     def _check_relearn(self) -> None:
         if not (math.isfinite(self.relearn_lr) and self.relearn_lr >= 0):

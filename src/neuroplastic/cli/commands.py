@@ -88,6 +88,11 @@ SETTING_HELP = {
     "relearn_lr": "the retraining learning rate (the base model is unchanged); 0: --learning-rate",
     "relearn_sentences": "retrain on a seeded subset of N sentences that mention the concept, "
     "cycled for the same steps; 0: no subset",
+    "removal": "what removes the concept: neurons (the ranking's top MLP neurons, ablated), "
+    "leace (a LEACE eraser, the concept's tokens against the rest) or direction (its "
+    "difference-of-means direction projected out), the last two fitted at base and held at "
+    "blocks.{l}.hook_resid_post",
+    "removal_layers": "where --removal leace or direction is held: all, or layers such as 0,2,5",
 }
 
 
@@ -126,6 +131,7 @@ SETTING_UNITS = {
     "preempt_count": "NEURONS",
     "relearn_sentences": "SENTENCES",
     "relearn_lr": "RATE",
+    "removal_layers": "LAYERS",
 }
 
 

@@ -15,7 +15,7 @@ the pre-emption treat them alike:
 How a removal is fitted at base and how its paired random control is drawn depend on what it
 removes (a ranking's top neurons; an eraser fitted on probe activations), so they are the
 removal kind's own functions; so are save and load, which each kind does in its own file format
-(``neurons/{arm}.json`` for a neuron set).
+(``neurons/{arm}.json`` for a neuron set, ``removals/{arm}.safetensors`` for an erasure).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from neuroplastic.core.ablation import Ablation, prune_weights
+from neuroplastic.core.erasure import LinearErasure, erase
 from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.neurons import NeuronSet
 
@@ -72,3 +73,26 @@ class NeuronRemoval:
     def describe(self) -> str:
         how = "zero-ablated and held" if self.mode == "hold" else "input weights zeroed once"
         return f"{len(self.neurons)} MLP neurons, {how}"
+
+
+@dataclass(frozen=True)
+class ErasureRemoval:
+    """A linear erasure of the concept from the residual stream (:mod:`neuroplastic.core.erasure`:
+    LEACE, a direction, or a random projection of the same rank as their control), held by
+    permanent hooks at ``blocks.{l}.hook_resid_post``. Its tensors are buffers of the hooks,
+    never parameters: retraining cannot change them. No neuron is silenced by it."""
+
+    erasure: LinearErasure
+
+    def start(self, model: Any) -> None:
+        pass  # hooks alone: no weight changes
+
+    def hold(self, model: Any) -> HeldHooks:
+        return erase(model, self.erasure, permanent=True)
+
+    @property
+    def dead(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return self.erasure.describe()

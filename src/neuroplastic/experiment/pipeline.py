@@ -32,7 +32,7 @@ import random
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,14 +58,15 @@ from neuroplastic.core.curves import (
     savings,
     steps_to_recover,
 )
-from neuroplastic.core.erasure import probe_auc
+from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace, probe_auc
 from neuroplastic.core.halves import HALVES, ProbeSplit, split_probe
+from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.models import is_decoder, load_model, model_device
 from neuroplastic.core.neurons import NeuronSet, control_kind
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.relearn import concept_masked, mentions, relearn_data, relearn_loss
 from neuroplastic.core.relearn import describe as describe_relearn
-from neuroplastic.core.removal import NeuronRemoval, Removal
+from neuroplastic.core.removal import ErasureRemoval, NeuronRemoval, Removal
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.core.stats import NeuronStats, collect_stats
 from neuroplastic.core.training import (
@@ -133,6 +134,10 @@ class Setup:
     probe_split: ProbeSplit | None = None
     #: what every arm retrains on (:mod:`neuroplastic.core.relearn`; the training data by default)
     relearn_data: ConceptDataset | None = None
+    #: with ``--removal leace|direction``: each arm's erasure (:func:`_prepare_erasures`)
+    erasures: dict[str, LinearErasure] = field(default_factory=dict)
+    #: the hooks the arm now retraining holds, checked at every evaluation (None: none held)
+    held: HeldHooks | None = None
 
     @property
     def predict_data(self) -> ConceptDataset:
@@ -194,6 +199,8 @@ def run_experiment(
         if main:
             store.write_config(config)
         _fine_tune_base(setup, log, base_from)
+        if config.removal != "neurons":  # fitted on the base weights, before any stage needs it
+            setup.erasures = distributed.on_main(partial(_prepare_erasures, setup, log))
         _recompute_stage_files(setup, recovery.stages)
         neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
         _note_control(setup, neuron_sets, log)
@@ -210,6 +217,8 @@ def run_experiment(
         if config.naive:  # the concept learned from nothing, the concept arm's neurons held
             _fine_tune_naive(setup, log, base_from)
             naive = distributed.on_main(partial(_naive_set, setup, neuron_sets["concept"]))
+            if config.removal != "neurons":
+                setup.erasures = distributed.on_main(partial(_naive_erasure, setup))
             held = HeldSets(setup, {**neuron_sets, NAIVE_ARM: naive})
             _retrain_arm(setup, NAIVE_ARM, held, log)
         if config.preempt:  # from the concept arm's predictions, made at its pruned stage
@@ -284,6 +293,8 @@ def _setup(
         )
     if config.mode == "regrow":
         check_can_regrow(model)
+    if config.removal != "neurons":
+        config.erasure_layers(int(model.cfg.n_layers))  # a layer the model lacks fails now
     corpus = load_corpus(
         config.dataset,
         n_train=config.train_sentences or CONLL2003_TRAIN_SENTENCES,
@@ -626,6 +637,17 @@ def _naive_set(setup: Setup, concept: NeuronSet) -> NeuronSet:
 def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     config = setup.config
     concept = select(ranking, config)
+    if config.removal != "neurons":
+        # An erasure silences no neuron: every arm's set is empty, so that each neuron
+        # analysis reads the whole model as alive; the erasure is in removals/{arm}.safetensors.
+        sets = {
+            arm: NeuronSet(concept.n_layers, concept.d_mlp, (), setup.erasures[arm].describe())
+            for arm in ("concept", "random")
+            if arm in config.arms
+        }
+        for arm, neurons in sets.items():
+            neurons.save(setup.run.neurons_path(arm))
+        return sets
     sets = {"concept": concept}
     if config.baseline == "random":
         sets["random"] = concept.random_matching(seed=config.seed)
@@ -638,9 +660,65 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     return sets
 
 
+#: what an erasure of each kind is fitted with (:mod:`neuroplastic.core.erasure`)
+ERASURE_FITTERS = {"leace": fit_leace, "direction": fit_direction}
+
+
+def _prepare_erasures(setup: Setup, log) -> dict[str, LinearErasure]:
+    """Each arm's erasure (rank 0): read back from ``removals/{arm}.safetensors`` where the run
+    saved it (a resumption holds exactly what it held), else fitted on the base weights in eval
+    mode on the probe sentences (the concept's), or drawn (the random control: as many random
+    orthonormal directions at the same points, seeded), then saved and listed in the manifest."""
+    config, run, store = setup.config, setup.run, setup.store
+    erasures = {}
+    for arm in ("concept", "random", NAIVE_ARM):
+        path = run.removal_path(arm)
+        if path.is_file() and run.manifest.matches(path):
+            erasures[arm] = LinearErasure.load(path)
+    wanted = [arm for arm in config.arms if arm in ("concept", "random")]
+    if all(arm in erasures for arm in wanted):
+        return erasures
+    if not run.weights_path("concept", "base").is_file():
+        raise NeuroplasticError(
+            f"{run.path}: the {config.removal} erasure the run held is missing or altered "
+            f"({run.removal_path('concept')}) and the base weights it was fitted on are gone; "
+            "rerun into a new --out"
+        )
+    store.restore("concept", "base", setup.module)
+    setup.module.eval()  # no dropout in what the erasure is fitted on
+    layers = config.erasure_layers(int(setup.model.cfg.n_layers))
+    if "concept" not in erasures:
+        erasures["concept"] = ERASURE_FITTERS[config.removal](
+            setup.model, setup.probe_data, config.concept, layers, progress=setup.progress
+        )
+        _save_erasure(setup, "concept", erasures["concept"])
+    if "random" in wanted and "random" not in erasures:
+        erasures["random"] = erasures["concept"].random_control(seed=config.seed)
+        _save_erasure(setup, "random", erasures["random"])
+    for arm in wanted:
+        log(f"[{arm}] removal: {erasures[arm].describe()}")
+    return erasures
+
+
+def _naive_erasure(setup: Setup) -> dict[str, LinearErasure]:
+    """The naive arm holds the concept arm's erasure, as fitted on the concept's base (rank 0)."""
+    erasures = dict(setup.erasures)
+    if NAIVE_ARM not in erasures:
+        erasures[NAIVE_ARM] = erasures["concept"]
+        _save_erasure(setup, NAIVE_ARM, erasures[NAIVE_ARM])
+    return erasures
+
+
+def _save_erasure(setup: Setup, arm: str, erasure: LinearErasure) -> None:
+    path = setup.run.removal_path(arm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    erasure.save(path)
+    setup.store.record([path])
+
+
 def _note_control(setup: Setup, neuron_sets: dict[str, NeuronSet], log) -> None:
     """Say so when the control is not a random draw (the complement) or overlaps the set."""
-    if "random" not in neuron_sets:
+    if "random" not in neuron_sets or setup.config.removal != "neurons":
         return
     control, concept = neuron_sets["random"], neuron_sets["concept"]
     kind = control_kind(setup.config.baseline, control, concept)
@@ -790,20 +868,21 @@ def _retrain_round(
             "drawn per process, so the result will not be bit-identical to a run never resumed"
         )
     predict = None
-    if previous == "base" and arm in PREDICTED_ARMS:
+    if previous == "base" and _predicted(setup, arm):
         # On the base weights, before any removal (no hook held, no weight pruned yet).
         at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
         predict = partial(_predict_at_pruned, setup, neurons, at_base)
     causal = None
     if _has_causal_truth(setup, arm, stages[-1]):
         causal = partial(_causal_truth, setup, arm, neurons)
-    removal = _removal(setup, neurons)
+    removal = _removal(setup, arm, neurons)
     if previous == "base":
         removal.start(setup.model)  # from the base weights; later stages carry its edit
     if state is not None and todo[0] != stages[0]:
         trainer.load_state_dict(state)  # within the round; a new round starts afresh
     hold = removal.hold(setup.model)
     dead = removal.dead
+    setup.held = hold
     try:
         for stage in todo:
             rows: list[dict] = []
@@ -825,13 +904,22 @@ def _retrain_round(
                 causal=causal if stage == stages[-1] else None,
             )  # fmt: skip
     finally:
+        setup.held = None
         if hold is not None:
             hold.remove()
 
 
-def _removal(setup: Setup, neurons: NeuronSet) -> Removal:
-    """What an arm holding ``neurons`` holds while it retrains and is evaluated."""
-    return NeuronRemoval(neurons, setup.config.mode)
+def _removal(setup: Setup, arm: str, neurons: NeuronSet) -> Removal:
+    """What ``arm`` holds while it retrains and is evaluated: its ``neurons`` ablated, or, with
+    ``--removal leace|direction``, its erasure."""
+    if setup.config.removal == "neurons":
+        return NeuronRemoval(neurons, setup.config.mode)
+    return ErasureRemoval(setup.erasures[arm])
+
+
+def _predicted(setup: Setup, arm: str) -> bool:
+    """Whether ``arm``'s removal is predicted: the neuron predictors need removed neurons."""
+    return arm in PREDICTED_ARMS and setup.config.removal == "neurons"
 
 
 def _processes(setup: Setup, arm: str, stage: str) -> int:
@@ -905,7 +993,7 @@ def _has_causal_truth(setup: Setup, arm: str, stage: str) -> bool:
     """Whether ``stage`` is where ``arm``'s causal truth is taken: the last stage of round 1
     of a predicted arm that retrained."""
     last = round_stages(setup.config.stages, 1)[-1]
-    return arm in CAUSAL_ARMS and arm in PREDICTED_ARMS and stage == last and last != "pruned"
+    return arm in CAUSAL_ARMS and _predicted(setup, arm) and stage == last and last != "pruned"
 
 
 def _causal_truth(
@@ -1051,7 +1139,8 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
         if each.stage != "base" and held is None:
             held = _held_sets(setup)
         if each.stage != "base":
-            hold = _removal(setup, held(each.arm, stage_round(each.stage))).hold(setup.model)
+            neurons = held(each.arm, stage_round(each.stage))
+            hold = _removal(setup, each.arm, neurons).hold(setup.model)
         try:
             stats, halves = _probe_stats(setup)
             distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
@@ -1061,7 +1150,7 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
         finally:
             if hold is not None:
                 hold.remove()
-        if each.stage == "pruned" and each.arm in PREDICTED_ARMS:
+        if each.stage == "pruned" and _predicted(setup, each.arm):
             _repredict(setup, each, held(each.arm, 1))
 
 
@@ -1097,7 +1186,7 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
     _load_on_main(setup.module, base)
     at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
     _load_on_main(setup.module, each.weights)
-    hold = _removal(setup, neurons).hold(setup.model)
+    hold = _removal(setup, each.arm, neurons).hold(setup.model)
     try:
 
         def write() -> None:
@@ -1162,7 +1251,13 @@ def _load_on_main(module: torch.nn.Module, path: Path) -> None:
 
 
 def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
-    """Scores on the validation sentences, checking that held neurons are still exactly zero."""
+    """Scores on the validation sentences, checking that the removal's hooks are all still held
+    and that held neurons are still exactly zero."""
+    if setup.held is not None and not setup.held.active:
+        raise NeuroplasticError(
+            "the removal's hooks are no longer all held (something removed them during "
+            "retraining): the run stops rather than measure an unremoved model"
+        )
     return evaluate(
         setup.module,
         setup.validation_data,
@@ -1232,9 +1327,19 @@ def _summary(setup: Setup, held: HeldSets) -> dict[str, Any]:
             "per_layer": {str(k): v for k, v in sorted(neurons.per_layer_counts().items())},
             "stages": stages,
         }
-        if arm != "concept":
+        if config.removal != "neurons":
+            erasure = setup.erasures[arm]
+            arms[arm]["removal"] = {
+                "kind": erasure.kind,
+                "layers": erasure.layers,
+                "rank": erasure.rank,
+                "what": erasure.describe(),
+            }
+            if arm == "random":
+                arms[arm]["control"] = "random-projection"
+        elif arm != "concept":
             arms[arm]["overlap_with_concept"] = neurons.overlap(neuron_sets["concept"])
-        if arm == "random":
+        if arm == "random" and config.removal == "neurons":
             arms[arm]["control"] = control_kind(config.baseline, neurons, neuron_sets["concept"])
         if metric == "f1" and stages and arm != NAIVE_ARM:  # (the naive base never knew it)
             base_f1 = stages[0]["f1"][config.concept]

@@ -428,6 +428,8 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
             "primed_partial_rho": primed.partial_rho if primed else math.nan,
             "recovery": recovered,
             "f1": {entry["stage"]: entry["f1"] for entry in entries},
+            # per stage, per layer: where a linear probe reads the concept (none in older runs)
+            "readable": {e["stage"]: e["readable"] for e in entries if e.get("readable")},
             "curve": curve.to_dict(orient="list"),
         }
         if "control" in data:
@@ -633,6 +635,9 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "grid": _grid(per_arm),
             "curves": [a["curve"] for a in per_arm],
         }
+        readable = _readable_across(per_arm)
+        if readable:
+            result["arms"][arm]["readable"] = readable
         kinds = sorted({a["control"] for a in per_arm if "control" in a})
         if kinds:
             result["arms"][arm]["control"] = kinds[0] if len(kinds) == 1 else kinds
@@ -658,6 +663,21 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _readable_across(per_arm: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per stage and layer, the concept probe's validation AUC across the seeds (an AUC: its
+    interval kept in [0, 1]); the stages and layers every seed has."""
+    tables = [a.get("readable") or {} for a in per_arm]
+    stages = [s for s in tables[0] if all(s in t for t in tables)]
+    return {
+        stage: {
+            layer: interval([t[stage][layer] for t in tables], bounds=F1_BOUNDS)
+            for layer in tables[0][stage]
+            if all(layer in t[stage] for t in tables)
+        }
+        for stage in stages
+    }
+
+
 def _budget(arm: dict[str, Any]) -> float | None:
     """The last retraining step a run's arm was evaluated at (a censored run's lower bound)."""
     return (arm.get("recovery") or {}).get("budget")
@@ -666,7 +686,11 @@ def _budget(arm: dict[str, Any]) -> float | None:
 def _across(measure: str, per_arm: Sequence[dict[str, Any]]) -> dict[str, Any]:
     values = [a[measure] for a in per_arm]
     if measure in CENSORED:
-        return censored_interval(values, [_budget(a) for a in per_arm])
+        budgets = [_budget(a) for a in per_arm]
+        known = [b for b in budgets if b is not None]
+        # steps lie in [0, budget]: a t-interval leaving them is replaced by the seeds' range
+        bounds = (0.0, float(max(known))) if known else None
+        return censored_interval(values, budgets, bounds=bounds)
     return interval(values, bounds=BOUNDS.get(measure))
 
 

@@ -279,6 +279,14 @@ def _embeddings(
 # ---------------------------------------------------------------------------------------------
 
 
+#: what each kind of control is, as the report says it
+REPORTED_CONTROLS = {
+    **CONTROL_KINDS,
+    "random-projection": "a random orthogonal projection of the erasure's rank at the same "
+    "hook points",
+}
+
+
 def _key_numbers(
     page: HtmlPage, analyses: dict[str, ArmAnalysis], summary: dict | None, concept: str, n_top: int
 ) -> None:
@@ -293,15 +301,19 @@ def _key_numbers(
     for arm, analysis in analyses.items():
         column: dict[str, str] = {}
         data = analysis.run
-        column["neurons ablated"] = str(len(data.ablated))
-        if len(analyses) > 1:
+        removal = arms_summary.get(arm, {}).get("removal")
+        if removal is not None:  # --removal leace|direction: no neuron is ablated
+            column["removal"] = removal["what"]
+        else:
+            column["neurons ablated"] = str(len(data.ablated))
+        if len(analyses) > 1 and removal is None:
             overlap = arms_summary.get(arm, {}).get("overlap_with_concept")
             column["of them also in the concept set"] = (
                 "–" if arm == "concept" else NOT_RECORDED if overlap is None else str(overlap)
             )
         if arm == "random":
             kind = arms_summary.get(arm, {}).get("control")
-            column["the control is"] = NOT_RECORDED if kind is None else CONTROL_KINDS[kind]
+            column["the control is"] = NOT_RECORDED if kind is None else REPORTED_CONTROLS[kind]
         recovered = arms_summary.get(arm, {}).get("recovery")
         if recovered is not None:
             column.update(_recovery_numbers(recovered))

@@ -5,7 +5,8 @@ DIR/
   config.json                      the ExperimentConfig used (a rerun must match it)
   summary.json                     {"config", "arms": {arm: {"neurons", "stages": [...]}}}
   metrics.jsonl                    one evaluation per line: {"arm", "stage", "step", "f1", ...}
-  neurons/{arm}.json               the ablated NeuronSet of each arm
+  neurons/{arm}.json               the ablated NeuronSet of each arm (empty for an erasure)
+  removals/{arm}.safetensors       with --removal leace|direction: the erasure each arm holds
   sentences.json                   token strings of the sentences the statistics were taken on
   token_embeddings.safetensors     "token_ids" [n] and "embeddings" [n, d_model]: the base
                                    model's input embeddings of every token in those sentences
@@ -180,6 +181,11 @@ class RunDir:
     def neurons_path(self, arm: str, round_: int = 1) -> Path:
         """The neurons ``arm`` holds in ``round_`` (all rounds so far: each adds to the last)."""
         return self.path / "neurons" / (f"{arm}.json" if round_ == 1 else f"{arm}-r{round_}.json")
+
+    def removal_path(self, arm: str) -> Path:
+        """The erasure ``arm`` holds with ``--removal leace|direction`` (a result: listed in the
+        manifest, since the base weights it was fitted on are not kept)."""
+        return self.path / "removals" / f"{arm}.safetensors"
 
     def checkpoint_path(self, arm: str, stage: str) -> Path:
         return self.path / "checkpoints" / arm / f"{stage}.safetensors"

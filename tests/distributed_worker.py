@@ -5,7 +5,8 @@ stats OUT                      neuron statistics of tiny-bert on 60 validation s
 run OUT CONFIG CHECKS [STOP]   ``neuroplastic run --out OUT --config CONFIG``; at the end of every
                                stage with held neurons each rank measures them on its own replica
                                and writes CHECKS/rank-{r}.json (outside the run directory, which
-                               only rank 0 writes); STOP ("arm:stage") ends every rank after it
+                               only rank 0 writes; with --removal leace|direction, its erasure);
+                               STOP ("arm:stage") ends every rank after it
 """
 
 import hashlib
@@ -46,6 +47,8 @@ def run(out: str, config: str, checks: str, stop: str = "") -> None:
     def checked(setup, arm, stage, step, losses, dead, rows, log, **kwargs):
         if dead is not None:
             found.append({"arm": arm, "stage": stage, **held_neurons(setup, dead)})
+        elif setup.config.removal != "neurons" and stage != "base":
+            found.append({"arm": arm, "stage": stage, **held_erasure(setup, arm)})
         row = finish_stage(setup, arm, stage, step, losses, dead, rows, log, **kwargs)
         if f"{arm}:{stage}" == stop:
             raise SystemExit(3)  # as if killed after this stage, on every rank
@@ -88,6 +91,48 @@ def held_neurons(setup, dead) -> dict:
         "tokens": int(real.sum()),
         "layers": layers,
         "weights": digest.hexdigest(),
+    }
+
+
+def held_erasure(setup, arm: str) -> dict:
+    """On this replica, with ``arm``'s erasure held: whether its hooks are registered, the
+    largest change erasing the residual stream once more makes at each erased layer (0 where
+    the erasure holds: a projection erases nothing twice), and digests of the erasure's tensors
+    and of the replica's weights."""
+    import torch
+
+    from neuroplastic.core.erasure import resid_hook_name
+    from neuroplastic.core.models import run_forward
+
+    erasure = setup.erasures[arm]
+    captured = {}
+
+    def capture(layer, x, hook):
+        captured[layer] = x.detach()
+
+    batch = setup.probe_data.collate(list(range(min(16, len(setup.probe_data)))))
+    hooks = [(resid_hook_name(layer), partial(capture, layer)) for layer in erasure.layers]
+    with torch.no_grad(), setup.model.hooks(fwd_hooks=hooks):
+        run_forward(setup.model, batch.tokens, batch.attention_mask)
+    real = batch.attention_mask.bool()
+    again = max(
+        float((erasure.apply(layer, x[real]) - x[real]).abs().max())
+        for layer, x in captured.items()
+    )
+    tensors = hashlib.sha256()
+    for part in (erasure.left, erasure.right, erasure.bias):
+        for layer in erasure.layers:
+            tensors.update(part[layer].cpu().numpy().tobytes())
+    weights = hashlib.sha256()
+    for name, parameter in setup.module.named_parameters():
+        weights.update(name.encode() + parameter.detach().cpu().numpy().tobytes())
+    return {
+        "active": bool(setup.held is not None and setup.held.active),
+        "erased_again": again,
+        "scale": max(float(x[real].abs().max()) for x in captured.values()),
+        "kind": erasure.kind,
+        "erasure": tensors.hexdigest(),
+        "weights": weights.hexdigest(),
     }
 
 

@@ -179,3 +179,26 @@ def test_a_chase_runs_data_parallel_with_every_rounds_neurons_held(tmp_path):
         assert {(c["arm"], c["stage"]): c["held"] for c in report["checks"]} == expected
         assert all(c["max_abs"] == 0.0 for c in report["checks"])
     assert [c["weights"] for c in ranks[0]["checks"]] == [c["weights"] for c in ranks[1]["checks"]]
+
+
+def test_an_erasure_is_held_on_every_replica(tmp_path):
+    """``--removal leace`` by 2 processes: the eraser is fitted once (rank 0) and every replica
+    holds the same one at every stage after base, so that erasing again changes nothing, with
+    the replicas in step; the control holds its random projection the same way."""
+    pytest.importorskip("concept_erasure")
+    config, checks = tmp_path / "config.json", tmp_path / "checks"
+    config.write_text(json.dumps(tiny_config(removal="leace").to_dict()))
+    checks.mkdir()
+    torchrun(str(WORKER), "run", str(tmp_path / "run"), str(config), str(checks))
+    run = RunDir(tmp_path / "run")
+    assert run.summary()["processes"] == [2]
+    ranks = [json.loads((checks / f"rank-{r}.json").read_text()) for r in range(2)]
+    stages = [(arm, stage) for arm in ("concept", "random") for stage in stage_names(2)[1:]]
+    for report in ranks:
+        assert [(c["arm"], c["stage"]) for c in report["checks"]] == stages
+        for check in report["checks"]:
+            assert check["active"]
+            assert check["erased_again"] <= 1e-4 * check["scale"], check
+        assert {c["kind"] for c in report["checks"] if c["arm"] == "random"} == {"random"}
+    for key in ("erasure", "weights"):
+        assert [c[key] for c in ranks[0]["checks"]] == [c[key] for c in ranks[1]["checks"]]

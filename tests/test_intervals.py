@@ -67,3 +67,15 @@ def test_the_detectable_difference_matches_the_power_formula() -> None:
     both = paired(values, margin=0.02, bounds=(-1.0, 1.0))
     assert both["detectable_80"] == pytest.approx(expected)
     assert both["equivalence"]["margin"] == 0.02
+
+
+def test_steps_to_recover_keep_their_interval_inside_zero_to_the_budget() -> None:
+    # The README's 1e-3 cell: a t-interval [-1.4, 18.7] would say recovery can take negative
+    # steps; inside [0, budget] it gives way to the seeds' range.
+    values = [1.9, 2.0, 21.6, 3.1, 2.5]
+    loose = censored_interval(values, [90.0] * 5)
+    assert loose["method"] == "t" and loose["ci_low"] < 0
+    kept = censored_interval(values, [90.0] * 5, range_=(0.0, 90.0))
+    assert kept["method"] == "seed range"
+    assert (kept["ci_low"], kept["ci_high"]) == (1.9, 21.6)
+    assert kept["mean"] == pytest.approx(np.mean(values))

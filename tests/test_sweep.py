@@ -136,3 +136,29 @@ def test_the_sweep_command(tmp_path, capsys):
 def test_sweep_refuses_the_lm_task(tmp_path):
     with pytest.raises(NeuroplasticError, match="needs --task ner"):
         sweep.run_sweep(ExperimentConfig(**{**SWEPT, "task": "lm"}), tmp_path, seeds=[0], log=quiet)
+
+
+def test_readability_across_seeds_by_hand_and_in_the_report():
+    from neuroplastic.experiment.sweep import _readable_across
+    from neuroplastic.report.html import HtmlPage
+    from neuroplastic.report.sweep_report import _readable
+
+    per_seed = [
+        {"readable": {"base": {"0": 0.90, "1": 0.95}, "pruned": {"0": 0.52, "1": 0.60}}},
+        {"readable": {"base": {"0": 0.80, "1": 0.85}, "pruned": {"0": 0.48}}},
+        {"readable": {"base": {"0": 0.85, "1": 0.90}, "pruned": {"0": 0.50, "1": 0.58}}},
+    ]
+    table = _readable_across(per_seed)
+    assert list(table) == ["base", "pruned"]
+    assert list(table["pruned"]) == ["0"]  # layer 1 lacks a seed: left out, not averaged
+    base0 = table["base"]["0"]
+    assert base0["mean"] == pytest.approx(0.85) and base0["n"] == 3
+    half = stats.t.ppf(0.975, 2) * 0.05 / math.sqrt(3)  # sd of 0.9, 0.8, 0.85 is 0.05
+    assert (base0["ci_low"], base0["ci_high"]) == pytest.approx((0.85 - half, 0.85 + half))
+    # the same spread about 0.9 passes an AUC of 1: the seeds' range instead
+    assert table["base"]["1"]["method"] == "seed range"
+    assert (table["base"]["1"]["ci_low"], table["base"]["1"]["ci_high"]) == (0.85, 0.95)
+    page = HtmlPage("t")
+    _readable(page, {"arms": {"concept": {"readable": table}}}, "LOC")
+    text = page._repr_html_()
+    assert "linearly readable" in text and "layer 0" in text and "0.85 [" in text

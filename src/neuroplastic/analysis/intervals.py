@@ -79,7 +79,7 @@ def censored_interval(
     values: Sequence[float | None],
     at_least: Sequence[float | None],
     confidence: float = 0.95,
-    bounds: tuple[float, float] | None = None,
+    range_: Bounds | None = None,
 ) -> dict[str, Any]:
     """A measure that some runs never reached within their budget.
 
@@ -87,14 +87,14 @@ def censored_interval(
     the run shows it is at least (its budget). With no run censored this is :func:`interval`.
     Otherwise ``mean`` and the interval are None (a mean over the runs that got there would be
     biased low), and ``lower_bound`` is the mean with every censored run at its bound: the true
-    mean is at least that. ``reached`` and ``censored`` count the runs. ``bounds``: the
+    mean is at least that. ``reached`` and ``censored`` count the runs. ``range_``: the
     measure's range (steps: 0 to the budget), which a t-interval is kept inside as
     :func:`interval` does."""
     array, _ = _finite(values)
     bounds, _ = _finite(at_least)
     censored = ~np.isfinite(array) & np.isfinite(bounds)
     unknown = ~np.isfinite(array) & ~np.isfinite(bounds)
-    result = interval(values, confidence, bounds=bounds)
+    result = interval(values, confidence, bounds=range_)
     result.update(
         reached=int(np.isfinite(array).sum()),
         censored=int(censored.sum()),

@@ -690,7 +690,7 @@ def _across(measure: str, per_arm: Sequence[dict[str, Any]]) -> dict[str, Any]:
         known = [b for b in budgets if b is not None]
         # steps lie in [0, budget]: a t-interval leaving them is replaced by the seeds' range
         bounds = (0.0, float(max(known))) if known else None
-        return censored_interval(values, budgets, bounds=bounds)
+        return censored_interval(values, budgets, range_=bounds)
     return interval(values, bounds=BOUNDS.get(measure))
 
 

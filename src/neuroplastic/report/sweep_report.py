@@ -71,6 +71,7 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
         _design(page, result)
         _measures(page, sweep["measures"], result)
         _stage_scores(page, result)
+        _readable(page, result, concept)
         _curves(page, result, concept)
         _prediction(page, result, concept)
         _causal(page, result, concept)
@@ -151,6 +152,26 @@ def _stage_scores(page: HtmlPage, result: dict[str, Any]) -> None:
                 {"arm": arm, "stage": stage, **{e: as_text(v) for e, v in entities.items()}}
             )
     with page.details("Entity F1 per stage (mean [95% interval])"):
+        page.table(pd.DataFrame(rows).set_index(["arm", "stage"]), float_format=None)
+
+
+def _readable(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
+    """Per arm and stage, the concept probe's validation AUC at each layer across seeds."""
+    rows = [
+        {"arm": arm, "stage": stage, **{f"layer {k}": as_text(v) for k, v in layers.items()}}
+        for arm, data in result["arms"].items()
+        for stage, layers in (data.get("readable") or {}).items()
+    ]
+    if not rows:
+        return
+    with page.details(f"Where {concept} is linearly readable (probe AUC per layer)"):
+        page.paragraph(
+            f"A logistic-regression probe for {concept} (its tokens against the rest) trained at "
+            "each stage on each layer's residual stream (blocks.{l}.hook_resid_post) of the probe "
+            "sentences, with the arm's removal held, scored on the validation tokens: 0.5 is not "
+            "readable. Mean [95% interval across seeds; seed range where a t-interval leaves "
+            "[0, 1]]."
+        )
         page.table(pd.DataFrame(rows).set_index(["arm", "stage"]), float_format=None)
 
 
@@ -491,6 +512,7 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
             "too appear as separate points at one value)."
         )
         page.plotly(figure, height="360px")
+        _share_plot(page, sweep, axis, values, go)
     rows = []
     for axis, cases in (sweep.get("best_case") or {}).items():
         for case in cases:
@@ -512,6 +534,45 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
             index=False,
             float_format=None,
         )
+
+
+def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any, go: Any) -> None:
+    """The concept arm's share of its drop at pruning recovered after k steps, against one axis
+    of the grid: a measure relative to each cell's own drop, so cells that lose different
+    amounts at pruning compare."""
+    shares = [m for m in sweep["measures"] if m.startswith("share_recovered_")]
+    figure = go.Figure()
+    for measure, dash in zip(shares, ("dot", "dash", "solid"), strict=False):
+        xs, means, lows, highs = [], [], [], []
+        for cell, point in sweep["settings"].items():
+            at = sweep["cells"][cell]["arms"].get("concept", {}).get(measure)
+            if not at or at["mean"] is None:
+                continue
+            xs.append(str(point[axis]))
+            means.append(at["mean"])
+            lows.append(at["mean"] - (at["ci_low"] if at["ci_low"] is not None else at["mean"]))
+            highs.append((at["ci_high"] if at["ci_high"] is not None else at["mean"]) - at["mean"])
+        if xs:
+            steps = measure.rsplit("_", 1)[1]
+            figure.add_trace(
+                go.Scatter(
+                    x=xs, y=means, mode="lines+markers", name=f"after {steps} steps",
+                    line={"color": ARM_COLORS.get("concept", "#555"), "dash": dash},
+                    error_y={"type": "data", "symmetric": False, "array": highs,
+                             "arrayminus": lows},
+                )
+            )  # fmt: skip
+    if not figure.data:
+        return
+    figure.update_layout(
+        xaxis_title=axis, yaxis_title="share of the drop at pruning recovered", margin={"t": 30}
+    )
+    page.paragraph(
+        f"The concept arm's share of its drop at pruning recovered after 5, 10 and 30 retraining "
+        f"steps, (F1 - F1 pruned) / (F1 base - F1 pruned), against {axis} ({values}); mean and "
+        "95% interval across seeds per cell."
+    )
+    page.plotly(figure, height="360px")
 
 
 def _first_stage_f1(result: dict[str, Any], arm: str, concept: str) -> dict[str, Any] | None:

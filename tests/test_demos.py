@@ -33,6 +33,7 @@ NOTEBOOKS = (
     "03_polysemantic_neurons.py",
     "04_your_own_hooks.py",
     "05_paper_setting.py",
+    "06_removals.py",
 )
 
 
@@ -263,3 +264,55 @@ def test_paper_setting_validates_offline(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert size.loc["base fine-tuning steps", "gpt2"] == math.ceil(3 * 13_041 / 8)
     assert size.loc["steps per retraining stage", "gpt2"] == math.ceil(2 * 13_041 / 8)
     assert size.loc["held at zero"].tolist() == [6 * 3072 // 2, 12 * 3072 // 2]
+
+
+def test_three_removals_from_one_base_traced_alike(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from neuroplastic.analysis.scores import recovery_curves
+    from neuroplastic.core.erasure import LinearErasure
+
+    demo = run_demo(
+        "06_removals.py", monkeypatch, model="tiny-bert", train_sentences=96, sentences=40,
+        base_steps=6, stage_steps=3, out=tmp_path,
+    )  # fmt: skip
+    summaries, runs = demo["summaries"], demo["runs"]
+    assert list(summaries) == ["neurons", "leace", "direction"]
+    # one base model for all three: the same base scores, and the same weights were loaded
+    bases = {r: s["arms"]["concept"]["stages"][0]["f1"] for r, s in summaries.items()}
+    assert bases["leace"] == bases["neurons"] == bases["direction"]
+    loaded = dict(summaries["leace"]["base"])
+    assert Path(loaded.pop("shared_from")) == runs["neurons"].path  # trained once, there
+    assert loaded == summaries["neurons"]["base"]
+    # each run held what it says
+    assert "removal" not in summaries["neurons"]["arms"]["concept"]
+    assert summaries["neurons"]["arms"]["concept"]["neurons"] > 0
+    for removal in ("leace", "direction"):
+        saved = LinearErasure.load(runs[removal].removal_path("concept"))
+        assert saved.kind == removal and saved.layers == [0, 1]
+        assert summaries[removal]["arms"]["concept"]["removal"]["what"] == saved.describe()
+        assert summaries[removal]["arms"]["concept"]["neurons"] == 0
+    # the table at once, from each run's own records
+    at_once = demo["at_once"]
+    for (removal, arm), row in at_once.iterrows():
+        stages = {e["stage"]: e for e in summaries[removal]["arms"][arm]["stages"]}
+        assert row["LOC F1 removed"] == stages["pruned"]["f1"]["LOC"]
+        others = ["PER", "ORG", "MISC"]
+        expected = sum(stages["pruned"]["f1"][k] - stages["base"]["f1"][k] for k in others) / 3
+        assert row["others F1 removed - base"] == pytest.approx(expected)
+        assert row["probe AUC, layer 1, removed"] == stages["pruned"]["readable"]["1"]
+    # the recovery figure: each removal's two arms, as the metrics record them
+    traces = {trace.name: trace for trace in demo["recovery"].data}
+    assert len(traces) == 6
+    for removal, run in runs.items():
+        curves = recovery_curves(run.metrics())
+        for arm in ("concept", "random"):
+            rows = curves[(curves["arm"] == arm) & (curves["entity"] == "LOC")]
+            rows = rows[rows["step"] >= 0]
+            assert list(traces[f"{removal}, {arm} arm"].y) == rows["value"].tolist()
+    # the probe table: every removal, every stage, both layers, as the summaries hold them
+    probe = demo["probe"]
+    assert len(probe) == 3 * 4 and list(probe.columns) == ["layer 0", "layer 1"]
+    for (removal, stage), row in probe.iterrows():
+        entry = next(
+            e for e in summaries[removal]["arms"]["concept"]["stages"] if e["stage"] == stage
+        )
+        assert row["layer 0"] == entry["readable"]["0"] and 0 <= row["layer 1"] <= 1

@@ -37,6 +37,11 @@ NOTEBOOKS: dict[str, tuple[dict[str, Any], int, int]] = {
     "03_polysemantic_neurons.py": (dict(sentences=60, top_k=10, share=0.3, n_shown=2), 1, 0),
     "04_your_own_hooks.py": (dict(model="tiny-gpt2", sentences=30, n_neurons=10), 0, 0),
     "05_paper_setting.py": ({}, 0, 0),
+    "06_removals.py": (
+        dict(model="tiny-bert", train_sentences=96, sentences=40, base_steps=6, stage_steps=3),
+        0,
+        1,  # the three removals' recovery curves
+    ),
 }
 # Counted in the page and in every frame (a report and each figure are isolated frames).
 DRAWN = """() => {

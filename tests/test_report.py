@@ -284,3 +284,64 @@ def test_neuron_view_page_collects_statistics_itself(view_inputs, tmp_path: Path
         model, dataset, neurons, tmp_path / "one.html", top_k=4, max_sentences=2
     )
     assert _source_views(out.read_text(encoding="utf-8")) == 2
+
+
+@pytest.mark.slow  # a tiny run
+def test_neuron_views_show_every_tokens_activation_from_the_weights_of_their_stage(tmp_path):
+    """The run stores, before releasing its weights, the whole-sentence activations of the
+    neurons its report views: at base they are what the base model computes (run again here
+    from the kept base weights), at the last stage their top tokens carry exactly the top-k
+    values the stage's statistics recorded (the retrained weights, the removal held); and the
+    report's views then colour every token."""
+    import torch
+
+    from neuroplastic.analysis.arm_run import ArmRun
+    from neuroplastic.analysis.viewed import top_sentences, viewed_neurons
+    from neuroplastic.config import ExperimentConfig
+    from neuroplastic.core.models import mlp_hook_name
+    from neuroplastic.experiment.pipeline import _setup, run_experiment
+    from neuroplastic.report.run_report import write_report
+    from neuroplastic.store.checkpoint import Checkpointer, load_weights
+    from neuroplastic.store.rundir import RunDir
+    from tiny import tiny_config
+
+    out = tmp_path / "run"
+    run_experiment(tiny_config(), out, progress=False, log=lambda *_: None, keep_base=True)
+    run = RunDir(out)
+    loaded = {arm: ArmRun.load(run, arm) for arm in run.arms()}
+    wanted = viewed_neurons(loaded)
+    config = ExperimentConfig.load(run.config_path)
+    setup = _setup(config, Checkpointer(RunDir(tmp_path / "scratch")), False, lambda *_: None)
+    load_weights(setup.module, run.weights_path("concept", "base"))
+    setup.module.eval()
+    model, data = setup.model, setup.probe_data
+    for arm, arm_run in loaded.items():
+        assert len(wanted[arm]) >= 5
+        for stage in ("base", arm_run.last):
+            stored = run.sentence_activations(arm, stage)
+            assert run.manifest.matches(run.sentence_activations_path(arm, stage))
+            top = arm_run.stages[stage].top_tokens
+            for layer, neuron in wanted[arm]:
+                for sentence in top_sentences(arm_run, stage, layer, neuron):
+                    values = stored[layer, neuron, sentence]
+                    assert len(values) == len(data.token_strings(sentence))
+                    if stage == "base":  # independently: the base model run on the sentence
+                        batch = data.collate([sentence])
+                        n = int(batch.attention_mask.sum())
+                        assert n == len(values)
+                        # the sentence alone, its padding cut off: no mask needed
+                        _, cache = model.run_with_cache(
+                            batch.tokens[:, :n], names_filter=mlp_hook_name(layer)
+                        )
+                        expected = cache[mlp_hook_name(layer)][0, :, neuron]
+                        assert torch.allclose(torch.from_numpy(values), expected, atol=1e-5)
+                    rows = top[
+                        (top["layer"] == layer)
+                        & (top["neuron"] == neuron)
+                        & (top["sentence"] == sentence)
+                    ]
+                    for position, value in zip(rows["position"], rows["value"], strict=True):
+                        assert values[int(position)] == pytest.approx(float(value), abs=1e-4)
+    page = write_report(out).read_text()
+    assert page.count("TextNeuronActivations") > 0
+    assert "other tokens show 0" not in page

@@ -49,8 +49,10 @@ from neuroplastic.analysis.predict import (
     predict_at_base,
     predict_at_pruned,
 )
+from neuroplastic.analysis.viewed import top_sentences, viewed_neurons
 from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
 from neuroplastic.core.ablation import check_can_regrow
+from neuroplastic.core.activations import neuron_activations
 from neuroplastic.core.curves import (
     RECOVERY_TARGET,
     recovery,
@@ -259,8 +261,44 @@ def _base_neuron_sets(setup: Setup) -> dict[str, NeuronSet]:
 def _finish_run(setup: Setup, held: HeldSets, keep_base: bool = False) -> dict[str, Any]:
     summary = _summary(setup, held)
     atomic_write_json(setup.run.summary_path, summary)
+    _write_sentence_activations(setup, held)  # while the stages' weights are still kept
     setup.store.release(keep={"base"} if keep_base else set())
     return summary
+
+
+def _write_sentence_activations(setup: Setup, held: HeldSets) -> None:
+    """For the report's neuron views (rank 0): the neurons it views in each arm
+    (:func:`~neuroplastic.analysis.viewed.viewed_neurons`) on every token of their top
+    sentences, at the arm's first and last stage, each from that stage's weights with the arm's
+    removal held as it was then; written with the stage and listed in the manifest. A stage
+    whose weights are gone (a run finished before this existed) gets none: its views show the
+    top tokens alone."""
+    run = setup.run
+    loaded = {arm: ArmRun.load(run, arm) for arm in held.arms if run.stages(arm)}
+    wanted = viewed_neurons(loaded)
+    for arm, data in loaded.items():
+        for stage in dict.fromkeys((data.first, data.last)):
+            path = run.sentence_activations_path(arm, stage)
+            weights = run.weights_path(stage_owner(arm, stage), stage)
+            if (path.is_file() and run.manifest.matches(path)) or not weights.is_file():
+                continue
+            load_weights(setup.module, weights)
+            setup.module.eval()
+            neurons = held.local(arm, max(1, stage_round(stage)))
+            hold = _removal(setup, arm, neurons).hold(setup.model) if stage != "base" else None
+            sentences = {n: top_sentences(data, stage, *n) for n in wanted[arm]}
+            try:
+                union = sorted({s for chosen in sentences.values() for s in chosen})
+                found = neuron_activations(setup.model, setup.probe_data, wanted[arm], union)
+            finally:
+                if hold is not None:
+                    hold.remove()
+            activations = {
+                (layer, neuron, sentence): found[sentence][:, column]
+                for column, ((layer, neuron), chosen) in enumerate(sentences.items())
+                for sentence in chosen
+            }
+            setup.store.record([run.write_sentence_activations(arm, stage, activations)])
 
 
 def _silent(*_: object) -> None:

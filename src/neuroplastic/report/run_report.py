@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -185,11 +185,12 @@ def _build_report(
     _readable(page, summary, concept)
     _saliency(page, analyses, n_top)
     _heatmaps(page, analyses)
-    _reappeared(page, analyses, sentences, n_views, similarity_note)
+    stored = _stored_activations(run)
+    _reappeared(page, analyses, sentences, n_views, similarity_note, stored)
     _pruned(page, analyses, config)
     _primed(page, analyses, similarity_note)
     _prediction(page, summary, concept)
-    _polysemantic(page, analyses, sentences, n_neurons, n_views)
+    _polysemantic(page, analyses, sentences, n_neurons, n_views, stored)
     page.heading("Configuration")
     with page.details("config.json"):
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
@@ -1260,17 +1261,47 @@ def _tokens(tokens: Sequence[str], n: int = 8) -> str:
     return " · ".join(str(t).strip() or repr(t) for t in list(tokens)[:n])
 
 
+def _stored_activations(
+    run: RunDir,
+) -> Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]]:
+    """``(arm, stage) ->`` the whole-sentence activations the run stored for its neuron views,
+    read once each; a file that cannot be read gives none (its views show the top tokens only,
+    and say so)."""
+    cache: dict[tuple[str, str], Mapping[tuple[int, int, int], np.ndarray]] = {}
+
+    def stored(arm: str, stage: str) -> Mapping[tuple[int, int, int], np.ndarray]:
+        if (arm, stage) not in cache:
+            try:
+                cache[arm, stage] = run.sentence_activations(arm, stage)
+            except CorruptFile:
+                cache[arm, stage] = {}
+        return cache[arm, stage]
+
+    return stored
+
+
 def _before_after(
-    page: HtmlPage, data: ArmRun, sentences: list[list[str]], layer: int, neuron: int, summary: str
+    page: HtmlPage,
+    data: ArmRun,
+    sentences: list[list[str]],
+    layer: int,
+    neuron: int,
+    summary: str,
+    stored: Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]] | None = None,
 ) -> None:
+    """One neuron's view at the arm's first and last stage; ``stored(arm, stage)``: the
+    whole-sentence activations the run stored for its views (every token coloured)."""
     with page.details(summary):
         if not sentences:
             page.paragraph("No sentences stored in the run directory (sentences.json).")
             return
         columns = [
-            examples_from_top_k(data.stages[stage].top_tokens, sentences, layer, neuron)
+            examples_from_top_k(
+                data.stages[stage].top_tokens, sentences, layer, neuron,
+                activations=stored(data.arm, stage) if stored is not None else None,
+            )
             for stage in (data.first, data.last)
-        ]
+        ]  # fmt: skip
         add_side_by_side(
             page,
             columns,
@@ -1284,6 +1315,7 @@ def _reappeared(
     sentences: list[list[str]],
     n_views: int,
     similarity_note: str,
+    stored: Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]] | None = None,
 ) -> None:
     page.heading("Where the concept reappeared")
     page.paragraph(
@@ -1319,6 +1351,7 @@ def _reappeared(
                     int(row.neuron),
                     f"L{row.layer}:N{row.neuron}: saliency {row.saliency_start:.2f} → "
                     f"{row.saliency_end:.2f}; now {_tokens(row.tokens_end, 5)}",
+                    stored,
                 )
 
 
@@ -1509,6 +1542,7 @@ def _polysemantic(
     sentences: list[list[str]],
     n_neurons: int,
     n_views: int,
+    stored: Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]] | None = None,
 ) -> None:
     page.heading("Polysemantic neurons")
     any_analysis = next(iter(analyses.values()))
@@ -1568,6 +1602,7 @@ def _polysemantic(
                     f"{poly.concept}, mixed with {row.mixed_with}"
                     f"{' (newly polysemantic)' if row.new else ''}; "
                     f"{_tokens(row.tokens, 5)}",
+                    stored,
                 )
 
 

@@ -25,19 +25,16 @@ from __future__ import annotations
 import html as _html
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Float
-from torch import Tensor
-from tqdm.auto import tqdm
 
-from neuroplastic.core.models import check_mlp_hooks, mlp_hook_name, run_forward
+from neuroplastic.core.activations import neuron_activations
+from neuroplastic.core.models import check_mlp_hooks
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import NeuronStats, collect_stats
@@ -104,11 +101,15 @@ def examples_from_top_k(
     neuron: int,
     max_sentences: int = 5,
     title: str = "",
+    activations: Mapping[tuple[int, int, int], np.ndarray] | None = None,
 ) -> NeuronExamples:
     """Examples from a stage's top-k table (``top_tokens.parquet``) and ``sentences.json``.
 
-    Each example sentence holds one or more of the neuron's top tokens; those positions carry
-    their stored activation, every other token 0. Sentences are ordered by their best top value.
+    Each example sentence holds one or more of the neuron's top tokens. Where ``activations``
+    (the run's stored ``(layer, neuron, sentence) -> every token``,
+    :meth:`~neuroplastic.store.rundir.RunDir.sentence_activations`) has the sentence, every
+    token carries its activation; otherwise the top tokens carry their stored activation and
+    every other token 0. Sentences are ordered by their best top value.
     """
     rows = top_tokens[(top_tokens["layer"] == layer) & (top_tokens["neuron"] == neuron)]
     rows = rows.sort_values("k", kind="stable")
@@ -116,7 +117,6 @@ def examples_from_top_k(
         raise NeuroplasticError(f"no top-k entries for neuron {layer}:{neuron}")
     alive = bool((rows["value"].abs() > 0).any())
     tokens: list[list[str]] = []
-    activations: list[np.ndarray] = []
     skipped = 0
     by_sentence: dict[int, list[tuple[int, float]]] = {}
     for sentence, position, value in rows[["sentence", "position", "value"]].itertuples(
@@ -127,12 +127,20 @@ def examples_from_top_k(
             skipped += 1
             continue
         by_sentence.setdefault(sentence, []).append((position, float(value)))
+    stored = activations or {}
+    values_of: list[np.ndarray] = []
+    whole = 0
     for sentence, entries in list(by_sentence.items())[:max_sentences]:
-        values = np.zeros(len(sentences[sentence]), dtype=np.float32)
-        for position, value in entries:
-            values[position] = value
+        full_sentence = stored.get((layer, neuron, sentence))
+        if full_sentence is not None and len(full_sentence) == len(sentences[sentence]):
+            values = np.asarray(full_sentence, dtype=np.float32)
+            whole += 1
+        else:
+            values = np.zeros(len(sentences[sentence]), dtype=np.float32)
+            for position, value in entries:
+                values[position] = value
         tokens.append(list(sentences[sentence]))
-        activations.append(values)
+        values_of.append(values)
     top = rows[
         [c for c in ("k", "value", "sentence", "position", "token", "label") if c in rows.columns]
     ].reset_index(drop=True)
@@ -144,10 +152,10 @@ def examples_from_top_k(
         neuron,
         title or f"L{layer}:N{neuron}",
         tokens,
-        activations,
+        values_of,
         top,
         alive=alive,
-        full=False,
+        full=bool(values_of) and whole == len(values_of),
         skipped=skipped,
         notes=notes,
     )
@@ -191,7 +199,7 @@ def _model_examples(
         order = list(dict.fromkeys(int(s) for s in stats.top_sentence[layer, neuron]))
         per_neuron.append(order[:max_sentences])
     union = list(dict.fromkeys(s for sentences in per_neuron for s in sentences))
-    activations = _neuron_activations(model, dataset, chosen, union, batch_size, progress)
+    activations = neuron_activations(model, dataset, chosen, union, batch_size, progress)
     vocabulary: dict[int, str] = {}
     examples = []
     for column, ((layer, neuron), sentences) in enumerate(zip(chosen, per_neuron, strict=True)):
@@ -222,48 +230,6 @@ def _model_examples(
             )
         )
     return examples, activations
-
-
-def _neuron_activations(
-    model: Any,
-    dataset: ConceptDataset,
-    neurons: list[tuple[int, int]],
-    sentences: list[int],
-    batch_size: int,
-    progress: bool,
-) -> dict[int, Float[np.ndarray, "pos neuron"]]:
-    """Activation of each chosen neuron on every token of each sentence (padding dropped)."""
-    layers = sorted({layer for layer, _ in neurons})
-    captured: dict[int, Tensor] = {}
-
-    def capture(layer: int):
-        def hook(activation: Tensor, hook: Any) -> None:
-            captured[layer] = activation.detach()
-
-        return hook
-
-    out: dict[int, np.ndarray] = {}
-    hooks = [(mlp_hook_name(layer), capture(layer)) for layer in layers]
-    n_batches = (len(sentences) + batch_size - 1) // batch_size
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in tqdm(
-            dataset.batches(batch_size, sentences),
-            total=n_batches,
-            desc="neuron views",
-            disable=not progress,
-            leave=False,
-        ):
-            captured.clear()
-            run_forward(
-                model, batch.tokens, batch.attention_mask, stop_at=mlp_hook_name(layers[-1])
-            )
-            picked: Float[Tensor, "batch pos neuron"] = torch.stack(
-                [captured[layer][:, :, neuron] for layer, neuron in neurons], dim=-1
-            )
-            for row, sentence in enumerate(batch.sentence_index.tolist()):
-                length = int(batch.attention_mask[row].sum())
-                out[sentence] = picked[row, :length].float().cpu().numpy()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

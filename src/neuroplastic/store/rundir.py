@@ -15,6 +15,8 @@ DIR/
   stages/{arm}/{stage}/stats.safetensors NeuronStats (counts, sums, top-k buffers)
   stages/{arm}/{stage}/top_tokens.parquet layer, neuron, k, value, sentence, position,
                                           token_id, token, label (the dataset-wide top-k)
+  stages/{arm}/{stage}/sentence_activations.safetensors  at the first and last stage: the
+                                   report's viewed neurons on every token of their top sentences
   stages/{arm}/{stage}/halves.safetensors the moments of each half of the probe sentences
                                           (predictors read one, ground truths the other:
                                           neuroplastic.core.halves)
@@ -47,6 +49,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -65,6 +68,9 @@ T = TypeVar("T")
 ARMS = ("concept", "random", "preempt", "preempt-random", "preempt-oracle", "one-shot", NAIVE_ARM)
 #: The files of one stage; ``ranking.parquet`` is written last.
 STAGE_FILES = ("stats.safetensors", "top_tokens.parquet", "ranking.parquet")
+#: written at a run's end for the first and last stage of each arm: the whole-sentence
+#: activations of the neurons the report views (not every stage has one)
+SENTENCE_ACTIVATIONS_FILE = "sentence_activations.safetensors"
 
 
 def stage_owner(arm: str, stage: str) -> str:
@@ -400,6 +406,46 @@ class RunDir:
             return None
         self.manifest.verify(path)
         return read_run_file(path, load_halves, partial(self.stage_remedy, arm, stage))
+
+    def sentence_activations_path(self, arm: str, stage: str) -> Path:
+        return self.stage_dir(arm, stage) / SENTENCE_ACTIVATIONS_FILE
+
+    def sentence_activations(self, arm: str, stage: str) -> dict[tuple[int, int, int], Any]:
+        """The activations the run stored for its neuron views at ``stage`` of ``arm``:
+        ``(layer, neuron, sentence) -> activation on every token of the sentence`` (numpy);
+        empty where the run stored none (made before they existed, or never finished)."""
+        path = self.sentence_activations_path(arm, stage)
+        if not path.is_file():
+            return {}
+        self.manifest.verify(path)
+
+        def read(path: Path) -> dict[tuple[int, int, int], Any]:
+            from safetensors.numpy import load_file
+
+            found = {}
+            for key, values in load_file(str(path)).items():
+                layer, neuron, sentence = (int(part) for part in key.split("."))
+                found[layer, neuron, sentence] = values
+            return found
+
+        return read_run_file(path, read, self.recomputed_by_rerun())
+
+    def write_sentence_activations(
+        self, arm: str, stage: str, activations: dict[tuple[int, int, int], Any]
+    ) -> Path:
+        from safetensors.numpy import save_file
+
+        path = self.sentence_activations_path(arm, stage)
+        # contiguous copies: safetensors writes an array's buffer as it lies, strides ignored
+        # (a column of a [pos, neuron] array would be saved as the wrong numbers)
+        tensors = {
+            f"{layer}.{neuron}.{sentence}": np.ascontiguousarray(values, dtype=np.float32)
+            for (layer, neuron, sentence), values in sorted(activations.items())
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+        return path
 
     def write_sentences(self, tokens: list[list[str]]) -> None:
         atomic_write_json(self.sentences_path, tokens)

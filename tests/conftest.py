@@ -77,3 +77,41 @@ def preempt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("preempt")
     config = tiny_config(preempt="gradient", preempt_count=20)
     return out, run_experiment(config, out, progress=False, log=lambda *_: None)
+
+
+#: what in a test's or its fixtures' source runs a whole experiment (seconds to a minute each
+#: on 2 cores): such tests are ``slow``, outside the quick loop (``pytest -m "not slow"``)
+RUNS_AN_EXPERIMENT = (
+    "run_experiment(",
+    "run_sweep(",
+    "killed_then_resumed(",
+    '"run", "--out"',
+    '"sweep", "--out"',
+    "run_demo(",
+)
+
+
+def _runs_an_experiment(function) -> bool:
+    import inspect
+
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return any(marker in source for marker in RUNS_AN_EXPERIMENT)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that runs an experiment, itself or through a fixture, so that
+    the quick loop keeps the unit tests and the suite keeps everything."""
+    slow = pytest.mark.slow
+    for item in items:
+        if item.get_closest_marker("slow"):
+            continue
+        functions = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None:
+            for definitions in info.name2fixturedefs.values():
+                functions += [definition.func for definition in definitions]
+        if any(_runs_an_experiment(f) for f in functions if f is not None):
+            item.add_marker(slow)

@@ -157,9 +157,10 @@ def test_run_refuses_results_under_an_unreadable_config(finished, tmp_path, caps
     assert code == 2
     one_line(
         stderr,
-        # 35: every stage and state file, the control arm's predictions among them
+        # every stage and state file, the control arm's predictions and the neuron views'
+        # activations (2 arms x their first and last stage) among them
         f"neuroplastic run: error: {out} holds results of a run (state/concept/base.json, "
-        f"state/concept/pruned.json and 44 more) but {out / 'config.json'} is corrupt or "
+        f"state/concept/pruned.json and 48 more) but {out / 'config.json'} is corrupt or "
         "truncated (",
         "), so the settings they were computed under cannot be checked; restore it, or use "
         "another --out (nothing was changed)",

@@ -176,7 +176,7 @@ def test_results_without_their_config_json_are_refused(finished, tmp_path, capsy
         assert (code, stderr.strip()) == (
             2,
             f"neuroplastic run: error: {out} holds results of a run (state/concept/base.json, "
-            "state/concept/pruned.json and 44 more) but no config.json, so the settings they "
+            "state/concept/pruned.json and 48 more) but no config.json, so the settings they "
             "were computed under cannot be checked; restore its config.json, or use another "
             "--out (nothing was changed)",
         )
@@ -205,8 +205,9 @@ def test_the_manifest_lists_every_stage_file_as_written(finished):
     manifest = json.loads((out / "manifest.json").read_text())
     on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "stages").rglob("*.*"))
     # arms x stages x (ranking, stats, top tokens, the probe halves' moments), each arm's
-    # predictions (the control's are the predictors' null) and the concept arm's causal truth
-    assert len(on_disk) == 2 * 4 * 4 + 2 + 1
+    # predictions (the control's are the predictors' null), the concept arm's causal truth and
+    # the neuron views' whole-sentence activations (each arm's first and last stage)
+    assert len(on_disk) == 2 * 4 * 4 + 2 + 1 + 2 * 2
     # A complete run has released its weights and trainer state, and forgot them.
     assert sorted(manifest) == on_disk
     for name, entry in manifest.items():

@@ -787,7 +787,7 @@ def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
             config.seed,
         )  # fmt: skip
     else:
-        path = predictions_path(run, "concept")
+        path = run.predictions_path("concept")
         run.manifest.verify(path)  # the file the run wrote, not another
         sets = preempt_sets(
             concept, Predictions.load(path), config.preempt, config.preempt_count, config.seed
@@ -1017,11 +1017,6 @@ class HeldSets:
 PREDICTED_ARMS = ("concept", "random")
 
 
-def predictions_path(run: RunDir, arm: str) -> Path:
-    """Where an arm's predictions are saved: with its pruned stage, where they are read."""
-    return run.stage_dir(arm, "pruned") / "predictions.safetensors"
-
-
 #: the arms whose predictors also get a causal truth (ablating each one's picks in the
 #: retrained model): the concept arm, where there is something to have taken over
 CAUSAL_ARMS = ("concept",)
@@ -1042,7 +1037,7 @@ def _causal_truth(
     config, run = setup.config, setup.run
     last = Ranking.from_stats(halves["truth"], config.concept, config.method)
     truth = ground_truth(_half_ranking(setup, arm, "pruned", "truth"), last, neurons)
-    predictions = Predictions.load(predictions_path(run, arm))
+    predictions = Predictions.load(run.predictions_path(arm))
     sets = candidate_sets(predictions.scores, truth, config.seed)
     result = damage(
         setup.module, setup.model, setup.validation_data, config.task, config.concept, sets,
@@ -1137,7 +1132,7 @@ def _finish_stage(
         arms = [a for a in config.arms if stage_owner(a, stage) == arm]
         _, artifacts = _write_stage_files(setup, arms, stage, stats, halves)
         if predict is not None:
-            path = predictions_path(setup.run, arm)
+            path = setup.run.predictions_path(arm)
             ranking = Ranking.from_stats(halves["predict"], config.concept, config.method)
             predict(ranking).save(path)
             artifacts.append(path)  # listed in the manifest before the stage is marked done
@@ -1208,7 +1203,7 @@ def _held_sets(setup: Setup) -> HeldSets:
             partial(_naive_set, setup, neuron_sets["concept"])
         )
     if setup.config.preempt and distributed.on_main(
-        lambda: predictions_path(setup.run, "concept").is_file()
+        lambda: setup.run.predictions_path("concept").is_file()
     ):
         neuron_sets |= distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
     return HeldSets(setup, neuron_sets)
@@ -1229,7 +1224,7 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
 
         def write() -> None:
             ranking = _half_ranking(setup, each.arm, "pruned", "predict")  # as just rewritten
-            path = predictions_path(setup.run, each.arm)
+            path = setup.run.predictions_path(each.arm)
             _predict_at_pruned(setup, neurons, at_base, ranking).save(path)
             setup.store.record([path])
 
@@ -1588,7 +1583,7 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
     rows: list[dict] = []
     causal: dict[str, Any] = {}
     for arm in arms:
-        path = predictions_path(run, arm)
+        path = run.predictions_path(arm)
         if arm not in PREDICTED_ARMS or not path.is_file():
             continue
         run.manifest.verify(path)  # the file the run wrote, not another

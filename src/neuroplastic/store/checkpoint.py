@@ -47,6 +47,7 @@ from neuroplastic.store.manifest import CONFIG_HASH, CorruptFile, digest, file_d
 from neuroplastic.store.rundir import (
     STAGE_FILES,
     RunDir,
+    file_owner,
     json_of,
     read_run_file,
     stage_names,
@@ -55,7 +56,9 @@ from neuroplastic.store.rundir import (
 
 #: What a run leaves besides its inputs: with no config.json to check them against, any of
 #: these makes a directory unusable for a new run.
-RESULTS = ("state", "stages", "checkpoints", "neurons", "summary.json", "metrics.jsonl")
+RESULTS = (
+    "state", "stages", "checkpoints", "neurons", "removals", "summary.json", "metrics.jsonl",
+)  # fmt: skip
 
 
 @dataclass
@@ -275,7 +278,7 @@ class Checkpointer:
         listed = [self.run.path / name for name in self.manifest.entries() or {}]
         candidates = [*directory.glob("*.safetensors"), *directory.glob("*.trainer.pt")]
         candidates += [p for p in listed if p.parent == directory and p.suffix != ".json"]
-        self.delete(p for p in candidates if _state_stage(p) not in keep)
+        self.delete(p for p in candidates if file_owner(self.manifest.relative(p))[2] not in keep)
 
     def release(self, keep: set[str] = frozenset()) -> None:
         """Delete every weights and trainer-state file once the run is complete: resuming a
@@ -368,14 +371,11 @@ class Checkpointer:
 
     def _owner_done(self, name: str) -> bool:
         """Whether the stage that wrote the file ``name`` (relative) is done."""
-        parts = name.split("/")
-        if parts[0] == "stages" and len(parts) == 4:
-            arm, stage = stage_owner(parts[1], parts[2]), parts[2]
-        elif parts[0] in ("state", "checkpoints") and len(parts) == 3:
-            arm, stage = parts[1], _state_stage(Path(name))
-        else:
+        owner = file_owner(name)
+        if owner is None:
             return True
-        return self.done(arm, stage)
+        kind, arm, stage = owner
+        return self.done(stage_owner(arm, stage) if kind == "stage" else arm, stage)
 
     def _results(self) -> list[str]:
         """Relative paths of the results in the directory (see ``RESULTS``)."""
@@ -426,11 +426,6 @@ def _holder(fd: int) -> int | None:
     except (ValueError, OSError):
         return None
     return pid
-
-
-def _state_stage(path: Path) -> str:
-    """The stage a file of ``state/{arm}/`` or ``checkpoints/{arm}/`` belongs to."""
-    return path.name.removesuffix(".trainer.pt").removesuffix(".safetensors").removesuffix(".json")
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.halves import HALVES_FILE
 from neuroplastic.store.manifest import CorruptFile
-from neuroplastic.store.rundir import STAGE_FILES, RunDir, stage_names, unreadable
+from neuroplastic.store.rundir import STAGE_FILES, RunDir, file_owner, stage_names, unreadable
 
 if TYPE_CHECKING:
     from neuroplastic.store.checkpoint import Checkpointer
@@ -125,14 +125,7 @@ def _damaged_listed_files(store: Checkpointer) -> dict[Path, str]:
 
 def _owner(run: RunDir, path: Path) -> tuple[str, str, str | None]:
     """(``stage``, ``state``, ``checkpoint`` or ``other``; arm; stage) of a run file."""
-    parts = Path(run.manifest.relative(path)).parts
-    if parts[0] == "stages" and len(parts) == 4:
-        return "stage", parts[1], parts[2]
-    if parts[0] in ("state", "checkpoints") and len(parts) == 3:
-        stage = parts[2].removesuffix(".trainer.pt").removesuffix(".safetensors")
-        kind = "state" if parts[0] == "state" else "checkpoint"
-        return kind, parts[1], stage.removesuffix(".json")
-    return "other", "", None
+    return file_owner(run.manifest.relative(path)) or ("other", "", None)
 
 
 def _unrecoverable(run: RunDir, path: Path, kind: str, arm: str, stage: str | None) -> str:

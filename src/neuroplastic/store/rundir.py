@@ -79,6 +79,21 @@ def stage_owner(arm: str, stage: str) -> str:
     return arm if stage != "base" or arm == NAIVE_ARM else "concept"
 
 
+def file_owner(relative: str | Path) -> tuple[str, str, str] | None:
+    """What wrote a run file, from its path relative to the run directory: ``("stage", arm,
+    stage)`` for ``stages/{arm}/{stage}/*``, ``("state" | "checkpoint", arm, stage)`` for
+    ``state/{arm}/{stage}.*`` and ``checkpoints/{arm}/{stage}.safetensors``; None for the run's
+    other files (its config, summary, neuron sets...)."""
+    parts = Path(relative).parts
+    if len(parts) == 4 and parts[0] == "stages":
+        return "stage", parts[1], parts[2]
+    if len(parts) == 3 and parts[0] in ("state", "checkpoints"):
+        stage = parts[2].removesuffix(".trainer.pt").removesuffix(".safetensors")
+        kind = "state" if parts[0] == "state" else "checkpoint"
+        return kind, parts[1], stage.removesuffix(".json")
+    return None
+
+
 def stage_names(n_stages: int, rounds: int = 1) -> list[str]:
     """Every stage of an arm, in order: ``base``, then each round's (:func:`round_stages`)."""
     return ["base", *(name for r in range(1, rounds + 1) for name in round_stages(n_stages, r))]
@@ -406,6 +421,10 @@ class RunDir:
             return None
         self.manifest.verify(path)
         return read_run_file(path, load_halves, partial(self.stage_remedy, arm, stage))
+
+    def predictions_path(self, arm: str) -> Path:
+        """Where an arm's predictions are saved: with its pruned stage, where they are read."""
+        return self.stage_dir(arm, "pruned") / "predictions.safetensors"
 
     def sentence_activations_path(self, arm: str, stage: str) -> Path:
         return self.stage_dir(arm, stage) / SENTENCE_ACTIVATIONS_FILE

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from neuroplastic.analysis.arm_run import ArmRun, concept_token_ids
 from neuroplastic.analysis.layers import Relocation, layer_saliency, relocation
-from neuroplastic.analysis.polysemantic import Polysemanticity, polysemanticity
+from neuroplastic.analysis.polysemantic import Polysemanticity, arm_polysemanticity
 from neuroplastic.analysis.reappearance import (
     PrimedNeurons,
     PrunedTrace,
@@ -69,11 +69,5 @@ def analyse_arm(
         primed_unsalient=(
             primed_neurons(arm, embeddings, start_saliency_below=0.5) if can_prime else None
         ),
-        polysemanticity=polysemanticity(
-            arm.stats(),
-            arm.concept,
-            vocabulary=arm.vocabulary,
-            exclude=arm.ablated,
-            population=population,
-        ),
+        polysemanticity=arm_polysemanticity(arm, population),
     )

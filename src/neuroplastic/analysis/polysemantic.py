@@ -23,6 +23,7 @@ from neuroplastic.errors import NeuroplasticError
 
 __all__ = [
     "Polysemanticity",
+    "arm_polysemanticity",
     "common_population",
     "concept_base_rate",
     "mixing_band",
@@ -126,6 +127,17 @@ def common_population(arms: Mapping[str, ArmRun]) -> Bool[Tensor, "layer neuron"
     for mask in masks[1:]:
         population &= mask
     return population
+
+
+def arm_polysemanticity(
+    arm: ArmRun, population: Bool[Tensor, "layer neuron"] | None = None
+) -> Polysemanticity:
+    """:func:`polysemanticity` of one arm's stages, its removed neurons excluded, over
+    ``population`` (:func:`common_population` of the run's arms, as the report counts)."""
+    return polysemanticity(
+        arm.stats(), arm.concept, vocabulary=arm.vocabulary, exclude=arm.ablated,
+        population=population,
+    )  # fmt: skip
 
 
 def polysemanticity(

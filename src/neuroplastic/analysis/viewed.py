@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from neuroplastic.analysis.arm_run import ArmRun
-from neuroplastic.analysis.polysemantic import common_population, polysemanticity
+from neuroplastic.analysis.polysemantic import arm_polysemanticity, common_population
 from neuroplastic.analysis.reappearance import reappearance
 
 #: neurons per list the report can show views of with the stored activations (its tables list
@@ -25,13 +25,7 @@ def viewed_neurons(
     chosen = {}
     for arm, data in loaded.items():
         gained = reappearance(data, n=n)
-        mixed = polysemanticity(
-            data.stats(),
-            data.concept,
-            vocabulary=data.vocabulary,
-            exclude=data.ablated,
-            population=common,
-        ).examples(data.last, n)
+        mixed = arm_polysemanticity(data, common).examples(data.last, n)
         pairs = [
             *zip(gained["layer"], gained["neuron"], strict=True),
             *zip(mixed["layer"], mixed["neuron"], strict=True),

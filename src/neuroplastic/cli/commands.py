@@ -14,125 +14,21 @@ from typing import Any, NoReturn
 
 from neuroplastic.config import RANKER_NAMES  # light: building the parser never imports torch
 
-# One line per ExperimentConfig setting for `run` / `sweep --help`: what it does, in which unit.
-# A setting missing here gets a help of only its default, which tests/test_help_and_extras.py
-# refuses: add the line when adding a setting.
-SETTING_HELP = {
-    "model": "the model: embedded (offline all-MiniLM-L6-v2, needs the [embedded] extra), "
-    "tiny-gpt2, tiny-bert, a local model directory or a Hugging Face name",
-    "dataset": "NER data: embedded (offline synthetic corpus, needs [embedded]), a CoNLL file or "
-    "directory, or a Hugging Face dataset name",
-    "concept": "the entity label whose neurons are ablated, e.g. LOC or PER",
-    "method": "how neurons are ranked for the concept (probeless: the paper's)",
-    "task": "ner: token classification with a linear head; lm: causal language modelling "
-    "(decoders only)",
-    "mode": "hold: ablation hooks stay on while retraining; regrow: the neurons' weights are "
-    "zeroed once and may relearn",
-    "selection": "which neurons: fraction (--fraction of all), count (--count most salient), "
-    "per-layer (--count per layer); giving only --fraction or --count picks it",
-    "fraction": "share of all MLP neurons to ablate, a fraction in (0, 1]",
-    "count": "neurons to ablate, in total (per layer with --selection per-layer)",
-    "baseline": "control arm: random (as many random neurons per layer), random-global "
-    "(as many in total), random-any (as many from all neurons, the concept's included), none; "
-    "a control whose pool is no larger than the set is its complement, and is named so",
-    "checkpoint": "a fine-tuned model's .safetensors checkpoint (from --save-checkpoints): skip "
-    "base fine-tuning",
-    "train_sentences": "training sentences (embedded corpus size, or cap on the train split); "
-    "0: the whole split",
-    "validation_sentences": "validation sentences F1 is measured on",
-    "probe_sentences": "sentences (train split) neuron statistics and rankings are taken on",
-    "max_length": "tokens per sentence; words past it are left out",
-    "base_steps": "most optimizer steps of base fine-tuning (it stops earlier on a plateau)",
-    "plateau_every": "optimizer steps between probe-loss checks in base fine-tuning; "
-    "0: exactly --base-steps",
-    "plateau_patience": "probe-loss checks without improvement before base fine-tuning stops",
-    "plateau_tolerance": "relative probe-loss improvement that counts, a fraction (0.05 = 5%%)",
-    "stages": "retraining stages after pruning (one evaluation each)",
-    "stage_steps": "optimizer steps per retraining stage",
-    "base_epochs": "epochs over the training sentences for base fine-tuning, replacing "
-    "--base-steps and the plateau stop; 0: count steps",
-    "stage_epochs": "epochs over the training sentences per retraining stage, replacing "
-    "--stage-steps; 0: count steps",
-    "schedule": "continuous: one optimizer and LR schedule across stages; per-stage: a fresh "
-    "one per stage (the paper's)",
-    "eval_grid": "where retraining is evaluated: dense (every step for 4 steps, then "
-    "log-spaced, in each round's first stage; and every stage end) or uniform (stage ends "
-    "only); --eval-every adds more",
-    "eval_every": "extra validation every N optimizer steps inside every retraining stage; 0: none",
-    "learning_rate": "AdamW peak learning rate",
-    "weight_decay": "AdamW decoupled weight decay coefficient",
-    "batch_size": "sentences per training batch",
-    "warmup_fraction": "share of each LR schedule's steps spent warming up linearly, 0-1",
-    "top_k_tokens": "top activating tokens kept per neuron at each stage",
-    "seed": "random seed, 0 to 2**32-1: head, data order, dropout, sentences, random control",
-    "save_checkpoints": "keep every stage's weights as .safetensors (about a model's size each)",
-    "device": "where to compute: cpu, cuda, cuda:N or mps; may change when resuming",
-    "dtype": "the model's weights and activations (neuron statistics stay float32)",
-    "device_map": "spread a model too large for one device (Hugging Face's device_map: auto, "
-    "balanced, ...); replaces --device",
-    "rounds": "chase the concept: rounds of rank-remove-retrain; each round after the first "
-    "ranks the retrained model and holds the next most salient live neurons too",
-    "stop_below": "stop chasing after a round that leaves concept F1 below this share of its "
-    "base F1, 0-1; 0: run every round",
-    "preempt": "also retrain with the concept's neurons plus the --preempt-count survivors this "
-    "predictor scores highest at the pruned stage, against as many random survivors per layer "
-    "and the oracle (the concept arm's realised top gainers: the bound on any predictor); "
-    "'oracle' holds the oracle's in the preempt arm itself",
-    "preempt_count": "surviving neurons --preempt holds besides the concept's",
-    "naive": "also learn the concept from nothing: a second base fine-tuned identically but "
-    "with the concept's tokens out of the loss, then holding the concept arm's neurons and "
-    "retrained on its batches (savings: is relearning faster than first learning?)",
-    "relearn": "what every arm retrains on: same (the training batches), masked (the same "
-    "batches, the concept's tokens out of the loss), retain (only sentences that never "
-    "mention the concept, for the same steps)",
-    "relearn_lr": "the retraining learning rate (the base model is unchanged); 0: --learning-rate",
-    "relearn_sentences": "retrain on a seeded subset of N sentences that mention the concept, "
-    "cycled for the same steps; 0: no subset",
-    "removal": "what removes the concept: neurons (the ranking's top MLP neurons, ablated), "
-    "leace (a LEACE eraser, the concept's tokens against the rest) or direction (its "
-    "difference-of-means direction projected out), the last two fitted at base and held at "
-    "blocks.{l}.hook_resid_post",
-    "removal_layers": "where --removal leace or direction is held: all, or layers such as 0,2,5",
-}
+
+def _setting_metadata() -> dict[str, Any]:
+    """Each ExperimentConfig setting's ``help``, ``unit`` and ``zero_allowed``, as the config
+    declares them (:func:`neuroplastic.config.setting`): the one description of a setting."""
+    from dataclasses import fields
+
+    from neuroplastic.config import ExperimentConfig  # light: no torch
+
+    return {f.name: f.metadata for f in fields(ExperimentConfig)}
 
 
-# The unit a setting's value is in, shown as its metavar (`--stage-steps STEPS`).
-SETTING_UNITS = {
-    "model": "MODEL",
-    "dataset": "DATASET",
-    "concept": "LABEL",
-    "fraction": "FRACTION",
-    "count": "NEURONS",
-    "checkpoint": "FILE",
-    "train_sentences": "SENTENCES",
-    "validation_sentences": "SENTENCES",
-    "probe_sentences": "SENTENCES",
-    "max_length": "TOKENS",
-    "base_steps": "STEPS",
-    "plateau_every": "STEPS",
-    "plateau_patience": "CHECKS",
-    "plateau_tolerance": "FRACTION",
-    "stages": "N",
-    "stage_steps": "STEPS",
-    "base_epochs": "EPOCHS",
-    "stage_epochs": "EPOCHS",
-    "eval_every": "STEPS",
-    "learning_rate": "RATE",
-    "weight_decay": "COEFFICIENT",
-    "batch_size": "SENTENCES",
-    "warmup_fraction": "FRACTION",
-    "top_k_tokens": "TOKENS",
-    "seed": "SEED",
-    "device": "DEVICE",
-    "device_map": "MAP",
-    "rounds": "N",
-    "stop_below": "SHARE",
-    "preempt": "PREDICTOR",
-    "preempt_count": "NEURONS",
-    "relearn_sentences": "SENTENCES",
-    "relearn_lr": "RATE",
-    "removal_layers": "LAYERS",
-}
+#: One line per setting for `run` / `sweep --help` (what it does), read off the config; a
+#: setting without one gets a help of only its default, which tests/test_help_and_extras.py
+#: refuses.
+SETTING_HELP = {name: m["help"] for name, m in _setting_metadata().items() if m.get("help")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -397,6 +293,7 @@ def _config_args(
         metavar="FILE",
         help="JSON file of settings (the flags' names with _); flags override it",
     )
+    metadata = _setting_metadata()
     for name, value in _setting_defaults().items():
         if name in skip:
             continue
@@ -405,6 +302,7 @@ def _config_args(
             RANKER_NAMES if name == "method" else CHOICES.get(name, OPTIONAL_CHOICES.get(name))
         )
         what = SETTING_HELP.get(name, "")
+        declared = metadata.get(name, {})
         if name in lists:
             parser.add_argument(
                 flag,
@@ -423,18 +321,14 @@ def _config_args(
             )
             continue
         kind = type(value) if value is not None else str
-        zero_allowed = (
-            "seed", "eval_every", "base_steps", "plateau_every", "train_sentences",
-            "relearn_sentences",
-        )  # fmt: skip
-        if kind is int and name not in zero_allowed:
+        if kind is int and not declared.get("zero_allowed"):
             kind = positive_int
         parser.add_argument(
             flag,
             type=kind,
             default=None,
             choices=choices,
-            metavar=None if choices else SETTING_UNITS.get(name),
+            metavar=None if choices else declared.get("unit"),
             help=f"{what} (default: {value})" if value is not None else what,
         )
     parser.add_argument(

@@ -122,7 +122,8 @@ def test_model_without_mlp_hooks_is_refused():
 
 def test_local_model_directory_loads_like_a_hub_name(tiny_gpt2, tmp_path):
     """The hub path (boot_transformers by name) on a directory saved the way the hub stores it."""
-    from neuroplastic.core.models import _tiny, load_model
+    from neuroplastic.core.generated import generated_model as _tiny
+    from neuroplastic.core.models import load_model
 
     hf_model, tokenizer, _ = _tiny("tiny-gpt2", seed=0)  # the weights tiny_gpt2 was booted from
     hf_model.save_pretrained(tmp_path)

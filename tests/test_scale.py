@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from neuroplastic.config import ExperimentConfig
-from neuroplastic.core.models import _tiny, load_model, mlp_hook_name, run_forward
+from neuroplastic.core.generated import generated_model as _tiny
+from neuroplastic.core.models import load_model, mlp_hook_name, run_forward
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment import pipeline as experiment
 from neuroplastic.presets import load_preset

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -331,13 +332,10 @@ def _chase_plot(page: HtmlPage, chase: dict[str, Any], concept: str) -> None:
         for arm in arms:
             values = [entry["arms"][arm][measure] for entry in chase["per_round"]]
             mean = np.array([np.nan if v["mean"] is None else v["mean"] for v in values])
-            high = [0 if v["ci_high"] is None else v["ci_high"] - v["mean"] for v in values]
-            low = [0 if v["ci_low"] is None else v["mean"] - v["ci_low"] for v in values]
             figure.add_trace(
                 go.Scatter(
                     x=rounds, y=mean, mode="lines+markers", name=f"{arm} arm, {when}",
-                    line={"color": ARM_COLORS.get(arm), "dash": dash},
-                    error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+                    line={"color": ARM_COLORS.get(arm), "dash": dash}, error_y=_error_y(values),
                 )
             )  # fmt: skip
     figure.update_layout(
@@ -481,23 +479,19 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
     for axis, values in sweep["grid"].items():
         figure = go.Figure()
         for arm in ("concept", "random", "naive"):
-            xs, means, lows, highs = [], [], [], []
+            xs, points = [], []
             for cell, point in settings.items():
                 at = _first_stage_f1(sweep["cells"][cell], arm, concept)
                 if at is None or at["mean"] is None:
                     continue
                 xs.append(point[axis])
-                means.append(at["mean"])
-                low, high = at["ci_low"], at["ci_high"]
-                lows.append(at["mean"] - (low if low is not None else at["mean"]))
-                highs.append((high if high is not None else at["mean"]) - at["mean"])
+                points.append(at)
             if xs:
                 figure.add_trace(
                     go.Scatter(
-                        x=[str(x) for x in xs], y=means, mode="markers", name=f"{arm} arm",
-                        marker={"color": ARM_COLORS.get(arm, "#555"), "size": 9},
-                        error_y={"type": "data", "symmetric": False, "array": highs,
-                                 "arrayminus": lows},
+                        x=[str(x) for x in xs], y=[p["mean"] for p in points], mode="markers",
+                        name=f"{arm} arm", marker={"color": ARM_COLORS.get(arm, "#555"), "size": 9},
+                        error_y=_error_y(points),
                     )
                 )  # fmt: skip
         figure.update_layout(
@@ -543,23 +537,20 @@ def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any, g
     shares = [m for m in sweep["measures"] if m.startswith("share_recovered_")]
     figure = go.Figure()
     for measure, dash in zip(shares, ("dot", "dash", "solid"), strict=False):
-        xs, means, lows, highs = [], [], [], []
+        xs, points = [], []
         for cell, point in sweep["settings"].items():
             at = sweep["cells"][cell]["arms"].get("concept", {}).get(measure)
             if not at or at["mean"] is None:
                 continue
             xs.append(str(point[axis]))
-            means.append(at["mean"])
-            lows.append(at["mean"] - (at["ci_low"] if at["ci_low"] is not None else at["mean"]))
-            highs.append((at["ci_high"] if at["ci_high"] is not None else at["mean"]) - at["mean"])
+            points.append(at)
         if xs:
             steps = measure.rsplit("_", 1)[1]
             figure.add_trace(
                 go.Scatter(
-                    x=xs, y=means, mode="lines+markers", name=f"after {steps} steps",
+                    x=xs, y=[p["mean"] for p in points], mode="lines+markers",
+                    name=f"after {steps} steps", error_y=_error_y(points),
                     line={"color": ARM_COLORS.get("concept", "#555"), "dash": dash},
-                    error_y={"type": "data", "symmetric": False, "array": highs,
-                             "arrayminus": lows},
                 )
             )  # fmt: skip
     if not figure.data:
@@ -573,6 +564,14 @@ def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any, g
         "95% interval across seeds per cell."
     )
     page.plotly(figure, height="360px")
+
+
+def _error_y(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Plotly's asymmetric error bars of measures across seeds (``interval``'s dicts): from
+    each mean to its interval's ends, none where a measure has no interval."""
+    high = [0 if v["ci_high"] is None else v["ci_high"] - v["mean"] for v in values]
+    low = [0 if v["ci_low"] is None else v["mean"] - v["ci_low"] for v in values]
+    return {"type": "data", "symmetric": False, "array": high, "arrayminus": low}
 
 
 def _first_stage_f1(result: dict[str, Any], arm: str, concept: str) -> dict[str, Any] | None:

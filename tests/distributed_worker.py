@@ -2,11 +2,12 @@
 
 stats OUT                      neuron statistics of tiny-bert on 60 validation sentences; rank 0
                                saves them
-run OUT CONFIG CHECKS [STOP]   ``neuroplastic run --out OUT --config CONFIG``; at the end of every
-                               stage with held neurons each rank measures them on its own replica
-                               and writes CHECKS/rank-{r}.json (outside the run directory, which
-                               only rank 0 writes; with --removal leace|direction, its erasure);
-                               STOP ("arm:stage") ends every rank after it
+run OUT CONFIG CHECKS [STOP]   what ``neuroplastic run --out OUT --config CONFIG`` runs; at
+                               the end of every stage with held neurons each rank measures them
+                               on its own replica and writes CHECKS/rank-{r}.json (outside the
+                               run directory, which only rank 0 writes; with --removal
+                               leace|direction, its erasure); STOP ("arm:stage") ends every rank
+                               after it
 """
 
 import hashlib
@@ -37,30 +38,30 @@ def stats(out: str) -> None:
 
 
 def run(out: str, config: str, checks: str, stop: str = "") -> None:
-    from neuroplastic import cli
-    from neuroplastic.experiment import pipeline as experiment
+    from neuroplastic import distributed
+    from neuroplastic.cli.commands import _config, _parser
+    from neuroplastic.experiment.pipeline import run_experiment
 
     rank = int(os.environ["RANK"])
     found: list[dict] = []
-    finish_stage = experiment._finish_stage
 
-    def checked(setup, arm, stage, step, losses, dead, rows, log, **kwargs):
-        if dead is not None:
-            found.append({"arm": arm, "stage": stage, **held_neurons(setup, dead)})
-        elif setup.config.removal != "neurons" and stage != "base":
+    def check(event) -> None:
+        setup, arm, stage = event.setup, event.arm, event.stage
+        if event.moment == "trained" and event.dead is not None:
+            found.append({"arm": arm, "stage": stage, **held_neurons(setup, event.dead)})
+        elif event.moment == "trained" and setup.config.removal != "neurons" and stage != "base":
             found.append({"arm": arm, "stage": stage, **held_erasure(setup, arm)})
-        row = finish_stage(setup, arm, stage, step, losses, dead, rows, log, **kwargs)
-        if f"{arm}:{stage}" == stop:
+        if event.moment == "finished" and f"{arm}:{stage}" == stop:
             raise SystemExit(3)  # as if killed after this stage, on every rank
-        return row
 
-    experiment._finish_stage = checked
-    try:
-        code = cli.main(["run", "--out", out, "--config", config, "--no-report", "--quiet"])
+    args = _parser().parse_args(["run", "--out", out, "--config", config, "--no-report"])
+    try:  # as ``neuroplastic run`` calls it, with the checks told of every stage
+        run_experiment(_config(args), out, progress=False, on_stage=check)
     finally:
+        distributed.finish()
         report = {"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "checks": found}
         Path(checks, f"rank-{rank}.json").write_text(json.dumps(report))
-    raise SystemExit(code)
+    raise SystemExit(0)
 
 
 def held_neurons(setup, dead) -> dict:

@@ -255,9 +255,11 @@ def test_a_round_no_control_can_match_stops_the_chase_with_every_result_kept(tmp
 )
 def test_resume_is_exact_at_round_boundaries(chased, tmp_path, monkeypatch, arm, stage, when):
     _, expected = chased
-    kill_at(monkeypatch, tmp_path, arm, stage, when)
+    kill = kill_at(monkeypatch, tmp_path, arm, stage, when)
     with pytest.raises(SimulatedKill):
-        experiment.run_experiment(tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet)
+        experiment.run_experiment(
+            tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet, on_stage=kill
+        )
     monkeypatch.undo()
     resumed = experiment.run_experiment(tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet)
     assert resumed == expected

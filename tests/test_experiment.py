@@ -77,9 +77,9 @@ KILL_POINTS = [
 @pytest.mark.parametrize("arm, stage, when", KILL_POINTS)
 def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm, stage, when):
     _, expected = reference
-    kill_at(monkeypatch, tmp_path, arm, stage, when)
+    kill = kill_at(monkeypatch, tmp_path, arm, stage, when)
     with pytest.raises(SimulatedKill):
-        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet, on_stage=kill)
     monkeypatch.undo()
     resumed = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     assert resumed == expected
@@ -362,9 +362,9 @@ def test_regrow_is_refused_for_relu_models(tmp_path, monkeypatch):
 def test_a_resumption_with_another_process_count_is_noted(tmp_path, monkeypatch):
     """Stages computed by a launched run (their markers say 2 processes) resumed by one
     process: the run says the result will not be bit-identical, and the summary lists both."""
-    kill_at(monkeypatch, tmp_path, "concept", "retrain-1", "before")
+    kill = kill_at(monkeypatch, tmp_path, "concept", "retrain-1", "before")
     with pytest.raises(SimulatedKill):
-        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet, on_stage=kill)
     monkeypatch.undo()
     run = RunDir(tmp_path)
     for stage in ("base", "pruned"):  # as a 2-process launch writes them

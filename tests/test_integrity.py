@@ -42,17 +42,13 @@ def killed(tmp_path_factory):
 
 def killed_run(out, arm, stage):
     """A tiny run killed as ``stage`` of ``arm`` ends, before anything of that stage is written."""
-    real_finish = experiment._finish_stage
 
-    def finish(setup, this_arm, this_stage, *args, **kwargs):
-        if (this_arm, this_stage) == (arm, stage):
+    def on_stage(event):
+        if (event.arm, event.stage, event.moment) == (arm, stage, "trained"):
             raise SimulatedKill
-        return real_finish(setup, this_arm, this_stage, *args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiment, "_finish_stage", finish)
-        with pytest.raises(SimulatedKill):
-            experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+    with pytest.raises(SimulatedKill):
+        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet, on_stage=on_stage)
     return out
 
 

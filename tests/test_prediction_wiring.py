@@ -176,12 +176,11 @@ def test_the_summary_evaluates_every_predictor_against_what_happened(predicted):
 )
 def test_a_resumed_run_has_the_same_predictions(predicted, tmp_path, monkeypatch, arm, stage, when):
     out, expected = predicted
-    real_finish, real_save = experiment._finish_stage, experiment.Checkpointer.save
+    real_save = experiment.Checkpointer.save
 
-    def finish(setup, arm_, stage_, *args, **kwargs):
-        if (arm_, stage_, when) == (arm, stage, "before"):
+    def before(event):
+        if (event.arm, event.stage, event.moment, when) == (arm, stage, "trained", "before"):
             raise SimulatedKill
-        return real_finish(setup, arm_, stage_, *args, **kwargs)
 
     def save(self, arm_, stage_, *args, **kwargs):
         if (arm_, stage_, when) == (arm, stage, "after-predictions"):
@@ -189,10 +188,11 @@ def test_a_resumed_run_has_the_same_predictions(predicted, tmp_path, monkeypatch
             raise SimulatedKill
         return real_save(self, arm_, stage_, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "_finish_stage", finish)
     monkeypatch.setattr(experiment.Checkpointer, "save", save)
     with pytest.raises(SimulatedKill):
-        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+        experiment.run_experiment(
+            tiny_config(), tmp_path, progress=False, log=quiet, on_stage=before
+        )
     monkeypatch.undo()
     resumed = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     assert resumed == expected
@@ -293,9 +293,9 @@ def test_damaged_predictions_of_a_killed_run_are_computed_again(
     """Killed before the concept arm's retrain-1 is done: the base and pruned weights are kept,
     so a damaged predictions file is computed again from them, to the byte."""
     out, expected = predicted
-    kill_at(monkeypatch, tmp_path, "concept", "retrain-1", "before")
+    kill = kill_at(monkeypatch, tmp_path, "concept", "retrain-1", "before")
     with pytest.raises(SimulatedKill):
-        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet, on_stage=kill)
     monkeypatch.undo()
     path = tmp_path / PREDICTIONS
     data = path.read_bytes()

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -115,6 +115,26 @@ from neuroplastic.store.rundir import (
 )
 from neuroplastic.store.shared_base import SharedBase, find_shared_base
 
+#: When :class:`StageEvent` is sent: after each optimizer step of a stage's training
+#: (``step``), when its training is done and nothing of it is evaluated or written
+#: (``trained``), and once its files and marker are written (``finished``).
+StageMoment = Literal["step", "trained", "finished"]
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """What ``run_experiment(on_stage=...)`` is told, on every rank, as a stage goes by: for
+    tests and instrumentation (kill a run at a chosen point, check what a replica holds). An
+    exception raised by the callback stops the run there, as a kill would; whatever the stage
+    had not yet written is redone on resumption."""
+
+    arm: str
+    stage: str  # "base", "pruned", "retrain-1", ... (round-suffixed in a chase)
+    moment: StageMoment
+    step: int  # the arm's optimizer steps so far (its base's steps not counted)
+    setup: Setup  # the run's live objects: model, data, store, the hooks now held
+    dead: torch.Tensor | None = None  # the neurons held zero, if the removal is a neuron set
+
 
 @dataclass
 class Setup:
@@ -140,6 +160,34 @@ class Setup:
     erasures: dict[str, LinearErasure] = field(default_factory=dict)
     #: the hooks the arm now retraining holds, checked at every evaluation (None: none held)
     held: HeldHooks | None = None
+    #: told of every :class:`StageEvent` (``run_experiment``'s ``on_stage``)
+    on_stage: Callable[[StageEvent], None] | None = None
+
+    def tell(
+        self, arm: str, stage: str, moment: StageMoment, step: int, dead: torch.Tensor | None
+    ) -> None:
+        if self.on_stage is not None:
+            self.on_stage(StageEvent(arm, stage, moment, step, self, dead))
+
+    def step_hook(
+        self,
+        arm: str,
+        stage: str,
+        first_step: int,
+        dead: torch.Tensor | None = None,
+        then: Callable[[int, float], None] | None = None,
+    ) -> Callable[[int, float], None] | None:
+        """An ``on_step`` callback for training that starts at the arm's step ``first_step``:
+        tells ``on_stage`` of each step, then calls ``then`` (None when neither is wanted)."""
+        if self.on_stage is None:
+            return then
+
+        def on_step(n: int, loss: float) -> None:
+            self.tell(arm, stage, "step", first_step + n, dead)
+            if then is not None:
+                then(n, loss)
+
+        return on_step
 
     @property
     def predict_data(self) -> ConceptDataset:
@@ -174,6 +222,7 @@ def run_experiment(
     warn=None,
     base_from: Sequence[str | Path] = (),
     keep_base: bool = False,
+    on_stage: Callable[[StageEvent], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the summary. The directory is
     locked for the whole run: a second run on it is refused. ``warn`` gets a line per run file
@@ -182,7 +231,8 @@ def run_experiment(
     ``base_from``: finished runs whose fine-tuned base (and naive base) this run may load
     instead of training it, where their base settings are this run's
     (:mod:`neuroplastic.store.shared_base`: what a sweep does for its cells). ``keep_base``: keep
-    this run's base weights when it finishes, for such runs to come.
+    this run's base weights when it finishes, for such runs to come. ``on_stage``: told of
+    each :class:`StageEvent` (tests kill runs and check replicas with it).
 
     Under a launcher for several processes, every rank calls this; only rank 0 logs, warns and
     touches ``out``, and every rank returns the summary."""
@@ -198,6 +248,7 @@ def run_experiment(
         for warning in recovery.warnings:
             (warn or _warn)(warning)
         setup = _setup(config, store, progress, log, device)  # fails on bad settings first
+        setup.on_stage = on_stage
         if main:
             store.write_config(config)
         _fine_tune_base(setup, log, base_from)
@@ -594,6 +645,7 @@ def _train_to_plateau(setup: Setup, log=report_line) -> tuple[dict, list[float]]
         first = trainer.step
         losses += trainer.run(
             min(chunk, cap - first),
+            on_step=setup.step_hook("concept", "base", first),
             progress=setup.progress,
             description=f"fine-tuning base model from step {first}",
         )
@@ -641,7 +693,12 @@ def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) ->
         setup.trainee, concept_masked(setup.loss_fn(), setup.concept_id()), setup.train_data,
         setup.base_steps, _train_config(config), seed=config.seed,
     )  # fmt: skip
-    losses = trainer.run(steps, progress=setup.progress, description=f"[{NAIVE_ARM}] base")
+    losses = trainer.run(
+        steps,
+        on_step=setup.step_hook(NAIVE_ARM, "base", 0),
+        progress=setup.progress,
+        description=f"[{NAIVE_ARM}] base",
+    )
     base = {"steps": steps, "stopped": "matched", "probe_loss": [], "concept_in_loss": False}
     _finish_stage(setup, NAIVE_ARM, "base", 0, losses, None, [], log, base=base)
 
@@ -928,9 +985,11 @@ def _retrain_round(
             if stage != stages[0]:
                 if config.schedule == "per-stage":
                     trainer.restart_schedule()
+                first = offset + trainer.step
+                evaluate_at_grid = _periodic_eval(setup, arm, stage, first, dead, rows)
                 losses = trainer.run(
                     setup.stage_steps,
-                    on_step=_periodic_eval(setup, arm, stage, offset + trainer.step, dead, rows),
+                    on_step=setup.step_hook(arm, stage, first, dead, evaluate_at_grid),
                     progress=setup.progress,
                     description=f"[{arm}] {stage}",
                 )
@@ -1111,6 +1170,7 @@ def _finish_stage(
     function of the stage and its halves' statistics writing the causal truth
     (:mod:`neuroplastic.analysis.causal`, rank 0, the model as retraining left it)."""
     config = setup.config
+    setup.tell(arm, stage, "trained", step, dead)
     evaluation = _validate(setup, dead, progress=setup.progress)
     stats, halves = _probe_stats(setup)
     row = {
@@ -1143,6 +1203,7 @@ def _finish_stage(
 
     distributed.on_main(write)
     log(_describe(row))
+    setup.tell(arm, stage, "finished", step, dead)
     return row
 
 

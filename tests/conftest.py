@@ -6,6 +6,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)`` runs ``neuroplastic ARGS...`` in this process and returns (exit code,
+    stdout, stderr); arguments may be paths or numbers. argparse's usage errors give their exit
+    code (2) rather than raising."""
+    from neuroplastic.cli.commands import main
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def corpus():
     from neuroplastic.data.load import load_corpus

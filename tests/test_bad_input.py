@@ -17,11 +17,6 @@ from tiny import TINY, tiny_config
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
-def run_cli(capsys, *args):
-    code = main(list(args))
-    return code, capsys.readouterr().err
-
-
 def tiny_flags(**overrides):
     settings = {**TINY, **overrides}
     flags = []
@@ -77,23 +72,23 @@ def test_seed_bounds_are_accepted_and_one_past_them_refused():
             tiny_config(seed=seed)
 
 
-def test_refused_nan_lr_leaves_out_usable(capsys, tmp_path):
+def test_refused_nan_lr_leaves_out_usable(cli, tmp_path):
     out = tmp_path / "run"
-    code, err = run_cli(capsys, "run", "--out", str(out), *tiny_flags(), "--lr", "nan", "--quiet")
+    code, _, err = cli("run", "--out", str(out), *tiny_flags(), "--lr", "nan", "--quiet")
     assert code == 2
     assert err.count("\n") == 1 and "learning_rate must be a finite number; got nan" in err
     assert not (out / "config.json").exists()
-    code, err = run_cli(capsys, "run", "--out", str(out), *tiny_flags(), "--quiet")
+    code, _, err = cli("run", "--out", str(out), *tiny_flags(), "--quiet")
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["learning_rate"] == TINY["learning_rate"]
     assert (out / "summary.json").is_file()
 
 
 # -- 2. checks before base fine-tuning ---------------------------------------------------------
-def test_cuda_unavailable_refused(monkeypatch, tmp_path, no_training, capsys):
+def test_cuda_unavailable_refused(monkeypatch, tmp_path, no_training, cli):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, err = run_cli(
-        capsys, "run", "--out", str(tmp_path / "r"), *tiny_flags(), "--device", "cuda", "--quiet"
+    code, _, err = cli(
+        "run", "--out", str(tmp_path / "r"), *tiny_flags(), "--device", "cuda", "--quiet"
     )
     assert code == 2
     assert "--device cuda: CUDA is not available" in err and "--device cpu" in err
@@ -118,24 +113,22 @@ def test_count_that_fits_passes_the_check(tmp_path, no_training):
         run_experiment(config, tmp_path / "r", progress=False, log=lambda *a: None)
 
 
-def test_max_length_beyond_positions_refused(capsys, tmp_path, no_training):
-    code, err = run_cli(
-        capsys, "run", "--out", str(tmp_path / "r"), *tiny_flags(max_length=161), "--quiet"
-    )
+def test_max_length_beyond_positions_refused(cli, tmp_path, no_training):
+    code, _, err = cli("run", "--out", str(tmp_path / "r"), *tiny_flags(max_length=161), "--quiet")
     assert code == 2
     assert "--max-length 161 exceeds tiny-bert's 160 positions; give --max-length 160" in err
 
 
-def test_out_is_a_file_refused(capsys, tmp_path, no_training):
+def test_out_is_a_file_refused(cli, tmp_path, no_training):
     path = tmp_path / "results.txt"
     path.write_text("not a directory")
-    code, err = run_cli(capsys, "run", "--out", str(path), *tiny_flags(), "--quiet")
+    code, _, err = cli("run", "--out", str(path), *tiny_flags(), "--quiet")
     assert code == 2
     assert "is an existing file, not a directory" in err
     assert path.read_text() == "not a directory"
 
 
-def test_a_run_and_a_sweep_refuse_each_others_directories(capsys, tmp_path, no_training):
+def test_a_run_and_a_sweep_refuse_each_others_directories(cli, tmp_path, no_training):
     sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "run"
     (sweep_dir / "hold-selectivity" / "seed-0").mkdir(parents=True)
     (sweep_dir / "hold-selectivity" / "seed-0" / "config.json").write_text("{}")
@@ -143,17 +136,15 @@ def test_a_run_and_a_sweep_refuse_each_others_directories(capsys, tmp_path, no_t
     run_dir.mkdir()
     (run_dir / "config.json").write_text("{}")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    code, err = run_cli(capsys, "run", "--out", str(sweep_dir), *tiny_flags(), "--quiet")
+    code, _, err = cli("run", "--out", str(sweep_dir), *tiny_flags(), "--quiet")
     assert code == 2 and f"--out {sweep_dir} is a sweep directory" in err
-    code, err = run_cli(
-        capsys, "sweep", "--out", str(run_dir), "--seeds", "0", *tiny_flags(), "--quiet"
-    )
+    code, _, err = cli("sweep", "--out", str(run_dir), "--seeds", "0", *tiny_flags(), "--quiet")
     assert code == 2 and f"--out {run_dir} is a run directory" in err
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # nothing written, nothing replaced
 
 
-def test_out_in_read_only_directory_refused(capsys, tmp_path, no_training):
+def test_out_in_read_only_directory_refused(cli, tmp_path, no_training):
     locked = tmp_path / "locked"
     locked.mkdir()
     os.chmod(locked, 0o555)
@@ -161,17 +152,17 @@ def test_out_in_read_only_directory_refused(capsys, tmp_path, no_training):
         if os.access(locked, os.W_OK):
             pytest.skip("running as root: chmod does not stop writes")
         for out in (locked, locked / "run"):
-            code, err = run_cli(capsys, "run", "--out", str(out), *tiny_flags(), "--quiet")
+            code, _, err = cli("run", "--out", str(out), *tiny_flags(), "--quiet")
             assert code == 2, err
             assert "you can write to" in err and err.count("\n") == 1
     finally:
         os.chmod(locked, 0o755)
 
 
-def test_out_that_cannot_be_created_refused(capsys, tmp_path, no_training):
+def test_out_that_cannot_be_created_refused(cli, tmp_path, no_training):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, err = run_cli(capsys, "run", "--out", str(blocker / "run"), *tiny_flags(), "--quiet")
+    code, _, err = cli("run", "--out", str(blocker / "run"), *tiny_flags(), "--quiet")
     assert code == 2
     assert "cannot create the run directory" in err and "you can write to" in err
 

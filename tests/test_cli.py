@@ -2,24 +2,12 @@ import json
 
 import pytest
 
-from neuroplastic.cli.commands import main
-
 CONLL = "Paris B-LOC\nis O\nlovely O\n\nAnn B-PER\nlives O\nin O\nRome B-LOC\n"
 
 
-def run_cli(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:  # argparse's own usage errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_rank_prints_and_writes_every_neuron(capsys, tmp_path):
+def test_rank_prints_and_writes_every_neuron(cli, tmp_path):
     out = tmp_path / "rank.json"
-    code, stdout, _ = run_cli(
-        capsys,
+    code, stdout, _ = cli(
         "rank",
         "--model",
         "tiny-gpt2",
@@ -51,11 +39,10 @@ def test_rank_prints_and_writes_every_neuron(capsys, tmp_path):
     assert len(neurons[0]["top_tokens"]) == 10
 
 
-def test_rank_on_a_conll_file_with_smd(capsys, tmp_path):
+def test_rank_on_a_conll_file_with_smd(cli, tmp_path):
     path = tmp_path / "data.txt"
     path.write_text(CONLL * 3)
-    code, stdout, _ = run_cli(
-        capsys,
+    code, stdout, _ = cli(
         "rank",
         "--model",
         "tiny-bert",
@@ -80,28 +67,25 @@ def test_rank_on_a_conll_file_with_smd(capsys, tmp_path):
         (["--model", "./no-such-model"], "model directory not found"),
     ],
 )
-def test_rank_bad_input(capsys, args, message):
-    code, stdout, stderr = run_cli(
-        capsys, "rank", "--model", "tiny-gpt2", "--limit", "8", "--quiet", *args
-    )
+def test_rank_bad_input(cli, args, message):
+    code, stdout, stderr = cli("rank", "--model", "tiny-gpt2", "--limit", "8", "--quiet", *args)
     assert code == 2
     assert message in stderr
     assert "Traceback" not in stderr
 
 
-def test_malformed_and_conceptless_conll(capsys, tmp_path):
+def test_malformed_and_conceptless_conll(cli, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("Paris B-LOC\nis O\nlovely\n")
-    code, _, stderr = run_cli(capsys, "rank", "--model", "tiny-gpt2", "--dataset", str(bad))
+    code, _, stderr = cli("rank", "--model", "tiny-gpt2", "--dataset", str(bad))
     assert code == 2 and f"{bad}, line 3" in stderr
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    code, _, stderr = run_cli(capsys, "rank", "--model", "tiny-gpt2", "--dataset", str(empty))
+    code, _, stderr = cli("rank", "--model", "tiny-gpt2", "--dataset", str(empty))
     assert code == 2 and "no sentences" in stderr
     no_loc = tmp_path / "noloc.txt"
     no_loc.write_text("Ann B-PER\nsings O\n\nBob B-PER\nruns O\n\nIBM B-ORG\nwins O\n")
-    code, _, stderr = run_cli(
-        capsys,
+    code, _, stderr = cli(
         "rank",
         "--model",
         "tiny-gpt2",
@@ -114,31 +98,27 @@ def test_malformed_and_conceptless_conll(capsys, tmp_path):
     assert code == 2 and "unknown concept label 'LOC'; labels present: O, PER, ORG" in stderr
 
 
-def test_run_refuses_a_changed_config(capsys, tmp_path):
+def test_run_refuses_a_changed_config(cli, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model": "tiny-bert", "seed": 1}))
-    code, _, stderr = run_cli(
-        capsys, "run", "--out", str(tmp_path), "--model", "tiny-gpt2", "--quiet"
-    )
+    code, _, stderr = cli("run", "--out", str(tmp_path), "--model", "tiny-gpt2", "--quiet")
     assert code == 2
     assert "model: 'tiny-bert' (existing run) vs 'tiny-gpt2'" in stderr
 
 
-def test_run_config_file_errors(capsys, tmp_path):
+def test_run_config_file_errors(cli, tmp_path):
     config = tmp_path / "c.json"
     config.write_text('{"learning_rate": 0.1, "epochs": 3}')
-    code, _, stderr = run_cli(capsys, "run", "--out", str(tmp_path / "o"), "--config", str(config))
+    code, _, stderr = cli("run", "--out", str(tmp_path / "o"), "--config", str(config))
     assert code == 2 and "unknown setting(s) epochs" in stderr
-    code, _, stderr = run_cli(
-        capsys, "run", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "none.json")
+    code, _, stderr = cli(
+        "run", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "none.json")
     )
     assert code == 2 and "config file not found" in stderr
 
 
-def test_concept_without_tokens_in_the_split(capsys, tmp_path):
+def test_concept_without_tokens_in_the_split(cli, tmp_path):
     (tmp_path / "train.txt").write_text(CONLL)
     (tmp_path / "validation.txt").write_text("Ann B-PER\nsings O\n\nBob B-PER\nruns O\n")
-    code, _, stderr = run_cli(
-        capsys, "rank", "--model", "tiny-gpt2", "--dataset", str(tmp_path), "--quiet"
-    )
+    code, _, stderr = cli("rank", "--model", "tiny-gpt2", "--dataset", str(tmp_path), "--quiet")
     assert code == 2
     assert "concept 'LOC' has no tokens in the data; token counts per label: O=" in stderr

@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 
 import neuroplastic.experiment.pipeline as experiment
 from kills import SimulatedKill
-from neuroplastic.cli.commands import main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.store.checkpoint import Checkpointer
@@ -69,12 +68,6 @@ def run_args(out, **overrides):
     return args
 
 
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # -- one writer at a time ----------------------------------------------------------------------
 HOLD = """
 import sys
@@ -86,7 +79,7 @@ with Checkpointer(RunDir(sys.argv[1])):
 """
 
 
-def test_a_locked_run_directory_refuses_a_second_run_and_report(finished, tmp_path, capsys):
+def test_a_locked_run_directory_refuses_a_second_run_and_report(finished, tmp_path, cli):
     _, expected = finished
     out = copy(finished[0], tmp_path)
     holder = subprocess.Popen(
@@ -104,9 +97,9 @@ def test_a_locked_run_directory_refuses_a_second_run_and_report(finished, tmp_pa
             f"{out} is in use by process {holder.pid} (another neuroplastic run); wait for it "
             "or use another --out"
         )
-        code, _, stderr = cli(capsys, *run_args(out, fraction=0.25, seed=7, lr=0.5))
+        code, _, stderr = cli(*run_args(out, fraction=0.25, seed=7, lr=0.5))
         assert (code, stderr.strip()) == (2, f"neuroplastic run: error: {message}")
-        code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+        code, _, stderr = cli("report", out, "--similarity", "none")
         assert code == 2
         assert f"{out} is in use by process {holder.pid} (a neuroplastic run writing" in stderr
         assert snapshot(out) == before  # nothing read-and-rewritten, nothing deleted
@@ -162,12 +155,12 @@ def test_every_stage_marker_records_the_hash_of_its_settings(finished):
     assert tiny_config(seed=7).identity_hash() != expected
 
 
-def test_results_without_their_config_json_are_refused(finished, tmp_path, capsys):
+def test_results_without_their_config_json_are_refused(finished, tmp_path, cli):
     out = copy(finished[0], tmp_path)
     (out / "config.json").unlink()
     before = snapshot(out)
     for overrides in ({"fraction": 0.25, "seed": 7, "lr": 0.5}, {}):
-        code, _, stderr = cli(capsys, *run_args(out, **overrides))
+        code, _, stderr = cli(*run_args(out, **overrides))
         # 7 stage markers, 24 stage files, 2 neuron sets, summary.json and metrics.jsonl
         assert (code, stderr.strip()) == (
             2,
@@ -284,10 +277,10 @@ def test_a_resumption_refuses_a_file_changed_after_the_run_wrote_it(killed, tmp_
         ("stages/random/retrain-2/ranking.parquet", _bump_parquet),
     ],
 )
-def test_report_refuses_a_stage_file_changed_after_the_run(finished, tmp_path, capsys, name, bump):
+def test_report_refuses_a_stage_file_changed_after_the_run(finished, tmp_path, cli, name, bump):
     out = copy(finished[0], tmp_path)
     bump(out / name)
-    code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, _, stderr = cli("report", out, "--similarity", "none")
     assert code == 2
     assert f"error: {out / name} does not match the run's manifest (sha256 " in stderr
     assert "it was changed after the run wrote it; restore it or rerun into a new --out" in stderr
@@ -301,9 +294,9 @@ def _warnings_on_page(out):
     return [chunk.split("</p>")[0] for chunk in head.split('<p class="np-warning"')[1:]]
 
 
-def test_report_of_an_unfinished_run_names_the_missing_stages(killed, tmp_path, capsys):
+def test_report_of_an_unfinished_run_names_the_missing_stages(killed, tmp_path, cli):
     out = copy(killed, tmp_path)
-    code, stdout, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, stdout, stderr = cli("report", out, "--similarity", "none")
     expected = (
         "Unfinished run: these stages have not been computed yet: random arm: retrain-1, "
         "retrain-2. This report shows the stages done so far; rerun `neuroplastic run --out "
@@ -316,10 +309,10 @@ def test_report_of_an_unfinished_run_names_the_missing_stages(killed, tmp_path, 
     assert RunDir(out).stages("random") == ["base", "pruned"]
 
 
-def test_report_says_a_deleted_stage_file_left_its_stage_out(finished, tmp_path, capsys):
+def test_report_says_a_deleted_stage_file_left_its_stage_out(finished, tmp_path, cli):
     out = copy(finished[0], tmp_path)
     (out / "stages/concept/retrain-1/stats.safetensors").unlink()
-    code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, _, stderr = cli("report", out, "--similarity", "none")
     expected = (
         "Stage retrain-1 of the concept arm is left out of this report: "
         "stages/concept/retrain-1/stats.safetensors is missing, deleted after the run wrote "
@@ -332,7 +325,7 @@ def test_report_says_a_deleted_stage_file_left_its_stage_out(finished, tmp_path,
     assert RunDir(out).stages("concept") == ["base", "pruned", "retrain-2"]
 
 
-def test_a_deleted_manifest_is_refused(finished, tmp_path, capsys):
+def test_a_deleted_manifest_is_refused(finished, tmp_path, cli):
     out = copy(finished[0], tmp_path)
     (out / "manifest.json").unlink()
     message = (
@@ -342,11 +335,11 @@ def test_a_deleted_manifest_is_refused(finished, tmp_path, capsys):
     with pytest.raises(NeuroplasticError) as refused:
         experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
     assert str(refused.value) == message
-    code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, _, stderr = cli("report", out, "--similarity", "none")
     assert (code, stderr.strip()) == (2, f"neuroplastic report: error: {message}")
 
 
-def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_path, capsys):
+def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_path, cli):
     out = copy(killed, tmp_path)
     # What an earlier version left: no manifest, no lock file, markers without a config hash.
     (out / "manifest.json").unlink()
@@ -355,7 +348,7 @@ def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_p
         data = json.loads(marker.read_text())
         del data["config_hash"]
         marker.write_text(json.dumps(data))
-    code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, _, stderr = cli("report", out, "--similarity", "none")
     assert code == 0 and "Unfinished run" in stderr
     assert not (out / ".lock").exists()  # a report makes no lock file
     assert experiment.run_experiment(tiny_config(), out, progress=False, log=quiet) == finished[1]

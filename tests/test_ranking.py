@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
+from neuroplastic.config import RANKER_NAMES
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import NeuronStats
@@ -283,3 +284,21 @@ def test_random_baseline_avoids_the_chosen_neurons():
         baseline = chosen.random_matching(seed)
         assert not set(baseline.neurons) & set(chosen.neurons)
         assert baseline.per_layer_counts() == chosen.per_layer_counts()
+
+
+@pytest.mark.parametrize("method", RANKER_NAMES)
+def test_a_ranking_from_statistics_equals_its_disk_copy(tiny_bert, corpus, tmp_path, method):
+    """The pipeline takes the base neuron sets from the ranking it just computed and reads the
+    parquet copy only on resumption: the two must be the same ranking to the bit."""
+    from neuroplastic.core.stats import collect_stats
+    from neuroplastic.data.load import encode_split
+
+    data = encode_split(corpus, tiny_bert.tokenizer, "validation", limit=24)
+    stats = collect_stats(tiny_bert, data, batch_size=8, top_k=4, progress=False)
+    ranking = Ranking.from_stats(stats, "LOC", method)
+    ranking.to_frame().to_parquet(tmp_path / "ranking.parquet", index=False)
+    again = Ranking.from_frame(pd.read_parquet(tmp_path / "ranking.parquet"), "LOC", method)
+    assert torch.equal(again.alive, ranking.alive)
+    assert torch.equal(again.scores, ranking.scores)
+    for fraction in (0.01, 0.1):
+        assert NeuronSet.top_fraction(again, fraction) == NeuronSet.top_fraction(ranking, fraction)

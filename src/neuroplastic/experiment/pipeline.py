@@ -251,11 +251,11 @@ def run_experiment(
         setup.on_stage = on_stage
         if main:
             store.write_config(config)
-        _fine_tune_base(setup, log, base_from)
+        base_ranking = _fine_tune_base(setup, log, base_from)
         if config.removal != "neurons":  # fitted on the base weights, before any stage needs it
             setup.erasures = distributed.on_main(partial(_prepare_erasures, setup, log))
         _recompute_stage_files(setup, recovery.stages)
-        neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+        neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup, base_ranking))
         _note_control(setup, neuron_sets, log)
         held = HeldSets(setup, neuron_sets)
         if config.rounds > 1:
@@ -304,8 +304,11 @@ def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
     return recovery
 
 
-def _base_neuron_sets(setup: Setup) -> dict[str, NeuronSet]:
-    ranking = setup.run.stage("concept", "base").ranking  # verified against the manifest
+def _base_neuron_sets(setup: Setup, ranking: Ranking | None = None) -> dict[str, NeuronSet]:
+    """Every arm's set from the base ``ranking`` (as just computed), or, on resumption, from
+    its disk copy (verified against the manifest; the same ranking to the bit)."""
+    if ranking is None:
+        ranking = setup.run.stage("concept", "base").ranking
     return _neuron_sets(setup, ranking)
 
 
@@ -596,13 +599,14 @@ def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainCo
 
 
 # -- the method --------------------------------------------------------------------------------
-def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> None:
+def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> Ranking | None:
     """Fine-tune until the probe loss plateaus (or load a checkpoint, or a sibling run's base
-    of the same base settings), then measure the base."""
+    of the same base settings), then measure the base; returns its ranking (None when the base
+    was done before: its ranking is on disk)."""
     config, store = setup.config, setup.store
     if distributed.on_main(partial(store.done, "concept", "base")):
         log("[base] already done; resuming")
-        return
+        return None
     losses: list[float] = []
     shared = _shared(setup, base_from, "concept")
     if config.checkpoint:
@@ -615,7 +619,7 @@ def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> 
         log(f"[base] fine-tuned weights loaded from {shared.source} (the same base settings)")
     else:
         base, losses = _train_to_plateau(setup, log)
-    _finish_stage(setup, "concept", "base", 0, losses, None, [], log, base=base)
+    return _finish_stage(setup, "concept", "base", 0, losses, None, [], log, base=base)
 
 
 def _shared(setup: Setup, base_from: Sequence[str | Path], arm: str) -> SharedBase | None:
@@ -1161,10 +1165,11 @@ def _finish_stage(
     previous: str | None = None,
     predict: Callable[[Ranking], Predictions] | None = None,
     causal: Callable[[str, dict[str, NeuronStats]], Path] | None = None,
-) -> dict:
+) -> Ranking:
     """Evaluate, take statistics and ranking on the probe sentences, write the artifacts, and
-    mark the stage done. Every rank evaluates (checking its own replica's held neurons) and
-    takes its share of the statistics; rank 0 writes. ``predict``: at the pruned stage, a
+    mark the stage done; returns the stage's ranking (rank 0's, on every rank). Every rank
+    evaluates (checking its own replica's held neurons) and takes its share of the statistics;
+    rank 0 writes. ``predict``: at the pruned stage, a
     function of the stage's ranking giving the predictions saved with it (rank 0 computes
     them, with the model as retraining will start from it). ``causal``: at the last stage, a
     function of the stage and its halves' statistics writing the causal truth
@@ -1187,10 +1192,10 @@ def _finish_stage(
     if distributed.world_size() > 1:  # (one process: markers as before launchers existed)
         marker["processes"] = distributed.world_size()
 
-    def write() -> None:
+    def write() -> Ranking:
         # The concept arm's base is every arm's but the naive one's (its own).
         arms = [a for a in config.arms if stage_owner(a, stage) == arm]
-        _, artifacts = _write_stage_files(setup, arms, stage, stats, halves)
+        ranking, artifacts = _write_stage_files(setup, arms, stage, stats, halves)
         if predict is not None:
             path = setup.run.predictions_path(arm)
             ranking = Ranking.from_stats(halves["predict"], config.concept, config.method)
@@ -1200,11 +1205,12 @@ def _finish_stage(
             artifacts.append(causal(stage, halves))
         setup.store.save(arm, stage, setup.module, marker, trainer_state, previous, artifacts)
         setup.store.write_metrics(config.arms, config.stages, config.rounds)
+        return ranking
 
-    distributed.on_main(write)
+    ranking = distributed.on_main(write)
     log(_describe(row))
     setup.tell(arm, stage, "finished", step, dead)
-    return row
+    return ranking
 
 
 def _readability(setup: Setup) -> dict[str, float]:

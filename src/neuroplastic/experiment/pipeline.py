@@ -930,7 +930,6 @@ def _retrain_round(
     if not todo:
         log(f"[{arm}] {f'round {round_}: ' if config.rounds > 1 else ''}all stages done")
         return
-    offset = (round_ - 1) * config.stages * setup.stage_steps  # steps of the earlier rounds
     trainer = Trainer(
         setup.trainee,
         setup.relearn_loss(),
@@ -942,10 +941,24 @@ def _retrain_round(
         if config.schedule == "continuous"
         else setup.stage_steps,
     )
-    every = stage_names(config.stages, config.rounds)
-    previous = every[every.index(todo[0]) - 1]  # base, or the last stage of the last round
     # A round starts from the weights the last round left: this arm's, or ``branch``'s.
     source = branch if branch is not None and todo[0] == stages[0] else arm
+    previous, state = _restore_round_start(setup, arm, todo[0], source, log)
+    if state is not None and todo[0] != stages[0]:
+        trainer.load_state_dict(state)  # within the round; a new round starts afresh
+    _run_stages(setup, arm, round_, todo, neurons, trainer, previous == "base", log)
+
+
+def _restore_round_start(
+    setup: Setup, arm: str, first: str, source: str, log
+) -> tuple[str, dict | None]:
+    """Load the weights stage ``first`` of ``arm`` starts from (the stage before it, as
+    ``source`` left it: the base, or the last stage done) into every rank's model, dropping
+    the arm's checkpoints no stage still needs; returns that stage's name and the trainer
+    state saved with it (None after the base)."""
+    store = setup.store
+    every = stage_names(setup.config.stages, setup.config.rounds)
+    previous = every[every.index(first) - 1]  # base, or the last stage of the last round
 
     def restore() -> dict | None:
         store.keep_only(arm, {"base", previous} if source == arm else {"base"})
@@ -966,8 +979,29 @@ def _retrain_round(
             f"{distributed.world_size()}: the global batches are the same, but dropout masks are "
             "drawn per process, so the result will not be bit-identical to a run never resumed"
         )
+    return previous, state
+
+
+def _run_stages(
+    setup: Setup,
+    arm: str,
+    round_: int,
+    todo: Sequence[str],
+    neurons: NeuronSet,
+    trainer: Trainer,
+    from_base: bool,
+    log,
+) -> None:
+    """Stages ``todo`` of ``arm``'s round ``round_`` with its removal held: the ``pruned`` one
+    evaluated as the removal leaves the model, each later one after its training steps.
+    ``from_base``: the round starts from the base weights (the removal's edit is made now, and
+    the predictors, if any, read the base before it)."""
+    config = setup.config
+    stages = round_stages(config.stages, round_)
+    every = stage_names(config.stages, config.rounds)
+    offset = (round_ - 1) * config.stages * setup.stage_steps  # steps of the earlier rounds
     predict = None
-    if previous == "base" and _predicted(setup, arm):
+    if from_base and _predicted(setup, arm):
         # On the base weights, before any removal (no hook held, no weight pruned yet).
         at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
         predict = partial(_predict_at_pruned, setup, neurons, at_base)
@@ -975,10 +1009,8 @@ def _retrain_round(
     if _has_causal_truth(setup, arm, stages[-1]):
         causal = partial(_causal_truth, setup, arm, neurons)
     removal = _removal(setup, arm, neurons)
-    if previous == "base":
+    if from_base:
         removal.start(setup.model)  # from the base weights; later stages carry its edit
-    if state is not None and todo[0] != stages[0]:
-        trainer.load_state_dict(state)  # within the round; a new round starts afresh
     hold = removal.hold(setup.model)
     dead = removal.dead
     setup.held = hold

@@ -202,3 +202,26 @@ def test_an_erasure_is_held_on_every_replica(tmp_path):
         assert {c["kind"] for c in report["checks"] if c["arm"] == "random"} == {"random"}
     for key in ("erasure", "weights"):
         assert [c[key] for c in ranks[0]["checks"]] == [c[key] for c in ranks[1]["checks"]]
+
+
+def test_on_main_within_on_main_hands_over_only_the_outer_result(monkeypatch):
+    """Rank 0 inside an ``on_main`` call runs a nested one directly: the other ranks wait for
+    one broadcast per outer call, so a nested broadcast would hand them the wrong value."""
+    from neuroplastic import distributed
+
+    sent = []
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "is_main", lambda: True)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda value: sent.append(value) or value)
+
+    @distributed.rank_zero
+    def inner(x):
+        return x + 1
+
+    assert distributed.on_main(lambda: inner(1) * 10) == 20
+    assert sent == [("ok", 20)]
+    assert distributed.OnMain([3, 1, 2]).index(2) == 2 and sent[-1] == ("ok", 2)
+    with pytest.raises(TypeError):  # an error in the nested call: one error broadcast
+        distributed.on_main(lambda: inner("a"))
+    assert sent[-1][0] == "error" and len(sent) == 3
+    assert distributed.on_main(lambda: inner(5)) == 6 and sent[-1] == ("ok", 6)  # reset after

@@ -12,10 +12,11 @@ so several machines need no shared file system.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,7 @@ from torch import nn
 from neuroplastic.errors import NeuroplasticError
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class MainFailed(NeuroplasticError):
@@ -108,23 +110,55 @@ def broadcast_object(value: T) -> T:
     return holder[0]
 
 
+#: Whether rank 0 is inside :func:`on_main`: a call within it hands nothing to the other ranks
+#: (they wait for the outer call's result only).
+_in_main = False
+
+
 def on_main(fn: Callable[[], T]) -> T:
     """``fn()`` run on rank 0 alone (reading or writing the run directory), its result handed to
     every rank; if it raises, rank 0 raises that error and the others :class:`MainFailed`, so
-    no rank waits forever for a rank that has stopped. In a single process: just ``fn()``."""
-    if not active():
+    no rank waits forever for a rank that has stopped. In a single process: just ``fn()``.
+    Called within another ``on_main`` (on rank 0): just ``fn()``, the outer call broadcasts."""
+    global _in_main
+    if not active() or (_in_main and is_main()):
         return fn()
     if is_main():
+        _in_main = True
         try:
             value = fn()
         except BaseException as error:
             broadcast_object(("error", f"rank 0 stopped: {type(error).__name__}: {error}"))
             raise
+        finally:
+            _in_main = False
         return broadcast_object(("ok", value))[1]
     kind, value = broadcast_object(None)
     if kind == "error":
         raise MainFailed(value)
     return value
+
+
+def rank_zero(fn: Callable[P, T]) -> Callable[P, T]:
+    """``fn`` made to run on rank 0 alone whenever it is called, its result handed to every
+    rank (:func:`on_main`): for the run's reads and writes, called on every rank as one line."""
+
+    @functools.wraps(fn)
+    def on_rank_zero(*args: P.args, **kwargs: P.kwargs) -> T:
+        return on_main(functools.partial(fn, *args, **kwargs))
+
+    return on_rank_zero
+
+
+class OnMain:
+    """``target`` (a run directory or its store) with every method call made on rank 0 alone
+    and its result handed to every rank: ``OnMain(store).done(arm, stage)`` on every rank."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        return rank_zero(getattr(self._target, name))
 
 
 def broadcast_parameters(module: nn.Module) -> None:

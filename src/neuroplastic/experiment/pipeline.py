@@ -21,7 +21,9 @@ Launched as several processes (``torchrun``, ``accelerate launch``), every rank 
 replica of the model with the neurons held (gradients averaged by DDP), evaluates it (so every
 replica checks its own held neurons) and takes its share of the statistics; rank 0 alone locks,
 reads and writes the run directory, and hands what the others need to them (which stages are
-done, weights, trainer state, the plateau loss) through :func:`distributed.on_main`.
+done, weights, trainer state, the plateau loss) through :func:`distributed.on_main`: the
+helpers that touch the run directory are ``@distributed.rank_zero`` (called on every rank, run
+on rank 0), and ``setup.main_store`` / ``setup.main_run`` read the store that way.
 """
 
 from __future__ import annotations
@@ -203,6 +205,16 @@ class Setup:
     def run(self) -> RunDir:
         return self.store.run
 
+    @property
+    def main_store(self) -> Checkpointer:
+        """The store, each method call made on rank 0 and its result handed to every rank."""
+        return distributed.OnMain(self.store)  # type: ignore[return-value]
+
+    @property
+    def main_run(self) -> RunDir:
+        """The run directory, read on rank 0 and the result handed to every rank."""
+        return distributed.OnMain(self.store.run)  # type: ignore[return-value]
+
     def loss_fn(self):
         return tagging_loss if self.config.task == "ner" else lm_loss
 
@@ -244,7 +256,7 @@ def run_experiment(
     created = main and not Path(out).exists()  # a failed start removes what it made
     try:
         # Refuses what cannot be read nor recomputed; on rank 0, for every rank.
-        recovery = distributed.on_main(partial(_open, store, config, Path(out)))
+        recovery = _open(store, config, Path(out))
         for warning in recovery.warnings:
             (warn or _warn)(warning)
         setup = _setup(config, store, progress, log, device)  # fails on bad settings first
@@ -253,15 +265,15 @@ def run_experiment(
             store.write_config(config)
         base_ranking = _fine_tune_base(setup, log, base_from)
         if config.removal != "neurons":  # fitted on the base weights, before any stage needs it
-            setup.erasures = distributed.on_main(partial(_prepare_erasures, setup, log))
+            setup.erasures = _prepare_erasures(setup, log)
         _recompute_stage_files(setup, recovery.stages)
-        neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup, base_ranking))
+        neuron_sets = _base_neuron_sets(setup, base_ranking)
         _note_control(setup, neuron_sets, log)
         held = HeldSets(setup, neuron_sets)
         if config.rounds > 1:
             _chase(setup, list(neuron_sets), held, log)
             # Then every neuron the chase removed, from base at once, for one round.
-            one_shot = distributed.on_main(partial(_one_shot_set, setup, held))
+            one_shot = _one_shot_set(setup, held)
             held = HeldSets(setup, {**neuron_sets, ONE_SHOT_ARM: one_shot})
             _retrain_arm(setup, ONE_SHOT_ARM, held, log)
         else:
@@ -269,17 +281,17 @@ def run_experiment(
                 _retrain_arm(setup, arm, held, log)
         if config.naive:  # the concept learned from nothing, the concept arm's neurons held
             _fine_tune_naive(setup, log, base_from)
-            naive = distributed.on_main(partial(_naive_set, setup, neuron_sets["concept"]))
+            naive = _naive_set(setup, neuron_sets["concept"])
             if config.removal != "neurons":
-                setup.erasures = distributed.on_main(partial(_naive_erasure, setup))
+                setup.erasures = _naive_erasure(setup)
             held = HeldSets(setup, {**neuron_sets, NAIVE_ARM: naive})
             _retrain_arm(setup, NAIVE_ARM, held, log)
         if config.preempt:  # from the concept arm's predictions, made at its pruned stage
-            preempted = distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
+            preempted = _preempt_sets(setup, neuron_sets["concept"])
             held = HeldSets(setup, {**neuron_sets, **preempted})
             for arm in preempted:
                 _retrain_arm(setup, arm, held, log)
-        return distributed.on_main(partial(_finish_run, setup, held, keep_base))
+        return _finish_run(setup, held, keep_base)
     finally:
         store.unlock()
         if created:
@@ -294,6 +306,7 @@ def _remove_if_nothing_written(run: RunDir) -> None:
         shutil.rmtree(run.path, ignore_errors=True)
 
 
+@distributed.rank_zero
 def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
     """Check ``out``, lock it and check its config against ``config`` (rank 0's work)."""
     _check_out(out)  # before the lock, which creates the directory
@@ -304,6 +317,7 @@ def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
     return recovery
 
 
+@distributed.rank_zero
 def _base_neuron_sets(setup: Setup, ranking: Ranking | None = None) -> dict[str, NeuronSet]:
     """Every arm's set from the base ``ranking`` (as just computed), or, on resumption, from
     its disk copy (verified against the manifest; the same ranking to the bit)."""
@@ -312,6 +326,7 @@ def _base_neuron_sets(setup: Setup, ranking: Ranking | None = None) -> dict[str,
     return _neuron_sets(setup, ranking)
 
 
+@distributed.rank_zero
 def _finish_run(setup: Setup, held: HeldSets, keep_base: bool = False) -> dict[str, Any]:
     summary = _summary(setup, held)
     atomic_write_json(setup.run.summary_path, summary)
@@ -603,8 +618,8 @@ def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> 
     """Fine-tune until the probe loss plateaus (or load a checkpoint, or a sibling run's base
     of the same base settings), then measure the base; returns its ranking (None when the base
     was done before: its ranking is on disk)."""
-    config, store = setup.config, setup.store
-    if distributed.on_main(partial(store.done, "concept", "base")):
+    config = setup.config
+    if setup.main_store.done("concept", "base"):
         log("[base] already done; resuming")
         return None
     losses: list[float] = []
@@ -680,8 +695,8 @@ def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) ->
     """The naive arm's base: the concept arm's base fine-tuning exactly (the same initial
     weights and head, batches, order, dropout, schedule and steps) but with the concept's
     tokens out of the loss, so the model never learns the concept; then measured."""
-    config, store = setup.config, setup.store
-    if distributed.on_main(partial(store.done, NAIVE_ARM, "base")):
+    config = setup.config
+    if setup.main_store.done(NAIVE_ARM, "base"):
         log(f"[{NAIVE_ARM}] base already done; resuming")
         return
     shared = _shared(setup, base_from, NAIVE_ARM)
@@ -691,7 +706,7 @@ def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) ->
         log(f"[{NAIVE_ARM}] base weights loaded from {shared.source} (the same base settings)")
         _finish_stage(setup, NAIVE_ARM, "base", 0, shared.losses, None, [], log, base=shared.base)
         return
-    steps = distributed.on_main(lambda: store.marker("concept", "base")["base"]["steps"])
+    steps = setup.main_store.marker("concept", "base")["base"]["steps"]
     _load_initial_weights(setup)
     trainer = Trainer(
         setup.trainee, concept_masked(setup.loss_fn(), setup.concept_id()), setup.train_data,
@@ -721,6 +736,7 @@ def _load_initial_weights(setup: Setup) -> None:
     del fresh, model, initial
 
 
+@distributed.rank_zero
 def _naive_set(setup: Setup, concept: NeuronSet) -> NeuronSet:
     """The naive arm's neurons (rank 0): the concept arm's, saved as ``neurons/naive.json``."""
     neurons = NeuronSet(
@@ -763,6 +779,7 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
 ERASURE_FITTERS = {"leace": fit_leace, "direction": fit_direction}
 
 
+@distributed.rank_zero
 def _prepare_erasures(setup: Setup, log) -> dict[str, LinearErasure]:
     """Each arm's erasure (rank 0): read back from ``removals/{arm}.safetensors`` where the run
     saved it (a resumption holds exactly what it held), else fitted on the base weights in eval
@@ -799,6 +816,7 @@ def _prepare_erasures(setup: Setup, log) -> dict[str, LinearErasure]:
     return erasures
 
 
+@distributed.rank_zero
 def _naive_erasure(setup: Setup) -> dict[str, LinearErasure]:
     """The naive arm holds the concept arm's erasure, as fitted on the concept's base (rank 0)."""
     erasures = dict(setup.erasures)
@@ -834,6 +852,7 @@ def _note_control(setup: Setup, neuron_sets: dict[str, NeuronSet], log) -> None:
         )
 
 
+@distributed.rank_zero
 def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
     """The pre-empting arms' sets (:mod:`neuroplastic.experiment.preempt`), from the concept arm's
     predictions (rank 0)."""
@@ -861,6 +880,7 @@ def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
     return sets
 
 
+@distributed.rank_zero
 def _one_shot_set(setup: Setup, held: HeldSets) -> NeuronSet:
     """The one-shot arm's set (rank 0): every neuron the concept arm holds after the last
     round the chase ran (each round adds to the last), saved as ``neurons/one-shot.json``."""
@@ -895,7 +915,7 @@ def _chase(setup: Setup, arms: Sequence[str], held: HeldSets, log) -> None:
         stop = distributed.on_main(partial(chase_stop, setup.store, config, round_ - 1))
         # The round's sets before any of its training: a control that cannot be drawn stops
         # the chase here, with every finished round's results kept.
-        stop = stop or distributed.on_main(partial(_round_sets, setup, held, arms, round_))
+        stop = stop or _round_sets(setup, held, arms, round_)
         if stop:
             log(f"[concept] the chase stops after round {round_ - 1}: {stop}")
             return
@@ -905,6 +925,7 @@ def _chase(setup: Setup, arms: Sequence[str], held: HeldSets, log) -> None:
         _retrain_round(setup, "concept", round_, held("concept", round_), log)
 
 
+@distributed.rank_zero
 def _round_sets(setup: Setup, held: HeldSets, arms: Sequence[str], round_: int) -> str | None:
     """Every arm's set for ``round_`` (rank 0), or why the chase stops (recorded)."""
     try:
@@ -972,7 +993,7 @@ def _restore_round_start(
 
     state = distributed.on_main(restore)  # the trainer state, on every rank
     distributed.broadcast_parameters(setup.module)  # and rank 0's weights
-    before = distributed.on_main(partial(_processes, setup, source, previous))
+    before = _processes(setup, source, previous)
     if before != distributed.world_size():
         log(
             f"note: [{arm}] {previous} ran with {before} process(es), this run has "
@@ -1003,7 +1024,7 @@ def _run_stages(
     predict = None
     if from_base and _predicted(setup, arm):
         # On the base weights, before any removal (no hook held, no weight pruned yet).
-        at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
+        at_base = _predict_at_base(setup, neurons)
         predict = partial(_predict_at_pruned, setup, neurons, at_base)
     causal = None
     if _has_causal_truth(setup, arm, stages[-1]):
@@ -1055,6 +1076,7 @@ def _predicted(setup: Setup, arm: str) -> bool:
     return arm in PREDICTED_ARMS and setup.config.removal == "neurons"
 
 
+@distributed.rank_zero
 def _processes(setup: Setup, arm: str, stage: str) -> int:
     """How many processes computed ``stage`` (its marker; rank 0)."""
     return int(setup.store.marker(stage_owner(arm, stage), stage).get("processes", 1))
@@ -1143,6 +1165,7 @@ def _causal_truth(
     return path
 
 
+@distributed.rank_zero
 def _predict_at_base(setup: Setup, neurons: NeuronSet) -> Predictions:
     """Base saliency, concept similarity (the base model's own input embeddings, as the report
     uses) and co-activation with ``neurons``: on the base weights, no ablation held."""
@@ -1216,7 +1239,7 @@ def _finish_stage(
         "step": step,
         **evaluation.scores,
         "train_loss": sum(losses) / len(losses) if losses else None,
-        "readable": distributed.on_main(partial(_readability, setup)),
+        "readable": _readability(setup),
     }
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
@@ -1245,6 +1268,7 @@ def _finish_stage(
     return ranking
 
 
+@distributed.rank_zero
 def _readability(setup: Setup) -> dict[str, float]:
     """Where the concept is linearly readable at this stage, whatever the removal: per layer
     (``blocks.{l}.hook_resid_post``), the validation-token AUC of a logistic-regression probe
@@ -1275,10 +1299,10 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
             hold = _removal(setup, each.arm, neurons).hold(setup.model)
         try:
             stats, halves = _probe_stats(setup)
-            distributed.on_main(partial(_rewrite_stage, setup, each, stats, halves))
+            _rewrite_stage(setup, each, stats, halves)
             if _has_causal_truth(setup, each.arm, each.stage):  # with the removal still held
                 causal = partial(_causal_truth, setup, each.arm, held(each.arm, 1))
-                distributed.on_main(partial(_record, setup, causal, each.stage, halves))
+                _record(setup, causal, each.stage, halves)
         finally:
             if hold is not None:
                 hold.remove()
@@ -1286,6 +1310,7 @@ def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:
             _repredict(setup, each, held(each.arm, 1))
 
 
+@distributed.rank_zero
 def _record(setup: Setup, write: Callable[..., Path], *args: Any) -> None:
     """Write a file (``write(*args)`` returns its path) and list it in the manifest."""
     setup.store.record([write(*args)])
@@ -1293,18 +1318,16 @@ def _record(setup: Setup, write: Callable[..., Path], *args: Any) -> None:
 
 def _held_sets(setup: Setup) -> HeldSets:
     """Every arm's sets, as the run chose them (the base ranking's, the predictions')."""
-    neuron_sets = distributed.on_main(partial(_base_neuron_sets, setup))
+    neuron_sets = _base_neuron_sets(setup)
     one_shot = setup.run.neurons_path(ONE_SHOT_ARM)
     if setup.config.rounds > 1 and distributed.on_main(one_shot.is_file):
-        neuron_sets[ONE_SHOT_ARM] = distributed.on_main(partial(setup.run.neurons, ONE_SHOT_ARM))
+        neuron_sets[ONE_SHOT_ARM] = setup.main_run.neurons(ONE_SHOT_ARM)
     if setup.config.naive:
-        neuron_sets[NAIVE_ARM] = distributed.on_main(
-            partial(_naive_set, setup, neuron_sets["concept"])
-        )
+        neuron_sets[NAIVE_ARM] = _naive_set(setup, neuron_sets["concept"])
     if setup.config.preempt and distributed.on_main(
         lambda: setup.run.predictions_path("concept").is_file()
     ):
-        neuron_sets |= distributed.on_main(partial(_preempt_sets, setup, neuron_sets["concept"]))
+        neuron_sets |= _preempt_sets(setup, neuron_sets["concept"])
     return HeldSets(setup, neuron_sets)
 
 
@@ -1312,11 +1335,11 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
     """The predictions saved with a recomputed pruned stage, computed again as the run did:
     on the base weights (kept until the run is complete), then on the weights after the stage
     with the removal held. The same numbers, so a damaged file comes back as it was."""
-    base = distributed.on_main(partial(setup.run.saved_weights, "concept", "base"))
+    base = setup.main_run.saved_weights("concept", "base")
     if base is None:
         return  # a complete run keeps no weights: recovery refused it before any of this
     _load_on_main(setup.module, base)
-    at_base = distributed.on_main(partial(_predict_at_base, setup, neurons))
+    at_base = _predict_at_base(setup, neurons)
     _load_on_main(setup.module, each.weights)
     hold = _removal(setup, each.arm, neurons).hold(setup.model)
     try:
@@ -1333,6 +1356,7 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
             hold.remove()
 
 
+@distributed.rank_zero
 def _rewrite_stage(
     setup: Setup, each: Recompute, stats: NeuronStats, halves: dict[str, NeuronStats]
 ) -> None:

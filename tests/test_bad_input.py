@@ -257,3 +257,29 @@ def test_report_on_a_sweep_directory_rebuilds_the_sweep_report(capsys, tmp_path)
     assert capsys.readouterr().out.strip() == f"report: {sweep_dir / 'report.html'}"
     page = (sweep_dir / "report.html").read_text(encoding="utf-8")
     assert "<title>Does LOC stay removed? embedded, seeds [0, 1, 2, 3, 4]</title>" in page
+
+
+def test_every_bound_is_declared_once_and_checked_at_its_edges():
+    """Each numeric setting's bound is its field's metadata: a value just inside it is
+    accepted, one just outside refused with the bound in words, and the command line's
+    positive-integer flags are exactly the integer settings whose bound leaves out 0."""
+    from dataclasses import fields
+
+    from neuroplastic.config import Bound, ExperimentConfig
+
+    declared = {f.name: f for f in fields(ExperimentConfig) if f.metadata.get("bound")}
+    assert {"fraction", "seed", "learning_rate", "relearn_lr", "stop_below"} <= set(declared)
+    for name, field in declared.items():
+        bound: Bound = field.metadata["bound"]
+        integer = isinstance(field.default, int)
+        assert field.metadata["zero_allowed"] == bound.admits(0)
+        if bound.low is not None:
+            step = 1 if integer else 1e-9
+            edge = bound.low + step if bound.low_open else bound.low
+            outside = bound.low if bound.low_open else bound.low - step
+            assert bound.admits(edge) and not bound.admits(outside), name
+            with pytest.raises(NeuroplasticError, match=f"^{name} must be "):
+                ExperimentConfig(**{name: type(field.default)(outside)})
+    assert Bound(low=0, high=1, low_open=True).describe() == "in (0, 1]"
+    assert Bound(low=0, low_open=True).describe() == "positive"
+    assert Bound(low=0, note="0: none").admits(0) and not Bound(low=0).admits(float("nan"))

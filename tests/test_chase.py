@@ -399,9 +399,10 @@ def test_the_command_line_takes_the_chase_and_preempt_flags():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(rounds=0), "rounds and preempt_count must be positive"),
+        (dict(rounds=0), "rounds must be positive; got 0"),
+        (dict(preempt="gradient", preempt_count=0), "preempt_count must be positive; got 0"),
         (dict(stop_below=0.5), "give --rounds 2 or more"),
-        (dict(rounds=2, stop_below=1.5), r"stop_below is a share of the base F1, in \[0, 1\]"),
+        (dict(rounds=2, stop_below=1.5), r"stop_below must be in \[0, 1\] \(a share"),
         (dict(rounds=2, mode="regrow"), "needs --mode hold"),
         (dict(rounds=2, task="lm", model="tiny-gpt2"), "needs --task ner"),
         (dict(rounds=2, preempt="gradient"), "separate experiments"),

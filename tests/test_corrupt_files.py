@@ -14,7 +14,7 @@ import neuroplastic.experiment.pipeline as experiment
 from kills import SimulatedKill
 from neuroplastic.errors import NeuroplasticError
 from test_experiment import quiet
-from test_integrity import cli, copy, killed_run, run_args, snapshot
+from test_integrity import copy, killed_run, run_args, snapshot
 from tiny import tiny_config
 
 HOW = ("truncated", "garbage")
@@ -77,10 +77,10 @@ DERIVED = {  # file -> what the run recomputes it from
 
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("name", DERIVED)
-def test_run_recomputes_a_derived_file_and_says_so(finished, tmp_path, capsys, name, how):
+def test_run_recomputes_a_derived_file_and_says_so(finished, tmp_path, cli, name, how):
     out = copy(finished[0], tmp_path)
     damage(out / name, how)
-    code, _, stderr = cli(capsys, *run_args(out))
+    code, _, stderr = cli(*run_args(out))
     assert code == 0
     one_line(
         stderr,
@@ -91,11 +91,11 @@ def test_run_recomputes_a_derived_file_and_says_so(finished, tmp_path, capsys, n
     assert json.loads((out / "summary.json").read_text()) == finished[1]
 
 
-def test_run_rewrites_metrics_cut_at_a_line_end(finished, tmp_path, capsys):
+def test_run_rewrites_metrics_cut_at_a_line_end(finished, tmp_path, cli):
     out = copy(finished[0], tmp_path)
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
     (out / "metrics.jsonl").write_text("".join(lines[:3]))  # readable, but rows are missing
-    code, _, stderr = cli(capsys, *run_args(out))
+    code, _, stderr = cli(*run_args(out))
     assert (code, stderr.strip()) == (
         0,
         f"neuroplastic: warning: {out / 'metrics.jsonl'} does not hold exactly the evaluations "
@@ -128,11 +128,11 @@ REFUSED_IN_FINISHED_RUN = {  # file -> the end of the one line (after the reason
 
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("name", REFUSED_IN_FINISHED_RUN)
-def test_run_refuses_a_file_nothing_kept_can_recompute(finished, tmp_path, capsys, name, how):
+def test_run_refuses_a_file_nothing_kept_can_recompute(finished, tmp_path, cli, name, how):
     out = copy(finished[0], tmp_path)
     damage(out / name, how)
     before = snapshot(out)
-    code, _, stderr = cli(capsys, *run_args(out))
+    code, _, stderr = cli(*run_args(out))
     assert code == 2
     reason = one_line(
         stderr,
@@ -149,11 +149,11 @@ def test_run_refuses_a_file_nothing_kept_can_recompute(finished, tmp_path, capsy
 
 
 @pytest.mark.parametrize("how", HOW)
-def test_run_refuses_results_under_an_unreadable_config(finished, tmp_path, capsys, how):
+def test_run_refuses_results_under_an_unreadable_config(finished, tmp_path, cli, how):
     out = copy(finished[0], tmp_path)
     damage(out / "config.json", how)
     before = snapshot(out)
-    code, _, stderr = cli(capsys, *run_args(out))
+    code, _, stderr = cli(*run_args(out))
     assert code == 2
     one_line(
         stderr,
@@ -188,16 +188,14 @@ def test_an_unreadable_config_without_results_is_rewritten(tmp_path, monkeypatch
     assert json.loads((tmp_path / "config.json").read_text()) == tiny_config().to_dict()
 
 
-def test_deleting_a_stage_nothing_can_recompute_lets_run_and_report_go_on(
-    finished, tmp_path, capsys
-):
+def test_deleting_a_stage_nothing_can_recompute_lets_run_and_report_go_on(finished, tmp_path, cli):
     out = copy(finished[0], tmp_path)
     damage(out / "stages/concept/retrain-1/ranking.parquet", "truncated")
-    assert cli(capsys, *run_args(out))[0] == 2
+    assert cli(*run_args(out))[0] == 2
     shutil.rmtree(out / "stages/concept/retrain-1")  # what the message says to do
-    code, _, stderr = cli(capsys, *run_args(out))
+    code, _, stderr = cli(*run_args(out))
     assert (code, stderr) == (0, "")
-    code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, _, stderr = cli("report", out, "--similarity", "none")
     assert code == 0
     assert "Stage retrain-1 of the concept arm is left out of this report" in stderr
 
@@ -220,10 +218,10 @@ REPORT_REMEDY = {
 
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("name", REPORT_REMEDY)
-def test_report_refuses_an_unreadable_file_in_one_line(finished, tmp_path, capsys, name, how):
+def test_report_refuses_an_unreadable_file_in_one_line(finished, tmp_path, cli, name, how):
     out = copy(finished[0], tmp_path)
     damage(out / name, how)
-    code, stdout, stderr = cli(capsys, "report", out)  # model similarity: reads the embeddings
+    code, stdout, stderr = cli("report", out)  # model similarity: reads the embeddings
     assert (code, stdout) == (2, "")
     reason = one_line(
         stderr,
@@ -237,21 +235,21 @@ def test_report_refuses_an_unreadable_file_in_one_line(finished, tmp_path, capsy
     assert not (out / "report.html").exists()
 
 
-def test_following_the_report_remedy_recomputes_the_file(finished, tmp_path, capsys):
+def test_following_the_report_remedy_recomputes_the_file(finished, tmp_path, cli):
     out = copy(finished[0], tmp_path)
     damage(out / "sentences.json", "garbage")
-    assert cli(capsys, "report", out, "--similarity", "none")[0] == 2
-    code, _, stderr = cli(capsys, "run", "--out", out, "--config", out / "config.json", "--quiet")
+    assert cli("report", out, "--similarity", "none")[0] == 2
+    code, _, stderr = cli("run", "--out", out, "--config", out / "config.json", "--quiet")
     assert code == 0 and "recomputing it from the probe sentences" in stderr
     assert (out / "report.html").is_file()
     assert (out / "sentences.json").read_bytes() == (finished[0] / "sentences.json").read_bytes()
 
 
 @pytest.mark.parametrize("how", HOW)
-def test_report_does_not_read_stage_markers(finished, tmp_path, capsys, how):
+def test_report_does_not_read_stage_markers(finished, tmp_path, cli, how):
     out = copy(finished[0], tmp_path)
     damage(out / "state/concept/retrain-1.json", how)  # `run` refuses it (above)
-    code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, _, stderr = cli("report", out, "--similarity", "none")
     assert (code, stderr) == (0, "")
     assert (out / "report.html").is_file()
 
@@ -311,11 +309,11 @@ def test_a_resumption_recomputes_from_the_weights_it_kept(
     assert manifest == json.loads((finished[0] / "manifest.json").read_text())
 
 
-def test_report_names_the_rerun_that_recomputes_a_stage(killed, tmp_path, capsys):
+def test_report_names_the_rerun_that_recomputes_a_stage(killed, tmp_path, cli):
     out = copy(killed, tmp_path)
     name = "stages/random/pruned/stats.safetensors"
     damage(out / name, "truncated")
-    code, _, stderr = cli(capsys, "report", out, "--similarity", "none")
+    code, _, stderr = cli("report", out, "--similarity", "none")
     assert code == 2
     one_line(
         stderr,
@@ -343,8 +341,8 @@ def test_unreadable_base_weights_are_refused(killed, tmp_path, how):
 
 # -- an --out that cannot hold files ------------------------------------------------------------
 @pytest.mark.parametrize("where", ["/proc", "/proc/neuroplastic-run"])
-def test_out_under_proc_is_one_line(capsys, where):
-    code, _, stderr = cli(capsys, *run_args(where))
+def test_out_under_proc_is_one_line(cli, where):
+    code, _, stderr = cli(*run_args(where))
     assert code == 2 and stderr.count("\n") == 1
     assert stderr.startswith("neuroplastic run: error: ")
     assert "you can write to" in stderr and "Traceback" not in stderr

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from neuroplastic.errors import NeuroplasticError
 
@@ -62,9 +62,6 @@ AFTER_BASE = (
     "removal",
     "removal_layers",
 )
-#: The rankers of neuroplastic.core.ranking (``RANKERS`` there has exactly these), named here so
-#: that settings are checked, and the command line's help answers, without importing torch.
-RANKER_NAMES = ("probeless", "smd", "selectivity")
 #: The predictors of neuroplastic.analysis.predict, which ``--preempt`` can take its neurons from
 #: (named here so that the command line's help needs no torch).
 PREDICTOR_NAMES = (
@@ -80,17 +77,6 @@ DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
 SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
 
 
-CHOICES = {
-    "task": ("ner", "lm"),
-    "mode": ("hold", "regrow"),
-    "selection": ("fraction", "count", "per-layer"),
-    "baseline": ("random", "random-global", "random-any", "none"),
-    "schedule": ("continuous", "per-stage"),
-    "dtype": ("float32", "bfloat16", "float16"),
-    "eval_grid": ("dense", "uniform"),
-    "relearn": ("same", "masked", "retain"),
-    "removal": ("neurons", "leace", "direction"),
-}
 #: What ``--preempt`` takes its neurons from: a predictor, or ``oracle``, the concept arm's
 #: realised top gainers (hindsight: what no predictor can beat).
 PREEMPT_CHOICES = (*PREDICTOR_NAMES, "oracle")
@@ -135,14 +121,75 @@ def check_concept(concept: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting may take: from ``low`` to ``high`` (None: no end), each end
+    open or closed. NaN is never inside; ``finite`` refuses the infinities as well. ``note``
+    says what a value means where it needs saying (``0: the whole split``)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    finite: bool = False
+    note: str = ""
+
+    def admits(self, value: float) -> bool:
+        if math.isnan(value) or (self.finite and not math.isfinite(value)):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """What the bound says, as an error message words it: ``positive``, ``>= 0``,
+        ``in (0, 1]``."""
+        if self.high is None:
+            if self.low == 0:
+                return "positive" if self.low_open else ">= 0"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        low = "-inf" if self.low is None else _number(self.low)
+        opening, closing = "(["[not self.low_open], ")]"[not self.high_open]
+        return f"in {opening}{low}, {_number(self.high)}{closing}"
+
+    def check(self, name: str, value: float, default: float) -> None:
+        """Refuse ``value`` of setting ``name`` if the bound does not admit it, saying why."""
+        if self.admits(value):
+            return
+        flag = "--" + name.replace("_", "-")
+        if self.finite and not math.isfinite(value):
+            raise NeuroplasticError(
+                f"{name} must be a finite number; got {value}. Give {flag} a number such as "
+                f"{default}"
+            )
+        if math.isnan(value):
+            raise NeuroplasticError(
+                f"{name} must be a number; got nan. Give {flag} a number such as {default}"
+            )
+        note = f" ({self.note})" if self.note else ""
+        raise NeuroplasticError(f"{name} must be {self.describe()}{note}; got {value}")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+POSITIVE = Bound(low=0, low_open=True)
+NON_NEGATIVE = Bound(low=0)
+
+
 def setting(
-    default: Any, help: str = "", unit: str | None = None, zero_allowed: bool = False
+    default: Any, help: str = "", unit: str | None = None, bound: Bound | None = None
 ) -> Any:
-    """A field of :class:`ExperimentConfig` with what the command line shows of it: ``help``
-    (what it does), ``unit`` (its metavar, ``--stage-steps STEPS``) and, for an integer,
-    whether 0 is a valid value (otherwise the flag takes positive integers only)."""
+    """A field of :class:`ExperimentConfig` with what the command line shows of it and what
+    it may be: ``help`` (what it does), ``unit`` (its metavar, ``--stage-steps STEPS``) and,
+    for a number, its ``bound`` (checked when a config is made; an integer flag whose bound
+    leaves out 0 takes positive integers only). A string setting's choices are its
+    ``Literal`` type (:data:`CHOICES`)."""
+    zero_allowed = bound is not None and bound.admits(0)
     return field(
-        default=default, metadata={"help": help, "unit": unit, "zero_allowed": zero_allowed}
+        default=default,
+        metadata={"help": help, "unit": unit, "bound": bound, "zero_allowed": zero_allowed},
     )
 
 
@@ -169,11 +216,11 @@ class ExperimentConfig:
     )
     # Not the paper's probeless: on NER it ranks neurons separating *all* entities from O first,
     # so ablating them removes PER as much as LOC. Selectivity removes LOC alone (README).
-    method: str = setting(
+    method: Literal["probeless", "smd", "selectivity"] = setting(
         "selectivity", help="how neurons are ranked for the concept (probeless: the paper's)"
     )
     # "ner" (token classification) or "lm" (causal LM, decoders only)
-    task: str = setting(
+    task: Literal["ner", "lm"] = setting(
         "ner",
         help=(
             "ner: token classification with a linear head; lm: causal language modelling "
@@ -181,7 +228,7 @@ class ExperimentConfig:
         ),
     )
     # "hold": ablation hooks persist; "regrow": weights zeroed once
-    mode: str = setting(
+    mode: Literal["hold", "regrow"] = setting(
         "hold",
         help=(
             "hold: ablation hooks stay on while retraining; regrow: the neurons' weights "
@@ -189,7 +236,7 @@ class ExperimentConfig:
         ),
     )
     # "fraction", "count" or "per-layer"
-    selection: str = setting(
+    selection: Literal["fraction", "count", "per-layer"] = setting(
         "fraction",
         help=(
             "which neurons: fraction (--fraction of all), count (--count most salient), "
@@ -197,18 +244,22 @@ class ExperimentConfig:
         ),
     )
     fraction: float = setting(
-        0.1, help="share of all MLP neurons to ablate, a fraction in (0, 1]", unit="FRACTION"
+        0.1,
+        help="share of all MLP neurons to ablate, a fraction in (0, 1]",
+        unit="FRACTION",
+        bound=Bound(low=0, high=1, low_open=True),
     )
     count: int = setting(
         100,
         help="neurons to ablate, in total (per layer with --selection per-layer)",
         unit="NEURONS",
+        bound=POSITIVE,
     )
     # "random": as many random neurons per layer, outside the concept set; "random-global":
     # as many in total (for sets too dense in a layer to match per layer); "random-any": as many
     # drawn uniformly from all neurons, the concept's included (its overlap is recorded); "none".
     # A control drawn from a pool no larger than the set is the set's complement, and is named so.
-    baseline: str = setting(
+    baseline: Literal["random", "random-global", "random-any", "none"] = setting(
         "random",
         help=(
             "control arm: random (as many random neurons per layer), random-global (as many "
@@ -235,20 +286,21 @@ class ExperimentConfig:
             "whole split"
         ),
         unit="SENTENCES",
-        zero_allowed=True,
+        bound=Bound(low=0, note="0: the whole split"),
     )
     # F1 is measured on these
     validation_sentences: int = setting(
-        400, help="validation sentences F1 is measured on", unit="SENTENCES"
+        400, help="validation sentences F1 is measured on", unit="SENTENCES", bound=POSITIVE
     )
     # neuron statistics and rankings are taken on these (train split)
     probe_sentences: int = setting(
         400,
         help="sentences (train split) neuron statistics and rankings are taken on",
         unit="SENTENCES",
+        bound=POSITIVE,
     )
     max_length: int = setting(
-        64, help="tokens per sentence; words past it are left out", unit="TOKENS"
+        64, help="tokens per sentence; words past it are left out", unit="TOKENS", bound=POSITIVE
     )
     # Fine-tuning runs until the probe loss plateaus (checked every plateau_every steps; it
     # stops after plateau_patience checks without a relative improvement of plateau_tolerance),
@@ -257,7 +309,7 @@ class ExperimentConfig:
         600,
         help="most optimizer steps of base fine-tuning (it stops earlier on a plateau)",
         unit="STEPS",
-        zero_allowed=True,
+        bound=NON_NEGATIVE,
     )
     plateau_every: int = setting(
         50,
@@ -265,18 +317,26 @@ class ExperimentConfig:
             "optimizer steps between probe-loss checks in base fine-tuning; 0: exactly --base-steps"
         ),
         unit="STEPS",
-        zero_allowed=True,
+        bound=NON_NEGATIVE,
     )
     plateau_patience: int = setting(
-        2, help="probe-loss checks without improvement before base fine-tuning stops", unit="CHECKS"
+        2,
+        help="probe-loss checks without improvement before base fine-tuning stops",
+        unit="CHECKS",
+        bound=POSITIVE,
     )
     plateau_tolerance: float = setting(
         0.05,
         help="relative probe-loss improvement that counts, a fraction (0.05 = 5%%)",
         unit="FRACTION",
+        bound=NON_NEGATIVE,
     )
-    stages: int = setting(3, help="retraining stages after pruning (one evaluation each)", unit="N")
-    stage_steps: int = setting(30, help="optimizer steps per retraining stage", unit="STEPS")
+    stages: int = setting(
+        3, help="retraining stages after pruning (one evaluation each)", unit="N", bound=POSITIVE
+    )
+    stage_steps: int = setting(
+        30, help="optimizer steps per retraining stage", unit="STEPS", bound=POSITIVE
+    )
     # Epochs over the training sentences instead of steps when positive (the paper's recipe):
     # base fine-tuning runs exactly base_epochs (no plateau stop), each stage stage_epochs.
     base_epochs: float = setting(
@@ -286,6 +346,7 @@ class ExperimentConfig:
             "--base-steps and the plateau stop; 0: count steps"
         ),
         unit="EPOCHS",
+        bound=Bound(low=0, finite=True, note="0: count steps instead"),
     )
     stage_epochs: float = setting(
         0.0,
@@ -294,10 +355,11 @@ class ExperimentConfig:
             "--stage-steps; 0: count steps"
         ),
         unit="EPOCHS",
+        bound=Bound(low=0, finite=True, note="0: count steps instead"),
     )
     # "continuous": one optimizer and LR schedule across all retraining stages (stages are
     # evaluation points); "per-stage": a fresh optimizer and schedule per stage (the paper's)
-    schedule: str = setting(
+    schedule: Literal["continuous", "per-stage"] = setting(
         "continuous",
         help=(
             "continuous: one optimizer and LR schedule across stages; per-stage: a fresh "
@@ -308,7 +370,7 @@ class ExperimentConfig:
     # first stage, then log-spaced to its end (recovery happens there, and a coarse grid moves
     # steps-to-recover), then at every stage end; "uniform": at stage ends only. Both add an
     # evaluation every eval_every steps inside every stage when eval_every > 0.
-    eval_grid: str = setting(
+    eval_grid: Literal["dense", "uniform"] = setting(
         "dense",
         help=(
             "where retraining is evaluated: dense (every step for 4 steps, then log-spaced, "
@@ -320,26 +382,42 @@ class ExperimentConfig:
         0,
         help=("extra validation every N optimizer steps inside every retraining stage; 0: none"),
         unit="STEPS",
-        zero_allowed=True,
+        bound=NON_NEGATIVE,
     )
-    learning_rate: float = setting(1e-4, help="AdamW peak learning rate", unit="RATE")
+    learning_rate: float = setting(
+        1e-4,
+        help="AdamW peak learning rate",
+        unit="RATE",
+        bound=Bound(low=0, low_open=True, finite=True),
+    )
     weight_decay: float = setting(
-        0.01, help="AdamW decoupled weight decay coefficient", unit="COEFFICIENT"
+        0.01,
+        help="AdamW decoupled weight decay coefficient",
+        unit="COEFFICIENT",
+        bound=Bound(low=0, finite=True),
     )
-    batch_size: int = setting(16, help="sentences per training batch", unit="SENTENCES")
+    batch_size: int = setting(
+        16, help="sentences per training batch", unit="SENTENCES", bound=POSITIVE
+    )
     warmup_fraction: float = setting(
         0.1,
         help="share of each LR schedule's steps spent warming up linearly, 0-1",
         unit="FRACTION",
+        bound=Bound(low=0, high=1),
     )
     top_k_tokens: int = setting(
-        20, help="top activating tokens kept per neuron at each stage", unit="TOKENS"
+        20,
+        help="top activating tokens kept per neuron at each stage",
+        unit="TOKENS",
+        bound=POSITIVE,
     )
     seed: int = setting(
         0,
         help=("random seed, 0 to 2**32-1: head, data order, dropout, sentences, random control"),
         unit="SEED",
-        zero_allowed=True,
+        bound=Bound(
+            low=0, high=SEED_MAX, note="2**32 - 1, the range of Python's and torch's generators"
+        ),
     )
     save_checkpoints: bool = setting(
         False, help="keep every stage's weights as .safetensors (about a model's size each)"
@@ -351,7 +429,7 @@ class ExperimentConfig:
         unit="DEVICE",
     )
     # The model's weights and activations; statistics stay float32/float64 whatever it is.
-    dtype: str = setting(
+    dtype: Literal["float32", "bfloat16", "float16"] = setting(
         "float32", help="the model's weights and activations (neuron statistics stay float32)"
     )
     # Spread a model too large for one device over several ("auto", "balanced", ...): passed to
@@ -373,6 +451,7 @@ class ExperimentConfig:
             "ranks the retrained model and holds the next most salient live neurons too"
         ),
         unit="N",
+        bound=POSITIVE,
     )
     # Stop chasing after a round whose retraining leaves concept F1 below this share of its base
     # F1 (0: run every round).
@@ -383,6 +462,7 @@ class ExperimentConfig:
             "F1, 0-1; 0: run every round"
         ),
         unit="SHARE",
+        bound=Bound(low=0, high=1, note="a share of the base F1"),
     )
     # Pre-empt: two more arms hold the concept's neurons plus preempt_count neurons, the ones
     # this predictor scores highest at the pruned stage vs as many random survivors per layer.
@@ -398,7 +478,10 @@ class ExperimentConfig:
         unit="PREDICTOR",
     )
     preempt_count: int = setting(
-        100, help="surviving neurons --preempt holds besides the concept's", unit="NEURONS"
+        100,
+        help="surviving neurons --preempt holds besides the concept's",
+        unit="NEURONS",
+        bound=POSITIVE,
     )
     # Relearning or learning anew. naive: add the naive arm (NAIVE_ARM). relearn: what every
     # arm retrains on: "same" (the training batches), "masked" (the same batches with the
@@ -414,7 +497,7 @@ class ExperimentConfig:
             "learning?)"
         ),
     )
-    relearn: str = setting(
+    relearn: Literal["same", "masked", "retain"] = setting(
         "same",
         help=(
             "what every arm retrains on: same (the training batches), masked (the same "
@@ -429,7 +512,7 @@ class ExperimentConfig:
             "the same steps; 0: no subset"
         ),
         unit="SENTENCES",
-        zero_allowed=True,
+        bound=Bound(low=0, note="0: no subset"),
     )
     # The retrainer's learning rate (0: learning_rate, the base's): a grid over it asks for the
     # retrainer's best case with the base model unchanged.
@@ -437,6 +520,7 @@ class ExperimentConfig:
         0.0,
         help="the retraining learning rate (the base model is unchanged); 0: --learning-rate",
         unit="RATE",
+        bound=Bound(low=0, finite=True, note="0: --learning-rate"),
     )
     # What removes the concept: "neurons" (the ranking's top MLP neurons, zero-ablated as mode
     # says), "leace" (a LEACE eraser of the concept's tokens against the rest) or "direction"
@@ -444,7 +528,7 @@ class ExperimentConfig:
     # at base on the probe sentences and held at blocks.{l}.hook_resid_post of removal_layers
     # ("all", or layers "0,2,5"). The random control is a random orthogonal projection of the
     # same rank at the same points.
-    removal: str = setting(
+    removal: Literal["neurons", "leace", "direction"] = setting(
         "neurons",
         help=(
             "what removes the concept: neurons (the ranking's top MLP neurons, ablated), "
@@ -470,71 +554,14 @@ class ExperimentConfig:
                 raise NeuroplasticError(
                     f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
                 )
-        for name in ("learning_rate", "weight_decay"):
-            if not math.isfinite(getattr(self, name)):
-                raise NeuroplasticError(
-                    f"{name} must be a finite number; got {getattr(self, name)}. "
-                    f"Give --{name.replace('_', '-')} a number such as "
-                    f"{ExperimentConfig.__dataclass_fields__[name].default}"
-                )
-        for name in ("plateau_tolerance", "fraction", "warmup_fraction"):
-            if math.isnan(getattr(self, name)):
-                raise NeuroplasticError(
-                    f"{name} must be a number; got nan. Give --{name.replace('_', '-')} a "
-                    f"number such as {ExperimentConfig.__dataclass_fields__[name].default}"
-                )
-        if not 0 <= self.seed <= SEED_MAX:
-            raise NeuroplasticError(
-                f"seed must be in [0, {SEED_MAX}] (2**32 - 1, the range of Python's and "
-                f"torch's generators); got {self.seed}"
-            )
+        for declared in fields(self):
+            bound = declared.metadata.get("bound")
+            if bound is not None:
+                bound.check(declared.name, getattr(self, declared.name), declared.default)
         if not isinstance(self.device, str) or not re.fullmatch(
             r"cpu|cuda(:\d+)?|mps", self.device
         ):
             raise NeuroplasticError(f"device must be one of {DEVICE_FORMS}; got {self.device!r}")
-        if self.train_sentences < 0:
-            raise NeuroplasticError(
-                f"train_sentences must be >= 0 (0: the whole split); got {self.train_sentences}"
-            )
-        for name in ("base_epochs", "stage_epochs"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise NeuroplasticError(
-                    f"{name} must be a finite number >= 0 (0: count steps instead); got "
-                    f"{getattr(self, name)}"
-                )
-        positive = (
-            "probe_sentences",
-            "validation_sentences",
-            "max_length",
-            "batch_size",
-            "top_k_tokens",
-            "stages",
-            "stage_steps",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise NeuroplasticError(f"{name} must be positive; got {getattr(self, name)}")
-        if self.base_steps < 0:
-            raise NeuroplasticError(f"base_steps must be >= 0; got {self.base_steps}")
-        if not 0 < self.fraction <= 1:
-            raise NeuroplasticError(f"fraction must be in (0, 1]; got {self.fraction}")
-        if self.plateau_every < 0 or self.plateau_patience <= 0 or self.plateau_tolerance < 0:
-            raise NeuroplasticError(
-                "plateau_every must be >= 0, plateau_patience positive and plateau_tolerance "
-                f">= 0; got {self.plateau_every}, {self.plateau_patience}, "
-                f"{self.plateau_tolerance}"
-            )
-        if self.count <= 0 or self.eval_every < 0 or self.weight_decay < 0:
-            raise NeuroplasticError(
-                "count must be positive, eval_every and weight_decay non-negative; got "
-                f"{self.count}, {self.eval_every}, {self.weight_decay}"
-            )
-        if not 0 <= self.warmup_fraction <= 1:
-            raise NeuroplasticError(
-                f"warmup_fraction must be in [0, 1]; got {self.warmup_fraction}"
-            )
-        if self.learning_rate <= 0:
-            raise NeuroplasticError(f"learning_rate must be positive; got {self.learning_rate}")
         self._check_chase_and_preempt()
         self._check_relearn()
         self._check_removal()
@@ -580,15 +607,6 @@ class ExperimentConfig:
         return layers
 
     def _check_relearn(self) -> None:
-        if not (math.isfinite(self.relearn_lr) and self.relearn_lr >= 0):
-            raise NeuroplasticError(
-                f"relearn_lr must be a finite number >= 0 (0: --learning-rate); got "
-                f"{self.relearn_lr}"
-            )
-        if self.relearn_sentences < 0:
-            raise NeuroplasticError(
-                f"relearn_sentences must be >= 0 (0: no subset); got {self.relearn_sentences}"
-            )
         if self.relearn_sentences and self.relearn == "retain":
             raise NeuroplasticError(
                 "--relearn-sentences retrains on sentences that mention the concept, --relearn "
@@ -614,15 +632,6 @@ class ExperimentConfig:
             )
 
     def _check_chase_and_preempt(self) -> None:
-        if self.rounds < 1 or self.preempt_count < 1:
-            raise NeuroplasticError(
-                f"rounds and preempt_count must be positive; got {self.rounds}, "
-                f"{self.preempt_count}"
-            )
-        if not 0 <= self.stop_below <= 1:  # also refuses nan
-            raise NeuroplasticError(
-                f"stop_below is a share of the base F1, in [0, 1]; got {self.stop_below}"
-            )
         if self.stop_below and self.rounds == 1:
             raise NeuroplasticError(
                 "--stop-below ends a chase early, but --rounds is 1 (no chase): give --rounds 2 "
@@ -781,3 +790,17 @@ class ExperimentConfig:
             for name in names
             if mine[name] != existing[name]
         ]
+
+
+def _literal_choices() -> dict[str, tuple[str, ...]]:
+    hints = get_type_hints(ExperimentConfig)
+    return {name: get_args(hint) for name, hint in hints.items() if get_origin(hint) is Literal}
+
+
+_LITERALS = _literal_choices()
+#: The rankers of neuroplastic.core.ranking (``RANKERS`` there has exactly these): ``method``'s
+#: type, so that settings are checked, and the command line's help answers, without torch.
+RANKER_NAMES: tuple[str, ...] = _LITERALS.pop("method")
+#: Each other string setting's choices (its ``Literal`` type): checked when a config is made,
+#: and the command line's choices.
+CHOICES: dict[str, tuple[str, ...]] = _LITERALS

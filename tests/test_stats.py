@@ -172,3 +172,33 @@ def test_the_dense_and_sparse_top_k_merges_agree_exactly(model_name, corpus, req
     assert unique_entries(dense) == unique_entries(sparse)  # ties may keep another token
     with pytest.raises(NeuroplasticError, match="merge must be one of auto, dense, sparse"):
         collect_stats(model, dataset, merge="fast", progress=False)
+
+
+def test_folding_several_batches_into_one_merge_keeps_the_same_tokens_ties_included():
+    """The sparse merge keeps the tokens above each neuron's k-th value and merges those of
+    several batches at once: the buffers, values and which tokens (the earlier of equal
+    values), equal to merging every batch as it comes, on a stream full of ties."""
+    from neuroplastic.core.stats import _TopK
+
+    generator = torch.Generator().manual_seed(1)
+    n_layers, d_mlp, k = 2, 24, 5
+    every, folded = (
+        _TopK(n_layers, d_mlp, k, torch.device("cpu"), merge="sparse", fold=fold)
+        for fold in (0, 10_000)
+    )
+    seen = 0
+    for batch in range(40):
+        n = int(torch.randint(1, 30, (1,), generator=generator))
+        acts = torch.randint(0, 12, (n, d_mlp), generator=generator).float()  # many ties
+        meta = torch.stack(
+            [torch.full((n,), batch), torch.arange(n), torch.arange(n) % 7, torch.zeros(n)], 1
+        ).long()
+        for top in (every, folded):
+            for layer in range(n_layers):
+                top.update(layer, acts + layer, meta, full=seen >= k)
+        seen += n
+    assert any(folded._pending_size)  # something was still waiting to be merged
+    (v1, m1), (v2, m2) = every.result(seen), folded.result(seen)
+    assert torch.equal(v1, v2) and torch.equal(m1, m2)
+    # and both are the stream's top k, earlier tokens first among equal values
+    assert torch.equal(v1[0, 0], v1[0, 0].sort(descending=True).values)

@@ -288,20 +288,37 @@ class _TopK:
     """Per-neuron top-k activations and where they occurred.
 
     Until every buffer holds k tokens, each batch's own top-k is merged in. After that, on a
-    CPU only the tokens above a neuron's current k-th value are merged (after a few batches,
-    a handful per neuron), through one sort instead of a top-k over every token. On a GPU the
-    dense merge stays: it needs no host synchronisation, which the sparse one would.
+    CPU only the tokens above a neuron's current k-th value are kept (after a few batches, a
+    handful per neuron), and those of several batches are merged at once through one sort
+    instead of a top-k over every token. Merging late is exact: the k-th value only rises, so
+    the tokens above the last merge's k-th value hold every token of the true top k, and the
+    stable sort keeps the stream's order among equal values (earlier first), as merging each
+    batch would. On a GPU the dense merge stays: it needs no host synchronisation, which the
+    sparse one would.
     """
 
     def __init__(
-        self, n_layers: int, d_mlp: int, k: int, device: torch.device, merge: str = "auto"
+        self,
+        n_layers: int,
+        d_mlp: int,
+        k: int,
+        device: torch.device,
+        merge: str = "auto",
+        fold: int | None = None,
     ) -> None:
+        """``fold``: how many kept tokens of a layer wait before they are merged (default: as
+        many as its buffers hold; 0 merges every batch)."""
         if merge not in TOPK_MERGES:
             raise NeuroplasticError(f"merge must be one of {', '.join(TOPK_MERGES)}; got {merge!r}")
         self.k, self.d_mlp = k, d_mlp
         self.values = torch.full((n_layers, d_mlp, k), -torch.inf, device=device)
         self.meta = torch.full((n_layers, d_mlp, k, 4), -1, dtype=torch.long, device=device)
         self._sparse = merge == "sparse" or (merge == "auto" and device.type == "cpu")
+        # Per layer, the (neuron, value, meta) of tokens above the k-th value at the last merge,
+        # not merged yet: merged once they are as many as the buffers hold, or when read.
+        self._pending: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(n_layers)]
+        self._pending_size = [0] * n_layers
+        self._fold = d_mlp * k if fold is None else fold
 
     def update(
         self,
@@ -315,8 +332,9 @@ class _TopK:
         if acts.shape[0] == 0:
             return
         if full and self._sparse:
-            self._merge_above_threshold(layer, acts, meta)
+            self._keep_above_threshold(layer, acts, meta)
             return
+        self._merge_pending(layer)
         new_values, rows = acts.topk(min(self.k, acts.shape[0]), dim=0)  # [n_new, neuron]
         values = torch.cat([self.values[layer], new_values.T], dim=1)
         metas = torch.cat([self.meta[layer], meta[rows.T]], dim=1)
@@ -324,17 +342,30 @@ class _TopK:
         self.values[layer] = kept
         self.meta[layer] = metas.gather(1, einops.repeat(order, "n k -> n k 4"))
 
-    def _merge_above_threshold(
+    def _keep_above_threshold(
         self, layer: int, acts: Float[Tensor, "kept neuron"], meta: Int[Tensor, "kept 4"]
     ) -> None:
         threshold = self.values[layer, :, -1]
         rows, neurons = (acts > threshold).nonzero(as_tuple=True)
         if rows.numel() == 0:
             return
-        k, device = self.k, acts.device
+        self._pending[layer].append((neurons, acts[rows, neurons], meta[rows]))
+        self._pending_size[layer] += rows.numel()
+        if self._pending_size[layer] >= self._fold:
+            self._merge_pending(layer)
+
+    def _merge_pending(self, layer: int) -> None:
+        """Merge the tokens kept for ``layer`` into its buffers: one sort for all of them."""
+        if not self._pending[layer]:
+            return
+        neurons, new_values, new_meta = (
+            torch.cat(part) for part in zip(*self._pending[layer], strict=True)
+        )
+        self._pending[layer], self._pending_size[layer] = [], 0
+        k, device = self.k, new_values.device
         owner = torch.cat([torch.arange(self.d_mlp, device=device).repeat_interleave(k), neurons])
-        values = torch.cat([self.values[layer].flatten(), acts[rows, neurons]])
-        metas = torch.cat([self.meta[layer].reshape(-1, 4), meta[rows]])
+        values = torch.cat([self.values[layer].flatten(), new_values])
+        metas = torch.cat([self.meta[layer].reshape(-1, 4), new_meta])
         # Largest first within each neuron: sort by value, then (stably) by neuron.
         order = values.argsort(descending=True, stable=True)
         order = order[owner[order].argsort(stable=True)]
@@ -346,7 +377,13 @@ class _TopK:
         self.values[layer] = values[chosen].view(self.d_mlp, k)
         self.meta[layer] = metas[chosen].view(self.d_mlp, k, 4)
 
+    def merge_all(self) -> None:
+        """Every kept token merged into the buffers (before they are read or gathered)."""
+        for layer in range(len(self._pending)):
+            self._merge_pending(layer)
+
     def all_gather(self) -> None:
+        self.merge_all()
         values = distributed.all_gather_cat(self.values, dim=2)
         metas = distributed.all_gather_cat(self.meta, dim=2)
         self.values, order = values.topk(self.k, dim=2)
@@ -356,6 +393,7 @@ class _TopK:
         self, n_tokens: int
     ) -> tuple[Float[Tensor, "layer neuron k"], Int[Tensor, "layer neuron k 4"]]:
         """Buffers cut to the ``n_tokens`` tokens seen when there were fewer than k."""
+        self.merge_all()
         n = min(self.k, n_tokens)
         return self.values[..., :n].contiguous(), self.meta[:, :, :n].contiguous()
 

@@ -48,11 +48,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import random
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from neuroplastic.data.types import ENTITY_TYPES, NerCorpus, NerSentence
@@ -94,53 +96,18 @@ _SPLIT_SALT = "neuroplastic-embedded-split:"
 # Clubs are named after the best-known single-word cities: "Real Wuzhong" reads oddly.
 _N_CLUB_CITY_CANDIDATES = 300
 
-_NATIONALITIES: tuple[str, ...] = (
-    "American", "British", "German", "French", "Italian", "Spanish", "Russian", "Chinese",
-    "Japanese", "Indian", "Brazilian", "Mexican", "Canadian", "Australian", "Dutch", "Belgian",
-    "Swiss", "Austrian", "Swedish", "Norwegian", "Danish", "Finnish", "Polish", "Czech",
-    "Hungarian", "Greek", "Turkish", "Egyptian", "Nigerian", "Kenyan", "South African",
-    "Argentine", "Chilean", "Colombian", "Peruvian", "South Korean", "Vietnamese", "Thai",
-    "Indonesian", "Iranian", "Iraqi", "Israeli", "Saudi", "Pakistani", "Irish", "Scottish",
-    "Portuguese", "Ukrainian", "Romanian", "Serbian", "Croatian", "New Zealand", "European",
-    "Arab",
-)  # fmt: skip
-_LANGUAGES: tuple[str, ...] = (
-    "English", "French", "German", "Spanish", "Italian", "Portuguese", "Russian", "Mandarin",
-    "Arabic", "Hindi", "Japanese", "Swahili", "Dutch", "Greek", "Turkish", "Polish", "Korean",
-    "Hebrew", "Urdu", "Bengali", "Persian", "Cantonese", "Swedish", "Latin",
-)  # fmt: skip
-_EVENTS: tuple[str, ...] = (
-    "World Cup", "Olympic Games", "Olympics", "Winter Olympics", "Champions League",
-    "Europa League", "Tour de France", "Super Bowl", "Australian Open", "French Open", "U.S. Open",
-    "Davis Cup", "Ryder Cup", "Asian Games", "Commonwealth Games", "Stanley Cup", "Six Nations",
-    "Eurovision Song Contest", "Africa Cup of Nations", "Copa America", "Monaco Grand Prix",
-    "British Grand Prix", "Paralympics", "Giro d'Italia", "Masters",
-)  # fmt: skip
-
-_COMPANY_SUFFIXES: tuple[str, ...] = (
-    "Group", "Holdings", "Bank", "Motors", "Airlines", "Energy", "Foods", "Capital", "Partners",
-    "Industries", "Pharmaceuticals", "Media", "Systems", "Insurance", "Steel", "Telecom",
-)  # fmt: skip
-_CLUB_PATTERNS: tuple[str, ...] = (
-    "{} United", "{} Rovers", "{} Athletic", "FC {}", "{} Wanderers", "Real {}", "Sporting {}",
-)  # fmt: skip
-
+# The word lists and sentence templates are package data, not code: embedded_corpus.json.
+_WORDS = json.loads(files("neuroplastic.data").joinpath("embedded_corpus.json").read_text("utf-8"))
+_NATIONALITIES: tuple[str, ...] = tuple(_WORDS["nationalities"])
+_LANGUAGES: tuple[str, ...] = tuple(_WORDS["languages"])
+_EVENTS: tuple[str, ...] = tuple(_WORDS["events"])
+_COMPANY_SUFFIXES: tuple[str, ...] = tuple(_WORDS["company_suffixes"])
+_CLUB_PATTERNS: tuple[str, ...] = tuple(_WORDS["club_patterns"])
 # Filler slots (tagged O): values drawn per sentence so that sentence shapes vary.
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_MONTHS = (
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
-)  # fmt: skip
-_THINGS = (
-    "beaches", "museums", "software", "coffee", "wine", "football", "architecture", "nightlife",
-    "bridges", "festivals", "cars", "banks", "design", "hospitals", "universities", "food",
-    "markets", "textiles", "steel", "cheap flights", "customer service", "low taxes",
-)  # fmt: skip
-_ROLES = (
-    "minister", "president", "spokesman", "spokeswoman", "chief executive", "coach", "striker",
-    "director", "ambassador", "chairman", "foreign minister", "finance minister", "goalkeeper",
-    "prime minister", "managing director", "lawyer", "economist",
-)  # fmt: skip
+_DAYS: tuple[str, ...] = tuple(_WORDS["days"])
+_MONTHS: tuple[str, ...] = tuple(_WORDS["months"])
+_THINGS: tuple[str, ...] = tuple(_WORDS["things"])
+_ROLES: tuple[str, ...] = tuple(_WORDS["roles"])
 _FILLERS: dict[str, Callable[[random.Random], str]] = {
     "day": lambda r: r.choice(_DAYS),
     "month": lambda r: r.choice(_MONTHS),
@@ -154,143 +121,12 @@ _FILLERS: dict[str, Callable[[random.Random], str]] = {
     "role": lambda r: r.choice(_ROLES),
 }
 
-# One sentence pattern per line; words separated by spaces. ``{UPPER}`` slots are entities,
+# One sentence pattern each; words separated by spaces. ``{UPPER}`` slots are entities,
 # ``{lower}`` slots are fillers tagged O, ``{A|B}`` picks one of two entity slots at random (the
 # ambiguous-context templates). Entity slots: LOC (any place), CITY, COUNTRY, STATE, REGION,
 # PER (full name or surname), SURNAME, ORG (any organisation), COMPANY, CLUB, MISC (any), NAT,
 # LANG, EVENT.
-TEMPLATES: tuple[str, ...] = (
-    "{PER} flew from {CITY} to {CITY} on {day} .",
-    "{ORG} opened an office in {CITY} .",
-    "The {NAT} delegation met {PER} in {CITY} .",
-    "{PER} , the {role} of {COMPANY} , said the company would hire {num} people in {COUNTRY} .",
-    "Shares in {COMPANY} rose {pct} percent on {day} .",
-    "{COUNTRY} beat {COUNTRY} {score} in the {EVENT} on {day} .",
-    "{CLUB} drew {score} with {CLUB} .",
-    "{SURNAME} scored twice as {CLUB} beat {CLUB} {score} .",
-    "The {EVENT} will be held in {CITY} in {year} .",
-    "{PER} speaks fluent {LANG} and {LANG} .",
-    "Police in {CITY} said {num} people were injured .",
-    "Heavy rain hit parts of {STATE} on {day} , officials said .",
-    "{LOC|COMPANY} is known for its {thing} .",
-    "Many people still associate {LOC|COMPANY} with {thing} .",
-    "{SURNAME} said on {day} that talks with {ORG} had stalled .",
-    "{COMPANY} agreed to buy {COMPANY} for {num} million dollars .",
-    "The {NAT} government said it would send troops to {COUNTRY} .",
-    "{PER} was born in {CITY} , {COUNTRY} , in {year} .",
-    "{CITY} {date}",
-    "It was not immediately clear what caused the delay on {day} .",
-    "Prices fell {pct} percent in {month} .",
-    "The meeting ended on {day} without an agreement .",
-    "{PER} , who joined {ORG} in {year} , will move to {CITY} next {month} .",
-    "Officials from {COUNTRY} and {COUNTRY} met in {CITY} to discuss trade .",
-    "{COMPANY} said its profit rose {pct} percent in the third quarter .",
-    "According to {ORG} , exports from {COUNTRY} fell sharply last year .",
-    "{PER} won the {EVENT} for the second time .",
-    "{NAT} champion {PER} retired after the {EVENT} .",
-    "The {LANG} edition of the book was published by {COMPANY} .",
-    "{PER} told reporters in {CITY} that {COUNTRY} would not back down .",
-    "Flights between {CITY} and {CITY} were cancelled on {day} .",
-    "{COMPANY} , based in {CITY} , employs about {num} people .",
-    "Thousands of people marched through central {CITY} on {day} .",
-    "{PER} and {PER} will meet in the final of the {EVENT} .",
-    "The {NAT} team arrived in {CITY} for the {EVENT} .",
-    "{SURNAME} 's lawyer said the case against {COMPANY} had no merit .",
-    "In {year} , {PER} moved from {COUNTRY} to {STATE} .",
-    "{LOC|COMPANY} has grown quickly over the past decade .",
-    "Analysts expect {LOC|COMPANY} to attract more investment next year .",
-    "Visitors to {LOC} often complain about the traffic .",
-    "{PER} ( {COUNTRY} ) beat {PER} ( {COUNTRY} ) {score} {score} .",
-    "{num} . {PER} ( {COUNTRY} ) {num} points",
-    "{CLUB} {num} {CLUB} {num}",
-    "{COMPANY} shares closed at {num} cents .",
-    "The {NAT} central bank left interest rates unchanged at {pct} percent on {day} .",
-    "{PER} , a {NAT} {role} , was elected head of {ORG} .",
-    "The summit in {CITY} was attended by leaders from {REGION} and {REGION} .",
-    "Many residents of {CITY} speak {LANG} at home .",
-    "{COMPANY} plans to build a factory near {CITY} , {STATE} .",
-    '{PER} said : " We are very happy with the result . "',
-    "The weather was good and the match started {num} minutes late .",
-    "Talks will resume in {month} , a {role} said .",
-    "{PER} thanked the people of {COUNTRY} .",
-    "{COMPANY} recalled {num} cars sold in {REGION} .",
-    "The {EVENT} attracted fans from {COUNTRY} , {COUNTRY} and {COUNTRY} .",
-    "Did {PER} really leave {ORG} ?",
-    "Why is {CITY} so expensive ?",
-    "{COUNTRY} 's {role} {PER} arrived in {CITY} on {day} for a two-day visit .",
-    "{PER} denied the report .",
-    "{SURNAME} was not available for comment .",
-    "A {NAT} court sentenced {PER} to {num} years in prison .",
-    "{COMPANY} and {COMPANY} signed a deal in {CITY} on {day} .",
-    "Rescue teams reached a village near {CITY} late on {day} .",
-    "{PER} , {age} , of {CITY} , was charged with fraud .",
-    "{PER|COMPANY} declined to comment on the report .",
-    "{PER|COMPANY} was fined {num} dollars by {ORG} .",
-    "The {NAT} and {NAT} foreign ministers met in {CITY} .",
-    "{LANG} is widely spoken in {COUNTRY} .",
-    "Traffic was heavy on the road from {CITY} to {CITY} .",
-    "{CITY} mayor {PER} unveiled a new transport plan .",
-    "{COMPANY} chairman {PER} resigned on {day} .",
-    "Investors in {CITY} welcomed the news .",
-    "The {EVENT} final drew a record crowd of {num} .",
-    "Both sides agreed to meet again in {month} {year} .",
-    "After leaving {CITY} , {PER} settled in {COUNTRY} .",
-    "Exports to {LOC} rose {pct} percent .",
-    "{PER} has lived in {LOC} for {num} years .",
-    "Supporters of {PER} gathered outside the {NAT} embassy in {CITY} .",
-    "{EVENT} organisers said {num} tickets had been sold .",
-    "{COMPANY} is one of the largest employers in {STATE} .",
-    "The company moved its headquarters from {CITY} to {CITY} in {year} .",
-    "{LOC|COMPANY} reported strong growth in {month} .",
-    "Everyone loves {LOC|COMPANY} .",
-    "{PER} lost to {PER} in straight sets .",
-    "He said the {NAT} economy would grow by {pct} percent this year .",
-    "No one was hurt , police said on {day} .",
-    "{MISC} fans celebrated in the streets of {CITY} until dawn .",
-    "Unemployment in {STATE} fell to {pct} percent , the lowest level since {year} .",
-    "{SURNAME} , {age} , joined {CLUB} from {CLUB} last season .",
-    "Asked about {ORG} , {SURNAME} smiled and said nothing .",
-    "{PER} is expected to visit {COUNTRY} and {COUNTRY} later this month .",
-    "The {NAT} -born {role} now lives in {STATE} .",
-    "Residents of {CITY} and nearby {CITY} were told to stay indoors .",
-    "We will not sell {COMPANY} , {PER} said .",
-    "Earlier on {day} , {ORG} confirmed that it had received an offer .",
-    "{PER} , the {NAT} {role} , arrived in {CITY} on {day} .",
-    "{COMPANY} cut {num} jobs in {COUNTRY} last year .",
-    "{CLUB} signed {PER} from {CLUB} for an undisclosed fee .",
-    "Temperatures in {CITY} reached {num} degrees on {day} .",
-    "{CLUB} sacked coach {PER} after a {score} defeat by {CLUB} in {CITY} on {day} .",
-    "{ORG} said {pct} percent of its staff work in {STATE} .",
-    "The {LANG} translation of the report was released in {month} .",
-    "{PER} became the first {NAT} player to win the {EVENT} .",
-    "Tourism to {REGION} fell sharply in {year} .",
-    "Sales of {thing} in {REGION} grew {pct} percent in {year} , {COMPANY} said .",
-    "{SURNAME} , who turned {age} on {day} , plans to retire .",
-    "Both {COUNTRY} and {COUNTRY} have applied to host the {EVENT} .",
-    "{PER} was appointed {role} of {ORG} in {month} .",
-    "The road between {CITY} and the border with {COUNTRY} was closed .",
-    "A {role} said {LOC|COMPANY} had changed a lot since {year} .",
-    "{MISC} supporters filled the stadium in {CITY} .",
-    "{LOC|COMPANY} is best known abroad for its {thing} .",
-    "{COMPANY} shares fell {pct} percent after the {NAT} regulator opened an inquiry .",
-    "Doctors in {CITY} treated {num} people for smoke inhalation .",
-    "{PER} , {age} , watched the {MISC} coverage at home in {CITY} on {date} .",
-    "{PER} met {SURNAME} in {CITY} to discuss the merger .",
-    "Fans of {CLUB} travelled to {COUNTRY} for the away game .",
-    "{STATE} voters will elect a new governor in {month} .",
-    "Markets in {CITY} were closed on {day} for a public holiday .",
-    "About {num} people attended the ceremony in {month} .",
-    "{COMPANY} opened its first store in {COUNTRY} in {year} .",
-    "{PER} returned to {CITY} after {num} years abroad .",
-    "Storms cut power to {num} homes across {STATE} on {day} .",
-    "The {NAT} {role} called for calm .",
-    "Roads between {CITY} , {CITY} and {LOC} were reopened on {day} .",
-    "{ORG} will sponsor the {EVENT} until {year} .",
-    "Police are searching for {PER} , who was last seen in {CITY} .",
-    "{SURNAME} denied that {COMPANY} had paid any bribes .",
-    "Nothing was decided at the meeting , a {role} said .",
-    "The {role} will travel to {COUNTRY} and {LOC} next {month} .",
-)
+TEMPLATES: tuple[str, ...] = tuple(_WORDS["templates"])
 
 # Validation sentences come from templates training never sees: every fifth template (indices 4,
 # 9, 14, ...) is held out. A rule rather than a hand-picked list, so the held-out templates are not

@@ -64,6 +64,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,12 @@ __all__ = [
     "text_neuron_activations_props",
 ]
 
+
+def _asset(name: str) -> str:
+    """A stylesheet or script of the pages, kept as a file in ``report/assets``."""
+    return files("neuroplastic.report").joinpath("assets", name).read_text("utf-8")
+
+
 #: Components exported on ``window.CircuitsVis`` by the circuitsvis 1.43 bundle.
 CIRCUITSVIS_COMPONENTS: frozenset[str] = frozenset(
     {
@@ -101,97 +108,18 @@ CIRCUITSVIS_COMPONENTS: frozenset[str] = frozenset(
     }
 )
 
-CSS = """\
-:root { color-scheme: light; }
-body {
-  margin: 0; background: #fff; color: #1f2328; line-height: 1.5;
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-}
-main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 1.25rem 4rem; }
-h1 { font-size: 1.9rem; margin: 0.5rem 0 1rem; }
-h2 { font-size: 1.4rem; margin-top: 2.2rem; padding-bottom: 0.25rem;
-     border-bottom: 1px solid #d0d7de; }
-h3 { font-size: 1.15rem; margin-top: 1.6rem; }
-p { max-width: 80ch; }
-pre, code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-pre { background: #f6f8fa; padding: 0.75rem 1rem; border-radius: 6px; overflow-x: auto;
-      font-size: 0.85rem; }
-.np-table-wrap { overflow-x: auto; margin: 1rem 0; }
-table.np-table { border-collapse: collapse; font-size: 0.9rem; font-variant-numeric: tabular-nums; }
-table.np-table caption { caption-side: top; text-align: left; font-weight: 600;
-                         padding-bottom: 0.4rem; }
-table.np-table th, table.np-table td { padding: 0.3rem 0.75rem; text-align: right;
-                                       border-bottom: 1px solid #d0d7de; }
-table.np-table thead th { background: #f6f8fa; border-bottom: 2px solid #8c959f; }
-table.np-table tbody th { text-align: left; }
-table.np-table tbody tr:nth-child(even) { background: #fafbfc; }
-.np-cv { margin: 15px 0; }
-.np-plot { margin: 1rem 0; }
-details { border: 1px solid #d0d7de; border-radius: 6px; padding: 0.5rem 1rem; margin: 1rem 0; }
-details > summary { cursor: pointer; font-weight: 600; }
-details[open] > summary { margin-bottom: 0.5rem; }
-.np-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b;
-            border-radius: 4px; padding: 0.5rem 0.75rem; }
-"""
+CSS = _asset("page.css")
 
 # Renders every CircuitsVis view declared on the page. Runs once, after the bundle.
-_CIRCUITSVIS_BOOTSTRAP = """\
-(function () {
-  "use strict";
-  var cv = window.CircuitsVis;
-  var blocks = document.querySelectorAll('script[type="application/json"][data-circuitsvis]');
-  Array.prototype.forEach.call(blocks, function (block) {
-    var target = block.getAttribute("data-target");
-    var name = block.getAttribute("data-circuitsvis");
-    var box = document.getElementById(target);
-    try {
-      if (!cv || typeof cv.render !== "function") {
-        throw new Error("the CircuitsVis bundle did not load");
-      }
-      if (cv[name] == null) { throw new Error("CircuitsVis has no component " + name); }
-      cv.render(target, cv[name], JSON.parse(block.textContent));
-    } catch (err) {
-      console.error("neuroplastic: CircuitsVis view #" + target + " failed: " + err);
-      if (box) {
-        box.className += " np-error";
-        box.textContent = "This " + name + " view failed to render: " + err;
-      }
-    }
-  });
-})();
-"""
+_CIRCUITSVIS_BOOTSTRAP = _asset("circuitsvis_bootstrap.js")
 
 # Plotly sizes a figure from its container; a figure drawn inside a closed <details> gets a
 # wrong width, so resize figures when their <details> opens. "toggle" does not bubble: capture.
-_PLOTLY_TOGGLE_RESIZE = """\
-document.addEventListener("toggle", function (event) {
-  var el = event.target;
-  if (!el.open || !window.Plotly || !el.querySelectorAll) { return; }
-  Array.prototype.forEach.call(el.querySelectorAll(".plotly-graph-div"), function (div) {
-    window.Plotly.Plots.resize(div);
-  });
-}, true);
-"""
+_PLOTLY_TOGGLE_RESIZE = _asset("plotly_toggle_resize.js")
 
 # Notebook fragments share the notebook's page: every rule is scoped to .np-inline, and colours
 # are translucent greys that read on light and dark themes alike.
-NOTEBOOK_CSS = """\
-.np-inline { line-height: 1.5; margin: 0.25rem 0; }
-.np-inline .np-title { font-weight: 600; font-size: 1.05rem; margin: 0.25rem 0 0.5rem; }
-.np-inline .np-table-wrap { overflow-x: auto; margin: 0.5rem 0; }
-.np-inline table.np-table { border-collapse: collapse; font-size: 0.9rem;
-                            font-variant-numeric: tabular-nums; }
-.np-inline table.np-table caption { caption-side: top; text-align: left; font-weight: 600;
-                                    padding-bottom: 0.4rem; }
-.np-inline table.np-table th, .np-inline table.np-table td {
-  padding: 0.25rem 0.7rem; text-align: right; border-bottom: 1px solid rgba(127,127,127,0.3); }
-.np-inline table.np-table thead th { border-bottom: 2px solid rgba(127,127,127,0.6); }
-.np-inline table.np-table tbody tr:nth-child(even) { background: rgba(127,127,127,0.07); }
-.np-inline .np-cv { margin: 10px 0; }
-.np-inline .np-waiting { font-size: 0.85rem; font-style: italic; opacity: 0.75; }
-.np-inline .np-error { color: #b42318; border: 1px solid #fda29b; border-radius: 4px;
-                       padding: 0.5rem 0.75rem; }
-"""
+NOTEBOOK_CSS = _asset("notebook.css")
 
 # Shown in a view's box before any script ran: trusted-only frontends strip scripts.
 _VIEW_NEEDS_SCRIPTS = (
@@ -202,50 +130,7 @@ _VIEW_NEEDS_SCRIPTS = (
 # the page. The root is found through the script's own parent (robust to a duplicated output,
 # whose ids repeat) or else by id (frontends that run scripts detached, e.g. classic Notebook).
 # Each view gets a fresh id before drawing: CircuitsVis.render looks its box up page-wide.
-_NOTEBOOK_DRAW = """\
-(function (rootId, script) {
-  "use strict";
-  var parent = script && script.parentNode;
-  var root = parent && parent.classList && parent.classList.contains("np-inline")
-    ? parent : document.getElementById(rootId);
-  if (!root) { return; }
-  var np = window.__neuroplastic = window.__neuroplastic || {pending: [], n: 0};
-  var blocks = root.querySelectorAll('script[type="application/json"][data-circuitsvis]');
-  function box(block) {
-    return root.querySelector('[id="' + block.getAttribute("data-target") + '"]');
-  }
-  function draw(cv) {
-    if (root.getAttribute("data-np-drawn")) { return; }
-    root.setAttribute("data-np-drawn", "1");
-    Array.prototype.forEach.call(blocks, function (block) {
-      var name = block.getAttribute("data-circuitsvis");
-      var target = box(block);
-      if (!target) { return; }
-      try {
-        if (cv[name] == null) { throw new Error("CircuitsVis has no component " + name); }
-        np.n += 1;
-        target.id = block.getAttribute("data-target") + "-" + np.n;
-        target.className = target.className.replace(/ ?np-waiting/g, "");
-        target.textContent = "";
-        cv.render(target.id, cv[name], JSON.parse(block.textContent));
-      } catch (err) {
-        console.error("neuroplastic: CircuitsVis view " + target.id + " failed: " + err);
-        target.className += " np-error";
-        target.textContent = "This " + name + " view failed to render: " + err;
-      }
-    });
-  }
-  if (window.CircuitsVis && typeof window.CircuitsVis.render === "function") {
-    draw(window.CircuitsVis);
-    return;
-  }
-  Array.prototype.forEach.call(blocks, function (block) {
-    var target = box(block);
-    if (target) { target.textContent = WAITING; }
-  });
-  np.pending.push(draw);
-})(ROOT_ID, document.currentScript);
-"""
+_NOTEBOOK_DRAW = _asset("notebook_draw.js")
 
 _VIEW_WAITING = (
     "Waiting for the CircuitsVis bundle, which the first neuroplastic view of this notebook "
@@ -256,24 +141,8 @@ _VIEW_WAITING = (
 # The first fragment of a session: define window.CircuitsVis unless the page has it, then draw
 # every queued view. Wrapped in a function whose parameters shadow AMD/CommonJS globals
 # (classic Notebook's require.js) so the bundle always defines a plain global.
-_NOTEBOOK_BUNDLE_HEAD = """\
-(function () {
-  var np = window.__neuroplastic = window.__neuroplastic || {pending: [], n: 0};
-  if (!(window.CircuitsVis && typeof window.CircuitsVis.render === "function")) {
-    try {
-      window.CircuitsVis = (function (define, module, exports) {
-"""
-_NOTEBOOK_BUNDLE_TAIL = """
-return CircuitsVis;
-      })();
-    } catch (err) {
-      console.error("neuroplastic: the CircuitsVis bundle failed to load: " + err);
-      return;
-    }
-  }
-  np.pending.splice(0).forEach(function (draw) { draw(window.CircuitsVis); });
-})();
-"""
+_NOTEBOOK_BUNDLE_HEAD = _asset("notebook_bundle_head.js")
+_NOTEBOOK_BUNDLE_TAIL = _asset("notebook_bundle_tail.js")
 
 # Whether this Python session already sent the bundle to the notebook page.
 _notebook_state = {"bundle_sent": False}

@@ -44,7 +44,8 @@ from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.relearning import relearning
 from neuroplastic.report.style import ARM_COLORS
 from neuroplastic.report.views import add_side_by_side, examples_from_top_k
-from neuroplastic.store.checkpoint import Checkpointer, reading
+from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.lock import reading
 from neuroplastic.store.manifest import CorruptFile
 from neuroplastic.store.rundir import RunDir
 

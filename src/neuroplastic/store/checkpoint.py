@@ -1,5 +1,6 @@
-"""All persistence of a run directory: its lock, its config, which stages are done, the weights
-and trainer state after them, and the manifest that says every file is the one the run wrote.
+"""All persistence of a run directory: its lock (:mod:`neuroplastic.store.lock`), its config,
+which stages are done, the weights and trainer state after them, and the manifest that says
+every file is the one the run wrote.
 
 A stage is done when its marker exists. The marker is written last, after the stage's artifacts,
 its weights and its trainer state (each written atomically) and the manifest entries of all of
@@ -10,6 +11,7 @@ resumption needs), and none once the run is complete.
 ```
 DIR/.lock                             flock'ed by the process writing the run (rank 0 of a
                                       launched run: the only one that touches DIR); its PID
+                                      (neuroplastic.store.lock)
 DIR/manifest.json                     relative path -> {"size", "sha256"} (store.manifest)
 DIR/state/{arm}/{stage}.json          {"rows": [metric rows], "config_hash": ...}: stage done
 DIR/state/{arm}/{stage}.safetensors   model and head weights after the stage
@@ -25,13 +27,9 @@ recomputed where the run kept what they come from, else refused (:mod:`neuroplas
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
 import json
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from neuroplastic import distributed
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
+from neuroplastic.store.lock import RunLock
 from neuroplastic.store.manifest import CONFIG_HASH, CorruptFile, digest, file_digest
 from neuroplastic.store.rundir import (
     STAGE_FILES,
@@ -89,7 +88,7 @@ class Checkpointer:
         self.save_checkpoints = save_checkpoints
         self.manifest = run.manifest
         self.config_hash: str | None = None
-        self._lock: int | None = None
+        self._lock: RunLock | None = None
 
     # -- the lock ------------------------------------------------------------------------------
     def __enter__(self) -> Checkpointer:
@@ -100,46 +99,18 @@ class Checkpointer:
         self.unlock()
 
     def lock(self) -> None:
-        """Take the run directory's exclusive lock, or refuse at once, naming its holder. The
-        kernel drops it when the process dies, however it dies: a stale lock file blocks
-        nothing."""
+        """Take the run directory's exclusive lock, or refuse at once, naming its holder
+        (:class:`neuroplastic.store.lock.RunLock`)."""
         if self._lock is not None:
             return
         if not distributed.is_main():  # the other ranks of a launched run only read from it
             raise RuntimeError(f"rank {distributed.rank()} may not lock or write {self.run.path}")
-        try:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:  # e.g. a directory under /proc: it lists, but holds no files
-            raise NeuroplasticError(
-                f"cannot create files in the run directory {self.run.path} ({error.strerror}: "
-                f"{self.run.lock_path}); give a directory you can write to as --out"
-            ) from error
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            holder = _holder(fd)
-            os.close(fd)
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            who = "another process (a neuroplastic run or report)"
-            if holder:
-                who = f"process {holder} (another neuroplastic run)"
-            raise NeuroplasticError(
-                f"{self.run.path} is in use by {who}; wait for it or use another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock = fd
+        self._lock = RunLock.take(self.run.path, self.run.lock_path)
 
     def unlock(self) -> None:
-        if self._lock is None:
-            return
-        fd, self._lock = self._lock, None
-        try:
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)  # drops the flock
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
 
     # -- the config a run is bound to --------------------------------------------------------
     def check_config(self, config: ExperimentConfig) -> ConfigCheck:
@@ -385,47 +356,6 @@ class Checkpointer:
             files = [path] if path.is_file() else sorted(path.rglob("*"))
             found += [p for p in files if p.is_file() and not p.name.endswith(".tmp")]
         return [self.manifest.relative(p) for p in found]
-
-
-@contextmanager
-def reading(run: RunDir) -> Iterator[None]:
-    """Hold a shared lock on ``run`` while reading it (a report): refused while a run holds
-    the exclusive one. A directory no run of this version has locked has no lock file, and
-    none is made."""
-    try:
-        fd = os.open(run.lock_path, os.O_RDONLY)
-    except OSError:
-        fd = None
-    if fd is None:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = _holder(fd)
-            who = f"process {holder}" if holder else "another process"
-            raise NeuroplasticError(
-                f"{run.path} is in use by {who} (a neuroplastic run writing it); wait for it to "
-                "finish, then report"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def _holder(fd: int) -> int | None:
-    """The PID in a lock file, if that process is alive."""
-    try:
-        pid = int(os.pread(fd, 32, 0).decode().strip())
-        os.kill(pid, 0)
-    except PermissionError:
-        return pid
-    except (ValueError, OSError):
-        return None
-    return pid
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:

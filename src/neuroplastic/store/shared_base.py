@@ -24,7 +24,8 @@ from typing import Any
 from neuroplastic import distributed
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.store.checkpoint import load_weights, reading
+from neuroplastic.store.checkpoint import load_weights
+from neuroplastic.store.lock import reading
 from neuroplastic.store.rundir import RunDir
 
 BASE = "base"

@@ -35,7 +35,7 @@ step environment
 python3 -c "import torch, transformers, transformer_lens; print(torch.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 if wants tests; then
   step "tests on the GPU"
-  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3
+  python3 -m pytest -q -p no:cacheprovider tests/core/test_gpu.py 2>&1 | tail -3
 fi
 bench() { python3 benchmarks/bench.py --dataset .gpu/data --device "$DEVICE" "$@"; }
 if wants bench; then

@@ -39,7 +39,7 @@ from neuroplastic.core.training import TokenClassifier, TrainConfig, evaluate, t
 from neuroplastic.data.load import encode_split, load_corpus
 from neuroplastic.report.views import neuron_view, ranking_table, show
 
-# The demo's settings; tests/test_demos.py shrinks them through these environment variables.
+# The demo's settings; tests/project/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")
 TRAIN_SENTENCES = int(os.environ.get("NP_DEMO_TRAIN_SENTENCES", "1000"))
 SENTENCES = int(os.environ.get("NP_DEMO_SENTENCES", "200"))  # validation, and probe

@@ -32,7 +32,7 @@ from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split, load_corpus
 from neuroplastic.report.views import examples_from_model, show, side_by_side
 
-# The demo's settings; tests/test_demos.py shrinks them through these environment variables.
+# The demo's settings; tests/project/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")
 SENTENCES = int(os.environ.get("NP_DEMO_SENTENCES", "400"))
 TOP_K = int(os.environ.get("NP_DEMO_TOP_K", "20"))  # top activating tokens kept per neuron

@@ -33,7 +33,7 @@ from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.load import encode_split, load_corpus
 
-# The demo's settings; tests/test_demos.py shrinks them through these environment variables.
+# The demo's settings; tests/project/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")
 SENTENCES = int(os.environ.get("NP_DEMO_SENTENCES", "100"))
 N_NEURONS = int(os.environ.get("NP_DEMO_N_NEURONS", "200"))

@@ -34,7 +34,7 @@ from neuroplastic.config import ExperimentConfig
 from neuroplastic.presets import load_preset
 from neuroplastic.report.views import show
 
-# Where the config files go; tests/test_demos.py points it at a temporary directory.
+# Where the config files go; tests/project/test_demos.py points it at a temporary directory.
 OUT = Path(os.environ.get("NP_DEMO_OUT") or tempfile.mkdtemp(prefix="neuroplastic-paper-"))
 OUT.mkdir(parents=True, exist_ok=True)
 

@@ -38,7 +38,7 @@ from neuroplastic.experiment.pipeline import run_experiment
 from neuroplastic.report.views import show
 from neuroplastic.store.rundir import RunDir
 
-# The demo's settings; tests/test_demos.py shrinks them through these environment variables.
+# The demo's settings; tests/project/test_demos.py shrinks them through these environment variables.
 MODEL = os.environ.get("NP_DEMO_MODEL", "embedded")
 TRAIN_SENTENCES = int(os.environ.get("NP_DEMO_TRAIN_SENTENCES", "800"))
 SENTENCES = int(os.environ.get("NP_DEMO_SENTENCES", "120"))  # validation, and probe

@@ -1,6 +1,12 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The shared helpers (tiny settings, fake runs, kills, the browser...) of every test folder.
+sys.path.insert(0, str(Path(__file__).with_name("support")))
+pytest_plugins = ["planted"]  # its fixture, for the predictor and chase tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -68,8 +74,9 @@ def embedded_model():
 def tiny_run(tmp_path_factory):
     """The tiny experiment at its default settings, run once for every test that only reads it
     (or copies it first): (its directory, its summary)."""
-    from neuroplastic.experiment.pipeline import run_experiment
     from tiny import tiny_config
+
+    from neuroplastic.experiment.pipeline import run_experiment
 
     out = tmp_path_factory.mktemp("tiny-run")
     return out, run_experiment(tiny_config(), out, progress=False, log=lambda *_: None)
@@ -78,8 +85,9 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def chase_run(tmp_path_factory):
     """A tiny 3-round chase with an evaluation every step: (its directory, its summary)."""
-    from neuroplastic.experiment.pipeline import run_experiment
     from tiny import tiny_config
+
+    from neuroplastic.experiment.pipeline import run_experiment
 
     out = tmp_path_factory.mktemp("chase")
     config = tiny_config(rounds=3, eval_every=1)
@@ -89,8 +97,9 @@ def chase_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def preempt_run(tmp_path_factory):
     """A tiny run pre-empting the 20 survivors the gradient predictor scores highest."""
-    from neuroplastic.experiment.pipeline import run_experiment
     from tiny import tiny_config
+
+    from neuroplastic.experiment.pipeline import run_experiment
 
     out = tmp_path_factory.mktemp("preempt")
     config = tiny_config(preempt="gradient", preempt_count=20)

@@ -26,7 +26,7 @@ def _setting_metadata() -> dict[str, Any]:
 
 
 #: One line per setting for `run` / `sweep --help` (what it does), read off the config; a
-#: setting without one gets a help of only its default, which tests/test_help_and_extras.py
+#: setting without one gets a help of only its default, which tests/cli/test_help_and_extras.py
 #: refuses.
 SETTING_HELP = {name: m["help"] for name, m in _setting_metadata().items() if m.get("help")}
 

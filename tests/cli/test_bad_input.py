@@ -1,0 +1,285 @@
+"""Bad input is refused with one clear line before any compute (tracker issue 11)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import TINY, tiny_config
+
+from neuroplastic.cli.commands import main
+from neuroplastic.data.conll import read_conll_file
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment import pipeline as experiment
+from neuroplastic.experiment.pipeline import run_experiment
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def tiny_flags(**overrides):
+    settings = {**TINY, **overrides}
+    flags = []
+    for name, value in settings.items():
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Reaching base fine-tuning fails the test: the checks must come before it."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("base fine-tuning reached")
+
+    monkeypatch.setattr(experiment, "_fine_tune_base", reached)
+
+
+# -- 1. values refused by the config ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("learning_rate", float("nan"), "learning_rate must be a finite number"),
+        ("learning_rate", float("inf"), "learning_rate must be a finite number"),
+        ("weight_decay", float("nan"), "weight_decay must be a finite number"),
+        ("weight_decay", float("inf"), "weight_decay must be a finite number"),
+        ("plateau_tolerance", float("nan"), "plateau_tolerance must be a number; got nan"),
+        ("fraction", float("nan"), "fraction"),
+        ("warmup_fraction", float("nan"), "warmup_fraction"),
+        ("seed", -1, r"seed must be in \[0, 4294967295\]"),
+        ("seed", 2**32, r"seed must be in \[0, 4294967295\]"),
+        ("device", "gpu", "device must be one of cpu, cuda, cuda:N"),
+        ("device", "cuda:", "device must be one of cpu, cuda, cuda:N"),
+        ("device", "cuda:x", "device must be one of cpu, cuda, cuda:N"),
+    ],
+)
+def test_config_refuses_bad_values(setting, value, message):
+    with pytest.raises(NeuroplasticError, match=message):
+        tiny_config(**{setting: value})
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_config_accepts_device_forms(device):
+    assert tiny_config(device=device).device == device
+
+
+def test_seed_bounds_are_accepted_and_one_past_them_refused():
+    for seed in (0, 2**32 - 1):
+        config = tiny_config(seed=seed)
+        assert config.seed == seed and config.identity()["seed"] == seed
+    for seed in (-1, 2**32):
+        with pytest.raises(NeuroplasticError, match=r"seed must be in \[0, 4294967295\]"):
+            tiny_config(seed=seed)
+
+
+def test_refused_nan_lr_leaves_out_usable(cli, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli("run", "--out", str(out), *tiny_flags(), "--lr", "nan", "--quiet")
+    assert code == 2
+    assert err.count("\n") == 1 and "learning_rate must be a finite number; got nan" in err
+    assert not (out / "config.json").exists()
+    code, _, err = cli("run", "--out", str(out), *tiny_flags(), "--quiet")
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["learning_rate"] == TINY["learning_rate"]
+    assert (out / "summary.json").is_file()
+
+
+# -- 2. checks before base fine-tuning ---------------------------------------------------------
+def test_cuda_unavailable_refused(monkeypatch, tmp_path, no_training, cli):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = cli(
+        "run", "--out", str(tmp_path / "r"), *tiny_flags(), "--device", "cuda", "--quiet"
+    )
+    assert code == 2
+    assert "--device cuda: CUDA is not available" in err and "--device cpu" in err
+
+
+@pytest.mark.parametrize(
+    ("selection", "count", "message"),
+    [
+        ("count", 2 * 64 + 1, r"2 layers x 64 MLP neurons = 128 in all\); give --count 128"),
+        ("per-layer", 65, r"64 MLP neurons per layer\); give --count 64"),
+    ],
+)
+def test_count_larger_than_model_refused(tmp_path, no_training, selection, count, message):
+    config = tiny_config(selection=selection, count=count)
+    with pytest.raises(NeuroplasticError, match=message):
+        run_experiment(config, tmp_path / "r", progress=False, log=lambda *a: None)
+
+
+def test_count_that_fits_passes_the_check(tmp_path, no_training):
+    config = tiny_config(selection="count", count=128)
+    with pytest.raises(AssertionError, match="base fine-tuning reached"):
+        run_experiment(config, tmp_path / "r", progress=False, log=lambda *a: None)
+
+
+def test_max_length_beyond_positions_refused(cli, tmp_path, no_training):
+    code, _, err = cli("run", "--out", str(tmp_path / "r"), *tiny_flags(max_length=161), "--quiet")
+    assert code == 2
+    assert "--max-length 161 exceeds tiny-bert's 160 positions; give --max-length 160" in err
+
+
+def test_out_is_a_file_refused(cli, tmp_path, no_training):
+    path = tmp_path / "results.txt"
+    path.write_text("not a directory")
+    code, _, err = cli("run", "--out", str(path), *tiny_flags(), "--quiet")
+    assert code == 2
+    assert "is an existing file, not a directory" in err
+    assert path.read_text() == "not a directory"
+
+
+def test_a_run_and_a_sweep_refuse_each_others_directories(cli, tmp_path, no_training):
+    sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "run"
+    (sweep_dir / "hold-selectivity" / "seed-0").mkdir(parents=True)
+    (sweep_dir / "hold-selectivity" / "seed-0" / "config.json").write_text("{}")
+    (sweep_dir / "sweep.json").write_text("{}")
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, _, err = cli("run", "--out", str(sweep_dir), *tiny_flags(), "--quiet")
+    assert code == 2 and f"--out {sweep_dir} is a sweep directory" in err
+    code, _, err = cli("sweep", "--out", str(run_dir), "--seeds", "0", *tiny_flags(), "--quiet")
+    assert code == 2 and f"--out {run_dir} is a run directory" in err
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing replaced
+
+
+def test_out_in_read_only_directory_refused(cli, tmp_path, no_training):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: chmod does not stop writes")
+        for out in (locked, locked / "run"):
+            code, _, err = cli("run", "--out", str(out), *tiny_flags(), "--quiet")
+            assert code == 2, err
+            assert "you can write to" in err and err.count("\n") == 1
+    finally:
+        os.chmod(locked, 0o755)
+
+
+def test_out_that_cannot_be_created_refused(cli, tmp_path, no_training):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = cli("run", "--out", str(blocker / "run"), *tiny_flags(), "--quiet")
+    assert code == 2
+    assert "cannot create the run directory" in err and "you can write to" in err
+
+
+def test_out_not_writable_refused_even_as_root(monkeypatch, tmp_path, no_training):
+    out = tmp_path / "r"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != out and real_access(p, mode))
+    with pytest.raises(NeuroplasticError, match="the directory is not writable"):
+        run_experiment(tiny_config(), out, progress=False, log=lambda *a: None)
+
+
+# -- 3. CoNLL input -----------------------------------------------------------------------------
+def test_conll_byte_order_mark_is_stripped(tmp_path):
+    path = tmp_path / "bom.txt"
+    text = "-DOCSTART- -X- -X- O\n\nParis NNP B-NP B-LOC\nis VBZ B-VP O\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    sentences = read_conll_file(path)
+    assert len(sentences) == 1
+    assert sentences[0].words == ("Paris", "is")
+
+
+def test_conll_decoding_error_names_the_bad_line(tmp_path):
+    path = tmp_path / "latin1.txt"
+    lines = [f"w{i} O" for i in range(5000)] + ["Z\xfcrich B-LOC"]
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(NeuroplasticError, match=r"line 5001: not UTF-8 text.*0xfc at column 2"):
+        read_conll_file(path)
+
+
+def test_output_files_that_are_directories_are_refused_before_any_work(tmp_path, capsys):
+    assert main(["rank", "--model", "tiny-bert", "--json", str(tmp_path)]) == 2
+    assert f"--json {tmp_path} is a directory; give a file path" in capsys.readouterr().err
+    args = ["view", "--model", "tiny-bert", "--neurons", "0:1", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_a_non_utf8_config_file_is_refused(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    data = b'{"seed": 1, "concept": "L\xd6C"}'
+    config.write_bytes(data)
+    assert main(["run", "--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    assert f"not UTF-8 text (byte {data.index(0xD6)})" in capsys.readouterr().err
+
+
+def test_neurons_with_non_ascii_digits_are_refused():
+    from neuroplastic.core.neurons import NeuronSet
+
+    for text in ("0:\u00b2", "\uff11:3"):  # superscript two, fullwidth one
+        with pytest.raises(NeuroplasticError, match="write LAYER:NEURON"):
+            NeuronSet.parse(text, 2, 64)
+
+
+def test_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
+    broken = tmp_path / "base.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    args = ["run", "--out", str(tmp_path / "run"), "--checkpoint", str(broken)]
+    for name, value in TINY.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    assert main(args) == 2
+    assert "is not a readable safetensors checkpoint" in capsys.readouterr().err
+
+
+def test_a_file_system_error_while_writing_the_report_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from neuroplastic.report import html
+
+    args = ["run", "--out", str(tmp_path)]
+    for name, value in {**TINY, "stages": 1, "baseline": "none"}.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    assert main([*args, "--quiet", "--no-report"]) == 0
+    capsys.readouterr()
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device", "report.html")
+
+    monkeypatch.setattr(html.os, "replace", full)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device (report.html)" in err
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_report_on_a_sweep_directory_rebuilds_the_sweep_report(capsys, tmp_path):
+    committed = BENCHMARKS / "sweep-preempt-5seeds-cpu.json"
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_bytes(committed.read_bytes())
+    assert main(["report", str(sweep_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {sweep_dir / 'report.html'}"
+    page = (sweep_dir / "report.html").read_text(encoding="utf-8")
+    assert "<title>Does LOC stay removed? embedded, seeds [0, 1, 2, 3, 4]</title>" in page
+
+
+def test_every_bound_is_declared_once_and_checked_at_its_edges():
+    """Each numeric setting's bound is its field's metadata: a value just inside it is
+    accepted, one just outside refused with the bound in words, and the command line's
+    positive-integer flags are exactly the integer settings whose bound leaves out 0."""
+    from dataclasses import fields
+
+    from neuroplastic.config import Bound, ExperimentConfig
+
+    declared = {f.name: f for f in fields(ExperimentConfig) if f.metadata.get("bound")}
+    assert {"fraction", "seed", "learning_rate", "relearn_lr", "stop_below"} <= set(declared)
+    for name, field in declared.items():
+        bound: Bound = field.metadata["bound"]
+        integer = isinstance(field.default, int)
+        assert field.metadata["zero_allowed"] == bound.admits(0)
+        if bound.low is not None:
+            step = 1 if integer else 1e-9
+            edge = bound.low + step if bound.low_open else bound.low
+            outside = bound.low if bound.low_open else bound.low - step
+            assert bound.admits(edge) and not bound.admits(outside), name
+            with pytest.raises(NeuroplasticError, match=f"^{name} must be "):
+                ExperimentConfig(**{name: type(field.default)(outside)})
+    assert Bound(low=0, high=1, low_open=True).describe() == "in (0, 1]"
+    assert Bound(low=0, low_open=True).describe() == "positive"
+    assert Bound(low=0, note="0: none").admits(0) and not Bound(low=0).admits(float("nan"))

@@ -1,0 +1,204 @@
+"""A run whose removal is an erasure (``--removal leace|direction``): fitted at base, saved with
+the run, held through retraining and every evaluation, its control a random projection.
+
+Expectations are independent of the pipeline: the erasure fitted again by hand on the base
+weights the run kept, the residual stream captured and erased again, the settings' refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from tiny import tiny_config
+
+from neuroplastic.config import ExperimentConfig
+from neuroplastic.core.erasure import LinearErasure, erase, fit_direction, fit_leace
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.pipeline import run_experiment
+from neuroplastic.store.rundir import RunDir, stage_names
+
+if not os.environ.get("CI"):  # under CI the [erasure] extra is installed: a missing one fails
+    pytest.importorskip("concept_erasure", reason='pip install "neuroplastic[erasure]" for LEACE')
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def leace_run(tmp_path_factory):
+    """A tiny run removing LOC by LEACE at both layers, its base weights kept."""
+    out = tmp_path_factory.mktemp("leace-run")
+    summary = run_experiment(
+        tiny_config(removal="leace"), out, progress=False, log=quiet, keep_base=True
+    )
+    return out, summary
+
+
+def base_of(out, scratch):
+    """The run's base model (with its head) in eval mode, from the weights it kept, and the
+    run's probe sentences encoded as the run encodes them (its own set-up, into ``scratch``)."""
+    from neuroplastic.experiment.pipeline import _setup
+    from neuroplastic.store.checkpoint import Checkpointer, load_weights
+
+    run = RunDir(out)
+    config = ExperimentConfig.load(run.config_path)
+    setup = _setup(config, Checkpointer(RunDir(scratch)), False, quiet)
+    load_weights(setup.module, run.weights_path("concept", "base"))
+    setup.module.eval()
+    return setup.model, setup.probe_data
+
+
+@pytest.mark.slow
+def test_the_erasure_is_fitted_on_the_base_weights_and_saved_with_the_run(leace_run, tmp_path):
+    out, summary = leace_run
+    run = RunDir(out)
+    saved = LinearErasure.load(run.removal_path("concept"))
+    model, data = base_of(out, tmp_path / "scratch")
+    refit = fit_leace(model, data, "LOC", [0, 1])
+    assert saved.kind == "leace" and saved.layers == [0, 1]
+    for layer in saved.layers:
+        for part in ("left", "right", "bias"):
+            assert torch.allclose(getattr(saved, part)[layer], getattr(refit, part)[layer])
+    for arm in ("concept", "random"):
+        assert run.manifest.matches(run.removal_path(arm))  # a result, listed
+        assert len(run.neurons(arm)) == 0  # an erasure silences no neuron
+    control = LinearErasure.load(run.removal_path("random"))
+    assert control.kind == "random" and control.layers == saved.layers
+    assert control.rank == saved.rank == 1
+    for layer in control.layers:  # an orthonormal projection, not the concept's direction
+        q = control.left[layer]
+        assert torch.allclose(q.T @ q, torch.eye(1), atol=1e-5)
+    arms = summary["arms"]
+    assert arms["concept"]["removal"]["kind"] == "leace"
+    assert arms["random"]["removal"] == {
+        "kind": "random",
+        "layers": [0, 1],
+        "rank": 1,
+        "what": control.describe(),
+    }
+    assert arms["random"]["control"] == "random-projection"
+    assert "prediction" not in summary  # the neuron predictors need removed neurons
+
+
+@pytest.mark.slow
+def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run):
+    out, summary = leace_run
+    for arm in ("concept", "random"):
+        stages = summary["arms"][arm]["stages"]
+        assert [s["stage"] for s in stages] == stage_names(2)
+        assert [s["step"] for s in stages] == [0, 0, 3, 6]
+        assert all(set(s["readable"]) == {"0", "1"} for s in stages)
+    # one base model for both arms: they differ in what they hold and nothing else
+    base = {arm: summary["arms"][arm]["stages"][0]["f1"] for arm in ("concept", "random")}
+    assert base["concept"] == base["random"]
+
+
+@pytest.mark.slow
+def test_a_removed_hook_stops_the_run(tmp_path, monkeypatch):
+    """Something removing the erasure's hooks during retraining is caught at the next
+    evaluation: the run stops with a clear error, not a measure of an unerased model."""
+    from neuroplastic.core.training import Trainer
+
+    real_run = Trainer.run
+
+    def run_then_drop_hooks(self, n_steps, on_step=None, progress=True, description=""):
+        losses = real_run(self, n_steps, on_step, progress, description)
+        if "retrain" in description:
+            model = self.module.model
+            model.reset_hooks(including_permanent=True)
+        return losses
+
+    monkeypatch.setattr(Trainer, "run", run_then_drop_hooks)
+    with pytest.raises(NeuroplasticError, match="no longer all held"):
+        run_experiment(
+            tiny_config(removal="direction"), tmp_path / "run", progress=False, log=quiet
+        )
+
+
+@pytest.mark.slow
+def test_a_killed_erasure_run_resumes_to_the_same_summary(leace_run, tmp_path, monkeypatch):
+    from kills import killed_then_resumed
+
+    _, expected = leace_run
+    resumed = killed_then_resumed(
+        monkeypatch, tmp_path / "run", tiny_config(removal="leace"), "random", "retrain-1",
+        "mid-training",
+    )  # fmt: skip
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.slow
+def test_a_direction_run_at_chosen_layers_holds_the_projection_there(tmp_path):
+    out = tmp_path / "run"
+    summary = run_experiment(
+        tiny_config(removal="direction", removal_layers="1", baseline="none"),
+        out,
+        progress=False,
+        log=quiet,
+        keep_base=True,
+    )
+    saved = LinearErasure.load(RunDir(out).removal_path("concept"))
+    assert saved.kind == "direction" and saved.layers == [1]
+    assert list(summary["arms"]) == ["concept"]
+    model, data = base_of(out, tmp_path / "scratch")
+    assert torch.allclose(fit_direction(model, data, "LOC", [1]).left[1], saved.left[1], atol=1e-6)
+    # held, the direction is gone from layer 1's residual stream on every real token
+    seen = {}
+    batch = data.collate(list(range(8)))
+    with (
+        erase(model, saved),
+        model.hooks(
+            fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: seen.update(x=x.detach()))]
+        ),
+    ):
+        model(batch.tokens, attention_mask=batch.attention_mask)
+    real = batch.attention_mask.bool()
+    assert float((seen["x"][real] @ saved.left[1][:, 0]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"removal": "leace", "rounds": 2}, "--rounds acts on removed neurons"),
+        ({"removal": "leace", "preempt": "gradient"}, "--preempt acts on removed neurons"),
+        ({"removal": "direction", "mode": "regrow"}, "--mode regrow acts on removed neurons"),
+        ({"removal_layers": "0"}, "give --removal leace or direction too"),
+        ({"removal": "leace", "removal_layers": "first"}, "'all' or layer indices"),
+        ({"removal": "erase"}, "removal must be one of neurons, leace, direction"),
+    ],
+)
+def test_settings_an_erasure_cannot_honour_are_refused(settings, message):
+    with pytest.raises(NeuroplasticError, match=message):
+        tiny_config(**settings)
+
+
+def test_a_layer_the_model_lacks_is_refused_before_any_training(tmp_path):
+    with pytest.raises(NeuroplasticError, match="names layer 5, but the model has 2 layers"):
+        run_experiment(
+            tiny_config(removal="leace", removal_layers="0,5"), tmp_path / "run", progress=False,
+            log=quiet,
+        )  # fmt: skip
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_the_command_line_takes_the_removal(tmp_path):
+    from neuroplastic.cli import main
+
+    code = main(
+        [
+            "run", "--out", str(tmp_path / "run"), "--model", "tiny-bert",
+            "--train-sentences", "96", "--validation-sentences", "32", "--probe-sentences", "40",
+            "--base-steps", "6", "--stages", "1", "--stage-steps", "2", "--batch-size", "8",
+            "--eval-grid", "uniform", "--removal", "direction", "--removal-layers", "0",
+            "--no-report", "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["removal"], config["removal_layers"]) == ("direction", "0")
+    assert LinearErasure.load(RunDir(tmp_path / "run").removal_path("concept")).layers == [0]

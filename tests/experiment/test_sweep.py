@@ -1,0 +1,164 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+from tiny import TINY
+
+import neuroplastic.core.curves as curves
+import neuroplastic.experiment.sweep as sweep
+from neuroplastic.cli.commands import main
+from neuroplastic.config import ExperimentConfig
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.report.sweep_report import build_sweep_report
+from neuroplastic.store.rundir import RunDir
+
+# A tiny run long enough for a non-zero LOC F1, with an evaluation every 2 retraining steps.
+SWEPT = dict(TINY, base_steps=40, plateau_every=0, stage_steps=4, learning_rate=1e-2, eval_every=2)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    result = sweep.run_sweep(
+        ExperimentConfig(**SWEPT), out, seeds=[0, 1, 2], modes=["hold", "regrow"],
+        progress=False, log=quiet,
+    )  # fmt: skip
+    return out, result
+
+
+@pytest.mark.slow  # a sweep of several runs
+def test_one_resumable_run_per_cell_and_seed(swept, monkeypatch):
+    out, result = swept
+    assert set(result["cells"]) == {"hold-selectivity", "regrow-selectivity"}
+    for cell in result["cells"]:
+        endings = []
+        for seed in (0, 1, 2):
+            run = RunDir(out / cell / f"seed-{seed}")
+            config = run.config()
+            assert config["seed"] == seed and config["mode"] == cell.split("-")[0]
+            endings.append(run.summary()["base"]["stopped"])
+        # How each seed's base fine-tuning ended, counted.
+        assert result["cells"][cell]["base_stopped"] == {e: endings.count(e) for e in endings}
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(sweep, "run_experiment", must_not_run)
+    again = sweep.run_sweep(
+        ExperimentConfig(**SWEPT), out, seeds=[0, 1, 2], modes=["hold", "regrow"],
+        progress=False, log=quiet,
+    )  # fmt: skip
+    assert again == json.loads(json.dumps(result))  # NaN-free, so equal after a JSON trip
+    assert json.loads((out / "sweep.json").read_text()) == again
+
+
+@pytest.mark.slow  # a sweep of several runs
+def test_measures_come_from_each_run_and_intervals_from_seeds(swept):
+    out, result = swept
+    cell = result["cells"]["hold-selectivity"]
+    drops, aucs = [], []
+    for seed in (0, 1, 2):
+        run = RunDir(out / "hold-selectivity" / f"seed-{seed}")
+        stages = {s["stage"]: s["f1"]["LOC"] for s in run.summary()["arms"]["concept"]["stages"]}
+        drops.append(stages["base"] - stages["pruned"])
+        metrics = run.metrics()
+        rows = metrics[(metrics["arm"] == "concept") & (metrics["step"] >= 0)]
+        rows = rows[~rows["stage"].str.startswith("base")].sort_values("step")
+        assert rows["step"].tolist() == [0, 2, 4, 6, 8]  # eval_every 2
+        trapezoids = (rows["f1_LOC"] / stages["base"]).rolling(2).mean().dropna() * 2
+        aucs.append(trapezoids.sum() / 8)
+    drop = cell["arms"]["concept"]["drop_at_pruning"]
+    assert drop["values"] == pytest.approx(drops)
+    assert cell["arms"]["concept"]["recovery_auc"]["values"] == pytest.approx(aucs)
+    half = stats.t.ppf(0.975, 2) * pd.Series(drops).std() / math.sqrt(3)
+    assert drop["mean"] == pytest.approx(sum(drops) / 3)
+    if half > 0:
+        assert drop["ci_high"] - drop["mean"] == pytest.approx(half)
+    paired = cell["concept_minus_random"]["drop_at_pruning"]["values"]
+    random = cell["arms"]["random"]["drop_at_pruning"]["values"]
+    assert paired == pytest.approx([c - r for c, r in zip(drops, random, strict=True)])
+    assert set(cell["arms"]["concept"]["f1"]) == {"base", "pruned", "retrain-1", "retrain-2"}
+
+
+def test_steps_to_recover_and_auc_by_hand():
+    curve = pd.DataFrame({"step": [0.0, 10, 20, 30], "f1": [0.2, 0.5, 0.9, 0.95]})
+    # 90% of base 1.0 is reached between 10 (0.5) and 20 (0.9): exactly at 20.
+    assert curves.steps_to_recover(curve, 0.9) == pytest.approx(20)
+    assert curves.steps_to_recover(curve, 0.7) == pytest.approx(15)
+    assert curves.steps_to_recover(curve, 0.1) == 0
+    assert math.isnan(curves.steps_to_recover(curve, 0.99))
+    # Trapezoids: (0.35 + 0.7 + 0.925) * 10 / 30 with base 1.
+    assert curves.recovery_auc(curve, 1.0) == pytest.approx((0.35 + 0.7 + 0.925) / 3)
+    assert curves.recovery_auc(curve, 0.5) == pytest.approx(2 * (0.35 + 0.7 + 0.925) / 3)
+
+
+def test_interval_counts_runs_that_never_recovered():
+    result = sweep.interval([10.0, float("nan"), 14.0])
+    assert result["mean"] == 12 and result["n"] == 2 and result["missing"] == 1
+    half = stats.t.ppf(0.975, 1) * math.sqrt(8) / math.sqrt(2)
+    assert result["ci_low"] == pytest.approx(12 - half)
+    assert result["values"] == [10.0, None, 14.0]
+    assert sweep.interval([1.0])["ci_low"] is None
+
+
+@pytest.mark.slow  # a sweep of several runs
+def test_the_sweep_report_shows_every_cell_with_intervals(swept):
+    _, result = swept
+    html = build_sweep_report(json.loads(json.dumps(result))).to_html()
+    for cell in result["cells"]:
+        assert f"<h2>{cell}</h2>" in html
+    drop = result["cells"]["hold-selectivity"]["arms"]["concept"]["drop_at_pruning"]
+    assert f"{drop['mean']:.3g}" in html
+    assert html.count('class="np-plot"') == 4  # a recovery and a prediction plot per cell
+
+
+@pytest.mark.slow  # a sweep of several runs
+def test_the_sweep_command(tmp_path, capsys):
+    args = ["sweep", "--out", str(tmp_path), "--seeds", "0,1", "--quiet"]
+    for name, value in {**SWEPT, "stages": 1}.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "hold-selectivity: LOC F1 drop at pruning" in printed
+    assert (tmp_path / "report.html").is_file()
+    assert main(["sweep", "--out", str(tmp_path), "--seeds", "0,0", "--quiet"]) == 2
+    assert "distinct seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--out", str(tmp_path), "--seeds", "0", "--mode", "hold,keep"])
+
+
+def test_sweep_refuses_the_lm_task(tmp_path):
+    with pytest.raises(NeuroplasticError, match="needs --task ner"):
+        sweep.run_sweep(ExperimentConfig(**{**SWEPT, "task": "lm"}), tmp_path, seeds=[0], log=quiet)
+
+
+def test_readability_across_seeds_by_hand_and_in_the_report():
+    from neuroplastic.experiment.sweep import _readable_across
+    from neuroplastic.report.html import HtmlPage
+    from neuroplastic.report.sweep_report import _readable
+
+    per_seed = [
+        {"readable": {"base": {"0": 0.90, "1": 0.95}, "pruned": {"0": 0.52, "1": 0.60}}},
+        {"readable": {"base": {"0": 0.80, "1": 0.85}, "pruned": {"0": 0.48}}},
+        {"readable": {"base": {"0": 0.85, "1": 0.90}, "pruned": {"0": 0.50, "1": 0.58}}},
+    ]
+    table = _readable_across(per_seed)
+    assert list(table) == ["base", "pruned"]
+    assert list(table["pruned"]) == ["0"]  # layer 1 lacks a seed: left out, not averaged
+    base0 = table["base"]["0"]
+    assert base0["mean"] == pytest.approx(0.85) and base0["n"] == 3
+    half = stats.t.ppf(0.975, 2) * 0.05 / math.sqrt(3)  # sd of 0.9, 0.8, 0.85 is 0.05
+    assert (base0["ci_low"], base0["ci_high"]) == pytest.approx((0.85 - half, 0.85 + half))
+    # the same spread about 0.9 passes an AUC of 1: the seeds' range instead
+    assert table["base"]["1"]["method"] == "seed range"
+    assert (table["base"]["1"]["ci_low"], table["base"]["1"]["ci_high"]) == (0.85, 0.95)
+    page = HtmlPage("t")
+    _readable(page, {"arms": {"concept": {"readable": table}}}, "LOC")
+    text = page._repr_html_()
+    assert "linearly readable" in text and "layer 0" in text and "0.85 [" in text

@@ -1,0 +1,102 @@
+"""The package's floors (issue 18): every import, lazy ones and type-only ones included, goes
+down the floors or stays on its own, never up; and the pieces that must load without torch do."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "neuroplastic"
+
+#: lowest first; a module may import its own floor and the floors below it
+FLOORS = [
+    {"errors", "io", "extras", "progress", "distributed", "config", "presets"},
+    {"data"},
+    {"core"},
+    {"store"},
+    {"analysis"},
+    {"experiment"},
+    {"report"},
+    {"api", "cli", "__init__"},
+]
+
+
+def floor_of(parts: tuple[str, ...]) -> int:
+    """The floor of the module ``neuroplastic.<parts>`` (its first component decides)."""
+    head = parts[0] if parts else "__init__"
+    for index, names in enumerate(FLOORS):
+        if head in names:
+            return index
+    raise AssertionError(f"neuroplastic.{'.'.join(parts)} is on no floor: add it to FLOORS")
+
+
+def imported_modules(path: Path) -> list[tuple[int, tuple[str, ...]]]:
+    """Every ``neuroplastic...`` module ``path`` imports, anywhere in the file, with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "neuroplastic":  # from neuroplastic import x: x is the module
+                found += [(node.lineno, (alias.name,)) for alias in node.names]
+            elif node.module.startswith("neuroplastic."):
+                found.append((node.lineno, tuple(node.module.split(".")[1:])))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("neuroplastic."):
+                    found.append((node.lineno, tuple(alias.name.split(".")[1:])))
+    return found
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_the_floor_map_is_checked_against_a_planted_upward_import(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from neuroplastic.report.views import show\n")
+    ((line, target),) = imported_modules(planted)
+    assert (line, target) == (2, ("report", "views"))
+    assert floor_of(target) > floor_of(("core", "stats"))
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_floor_above_its_own(path):
+    own = path.relative_to(PACKAGE).with_suffix("").parts
+    if own[-1] in ("__init__", "__main__") and len(own) > 1:
+        own = own[:-1]
+    upward = [
+        f"line {line}: neuroplastic.{'.'.join(target)}"
+        for line, target in imported_modules(path)
+        if floor_of(target) > floor_of(own)
+    ]
+    assert not upward, f"{path.relative_to(PACKAGE)} imports a floor above its own: {upward}"
+
+
+def test_the_sweep_report_and_the_package_load_without_torch():
+    code = (
+        "import sys\n"
+        "import neuroplastic, neuroplastic.report.sweep_report, neuroplastic.analysis.intervals\n"
+        "import neuroplastic.experiment.sweep_plan, neuroplastic.analysis.predictor_labels\n"
+        "print(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_public_api_is_importable_from_the_package():
+    import importlib
+
+    import neuroplastic
+
+    for name, module in neuroplastic._PUBLIC.items():
+        assert getattr(neuroplastic, name) is getattr(importlib.import_module(module), name)
+    from neuroplastic import ExperimentConfig, ablate  # the spelling a notebook uses
+
+    assert ablate.__module__ == "neuroplastic.core.ablation"
+    assert ExperimentConfig.__module__ == "neuroplastic.config"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        neuroplastic.nothing  # noqa: B018

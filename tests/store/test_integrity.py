@@ -1,0 +1,361 @@
+"""A run directory never gives silently wrong results: one writer at a time (an exclusive lock),
+stages bound to the settings they were computed under (a config hash in every marker), files
+checked against the run's manifest when resumed or reported, and reports that say what they
+cannot show."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from kills import SimulatedKill
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny import TINY, quiet, tiny_config
+
+import neuroplastic.experiment.pipeline as experiment
+from neuroplastic.config import ExperimentConfig
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.rundir import RunDir
+
+KILLED_AT = ("random", "retrain-1")  # the run is killed as this stage ends, before its files
+
+
+@pytest.fixture
+def finished(tiny_run):
+    return tiny_run
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    return killed_run(tmp_path_factory.mktemp("killed"), *KILLED_AT)
+
+
+def killed_run(out, arm, stage):
+    """A tiny run killed as ``stage`` of ``arm`` ends, before anything of that stage is written."""
+
+    def on_stage(event):
+        if (event.arm, event.stage, event.moment) == (arm, stage, "trained"):
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet, on_stage=on_stage)
+    return out
+
+
+def copy(source, tmp_path):
+    target = tmp_path / "run"
+    shutil.copytree(source, target)
+    return target
+
+
+def snapshot(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def run_args(out, **overrides):
+    args = ["run", "--out", str(out), "--quiet", "--no-report"]
+    for name, value in {**TINY, **overrides}.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
+# -- one writer at a time ----------------------------------------------------------------------
+HOLD = """
+import sys
+from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.rundir import RunDir
+with Checkpointer(RunDir(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_locked_run_directory_refuses_a_second_run_and_report(finished, tmp_path, cli):
+    _, expected = finished
+    out = copy(finished[0], tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # The holder's write in progress: a second start must not sweep it away.
+        (out / "state" / ".pruned.json.abc123.tmp").write_text("in progress")
+        before = snapshot(out)
+        message = (
+            f"{out} is in use by process {holder.pid} (another neuroplastic run); wait for it "
+            "or use another --out"
+        )
+        code, _, stderr = cli(*run_args(out, fraction=0.25, seed=7, lr=0.5))
+        assert (code, stderr.strip()) == (2, f"neuroplastic run: error: {message}")
+        code, _, stderr = cli("report", out, "--similarity", "none")
+        assert code == 2
+        assert f"{out} is in use by process {holder.pid} (a neuroplastic run writing" in stderr
+        assert snapshot(out) == before  # nothing read-and-rewritten, nothing deleted
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # The holder died without releasing anything: its PID is still in the lock file, but the
+    # kernel dropped its lock, so the stale file blocks nothing.
+    assert (out / ".lock").read_text().strip() == str(holder.pid)
+    assert experiment.run_experiment(tiny_config(), out, progress=False, log=quiet) == expected
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_the_lock_is_held_for_the_run_and_released_however_it_ends(tmp_path):
+    run = RunDir(tmp_path)
+    with Checkpointer(run):
+        # flock locks belong to an open file description: a second one conflicts even here.
+        with pytest.raises(NeuroplasticError, match=f"in use by process {os.getpid()} "):
+            Checkpointer(run).lock()
+    with pytest.raises(NeuroplasticError, match="unknown concept label 'LCO'"):
+        experiment.run_experiment(tiny_config(concept="LCO"), tmp_path, progress=False, log=quiet)
+    with Checkpointer(run):  # released on the error
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    assert (tmp_path / ".lock").read_text() == ""
+
+
+# -- stages bound to their settings ------------------------------------------------------------
+def test_every_stage_marker_records_the_hash_of_its_settings(finished):
+    out, _ = finished
+    output_options = ("device", "device_map", "save_checkpoints")
+    # Settings added later are left out at their defaults, so older runs keep their hash.
+    later = (
+        *("dtype", "base_epochs", "stage_epochs"),
+        *("rounds", "stop_below", "preempt", "preempt_count", "eval_grid"),
+        *("naive", "relearn", "relearn_sentences", "relearn_lr"),
+        *("removal", "removal_layers"),
+    )
+    identity = {
+        k: v for k, v in tiny_config().to_dict().items() if k not in (*output_options, *later)
+    }
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    expected = hashlib.sha256(canonical.encode()).hexdigest()
+    markers = sorted((out / "state").glob("*/*.json"))
+    assert len(markers) == 7  # base, then pruned and 2 retraining stages per arm
+    assert {json.loads(m.read_text())["config_hash"] for m in markers} == {expected}
+    # Output options may change on resumption; 1 and 1.0 are one fraction.
+    assert tiny_config(device="cuda", save_checkpoints=True).identity_hash() == expected
+    assert tiny_config(device_map="auto").identity_hash() == expected
+    assert tiny_config(dtype="bfloat16").identity_hash() != expected
+    assert tiny_config(stage_epochs=2.0).identity_hash() != expected
+    one, one_point_zero = ExperimentConfig(fraction=1), ExperimentConfig(fraction=1.0)
+    assert one.identity_hash() == one_point_zero.identity_hash()
+    assert tiny_config(seed=7).identity_hash() != expected
+
+
+def test_results_without_their_config_json_are_refused(finished, tmp_path, cli):
+    out = copy(finished[0], tmp_path)
+    (out / "config.json").unlink()
+    before = snapshot(out)
+    for overrides in ({"fraction": 0.25, "seed": 7, "lr": 0.5}, {}):
+        code, _, stderr = cli(*run_args(out, **overrides))
+        # 7 stage markers, 24 stage files, 2 neuron sets, summary.json and metrics.jsonl
+        assert (code, stderr.strip()) == (
+            2,
+            f"neuroplastic run: error: {out} holds results of a run (state/concept/base.json, "
+            "state/concept/pruned.json and 48 more) but no config.json, so the settings they "
+            "were computed under cannot be checked; restore its config.json, or use another "
+            "--out (nothing was changed)",
+        )
+        assert snapshot(out) == before
+
+
+def test_a_stage_computed_under_other_settings_is_refused(finished, tmp_path):
+    out = copy(finished[0], tmp_path)
+    other = tiny_config(fraction=0.25, seed=7, learning_rate=0.5)
+    (out / "config.json").write_text(json.dumps(other.to_dict()))  # config.json replaced
+    before = snapshot(out)
+    recorded = tiny_config().identity_hash()[:12]
+    with pytest.raises(NeuroplasticError) as refused:
+        experiment.run_experiment(other, out, progress=False, log=quiet)
+    assert str(refused.value) == (
+        f"{out / 'state/concept/base.json'} was computed under other settings (config hash "
+        f"{recorded}) than config.json and this run's ({other.identity_hash()[:12]}): "
+        "config.json was replaced after that stage ran; use another --out (nothing was changed)"
+    )
+    assert snapshot(out) == before
+
+
+# -- the manifest ------------------------------------------------------------------------------
+def test_the_manifest_lists_every_stage_file_as_written(finished):
+    out, _ = finished
+    manifest = json.loads((out / "manifest.json").read_text())
+    on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "stages").rglob("*.*"))
+    # arms x stages x (ranking, stats, top tokens, the probe halves' moments), each arm's
+    # predictions (the control's are the predictors' null), the concept arm's causal truth and
+    # the neuron views' whole-sentence activations (each arm's first and last stage)
+    assert len(on_disk) == 2 * 4 * 4 + 2 + 1 + 2 * 2
+    # A complete run has released its weights and trainer state, and forgot them.
+    assert sorted(manifest) == on_disk
+    for name, entry in manifest.items():
+        data = (out / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_a_killed_run_resumes_from_files_that_match_its_manifest(killed, finished, tmp_path):
+    out = copy(killed, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    # The weights and trainer state the random arm resumes from, and the base's weights.
+    assert {n for n in manifest if n.startswith("state/")} == {
+        "state/concept/base.safetensors",
+        "state/concept/retrain-2.safetensors",
+        "state/concept/retrain-2.trainer.pt",
+        "state/random/pruned.safetensors",
+        "state/random/pruned.trainer.pt",
+    }
+    resumed = experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+    assert resumed == finished[1]
+
+
+def _bump_weights(path):
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1.0
+    save_file(tensors, str(path))
+
+
+def _bump_trainer(path):
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["param_groups"][0]["lr"] *= 2  # still a valid optimizer state
+    torch.save(state, path)
+
+
+def _bump_parquet(path):
+    frame = pd.read_parquet(path)
+    frame.loc[0, "score"] += 1.0
+    frame.to_parquet(path, index=False)
+
+
+def _bump_stats(path):
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    tensors["sum"] = tensors["sum"].clone()
+    tensors["sum"].view(-1)[0] += 1.0
+    save_file(tensors, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    "name, bump",
+    [
+        ("state/random/pruned.safetensors", _bump_weights),
+        ("state/random/pruned.trainer.pt", _bump_trainer),
+        ("stages/concept/base/ranking.parquet", _bump_parquet),
+    ],
+)
+def test_a_resumption_refuses_a_file_changed_after_the_run_wrote_it(killed, tmp_path, name, bump):
+    out = copy(killed, tmp_path)
+    bump(out / name)
+    with pytest.raises(NeuroplasticError) as refused:
+        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+    message = str(refused.value)
+    assert message.startswith(f"{out / name} does not match the run's manifest (")
+    assert message.endswith(
+        "): it was changed after the run wrote it; restore it or rerun into a new --out"
+    )
+    assert (out / name).is_file()  # refused, not deleted
+    assert not (out / "state" / "random" / "retrain-1.json").exists()
+
+
+@pytest.mark.parametrize(
+    "name, bump",
+    [
+        ("stages/concept/retrain-1/stats.safetensors", _bump_stats),
+        ("stages/random/retrain-2/ranking.parquet", _bump_parquet),
+    ],
+)
+def test_report_refuses_a_stage_file_changed_after_the_run(finished, tmp_path, cli, name, bump):
+    out = copy(finished[0], tmp_path)
+    bump(out / name)
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert code == 2
+    assert f"error: {out / name} does not match the run's manifest (sha256 " in stderr
+    assert "it was changed after the run wrote it; restore it or rerun into a new --out" in stderr
+    assert not (out / "report.html").exists()
+
+
+# -- reports say what they cannot show ---------------------------------------------------------
+def _warnings_on_page(out):
+    page = (out / "report.html").read_text(encoding="utf-8")
+    head = page[: page.index("<h2>Key numbers</h2>")]
+    return [chunk.split("</p>")[0] for chunk in head.split('<p class="np-warning"')[1:]]
+
+
+def test_report_of_an_unfinished_run_names_the_missing_stages(killed, tmp_path, cli):
+    out = copy(killed, tmp_path)
+    code, stdout, stderr = cli("report", out, "--similarity", "none")
+    expected = (
+        "Unfinished run: these stages have not been computed yet: random arm: retrain-1, "
+        "retrain-2. This report shows the stages done so far; rerun `neuroplastic run --out "
+        f"{out}` with the same settings to finish it."
+    )
+    assert code == 0 and stdout.strip() == f"report: {out / 'report.html'}"
+    assert stderr.strip() == f"neuroplastic report: warning: {expected}"
+    [shown] = _warnings_on_page(out)
+    assert shown.endswith(">" + expected)
+    assert RunDir(out).stages("random") == ["base", "pruned"]
+
+
+def test_report_says_a_deleted_stage_file_left_its_stage_out(finished, tmp_path, cli):
+    out = copy(finished[0], tmp_path)
+    (out / "stages/concept/retrain-1/stats.safetensors").unlink()
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    expected = (
+        "Stage retrain-1 of the concept arm is left out of this report: "
+        "stages/concept/retrain-1/stats.safetensors is missing, deleted after the run wrote "
+        "it; restore it or rerun into a new --out."
+    )
+    assert code == 0
+    assert stderr.strip() == f"neuroplastic report: warning: {expected}"  # finished: only this
+    [shown] = _warnings_on_page(out)
+    assert shown.endswith(">" + expected)
+    assert RunDir(out).stages("concept") == ["base", "pruned", "retrain-2"]
+
+
+def test_a_deleted_manifest_is_refused(finished, tmp_path, cli):
+    out = copy(finished[0], tmp_path)
+    (out / "manifest.json").unlink()
+    message = (
+        f"{out / 'manifest.json'} is missing, though the run kept one: its files cannot be "
+        "verified; restore it or rerun into a new --out"
+    )
+    with pytest.raises(NeuroplasticError) as refused:
+        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+    assert str(refused.value) == message
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert (code, stderr.strip()) == (2, f"neuroplastic report: error: {message}")
+
+
+def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_path, cli):
+    out = copy(killed, tmp_path)
+    # What an earlier version left: no manifest, no lock file, markers without a config hash.
+    (out / "manifest.json").unlink()
+    (out / ".lock").unlink()
+    for marker in (out / "state").glob("*/*.json"):
+        data = json.loads(marker.read_text())
+        del data["config_hash"]
+        marker.write_text(json.dumps(data))
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert code == 0 and "Unfinished run" in stderr
+    assert not (out / ".lock").exists()  # a report makes no lock file
+    assert experiment.run_experiment(tiny_config(), out, progress=False, log=quiet) == finished[1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(
+        p.relative_to(out).as_posix() for p in (out / "stages").rglob("*.*")
+    )
+    assert {"config_hash" in json.loads(m.read_text()) for m in out.glob("state/*/*.json")} == {
+        False,  # the stages done before keep their markers as they were
+        True,
+    }

@@ -43,7 +43,7 @@ from scipy import stats as scipy_stats
 from torch import Tensor, nn
 
 from neuroplastic.analysis.arm_run import ArmRun
-from neuroplastic.analysis.intervals import t_half_width
+from neuroplastic.analysis.intervals import interval
 from neuroplastic.config import PREDICTOR_NAMES
 from neuroplastic.core.ablation import Ablation
 from neuroplastic.core.models import check_mlp_hooks, mlp_hook_name, model_device, run_forward
@@ -797,7 +797,9 @@ def across_seeds(
         for measure in SEED_MEASURES:
             values = group[measure].to_numpy(dtype=float)
             finite = values[np.isfinite(values)]
-            low, high = _t_interval(finite, confidence)
+            spread = interval(list(finite), confidence)  # one t-interval for the package
+            low = math.nan if spread["ci_low"] is None else spread["ci_low"]
+            high = math.nan if spread["ci_high"] is None else spread["ci_high"]
             rows.append(
                 {
                     "predictor": predictor,
@@ -811,10 +813,3 @@ def across_seeds(
                 }
             )
     return pd.DataFrame(rows)
-
-
-def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    if len(values) < 2:
-        return math.nan, math.nan
-    half = t_half_width(values, confidence)
-    return float(values.mean() - half), float(values.mean() + half)

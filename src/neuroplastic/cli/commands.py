@@ -533,6 +533,8 @@ def _sweep(args: argparse.Namespace) -> int:
         executor=executor,
         only_finished=args.only_finished,
     )
+    from neuroplastic.analysis.intervals import as_text as _mean_ci  # as the sweep report shows
+
     print(f"sweep: {args.out / 'sweep.json'}")
     for cell, data in result["cells"].items():
         drop = data["arms"]["concept"]["drop_at_pruning"]
@@ -560,14 +562,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
         print(f"report: {write_sweep_report(args.out)}")
     return 0
-
-
-def _mean_ci(value: dict) -> str:
-    from neuroplastic.analysis.intervals import (
-        as_text,  # what the sweep report shows, censoring too
-    )
-
-    return as_text(value)
 
 
 def _run(args: argparse.Namespace) -> int:

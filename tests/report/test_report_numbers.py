@@ -27,7 +27,8 @@ from tiny import tiny_config
 import neuroplastic.report.run_report as report_module
 from neuroplastic.core.stats import NeuronStats
 from neuroplastic.report.html import HtmlPage
-from neuroplastic.report.run_report import DEAD_COLOR, build_report
+from neuroplastic.report.run_report import build_report
+from neuroplastic.report.style import DEAD_COLOR
 from neuroplastic.store.rundir import RunDir
 
 STAGE_TABLE = "Concept arm, per stage"

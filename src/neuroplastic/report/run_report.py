@@ -21,29 +21,36 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from neuroplastic.analysis.arm_analysis import ArmAnalysis, analyse_arm
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.polysemantic import common_population
-from neuroplastic.analysis.predictor_labels import DESCRIPTIONS, TRUTHS
 from neuroplastic.analysis.scores import recovery_curves, stage_gaps
 from neuroplastic.config import ExperimentConfig
-from neuroplastic.core.curves import RECOVERY_TARGET
 from neuroplastic.core.neurons import CONTROL_KINDS
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.chase import rounds_run
 from neuroplastic.extras import require
+from neuroplastic.report.chase_sections import chase_section, preempt_section
 from neuroplastic.report.html import HtmlPage
+from neuroplastic.report.neurons_sections import (
+    heatmaps_section,
+    polysemantic_section,
+    prediction_section,
+    primed_section,
+    pruned_section,
+    reappeared_section,
+    saliency_section,
+    stored_activations_section,
+)
 from neuroplastic.report.relearning import relearning
-from neuroplastic.report.style import ARM_COLORS
-from neuroplastic.report.views import add_side_by_side, examples_from_top_k
+from neuroplastic.report.style import ARM_COLORS, fmt, steps_text
 from neuroplastic.store.checkpoint import Checkpointer
 from neuroplastic.store.lock import reading
 from neuroplastic.store.manifest import CorruptFile
@@ -51,23 +58,6 @@ from neuroplastic.store.rundir import RunDir
 
 __all__ = ["build_report", "run_warnings", "write_report"]
 
-LAYER_COLORS = (
-    "#440154",
-    "#3b528b",
-    "#21918c",
-    "#5ec962",
-    "#fde725",
-    "#f89540",
-    "#cc4778",
-    "#7e03a8",
-    "#0d0887",
-    "#b12a90",
-    "#fca636",
-    "#2a788e",
-)
-#: Behind the heatmaps, so dead neurons (NaN saliency, drawn as gaps) show grey: no Viridis
-#: colour is grey.
-DEAD_COLOR = "#bdbdbd"
 Similarity = Literal["model", "sentence", "none"]
 
 
@@ -180,18 +170,18 @@ def _build_report(
     _headline(page, metrics, concept)
     _key_numbers(page, analyses, summary, concept, n_top)
     _recovery(page, metrics, summary, concept)
-    _chase(page, metrics, summary, concept)
-    _preempt(page, summary, concept)
+    chase_section(page, metrics, summary, concept)
+    preempt_section(page, summary, concept)
     relearning(page, metrics, summary, concept)
     _readable(page, summary, concept)
-    _saliency(page, analyses, n_top)
-    _heatmaps(page, analyses)
-    stored = _stored_activations(run)
-    _reappeared(page, analyses, sentences, n_views, similarity_note, stored)
-    _pruned(page, analyses, config)
-    _primed(page, analyses, similarity_note)
-    _prediction(page, summary, concept)
-    _polysemantic(page, analyses, sentences, n_neurons, n_views, stored)
+    saliency_section(page, analyses, n_top)
+    heatmaps_section(page, analyses)
+    stored = stored_activations_section(run)
+    reappeared_section(page, analyses, sentences, n_views, similarity_note, stored)
+    pruned_section(page, analyses, config)
+    primed_section(page, analyses, similarity_note)
+    prediction_section(page, summary, concept)
+    polysemantic_section(page, analyses, sentences, n_neurons, n_views, stored)
     page.heading("Configuration")
     with page.details("config.json"):
         page.preformatted(json.dumps(config, indent=2, sort_keys=True))
@@ -393,7 +383,7 @@ def _recovery_numbers(recovered: dict[str, Any]) -> dict[str, str]:
     budget = recovered.get("budget")
     numbers = {
         f"steps to 90% of base (evaluated at steps {_grid_text(grid)})": (
-            _steps(steps) if recovered.get("reached") else f"not within {budget:g} (censored)"
+            steps_text(steps) if recovered.get("reached") else f"not within {budget:g} (censored)"
         )
     }
     for step, share in (recovered.get("share_recovered") or {}).items():
@@ -446,10 +436,10 @@ def _stage_table(page: HtmlPage, gaps: pd.DataFrame, concept: str) -> None:
             if entity not in by_entity.index:
                 continue
             entry = by_entity.loc[entity]
-            row[f"{entity} {name}"] = _fmt(entry["value"], ".3f")
+            row[f"{entity} {name}"] = fmt(entry["value"], ".3f")
             row[f"{entity} gap to base"] = _gap(entry["gap_to_base"])
             if not control.empty:
-                row[f"random arm {entity} {name}"] = _fmt(control.get((stage, entity)), ".3f")
+                row[f"random arm {entity} {name}"] = fmt(control.get((stage, entity)), ".3f")
                 row[f"{entity} gap to control"] = _gap(entry["gap_to_control"])
         rows.append(row)
     page.table(
@@ -598,7 +588,7 @@ def _gap_table(gaps: pd.DataFrame, name: str) -> pd.DataFrame:
         by_arm = group.set_index("arm")
         row: dict[str, Any] = {"stage": stage, "step": int(group["step"].iloc[0]), "entity": entity}
         for arm in by_arm.index:
-            row[f"{arm} arm {name}"] = _fmt(by_arm.loc[arm, "value"], ".3f")
+            row[f"{arm} arm {name}"] = fmt(by_arm.loc[arm, "value"], ".3f")
             row[f"{arm} arm gap to base"] = _gap(by_arm.loc[arm, "gap_to_base"])
         if "concept" in by_arm.index and len(by_arm) > 1:
             row["gap to control"] = _gap(by_arm.loc["concept", "gap_to_control"])
@@ -635,7 +625,7 @@ def _seen_in_train(page: HtmlPage, summary: dict | None) -> None:
                 continue
             row[f"{split} mentions"] = int(entry["mentions"])
             row[f"{split} seen in training"] = int(entry["seen"])
-            row[f"{split} share seen"] = _fmt(entry["share"], ".1%")
+            row[f"{split} share seen"] = fmt(entry["share"], ".1%")
         rows.append(row)
     page.table(
         pd.DataFrame(rows).fillna("–"),
@@ -754,860 +744,3 @@ def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
         else:
             starts.append((names[i], float(steps[i - 1])))
     return starts
-
-
-ONE_SEED_SWEEP = (
-    "These are one seed's numbers, a description of this run, not estimates: intervals come "
-    "from repeating the run over seeds, `neuroplastic sweep {flags}`."
-)
-
-
-def _steps(value: Any) -> str:
-    """Steps to recover: 0 means the score never fell below the target."""
-    if value is None:
-        return "not reached"
-    return "0 (never below)" if value == 0 else f"{value:.1f}"
-
-
-def _chase(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
-    """A chase's rounds (``--rounds``): how fast each came back, what it cost the other entity
-    types, and where each round's new neurons sat (no chase in the summary: no section)."""
-    chase = (summary or {}).get("chase")
-    if not chase:
-        return
-    rounds = chase["rounds"]
-    asked = (summary or {}).get("config", {}).get("rounds", chase["rounds_run"])
-    page.heading("Chasing the concept")
-    stopped = chase.get("stopped_early")
-    page.paragraph(
-        f"Round 1 holds the neurons most salient for {concept} and retrains; every later round "
-        "ranks the retrained model's live neurons again, adds the next most salient to the held "
-        "set and retrains again. The random arm adds, each round, as many random neurons per "
-        f"layer. {chase['rounds_run']} of {asked} rounds ran"
-        + (f"; the chase stopped early: {stopped}." if stopped else ".")
-        + " The neuron analyses further down (saliency, heatmaps, reappeared, ablated, primed "
-        "and polysemantic neurons) describe round 1. "
-        + ONE_SEED_SWEEP.format(flags=f"--rounds {asked}")
-    )
-    _chase_recovery(page, metrics, summary or {}, rounds, concept)
-    _one_shot(page, chase.get("one_shot"), concept)
-    _chase_collateral(page, summary or {}, rounds, concept)
-    _chase_layers(page, rounds, summary or {})
-
-
-def _one_shot(page: HtmlPage, once: dict | None, concept: str) -> None:
-    """The one-shot arm beside the chase's end: the same neurons, removed at once."""
-    if not once:
-        return
-    arm, steps = once["one_shot"], once["retraining_steps"]
-    difference = once["one_shot_minus_chase"][concept]
-    page.paragraph(
-        f"Removing more at once instead: the one-shot arm holds all {once['neurons']} neurons "
-        f"of the chase's {once['rounds']} rounds from the base weights at once and retrains one "
-        f"round ({steps['one_shot']} steps; the chase retrained {steps['chase']}). Its {concept} "
-        f"F1 fell by {arm['drop']:.3f} at the removal and reached {arm['retrained'][concept]:.3f}"
-        f" after retraining, against {once['chase_retrained'][concept]:.3f} at the end of the "
-        f"chase with the same neurons held: one-shot minus chase {difference:+.3f}. One seed."
-    )
-
-
-def _chase_recovery(
-    page: HtmlPage, metrics: pd.DataFrame, summary: dict, rounds: list[dict], concept: str
-) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from neuroplastic.store.rundir import stage_round
-
-    page.paragraph(
-        f"Per round: {concept} F1 just before the round's removal (base in round 1, else after "
-        f"the previous round), right after it and after its retraining, the retraining steps "
-        f"from the round's start until {concept} F1 is back to 90% of its F1 before the removal "
-        "(interpolated between evaluations; 'not reached' within the round), the recovery AUC "
-        f"(mean of {concept} F1 / its F1 before the removal over the round's steps; 1 = never "
-        "lost) and the neurons the round added and held in all. Each round is measured against "
-        "the model it removed from: against base, a later round that never falls below 90% of "
-        "base would read 0 steps by construction."
-    )
-    for record in rounds:
-        rows = {
-            arm: {
-                f"{concept} F1 before the removal": _fmt(
-                    (entry.get("before") or {}).get(concept), ".3f"
-                ),
-                f"{concept} F1 after removal": _fmt(entry["removed"].get(concept), ".3f"),
-                f"{concept} F1 after retraining": _fmt(entry["retrained"].get(concept), ".3f"),
-                "steps to 90% of that": _steps(entry["steps_to_recover"]),
-                "recovery AUC": _fmt(entry["recovery_auc"], ".3f"),
-                "neurons added": str(entry["added"]),
-                "neurons held": str(entry["held"]),
-            }
-            for arm, entry in record["arms"].items()
-        }
-        page.table(
-            pd.DataFrame(rows).T,
-            caption=f"Round {record['round']}: recovery of {concept}, per arm",
-            float_format=None,
-        )
-    column = f"f1_{concept}"
-    if metrics.empty or column not in metrics.columns:
-        page.paragraph(f"No evaluations recorded: no curve of {concept} F1 per step.")
-        return
-    rows = metrics[metrics["stage"].map(lambda s: stage_round(str(s)) >= 1)]
-    figure = go.Figure()
-    for arm, group in rows.groupby("arm", sort=False):
-        if arm not in rounds[0]["arms"]:
-            continue
-        group = group.sort_values("step", kind="stable")
-        figure.add_trace(
-            go.Scatter(
-                x=group["step"],
-                y=group[column],
-                mode="lines+markers",
-                name=f"{arm} arm",
-                line={"color": ARM_COLORS.get(arm)},
-                customdata=group["stage"],
-                hovertemplate="%{customdata}, step %{x}<br>F1 %{y:.3f}<extra>" + arm + "</extra>",
-            )
-        )
-    first = rows[rows["arm"] == rows["arm"].iloc[0]] if len(rows) else rows
-    for record in rounds:
-        mine = first[first["stage"].map(lambda s: stage_round(str(s))) == record["round"]]
-        if len(mine):
-            figure.add_vline(
-                x=float(mine["step"].min()),
-                line={"dash": "dot", "width": 1, "color": "#8c959f"},
-                annotation_text=f"round {record['round']}",
-                annotation_font={"size": 9, "color": "#57606a"},
-            )
-    base = _base_scores(summary)
-    if base.get(concept):
-        figure.add_hline(
-            y=RECOVERY_TARGET * base[concept],
-            line={"dash": "dash", "width": 1, "color": "#57606a"},
-            annotation_text=f"{RECOVERY_TARGET:.0%} of base",
-            annotation_font={"size": 9},
-        )
-    figure.update_layout(
-        xaxis_title="training step (across rounds)",
-        yaxis={"title": f"{concept} F1", "range": [0, 1.02]},
-        height=360,
-        margin={"t": 40, "b": 40, "l": 50, "r": 20},
-    )
-    page.paragraph(
-        f"{concept} F1 against training step over every round, each arm; dotted lines mark "
-        "where each round starts (its neurons removed), the dashed line is 90% of the base F1."
-    )
-    page.plotly(figure, height="360px")
-
-
-def _base_scores(summary: dict) -> dict[str, float]:
-    """The base model's F1 per entity type (the concept arm's ``base`` stage)."""
-    stages = summary.get("arms", {}).get("concept", {}).get("stages", [])
-    return next((e.get("f1", {}) for e in stages if e.get("stage") == "base"), {})
-
-
-def _chase_collateral(page: HtmlPage, summary: dict, rounds: list[dict], concept: str) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
-    entities = [
-        e for e in rounds[0]["arms"]["concept"]["retrained"] if e not in (concept, "overall")
-    ]
-    if not entities:
-        return
-    base = _base_scores(summary)
-    page.paragraph(
-        f"Collateral damage: the F1 of the other entity types after each round's retraining "
-        "against the neurons held so far. Holding more neurons costs every type something; what "
-        f"the concept arm costs beyond the random arm at the same count is what removing "
-        f"{concept}'s neurons costs the other types. Held 0 is the base model."
-    )
-    rows = [{"round": "base", "arm": "–", "neurons held": "0"}]
-    rows[0].update({f"{e} F1": _fmt(base.get(e), ".3f") for e in entities})
-    for record in rounds:
-        for arm, entry in record["arms"].items():
-            row = {"round": str(record["round"]), "arm": arm, "neurons held": str(entry["held"])}
-            row.update({f"{e} F1": _fmt(entry["retrained"].get(e), ".3f") for e in entities})
-            rows.append(row)
-    page.table(
-        pd.DataFrame(rows),
-        caption="Other entity types' F1 after each round's retraining",
-        index=False,
-        float_format=None,
-    )
-    fig = make_subplots(rows=1, cols=len(entities), subplot_titles=entities, shared_yaxes=True)
-    arms = list(dict.fromkeys(arm for record in rounds for arm in record["arms"]))
-    for c, entity in enumerate(entities, start=1):
-        for arm in arms:
-            points = [(0, base.get(entity), "base")] + [
-                (
-                    r["arms"][arm]["held"],
-                    r["arms"][arm]["retrained"].get(entity),
-                    f"round {r['round']}",
-                )
-                for r in rounds
-                if arm in r["arms"]
-            ]
-            fig.add_trace(
-                go.Scatter(
-                    x=[p[0] for p in points],
-                    y=[p[1] for p in points],
-                    customdata=[p[2] for p in points],
-                    mode="lines+markers",
-                    name=f"{arm} arm",
-                    legendgroup=arm,
-                    showlegend=c == 1,
-                    line={"color": ARM_COLORS.get(arm)},
-                    hovertemplate="%{customdata}: %{x} held<br>F1 %{y:.3f}<extra>"
-                    + arm
-                    + "</extra>",
-                ),
-                row=1,
-                col=c,
-            )
-        fig.update_xaxes(title_text="neurons held", row=1, col=c)
-    fig.update_yaxes(title_text="F1 after retraining", range=[0, 1.02], row=1, col=1)
-    fig.update_layout(height=340, margin={"t": 40, "b": 40, "l": 50, "r": 20})
-    page.plotly(fig, height="340px")
-
-
-def _chase_layers(page: HtmlPage, rounds: list[dict], summary: dict) -> None:
-    n_layers = summary.get("config", {}).get("n_layers")
-    layers = sorted(
-        {int(k) for r in rounds for e in r["arms"].values() for k in e["added_per_layer"]}
-    )
-    layers = list(range(n_layers)) if isinstance(n_layers, int) else layers
-    page.paragraph(
-        "Where each round's new neurons came from: how many the round added in every layer, "
-        "and their mean layer (each neuron counts once). With --baseline random (per layer) "
-        "the random arm matches the concept arm's count in every layer, so its row repeats the "
-        "concept arm's; with random-global only the total. 'Already salient at base' "
-        "(concept arm): the share of the round's new neurons that were already, in the base "
-        "model, among the most salient live neurons, as many as the round held in all. A high "
-        "share says the round took neurons that carried the concept from the start (a larger "
-        "first removal would have caught them); a low share says retraining moved the concept "
-        "into neurons that were not about it before."
-    )
-    rows = []
-    for record in rounds:
-        for arm, entry in record["arms"].items():
-            row: dict[str, Any] = {"round": str(record["round"]), "arm": arm}
-            row.update({f"layer {k}": str(entry["added_per_layer"].get(str(k), 0)) for k in layers})
-            row["mean layer of the added"] = _fmt(entry["added_mean_layer"], ".2f")
-            row["already salient at base"] = (
-                _fmt(entry.get("already_salient_at_base"), ".0%") if arm == "concept" else "–"
-            )
-            rows.append(row)
-    page.table(
-        pd.DataFrame(rows),
-        caption="Neurons added per layer, per round and arm",
-        index=False,
-        float_format=None,
-    )
-
-
-def _preempt(page: HtmlPage, summary: dict | None, concept: str) -> None:
-    """The pre-empting arm against its control, with the concept and random arms beside
-    (``--preempt``; none in the summary: no section)."""
-    preempt = (summary or {}).get("preempt")
-    if not preempt:
-        return
-    count, predictor = preempt["count"], preempt["predictor"]
-    page.heading("Pre-empting the new home")
-    page.paragraph(
-        f"The preempt arm holds the concept's neurons and, besides them, the {count} surviving "
-        f"neurons the {predictor} predictor scored highest at the pruned stage, before any "
-        f"retraining. Its control, the preempt-random arm, holds the concept's neurons and "
-        f"{count} random survivors, as many in every layer as the preempt arm took there and "
-        f"drawn from the same candidates (the survivors {predictor} scored): the two differ only "
-        f"in which survivors they hold, so preempt minus control is what the prediction bought. "
-        f"{preempt['overlap']} of the {count} random survivors are also among the predicted "
-        "ones. Steps to 90%: retraining steps from pruning until "
-        f"{concept} F1 is back to 90% of its base value (interpolated; 'not reached' within the "
-        f"run); recovery AUC: mean of {concept} F1 / base F1 over the retraining steps. "
-        + ONE_SEED_SWEEP.format(flags=f"--preempt {predictor} --preempt-count {count}")
-    )
-    recovery = preempt["recovery"]
-    entities = list(dict.fromkeys(e for data in recovery.values() for e in data["last"]))
-    entities.sort(key=lambda e: (e != concept, e))
-    rows = {}
-    for arm, data in recovery.items():
-        row = {
-            "steps to 90% of base": _steps(data["steps_to_recover_90"]),
-            "recovery AUC": _fmt(data["recovery_auc"], ".3f"),
-        }
-        for entity in entities:
-            row[f"{entity} F1 pruned"] = _fmt(data["pruned"].get(entity), ".3f")
-            row[f"{entity} F1 last"] = _fmt(data["last"].get(entity), ".3f")
-        rows[arm] = row
-    page.table(
-        pd.DataFrame(rows).T,
-        caption=f"Recovery of {concept} in every arm",
-        float_format=None,
-    )
-    diff = preempt["preempt_minus_control"]
-    difference = {
-        "steps to 90% of base": _gap_or_missing(
-            diff["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
-        ),
-        "recovery AUC": _gap_or_missing(diff["recovery_auc"], "+.3f"),
-        **{f"{e} F1 last": _gap_or_missing(diff["last"].get(e), "+.3f") for e in entities},
-    }
-    columns = {"preempt - preempt-random": difference}
-    oracle = preempt.get("oracle_minus_control")
-    if oracle is not None:
-        columns["preempt-oracle - preempt-random"] = {
-            "steps to 90% of base": _gap_or_missing(
-                oracle["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
-            ),
-            "recovery AUC": _gap_or_missing(oracle["recovery_auc"], "+.3f"),
-            **{f"{e} F1 last": _gap_or_missing(oracle["last"].get(e), "+.3f") for e in entities},
-        }
-    page.table(
-        pd.DataFrame(columns),
-        caption="Preempt arm minus its control (positive steps, negative AUC or F1: the "
-        "prediction slowed the recovery)"
-        + (
-            ", and the oracle minus the same control: the most any predictor could buy"
-            if oracle
-            else ""
-        ),
-        float_format=None,
-    )
-    if oracle is not None:
-        share = preempt.get("share_of_oracle")
-        page.paragraph(
-            f"The oracle holds the {count} survivors that gained the most saliency in the "
-            f"concept arm, which ran first on the same batches: hindsight no predictor read "
-            f"before retraining has. {predictor} bought "
-            + (
-                f"{share:.0%}"
-                if share is not None
-                else "an undefined share (the oracle bought nothing)"
-            )
-            + f" of the oracle's recovery-AUC change over random (0%: no better than random "
-            f"survivors, 100%: as good as hindsight); {preempt.get('oracle_overlap', 0)} of its "
-            f"{count} neurons are among the oracle's. One seed: the spread is the sweep's."
-        )
-
-
-def _gap_or_missing(value: Any, spec: str, missing: str = "–") -> str:
-    return missing if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def _saliency(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
-    page.heading("Saliency per layer")
-    page.paragraph(
-        "Left: mean saliency of each layer's live neurons, per stage (ablated neurons have no "
-        "saliency and are left out; hover for how many were alive). With no concept at all, "
-        f"every layer would sit near 0.5. Right: which layers hold the top {n_top} most salient "
-        "neurons of one fixed population per arm (alive at every stage, outside the arm's "
-        "removed set), so that every stage's top set is drawn from the same neurons. Below: the "
-        "saliency-weighted mean layer of those top neurons (solid), and of each stage's own top "
-        "set among all live neurons (dotted). Between base and pruned nothing is trained: the "
-        "dotted line's step there is what removing the top tier does to 'the top neurons' by "
-        "itself, not movement. Does the concept move to earlier layers while retraining, as Lo "
-        "et al. report? Read the solid line from pruned on, against the random arm; whether a "
-        "shift exceeds the spread between seeds is for `neuroplastic sweep` to say."
-    )
-    arms = list(analyses)
-    fig = make_subplots(
-        rows=len(arms),
-        cols=2,
-        column_titles=["mean saliency per layer", f"layers of the top {n_top}"],
-        row_titles=[f"{arm} arm" for arm in arms],
-        horizontal_spacing=0.08,
-        vertical_spacing=0.12,
-    )
-    for r, arm in enumerate(arms, start=1):
-        frame = analyses[arm].layer_saliency
-        for layer, group in frame.groupby("layer"):
-            color = LAYER_COLORS[int(layer) % len(LAYER_COLORS)]
-            fig.add_trace(
-                go.Scatter(
-                    x=group["stage"],
-                    y=group["mean"],
-                    mode="lines+markers",
-                    name=f"layer {layer}",
-                    legendgroup=f"layer {layer}",
-                    showlegend=r == 1,
-                    line={"color": color},
-                    customdata=np.stack([group["n_alive"], group["n"]], axis=1),
-                    hovertemplate="%{x}: mean saliency %{y:.3f} over %{customdata[0]} of "
-                    "%{customdata[1]} neurons alive<extra>layer " + str(layer) + "</extra>",
-                ),
-                row=r,
-                col=1,
-            )
-            fig.add_trace(
-                go.Bar(
-                    x=group["stage"],
-                    y=group["top_share"],
-                    name=f"layer {layer}",
-                    legendgroup=f"layer {layer}",
-                    showlegend=False,
-                    marker={"color": color},
-                    hovertemplate="%{x}: %{y:.0%} of the top neurons<extra>layer "
-                    + str(layer)
-                    + "</extra>",
-                ),
-                row=r,
-                col=2,
-            )
-        fig.update_yaxes(range=[0, 1], row=r, col=1)
-        fig.update_yaxes(range=[0, 1], tickformat=".0%", row=r, col=2)
-    fig.update_layout(
-        barmode="stack", height=300 * len(arms) + 60, margin={"t": 40, "b": 30, "l": 50, "r": 40}
-    )
-    page.plotly(fig)
-
-    depth = go.Figure()
-    n_layers = analyses[arms[0]].run.stages[analyses[arms[0]].run.first].ranking.n_layers
-    lines = (
-        ("mean_layer_fixed", "fixed population", {}),
-        ("mean_layer", "each stage's own top set", {"dash": "dot", "width": 1}),
-    )
-    for arm in arms:
-        frame = analyses[arm].depth
-        for column, what, style in lines:
-            depth.add_trace(
-                go.Scatter(
-                    x=frame["stage"], y=frame[column], mode="lines+markers",
-                    name=f"{arm} arm, {what}", line={"color": ARM_COLORS.get(arm), **style},
-                )
-            )  # fmt: skip
-    depth.update_layout(
-        title=f"Mean layer of the top {n_top} neurons",
-        height=330,
-        yaxis={"title": "layer", "range": [-0.3, n_layers - 0.7], "dtick": 1},
-        margin={"t": 50, "b": 30, "l": 50, "r": 20},
-    )
-    page.plotly(depth, height="330px")
-    with page.details("Saliency per layer, as a table"):
-        for arm in arms:
-            page.table(analyses[arm].layer_saliency, caption=f"{arm} arm", index=False)
-            page.table(analyses[arm].depth, caption=f"{arm} arm: depth of the concept", index=False)
-
-
-def _heatmaps(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
-    page.heading("Saliency of every neuron")
-    page.paragraph(
-        "One row per layer, one column per neuron, one panel per stage; the random arm on the "
-        "right. Within a layer, neurons are sorted by their saliency at the first stage (hover "
-        "for the neuron's index), so the first panel is a smooth gradient and later panels show "
-        "which neurons lost or gained the concept. Ablated (dead) neurons have no saliency: "
-        "they are drawn grey (masked), not as 0."
-    )
-    arms = list(analyses)
-    stages = list(dict.fromkeys(s for a in arms for s in analyses[a].run.stage_names))
-    fig = make_subplots(
-        rows=len(stages),
-        cols=len(arms),
-        shared_xaxes=True,
-        column_titles=[f"{arm} arm" for arm in arms],
-        row_titles=stages,
-        vertical_spacing=0.02,
-        horizontal_spacing=0.03,
-    )
-    for c, arm in enumerate(arms, start=1):
-        data = analyses[arm].run
-        base = data.stages[data.first].ranking
-        order = np.argsort(-base.saliency.numpy(), axis=1, kind="stable")
-        for r, stage in enumerate(stages, start=1):
-            if stage not in data.stages:
-                continue
-            saliency = data.stages[stage].ranking.saliency.numpy()
-            z = np.take_along_axis(saliency, order, axis=1).astype(np.float32)
-            fig.add_trace(
-                go.Heatmap(
-                    z=z,
-                    customdata=order.astype(np.int32),
-                    coloraxis="coloraxis",
-                    hoverongaps=False,
-                    hovertemplate="layer %{y}, neuron %{customdata}<br>saliency %{z:.3f}"
-                    "<extra>" + f"{arm}, {stage}" + "</extra>",
-                ),
-                row=r,
-                col=c,
-            )
-            fig.update_yaxes(
-                tickmode="array",
-                tickvals=list(range(base.n_layers)),
-                autorange="reversed",
-                tickfont={"size": 8},
-                row=r,
-                col=c,
-            )
-    fig.update_xaxes(showticklabels=False)
-    fig.update_layout(
-        height=max(300, 95 * len(stages) + 80),
-        plot_bgcolor=DEAD_COLOR,  # NaN cells (dead neurons) are gaps: the background shows
-        coloraxis={
-            "colorscale": "Viridis",
-            "cmin": 0,
-            "cmax": 1,
-            "colorbar": {"title": {"text": "saliency"}, "len": 0.6},
-        },
-        margin={"t": 40, "b": 20, "l": 40, "r": 90},
-    )
-    page.plotly(fig, height=f"{max(300, 95 * len(stages) + 80)}px")
-
-
-def _tokens(tokens: Sequence[str], n: int = 8) -> str:
-    return " · ".join(str(t).strip() or repr(t) for t in list(tokens)[:n])
-
-
-def _stored_activations(
-    run: RunDir,
-) -> Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]]:
-    """``(arm, stage) ->`` the whole-sentence activations the run stored for its neuron views,
-    read once each; a file that cannot be read gives none (its views show the top tokens only,
-    and say so)."""
-    cache: dict[tuple[str, str], Mapping[tuple[int, int, int], np.ndarray]] = {}
-
-    def stored(arm: str, stage: str) -> Mapping[tuple[int, int, int], np.ndarray]:
-        if (arm, stage) not in cache:
-            try:
-                cache[arm, stage] = run.sentence_activations(arm, stage)
-            except CorruptFile:
-                cache[arm, stage] = {}
-        return cache[arm, stage]
-
-    return stored
-
-
-def _before_after(
-    page: HtmlPage,
-    data: ArmRun,
-    sentences: list[list[str]],
-    layer: int,
-    neuron: int,
-    summary: str,
-    stored: Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]] | None = None,
-) -> None:
-    """One neuron's view at the arm's first and last stage; ``stored(arm, stage)``: the
-    whole-sentence activations the run stored for its views (every token coloured)."""
-    with page.details(summary):
-        if not sentences:
-            page.paragraph("No sentences stored in the run directory (sentences.json).")
-            return
-        columns = [
-            examples_from_top_k(
-                data.stages[stage].top_tokens, sentences, layer, neuron,
-                activations=stored(data.arm, stage) if stored is not None else None,
-            )
-            for stage in (data.first, data.last)
-        ]  # fmt: skip
-        add_side_by_side(
-            page,
-            columns,
-            [f"L{layer}:N{neuron} at {data.first}", f"L{layer}:N{neuron} at {data.last}"],
-        )
-
-
-def _reappeared(
-    page: HtmlPage,
-    analyses: dict[str, ArmAnalysis],
-    sentences: list[list[str]],
-    n_views: int,
-    similarity_note: str,
-    stored: Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]] | None = None,
-) -> None:
-    page.heading("Where the concept reappeared")
-    page.paragraph(
-        "The neurons outside the ablated set that gained most saliency from the pruned stage to "
-        "the last, with their top activating tokens before pruning and at the end. "
-        + similarity_note
-    )
-    for i, (arm, analysis) in enumerate(analyses.items()):
-        data, frame = analysis.run, analysis.reappearance
-        table = pd.DataFrame(
-            {
-                "neuron": [
-                    f"L{a}:N{b}" for a, b in zip(frame["layer"], frame["neuron"], strict=True)
-                ],
-                f"saliency {data.start}": frame["saliency_start"],
-                f"saliency {data.last}": frame["saliency_end"],
-                "gain": frame["gain"],
-                f"{analysis.run.concept} share before": frame["concept_share_base"],
-                f"{analysis.run.concept} share after": frame["concept_share_end"],
-                "similarity before/after": frame["similarity"],
-                f"top tokens at {data.first}": frame["tokens_base"].map(_tokens),
-                f"top tokens at {data.last}": frame["tokens_end"].map(_tokens),
-            }
-        )
-        with page.details(f"{arm} arm: {len(table)} neurons", open=i == 0):
-            page.table(table, index=False, float_format="{:.3f}")
-            for row in frame.head(n_views).itertuples(index=False):
-                _before_after(
-                    page,
-                    data,
-                    sentences,
-                    int(row.layer),
-                    int(row.neuron),
-                    f"L{row.layer}:N{row.neuron}: saliency {row.saliency_start:.2f} → "
-                    f"{row.saliency_end:.2f}; now {_tokens(row.tokens_end, 5)}",
-                    stored,
-                )
-
-
-def _pruned(page: HtmlPage, analyses: dict[str, ArmAnalysis], config: dict[str, Any]) -> None:
-    page.heading("The ablated neurons")
-    page.paragraph(
-        "The ablated neurons at every stage: how many are alive, and for those alive their mean "
-        "saliency and how similar their top tokens are to their own top tokens before pruning. "
-        "In hold mode they stay dead (activation 0: no saliency, no similarity, '–'); in "
-        "regrow mode they may come back, with the old meaning or a new one. This run: "
-        f"{config['mode']} mode."
-    )
-    rows = []
-    for arm, analysis in analyses.items():
-        for r in analysis.pruned.stages.itertuples(index=False):
-            rows.append(
-                {
-                    "arm": arm,
-                    "stage": r.stage,
-                    "alive": f"{r.n_alive} of {r.n}",
-                    "mean saliency (alive)": _fmt(r.saliency_mean, ".3f"),
-                    "mean similarity to own base tokens (alive)": _fmt(r.similarity_mean, ".3f"),
-                    f"{analysis.run.concept} share of top tokens (alive)": _fmt(
-                        r.concept_share_mean, ".0%"
-                    ),
-                }
-            )
-    page.table(pd.DataFrame(rows), index=False)
-
-
-def _primed(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: str) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
-    page.heading("Primed neurons")
-    primed = {arm: a.primed for arm, a in analyses.items() if a.primed is not None}
-    if not primed:
-        page.paragraph("Not computed: " + similarity_note)
-        return
-    first = next(iter(primed.values()))
-    page.paragraph(
-        "Does a neuron's similarity to the concept before pruning (its top tokens against the "
-        "tokens labelled with the concept) predict how much saliency it gains from "
-        f"{first.start} to {first.end}? Spearman's ρ over the neurons outside the ablated set "
-        "that are alive at every stage compared: a description of this run, not a test (no "
-        "p-value or interval is computed over neurons; seeds give the spread). A positive ρ in "
-        "the concept arm says the concept came back in neurons already near it. Neurons already "
-        "salient at the start have little room to gain, so the second row of each arm keeps "
-        "only those with saliency below 0.5 there. The gain is measured from the saliency at "
-        "the start, and similarity goes with that saliency too, so part of ρ is mechanical; "
-        "the partial ρ of similarity with the saliency at the end, given the saliency at the "
-        "start, takes that part out. " + similarity_note
-    )
-    rows = []
-    for arm, analysis in analyses.items():
-        for neurons, p in (
-            ("all", analysis.primed),
-            ("saliency < 0.5 at start", analysis.primed_unsalient),
-        ):
-            if p is not None:
-                rows.append(
-                    {
-                        "arm": arm,
-                        "neurons": neurons,
-                        "rho": p.rho,
-                        "rho with saliency at start": p.rho_with_start,
-                        "partial rho given start": p.partial_rho,
-                        "n": p.n,
-                    }
-                )
-    page.table(pd.DataFrame(rows), index=False, float_format="{:+.3f}")
-    titles = [f"{arm} arm: ρ = {p.rho:+.2f}" for arm, p in primed.items()]
-    fig = make_subplots(rows=1, cols=len(primed), shared_yaxes=True, subplot_titles=titles)
-    for c, (arm, p) in enumerate(primed.items(), start=1):
-        frame = p.neurons
-        fig.add_trace(
-            go.Scattergl(
-                x=frame["similarity"],
-                y=frame["gain"],
-                mode="markers",
-                name=f"{arm} arm",
-                marker={"color": ARM_COLORS.get(arm), "size": 4, "opacity": 0.5},
-                customdata=np.stack([frame["layer"], frame["neuron"]], axis=1),
-                hovertemplate="L%{customdata[0]}:N%{customdata[1]}<br>similarity %{x:.2f}"
-                "<br>gain %{y:.2f}<extra></extra>",
-            ),
-            row=1,
-            col=c,
-        )
-        fig.update_xaxes(title_text="similarity to the concept before pruning", row=1, col=c)
-    fig.update_yaxes(title_text="saliency gain", row=1, col=1)
-    fig.update_layout(height=360, showlegend=False, margin={"t": 40, "b": 40, "l": 50, "r": 20})
-    page.plotly(fig, height="360px")
-
-
-def _prediction(page: HtmlPage, summary: dict | None, concept: str) -> None:
-    """Each predictor against each ground truth, as the run's summary recorded them (a run
-    made before predictions existed has none: no section)."""
-    rows = (summary or {}).get("prediction")
-    if not rows:
-        return
-    page.heading("Predicting the new home")
-    page.paragraph(
-        f"At the pruned stage, before any retraining, every surviving neuron of the concept arm "
-        f"was scored by each predictor below; once retraining was done, the scores were checked "
-        f"against the neurons that took {concept} over. ROC AUC: the chance that such a neuron "
-        "scores above one that did not (chance: 0.5). Precision at k: the share of them among "
-        "the k best-scored neurons, k their number (chance: their share of all candidates, the "
-        "base rate). Candidates are the neurons outside the removed set alive at both stages. "
-        "This is one seed's description, not an estimate: a handful of positive neurons makes "
-        "these numbers coarse, and their spread comes from seeds (`neuroplastic sweep`). The "
-        "probe sentences are split in two halves by a seeded hash: the predictors read one, "
-        "the ground truths the other, so no predictor shares a truth's sampling noise."
-    )
-    frame = pd.DataFrame(rows)
-    _causal_table(page, (summary or {}).get("causal") or {}, concept)
-    with page.details("What each predictor and ground truth is"):
-        names = [*frame["predictor"].unique(), *TRUTHS]
-        page.table(
-            pd.DataFrame({"meaning": [DESCRIPTIONS.get(n, "") for n in names]}, index=names),
-            float_format=None,
-        )
-    for (arm, truth), group in frame.groupby(["arm", "truth"], sort=False):
-        first = group.iloc[0]
-        n_positive, n_candidates = int(first["n_positive"]), int(first["n_candidates"])
-        what = f"{arm} arm, truth '{truth}' ({DESCRIPTIONS.get(truth, truth)})"
-        if n_positive == 0:
-            page.paragraph(f"{what}: no neuron qualified, so no predictor can be scored.")
-            continue
-        table = pd.DataFrame(
-            {
-                "predictor": group["predictor"],
-                "ROC AUC": group["auc"].map(lambda v: _fmt(v, ".3f")),
-                f"precision at {int(first['k'])}": group["precision_at_k"].map(
-                    lambda v: _fmt(v, ".3f")
-                ),
-                "unscored": group["n_unscored"] if "n_unscored" in group else 0,
-            }
-        )
-        page.table(
-            table,
-            caption=f"{what}: {n_positive} of {n_candidates} candidates; chance: AUC 0.5, "
-            f"precision {first['base_rate']:.3f}",
-            index=False,
-            float_format=None,
-        )
-
-
-def _causal_table(page: HtmlPage, causal: dict[str, Any], concept: str) -> None:
-    """What ablating each predictor's picks costs the retrained model
-    (neuroplastic.analysis.causal)."""
-    for arm, record in causal.items():
-        ner = record["task"] == "ner"
-        what = f"{concept} F1 lost" if ner else f"{concept} next-token loss gained"
-        score = f"{concept} F1 {record['score']:.3f}" if ner else f"loss {record['score']:.3f}"
-        floor = record["lost"].get("matched_random")
-        table = pd.DataFrame(
-            {
-                "set ablated": list(record["lost"]),
-                what: [_fmt(v, "+.3f") for v in record["lost"].values()],
-                "beyond random survivors": [
-                    _fmt(None if v is None or floor is None else v - floor, "+.3f")
-                    for v in record["lost"].values()
-                ],
-            }
-        )
-        others = record.get("others_lost")
-        if others:  # is the set the concept's, or one every type leans on?
-            table["other types' F1 lost, mean"] = [
-                _fmt(float(np.mean(list(others[n].values()))) if others.get(n) else None, "+.3f")
-                for n in record["lost"]
-            ]
-        page.table(
-            table,
-            caption=f"Causal truth, {arm} arm: in the retrained model ({score}, its removal "
-            f"held), {record['k']} more surviving neurons ablated at a time: each predictor's "
-            "best-scored, the realised top gainers (hindsight), the last stage's most salient, "
-            "and random survivors with the gainers' count per layer (the floor). Scored on the "
-            "validation sentences, which neither predictors nor rankings read; one seed",
-            index=False,
-            float_format=None,
-        )
-
-
-def _polysemantic(
-    page: HtmlPage,
-    analyses: dict[str, ArmAnalysis],
-    sentences: list[list[str]],
-    n_neurons: int,
-    n_views: int,
-    stored: Callable[[str, str], Mapping[tuple[int, int, int], np.ndarray]] | None = None,
-) -> None:
-    page.heading("Polysemantic neurons")
-    any_analysis = next(iter(analyses.values()))
-    poly = any_analysis.polysemanticity
-    page.paragraph(
-        f"A neuron is {poly.definition()}. 'Newly polysemantic' ones were not at the first "
-        "stage; demo 03 shows the ones mixed with another entity type. Every "
-        "stage of every arm is counted over one population, the "
-        f"{poly.n_population} neurons alive at every stage of every arm and outside every "
-        "arm's removed set, so a change in the count is a change of behaviour, not of the "
-        "denominator, and the control arm's count (churn from retraining alone) is the "
-        "yardstick for the concept arm's."
-    )
-    frames = []
-    for arm, analysis in analyses.items():
-        frame = analysis.polysemanticity.counts.copy()
-        frame.insert(0, "arm", arm)
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True).rename(columns=poly.HEADERS)
-    page.table(table, index=False, float_format="{:.3f}")
-    for i, (arm, analysis) in enumerate(analyses.items()):
-        data = analysis.run
-        examples = analysis.polysemanticity.examples(data.last, n_neurons)
-        with page.details(
-            f"{arm} arm: polysemantic neurons at {data.last} ({len(examples)} shown)", open=i == 0
-        ):
-            if examples.empty:
-                page.paragraph("None.")
-                continue
-            page.table(
-                pd.DataFrame(
-                    {
-                        "neuron": [
-                            f"L{a}:N{b}"
-                            for a, b in zip(examples["layer"], examples["neuron"], strict=True)
-                        ],
-                        f"{poly.concept} share": examples["concept_share"],
-                        "mixed with": examples["mixed_with"],
-                        "labels of its top tokens": examples["labels"].map(
-                            lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
-                        ),
-                        "newly polysemantic": examples["new"],
-                        "top tokens": examples["tokens"].map(_tokens),
-                    }
-                ),
-                index=False,
-                float_format="{:.2f}",
-            )
-            for row in examples.head(n_views).itertuples(index=False):
-                _before_after(
-                    page,
-                    data,
-                    sentences,
-                    int(row.layer),
-                    int(row.neuron),
-                    f"L{row.layer}:N{row.neuron}: {row.concept_share:.0%} "
-                    f"{poly.concept}, mixed with {row.mixed_with}"
-                    f"{' (newly polysemantic)' if row.new else ''}; "
-                    f"{_tokens(row.tokens, 5)}",
-                    stored,
-                )
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return format(value, spec)

@@ -1,0 +1,342 @@
+"""The run report's sections on a chase (``--rounds``: each round's recovery, collateral and
+layers, the one-shot arm) and on pre-emption (``--preempt``: the pre-empting arm against its
+control and the oracle)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from neuroplastic.core.curves import RECOVERY_TARGET
+from neuroplastic.extras import require
+from neuroplastic.report.html import HtmlPage
+from neuroplastic.report.style import ARM_COLORS, fmt, fmt_or_missing, steps_text
+
+ONE_SEED_SWEEP = (
+    "These are one seed's numbers, a description of this run, not estimates: intervals come "
+    "from repeating the run over seeds, `neuroplastic sweep {flags}`."
+)
+
+
+def chase_section(
+    page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str
+) -> None:
+    """A chase's rounds (``--rounds``): how fast each came back, what it cost the other entity
+    types, and where each round's new neurons sat (no chase in the summary: no section)."""
+    chase = (summary or {}).get("chase")
+    if not chase:
+        return
+    rounds = chase["rounds"]
+    asked = (summary or {}).get("config", {}).get("rounds", chase["rounds_run"])
+    page.heading("Chasing the concept")
+    stopped = chase.get("stopped_early")
+    page.paragraph(
+        f"Round 1 holds the neurons most salient for {concept} and retrains; every later round "
+        "ranks the retrained model's live neurons again, adds the next most salient to the held "
+        "set and retrains again. The random arm adds, each round, as many random neurons per "
+        f"layer. {chase['rounds_run']} of {asked} rounds ran"
+        + (f"; the chase stopped early: {stopped}." if stopped else ".")
+        + " The neuron analyses further down (saliency, heatmaps, reappeared, ablated, primed "
+        "and polysemantic neurons) describe round 1. "
+        + ONE_SEED_SWEEP.format(flags=f"--rounds {asked}")
+    )
+    _chase_recovery(page, metrics, summary or {}, rounds, concept)
+    _one_shot(page, chase.get("one_shot"), concept)
+    _chase_collateral(page, summary or {}, rounds, concept)
+    _chase_layers(page, rounds, summary or {})
+
+
+def _one_shot(page: HtmlPage, once: dict | None, concept: str) -> None:
+    """The one-shot arm beside the chase's end: the same neurons, removed at once."""
+    if not once:
+        return
+    arm, steps = once["one_shot"], once["retraining_steps"]
+    difference = once["one_shot_minus_chase"][concept]
+    page.paragraph(
+        f"Removing more at once instead: the one-shot arm holds all {once['neurons']} neurons "
+        f"of the chase's {once['rounds']} rounds from the base weights at once and retrains one "
+        f"round ({steps['one_shot']} steps; the chase retrained {steps['chase']}). Its {concept} "
+        f"F1 fell by {arm['drop']:.3f} at the removal and reached {arm['retrained'][concept]:.3f}"
+        f" after retraining, against {once['chase_retrained'][concept]:.3f} at the end of the "
+        f"chase with the same neurons held: one-shot minus chase {difference:+.3f}. One seed."
+    )
+
+
+def _chase_recovery(
+    page: HtmlPage, metrics: pd.DataFrame, summary: dict, rounds: list[dict], concept: str
+) -> None:
+    go = require("plotly.graph_objects", "the report's plots")
+    from neuroplastic.store.rundir import stage_round
+
+    page.paragraph(
+        f"Per round: {concept} F1 just before the round's removal (base in round 1, else after "
+        f"the previous round), right after it and after its retraining, the retraining steps "
+        f"from the round's start until {concept} F1 is back to 90% of its F1 before the removal "
+        "(interpolated between evaluations; 'not reached' within the round), the recovery AUC "
+        f"(mean of {concept} F1 / its F1 before the removal over the round's steps; 1 = never "
+        "lost) and the neurons the round added and held in all. Each round is measured against "
+        "the model it removed from: against base, a later round that never falls below 90% of "
+        "base would read 0 steps by construction."
+    )
+    for record in rounds:
+        rows = {
+            arm: {
+                f"{concept} F1 before the removal": fmt(
+                    (entry.get("before") or {}).get(concept), ".3f"
+                ),
+                f"{concept} F1 after removal": fmt(entry["removed"].get(concept), ".3f"),
+                f"{concept} F1 after retraining": fmt(entry["retrained"].get(concept), ".3f"),
+                "steps to 90% of that": steps_text(entry["steps_to_recover"]),
+                "recovery AUC": fmt(entry["recovery_auc"], ".3f"),
+                "neurons added": str(entry["added"]),
+                "neurons held": str(entry["held"]),
+            }
+            for arm, entry in record["arms"].items()
+        }
+        page.table(
+            pd.DataFrame(rows).T,
+            caption=f"Round {record['round']}: recovery of {concept}, per arm",
+            float_format=None,
+        )
+    column = f"f1_{concept}"
+    if metrics.empty or column not in metrics.columns:
+        page.paragraph(f"No evaluations recorded: no curve of {concept} F1 per step.")
+        return
+    rows = metrics[metrics["stage"].map(lambda s: stage_round(str(s)) >= 1)]
+    figure = go.Figure()
+    for arm, group in rows.groupby("arm", sort=False):
+        if arm not in rounds[0]["arms"]:
+            continue
+        group = group.sort_values("step", kind="stable")
+        figure.add_trace(
+            go.Scatter(
+                x=group["step"],
+                y=group[column],
+                mode="lines+markers",
+                name=f"{arm} arm",
+                line={"color": ARM_COLORS.get(arm)},
+                customdata=group["stage"],
+                hovertemplate="%{customdata}, step %{x}<br>F1 %{y:.3f}<extra>" + arm + "</extra>",
+            )
+        )
+    first = rows[rows["arm"] == rows["arm"].iloc[0]] if len(rows) else rows
+    for record in rounds:
+        mine = first[first["stage"].map(lambda s: stage_round(str(s))) == record["round"]]
+        if len(mine):
+            figure.add_vline(
+                x=float(mine["step"].min()),
+                line={"dash": "dot", "width": 1, "color": "#8c959f"},
+                annotation_text=f"round {record['round']}",
+                annotation_font={"size": 9, "color": "#57606a"},
+            )
+    base = _base_scores(summary)
+    if base.get(concept):
+        figure.add_hline(
+            y=RECOVERY_TARGET * base[concept],
+            line={"dash": "dash", "width": 1, "color": "#57606a"},
+            annotation_text=f"{RECOVERY_TARGET:.0%} of base",
+            annotation_font={"size": 9},
+        )
+    figure.update_layout(
+        xaxis_title="training step (across rounds)",
+        yaxis={"title": f"{concept} F1", "range": [0, 1.02]},
+        height=360,
+        margin={"t": 40, "b": 40, "l": 50, "r": 20},
+    )
+    page.paragraph(
+        f"{concept} F1 against training step over every round, each arm; dotted lines mark "
+        "where each round starts (its neurons removed), the dashed line is 90% of the base F1."
+    )
+    page.plotly(figure, height="360px")
+
+
+def _base_scores(summary: dict) -> dict[str, float]:
+    """The base model's F1 per entity type (the concept arm's ``base`` stage)."""
+    stages = summary.get("arms", {}).get("concept", {}).get("stages", [])
+    return next((e.get("f1", {}) for e in stages if e.get("stage") == "base"), {})
+
+
+def _chase_collateral(page: HtmlPage, summary: dict, rounds: list[dict], concept: str) -> None:
+    go = require("plotly.graph_objects", "the report's plots")
+    from plotly.subplots import make_subplots
+
+    entities = [
+        e for e in rounds[0]["arms"]["concept"]["retrained"] if e not in (concept, "overall")
+    ]
+    if not entities:
+        return
+    base = _base_scores(summary)
+    page.paragraph(
+        f"Collateral damage: the F1 of the other entity types after each round's retraining "
+        "against the neurons held so far. Holding more neurons costs every type something; what "
+        f"the concept arm costs beyond the random arm at the same count is what removing "
+        f"{concept}'s neurons costs the other types. Held 0 is the base model."
+    )
+    rows = [{"round": "base", "arm": "–", "neurons held": "0"}]
+    rows[0].update({f"{e} F1": fmt(base.get(e), ".3f") for e in entities})
+    for record in rounds:
+        for arm, entry in record["arms"].items():
+            row = {"round": str(record["round"]), "arm": arm, "neurons held": str(entry["held"])}
+            row.update({f"{e} F1": fmt(entry["retrained"].get(e), ".3f") for e in entities})
+            rows.append(row)
+    page.table(
+        pd.DataFrame(rows),
+        caption="Other entity types' F1 after each round's retraining",
+        index=False,
+        float_format=None,
+    )
+    fig = make_subplots(rows=1, cols=len(entities), subplot_titles=entities, shared_yaxes=True)
+    arms = list(dict.fromkeys(arm for record in rounds for arm in record["arms"]))
+    for c, entity in enumerate(entities, start=1):
+        for arm in arms:
+            points = [(0, base.get(entity), "base")] + [
+                (
+                    r["arms"][arm]["held"],
+                    r["arms"][arm]["retrained"].get(entity),
+                    f"round {r['round']}",
+                )
+                for r in rounds
+                if arm in r["arms"]
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in points],
+                    y=[p[1] for p in points],
+                    customdata=[p[2] for p in points],
+                    mode="lines+markers",
+                    name=f"{arm} arm",
+                    legendgroup=arm,
+                    showlegend=c == 1,
+                    line={"color": ARM_COLORS.get(arm)},
+                    hovertemplate="%{customdata}: %{x} held<br>F1 %{y:.3f}<extra>"
+                    + arm
+                    + "</extra>",
+                ),
+                row=1,
+                col=c,
+            )
+        fig.update_xaxes(title_text="neurons held", row=1, col=c)
+    fig.update_yaxes(title_text="F1 after retraining", range=[0, 1.02], row=1, col=1)
+    fig.update_layout(height=340, margin={"t": 40, "b": 40, "l": 50, "r": 20})
+    page.plotly(fig, height="340px")
+
+
+def _chase_layers(page: HtmlPage, rounds: list[dict], summary: dict) -> None:
+    n_layers = summary.get("config", {}).get("n_layers")
+    layers = sorted(
+        {int(k) for r in rounds for e in r["arms"].values() for k in e["added_per_layer"]}
+    )
+    layers = list(range(n_layers)) if isinstance(n_layers, int) else layers
+    page.paragraph(
+        "Where each round's new neurons came from: how many the round added in every layer, "
+        "and their mean layer (each neuron counts once). With --baseline random (per layer) "
+        "the random arm matches the concept arm's count in every layer, so its row repeats the "
+        "concept arm's; with random-global only the total. 'Already salient at base' "
+        "(concept arm): the share of the round's new neurons that were already, in the base "
+        "model, among the most salient live neurons, as many as the round held in all. A high "
+        "share says the round took neurons that carried the concept from the start (a larger "
+        "first removal would have caught them); a low share says retraining moved the concept "
+        "into neurons that were not about it before."
+    )
+    rows = []
+    for record in rounds:
+        for arm, entry in record["arms"].items():
+            row: dict[str, Any] = {"round": str(record["round"]), "arm": arm}
+            row.update({f"layer {k}": str(entry["added_per_layer"].get(str(k), 0)) for k in layers})
+            row["mean layer of the added"] = fmt(entry["added_mean_layer"], ".2f")
+            row["already salient at base"] = (
+                fmt(entry.get("already_salient_at_base"), ".0%") if arm == "concept" else "–"
+            )
+            rows.append(row)
+    page.table(
+        pd.DataFrame(rows),
+        caption="Neurons added per layer, per round and arm",
+        index=False,
+        float_format=None,
+    )
+
+
+def preempt_section(page: HtmlPage, summary: dict | None, concept: str) -> None:
+    """The pre-empting arm against its control, with the concept and random arms beside
+    (``--preempt``; none in the summary: no section)."""
+    preempt = (summary or {}).get("preempt")
+    if not preempt:
+        return
+    count, predictor = preempt["count"], preempt["predictor"]
+    page.heading("Pre-empting the new home")
+    page.paragraph(
+        f"The preempt arm holds the concept's neurons and, besides them, the {count} surviving "
+        f"neurons the {predictor} predictor scored highest at the pruned stage, before any "
+        f"retraining. Its control, the preempt-random arm, holds the concept's neurons and "
+        f"{count} random survivors, as many in every layer as the preempt arm took there and "
+        f"drawn from the same candidates (the survivors {predictor} scored): the two differ only "
+        f"in which survivors they hold, so preempt minus control is what the prediction bought. "
+        f"{preempt['overlap']} of the {count} random survivors are also among the predicted "
+        "ones. Steps to 90%: retraining steps from pruning until "
+        f"{concept} F1 is back to 90% of its base value (interpolated; 'not reached' within the "
+        f"run); recovery AUC: mean of {concept} F1 / base F1 over the retraining steps. "
+        + ONE_SEED_SWEEP.format(flags=f"--preempt {predictor} --preempt-count {count}")
+    )
+    recovery = preempt["recovery"]
+    entities = list(dict.fromkeys(e for data in recovery.values() for e in data["last"]))
+    entities.sort(key=lambda e: (e != concept, e))
+    rows = {}
+    for arm, data in recovery.items():
+        row = {
+            "steps to 90% of base": steps_text(data["steps_to_recover_90"]),
+            "recovery AUC": fmt(data["recovery_auc"], ".3f"),
+        }
+        for entity in entities:
+            row[f"{entity} F1 pruned"] = fmt(data["pruned"].get(entity), ".3f")
+            row[f"{entity} F1 last"] = fmt(data["last"].get(entity), ".3f")
+        rows[arm] = row
+    page.table(
+        pd.DataFrame(rows).T,
+        caption=f"Recovery of {concept} in every arm",
+        float_format=None,
+    )
+    diff = preempt["preempt_minus_control"]
+    difference = {
+        "steps to 90% of base": fmt_or_missing(
+            diff["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
+        ),
+        "recovery AUC": fmt_or_missing(diff["recovery_auc"], "+.3f"),
+        **{f"{e} F1 last": fmt_or_missing(diff["last"].get(e), "+.3f") for e in entities},
+    }
+    columns = {"preempt - preempt-random": difference}
+    oracle = preempt.get("oracle_minus_control")
+    if oracle is not None:
+        columns["preempt-oracle - preempt-random"] = {
+            "steps to 90% of base": fmt_or_missing(
+                oracle["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
+            ),
+            "recovery AUC": fmt_or_missing(oracle["recovery_auc"], "+.3f"),
+            **{f"{e} F1 last": fmt_or_missing(oracle["last"].get(e), "+.3f") for e in entities},
+        }
+    page.table(
+        pd.DataFrame(columns),
+        caption="Preempt arm minus its control (positive steps, negative AUC or F1: the "
+        "prediction slowed the recovery)"
+        + (
+            ", and the oracle minus the same control: the most any predictor could buy"
+            if oracle
+            else ""
+        ),
+        float_format=None,
+    )
+    if oracle is not None:
+        share = preempt.get("share_of_oracle")
+        page.paragraph(
+            f"The oracle holds the {count} survivors that gained the most saliency in the "
+            f"concept arm, which ran first on the same batches: hindsight no predictor read "
+            f"before retraining has. {predictor} bought "
+            + (
+                f"{share:.0%}"
+                if share is not None
+                else "an undefined share (the oracle bought nothing)"
+            )
+            + f" of the oracle's recovery-AUC change over random (0%: no better than random "
+            f"survivors, 100%: as good as hindsight); {preempt.get('oracle_overlap', 0)} of its "
+            f"{count} neurons are among the oracle's. One seed: the spread is the sweep's."
+        )

@@ -2,7 +2,7 @@
 process on the same batches, never pass/fail.
 
     python benchmarks/bench.py [--model embedded] [--device cpu] [--dtype float32]
-                               [--sentences 256] [--sections stats,train,memory]
+                               [--sentences 256] [--sections stats,train,memory,fold,probe]
 
 stats   the statistics pass against its floor (a plain forward to the last MLP, no statistics
         hooks), against run_with_cache of every mlp.hook_post and then ranking, and against the
@@ -15,6 +15,8 @@ corpus  generating the embedded synthetic corpus at its default size (4,000 + 80
 probe   the per-layer linear probes every stage of a run takes (neuroplastic.core.erasure.probe_auc:
         the residual stream of every layer on the sentences and on as many held-out ones, one
         logistic regression per layer) against the statistics pass on the same sentences;
+fold    the CPU's sparse top-k merge folded over several batches against made at every batch
+        (the same statistics: checked), each beside the floor;
 memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
         each in a fresh process (CPU: peak resident set over the loaded model; GPU: peak
         allocated over the loaded model).
@@ -240,6 +242,46 @@ def section_stats(model: Any, data: ConceptDataset, device: torch.device) -> dic
     return result
 
 
+def stats_pass_every_batch(model: Any, data: ConceptDataset) -> NeuronStats:
+    """The statistics pass with the sparse top-k merge made at every batch (as before the
+    merges of several batches were folded into one)."""
+    from unittest.mock import patch
+
+    import neuroplastic.core.stats as stats_module
+
+    original = stats_module._TopK.__init__
+
+    def every_batch(self, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **{**kwargs, "fold": 0})
+
+    with patch.object(stats_module._TopK, "__init__", every_batch):
+        return stats_pass(model, data, merge="sparse")
+
+
+def section_fold(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    """The sparse top-k merge folded over several batches against made at every batch, each
+    beside the floor, in one interleaved measurement; the two give the same statistics."""
+    folded, every = stats_pass(model, data, merge="sparse"), stats_pass_every_batch(model, data)
+    same = torch.equal(folded.top_values, every.top_values) and torch.equal(
+        folded.top_sentence, every.top_sentence
+    )
+    times = interleaved(
+        {
+            "floor": lambda: floor_pass(model, data),
+            "stats_folded": lambda: stats_pass(model, data, merge="sparse"),
+            "stats_every_batch": lambda: stats_pass_every_batch(model, data),
+        },
+        device,
+    )
+    return {
+        "tokens": n_tokens(data),
+        "seconds": times,
+        "folded_over_floor": times["stats_folded"] / times["floor"],
+        "every_batch_over_floor": times["stats_every_batch"] / times["floor"],
+        "same_statistics": same,
+    }
+
+
 # -- training ----------------------------------------------------------------------------------
 def section_train(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     torch.manual_seed(0)
@@ -409,6 +451,9 @@ def main() -> None:
     if "stats" in sections:
         results["stats"] = section_stats(model, data, device)
         print(json.dumps({"stats": results["stats"]}), flush=True)
+    if "fold" in sections:
+        results["fold"] = section_fold(model, data, device)
+        print(json.dumps({"fold": results["fold"]}), flush=True)
     if "probe" in sections:
         results["probe"] = section_probe(model, data, device)
         print(json.dumps({"probe": results["probe"]}), flush=True)

@@ -133,7 +133,7 @@ class StageEvent:
     arm: str
     stage: str  # "base", "pruned", "retrain-1", ... (round-suffixed in a chase)
     moment: StageMoment
-    step: int  # the arm's optimizer steps so far (its base's steps not counted)
+    step: int  # optimizer steps so far: of base fine-tuning at a base, else of retraining
     setup: Setup  # the run's live objects: model, data, store, the hooks now held
     dead: torch.Tensor | None = None  # the neurons held zero, if the removal is a neuron set
 

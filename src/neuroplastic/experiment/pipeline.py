@@ -133,7 +133,9 @@ class StageEvent:
     arm: str
     stage: str  # "base", "pruned", "retrain-1", ... (round-suffixed in a chase)
     moment: StageMoment
-    step: int  # optimizer steps so far: of base fine-tuning at a base, else of retraining
+    # retraining steps so far, as the stage's metrics row counts them (0 at a base's end);
+    # in a base's own step events, its fine-tuning steps
+    step: int
     setup: Setup  # the run's live objects: model, data, store, the hooks now held
     dead: torch.Tensor | None = None  # the neurons held zero, if the removal is a neuron set
 

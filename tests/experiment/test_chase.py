@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from kills import SimulatedKill, kill_at
+from kills import killed_then_resumed
 from planted import CONCEPT, PLANTED
 from tiny import TINY, tiny_config
 
@@ -255,13 +255,7 @@ def test_a_round_no_control_can_match_stops_the_chase_with_every_result_kept(tmp
 )
 def test_resume_is_exact_at_round_boundaries(chased, tmp_path, monkeypatch, arm, stage, when):
     _, expected = chased
-    kill = kill_at(monkeypatch, tmp_path, arm, stage, when)
-    with pytest.raises(SimulatedKill):
-        experiment.run_experiment(
-            tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet, on_stage=kill
-        )
-    monkeypatch.undo()
-    resumed = experiment.run_experiment(tiny_config(**ROUNDS), tmp_path, progress=False, log=quiet)
+    resumed = killed_then_resumed(monkeypatch, tmp_path, tiny_config(**ROUNDS), arm, stage, when)
     assert resumed == expected
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from kills import SimulatedKill, kill_at
+from kills import SimulatedKill, kill_at, killed_then_resumed
 from tiny import TINY, quiet, tiny_config
 
 import neuroplastic.experiment.pipeline as experiment
@@ -73,11 +73,7 @@ KILL_POINTS = [
 @pytest.mark.parametrize("arm, stage, when", KILL_POINTS)
 def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm, stage, when):
     _, expected = reference
-    kill = kill_at(monkeypatch, tmp_path, arm, stage, when)
-    with pytest.raises(SimulatedKill):
-        experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet, on_stage=kill)
-    monkeypatch.undo()
-    resumed = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    resumed = killed_then_resumed(monkeypatch, tmp_path, tiny_config(), arm, stage, when)
     assert resumed == expected
     # A complete run keeps no weights or optimizer state: resuming it needs none.
     assert not list((tmp_path / "state").rglob("*.pt"))

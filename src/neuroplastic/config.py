@@ -12,6 +12,31 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from neuroplastic.errors import NeuroplasticError
 
+#: The run directory's format version, written into its config.json as ``format`` so that a
+#: later release knows which layout it reads (and can migrate it): 0 is the first releases'
+#: (no manifest.json, stage markers without a config hash: read as it is, nothing to verify);
+#: 1 adds manifest.json and the markers' config hash, which every reader then requires. Runs of
+#: format 1 written before the key existed are told apart by their manifest or a hashed marker
+#: (:func:`neuroplastic.store.manifest.run_format`).
+RUN_FORMAT = 1
+FORMAT_KEY = "format"
+
+
+def check_format(value: Any, source: str) -> int:
+    """``value`` as a run directory's format version this release reads, or a clear refusal."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise NeuroplasticError(
+            f"{source}: {FORMAT_KEY} must be a run-directory version (an integer >= 0), got "
+            f"{value!r}; restore the run's config.json"
+        )
+    if value > RUN_FORMAT:
+        raise NeuroplasticError(
+            f"{source}: the run directory has format {value}, written by a newer neuroplastic "
+            f"(this one reads formats up to {RUN_FORMAT}); upgrade neuroplastic to read it"
+        )
+    return value
+
+
 # Output options: they may change between a run and its resumption.
 NOT_IDENTITY = ("save_checkpoints", "device", "device_map")
 # Settings added after runs were published: left out of the identity at their defaults, so the
@@ -735,6 +760,9 @@ class ExperimentConfig:
             raise NeuroplasticError(
                 f"{source}: a config is a JSON object of settings, got {type(data).__name__}"
             )
+        if FORMAT_KEY in data:  # a run's config.json: its directory's version, not a setting
+            check_format(data[FORMAT_KEY], source)
+            data = {k: v for k, v in data.items() if k != FORMAT_KEY}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

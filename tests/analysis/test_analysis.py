@@ -34,6 +34,7 @@ from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking, alive_neurons
 from neuroplastic.core.similarity import TokenEmbeddings, clean_token_text
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.store.summary import ArmSummary, StageRecord, Summary
 
 
 @pytest.fixture(scope="module")
@@ -473,8 +474,13 @@ def test_recovery_curves_from_metrics(hold: FakeRun) -> None:
         recovery_curves(pd.DataFrame({"arm": ["a"], "stage": ["base"], "step": [0]}))
 
 
+def _arm(*stages: StageRecord) -> ArmSummary:
+    """An arm that records only its stages (as a run's summary before the other keys)."""
+    return ArmSummary(neurons=0, per_layer={}, stages=list(stages))
+
+
 def test_stage_gaps_to_base_and_to_the_paired_control(hold: FakeRun) -> None:
-    gaps = stage_gaps(hold.run.summary()).set_index(["arm", "stage", "entity"])
+    gaps = stage_gaps(Summary.read(hold.run).arms).set_index(["arm", "stage", "entity"])
     assert gaps.attrs["metric"] == "f1"
     # Concept arm LOC F1 retrain-2 = 0.91, base 0.95, random arm at retrain-2 0.97.
     row = gaps.loc[("concept", "retrain-2", "LOC")]
@@ -492,18 +498,10 @@ def test_stage_gaps_to_base_and_to_the_paired_control(hold: FakeRun) -> None:
         and concept.loc[("retrain-2", "LOC"), "step"] == 40
     )
     lm = stage_gaps(
-        {
-            "arms": {
-                "concept": {
-                    "stages": [
-                        {"stage": "base", "step": 0, "lm_loss": {"concept": 4.0, "other": 3.0}}
-                    ]
-                }
-            }
-        }
+        {"concept": _arm(StageRecord("base", 0, {"lm_loss": {"concept": 4.0, "other": 3.0}}))}
     )
     assert lm.attrs["metric"] == "lm_loss" and lm["entity"].tolist() == ["concept", "other"]
-    bare = {"arms": {"concept": {"stages": [{"stage": "base", "step": 0, "f1": {"LOC": 0.9}}]}}}
+    bare = {"concept": _arm(StageRecord("base", 0, {"f1": {"LOC": 0.9}}))}
     old = stage_gaps(bare)
     assert (
         old["value"].tolist() == [0.9] and old[["gap_to_base", "gap_to_control"]].isna().all().all()

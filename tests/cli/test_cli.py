@@ -116,6 +116,19 @@ def test_run_config_file_errors(cli, tmp_path):
     assert code == 2 and "config file not found" in stderr
 
 
+def test_a_runs_config_json_is_a_config_file_its_format_checked_not_a_setting(tmp_path):
+    from neuroplastic.config import RUN_FORMAT, ExperimentConfig
+    from neuroplastic.errors import NeuroplasticError
+
+    written = {"format": RUN_FORMAT, **ExperimentConfig(seed=3).to_dict()}
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    assert ExperimentConfig.load(tmp_path / "config.json") == ExperimentConfig(seed=3)
+    for bad, says in ((RUN_FORMAT + 1, "upgrade neuroplastic"), ("1", "an integer >= 0")):
+        (tmp_path / "config.json").write_text(json.dumps({**written, "format": bad}))
+        with pytest.raises(NeuroplasticError, match=says):
+            ExperimentConfig.load(tmp_path / "config.json")
+
+
 def test_concept_without_tokens_in_the_split(cli, tmp_path):
     (tmp_path / "train.txt").write_text(CONLL)
     (tmp_path / "validation.txt").write_text("Ann B-PER\nsings O\n\nBob B-PER\nruns O\n")

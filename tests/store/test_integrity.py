@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save_file
 from tiny import TINY, quiet, tiny_config
 
 import neuroplastic.experiment.pipeline as experiment
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import RUN_FORMAT, ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.manifest import run_format
 from neuroplastic.store.rundir import RunDir
 
 KILLED_AT = ("random", "retrain-1")  # the run is killed as this stage ends, before its files
@@ -71,6 +72,7 @@ def run_args(out, **overrides):
 HOLD = """
 import sys
 from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.manifest import run_format
 from neuroplastic.store.rundir import RunDir
 with Checkpointer(RunDir(sys.argv[1])):
     print("locked", flush=True)
@@ -340,13 +342,16 @@ def test_a_deleted_manifest_is_refused(finished, tmp_path, cli):
 
 def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_path, cli):
     out = copy(killed, tmp_path)
-    # What an earlier version left: no manifest, no lock file, markers without a config hash.
+    # What an earlier version left: no manifest, no lock file, markers without a config hash,
+    # and no format version in config.json.
     (out / "manifest.json").unlink()
     (out / ".lock").unlink()
     for marker in (out / "state").glob("*/*.json"):
         data = json.loads(marker.read_text())
         del data["config_hash"]
         marker.write_text(json.dumps(data))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "format"}))
     code, _, stderr = cli("report", out, "--similarity", "none")
     assert code == 0 and "Unfinished run" in stderr
     assert not (out / ".lock").exists()  # a report makes no lock file
@@ -359,3 +364,50 @@ def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_p
         False,  # the stages done before keep their markers as they were
         True,
     }
+
+
+def test_a_runs_config_declares_its_format_and_a_declared_one_needs_its_manifest(
+    killed, tmp_path, cli
+):
+    out = copy(killed, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    assert next(iter(config.items())) == ("format", RUN_FORMAT)
+    assert run_format(out) == RUN_FORMAT
+    # Without the key, the format a run had before it is read from what it kept.
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "format"}))
+    assert run_format(out) == 1
+    (out / "config.json").write_text(json.dumps(config))
+    # Declared, it cannot be passed off as a run from before manifests by deleting them.
+    (out / "manifest.json").unlink()
+    for marker in (out / "state").glob("*/*.json"):
+        data = json.loads(marker.read_text())
+        del data["config_hash"]
+        marker.write_text(json.dumps(data))
+    message = (
+        f"{out / 'manifest.json'} is missing, though the run kept one: its files cannot be "
+        "verified; restore it or rerun into a new --out"
+    )
+    with pytest.raises(NeuroplasticError) as refused:
+        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+    assert str(refused.value) == message
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert (code, stderr.strip()) == (2, f"neuroplastic report: error: {message}")
+
+
+def test_a_run_of_a_newer_format_is_refused_with_what_to_do(killed, tmp_path, cli):
+    out = copy(killed, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "format": RUN_FORMAT + 1}))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    message = (
+        f"{out / 'config.json'}: the run directory has format {RUN_FORMAT + 1}, written by a "
+        f"newer neuroplastic (this one reads formats up to {RUN_FORMAT}); upgrade neuroplastic "
+        "to read it"
+    )
+    with pytest.raises(NeuroplasticError) as refused:
+        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+    assert str(refused.value) == message
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert (code, stderr.strip()) == (2, f"neuroplastic report: error: {message}")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {p: b for p, b in before.items() if p.name != ".lock"}  # nothing changed

@@ -28,9 +28,10 @@ per-layer count) and nothing moves: the planted neurons stay on top, in layer 3.
 ``config.json`` is a real ``ExperimentConfig.to_dict()``; ``metrics.jsonl`` and ``summary.json``
 have the experiment's format (``{"arm", "stage", "step", "f1": {...}, "precision": {...},
 "recall": {...}, "train_loss"}`` rows; base fine-tuning evaluated at step -10, the stage ends at
-0, 0, 20, 40 and inner evaluations ``stage@10``), with the summary's ``data`` (mentions seen in
-training), ``base`` (fine-tuning length and stopping rule), the random arm's
-``overlap_with_concept`` and each stage's ``gap_to_base`` / ``gap_to_control``.
+0, 0, 20, 40 and inner evaluations ``stage@10``). ``summary.json`` is built from those rows and
+the two neuron sets by the experiment's own :func:`~neuroplastic.experiment.summary.arm_summaries`
+(gaps, overlap, control kind, recovery), with hand-set ``data`` (mentions seen in training) and
+``base`` (fine-tuning length and stopping rule).
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import NeuronStats
+from neuroplastic.experiment.summary import arm_summaries
 from neuroplastic.io import atomic_write_json, atomic_write_text
 from neuroplastic.store.rundir import RunDir, top_tokens_frame
+from neuroplastic.store.summary import Steps, Summary
 
 LABELS = ("O", "LOC", "PER", "ORG", "MISC")
 CONCEPT = "LOC"
@@ -345,23 +348,6 @@ def _metrics(arm: str) -> list[dict]:
     return rows
 
 
-def _summary_stages(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """The stage-end rows of each arm, with their gaps to base and (concept arm) to the control
-    at the same stage, as the experiment writes them in summary.json."""
-    ends = {
-        arm: [{k: v for k, v in r.items() if k != "arm"} for r in arm_rows if "@" not in r["stage"]]
-        for arm, arm_rows in rows.items()
-    }
-    for arm, stages in ends.items():
-        base = stages[0]["f1"]
-        for index, entry in enumerate(stages):
-            entry["gap_to_base"] = {k: v - base[k] for k, v in entry["f1"].items()}
-            if arm == "concept":
-                control = ends["random"][index]["f1"]
-                entry["gap_to_control"] = {k: v - control[k] for k, v in entry["f1"].items()}
-    return ends
-
-
 def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRun:
     """Write a complete run directory with the planted story above; returns its description."""
     path = Path(path)
@@ -369,7 +355,7 @@ def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRu
     vocabulary, token_label, groups = _vocabulary()
     fake = FakeRun(path, mode, vocabulary, token_label, groups, [])
     fake.sentences = _sentences(groups, rng)
-    fake.config = ExperimentConfig(
+    config = ExperimentConfig(
         model="fake-4x24",
         dataset="hand-made",
         concept=CONCEPT,
@@ -381,7 +367,8 @@ def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRu
         stage_steps=20,
         eval_every=10,
         top_k_tokens=TOP_K,
-    ).to_dict()
+    )
+    fake.config = config.to_dict()
     run = RunDir(path)
     atomic_write_json(run.config_path, fake.config)
     run.write_sentences([[vocabulary[t] for t in sentence] for sentence in fake.sentences])
@@ -390,31 +377,26 @@ def make_fake_run(path: str | Path, mode: str = "hold", seed: int = 0) -> FakeRu
     run.write_token_embeddings(token_ids, embeddings[token_ids])
     planter = _Planter(fake)
     tokenizer = FakeTokenizer(vocabulary)
-    rows = {arm: _metrics(arm) for arm in ("concept", "random")}
-    stages = _summary_stages(rows)
-    summary: dict = {
-        "config": fake.config,
-        "data": SEEN_IN_TRAIN,
-        "base": BASE_TRAINING,
-        "arms": {},
-    }
+    neuron_sets = {}
     for arm in ("concept", "random"):
         ablated = PLANTED if arm == "concept" else RANDOM_ABLATED
         neurons = NeuronSet.of(N_LAYERS, D_MLP, ablated, f"{arm} neurons")
         neurons.save(run.neurons_path(arm))
+        neuron_sets[arm] = neurons
         for stage, (mean, tops, dead) in _arm_stages(
             fake, arm, np.random.default_rng(seed + 1)
         ).items():
             stats = planter.stats(mean, tops, dead)
             ranking = Ranking.from_stats(stats, CONCEPT, "probeless")
             run.write_stage(arm, stage, ranking, stats, top_tokens_frame(stats, tokenizer))
-        summary["arms"][arm] = {
-            "neurons": len(ablated),
-            "per_layer": {str(k): v for k, v in sorted(neurons.per_layer_counts().items())},
-            "stages": stages[arm],
-        }
-    summary["arms"]["random"]["overlap_with_concept"] = len(set(PLANTED) & set(RANDOM_ABLATED))
-    lines = [row for arm_rows in rows.values() for row in arm_rows]
-    atomic_write_text(run.metrics_path, "".join(json.dumps(row) + "\n" for row in lines))
-    atomic_write_json(run.summary_path, summary)
+    rows = [row for arm in neuron_sets for row in _metrics(arm)]
+    atomic_write_text(run.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+    summary = Summary(  # the experiment's own builder, from the same rows and sets
+        config=fake.config,
+        data=SEEN_IN_TRAIN,
+        steps=Steps(base_cap=BASE_TRAINING["steps"], per_stage=config.stage_steps),
+        base=BASE_TRAINING,
+        arms=arm_summaries(config, rows, neuron_sets),
+    )
+    atomic_write_json(run.summary_path, summary.to_dict())
     return fake

@@ -5,13 +5,13 @@ summary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.store.summary import ArmSummary
 
 __all__ = ["recovery_curves", "stage_gaps"]
 
@@ -51,33 +51,27 @@ def recovery_curves(metrics: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     return long.dropna(subset=["value"]).reset_index(drop=True)[columns]
 
 
-def _metric_of(entries: Sequence[Mapping[str, Any]]) -> str:
-    return "lm_loss" if entries and not any("f1" in e for e in entries) else "f1"
-
-
-def stage_gaps(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """Every stage's score and its gaps, as the experiment recorded them in ``summary.json``:
-    ``gap_to_base`` (score - the base score, every arm) and ``gap_to_control`` (concept arm
-    score - random arm score at the same stage: the paired control).
+def stage_gaps(arms: Mapping[str, ArmSummary]) -> pd.DataFrame:
+    """Every stage's score and its gaps, as the experiment recorded them in ``summary.json``
+    (``Summary.arms``): ``gap_to_base`` (score - the base score, every arm) and
+    ``gap_to_control`` (concept arm score - random arm score at the same stage: the paired
+    control).
 
     One row per (arm, stage, entity); columns arm, stage, step, entity, value, gap_to_base,
     gap_to_control (NaN where not recorded). ``attrs["metric"]`` is ``f1`` or ``lm_loss``.
     """
-    entries = [
-        (arm, entry)
-        for arm, data in summary.get("arms", {}).items()
-        for entry in data.get("stages", [])
-    ]
-    metric = _metric_of([e for _, e in entries])
+    entries = [(arm, entry) for arm, data in arms.items() for entry in data.stages]
+    lm = entries and not any("f1" in entry.scores for _, entry in entries)
+    metric = "lm_loss" if lm else "f1"
     rows = []
     for arm, entry in entries:
-        to_base, to_control = entry.get("gap_to_base", {}), entry.get("gap_to_control", {})
-        for entity, value in entry.get(metric, {}).items():
+        to_base, to_control = entry.gap_to_base or {}, entry.gap_to_control or {}
+        for entity, value in entry.scores.get(metric, {}).items():
             rows.append(
                 {
                     "arm": arm,
-                    "stage": entry.get("stage"),
-                    "step": entry.get("step"),
+                    "stage": entry.stage,
+                    "step": entry.step,
                     "entity": str(entity),
                     "value": value,
                     "gap_to_base": to_base.get(entity, np.nan),

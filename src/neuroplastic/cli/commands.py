@@ -570,6 +570,7 @@ def _run(args: argparse.Namespace) -> int:
         _check_report_extra()
     from neuroplastic import distributed
     from neuroplastic.experiment.pipeline import run_experiment
+    from neuroplastic.store.summary import Summary
 
     # Under torchrun / accelerate launch every process runs this; rank 0 alone writes and prints.
     try:
@@ -582,14 +583,15 @@ def _run(args: argparse.Namespace) -> int:
     if not main:
         return 0
     print(f"summary: {args.out / 'summary.json'}")
-    for arm, result in summary["arms"].items():
-        first, last = result["stages"][1], result["stages"][-1]
-        key = "f1" if "f1" in last else "lm_loss"
-        concept = config.concept if key == "f1" else "concept"
+    recorded = Summary.from_dict(summary)
+    key = recorded.metric
+    concept = config.concept if key == "f1" else "concept"
+    for arm, result in recorded.arms.items():
+        first, last = result.stages[1], result.stages[-1]
         print(
-            f"  {arm:<8} {result['neurons']} neurons: {config.concept} {key} "
-            f"{first[key][concept]:.3f} after pruning -> {last[key][concept]:.3f} after "
-            f"{last['step']} retraining steps"
+            f"  {arm:<8} {result.neurons} neurons: {config.concept} {key} "
+            f"{first.score(key)[concept]:.3f} after pruning -> {last.score(key)[concept]:.3f} "
+            f"after {last.step} retraining steps"
         )
     if not args.no_report:
         _write_report(args.out)

@@ -38,6 +38,7 @@ from neuroplastic.progress import report_line
 from neuroplastic.store.checkpoint import Checkpointer
 from neuroplastic.store.rundir import RunDir, directory_kind, stage_round
 from neuroplastic.store.shared_base import find_shared_base
+from neuroplastic.store.summary import Summary
 
 if TYPE_CHECKING:
     from neuroplastic.experiment.ray_executor import RayExecutor
@@ -393,18 +394,18 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     from neuroplastic.analysis.reappearance import primed_neurons
 
     run = RunDir(run_dir)
-    summary = run.summary()
-    concept = summary["config"]["concept"]
+    summary = Summary.read(run)
+    concept = summary.concept
     metrics = run.metrics()
     embeddings = run.embeddings()
     arms: dict[str, Any] = {}
-    for arm, data in summary["arms"].items():
+    for arm, data in summary.arms.items():
         if arm == NAIVE_ARM:  # it never knew the concept: no recovery, its savings below
             continue
         # Later rounds of a chase start from another model: they have their own measures.
-        entries = [e for e in data["stages"] if stage_round(e["stage"]) in (0, 1)]
-        stages = {entry["stage"]: entry for entry in entries}
-        base_f1 = stages["base"]["f1"][concept]
+        entries = [e for e in data.stages if stage_round(e.stage) in (0, 1)]
+        stages = {entry.stage: entry for entry in entries}
+        base_f1 = stages["base"].f1[concept]
         last = entries[-1]
         curve = _curve(metrics, arm, concept)
         recovered = recovery(curve, base_f1, RECOVERY_TARGET)
@@ -413,51 +414,48 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         can_prime = concept_token_ids(loaded.stages[loaded.first].stats, concept).numel() > 0
         primed = primed_neurons(loaded, embeddings) if can_prime else None
         arms[arm] = {
-            "drop_at_pruning": base_f1 - stages["pruned"]["f1"][concept],
+            "drop_at_pruning": base_f1 - stages["pruned"].f1[concept],
             "steps_to_recover_90": recovered["steps_to_recover"],
             **{
                 f"share_recovered_{step}": recovered["share_recovered"][str(step)]
                 for step in SHARE_STEPS
             },
             "recovery_auc": recovered["auc"],
-            "final_gap_to_base": last["f1"][concept] - base_f1,
-            "drift_after_pruning": last["f1"][concept] - stages["pruned"]["f1"][concept],
+            "final_gap_to_base": last.f1[concept] - base_f1,
+            "drift_after_pruning": last.f1[concept] - stages["pruned"].f1[concept],
             "relocation": moved.shift,
             "removal_shift": moved.removal_shift,
             "primed_rho": primed.rho if primed else math.nan,
             "primed_partial_rho": primed.partial_rho if primed else math.nan,
             "recovery": recovered,
-            "f1": {entry["stage"]: entry["f1"] for entry in entries},
+            "f1": {entry.stage: entry.f1 for entry in entries},
             # per stage, per layer: where a linear probe reads the concept (none in older runs)
-            "readable": {e["stage"]: e["readable"] for e in entries if e.get("readable")},
+            "readable": {e.stage: e.readable for e in entries if e.readable},
             "curve": curve.to_dict(orient="list"),
         }
-        if "control" in data:
-            arms[arm]["control"] = data["control"]
+        if data.control is not None:
+            arms[arm]["control"] = data.control
     measures = {
-        "seed": summary["config"]["seed"],
+        "seed": summary.config["seed"],
         "concept": concept,
         # how base fine-tuning ended: a retraining that measures recovery needs a converged base
-        "base": {k: summary.get("base", {}).get(k) for k in ("steps", "stopped")},
+        "base": {k: (summary.base or {}).get(k) for k in ("steps", "stopped")},
         "arms": arms,
         # per predictor and truth, as the run's summary evaluated them (none in older runs)
-        "prediction": summary.get("prediction", []),
+        "prediction": summary.prediction or [],
         # per arm: the concept's score, and what ablating each candidate set costs it
-        "causal": summary.get("causal", {}),
+        "causal": summary.causal or {},
     }
-    if "chase" in summary:
+    if summary.chase is not None:
         measures["chase"] = chase_measures(summary)
-    if "preempt" in summary:
+    if summary.preempt is not None:
         measures["preempt"] = preempt_measures(summary)
-    if "savings" in summary and "savings" in summary["savings"]:
+    saved = summary.savings
+    if saved is not None and "savings" in saved:  # (none while the naive arm has not retrained)
         measures["savings"] = {
-            **{k: summary["savings"][k] for k in SAVINGS_FIELDS},
-            "naive_base_f1": summary["savings"]["naive_base"]["f1"][concept],
-            "first_stage_f1": next(
-                e["f1"][concept]
-                for e in summary["arms"][NAIVE_ARM]["stages"]
-                if e["stage"] == "retrain-1"
-            ),
+            **{k: saved[k] for k in SAVINGS_FIELDS},
+            "naive_base_f1": saved["naive_base"]["f1"][concept],
+            "first_stage_f1": summary.arms[NAIVE_ARM].stage("retrain-1").f1[concept],
             "curve": _curve(metrics, NAIVE_ARM, concept).to_dict(orient="list"),
         }
     return measures
@@ -512,13 +510,12 @@ def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
+def chase_measures(summary: Summary) -> dict[str, Any]:
     """:data:`CHASE_MEASURES` of every round a chase ran, per arm, from its ``summary.json``;
     ``rounds`` the rounds asked for, ``rounds_run`` those run (fewer: stopped early)."""
-    concept = summary["config"]["concept"]
-    chase = summary["chase"]
+    concept, chase = summary.concept, summary.chase
     # A round's retraining steps: what a round that never recovers is censored at.
-    budget = float(summary["steps"]["per_stage"] * summary["config"]["stages"])
+    budget = float(summary.retraining_steps)
     rounds = []
     for record in chase["rounds"]:
         arms = {}
@@ -536,7 +533,7 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
             }
         rounds.append({"round": record["round"], "arms": arms})
     measures = {
-        "rounds": summary["config"].get("rounds", chase["rounds_run"]),
+        "rounds": summary.config.get("rounds", chase["rounds_run"]),
         "rounds_run": chase["rounds_run"],
         "stopped_early": chase.get("stopped_early"),
         "per_round": rounds,
@@ -553,12 +550,11 @@ def chase_measures(summary: dict[str, Any]) -> dict[str, Any]:
     return measures
 
 
-def preempt_measures(summary: dict[str, Any]) -> dict[str, Any]:
+def preempt_measures(summary: Summary) -> dict[str, Any]:
     """:data:`PREEMPT_MEASURES` per arm of a pre-emption, from its ``summary.json``, and the
     preempt arm minus its control (``preempt-random``) in this run."""
-    concept = summary["config"]["concept"]
-    preempt = summary["preempt"]
-    budget = float(summary["steps"]["per_stage"] * summary["config"]["stages"])
+    concept, preempt = summary.concept, summary.preempt
+    budget = float(summary.retraining_steps)
     arms = {
         arm: {
             "steps_to_recover_90": _nan(data["steps_to_recover_90"]),

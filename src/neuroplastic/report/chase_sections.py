@@ -12,6 +12,7 @@ from neuroplastic.core.curves import RECOVERY_TARGET
 from neuroplastic.extras import require
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.style import ARM_COLORS, fmt, fmt_or_missing, steps_text
+from neuroplastic.store.summary import Summary
 
 ONE_SEED_SWEEP = (
     "These are one seed's numbers, a description of this run, not estimates: intervals come "
@@ -20,15 +21,15 @@ ONE_SEED_SWEEP = (
 
 
 def chase_section(
-    page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str
+    page: HtmlPage, metrics: pd.DataFrame, summary: Summary | None, concept: str
 ) -> None:
     """A chase's rounds (``--rounds``): how fast each came back, what it cost the other entity
     types, and where each round's new neurons sat (no chase in the summary: no section)."""
-    chase = (summary or {}).get("chase")
+    chase = summary.chase if summary else None
     if not chase:
         return
     rounds = chase["rounds"]
-    asked = (summary or {}).get("config", {}).get("rounds", chase["rounds_run"])
+    asked = summary.config.get("rounds", chase["rounds_run"])
     page.heading("Chasing the concept")
     stopped = chase.get("stopped_early")
     page.paragraph(
@@ -41,10 +42,10 @@ def chase_section(
         "and polysemantic neurons) describe round 1. "
         + ONE_SEED_SWEEP.format(flags=f"--rounds {asked}")
     )
-    _chase_recovery(page, metrics, summary or {}, rounds, concept)
+    _chase_recovery(page, metrics, summary, rounds, concept)
     _one_shot(page, chase.get("one_shot"), concept)
-    _chase_collateral(page, summary or {}, rounds, concept)
-    _chase_layers(page, rounds, summary or {})
+    _chase_collateral(page, summary, rounds, concept)
+    _chase_layers(page, rounds, summary)
 
 
 def _one_shot(page: HtmlPage, once: dict | None, concept: str) -> None:
@@ -64,7 +65,7 @@ def _one_shot(page: HtmlPage, once: dict | None, concept: str) -> None:
 
 
 def _chase_recovery(
-    page: HtmlPage, metrics: pd.DataFrame, summary: dict, rounds: list[dict], concept: str
+    page: HtmlPage, metrics: pd.DataFrame, summary: Summary, rounds: list[dict], concept: str
 ) -> None:
     go = require("plotly.graph_objects", "the report's plots")
     from neuroplastic.store.rundir import stage_round
@@ -130,7 +131,7 @@ def _chase_recovery(
                 annotation_text=f"round {record['round']}",
                 annotation_font={"size": 9, "color": "#57606a"},
             )
-    base = _base_scores(summary)
+    base = summary.base_scores()
     if base.get(concept):
         figure.add_hline(
             y=RECOVERY_TARGET * base[concept],
@@ -151,13 +152,7 @@ def _chase_recovery(
     page.plotly(figure, height="360px")
 
 
-def _base_scores(summary: dict) -> dict[str, float]:
-    """The base model's F1 per entity type (the concept arm's ``base`` stage)."""
-    stages = summary.get("arms", {}).get("concept", {}).get("stages", [])
-    return next((e.get("f1", {}) for e in stages if e.get("stage") == "base"), {})
-
-
-def _chase_collateral(page: HtmlPage, summary: dict, rounds: list[dict], concept: str) -> None:
+def _chase_collateral(page: HtmlPage, summary: Summary, rounds: list[dict], concept: str) -> None:
     go = require("plotly.graph_objects", "the report's plots")
     from plotly.subplots import make_subplots
 
@@ -166,7 +161,7 @@ def _chase_collateral(page: HtmlPage, summary: dict, rounds: list[dict], concept
     ]
     if not entities:
         return
-    base = _base_scores(summary)
+    base = summary.base_scores()
     page.paragraph(
         f"Collateral damage: the F1 of the other entity types after each round's retraining "
         "against the neurons held so far. Holding more neurons costs every type something; what "
@@ -222,8 +217,8 @@ def _chase_collateral(page: HtmlPage, summary: dict, rounds: list[dict], concept
     page.plotly(fig, height="340px")
 
 
-def _chase_layers(page: HtmlPage, rounds: list[dict], summary: dict) -> None:
-    n_layers = summary.get("config", {}).get("n_layers")
+def _chase_layers(page: HtmlPage, rounds: list[dict], summary: Summary) -> None:
+    n_layers = summary.config.get("n_layers")
     layers = sorted(
         {int(k) for r in rounds for e in r["arms"].values() for k in e["added_per_layer"]}
     )
@@ -257,10 +252,10 @@ def _chase_layers(page: HtmlPage, rounds: list[dict], summary: dict) -> None:
     )
 
 
-def preempt_section(page: HtmlPage, summary: dict | None, concept: str) -> None:
+def preempt_section(page: HtmlPage, summary: Summary | None, concept: str) -> None:
     """The pre-empting arm against its control, with the concept and random arms beside
     (``--preempt``; none in the summary: no section)."""
-    preempt = (summary or {}).get("preempt")
+    preempt = summary.preempt if summary else None
     if not preempt:
         return
     count, predictor = preempt["count"], preempt["predictor"]

@@ -19,6 +19,7 @@ from neuroplastic.report.style import ARM_COLORS, DEAD_COLOR, LAYER_COLORS, fmt
 from neuroplastic.report.views import add_side_by_side, examples_from_top_k
 from neuroplastic.store.manifest import CorruptFile
 from neuroplastic.store.rundir import RunDir
+from neuroplastic.store.summary import Summary
 
 
 def saliency_section(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> None:
@@ -377,10 +378,10 @@ def primed_section(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_
     page.plotly(fig, height="360px")
 
 
-def prediction_section(page: HtmlPage, summary: dict | None, concept: str) -> None:
+def prediction_section(page: HtmlPage, summary: Summary | None, concept: str) -> None:
     """Each predictor against each ground truth, as the run's summary recorded them (a run
     made before predictions existed has none: no section)."""
-    rows = (summary or {}).get("prediction")
+    rows = summary.prediction if summary else None
     if not rows:
         return
     page.heading("Predicting the new home")
@@ -397,7 +398,7 @@ def prediction_section(page: HtmlPage, summary: dict | None, concept: str) -> No
         "the ground truths the other, so no predictor shares a truth's sampling noise."
     )
     frame = pd.DataFrame(rows)
-    _causal_table(page, (summary or {}).get("causal") or {}, concept)
+    _causal_table(page, summary.causal or {}, concept)
     with page.details("What each predictor and ground truth is"):
         names = [*frame["predictor"].unique(), *TRUTHS]
         page.table(

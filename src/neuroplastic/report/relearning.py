@@ -13,18 +13,21 @@ from neuroplastic.extras import require
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.style import ARM_COLORS
 from neuroplastic.store.rundir import stage_round
+from neuroplastic.store.summary import Summary
 
 #: the arms of the section's plot, and their colours (the report's for the first two)
 #: the arms the section's curves show, in drawing order
 CURVE_ARMS = ("concept", "random", "naive")
 
 
-def relearning(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
+def relearning(
+    page: HtmlPage, metrics: pd.DataFrame, summary: Summary | None, concept: str
+) -> None:
     """The section, when the run has a naive arm or retrained on other data than the paper's."""
-    if not summary or not ({"savings", "relearn"} & set(summary)):
+    if summary is None or (summary.savings is None and summary.relearn is None):
         return
     page.heading("Relearning or learning?")
-    relearn = summary.get("relearn")
+    relearn = summary.relearn
     if relearn:
         page.paragraph(
             f"{relearn['what'][0].upper()}{relearn['what'][1:]}; every arm retrained the same "
@@ -32,10 +35,10 @@ def relearning(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conc
             f"{relearn['sentences']} sentences mention {concept}). "
             + _relearn_meaning(relearn["mode"], concept)
         )
-    saved = summary.get("savings")
+    saved = summary.savings
     if not saved or "savings" not in saved:
         return
-    _plot(page, metrics, summary, concept)
+    _plot(page, metrics, saved["target"], concept)
     page.paragraph(_savings_sentence(saved, concept))
 
 
@@ -58,7 +61,7 @@ def _relearn_meaning(mode: str, concept: str) -> str:
     )
 
 
-def _plot(page: HtmlPage, metrics: pd.DataFrame, summary: dict, concept: str) -> None:
+def _plot(page: HtmlPage, metrics: pd.DataFrame, target: float, concept: str) -> None:
     go = require("plotly.graph_objects", "the report's plots")
     curves = recovery_curves(metrics, metric="f1")
     curves = curves[
@@ -66,7 +69,6 @@ def _plot(page: HtmlPage, metrics: pd.DataFrame, summary: dict, concept: str) ->
         & (curves["stage"] != "base")
         & curves["stage"].map(lambda s: stage_round(str(s)) == 1)
     ]
-    saved = summary["savings"]
     fig = go.Figure()
     for arm in CURVE_ARMS:
         color = ARM_COLORS[arm]
@@ -84,7 +86,7 @@ def _plot(page: HtmlPage, metrics: pd.DataFrame, summary: dict, concept: str) ->
             )
         )
     fig.add_hline(
-        y=saved["target"],
+        y=target,
         line={"dash": "dot", "width": 1, "color": "#57606a"},
         annotation_text="target: 90% of the concept arm's base F1",
         annotation_font={"size": 9, "color": "#57606a"},

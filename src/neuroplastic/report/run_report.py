@@ -55,6 +55,7 @@ from neuroplastic.store.checkpoint import Checkpointer
 from neuroplastic.store.lock import reading
 from neuroplastic.store.manifest import CorruptFile
 from neuroplastic.store.rundir import RunDir
+from neuroplastic.store.summary import Summary
 
 __all__ = ["build_report", "run_warnings", "write_report"]
 
@@ -143,7 +144,7 @@ def _build_report(
         arm: analyse_arm(data, embeddings, top=n_top, n_reappeared=n_neurons, population=common)
         for arm, data in loaded.items()
     }
-    summary = run.summary() if run.summary_path.is_file() else None
+    summary = Summary.read(run) if run.summary_path.is_file() else None
     metrics = run.metrics() if run.metrics_path.is_file() else pd.DataFrame()
     sentences = run.sentences() if run.sentences_path.is_file() else []
 
@@ -280,33 +281,38 @@ REPORTED_CONTROLS = {
 
 
 def _key_numbers(
-    page: HtmlPage, analyses: dict[str, ArmAnalysis], summary: dict | None, concept: str, n_top: int
+    page: HtmlPage,
+    analyses: dict[str, ArmAnalysis],
+    summary: Summary | None,
+    concept: str,
+    n_top: int,
 ) -> None:
     page.heading("Key numbers")
-    page.paragraph("Base model: " + _base_training((summary or {}).get("base")))
+    page.paragraph("Base model: " + _base_training(summary.base if summary else None))
     if summary is None:
         page.paragraph("No summary.json: scores per stage not recorded.")
     else:
-        _stage_table(page, stage_gaps(summary), concept)
-    arms_summary = (summary or {}).get("arms", {})
+        _stage_table(page, stage_gaps(summary.arms), concept)
+    arms_summary = summary.arms if summary else {}
     rows: dict[str, dict[str, str]] = {}
     for arm, analysis in analyses.items():
         column: dict[str, str] = {}
         data = analysis.run
-        removal = arms_summary.get(arm, {}).get("removal")
+        recorded = arms_summary.get(arm)
+        removal = recorded.removal if recorded else None
         if removal is not None:  # --removal leace|direction: no neuron is ablated
             column["removal"] = removal["what"]
         else:
             column["neurons ablated"] = str(len(data.ablated))
         if len(analyses) > 1 and removal is None:
-            overlap = arms_summary.get(arm, {}).get("overlap_with_concept")
+            overlap = recorded.overlap_with_concept if recorded else None
             column["of them also in the concept set"] = (
                 "–" if arm == "concept" else NOT_RECORDED if overlap is None else str(overlap)
             )
         if arm == "random":
-            kind = arms_summary.get(arm, {}).get("control")
+            kind = recorded.control if recorded else None
             column["the control is"] = NOT_RECORDED if kind is None else REPORTED_CONTROLS[kind]
-        recovered = arms_summary.get(arm, {}).get("recovery")
+        recovered = recorded.recovery if recorded else None
         if recovered is not None:
             column.update(_recovery_numbers(recovered))
         moved = analysis.relocation
@@ -356,11 +362,12 @@ def _key_numbers(
     )
 
 
-def _control_sentence(config: dict[str, Any], summary: dict | None) -> str:
+def _control_sentence(config: dict[str, Any], summary: Summary | None) -> str:
     """What the control arm holds, as the run drew it."""
     if config.get("baseline") == "none":
         return "There is no control arm."
-    kind = ((summary or {}).get("arms", {}).get("random", {})).get("control")
+    random = summary.arms.get("random") if summary else None
+    kind = random.control if random else None
     if kind == "complement":
         return (
             "The control arm (named random in the files) holds the complement of the concept "
@@ -466,7 +473,7 @@ def _metrics_metric(metrics: pd.DataFrame) -> str | None:
     return None
 
 
-def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, concept: str) -> None:
+def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: Summary | None, concept: str) -> None:
     go = require("plotly.graph_objects", "the report's plots")
     from plotly.subplots import make_subplots
 
@@ -563,7 +570,7 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: dict | None, conce
         )
         page.plotly(fig)
     if summary:
-        gaps = stage_gaps(summary)
+        gaps = stage_gaps(summary.arms)
         name = _score_names(gaps.attrs["metric"], concept)[0]
         with page.details(f"{name} of every entity type at the end of every stage"):
             page.table(
@@ -598,8 +605,8 @@ def _gap_table(gaps: pd.DataFrame, name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _seen_in_train(page: HtmlPage, summary: dict | None) -> None:
-    data = (summary or {}).get("data", {})
+def _seen_in_train(page: HtmlPage, summary: Summary | None) -> None:
+    data = (summary.data if summary else None) or {}
     splits = {
         "validation": data.get("validation_seen_in_train"),
         "probe": data.get("probe_seen_in_train"),
@@ -634,11 +641,11 @@ def _seen_in_train(page: HtmlPage, summary: dict | None) -> None:
     )
 
 
-def _readable(page: HtmlPage, summary: dict | None, concept: str) -> None:
+def _readable(page: HtmlPage, summary: Summary | None, concept: str) -> None:
     """Per arm, the layer x stage table of where the concept is linearly readable."""
     arms = {
-        arm: [e for e in data["stages"] if e.get("readable")]
-        for arm, data in (summary or {}).get("arms", {}).items()
+        arm: [e for e in data.stages if e.readable]
+        for arm, data in (summary.arms if summary else {}).items()
     }
     arms = {arm: entries for arm, entries in arms.items() if entries}
     if not arms:
@@ -657,9 +664,9 @@ def _readable(page: HtmlPage, summary: dict | None, concept: str) -> None:
         "it. One run, one seed."
     )
     for arm, entries in arms.items():
-        layers = sorted({int(k) for e in entries for k in e["readable"]})
+        layers = sorted({int(k) for e in entries for k in e.readable})
         table = pd.DataFrame(
-            {e["stage"]: [e["readable"].get(str(layer)) for layer in layers] for e in entries},
+            {e.stage: [e.readable.get(str(layer)) for layer in layers] for e in entries},
             index=pd.Index([f"layer {layer}" for layer in layers], name="layer"),
         )
         page.table(

@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from neuroplastic import distributed
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import FORMAT_KEY, RUN_FORMAT, ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
 from neuroplastic.store.lock import RunLock
@@ -173,7 +173,11 @@ class Checkpointer:
             )
 
     def write_config(self, config: ExperimentConfig) -> None:
-        atomic_write_json(self.run.config_path, config.to_dict())
+        """config.json with the directory's format version; a manifest first (empty for a new
+        run), since a run of that format is refused without one."""
+        if not self.manifest.path.is_file():
+            self.manifest.update()
+        atomic_write_json(self.run.config_path, {FORMAT_KEY: RUN_FORMAT, **config.to_dict()})
 
     # -- stages --------------------------------------------------------------------------------
     def done(self, arm: str, stage: str) -> bool:

@@ -8,8 +8,9 @@ DIR/manifest.json    {"stages/concept/base/ranking.parquet": {"size": 1234, "sha
 ``stages/``, its weights and trainer state under ``state/``, its checkpoint) right before the
 stage's marker, and removes the files it deletes. The readers verify what they read: a file
 changed after the run wrote it, deleted while listed, or never written by the run is refused,
-never read. A run directory written before manifests existed (no ``manifest.json`` and no stage
-marker carrying a config hash) has nothing to verify against, and is read as it is.
+never read. Whether a run must have a manifest is its format version (:func:`run_format`): a run
+of format 0, written before manifests existed, has nothing to verify against and is read as it
+is; a run of format 1 without its manifest is refused.
 
 A file that cannot be read at all (truncated, or garbage) is a :class:`CorruptFile`: one line
 naming it, why it cannot be read and what to do.
@@ -23,10 +24,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from neuroplastic.config import FORMAT_KEY, check_format
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_json
 
 MANIFEST = "manifest.json"
+#: the run's settings and its format version (:mod:`neuroplastic.store.rundir` reads it)
+CONFIG_FILE = "config.json"
 #: The stage-marker field holding the hash of the config a stage was computed under. Every
 #: marker that carries one was written after the manifest covering its stage.
 CONFIG_HASH = "config_hash"
@@ -93,7 +97,7 @@ class Manifest:
                     "after the run wrote it; restore it or rerun into a new --out"
                 )
             return entries
-        if self._had_one():
+        if run_format(self.root) >= 1:
             raise NeuroplasticError(
                 f"{self.path} is missing, though the run kept one: its files cannot be "
                 "verified; restore it or rerun into a new --out"
@@ -152,11 +156,25 @@ class Manifest:
         entries.update(add or {})
         atomic_write_json(self.path, dict(sorted(entries.items())))
 
-    def _had_one(self) -> bool:
-        for marker in (self.root / "state").glob("*/*.json"):
-            try:
-                if CONFIG_HASH in json.loads(marker.read_bytes().decode("utf-8")):
-                    return True
-            except (ValueError, OSError):  # a corrupt marker is reported by its reader
-                continue
-        return False
+
+def run_format(root: str | Path) -> int:
+    """The format version of the run directory ``root`` (:data:`neuroplastic.config.RUN_FORMAT`):
+    its config.json's ``format``; for a run written before that key existed, 1 if it kept a
+    manifest or a stage marker with a config hash (the release that added one added both),
+    else 0. A version newer than this release reads is refused."""
+    root = Path(root)
+    try:
+        config = json.loads((root / CONFIG_FILE).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: its own reader reports that
+        config = None
+    if isinstance(config, dict) and FORMAT_KEY in config:
+        return check_format(config[FORMAT_KEY], str(root / CONFIG_FILE))
+    if (root / MANIFEST).is_file():
+        return 1
+    for marker in (root / "state").glob("*/*.json"):
+        try:
+            if CONFIG_HASH in json.loads(marker.read_bytes().decode("utf-8")):
+                return 1
+        except (ValueError, OSError):  # a corrupt marker is reported by its reader
+            continue
+    return 0

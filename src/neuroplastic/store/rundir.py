@@ -2,7 +2,8 @@
 
 ```
 DIR/
-  config.json                      the ExperimentConfig used (a rerun must match it)
+  config.json                      the ExperimentConfig used (a rerun must match it) and the
+                                   directory's "format" version (config.RUN_FORMAT)
   summary.json                     {"config", "arms": {arm: {"neurons", "stages": [...]}}}
   metrics.jsonl                    one evaluation per line: {"arm", "stage", "step", "f1", ...}
   neurons/{arm}.json               the ablated NeuronSet of each arm (empty for an erasure)
@@ -61,7 +62,7 @@ from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.core.stats import NeuronStats
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
-from neuroplastic.store.manifest import CorruptFile, Manifest, describe
+from neuroplastic.store.manifest import CONFIG_FILE, MANIFEST, CorruptFile, Manifest, describe
 
 T = TypeVar("T")
 
@@ -139,7 +140,7 @@ def directory_kind(path: str | Path) -> str | None:
         return None
     if (path / "sweep.json").is_file() or any(path.glob("*/seed-*/config.json")):
         return "sweep"
-    if any((path / name).exists() for name in ("config.json", "manifest.json", "state")):
+    if any((path / name).exists() for name in (CONFIG_FILE, MANIFEST, "state")):
         return "run"
     return None
 
@@ -162,7 +163,7 @@ class RunDir:
     # -- paths --------------------------------------------------------------------------------
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG_FILE
 
     @property
     def summary_path(self) -> Path:

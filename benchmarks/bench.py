@@ -2,7 +2,7 @@
 process on the same batches, never pass/fail.
 
     python benchmarks/bench.py [--model embedded] [--device cpu] [--dtype float32]
-                               [--sentences 256] [--sections stats,train,memory,fold,probe]
+                               [--sentences 256] [--sections stats,train,memory,fold,overlap,probe]
 
 stats   the statistics pass against its floor (a plain forward to the last MLP, no statistics
         hooks), against run_with_cache of every mlp.hook_post and then ranking, and against the
@@ -17,6 +17,9 @@ probe   the per-layer linear probes every stage of a run takes (neuroplastic.cor
         logistic regression per layer) against the statistics pass on the same sentences;
 fold    the CPU's sparse top-k merge folded over several batches against made at every batch
         (the same statistics: checked), each beside the floor;
+overlap the statistics pass reducing each layer on a CUDA side stream beside the forward
+        against in line (the same statistics: checked), each beside the floor (on a CPU the
+        two are the same code: a rehearsal);
 memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
         each in a fresh process (CPU: peak resident set over the loaded model; GPU: peak
         allocated over the loaded model).
@@ -105,8 +108,12 @@ def floor_pass(model: Any, data: ConceptDataset) -> None:
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=last)
 
 
-def stats_pass(model: Any, data: ConceptDataset, merge: str = "auto") -> NeuronStats:
-    return collect_stats(model, data, batch_size=BATCH, top_k=20, progress=False, merge=merge)
+def stats_pass(
+    model: Any, data: ConceptDataset, merge: str = "auto", overlap: bool = False
+) -> NeuronStats:
+    return collect_stats(
+        model, data, batch_size=BATCH, top_k=20, progress=False, merge=merge, overlap=overlap
+    )
 
 
 def cache_then_rank(model: Any, data: ConceptDataset, keep: bool = True) -> Ranking:
@@ -278,6 +285,32 @@ def section_fold(model: Any, data: ConceptDataset, device: torch.device) -> dict
         "seconds": times,
         "folded_over_floor": times["stats_folded"] / times["floor"],
         "every_batch_over_floor": times["stats_every_batch"] / times["floor"],
+        "same_statistics": same,
+    }
+
+
+def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    """The statistics pass with each layer's reductions on a CUDA side stream against in line,
+    each beside the floor, in one interleaved measurement; the two give the same statistics
+    (on a CPU the side stream runs in place: the two are the same code)."""
+    inline, overlapped = stats_pass(model, data), stats_pass(model, data, overlap=True)
+    same = all(
+        torch.equal(getattr(inline, name), getattr(overlapped, name))
+        for name in ("count", "sum", "sum_sq", "top_values", "top_sentence", "top_position")
+    )
+    times = interleaved(
+        {
+            "floor": lambda: floor_pass(model, data),
+            "stats_inline": lambda: stats_pass(model, data),
+            "stats_side_stream": lambda: stats_pass(model, data, overlap=True),
+        },
+        device,
+    )
+    return {
+        "tokens": n_tokens(data),
+        "seconds": times,
+        "inline_over_floor": times["stats_inline"] / times["floor"],
+        "side_stream_over_floor": times["stats_side_stream"] / times["floor"],
         "same_statistics": same,
     }
 
@@ -454,6 +487,9 @@ def main() -> None:
     if "fold" in sections:
         results["fold"] = section_fold(model, data, device)
         print(json.dumps({"fold": results["fold"]}), flush=True)
+    if "overlap" in sections:
+        results["overlap"] = section_overlap(model, data, device)
+        print(json.dumps({"overlap": results["overlap"]}), flush=True)
     if "probe" in sections:
         results["probe"] = section_probe(model, data, device)
         print(json.dumps({"probe": results["probe"]}), flush=True)

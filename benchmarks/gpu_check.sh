@@ -40,13 +40,13 @@ fi
 bench() { python3 benchmarks/bench.py --dataset .gpu/data --device "$DEVICE" "$@"; }
 if wants bench; then
   step "bench: MiniLM (the embedded model), float32"
-  bench --model .gpu/minilm --sentences $SENT --sections ${SECTIONS:-stats,train} \
+  bench --model .gpu/minilm --sentences $SENT --sections ${SECTIONS:-stats,overlap,train} \
     --json "$OUT/bench-minilm.json"
   step "bench: GPT-2-small-shaped, random, bfloat16"
-  bench --model $SMALLM --dtype $LOW --sentences $SENT --sections ${SECTIONS:-stats,train,memory} \
+  bench --model $SMALLM --dtype $LOW --sentences $SENT --sections ${SECTIONS:-stats,overlap,train,memory} \
     --json "$OUT/bench-gpt2-small.json"
   step "bench: $BIG-shaped, random, bfloat16"
-  bench --model $BIG --dtype $LOW --sentences $SENT --sections ${SECTIONS:-stats,train} \
+  bench --model $BIG --dtype $LOW --sentences $SENT --sections ${SECTIONS:-stats,overlap,train} \
     --json "$OUT/bench-big.json"
 fi
 run() {

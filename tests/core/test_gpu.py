@@ -73,3 +73,17 @@ def test_the_sparse_top_k_merge_on_the_gpu_equals_the_dense_one(corpus):
     # Which of several tokens with equal activations is kept may differ (a decoder gives equal
     # prefixes equal activations): tokens are compared where values are unique.
     assert unique_entries(dense) == unique_entries(sparse)
+
+
+@pytest.mark.parametrize("merge", ["dense", "sparse"])
+def test_reducing_on_a_side_stream_changes_no_bit(corpus, merge):
+    model = load_model("tiny-gpt2", seed=0, device="cuda")
+    dataset = encode_split(corpus, model.tokenizer, "train", limit=60)
+    plain, overlapped = (
+        collect_stats(
+            model, dataset, batch_size=8, top_k=4, progress=False, merge=merge, overlap=overlap
+        )
+        for overlap in (False, True)
+    )
+    for field in ("count", "sum", "sum_sq", "top_values", "top_sentence", "top_position"):
+        assert torch.equal(getattr(plain, field), getattr(overlapped, field)), field

@@ -202,3 +202,21 @@ def test_folding_several_batches_into_one_merge_keeps_the_same_tokens_ties_inclu
     assert torch.equal(v1, v2) and torch.equal(m1, m2)
     # and both are the stream's top k, earlier tokens first among equal values
     assert torch.equal(v1[0, 0], v1[0, 0].sort(descending=True).values)
+
+
+def test_the_side_stream_runs_work_in_place_off_cuda(tiny_gpt2, corpus):
+    from neuroplastic.core.streams import SideStream
+
+    side, done = SideStream(torch.device("cpu")), []
+    side.run(lambda: done.append(1), reads=(torch.zeros(1),))
+    side.end_batch()
+    side.join()
+    assert not side.active and done == [1]
+    dataset = encode_split(corpus, tiny_gpt2.tokenizer, "train", limit=24)
+    plain, overlapped = (
+        collect_stats(tiny_gpt2, dataset, batch_size=8, top_k=4, progress=False, overlap=o)
+        for o in (False, True)
+    )
+    assert torch.equal(plain.sum, overlapped.sum) and torch.equal(
+        plain.top_token, overlapped.top_token
+    )

@@ -326,18 +326,43 @@ def test_report_says_a_deleted_stage_file_left_its_stage_out(finished, tmp_path,
     assert RunDir(out).stages("concept") == ["base", "pruned", "retrain-2"]
 
 
-def test_a_deleted_manifest_is_refused(finished, tmp_path, cli):
-    out = copy(finished[0], tmp_path)
-    (out / "manifest.json").unlink()
-    message = (
-        f"{out / 'manifest.json'} is missing, though the run kept one: its files cannot be "
-        "verified; restore it or rerun into a new --out"
-    )
+def _strip_config_hashes(out):
+    for marker in (out / "state").glob("*/*.json"):
+        data = json.loads(marker.read_text())
+        del data["config_hash"]
+        marker.write_text(json.dumps(data))
+
+
+def _write_config(out, change):
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(change(config)))
+
+
+def _without_format(config):
+    return {k: v for k, v in config.items() if k != "format"}
+
+
+def _refused_by_run_and_report(out, message, cli):
     with pytest.raises(NeuroplasticError) as refused:
         experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
     assert str(refused.value) == message
     code, _, stderr = cli("report", out, "--similarity", "none")
     assert (code, stderr.strip()) == (2, f"neuroplastic report: error: {message}")
+
+
+# With the hashes stripped too, the run's config.json still declares a format that has a
+# manifest: it cannot be passed off as a run from before manifests.
+@pytest.mark.parametrize("hashes", ["kept", "stripped"])
+def test_a_deleted_manifest_is_refused(finished, tmp_path, cli, hashes):
+    out = copy(finished[0], tmp_path)
+    (out / "manifest.json").unlink()
+    if hashes == "stripped":
+        _strip_config_hashes(out)
+    message = (
+        f"{out / 'manifest.json'} is missing, though the run kept one: its files cannot be "
+        "verified; restore it or rerun into a new --out"
+    )
+    _refused_by_run_and_report(out, message, cli)
 
 
 def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_path, cli):
@@ -346,12 +371,8 @@ def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_p
     # and no format version in config.json.
     (out / "manifest.json").unlink()
     (out / ".lock").unlink()
-    for marker in (out / "state").glob("*/*.json"):
-        data = json.loads(marker.read_text())
-        del data["config_hash"]
-        marker.write_text(json.dumps(data))
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "format"}))
+    _strip_config_hashes(out)
+    _write_config(out, _without_format)
     code, _, stderr = cli("report", out, "--similarity", "none")
     assert code == 0 and "Unfinished run" in stderr
     assert not (out / ".lock").exists()  # a report makes no lock file
@@ -366,48 +387,29 @@ def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_p
     }
 
 
-def test_a_runs_config_declares_its_format_and_a_declared_one_needs_its_manifest(
-    killed, tmp_path, cli
-):
+def test_a_runs_config_declares_its_format(killed, tmp_path):
     out = copy(killed, tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert next(iter(config.items())) == ("format", RUN_FORMAT)
     assert run_format(out) == RUN_FORMAT
-    # Without the key, the format a run had before it is read from what it kept.
-    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "format"}))
+    # Without the key (a run written before it), the format is read from what the run kept.
+    _write_config(out, _without_format)
     assert run_format(out) == 1
-    (out / "config.json").write_text(json.dumps(config))
-    # Declared, it cannot be passed off as a run from before manifests by deleting them.
     (out / "manifest.json").unlink()
-    for marker in (out / "state").glob("*/*.json"):
-        data = json.loads(marker.read_text())
-        del data["config_hash"]
-        marker.write_text(json.dumps(data))
-    message = (
-        f"{out / 'manifest.json'} is missing, though the run kept one: its files cannot be "
-        "verified; restore it or rerun into a new --out"
-    )
-    with pytest.raises(NeuroplasticError) as refused:
-        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
-    assert str(refused.value) == message
-    code, _, stderr = cli("report", out, "--similarity", "none")
-    assert (code, stderr.strip()) == (2, f"neuroplastic report: error: {message}")
+    assert run_format(out) == 1  # its markers' config hashes
+    _strip_config_hashes(out)
+    assert run_format(out) == 0
 
 
 def test_a_run_of_a_newer_format_is_refused_with_what_to_do(killed, tmp_path, cli):
     out = copy(killed, tmp_path)
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "format": RUN_FORMAT + 1}))
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    _write_config(out, lambda config: {**config, "format": RUN_FORMAT + 1})
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     message = (
         f"{out / 'config.json'}: the run directory has format {RUN_FORMAT + 1}, written by a "
         f"newer neuroplastic (this one reads formats up to {RUN_FORMAT}); upgrade neuroplastic "
         "to read it"
     )
-    with pytest.raises(NeuroplasticError) as refused:
-        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
-    assert str(refused.value) == message
-    code, _, stderr = cli("report", out, "--similarity", "none")
-    assert (code, stderr.strip()) == (2, f"neuroplastic report: error: {message}")
+    _refused_by_run_and_report(out, message, cli)
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
-    assert after == {p: b for p, b in before.items() if p.name != ".lock"}  # nothing changed
+    assert after == before  # nothing changed

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from neuroplastic import distributed
 from neuroplastic.core.models import check_mlp_hooks, mlp_hook_name, model_device, run_forward
+from neuroplastic.core.streams import SideStream
 from neuroplastic.data.concept import Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
@@ -189,11 +190,18 @@ class StatsCollector:
     Each batch is reduced in float32 where it is computed and added to float64 totals (float32
     sums of a million tokens would lose about three digits). Each layer's activations are used
     inside its hook and dropped, so memory holds one layer of one batch at a time. The top-k
-    buffers are kept by :class:`_TopK`.
+    buffers are kept by :class:`_TopK`. ``overlap`` (CUDA only) runs each layer's reductions on a
+    side stream while the next layers compute (:class:`~neuroplastic.core.streams.SideStream`):
+    the same results, bit for bit.
     """
 
     def __init__(
-        self, model: Any, label_names: Sequence[str], top_k: int, merge: str = "auto"
+        self,
+        model: Any,
+        label_names: Sequence[str],
+        top_k: int,
+        merge: str = "auto",
+        overlap: bool = False,
     ) -> None:
         self.n_layers, self.d_mlp = check_mlp_hooks(model)
         self.label_names = tuple(label_names)
@@ -207,6 +215,7 @@ class StatsCollector:
         self.sum = torch.zeros(n_labels, *shape, dtype=torch.float64, device=self.total_device)
         self.sum_sq = torch.zeros_like(self.sum)
         self.top = _TopK(self.n_layers, self.d_mlp, top_k, self.device, merge)
+        self.side = SideStream(self.device, enabled=overlap)
         self._batch: _BatchTokens | None = None
         self._tokens_seen = 0  # labelled tokens before the current batch (counted on the host)
         self._buffers_full = False
@@ -224,20 +233,38 @@ class StatsCollector:
             batch = self._batch
             if batch is None:
                 raise NeuroplasticError("StatsCollector.begin(batch) must precede each forward")
-            flat = activation.detach().reshape(-1, self.d_mlp).to(self.device)
-            acts = flat.index_select(0, batch.keep).float()  # a gather far cheaper than a mask
-            self.sum[:, layer] += (batch.one_hot.T @ acts).to(self.total_device, torch.float64)
-            self.sum_sq[:, layer] += (batch.one_hot.T @ acts.square()).to(
-                self.total_device, torch.float64
+            full = self._buffers_full
+            self.side.run(
+                lambda: self._reduce(layer, activation.detach(), batch, full),
+                reads=(activation, batch.keep, batch.one_hot, batch.meta),
             )
-            self.top.update(layer, acts, batch.meta, full=self._buffers_full)
 
         return hook
+
+    def _reduce(
+        self,
+        layer: int,
+        activation: Float[Tensor, "batch pos neuron"],
+        batch: _BatchTokens,
+        full: bool,
+    ) -> None:
+        flat = activation.reshape(-1, self.d_mlp).to(self.device)
+        acts = flat.index_select(0, batch.keep).float()  # a gather far cheaper than a mask
+        self.sum[:, layer] += (batch.one_hot.T @ acts).to(self.total_device, torch.float64)
+        self.sum_sq[:, layer] += (batch.one_hot.T @ acts.square()).to(
+            self.total_device, torch.float64
+        )
+        self.top.update(layer, acts, batch.meta, full=full)
+
+    def end_batch(self) -> None:
+        """After a batch's forward: bounds how far the side stream may lag behind it."""
+        self.side.end_batch()
 
     def all_reduce(self) -> None:
         """Combine the statistics of every data-parallel process (each saw its own sentences):
         counts and sums added, top-k buffers gathered and re-selected. Every rank ends with
         the statistics of all the sentences."""
+        self.side.join()
         if not distributed.active():
             return
         for total in (self.count, self.sum, self.sum_sq):
@@ -246,6 +273,7 @@ class StatsCollector:
 
     def finish(self) -> NeuronStats:
         """The statistics so far, on the CPU."""
+        self.side.join()
         values, meta = self.top.result(n_tokens=int(self.count.sum()))
         cpu = torch.device("cpu")
         return NeuronStats(
@@ -406,10 +434,13 @@ def collect_stats(
     indices: Sequence[int] | None = None,
     progress: bool = True,
     merge: str = "auto",
+    overlap: bool = False,
 ) -> NeuronStats:
     """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks; the
-    forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`."""
-    collector = StatsCollector(model, dataset.label_names, top_k, merge)
+    forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`; ``overlap``: on a
+    CUDA device, reduce each layer on a side stream beside the forward (the same results; off
+    until measured faster, benchmarks/bench.py ``--sections overlap``)."""
+    collector = StatsCollector(model, dataset.label_names, top_k, merge, overlap)
     order = list(range(len(dataset))) if indices is None else list(indices)
     # Under a data-parallel launcher each process takes its share of the batches.
     order = distributed.shard_batches(order, batch_size)
@@ -424,5 +455,6 @@ def collect_stats(
         ):
             collector.begin(batch)
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=last_hook)
+            collector.end_batch()
     collector.all_reduce()
     return collector.finish()

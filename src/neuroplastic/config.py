@@ -729,6 +729,10 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_run_file(self) -> dict[str, Any]:
+        """What a run's config.json holds: the directory's format version, then the settings."""
+        return {FORMAT_KEY: RUN_FORMAT, **self.to_dict()}
+
     def identity(self) -> dict[str, Any]:
         """The settings that define the run's results (all but ``NOT_IDENTITY``), every float
         setting as a float (``fraction`` 1 and 1.0 are one run)."""

@@ -37,7 +37,7 @@ def test_stage_loop_and_outputs(reference):
     concept, random = run.neurons("concept"), run.neurons("random")
     assert concept.per_layer_counts() == random.per_layer_counts()
     assert concept != random
-    assert json.loads(run.config_path.read_text()) == tiny_config().to_dict()
+    assert json.loads(run.config_path.read_text()) == tiny_config().to_run_file()
     assert len(run.metrics()) == 8  # base + pruned + 2 retrain stages, per arm
     stage = run.stage("concept", "retrain-2")
     assert stage.ranking.scores.shape == (2, 64)

@@ -184,7 +184,7 @@ def test_an_unreadable_config_without_results_is_rewritten(tmp_path, monkeypatch
         "string starting at: line 1 column 13 (char 12)); no stage was computed under it: "
         "rewriting it"
     ]
-    assert json.loads((tmp_path / "config.json").read_text()) == tiny_config().to_dict()
+    assert json.loads((tmp_path / "config.json").read_text()) == tiny_config().to_run_file()
 
 
 def test_deleting_a_stage_nothing_can_recompute_lets_run_and_report_go_on(finished, tmp_path, cli):

@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from neuroplastic import distributed
-from neuroplastic.config import FORMAT_KEY, RUN_FORMAT, ExperimentConfig
+from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
 from neuroplastic.store.lock import RunLock
@@ -177,7 +177,7 @@ class Checkpointer:
         run), since a run of that format is refused without one."""
         if not self.manifest.path.is_file():
             self.manifest.update()
-        atomic_write_json(self.run.config_path, {FORMAT_KEY: RUN_FORMAT, **config.to_dict()})
+        atomic_write_json(self.run.config_path, config.to_run_file())
 
     # -- stages --------------------------------------------------------------------------------
     def done(self, arm: str, stage: str) -> bool:

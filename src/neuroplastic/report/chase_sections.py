@@ -8,10 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from neuroplastic.core.curves import RECOVERY_TARGET
-from neuroplastic.extras import require
+from neuroplastic.report import figures
 from neuroplastic.report.html import HtmlPage
-from neuroplastic.report.style import ARM_COLORS, fmt, fmt_or_missing, steps_text
+from neuroplastic.report.style import fmt, fmt_or_missing, steps_text
 from neuroplastic.store.summary import Summary
 
 ONE_SEED_SWEEP = (
@@ -67,7 +66,6 @@ def _one_shot(page: HtmlPage, once: dict | None, concept: str) -> None:
 def _chase_recovery(
     page: HtmlPage, metrics: pd.DataFrame, summary: Summary, rounds: list[dict], concept: str
 ) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
     from neuroplastic.store.rundir import stage_round
 
     page.paragraph(
@@ -105,45 +103,19 @@ def _chase_recovery(
         page.paragraph(f"No evaluations recorded: no curve of {concept} F1 per step.")
         return
     rows = metrics[metrics["stage"].map(lambda s: stage_round(str(s)) >= 1)]
-    figure = go.Figure()
-    for arm, group in rows.groupby("arm", sort=False):
-        if arm not in rounds[0]["arms"]:
-            continue
-        group = group.sort_values("step", kind="stable")
-        figure.add_trace(
-            go.Scatter(
-                x=group["step"],
-                y=group[column],
-                mode="lines+markers",
-                name=f"{arm} arm",
-                line={"color": ARM_COLORS.get(arm)},
-                customdata=group["stage"],
-                hovertemplate="%{customdata}, step %{x}<br>F1 %{y:.3f}<extra>" + arm + "</extra>",
-            )
-        )
     first = rows[rows["arm"] == rows["arm"].iloc[0]] if len(rows) else rows
+    starts = []
     for record in rounds:
         mine = first[first["stage"].map(lambda s: stage_round(str(s))) == record["round"]]
         if len(mine):
-            figure.add_vline(
-                x=float(mine["step"].min()),
-                line={"dash": "dot", "width": 1, "color": "#8c959f"},
-                annotation_text=f"round {record['round']}",
-                annotation_font={"size": 9, "color": "#57606a"},
-            )
-    base = summary.base_scores()
-    if base.get(concept):
-        figure.add_hline(
-            y=RECOVERY_TARGET * base[concept],
-            line={"dash": "dash", "width": 1, "color": "#57606a"},
-            annotation_text=f"{RECOVERY_TARGET:.0%} of base",
-            annotation_font={"size": 9},
-        )
-    figure.update_layout(
-        xaxis_title="training step (across rounds)",
-        yaxis={"title": f"{concept} F1", "range": [0, 1.02]},
-        height=360,
-        margin={"t": 40, "b": 40, "l": 50, "r": 20},
+            starts.append((record["round"], float(mine["step"].min())))
+    figure = figures.chase_recovery(
+        rows,
+        column=column,
+        arms=list(rounds[0]["arms"]),
+        round_starts=starts,
+        base_score=summary.base_scores().get(concept),
+        concept=concept,
     )
     page.paragraph(
         f"{concept} F1 against training step over every round, each arm; dotted lines mark "
@@ -153,9 +125,6 @@ def _chase_recovery(
 
 
 def _chase_collateral(page: HtmlPage, summary: Summary, rounds: list[dict], concept: str) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
     entities = [
         e for e in rounds[0]["arms"]["concept"]["retrained"] if e not in (concept, "overall")
     ]
@@ -181,39 +150,7 @@ def _chase_collateral(page: HtmlPage, summary: Summary, rounds: list[dict], conc
         index=False,
         float_format=None,
     )
-    fig = make_subplots(rows=1, cols=len(entities), subplot_titles=entities, shared_yaxes=True)
-    arms = list(dict.fromkeys(arm for record in rounds for arm in record["arms"]))
-    for c, entity in enumerate(entities, start=1):
-        for arm in arms:
-            points = [(0, base.get(entity), "base")] + [
-                (
-                    r["arms"][arm]["held"],
-                    r["arms"][arm]["retrained"].get(entity),
-                    f"round {r['round']}",
-                )
-                for r in rounds
-                if arm in r["arms"]
-            ]
-            fig.add_trace(
-                go.Scatter(
-                    x=[p[0] for p in points],
-                    y=[p[1] for p in points],
-                    customdata=[p[2] for p in points],
-                    mode="lines+markers",
-                    name=f"{arm} arm",
-                    legendgroup=arm,
-                    showlegend=c == 1,
-                    line={"color": ARM_COLORS.get(arm)},
-                    hovertemplate="%{customdata}: %{x} held<br>F1 %{y:.3f}<extra>"
-                    + arm
-                    + "</extra>",
-                ),
-                row=1,
-                col=c,
-            )
-        fig.update_xaxes(title_text="neurons held", row=1, col=c)
-    fig.update_yaxes(title_text="F1 after retraining", range=[0, 1.02], row=1, col=1)
-    fig.update_layout(height=340, margin={"t": 40, "b": 40, "l": 50, "r": 20})
+    fig = figures.chase_collateral(rounds, base, entities)
     page.plotly(fig, height="340px")
 
 

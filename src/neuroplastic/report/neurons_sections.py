@@ -13,9 +13,9 @@ import pandas as pd
 from neuroplastic.analysis.arm_analysis import ArmAnalysis
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.predictor_labels import DESCRIPTIONS, TRUTHS
-from neuroplastic.extras import require
+from neuroplastic.report import figures
 from neuroplastic.report.html import HtmlPage
-from neuroplastic.report.style import ARM_COLORS, DEAD_COLOR, LAYER_COLORS, fmt
+from neuroplastic.report.style import fmt
 from neuroplastic.report.views import add_side_by_side, examples_from_top_k
 from neuroplastic.store.manifest import CorruptFile
 from neuroplastic.store.rundir import RunDir
@@ -23,9 +23,6 @@ from neuroplastic.store.summary import Summary
 
 
 def saliency_section(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: int) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
     page.heading("Saliency per layer")
     page.paragraph(
         "Left: mean saliency of each layer's live neurons, per stage (ablated neurons have no "
@@ -41,78 +38,9 @@ def saliency_section(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: in
         "shift exceeds the spread between seeds is for `neuroplastic sweep` to say."
     )
     arms = list(analyses)
-    fig = make_subplots(
-        rows=len(arms),
-        cols=2,
-        column_titles=["mean saliency per layer", f"layers of the top {n_top}"],
-        row_titles=[f"{arm} arm" for arm in arms],
-        horizontal_spacing=0.08,
-        vertical_spacing=0.12,
-    )
-    for r, arm in enumerate(arms, start=1):
-        frame = analyses[arm].layer_saliency
-        for layer, group in frame.groupby("layer"):
-            color = LAYER_COLORS[int(layer) % len(LAYER_COLORS)]
-            fig.add_trace(
-                go.Scatter(
-                    x=group["stage"],
-                    y=group["mean"],
-                    mode="lines+markers",
-                    name=f"layer {layer}",
-                    legendgroup=f"layer {layer}",
-                    showlegend=r == 1,
-                    line={"color": color},
-                    customdata=np.stack([group["n_alive"], group["n"]], axis=1),
-                    hovertemplate="%{x}: mean saliency %{y:.3f} over %{customdata[0]} of "
-                    "%{customdata[1]} neurons alive<extra>layer " + str(layer) + "</extra>",
-                ),
-                row=r,
-                col=1,
-            )
-            fig.add_trace(
-                go.Bar(
-                    x=group["stage"],
-                    y=group["top_share"],
-                    name=f"layer {layer}",
-                    legendgroup=f"layer {layer}",
-                    showlegend=False,
-                    marker={"color": color},
-                    hovertemplate="%{x}: %{y:.0%} of the top neurons<extra>layer "
-                    + str(layer)
-                    + "</extra>",
-                ),
-                row=r,
-                col=2,
-            )
-        fig.update_yaxes(range=[0, 1], row=r, col=1)
-        fig.update_yaxes(range=[0, 1], tickformat=".0%", row=r, col=2)
-    fig.update_layout(
-        barmode="stack", height=300 * len(arms) + 60, margin={"t": 40, "b": 30, "l": 50, "r": 40}
-    )
-    page.plotly(fig)
-
-    depth = go.Figure()
+    page.plotly(figures.layer_saliency(analyses, n_top))
     n_layers = analyses[arms[0]].run.stages[analyses[arms[0]].run.first].ranking.n_layers
-    lines = (
-        ("mean_layer_fixed", "fixed population", {}),
-        ("mean_layer", "each stage's own top set", {"dash": "dot", "width": 1}),
-    )
-    for arm in arms:
-        frame = analyses[arm].depth
-        for column, what, style in lines:
-            depth.add_trace(
-                go.Scatter(
-                    x=frame["stage"], y=frame[column], mode="lines+markers",
-                    name=f"{arm} arm, {what}", line={"color": ARM_COLORS.get(arm), **style},
-                )
-            )  # fmt: skip
-    depth.update_layout(
-        title=f"Mean layer of the top {n_top} neurons",
-        height=330,
-        yaxis={"title": "layer", "range": [-0.3, n_layers - 0.7], "dtick": 1},
-        margin={"t": 50, "b": 30, "l": 50, "r": 20},
-    )
-    page.plotly(depth, height="330px")
+    page.plotly(figures.concept_depth(analyses, n_top, n_layers), height="330px")
     with page.details("Saliency per layer, as a table"):
         for arm in arms:
             page.table(analyses[arm].layer_saliency, caption=f"{arm} arm", index=False)
@@ -120,9 +48,6 @@ def saliency_section(page: HtmlPage, analyses: dict[str, ArmAnalysis], n_top: in
 
 
 def heatmaps_section(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
     page.heading("Saliency of every neuron")
     page.paragraph(
         "One row per layer, one column per neuron, one panel per stage; the random arm on the "
@@ -133,57 +58,8 @@ def heatmaps_section(page: HtmlPage, analyses: dict[str, ArmAnalysis]) -> None:
     )
     arms = list(analyses)
     stages = list(dict.fromkeys(s for a in arms for s in analyses[a].run.stage_names))
-    fig = make_subplots(
-        rows=len(stages),
-        cols=len(arms),
-        shared_xaxes=True,
-        column_titles=[f"{arm} arm" for arm in arms],
-        row_titles=stages,
-        vertical_spacing=0.02,
-        horizontal_spacing=0.03,
-    )
-    for c, arm in enumerate(arms, start=1):
-        data = analyses[arm].run
-        base = data.stages[data.first].ranking
-        order = np.argsort(-base.saliency.numpy(), axis=1, kind="stable")
-        for r, stage in enumerate(stages, start=1):
-            if stage not in data.stages:
-                continue
-            saliency = data.stages[stage].ranking.saliency.numpy()
-            z = np.take_along_axis(saliency, order, axis=1).astype(np.float32)
-            fig.add_trace(
-                go.Heatmap(
-                    z=z,
-                    customdata=order.astype(np.int32),
-                    coloraxis="coloraxis",
-                    hoverongaps=False,
-                    hovertemplate="layer %{y}, neuron %{customdata}<br>saliency %{z:.3f}"
-                    "<extra>" + f"{arm}, {stage}" + "</extra>",
-                ),
-                row=r,
-                col=c,
-            )
-            fig.update_yaxes(
-                tickmode="array",
-                tickvals=list(range(base.n_layers)),
-                autorange="reversed",
-                tickfont={"size": 8},
-                row=r,
-                col=c,
-            )
-    fig.update_xaxes(showticklabels=False)
-    fig.update_layout(
-        height=max(300, 95 * len(stages) + 80),
-        plot_bgcolor=DEAD_COLOR,  # NaN cells (dead neurons) are gaps: the background shows
-        coloraxis={
-            "colorscale": "Viridis",
-            "cmin": 0,
-            "cmax": 1,
-            "colorbar": {"title": {"text": "saliency"}, "len": 0.6},
-        },
-        margin={"t": 40, "b": 20, "l": 40, "r": 90},
-    )
-    page.plotly(fig, height=f"{max(300, 95 * len(stages) + 80)}px")
+    fig = figures.saliency_heatmaps(analyses, stages)
+    page.plotly(fig, height=f"{figures.heatmaps_height(stages)}px")
 
 
 def _tokens(tokens: Sequence[str], n: int = 8) -> str:
@@ -314,9 +190,6 @@ def pruned_section(
 
 
 def primed_section(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_note: str) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
     page.heading("Primed neurons")
     primed = {arm: a.primed for arm, a in analyses.items() if a.primed is not None}
     if not primed:
@@ -354,27 +227,7 @@ def primed_section(page: HtmlPage, analyses: dict[str, ArmAnalysis], similarity_
                     }
                 )
     page.table(pd.DataFrame(rows), index=False, float_format="{:+.3f}")
-    titles = [f"{arm} arm: ρ = {p.rho:+.2f}" for arm, p in primed.items()]
-    fig = make_subplots(rows=1, cols=len(primed), shared_yaxes=True, subplot_titles=titles)
-    for c, (arm, p) in enumerate(primed.items(), start=1):
-        frame = p.neurons
-        fig.add_trace(
-            go.Scattergl(
-                x=frame["similarity"],
-                y=frame["gain"],
-                mode="markers",
-                name=f"{arm} arm",
-                marker={"color": ARM_COLORS.get(arm), "size": 4, "opacity": 0.5},
-                customdata=np.stack([frame["layer"], frame["neuron"]], axis=1),
-                hovertemplate="L%{customdata[0]}:N%{customdata[1]}<br>similarity %{x:.2f}"
-                "<br>gain %{y:.2f}<extra></extra>",
-            ),
-            row=1,
-            col=c,
-        )
-        fig.update_xaxes(title_text="similarity to the concept before pruning", row=1, col=c)
-    fig.update_yaxes(title_text="saliency gain", row=1, col=1)
-    fig.update_layout(height=360, showlegend=False, margin={"t": 40, "b": 40, "l": 50, "r": 20})
+    fig = figures.primed_scatter(primed)
     page.plotly(fig, height="360px")
 
 

@@ -9,13 +9,11 @@ from typing import Any
 import pandas as pd
 
 from neuroplastic.analysis.scores import recovery_curves
-from neuroplastic.extras import require
+from neuroplastic.report import figures
 from neuroplastic.report.html import HtmlPage
-from neuroplastic.report.style import ARM_COLORS
 from neuroplastic.store.rundir import stage_round
 from neuroplastic.store.summary import Summary
 
-#: the arms of the section's plot, and their colours (the report's for the first two)
 #: the arms the section's curves show, in drawing order
 CURVE_ARMS = ("concept", "random", "naive")
 
@@ -62,38 +60,13 @@ def _relearn_meaning(mode: str, concept: str) -> str:
 
 
 def _plot(page: HtmlPage, metrics: pd.DataFrame, target: float, concept: str) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
     curves = recovery_curves(metrics, metric="f1")
     curves = curves[
         (curves["entity"] == concept)
         & (curves["stage"] != "base")
         & curves["stage"].map(lambda s: stage_round(str(s)) == 1)
     ]
-    fig = go.Figure()
-    for arm in CURVE_ARMS:
-        color = ARM_COLORS[arm]
-        group = curves[curves["arm"] == arm]
-        if group.empty:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=group["step"],
-                y=group["value"],
-                mode="lines+markers",
-                name=f"{arm} arm",
-                line={"color": color},
-                hovertemplate="step %{x}<br>" + concept + " F1 %{y:.3f}<extra>" + arm + "</extra>",
-            )
-        )
-    fig.add_hline(
-        y=target,
-        line={"dash": "dot", "width": 1, "color": "#57606a"},
-        annotation_text="target: 90% of the concept arm's base F1",
-        annotation_font={"size": 9, "color": "#57606a"},
-    )
-    fig.update_yaxes(range=[0, 1.02], title_text=f"{concept} F1")
-    fig.update_xaxes(title_text="retraining step (0: right after the removal)")
-    fig.update_layout(height=380, margin={"t": 30, "b": 40, "l": 50, "r": 20})
+    fig = figures.savings_curves(curves, arms=CURVE_ARMS, target=target, concept=concept)
     page.paragraph(
         f"{concept} F1 against retraining step, round 1: the concept arm (its {concept} neurons "
         "held after it learned the concept), the random arm (as many random neurons held), "

@@ -36,7 +36,7 @@ from neuroplastic.core.neurons import CONTROL_KINDS
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.chase import rounds_run
-from neuroplastic.extras import require
+from neuroplastic.report import figures
 from neuroplastic.report.chase_sections import chase_section, preempt_section
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.neurons_sections import (
@@ -50,7 +50,7 @@ from neuroplastic.report.neurons_sections import (
     stored_activations_section,
 )
 from neuroplastic.report.relearning import relearning
-from neuroplastic.report.style import ARM_COLORS, fmt, steps_text
+from neuroplastic.report.style import fmt, steps_text
 from neuroplastic.store.checkpoint import Checkpointer
 from neuroplastic.store.lock import reading
 from neuroplastic.store.manifest import CorruptFile
@@ -474,9 +474,6 @@ def _metrics_metric(metrics: pd.DataFrame) -> str | None:
 
 
 def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: Summary | None, concept: str) -> None:
-    go = require("plotly.graph_objects", "the report's plots")
-    from plotly.subplots import make_subplots
-
     page.heading("Recovery")
     metric = _metrics_metric(metrics)
     if metric is None:
@@ -484,67 +481,8 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: Summary | None, co
     else:
         curves = recovery_curves(metrics, metric=metric)
         name, main, other = _score_names(metric, concept)
-        entities = list(dict.fromkeys(curves["entity"]))
-        entities.sort(key=lambda e: (e != main, e != other, e))
-        n_cols = min(3, len(entities))
-        n_rows = math.ceil(len(entities) / n_cols)
-        titles = [f"{e} (the concept)" if e == concept else e for e in entities]
-        fig = make_subplots(
-            rows=n_rows,
-            cols=n_cols,
-            subplot_titles=titles,
-            shared_yaxes=True,
-            horizontal_spacing=0.05,
-            vertical_spacing=0.14,
-        )
-        for i, entity in enumerate(entities):
-            row, col = i // n_cols + 1, i % n_cols + 1
-            for arm, group in _concept_on_top(curves[curves["entity"] == entity]):
-                fig.add_trace(
-                    go.Scatter(
-                        x=group["step"],
-                        y=group["value"],
-                        mode="lines+markers",
-                        name=f"{arm} arm",
-                        legendgroup=arm,
-                        showlegend=i == 0,
-                        line=_arm_line(arm),
-                        customdata=group["stage"],
-                        hovertemplate="%{customdata}, step %{x}<br>"
-                        + name
-                        + " %{y:.3f}<extra>"
-                        + arm
-                        + "</extra>",
-                    ),
-                    row=row,
-                    col=col,
-                )
-        for stage, step in _stage_starts(curves):
-            for i in range(len(entities)):
-                fig.add_vline(
-                    x=step,
-                    line={"dash": "dot", "width": 1, "color": "#8c959f"},
-                    row=i // n_cols + 1,
-                    col=i % n_cols + 1,
-                    **(
-                        {
-                            "annotation_text": stage,
-                            "annotation_textangle": -90,  # upright labels overlap when close
-                            "annotation_position": "bottom right",
-                            "annotation_font": {"size": 9, "color": "#57606a"},
-                        }
-                        if i == 0
-                        else {}
-                    ),
-                )
-        if metric == "f1":
-            fig.update_yaxes(range=[0, 1.02])
-        fig.update_xaxes(title_text="training step", row=n_rows)
-        fig.update_yaxes(title_text=name, col=1)
-        fig.update_layout(
-            height=330 * n_rows,
-            margin={"t": 50, "b": 40, "l": 50, "r": 20},
-            legend={"orientation": "h", "y": -0.12},
+        fig = figures.recovery_grid(
+            curves, concept=concept, main=main, other=other, score=name, metric=metric
         )
         page.paragraph(
             ("Entity F1" if metric == "f1" else "Language-modelling loss on tokens of each label")
@@ -674,53 +612,18 @@ def _readable(page: HtmlPage, summary: Summary | None, concept: str) -> None:
         )
 
 
-def _concept_on_top(curves: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Each arm's curve, the concept arm's last so it is drawn over a control it coincides
-    with (two identical curves would otherwise show as the control alone)."""
-    arms = list(curves.groupby("arm", sort=False))
-    return sorted(arms, key=lambda item: item[0] == "concept")
-
-
-def _arm_line(arm: str) -> dict[str, Any]:
-    """The concept arm solid, every control dashed, in its arm's colour."""
-    return {"color": ARM_COLORS.get(arm), **({} if arm == "concept" else {"dash": "dash"})}
-
-
 def _headline(page: HtmlPage, metrics: pd.DataFrame, concept: str) -> None:
     """The one figure the page leads with: the concept's recovery beside its control's."""
     metric = _metrics_metric(metrics)
     if metric is None:
         return
-    go = require("plotly.graph_objects", "the report's plots")
     name, main, _ = _score_names(metric, concept)
     curves = recovery_curves(metrics, metric=metric)
     curves = curves[(curves["entity"] == main) & curves["arm"].isin(["concept", "random"])]
     if curves.empty:
         return
-    fig = go.Figure(
-        [
-            go.Scatter(
-                x=group["step"],
-                y=group["value"],
-                mode="lines+markers",
-                name=f"{arm} arm",
-                line=_arm_line(arm),
-            )  # fmt: skip
-            for arm, group in _concept_on_top(curves)
-        ]
-    )
+    fig = figures.headline(curves, main=main, score=name, metric=metric)
     controlled = set(curves["arm"]) >= {"concept", "random"}
-    fig.update_layout(
-        title=f"{main} {name} while retraining"
-        + (": the concept arm against its control" if controlled else ": the concept arm"),
-        xaxis_title="retraining step",
-        yaxis_title=f"{main} {name}",
-        height=380,
-        margin={"t": 50, "b": 40, "l": 60, "r": 20},
-        legend={"orientation": "h", "y": -0.2},
-    )
-    if metric == "f1":
-        fig.update_yaxes(range=[0, 1.02])
     page.plotly(fig, height="380px")
     page.paragraph(
         "Step 0: the base model, then the model right after its neurons were removed. "
@@ -734,20 +637,3 @@ def _headline(page: HtmlPage, metrics: pd.DataFrame, concept: str) -> None:
         )
         + " One run, one seed: a sweep gives the spread across seeds."
     )
-
-
-def _stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
-    """(stage, step where its training starts = the previous stage's last step) of every stage
-    after the first, from the first arm; evaluations inside a stage (``retrain-1@10``) count
-    as that stage."""
-    arm = curves["arm"].iloc[0]
-    rows = curves[curves["arm"] == arm]
-    ends = rows.groupby(rows["stage"].str.partition("@")[0], sort=False)["step"].max()
-    names, steps = list(ends.index), list(ends.values)
-    starts: list[tuple[str, float]] = []
-    for i in range(1, len(names)):
-        if starts and starts[-1][1] == float(steps[i - 1]):  # e.g. pruning takes no steps
-            starts[-1] = (f"{starts[-1][0]}, {names[i]}", starts[-1][1])
-        else:
-            starts.append((names[i], float(steps[i - 1])))
-    return starts

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from neuroplastic.analysis.intervals import as_text, number_text
 from neuroplastic.analysis.predictor_labels import DESCRIPTIONS
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.extras import require
+from neuroplastic.report import sweep_figures
 from neuroplastic.report.html import HtmlPage
-from neuroplastic.report.style import ARM_COLORS
 
 
 def write_sweep_report(sweep_dir: str | Path) -> Path:
@@ -177,35 +174,8 @@ def _readable(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
 
 
 def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
-    go = require("plotly.graph_objects", "the sweep report's plots")
-
-    figure = go.Figure()
-    for arm, data in result["arms"].items():
-        color = ARM_COLORS.get(arm, "#555")
-        curves = [pd.DataFrame(c) for c in data["curves"]]
-        for i, curve in enumerate(curves):
-            figure.add_trace(
-                go.Scatter(
-                    x=curve["step"], y=curve["f1"], mode="lines", name=f"{arm}, one seed",
-                    line={"color": color, "width": 1}, opacity=0.35,
-                    legendgroup=arm, showlegend=i == 0,
-                )
-            )  # fmt: skip
-        steps = curves[0]["step"]
-        if all(len(c) == len(steps) and (c["step"].values == steps.values).all() for c in curves):
-            mean = np.mean([c["f1"].to_numpy() for c in curves], axis=0)
-            figure.add_trace(
-                go.Scatter(
-                    x=steps, y=mean, mode="lines+markers", name=f"{arm}, mean of seeds",
-                    line={"color": color, "width": 3}, legendgroup=arm,
-                )
-            )  # fmt: skip
-    figure.update_layout(
-        xaxis_title="retraining step (0 = pruned)",
-        yaxis_title=f"{concept} F1",
-        margin={"t": 30},
-    )
-    page.plotly(figure, height="380px")
+    curves = {arm: data["curves"] for arm, data in result["arms"].items()}
+    page.plotly(sweep_figures.seed_curves(curves, concept), height="380px")
 
 
 PREDICTION_MEASURES = {
@@ -250,26 +220,7 @@ def _prediction(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
 
 
 def _prediction_plot(page: HtmlPage, frame: pd.DataFrame) -> None:
-    go = require("plotly.graph_objects", "the sweep report's plots")
-
-    auc = frame[frame["measure"] == "auc"]
-    figure = go.Figure()
-    for (arm, truth), group in auc.groupby(["arm", "truth"], sort=False):
-        mean = group["mean"].astype(float)
-        high = (group["ci_high"].astype(float) - mean).fillna(0)
-        low = (mean - group["ci_low"].astype(float)).fillna(0)
-        figure.add_trace(
-            go.Bar(
-                x=group["predictor"], y=mean, name=f"{arm} arm, truth: {truth}",
-                error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
-            )
-        )  # fmt: skip
-    figure.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
-    figure.update_layout(
-        barmode="group", yaxis_title="ROC AUC (mean, 95% interval)", yaxis_range=[0, 1],
-        margin={"t": 30},
-    )  # fmt: skip
-    page.plotly(figure, height="340px")
+    page.plotly(sweep_figures.predictor_auc(frame), height="340px")
 
 
 def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str) -> None:
@@ -320,30 +271,7 @@ def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], con
 
 
 def _chase_plot(page: HtmlPage, chase: dict[str, Any], concept: str) -> None:
-    go = require("plotly.graph_objects", "the sweep report's plots")
-
-    figure = go.Figure()
-    arms = list(dict.fromkeys(a for entry in chase["per_round"] for a in entry["arms"]))
-    rounds = [entry["round"] for entry in chase["per_round"]]
-    for measure, when, dash in (
-        ("removed", "after removal", "dot"),
-        ("retrained", "retrained", None),
-    ):
-        for arm in arms:
-            values = [entry["arms"][arm][measure] for entry in chase["per_round"]]
-            mean = np.array([np.nan if v["mean"] is None else v["mean"] for v in values])
-            figure.add_trace(
-                go.Scatter(
-                    x=rounds, y=mean, mode="lines+markers", name=f"{arm} arm, {when}",
-                    line={"color": ARM_COLORS.get(arm), "dash": dash}, error_y=_error_y(values),
-                )
-            )  # fmt: skip
-    figure.update_layout(
-        xaxis={"title": "round", "dtick": 1},
-        yaxis_title=f"{concept} F1 (mean, 95% interval across seeds)",
-        margin={"t": 30},
-    )
-    page.plotly(figure, height="360px")
+    page.plotly(sweep_figures.chase_rounds(chase["per_round"], concept), height="360px")
 
 
 def _preempt(
@@ -394,7 +322,6 @@ def _savings(
     saved = result.get("savings")
     if not saved:
         return
-    go = require("plotly.graph_objects", "the sweep report's plots")
     page.paragraph(
         f"Relearning or learning? The naive arm holds the concept arm's neurons in a model "
         f"fine-tuned identically but with the {concept} tokens out of its loss (it never "
@@ -405,23 +332,9 @@ def _savings(
     measures = measures or {m: m for m in saved if m not in ("seeds", "naive_curves")}
     table = pd.DataFrame({"across seeds": {measures[m]: as_text(saved[m]) for m in measures}})
     page.table(table, caption="Savings: mean [95% interval across seeds]", float_format=None)
-    figure = go.Figure()
     curves = {a: result["arms"][a]["curves"] for a in ("concept", "random") if a in result["arms"]}
     curves["naive"] = saved["naive_curves"]
-    for arm, per_seed in curves.items():
-        for i, curve in enumerate(per_seed):
-            figure.add_trace(
-                go.Scatter(
-                    x=curve["step"], y=curve["f1"], mode="lines", name=f"{arm} arm",
-                    line={"color": ARM_COLORS.get(arm, "#555"), "width": 1.5}, opacity=0.6,
-                    legendgroup=arm, showlegend=i == 0,
-                )
-            )  # fmt: skip
-    figure.update_layout(
-        xaxis_title="retraining step (0 = the removal)",
-        yaxis_title=f"{concept} F1",
-        margin={"t": 30},
-    )
+    figure = sweep_figures.savings_seeds(curves, concept)
     page.paragraph(f"{concept} F1 of every seed, concept, random and naive arms.")
     page.plotly(figure, height="380px")
 
@@ -467,7 +380,6 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
     random and naive arms), and the retrainer's best case chosen per seed."""
     if not sweep.get("grid"):
         return
-    go = require("plotly.graph_objects", "the sweep report's plots")
     page.heading("The retrainer's choices (--grid)")
     page.paragraph(
         "Each axis of the grid changes one setting of the run and nothing else. The best case "
@@ -477,7 +389,7 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
     )
     settings = sweep["settings"]
     for axis, values in sweep["grid"].items():
-        figure = go.Figure()
+        arms = {}
         for arm in ("concept", "random", "naive"):
             xs, points = [], []
             for cell, point in settings.items():
@@ -487,26 +399,15 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
                 xs.append(point[axis])
                 points.append(at)
             if xs:
-                figure.add_trace(
-                    go.Scatter(
-                        x=[str(x) for x in xs], y=[p["mean"] for p in points], mode="markers",
-                        name=f"{arm} arm", marker={"color": ARM_COLORS.get(arm, "#555"), "size": 9},
-                        error_y=_error_y(points),
-                    )
-                )  # fmt: skip
-        figure.update_layout(
-            xaxis_title=axis,
-            yaxis_title=f"{concept} F1 after the first retraining stage",
-            yaxis_range=[0, 1.02],
-            margin={"t": 30},
-        )
+                arms[arm] = (xs, points)
+        figure = sweep_figures.grid_axis(arms, axis, concept)
         page.paragraph(
             f"{concept} F1 at the end of the first retraining stage against {axis} ({values}); "
             "mean and 95% interval across seeds, per cell (cells that differ in other axes "
             "too appear as separate points at one value)."
         )
         page.plotly(figure, height="360px")
-        _share_plot(page, sweep, axis, values, go)
+        _share_plot(page, sweep, axis, values)
     rows = []
     for axis, cases in (sweep.get("best_case") or {}).items():
         for case in cases:
@@ -530,13 +431,12 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
         )
 
 
-def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any, go: Any) -> None:
+def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any) -> None:
     """The concept arm's share of its drop at pruning recovered after k steps, against one axis
     of the grid: a measure relative to each cell's own drop, so cells that lose different
     amounts at pruning compare."""
-    shares = [m for m in sweep["measures"] if m.startswith("share_recovered_")]
-    figure = go.Figure()
-    for measure, dash in zip(shares, ("dot", "dash", "solid"), strict=False):
+    lines = {}
+    for measure in (m for m in sweep["measures"] if m.startswith("share_recovered_")):
         xs, points = [], []
         for cell, point in sweep["settings"].items():
             at = sweep["cells"][cell]["arms"].get("concept", {}).get(measure)
@@ -544,34 +444,16 @@ def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any, g
                 continue
             xs.append(str(point[axis]))
             points.append(at)
-        if xs:
-            steps = measure.rsplit("_", 1)[1]
-            figure.add_trace(
-                go.Scatter(
-                    x=xs, y=[p["mean"] for p in points], mode="lines+markers",
-                    name=f"after {steps} steps", error_y=_error_y(points),
-                    line={"color": ARM_COLORS.get("concept", "#555"), "dash": dash},
-                )
-            )  # fmt: skip
+        lines[measure.rsplit("_", 1)[1]] = (xs, points)
+    figure = sweep_figures.share_recovered(lines, axis)
     if not figure.data:
         return
-    figure.update_layout(
-        xaxis_title=axis, yaxis_title="share of the drop at pruning recovered", margin={"t": 30}
-    )
     page.paragraph(
         f"The concept arm's share of its drop at pruning recovered after 5, 10 and 30 retraining "
         f"steps, (F1 - F1 pruned) / (F1 base - F1 pruned), against {axis} ({values}); mean and "
         "95% interval across seeds per cell."
     )
     page.plotly(figure, height="360px")
-
-
-def _error_y(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Plotly's asymmetric error bars of measures across seeds (``interval``'s dicts): from
-    each mean to its interval's ends, none where a measure has no interval."""
-    high = [0 if v["ci_high"] is None else v["ci_high"] - v["mean"] for v in values]
-    low = [0 if v["ci_low"] is None else v["mean"] - v["ci_low"] for v in values]
-    return {"type": "data", "symmetric": False, "array": high, "arrayminus": low}
 
 
 def _first_stage_f1(result: dict[str, Any], arm: str, concept: str) -> dict[str, Any] | None:

@@ -265,6 +265,24 @@ def stats_pass_every_batch(model: Any, data: ConceptDataset) -> NeuronStats:
         return stats_pass(model, data, merge="sparse")
 
 
+def _beside_floor(
+    model: Any, data: ConceptDataset, device: torch.device, passes: dict[str, Any], same: bool
+) -> dict:
+    """Two statistics passes (name -> (the pass, its ratio's key)) and the floor in one
+    interleaved measurement, each pass as a ratio to the floor."""
+    times = interleaved(
+        {"floor": lambda: floor_pass(model, data)}
+        | {name: run for name, (run, _) in passes.items()},
+        device,
+    )
+    return {
+        "tokens": n_tokens(data),
+        "seconds": times,
+        **{ratio: times[name] / times["floor"] for name, (_, ratio) in passes.items()},
+        "same_statistics": same,
+    }
+
+
 def section_fold(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     """The sparse top-k merge folded over several batches against made at every batch, each
     beside the floor, in one interleaved measurement; the two give the same statistics."""
@@ -272,21 +290,14 @@ def section_fold(model: Any, data: ConceptDataset, device: torch.device) -> dict
     same = torch.equal(folded.top_values, every.top_values) and torch.equal(
         folded.top_sentence, every.top_sentence
     )
-    times = interleaved(
-        {
-            "floor": lambda: floor_pass(model, data),
-            "stats_folded": lambda: stats_pass(model, data, merge="sparse"),
-            "stats_every_batch": lambda: stats_pass_every_batch(model, data),
-        },
-        device,
-    )
-    return {
-        "tokens": n_tokens(data),
-        "seconds": times,
-        "folded_over_floor": times["stats_folded"] / times["floor"],
-        "every_batch_over_floor": times["stats_every_batch"] / times["floor"],
-        "same_statistics": same,
+    passes = {
+        "stats_folded": (lambda: stats_pass(model, data, merge="sparse"), "folded_over_floor"),
+        "stats_every_batch": (
+            lambda: stats_pass_every_batch(model, data),
+            "every_batch_over_floor",
+        ),
     }
+    return _beside_floor(model, data, device, passes, same)
 
 
 def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> dict:
@@ -298,21 +309,14 @@ def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> d
         torch.equal(getattr(inline, name), getattr(overlapped, name))
         for name in ("count", "sum", "sum_sq", "top_values", "top_sentence", "top_position")
     )
-    times = interleaved(
-        {
-            "floor": lambda: floor_pass(model, data),
-            "stats_inline": lambda: stats_pass(model, data),
-            "stats_side_stream": lambda: stats_pass(model, data, overlap=True),
-        },
-        device,
-    )
-    return {
-        "tokens": n_tokens(data),
-        "seconds": times,
-        "inline_over_floor": times["stats_inline"] / times["floor"],
-        "side_stream_over_floor": times["stats_side_stream"] / times["floor"],
-        "same_statistics": same,
+    passes = {
+        "stats_inline": (lambda: stats_pass(model, data), "inline_over_floor"),
+        "stats_side_stream": (
+            lambda: stats_pass(model, data, overlap=True),
+            "side_stream_over_floor",
+        ),
     }
+    return _beside_floor(model, data, device, passes, same)
 
 
 # -- training ----------------------------------------------------------------------------------

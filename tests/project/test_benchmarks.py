@@ -41,7 +41,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,overlap", "--json", str(out)],
+         "--sections", "stats,train,fold,overlap", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -51,7 +51,13 @@ def test_benchmark_writes_its_figures(tmp_path):
     assert set(stats["seconds"]) >= {"floor", "stats", "cache_then_rank"}
     assert stats["stats_over_floor"] == stats["seconds"]["stats"] / stats["seconds"]["floor"]
     assert train["held_over_plain"] > 0 and train["train_tokens_per_s"] > 0
-    assert figures["overlap"]["same_statistics"] is True
+    for section, ratios in (
+        ("fold", ("folded_over_floor", "every_batch_over_floor")),
+        ("overlap", ("inline_over_floor", "side_stream_over_floor")),
+    ):
+        result = figures[section]
+        assert result["same_statistics"] is True
+        assert all(result[ratio] > 0 for ratio in ratios)
     # The hold's extra cost, by op (times on a shared CPU are too noisy to assert which).
     extra = train["held_minus_plain_by_op"]
     assert extra["top"] and all({"op", "extra_ms"} == set(row) for row in extra["top"])

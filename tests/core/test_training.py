@@ -215,3 +215,22 @@ def test_a_relu_neuron_pruned_on_its_input_side_gets_no_gradient():
     model = type("Model", (), {"cfg": type("Cfg", (), {"act_fn": "relu"})})
     with pytest.raises(NeuroplasticError, match="never regrows"):
         check_can_regrow(model)
+
+
+def test_evaluation_batched_by_length_scores_every_sentence_as_if_alone(setup):
+    module, data, _ = setup
+    order = data.by_length()
+    lengths = [len(data.encoded[i].token_ids) for i in order]
+    assert sorted(order) == list(range(len(data))) and lengths == sorted(lengths)
+    assert lengths != [len(e.token_ids) for e in data.encoded]  # the order does change
+
+    # One sentence a batch: no padding and no neighbours, whatever the order.
+    batched = evaluate(module, data, "ner", "LOC", batch_size=16, progress=False).scores
+    alone = evaluate(module, data, "ner", "LOC", batch_size=1, progress=False).scores
+    assert batched == alone
+    assert any(value > 0 for value in batched["f1"].values())  # not an all-zero tie
+
+    model = module.model
+    batched = evaluate(model, data, "lm", "LOC", batch_size=16, progress=False).scores
+    alone = evaluate(model, data, "lm", "LOC", batch_size=1, progress=False).scores
+    assert batched["lm_loss"] == pytest.approx(alone["lm_loss"], rel=1e-5)

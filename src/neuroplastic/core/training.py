@@ -253,6 +253,10 @@ def evaluate(
 ) -> Evaluation:
     """Entity F1 per type (``ner``) or next-token loss on concept and other tokens (``lm``).
 
+    Sentences are batched by length (:meth:`ConceptDataset.by_length`): each is scored on its
+    own tokens alone (padding is masked), so the batches change only how much padding is
+    computed, about a third less than in corpus order on the embedded validation split.
+
     ``dead_neurons`` (a ``[layer, neuron]`` mask) are checked to be exactly zero on every batch:
     a held ablation that stopped holding is a bug, and the run stops.
     """
@@ -264,6 +268,7 @@ def evaluate(
             hooks.append((mlp_hook_name(layer), _capture_into(captured, layer)))
     true_tags: list[list[str]] = []
     predicted_tags: list[list[str]] = []
+    tagged: list[int] = []  # the sentence each entry of the two lists is
     lm_sums = {"concept": 0.0, "other": 0.0}
     lm_counts = {"concept": 0, "other": 0}
     concept_id = dataset.label_id(concept)
@@ -271,11 +276,15 @@ def evaluate(
     n_batches = (len(dataset) + batch_size - 1) // batch_size
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for batch in progress_bar(
-            dataset.batches(batch_size), desc="evaluating", total=n_batches, enabled=progress
+            dataset.batches(batch_size, order=dataset.by_length()),
+            desc="evaluating",
+            total=n_batches,
+            enabled=progress,
         ):
             if task == "ner":
                 predictions = module(batch.tokens, batch.attention_mask).argmax(-1).cpu()
                 _collect_tags(dataset, batch, predictions, true_tags, predicted_tags)
+                tagged.extend(batch.sentence_index.tolist())
             else:
                 losses = lm_token_losses(model, batch.to(model_device(model))).cpu()
                 target_labels = batch.concept_labels[:, 1:]
@@ -292,7 +301,12 @@ def evaluate(
             captured.clear()
     if task == "ner":
         entity_types = [name for name in dataset.label_names if name != "O"]
-        scores: dict[str, Any] = entity_scores(true_tags, predicted_tags, entity_types)
+        in_corpus_order = sorted(range(len(tagged)), key=tagged.__getitem__)
+        scores: dict[str, Any] = entity_scores(
+            [true_tags[i] for i in in_corpus_order],
+            [predicted_tags[i] for i in in_corpus_order],
+            entity_types,
+        )
     else:
         scores = {"lm_loss": {k: lm_sums[k] / max(lm_counts[k], 1) for k in lm_sums}}
     return Evaluation(scores)

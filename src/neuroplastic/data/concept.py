@@ -126,6 +126,11 @@ class ConceptDataset:
         for start in range(0, len(indices), batch_size):
             yield self.collate(indices[start : start + batch_size])
 
+    def by_length(self) -> list[int]:
+        """Every sentence's index, shortest first (ties in corpus order): batches cut from this
+        order hold sentences of about one length, so little of each is padding."""
+        return sorted(range(len(self)), key=lambda i: len(self.encoded[i].token_ids))
+
     def collate(self, indices: Sequence[int]) -> Batch:
         rows = [self.encoded[i] for i in indices]
         # Round the width up to a multiple of 8: few distinct shapes let CPU kernels (oneDNN)

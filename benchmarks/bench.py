@@ -2,7 +2,7 @@
 process on the same batches, never pass/fail.
 
     python benchmarks/bench.py [--model embedded] [--device cpu] [--dtype float32]
-                               [--sentences 256] [--sections stats,train,memory,fold,overlap,probe]
+                               [--sentences 256] [--sections stats,train,memory,...]
 
 stats   the statistics pass against its floor (a plain forward to the last MLP, no statistics
         hooks), against run_with_cache of every mlp.hook_post and then ranking, and against the
@@ -20,6 +20,8 @@ fold    the CPU's sparse top-k merge folded over several batches against made at
 overlap the statistics pass reducing each layer on a CUDA side stream beside the forward
         against in line (the same statistics: checked), each beside the floor (on a CPU the
         two are the same code: a rehearsal);
+eval    an evaluation with its sentences batched by length against in corpus order (the same
+        scores: checked), and the tokens each computes, padding included;
 memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
         each in a fresh process (CPU: peak resident set over the loaded model; GPU: peak
         allocated over the loaded model).
@@ -45,7 +47,13 @@ from neuroplastic.core.models import load_model, mlp_hook_name, model_device, ru
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import NeuronStats, collect_stats
-from neuroplastic.core.training import TokenClassifier, TrainConfig, Trainer, tagging_loss
+from neuroplastic.core.training import (
+    TokenClassifier,
+    TrainConfig,
+    Trainer,
+    evaluate,
+    tagging_loss,
+)
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import encode_split, load_corpus
 
@@ -320,6 +328,45 @@ def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> d
 
 
 # -- training ----------------------------------------------------------------------------------
+def computed_tokens(data: ConceptDataset, batches: list[list[int]]) -> int:
+    """The tokens a forward over ``batches`` computes, padding included."""
+    return sum(data.collate(b).tokens.numel() for b in batches)
+
+
+def section_eval(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    """An evaluation (NER F1, 32 sentences a batch) with its sentences batched by length against
+    batched in corpus order, side by side; the tokens each computes; the scores of the two."""
+    from unittest.mock import patch
+
+    torch.manual_seed(0)
+    module = TokenClassifier(model, len(data.tag_names)).to(device)
+
+    def by_length() -> dict:
+        return evaluate(module, data, "ner", "LOC", progress=False).scores
+
+    def in_corpus_order() -> dict:
+        with patch.object(data, "by_length", lambda: list(range(len(data)))):
+            return evaluate(module, data, "ner", "LOC", progress=False).scores
+
+    same = by_length() == in_corpus_order()
+    times = interleaved({"by_length": by_length, "corpus_order": in_corpus_order}, device)
+
+    def cut(order: list[int]) -> list[list[int]]:
+        return [order[i : i + 32] for i in range(0, len(order), 32)]
+
+    computed = {
+        "by_length": computed_tokens(data, cut(data.by_length())),
+        "corpus_order": computed_tokens(data, cut(list(range(len(data))))),
+    }
+    return {
+        "seconds": times,
+        "by_length_over_corpus_order": times["by_length"] / times["corpus_order"],
+        "real_tokens": n_tokens(data),
+        "computed_tokens": computed,
+        "same_scores": same,
+    }
+
+
 def section_train(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     torch.manual_seed(0)
     module = TokenClassifier(model, len(data.tag_names)).to(device)
@@ -497,6 +544,9 @@ def main() -> None:
     if "probe" in sections:
         results["probe"] = section_probe(model, data, device)
         print(json.dumps({"probe": results["probe"]}), flush=True)
+    if "eval" in sections:
+        results["eval"] = section_eval(model, data, device)
+        print(json.dumps({"eval": results["eval"]}), flush=True)
     if "train" in sections:
         results["train"] = section_train(model, data, device)
         print(json.dumps({"train": results["train"]}), flush=True)

@@ -41,7 +41,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,fold,overlap", "--json", str(out)],
+         "--sections", "stats,train,fold,overlap,eval", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -58,6 +58,10 @@ def test_benchmark_writes_its_figures(tmp_path):
         result = figures[section]
         assert result["same_statistics"] is True
         assert all(result[ratio] > 0 for ratio in ratios)
+    evaluation = figures["eval"]
+    assert evaluation["same_scores"] is True
+    computed = evaluation["computed_tokens"]
+    assert evaluation["real_tokens"] <= computed["by_length"] <= computed["corpus_order"]
     # The hold's extra cost, by op (times on a shared CPU are too noisy to assert which).
     extra = train["held_minus_plain_by_op"]
     assert extra["top"] and all({"op", "extra_ms"} == set(row) for row in extra["top"])

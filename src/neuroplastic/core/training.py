@@ -253,9 +253,11 @@ def evaluate(
 ) -> Evaluation:
     """Entity F1 per type (``ner``) or next-token loss on concept and other tokens (``lm``).
 
-    Sentences are batched by length (:meth:`ConceptDataset.by_length`): each is scored on its
-    own tokens alone (padding is masked), so the batches change only how much padding is
-    computed, about a third less than in corpus order on the embedded validation split.
+    Sentences are batched by length (:meth:`ConceptDataset.by_length`), which computes about a
+    third fewer padding tokens than corpus order on the embedded validation split. Each is
+    scored on its own tokens (padding is masked), so batching moves at most a float's last
+    bits: entity F1 was the same to the bit on every run checked, summed lm losses move at
+    about 1e-8 relative.
 
     ``dead_neurons`` (a ``[layer, neuron]`` mask) are checked to be exactly zero on every batch:
     a held ablation that stopped holding is a bug, and the run stops.

@@ -17,6 +17,8 @@ probe   the per-layer linear probes every stage of a run takes (neuroplastic.cor
         logistic regression per layer) against the statistics pass on the same sentences;
 fold    the CPU's sparse top-k merge folded over several batches against made at every batch
         (the same statistics: checked), each beside the floor;
+sort    the sparse merge's one-key sort against the two stable sorts it replaced (the same
+        statistics: checked), each beside the floor;
 overlap the statistics pass reducing each layer on a CUDA side stream beside the forward
         against in line (the same statistics: checked), each beside the floor (on a CPU the
         two are the same code: a rehearsal);
@@ -308,6 +310,36 @@ def section_fold(model: Any, data: ConceptDataset, device: torch.device) -> dict
     return _beside_floor(model, data, device, passes, same)
 
 
+def stats_pass_two_sorts(model: Any, data: ConceptDataset) -> NeuronStats:
+    """The statistics pass with the merge ordering its tokens by two stable sorts (by value,
+    then by neuron), as before the one-key sort."""
+    from unittest.mock import patch
+
+    import neuroplastic.core.stats as stats_module
+
+    def two_sorts(owner: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        order = values.argsort(descending=True, stable=True)
+        return order[owner[order].argsort(stable=True)]
+
+    with patch.object(stats_module, "largest_first_within", two_sorts):
+        return stats_pass(model, data, merge="sparse")
+
+
+def section_sort(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    """The sparse merge's one stable sort of a (neuron, value) key against the two stable sorts
+    it replaced, each beside the floor; the two give the same statistics."""
+    one, two = stats_pass(model, data, merge="sparse"), stats_pass_two_sorts(model, data)
+    same = all(
+        torch.equal(getattr(one, name), getattr(two, name))
+        for name in ("top_values", "top_sentence", "top_position")
+    )
+    passes = {
+        "stats_one_sort": (lambda: stats_pass(model, data, merge="sparse"), "one_sort_over_floor"),
+        "stats_two_sorts": (lambda: stats_pass_two_sorts(model, data), "two_sorts_over_floor"),
+    }
+    return _beside_floor(model, data, device, passes, same)
+
+
 def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     """The statistics pass with each layer's reductions on a CUDA side stream against in line,
     each beside the floor, in one interleaved measurement; the two give the same statistics
@@ -538,6 +570,9 @@ def main() -> None:
     if "fold" in sections:
         results["fold"] = section_fold(model, data, device)
         print(json.dumps({"fold": results["fold"]}), flush=True)
+    if "sort" in sections:
+        results["sort"] = section_sort(model, data, device)
+        print(json.dumps({"sort": results["sort"]}), flush=True)
     if "overlap" in sections:
         results["overlap"] = section_overlap(model, data, device)
         print(json.dumps({"overlap": results["overlap"]}), flush=True)

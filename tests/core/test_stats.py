@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from neuroplastic.core.models import mlp_hook_name
-from neuroplastic.core.stats import NeuronStats, StatsCollector, collect_stats
+from neuroplastic.core.stats import (
+    NeuronStats,
+    StatsCollector,
+    collect_stats,
+    largest_first_within,
+)
 from neuroplastic.data.concept import Batch
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
@@ -220,3 +225,18 @@ def test_the_side_stream_runs_work_in_place_off_cuda(tiny_gpt2, corpus):
     assert torch.equal(plain.sum, overlapped.sum) and torch.equal(
         plain.top_token, overlapped.top_token
     )
+
+
+def test_one_key_sort_orders_as_a_sort_by_value_then_by_owner():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(5000, generator=generator).round(decimals=1)  # many ties
+    values[::7] = -0.0
+    values[::11] = 0.0
+    values[::13] = -torch.inf
+    values[::17] = torch.inf
+    values[::19] = 3e38
+    values[::23] = -1e-40  # subnormal
+    owner = torch.randint(0, 40, (5000,), generator=generator)
+    by_value = values.argsort(descending=True, stable=True)  # the two sorts it replaces
+    expected = by_value[owner[by_value].argsort(stable=True)]
+    assert torch.equal(largest_first_within(owner, values), expected)

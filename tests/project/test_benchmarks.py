@@ -41,7 +41,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,fold,overlap,eval", "--json", str(out)],
+         "--sections", "stats,train,fold,sort,overlap,eval", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -53,6 +53,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     assert train["held_over_plain"] > 0 and train["train_tokens_per_s"] > 0
     for section, ratios in (
         ("fold", ("folded_over_floor", "every_batch_over_floor")),
+        ("sort", ("one_sort_over_floor", "two_sorts_over_floor")),
         ("overlap", ("inline_over_floor", "side_stream_over_floor")),
     ):
         result = figures[section]

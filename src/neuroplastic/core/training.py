@@ -270,15 +270,15 @@ def evaluate(
             hooks.append((mlp_hook_name(layer), _capture_into(captured, layer)))
     true_tags: list[list[str]] = []
     predicted_tags: list[list[str]] = []
-    tagged: list[int] = []  # the sentence each entry of the two lists is
     lm_sums = {"concept": 0.0, "other": 0.0}
     lm_counts = {"concept": 0, "other": 0}
     concept_id = dataset.label_id(concept)
     module.eval()
     n_batches = (len(dataset) + batch_size - 1) // batch_size
+    order = dataset.by_length()  # the tag lists fill in this order
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for batch in progress_bar(
-            dataset.batches(batch_size, order=dataset.by_length()),
+            dataset.batches(batch_size, order=order),
             desc="evaluating",
             total=n_batches,
             enabled=progress,
@@ -286,7 +286,6 @@ def evaluate(
             if task == "ner":
                 predictions = module(batch.tokens, batch.attention_mask).argmax(-1).cpu()
                 _collect_tags(dataset, batch, predictions, true_tags, predicted_tags)
-                tagged.extend(batch.sentence_index.tolist())
             else:
                 losses = lm_token_losses(model, batch.to(model_device(model))).cpu()
                 target_labels = batch.concept_labels[:, 1:]
@@ -303,7 +302,7 @@ def evaluate(
             captured.clear()
     if task == "ner":
         entity_types = [name for name in dataset.label_names if name != "O"]
-        in_corpus_order = sorted(range(len(tagged)), key=tagged.__getitem__)
+        in_corpus_order = sorted(range(len(order)), key=order.__getitem__)
         scores: dict[str, Any] = entity_scores(
             [true_tags[i] for i in in_corpus_order],
             [predicted_tags[i] for i in in_corpus_order],

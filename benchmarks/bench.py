@@ -19,6 +19,9 @@ fold    the CPU's sparse top-k merge folded over several batches against made at
         (the same statistics: checked), each beside the floor;
 sort    the sparse merge's one-key sort against the two stable sorts it replaced (the same
         statistics: checked), each beside the floor;
+prefilter  the sparse merge's threshold test with each block's maximum looked at first
+        against every value compared (the same statistics: checked), each beside the floor,
+        at each of --sizes sentences (the first batches' costs weigh less on a longer stream);
 overlap the statistics pass reducing each layer on a CUDA side stream beside the forward
         against in line (the same statistics: checked), each beside the floor (on a CPU the
         two are the same code: a rehearsal);
@@ -340,6 +343,50 @@ def section_sort(model: Any, data: ConceptDataset, device: torch.device) -> dict
     return _beside_floor(model, data, device, passes, same)
 
 
+def stats_pass_every_value(model: Any, data: ConceptDataset) -> NeuronStats:
+    """The statistics pass with the threshold test comparing every value, as before the
+    blocks' first look."""
+    from unittest.mock import patch
+
+    import neuroplastic.core.stats as stats_module
+
+    def every_value(acts: torch.Tensor, threshold: torch.Tensor):
+        rows, neurons = (acts > threshold).nonzero(as_tuple=True)
+        return rows, neurons, acts[rows, neurons]
+
+    with patch.object(stats_module, "above_threshold", every_value):
+        return stats_pass(model, data, merge="sparse")
+
+
+def section_prefilter(model: Any, sizes: list[int], device: torch.device) -> dict:
+    """The threshold test with the blocks' first look against every value compared, each
+    beside the floor, at each size; the two give the same statistics."""
+    by_size = {}
+    for size in sizes:
+        data = dataset_of(model, size)
+        blocked, every = (
+            stats_pass(model, data, merge="sparse"),
+            stats_pass_every_value(model, data),
+        )
+        same = all(
+            torch.equal(getattr(blocked, name), getattr(every, name))
+            for name in ("top_values", "top_sentence", "top_position", "sum", "sum_sq")
+        )
+        passes = {
+            "stats_blocked": (
+                lambda data=data: stats_pass(model, data, merge="sparse"),
+                "blocked_over_floor",
+            ),
+            "stats_every_value": (
+                lambda data=data: stats_pass_every_value(model, data),
+                "every_value_over_floor",
+            ),
+        }
+        by_size[str(size)] = _beside_floor(model, data, device, passes, same)
+        print(json.dumps({"prefilter": {str(size): by_size[str(size)]}}), flush=True)
+    return by_size
+
+
 def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     """The statistics pass with each layer's reductions on a CUDA side stream against in line,
     each beside the floor, in one interleaved measurement; the two give the same statistics
@@ -531,6 +578,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--sections", default="stats,train,memory")
+    parser.add_argument("--sizes", default="256,1024,4096", help="sentences, for prefilter")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--memory-child", choices=("stats", "cache"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -573,6 +621,9 @@ def main() -> None:
     if "sort" in sections:
         results["sort"] = section_sort(model, data, device)
         print(json.dumps({"sort": results["sort"]}), flush=True)
+    if "prefilter" in sections:
+        sizes = [int(size) for size in args.sizes.split(",")]
+        results["prefilter"] = section_prefilter(model, sizes, device)
     if "overlap" in sections:
         results["overlap"] = section_overlap(model, data, device)
         print(json.dumps({"overlap": results["overlap"]}), flush=True)

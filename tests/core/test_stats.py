@@ -5,6 +5,7 @@ from neuroplastic.core.models import mlp_hook_name
 from neuroplastic.core.stats import (
     NeuronStats,
     StatsCollector,
+    above_threshold,
     collect_stats,
     largest_first_within,
 )
@@ -240,3 +241,28 @@ def test_one_key_sort_orders_as_a_sort_by_value_then_by_owner():
     by_value = values.argsort(descending=True, stable=True)  # the two sorts it replaces
     expected = by_value[owner[by_value].argsort(stable=True)]
     assert torch.equal(largest_first_within(owner, values), expected)
+
+
+@pytest.mark.parametrize("n_rows", [0, 5, 8, 203])
+@pytest.mark.parametrize("passing", [0.0, 0.02, 0.5])
+def test_the_blocked_threshold_finds_what_a_comparison_of_every_value_finds(n_rows, passing):
+    """Every value above its neuron's threshold, each neuron's in row order, whether the
+    blocks' first look is taken (2% pass) or every value is compared (half pass), with ties
+    at the threshold, neurons where all or none pass, and a last block cut short."""
+    generator = torch.Generator().manual_seed(n_rows)
+    d_mlp = 37
+    acts = torch.randint(0, 50, (n_rows, d_mlp), generator=generator).float()  # many ties
+    threshold = torch.full((d_mlp,), 49.0 - 50 * passing)
+    threshold[::5] = -torch.inf  # a buffer not full yet: every value passes
+    threshold[1::7] = torch.inf
+    rows, neurons, values = above_threshold(acts, threshold)
+    expected_rows, expected_neurons = (acts > threshold).nonzero(as_tuple=True)
+    by_neuron = (expected_neurons * max(n_rows, 1) + expected_rows).argsort()  # row order within
+    got = (neurons * max(n_rows, 1) + rows).argsort(stable=True)
+    assert torch.equal(rows[got], expected_rows[by_neuron])
+    assert torch.equal(neurons[got], expected_neurons[by_neuron])
+    assert torch.equal(values[got], acts[expected_rows, expected_neurons][by_neuron])
+    # each neuron's rows come in row order, as the stable merge needs
+    for neuron in range(d_mlp):
+        mine = rows[neurons == neuron]
+        assert torch.equal(mine, mine.sort().values)

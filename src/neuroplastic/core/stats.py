@@ -224,7 +224,7 @@ class StatsCollector:
     def begin(self, batch: Batch) -> None:
         """Announce the batch whose forward pass comes next."""
         self._batch = _BatchTokens.of(batch, len(self.label_names), self.device)
-        self.count += self._batch.one_hot.sum(0).long().to(self.total_device)
+        self.count += self._batch.by_label.sum(1).long().to(self.total_device)
         self._buffers_full = self._tokens_seen >= self.top_k
         self._tokens_seen += len(self._batch.keep)
 
@@ -236,7 +236,7 @@ class StatsCollector:
             full = self._buffers_full
             self.side.run(
                 lambda: self._reduce(layer, activation.detach(), batch, full),
-                reads=(activation, batch.keep, batch.one_hot, batch.meta),
+                reads=(activation, batch.keep, batch.by_label, batch.meta),
             )
 
         return hook
@@ -250,11 +250,12 @@ class StatsCollector:
     ) -> None:
         flat = activation.reshape(-1, self.d_mlp).to(self.device)
         acts = flat.index_select(0, batch.keep).float()  # a gather far cheaper than a mask
-        self.sum[:, layer] += (batch.one_hot.T @ acts).to(self.total_device, torch.float64)
-        self.sum_sq[:, layer] += (batch.one_hot.T @ acts.square()).to(
+        self.sum[:, layer] += (batch.by_label @ acts).to(self.total_device, torch.float64)
+        self.top.update(layer, acts, batch.meta, full=full)
+        # acts is this call's own copy, and the top-k buffers keep copies of what they take
+        self.sum_sq[:, layer] += (batch.by_label @ acts.square_()).to(
             self.total_device, torch.float64
         )
-        self.top.update(layer, acts, batch.meta, full=full)
 
     def end_batch(self) -> None:
         """After a batch's forward: bounds how far the side stream may lag behind it."""
@@ -291,7 +292,7 @@ class _BatchTokens:
     """The labelled tokens of one batch, flattened, on the model's device."""
 
     keep: Int[Tensor, " kept"]  # flat indices into batch x pos
-    one_hot: Float[Tensor, "kept label"]
+    by_label: Float[Tensor, "label kept"]  # one-hot, laid out for a sum per label by matmul
     meta: Int[Tensor, "kept 4"]  # sentence, position, token, label
 
     @classmethod
@@ -304,7 +305,8 @@ class _BatchTokens:
         tokens = einops.rearrange(batch.tokens, "batch pos -> (batch pos)")
         meta = torch.stack([sentences, positions, tokens, labels], 1)[keep]
         one_hot = torch.nn.functional.one_hot(labels[keep], n_labels).float()
-        return cls(keep.to(device), one_hot.to(device), meta.to(device))
+        by_label = einops.rearrange(one_hot, "kept label -> label kept").contiguous()
+        return cls(keep.to(device), by_label.to(device), meta.to(device))
 
 
 #: How the top-k buffers take a batch in once full: ``auto`` (sparse on a CPU, dense
@@ -326,6 +328,41 @@ def largest_first_within(
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # a signed integer in the float's order
     key = owner.to(torch.int64) * (1 << 32) + ((1 << 31) - 1 - ordered)
     return key.argsort(stable=True)
+
+
+#: Rows per block of :func:`above_threshold`'s first look.
+PREFILTER_ROWS = 8
+
+
+def above_threshold(
+    acts: Float[Tensor, "row neuron"], threshold: Float[Tensor, " neuron"]
+) -> tuple[Int[Tensor, " hit"], Int[Tensor, " hit"], Float[Tensor, " hit"]]:
+    """Row, neuron and value of every activation above its neuron's threshold, each neuron's
+    in row order (what ``(acts > threshold).nonzero()`` gives, in another order across neurons).
+
+    Once the buffers have filled, a neuron has a few such tokens in a batch of hundreds, and a
+    comparison over every value costs more on a CPU than the reduction that finds them: each
+    neuron's maximum over blocks of :data:`PREFILTER_ROWS` rows is taken first, and only the
+    blocks whose maximum passes are compared value by value. When most blocks pass (early in the
+    stream), every value is compared directly."""
+    n_rows, d_mlp = acts.shape
+    n_blocked = n_rows // PREFILTER_ROWS * PREFILTER_ROWS
+    blocks = einops.rearrange(
+        acts[:n_blocked], "(block row) neuron -> block row neuron", row=PREFILTER_ROWS
+    )
+    block, neuron = (blocks.amax(1) > threshold).nonzero(as_tuple=True)
+    if 2 * block.numel() * PREFILTER_ROWS > n_blocked * d_mlp:
+        rows, neurons = (acts > threshold).nonzero(as_tuple=True)
+        return rows, neurons, acts[rows, neurons]
+    in_block = blocks[block, :, neuron]  # [passing block, row]
+    pair, offset = (in_block > threshold[neuron, None]).nonzero(as_tuple=True)
+    tail_rows, tail_neurons = (acts[n_blocked:] > threshold).nonzero(as_tuple=True)
+    tail_rows = tail_rows + n_blocked
+    return (
+        torch.cat([block[pair] * PREFILTER_ROWS + offset, tail_rows]),
+        torch.cat([neuron[pair], tail_neurons]),
+        torch.cat([in_block[pair, offset], acts[tail_rows, tail_neurons]]),
+    )
 
 
 class _TopK:
@@ -389,11 +426,10 @@ class _TopK:
     def _keep_above_threshold(
         self, layer: int, acts: Float[Tensor, "kept neuron"], meta: Int[Tensor, "kept 4"]
     ) -> None:
-        threshold = self.values[layer, :, -1]
-        rows, neurons = (acts > threshold).nonzero(as_tuple=True)
+        rows, neurons, values = above_threshold(acts, self.values[layer, :, -1])
         if rows.numel() == 0:
             return
-        self._pending[layer].append((neurons, acts[rows, neurons], meta[rows]))
+        self._pending[layer].append((neurons, values, meta.index_select(0, rows)))
         self._pending_size[layer] += rows.numel()
         if self._pending_size[layer] >= self._fold:
             self._merge_pending(layer)

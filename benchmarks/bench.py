@@ -44,9 +44,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 
+import neuroplastic.core.stats as stats_module
 from neuroplastic.core.ablation import Ablation
 from neuroplastic.core.models import load_model, mlp_hook_name, model_device, run_forward
 from neuroplastic.core.neurons import NeuronSet
@@ -265,17 +267,22 @@ def section_stats(model: Any, data: ConceptDataset, device: torch.device) -> dic
 def stats_pass_every_batch(model: Any, data: ConceptDataset) -> NeuronStats:
     """The statistics pass with the sparse top-k merge made at every batch (as before the
     merges of several batches were folded into one)."""
-    from unittest.mock import patch
-
-    import neuroplastic.core.stats as stats_module
-
     original = stats_module._TopK.__init__
 
     def every_batch(self, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **{**kwargs, "fold": 0})
 
-    with patch.object(stats_module._TopK, "__init__", every_batch):
+    return sparse_pass_with(model, data, stats_module._TopK, "__init__", every_batch)
+
+
+def sparse_pass_with(model: Any, data: ConceptDataset, owner: Any, name: str, stand_in: Any):
+    """The statistics pass (sparse merge) with ``owner.name`` replaced by the way before."""
+    with patch.object(owner, name, stand_in):
         return stats_pass(model, data, merge="sparse")
+
+
+def same_statistics(a: NeuronStats, b: NeuronStats, names: tuple[str, ...]) -> bool:
+    return all(torch.equal(getattr(a, name), getattr(b, name)) for name in names)
 
 
 def _beside_floor(
@@ -300,9 +307,7 @@ def section_fold(model: Any, data: ConceptDataset, device: torch.device) -> dict
     """The sparse top-k merge folded over several batches against made at every batch, each
     beside the floor, in one interleaved measurement; the two give the same statistics."""
     folded, every = stats_pass(model, data, merge="sparse"), stats_pass_every_batch(model, data)
-    same = torch.equal(folded.top_values, every.top_values) and torch.equal(
-        folded.top_sentence, every.top_sentence
-    )
+    same = same_statistics(folded, every, ("top_values", "top_sentence"))
     passes = {
         "stats_folded": (lambda: stats_pass(model, data, merge="sparse"), "folded_over_floor"),
         "stats_every_batch": (
@@ -316,26 +321,19 @@ def section_fold(model: Any, data: ConceptDataset, device: torch.device) -> dict
 def stats_pass_two_sorts(model: Any, data: ConceptDataset) -> NeuronStats:
     """The statistics pass with the merge ordering its tokens by two stable sorts (by value,
     then by neuron), as before the one-key sort."""
-    from unittest.mock import patch
-
-    import neuroplastic.core.stats as stats_module
 
     def two_sorts(owner: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         order = values.argsort(descending=True, stable=True)
         return order[owner[order].argsort(stable=True)]
 
-    with patch.object(stats_module, "largest_first_within", two_sorts):
-        return stats_pass(model, data, merge="sparse")
+    return sparse_pass_with(model, data, stats_module, "largest_first_within", two_sorts)
 
 
 def section_sort(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     """The sparse merge's one stable sort of a (neuron, value) key against the two stable sorts
     it replaced, each beside the floor; the two give the same statistics."""
     one, two = stats_pass(model, data, merge="sparse"), stats_pass_two_sorts(model, data)
-    same = all(
-        torch.equal(getattr(one, name), getattr(two, name))
-        for name in ("top_values", "top_sentence", "top_position")
-    )
+    same = same_statistics(one, two, ("top_values", "top_sentence", "top_position"))
     passes = {
         "stats_one_sort": (lambda: stats_pass(model, data, merge="sparse"), "one_sort_over_floor"),
         "stats_two_sorts": (lambda: stats_pass_two_sorts(model, data), "two_sorts_over_floor"),
@@ -346,16 +344,12 @@ def section_sort(model: Any, data: ConceptDataset, device: torch.device) -> dict
 def stats_pass_every_value(model: Any, data: ConceptDataset) -> NeuronStats:
     """The statistics pass with the threshold test comparing every value, as before the
     blocks' first look."""
-    from unittest.mock import patch
-
-    import neuroplastic.core.stats as stats_module
 
     def every_value(acts: torch.Tensor, threshold: torch.Tensor):
         rows, neurons = (acts > threshold).nonzero(as_tuple=True)
         return rows, neurons, acts[rows, neurons]
 
-    with patch.object(stats_module, "above_threshold", every_value):
-        return stats_pass(model, data, merge="sparse")
+    return sparse_pass_with(model, data, stats_module, "above_threshold", every_value)
 
 
 def section_prefilter(model: Any, sizes: list[int], device: torch.device) -> dict:
@@ -368,9 +362,8 @@ def section_prefilter(model: Any, sizes: list[int], device: torch.device) -> dic
             stats_pass(model, data, merge="sparse"),
             stats_pass_every_value(model, data),
         )
-        same = all(
-            torch.equal(getattr(blocked, name), getattr(every, name))
-            for name in ("top_values", "top_sentence", "top_position", "sum", "sum_sq")
+        same = same_statistics(
+            blocked, every, ("top_values", "top_sentence", "top_position", "sum", "sum_sq")
         )
         passes = {
             "stats_blocked": (
@@ -415,8 +408,6 @@ def computed_tokens(data: ConceptDataset, batches: list[list[int]]) -> int:
 def section_eval(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     """An evaluation (NER F1, 32 sentences a batch) with its sentences batched by length against
     batched in corpus order, side by side; the tokens each computes; the scores of the two."""
-    from unittest.mock import patch
-
     torch.manual_seed(0)
     module = TokenClassifier(model, len(data.tag_names)).to(device)
 

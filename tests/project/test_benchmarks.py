@@ -41,7 +41,8 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,fold,sort,overlap,eval", "--json", str(out)],
+         "--sections", "stats,train,fold,sort,prefilter,overlap,eval", "--sizes", "24",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -59,6 +60,9 @@ def test_benchmark_writes_its_figures(tmp_path):
         result = figures[section]
         assert result["same_statistics"] is True
         assert all(result[ratio] > 0 for ratio in ratios)
+    prefilter = figures["prefilter"]["24"]  # one result per --sizes
+    assert prefilter["same_statistics"] is True
+    assert prefilter["blocked_over_floor"] > 0 and prefilter["every_value_over_floor"] > 0
     evaluation = figures["eval"]
     assert evaluation["same_scores"] is True
     computed = evaluation["computed_tokens"]

@@ -22,6 +22,9 @@ sort    the sparse merge's one-key sort against the two stable sorts it replaced
 prefilter  the sparse merge's threshold test with each block's maximum looked at first
         against every value compared (the same statistics: checked), each beside the floor,
         at each of --sizes sentences (the first batches' costs weigh less on a longer stream);
+sums    each batch's sums per label by index_add_ against by matmul with the one-hot (the same
+        counts and top-k, sums to float32 rounding: checked), each beside the floor, at each
+        of --sizes sentences;
 overlap the statistics pass reducing each layer on a CUDA side stream beside the forward
         against in line (the same statistics: checked), each beside the floor (on a CPU the
         two are the same code: a rehearsal);
@@ -65,6 +68,7 @@ from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.load import encode_split, load_corpus
 
 BATCH = 32
+ROUNDS = 3  # interleaved rounds per measurement (--rounds)
 
 
 def synchronize(device: torch.device) -> None:
@@ -83,9 +87,13 @@ def timed(fn, device: torch.device, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def interleaved(fns: dict[str, Any], device: torch.device, rounds: int = 3) -> dict[str, float]:
-    """Seconds per call of each function, measured in alternating rounds so that a slow spell
-    of the machine falls on all of them alike; the fastest round counts."""
+def interleaved(
+    fns: dict[str, Any], device: torch.device, rounds: int | None = None
+) -> dict[str, float]:
+    """Seconds per call of each function, measured in alternating rounds (``ROUNDS`` unless
+    given) so that a slow spell of the machine falls on all of them alike; the fastest round
+    counts."""
+    rounds = ROUNDS if rounds is None else rounds
     for fn in fns.values():
         fn()  # warm-up
     best = {name: float("inf") for name in fns}
@@ -124,10 +132,21 @@ def floor_pass(model: Any, data: ConceptDataset) -> None:
 
 
 def stats_pass(
-    model: Any, data: ConceptDataset, merge: str = "auto", overlap: bool = False
+    model: Any,
+    data: ConceptDataset,
+    merge: str = "auto",
+    overlap: bool = False,
+    sums: str = "auto",
 ) -> NeuronStats:
     return collect_stats(
-        model, data, batch_size=BATCH, top_k=20, progress=False, merge=merge, overlap=overlap
+        model,
+        data,
+        batch_size=BATCH,
+        top_k=20,
+        progress=False,
+        merge=merge,
+        overlap=overlap,
+        sums=sums,
     )
 
 
@@ -380,6 +399,36 @@ def section_prefilter(model: Any, sizes: list[int], device: torch.device) -> dic
     return by_size
 
 
+def section_sums(model: Any, sizes: list[int], device: torch.device) -> dict:
+    """Each batch's sums per label by ``index_add_`` (each row added to its label's) against by
+    matmul with the one-hot, each beside the floor, at each size; the two give the same counts
+    and top-k, and sums that agree to float32 rounding (their largest relative difference is
+    recorded)."""
+    by_size = {}
+    for size in sizes:
+        data = dataset_of(model, size)
+        by_index, by_matmul = (stats_pass(model, data, sums=sums) for sums in ("index", "matmul"))
+        same = same_statistics(by_index, by_matmul, ("count", "top_values", "top_sentence"))
+        passes = {
+            "stats_sums_by_index": (
+                lambda data=data: stats_pass(model, data, sums="index"),
+                "index_over_floor",
+            ),
+            "stats_sums_by_matmul": (
+                lambda data=data: stats_pass(model, data, sums="matmul"),
+                "matmul_over_floor",
+            ),
+        }
+        by_size[str(size)] = _beside_floor(model, data, device, passes, same) | {
+            "largest_relative_sum_difference": max(
+                float((a - b).abs().max() / b.abs().max())
+                for a, b in ((by_index.sum, by_matmul.sum), (by_index.sum_sq, by_matmul.sum_sq))
+            )
+        }
+        print(json.dumps({"sums": {str(size): by_size[str(size)]}}), flush=True)
+    return by_size
+
+
 def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     """The statistics pass with each layer's reductions on a CUDA side stream against in line,
     each beside the floor, in one interleaved measurement; the two give the same statistics
@@ -569,12 +618,17 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--sections", default="stats,train,memory")
-    parser.add_argument("--sizes", default="256,1024,4096", help="sentences, for prefilter")
+    parser.add_argument(
+        "--sizes", default="256,1024,4096", help="sentences, for prefilter and sums"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds (the fastest counts)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--memory-child", choices=("stats", "cache"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global DATASET
-    DATASET = args.dataset
+    global DATASET, ROUNDS
+    DATASET, ROUNDS = args.dataset, args.rounds
     if args.memory_child:
         memory_child(args)
         return
@@ -598,6 +652,7 @@ def main() -> None:
         "torch": torch.__version__,
         "sentences": len(data),
         "tokens": n_tokens(data),
+        "rounds": ROUNDS,
         "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(header), flush=True)
@@ -615,6 +670,9 @@ def main() -> None:
     if "prefilter" in sections:
         sizes = [int(size) for size in args.sizes.split(",")]
         results["prefilter"] = section_prefilter(model, sizes, device)
+    if "sums" in sections:
+        sizes = [int(size) for size in args.sizes.split(",")]
+        results["sums"] = section_sums(model, sizes, device)
     if "overlap" in sections:
         results["overlap"] = section_overlap(model, data, device)
         print(json.dumps({"overlap": results["overlap"]}), flush=True)

@@ -5,6 +5,7 @@ from neuroplastic.core.models import mlp_hook_name
 from neuroplastic.core.stats import (
     NeuronStats,
     StatsCollector,
+    _BatchTokens,
     above_threshold,
     collect_stats,
     largest_first_within,
@@ -266,3 +267,48 @@ def test_the_blocked_threshold_finds_what_a_comparison_of_every_value_finds(n_ro
     for neuron in range(d_mlp):
         mine = rows[neurons == neuron]
         assert torch.equal(mine, mine.sort().values)
+
+
+def test_sums_by_index_add_each_row_to_its_label_in_row_order():
+    """The CPU's sums per label (``index_add_``) equal a float32 loop adding each row to its
+    label's total in row order, bit for bit; the matmul with the one-hot gives the same sums
+    to float32 rounding; the counts are the labels' token counts."""
+    generator = torch.Generator().manual_seed(3)
+    n_pos, n_labels, d_mlp = 37, 4, 11
+    concept = torch.randint(-1, n_labels, (2, n_pos), generator=generator)
+    concept[0, :3] = 2  # a label with several rows in a row
+    batch = Batch(
+        tokens=torch.randint(0, 50, (2, n_pos), generator=generator),
+        attention_mask=torch.ones(2, n_pos, dtype=torch.long),
+        concept_labels=concept,
+        tag_labels=concept,
+        word_ids=concept,
+        sentence_index=torch.tensor([5, 6]),
+    )
+    kept_labels = concept.flatten()[concept.flatten() >= 0]
+    acts = 10.0 + torch.randn(len(kept_labels), d_mlp, generator=generator)
+    expected = torch.zeros(n_labels, d_mlp)
+    for row, label in zip(acts, kept_labels.tolist(), strict=True):
+        expected[label] = expected[label] + row
+    cpu = torch.device("cpu")
+    by_index = _BatchTokens.of(batch, n_labels, cpu, by_index=True)
+    by_matmul = _BatchTokens.of(batch, n_labels, cpu, by_index=False)
+    assert by_index.by_label is None
+    assert torch.equal(by_index.label_sums(acts), expected)
+    torch.testing.assert_close(by_matmul.label_sums(acts), expected, rtol=1e-6, atol=1e-5)
+    assert by_index.count.tolist() == [int((kept_labels == z).sum()) for z in range(n_labels)]
+
+
+def test_the_index_and_matmul_sums_give_the_same_statistics(tiny_bert, corpus):
+    dataset = encode_split(corpus, tiny_bert.tokenizer, "train", limit=40)
+    by_index, by_matmul = (
+        collect_stats(tiny_bert, dataset, batch_size=8, top_k=4, progress=False, sums=sums)
+        for sums in ("index", "matmul")
+    )
+    assert torch.equal(by_index.count, by_matmul.count)
+    assert torch.equal(by_index.top_values, by_matmul.top_values)
+    assert torch.equal(by_index.top_sentence, by_matmul.top_sentence)
+    torch.testing.assert_close(by_index.sum, by_matmul.sum, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(by_index.sum_sq, by_matmul.sum_sq, rtol=1e-6, atol=1e-6)
+    with pytest.raises(NeuroplasticError, match="sums must be one of auto, index, matmul"):
+        collect_stats(tiny_bert, dataset, sums="fast", progress=False)

@@ -41,7 +41,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,fold,sort,prefilter,overlap,eval", "--sizes", "24",
+         "--sections", "stats,train,fold,sort,prefilter,sums,overlap,eval", "--sizes", "24",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -63,6 +63,10 @@ def test_benchmark_writes_its_figures(tmp_path):
     prefilter = figures["prefilter"]["24"]  # one result per --sizes
     assert prefilter["same_statistics"] is True
     assert prefilter["blocked_over_floor"] > 0 and prefilter["every_value_over_floor"] > 0
+    sums = figures["sums"]["24"]
+    assert sums["same_statistics"] is True
+    assert sums["index_over_floor"] > 0 and sums["matmul_over_floor"] > 0
+    assert sums["largest_relative_sum_difference"] < 1e-5
     evaluation = figures["eval"]
     assert evaluation["same_scores"] is True
     computed = evaluation["computed_tokens"]

@@ -202,6 +202,7 @@ class StatsCollector:
         top_k: int,
         merge: str = "auto",
         overlap: bool = False,
+        sums: str = "auto",
     ) -> None:
         self.n_layers, self.d_mlp = check_mlp_hooks(model)
         self.label_names = tuple(label_names)
@@ -215,6 +216,7 @@ class StatsCollector:
         self.sum = torch.zeros(n_labels, *shape, dtype=torch.float64, device=self.total_device)
         self.sum_sq = torch.zeros_like(self.sum)
         self.top = _TopK(self.n_layers, self.d_mlp, top_k, self.device, merge)
+        self._sums_by_index = sums_by_index(sums, self.device)
         self.side = SideStream(self.device, enabled=overlap)
         self._batch: _BatchTokens | None = None
         self._tokens_seen = 0  # labelled tokens before the current batch (counted on the host)
@@ -223,8 +225,10 @@ class StatsCollector:
 
     def begin(self, batch: Batch) -> None:
         """Announce the batch whose forward pass comes next."""
-        self._batch = _BatchTokens.of(batch, len(self.label_names), self.device)
-        self.count += self._batch.by_label.sum(1).long().to(self.total_device)
+        self._batch = _BatchTokens.of(
+            batch, len(self.label_names), self.device, self._sums_by_index
+        )
+        self.count += self._batch.count.to(self.total_device)
         self._buffers_full = self._tokens_seen >= self.top_k
         self._tokens_seen += len(self._batch.keep)
 
@@ -236,7 +240,7 @@ class StatsCollector:
             full = self._buffers_full
             self.side.run(
                 lambda: self._reduce(layer, activation.detach(), batch, full),
-                reads=(activation, batch.keep, batch.by_label, batch.meta),
+                reads=(activation, *batch.on_device()),
             )
 
         return hook
@@ -250,10 +254,10 @@ class StatsCollector:
     ) -> None:
         flat = activation.reshape(-1, self.d_mlp).to(self.device)
         acts = flat.index_select(0, batch.keep).float()  # a gather far cheaper than a mask
-        self.sum[:, layer] += (batch.by_label @ acts).to(self.total_device, torch.float64)
+        self.sum[:, layer] += batch.label_sums(acts).to(self.total_device, torch.float64)
         self.top.update(layer, acts, batch.meta, full=full)
         # acts is this call's own copy, and the top-k buffers keep copies of what they take
-        self.sum_sq[:, layer] += (batch.by_label @ acts.square_()).to(
+        self.sum_sq[:, layer] += batch.label_sums(acts.square_()).to(
             self.total_device, torch.float64
         )
 
@@ -287,16 +291,30 @@ class StatsCollector:
         )
 
 
+#: How each batch's sums per label are taken: ``auto`` (by index on a CPU, by matmul elsewhere),
+#: or either one everywhere (to measure them side by side; the sums agree to float32 rounding).
+LABEL_SUMS = ("auto", "index", "matmul")
+
+
+def sums_by_index(sums: str, device: torch.device) -> bool:
+    if sums not in LABEL_SUMS:
+        raise NeuroplasticError(f"sums must be one of {', '.join(LABEL_SUMS)}; got {sums!r}")
+    return sums == "index" or (sums == "auto" and device.type == "cpu")
+
+
 @dataclass
 class _BatchTokens:
     """The labelled tokens of one batch, flattened, on the model's device."""
 
     keep: Int[Tensor, " kept"]  # flat indices into batch x pos
-    by_label: Float[Tensor, "label kept"]  # one-hot, laid out for a sum per label by matmul
     meta: Int[Tensor, "kept 4"]  # sentence, position, token, label
+    count: Int[Tensor, " label"]  # on the host
+    labels: Int[Tensor, " kept"]
+    # one-hot, laid out for a sum per label by matmul; None where the sums go by index
+    by_label: Float[Tensor, "label kept"] | None
 
     @classmethod
-    def of(cls, batch: Batch, n_labels: int, device: torch.device) -> _BatchTokens:
+    def of(cls, batch: Batch, n_labels: int, device: torch.device, by_index: bool) -> _BatchTokens:
         labels = einops.rearrange(batch.concept_labels, "batch pos -> (batch pos)")
         keep = (labels >= 0).nonzero().squeeze(1)
         n_batch, n_pos = batch.tokens.shape
@@ -304,9 +322,29 @@ class _BatchTokens:
         sentences = einops.repeat(batch.sentence_index, "batch -> (batch pos)", pos=n_pos)
         tokens = einops.rearrange(batch.tokens, "batch pos -> (batch pos)")
         meta = torch.stack([sentences, positions, tokens, labels], 1)[keep]
-        one_hot = torch.nn.functional.one_hot(labels[keep], n_labels).float()
-        by_label = einops.rearrange(one_hot, "kept label -> label kept").contiguous()
-        return cls(keep.to(device), by_label.to(device), meta.to(device))
+        kept_labels = labels[keep]
+        count = torch.bincount(kept_labels, minlength=n_labels)
+        by_label = None
+        if not by_index:
+            one_hot = torch.nn.functional.one_hot(kept_labels, n_labels).float()
+            by_label = einops.rearrange(one_hot, "kept label -> label kept").contiguous()
+            by_label = by_label.to(device)
+        return cls(keep.to(device), meta.to(device), count, kept_labels.to(device), by_label)
+
+    def on_device(self) -> tuple[Tensor, ...]:
+        """The tensors the reductions read."""
+        tensors = (self.keep, self.meta, self.labels, self.by_label)
+        return tuple(tensor for tensor in tensors if tensor is not None)
+
+    def label_sums(self, acts: Float[Tensor, "kept neuron"]) -> Float[Tensor, "label neuron"]:
+        """Each label's sum of the rows of ``acts``: by matmul with the one-hot, or by adding
+        each row to its label's in row order (``index_add_``). On a CPU the second costs a
+        fraction of the first, whose one-hot has as few rows as there are labels; on a GPU
+        ``index_add_`` adds with atomics, in no fixed order, so the matmul stays there."""
+        if self.by_label is not None:
+            return self.by_label @ acts
+        sums = acts.new_zeros(len(self.count), acts.shape[1])
+        return sums.index_add_(0, self.labels, acts)
 
 
 #: How the top-k buffers take a batch in once full: ``auto`` (sparse on a CPU, dense
@@ -485,12 +523,14 @@ def collect_stats(
     progress: bool = True,
     merge: str = "auto",
     overlap: bool = False,
+    sums: str = "auto",
 ) -> NeuronStats:
     """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks; the
-    forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`; ``overlap``: on a
+    forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`; ``sums``: see
+    :data:`LABEL_SUMS`; ``overlap``: on a
     CUDA device, reduce each layer on a side stream beside the forward (the same results; off
     until measured faster, benchmarks/bench.py ``--sections overlap``)."""
-    collector = StatsCollector(model, dataset.label_names, top_k, merge, overlap)
+    collector = StatsCollector(model, dataset.label_names, top_k, merge, overlap, sums)
     order = list(range(len(dataset))) if indices is None else list(indices)
     # Under a data-parallel launcher each process takes its share of the batches.
     order = distributed.shard_batches(order, batch_size)

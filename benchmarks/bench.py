@@ -3,6 +3,7 @@ process on the same batches, never pass/fail.
 
     python benchmarks/bench.py [--model embedded] [--device cpu] [--dtype float32]
                                [--sentences 256] [--sections stats,train,memory,...]
+                               [--sizes 256,1024,4096] [--rounds 3] [--json FILE]
 
 stats   the statistics pass against its floor (a plain forward to the last MLP, no statistics
         hooks), against run_with_cache of every mlp.hook_post and then ranking, and against the

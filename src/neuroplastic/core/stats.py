@@ -338,9 +338,10 @@ class _BatchTokens:
 
     def label_sums(self, acts: Float[Tensor, "kept neuron"]) -> Float[Tensor, "label neuron"]:
         """Each label's sum of the rows of ``acts``: by matmul with the one-hot, or by adding
-        each row to its label's in row order (``index_add_``). On a CPU the second costs a
-        fraction of the first, whose one-hot has as few rows as there are labels; on a GPU
-        ``index_add_`` adds with atomics, in no fixed order, so the matmul stays there."""
+        each row to its label's in row order (``index_add_``). On a CPU the second takes about
+        half the time of the first, a matmul whose one-hot has as few rows as there are labels
+        (benchmarks/bench.py ``--sections sums``); on a GPU ``index_add_`` adds with atomics,
+        in no fixed order, so the matmul stays there."""
         if self.by_label is not None:
             return self.by_label @ acts
         sums = acts.new_zeros(len(self.count), acts.shape[1])
@@ -527,9 +528,9 @@ def collect_stats(
 ) -> NeuronStats:
     """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks; the
     forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`; ``sums``: see
-    :data:`LABEL_SUMS`; ``overlap``: on a
-    CUDA device, reduce each layer on a side stream beside the forward (the same results; off
-    until measured faster, benchmarks/bench.py ``--sections overlap``)."""
+    :data:`LABEL_SUMS`; ``overlap``: on a CUDA device, reduce each layer on a side stream beside
+    the forward (the same results; off until measured faster, benchmarks/bench.py ``--sections
+    overlap``)."""
     collector = StatsCollector(model, dataset.label_names, top_k, merge, overlap, sums)
     order = list(range(len(dataset))) if indices is None else list(indices)
     # Under a data-parallel launcher each process takes its share of the batches.

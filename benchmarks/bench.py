@@ -29,6 +29,8 @@ sums    each batch's sums per label by index_add_ against by matmul with the one
 overlap the statistics pass reducing each layer on a CUDA side stream beside the forward
         against in line (the same statistics: checked), each beside the floor (on a CPU the
         two are the same code: a rehearsal);
+adamw   a training step with AdamW's fused update against its default, on the same
+        batches from the same weights, and the largest weight difference after them;
 eval    an evaluation with its sentences batched by length against in corpus order (the same
         scores: checked), and the tokens each computes, padding included;
 memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
@@ -522,6 +524,43 @@ def section_train(model: Any, data: ConceptDataset, device: torch.device) -> dic
     }
 
 
+def section_adamw(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    """A training step with AdamW's fused update (one kernel over all parameters) against its
+    default (``foreach`` on CUDA, one parameter at a time on a CPU), on the same batches from the
+    same weights; fused is not the same arithmetic order, so the largest weight difference after
+    the steps is recorded too."""
+    import functools
+
+    steps, adamw = 6, torch.optim.AdamW
+    start = TokenClassifier(model, len(data.tag_names)).to(device).state_dict()
+    start = {name: tensor.clone() for name, tensor in start.items()}
+    module = TokenClassifier(model, len(data.tag_names)).to(device)
+    trainer = Trainer(module, tagging_loss, data, steps, TrainConfig(batch_size=16), seed=0)
+
+    def steps_from_start(**options: Any) -> dict[str, torch.Tensor]:
+        module.load_state_dict(start)  # the same weights and batches every time
+        with patch.object(torch.optim, "AdamW", functools.partial(adamw, **options)):
+            trainer.restart_schedule()
+        trainer.step = 0
+        trainer.run(steps, progress=False)
+        return module.state_dict()
+
+    times = interleaved(
+        {"default": steps_from_start, "fused": lambda: steps_from_start(fused=True)}, device
+    )
+    by_default = {name: t.clone() for name, t in steps_from_start().items()}
+    fused = steps_from_start(fused=True)
+    module.load_state_dict(start)  # the model as it came, for the sections after this one
+    return {
+        "seconds_per_step": {name: value / steps for name, value in times.items()},
+        "fused_over_default": times["fused"] / times["default"],
+        "largest_weight_difference": max(
+            float((by_default[name].float() - fused[name].float()).abs().max())
+            for name in by_default
+        ),
+    }
+
+
 def _extra_ops(fns: dict[str, Any], device: torch.device, n: int = 8) -> dict[str, Any]:
     """Where a held step's extra time goes: the ops whose self time (device time on a GPU)
     grows most from one plain call to one held call, in ms, from torch.profiler. On a GPU an
@@ -686,6 +725,9 @@ def main() -> None:
     if "train" in sections:
         results["train"] = section_train(model, data, device)
         print(json.dumps({"train": results["train"]}), flush=True)
+    if "adamw" in sections:
+        results["adamw"] = section_adamw(model, data, device)
+        print(json.dumps({"adamw": results["adamw"]}), flush=True)
     if "memory" in sections:
         results["memory"] = section_memory(args, n_tokens(data) / len(data))
         print(json.dumps({"memory": results["memory"]}), flush=True)

@@ -41,7 +41,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,fold,sort,prefilter,sums,overlap,eval", "--sizes", "24",
+         "--sections", "stats,train,fold,sort,prefilter,sums,overlap,eval,adamw", "--sizes", "24",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -67,6 +67,9 @@ def test_benchmark_writes_its_figures(tmp_path):
     assert sums["same_statistics"] is True
     assert sums["index_over_floor"] > 0 and sums["matmul_over_floor"] > 0
     assert sums["largest_relative_sum_difference"] < 1e-5
+    adamw = figures["adamw"]
+    assert set(adamw["seconds_per_step"]) == {"default", "fused"}
+    assert adamw["fused_over_default"] > 0 and 0 <= adamw["largest_weight_difference"] < 0.1
     evaluation = figures["eval"]
     assert evaluation["same_scores"] is True
     computed = evaluation["computed_tokens"]

@@ -548,14 +548,19 @@ def section_adamw(model: Any, data: ConceptDataset, device: torch.device) -> dic
     times = interleaved(
         {"default": steps_from_start, "fused": lambda: steps_from_start(fused=True)}, device
     )
+    # state_dict() holds the live weights: copies, before the next call overwrites them
     by_default = {name: t.clone() for name, t in steps_from_start().items()}
-    fused = steps_from_start(fused=True)
+    fused = {name: t.clone() for name, t in steps_from_start(fused=True).items()}
     module.load_state_dict(start)  # the model as it came, for the sections after this one
     return {
         "seconds_per_step": {name: value / steps for name, value in times.items()},
         "fused_over_default": times["fused"] / times["default"],
         "largest_weight_difference": max(
             float((by_default[name].float() - fused[name].float()).abs().max())
+            for name in by_default
+        ),
+        "largest_weight_change": max(
+            float((by_default[name].float() - start[name].float()).abs().max())
             for name in by_default
         ),
     }

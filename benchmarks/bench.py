@@ -374,32 +374,47 @@ def stats_pass_every_value(model: Any, data: ConceptDataset) -> NeuronStats:
     return sparse_pass_with(model, data, stats_module, "above_threshold", every_value)
 
 
-def section_prefilter(model: Any, sizes: list[int], device: torch.device) -> dict:
-    """The threshold test with the blocks' first look against every value compared, each
-    beside the floor, at each size; the two give the same statistics."""
+def _pair_by_size(
+    section: str,
+    model: Any,
+    sizes: list[int],
+    device: torch.device,
+    pair: dict[str, tuple[Any, str]],
+    fields: tuple[str, ...],
+    extra: Any = None,
+) -> dict:
+    """Two statistics passes (name -> (pass(data), its ratio's key)) beside the floor at each
+    size, with whether they give the same ``fields``, and ``extra(first, second)``'s figures."""
     by_size = {}
     for size in sizes:
         data = dataset_of(model, size)
-        blocked, every = (
-            stats_pass(model, data, merge="sparse"),
-            stats_pass_every_value(model, data),
-        )
-        same = same_statistics(
-            blocked, every, ("top_values", "top_sentence", "top_position", "sum", "sum_sq")
-        )
+        first, second = (run(data) for run, _ in pair.values())
         passes = {
-            "stats_blocked": (
-                lambda data=data: stats_pass(model, data, merge="sparse"),
-                "blocked_over_floor",
-            ),
-            "stats_every_value": (
-                lambda data=data: stats_pass_every_value(model, data),
-                "every_value_over_floor",
-            ),
+            name: (lambda data=data, run=run: run(data), ratio)
+            for name, (run, ratio) in pair.items()
         }
-        by_size[str(size)] = _beside_floor(model, data, device, passes, same)
-        print(json.dumps({"prefilter": {str(size): by_size[str(size)]}}), flush=True)
+        same = same_statistics(first, second, fields)
+        result = _beside_floor(model, data, device, passes, same)
+        by_size[str(size)] = result | (extra(first, second) if extra else {})
+        print(json.dumps({section: {str(size): by_size[str(size)]}}), flush=True)
     return by_size
+
+
+def section_prefilter(model: Any, sizes: list[int], device: torch.device) -> dict:
+    """The threshold test with the blocks' first look against every value compared, each
+    beside the floor, at each size; the two give the same statistics."""
+    pair = {
+        "stats_blocked": (
+            lambda data: stats_pass(model, data, merge="sparse"),
+            "blocked_over_floor",
+        ),
+        "stats_every_value": (
+            lambda data: stats_pass_every_value(model, data),
+            "every_value_over_floor",
+        ),
+    }
+    fields = ("top_values", "top_sentence", "top_position", "sum", "sum_sq")
+    return _pair_by_size("prefilter", model, sizes, device, pair, fields)
 
 
 def section_sums(model: Any, sizes: list[int], device: torch.device) -> dict:
@@ -407,29 +422,27 @@ def section_sums(model: Any, sizes: list[int], device: torch.device) -> dict:
     matmul with the one-hot, each beside the floor, at each size; the two give the same counts
     and top-k, and sums that agree to float32 rounding (their largest relative difference is
     recorded)."""
-    by_size = {}
-    for size in sizes:
-        data = dataset_of(model, size)
-        by_index, by_matmul = (stats_pass(model, data, sums=sums) for sums in ("index", "matmul"))
-        same = same_statistics(by_index, by_matmul, ("count", "top_values", "top_sentence"))
-        passes = {
-            "stats_sums_by_index": (
-                lambda data=data: stats_pass(model, data, sums="index"),
-                "index_over_floor",
-            ),
-            "stats_sums_by_matmul": (
-                lambda data=data: stats_pass(model, data, sums="matmul"),
-                "matmul_over_floor",
-            ),
-        }
-        by_size[str(size)] = _beside_floor(model, data, device, passes, same) | {
+    pair = {
+        "stats_sums_by_index": (
+            lambda data: stats_pass(model, data, sums="index"),
+            "index_over_floor",
+        ),
+        "stats_sums_by_matmul": (
+            lambda data: stats_pass(model, data, sums="matmul"),
+            "matmul_over_floor",
+        ),
+    }
+
+    def largest_difference(by_index: NeuronStats, by_matmul: NeuronStats) -> dict:
+        pairs = ((by_index.sum, by_matmul.sum), (by_index.sum_sq, by_matmul.sum_sq))
+        return {
             "largest_relative_sum_difference": max(
-                float((a - b).abs().max() / b.abs().max())
-                for a, b in ((by_index.sum, by_matmul.sum), (by_index.sum_sq, by_matmul.sum_sq))
+                float((a - b).abs().max() / b.abs().max()) for a, b in pairs
             )
         }
-        print(json.dumps({"sums": {str(size): by_size[str(size)]}}), flush=True)
-    return by_size
+
+    fields = ("count", "top_values", "top_sentence")
+    return _pair_by_size("sums", model, sizes, device, pair, fields, largest_difference)
 
 
 def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> dict:
@@ -712,11 +725,10 @@ def main() -> None:
     if "sort" in sections:
         results["sort"] = section_sort(model, data, device)
         print(json.dumps({"sort": results["sort"]}), flush=True)
+    sizes = [int(size) for size in args.sizes.split(",")]
     if "prefilter" in sections:
-        sizes = [int(size) for size in args.sizes.split(",")]
         results["prefilter"] = section_prefilter(model, sizes, device)
     if "sums" in sections:
-        sizes = [int(size) for size in args.sizes.split(",")]
         results["sums"] = section_sums(model, sizes, device)
     if "overlap" in sections:
         results["overlap"] = section_overlap(model, data, device)

@@ -309,8 +309,8 @@ class _BatchTokens:
     keep: Int[Tensor, " kept"]  # flat indices into batch x pos
     meta: Int[Tensor, "kept 4"]  # sentence, position, token, label
     count: Int[Tensor, " label"]  # on the host
-    labels: Int[Tensor, " kept"]
-    # one-hot, laid out for a sum per label by matmul; None where the sums go by index
+    # Either the labels, for sums by index, or their one-hot laid out for sums by matmul.
+    labels: Int[Tensor, " kept"] | None
     by_label: Float[Tensor, "label kept"] | None
 
     @classmethod
@@ -324,12 +324,11 @@ class _BatchTokens:
         meta = torch.stack([sentences, positions, tokens, labels], 1)[keep]
         kept_labels = labels[keep]
         count = torch.bincount(kept_labels, minlength=n_labels)
-        by_label = None
-        if not by_index:
-            one_hot = torch.nn.functional.one_hot(kept_labels, n_labels).float()
-            by_label = einops.rearrange(one_hot, "kept label -> label kept").contiguous()
-            by_label = by_label.to(device)
-        return cls(keep.to(device), meta.to(device), count, kept_labels.to(device), by_label)
+        if by_index:
+            return cls(keep.to(device), meta.to(device), count, kept_labels.to(device), None)
+        one_hot = torch.nn.functional.one_hot(kept_labels, n_labels).float()
+        by_label = einops.rearrange(one_hot, "kept label -> label kept").contiguous()
+        return cls(keep.to(device), meta.to(device), count, None, by_label.to(device))
 
     def on_device(self) -> tuple[Tensor, ...]:
         """The tensors the reductions read."""

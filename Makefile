@@ -30,11 +30,19 @@ run: $(STAMP)
 	$(ENV) $(BIN)/neuroplastic run --out $(OUT)
 	@echo "open $(OUT)/report.html in a browser (rerun to resume; make test runs the tests)"
 
+# pytest-xdist: one worker per core, at most four (each holds a model or two), whole test files
+# to a worker so that a file's fixtures are made once. Much of the suite is one thread at a time
+# (subprocesses starting, kernels, a browser, Python between small ops), so on two cores two
+# workers take about 0.7x the serial time; tests/conftest.py gives each worker its share of
+# the cores' threads. PYTEST_WORKERS=0 runs the tests one after another in one process.
+PYTEST_WORKERS ?= auto
+PYTEST := $(ENV) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile
+
 test: $(STAMP)
-	$(ENV) $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 quick: $(STAMP)
-	$(ENV) $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV)

@@ -31,6 +31,9 @@ overlap the statistics pass reducing each layer on a CUDA side stream beside the
         two are the same code: a rehearsal);
 adamw   a training step with AdamW's fused update against its default, on the same
         batches from the same weights, and the largest weight difference after them;
+grouping  training steps with each 10 batches' sentences regrouped by length against drawn
+        as they come, from the same weights on the same sentences, and the tokens each computes
+        (real and padded) over 100 steps, also for groups of 50;
 eval    an evaluation with its sentences batched by length against in corpus order (the same
         scores: checked), and the tokens each computes, padding included;
 memory  peak memory of the statistics pass and of the cache at about 1k, 10k and 100k tokens,
@@ -64,7 +67,9 @@ from neuroplastic.core.training import (
     TokenClassifier,
     TrainConfig,
     Trainer,
+    batch_order,
     evaluate,
+    padding_share,
     tagging_loss,
 )
 from neuroplastic.data.concept import ConceptDataset
@@ -72,6 +77,7 @@ from neuroplastic.data.load import encode_split, load_corpus
 
 BATCH = 32
 ROUNDS = 3  # interleaved rounds per measurement (--rounds)
+GROUP = 10  # training batches regrouped by length together in the grouping section
 
 
 def synchronize(device: torch.device) -> None:
@@ -579,6 +585,36 @@ def section_adamw(model: Any, data: ConceptDataset, device: torch.device) -> dic
     }
 
 
+def section_grouping(model: Any, data: ConceptDataset, device: torch.device) -> dict:
+    """Training batches regrouped by length (``--group-by-length``) against drawn as they come:
+    the tokens each computes over 100 steps, and the time per step over ``GROUP`` steps from
+    the same weights (one group: both arms train on the same sentences, batched differently)."""
+    lengths, group = data.lengths(), GROUP
+    tokens = {}
+    for name, size in (("plain", 0), (f"groups_of_{group}", group), ("groups_of_50", 50)):
+        real, computed = padding_share(batch_order(len(data), 100, 16, 0, lengths, size), lengths)
+        tokens[name] = {"real": real, "computed": computed, "real_share": real / computed}
+    start = TokenClassifier(model, len(data.tag_names)).to(device).state_dict()
+    start = {name: tensor.clone() for name, tensor in start.items()}
+    module = TokenClassifier(model, len(data.tag_names)).to(device)
+
+    def steps_from_start(size: int) -> None:
+        module.load_state_dict(start)
+        config = TrainConfig(batch_size=16, group_by_length=size)
+        Trainer(module, tagging_loss, data, group, config, seed=0).run(group, progress=False)
+
+    times = interleaved(
+        {"plain": lambda: steps_from_start(0), "grouped": lambda: steps_from_start(group)}, device
+    )
+    module.load_state_dict(start)  # the model as it came, for the sections after this one
+    return {
+        "steps": group,
+        "seconds_per_step": {name: value / group for name, value in times.items()},
+        "grouped_over_plain": times["grouped"] / times["plain"],
+        "tokens_over_100_steps": tokens,
+    }
+
+
 def _extra_ops(fns: dict[str, Any], device: torch.device, n: int = 8) -> dict[str, Any]:
     """Where a held step's extra time goes: the ops whose self time (device time on a GPU)
     grows most from one plain call to one held call, in ms, from torch.profiler. On a GPU an
@@ -745,6 +781,9 @@ def main() -> None:
     if "adamw" in sections:
         results["adamw"] = section_adamw(model, data, device)
         print(json.dumps({"adamw": results["adamw"]}), flush=True)
+    if "grouping" in sections:
+        results["grouping"] = section_grouping(model, data, device)
+        print(json.dumps({"grouping": results["grouping"]}), flush=True)
     if "memory" in sections:
         results["memory"] = section_memory(args, n_tokens(data) / len(data))
         print(json.dumps({"memory": results["memory"]}), flush=True)

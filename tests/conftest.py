@@ -11,6 +11,13 @@ pytest_plugins = ["planted"]  # its fixture, for the predictor and chase tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (`make test` runs one worker per core), each worker, and every process it
+# starts, gets its share of the cores: two workers of two torch threads each on two cores spin
+# against each other. Set before anything imports torch, which reads it once.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 
 @pytest.fixture
 def cli(capsys):

@@ -56,6 +56,7 @@ LATER_SETTINGS = {
     "relearn_lr": 0.0,
     "removal": "neurons",
     "removal_layers": "all",
+    "group_by_length": 0,
 }
 #: Settings that act only after base fine-tuning: which neurons are ranked and removed, and how
 #: the arms retrain, are evaluated and compared. Runs that differ in these alone fine-tune the
@@ -423,6 +424,15 @@ class ExperimentConfig:
     )
     batch_size: int = setting(
         16, help="sentences per training batch", unit="SENTENCES", bound=POSITIVE
+    )
+    group_by_length: int = setting(
+        0,
+        help=(
+            "regroup the sentences of every N training batches by length, so that fewer pad "
+            "tokens are computed (it changes which sentences share a batch); 0: off"
+        ),
+        unit="BATCHES",
+        bound=Bound(low=0, note="0: off"),
     )
     warmup_fraction: float = setting(
         0.1,

@@ -9,7 +9,9 @@ from neuroplastic.core.training import (
     TokenClassifier,
     TrainConfig,
     Trainer,
+    batch_order,
     evaluate,
+    padding_share,
     tagging_loss,
     train,
 )
@@ -158,9 +160,10 @@ def test_one_schedule_across_stages_and_a_restart_per_stage(setup):
     assert rates == pytest.approx([1, 1, 0.5] * 2)
 
 
-def test_a_restored_trainer_continues_exactly(setup):
+@pytest.mark.parametrize("group", [0, 3])
+def test_a_restored_trainer_continues_exactly(setup, group):
     module, data, _ = setup
-    config = TrainConfig(learning_rate=1e-3, batch_size=8)
+    config = TrainConfig(learning_rate=1e-3, batch_size=8, group_by_length=group)
     start = {k: v.detach().clone() for k, v in module.named_parameters()}
     straight = Trainer(module, tagging_loss, data, 6, config, seed=4).run(6, progress=False)
     after_straight = {k: v.detach().clone() for k, v in module.named_parameters()}
@@ -234,3 +237,32 @@ def test_evaluation_batched_by_length_scores_every_sentence_as_if_alone(setup):
     batched = evaluate(model, data, "lm", "LOC", batch_size=16, progress=False).scores
     alone = evaluate(model, data, "lm", "LOC", batch_size=1, progress=False).scores
     assert batched["lm_loss"] == pytest.approx(alone["lm_loss"], rel=1e-5)
+
+
+def test_grouped_batches_hold_each_groups_sentences_in_runs_of_one_length():
+    lengths = [(7 * i) % 23 + 1 for i in range(30)]  # 30 sentences of 1..23 tokens
+    plain = batch_order(30, 12, 4, seed=5)
+    grouped = batch_order(30, 12, 4, seed=5, lengths=lengths, group=5)
+    assert batch_order(30, 12, 4, seed=5, lengths=lengths) == plain  # group 0: unchanged
+    assert len(grouped) == 12 and all(len(batch) == 4 for batch in grouped)
+    for start in (0, 5, 10):  # groups of 5 batches, the last one of 2
+        before = [i for batch in plain[start : start + 5] for i in batch]
+        after = grouped[start : start + 5]
+        assert sorted(i for batch in after for i in batch) == sorted(before)
+        # Batches cut one sorted run: no sentence in one is longer than any in a longer batch.
+        spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in after)
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False))
+    assert grouped == batch_order(30, 12, 4, seed=5, lengths=lengths, group=5)  # seeded
+    real, computed = padding_share(grouped, lengths)
+    assert real == padding_share(plain, lengths)[0] == sum(lengths[i] for b in plain for i in b)
+    assert computed < padding_share(plain, lengths)[1]
+
+
+def test_padding_share_by_hand():
+    # [3, 9] pads to 16 twice; [8] computes 8: 20 real tokens of 40 computed.
+    assert padding_share([[0, 1], [2]], [3, 9, 8]) == (20, 40)
+
+
+def test_grouping_needs_a_length_for_every_sentence():
+    with pytest.raises(NeuroplasticError, match="3 lengths given for 4 sentences"):
+        batch_order(4, 2, 2, seed=0, lengths=[1, 2, 3], group=2)

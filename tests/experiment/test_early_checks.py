@@ -127,8 +127,8 @@ def test_make_installs_torch_first_then_runs_the_readmes_commands():
         return done.stdout.splitlines()
 
     for target, command in (
-        ("test", "python -m pytest -q"),
-        ("quick", 'python -m pytest -q -m "not slow"'),
+        ("test", "python -m pytest -q -n auto --maxprocesses 4 --dist loadfile"),
+        ("quick", 'python -m pytest -q -n auto --maxprocesses 4 --dist loadfile -m "not slow"'),
         ("run", "neuroplastic run --out runs/default"),
     ):
         lines = steps(target)

@@ -41,7 +41,8 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,fold,sort,prefilter,sums,overlap,eval,adamw", "--sizes", "24",
+         "--sections", "stats,train,fold,sort,prefilter,sums,overlap,eval,adamw,grouping",
+         "--sizes", "24",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -77,6 +78,11 @@ def test_benchmark_writes_its_figures(tmp_path):
     assert evaluation["same_scores"] is True
     computed = evaluation["computed_tokens"]
     assert evaluation["real_tokens"] <= computed["by_length"] <= computed["corpus_order"]
+    grouping = figures["grouping"]
+    assert grouping["steps"] == 10 and grouping["grouped_over_plain"] > 0
+    tokens = grouping["tokens_over_100_steps"]
+    assert tokens["plain"]["real"] == tokens["groups_of_10"]["real"]
+    assert tokens["groups_of_10"]["computed"] < tokens["plain"]["computed"]
     # The hold's extra cost, by op (times on a shared CPU are too noisy to assert which).
     extra = train["held_minus_plain_by_op"]
     assert extra["top"] and all({"op", "extra_ms"} == set(row) for row in extra["top"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ class TrainConfig:
     batch_size: int = 16
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0
+    #: 0: batches are consecutive draws of the shuffled epochs. N > 1: every N batches' sentences
+    #: are regrouped by length (see :func:`batch_order`), so less of each batch is padding.
+    group_by_length: int = 0
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, n_steps: int, warmup_fraction: float):
@@ -67,15 +70,52 @@ def linear_schedule(optimizer: torch.optim.Optimizer, n_steps: int, warmup_fract
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def batch_order(n_items: int, n_steps: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Seeded reshuffled epochs, cut into ``n_steps`` batches; identical for identical seeds."""
+def batch_order(
+    n_items: int,
+    n_steps: int,
+    batch_size: int,
+    seed: int,
+    lengths: Sequence[int] | None = None,
+    group: int = 0,
+) -> list[list[int]]:
+    """Seeded reshuffled epochs, cut into ``n_steps`` batches; identical for identical seeds.
+
+    With ``lengths`` and ``group`` > 1, each run of ``group`` consecutive batches is regrouped
+    (as Hugging Face's ``group_by_length`` does): their sentences sorted by length, cut into
+    batches again and those batches shuffled. Every group trains on the same sentences as before,
+    in batches of sentences of about one length, so much less of what is computed is padding;
+    which sentences share a batch, and so every gradient, changes.
+    """
     rng = random.Random(seed)
     order: list[int] = []
     while len(order) < n_steps * batch_size:
         epoch = list(range(n_items))
         rng.shuffle(epoch)
         order.extend(epoch)
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_steps)]
+    batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(n_steps)]
+    if group <= 1 or lengths is None:
+        return batches
+    if len(lengths) != n_items:
+        raise NeuroplasticError(f"{len(lengths)} lengths given for {n_items} sentences")
+    regrouped: list[list[int]] = []
+    for start in range(0, n_steps, group):
+        pooled = [i for batch in batches[start : start + group] for i in batch]
+        pooled.sort(key=lambda i: lengths[i])  # stable: ties stay in draw order
+        pieces = [pooled[j : j + batch_size] for j in range(0, len(pooled), batch_size)]
+        rng.shuffle(pieces)  # else every group would run from short sentences to long
+        regrouped.extend(pieces)
+    return regrouped
+
+
+def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[int, int]:
+    """(real tokens, tokens computed) over ``batches``, each padded as
+    :meth:`ConceptDataset.collate` pads it (to its longest sentence, rounded up to 8)."""
+    real = computed = 0
+    for batch in batches:
+        sizes = [lengths[i] for i in batch]
+        real += sum(sizes)
+        computed += len(sizes) * (-(-max(sizes) // 8) * 8)
+    return real, computed
 
 
 def check_batch_split(batch_size: int) -> None:
@@ -119,7 +159,14 @@ class Trainer:
         self.total_steps = total_steps
         self.schedule_steps = schedule_steps or total_steps
         check_batch_split(config.batch_size)
-        self.batches = batch_order(len(dataset), total_steps, config.batch_size, seed)
+        self.batches = batch_order(
+            len(dataset),
+            total_steps,
+            config.batch_size,
+            seed,
+            lengths=dataset.lengths(),
+            group=config.group_by_length,
+        )
         self.step = 0
         self.restart_schedule()
 

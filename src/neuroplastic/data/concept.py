@@ -126,6 +126,10 @@ class ConceptDataset:
         for start in range(0, len(indices), batch_size):
             yield self.collate(indices[start : start + batch_size])
 
+    def lengths(self) -> list[int]:
+        """Every sentence's length in model tokens (what a batch of it computes, unpadded)."""
+        return [len(enc.token_ids) for enc in self.encoded]
+
     def by_length(self) -> list[int]:
         """Every sentence's index, shortest first (ties in corpus order): batches cut from this
         order hold sentences of about one length, so little of each is padding."""

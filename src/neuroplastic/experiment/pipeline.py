@@ -601,7 +601,13 @@ def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> No
 def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainConfig:
     """Base fine-tuning's optimizer settings, or retraining's (``relearn_lr`` if given)."""
     rate = (config.relearn_lr or config.learning_rate) if retraining else config.learning_rate
-    return TrainConfig(rate, config.weight_decay, config.batch_size, config.warmup_fraction)
+    return TrainConfig(
+        rate,
+        config.weight_decay,
+        config.batch_size,
+        config.warmup_fraction,
+        group_by_length=config.group_by_length,
+    )
 
 
 # -- the method --------------------------------------------------------------------------------

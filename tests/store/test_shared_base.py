@@ -133,6 +133,11 @@ def test_every_setting_is_either_part_of_the_base_or_acts_after_it():
                  "train_sentences", "probe_sentences", "batch_size", "plateau_every"):  # fmt: skip
         assert name in base
     assert not base & set(AFTER_BASE)
+    # A setting added later: at its default, runs keep their hash; set, it trains another base.
+    assert "group_by_length" not in ExperimentConfig(**SHARED).identity()
+    grouped = ExperimentConfig(**SHARED, group_by_length=10).base_identity()
+    assert grouped["group_by_length"] == 10
+    assert grouped != ExperimentConfig(**SHARED).base_identity()
 
 
 @pytest.mark.parametrize("arm", ["concept", "naive"])

@@ -80,11 +80,12 @@ def batch_order(
 ) -> list[list[int]]:
     """Seeded reshuffled epochs, cut into ``n_steps`` batches; identical for identical seeds.
 
-    With ``lengths`` and ``group`` > 1, each run of ``group`` consecutive batches is regrouped
-    (as Hugging Face's ``group_by_length`` does): their sentences sorted by length, cut into
-    batches again and those batches shuffled. Every group trains on the same sentences as before,
-    in batches of sentences of about one length, so much less of what is computed is padding;
-    which sentences share a batch, and so every gradient, changes.
+    With ``lengths`` and ``group`` > 1, each run of ``group`` consecutive batches is regrouped:
+    their sentences sorted by length, cut into batches again and those batches shuffled
+    (Hugging Face's ``group_by_length`` sorts groups of 50 batches, but runs them longest
+    first). Every group trains on the same sentences as before, in batches of sentences of
+    about one length, so much less of what is computed is padding; which sentences share a
+    batch, and so every gradient, changes.
     """
     rng = random.Random(seed)
     order: list[int] = []

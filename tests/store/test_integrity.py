@@ -136,7 +136,7 @@ def test_every_stage_marker_records_the_hash_of_its_settings(finished):
         *("dtype", "base_epochs", "stage_epochs"),
         *("rounds", "stop_below", "preempt", "preempt_count", "eval_grid"),
         *("naive", "relearn", "relearn_sentences", "relearn_lr"),
-        *("removal", "removal_layers"),
+        *("removal", "removal_layers", "group_by_length"),
     )
     identity = {
         k: v for k, v in tiny_config().to_dict().items() if k not in (*output_options, *later)

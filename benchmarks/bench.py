@@ -471,11 +471,6 @@ def section_overlap(model: Any, data: ConceptDataset, device: torch.device) -> d
 
 
 # -- training ----------------------------------------------------------------------------------
-def computed_tokens(data: ConceptDataset, batches: list[list[int]]) -> int:
-    """The tokens a forward over ``batches`` computes, padding included."""
-    return sum(data.collate(b).tokens.numel() for b in batches)
-
-
 def section_eval(model: Any, data: ConceptDataset, device: torch.device) -> dict:
     """An evaluation (NER F1, 32 sentences a batch) with its sentences batched by length against
     batched in corpus order, side by side; the tokens each computes; the scores of the two."""
@@ -496,8 +491,8 @@ def section_eval(model: Any, data: ConceptDataset, device: torch.device) -> dict
         return [order[i : i + 32] for i in range(0, len(order), 32)]
 
     computed = {
-        "by_length": computed_tokens(data, cut(data.by_length())),
-        "corpus_order": computed_tokens(data, cut(list(range(len(data))))),
+        "by_length": padding_share(cut(data.by_length()), data.lengths())[1],
+        "corpus_order": padding_share(cut(list(range(len(data)))), data.lengths())[1],
     }
     return {
         "seconds": times,

@@ -13,7 +13,7 @@ stats   the statistics pass against its floor (a plain forward to the last MLP, 
 train   a training step with the ablation held against a plain step;
 corpus  generating the embedded synthetic corpus at its default size (4,000 + 800 sentences),
         once cold and once warm (no model needed; it was a timed test before);
-probe   the per-layer linear probes every stage of a run takes (neuroplastic.core.erasure.probe_auc:
+probe   the per-layer linear probes every stage of a run takes (neuroplastic.core.probes.probe_auc:
         the residual stream of every layer on the sentences and on as many held-out ones, one
         logistic regression per layer) against the statistics pass on the same sentences;
 fold    the CPU's sparse top-k merge folded over several batches against made at every batch
@@ -252,7 +252,7 @@ def section_corpus() -> dict:
 
 
 def section_probe(model: Any, data: ConceptDataset, device: torch.device) -> dict:
-    from neuroplastic.core.erasure import probe_auc
+    from neuroplastic.core.probes import probe_auc
 
     held_out = data  # scored on the same sentences: the probe's cost, not its accuracy
     layers = list(range(int(model.cfg.n_layers)))

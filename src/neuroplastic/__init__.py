@@ -43,7 +43,7 @@ _PUBLIC = {
     "fit_leace": "neuroplastic.core.erasure",
     "fit_direction": "neuroplastic.core.erasure",
     "erase": "neuroplastic.core.erasure",
-    "probe_auc": "neuroplastic.core.erasure",
+    "probe_auc": "neuroplastic.core.probes",
     "ExperimentConfig": "neuroplastic.config",
     "run_experiment": "neuroplastic.experiment.pipeline",
     "run_sweep": "neuroplastic.experiment.sweep",

@@ -17,10 +17,10 @@ from neuroplastic.core.erasure import (
     erase,
     fit_direction,
     fit_leace,
-    probe_auc,
     resid_hook_name,
     residual_tokens,
 )
+from neuroplastic.core.probes import probe_auc
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
 
@@ -212,11 +212,11 @@ def test_the_probe_draws_no_random_numbers_and_reads_the_hooks_the_model_holds(
 
 
 def test_layers_probed_in_groups_give_what_one_pass_gives(tiny_bert, splits, monkeypatch):
-    import neuroplastic.core.erasure as erasure
+    import neuroplastic.core.probes as probes
 
     fit, held_out = splits
     together = probe_auc(tiny_bert, fit, held_out, CONCEPT, LAYERS)
-    monkeypatch.setattr(erasure, "PROBE_MEMORY", 1)  # one layer per pass
+    monkeypatch.setattr(probes, "PROBE_MEMORY", 1)  # one layer per pass
     assert probe_auc(tiny_bert, fit, held_out, CONCEPT, LAYERS) == together
 
 

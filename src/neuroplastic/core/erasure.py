@@ -33,24 +33,16 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
-from scipy.stats import rankdata
 from torch import Tensor
 
 from neuroplastic.core.held_hooks import HeldHooks
-from neuroplastic.core.models import model_device, run_forward
+from neuroplastic.core.models import model_device, resid_hook_name, run_forward
 from neuroplastic.data.concept import IGNORE_CONCEPT, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
 from neuroplastic.progress import progress as progress_bar
 
 Kind = Literal["leace", "direction", "random"]
-#: the most residual-stream bytes :func:`probe_auc` holds at once (layers go in groups below it)
-PROBE_MEMORY = 2 * 1024**3
-RESID_HOOK = "blocks.{layer}.hook_resid_post"
-
-
-def resid_hook_name(layer: int) -> str:
-    return RESID_HOOK.format(layer=layer)
 
 
 @dataclass
@@ -306,87 +298,11 @@ def erase(model: Any, erasure: LinearErasure, permanent: bool = False) -> Erasin
     return Erasing(model, erasure, permanent=permanent)
 
 
-# -- where is the concept linearly readable? ---------------------------------------------------
-def probe_auc(
-    model: Any,
-    train: ConceptDataset,
-    test: ConceptDataset,
-    concept: str,
-    layers: Sequence[int],
-    batch_size: int = 32,
-    steps: int = 200,
-) -> dict[int, float]:
-    """Per layer, the ROC AUC on ``test``'s real tokens of a logistic-regression probe for the
-    concept (its tokens against the rest) trained on ``train``'s residual stream (standardised
-    with ``train``'s mean and spread; L-BFGS from zero weights, a small L2 penalty). 0.5: not
-    linearly readable. Whatever hooks the model holds (an erasure, an ablation) apply. It draws
-    no random numbers and leaves the model's mode as it is (call ``model.eval()`` first, or
-    dropout applies to what the probe reads)."""
-    concept_id = train.label_id(concept)
-
-    def gather_layers(
-        data: ConceptDataset, group: Sequence[int]
-    ) -> tuple[dict[int, Tensor], Tensor]:
-        parts: dict[int, list[Tensor]] = {layer: [] for layer in group}
-        labels: list[Tensor] = []
-        for residual, batch_labels in residual_tokens(model, data, group, batch_size):
-            for layer in group:
-                parts[layer].append(residual[layer])
-            labels.append(batch_labels == concept_id)
-        return {layer: torch.cat(parts[layer]) for layer in group}, torch.cat(labels)
-
-    # Layers in groups whose residual streams fit in PROBE_MEMORY: one pass per group (one in
-    # all for the default model: 6 layers of 384 over ~13k tokens are 120 MB).
-    tokens = sum(len(e.token_ids) for data in (train, test) for e in data.encoded)
-    per_layer = tokens * int(model.cfg.d_model) * 4
-    size = max(1, PROBE_MEMORY // max(1, per_layer))
-    layers = list(layers)
-    result: dict[int, float] = {}
-    for start in range(0, len(layers), size):
-        group = layers[start : start + size]
-        x_train, y_train = gather_layers(train, group)
-        x_test, y_test = gather_layers(test, group)
-        if y_train.all() or not y_train.any() or y_test.all() or not y_test.any():
-            raise NeuroplasticError(f"a probe needs {concept} tokens and others in both splits")
-        for layer in group:
-            result[layer] = _auc(_fit_probe(x_train[layer], y_train, steps), x_test[layer], y_test)
-    return result
-
-
-def _fit_probe(x: Tensor, y: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = ((x - mean) / std).double()
-    weight = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    offset = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, offset], max_iter=steps, line_search_fn="strong_wolfe")
-    target = y.double()
-
-    def loss() -> Tensor:
-        optimizer.zero_grad()
-        value = torch.nn.functional.binary_cross_entropy_with_logits(z @ weight + offset, target)
-        value = value + 1e-3 * weight.square().sum()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    return weight.detach(), mean, std
-
-
-def _auc(probe: tuple[Tensor, Tensor, Tensor], x: Tensor, y: Tensor) -> float:
-    weight, mean, std = probe
-    scores = (((x - mean) / std).double() @ weight).numpy()
-    ranks = rankdata(scores)  # ties share their mean rank: AUC 0.5 for a constant score
-    positive = y.numpy()
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 __all__ = [
     "Erasing",
     "LinearErasure",
     "erase",
     "fit_direction",
     "fit_leace",
-    "probe_auc",
     "residual_tokens",
 ]

@@ -142,6 +142,11 @@ def model_device(model: Any) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+def resid_hook_name(layer: int) -> str:
+    """Block ``layer``'s residual stream after it (where erasures sit and probes read)."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
 def resid_post_name(model: Any) -> str:
     return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 

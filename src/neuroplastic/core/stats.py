@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import einops
 import torch
@@ -19,12 +19,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from neuroplastic import distributed
-from neuroplastic.core.models import check_mlp_hooks, mlp_hook_name, model_device, run_forward
+from neuroplastic.core.models import (
+    check_mlp_hooks,
+    mlp_hook_name,
+    model_device,
+    resid_hook_name,
+    run_forward,
+)
 from neuroplastic.core.streams import SideStream
 from neuroplastic.data.concept import Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes
 from neuroplastic.progress import progress as progress_bar
+
+if TYPE_CHECKING:
+    from neuroplastic.core.probes import ResidualTap
 
 
 @dataclass
@@ -524,19 +533,24 @@ def collect_stats(
     merge: str = "auto",
     overlap: bool = False,
     sums: str = "auto",
+    taps: Sequence[ResidualTap] = (),
 ) -> NeuronStats:
     """Stream the dataset (or the sentences ``indices``) through the model with MLP hooks; the
     forward stops after the last MLP. ``merge``: see :data:`TOPK_MERGES`; ``sums``: see
     :data:`LABEL_SUMS`; ``overlap``: on a CUDA device, reduce each layer on a side stream beside
     the forward (the same results; off until measured faster, benchmarks/bench.py ``--sections
-    overlap``)."""
+    overlap``). ``taps`` keep the residual stream of the same forwards (which then run on to the
+    taps' last hook point, past the last MLP if they read the last layer), for the probes."""
     collector = StatsCollector(model, dataset.label_names, top_k, merge, overlap, sums)
     order = list(range(len(dataset))) if indices is None else list(indices)
     # Under a data-parallel launcher each process takes its share of the batches.
     order = distributed.shard_batches(order, batch_size)
     n_batches = (len(order) + batch_size - 1) // batch_size
     last_hook = mlp_hook_name(collector.n_layers - 1)
-    with torch.no_grad(), model.hooks(fwd_hooks=collector.hooks):
+    if any(tap.layer_list[-1] == collector.n_layers - 1 for tap in taps):
+        last_hook = resid_hook_name(collector.n_layers - 1)  # the last block's rest runs too
+    tap_hooks = [hook for tap in taps for hook in tap.hooks]
+    with torch.no_grad(), model.hooks(fwd_hooks=[*collector.hooks, *tap_hooks]):
         for batch in progress_bar(
             dataset.batches(batch_size, order),
             desc="neuron statistics",
@@ -546,5 +560,7 @@ def collect_stats(
             collector.begin(batch)
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=last_hook)
             collector.end_batch()
+            for tap in taps:
+                tap.record(batch)
     collector.all_reduce()
     return collector.finish()

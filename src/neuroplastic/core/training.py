@@ -10,7 +10,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -22,6 +22,9 @@ from neuroplastic.core.models import head_hook_name, mlp_hook_name, model_device
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.progress import progress as progress_bar
+
+if TYPE_CHECKING:
+    from neuroplastic.core.probes import ResidualTap
 
 
 class TokenClassifier(nn.Module):
@@ -298,6 +301,7 @@ def evaluate(
     batch_size: int = 32,
     dead_neurons: Tensor | None = None,
     progress: bool = True,
+    taps: Sequence[ResidualTap] = (),
 ) -> Evaluation:
     """Entity F1 per type (``ner``) or next-token loss on concept and other tokens (``lm``).
 
@@ -309,6 +313,9 @@ def evaluate(
 
     ``dead_neurons`` (a ``[layer, neuron]`` mask) are checked to be exactly zero on every batch:
     a held ablation that stopped holding is a bug, and the run stops.
+
+    ``taps`` keep the residual stream of the same forwards, for the probes (the forward reaches
+    every block's ``hook_resid_post``: the tagging head reads the last).
     """
     model = module.model if isinstance(module, TokenClassifier) else module
     captured: dict[int, Tensor] = {}
@@ -316,6 +323,7 @@ def evaluate(
     if dead_neurons is not None:
         for layer in dead_neurons.any(-1).nonzero().flatten().tolist():
             hooks.append((mlp_hook_name(layer), _capture_into(captured, layer)))
+    hooks += [hook for tap in taps for hook in tap.hooks]
     true_tags: list[list[str]] = []
     predicted_tags: list[list[str]] = []
     lm_sums = {"concept": 0.0, "other": 0.0}
@@ -345,6 +353,8 @@ def evaluate(
                     chosen = valid & selector
                     lm_sums[name] += float(losses[chosen].sum())
                     lm_counts[name] += int(chosen.sum())
+            for tap in taps:
+                tap.record(batch)
             if dead_neurons is not None:
                 _check_dead(captured, dead_neurons, batch)
             captured.clear()

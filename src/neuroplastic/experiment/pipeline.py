@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -52,13 +52,15 @@ from neuroplastic.analysis.predict import (
 )
 from neuroplastic.analysis.viewed import top_sentences, viewed_neurons
 from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, ExperimentConfig
+from neuroplastic.core import probes
 from neuroplastic.core.ablation import check_can_regrow
 from neuroplastic.core.activations import neuron_activations
-from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace, probe_auc
+from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace
 from neuroplastic.core.halves import HALVES, ProbeSplit, split_probe
 from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.models import is_decoder, load_model, model_device
 from neuroplastic.core.neurons import NeuronSet, control_kind
+from neuroplastic.core.probes import ResidualTap, probe_auc, probe_auc_of, residual_bytes
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.relearn import concept_masked, relearn_data, relearn_loss
 from neuroplastic.core.removal import ErasureRemoval, NeuronRemoval, Removal
@@ -1228,15 +1230,18 @@ def _finish_stage(
     (:mod:`neuroplastic.analysis.causal`, rank 0, the model as retraining left it)."""
     config = setup.config
     setup.tell(arm, stage, "trained", step, dead)
-    evaluation = _validate(setup, dead, progress=setup.progress)
-    stats, halves = _probe_stats(setup)
+    taps = _readability_taps(setup)
+    evaluation = _validate(
+        setup, dead, progress=setup.progress, taps=[taps.validation] if taps else ()
+    )
+    stats, halves = _probe_stats(setup, taps=[taps.probe] if taps else ())
     row = {
         "arm": arm,
         "stage": stage,
         "step": step,
         **evaluation.scores,
         "train_loss": sum(losses) / len(losses) if losses else None,
-        "readable": _readability(setup),
+        "readable": _readability(setup, taps),
     }
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
@@ -1265,17 +1270,41 @@ def _finish_stage(
     return ranking
 
 
+class _ReadabilityTaps(NamedTuple):
+    probe: ResidualTap  # on the stage's statistics pass: the probes' training tokens
+    validation: ResidualTap  # on its evaluation: the tokens the probes are scored on
+
+
+def _readability_taps(setup: Setup) -> _ReadabilityTaps | None:
+    """Taps keeping every layer's residual stream from the stage's statistics pass and
+    evaluation, so the probes need no passes of their own. None (the probes then run passes of
+    their own, in groups of layers) under a launcher, where a process's passes see only its
+    share, and when every layer's residual stream on both sets would not fit in
+    :data:`~neuroplastic.core.probes.PROBE_MEMORY`."""
+    if distributed.world_size() > 1:
+        return None
+    data = (setup.probe_data, setup.validation_data)
+    layers = range(int(setup.model.cfg.n_layers))
+    if residual_bytes(setup.model, data, len(layers)) > probes.PROBE_MEMORY:
+        return None
+    return _ReadabilityTaps(*(ResidualTap(layers, len(each)) for each in data))
+
+
 @distributed.rank_zero
-def _readability(setup: Setup) -> dict[str, float]:
+def _readability(setup: Setup, taps: _ReadabilityTaps | None) -> dict[str, float]:
     """Where the concept is linearly readable at this stage, whatever the removal: per layer
     (``blocks.{l}.hook_resid_post``), the validation-token AUC of a logistic-regression probe
     for the concept trained on the probe sentences, with the arm's removal held (rank 0; no
-    random numbers drawn, so training is the same with it)."""
-    setup.module.eval()
-    layers = range(int(setup.model.cfg.n_layers))
-    auc = probe_auc(
-        setup.model, setup.probe_data, setup.validation_data, setup.config.concept, layers
-    )
+    random numbers drawn, so training is the same with it). ``taps``: the probe and validation
+    sentences' residual streams as the stage's own passes left them (else passes of its own)."""
+    concept = setup.config.concept
+    if taps is not None:
+        train, test = taps.probe.residuals(), taps.validation.residuals()
+        auc = probe_auc_of(train, test, setup.probe_data.label_id(concept), concept=concept)
+    else:
+        setup.module.eval()
+        layers = range(int(setup.model.cfg.n_layers))
+        auc = probe_auc(setup.model, setup.probe_data, setup.validation_data, concept, layers)
     return {str(layer): value for layer, value in auc.items()}
 
 
@@ -1360,9 +1389,12 @@ def _rewrite_stage(
     setup.store.record(_write_stage_files(setup, (each.arm,), each.stage, stats, halves)[1])
 
 
-def _probe_stats(setup: Setup) -> tuple[NeuronStats, dict[str, NeuronStats]]:
+def _probe_stats(
+    setup: Setup, taps: Sequence[ResidualTap] = ()
+) -> tuple[NeuronStats, dict[str, NeuronStats]]:
     """Neuron statistics of the model as it is, on each half of the probe sentences, and on
-    all of them (the two merged: exactly what one pass over all of them gives)."""
+    all of them (the two merged: exactly what one pass over all of them gives); ``taps`` keep
+    the residual stream of the same passes."""
     assert setup.probe_split is not None
     halves = {
         half: collect_stats(
@@ -1372,6 +1404,7 @@ def _probe_stats(setup: Setup) -> tuple[NeuronStats, dict[str, NeuronStats]]:
             top_k=setup.config.top_k_tokens,
             indices=getattr(setup.probe_split, half),
             progress=setup.progress,
+            taps=taps,
         )  # fmt: skip
         for half in HALVES
     }
@@ -1403,9 +1436,11 @@ def _load_on_main(module: torch.nn.Module, path: Path) -> None:
     distributed.broadcast_parameters(module)
 
 
-def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
+def _validate(
+    setup: Setup, dead: torch.Tensor | None, progress: bool, taps: Sequence[ResidualTap] = ()
+):
     """Scores on the validation sentences, checking that the removal's hooks are all still held
-    and that held neurons are still exactly zero."""
+    and that held neurons are still exactly zero; ``taps`` keep the residual stream."""
     if setup.held is not None and not setup.held.active:
         raise NeuroplasticError(
             "the removal's hooks are no longer all held (something removed them during "
@@ -1418,6 +1453,7 @@ def _validate(setup: Setup, dead: torch.Tensor | None, progress: bool):
         setup.config.concept,
         dead_neurons=dead,
         progress=progress,
+        taps=taps,
     )
 
 

@@ -13,9 +13,10 @@ stats   the statistics pass against its floor (a plain forward to the last MLP, 
 train   a training step with the ablation held against a plain step;
 corpus  generating the embedded synthetic corpus at its default size (4,000 + 800 sentences),
         once cold and once warm (no model needed; it was a timed test before);
-probe   the per-layer linear probes every stage of a run takes (neuroplastic.core.probes.probe_auc:
-        the residual stream of every layer on the sentences and on as many held-out ones, one
-        logistic regression per layer) against the statistics pass on the same sentences;
+probe   a stage end's statistics pass with the per-layer linear probes every stage takes (one
+        logistic regression per layer's residual stream), their passes of their own
+        (probe_auc) against the residual stream kept by a tap on the statistics pass
+        (probe_auc_of), each over the statistics pass alone;
 fold    the CPU's sparse top-k merge folded over several batches against made at every batch
         (the same statistics: checked), each beside the floor;
 sort    the sparse merge's one-key sort against the two stable sorts it replaced (the same
@@ -252,18 +253,41 @@ def section_corpus() -> dict:
 
 
 def section_probe(model: Any, data: ConceptDataset, device: torch.device) -> dict:
-    from neuroplastic.core.probes import probe_auc
+    """A stage end's statistics pass and per-layer probes: with passes of their own (as before
+    the taps) and read off the statistics pass by a residual tap (as a run takes them now: the
+    held-out tokens ride on the evaluation, which runs anyway; here the probes are scored on
+    the sentences they were fitted on, the probes' cost, not their accuracy)."""
+    from neuroplastic.core.probes import ResidualTap, probe_auc, probe_auc_of
 
-    held_out = data  # scored on the same sentences: the probe's cost, not its accuracy
     layers = list(range(int(model.cfg.n_layers)))
+    concept_id = data.label_id("LOC")
+
+    def stats_then_own_probes() -> dict[int, float]:
+        stats_pass(model, data)
+        return probe_auc(model, data, data, "LOC", layers, batch_size=BATCH)
+
+    def stats_with_tap_then_fit() -> dict[int, float]:
+        tap = ResidualTap(layers, len(data))
+        collect_stats(model, data, batch_size=BATCH, top_k=20, progress=False, taps=[tap])
+        kept = tap.residuals()
+        return probe_auc_of(kept, kept, concept_id)
+
+    own, tapped = stats_then_own_probes(), stats_with_tap_then_fit()
+
     times = interleaved(
         {
             "stats": lambda: stats_pass(model, data),
-            "probes": lambda: probe_auc(model, data, held_out, "LOC", layers, batch_size=BATCH),
+            "stats_then_own_probes": stats_then_own_probes,
+            "stats_with_tap_then_fit": stats_with_tap_then_fit,
         },
         device,
     )
-    return {"seconds": times, "probes_over_stats": times["probes"] / times["stats"]}
+    return {
+        "seconds": times,
+        "own_probes_over_stats": times["stats_then_own_probes"] / times["stats"],
+        "tapped_probes_over_stats": times["stats_with_tap_then_fit"] / times["stats"],
+        "largest_auc_difference": max(abs(own[layer] - tapped[layer]) for layer in layers),
+    }
 
 
 def section_stats(model: Any, data: ConceptDataset, device: torch.device) -> dict:

@@ -41,7 +41,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--model", "tiny-gpt2", "--sentences", "24",
-         "--sections", "stats,train,fold,sort,prefilter,sums,overlap,eval,adamw,grouping",
+         "--sections", "stats,train,probe,fold,sort,prefilter,sums,overlap,eval,adamw,grouping",
          "--sizes", "24",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300,
@@ -68,6 +68,9 @@ def test_benchmark_writes_its_figures(tmp_path):
     assert sums["same_statistics"] is True
     assert sums["index_over_floor"] > 0 and sums["matmul_over_floor"] > 0
     assert sums["largest_relative_sum_difference"] < 1e-5
+    probe = figures["probe"]
+    assert probe["own_probes_over_stats"] > 1 and probe["tapped_probes_over_stats"] > 0
+    assert probe["largest_auc_difference"] < 1e-4  # the same probes, wherever they read
     adamw = figures["adamw"]
     assert set(adamw["seconds_per_step"]) == {"default", "fused"}
     assert adamw["fused_over_default"] > 0 and adamw["largest_weight_change"] > 0

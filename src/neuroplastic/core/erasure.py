@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from neuroplastic.core.held_hooks import HeldHooks
-from neuroplastic.core.models import model_device, resid_hook_name, run_forward
+from neuroplastic.core.models import capture_into, model_device, resid_hook_name, run_forward
 from neuroplastic.data.concept import IGNORE_CONCEPT, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.extras import require
@@ -140,15 +140,7 @@ def residual_tokens(
     padding or special tokens), and those tokens' concept-label ids. No gradients."""
     last = max(layers)
     captured: dict[int, Tensor] = {}
-
-    def keeper(layer: int):
-        # by layer, not by hook.name: the bridge names the point by its canonical alias
-        def keep(x: Tensor, hook: Any) -> None:
-            captured[layer] = x.detach()
-
-        return keep
-
-    hooks = [(resid_hook_name(layer), keeper(layer)) for layer in layers]
+    hooks = [(resid_hook_name(layer), capture_into(captured, layer)) for layer in layers]
     device = model_device(model)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for batch in progress_bar(

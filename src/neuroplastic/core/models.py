@@ -148,7 +148,17 @@ def resid_hook_name(layer: int) -> str:
 
 
 def resid_post_name(model: Any) -> str:
-    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    return resid_hook_name(model.cfg.n_layers - 1)
+
+
+def capture_into(captured: dict[int, Tensor], layer: int):
+    """A forward hook keeping its activation (detached) in ``captured[layer]``: by layer, not
+    by ``hook.name``, which the bridge gives as the point's canonical alias."""
+
+    def capture(activation: Tensor, hook: Any) -> None:
+        captured[layer] = activation.detach()
+
+    return capture
 
 
 def run_forward(

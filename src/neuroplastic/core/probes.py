@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from scipy.stats import rankdata
 from torch import Tensor
 
-from neuroplastic.core.models import resid_hook_name, run_forward
+from neuroplastic.core.models import capture_into, resid_hook_name, run_forward
 from neuroplastic.data.concept import IGNORE_CONCEPT, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 
@@ -51,18 +51,13 @@ class ResidualTap:
 
     @property
     def hooks(self) -> list[tuple[str, Any]]:
-        return [(resid_hook_name(layer), self._keeper(layer)) for layer in self.layer_list]
+        return [
+            (resid_hook_name(layer), capture_into(self._batch, layer)) for layer in self.layer_list
+        ]
 
     @property
     def last_hook(self) -> str:
         return resid_hook_name(self.layer_list[-1])
-
-    def _keeper(self, layer: int):
-        # by layer, not by hook.name: the bridge names the point by its canonical alias
-        def keep(x: Tensor, hook: Any) -> None:
-            self._batch[layer] = x.detach()
-
-        return keep
 
     def record(self, batch: Batch) -> None:
         """Keep the batch's real tokens from the activations its forward left in the hooks."""
@@ -112,11 +107,11 @@ def tapped_residuals(
     return tap.residuals()
 
 
-def residual_bytes(model: Any, datasets: Sequence[ConceptDataset], n_layers: int) -> int:
-    """At most what ``n_layers`` layers' residual streams over ``datasets`` take as float32
-    (every token counted, special ones included)."""
+def layers_that_fit(model: Any, datasets: Sequence[ConceptDataset]) -> int:
+    """How many layers' residual streams over ``datasets`` fit in :data:`PROBE_MEMORY` as
+    float32 (every token counted, special ones included); at least one."""
     tokens = sum(len(e.token_ids) for data in datasets for e in data.encoded)
-    return tokens * int(model.cfg.d_model) * 4 * n_layers
+    return max(1, PROBE_MEMORY // max(1, tokens * int(model.cfg.d_model) * 4))
 
 
 def probe_auc(
@@ -136,7 +131,7 @@ def probe_auc(
     concept_id = train.label_id(concept)
     # Layers in groups whose residual streams fit in PROBE_MEMORY: one pass per group (one in
     # all for the default model: 6 layers of 384 over ~13k tokens are 120 MB).
-    size = max(1, PROBE_MEMORY // max(1, residual_bytes(model, (train, test), 1)))
+    size = layers_that_fit(model, (train, test))
     layers = list(layers)
     result: dict[int, float] = {}
     for start in range(0, len(layers), size):
@@ -203,6 +198,6 @@ __all__ = [
     "Residuals",
     "probe_auc",
     "probe_auc_of",
-    "residual_bytes",
+    "layers_that_fit",
     "tapped_residuals",
 ]

@@ -18,7 +18,13 @@ from torch import Tensor, nn
 
 from neuroplastic import distributed
 from neuroplastic.core.metrics import entity_scores
-from neuroplastic.core.models import head_hook_name, mlp_hook_name, model_device, run_forward
+from neuroplastic.core.models import (
+    capture_into,
+    head_hook_name,
+    mlp_hook_name,
+    model_device,
+    run_forward,
+)
 from neuroplastic.data.concept import IGNORE_TAG, Batch, ConceptDataset
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.progress import progress as progress_bar
@@ -322,7 +328,7 @@ def evaluate(
     hooks = []
     if dead_neurons is not None:
         for layer in dead_neurons.any(-1).nonzero().flatten().tolist():
-            hooks.append((mlp_hook_name(layer), _capture_into(captured, layer)))
+            hooks.append((mlp_hook_name(layer), capture_into(captured, layer)))
     hooks += [hook for tap in taps for hook in tap.hooks]
     true_tags: list[list[str]] = []
     predicted_tags: list[list[str]] = []
@@ -387,13 +393,6 @@ def mean_loss(
             total += float(loss_fn(module, batch.to(device))) * n
             count += n
     return total / max(count, 1)
-
-
-def _capture_into(captured: dict[int, Tensor], layer: int):
-    def hook(activation: Tensor, hook: Any) -> None:
-        captured[layer] = activation.detach()
-
-    return hook
 
 
 def _check_dead(captured: dict[int, Tensor], dead: Tensor, batch: Batch) -> None:

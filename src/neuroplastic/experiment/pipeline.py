@@ -52,7 +52,6 @@ from neuroplastic.analysis.predict import (
 )
 from neuroplastic.analysis.viewed import top_sentences, viewed_neurons
 from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, ExperimentConfig
-from neuroplastic.core import probes
 from neuroplastic.core.ablation import check_can_regrow
 from neuroplastic.core.activations import neuron_activations
 from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace
@@ -60,7 +59,7 @@ from neuroplastic.core.halves import HALVES, ProbeSplit, split_probe
 from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.models import is_decoder, load_model, model_device
 from neuroplastic.core.neurons import NeuronSet, control_kind
-from neuroplastic.core.probes import ResidualTap, probe_auc, probe_auc_of, residual_bytes
+from neuroplastic.core.probes import ResidualTap, layers_that_fit, probe_auc, probe_auc_of
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.relearn import concept_masked, relearn_data, relearn_loss
 from neuroplastic.core.removal import ErasureRemoval, NeuronRemoval, Removal
@@ -1285,7 +1284,7 @@ def _readability_taps(setup: Setup) -> _ReadabilityTaps | None:
         return None
     data = (setup.probe_data, setup.validation_data)
     layers = range(int(setup.model.cfg.n_layers))
-    if residual_bytes(setup.model, data, len(layers)) > probes.PROBE_MEMORY:
+    if layers_that_fit(setup.model, data) < len(layers):
         return None
     return _ReadabilityTaps(*(ResidualTap(layers, len(each)) for each in data))
 

@@ -133,8 +133,21 @@ def test_a_grid_runs_every_point_and_names_the_best_case_per_seed(gridded, tmp_p
     assert case["highest_final_f1"]["values"] == pytest.approx(finals)
     if all(s is not None for s in steps):
         assert case["fastest_recovery"]["mean"] == pytest.approx(sum(steps) / 2)
+    # Along the axis: the paired difference of each measure, per seed by hand.
+    (along,) = result["along_axis"]["relearn_lr"]
+    assert along["cells"] == cells and along["seeds"] == [0, 1]
+    for measure in ("drop_at_pruning", "recovery_auc"):
+        by_hand = [
+            sweep.run_measures(out / cells[1] / f"seed-{seed}")["arms"]["concept"][measure]
+            - sweep.run_measures(out / cells[0] / f"seed-{seed}")["arms"]["concept"][measure]
+            for seed in (0, 1)
+        ]
+        assert along["arms"]["concept"][measure]["values"] == pytest.approx(by_hand)
+    # The base is shared: the rate cannot change the drop at pruning.
+    assert along["arms"]["concept"]["drop_at_pruning"]["values"] == pytest.approx([0.0, 0.0])
     page = build_sweep_report(result).write(tmp_path / "report.html").read_text()
     assert "The retrainer&#x27;s choices" in page or "The retrainer's choices" in page
+    assert "relearn_lr=0.03 minus relearn_lr=0.001" in page
 
 
 def test_best_cases_by_hand_with_a_censored_seed():
@@ -161,6 +174,48 @@ def test_best_cases_by_hand_with_a_censored_seed():
     # Seed 1 never recovered at either rate: censored at the budget, a lower bound.
     assert case["fastest_recovery"]["censored"] == 1
     assert case["fastest_recovery"]["lower_bound"] == pytest.approx((3.0 + 8.0) / 2)
+
+
+def test_axis_differences_pair_each_value_with_the_first_per_seed():
+    def arm(drop, steps, base, budget=8.0):
+        return {
+            **{m: 0.0 for m in sweep.MEASURES},
+            "drop_at_pruning": drop,
+            "steps_to_recover_90": steps,
+            "recovery": {"budget": budget},
+            "f1": {"base": {"LOC": base, "overall": 0.5}, "pruned": {"LOC": base - drop}},
+        }
+
+    def run(*concept):
+        return {"arms": {"concept": arm(*concept), "random": arm(0.01, 1.0, 0.9)}}
+
+    settings = {
+        "a": {"mode": "hold", "group": 0},
+        "b": {"mode": "hold", "group": 50},
+        "c": {"mode": "regrow", "group": 0},  # alone in its group: nothing to pair with
+    }
+    measured = {
+        "a": {0: run(0.90, 5.0, 0.97), 1: run(0.80, 6.0, 0.95), 2: run(0.85, 5.5, 0.96)},
+        "b": {0: run(0.86, 5.5, 0.95), 1: run(0.78, None, 0.94), 3: run(0.1, 1.0, 0.5)},
+        "c": {0: run(0.5, 1.0, 0.5)},
+    }
+    (case,) = sweep.axis_differences(measured, settings, "group")
+    assert (case["reference"], case["value"], case["cells"]) == (0, 50, ["a", "b"])
+    assert case["fixed"] == {"mode": "hold"} and case["seeds"] == [0, 1]  # the seeds both have
+    concept = case["arms"]["concept"]
+    # By hand: b - a per seed is -0.04 and -0.02; mean -0.03, sd 0.01414, t(0.975, 1) = 12.706.
+    drop = concept["drop_at_pruning"]
+    assert drop["values"] == pytest.approx([-0.04, -0.02])
+    assert drop["mean"] == pytest.approx(-0.03)
+    assert drop["ci_high"] - drop["mean"] == pytest.approx(12.7062 * 0.0141421 / 2**0.5, rel=1e-4)
+    assert drop["equivalence"]["margin"] == sweep.MARGINS["drop_at_pruning"]
+    assert concept["f1"]["base"]["LOC"]["values"] == pytest.approx([-0.02, -0.01])
+    assert concept["f1"]["pruned"]["LOC"]["values"] == pytest.approx([0.02, 0.01])
+    # Seed 1 of b never recovered within its budget of 8: its difference is at least 8 - 6.
+    steps = concept["steps_to_recover_90"]
+    assert steps["censored"] == 1 and steps["at_least"] == [None, 2.0]
+    assert steps["lower_bound"] == pytest.approx((0.5 + 2.0) / 2)
+    assert case["arms"]["random"]["drop_at_pruning"]["values"] == pytest.approx([0.0, 0.0])
 
 
 @pytest.mark.parametrize(

@@ -241,6 +241,11 @@ def run_sweep(
             for axis in grid
             if len(grid[axis]) > 1
         }
+        result["along_axis"] = {
+            axis: axis_differences(measured, result["settings"], axis)
+            for axis in grid
+            if len(grid[axis]) > 1
+        }
     atomic_write_json(out / "sweep.json", result)
     return result
 
@@ -300,6 +305,72 @@ def best_cases(
             }
         )
     return cases
+
+
+def axis_differences(
+    measured: dict[str, dict[int, dict[str, Any]]],
+    settings: dict[str, dict[str, Any]],
+    axis: str,
+) -> list[dict[str, Any]]:
+    """Does ``axis`` move the measures beyond seed noise? For each group of cells that differ
+    in ``axis`` alone, each other value's cell against the first value's (the reference, the
+    grid's first value), per seed first and then across the seeds both have: every arm's
+    :data:`MEASURES` and its F1 per stage and entity, as paired differences (value - reference;
+    interval, the difference 80% power would detect and, for a measure with one, the
+    equivalence test against :data:`MARGINS`). Seeds pair because a seed fixes the data, the
+    split and the order of the batches in every cell."""
+    groups: dict[tuple, list[str]] = {}
+    for cell, values in settings.items():
+        rest = tuple((k, repr(v)) for k, v in values.items() if k != axis)
+        groups.setdefault(rest, []).append(cell)
+    cases = []
+    for cells in groups.values():
+        reference = cells[0]
+        for cell in cells[1:]:
+            seeds = sorted(set(measured[reference]) & set(measured[cell]))
+            if not seeds:
+                continue
+            treated = [measured[cell][s]["arms"] for s in seeds]
+            control = [measured[reference][s]["arms"] for s in seeds]
+            arms = [a for a in control[0] if all(a in every for every in (*treated, *control))]
+            cases.append(
+                {
+                    "fixed": {k: v for k, v in settings[cell].items() if k != axis},
+                    "reference": settings[reference][axis],
+                    "value": settings[cell][axis],
+                    "cells": [reference, cell],
+                    "seeds": seeds,
+                    "arms": {
+                        arm: _arm_difference([t[arm] for t in treated], [c[arm] for c in control])
+                        for arm in arms
+                    },
+                }
+            )
+    return cases
+
+
+def _arm_difference(
+    treated: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """One arm's paired differences treated - control across seeds: every measure, and its F1
+    at every stage and entity both have."""
+    stages = [s for s in control[0]["f1"] if all(s in a["f1"] for a in (*treated, *control))]
+    return {
+        **{m: _paired_across(m, treated, control) for m in MEASURES},
+        "f1": {
+            stage: {
+                entity: paired(
+                    [
+                        t["f1"][stage][entity] - c["f1"][stage][entity]
+                        for t, c in zip(treated, control, strict=True)
+                    ],
+                    bounds=(-1.0, 1.0),
+                )
+                for entity in control[0]["f1"][stage]
+            }
+            for stage in stages
+        },
+    }
 
 
 def _last_f1(run: dict[str, Any], arm: dict[str, Any]) -> float:

@@ -429,6 +429,42 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
             index=False,
             float_format=None,
         )
+    _along_axis(page, sweep, concept)
+
+
+def _along_axis(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
+    """Per axis, each value against the first: the paired difference across seeds of every
+    measure and of the concept's F1 at each stage, per arm, with its equivalence verdict."""
+    along = sweep.get("along_axis") or {}
+    if any(along.values()):
+        page.paragraph(
+            "Does a setting move the measures beyond seed noise? Each value of an axis against "
+            "its first value, with every other setting the same: the difference is taken per "
+            "seed (a seed fixes the data, the split and the batches in every cell), then its "
+            "mean and 95% interval across seeds. 'within ±m' means an equivalence test (TOST) "
+            "shows the difference smaller than the measure's margin; 'not shown within' means "
+            "these seeds cannot tell, not that the setting matters."
+        )
+    for axis, cases in along.items():
+        for case in cases:
+            table: dict[str, dict[str, str]] = {}
+            for arm, measured in case["arms"].items():
+                column = table.setdefault(arm, {})
+                for stage, entities in measured["f1"].items():
+                    if concept in entities:
+                        column[f"{concept} F1 at {stage}"] = as_text(entities[concept])
+                for measure in sweep["measures"]:
+                    column[measure] = as_text(measured[measure])
+            fixed = ", ".join(f"{k}={v}" for k, v in case["fixed"].items())
+            page.table(
+                pd.DataFrame(table),
+                caption=(
+                    f"{axis}={case['value']} minus {axis}={case['reference']} ({fixed}), per seed "
+                    f"then across seeds {case['seeds']}: mean [95% interval] of the paired "
+                    "difference, and whether it lies within the measure's equivalence margin"
+                ),
+                float_format=None,
+            )
 
 
 def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any) -> None:

@@ -93,10 +93,35 @@ def test_the_damage_is_the_score_lost_with_each_set_ablated(tiny_model, corpus, 
     assert fake_evaluate(tiny_model, data, "ner", "LOC").scores["f1"]["LOC"] == 0.9
 
 
-def test_for_language_modelling_the_damage_is_the_loss_gained():
+def test_for_language_modelling_the_damage_is_the_loss_gained(tiny_gpt2, corpus, monkeypatch):
     scores = {"lm_loss": {"concept": 2.5, "other": 1.0}}
     assert causal.concept_score(scores, "lm", "LOC") == 2.5
     assert causal.concept_score({"f1": {"LOC": 0.7}}, "ner", "LOC") == 0.7
+    # A planted concept loss: 2.0 while neuron (1, 5) fires, 3.5 once it is zeroed. Ablating
+    # it gains 1.5 of loss: a positive damage, as F1 lost is for tagging.
+    data = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=4)
+    name = mlp_hook_name(1)
+
+    def fake_evaluate(module, dataset, task, concept, progress=False, **_):
+        assert task == "lm"
+        captured = {}
+        hook = (name, lambda act, hook: captured.setdefault("act", act.detach()))
+        batch = dataset.collate(list(range(len(dataset))))
+        with tiny_gpt2.hooks(fwd_hooks=[hook]):
+            run_forward(tiny_gpt2, batch.tokens, batch.attention_mask, stop_at=name)
+        fires = bool(captured["act"][..., 5].abs().sum() > 0)
+        return Evaluation({"lm_loss": {"concept": 2.0 if fires else 3.5, "other": 1.0}})
+
+    monkeypatch.setattr(causal, "evaluate", fake_evaluate)
+    n_layers, d_mlp = tiny_gpt2.cfg.n_layers, tiny_gpt2.cfg.d_mlp
+    sets = {
+        "carrier": NeuronSet.of(n_layers, d_mlp, [(1, 5), (0, 2)]),
+        "bystanders": NeuronSet.of(n_layers, d_mlp, [(1, 6), (0, 2)]),
+    }
+    result = causal.damage(tiny_gpt2, tiny_gpt2, data, "lm", "LOC", sets)
+    assert result["score"] == 2.0 and result["task"] == "lm"
+    assert result["lost"] == pytest.approx({"carrier": 1.5, "bystanders": 0.0})
+    assert "others_lost" not in result
 
 
 def test_the_sweep_pairs_each_sets_damage_with_the_random_floor_seed_by_seed():

@@ -11,6 +11,7 @@ import torch
 
 from neuroplastic.core.erasure import residual_tokens
 from neuroplastic.core.probes import (
+    Residuals,
     ResidualTap,
     probe_auc,
     probe_auc_of,
@@ -120,3 +121,25 @@ def test_a_tap_says_what_it_missed(tiny_bert, splits):
         short.record(next(fit.batches(4)))
     with pytest.raises(NeuroplasticError, match="needs at least one layer"):
         ResidualTap([], len(fit))
+
+
+def test_a_probe_reads_a_planted_direction_as_well_as_the_best_possible_rule():
+    """Concept tokens shifted by d along one of 16 unit-variance dimensions: the best any rule
+    can do is the shift's own test, AUC = Phi(d / sqrt(2)) (two normals, d apart); a probe
+    of pure noise reads nothing (0.5), and a shift far beyond the noise is read perfectly."""
+    generator = torch.Generator().manual_seed(0)
+
+    def residuals(n: int) -> Residuals:
+        labels = (torch.rand(n, generator=generator) < 0.2).long()  # 1: the concept
+        shift = torch.zeros(n, 16)
+        shift[:, 3] = labels.float()
+        noise = [torch.randn(n, 16, generator=generator) for _ in range(3)]
+        return Residuals({0: noise[0] + 1.5 * shift, 1: noise[1], 2: noise[2] + 20 * shift}, labels)
+
+    auc = probe_auc_of(residuals(4000), residuals(4000), concept_id=1)
+    best = float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(1.5 / 2**0.5)))
+    assert best == pytest.approx(0.8556, abs=1e-4)
+    # ~800 concept tokens against ~3200: the AUC's sampling error is about 0.008.
+    assert auc[0] == pytest.approx(best, abs=0.025)
+    assert auc[1] == pytest.approx(0.5, abs=0.035)
+    assert auc[2] == 1.0

@@ -110,9 +110,22 @@ def test_evaluation_stops_when_an_ablation_does_not_hold(setup):
     module, data, neurons = setup
     with pytest.raises(NeuroplasticError, match="stopped holding"):
         evaluate(module, data, "ner", "LOC", dead_neurons=neurons.mask(), progress=False)
+    batch = data.collate(list(range(8)))
+    with torch.no_grad():
+        plain = module(batch.tokens, batch.attention_mask)
     with ablate(module.model, neurons):
         result = evaluate(module, data, "ner", "LOC", dead_neurons=neurons.mask(), progress=False)
+        with torch.no_grad():
+            held = module(batch.tokens, batch.attention_mask)
     assert set(result.scores["f1"]) == {"overall", "LOC", "PER", "ORG", "MISC"}
+    # Independently: the same neurons silenced by zeroing their weights, no hook at all.
+    prune_weights(module.model, neurons, zero_output=True)
+    pruned = evaluate(module, data, "ner", "LOC", dead_neurons=neurons.mask(), progress=False)
+    with torch.no_grad():
+        silenced = module(batch.tokens, batch.attention_mask)
+    assert not torch.allclose(held, plain)  # the hooks did change the forward
+    torch.testing.assert_close(held, silenced, rtol=1e-5, atol=1e-6)
+    assert pruned.scores == result.scores
 
 
 def test_non_finite_loss_is_a_clear_error(setup):
@@ -218,6 +231,25 @@ def test_a_relu_neuron_pruned_on_its_input_side_gets_no_gradient():
     model = type("Model", (), {"cfg": type("Cfg", (), {"act_fn": "relu"})})
     with pytest.raises(NeuroplasticError, match="never regrows"):
         check_can_regrow(model)
+
+
+def test_lm_evaluation_is_the_mean_next_token_loss_on_each_side_of_the_concept(tiny_gpt2, corpus):
+    data = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=10)
+    concept_id = data.label_id("LOC")
+    # By hand, one sentence at a time: no padding, the logits' own log-softmax.
+    losses: dict[str, list[float]] = {"concept": [], "other": []}
+    with torch.no_grad():
+        for encoded in data.encoded:
+            tokens = torch.tensor([encoded.token_ids])
+            log_probs = tiny_gpt2(tokens, return_type="logits")[0, :-1].log_softmax(-1)
+            nll = -log_probs.gather(-1, tokens[0, 1:, None])[:, 0]
+            for loss, label in zip(nll.tolist(), encoded.concept_labels[1:], strict=True):
+                if label >= 0:
+                    losses["concept" if label == concept_id else "other"].append(loss)
+    assert losses["concept"] and losses["other"]  # both sides have tokens to average
+    expected = {side: sum(v) / len(v) for side, v in losses.items()}
+    scores = evaluate(tiny_gpt2, data, "lm", "LOC", batch_size=4, progress=False).scores
+    assert scores["lm_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_evaluation_batched_by_length_scores_every_sentence_as_if_alone(setup):

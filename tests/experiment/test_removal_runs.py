@@ -16,6 +16,8 @@ from tiny import tiny_config
 
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.erasure import LinearErasure, erase, fit_direction, fit_leace
+from neuroplastic.core.probes import probe_auc
+from neuroplastic.core.training import evaluate
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.pipeline import run_experiment
 from neuroplastic.store.rundir import RunDir, stage_names
@@ -38,9 +40,9 @@ def leace_run(tmp_path_factory):
     return out, summary
 
 
-def base_of(out, scratch):
-    """The run's base model (with its head) in eval mode, from the weights it kept, and the
-    run's probe sentences encoded as the run encodes them (its own set-up, into ``scratch``)."""
+def base_setup(out, scratch):
+    """The run's own set-up (into ``scratch``) with the base weights it kept, in eval mode:
+    the model with its head, and the run's sentences encoded as the run encodes them."""
     from neuroplastic.experiment.pipeline import _setup
     from neuroplastic.store.checkpoint import Checkpointer, load_weights
 
@@ -49,6 +51,12 @@ def base_of(out, scratch):
     setup = _setup(config, Checkpointer(RunDir(scratch)), False, quiet)
     load_weights(setup.module, run.weights_path("concept", "base"))
     setup.module.eval()
+    return setup
+
+
+def base_of(out, scratch):
+    """The run's base model in eval mode and its probe sentences (:func:`base_setup`)."""
+    setup = base_setup(out, scratch)
     return setup.model, setup.probe_data
 
 
@@ -85,7 +93,7 @@ def test_the_erasure_is_fitted_on_the_base_weights_and_saved_with_the_run(leace_
 
 
 @pytest.mark.slow
-def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run):
+def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run, tmp_path):
     out, summary = leace_run
     for arm in ("concept", "random"):
         stages = summary["arms"][arm]["stages"]
@@ -95,6 +103,26 @@ def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run):
     # one base model for both arms: they differ in what they hold and nothing else
     base = {arm: summary["arms"][arm]["stages"][0]["f1"] for arm in ("concept", "random")}
     assert base["concept"] == base["random"]
+    # The pruned stage, by hand: the kept base weights scored with each arm's saved erasure
+    # held, and the probes fitted on the erased residual stream.
+    setup = base_setup(out, tmp_path / "scratch")
+    run = RunDir(out)
+    for arm in ("concept", "random"):
+        pruned = summary["arms"][arm]["stages"][1]
+        with erase(setup.model, LinearErasure.load(run.removal_path(arm))):
+            scores = evaluate(setup.module, setup.validation_data, "ner", "LOC", progress=False)
+            readable = probe_auc(
+                setup.model, setup.probe_data, setup.validation_data, "LOC", [0, 1]
+            )
+        assert scores.scores["f1"] == pytest.approx(pruned["f1"], abs=1e-12)
+        assert {str(k): v for k, v in readable.items()} == pytest.approx(
+            pruned["readable"], abs=1e-4
+        )
+    # LEACE leaves no linear reading of the concept at the layers it erased; the random
+    # projection of the same rank leaves most of it.
+    concept_auc = summary["arms"]["concept"]["stages"][1]["readable"]
+    random_auc = summary["arms"]["random"]["stages"][1]["readable"]
+    assert max(concept_auc.values()) < min(random_auc.values())
 
 
 @pytest.mark.slow

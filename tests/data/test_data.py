@@ -258,7 +258,7 @@ def test_embedded_corpus_probe_split_through_load_and_encode(tiny_gpt2):
     # Without n_probe the probe split is empty, and asking to encode it says why.
     plain = load_corpus(n_train=5, n_validation=5, seed=4)
     assert plain.probe == []
-    with pytest.raises(NeuroplasticError, match="no probe split"):
+    with pytest.raises(NeuroplasticError, match=r"no probe split: load it with .*n_probe=N"):
         encode_split(plain, tiny_gpt2.tokenizer, "probe")
     with pytest.raises(NeuroplasticError, match="unknown split 'name'"):
         encode_split(plain, tiny_gpt2.tokenizer, "name")

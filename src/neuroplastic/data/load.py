@@ -70,10 +70,12 @@ def encode_split(
     if limit is not None and limit <= 0:
         raise NeuroplasticError(f"the sentence limit must be positive; got {limit}")
     if split == "probe" and not corpus.probe:
-        raise NeuroplasticError(
-            f"the {corpus.name} corpus has no probe split (only the embedded corpus has one); "
-            "take probe sentences from its train split"
+        how = (
+            "load it with load_corpus('embedded', n_probe=N) for N probe sentences of their own"
+            if corpus.name == EMBEDDED
+            else "only the embedded corpus has one; take probe sentences from its train split"
         )
+        raise NeuroplasticError(f"the {corpus.name} corpus has no probe split: {how}")
     sentences = getattr(corpus, split)[start:]
     if limit is not None:
         sentences = sentences[:limit]

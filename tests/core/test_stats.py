@@ -183,7 +183,7 @@ def test_the_dense_and_sparse_top_k_merges_agree_exactly(model_name, corpus, req
 
 def test_folding_several_batches_into_one_merge_keeps_the_same_tokens_ties_included():
     """The sparse merge keeps the tokens above each neuron's k-th value and merges those of
-    several batches at once: the buffers, values and which tokens (the earlier of equal
+    several batches at once: the buffers, values and which tokens (the same ones among equal
     values), equal to merging every batch as it comes, on a stream full of ties."""
     from neuroplastic.core.stats import _TopK
 
@@ -193,7 +193,7 @@ def test_folding_several_batches_into_one_merge_keeps_the_same_tokens_ties_inclu
         _TopK(n_layers, d_mlp, k, torch.device("cpu"), merge="sparse", fold=fold)
         for fold in (0, 10_000)
     )
-    seen = 0
+    seen, stream, metas = 0, [], []
     for batch in range(40):
         n = int(torch.randint(1, 30, (1,), generator=generator))
         acts = torch.randint(0, 12, (n, d_mlp), generator=generator).float()  # many ties
@@ -203,12 +203,25 @@ def test_folding_several_batches_into_one_merge_keeps_the_same_tokens_ties_inclu
         for top in (every, folded):
             for layer in range(n_layers):
                 top.update(layer, acts + layer, meta, full=seen >= k)
+        stream.append(acts)
+        metas.append(meta)
         seen += n
     assert any(folded._pending_size)  # something was still waiting to be merged
     (v1, m1), (v2, m2) = every.result(seen), folded.result(seen)
     assert torch.equal(v1, v2) and torch.equal(m1, m2)
-    # and both are the stream's top k, earlier tokens first among equal values
-    assert torch.equal(v1[0, 0], v1[0, 0].sort(descending=True).values)
+    # Both are the whole stream's top k: by hand, a sort of every token of the stream at once,
+    # per neuron; and each kept token (batch, row) is a distinct token of the stream that had
+    # that value. (Which of several tied tokens a batch's own top-k keeps is torch.topk's
+    # choice, so the tokens are checked against their values, not against a tie order.)
+    stream, metas = torch.cat(stream), torch.cat(metas)
+    row_of = {(int(b), int(r)): i for i, (b, r) in enumerate(metas[:, :2].tolist())}
+    for layer in range(n_layers):
+        assert torch.equal(v1[layer], (stream + layer).sort(dim=0, descending=True).values[:k].T)
+        for neuron in range(d_mlp):
+            kept = [row_of[(int(b), int(r))] for b, r, *_ in m1[layer, neuron].tolist()]
+            assert len(set(kept)) == k
+            assert torch.equal(stream[kept, neuron] + layer, v1[layer, neuron])
+            assert torch.equal(m1[layer, neuron], metas[kept])
 
 
 def test_the_side_stream_runs_work_in_place_off_cuda(tiny_gpt2, corpus):

@@ -110,7 +110,7 @@ def half_ranking(run, arm, stage, half):
     return Ranking.from_stats(run.stage_halves(arm, stage)[half], "LOC", tiny_config().method)
 
 
-def test_the_halves_split_the_probe_sentences_and_merge_into_the_stage(predicted):
+def test_the_halves_split_the_probe_sentences_and_merge_into_the_stage(predicted, tmp_path):
     out, _ = predicted
     run = RunDir(out)
     split = split_probe(len(run.sentences()), tiny_config().seed)
@@ -125,6 +125,24 @@ def test_the_halves_split_the_probe_sentences_and_merge_into_the_stage(predicted
         torch.testing.assert_close(halves["predict"].sum + halves["truth"].sum, full.sum)
         # each half's token count is its sentences' (the statistics are per sentence)
         assert 0 < int(halves["predict"].count.sum()) < int(full.count.sum())
+    # By hand from the run's own encoding of its probe sentences: the predict half counts the
+    # tokens of each label in its sentences, and its top tokens come from them alone.
+    from neuroplastic.config import ExperimentConfig
+    from neuroplastic.experiment.pipeline import _setup
+    from neuroplastic.store.checkpoint import Checkpointer
+
+    setup = _setup(ExperimentConfig.load(run.config_path), Checkpointer(RunDir(tmp_path / "s")),
+                   False, quiet)  # fmt: skip
+    tokens = setup.model.tokenizer.convert_ids_to_tokens
+    assert [tokens(e.token_ids) for e in setup.probe_data.encoded] == run.sentences()
+    for half, sentences in (("predict", split.predict), ("truth", split.truth)):
+        stats = run.stage_halves("concept", "base")[half]
+        counts = torch.zeros_like(stats.count)
+        for i in sentences:
+            labels = torch.tensor(setup.probe_data.encoded[i].concept_labels)
+            counts += torch.bincount(labels[labels >= 0], minlength=len(counts))
+        assert torch.equal(stats.count, counts)
+        assert set(stats.top_sentence.unique().tolist()) <= set(sentences)
 
 
 def hand_auc(scores, positive):

@@ -39,22 +39,28 @@ def test_rank_prints_and_writes_every_neuron(cli, tmp_path):
     assert len(neurons[0]["top_tokens"]) == 10
 
 
-def test_rank_on_a_conll_file_with_smd(cli, tmp_path):
+def test_rank_on_a_conll_file_with_smd(cli, tmp_path, tiny_bert):
+    from neuroplastic.core.ranking import Ranking
+    from neuroplastic.core.stats import collect_stats
+    from neuroplastic.data.conll import read_conll
+    from neuroplastic.data.load import encode_split
+
     path = tmp_path / "data.txt"
     path.write_text(CONLL * 3)
+    out = tmp_path / "rank.json"
     code, stdout, _ = cli(
-        "rank",
-        "--model",
-        "tiny-bert",
-        "--dataset",
-        str(path),
-        "--method",
-        "smd",
-        "--split",
-        "train",
-        "--quiet",
-    )
+        "rank", "--model", "tiny-bert", "--dataset", str(path), "--method", "smd",
+        "--split", "train", "--top", "5", "--json", str(out), "--quiet",
+    )  # fmt: skip
     assert code == 0 and "smd saliency for LOC" in stdout
+    # The library's own path on the same sentences: the same neurons in the same order, and
+    # the printed top five are its first five.
+    data = encode_split(read_conll(path), tiny_bert.tokenizer, "train")
+    ranking = Ranking.from_stats(collect_stats(tiny_bert, data, progress=False), "LOC", "smd")
+    ranked = [n for n in json.loads(out.read_text())["neurons"] if n["rank"] is not None]
+    assert [(n["layer"], n["neuron"]) for n in ranked] == ranking.top(ranking.n_alive)
+    printed = [tuple(map(int, line.split()[1:3])) for line in stdout.splitlines()[2:7]]
+    assert printed == ranking.top(5)
 
 
 @pytest.mark.parametrize(

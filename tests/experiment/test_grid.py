@@ -186,8 +186,9 @@ def test_axis_differences_pair_each_value_with_the_first_per_seed():
             "f1": {"base": {"LOC": base, "overall": 0.5}, "pruned": {"LOC": base - drop}},
         }
 
-    def run(*concept):
-        return {"arms": {"concept": arm(*concept), "random": arm(0.01, 1.0, 0.9)}}
+    def run(*concept, base_steps=500):
+        arms = {"concept": arm(*concept), "random": arm(0.01, 1.0, 0.9)}
+        return {"base": {"steps": base_steps, "stopped": "plateau"}, "arms": arms}
 
     settings = {
         "a": {"mode": "hold", "group": 0},
@@ -196,12 +197,17 @@ def test_axis_differences_pair_each_value_with_the_first_per_seed():
     }
     measured = {
         "a": {0: run(0.90, 5.0, 0.97), 1: run(0.80, 6.0, 0.95), 2: run(0.85, 5.5, 0.96)},
-        "b": {0: run(0.86, 5.5, 0.95), 1: run(0.78, None, 0.94), 3: run(0.1, 1.0, 0.5)},
+        "b": {
+            0: run(0.86, 5.5, 0.95, base_steps=450),
+            1: run(0.78, None, 0.94),
+            3: run(0.1, 1.0, 0.5),
+        },
         "c": {0: run(0.5, 1.0, 0.5)},
     }
     (case,) = sweep.axis_differences(measured, settings, "group")
     assert (case["reference"], case["value"], case["cells"]) == (0, 50, ["a", "b"])
     assert case["fixed"] == {"mode": "hold"} and case["seeds"] == [0, 1]  # the seeds both have
+    assert case["base_steps"]["values"] == [-50.0, 0.0]
     concept = case["arms"]["concept"]
     # By hand: b - a per seed is -0.04 and -0.02; mean -0.03, sd 0.01414, t(0.975, 1) = 12.706.
     drop = concept["drop_at_pruning"]

@@ -340,6 +340,17 @@ def axis_differences(
                     "value": settings[cell][axis],
                     "cells": [reference, cell],
                     "seeds": seeds,
+                    # base fine-tuning's steps to its plateau (a setting that changes training
+                    # can change when the base stops)
+                    "base_steps": paired(
+                        [
+                            _minus(
+                                measured[cell][s]["base"].get("steps"),
+                                measured[reference][s]["base"].get("steps"),
+                            )
+                            for s in seeds
+                        ]
+                    ),
                     "arms": {
                         arm: _arm_difference([t[arm] for t in treated], [c[arm] for c in control])
                         for arm in arms

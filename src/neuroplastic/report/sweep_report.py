@@ -456,12 +456,15 @@ def _along_axis(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
                 for measure in sweep["measures"]:
                     column[measure] = as_text(measured[measure])
             fixed = ", ".join(f"{k}={v}" for k, v in case["fixed"].items())
+            steps = case.get("base_steps")
+            steps = f"; base fine-tuning steps {as_text(steps)}" if steps else ""
             page.table(
                 pd.DataFrame(table),
                 caption=(
                     f"{axis}={case['value']} minus {axis}={case['reference']} ({fixed}), per seed "
                     f"then across seeds {case['seeds']}: mean [95% interval] of the paired "
-                    "difference, and whether it lies within the measure's equivalence margin"
+                    "difference, and whether it lies within the measure's equivalence "
+                    f"margin{steps}"
                 ),
                 float_format=None,
             )

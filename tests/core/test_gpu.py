@@ -51,15 +51,23 @@ def test_training_on_the_gpu_keeps_held_neurons_at_zero(corpus, dtype):
         losses = trainer.run(5, progress=False)
         batch = dataset.collate(list(range(8)))
         captured = {}
-        with model.hooks(
-            fwd_hooks=[(mlp_hook_name(1), lambda a, hook: captured.setdefault("act", a))]
-        ):
+
+        def keep(layer):
+            return lambda activation, hook: captured.setdefault(layer, activation)
+
+        with model.hooks(fwd_hooks=[(mlp_hook_name(layer), keep(layer)) for layer in (0, 1)]):
             run_forward(model, batch.tokens, batch.attention_mask, stop_at=mlp_hook_name(1))
+        stats = collect_stats(model, dataset, batch_size=8, top_k=3, progress=False)
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert captured["act"].dtype == getattr(torch, dtype)
-    assert (captured["act"][..., [5, 7]] == 0).all()
-    stats = collect_stats(model, dataset, batch_size=8, top_k=3, progress=False)
+    first, second = captured[0], captured[1]
+    assert second.dtype == getattr(torch, dtype)
+    assert (first[..., 1] == 0).all() and (second[..., [5, 7]] == 0).all()
+    assert (first[..., 0] != 0).any() and (second[..., 6] != 0).any()  # the others still fire
+    # every held neuron, after five steps: no activation, so nothing in its statistics
+    mask = neurons.mask()
     assert stats.sum.dtype == torch.float64 and torch.isfinite(stats.sum).all()
+    assert (stats.sum[:, mask] == 0).all() and (stats.top_values[mask] == 0).all()
+    assert (stats.sum[:, ~mask] != 0).any()
 
 
 def test_the_sparse_top_k_merge_on_the_gpu_equals_the_dense_one(corpus):

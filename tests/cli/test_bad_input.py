@@ -201,6 +201,39 @@ def test_output_files_that_are_directories_are_refused_before_any_work(tmp_path,
     assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
 
 
+def test_output_files_something_else_wrote_are_never_overwritten(tmp_path, capsys):
+    """A dataset, a run's summary, someone's notes: refused before any work, left as they
+    were; a file the same command wrote before is replaced, as a rerun expects."""
+    data = tmp_path / "data.txt"
+    data.write_text("Paris B-LOC\nis O\n\nAnn B-PER\nlives O\nin O\nRome B-LOC\n" * 3)
+    summary = tmp_path / "summary.json"
+    summary.write_text('{"config": {}, "arms": {}}')
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html><head><title>mine</title></head></html>")
+    before = {path: path.read_bytes() for path in (data, summary, notes)}
+    rank = ["rank", "--model", "tiny-bert", "--dataset", str(data), "--split", "train", "--quiet"]
+    view = ["view", "--model", "tiny-bert", "--dataset", str(data), "--split", "train",
+            "--neurons", "0:1", "--quiet"]  # fmt: skip
+    for args in (
+        [*rank, "--json", str(data)],
+        [*rank, "--json", str(summary)],
+        [*view, "--out", str(data)],
+        [*view, "--out", str(notes)],
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{args[-1]} exists and is not a" in err and "not overwritten" in err, err
+    assert {path: path.read_bytes() for path in before} == before
+    # Their own earlier output they replace.
+    ranking, page = tmp_path / "rank.json", tmp_path / "view.html"
+    for _ in range(2):
+        assert main([*rank, "--json", str(ranking)]) == 0
+        assert main([*view, "--out", str(page)]) == 0
+    capsys.readouterr()
+    assert json.loads(ranking.read_text())["neurons"]
+    assert '<meta name="generator" content="neuroplastic view">' in page.read_text()
+
+
 def test_a_non_utf8_config_file_is_refused(tmp_path, capsys):
     config = tmp_path / "config.json"
     data = b'{"seed": 1, "concept": "L\xd6C"}'

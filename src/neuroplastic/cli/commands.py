@@ -6,13 +6,17 @@ Every user-facing failure is a ``NeuroplasticError``, printed as one line with e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from neuroplastic.config import RANKER_NAMES  # light: building the parser never imports torch
+
+#: the keys of ``rank --json``'s file (:meth:`neuroplastic.api.RankResult.to_json`)
+RANK_JSON_KEYS = frozenset({"model", "concept", "method", "n_layers", "d_mlp", "neurons"})
 
 
 def _setting_metadata() -> dict[str, Any]:
@@ -411,11 +415,36 @@ def _choice_list(allowed: Sequence[str]):
     return parse
 
 
-def _check_file_target(path: Path, flag: str) -> None:
+def _check_file_target(path: Path, flag: str, ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse a directory, and an existing file that ``ours`` does not recognise as this
+    command's own output (``what``): a dataset, a run's results or someone's notes would be
+    lost. A file the command wrote before is replaced, as a rerun expects."""
     from neuroplastic.errors import NeuroplasticError
 
     if path.is_dir():
         raise NeuroplasticError(f"{flag} {path} is a directory; give a file path")
+    if path.exists():
+        try:
+            recognised = ours(path)
+        except (OSError, ValueError):
+            recognised = False
+        if not recognised:
+            raise NeuroplasticError(
+                f"{flag} {path} exists and is not {what}: not overwritten; give a new path, or "
+                "move that file away first"
+            )
+
+
+def _is_rank_json(path: Path) -> bool:
+    with open(path, encoding="utf-8") as file:
+        written = json.load(file)
+    return isinstance(written, dict) and RANK_JSON_KEYS <= set(written)
+
+
+def _is_view_page(path: Path) -> bool:
+    from neuroplastic.report.html import VIEW_GENERATOR, generated_by
+
+    return generated_by(path, VIEW_GENERATOR)
 
 
 def positive_int(text: str) -> int:
@@ -646,7 +675,7 @@ def _view(args: argparse.Namespace) -> int:
     from neuroplastic.data.load import encode_split, load_corpus
     from neuroplastic.report.views import write_neuron_view_page
 
-    _check_file_target(args.out, "--out")
+    _check_file_target(args.out, "--out", _is_view_page, "a page `neuroplastic view` wrote")
     model = load_model(args.model, device=args.device)
     n_layers, d_mlp = check_mlp_hooks(model)
     neurons = NeuronSet.parse(args.neurons, n_layers, d_mlp)
@@ -670,7 +699,10 @@ def _rank(args: argparse.Namespace) -> int:
     from neuroplastic.io import atomic_write_json
 
     if args.json:
-        _check_file_target(args.json, "--json")  # before the work, not after it
+        # before the work, not after it
+        _check_file_target(
+            args.json, "--json", _is_rank_json, "a ranking `neuroplastic rank` wrote"
+        )
     result = rank_neurons(
         model=args.model,
         dataset=args.dataset,

@@ -283,6 +283,18 @@ def _plotly_js() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+#: every page's ``<meta name="generator">``, and that of ``neuroplastic view``'s pages
+GENERATOR = "neuroplastic"
+VIEW_GENERATOR = "neuroplastic view"
+
+
+def generated_by(path: str | Path, generator: str) -> bool:
+    """Whether the HTML file at ``path`` says ``generator`` wrote it (its head, read alone)."""
+    with open(path, "rb") as file:
+        head = file.read(4096).decode("utf-8", errors="replace")
+    return f'<meta name="generator" content="{_html.escape(generator)}">' in head
+
+
 class HtmlPage:
     """An HTML report built block by block and written as one self-contained file.
 
@@ -290,10 +302,13 @@ class HtmlPage:
     the same content always gives the same bytes.
     """
 
-    def __init__(self, title: str, *, id_prefix: str = "np") -> None:
+    def __init__(self, title: str, *, id_prefix: str = "np", generator: str = GENERATOR) -> None:
+        """``generator``: the page's ``<meta name="generator">``, which says what wrote it (a
+        command refuses to overwrite a file some other thing wrote)."""
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", id_prefix):
             raise ValueError(f"id_prefix must be a CSS identifier, got {id_prefix!r}")
         self.title = title
+        self.generator = generator
         self._id_prefix = id_prefix
         self._next_id = 0
         self._stack: list[list[str]] = [[]]
@@ -426,7 +441,7 @@ class HtmlPage:
             "<head>",
             '<meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            '<meta name="generator" content="neuroplastic">',
+            f'<meta name="generator" content="{_html.escape(self.generator)}">',
             f"<title>{title}</title>",
             f"<style>\n{CSS}</style>",
         ]

@@ -40,7 +40,7 @@ from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import NeuronStats, collect_stats
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.report.html import HtmlPage, text_neuron_activations_props
+from neuroplastic.report.html import VIEW_GENERATOR, HtmlPage, text_neuron_activations_props
 
 __all__ = [
     "NeuronExamples",
@@ -438,7 +438,9 @@ class NeuronView:
 
     def page(self) -> HtmlPage:
         """A standalone page of the views."""
-        page = HtmlPage(self.title or f"Neuron views: {', '.join(self._labels())}")
+        page = HtmlPage(
+            self.title or f"Neuron views: {', '.join(self._labels())}", generator=VIEW_GENERATOR
+        )
         self.add_to(page)
         return page
 

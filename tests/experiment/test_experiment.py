@@ -350,6 +350,30 @@ def test_probe_and_training_sentences_never_overlap(tmp_path):
     assert setup.data_overlap["validation_seen_in_train"]["LOC"]["seen"] > 0
 
 
+def test_a_run_whose_data_changed_is_not_resumed(tmp_path):
+    """Its stages describe other sentences: refused, its record of them left as it was; with
+    the data restored, it goes on."""
+    lines = []
+    for i in range(60):
+        lines += [f"Paris B-LOC\nis{i} O\nbig O\n. O\n"]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.txt").write_text("\n".join(lines))
+    (data / "validation.txt").write_text("\n".join(lines[:50]))
+    config = tiny_config(dataset=str(data), train_sentences=40, probe_sentences=20)
+    run = RunDir(tmp_path / "run")
+    experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    recorded = run.sentences_path.read_bytes()
+    original = (data / "train.txt").read_text()
+    (data / "train.txt").write_text(original.replace("big", "small"))
+    with pytest.raises(NeuroplasticError, match=r"changed since the run in .*: 20 of its 20 probe"):
+        experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    assert run.sentences_path.read_bytes() == recorded
+    (data / "train.txt").write_text(original)
+    experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    assert run.sentences_path.read_bytes() == recorded
+
+
 def test_a_dense_concept_set_gets_no_overlapping_control(tmp_path):
     dense = NeuronSet.of(2, 64, [(0, n) for n in range(60)] + [(1, 5)])
     with pytest.raises(NeuroplasticError, match=r"layer 0 has 60 of its 64.*random-global"):

@@ -94,6 +94,7 @@ from neuroplastic.experiment.summary import build_summary
 from neuroplastic.io import atomic_write_json
 from neuroplastic.progress import report_line
 from neuroplastic.store.checkpoint import Checkpointer, load_weights
+from neuroplastic.store.manifest import CorruptFile
 from neuroplastic.store.repair import Recompute, recover
 from neuroplastic.store.rundir import (
     RunDir,
@@ -372,6 +373,30 @@ CONLL2003_TRAIN_SENTENCES = 14_041
 
 
 # -- set-up ------------------------------------------------------------------------------------
+def _check_same_sentences(run: RunDir, tokens: list[list[str]], dataset: str) -> None:
+    """Refuse to resume (or rerun) a run whose data changed since it began: its stored stages
+    describe other sentences, and rewriting its record of them would hide that."""
+    if not run.sentences_path.is_file():
+        return
+    try:
+        recorded = run.sentences()
+    except CorruptFile:  # rewritten below, as a derived file
+        return
+    if recorded == tokens:
+        return
+    changed = [i for i, (a, b) in enumerate(zip(recorded, tokens, strict=False)) if a != b]
+    where = (
+        f"{len(changed)} of its {len(recorded)} probe sentences differ (the first: sentence "
+        f"{changed[0]})"
+        if changed
+        else f"it had {len(recorded)} probe sentences, the data now gives {len(tokens)}"
+    )
+    raise NeuroplasticError(
+        f"the data ({dataset}) changed since the run in {run.path} began: {where}; restore the "
+        "data it was made with to resume it, or give a new --out"
+    )
+
+
 def _setup(
     config: ExperimentConfig, store: Checkpointer, progress: bool, log, device: str | None = None
 ) -> Setup:
@@ -430,7 +455,9 @@ def _setup(
     module = TokenClassifier(model, len(train_data.tag_names)) if config.task == "ner" else model
     module.to(model_device(model))  # the head joins the model (its first device under a map)
     if distributed.is_main():
-        store.run.write_sentences([probe_data.token_strings(i) for i in range(len(probe_data))])
+        tokens = [probe_data.token_strings(i) for i in range(len(probe_data))]
+        _check_same_sentences(store.run, tokens, config.dataset)
+        store.run.write_sentences(tokens)
         _write_token_embeddings(store.run, model, probe_data)
     base_steps, stage_steps = config.steps(len(train_data))
     relearned = relearn_data(train_data, config)  # refuses an empty retain set up front

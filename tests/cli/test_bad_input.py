@@ -292,6 +292,32 @@ def test_report_on_a_sweep_directory_rebuilds_the_sweep_report(capsys, tmp_path)
     assert "<title>Does LOC stay removed? embedded, seeds [0, 1, 2, 3, 4]</title>" in page
 
 
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b'{"config": {"concept": "LO', "is corrupt or truncated"),
+        (b"", "is corrupt or truncated"),
+        (b"\xff\xfe", "is corrupt or truncated"),
+        (b"[]", "is not a sweep's summary (no config, seeds"),
+        (b'{"config": {}}', "is not a sweep's summary (no seeds, modes"),
+    ],
+)
+def test_report_on_a_damaged_sweep_json_says_how_to_rewrite_it(capsys, tmp_path, content, says):
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "hold-selectivity" / "seed-0").mkdir(parents=True)
+    (sweep_dir / "hold-selectivity" / "seed-0" / "config.json").write_text("{}")
+    (sweep_dir / "sweep.json").write_bytes(content)
+    assert main(["report", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert f"rerun the `neuroplastic sweep --out {sweep_dir} --seeds ...` command" in err
+    assert (sweep_dir / "sweep.json").read_bytes() == content  # left for the rerun to rewrite
+    (sweep_dir / "sweep.json").unlink()
+    assert main(["report", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "not found: the sweep has not aggregated its runs" in err and "--only-finished" in err
+
+
 def test_every_bound_is_declared_once_and_checked_at_its_edges():
     """Each numeric setting's bound is its field's metadata: a value just inside it is
     accepted, one just outside refused with the bound in words, and the command line's

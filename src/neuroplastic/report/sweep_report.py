@@ -23,12 +23,28 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.report import sweep_figures
 from neuroplastic.report.html import HtmlPage
 
+#: what every sweep.json has (:func:`neuroplastic.experiment.sweep.run_sweep`)
+SWEEP_KEYS = ("config", "seeds", "modes", "methods", "measures", "cells")
+
 
 def write_sweep_report(sweep_dir: str | Path) -> Path:
     path = Path(sweep_dir) / "sweep.json"
+    rerun = (
+        f"rerun the `neuroplastic sweep --out {sweep_dir} --seeds ...` command that made its runs, "
+        "with the same settings (finished runs are skipped; add --only-finished to aggregate "
+        "only those already done)"
+    )
     if not path.is_file():
-        raise NeuroplasticError(f"{path} not found: run `neuroplastic sweep --out {sweep_dir}`")
-    sweep = json.loads(path.read_text())
+        raise NeuroplasticError(f"{path} not found: the sweep has not aggregated its runs; {rerun}")
+    try:
+        sweep = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NeuroplasticError(f"{path} is corrupt or truncated ({error}); {rerun}") from None
+    missing = [key for key in SWEEP_KEYS if not isinstance(sweep, dict) or key not in sweep]
+    if missing:
+        raise NeuroplasticError(
+            f"{path} is not a sweep's summary (no {', '.join(missing)}); {rerun}"
+        )
     return build_sweep_report(sweep).write(Path(sweep_dir) / "report.html")
 
 

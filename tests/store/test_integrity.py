@@ -310,6 +310,19 @@ def test_report_of_an_unfinished_run_names_the_missing_stages(killed, tmp_path, 
     assert RunDir(out).stages("random") == ["base", "pruned"]
 
 
+def test_report_of_a_run_with_an_arm_at_its_base_alone_leaves_that_arm_out(tmp_path, cli):
+    out = killed_run(tmp_path / "run", "random", "pruned")
+    run = RunDir(out)
+    assert run.stages("random") == ["base"] and len(run.stages("concept")) > 1
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert code == 0 and "Unfinished run" in stderr
+    expected = (
+        "The random arm has only its base stage so far and is left out; rerun `neuroplastic "
+        f"run --out {out}` to finish it."
+    )
+    assert any(shown.endswith(">" + expected) for shown in _warnings_on_page(out))
+
+
 def test_report_says_a_deleted_stage_file_left_its_stage_out(finished, tmp_path, cli):
     out = copy(finished[0], tmp_path)
     (out / "stages/concept/retrain-1/stats.safetensors").unlink()

@@ -130,7 +130,18 @@ def _build_report(
     arms = [arm for arm in run.arms() if run.stages(arm)]
     if not arms:
         raise NeuroplasticError(f"{run.path}: no arm has stage artifacts yet; nothing to report")
-    warnings = run_warnings(run)
+    # An interrupted run: an arm at its base alone has nothing to compare yet.
+    at_base = [arm for arm in arms if len(run.stages(arm)) < 2]
+    arms = [arm for arm in arms if arm not in at_base]
+    finish = f"rerun `neuroplastic run --out {run.path}` to finish it"
+    if not arms:
+        raise NeuroplasticError(
+            f"{run.path}: no arm is past its base stage yet, nothing to compare; {finish}"
+        )
+    warnings = [
+        f"The {arm} arm has only its base stage so far and is left out; {finish}."
+        for arm in at_base
+    ] + run_warnings(run)
     loaded = {arm: ArmRun.load(run, arm) for arm in arms}
     some = next(iter(loaded.values()))
     n_total = some.stages[some.first].ranking.scores.numel()

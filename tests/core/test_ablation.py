@@ -107,6 +107,8 @@ def test_weight_pruning_silences_neurons_without_hooks(tiny_model, batch):
 def test_neuron_set_must_fit_the_model(tiny_gpt2):
     with pytest.raises(NeuroplasticError, match="2 x 64"):
         ablate(tiny_gpt2, NeuronSet.of(3, 64, [(2, 0)]))
+    with pytest.raises(NeuroplasticError, match=r"a NeuronSet, got a set: .*NeuronSet.of\(2, 64"):
+        ablate(tiny_gpt2, {(0, 1)})
 
 
 def test_model_without_mlp_hooks_is_refused():

@@ -179,6 +179,14 @@ def test_the_dense_and_sparse_top_k_merges_agree_exactly(model_name, corpus, req
     assert unique_entries(dense) == unique_entries(sparse)  # ties may keep another token
     with pytest.raises(NeuroplasticError, match="merge must be one of auto, dense, sparse"):
         collect_stats(model, dataset, merge="fast", progress=False)
+    for bad, message in [
+        (dict(batch_size=0), "batch_size must be at least 1 sentence; got 0"),
+        (dict(indices=[3, 60, 999]), r"indices \[60, 999\] are outside the dataset's 60"),
+        (dict(indices=[-1]), r"indices \[-1\] are outside"),
+        (dict(indices=[]), "indices name no sentence: give some of the dataset's 60"),
+    ]:
+        with pytest.raises(NeuroplasticError, match=message):
+            collect_stats(model, dataset, progress=False, **bad)
 
 
 def test_folding_several_batches_into_one_merge_keeps_the_same_tokens_ties_included():

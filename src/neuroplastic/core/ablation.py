@@ -38,6 +38,11 @@ class Ablation(HeldHooks):
         permanent: bool = False,
     ) -> None:
         n_layers, d_mlp = check_mlp_hooks(model)
+        if not isinstance(neurons, NeuronSet):
+            raise NeuroplasticError(
+                f"neurons must be a NeuronSet, got a {type(neurons).__name__}: make one with "
+                f"NeuronSet.of({n_layers}, {d_mlp}, [(layer, neuron), ...]) or from a Ranking"
+            )
         if (neurons.n_layers, neurons.d_mlp) != (n_layers, d_mlp):
             raise NeuroplasticError(
                 f"the neuron set is for {neurons.n_layers} layers x {neurons.d_mlp} neurons but "

@@ -541,8 +541,19 @@ def collect_stats(
     the forward (the same results; off until measured faster, benchmarks/bench.py ``--sections
     overlap``). ``taps`` keep the residual stream of the same forwards (which then run on to the
     taps' last hook point, past the last MLP if they read the last layer), for the probes."""
-    collector = StatsCollector(model, dataset.label_names, top_k, merge, overlap, sums)
+    if batch_size < 1:
+        raise NeuroplasticError(f"batch_size must be at least 1 sentence; got {batch_size}")
     order = list(range(len(dataset))) if indices is None else list(indices)
+    outside = [i for i in order if not 0 <= i < len(dataset)]
+    if indices is not None and (not order or outside):
+        raise NeuroplasticError(
+            f"indices name no sentence: give some of the dataset's {len(dataset)} (0 to "
+            f"{len(dataset) - 1}), or None for all"
+            if not order
+            else f"indices {outside[:5]} are outside the dataset's {len(dataset)} sentences "
+            f"(0 to {len(dataset) - 1})"
+        )
+    collector = StatsCollector(model, dataset.label_names, top_k, merge, overlap, sums)
     # Under a data-parallel launcher each process takes its share of the batches.
     order = distributed.shard_batches(order, batch_size)
     n_batches = (len(order) + batch_size - 1) // batch_size

@@ -779,6 +779,13 @@ class ExperimentConfig:
             data = {k: v for k, v in data.items() if k != FORMAT_KEY}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
+        if unknown and len(unknown) == len(data):
+            shown = ", ".join(unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+            raise NeuroplasticError(
+                f"{source} is not a neuroplastic config: none of its keys ({shown}) is a "
+                "setting (a model's or another tool's config.json?); a run directory or "
+                "--config file holds the settings `neuroplastic run --help` lists"
+            )
         if unknown:
             raise NeuroplasticError(
                 f"{source}: unknown setting(s) {', '.join(unknown)}; "

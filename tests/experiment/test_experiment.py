@@ -255,7 +255,11 @@ def test_bad_settings_are_explained():
     with pytest.raises(NeuroplasticError, match="mode must be one of hold, regrow"):
         ExperimentConfig(mode="keep")
     with pytest.raises(NeuroplasticError, match="unknown setting"):
-        ExperimentConfig.from_dict({"modle": "gpt2"})
+        ExperimentConfig.from_dict({"modle": "gpt2", "seed": 1})
+    model_config = {"hidden_size": 8, "model_type": "bert", "vocab_size": 9, "a": 1, "b": 2}
+    with pytest.raises(NeuroplasticError, match=r"not a neuroplastic config: none of its keys "
+                       r"\(a, b, hidden_size, model_type, \.\.\.\) is a setting"):  # fmt: skip
+        ExperimentConfig.from_dict(model_config, source="hf/config.json")
     with pytest.raises(NeuroplasticError, match="fraction must be float, got '0.1'"):
         ExperimentConfig.from_dict({"fraction": "0.1"})
     with pytest.raises(NeuroplasticError, match="stages must be int, got 2.5"):

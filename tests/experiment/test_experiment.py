@@ -117,7 +117,15 @@ def test_resume_after_a_kill_in_any_stage(reference, tmp_path, monkeypatch, arm,
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_gives_the_same_summary(reference, tmp_path):
+@pytest.mark.parametrize(
+    "sent, code, says",
+    [
+        (signal.SIGKILL, -signal.SIGKILL, None),
+        # a scheduler's pre-emption: unwound as an interrupt is, one line, resumable
+        (signal.SIGTERM, 143, "neuroplastic run: terminated; rerun the same command to resume"),
+    ],
+)
+def test_a_signal_then_rerun_gives_the_same_summary(reference, tmp_path, sent, code, says):
     _, expected = reference
     args = [
         sys.executable,
@@ -131,13 +139,16 @@ def test_sigkill_then_rerun_gives_the_same_summary(reference, tmp_path):
     ]
     for name, value in TINY.items():
         args += ["--" + name.replace("_", "-"), str(value)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marker = tmp_path / "state" / "concept" / "pruned.json"
     deadline = time.time() + 120
     while not marker.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, sent)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    if says:  # one line, no traceback
+        assert stderr.strip() == says
     assert not (tmp_path / "summary.json").exists()
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

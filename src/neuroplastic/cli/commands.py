@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,8 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from neuroplastic.progress import quiet
 
     try:
-        with quiet(getattr(args, "quiet", False)):
+        with quiet(getattr(args, "quiet", False)), _terminate_as_interrupt():
             return int(args.handler(args) or 0)
+    except _Terminated:
+        print(
+            f"neuroplastic {args.command}: terminated; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGTERM
     except NeuroplasticError as error:
         print(f"neuroplastic {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -65,6 +73,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler's pre-emption, `kill`) raised where the command is, so that it
+    unwinds as an interrupt does: locks released, the stages written so far kept."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread (a handler can only be set there): leave it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -64,19 +64,25 @@ def test_every_set_has_the_truths_size_and_holds_only_candidates():
     )
 
 
+def carrier_fires(model, dataset) -> bool:
+    """Whether neuron (1, 5), the planted concept's carrier, fires on the dataset's sentences
+    as the model now runs (its own activations: only ablation hooks can silence it)."""
+    captured = {}
+    name = mlp_hook_name(1)
+    hook = (name, lambda act, hook: captured.setdefault("act", act.detach()))
+    batch = dataset.collate(list(range(len(dataset))))
+    with model.hooks(fwd_hooks=[hook]):
+        run_forward(model, batch.tokens, batch.attention_mask, stop_at=name)
+    return bool(captured["act"][..., 5].abs().sum() > 0)
+
+
 def test_the_damage_is_the_score_lost_with_each_set_ablated(tiny_model, corpus, monkeypatch):
     """A planted concept: the evaluation's F1 is 0.9 while neuron (1, 5) fires and 0.3 once it
     is zeroed, read from the model's own activations, so only the ablation hooks can move it."""
     data = encode_split(corpus, tiny_model.tokenizer, "validation", limit=4)
 
     def fake_evaluate(module, dataset, task, concept, progress=False, **_):
-        captured = {}
-        name = mlp_hook_name(1)
-        hook = (name, lambda act, hook: captured.setdefault("act", act.detach()))
-        batch = dataset.collate(list(range(len(dataset))))
-        with tiny_model.hooks(fwd_hooks=[hook]):
-            run_forward(tiny_model, batch.tokens, batch.attention_mask, stop_at=name)
-        fires = bool(captured["act"][..., 5].abs().sum() > 0)
+        fires = carrier_fires(tiny_model, dataset)
         return Evaluation({"f1": {concept: 0.9 if fires else 0.3, "PER": 0.8, "overall": 0.85}})
 
     monkeypatch.setattr(causal, "evaluate", fake_evaluate)
@@ -100,16 +106,10 @@ def test_for_language_modelling_the_damage_is_the_loss_gained(tiny_gpt2, corpus,
     # A planted concept loss: 2.0 while neuron (1, 5) fires, 3.5 once it is zeroed. Ablating
     # it gains 1.5 of loss: a positive damage, as F1 lost is for tagging.
     data = encode_split(corpus, tiny_gpt2.tokenizer, "validation", limit=4)
-    name = mlp_hook_name(1)
 
     def fake_evaluate(module, dataset, task, concept, progress=False, **_):
         assert task == "lm"
-        captured = {}
-        hook = (name, lambda act, hook: captured.setdefault("act", act.detach()))
-        batch = dataset.collate(list(range(len(dataset))))
-        with tiny_gpt2.hooks(fwd_hooks=[hook]):
-            run_forward(tiny_gpt2, batch.tokens, batch.attention_mask, stop_at=name)
-        fires = bool(captured["act"][..., 5].abs().sum() > 0)
+        fires = carrier_fires(tiny_gpt2, dataset)
         return Evaluation({"lm_loss": {"concept": 2.0 if fires else 3.5, "other": 1.0}})
 
     monkeypatch.setattr(causal, "evaluate", fake_evaluate)

@@ -250,6 +250,16 @@ def run_sweep(
     return result
 
 
+def _along(settings: dict[str, dict[str, Any]], axis: str) -> list[list[str]]:
+    """The cells grouped by every setting but ``axis``, each group in grid order: cells that
+    differ in ``axis`` alone."""
+    groups: dict[tuple, list[str]] = {}
+    for cell, values in settings.items():
+        rest = tuple((k, repr(v)) for k, v in values.items() if k != axis)
+        groups.setdefault(rest, []).append(cell)
+    return list(groups.values())
+
+
 def best_cases(
     measured: dict[str, dict[int, dict[str, Any]]],
     settings: dict[str, dict[str, Any]],
@@ -261,12 +271,8 @@ def best_cases(
     got there is censored at the smallest budget) and the one that ended with the highest
     concept F1, then both across seeds. The choice is made per seed, after the fact: an upper
     bound on what a retrainer who tunes ``axis`` gets."""
-    groups: dict[tuple, list[str]] = {}
-    for cell, values in settings.items():
-        rest = tuple((k, repr(v)) for k, v in values.items() if k != axis)
-        groups.setdefault(rest, []).append(cell)
     cases = []
-    for cells in groups.values():
+    for cells in _along(settings, axis):
         if len(cells) < 2:
             continue
         seeds = sorted(set.intersection(*(set(measured[c]) for c in cells)))
@@ -319,12 +325,8 @@ def axis_differences(
     interval, the difference 80% power would detect and, for a measure with one, the
     equivalence test against :data:`MARGINS`). Seeds pair because a seed fixes the data, the
     split and the order of the batches in every cell."""
-    groups: dict[tuple, list[str]] = {}
-    for cell, values in settings.items():
-        rest = tuple((k, repr(v)) for k, v in values.items() if k != axis)
-        groups.setdefault(rest, []).append(cell)
     cases = []
-    for cells in groups.values():
+    for cells in _along(settings, axis):
         reference = cells[0]
         for cell in cells[1:]:
             seeds = sorted(set(measured[reference]) & set(measured[cell]))

@@ -1,4 +1,5 @@
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -387,6 +388,37 @@ def test_a_run_whose_data_changed_is_not_resumed(tmp_path):
     (data / "train.txt").write_text(original)
     experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
     assert run.sentences_path.read_bytes() == recorded
+    # Validation sentences are not in sentences.json: data.json tells.
+    fingerprint = json.loads(run.data_path.read_text())
+    assert fingerprint["train"]["sentences"] == 40 and fingerprint["probe"]["sentences"] == 20
+    expected = hashlib.sha256()
+    for line in lines[: config.validation_sentences]:  # 32 of the file's 50
+        words, tags = zip(*(pair.split() for pair in line.strip().splitlines()), strict=True)
+        expected.update(json.dumps([words, tags]).encode() + b"\n")
+    validation = fingerprint["validation"]
+    assert validation == {"sentences": 32, "sha256": expected.hexdigest()}
+    (data / "validation.txt").write_text("\n".join(lines[:50]).replace("is3 ", "was3 "))
+    with pytest.raises(NeuroplasticError, match=r"changed .*: the 32 validation sentences differ"):
+        experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    (data / "validation.txt").write_text("\n".join(lines[:31]))
+    with pytest.raises(NeuroplasticError, match=r"32 validation sentences then, 31 now; restore"):
+        experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    assert json.loads(run.data_path.read_text()) == fingerprint
+
+
+def test_a_run_without_a_readable_data_record_records_it(tmp_path, capsys):
+    """An older run (no data.json) or a damaged one: the data given now is recorded, with a
+    warning for the damaged record, and checked from then on."""
+    config = tiny_config()
+    run = RunDir(tmp_path / "run")
+    experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    recorded = run.data_path.read_bytes()
+    run.data_path.unlink()
+    experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    assert run.data_path.read_bytes() == recorded
+    run.data_path.write_text('{"train": ')
+    experiment._setup(config, experiment.Checkpointer(run), progress=False, log=quiet)
+    assert "data.json" in capsys.readouterr().err and run.data_path.read_bytes() == recorded
 
 
 def test_a_dense_concept_set_gets_no_overlapping_control(tmp_path):

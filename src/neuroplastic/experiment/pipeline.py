@@ -76,6 +76,7 @@ from neuroplastic.core.training import (
     tagging_loss,
 )
 from neuroplastic.data.concept import ConceptDataset
+from neuroplastic.data.fingerprint import changed_splits, fingerprint
 from neuroplastic.data.load import concept_labels, load_corpus
 from neuroplastic.data.overlap import mention_overlap
 from neuroplastic.data.types import NerCorpus, NerSentence
@@ -397,6 +398,28 @@ def _check_same_sentences(run: RunDir, tokens: list[list[str]], dataset: str) ->
     )
 
 
+def _check_same_data(run: RunDir, splits: dict[str, list[NerSentence]], dataset: str) -> None:
+    """Refuse to resume a run whose train, validation or probe sentences changed since it
+    began (data.json); record them when it begins (or when an older run recorded none)."""
+    now = fingerprint(splits)
+    if run.data_path.is_file():
+        try:
+            recorded = run.data_fingerprint()
+        except CorruptFile as error:
+            _warn(f"{error}; recording the data given now, unchecked")
+        else:
+            changes = changed_splits(recorded, now)
+            if changes:
+                raise NeuroplasticError(
+                    f"the data ({dataset}) changed since the run in {run.path} began: "
+                    f"{'; '.join(changes)}; restore the data it was made with to resume it, "
+                    "or give a new --out"
+                )
+            if recorded == now:
+                return
+    run.write_data_fingerprint(now)
+
+
 def _setup(
     config: ExperimentConfig, store: Checkpointer, progress: bool, log, device: str | None = None
 ) -> Setup:
@@ -457,6 +480,9 @@ def _setup(
     if distributed.is_main():
         tokens = [probe_data.token_strings(i) for i in range(len(probe_data))]
         _check_same_sentences(store.run, tokens, config.dataset)
+        _check_same_data(
+            store.run, {"train": train, "validation": validation, "probe": probe}, config.dataset
+        )
         store.run.write_sentences(tokens)
         _write_token_embeddings(store.run, model, probe_data)
     base_steps, stage_steps = config.steps(len(train_data))

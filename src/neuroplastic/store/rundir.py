@@ -8,6 +8,8 @@ DIR/
   metrics.jsonl                    one evaluation per line: {"arm", "stage", "step", "f1", ...}
   neurons/{arm}.json               the ablated NeuronSet of each arm (empty for an erasure)
   removals/{arm}.safetensors       with --removal leace|direction: the erasure each arm holds
+  data.json                        each split's sentence count and SHA-256 of its words and tags
+                                   (neuroplastic.data.fingerprint): a resumption checks it
   sentences.json                   token strings of the sentences the statistics were taken on
   token_embeddings.safetensors     "token_ids" [n] and "embeddings" [n, d_model]: the base
                                    model's input embeddings of every token in those sentences
@@ -172,6 +174,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def data_path(self) -> Path:
+        return self.path / "data.json"
 
     @property
     def sentences_path(self) -> Path:
@@ -356,6 +362,13 @@ class RunDir:
     def sentences(self) -> list[list[str]]:
         return read_run_file(self.sentences_path, json_of(list), self.recomputed_by_rerun())
 
+    def data_fingerprint(self) -> dict[str, Any]:
+        return read_run_file(
+            self.data_path,
+            json_of(dict),
+            "delete it: the next run records the data it is given, unchecked this once",
+        )
+
     def token_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(token_ids [n], embeddings [n, d_model])`` of the base model."""
         from safetensors.torch import load_file
@@ -466,6 +479,9 @@ class RunDir:
         save_file(tensors, str(tmp))
         tmp.replace(path)
         return path
+
+    def write_data_fingerprint(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.data_path, record)
 
     def write_sentences(self, tokens: list[list[str]]) -> None:
         atomic_write_json(self.sentences_path, tokens)

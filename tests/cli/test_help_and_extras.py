@@ -287,6 +287,32 @@ def test_progress_draws_a_bar_on_a_terminal_unless_quiet(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_hugging_face_bars_follow_the_same_rule(capfd, monkeypatch):
+    """transformers' "Loading weights" bar: not in a log file, nor under --quiet, on a terminal
+    as before; each library's switch is left as it was found, one turned off stays off."""
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as transformers_logging
+
+    from neuroplastic.core.models import load_model
+
+    load_model("embedded")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()
+    monkeypatch.setattr(progress_module, "_interactive", lambda: True)
+    load_model("embedded")
+    assert "Loading weights" in capfd.readouterr().err
+    with progress_module.quiet():
+        load_model("embedded")
+    assert "Loading weights" not in capfd.readouterr().err
+    hub.disable_progress_bars()
+    try:
+        with progress_module.quiet(), progress_module.library_bars():
+            assert not transformers_logging.is_progress_bar_enabled()
+        assert hub.are_progress_bars_disabled() and transformers_logging.is_progress_bar_enabled()
+    finally:
+        hub.enable_progress_bars()
+
+
 def test_quiet_is_restored_after_a_command(capsys):
     code = main(["rank", "--model", "./no-such-model", "--quiet"])
     assert code == 2 and "model directory not found" in capsys.readouterr().err

@@ -171,16 +171,25 @@ def test_unknown_label_lists_labels(tiny_gpt2, corpus):
         dataset.label_id("LOCATION")
 
 
-def test_local_hub_style_dataset_directory(tmp_path):
-    """The hub loading path (datasets.load_dataset), fed a local directory instead of a name."""
+def test_local_hub_style_dataset_directory(tmp_path, capfd, monkeypatch):
+    """The hub loading path (datasets.load_dataset), fed a local directory instead of a name.
+    Off a terminal (a log file) datasets draws no bars; on one it does."""
     import json
 
+    from neuroplastic import progress
+
     rows = [{"tokens": ["Ann", "visited", "Oslo"], "ner_tags": ["B-PER", "O", "B-LOC"]}] * 3
-    for split in ("train", "validation"):
-        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    corpus = load_corpus(str(tmp_path))
+    for directory in (tmp_path / "log", tmp_path / "terminal"):
+        directory.mkdir()
+        for split in ("train", "validation"):
+            (directory / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = load_corpus(str(tmp_path / "log"))
     assert corpus.validation[0].tags == ("B-PER", "O", "B-LOC")
     assert corpus.entity_types == ("LOC", "PER")
+    assert "Generating" not in capfd.readouterr().err
+    monkeypatch.setattr(progress, "_interactive", lambda: True)
+    load_corpus(str(tmp_path / "terminal"))  # another directory: its splits generated anew
+    assert "Generating train split" in capfd.readouterr().err
 
 
 def test_bad_encodings_and_tags_are_explained(tmp_path):

@@ -65,8 +65,11 @@ def load_model(
 
 
 def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
+    from neuroplastic.progress import library_bars
+
     try:
-        model = bridge_class.boot_transformers(name, **kwargs)
+        with library_bars():  # transformers' "Loading weights" bar, not in a log file
+            model = bridge_class.boot_transformers(name, **kwargs)
     except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...
         raise NeuroplasticError(
             f"could not load model {name!r}: {error}. Use 'embedded' (offline MiniLM), "

@@ -37,8 +37,11 @@ def load_hf_dataset(name: str) -> NerCorpus:
     """Load a dataset by hub name (needs network unless it is in the local ``datasets`` cache)."""
     import datasets
 
+    from neuroplastic.progress import library_bars
+
     try:
-        dataset = _load_with_parquet_fallback(datasets, name)
+        with library_bars():  # download and "Generating split" bars, not in a log file
+            dataset = _load_with_parquet_fallback(datasets, name)
     except Exception as error:  # the hub raises many unrelated types; all mean "cannot load"
         raise NeuroplasticError(
             f"could not load dataset {name!r} with datasets.load_dataset: {error}. Pass "

@@ -93,6 +93,21 @@ def test_the_erasure_is_fitted_on_the_base_weights_and_saved_with_the_run(leace_
 
 
 @pytest.mark.slow
+def test_every_file_of_a_run_has_the_permissions_of_a_new_file(leace_run):
+    """Readable by whoever the umask lets read a new file (a colleague on a shared file system),
+    the erasure and the report's sentence activations included; and none left half-written."""
+    out, _ = leace_run
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [path for path in out.rglob("*") if path.is_file() and path.name != ".lock"]
+    names = {path.name for path in files}
+    assert {"concept.safetensors", "sentence_activations.safetensors", "data.json"} <= names
+    modes = {str(path.relative_to(out)): path.stat().st_mode & 0o777 for path in files}
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)
+    assert not [name for name in names if name.endswith(".tmp")]
+
+
+@pytest.mark.slow
 def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run, tmp_path):
     out, summary = leace_run
     for arm in ("concept", "random"):

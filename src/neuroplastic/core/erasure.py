@@ -92,7 +92,9 @@ class LinearErasure:
         return LinearErasure("random", self.concept, left, right, bias)
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from neuroplastic.io import atomic_write_bytes
 
         tensors = {}
         for layer in self.layers:
@@ -100,9 +102,8 @@ class LinearErasure:
             tensors[f"{layer}.left"] = self.left[layer].clone().contiguous()
             tensors[f"{layer}.right"] = self.right[layer].clone().contiguous()
             tensors[f"{layer}.bias"] = self.bias[layer].clone().contiguous()
-        path = Path(path)
-        save_file(tensors, str(path), metadata={"kind": self.kind, "concept": self.concept})
-        return path
+        data = save(tensors, metadata={"kind": self.kind, "concept": self.concept})
+        return atomic_write_bytes(path, data)  # a run resumes from it: never half-written
 
     @classmethod
     def load(cls, path: str | Path) -> LinearErasure:

@@ -59,7 +59,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -514,22 +513,11 @@ class HtmlPage:
         return self.to_iframe() if self._n_plots else self.to_fragment()
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the page atomically (temporary file in the same directory, then rename)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = self.to_html()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        return target
+        """Write the page atomically (temporary file in the same directory, then rename), with
+        the permissions any new file gets; a failed write is one line naming the file."""
+        from neuroplastic.io import atomic_write_text
+
+        return atomic_write_text(path, self.to_html())
 
     # -- internals -----------------------------------------------------------------------------
 

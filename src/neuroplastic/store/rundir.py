@@ -466,7 +466,7 @@ class RunDir:
     def write_sentence_activations(
         self, arm: str, stage: str, activations: dict[tuple[int, int, int], Any]
     ) -> Path:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         path = self.sentence_activations_path(arm, stage)
         # contiguous copies: safetensors writes an array's buffer as it lies, strides ignored
@@ -475,10 +475,7 @@ class RunDir:
             f"{layer}.{neuron}.{sentence}": np.ascontiguousarray(values, dtype=np.float32)
             for (layer, neuron, sentence), values in sorted(activations.items())
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
-        return path
+        return atomic_write_bytes(path, save(tensors))
 
     def write_data_fingerprint(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.data_path, record)

@@ -7,6 +7,7 @@ from tiny import TINY
 
 import neuroplastic.experiment.sweep as sweep
 import neuroplastic.experiment.sweep_plan as sweep_plan
+from neuroplastic.analysis.intervals import as_text
 from neuroplastic.cli.commands import _grid_axis, main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
@@ -174,6 +175,48 @@ def test_best_cases_by_hand_with_a_censored_seed():
     # Seed 1 never recovered at either rate: censored at the budget, a lower bound.
     assert case["fastest_recovery"]["censored"] == 1
     assert case["fastest_recovery"]["lower_bound"] == pytest.approx((3.0 + 8.0) / 2)
+
+
+def test_a_faster_cell_may_hide_behind_a_shorter_budget():
+    """Seed 0: cell b never got there within 2 steps, fewer than a's 3: the fastest is only
+    known to be at least 2, never a's 3."""
+
+    def run(steps, budget):
+        arm = {"steps_to_recover_90": steps, "recovery": {"budget": budget}}
+        return {"concept": "LOC", "arms": {"concept": {**arm, "f1": {"base": {"LOC": 0.9}}}}}
+
+    settings = {"a": {"mode": "hold", "steps": 8}, "b": {"mode": "hold", "steps": 2}}
+    measured = {
+        "a": {0: run(3.0, 8.0), 1: run(1.0, 8.0)},
+        "b": {0: run(None, 2.0), 1: run(None, 2.0)},
+    }
+    (case,) = sweep.best_cases(measured, settings, "steps")
+    assert case["fastest_value"] == [None, 8]
+    assert case["fastest_recovery"]["at_least"] == [2.0, None]
+    assert case["fastest_recovery"]["lower_bound"] == pytest.approx((2.0 + 1.0) / 2)
+
+
+def test_paired_steps_bound_each_seed_the_way_its_censoring_points():
+    """Budget 100. Treated 10, 12, 11, 9; the control never recovered in seeds 0 and 1 (30
+    and 40 steps in seeds 2, 3 mean -25 over those two alone): the differences are at most
+    -90 and -88, so the mean is at most (-90 - 88 - 29 - 21) / 4 = -57, never -25."""
+
+    def arm(steps):
+        return {"steps_to_recover_90": steps, "recovery": {"budget": 100.0}}
+
+    treated = [arm(10.0), arm(12.0), arm(11.0), arm(9.0)]
+    control = [arm(None), arm(None), arm(40.0), arm(30.0)]
+    result = sweep._paired_across("steps_to_recover_90", treated, control)
+    assert result["at_most"] == [-90.0, -88.0, None, None]
+    assert result["upper_bound"] == pytest.approx(-57.0) and result["mean"] is None
+    assert as_text(result).startswith("≤ -57 (reached by 2 of 4 seeds; 2 censored")
+    # Both arms censored in a seed: it bounds nothing, and the mean is undetermined.
+    both = sweep._paired_across("steps_to_recover_90", [arm(None), *treated[1:]], control)
+    assert both["method"] == "undetermined" and both["undetermined"] == 1
+    # Nothing censored: the paired test, with its power and the equivalence margin.
+    plain = sweep._paired_across("steps_to_recover_90", treated, [arm(12.0)] * 4)
+    assert plain["mean"] == pytest.approx(-1.5) and plain["detectable_80"] is not None
+    assert plain["equivalence"]["margin"] == sweep.MARGINS["steps_to_recover_90"]
 
 
 def test_axis_differences_pair_each_value_with_the_first_per_seed():

@@ -128,11 +128,23 @@ def test_a_naive_arm_that_never_learns_is_censored_to_a_lower_bound():
     assert result["savings"] == pytest.approx(1 - 2 / 8) and result["bound"] == "lower"
 
 
-def test_savings_is_undefined_when_nothing_was_relearned_or_there_was_nothing_to_learn():
+def test_a_concept_arm_that_never_relearns_is_censored_to_an_upper_bound():
+    """Not dropped: relearning took longer than the concept arm's 8 steps, the naive arm got
+    there in 4 + 4 x (0.9 - 0.5) / (0.95 - 0.5) steps, so savings is below 1 - 8 / that."""
     never = {"step": [0, 4, 8], "f1": [0.0, 0.3, 0.5]}
     naive = {"step": [0, 4, 8], "f1": [0.0, 0.5, 0.95]}
-    assert savings(never, naive, 0.9, 8)["savings"] is None
-    assert "concept arm never reached" in savings(never, naive, 0.9, 8)["why_none"]
+    result = savings(never, naive, 0.9, 8)
+    naive_steps = 4 + 4 * 0.4 / 0.45
+    assert result["steps_relearned"] is None and result["relearn_budget"] == 8
+    assert result["bound"] == "upper" and result["steps_naive"] == pytest.approx(naive_steps)
+    assert result["savings"] == pytest.approx(1 - 8 / naive_steps)
+
+
+def test_savings_is_undefined_when_neither_arm_got_there_or_there_was_nothing_to_learn():
+    never = {"step": [0, 4, 8], "f1": [0.0, 0.3, 0.5]}
+    assert savings(never, never, 0.9, 8)["savings"] is None
+    assert savings(never, never, 0.9, 8)["why_none"] == "neither arm reached the target"
+    naive = {"step": [0, 4, 8], "f1": [0.0, 0.5, 0.95]}
     knows = {"step": [0, 4, 8], "f1": [0.95, 0.95, 0.95]}
     assert savings(RELEARNED, knows, 0.9, 8)["savings"] is None
     # Relearning no faster than first learning: zero savings; slower: negative.
@@ -294,6 +306,26 @@ def test_savings_across_seeds_counts_a_censored_seed_at_its_bound():
     assert across["steps_naive"]["lower_bound"] == pytest.approx((4 + 6 + 90) / 3)
     exact = savings_across_seeds([run(0, 0.5, "exact", 4.0), run(1, 0.7, "exact", 6.0)])
     assert exact["savings"]["mean"] == pytest.approx(0.6) and exact["savings"]["censored"] == 0
+    # A seed whose concept arm never relearned: an upper bound on its savings, never dropped;
+    # beside a lower-bounded seed, nothing bounds the mean.
+    slow = run(3, -0.5, "upper", 60.0)
+    slow["savings"].update(steps_relearned=None, relearn_budget=90.0)
+    upper = savings_across_seeds([run(0, 0.5, "exact", 4.0), slow])
+    assert upper["savings"]["upper_bound"] == pytest.approx((0.5 - 0.5) / 2)
+    assert upper["savings"]["censored_above"] == 1 and upper["savings"]["mean"] is None
+    assert upper["steps_relearned"]["lower_bound"] == pytest.approx((2 + 90) / 2)
+    both = savings_across_seeds([run(2, 0.6, "lower", None), slow])
+    assert both["savings"]["method"] == "undetermined"
+    # A seed where neither arm got there bounds nothing: undetermined too, never left out.
+    lost = run(4, None, None, None)
+    lost["savings"].update(
+        steps_relearned=None, why_none=savings(RELEARNED, RELEARNED, 2, 8)["why_none"]
+    )
+    undetermined = savings_across_seeds(
+        [run(0, 0.5, "exact", 4.0), run(1, 0.7, "exact", 6.0), lost]
+    )
+    assert undetermined["savings"]["method"] == "undetermined"
+    assert undetermined["savings"]["undetermined"] == 1
 
 
 @pytest.mark.slow  # the embedded pretrained model, two short fine-tunes

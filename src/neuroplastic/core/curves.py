@@ -87,6 +87,10 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+#: why a seed's savings is None when both arms are censored (bounded neither way)
+NEITHER_REACHED = "neither arm reached the target"
+
+
 def savings(relearned: Curve, naive: Curve, target: float, until: float) -> dict[str, Any]:
     """Is relearning faster than first learning? ``relearned``: the concept arm's curve after
     the removal; ``naive``: the naive arm's (the same neurons held in a model never taught the
@@ -95,33 +99,44 @@ def savings(relearned: Curve, naive: Curve, target: float, until: float) -> dict
 
     ``savings`` is 1 - steps(relearned) / steps(naive), Ebbinghaus's savings: 1 when relearning
     is immediate, 0 when it is no faster than learning from nothing, negative when slower.
-    A naive arm that never reaches the target within its last evaluation is censored: its
-    steps are at least that budget, so ``savings`` is a lower bound (``bound`` "lower").
-    None when the concept arm never reaches the target (nothing relearned to compare) or the
-    naive arm starts at it (nothing to learn). ``area_between`` is the mean over steps
-    0..``until`` of F1(relearned) - F1(naive) (trapezoids on the union of both grids)."""
+    An arm that never reaches the target within its last evaluation is censored: its steps are
+    at least that budget. A censored naive arm makes ``savings`` a lower bound (``bound``
+    "lower"); a censored concept arm, beside a naive arm that got there, an upper bound
+    ("upper": relearning took longer than the budget). None when both are censored (nothing
+    bounds it) or the naive arm starts at the target (nothing to learn). ``area_between`` is
+    the mean over steps 0..``until`` of F1(relearned) - F1(naive) (trapezoids on the union of
+    both grids)."""
     relearn_steps = steps_to_recover(relearned, target)
     naive_steps = steps_to_recover(naive, target)
     naive_budget = float(np.asarray(naive["step"], float)[-1])
+    relearn_budget = float(np.asarray(relearned["step"], float)[-1])
     result: dict[str, Any] = {
         "target": target,
         "steps_relearned": _finite_or_none(relearn_steps),
         "steps_naive": _finite_or_none(naive_steps),
         "naive_reached": bool(math.isfinite(naive_steps)),
         "naive_budget": naive_budget,
+        "relearn_budget": relearn_budget,
         "savings": None,
         "bound": None,
         "area_between": _finite_or_none(area_between(relearned, naive, until)),
     }
-    if not math.isfinite(relearn_steps):
-        result["why_none"] = "the concept arm never reached the target"
+    relearned_in = relearn_steps if math.isfinite(relearn_steps) else relearn_budget
+    naive_in = naive_steps if math.isfinite(naive_steps) else naive_budget
+    if not (math.isfinite(relearn_steps) or math.isfinite(naive_steps)):
+        result["why_none"] = NEITHER_REACHED
         return result
-    denominator = naive_steps if math.isfinite(naive_steps) else naive_budget
-    if denominator <= 0:
+    if naive_in <= 0:
         result["why_none"] = "the naive arm was at the target before retraining"
         return result
-    result["savings"] = 1 - relearn_steps / denominator
-    result["bound"] = "exact" if math.isfinite(naive_steps) else "lower"
+    result["savings"] = 1 - relearned_in / naive_in
+    result["bound"] = (
+        "exact"
+        if math.isfinite(relearn_steps) and math.isfinite(naive_steps)
+        else "lower"
+        if math.isfinite(relearn_steps)
+        else "upper"
+    )
     return result
 
 

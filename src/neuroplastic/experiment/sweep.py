@@ -29,7 +29,7 @@ import pandas as pd
 
 from neuroplastic.analysis.intervals import censored_interval, interval, paired
 from neuroplastic.config import NAIVE_ARM, ExperimentConfig
-from neuroplastic.core.curves import RECOVERY_TARGET, SHARE_STEPS, recovery
+from neuroplastic.core.curves import NEITHER_REACHED, RECOVERY_TARGET, SHARE_STEPS, recovery
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.pipeline import run_experiment
 from neuroplastic.experiment.sweep_plan import plan_sweep
@@ -121,7 +121,7 @@ CHASE_MEASURES = {
 #: a pre-emption's (``--preempt``) per-run measures, per arm
 PREEMPT_MEASURES = {
     "steps_to_recover_90": "retraining steps until concept F1 is back to 90% of base "
-    "(interpolated; never: missing)",
+    "(interpolated); a seed that never gets there is censored at its budget",
     "recovery_auc": "mean of concept F1 / base F1 over the retraining steps",
     "pruned_f1": "concept F1 right after pruning",
     "last_f1": "concept F1 after the last stage",
@@ -285,14 +285,27 @@ def best_cases(
                 for c, a in concept.items()
                 if a["steps_to_recover_90"] is not None
             }
-            if reached:
+            # A cell that never got there within a budget shorter than the best steps may
+            # still have been the fastest: then only a bound (its budget) is known.
+            shorter = [
+                _budget(a)
+                for c, a in concept.items()
+                if c not in reached
+                and _budget(a) is not None
+                and _budget(a) < min(reached.values(), default=math.inf)
+            ]
+            if reached and not shorter:
                 best = min(reached, key=reached.__getitem__)
                 fastest.append(reached[best])
                 at_least.append(None)
                 chosen_fastest.append(settings[best][axis])
             else:
                 fastest.append(None)
-                at_least.append(min(_budget(a) or math.inf for a in concept.values()))
+                at_least.append(
+                    min(shorter)
+                    if reached
+                    else min(_budget(a) or math.inf for a in concept.values())
+                )
                 chosen_fastest.append(None)
             finals = {c: _last_f1(measured[c][seed], a) for c, a in concept.items()}
             top = max(finals, key=finals.__getitem__)
@@ -560,7 +573,8 @@ SAVINGS_FIELDS = (
 SAVINGS_MEASURES = {
     "savings": "1 - steps(concept arm) / steps(naive arm) to 90% of the concept arm's base F1: "
     "1 when relearning is immediate, 0 when no faster than learning from nothing; a seed whose "
-    "naive arm never got there is censored (at least its value at the naive arm's budget)",
+    "naive arm never got there is censored (at least its value at the naive arm's budget), one "
+    "whose concept arm never got back there too (at most its value at that arm's budget)",
     "steps_relearned": "retraining steps of the concept arm to that target",
     "steps_naive": "retraining steps of the naive arm (never taught the concept, the same "
     "neurons held, the same batches) to that target; censored at its budget",
@@ -572,16 +586,29 @@ SAVINGS_MEASURES = {
 
 def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """:data:`SAVINGS_MEASURES` across the seeds that have them; censored seeds are counted
-    at their bound, never dropped (:func:`~neuroplastic.analysis.intervals.censored_interval`)."""
+    at their bound, never dropped (:func:`~neuroplastic.analysis.intervals.censored_interval`):
+    a naive arm that never learned makes a seed's savings at least its value at the naive
+    budget, a concept arm that never relearned at most its value at its own budget."""
     present = [r["savings"] for r in runs if "savings" in r]
-    exact = [s["savings"] if s["bound"] == "exact" else None for s in present]
-    lower = [s["savings"] if s["bound"] == "lower" else None for s in present]
+
+    def bounded(kind: str) -> list[float | None]:
+        return [s["savings"] if s["bound"] == kind else None for s in present]
+
     return {
         "seeds": [r["seed"] for r in runs if "savings" in r],
-        "savings": censored_interval(exact, lower),
+        "savings": censored_interval(
+            bounded("exact"),
+            bounded("lower"),
+            range_=(-math.inf, 1.0),
+            at_most=bounded("upper"),
+            unbounded=[s.get("why_none") == NEITHER_REACHED for s in present],
+        ),
         "steps_relearned": censored_interval(
             [s["steps_relearned"] for s in present],
-            [s["naive_budget"] if s["steps_relearned"] is None else None for s in present],
+            [
+                s.get("relearn_budget", s["naive_budget"]) if s["steps_relearned"] is None else None
+                for s in present
+            ],
         ),
         "steps_naive": censored_interval(
             [s["steps_naive"] for s in present],
@@ -777,15 +804,21 @@ def _across(measure: str, per_arm: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _paired_across(
     measure: str, treated: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The per-seed difference treated - control of ``measure``, across seeds. A censored
-    treated run's difference is at least its budget minus the control's number."""
-    values = [_minus(t[measure], c[measure]) for t, c in zip(treated, control, strict=True)]
-    if measure in CENSORED:
-        at_least = [
-            _minus(_budget(t), c[measure]) if t[measure] is None else None
-            for t, c in zip(treated, control, strict=True)
-        ]
-        result = censored_interval(values, at_least)
+    """The per-seed difference treated - control of ``measure``, across seeds. Of a censored
+    measure: a seed whose treated run never got there differs by at least its budget minus the
+    control's number, one whose control never did by at most the treated number minus the
+    control's budget, one where neither did by anything (the mean is then undetermined)."""
+    pairs = list(zip(treated, control, strict=True))
+    values = [_minus(t[measure], c[measure]) for t, c in pairs]
+    if measure in CENSORED and any(t[measure] is None or c[measure] is None for t, c in pairs):
+        result = censored_interval(
+            values,
+            [_minus(_budget(t), c[measure]) if t[measure] is None else None for t, c in pairs],
+            at_most=[
+                _minus(t[measure], _budget(c)) if c[measure] is None else None for t, c in pairs
+            ],
+            unbounded=[t[measure] is None and c[measure] is None for t, c in pairs],
+        )
         result["margin"] = MARGINS.get(measure)
         return result
     return paired(values, MARGINS.get(measure), _difference_bounds(BOUNDS.get(measure)))
@@ -877,34 +910,46 @@ def _across_rounds(measure: str, per_seed: Sequence[dict[str, Any] | None]) -> d
 
 
 def _chase_difference(measure: str, pairs: Sequence[tuple[dict, dict] | None]) -> dict[str, Any]:
-    """concept - random of ``measure`` per seed (None: a seed without both arms); a censored
-    concept round's difference is at least its budget minus the control's steps."""
+    """concept - random of ``measure`` per seed (None: a seed without both arms); of a steps
+    measure, a censored arm's seed bounded as :func:`_censored_differences` says."""
     values = [_minus(p[0][measure], p[1][measure]) if p else None for p in pairs]
     if measure not in STEPS_MEASURES:
         return interval(values, bounds=_difference_bounds(ROUND_BOUNDS.get(measure)))
-    return censored_interval(values, _differences_at_least(measure, pairs))
+    return censored_interval(values, **_censored_differences(measure, pairs))
 
 
-def _differences_at_least(
+def _censored_differences(
     measure: str, pairs: Sequence[tuple[dict, dict] | None]
-) -> list[float | None]:
-    """Per seed, what treated - control of a steps measure is at least when the treated arm
-    never recovered (its budget minus the control's steps); None otherwise."""
-    return [
-        _minus(p[0].get("budget"), p[1][measure])
-        if p and not math.isfinite(_nan(p[0][measure]))
+) -> dict[str, list]:
+    """:func:`censored_interval`'s bounds of treated - control of a steps measure, per seed:
+    at least the treated budget minus the control's steps when the treated arm never
+    recovered, at most the treated steps minus the control's budget when the control never
+    did, unbounded when neither did (None: a seed without the pair)."""
+
+    def censored(arm: dict) -> bool:
+        return not math.isfinite(_nan(arm[measure]))
+
+    at_least = [
+        _minus(p[0].get("budget"), p[1][measure]) if p and censored(p[0]) else None for p in pairs
+    ]
+    at_most = [
+        _minus(p[0][measure], p[1].get("budget"))
+        if p and censored(p[1]) and not censored(p[0])
         else None
         for p in pairs
     ]
+    unbounded = [bool(p and censored(p[0]) and censored(p[1])) for p in pairs]
+    return {"at_least": at_least, "at_most": at_most, "unbounded": unbounded}
 
 
 def _paired_steps(measure: str, pairs: Sequence[tuple[dict, dict]]) -> dict[str, Any]:
     """A paired difference across seeds (:func:`paired`, with its power and equivalence test);
-    of a steps measure with a censored treated seed, the censored interval's bound instead."""
+    of a steps measure with a censored seed in either arm, the censored interval instead."""
     values = [_minus(t[measure], c[measure]) for t, c in pairs]
-    at_least = _differences_at_least(measure, pairs) if measure in STEPS_MEASURES else []
-    if any(v is not None and math.isfinite(v) for v in at_least):
-        return censored_interval(values, at_least)
+    if measure in STEPS_MEASURES and any(
+        not math.isfinite(_nan(arm[measure])) for pair in pairs for arm in pair
+    ):
+        return censored_interval(values, **_censored_differences(measure, pairs))
     return paired(values, bounds=_difference_bounds(ROUND_BOUNDS.get(measure)))
 
 

@@ -87,20 +87,28 @@ def _savings_sentence(saved: dict[str, Any], concept: str) -> str:
     if saved["savings"] is None:
         return text + f"Savings is undefined here: {saved.get('why_none', 'no target reached')}."
     relearned, naive = saved["steps_relearned"], saved["steps_naive"]
-    if saved["bound"] == "lower":
+    if saved["bound"] == "upper":
+        relearned_text = f"never got back to it within {saved['relearn_budget']:.0f} steps"
+        naive_text = (
+            f"the naive arm got there in {naive:.1f}, so savings is at most "
+            f"{saved['savings']:.3f} (an upper bound: the concept arm is censored at its budget)"
+        )
+    elif saved["bound"] == "lower":
+        relearned_text = f"took {relearned:.1f} steps"
         naive_text = (
             f"the naive arm never reached it within {saved['naive_budget']:.0f} steps, so "
             f"savings is at least {saved['savings']:.3f} (a lower bound: the naive arm is "
             "censored at its budget)"
         )
     else:
+        relearned_text = f"took {relearned:.1f} steps"
         naive_text = (
             f"the naive arm in {naive:.1f}: savings 1 - {relearned:.1f} / {naive:.1f} = "
             f"{saved['savings']:.3f}"
         )
     area = saved["area_between"]
     return (
-        text + f"To {concept} F1 {saved['target']:.3f}, the concept arm took {relearned:.1f} steps "
+        text + f"To {concept} F1 {saved['target']:.3f}, the concept arm {relearned_text} "
         f"and {naive_text}. Over the first stage, the concept arm's F1 was on average "
         + (f"{area:+.3f} above the naive arm's" if area is not None else "not comparable")
         + ". One seed: intervals come from `neuroplastic sweep --naive`."

@@ -74,8 +74,9 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
         "median with probability 1 - 2^(1-n)). A measure that some seeds never reached within "
         "their steps (censored) shows a bound on its mean, never a mean over the seeds that "
         "reached it: a lower bound, or an upper bound for a difference whose control never got "
-        "there; 'undetermined' where seeds are censored both ways. A paired difference is called 'within ±m' only when two one-sided "
-        "t-tests (TOST, alpha 0.05) show it inside the margin m; otherwise the text says how "
+        "there; 'undetermined' where seeds are censored both ways. A paired difference is "
+        "called 'within ±m' only when two one-sided t-tests (TOST, alpha 0.05) show it inside "
+        "the margin m; otherwise the text says how "
         "large a difference the 90% interval still admits, and '80% power detects ±d' the "
         "smallest true difference these seeds would find four times in five. Margins: "
         + ", ".join(f"{m} {number_text(v)}" for m, v in (sweep.get("margins") or {}).items())

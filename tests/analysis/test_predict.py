@@ -24,6 +24,7 @@ from neuroplastic.analysis.predict import (
     evaluate_predictions,
     gradient_attribution,
     ground_truth,
+    paired_population,
     precision_at_k,
     predict_at_base,
     predict_at_pruned,
@@ -140,9 +141,11 @@ def hand_rankings():
     """2 layers x 5 neurons. Removed: (0, 0) and (1, 4), dead at both stages; (1, 0) never
     fired at the pruned stage (dead there), fires at the last one: not a candidate either.
 
-    Pruned saliency (7 live, 1 - rank/6): (0,1) 1, (0,2) 5/6, (0,3) 4/6, (0,4) 3/6, (1,1) 2/6,
-    (1,2) 1/6, (1,3) 0. Last saliency (8 live, 1 - rank/7): (1,3) 1, (0,1) 6/7, (1,0) 5/7,
-    (1,2) 4/7, (0,2) 3/7, (0,3) 2/7, (0,4) 1/7, (1,1) 0.
+    Saliency among the 7 candidates (1 - rank/6), pruned: (0,1) 1, (0,2) 5/6, (0,3) 4/6,
+    (0,4) 3/6, (1,1) 2/6, (1,2) 1/6, (1,3) 0; last: (1,3) 1, (0,1) 5/6, (1,2) 4/6, (0,2) 3/6,
+    (0,3) 2/6, (0,4) 1/6, (1,1) 0. (1,0), live at the last stage only, ranks above (1,2) there
+    but is no candidate: it moves no candidate's saliency, where ranks over all 8 live neurons
+    would have moved (1,2), (0,2) ... down by it.
     """
     pruned = ranking([[NAN, 7, 6, 5, 4], [NAN, 3, 2, 1, NAN]])
     last = ranking([[NAN, 9, 6, 5, 4], [8, 3, 7, 10, NAN]])
@@ -159,12 +162,12 @@ def test_ground_truth_by_hand():
     truth = ground_truth(pruned, last, removed, top=0.3)  # round(0.3 * 7) = 2 neurons
     assert as_set(truth.candidates) == {(0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 2), (1, 3)}
     expected_gain = {
-        (0, 1): 6 / 7 - 1,
-        (0, 2): 3 / 7 - 5 / 6,
-        (0, 3): 2 / 7 - 4 / 6,
-        (0, 4): 1 / 7 - 3 / 6,
+        (0, 1): 5 / 6 - 1,
+        (0, 2): 3 / 6 - 5 / 6,
+        (0, 3): 2 / 6 - 4 / 6,
+        (0, 4): 1 / 6 - 3 / 6,
         (1, 1): 0 - 2 / 6,
-        (1, 2): 4 / 7 - 1 / 6,
+        (1, 2): 4 / 6 - 1 / 6,
         (1, 3): 1 - 0,
     }
     for (layer, neuron), gain in expected_gain.items():
@@ -178,6 +181,29 @@ def test_ground_truth_by_hand():
     one = ground_truth(pruned, last, removed)  # 1% of 7: at least one
     assert as_set(one.positives["gain"]) == {(1, 3)}
     assert as_set(one.positives["entered"]) == {(1, 3)}
+
+
+def test_a_paired_population_scores_a_treatment_and_its_control_on_the_same_neurons():
+    """The control still holds the concept's neurons (removed in the treatment only): scored
+    over its own survivors, its truths would be about them; over the paired population, both
+    arms' candidates are the same neurons, and a neuron regrowing in one arm moves no one's
+    saliency."""
+    pruned, last, removed = hand_rankings()
+    control_removed = NeuronSet.of(2, 5, [(0, 4)])
+    control_pruned = ranking([[9, 7, 6, 5, 4], [8, 3, 2, 1, 0.5]])  # everything alive
+    control_last = ranking([[9, 7, 6, 5, 4], [8, 3, 2, 1, 0.5]])
+    population = paired_population(
+        [(pruned, last, removed), (control_pruned, control_last, control_removed)]
+    )
+    assert as_set(population) == {(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)}
+    treated = ground_truth(pruned, last, removed, top=0.3, population=population)
+    control = ground_truth(control_pruned, control_last, control_removed, 0.3, population)
+    assert torch.equal(treated.candidates, control.candidates)
+    assert torch.equal(treated.candidates, population)
+    # Nothing moved in the control: every gain is 0, so no positive gain; its last top is the
+    # candidates' own top, not (0, 0) and (1, 0), the treatment's removed and unborn neurons.
+    assert not control.positives["gain"].any()
+    assert as_set(control.positives["last_top"]) == {(0, 1), (0, 2)}
 
 
 def test_ground_truth_keeps_ties_and_only_positive_gains():

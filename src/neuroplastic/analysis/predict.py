@@ -584,7 +584,11 @@ class GroundTruth:
 
 
 def ground_truth(
-    pruned: Ranking, last: Ranking, removed: NeuronSet, top: float = 0.01
+    pruned: Ranking,
+    last: Ranking,
+    removed: NeuronSet,
+    top: float = 0.01,
+    population: Mask | None = None,
 ) -> GroundTruth:
     """The neurons that took the concept over, two ways, among the survivors live at both stages.
 
@@ -599,8 +603,13 @@ def ground_truth(
       that predictor is scored partly against itself (regression to the mean); this truth
       contains no predictor. Score every predictor on the control arm too: its null.
 
-    Saliency is each stage's live-only normalized rank (:class:`Ranking`). A neuron tied with the
-    last one in is in too, so a set can exceed the share; index order never decides.
+    Saliency here is each stage's normalized rank among the candidates alone (ties share their
+    average rank), so a gain is a survivor's movement against the same neurons at both stages,
+    never an artefact of others dying, regrowing or being removed. ``population``: a mask the
+    candidates must also lie in; give the treatment and its control one population (alive in
+    both arms at both stages, outside both removed sets: :func:`paired_population`), or the
+    paired difference compares predictions on different neurons. A neuron tied with the last
+    one in is in too, so a set can exceed the share; index order never decides.
     """
     if not 0 < top <= 1:
         raise NeuroplasticError(f"top must be a fraction in (0, 1]; got {top}")
@@ -610,11 +619,13 @@ def ground_truth(
             f"vs {tuple(last.scores.shape)}"
         )
     candidates = survivors(pruned.alive & last.alive, removed)
+    if population is not None:
+        candidates &= population.bool()
     n = int(candidates.sum())
     if n == 0:
         raise NeuroplasticError("no neuron survives at both stages: nothing to predict")
     n_top = max(1, round(top * n))
-    before, after = _saliency64(pruned), _saliency64(last)
+    before, after = _saliency_among(pruned, candidates), _saliency_among(last, candidates)
     gain = _only(after - before, candidates)
     return GroundTruth(
         candidates=candidates,
@@ -628,10 +639,28 @@ def ground_truth(
     )
 
 
-def _saliency64(ranking: Ranking) -> Scores:
-    """:attr:`Ranking.saliency` in float64 from the exact ranks: a float32 saliency would split
-    equal gains by round-off (1 - 1/3 against 2/3 - 0)."""
-    return 1 - ranking.global_rank / max(ranking.n_alive - 1, 1)
+def _saliency_among(ranking: Ranking, candidates: Mask) -> Scores:
+    """Saliency in float64 re-ranked among ``candidates`` (1 the most salient, 0 the least;
+    NaN elsewhere), from the exact global ranks so that equal gains stay equal."""
+    result = torch.full(candidates.shape, math.nan, dtype=torch.float64)
+    ranks = scipy_stats.rankdata(ranking.global_rank[candidates].double().numpy(), "average")
+    scale = max(len(ranks) - 1, 1)
+    result[candidates] = torch.from_numpy(1 - (ranks - 1) / scale)
+    return result
+
+
+def paired_population(
+    arms: Sequence[tuple[Ranking, Ranking, NeuronSet]],
+) -> Mask:
+    """The neurons a treatment and its controls can all be scored on: alive at both stages in
+    every arm (``(pruned, last, removed)`` each) and in no arm's removed set."""
+    population = None
+    for pruned, last, removed in arms:
+        mask = survivors(pruned.alive & last.alive, removed)
+        population = mask if population is None else population & mask
+    if population is None:
+        raise NeuroplasticError("no arms: no population to score them on")
+    return population
 
 
 #: values this close to the cut count as tied with it: float64 round-off of saliency
@@ -738,11 +767,14 @@ def evaluate_arm(
     start: str | None = None,
     end: str | None = None,
     rankings: tuple[Ranking, Ranking] | None = None,
+    population: Mask | None = None,
 ) -> pd.DataFrame:
     """:func:`evaluate_predictions` for one arm of a run: the ground truth from its rankings at
     ``start`` (default ``pruned``) and ``end`` (default the last stage) and its removed set.
     ``rankings``: the two stages' rankings to build the truth from instead (the run passes
-    those of the truth half of the probe sentences: :mod:`neuroplastic.core.halves`)."""
+    those of the truth half of the probe sentences: :mod:`neuroplastic.core.halves`);
+    ``population``: the neurons shared with the arms it is compared with
+    (:func:`paired_population`)."""
     start, end = start or arm.start, end or arm.last
     for stage in (start, end):
         if stage not in arm.stages:
@@ -750,7 +782,7 @@ def evaluate_arm(
                 f"arm {arm.arm!r} has no stage {stage!r}; stages: {', '.join(arm.stages)}"
             )
     before, after = rankings or (arm.stages[start].ranking, arm.stages[end].ranking)
-    truth = ground_truth(before, after, arm.ablated, top)
+    truth = ground_truth(before, after, arm.ablated, top, population)
     return evaluate_predictions(predictions, truth)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.causal import CAUSAL_FILE
-from neuroplastic.analysis.predict import Predictions, evaluate_arm
+from neuroplastic.analysis.predict import Predictions, evaluate_arm, paired_population
 from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
 from neuroplastic.core.curves import (
     RECOVERY_TARGET,
@@ -287,10 +287,12 @@ def round_one_curve(rows: Sequence[dict], arm: str, concept: str) -> dict[str, l
 
 def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
     """``{"prediction": rows}``: every predictor against every ground truth
-    (:func:`neuroplastic.analysis.predict.evaluate_arm`), per predicted arm that has retrained;
-    nothing for a run without predictions (made before they existed) or without retraining."""
-    rows: list[dict] = []
-    causal: dict[str, Any] = {}
+    (:func:`neuroplastic.analysis.predict.evaluate_arm`), per predicted arm that has retrained,
+    every arm scored on the same neurons (:func:`~neuroplastic.analysis.predict.
+    paired_population`: the concept arm and its control differ in what was removed, not in
+    which neurons are judged); nothing for a run without predictions (made before they
+    existed) or without retraining."""
+    predicted = {}
     for arm in arms:
         path = run.predictions_path(arm)
         if not path.is_file():  # (written for the predicted arms only)
@@ -299,9 +301,20 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
         loaded = ArmRun.load(run, arm)
         if loaded.last == loaded.start:
             continue  # no retraining: nothing happened to predict
-        frame = evaluate_arm(
-            loaded, Predictions.load(path), rankings=truth_rankings(run, arm, loaded)
+        rankings = truth_rankings(run, arm, loaded) or (
+            loaded.stages[loaded.start].ranking,
+            loaded.stages[loaded.last].ranking,
         )
+        predicted[arm] = (loaded, Predictions.load(path), rankings)
+    if not predicted:
+        return {}
+    population = paired_population(
+        [(*rankings, loaded.ablated) for loaded, _, rankings in predicted.values()]
+    )
+    rows: list[dict] = []
+    causal: dict[str, Any] = {}
+    for arm, (loaded, predictions, rankings) in predicted.items():
+        frame = evaluate_arm(loaded, predictions, rankings=rankings, population=population)
         frame.insert(0, "arm", arm)
         # None, not NaN, where a measure is undefined: summary.json stays valid JSON.
         rows += [{k: _number(v) for k, v in row.items()} for row in frame.to_dict("records")]
@@ -311,8 +324,6 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
             causal[arm] = read_run_file(
                 causal_path, json_of(dict), partial(run.stage_remedy, arm, loaded.last)
             )
-    if not rows:
-        return {}
     return {"prediction": rows, **({"causal": causal} if causal else {})}
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (benchmarks/RESULTS.md): run from the repository root on a CUDA
-# machine that cannot reach the network, with a folder .gpu/ carried beside the tree:
+# machine that cannot reach the network, with a folder .gpu/ carried beside the tree
+# (benchmarks/gpu_carry.sh builds it):
 #   .gpu/whl/    wheels of what the machine lacks (transformer-lens and its needs, seqeval, ...)
 #   .gpu/minilm/ the embedded model's directory (weights stored as float16 to fit the transfer;
 #                loaded as float32)

@@ -376,6 +376,33 @@ def test_neurons_dead_outside_the_ablated_set_have_no_gain(
     assert not set(PLANTED) & set(zip(moved["layer"], moved["neuron"], strict=True))
 
 
+def test_a_regrown_neuron_moves_no_compared_neurons_gain(regrow: FakeRun) -> None:
+    """Regrow mode: the planted neurons come back at the last stage, above most others. Gains
+    are re-ranked among the neurons compared (scipy's ranks by hand), so that return moves no
+    one's gain; over all live neurons it would have moved every neuron below them."""
+    arm = ArmRun.load(regrow.path, "concept")
+    primed = primed_neurons(arm, regrow.run.embeddings())
+    frame = primed.neurons.set_index(["layer", "neuron"])
+    keep = list(frame.index)
+    assert not set(PLANTED) & set(keep)
+
+    def among(stage: str) -> np.ndarray:
+        scores = arm.stages[stage].ranking.scores
+        ranks = rankdata([-float(scores[layer, neuron]) for layer, neuron in keep])
+        return 1 - (ranks - 1) / (len(ranks) - 1)
+
+    expected = among("retrain-2") - among("pruned")
+    assert frame["gain"].to_numpy() == pytest.approx(expected)
+    over_all = arm.stages["retrain-2"].ranking.saliency - arm.stages["pruned"].ranking.saliency
+    assert not np.allclose([float(over_all[layer, neuron]) for layer, neuron in keep], expected)
+    # A population narrows the neurons compared (an arm and its control on the same ones).
+    population = torch.ones(N_LAYERS, D_MLP, dtype=torch.bool)
+    population[0] = False
+    narrowed = primed_neurons(arm, regrow.run.embeddings(), population=population)
+    assert narrowed.n == len([k for k in keep if k[0] != 0])
+    assert (narrowed.neurons["layer"] != 0).all()
+
+
 def test_primed_correlation_is_undefined_without_any_gain(
     concept_arm: ArmRun, embeddings: TokenEmbeddings
 ) -> None:

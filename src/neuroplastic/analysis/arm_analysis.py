@@ -47,11 +47,13 @@ def analyse_arm(
     top: int | float = 0.01,
     n_reappeared: int = 20,
     population: Bool[Tensor, "layer neuron"] | None = None,
+    primed_population: Bool[Tensor, "layer neuron"] | None = None,
 ) -> ArmAnalysis:
     """Run every analysis on one arm (similarities need ``embeddings``; without them the
     primed-neuron correlation is skipped and similarity columns are NaN). ``population``: the
     neurons polysemanticity is counted over (:func:`common_population` of the run's arms, so
-    that the arms' counts compare); by default the arm's own fixed population."""
+    that the arms' counts compare); ``primed_population``: those primed neurons are correlated
+    over (:func:`control_pair_population`, as the sweep does); by default the arm's own."""
     rankings = arm.rankings()
     moved = relocation(rankings, arm.ablated, top, arm.start)
     can_prime = (
@@ -65,9 +67,13 @@ def analyse_arm(
         relocation=moved,
         reappearance=reappearance(arm, n=n_reappeared, embeddings=embeddings),
         pruned=pruned_trace(arm, embeddings),
-        primed=primed_neurons(arm, embeddings) if can_prime else None,
+        primed=(
+            primed_neurons(arm, embeddings, population=primed_population) if can_prime else None
+        ),
         primed_unsalient=(
-            primed_neurons(arm, embeddings, start_saliency_below=0.5) if can_prime else None
+            primed_neurons(arm, embeddings, start_saliency_below=0.5, population=primed_population)
+            if can_prime
+            else None
         ),
         polysemanticity=arm_polysemanticity(arm, population),
     )

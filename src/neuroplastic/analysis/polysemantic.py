@@ -25,6 +25,7 @@ __all__ = [
     "Polysemanticity",
     "arm_polysemanticity",
     "common_population",
+    "control_pair_population",
     "concept_base_rate",
     "mixing_band",
     "polysemanticity",
@@ -127,6 +128,14 @@ def common_population(arms: Mapping[str, ArmRun]) -> Bool[Tensor, "layer neuron"
     for mask in masks[1:]:
         population &= mask
     return population
+
+
+def control_pair_population(arms: Mapping[str, ArmRun]) -> Bool[Tensor, "layer neuron"]:
+    """:func:`common_population` of the concept arm and its control (the pair a paired
+    difference compares), or of every arm in a run without that pair: what other arms a run
+    happens to have (a chase's, a pre-emption's) does not change the neurons compared."""
+    pair = {arm: arms[arm] for arm in ("concept", "random") if arm in arms}
+    return common_population(pair if len(pair) == 2 else arms)
 
 
 def arm_polysemanticity(

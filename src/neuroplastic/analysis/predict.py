@@ -625,7 +625,7 @@ def ground_truth(
     if n == 0:
         raise NeuroplasticError("no neuron survives at both stages: nothing to predict")
     n_top = max(1, round(top * n))
-    before, after = _saliency_among(pruned, candidates), _saliency_among(last, candidates)
+    before, after = pruned.saliency_among(candidates), last.saliency_among(candidates)
     gain = _only(after - before, candidates)
     return GroundTruth(
         candidates=candidates,
@@ -637,16 +637,6 @@ def ground_truth(
         },
         top=top,
     )
-
-
-def _saliency_among(ranking: Ranking, candidates: Mask) -> Scores:
-    """Saliency in float64 re-ranked among ``candidates`` (1 the most salient, 0 the least;
-    NaN elsewhere), from the exact global ranks so that equal gains stay equal."""
-    result = torch.full(candidates.shape, math.nan, dtype=torch.float64)
-    ranks = scipy_stats.rankdata(ranking.global_rank[candidates].double().numpy(), "average")
-    scale = max(len(ranks) - 1, 1)
-    result[candidates] = torch.from_numpy(1 - (ranks - 1) / scale)
-    return result
 
 
 def paired_population(

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool
 from scipy import stats as scipy_stats
+from torch import Tensor
 
 from neuroplastic.analysis.arm_run import ArmRun, concept_share, concept_token_ids
 from neuroplastic.core.ranking import alive_neurons
@@ -42,8 +44,10 @@ def reappearance(
     embeddings: TokenEmbeddings | None = None,
 ) -> pd.DataFrame:
     """The ``n`` neurons outside the ablated set that gained most saliency from ``start``
-    (default ``pruned``) to ``end`` (default the last stage); neurons dead at either stage have
-    no saliency and are left out.
+    (default ``pruned``) to ``end`` (default the last stage), saliency re-ranked among those
+    live at both stages (the others have no saliency to gain and are left out):
+    ``saliency_start`` and ``saliency_end`` are those re-ranked values, ``saliency_base`` the
+    base stage's own.
 
     Columns: layer, neuron, saliency_base, saliency_start, saliency_end, gain, rank_end,
     concept_share_base, concept_share_end, tokens_base, tokens_end (top tokens at the first and
@@ -51,8 +55,11 @@ def reappearance(
     """
     start, end = start or arm.start, end or arm.last
     first, before, after = arm._stage(arm.first), arm._stage(start), arm._stage(end)
-    gain = after.ranking.saliency - before.ranking.saliency
-    candidate = gain.isfinite() & ~arm.ablated.mask()
+    candidate = before.ranking.alive & after.ranking.alive & ~arm.ablated.mask()
+    # Re-ranked among the candidates: a neuron regrowing or dying moves no candidate's gain.
+    saliency_start = before.ranking.saliency_among(candidate)
+    saliency_end = after.ranking.saliency_among(candidate)
+    gain = saliency_end - saliency_start
     order = torch.argsort(-gain.masked_fill(~candidate, float("-inf")).flatten(), stable=True)
     chosen = order[: min(n, int(candidate.sum()))]
     n = len(chosen)
@@ -72,8 +79,8 @@ def reappearance(
             "layer": layers.numpy(),
             "neuron": neurons.numpy(),
             "saliency_base": first.ranking.saliency[layers, neurons].numpy(),
-            "saliency_start": before.ranking.saliency[layers, neurons].numpy(),
-            "saliency_end": after.ranking.saliency[layers, neurons].numpy(),
+            "saliency_start": saliency_start[layers, neurons].numpy(),
+            "saliency_end": saliency_end[layers, neurons].numpy(),
             "gain": gain[layers, neurons].numpy(),
             "rank_end": rank_end[layers, neurons].numpy(),
             "concept_share_base": share_base[layers, neurons].numpy(),
@@ -188,6 +195,7 @@ def primed_neurons(
     end: str | None = None,
     concept_tokens: Sequence[int] | None = None,
     start_saliency_below: float | None = None,
+    population: Bool[Tensor, "layer neuron"] | None = None,
 ) -> PrimedNeurons:
     """Does similarity to the concept before pruning go with the saliency gain from ``start``
     (default ``pruned``) to ``end`` (default last)? A positive rho says the concept came back
@@ -195,7 +203,10 @@ def primed_neurons(
 
     ``concept_tokens`` defaults to :func:`concept_token_ids` of the first stage. Neurons dead at
     the first stage, at ``start`` or at ``end``, and those whose top tokens have no embedding,
-    are left out. ``start_saliency_below`` keeps only neurons with room to gain.
+    are left out. Saliency at both stages is re-ranked among the neurons kept.
+    ``start_saliency_below`` keeps only neurons with room to gain. ``population``: the neurons
+    to compare over (:func:`~neuroplastic.analysis.polysemantic.common_population` of the
+    run's arms, so that an arm and its control are correlated over the same neurons).
     """
     start, end = start or arm.start, end or arm.last
     base = arm._stage(arm.first)
@@ -210,9 +221,15 @@ def primed_neurons(
     similarity = embeddings.similarity_many(
         base.stats.top_token.reshape(n_layers * d_mlp, -1), torch.tensor(list(concept_tokens))
     ).reshape(n_layers, d_mlp)
-    start_saliency = arm._stage(start).ranking.saliency
-    gain = arm._stage(end).ranking.saliency - start_saliency
-    keep = ~arm.ablated.mask() & alive_neurons(base.stats) & similarity.isfinite() & gain.isfinite()
+    first, last = arm._stage(start).ranking, arm._stage(end).ranking
+    keep = ~arm.ablated.mask() & alive_neurons(base.stats) & similarity.isfinite()
+    keep &= first.alive & last.alive
+    if population is not None:
+        keep &= population.bool()
+    # Re-ranked among the neurons compared: a neuron regrowing (regrow mode) or dying between
+    # the stages moves no compared neuron's saliency.
+    start_saliency = first.saliency_among(keep)
+    gain = last.saliency_among(keep) - start_saliency
     if start_saliency_below is not None:
         # Neurons already salient at the start cannot gain much (the saliency ceiling), which
         # biases the correlation down; this asks the question among those with room to gain.

@@ -161,6 +161,15 @@ class Ranking:
         (ties get their average); NaN for dead neurons."""
         return (1 - self.global_rank / max(self.n_alive - 1, 1)).float()
 
+    def saliency_among(self, among: Bool[Tensor, "layer neuron"]) -> Float[Tensor, "layer neuron"]:
+        """Normalized rank among the neurons ``among`` alone, in float64: 1 for the most
+        salient, 0 for the least, ties averaged; NaN elsewhere. Comparing two stages on one
+        such set measures each neuron's movement against the same neurons, never against ones
+        that died, regrew or were removed in between."""
+        among = among.bool() & self.alive
+        rank = _descending_rank(self.scores.flatten(), among.flatten()).view_as(self.scores)
+        return 1 - rank / max(int(among.sum()) - 1, 1)
+
     def order(self) -> Int[Tensor, " alive"]:
         """Flat indices (layer * d_mlp + neuron) of the live neurons, most salient first (ties
         in index order)."""

@@ -488,6 +488,7 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     every round's; of a pre-emption (``--preempt``), ``preempt`` its arms' recovery."""
     from neuroplastic.analysis.arm_run import ArmRun, concept_token_ids
     from neuroplastic.analysis.layers import relocation
+    from neuroplastic.analysis.polysemantic import control_pair_population
     from neuroplastic.analysis.reappearance import primed_neurons
 
     run = RunDir(run_dir)
@@ -496,8 +497,13 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
     metrics = run.metrics()
     embeddings = run.embeddings()
     arms: dict[str, Any] = {}
+    # it never knew the concept: no recovery, its savings below
+    compared = [arm for arm in summary.arms if arm != NAIVE_ARM]
+    loaded_arms = {arm: ArmRun.load(run, arm) for arm in compared}
+    # primed: each arm correlated over the same neurons as its control
+    population = control_pair_population(loaded_arms)
     for arm, data in summary.arms.items():
-        if arm == NAIVE_ARM:  # it never knew the concept: no recovery, its savings below
+        if arm == NAIVE_ARM:
             continue
         # Later rounds of a chase start from another model: they have their own measures.
         entries = [e for e in data.stages if stage_round(e.stage) in (0, 1)]
@@ -506,10 +512,10 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         last = entries[-1]
         curve = _curve(metrics, arm, concept)
         recovered = recovery(curve, base_f1, RECOVERY_TARGET)
-        loaded = ArmRun.load(run, arm)
+        loaded = loaded_arms[arm]
         moved = relocation(loaded.rankings(), loaded.ablated, top, loaded.start)
         can_prime = concept_token_ids(loaded.stages[loaded.first].stats, concept).numel() > 0
-        primed = primed_neurons(loaded, embeddings) if can_prime else None
+        primed = primed_neurons(loaded, embeddings, population=population) if can_prime else None
         arms[arm] = {
             "drop_at_pruning": base_f1 - stages["pruned"].f1[concept],
             "steps_to_recover_90": recovered["steps_to_recover"],

@@ -29,7 +29,7 @@ import pandas as pd
 
 from neuroplastic.analysis.arm_analysis import ArmAnalysis, analyse_arm
 from neuroplastic.analysis.arm_run import ArmRun
-from neuroplastic.analysis.polysemantic import common_population
+from neuroplastic.analysis.polysemantic import common_population, control_pair_population
 from neuroplastic.analysis.scores import recovery_curves, stage_gaps
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.neurons import CONTROL_KINDS
@@ -151,8 +151,16 @@ def _build_report(
     # Polysemantic neurons are counted over one population common to every arm, so that the
     # control's churn is counted on the same neurons as the concept arm's.
     common = common_population(loaded)
+    pair = control_pair_population(loaded)  # primed: an arm and its control on one population
     analyses = {
-        arm: analyse_arm(data, embeddings, top=n_top, n_reappeared=n_neurons, population=common)
+        arm: analyse_arm(
+            data,
+            embeddings,
+            top=n_top,
+            n_reappeared=n_neurons,
+            population=common,
+            primed_population=pair,
+        )
         for arm, data in loaded.items()
     }
     summary = Summary.read(run) if run.summary_path.is_file() else None

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,59 @@ def test_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
         args += ["--" + name.replace("_", "-"), str(value)]
     assert main(args) == 2
     assert "is not a readable safetensors checkpoint" in capsys.readouterr().err
+    # The failed start left no run behind: the corrected command is not refused as another
+    # run's directory (it was, with config.json and the data record written before the load).
+    assert not (tmp_path / "run").exists()
+    missing = ["run", "--out", str(tmp_path / "run"), "--checkpoint", str(tmp_path / "nope")]
+    assert main(missing + args[5:]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_control_that_cannot_be_drawn_says_to_use_a_new_out(tmp_path, capsys):
+    """Known only once the base is ranked, after which the run's settings are fixed: the
+    advice to change --baseline must say where (its base kept for the record)."""
+    out = tmp_path / "run"
+    code = main(["run", "--out", str(out), *tiny_flags(fraction=0.8), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Use --baseline random-global" in err
+    assert f"give the changed settings a new --out (those of {out} are fixed" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fraction", "0.1", "--count", "5"], r"--fraction 0.1 and --count 5 both say"),
+        (["--batch-size", "10000"], r"--batch-size 10000 exceeds the \d+ training sentences"),
+    ],
+)
+def test_settings_that_would_be_silently_bent_are_refused(tmp_path, capsys, flags, message):
+    args = ["run", "--out", str(tmp_path / "run"), *tiny_flags(), *flags, "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["rank", "view"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "gpu0"])
+def test_rank_and_view_refuse_a_device_they_cannot_use(tmp_path, capsys, command, device):
+    """They used to run on the CPU without a word (TransformerLens falls back)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: cuda is usable here")
+    extra = ["--neurons", "0:1", "--out", str(tmp_path / "v.html")] if command == "view" else []
+    assert main([command, "--model", "tiny-bert", "--device", device, *extra, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device}" in err or f"got {device!r}" in err
+    assert not (tmp_path / "v.html").exists()
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(capsys):
+    assert main(["rank", "--model", "no-such-org/no-such-model", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuroplastic rank: error: could not load model 'no-such-org/no-such-")
+    assert err.count("\n") == 1
 
 
 def test_a_file_system_error_while_writing_the_report_is_one_line(tmp_path, capsys, monkeypatch):
@@ -277,7 +331,8 @@ def test_a_file_system_error_while_writing_the_report_is_one_line(tmp_path, caps
     monkeypatch.setattr(html.os, "replace", full)
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "No space left on device (report.html)" in err
+    assert err.count("\n") == 1
+    assert f"cannot write {tmp_path / 'report.html'}: No space left on device; free some" in err
     assert (tmp_path / "summary.json").is_file()
 
 

@@ -177,6 +177,22 @@ def test_best_cases_by_hand_with_a_censored_seed():
     assert case["fastest_recovery"]["lower_bound"] == pytest.approx((3.0 + 8.0) / 2)
 
 
+def test_a_grid_value_never_puts_a_cell_outside_the_sweep():
+    """A dataset path as a grid value is one directory name, its separators encoded; two values
+    that would name one directory are refused before anything runs."""
+    config = ExperimentConfig(**TINY)
+    plan = sweep_plan.plan_sweep(config, [0], grid={"dataset": ["../../data/x", "data\\y"]})
+    cells = [cell for cell, _, _ in plan.runs]
+    assert cells == [
+        "hold-selectivity_dataset=..%2F..%2Fdata%2Fx",
+        "hold-selectivity_dataset=data%5Cy",
+    ]
+    assert all("/" not in cell and "\\" not in cell for cell in cells)
+    assert plan.runs[0][2].dataset == "../../data/x"  # the run itself gets the value as given
+    with pytest.raises(NeuroplasticError, match="would share the directory"):
+        sweep_plan.plan_sweep(config, [0], grid={"relearn_sentences": [8, "8"]})
+
+
 def test_a_faster_cell_may_hide_behind_a_shorter_budget():
     """Seed 0: cell b never got there within 2 steps, fewer than a's 3: the fastest is only
     known to be at least 2, never a's 3."""

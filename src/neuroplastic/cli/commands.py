@@ -539,7 +539,15 @@ def _config(args: argparse.Namespace, lists: Sequence[str] = ()):
         value = getattr(args, name, None)
         if value is not None and name not in lists:
             settings[name] = value
-    # Giving a count or a fraction alone says which selection is meant.
+    # Giving a count or a fraction alone says which selection is meant; both, without
+    # --selection, would leave one of them silently unused.
+    if args.selection is None and args.count is not None and args.fraction is not None:
+        from neuroplastic.errors import NeuroplasticError
+
+        raise NeuroplasticError(
+            f"--fraction {args.fraction} and --count {args.count} both say how many neurons to "
+            "hold; give one (or --selection fraction|count|per-layer to say which is used)"
+        )
     if args.selection is None and (args.count is None) != (args.fraction is None):
         settings["selection"] = "count" if args.count is not None else "fraction"
     return ExperimentConfig.from_dict(settings)

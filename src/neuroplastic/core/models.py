@@ -43,6 +43,8 @@ def load_model(
 
     if dtype not in DTYPES:
         raise NeuroplasticError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if not device_map:
+        check_device(device)
     placement: dict[str, Any] = {"device_map": device_map} if device_map else {"device": device}
     placement["dtype"] = DTYPES[dtype]
     if name == EMBEDDED:
@@ -64,6 +66,31 @@ def load_model(
     return _boot(TransformerBridge, str(local) if local.exists() else name, **placement)
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine cannot compute on, before anything loads (TransformerLens
+    would otherwise fall back to the CPU without a word)."""
+    import re
+
+    from neuroplastic.config import DEVICE_FORMS
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise NeuroplasticError(f"--device must be one of {DEVICE_FORMS}; got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NeuroplasticError(
+                f"--device {device}: CUDA is not available on this machine (no GPU, or torch "
+                "was built without CUDA); use --device cpu"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise NeuroplasticError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), numbered from 0; use --device cuda:0 or --device cpu"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise NeuroplasticError("--device mps: MPS is not available here; use --device cpu")
+
+
 def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
     from neuroplastic.progress import library_bars
 
@@ -71,8 +98,9 @@ def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
         with library_bars():  # transformers' "Loading weights" bar, not in a log file
             model = bridge_class.boot_transformers(name, **kwargs)
     except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...
+        reason = " ".join(str(error).split())  # one line, whatever the library printed
         raise NeuroplasticError(
-            f"could not load model {name!r}: {error}. Use 'embedded' (offline MiniLM), "
+            f"could not load model {name!r}: {reason}. Use 'embedded' (offline MiniLM), "
             "'tiny-gpt2', 'tiny-bert', a local model directory, or a Hugging Face name when "
             "the hub is reachable"
         ) from error

@@ -57,7 +57,7 @@ from neuroplastic.core.activations import neuron_activations
 from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace
 from neuroplastic.core.halves import HALVES, ProbeSplit, split_probe
 from neuroplastic.core.held_hooks import HeldHooks
-from neuroplastic.core.models import is_decoder, load_model, model_device
+from neuroplastic.core.models import check_device, is_decoder, load_model, model_device
 from neuroplastic.core.neurons import NeuronSet, control_kind
 from neuroplastic.core.probes import ResidualTap, layers_that_fit, probe_auc, probe_auc_of
 from neuroplastic.core.ranking import Ranking
@@ -289,15 +289,16 @@ def run_experiment(
     finally:
         store.unlock()
         if created:
-            _remove_if_nothing_written(store.run)
+            _remove_if_nothing_written(store)
 
 
-def _remove_if_nothing_written(run: RunDir) -> None:
-    """Delete a run directory this call created and wrote no file into (only its lock): a
-    start that failed on a setting leaves nothing behind."""
-    files = [p for p in run.path.rglob("*") if p.is_file() and p != run.lock_path]
-    if run.path.is_dir() and not files:
-        shutil.rmtree(run.path, ignore_errors=True)
+def _remove_if_nothing_written(store: Checkpointer) -> None:
+    """Delete a run directory this call created and left no result in (:data:`RESULTS`: a
+    stage, a neuron set, a summary; its config, data record and sentences are not results): a
+    start that failed on a setting, a missing --checkpoint say, leaves nothing behind to
+    refuse the corrected command."""
+    if store.run.path.is_dir() and not store.results():
+        shutil.rmtree(store.run.path, ignore_errors=True)
 
 
 @distributed.rank_zero
@@ -427,7 +428,7 @@ def _setup(
     # The model's own weights never depend on the seed (a tiny random model is always the same
     # one): a seed changes the head, the data order, dropout and the sentences sampled.
     device = device or config.device
-    _check_device(device)
+    check_device(device)
     _check_processes(config)
     model = load_model(
         config.model, device=device, dtype=config.dtype, device_map=config.device_map
@@ -451,6 +452,12 @@ def _setup(
     )
     train, probe = _train_and_probe(corpus, config)
     validation = corpus.validation[: config.validation_sentences]
+    if len(validation) < config.validation_sentences:
+        log(
+            f"note: --validation-sentences {config.validation_sentences} asks for more than "
+            f"the {len(validation)} validation sentences of {config.dataset}; evaluating on "
+            "all of them"
+        )
     encode = partial(
         ConceptDataset,
         tokenizer=model.tokenizer,
@@ -459,6 +466,11 @@ def _setup(
         max_length=config.max_length,
     )
     train_data, validation_data, probe_data = encode(train), encode(validation), encode(probe)
+    if config.batch_size > len(train_data):
+        raise NeuroplasticError(
+            f"--batch-size {config.batch_size} exceeds the {len(train_data)} training sentences: "
+            f"each batch would repeat sentences; give at most {len(train_data)}"
+        )
     for name, data in (("validation", validation_data), ("probe", probe_data)):
         data.label_id(config.concept)  # an unknown concept fails before any training
         if data.label_counts()[config.concept] == 0:
@@ -539,23 +551,6 @@ def _check_out(out: Path) -> None:
             f"--out {out}: the directory is not writable; give a directory you can write to "
             "or change its permissions"
         )
-
-
-def _check_device(device: str) -> None:
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise NeuroplasticError(
-                f"--device {device}: CUDA is not available on this machine (no GPU, or torch "
-                "was built without CUDA); use --device cpu"
-            )
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise NeuroplasticError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s), numbered from 0; use --device cuda:0 or --device cpu"
-            )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise NeuroplasticError("--device mps: MPS is not available here; use --device cpu")
 
 
 def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
@@ -815,12 +810,20 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
             neurons.save(setup.run.neurons_path(arm))
         return sets
     sets = {"concept": concept}
-    if config.baseline == "random":
-        sets["random"] = concept.random_matching(seed=config.seed)
-    elif config.baseline == "random-global":
-        sets["random"] = concept.random_global(seed=config.seed)
-    elif config.baseline == "random-any":
-        sets["random"] = concept.random_any(seed=config.seed)
+    draw = {
+        "random": concept.random_matching,
+        "random-global": concept.random_global,
+        "random-any": concept.random_any,
+    }.get(config.baseline)
+    if draw is not None:
+        try:
+            sets["random"] = draw(seed=config.seed)
+        except NeuroplasticError as error:
+            # Known only once the base is ranked; a run's settings are fixed from its start.
+            raise NeuroplasticError(
+                f"{error}; give the changed settings a new --out (those of {setup.run.path} "
+                "are fixed: its base is done)"
+            ) from None
     for arm, neurons in sets.items():
         neurons.save(setup.run.neurons_path(arm))
     return sets

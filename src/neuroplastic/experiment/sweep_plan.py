@@ -15,8 +15,17 @@ from neuroplastic.errors import NeuroplasticError
 
 
 def cell_name(mode: str, method: str, point: dict[str, Any] | None = None) -> str:
-    """``{mode}-{method}``, then ``_{key}={value}`` per grid axis (``--grid``), in order."""
-    return f"{mode}-{method}" + "".join(f"_{k}={v}" for k, v in (point or {}).items())
+    """``{mode}-{method}``, then ``_{key}={value}`` per grid axis (``--grid``), in order: one
+    directory name, a value's path separators percent-encoded (``dataset=data/x`` ->
+    ``dataset=data%2Fx``), so that no grid value puts a cell's runs outside the sweep."""
+    return f"{mode}-{method}" + "".join(f"_{k}={_path_safe(v)}" for k, v in (point or {}).items())
+
+
+def _path_safe(value: Any) -> str:
+    text = str(value).replace("%", "%25")
+    for separator in ("/", "\\", "\0"):
+        text = text.replace(separator, f"%{ord(separator):02X}")
+    return text
 
 
 def grid_points(grid: dict[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
@@ -84,6 +93,11 @@ def plan_sweep(
         for method in methods:
             for point in grid_points(grid):
                 cell = cell_name(mode, method, point)
+                if cell in settings:
+                    raise NeuroplasticError(
+                        f"two cells of the sweep would share the directory {cell!r} "
+                        f"({settings[cell]} and {point}); give grid values that differ"
+                    )
                 settings[cell] = {"mode": mode, "method": method, **point}
                 for seed in seeds:
                     config = replace(base, mode=mode, method=method, seed=seed, **point)

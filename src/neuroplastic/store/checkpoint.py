@@ -163,7 +163,7 @@ class Checkpointer:
 
     def _refuse_results(self, problem: str, remedy: str) -> None:
         """Refuse a directory holding results when their config.json cannot be read."""
-        found = self._results()
+        found = self.results()
         if found:
             names = ", ".join(found[:2]) + (f" and {len(found) - 2} more" if len(found) > 2 else "")
             raise NeuroplasticError(
@@ -352,7 +352,7 @@ class Checkpointer:
         kind, arm, stage = owner
         return self.done(stage_owner(arm, stage) if kind == "stage" else arm, stage)
 
-    def _results(self) -> list[str]:
+    def results(self) -> list[str]:
         """Relative paths of the results in the directory (see ``RESULTS``)."""
         found = []
         for name in RESULTS:

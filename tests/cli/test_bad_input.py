@@ -397,3 +397,21 @@ def test_every_bound_is_declared_once_and_checked_at_its_edges():
     assert Bound(low=0, high=1, low_open=True).describe() == "in (0, 1]"
     assert Bound(low=0, low_open=True).describe() == "positive"
     assert Bound(low=0, note="0: none").admits(0) and not Bound(low=0).admits(float("nan"))
+
+
+def test_a_concept_cut_off_by_max_length_says_so(tmp_path):
+    """Every LOC word lies past the first tokens: not "no tokens in the data" alone, but where
+    they went and what to raise."""
+    data = tmp_path / "data"
+    data.mkdir()
+    filler = "".join(f"word{i} O\n" for i in range(30))
+    text = "\n".join(f"{filler}Paris B-LOC\nis{i} O\n" for i in range(150))
+    (data / "train.txt").write_text(text)
+    (data / "validation.txt").write_text(text)
+    config = tiny_config(dataset=str(data), max_length=16)
+    with pytest.raises(
+        NeuroplasticError,
+        match=r"no tokens in the validation sentences within "
+        r"their first 16 tokens \(\d+ of them are longer.*raise --max-length",
+    ):
+        run_experiment(config, tmp_path / "run", log=lambda *_: None)

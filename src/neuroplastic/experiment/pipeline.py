@@ -474,8 +474,14 @@ def _setup(
     for name, data in (("validation", validation_data), ("probe", probe_data)):
         data.label_id(config.concept)  # an unknown concept fails before any training
         if data.label_counts()[config.concept] == 0:
+            cut = (
+                f" within their first {config.max_length} tokens ({data.n_truncated} of them "
+                "are longer and cut there: raise --max-length if the concept lies further on)"
+                if data.n_truncated
+                else ""
+            )
             raise NeuroplasticError(
-                f"concept {config.concept!r} has no tokens in the {name} sentences"
+                f"concept {config.concept!r} has no tokens in the {name} sentences{cut}"
             )
         if data.n_truncated:
             log(

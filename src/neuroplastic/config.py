@@ -814,6 +814,10 @@ class ExperimentConfig:
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
         path = Path(path)
+        if path.is_dir():
+            raise NeuroplasticError(
+                f"--config {path} is a directory; give its config.json ({path / 'config.json'})"
+            )
         if not path.is_file():
             raise NeuroplasticError(f"config file not found: {path}")
         try:

@@ -415,3 +415,12 @@ def test_a_concept_cut_off_by_max_length_says_so(tmp_path):
         r"their first 16 tokens \(\d+ of them are longer.*raise --max-length",
     ):
         run_experiment(config, tmp_path / "run", log=lambda *_: None)
+
+
+def test_a_directory_given_for_a_file_is_named_as_one(tmp_path, capsys):
+    args = ["run", "--out", str(tmp_path / "run"), *tiny_flags(), "--quiet"]
+    assert main([*args, "--config", str(tmp_path)]) == 2
+    assert f"--config {tmp_path} is a directory; give its config.json" in capsys.readouterr().err
+    assert main([*args, "--checkpoint", str(tmp_path)]) == 2
+    assert f"checkpoint {tmp_path} is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -364,6 +364,11 @@ class Checkpointer:
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
     """Copy a safetensors file of ``module.named_parameters()`` into ``module``."""
+    if path.is_dir():
+        raise NeuroplasticError(
+            f"checkpoint {path} is a directory; give one of its .safetensors files "
+            "(checkpoints/{arm}/{stage}.safetensors of a run made with --save-checkpoints)"
+        )
     if not path.is_file():
         raise NeuroplasticError(f"checkpoint not found: {path}")
     try:

@@ -102,6 +102,8 @@ def test_a_half_removal_names_its_control_the_complement(tmp_path) -> None:
             log=lines.append,
         )  # fmt: skip
         assert summary["arms"]["random"]["control"] == "complement"
+        # The two halves share no survivor: each arm's predictions are scored on its own.
+        assert {row["population"] for row in summary["prediction"]} == {"own arm"}
         sets.append(RunDir(out).neurons("random").neurons)
         # At 50% the "random" control is the other half, whatever the seed (the seed changes
         # the head, so the concept's own set, and with it the other half) ...

@@ -157,6 +157,7 @@ def test_the_summary_evaluates_every_predictor_against_what_happened(predicted):
     run = RunDir(out)
     every = pd.DataFrame(summary["prediction"])
     assert set(every["arm"]) == {"concept", "random"}  # the control's numbers: the null
+    assert set(every["population"]) == {"paired"}  # both judged on the same neurons
     rows = every[every["arm"] == "concept"]
     assert rows[["predictor", "truth"]].apply(tuple, axis=1).tolist() == [
         (p, t) for p in PREDICTORS for t in ("gain", "entered", "last_top")

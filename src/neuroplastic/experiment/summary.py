@@ -290,8 +290,9 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
     (:func:`neuroplastic.analysis.predict.evaluate_arm`), per predicted arm that has retrained,
     every arm scored on the same neurons (:func:`~neuroplastic.analysis.predict.
     paired_population`: the concept arm and its control differ in what was removed, not in
-    which neurons are judged); nothing for a run without predictions (made before they
-    existed) or without retraining."""
+    which neurons are judged; ``population`` "paired"), or, where they share none (a
+    complement control), each on its own survivors ("own arm"); nothing for a run without
+    predictions (made before they existed) or without retraining."""
     predicted = {}
     for arm in arms:
         path = run.predictions_path(arm)
@@ -311,11 +312,17 @@ def _prediction(run: RunDir, arms: list[str]) -> dict[str, Any]:
     population = paired_population(
         [(*rankings, loaded.ablated) for loaded, _, rankings in predicted.values()]
     )
+    # A complement control (a 50% removal) shares no survivor with the concept arm: then each
+    # arm is scored on its own, and its rows say so.
+    shared = bool(population.any())
     rows: list[dict] = []
     causal: dict[str, Any] = {}
     for arm, (loaded, predictions, rankings) in predicted.items():
-        frame = evaluate_arm(loaded, predictions, rankings=rankings, population=population)
+        frame = evaluate_arm(
+            loaded, predictions, rankings=rankings, population=population if shared else None
+        )
         frame.insert(0, "arm", arm)
+        frame.insert(1, "population", "paired" if shared else "own arm")
         # None, not NaN, where a measure is undefined: summary.json stays valid JSON.
         rows += [{k: _number(v) for k, v in row.items()} for row in frame.to_dict("records")]
         causal_path = run.stage_dir(arm, loaded.last) / CAUSAL_FILE

@@ -11,7 +11,14 @@ from tiny import tiny_config
 
 import neuroplastic.experiment.pipeline as experiment
 from neuroplastic.core.curves import area_between, savings
-from neuroplastic.core.relearn import concept_masked, mentions, relearn_data, relearn_indices
+from neuroplastic.core.relearn import (
+    concept_masked,
+    concept_neutral_loss,
+    concept_tag_ids,
+    mentions,
+    relearn_data,
+    relearn_indices,
+)
 from neuroplastic.core.training import TokenClassifier, tagging_loss
 from neuroplastic.data.concept import IGNORE_TAG, ConceptDataset
 from neuroplastic.data.load import concept_labels
@@ -60,6 +67,40 @@ def test_masked_loss_gets_no_gradient_from_concept_tokens(encoded, tiny_bert):
         kept = (batch.tag_labels != IGNORE_TAG) & ~concept_tagged
         by_hand = torch.nn.functional.cross_entropy(logits[kept], batch.tag_labels[kept])
     assert torch.allclose(loss_a, by_hand, atol=1e-6)
+    tiny_bert.reset_hooks(including_permanent=True)
+
+
+def test_the_naive_base_loss_neither_teaches_nor_suppresses_the_concept(encoded, tiny_bert):
+    """The concept's classes are out of the softmax: their head rows get exactly zero gradient
+    (the masked loss alone pushes them down through every other token), and the loss equals a
+    cross-entropy computed by hand over the other classes and the other tokens."""
+    loc = encoded.label_id("LOC")
+    tags = concept_tag_ids(encoded.tag_names, "LOC")
+    assert sorted(encoded.tag_names[t] for t in tags) == ["B-LOC", "I-LOC"]
+    batch = encoded.collate(list(range(16)))
+    torch.manual_seed(0)
+    module = TokenClassifier(tiny_bert, len(encoded.tag_names)).eval()
+
+    def head_grads(loss_fn):
+        module.zero_grad()
+        loss = loss_fn(module, batch)
+        loss.backward()
+        return loss.detach(), module.head.weight.grad.clone(), module.head.bias.grad.clone()
+
+    loss, weight, bias = head_grads(concept_neutral_loss(loc, tags))
+    assert torch.count_nonzero(weight[tags]) == 0 and torch.count_nonzero(bias[tags]) == 0
+    others = [t for t in range(len(encoded.tag_names)) if t not in tags]
+    assert torch.count_nonzero(weight[others]) > 0  # the other classes are trained
+    _, masked_weight, _ = head_grads(concept_masked(tagging_loss, loc))
+    assert torch.count_nonzero(masked_weight[tags]) > 0  # the suppression this loss removes
+    with torch.no_grad():
+        logits = module(batch.tokens, batch.attention_mask)
+        kept = (batch.tag_labels != IGNORE_TAG) & (batch.concept_labels != loc)
+        # the other classes' logits alone, labels renumbered among them
+        renumber = {old: new for new, old in enumerate(others)}
+        targets = torch.tensor([renumber[int(t)] for t in batch.tag_labels[kept]])
+        by_hand = torch.nn.functional.cross_entropy(logits[kept][:, others], targets)
+    assert torch.allclose(loss, by_hand, atol=1e-6)
     tiny_bert.reset_hooks(including_permanent=True)
 
 
@@ -187,9 +228,9 @@ def test_the_naive_arm_holds_the_concept_arms_neurons_from_its_own_base(naive_ru
 
 
 def test_the_naive_base_differs_from_the_concept_base_in_the_loss_alone(tmp_path, monkeypatch):
-    """With the concept's tokens put back in its loss, the naive arm is the concept arm to the
-    bit: the same initial weights and head, batches, dropout, schedule and steps."""
-    monkeypatch.setattr(experiment, "concept_masked", lambda loss_fn, concept_id: loss_fn)
+    """With the concept's tokens and classes put back in its loss, the naive arm is the concept
+    arm to the bit: the same initial weights and head, batches, dropout, schedule and steps."""
+    monkeypatch.setattr(experiment, "naive_base_loss", lambda setup: setup.loss_fn())
     summary = experiment.run_experiment(
         tiny_config(naive=True, save_checkpoints=True), tmp_path, progress=False, log=quiet
     )
@@ -346,7 +387,9 @@ def test_a_base_fine_tuned_without_the_concept_never_tags_it(embedded_model, cor
                 parameter.copy_(initial[key])
         torch.manual_seed(0)
         module = TokenClassifier(embedded_model, len(corpus.tag_names))
-        loss_fn = loss_fn or concept_masked(tagging_loss, train.label_id("LOC"))
+        loss_fn = loss_fn or concept_neutral_loss(
+            train.label_id("LOC"), concept_tag_ids(train.tag_names, "LOC")
+        )
         config = TrainConfig(learning_rate=3e-4, batch_size=16)
         Trainer(module, loss_fn, train, 30, config, seed=0).run(30, progress=False)
         scores[name] = evaluate(module, validation, "ner", "LOC", progress=False).scores["f1"]

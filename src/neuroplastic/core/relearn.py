@@ -13,16 +13,18 @@ separate the two:
   through for the same steps (how little data brings it back).
 
 Every arm of a run retrains the same way, so the control stays paired. The naive arm
-(``--naive``) fine-tunes its base with :func:`concept_masked` loss: a model that never learned
-the concept, whose retraining curve is first learning, for :func:`neuroplastic.core.curves.savings`.
+(``--naive``) fine-tunes its base with :func:`concept_neutral_loss`: a model that never learned
+the concept, and was never taught to refuse it either, whose retraining curve is first learning,
+for :func:`neuroplastic.core.curves.savings`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import torch
 from torch import Tensor, nn
 
 from neuroplastic.config import ExperimentConfig
@@ -44,6 +46,35 @@ def concept_masked(loss_fn: LossFn, concept_id: int) -> LossFn:
 
     def loss(module: nn.Module, batch: Batch) -> Tensor:
         return loss_fn(module, without_concept(batch, concept_id))
+
+    return loss
+
+
+def concept_tag_ids(tag_names: Sequence[str], concept: str) -> list[int]:
+    """The tag classes of ``concept`` (``B-LOC``, ``I-LOC``; or ``LOC`` in an IO scheme)."""
+    return [i for i, tag in enumerate(tag_names) if tag == concept or tag[2:] == concept]
+
+
+def concept_neutral_loss(concept_id: int, concept_tags: Sequence[int]) -> LossFn:
+    """The tagging loss of a model that neither learns the concept nor learns to refuse it.
+
+    Leaving the concept's tokens out of the loss (:func:`concept_masked`) is not enough: every
+    other token's softmax still pushes the concept's classes down, so a base fine-tuned that way
+    is taught never to output them, and relearning from it measures, in part, the time to undo
+    that suppression. Here the concept's classes are also out of the softmax (their logits set
+    to -inf before it), so their head rows get exactly zero gradient and stay as initialised,
+    apart from AdamW's decoupled weight decay (a factor of about 1 - 1e-6 per step)."""
+    tags = torch.tensor(sorted(concept_tags), dtype=torch.long)
+    if not len(tags):
+        raise NeuroplasticError("the concept has no tag classes to take out of the softmax")
+
+    def loss(module: nn.Module, batch: Batch) -> Tensor:
+        blind = without_concept(batch, concept_id)
+        logits = module(blind.tokens, blind.attention_mask)
+        logits = logits.index_fill(-1, tags.to(logits.device), float("-inf"))
+        return nn.functional.cross_entropy(
+            logits.flatten(0, 1), blind.tag_labels.flatten(), ignore_index=IGNORE_TAG
+        )
 
     return loss
 

@@ -61,7 +61,12 @@ from neuroplastic.core.models import check_device, is_decoder, load_model, model
 from neuroplastic.core.neurons import NeuronSet, control_kind
 from neuroplastic.core.probes import ResidualTap, layers_that_fit, probe_auc, probe_auc_of
 from neuroplastic.core.ranking import Ranking
-from neuroplastic.core.relearn import concept_masked, relearn_data, relearn_loss
+from neuroplastic.core.relearn import (
+    concept_neutral_loss,
+    concept_tag_ids,
+    relearn_data,
+    relearn_loss,
+)
 from neuroplastic.core.removal import ErasureRemoval, NeuronRemoval, Removal
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.core.stats import NeuronStats, collect_stats
@@ -746,7 +751,9 @@ def _train_to_plateau(setup: Setup, log=report_line) -> tuple[dict, list[float]]
 def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> None:
     """The naive arm's base: the concept arm's base fine-tuning exactly (the same initial
     weights and head, batches, order, dropout, schedule and steps) but with the concept's
-    tokens out of the loss, so the model never learns the concept; then measured."""
+    tokens out of the loss and its classes out of the softmax
+    (:func:`~neuroplastic.core.relearn.concept_neutral_loss`), so the model neither learns the
+    concept nor learns to refuse it; then measured."""
     config = setup.config
     if setup.main_store.done(NAIVE_ARM, "base"):
         log(f"[{NAIVE_ARM}] base already done; resuming")
@@ -761,8 +768,8 @@ def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) ->
     steps = setup.main_store.marker("concept", "base")["base"]["steps"]
     _load_initial_weights(setup)
     trainer = Trainer(
-        setup.trainee, concept_masked(setup.loss_fn(), setup.concept_id()), setup.train_data,
-        setup.base_steps, _train_config(config), seed=config.seed,
+        setup.trainee, naive_base_loss(setup), setup.train_data, setup.base_steps,
+        _train_config(config), seed=config.seed,
     )  # fmt: skip
     losses = trainer.run(
         steps,
@@ -770,8 +777,20 @@ def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) ->
         progress=setup.progress,
         description=f"[{NAIVE_ARM}] base",
     )
-    base = {"steps": steps, "stopped": "matched", "probe_loss": [], "concept_in_loss": False}
+    base = {
+        "steps": steps,
+        "stopped": "matched",
+        "probe_loss": [],
+        "concept_in_loss": False,
+        "concept_in_softmax": False,
+    }
     _finish_stage(setup, NAIVE_ARM, "base", 0, losses, None, [], log, base=base)
+
+
+def naive_base_loss(setup: Setup):
+    """The naive base's loss: blind to the concept's tokens and classes."""
+    tags = concept_tag_ids(setup.train_data.tag_names, setup.config.concept)
+    return concept_neutral_loss(setup.concept_id(), tags)
 
 
 def _load_initial_weights(setup: Setup) -> None:

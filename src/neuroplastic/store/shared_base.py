@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from neuroplastic import distributed
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import NAIVE_ARM, ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.store.checkpoint import load_weights
 from neuroplastic.store.lock import reading
@@ -86,6 +86,10 @@ def _checked(run: RunDir, config: ExperimentConfig, arm: str) -> SharedBase | No
             # A base trained by another number of processes has other dropout masks: not this
             # run's base. (The device may differ, as it may between a run and its resumption.)
             if record.get("processes", 1) != distributed.world_size():
+                return None
+            # A naive base trained with the concept's classes in its softmax was taught to
+            # refuse the concept (older runs): not the naive base this version trains.
+            if arm == NAIVE_ARM and record.get("base", {}).get("concept_in_softmax") is not False:
                 return None
     except (NeuroplasticError, OSError, ValueError):
         return None

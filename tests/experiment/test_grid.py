@@ -126,9 +126,9 @@ def test_a_grid_runs_every_point_and_names_the_best_case_per_seed(gridded, tmp_p
         finals.append(last[best])
         assert case["highest_value"][seed] == result["settings"][best]["relearn_lr"]
         reached = {
-            c: a["steps_to_recover_90"]
+            c: a["lasting_recovery_90"]
             for c, a in per_cell.items()
-            if a["steps_to_recover_90"] is not None
+            if a["lasting_recovery_90"] is not None
         }
         steps.append(min(reached.values()) if reached else None)
     assert case["highest_final_f1"]["values"] == pytest.approx(finals)
@@ -157,7 +157,7 @@ def test_best_cases_by_hand_with_a_censored_seed():
             "concept": concept,
             "arms": {
                 "concept": {
-                    "steps_to_recover_90": steps,
+                    "lasting_recovery_90": steps,
                     "recovery": {"budget": budget},
                     "f1": {"base": {"LOC": 0.9}, "retrain-2": {"LOC": last}},
                 }
@@ -198,7 +198,7 @@ def test_a_faster_cell_may_hide_behind_a_shorter_budget():
     known to be at least 2, never a's 3."""
 
     def run(steps, budget):
-        arm = {"steps_to_recover_90": steps, "recovery": {"budget": budget}}
+        arm = {"lasting_recovery_90": steps, "recovery": {"budget": budget}}
         return {"concept": "LOC", "arms": {"concept": {**arm, "f1": {"base": {"LOC": 0.9}}}}}
 
     settings = {"a": {"mode": "hold", "steps": 8}, "b": {"mode": "hold", "steps": 2}}

@@ -162,6 +162,20 @@ def test_savings_by_hand():
     assert area_between(RELEARNED, naive, until=2) == pytest.approx(0.375)
 
 
+def test_savings_count_the_steps_to_a_recovery_that_lasts():
+    """A relearner that crosses the target at once and dips below it again is back for good
+    only after the dip: savings use that (the first crossing is kept beside it)."""
+    dipping = {"step": [0, 1, 2, 4, 8], "f1": [0.0, 0.95, 0.5, 0.95, 0.95]}
+    naive = {"step": [0, 1, 2, 4, 8], "f1": [0.0, 0.1, 0.2, 0.5, 0.9]}
+    result = savings(dipping, naive, target=0.9, until=8)
+    lasting = 2 + 2 * (0.9 - 0.5) / (0.95 - 0.5)
+    assert result["steps_relearned"] == pytest.approx(lasting)
+    assert result["savings"] == pytest.approx(1 - lasting / 8)
+    assert result["first_crossing"]["steps_relearned"] == pytest.approx(0.9 / 0.95)
+    first = savings(dipping, naive, target=0.9, until=8, lasting=False)
+    assert first["savings"] == pytest.approx(1 - (0.9 / 0.95) / 8)
+
+
 def test_a_naive_arm_that_never_learns_is_censored_to_a_lower_bound():
     naive = {"step": [0, 1, 2, 4, 8], "f1": [0.0, 0.1, 0.2, 0.5, 0.8]}
     result = savings(RELEARNED, naive, target=0.9, until=8)
@@ -225,6 +239,38 @@ def test_the_naive_arm_holds_the_concept_arms_neurons_from_its_own_base(naive_ru
     assert summary["arms"]["random"]["stages"][0]["f1"] == concept_stages[0]["f1"]
     assert "recovery" not in summary["arms"]["naive"]  # it had nothing to recover
     assert summary["savings"]["target"] == pytest.approx(0.9 * concept_stages[0]["f1"]["LOC"])
+
+
+def test_the_sweep_takes_savings_at_every_target_from_the_runs_curves(naive_run):
+    """Each target's savings recomputed by hand from the run's metrics (each arm's round-1
+    evaluations), and the naive base's other types against the concept base's."""
+    from neuroplastic.core.curves import SAVINGS_TARGETS, steps_to_lasting_recovery
+    from neuroplastic.experiment.sweep import run_measures
+
+    out, summary = naive_run
+    saved = run_measures(out)["savings"]
+    assert set(saved["targets"]) == {str(share) for share in SAVINGS_TARGETS}
+    metrics = RunDir(out).metrics()
+
+    def curve(arm):
+        rows = metrics[(metrics["arm"] == arm) & (metrics["step"] >= 0)].sort_values("step")
+        return {"step": list(rows["step"].astype(float)), "f1": list(rows["f1_LOC"])}
+
+    base = summary["arms"]["concept"]["stages"][0]["f1"]
+    for share, result in saved["targets"].items():
+        target = float(share) * base["LOC"]
+        assert result["target"] == pytest.approx(target)
+        for arm, key in (("concept", "steps_relearned"), ("naive", "steps_naive")):
+            expected = steps_to_lasting_recovery(curve(arm), target)
+            assert (result[key] is None) == math.isnan(expected)
+            if result[key] is not None:
+                assert result[key] == pytest.approx(expected)
+    assert saved["savings"] == saved["targets"]["0.9"]["savings"]
+    naive_base = summary["arms"]["naive"]["stages"][0]["f1"]
+    assert set(saved["naive_minus_concept_base"]) == set(base) - {"LOC"}
+    for entity, gap in saved["naive_minus_concept_base"].items():
+        assert gap == pytest.approx(naive_base[entity] - base[entity])
+    assert summary["savings"]["naive_base"]["concept_in_softmax"] is False
 
 
 def test_the_naive_base_differs_from_the_concept_base_in_the_loss_alone(tmp_path, monkeypatch):
@@ -338,6 +384,20 @@ def test_savings_across_seeds_counts_a_censored_seed_at_its_bound():
                 "curve": {"step": [0.0], "f1": [0.0]},
             },
         }  # fmt: skip
+
+    # Every target aggregated as the headline one, with how many seeds reached it; the naive
+    # base's other types paired against the concept base's.
+    seeds = [run(0, 0.5, "exact", 4.0), run(1, 0.7, "exact", 6.0)]
+    for seed, gap in zip(seeds, (-0.01, 0.03), strict=True):
+        seed["savings"]["targets"] = {"0.5": dict(seed["savings"]), "0.9": dict(seed["savings"])}
+        seed["savings"]["targets"]["0.9"].update(savings=None, bound=None, steps_naive=None,
+                                                 naive_reached=False, why_none="x")  # fmt: skip
+        seed["savings"]["naive_minus_concept_base"] = {"PER": gap}
+    targets = savings_across_seeds(seeds)
+    assert targets["targets"]["0.5"]["savings"]["mean"] == pytest.approx(0.6)
+    assert targets["targets_reached"]["0.9"] == {"concept": 2, "naive": 0, "of": 2}
+    assert targets["naive_minus_concept_base"]["PER"]["mean"] == pytest.approx(0.01)
+    assert "equivalence" in targets["naive_minus_concept_base"]["PER"]
 
     across = savings_across_seeds(
         [run(0, 0.5, "exact", 4.0), run(1, 0.7, "exact", 6.0), run(2, 0.6, "lower", None)]

@@ -98,6 +98,33 @@ def test_steps_to_recover_and_auc_by_hand():
     assert curves.recovery_auc(curve, 0.5) == pytest.approx(2 * (0.35 + 0.7 + 0.925) / 3)
 
 
+def test_lasting_recovery_waits_for_the_curve_to_stay_up():
+    """The issue's seed: it crosses the target (0.857) at step 6, falls back below it until
+    step 21, and is above it from then on. The first crossing interpolates between steps 4 and
+    6; lasting recovery between the last evaluation below (21) and the next (30)."""
+    curve = {
+        "step": [0.0, 2, 4, 6, 8, 11, 15, 21, 30],
+        "f1": [0.07, 0.5, 0.8, 0.86, 0.844, 0.79, 0.781, 0.849, 0.9],
+    }
+    target = 0.857
+    assert curves.steps_to_recover(curve, target) == pytest.approx(4 + 0.057 / 0.06 * 2)
+    assert curves.steps_to_lasting_recovery(curve, target) == pytest.approx(
+        21 + (0.857 - 0.849) / (0.9 - 0.849) * 9
+    )
+    # A monotone curve: both are the same crossing.
+    rising = {"step": [0.0, 10, 20, 30], "f1": [0.2, 0.5, 0.9, 0.95]}
+    assert curves.steps_to_lasting_recovery(rising, 0.7) == pytest.approx(15)
+    # Never below: the first step; ending below (back, then lost again): censored.
+    assert curves.steps_to_lasting_recovery(rising, 0.1) == 0
+    fallen = {"step": [0.0, 10, 20], "f1": [0.2, 0.95, 0.5]}
+    assert curves.steps_to_recover(fallen, 0.9) == pytest.approx(0.7 / 0.75 * 10)
+    assert math.isnan(curves.steps_to_lasting_recovery(fallen, 0.9))
+    measured = curves.recovery(curve, base=0.857 / 0.9)
+    assert measured["lasting"] and measured["reached"]
+    assert measured["steps_to_lasting_recovery"] == pytest.approx(22.41, abs=0.01)
+    assert curves.recovery(fallen, base=1.0)["lasting"] is False
+
+
 def test_interval_counts_runs_that_never_recovered():
     result = sweep.interval([10.0, float("nan"), 14.0])
     assert result["mean"] == 12 and result["n"] == 2 and result["missing"] == 1

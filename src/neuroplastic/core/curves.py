@@ -16,8 +16,10 @@ Curve = Mapping[str, Any]
 
 
 def steps_to_recover(curve: Curve, target: float) -> float:
-    """The first step at which the curve reaches ``target``, linearly interpolated between the
-    evaluations around it; 0 if it never fell below; NaN if it never gets there."""
+    """The **first crossing**: the first step at which the curve reaches ``target``, linearly
+    interpolated between the evaluations around it; the first step if it never fell below;
+    NaN if it never gets there. A curve may cross and fall back below (a learning-rate peak
+    does it): :func:`steps_to_lasting_recovery` is the recovery that holds."""
     steps, values = np.asarray(curve["step"], float), np.asarray(curve["f1"], float)
     for i, (step, value) in enumerate(zip(steps, values, strict=True)):
         if value >= target:
@@ -26,6 +28,24 @@ def steps_to_recover(curve: Curve, target: float) -> float:
             before, at = values[i - 1], value
             return float(steps[i - 1] + (target - before) / (at - before) * (step - steps[i - 1]))
     return math.nan
+
+
+def steps_to_lasting_recovery(curve: Curve, target: float) -> float:
+    """**Lasting recovery**: the first step after which every evaluation stays at or above
+    ``target``, linearly interpolated between the last evaluation below it and the next; the
+    first step if no evaluation is below; NaN if the last evaluation is below (censored: not
+    back, or not staying back, within the grid). "Lasting" means within the evaluated steps."""
+    steps, values = np.asarray(curve["step"], float), np.asarray(curve["f1"], float)
+    below = np.flatnonzero(values < target)
+    if not len(steps):
+        return math.nan
+    if not len(below):
+        return float(steps[0])
+    last = int(below[-1])
+    if last == len(steps) - 1:
+        return math.nan
+    before, at = values[last], values[last + 1]
+    return float(steps[last] + (target - before) / (at - before) * (steps[last + 1] - steps[last]))
 
 
 def recovery_auc(curve: Curve, base: float) -> float:
@@ -64,18 +84,23 @@ def share_recovered(curve: Curve, base: float, step: float) -> float:
 def recovery(curve: Curve, base: float, target_share: float = RECOVERY_TARGET) -> dict[str, Any]:
     """Every recovery measure of one curve, with the grid it was read from.
 
-    ``steps_to_recover`` is None when the curve never reaches ``target_share`` x ``base``
-    within its last evaluation (``budget``): the run is censored (``reached`` False), and its
-    steps are at least the budget. Never drop such a run from an average: count it."""
+    ``steps_to_recover`` (the first crossing) is None when the curve never reaches
+    ``target_share`` x ``base`` within its last evaluation (``budget``): the run is censored
+    (``reached`` False), and its steps are at least the budget. ``steps_to_lasting_recovery``
+    is None when the last evaluation is below the target (``lasting`` False). Never drop such a
+    run from an average: count it."""
     steps = [float(s) for s in curve["step"]]
     target = target_share * base
     to_target = steps_to_recover(curve, target) if base > 0 else math.nan
+    lasting = steps_to_lasting_recovery(curve, target) if base > 0 else math.nan
     return {
         "grid": steps,
         "target": target,
         "budget": steps[-1] if steps else None,
         "reached": bool(math.isfinite(to_target)),
         "steps_to_recover": to_target if math.isfinite(to_target) else None,
+        "lasting": bool(math.isfinite(lasting)),
+        "steps_to_lasting_recovery": _finite_or_none(lasting),
         "auc": _finite_or_none(recovery_auc(curve, base)),
         "share_recovered": {
             str(step): _finite_or_none(share_recovered(curve, base, step)) for step in SHARE_STEPS
@@ -91,11 +116,20 @@ def _finite_or_none(value: float) -> float | None:
 NEITHER_REACHED = "neither arm reached the target"
 
 
-def savings(relearned: Curve, naive: Curve, target: float, until: float) -> dict[str, Any]:
+#: the shares of the concept arm's base F1 savings are reported at
+SAVINGS_TARGETS = (0.5, 0.8, 0.9)
+
+
+def savings(
+    relearned: Curve, naive: Curve, target: float, until: float, lasting: bool = True
+) -> dict[str, Any]:
     """Is relearning faster than first learning? ``relearned``: the concept arm's curve after
     the removal; ``naive``: the naive arm's (the same neurons held in a model never taught the
-    concept, retrained on the same batches); ``target``: the absolute F1 both must reach (90%
-    of the concept arm's base F1); ``until``: the last step of the first stage.
+    concept, retrained on the same batches); ``target``: the absolute F1 both must reach (a
+    share of the concept arm's base F1, :data:`SAVINGS_TARGETS`); ``until``: the last step of
+    the first stage. ``lasting``: steps are each arm's lasting recovery
+    (:func:`steps_to_lasting_recovery`), else its first crossing; both are in the result
+    (``first_crossing``).
 
     ``savings`` is 1 - steps(relearned) / steps(naive), Ebbinghaus's savings: 1 when relearning
     is immediate, 0 when it is no faster than learning from nothing, negative when slower.
@@ -106,8 +140,9 @@ def savings(relearned: Curve, naive: Curve, target: float, until: float) -> dict
     bounds it) or the naive arm starts at the target (nothing to learn). ``area_between`` is
     the mean over steps 0..``until`` of F1(relearned) - F1(naive) (trapezoids on the union of
     both grids)."""
-    relearn_steps = steps_to_recover(relearned, target)
-    naive_steps = steps_to_recover(naive, target)
+    steps_to = steps_to_lasting_recovery if lasting else steps_to_recover
+    relearn_steps = steps_to(relearned, target)
+    naive_steps = steps_to(naive, target)
     naive_budget = float(np.asarray(naive["step"], float)[-1])
     relearn_budget = float(np.asarray(relearned["step"], float)[-1])
     result: dict[str, Any] = {
@@ -120,6 +155,11 @@ def savings(relearned: Curve, naive: Curve, target: float, until: float) -> dict
         "savings": None,
         "bound": None,
         "area_between": _finite_or_none(area_between(relearned, naive, until)),
+        "lasting": lasting,
+        "first_crossing": {
+            "steps_relearned": _finite_or_none(steps_to_recover(relearned, target)),
+            "steps_naive": _finite_or_none(steps_to_recover(naive, target)),
+        },
     }
     relearned_in = relearn_steps if math.isfinite(relearn_steps) else relearn_budget
     naive_in = naive_steps if math.isfinite(naive_steps) else naive_budget

@@ -29,7 +29,14 @@ import pandas as pd
 
 from neuroplastic.analysis.intervals import censored_interval, interval, paired
 from neuroplastic.config import NAIVE_ARM, ExperimentConfig
-from neuroplastic.core.curves import NEITHER_REACHED, RECOVERY_TARGET, SHARE_STEPS, recovery
+from neuroplastic.core.curves import (
+    NEITHER_REACHED,
+    RECOVERY_TARGET,
+    SAVINGS_TARGETS,
+    SHARE_STEPS,
+    recovery,
+    savings,
+)
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.pipeline import run_experiment
 from neuroplastic.experiment.sweep_plan import plan_sweep
@@ -46,9 +53,13 @@ if TYPE_CHECKING:
 #: the per-run measures, in reading order, with what each one means
 MEASURES = {
     "drop_at_pruning": "concept F1 lost at pruning (base - pruned)",
-    "steps_to_recover_90": "retraining steps until concept F1 is back to 90% of base "
-    "(interpolated between the evaluations of the run's grid); a run that never gets there is "
-    "censored: counted, and the mean becomes a lower bound (the budget for that run)",
+    "steps_to_recover_90": "first crossing: retraining steps until concept F1 first reaches "
+    "90% of base (interpolated between the evaluations of the run's grid), whether or not it "
+    "stays there; a run that never gets there is censored: counted, and the mean becomes a "
+    "lower bound (the budget for that run)",
+    "lasting_recovery_90": "lasting recovery: retraining steps after which every evaluation "
+    "of the run's grid stays at or above 90% of base (interpolated from the last evaluation "
+    "below); a run whose last evaluation is below is censored at its budget",
     **{
         f"share_recovered_{step}": f"share of the drop at pruning recovered after {step} "
         "retraining steps, (F1 - F1 pruned) / (F1 base - F1 pruned), interpolated between "
@@ -72,6 +83,8 @@ MEASURES = {
     "primed_partial_rho": "partial Spearman rho of similarity to the concept with saliency at "
     "the last stage, given saliency at the pruned stage: priming without the mechanical part",
 }
+#: the steps a retrainer's best case minimises: to a recovery that lasts, not a first crossing
+RECOVERY_STEPS = "lasting_recovery_90"
 #: the range of the measures that have one (their intervals never leave it)
 BOUNDS = {
     "drop_at_pruning": (-1.0, 1.0),
@@ -82,11 +95,12 @@ BOUNDS = {
 }
 F1_BOUNDS = (0.0, 1.0)
 #: measures some runs may never reach (their censored runs are counted, never dropped)
-CENSORED = ("steps_to_recover_90",)
+CENSORED = ("steps_to_recover_90", "lasting_recovery_90")
 #: the equivalence margin of each paired difference: "no difference" means inside it (TOST)
 MARGINS = {
     "drop_at_pruning": 0.02,
     "steps_to_recover_90": 3.0,
+    "lasting_recovery_90": 3.0,
     **{f"share_recovered_{step}": 0.05 for step in SHARE_STEPS},
     "recovery_auc": 0.02,
     "final_gap_to_base": 0.02,
@@ -267,10 +281,10 @@ def best_cases(
 ) -> list[dict[str, Any]]:
     """The retrainer's best case over ``axis``, as the tamper-resistance literature reports a
     defence's worst case: for each group of cells that differ in ``axis`` alone, per seed the
-    value that recovered the concept fastest (fewest steps to 90% of base; a seed where none
-    got there is censored at the smallest budget) and the one that ended with the highest
-    concept F1, then both across seeds. The choice is made per seed, after the fact: an upper
-    bound on what a retrainer who tunes ``axis`` gets."""
+    value that recovered the concept fastest (fewest steps to lasting recovery at 90% of base,
+    :data:`RECOVERY_STEPS`; a seed where none got there is censored at the smallest budget)
+    and the one that ended with the highest concept F1, then both across seeds. The choice is
+    made per seed, after the fact: an upper bound on what a retrainer who tunes ``axis`` gets."""
     cases = []
     for cells in _along(settings, axis):
         if len(cells) < 2:
@@ -281,9 +295,7 @@ def best_cases(
         for seed in seeds:
             concept = {c: measured[c][seed]["arms"]["concept"] for c in cells}
             reached = {
-                c: a["steps_to_recover_90"]
-                for c, a in concept.items()
-                if a["steps_to_recover_90"] is not None
+                c: a[RECOVERY_STEPS] for c, a in concept.items() if a[RECOVERY_STEPS] is not None
             }
             # A cell that never got there within a budget shorter than the best steps may
             # still have been the fastest: then only a bound (its budget) is known.
@@ -519,6 +531,7 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         arms[arm] = {
             "drop_at_pruning": base_f1 - stages["pruned"].f1[concept],
             "steps_to_recover_90": recovered["steps_to_recover"],
+            "lasting_recovery_90": recovered["steps_to_lasting_recovery"],
             **{
                 f"share_recovered_{step}": recovered["share_recovered"][str(step)]
                 for step in SHARE_STEPS
@@ -555,8 +568,28 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         measures["preempt"] = preempt_measures(summary)
     saved = summary.savings
     if saved is not None and "savings" in saved:  # (none while the naive arm has not retrained)
+        # Recomputed from the curves (lasting recovery, every target), not read from the
+        # summary: a run made before these measures gives the same numbers as a new one.
+        relearned, naive = _curve(metrics, "concept", concept), _curve(metrics, NAIVE_ARM, concept)
+        base_f1 = arms["concept"]["f1"]["base"][concept]
+        until = summary.arms["concept"].stage("retrain-1").step
+        targets = {
+            str(share): savings(relearned, naive, share * base_f1, until)
+            for share in SAVINGS_TARGETS
+        }
+        naive_base = saved["naive_base"]["f1"]
         measures["savings"] = {
-            **{k: saved[k] for k in SAVINGS_FIELDS},
+            **{k: targets[str(RECOVERY_TARGET)].get(k) for k in SAVINGS_FIELDS},
+            "targets": {
+                share: {k: result.get(k) for k in (*SAVINGS_FIELDS, "first_crossing")}
+                for share, result in targets.items()
+            },
+            # the arms must be equally good at everything but the concept
+            "naive_minus_concept_base": {
+                entity: naive_base[entity] - arms["concept"]["f1"]["base"][entity]
+                for entity in naive_base
+                if entity != concept and entity in arms["concept"]["f1"]["base"]
+            },
             "naive_base_f1": saved["naive_base"]["f1"][concept],
             "first_stage_f1": summary.arms[NAIVE_ARM].stage("retrain-1").f1[concept],
             "curve": _curve(metrics, NAIVE_ARM, concept).to_dict(orient="list"),
@@ -574,34 +607,76 @@ SAVINGS_FIELDS = (
     "savings",
     "bound",
     "area_between",
+    "relearn_budget",
+    "why_none",
 )
 #: the savings measures across seeds, with what each one means
 SAVINGS_MEASURES = {
-    "savings": "1 - steps(concept arm) / steps(naive arm) to 90% of the concept arm's base F1: "
-    "1 when relearning is immediate, 0 when no faster than learning from nothing; a seed whose "
-    "naive arm never got there is censored (at least its value at the naive arm's budget), one "
-    "whose concept arm never got back there too (at most its value at that arm's budget)",
-    "steps_relearned": "retraining steps of the concept arm to that target",
-    "steps_naive": "retraining steps of the naive arm (never taught the concept, the same "
-    "neurons held, the same batches) to that target; censored at its budget",
+    "savings": "1 - steps(concept arm) / steps(naive arm) to lasting recovery at 90% of the "
+    "concept arm's base F1 (``targets``: at 50%, 80% and 90%): 1 when relearning is immediate, "
+    "0 when no faster than learning from nothing; a seed whose naive arm never got there for "
+    "good is censored (at least its value at the naive arm's budget), one whose concept arm "
+    "never got back there for good too (at most its value at that arm's budget)",
+    "steps_relearned": "retraining steps of the concept arm to lasting recovery at that target",
+    "steps_naive": "retraining steps of the naive arm (never taught the concept nor to refuse "
+    "it, the same neurons held, the same batches) to lasting recovery at that target; "
+    "censored at its budget",
     "area_between": "mean over the first stage of the concept arm's F1 minus the naive arm's",
-    "naive_base_f1": "concept F1 of the naive base (fine-tuned with the concept out of its loss)",
+    "naive_base_f1": "concept F1 of the naive base (fine-tuned with the concept's tokens out "
+    "of its loss and its classes out of its softmax)",
     "naive_first_stage_f1": "concept F1 of the naive arm after the first retraining stage",
 }
 
 
 def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """:data:`SAVINGS_MEASURES` across the seeds that have them; censored seeds are counted
-    at their bound, never dropped (:func:`~neuroplastic.analysis.intervals.censored_interval`):
-    a naive arm that never learned makes a seed's savings at least its value at the naive
-    budget, a concept arm that never relearned at most its value at its own budget."""
+    """:data:`SAVINGS_MEASURES` across the seeds that have them, at 90% of base and at every
+    share of :data:`~neuroplastic.core.curves.SAVINGS_TARGETS` (``targets``); censored seeds
+    are counted at their bound, never dropped
+    (:func:`~neuroplastic.analysis.intervals.censored_interval`): a naive arm that never
+    learned makes a seed's savings at least its value at the naive budget, a concept arm that
+    never relearned at most its value at its own budget. ``naive_minus_concept_base``: per
+    other entity type, the naive base's F1 minus the concept arm's base's, paired per seed."""
     present = [r["savings"] for r in runs if "savings" in r]
+    result = {
+        "seeds": [r["seed"] for r in runs if "savings" in r],
+        **_savings_at(present),
+        "naive_base_f1": interval([s["naive_base_f1"] for s in present], bounds=F1_BOUNDS),
+        "naive_first_stage_f1": interval([s["first_stage_f1"] for s in present], bounds=F1_BOUNDS),
+        "naive_curves": [s["curve"] for s in present],
+    }
+    if all("targets" in s for s in present):
+        result["targets"] = {
+            share: _savings_at([s["targets"][share] for s in present])
+            for share in present[0]["targets"]
+        }
+        result["targets_reached"] = {
+            share: {
+                "concept": sum(s["targets"][share]["steps_relearned"] is not None for s in present),
+                "naive": sum(s["targets"][share]["steps_naive"] is not None for s in present),
+                "of": len(present),
+            }
+            for share in present[0]["targets"]
+        }
+    if all("naive_minus_concept_base" in s for s in present):
+        entities = [e for e in present[0]["naive_minus_concept_base"]]
+        result["naive_minus_concept_base"] = {
+            e: paired(
+                [s["naive_minus_concept_base"].get(e) for s in present],
+                MARGINS["drop_at_pruning"],  # an F1 margin
+                bounds=(-1.0, 1.0),
+            )
+            for e in entities
+        }
+    return result
+
+
+def _savings_at(present: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Savings, each arm's steps and the area between the curves at one target, across seeds."""
 
     def bounded(kind: str) -> list[float | None]:
         return [s["savings"] if s["bound"] == kind else None for s in present]
 
     return {
-        "seeds": [r["seed"] for r in runs if "savings" in r],
         "savings": censored_interval(
             bounded("exact"),
             bounded("lower"),
@@ -612,7 +687,9 @@ def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "steps_relearned": censored_interval(
             [s["steps_relearned"] for s in present],
             [
-                s.get("relearn_budget", s["naive_budget"]) if s["steps_relearned"] is None else None
+                (s.get("relearn_budget") or s["naive_budget"])
+                if s["steps_relearned"] is None
+                else None
                 for s in present
             ],
         ),
@@ -621,9 +698,6 @@ def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             [None if s["naive_reached"] else s["naive_budget"] for s in present],
         ),
         "area_between": interval([s["area_between"] for s in present], bounds=(-1.0, 1.0)),
-        "naive_base_f1": interval([s["naive_base_f1"] for s in present], bounds=F1_BOUNDS),
-        "naive_first_stage_f1": interval([s["first_stage_f1"] for s in present], bounds=F1_BOUNDS),
-        "naive_curves": [s["curve"] for s in present],
     }
 
 

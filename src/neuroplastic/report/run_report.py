@@ -408,10 +408,15 @@ def _recovery_numbers(recovered: dict[str, Any]) -> dict[str, str]:
     steps = recovered.get("steps_to_recover")
     budget = recovered.get("budget")
     numbers = {
-        f"steps to 90% of base (evaluated at steps {_grid_text(grid)})": (
+        f"first crossing of 90% of base, steps (evaluated at steps {_grid_text(grid)})": (
             steps_text(steps) if recovered.get("reached") else f"not within {budget:g} (censored)"
         )
     }
+    if "lasting" in recovered:  # (older runs have the first crossing only)
+        lasting = recovered.get("steps_to_lasting_recovery")
+        numbers["lasting recovery: steps after which it stays at or above 90% of base"] = (
+            steps_text(lasting) if recovered["lasting"] else f"not by step {budget:g} (censored)"
+        )
     for step, share in (recovered.get("share_recovered") or {}).items():
         numbers[f"share of the drop recovered after {step} steps"] = (
             "n/a (no drop, or beyond the grid)" if share is None else f"{share:.2f}"

@@ -334,23 +334,67 @@ def _preempt(
         )
 
 
+#: what a sweep's ``savings`` holds besides its measures across seeds
+_SAVINGS_EXTRAS = (
+    "seeds",
+    "naive_curves",
+    "targets",
+    "targets_reached",
+    "naive_minus_concept_base",
+)
+
+
 def _savings(
     page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str
 ) -> None:
-    """Relearning or learning: the concept arm against the naive arm, across seeds."""
+    """Relearning or learning: the concept arm against the naive arm, across seeds, at 90% of
+    base and at every target, and the two bases on the other types."""
     saved = result.get("savings")
     if not saved:
         return
     page.paragraph(
         f"Relearning or learning? The naive arm holds the concept arm's neurons in a model "
-        f"fine-tuned identically but with the {concept} tokens out of its loss (it never "
-        f"learned {concept}), and retrains on the same batches. Savings above 0 means "
-        f"relearning {concept} is faster than learning it from nothing with those neurons "
-        "gone: something of it survived the removal. It does not say what, or where."
+        f"fine-tuned identically but with the {concept} tokens out of its loss and its classes "
+        f"out of its softmax (it neither learned {concept} nor learned to refuse it), and "
+        f"retrains on the same batches. Savings above 0 means relearning {concept} is faster "
+        "than learning it from nothing with those neurons gone: something of it survived the "
+        "removal. It does not say what, or where. Steps are each arm's lasting recovery (after "
+        "which it stays at or above the target); the first crossing is in sweep.json."
     )
-    measures = measures or {m: m for m in saved if m not in ("seeds", "naive_curves")}
-    table = pd.DataFrame({"across seeds": {measures[m]: as_text(saved[m]) for m in measures}})
+    measures = measures or {m: m for m in saved if m not in _SAVINGS_EXTRAS}
+    table = pd.DataFrame(
+        {"across seeds": {measures[m]: as_text(saved[m]) for m in measures if m in saved}}
+    )
     page.table(table, caption="Savings: mean [95% interval across seeds]", float_format=None)
+    if saved.get("targets"):
+        reached = saved.get("targets_reached", {})
+        rows = {
+            f"{float(share):.0%} of base": {
+                "savings": as_text(at["savings"]),
+                "concept arm steps": as_text(at["steps_relearned"]),
+                "naive arm steps": as_text(at["steps_naive"]),
+                "seeds reached (concept / naive)": (
+                    f"{reached[share]['concept']} / {reached[share]['naive']} of "
+                    f"{reached[share]['of']}"
+                    if share in reached
+                    else "–"
+                ),
+            }
+            for share, at in saved["targets"].items()
+        }
+        page.table(
+            pd.DataFrame(rows).T,
+            caption="Savings at each target (lasting recovery): mean [95% interval across seeds]",
+            float_format=None,
+        )
+    if saved.get("naive_minus_concept_base"):
+        gaps = {e: as_text(v) for e, v in saved["naive_minus_concept_base"].items()}
+        page.table(
+            pd.DataFrame({"naive base - concept base": gaps}),
+            caption="The two bases on the other types (F1, paired per seed): equally good at "
+            f"everything but {concept}?",
+            float_format=None,
+        )
     curves = {a: result["arms"][a]["curves"] for a in ("concept", "random") if a in result["arms"]}
     curves["naive"] = saved["naive_curves"]
     figure = sweep_figures.savings_seeds(curves, concept)
@@ -435,7 +479,7 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
                     "axis": axis,
                     "other settings": ", ".join(f"{k}={v}" for k, v in case["fixed"].items()),
                     "values": ", ".join(map(str, case["values"])),
-                    "fastest recovery (steps to 90%)": as_text(case["fastest_recovery"]),
+                    "fastest lasting recovery (steps to 90%)": as_text(case["fastest_recovery"]),
                     "chosen per seed": ", ".join(map(str, case["fastest_value"])),
                     f"highest final {concept} F1": as_text(case["highest_final_f1"]),
                     "chosen per seed ": ", ".join(map(str, case["highest_value"])),

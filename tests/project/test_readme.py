@@ -1,6 +1,7 @@
 """The README stays a short front door, and the figures it and the docs restate from the code's
 defaults are read from the code; its Python API snippets run as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -113,3 +114,22 @@ def test_the_python_api_snippets_run_as_written(tmp_path, monkeypatch):
     assert set(namespace["readable"]) == {0, 1}
     assert all(0 <= auc <= 1 for auc in namespace["readable"].values())
     assert namespace["control"].rank == namespace["eraser"].rank
+
+
+def test_the_headline_figures_are_the_committed_sweeps():
+    """The README's headline drop and recovery, and the relearning page's, are the default
+    sweep's committed sweep.json (hold mode, concept arm), as rounded there."""
+    sweep = json.loads(
+        (ROOT / "benchmarks" / "results" / "sweep-default-5seeds-cpu.json").read_text()
+    )
+    concept = sweep["cells"]["hold-selectivity"]["arms"]["concept"]
+
+    def shown(measure: str, digits: int) -> str:
+        m = concept[measure]
+        return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+
+    relearning = (DOCS / "studies" / "relearning.md").read_text(encoding="utf-8")
+    for text in (README, relearning):
+        assert shown("drop_at_pruning", 3) in text  # 0.882 [0.813, 0.952]
+        assert shown("steps_to_recover_90", 1) in text  # 5.7 [5.5, 5.9]
+    assert shown("steps_to_recover_90", 2) in relearning  # the table's 5.70 [5.47, 5.94]

@@ -1,6 +1,7 @@
 # The front door: `make run` runs the default offline job, `make test` the test suite. Each
 # makes (or reuses) a virtual environment in .venv, installs torch's CPU build first and then
-# the project with its extras, and installs nothing again until pyproject.toml changes.
+# the project with its extras (docs: the test suite builds the docs site), and installs nothing
+# again until pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
 # Where torch's CPU build comes from when pip has no local copy of it (PyTorch's CPU index,
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 	( $(BIN)/python -m pip install --no-index --no-deps "$(TORCH)" 2>/dev/null \
 		&& $(BIN)/python -m pip install "$(TORCH)" ) \
 		|| $(BIN)/python -m pip install "$(TORCH)" --index-url $(TORCH_INDEX)
-	$(BIN)/python -m pip install -e ".[all,test,cluster]"
+	$(BIN)/python -m pip install -e ".[all,test,cluster,docs]"
 	touch $(STAMP)
 
 run: $(STAMP)

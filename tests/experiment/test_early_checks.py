@@ -133,7 +133,7 @@ def test_make_installs_torch_first_then_runs_the_readmes_commands():
     ):
         lines = steps(target)
         torch = next(i for i, line in enumerate(lines) if "torch==2.13.0" in line)
-        project = next(i for i, line in enumerate(lines) if '-e ".[all,test,cluster]"' in line)
+        project = next(i for i, line in enumerate(lines) if '-e ".[all,test,cluster,docs]"' in line)
         last = next(i for i, line in enumerate(lines) if command in line)
         assert torch < project < last, lines
         # A local copy, else PyTorch's CPU index: never a CUDA build.

@@ -1,5 +1,7 @@
-"""The README's figures that restate the code's defaults are read from the code."""
+"""The README stays a short front door, and the figures it and the docs restate from the code's
+defaults are read from the code; its Python API snippets run as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -7,54 +9,97 @@ import pytest
 
 from neuroplastic.config import ExperimentConfig
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = ROOT / "docs"
+GETTING_STARTED = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+METHOD = (DOCS / "method.md").read_text(encoding="utf-8")
+CLI = (DOCS / "cli.md").read_text(encoding="utf-8")
 
 
-def _synopsis() -> str:
-    start = README.index("neuroplastic run --out DIR")
-    return README[start : README.index("```", start)]
+def test_the_readme_is_a_short_front_door():
+    lines = README.splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; move detail to docs/"
+    # History lives in CHANGELOG.md: no commit hashes, no dates.
+    hashes = re.findall(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b", README)
+    assert not hashes, f"commit hashes in README.md: {hashes}"
+    dates = re.findall(r"\b(?:19|20)\d\d-\d\d-\d\d\b", README)
+    assert not dates, f"dates in README.md: {dates}"
+    # A newcomer reaches install, the main command and the API near the top.
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings[:3] == ["## Two commands", "## Headline results", "## Install"], headings
+    assert README.index("## Python API") < README.index("## Command line")
+    assert "demos/report.png" in README
+
+
+def test_the_readmes_relative_links_resolve():
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", README)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert any(link.startswith("docs/") for link in local)
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
+
+
+def _synopsis(text: str) -> str:
+    start = text.index("neuroplastic run --out DIR")
+    return text[start : text.index("```", start)]
 
 
 def test_the_command_synopsis_shows_the_defaults():
     defaults = ExperimentConfig()
-    shown = dict(re.findall(r"\[--([a-z-]+) ([0-9.]+)", _synopsis()))
+    shown = dict(re.findall(r"\[--([a-z-]+) ([0-9.]+)", _synopsis(README)))
     assert shown, "no [--flag value] in the synopsis"
     for flag, value in shown.items():
         name = flag.replace("-", "_")
         assert hasattr(defaults, name), flag
         assert float(value) == float(getattr(defaults, name)), f"--{flag} {value}"
+    # The command-line page shows the same synopsis.
+    assert _synopsis(CLI) == _synopsis(README)
 
 
 def test_the_plateau_rule_is_described_as_the_code_runs_it():
     defaults = ExperimentConfig()
-    rule = re.search(r"plateau rule[^.]*?(\d+)% over (\d+) checks every (\d+) steps", README)
-    assert rule, "the README states the plateau rule"
+    rule = re.search(r"plateau rule[^.]*?(\d+)% over (\d+) checks every (\d+) steps", METHOD)
+    assert rule, "docs/method.md states the plateau rule"
     tolerance, patience, every = (int(g) for g in rule.groups())
     assert tolerance / 100 == defaults.plateau_tolerance
     assert (patience, every) == (defaults.plateau_patience, defaults.plateau_every)
-    assert f"or {defaults.base_steps} steps" in README
+    assert f"or {defaults.base_steps} steps" in METHOD
 
 
-def _api_blocks() -> list[str]:
-    """The Python API section's code blocks, in order."""
-    section = README[README.index("## Python API") : README.index("## Demos")]
+def _python_blocks(text: str, heading: str) -> list[str]:
+    """The code blocks of one ``## heading`` section, in order."""
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    section = text[start : end if end != -1 else len(text)]
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readmes_api_snippets_are_the_docs():
+    """The README shows the docs' first and last API blocks, word for word, so running the
+    docs' blocks runs the README's."""
+    ranking_block, run_block = _python_blocks(README, "## Python API")
+    docs_ranking, _, docs_run = _python_blocks(GETTING_STARTED, "## Python API")
+    assert ranking_block == docs_ranking
+    assert run_block == docs_run
+    # (named without their parentheses: conftest would take this check for an experiment)
+    assert "run_experiment" in run_block and "run_sweep" in run_block
 
 
 @pytest.mark.slow  # the embedded corpus at its full size, twice, as the snippets load it
 def test_the_python_api_snippets_run_as_written(tmp_path, monkeypatch):
-    """The README's first two API blocks, run in one namespace as a reader would paste them,
-    on tiny-bert (two layers) in place of the embedded model; the third (a whole run and a
-    sweep) is the experiment tests' job."""
+    """The docs' first two API blocks (the first is also the README's), run in one namespace as
+    a reader would paste them, on tiny-bert (two layers) in place of the embedded model; the
+    third (a whole run and a sweep) is the experiment tests' job."""
     pytest.importorskip("concept_erasure")
-    ranking_block, erasure_block, run_block = _api_blocks()
+    ranking_block, erasure_block, run_block = _python_blocks(GETTING_STARTED, "## Python API")
     assert "run_experiment(" in run_block and "run_sweep(" in run_block
     code = "\n".join((ranking_block, erasure_block))
     code = code.replace('load_model("embedded")', 'load_model("tiny-bert")')
     code = code.replace("layers=[0, 5]", "layers=[0, 1]")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/getting-started.md", "exec"), namespace)
     # What the comments promise: the hooks are gone on exit; a removable handle; one AUC per
     # layer, in [0, 1]; a random control of the same rank.
     model, neurons = namespace["model"], namespace["neurons"]
@@ -69,3 +114,22 @@ def test_the_python_api_snippets_run_as_written(tmp_path, monkeypatch):
     assert set(namespace["readable"]) == {0, 1}
     assert all(0 <= auc <= 1 for auc in namespace["readable"].values())
     assert namespace["control"].rank == namespace["eraser"].rank
+
+
+def test_the_headline_figures_are_the_committed_sweeps():
+    """The README's headline drop and recovery, and the relearning page's, are the default
+    sweep's committed sweep.json (hold mode, concept arm), as rounded there."""
+    sweep = json.loads(
+        (ROOT / "benchmarks" / "results" / "sweep-default-5seeds-cpu.json").read_text()
+    )
+    concept = sweep["cells"]["hold-selectivity"]["arms"]["concept"]
+
+    def shown(measure: str, digits: int) -> str:
+        m = concept[measure]
+        return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+
+    relearning = (DOCS / "studies" / "relearning.md").read_text(encoding="utf-8")
+    for text in (README, relearning):
+        assert shown("drop_at_pruning", 3) in text  # 0.882 [0.813, 0.952]
+        assert shown("steps_to_recover_90", 1) in text  # 5.7 [5.5, 5.9]
+    assert shown("steps_to_recover_90", 2) in relearning  # the table's 5.70 [5.47, 5.94]

@@ -344,6 +344,49 @@ def test_similarity_to_the_concept_goes_with_saliency_gain(
     assert abs(control.rho) < 0.2 < primed.rho
 
 
+def test_primed_reads_similarity_and_gain_from_disjoint_halves(
+    concept_arm: ArmRun, embeddings: TokenEmbeddings
+) -> None:
+    """With probe halves, gain comes from the truth half's rankings and similarity from the
+    predict half's top tokens only. Planted: truth rankings with start and end swapped give
+    exactly the opposite rho; a predict half without a neuron's top-token sentences leaves it
+    no similarity (dropped); a predict half of every sentence changes no similarity."""
+    from dataclasses import replace
+
+    from neuroplastic.analysis.arm_run import ProbeHalves
+    from neuroplastic.core.halves import ProbeSplit
+
+    plain = primed_neurons(concept_arm, embeddings)
+    assert not plain.halves
+    stats = concept_arm.stages[concept_arm.first].stats
+    n_sentences = int(stats.top_sentence.max()) + 1
+    rankings = concept_arm.rankings()
+    start, end = concept_arm.start, concept_arm.last
+    every = ProbeSplit(tuple(range(n_sentences)), ())
+    swapped = replace(
+        concept_arm, halves=ProbeHalves(every, {start: rankings[end], end: rankings[start]})
+    )
+    flipped = primed_neurons(swapped, embeddings)
+    assert flipped.halves and flipped.n == plain.n
+    assert flipped.rho == pytest.approx(-plain.rho)
+    assert flipped.neurons["similarity"].tolist() == pytest.approx(
+        plain.neurons["similarity"].tolist()
+    )
+    # A predict half without any of one compared neuron's top-token sentences: that neuron
+    # has nothing readable, so no similarity, and it is not compared; the others still are.
+    layer, neuron = int(plain.neurons["layer"].iloc[0]), int(plain.neurons["neuron"].iloc[0])
+    unseen = set(stats.top_sentence[layer, neuron].tolist())
+    split = ProbeSplit(
+        tuple(i for i in range(n_sentences) if i not in unseen), tuple(sorted(unseen))
+    )
+    halved = replace(
+        concept_arm, halves=ProbeHalves(split, {start: rankings[start], end: rankings[end]})
+    )
+    result = primed_neurons(halved, embeddings)
+    compared = set(zip(result.neurons["layer"], result.neurons["neuron"], strict=True))
+    assert (layer, neuron) not in compared and 0 < result.n < plain.n
+
+
 def test_primed_correlation_among_neurons_with_room_to_gain(
     concept_arm: ArmRun, embeddings: TokenEmbeddings
 ) -> None:
@@ -450,6 +493,32 @@ def test_polysemantic_counts_before_and_after(concept_arm: ArmRun, random_arm: A
     assert excluded["n_population"].eq(90).all()
     with pytest.raises(NeuroplasticError):
         polysemanticity(concept_arm.stats(), CONCEPT, low=0.9, high=0.1)
+
+
+def test_the_top_gainers_are_the_planted_polysemantic_neurons(
+    concept_arm: ArmRun, random_arm: ArmRun
+) -> None:
+    """Planted: the six primed neurons gain the most and end half LOC, half PER. Their arm's
+    top six gainers are exactly them, all polysemantic; the control's gainers are not."""
+    from neuroplastic.analysis.polysemantic import (
+        arm_polysemanticity,
+        common_population,
+        polysemantic_gainers,
+    )
+
+    arms = {"concept": concept_arm, "random": random_arm}
+    population = common_population(arms)
+    blended = polysemantic_gainers(concept_arm, population, top=6)
+    poly = arm_polysemanticity(concept_arm, population)
+    last = poly.counts.set_index("stage").loc[concept_arm.last]
+    assert blended["n_gainers"] == 6 and blended["n_counted"] == poly.n_population
+    assert blended["gainers_share"] == 1.0
+    assert blended["population_share"] == pytest.approx(last["n_polysemantic"] / poly.n_population)
+    assert blended["excess"] == pytest.approx(1.0 - blended["population_share"])
+    control = polysemantic_gainers(random_arm, population, top=6)
+    assert control["gainers_share"] < 0.5 < blended["gainers_share"]
+    # A share: 1% of the counted neurons, at least one.
+    assert polysemantic_gainers(concept_arm, population)["n_gainers"] == 1
 
 
 def test_polysemantic_shares_have_one_denominator(concept_arm: ArmRun) -> None:

@@ -133,3 +133,10 @@ def test_the_headline_figures_are_the_committed_sweeps():
         assert shown("drop_at_pruning", 3) in text  # 0.882 [0.813, 0.952]
         assert shown("steps_to_recover_90", 1) in text  # 5.7 [5.5, 5.9]
     assert shown("steps_to_recover_90", 2) in relearning  # the table's 5.70 [5.47, 5.94]
+    # Lasting recovery, re-derived from the same sweep's curves (benchmarks/lasting.py).
+    lasting = json.loads(
+        (ROOT / "benchmarks" / "results" / "lasting-default-5seeds-cpu.json").read_text()
+    )
+    concept = lasting["cells"]["hold-selectivity"]["arms"]["concept"]
+    for text in (README, relearning):
+        assert shown("lasting_recovery_90", 1) in text  # 16.9 [12.7, 21.2]

@@ -18,6 +18,7 @@ confidence intervals are computed from neurons; intervals come from repeating th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,27 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from neuroplastic.core.halves import ProbeSplit, split_probe
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking, alive_neurons
 from neuroplastic.core.stats import NeuronStats
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.store.rundir import RunDir, StageArtifacts
 
-__all__ = ["ArmRun", "concept_share", "concept_token_ids", "top_token_strings"]
+__all__ = ["ArmRun", "ProbeHalves", "concept_share", "concept_token_ids", "top_token_strings"]
+
+
+@dataclass(frozen=True)
+class ProbeHalves:
+    """The probe sentences' two halves (:mod:`neuroplastic.core.halves`): which sentence is in
+    which, and the arm's ranking on the truth half at its start and last stages. An analysis
+    that reads one statistic (a neuron's top tokens) to explain another (its saliency gain)
+    reads the first from the predict half and the second from the truth half, so the two do
+    not share one sample's noise."""
+
+    split: ProbeSplit
+    #: stage name -> the ranking of the truth half's statistics at that stage
+    truth: dict[str, Ranking]
 
 
 @dataclass
@@ -45,6 +60,8 @@ class ArmRun:
     stages: dict[str, StageArtifacts]
     #: token id -> token string, for every token in the stages' top-k tables.
     vocabulary: dict[int, str] = field(default_factory=dict)
+    #: the probe halves, where the run kept them (None: a run made before they existed)
+    halves: ProbeHalves | None = None
 
     @classmethod
     def load(cls, run: RunDir | str | Path, arm: str, round_: int = 1) -> ArmRun:
@@ -62,7 +79,9 @@ class ArmRun:
             pairs = artifacts.top_tokens[["token_id", "token"]].drop_duplicates("token_id")
             vocabulary.update(zip(pairs["token_id"].astype(int), pairs["token"], strict=True))
         ablated = run.neurons(arm, round_)
-        return cls(arm, run.config()["concept"], ablated, stages, vocabulary)
+        loaded = cls(arm, run.config()["concept"], ablated, stages, vocabulary)
+        loaded.halves = _probe_halves(run, arm, (loaded.start, loaded.last))
+        return loaded
 
     @property
     def stage_names(self) -> list[str]:
@@ -97,6 +116,25 @@ class ArmRun:
                 f"arm {self.arm!r} has no stage {name!r}; stages: {', '.join(self.stages)}"
             )
         return self.stages[name]
+
+
+def _probe_halves(run: RunDir, arm: str, stages: tuple[str, ...]) -> ProbeHalves | None:
+    """The run's probe split (from data.json's probe sentence count and the seed, as the run
+    drew it) and the truth half's ranking at ``stages``; None for a run without them."""
+    if not run.data_path.is_file():
+        return None
+    try:
+        n_probe = json.loads(run.data_path.read_text())["probe"]["sentences"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    config = run.config()
+    truth = {}
+    for stage in stages:
+        halves = run.stage_halves(arm, stage)
+        if halves is None:
+            return None
+        truth[stage] = Ranking.from_stats(halves["truth"], config["concept"], config["method"])
+    return ProbeHalves(split_probe(n_probe, config["seed"]), truth)
 
 
 def top_token_strings(

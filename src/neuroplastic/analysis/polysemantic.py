@@ -28,6 +28,7 @@ __all__ = [
     "control_pair_population",
     "concept_base_rate",
     "mixing_band",
+    "polysemantic_gainers",
     "polysemanticity",
 ]
 
@@ -250,3 +251,55 @@ def polysemanticity(
         concept, low, high, population, pd.DataFrame(counts), pd.DataFrame(rows, columns=columns),
         from_base_rate,
     )  # fmt: skip
+
+
+def polysemantic_gainers(
+    arm: ArmRun, population: Bool[Tensor, "layer neuron"], top: int | float = 0.01
+) -> dict[str, float | int]:
+    """The paper's fourth claim, for one run's arm: are the neurons that gained the most
+    saliency while retraining polysemantic (their top tokens blend the concept with other
+    labels) more often than the neurons around them?
+
+    Over ``population`` (pass :func:`control_pair_population`, so that an arm and its control
+    are counted over the same neurons), narrowed to the neurons :func:`polysemanticity`
+    counts, the top ``top`` (a share below 1, else a count) by saliency gain from the arm's
+    start to its last stage (saliency re-ranked among those neurons; the truth half's rankings
+    where the run kept them, :class:`~neuroplastic.analysis.arm_run.ProbeHalves`).
+    ``gainers_share``: the share of them polysemantic at the last stage;
+    ``population_share``: the share of all counted neurons; ``excess``: the difference, what
+    being a top gainer adds."""
+    poly = arm_polysemanticity(arm, population)
+    counted = poly.population
+    start, last = arm.start, arm.last
+    if arm.halves is not None and {start, last} <= set(arm.halves.truth):
+        first_ranking, last_ranking = arm.halves.truth[start], arm.halves.truth[last]
+    else:
+        first_ranking, last_ranking = arm.rankings()[start], arm.rankings()[last]
+    counted = counted & first_ranking.alive & last_ranking.alive
+    n = int(counted.sum())
+    if n == 0:
+        raise NeuroplasticError("no neuron is counted at every stage: no top gainers")
+    gain = last_ranking.saliency_among(counted) - first_ranking.saliency_among(counted)
+    k = min(n, max(1, round(top * n)) if top < 1 else int(top))
+    order = torch.argsort(
+        torch.where(counted, gain, -torch.inf).flatten(), descending=True, stable=True
+    )
+    gainers = torch.zeros(counted.numel(), dtype=torch.bool)
+    gainers[order[:k]] = True
+    gainers = gainers.view_as(counted)
+    rows = poly.neurons[poly.neurons["stage"] == last]
+    polysemantic = torch.zeros_like(counted)
+    polysemantic[
+        torch.tensor(rows["layer"].to_numpy(), dtype=torch.long),
+        torch.tensor(rows["neuron"].to_numpy(), dtype=torch.long),
+    ] = True
+    polysemantic &= counted
+    gainers_share = float((gainers & polysemantic).sum()) / k
+    population_share = float(polysemantic.sum()) / n
+    return {
+        "n_gainers": k,
+        "n_counted": n,
+        "gainers_share": gainers_share,
+        "population_share": population_share,
+        "excess": gainers_share - population_share,
+    }

@@ -21,7 +21,7 @@ from jaxtyping import Bool
 from scipy import stats as scipy_stats
 from torch import Tensor
 
-from neuroplastic.analysis.arm_run import ArmRun, concept_share, concept_token_ids
+from neuroplastic.analysis.arm_run import ArmRun, concept_share
 from neuroplastic.core.ranking import alive_neurons
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.errors import NeuroplasticError
@@ -186,6 +186,9 @@ class PrimedNeurons:
     #: partial Spearman rho of similarity with saliency at ``end``, given saliency at
     #: ``start``: priming with the mechanical part taken out
     partial_rho: float = float("nan")
+    #: similarity read from the predict half of the probe sentences and gain from the truth
+    #: half (:class:`~neuroplastic.analysis.arm_run.ProbeHalves`); False: both from all of them
+    halves: bool = False
 
 
 def primed_neurons(
@@ -210,8 +213,20 @@ def primed_neurons(
     """
     start, end = start or arm.start, end or arm.last
     base = arm._stage(arm.first)
+    # Similarity from the predict half's top tokens, gain from the truth half's rankings,
+    # where the run split its probe sentences: one sample's noise is not shared by both.
+    halves = arm.halves
+    if halves is not None and not {start, end} <= set(halves.truth):
+        halves = None
+    readable = (
+        halves.split.in_predict(base.stats.top_sentence)
+        if halves is not None
+        else torch.ones_like(base.stats.top_token, dtype=torch.bool)
+    )
     if concept_tokens is None:
-        concept_tokens = concept_token_ids(base.stats, arm.concept).tolist()
+        z = base.stats.label_index(arm.concept)
+        concept_tokens = base.stats.top_token[(base.stats.top_label == z) & readable].unique()
+        concept_tokens = concept_tokens.tolist()
     if len(concept_tokens) == 0:
         raise NeuroplasticError(
             f"no token labelled {arm.concept!r} among the top tokens of stage {arm.first!r}: "
@@ -219,9 +234,14 @@ def primed_neurons(
         )
     n_layers, d_mlp = base.stats.n_layers, base.stats.d_mlp
     similarity = embeddings.similarity_many(
-        base.stats.top_token.reshape(n_layers * d_mlp, -1), torch.tensor(list(concept_tokens))
+        base.stats.top_token.reshape(n_layers * d_mlp, -1).contiguous(),
+        torch.tensor(list(concept_tokens)),
+        mask_a=readable.reshape(n_layers * d_mlp, -1),
     ).reshape(n_layers, d_mlp)
-    first, last = arm._stage(start).ranking, arm._stage(end).ranking
+    if halves is not None:
+        first, last = halves.truth[start], halves.truth[end]
+    else:
+        first, last = arm._stage(start).ranking, arm._stage(end).ranking
     keep = ~arm.ablated.mask() & alive_neurons(base.stats) & similarity.isfinite()
     keep &= first.alive & last.alive
     if population is not None:
@@ -248,7 +268,7 @@ def primed_neurons(
         }
     )
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:  # rank correlation undefined
-        return PrimedNeurons(float("nan"), len(x), start, end, frame)
+        return PrimedNeurons(float("nan"), len(x), start, end, frame, halves=halves is not None)
     rho = scipy_stats.spearmanr(x, y).statistic
     return PrimedNeurons(
         float(rho),
@@ -258,6 +278,7 @@ def primed_neurons(
         frame,
         rho_with_start=_spearman(x, before),
         partial_rho=partial_spearman(x, before + y, before),
+        halves=halves is not None,
     )
 
 

@@ -82,6 +82,11 @@ MEASURES = {
     "pruned saliency that similarity also correlates with)",
     "primed_partial_rho": "partial Spearman rho of similarity to the concept with saliency at "
     "the last stage, given saliency at the pruned stage: priming without the mechanical part",
+    "gainers_polysemantic": "share of the top 1% saliency gainers (pruned to last stage, over "
+    "the neurons the arm and its control share) whose top tokens blend the concept with other "
+    "labels at the last stage: the paper's polysemantic neurons",
+    "gainers_polysemantic_excess": "that share minus the share among all the neurons counted: "
+    "what being a top gainer adds to being polysemantic",
 }
 #: the steps a retrainer's best case minimises: to a recovery that lasts, not a first crossing
 RECOVERY_STEPS = "lasting_recovery_90"
@@ -92,6 +97,8 @@ BOUNDS = {
     "drift_after_pruning": (-1.0, 1.0),
     "primed_rho": (-1.0, 1.0),
     "primed_partial_rho": (-1.0, 1.0),
+    "gainers_polysemantic": (0.0, 1.0),
+    "gainers_polysemantic_excess": (-1.0, 1.0),
 }
 F1_BOUNDS = (0.0, 1.0)
 #: measures some runs may never reach (their censored runs are counted, never dropped)
@@ -109,6 +116,8 @@ MARGINS = {
     "removal_shift": 0.25,
     "primed_rho": 0.1,
     "primed_partial_rho": 0.1,
+    "gainers_polysemantic": 0.05,
+    "gainers_polysemantic_excess": 0.05,
 }
 
 
@@ -528,6 +537,7 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
         moved = relocation(loaded.rankings(), loaded.ablated, top, loaded.start)
         can_prime = concept_token_ids(loaded.stages[loaded.first].stats, concept).numel() > 0
         primed = primed_neurons(loaded, embeddings, population=population) if can_prime else None
+        blended = _polysemantic_gainers(loaded, population, top)
         arms[arm] = {
             "drop_at_pruning": base_f1 - stages["pruned"].f1[concept],
             "steps_to_recover_90": recovered["steps_to_recover"],
@@ -543,6 +553,9 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
             "removal_shift": moved.removal_shift,
             "primed_rho": primed.rho if primed else math.nan,
             "primed_partial_rho": primed.partial_rho if primed else math.nan,
+            "gainers_polysemantic": blended.get("gainers_share", math.nan),
+            "gainers_polysemantic_excess": blended.get("excess", math.nan),
+            "polysemantic_gainers": blended,
             "recovery": recovered,
             "f1": {entry.stage: entry.f1 for entry in entries},
             # per stage, per layer: where a linear probe reads the concept (none in older runs)
@@ -772,6 +785,17 @@ def preempt_measures(summary: Summary) -> dict[str, Any]:
             m: _minus(oracle[m], control[m]) for m in PREEMPT_MEASURES
         }
     return measures
+
+
+def _polysemantic_gainers(loaded: Any, population: Any, top: int | float) -> dict[str, Any]:
+    """:func:`~neuroplastic.analysis.polysemantic.polysemantic_gainers`, or nothing where the
+    concept has no mixing band or no neuron is counted (its measures are then missing)."""
+    from neuroplastic.analysis.polysemantic import polysemantic_gainers
+
+    try:
+        return polysemantic_gainers(loaded, population, top)
+    except NeuroplasticError:
+        return {}
 
 
 def _others_mean(f1: dict[str, float], concept: str) -> float:

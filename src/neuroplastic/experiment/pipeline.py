@@ -307,7 +307,7 @@ def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
     _check_out(out)  # before the lock, which creates the directory
     store.lock()
     found = store.check_config(config)
-    recovery = recover(store, config, found.unreadable)
+    recovery = recover(store, config, found.unreadable, found.lost)
     recovery.warnings[:0] = found.warnings
     return recovery
 
@@ -343,8 +343,17 @@ def _write_sentence_activations(setup: Setup, held: HeldSets) -> None:
     for arm, data in loaded.items():
         for stage in dict.fromkeys((data.first, data.last)):
             path = run.sentence_activations_path(arm, stage)
-            weights = run.weights_path(stage_owner(arm, stage), stage)
-            if (path.is_file() and run.manifest.matches(path)) or not weights.is_file():
+            owner = stage_owner(arm, stage)
+            # the weights resumption keeps, else a --save-checkpoints copy (a finished run's)
+            weights = next(
+                (
+                    p
+                    for p in (run.weights_path(owner, stage), run.checkpoint_path(owner, stage))
+                    if p.is_file()
+                ),
+                None,
+            )
+            if (path.is_file() and run.manifest.matches(path)) or weights is None:
                 continue
             load_weights(setup.module, weights)
             setup.module.eval()

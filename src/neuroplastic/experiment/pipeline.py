@@ -589,6 +589,7 @@ def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
         "count": config.count,
         "per-layer": config.count * n_layers,
     }[config.selection]
+    _check_control_fits(config, n_layers, d_mlp, per_round)
     # A later round's control holds the concept's earlier rounds and as many random neurons as
     # its last round adds, drawn outside all the concept's rounds: R + 1 rounds' worth in all.
     control = 0 if config.baseline == "none" or config.rounds == 1 else per_round
@@ -616,6 +617,39 @@ def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
             f"--max-length {config.max_length} exceeds {config.model}'s {n_ctx} positions; "
             f"give --max-length {n_ctx} or less"
         )
+
+
+def _check_control_fits(config: ExperimentConfig, n_layers: int, d_mlp: int, held: int) -> None:
+    """A control of as many neurons outside the set (``held`` of them) must exist: in all for
+    ``random-global``, in every layer for ``random``. Past half of the model neither does,
+    whatever the ranking; with ``--selection per-layer`` each layer's count is the setting.
+    (Below half, a ranking too dense in one layer for ``random`` is known only once the base
+    is ranked; ``random-global`` then works, as that refusal says.)"""
+    if config.removal != "neurons" or config.baseline not in ("random", "random-global"):
+        return
+    n_total = n_layers * d_mlp
+    if config.selection == "per-layer" and config.count > d_mlp - config.count:
+        what = f"--count {config.count} per layer holds more than half of each layer's {d_mlp}"
+        fix = f"give --count {d_mlp // 2} or less"
+    elif held > n_total - held:
+        flag = (
+            f"--fraction {config.fraction}"
+            if config.selection == "fraction"
+            else f"--count {config.count}"
+        )
+        what = f"{flag} holds {held} of the {n_total} MLP neurons, more than half"
+        fix = (
+            "give --fraction 0.5 or less"
+            if config.selection == "fraction"
+            else f"give --count {n_total // 2} or less"
+        )
+    else:
+        return
+    raise NeuroplasticError(
+        f"{what} of {config.model}: too few are left outside the set for a --baseline "
+        f"{config.baseline} control of as many neurons; {fix}, or use --baseline random-any "
+        "(as many neurons drawn from all, the set's included) or --baseline none"
+    )
 
 
 def _train_and_probe(

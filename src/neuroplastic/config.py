@@ -465,7 +465,11 @@ class ExperimentConfig:
     )
     # The model's weights and activations; statistics stay float32/float64 whatever it is.
     dtype: Literal["float32", "bfloat16", "float16"] = setting(
-        "float32", help="the model's weights and activations (neuron statistics stay float32)"
+        "float32",
+        help=(
+            "the model's weights and activations (neuron statistics stay float32); float16 "
+            "trains in mixed precision: float16 compute, float32 weights and optimizer state"
+        ),
     )
     # Spread a model too large for one device over several ("auto", "balanced", ...): passed to
     # Hugging Face's loader through TransformerLens; replaces device.

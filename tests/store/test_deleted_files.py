@@ -76,7 +76,8 @@ def test_a_resumption_recomputes_a_deleted_file(
     owner = "concept" if stage == "base" else arm
     assert warnings == [
         f"{out / name} is missing, though the run's manifest lists it (deleted after the run "
-        f"wrote it); " + source.format(arm=arm, stage=stage, owner=owner)
+        f"wrote it); "
+        + source.format(arm=arm, stage=stage, owner=owner)
         + ("" if source == OWN else ": its stages are computed again")
     ]
     # The same run as the one never damaged, to the byte.

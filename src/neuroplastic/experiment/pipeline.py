@@ -440,7 +440,7 @@ def _setup(
     check_device(device)
     _check_processes(config)
     model = load_model(
-        config.model, device=device, dtype=config.dtype, device_map=config.device_map
+        config.model, device=device, dtype=weights_dtype(config), device_map=config.device_map
     )
     _check_model_fits(config, model)
     if config.task == "lm" and not is_decoder(model):
@@ -696,6 +696,14 @@ def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> No
     run.write_token_embeddings(*_token_embeddings(model, data))
 
 
+def weights_dtype(config: ExperimentConfig) -> str:
+    """The dtype the model's weights are held in: ``--dtype``, but float32 for float16, which
+    trains in mixed precision (float16 compute under autocast, float32 master weights and
+    optimizer state): AdamW's eps (1e-8) is 0 in float16, and a weight with a zero gradient
+    would become NaN after one step."""
+    return "float32" if config.dtype == "float16" else config.dtype
+
+
 def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainConfig:
     """Base fine-tuning's optimizer settings, or retraining's (``relearn_lr`` if given)."""
     rate = (config.relearn_lr or config.learning_rate) if retraining else config.learning_rate
@@ -705,6 +713,7 @@ def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainCo
         config.batch_size,
         config.warmup_fraction,
         group_by_length=config.group_by_length,
+        autocast=torch.float16 if config.dtype == "float16" else None,
     )
 
 
@@ -821,7 +830,7 @@ def _load_initial_weights(setup: Setup) -> None:
     """The weights base fine-tuning started from, into ``setup.module``: the model as loaded
     and the head as the seed initialised it (as :func:`_setup` made them)."""
     config = setup.config
-    model = load_model(config.model, device="cpu", dtype=config.dtype)
+    model = load_model(config.model, device="cpu", dtype=weights_dtype(config))
     torch.manual_seed(config.seed)  # the head's initialisation, as in _setup
     fresh = TokenClassifier(model, len(setup.train_data.tag_names))
     initial = dict(fresh.named_parameters())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -242,7 +243,11 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.config.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # A step the scaler skipped (an overflow while it finds its scale) is no
+                # misuse of the schedule: the schedule still counts it.
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.scheduler.step()
             self.step += 1
             losses.append(reported.item())
             bar.set_postfix(loss=f"{reported.item():.4f}")

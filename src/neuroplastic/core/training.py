@@ -246,7 +246,9 @@ class Trainer:
             with warnings.catch_warnings():
                 # A step the scaler skipped (an overflow while it finds its scale) is no
                 # misuse of the schedule: the schedule still counts it.
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
                 self.scheduler.step()
             self.step += 1
             losses.append(reported.item())

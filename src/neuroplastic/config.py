@@ -607,10 +607,15 @@ class ExperimentConfig:
 
     def _check_removal(self) -> None:
         layers = self.removal_layers
-        if layers != "all" and not re.fullmatch(r"\d+(,\d+)*", str(layers)):
+        if layers != "all" and not re.fullmatch(r"\d+([,+]\d+)*", str(layers).replace(" ", "")):
             raise NeuroplasticError(
-                f"removal_layers must be 'all' or layer indices such as 0,2,5; got {layers!r}"
+                f"removal_layers must be 'all' or layer indices such as 0,2,5 (or 0+2+5); got "
+                f"{layers!r}"
             )
+        if layers != "all":
+            # One spelling per set of layers, before anything hashes it: 2,0,0 is 0,2.
+            indices = {int(part) for part in re.split(r"[,+]", layers.replace(" ", ""))}
+            self.removal_layers = layers = ",".join(str(i) for i in sorted(indices))
         if self.removal == "neurons":
             if layers != "all":
                 raise NeuroplasticError(

@@ -648,7 +648,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.executor == "ray":
         from neuroplastic.experiment.ray_executor import RayExecutor
 
-        executor = RayExecutor(args.ray_address, args.cpus_per_run, args.gpus_per_run)
+        executor = RayExecutor(
+            args.ray_address, args.cpus_per_run, args.gpus_per_run, quiet=args.quiet
+        )
     else:
         for flag, value, default in (
             ("--ray-address", args.ray_address, None),

@@ -237,6 +237,9 @@ class Checkpointer:
         for path in artifacts:
             entries[self.manifest.relative(path)] = file_digest(path)
         self.manifest.update(add=entries)
+        # A report written before this stage no longer shows the run (an unfinished run's,
+        # resumed with --no-report, would still say "Unfinished run"): `report` writes it again.
+        self.run.report_path.unlink(missing_ok=True)
         atomic_write_json(
             self.run.marker_path(arm, stage), {**marker, CONFIG_HASH: self.config_hash}
         )
@@ -380,6 +383,27 @@ class Checkpointer:
             files = [path] if path.is_file() else sorted(path.rglob("*"))
             found += [p for p in files if p.is_file() and not p.name.endswith(".tmp")]
         return [self.manifest.relative(p) for p in found]
+
+
+def check_stages_match_config(run: RunDir) -> None:
+    """Refuse to read a run whose config.json is not the settings its stages were computed
+    under (a marker's config hash differs: config.json was edited or replaced since), as a
+    resumption does: its results would be shown beside the wrong settings. Markers that
+    cannot be read, or carry no hash (a run from before hashes), are left to their readers."""
+    config = ExperimentConfig.from_run(run.config(), source=str(run.config_path))
+    current = config.identity_hash()
+    for path in sorted(run.state_dir.glob("*/*.json")):
+        try:
+            recorded = json_of(dict)(path).get(CONFIG_HASH)
+        except (OSError, ValueError):
+            continue
+        if isinstance(recorded, str) and recorded != current:
+            raise NeuroplasticError(
+                f"{path} was computed under other settings (config hash {recorded[:12]}) than "
+                f"{run.config_path} holds ({current[:12]}): config.json was changed after that "
+                "stage ran, and its results would be shown beside the wrong settings; restore "
+                "the run's config.json (its summary.json keeps the settings of a finished run)"
+            )
 
 
 def _stage_of(name: str) -> tuple[str, str] | None:

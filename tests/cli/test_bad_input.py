@@ -560,3 +560,13 @@ def test_report_says_what_its_path_is(tmp_path, cli, make, says):
     make(path)
     code, _, stderr = cli("report", path)
     assert code == 2 and stderr.startswith(f"neuroplastic report: error: {path} {says}")
+
+
+def test_an_old_model_alias_offline_is_one_line(cli):
+    """TransformerLens logs a 4-line notice for an old alias before the load fails offline."""
+    code, _, stderr = cli("rank", "--model", "gpt2-small", "--quiet")
+    assert code == 2 and stderr.count("\n") == 1
+    assert stderr.startswith(
+        "neuroplastic rank: error: could not load model 'gpt2-small' ('gpt2-small' is an old "
+        "alias of 'gpt2'): "
+    )

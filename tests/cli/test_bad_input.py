@@ -109,7 +109,8 @@ def test_count_larger_than_model_refused(tmp_path, no_training, selection, count
 
 
 def test_count_that_fits_passes_the_check(tmp_path, no_training):
-    config = tiny_config(selection="count", count=128)
+    # (no control: one of as many neurons outside all 128 cannot be drawn, and is refused)
+    config = tiny_config(selection="count", count=128, baseline="none")
     with pytest.raises(AssertionError, match="base fine-tuning reached"):
         run_experiment(config, tmp_path / "r", progress=False, log=lambda *a: None)
 

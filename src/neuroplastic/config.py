@@ -465,7 +465,11 @@ class ExperimentConfig:
     )
     # The model's weights and activations; statistics stay float32/float64 whatever it is.
     dtype: Literal["float32", "bfloat16", "float16"] = setting(
-        "float32", help="the model's weights and activations (neuron statistics stay float32)"
+        "float32",
+        help=(
+            "the model's weights and activations (neuron statistics stay float32); float16 "
+            "trains in mixed precision: float16 compute, float32 weights and optimizer state"
+        ),
     )
     # Spread a model too large for one device over several ("auto", "balanced", ...): passed to
     # Hugging Face's loader through TransformerLens; replaces device.
@@ -603,10 +607,15 @@ class ExperimentConfig:
 
     def _check_removal(self) -> None:
         layers = self.removal_layers
-        if layers != "all" and not re.fullmatch(r"\d+(,\d+)*", str(layers)):
+        if layers != "all" and not re.fullmatch(r"\d+([,+]\d+)*", str(layers).replace(" ", "")):
             raise NeuroplasticError(
-                f"removal_layers must be 'all' or layer indices such as 0,2,5; got {layers!r}"
+                f"removal_layers must be 'all' or layer indices such as 0,2,5 (or 0+2+5); got "
+                f"{layers!r}"
             )
+        if layers != "all":
+            # One spelling per set of layers, before anything hashes it: 2,0,0 is 0,2.
+            indices = {int(part) for part in re.split(r"[,+]", layers.replace(" ", ""))}
+            self.removal_layers = layers = ",".join(str(i) for i in sorted(indices))
         if self.removal == "neurons":
             if layers != "all":
                 raise NeuroplasticError(

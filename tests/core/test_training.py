@@ -298,3 +298,29 @@ def test_padding_share_by_hand():
 def test_grouping_needs_a_length_for_every_sentence():
     with pytest.raises(NeuroplasticError, match="3 lengths given for 4 sentences"):
         batch_order(4, 2, 2, seed=0, lengths=[1, 2, 3], group=2)
+
+
+def test_float16_trains_in_mixed_precision_with_float32_weights_and_state(setup):
+    """AdamW's eps (1e-8) is 0 in float16, so a float16 weight whose gradient is zero becomes
+    0 / (0 + 0) = NaN at its first step. Mixed precision computes the forward pass in float16
+    (torch.autocast) while the weights and AdamW's moments stay float32 (a GradScaler keeps
+    small float16 gradients from flushing to zero): the loss stays finite at the default lr."""
+    import math
+
+    module, data, _ = setup
+    assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0  # the cause, independently
+    computed = []
+    handle = module.head.register_forward_hook(lambda m, i, out: computed.append(out.dtype))
+    try:
+        config = TrainConfig(learning_rate=1e-4, autocast=torch.float16)
+        trainer = Trainer(module, tagging_loss, data, 8, config, seed=0)
+        losses = trainer.run(8, progress=False)
+    finally:
+        handle.remove()
+    assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
+    assert set(computed) == {torch.float16}  # the forward pass ran in float16
+    for parameter in module.parameters():
+        assert parameter.dtype == torch.float32 and torch.isfinite(parameter).all()
+    moments = [s for state in trainer.optimizer.state.values() for s in state.values()]
+    assert moments and all(m.dtype == torch.float32 for m in moments if m.ndim > 0)
+    assert "scaler" in trainer.state_dict()  # resumed with the scale it had

@@ -140,3 +140,58 @@ def test_make_installs_torch_first_then_runs_the_readmes_commands():
         assert any("download.pytorch.org/whl/cpu" in line for line in lines[torch:project])
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert "make run" in readme[:3000] and "make test" in readme[:3000]
+
+
+def tiny_run_args(out, **overrides):
+    from tiny import TINY
+
+    args = ["run", "--out", str(out), "--quiet", "--no-report"]
+    for name, value in {**TINY, **overrides}.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
+class _Trained(Exception):
+    """Raised where base fine-tuning would start: every check before it passed."""
+
+
+@pytest.mark.parametrize(
+    "overrides, fix",
+    [
+        ({"fraction": 0.6, "baseline": "random"}, "give --fraction 0.5 or less"),
+        ({"fraction": 0.6, "baseline": "random-global"}, "give --fraction 0.5 or less"),
+        ({"selection": "count", "count": 65, "baseline": "random-global"},
+         "give --count 64 or less"),
+        ({"selection": "per-layer", "count": 33, "baseline": "random"},
+         "give --count 32 or less"),
+    ],
+)  # fmt: skip
+def test_a_control_that_cannot_be_drawn_is_refused_before_any_training(
+    tmp_path, cli, monkeypatch, overrides, fix
+):
+    """tiny-bert has 2 layers x 64 MLP neurons: a control outside a set of more than half of
+    them (in all, or in a layer for per-layer selection) does not exist, whatever the ranking.
+    The refusal comes before any training, and each way out it gives gets past every check."""
+    import neuroplastic.experiment.pipeline as pipeline
+
+    def trained(*_a, **_k):
+        raise _Trained
+
+    monkeypatch.setattr(pipeline, "_train_to_plateau", trained)
+    code, _, stderr = cli(*tiny_run_args(tmp_path / "r", **overrides))
+    assert code == 2
+    assert stderr.count("\n") == 1 and stderr.startswith("neuroplastic run: error: ")
+    assert stderr.rstrip().endswith(
+        f"; {fix}, or use --baseline random-any (as many neurons drawn from all, the set's "
+        "included) or --baseline none"
+    )
+    assert not (tmp_path / "r").exists()  # nothing trained, nothing left
+    key = "fraction" if "fraction" in overrides else "count"
+    ways_out = [
+        {**overrides, key: float(fix.split()[2]) if key == "fraction" else int(fix.split()[2])},
+        {**overrides, "baseline": "random-any"},
+        {**overrides, "baseline": "none"},
+    ]
+    for settings in ways_out:
+        with pytest.raises(_Trained):  # every check passed: training would start now
+            main(tiny_run_args(tmp_path / "ok", **settings))

@@ -30,6 +30,7 @@ if os.environ.get("CI"):  # under CI the [cluster] extra is installed: a missing
 else:
     ray = pytest.importorskip("ray", reason='pip install "neuroplastic[cluster]" for Ray tests')
 
+from neuroplastic.errors import NeuroplasticError  # noqa: E402
 from neuroplastic.experiment.ray_executor import RayExecutor  # noqa: E402
 
 CONFIG = dict(TINY, base_steps=12, plateau_every=0, stage_steps=3, learning_rate=1e-2)
@@ -117,3 +118,37 @@ def test_a_worker_killed_mid_run_is_retried_and_the_result_still_equals(
     assert json.loads(json.dumps(without_provenance(result))) == json.loads(
         json.dumps(without_provenance(serial))
     )
+
+
+# -- --quiet: nothing but the one-line error (issue 40) ------------------------------------------
+def test_an_unreachable_cluster_is_one_line_and_ray_s_own_lines_are_held(monkeypatch, capfd):
+    """Ray's core writes to file descriptor 2 itself while it retries (about 20 lines for an
+    address nothing answers at): none of it reaches the terminal before the one line."""
+
+    def unreachable(**_):
+        for _ in range(20):
+            os.write(2, b"[2026 W 1 1] rpc_client.h:153: Failed to connect to GCS\n")
+        raise ConnectionError("Could not find any running Ray instance.\nPlease start one.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", unreachable)
+    with pytest.raises(NeuroplasticError) as refused:
+        RayExecutor("10.0.0.1:1", quiet=True)
+    assert str(refused.value) == (
+        "cannot reach a Ray cluster at '10.0.0.1:1' (Could not find any running Ray "
+        "instance.); start one with `ray start --head`, or leave out --ray-address for a "
+        "local instance"
+    )
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("quiet_run", [True, False])
+def test_a_quiet_sweep_s_ray_tasks_print_no_stage_lines(monkeypatch, capfd, tmp_path, quiet_run):
+    import neuroplastic.experiment.pipeline as pipeline
+    from neuroplastic.experiment.ray_executor import _run_one
+
+    monkeypatch.setattr(pipeline, "run_experiment", lambda *a, log, **k: log("[concept] base"))
+    path = tmp_path / "cell" / "seed-0"
+    _run_one(ExperimentConfig(**CONFIG).to_dict(), str(path), [], False, 1.0, quiet_run)
+    expected = "" if quiet_run else "[cell/seed-0] [concept] base\n"
+    assert capfd.readouterr().out == expected

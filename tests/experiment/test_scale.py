@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny import quiet, tiny_config
 
 from neuroplastic.config import ExperimentConfig
@@ -80,3 +81,16 @@ def test_train_sentences_zero_takes_all_the_split_leaves_to_training(corpus):
     # A partition of the split: every sentence once, in training or in the probe.
     assert not {id(s) for s in train} & {id(s) for s in probe}
     assert sorted(map(id, train + probe)) == sorted(map(id, corpus.train))
+
+
+@pytest.mark.slow
+def test_a_float16_run_trains_in_mixed_precision_at_the_default_and_a_tiny_lr(tmp_path):
+    """--dtype float16 once failed with a NaN loss at step 2, whatever the learning rate."""
+    for lr, out in ((1e-4, tmp_path / "default"), (1e-9, tmp_path / "tiny")):
+        config = tiny_config(dtype="float16", learning_rate=lr, save_checkpoints=True)
+        summary = experiment.run_experiment(config, out, progress=False, log=quiet)
+        for arm in summary["arms"].values():
+            for stage in arm["stages"]:
+                assert all(0 <= f1 <= 1 for f1 in stage["f1"].values())
+        weights = load_file(str(out / "checkpoints/concept/retrain-2.safetensors"))
+        assert {tensor.dtype for tensor in weights.values()} == {torch.float32}

@@ -426,3 +426,34 @@ def test_a_run_of_a_newer_format_is_refused_with_what_to_do(killed, tmp_path, cl
     _refused_by_run_and_report(out, message, cli)
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before  # nothing changed
+
+
+# -- issue 40: a report never shows a run other than the one on disk ----------------------------
+def test_report_refuses_a_config_edited_after_the_stages_ran(finished, tmp_path, cli):
+    out = copy(finished[0], tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 0
+    (out / "config.json").write_text(json.dumps({**config, "seed": 1}))
+    edited = tiny_config(seed=1).identity_hash()[:12]
+    code, stdout, stderr = cli("report", out, "--similarity", "none")
+    assert (code, stdout) == (2, "")
+    assert stderr == (
+        f"neuroplastic report: error: {out / 'state/concept/base.json'} was computed under "
+        f"other settings (config hash {tiny_config().identity_hash()[:12]}) than "
+        f"{out / 'config.json'} holds ({edited}): config.json was changed after that stage ran, "
+        "and its results would be shown beside the wrong settings; restore the run's "
+        "config.json (its summary.json keeps the settings of a finished run)\n"
+    )
+    assert not (out / "report.html").exists()
+    # `run` refuses the same directory (on config.json against its flags, then the hashes)
+    assert cli(*run_args(out, seed=1))[0] == 2
+
+
+def test_resuming_removes_the_report_of_the_unfinished_run(killed, tmp_path, cli):
+    out = copy(killed, tmp_path)
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert code == 0 and "Unfinished run" in (out / "report.html").read_text()
+    code, _, _ = cli(*run_args(out))  # --no-report
+    assert code == 0 and not (out / "report.html").exists()
+    code, _, stderr = cli("report", out, "--similarity", "none")
+    assert code == 0 and "Unfinished run" not in (out / "report.html").read_text()

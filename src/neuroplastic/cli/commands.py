@@ -17,6 +17,10 @@ from typing import Any, NoReturn
 
 from neuroplastic.config import RANKER_NAMES  # light: building the parser never imports torch
 
+#: the most runs a sweep makes without ``--max-runs`` saying more (a typo in a --grid can ask
+#: for thousands)
+MAX_RUNS = 100
+
 #: the keys of ``rank --json``'s file (:meth:`neuroplastic.api.RankResult.to_json`)
 RANK_JSON_KEYS = frozenset({"model", "concept", "method", "n_layers", "d_mlp", "neurons"})
 
@@ -39,6 +43,7 @@ SETTING_HELP = {name: m["help"] for name, m in _setting_metadata().items() if m.
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = _attach_dash_values(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)  # --help answers and exits here, before anything heavy
     if not getattr(args, "command", None):
         parser.print_help()
@@ -73,6 +78,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _attach_dash_values(argv: list[str]) -> list[str]:
+    """``--flag -1:3`` as ``--flag=-1:3``: argparse reads a value that starts with a dash as a
+    flag unless it is a plain negative number, so ``--neurons -1:3`` or ``--grid -...`` got
+    "expected one argument" where ``--flag=VALUE`` reached the setting's own check. No flag
+    starts with a dash and a digit, so such a token is always the value of the flag before."""
+    joined: list[str] = []
+    for token in argv:
+        previous = joined[-1] if joined else ""
+        if (
+            previous.startswith("--")
+            and len(previous) > 2  # not the end of the flags
+            and "=" not in previous
+            and len(token) > 1
+            and token[0] == "-"
+            and (token[1].isdigit() or token[1] == ".")
+        ):
+            joined[-1] = f"{previous}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 class _Terminated(BaseException):
@@ -206,8 +233,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SETTING=V1,V2[,...]",
         help="one axis of a grid of runs over any run setting, e.g. relearn_lr=1e-5,1e-4,1e-3; "
-        "repeat for more axes (every combination runs, for every seed); sweep.json gives each "
+        "repeat for more axes (every combination runs, for every seed); a value of several "
+        "layers joins them with +, e.g. removal_layers=0+1,2; sweep.json gives each "
         "axis's best case for recovery chosen per seed",
+    )
+    sweep.add_argument(
+        "--max-runs",
+        type=positive_int,
+        default=MAX_RUNS,
+        metavar="RUNS",
+        help=f"refuse a sweep of more runs than this before any starts (default: {MAX_RUNS}); "
+        "raise it to run a larger grid",
     )
     sweep.add_argument(
         "--only-finished",
@@ -387,9 +423,24 @@ def _setting_defaults() -> dict:
     }
 
 
+def _comma_values(text: str, example: str, given: str | None = None) -> list[str]:
+    """The comma-separated values of ``text`` (part of the argument ``given``), stripped; an
+    empty one (``a,,b``, a trailing comma) is refused, never dropped: a value left out changes
+    what runs."""
+    parts = [part.strip() for part in text.split(",")]
+    if any(not part for part in parts):
+        where = next(i for i, part in enumerate(parts) if not part) + 1
+        raise argparse.ArgumentTypeError(
+            f"{given or text!r}: value {where} of {len(parts)} is empty; give every value between "
+            f"commas, e.g. {example}"
+        )
+    return parts
+
+
 def _int_list(text: str) -> list[int]:
+    parts = _comma_values(text, "0,1,2")
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [int(part) for part in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of integers"
@@ -410,9 +461,9 @@ def _grid_axis(text: str) -> tuple[str, list[Any]]:
             else f"{text!r}: give SETTING=V1,V2 (e.g. relearn_lr=1e-5,1e-4)"
         )
     default = defaults[key]
-    parts = [part.strip() for part in values.split(",") if part.strip()]
-    if not parts:
+    if not values.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: no values after '='")
+    parts = _comma_values(values, f"{key}=V1,V2", given=text)
 
     def typed(part: str) -> Any:
         if default is None:
@@ -433,11 +484,16 @@ def _grid_axis(text: str) -> tuple[str, list[Any]]:
 
 def _choice_list(allowed: Sequence[str]):
     def parse(text: str) -> list[str]:
-        values = [part.strip() for part in text.split(",") if part.strip()]
+        values = _comma_values(text, ",".join(allowed[:2]))
         unknown = [v for v in values if v not in allowed]
         if unknown or not values:
             raise argparse.ArgumentTypeError(
                 f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
+            )
+        twice = next((v for v in values if values.count(v) > 1), None)
+        if twice is not None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {twice} is given twice; give each value once (one cell each)"
             )
         return values
 
@@ -572,14 +628,29 @@ def _sweep(args: argparse.Namespace) -> int:
             raise NeuroplasticError(f"give --{key} or --grid {key}=..., not both")
     modes = grid.pop("mode", None) or modes
     methods = grid.pop("method", None) or methods
-    plan_sweep(config, args.seeds, modes, methods, grid)  # every run's settings, before torch
+    plan = plan_sweep(config, args.seeds, modes, methods, grid)  # every run, before torch
+    if not args.only_finished:
+        runs, cells = len(plan.runs), len(plan.settings)
+        count = (
+            f"{runs} run{'s' if runs != 1 else ''} ({cells} cell{'s' if cells != 1 else ''} x "
+            f"{len(args.seeds)} seed{'s' if len(args.seeds) != 1 else ''})"
+        )
+        if runs > args.max_runs:
+            raise NeuroplasticError(
+                f"this sweep makes {count}, more than --max-runs {args.max_runs}; give "
+                f"--max-runs {runs} to run them all, or fewer --grid values or seeds"
+            )
+        if not args.quiet:  # before the first run starts (finished runs are skipped)
+            print(f"sweep: {count} into {args.out}", file=sys.stderr, flush=True)
     from neuroplastic.experiment.sweep import run_sweep
 
     executor = None
     if args.executor == "ray":
         from neuroplastic.experiment.ray_executor import RayExecutor
 
-        executor = RayExecutor(args.ray_address, args.cpus_per_run, args.gpus_per_run)
+        executor = RayExecutor(
+            args.ray_address, args.cpus_per_run, args.gpus_per_run, quiet=args.quiet
+        )
     else:
         for flag, value, default in (
             ("--ray-address", args.ray_address, None),
@@ -694,7 +765,17 @@ def _report(args: argparse.Namespace) -> int:
         require("plotly", "report.html")
         print(f"report: {write_sweep_report(args.run_dir)}")
         return 0
-    if not args.run_dir.is_dir() or not (args.run_dir / "config.json").is_file():
+    if not args.run_dir.exists():
+        raise NeuroplasticError(
+            f"{args.run_dir} does not exist; give the directory of a run (`neuroplastic run "
+            "--out DIR` makes one)"
+        )
+    if not args.run_dir.is_dir():
+        raise NeuroplasticError(
+            f"{args.run_dir} is a file, not a run directory; give the directory `neuroplastic "
+            "run --out DIR` wrote"
+        )
+    if not (args.run_dir / "config.json").is_file():
         raise NeuroplasticError(
             f"{args.run_dir} is not a run directory (no config.json); make one with "
             "`neuroplastic run --out DIR`"

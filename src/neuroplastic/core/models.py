@@ -9,6 +9,8 @@ Anything else is a Hugging Face name or a local directory, loaded the way Transf
 from __future__ import annotations
 
 import inspect
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,19 +93,47 @@ def check_device(device: str) -> None:
         raise NeuroplasticError("--device mps: MPS is not available here; use --device cpu")
 
 
+class _AliasNotice(logging.Filter):
+    """Holds back TransformerLens's several-line notice that a model name is an old alias
+    (it logs it on the root logger before loading): its gist goes into one line instead."""
+
+    PREFIX = "DEPRECATED: You are using a deprecated, model_name alias"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.official: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.PREFIX):
+            return True
+        found = re.search(r"official transformers model name, '([^']+)'", message)
+        self.official = found.group(1) if found else "its official name"
+        return False
+
+
 def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
     from neuroplastic.progress import library_bars
 
+    notice = _AliasNotice()
+    root = logging.getLogger()
+    handlers = [root, *root.handlers]
+    for each in handlers:
+        each.addFilter(notice)
     try:
         with library_bars():  # transformers' "Loading weights" bar, not in a log file
             model = bridge_class.boot_transformers(name, **kwargs)
     except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...
         reason = " ".join(str(error).split())  # one line, whatever the library printed
+        alias = f" ({name!r} is an old alias of {notice.official!r})" if notice.official else ""
         raise NeuroplasticError(
-            f"could not load model {name!r}: {reason}. Use 'embedded' (offline MiniLM), "
+            f"could not load model {name!r}{alias}: {reason}. Use 'embedded' (offline MiniLM), "
             "'tiny-gpt2', 'tiny-bert', a local model directory, or a Hugging Face name when "
             "the hub is reachable"
         ) from error
+    finally:
+        for each in handlers:
+            each.removeFilter(notice)
     model.eval()
     return model
 

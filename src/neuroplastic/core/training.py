@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,10 @@ class TrainConfig:
     #: 0: batches are consecutive draws of the shuffled epochs. N > 1: every N batches' sentences
     #: are regrouped by length (see :func:`batch_order`), so less of each batch is padding.
     group_by_length: int = 0
+    #: Mixed precision: the forward pass and loss under ``torch.autocast`` to this dtype, the
+    #: weights and AdamW's state staying as they are (float32), with a ``GradScaler`` for
+    #: float16 (whose range loses small gradients). None: the model's own dtype throughout.
+    autocast: torch.dtype | None = None
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, n_steps: int, warmup_fraction: float):
@@ -178,6 +183,10 @@ class Trainer:
             group=config.group_by_length,
         )
         self.step = 0
+        self.device_type = model_device(module).type
+        self.scaler = torch.amp.GradScaler(
+            self.device_type, enabled=config.autocast == torch.float16
+        )
         self.restart_schedule()
 
     def restart_schedule(self) -> None:
@@ -215,7 +224,12 @@ class Trainer:
             # This step's dropout masks, different on every rank (one rank: the seed of old).
             torch.manual_seed((self.seed * 1_000_003 + self.step) * ranks + rank)
             batch = self.dataset.collate(distributed.my_share(self.batches[self.step]))
-            loss = self.loss_fn(self.module, batch.to(device))
+            with torch.autocast(
+                self.device_type,
+                dtype=self.config.autocast or torch.float32,
+                enabled=self.config.autocast is not None,
+            ):
+                loss = self.loss_fn(self.module, batch.to(device))
             reported = distributed.mean(loss)  # the same on every rank: all stop, or none
             if not torch.isfinite(reported):
                 raise NeuroplasticError(
@@ -223,10 +237,19 @@ class Trainer:
                     "the learning rate (--lr). Everything completed before this stage is kept"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # (the scaler does nothing unless enabled: plain backward, clipping and step)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.module.parameters(), self.config.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            with warnings.catch_warnings():
+                # A step the scaler skipped (an overflow while it finds its scale) is no
+                # misuse of the schedule: the schedule still counts it.
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+                self.scheduler.step()
             self.step += 1
             losses.append(reported.item())
             bar.set_postfix(loss=f"{reported.item():.4f}")
@@ -237,16 +260,21 @@ class Trainer:
         return losses
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
+        if self.scaler.is_enabled():  # (a run in full precision has none: its files as before)
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def train(

@@ -312,7 +312,7 @@ def _open(store: Checkpointer, config: ExperimentConfig, out: Path):
     _check_out(out)  # before the lock, which creates the directory
     store.lock()
     found = store.check_config(config)
-    recovery = recover(store, config, found.unreadable)
+    recovery = recover(store, config, found.unreadable, found.lost)
     recovery.warnings[:0] = found.warnings
     return recovery
 
@@ -348,8 +348,17 @@ def _write_sentence_activations(setup: Setup, held: HeldSets) -> None:
     for arm, data in loaded.items():
         for stage in dict.fromkeys((data.first, data.last)):
             path = run.sentence_activations_path(arm, stage)
-            weights = run.weights_path(stage_owner(arm, stage), stage)
-            if (path.is_file() and run.manifest.matches(path)) or not weights.is_file():
+            owner = stage_owner(arm, stage)
+            # the weights resumption keeps, else a --save-checkpoints copy (a finished run's)
+            weights = next(
+                (
+                    p
+                    for p in (run.weights_path(owner, stage), run.checkpoint_path(owner, stage))
+                    if p.is_file()
+                ),
+                None,
+            )
+            if (path.is_file() and run.manifest.matches(path)) or weights is None:
                 continue
             load_weights(setup.module, weights)
             setup.module.eval()
@@ -436,7 +445,7 @@ def _setup(
     check_device(device)
     _check_processes(config)
     model = load_model(
-        config.model, device=device, dtype=config.dtype, device_map=config.device_map
+        config.model, device=device, dtype=weights_dtype(config), device_map=config.device_map
     )
     _check_model_fits(config, model)
     if config.task == "lm" and not is_decoder(model):
@@ -585,6 +594,7 @@ def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
         "count": config.count,
         "per-layer": config.count * n_layers,
     }[config.selection]
+    _check_control_fits(config, n_layers, d_mlp, per_round)
     # A later round's control holds the concept's earlier rounds and as many random neurons as
     # its last round adds, drawn outside all the concept's rounds: R + 1 rounds' worth in all.
     control = 0 if config.baseline == "none" or config.rounds == 1 else per_round
@@ -612,6 +622,39 @@ def _check_model_fits(config: ExperimentConfig, model: Any) -> None:
             f"--max-length {config.max_length} exceeds {config.model}'s {n_ctx} positions; "
             f"give --max-length {n_ctx} or less"
         )
+
+
+def _check_control_fits(config: ExperimentConfig, n_layers: int, d_mlp: int, held: int) -> None:
+    """A control of as many neurons outside the set (``held`` of them) must exist: in all for
+    ``random-global``, in every layer for ``random``. Past half of the model neither does,
+    whatever the ranking; with ``--selection per-layer`` each layer's count is the setting.
+    (Below half, a ranking too dense in one layer for ``random`` is known only once the base
+    is ranked; ``random-global`` then works, as that refusal says.)"""
+    if config.removal != "neurons" or config.baseline not in ("random", "random-global"):
+        return
+    n_total = n_layers * d_mlp
+    if config.selection == "per-layer" and config.count > d_mlp - config.count:
+        what = f"--count {config.count} per layer holds more than half of each layer's {d_mlp}"
+        fix = f"give --count {d_mlp // 2} or less"
+    elif held > n_total - held:
+        flag = (
+            f"--fraction {config.fraction}"
+            if config.selection == "fraction"
+            else f"--count {config.count}"
+        )
+        what = f"{flag} holds {held} of the {n_total} MLP neurons, more than half"
+        fix = (
+            "give --fraction 0.5 or less"
+            if config.selection == "fraction"
+            else f"give --count {n_total // 2} or less"
+        )
+    else:
+        return
+    raise NeuroplasticError(
+        f"{what} of {config.model}: too few are left outside the set for a --baseline "
+        f"{config.baseline} control of as many neurons; {fix}, or use --baseline random-any "
+        "(as many neurons drawn from all, the set's included) or --baseline none"
+    )
 
 
 def _train_and_probe(
@@ -658,6 +701,14 @@ def _write_token_embeddings(run: RunDir, model: Any, data: ConceptDataset) -> No
     run.write_token_embeddings(*_token_embeddings(model, data))
 
 
+def weights_dtype(config: ExperimentConfig) -> str:
+    """The dtype the model's weights are held in: ``--dtype``, but float32 for float16, which
+    trains in mixed precision (float16 compute under autocast, float32 master weights and
+    optimizer state): AdamW's eps (1e-8) is 0 in float16, and a weight with a zero gradient
+    would become NaN after one step."""
+    return "float32" if config.dtype == "float16" else config.dtype
+
+
 def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainConfig:
     """Base fine-tuning's optimizer settings, or retraining's (``relearn_lr`` if given)."""
     rate = (config.relearn_lr or config.learning_rate) if retraining else config.learning_rate
@@ -667,6 +718,7 @@ def _train_config(config: ExperimentConfig, retraining: bool = False) -> TrainCo
         config.batch_size,
         config.warmup_fraction,
         group_by_length=config.group_by_length,
+        autocast=torch.float16 if config.dtype == "float16" else None,
     )
 
 
@@ -797,7 +849,7 @@ def _load_initial_weights(setup: Setup) -> None:
     """The weights base fine-tuning started from, into ``setup.module``: the model as loaded
     and the head as the seed initialised it (as :func:`_setup` made them)."""
     config = setup.config
-    model = load_model(config.model, device="cpu", dtype=config.dtype)
+    model = load_model(config.model, device="cpu", dtype=weights_dtype(config))
     torch.manual_seed(config.seed)  # the head's initialisation, as in _setup
     fresh = TokenClassifier(model, len(setup.train_data.tag_names))
     initial = dict(fresh.named_parameters())

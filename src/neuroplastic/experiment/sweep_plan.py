@@ -85,10 +85,17 @@ def plan_sweep(
     if not seeds or len(set(seeds)) != len(seeds):
         raise NeuroplasticError(f"give distinct seeds, e.g. --seeds 0,1,2; got {list(seeds)}")
     modes, methods = list(modes or [base.mode]), list(methods or [base.method])
+    for flag, values in (("--mode", modes), ("--method", methods)):
+        twice = next((v for v in values if values.count(v) > 1), None)
+        if twice is not None:
+            raise NeuroplasticError(
+                f"{flag} {twice} is given twice; give each value once (one cell each)"
+            )
     grid = {key: list(values) for key, values in (grid or {}).items()}
     _check_grid(grid)
     runs: list[tuple[str, int, ExperimentConfig]] = []
     settings: dict[str, dict[str, Any]] = {}
+    identities: dict[str, str] = {}  # a cell's settings as a run holds them -> the cell
     for mode in modes:
         for method in methods:
             for point in grid_points(grid):
@@ -96,10 +103,18 @@ def plan_sweep(
                 if cell in settings:
                     raise NeuroplasticError(
                         f"two cells of the sweep would share the directory {cell!r} "
-                        f"({settings[cell]} and {point}); give grid values that differ"
+                        f"(--grid values {settings[cell]} and {point}); give grid values that "
+                        "differ"
                     )
                 settings[cell] = {"mode": mode, "method": method, **point}
                 for seed in seeds:
                     config = replace(base, mode=mode, method=method, seed=seed, **point)
                     runs.append((cell, seed, config))
+                # Values spelled differently may be one setting (removal_layers 0+1 and 1+0).
+                same = identities.setdefault(config.identity_hash(), cell)
+                if same != cell:
+                    raise NeuroplasticError(
+                        f"the sweep's cells {same!r} and {cell!r} are the same run: their "
+                        "--grid values are one setting spelled two ways; give each value once"
+                    )
     return SweepPlan(runs, settings, modes, methods, grid)

@@ -51,7 +51,7 @@ from neuroplastic.report.neurons_sections import (
 )
 from neuroplastic.report.relearning import relearning
 from neuroplastic.report.style import fmt, steps_text
-from neuroplastic.store.checkpoint import Checkpointer
+from neuroplastic.store.checkpoint import Checkpointer, check_stages_match_config
 from neuroplastic.store.lock import reading
 from neuroplastic.store.manifest import CorruptFile
 from neuroplastic.store.rundir import RunDir
@@ -127,6 +127,7 @@ def _build_report(
     if not run.config_path.is_file():
         raise NeuroplasticError(f"{run.path} is not a neuroplastic run directory (no config.json)")
     config = run.config()
+    check_stages_match_config(run)  # as a resumption checks it
     arms = [arm for arm in run.arms() if run.stages(arm)]
     if not arms:
         raise NeuroplasticError(f"{run.path}: no arm has stage artifacts yet; nothing to report")

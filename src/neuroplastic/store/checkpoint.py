@@ -30,7 +30,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +73,13 @@ class MissingStage:
 
 @dataclass
 class ConfigCheck:
-    """What :meth:`Checkpointer.check_config` found: warnings to show, and the stage markers
-    that cannot be read (path -> why)."""
+    """What :meth:`Checkpointer.check_config` found: warnings to show, the stage markers
+    that cannot be read (path -> why), and those deleted while a later stage of their arm is
+    done (a marker is written last, so only a deletion leaves such a gap)."""
 
     warnings: list[str]
     unreadable: dict[Path, str]
+    lost: list[Path] = field(default_factory=list)
 
 
 class Checkpointer:
@@ -156,10 +158,22 @@ class Checkpointer:
                     "replaced after that stage ran; use another --out (nothing was changed)"
                 )
         self.config_hash = current
+        lost = self.lost_markers(config)
         for leftover in self.run.path.rglob(".*.tmp"):
             leftover.unlink(missing_ok=True)
-        self._reconcile()
-        return ConfigCheck(warnings, unreadable)
+        self._reconcile(keep={self.manifest.relative(p) for p in lost})
+        return ConfigCheck(warnings, unreadable, lost)
+
+    def lost_markers(self, config: ExperimentConfig) -> list[Path]:
+        """The markers of stages that are not done while a later stage of their arm is: each
+        marker is written after everything before it, so only a deletion leaves such a gap."""
+        lost = []
+        for arm in config.arms:
+            owners = [(stage_owner(arm, s), s) for s in stage_names(config.stages, config.rounds)]
+            done = [self.done(*owner) for owner in owners]
+            last = max((i for i, d in enumerate(done) if d), default=-1)
+            lost += [self.run.marker_path(*owners[i]) for i in range(last) if not done[i]]
+        return sorted(set(lost))
 
     def _refuse_results(self, problem: str, remedy: str) -> None:
         """Refuse a directory holding results when their config.json cannot be read."""
@@ -223,6 +237,9 @@ class Checkpointer:
         for path in artifacts:
             entries[self.manifest.relative(path)] = file_digest(path)
         self.manifest.update(add=entries)
+        # A report written before this stage no longer shows the run (an unfinished run's,
+        # resumed with --no-report, would still say "Unfinished run"): `report` writes it again.
+        self.run.report_path.unlink(missing_ok=True)
         atomic_write_json(
             self.run.marker_path(arm, stage), {**marker, CONFIG_HASH: self.config_hash}
         )
@@ -316,16 +333,19 @@ class Checkpointer:
 
     def delete(self, paths: Iterable[Path]) -> None:
         """Delete files and forget them in the manifest."""
-        names = []
-        for path in set(paths):
+        # Forgotten first: a kill in between leaves a file the manifest does not list (swept
+        # or rewritten later), never a listed one that is gone, which reads as a deletion.
+        paths = set(paths)
+        if paths:
+            self.manifest.update(remove=[self.manifest.relative(p) for p in paths])
+        for path in paths:
             path.unlink(missing_ok=True)
-            names.append(self.manifest.relative(path))
-        if names:
-            self.manifest.update(remove=names)
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, keep: set[str] = frozenset()) -> None:
         """Forget the manifest entries of stages without a marker (cut short by a kill: they
-        are computed again). A run from before manifests gets one of its files as they are."""
+        are computed again), but those of the ``keep`` markers' stages (deleted markers, which
+        recovery decides about). A run from before manifests gets one of its files as they
+        are."""
         entries = self.manifest.entries()
         adopted: dict[str, Any] = {}
         if entries is None:
@@ -340,7 +360,10 @@ class Checkpointer:
             ]
             adopted = {self.manifest.relative(p): file_digest(p) for p in files}
             entries = adopted
-        stale = [name for name in entries if not self._owner_done(name)]
+        kept = {file_owner(name)[1:] for name in keep}
+        stale = [
+            name for name in entries if not self._owner_done(name) and _stage_of(name) not in kept
+        ]
         if adopted or stale:
             self.manifest.update(add=adopted, remove=stale)
 
@@ -360,6 +383,37 @@ class Checkpointer:
             files = [path] if path.is_file() else sorted(path.rglob("*"))
             found += [p for p in files if p.is_file() and not p.name.endswith(".tmp")]
         return [self.manifest.relative(p) for p in found]
+
+
+def check_stages_match_config(run: RunDir) -> None:
+    """Refuse to read a run whose config.json is not the settings its stages were computed
+    under (a marker's config hash differs: config.json was edited or replaced since), as a
+    resumption does: its results would be shown beside the wrong settings. Markers that
+    cannot be read, or carry no hash (a run from before hashes), are left to their readers."""
+    config = ExperimentConfig.from_run(run.config(), source=str(run.config_path))
+    current = config.identity_hash()
+    for path in sorted(run.state_dir.glob("*/*.json")):
+        try:
+            recorded = json_of(dict)(path).get(CONFIG_HASH)
+        except (OSError, ValueError):
+            continue
+        if isinstance(recorded, str) and recorded != current:
+            raise NeuroplasticError(
+                f"{path} was computed under other settings (config hash {recorded[:12]}) than "
+                f"{run.config_path} holds ({current[:12]}): config.json was changed after that "
+                "stage ran, and its results would be shown beside the wrong settings; restore "
+                "the run's config.json (its summary.json keeps the settings of a finished run)"
+            )
+
+
+def _stage_of(name: str) -> tuple[str, str] | None:
+    """(arm, stage) whose record holds the file ``name`` (relative): a base's stage files are
+    the concept arm's record (but the naive arm's own)."""
+    owner = file_owner(name)
+    if owner is None:
+        return None
+    kind, arm, stage = owner
+    return (stage_owner(arm, stage) if kind == "stage" else arm), stage
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:

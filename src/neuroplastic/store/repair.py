@@ -20,6 +20,12 @@ summary.json, metrics.jsonl,              the stages' records, the base ranking,
 config.json                               see Checkpointer.check_config
 ```
 
+A file the manifest lists but that is gone (deleted after the run wrote it) is treated as one
+that cannot be read: recomputed from what the run kept while it still keeps it (an unfinished
+run's weights, or --save-checkpoints'), else said so in one line per stage: a finished run goes
+on without it (its report leaves the stage out), and the base stage or base weights, which every
+other stage comes from, are refused. Nothing is skipped silently.
+
 A file that can be read but is not the one the run wrote (its manifest entry differs) is never
 recomputed: it may be a deliberate edit, or another run's file, so it is refused by name
 (:meth:`Manifest.verify`) and the user decides.
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.halves import HALVES_FILE
+from neuroplastic.errors import NeuroplasticError
 from neuroplastic.store.manifest import CorruptFile
 from neuroplastic.store.rundir import STAGE_FILES, RunDir, file_owner, stage_names, unreadable
 
@@ -61,17 +68,26 @@ class Recovery:
     stages: list[Recompute] = field(default_factory=list)
 
 
-def recover(store: Checkpointer, config: ExperimentConfig, markers: dict[Path, str]) -> Recovery:
-    """Check the run's files (``markers``: the stage markers that cannot be read, with why);
+def recover(
+    store: Checkpointer,
+    config: ExperimentConfig,
+    markers: dict[Path, str],
+    lost: list[Path] = (),  # type: ignore[assignment]
+) -> Recovery:
+    """Check the run's files (``markers``: the stage markers that cannot be read, with why;
+    ``lost``: those deleted while a later stage of their arm is done);
     forget the arms that must be computed again and rewrite metrics.jsonl at once; return the
     rest. Raises :class:`CorruptFile` for the first file nothing can recompute, before any
     change."""
     run, recovery = store.run, Recovery()
-    damaged = {**markers, **_damaged_listed_files(store)}
+    unreadable, missing = _damaged_listed_files(store)
+    missing += lost
+    damaged = {**markers, **unreadable}
     # Hashed only when needed: the base weights are the largest file a run keeps.
-    base_weights = run.saved_weights("concept", "base") if damaged else None
+    base_weights = run.saved_weights("concept", "base") if damaged or missing else None
     forget: set[str] = set()
     recompute: dict[tuple[str, str], Recompute] = {}
+    _missing_files(run, missing, base_weights, recovery, forget, recompute)
     for path, reason in sorted(damaged.items()):
         kind, arm, stage = _owner(run, path)
         found = f"{path} is corrupt or truncated ({reason})"
@@ -106,21 +122,126 @@ def recover(store: Checkpointer, config: ExperimentConfig, markers: dict[Path, s
     return recovery
 
 
-def _damaged_listed_files(store: Checkpointer) -> dict[Path, str]:
-    """The manifest's files that differ from their entries and cannot be read, with why. One
-    that differs but can be read is refused here (not the run's file, by name)."""
+def _damaged_listed_files(store: Checkpointer) -> tuple[dict[Path, str], list[Path]]:
+    """The manifest's files that differ from their entries and cannot be read, with why, and
+    those that are gone (deleted after the run wrote them). One that differs but can be read is
+    refused here (not the run's file, by name)."""
     manifest = store.manifest
     entries = manifest.entries()
-    damaged = {}
+    damaged, missing = {}, []
     for name in entries or {}:
         path = store.run.path / name
-        if not path.is_file() or manifest.matches(path, entries):
-            continue  # a deleted file is said so where it is needed (a resumption, a report)
+        if not path.is_file():
+            missing.append(path)
+            continue
+        if manifest.matches(path, entries):
+            continue
         reason = unreadable(path)
         if reason is None:
             manifest.verify(path, entries)  # raises: readable, but not the file the run wrote
         damaged[path] = reason
-    return damaged
+    return damaged, missing
+
+
+def _missing_files(
+    run: RunDir,
+    missing: list[Path],
+    base_weights: Path | None,
+    recovery: Recovery,
+    forget: set[str],
+    recompute: dict[tuple[str, str], Recompute],
+) -> None:
+    """Decide about the listed files that are gone, one stage (or one other file) at a time:
+    recompute them from the weights the run kept (``recompute``, ``forget``: an arm computed
+    again from its base weights), else say what is lost (a warning), else refuse (the base, which
+    every other stage comes from). Raises before any change."""
+    finished = run.summary_path.is_file()
+    groups: dict[tuple[str, str, str | None], list[Path]] = {}
+    for path in sorted(missing):
+        groups.setdefault(_owner(run, path), []).append(path)
+    for (kind, arm, stage), paths in groups.items():
+        names = ", ".join(str(p) for p in paths)
+        one = len(paths) == 1
+        found = (
+            f"{names} {'is' if one else 'are'} missing, though the run's manifest lists "
+            f"{'it' if one else 'them'} (deleted after the run wrote {'it' if one else 'them'})"
+        )
+        again = f"restore {'it' if one else 'them'}, or rerun into a new --out"
+        if kind == "state" and any(p.suffix == ".json" for p in paths):  # a stage marker
+            found = (
+                f"{names} is missing (deleted after the run wrote it), though later stages of "
+                f"the {arm} arm are recorded"
+            )
+            if stage != "base" and base_weights is not None and not finished:
+                forget.add(arm)
+                recovery.warnings.append(
+                    f"{found}; recomputing the {arm} arm from the base weights "
+                    f"({run.manifest.relative(base_weights)}): its stages are computed again"
+                )
+                continue
+            held = (
+                "the fine-tuned base model every later stage builds on"
+                if stage == "base"
+                else ("its stage's evaluation")
+            )
+            raise NeuroplasticError(
+                f"{found}; it recorded {held}, which cannot be recomputed from what the run "
+                f"keeps; {again}"
+            )
+        if kind == "checkpoint" or (kind == "state" and finished and stage != "base"):
+            recovery.warnings.append(
+                f"{found}; the run does not read {'it' if one else 'them'} any more: "
+                f"{again} to have {'it' if one else 'them'} again"
+            )
+            continue
+        if kind == "state" and stage == "base":
+            if finished:  # kept for a sweep's next cells only
+                recovery.warnings.append(
+                    f"{found}; the finished run does not read {'it' if one else 'them'}, but "
+                    f"no later run can share its base weights: {again} to have them again"
+                )
+                continue
+            raise NeuroplasticError(
+                f"{found}; {'it holds' if one else 'they hold'} the fine-tuned base model every "
+                "later stage builds on, which cannot be recomputed without starting over; "
+                f"{again}"
+            )
+        weights = run.saved_weights(arm, stage) if kind == "stage" and stage else None
+        if weights is not None:
+            recompute[arm, stage] = Recompute(arm, stage, weights)  # type: ignore[index]
+            recovery.warnings.append(
+                f"{found}; recomputing stage {stage} of the {arm} arm from "
+                f"{run.manifest.relative(weights)}"
+            )
+        elif kind in ("stage", "state") and stage != "base" and base_weights is not None:
+            forget.add(arm)
+            recovery.warnings.append(
+                f"{found}; recomputing the {arm} arm from the base weights "
+                f"({run.manifest.relative(base_weights)}): its stages are computed again"
+            )
+        elif kind == "stage" and stage != "base" and finished:
+            recovery.warnings.append(
+                f"{found}; {'it' if one else 'they'} cannot be rebuilt: the run no longer keeps "
+                "the weights after that stage (--save-checkpoints keeps them), so its report "
+                f"leaves stage {stage} of the {arm} arm out; {again} to have "
+                f"{'it' if one else 'them'} again"
+            )
+        elif kind == "other" and base_weights is not None:
+            recovery.warnings.append(
+                f"{found}; recomputing {'it' if one else 'them'} from the base weights "
+                f"({run.manifest.relative(base_weights)})"
+            )
+        else:
+            what = (
+                "the neuron sets come from it"
+                if kind == "stage"
+                else "it cannot be recomputed from what the run keeps"
+            )
+            raise NeuroplasticError(
+                f"{found}; the run no longer keeps the weights to recompute "
+                f"{'it' if one else 'them'} from (--save-checkpoints keeps them), and {what}; "
+                f"{again}"
+            )
 
 
 def _owner(run: RunDir, path: Path) -> tuple[str, str, str | None]:

@@ -19,7 +19,8 @@ def load_script():
 
 
 @pytest.mark.parametrize(
-    "sweep_name", ["default-5seeds", "relearn", "relearn-lr", "relearn-size", "removal"]
+    "sweep_name",
+    ["default-5seeds", "relearn", "relearn-lr", "relearn-size", "removal", "chase-5seeds"],
 )
 def test_the_committed_rescoring_is_what_the_script_computes(sweep_name):
     lasting = load_script()

@@ -139,7 +139,7 @@ def generated_model(name: str, seed: int, device: str = "cpu") -> tuple[Any, Any
             tie_word_embeddings=True,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            # No pad_token_id: Llama would zero its embedding, and here pad is also bos.
         )
         hf_model = LlamaForCausalLM(config)
     else:

@@ -7,8 +7,9 @@ converts it once into a plain Hugging Face directory (safetensors, config, token
 user's cache, and every later load boots that directory like any local model, in seconds.
 
 What it is: **SmolLM2-135M-Instruct with Q4_1 weights de-quantised to float32, not the hub's
-original weights** (each block of 32 weights was rounded to 16 levels; the de-quantised values
-are what the model computes with). A Llama architecture: 30 layers, d_model 576, 1536 SwiGLU
+original weights** (in the file each block of 32 weights of the 210 matrices was rounded to 16
+levels, Q4_1, and the tied token embedding to 256, Q8_0; the norms are float32; the de-quantised
+values are what the model computes with). A Llama architecture: 30 layers, d_model 576, 1536 SwiGLU
 MLP neurons per layer, vocabulary 49,152, tied embeddings, eos and pad ``<|im_end|>``.
 
 The cache is checked by digest on every load: a marker file (written last, inside a directory

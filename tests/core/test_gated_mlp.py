@@ -28,11 +28,10 @@ from neuroplastic.report.views import examples_from_model, neuron_view
 CHOSEN = [(0, 3), (0, 17), (1, 0), (1, 63)]
 
 
-@pytest.fixture(scope="module")
-def llama():
-    model = load_model("tiny-llama", seed=0)
-    yield model
-    model.reset_hooks(including_permanent=True)
+@pytest.fixture
+def llama(tiny_llama):
+    yield tiny_llama
+    tiny_llama.reset_hooks(including_permanent=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,8 @@ def hf_llama():
 
 
 @pytest.fixture(scope="module")
-def data(llama, corpus):
-    return encode_split(corpus, llama.tokenizer, "validation", limit=12)
+def data(tiny_llama, corpus):
+    return encode_split(corpus, tiny_llama.tokenizer, "validation", limit=12)
 
 
 @pytest.fixture

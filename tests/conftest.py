@@ -63,6 +63,14 @@ def tiny_bert():
     return load_model("tiny-bert", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """SmolLM2's architecture at toy size: a gated SiLU MLP (tests/core/test_gated_mlp.py)."""
+    from neuroplastic.core.models import load_model
+
+    return load_model("tiny-llama", seed=0)
+
+
 @pytest.fixture(params=["tiny_gpt2", "tiny_bert"])
 def tiny_model(request):
     model = request.getfixturevalue(request.param)

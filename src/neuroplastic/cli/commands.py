@@ -546,8 +546,9 @@ def _model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="embedded",
-        help="embedded (offline MiniLM, default; needs [embedded]), tiny-gpt2, tiny-bert, a "
-        "local directory or a Hugging Face name",
+        help="embedded (offline MiniLM, default; needs [embedded]), smollm2 (offline "
+        "SmolLM2-135M-Instruct, Q4_1 weights de-quantised, not the hub's; needs [llm]), "
+        "tiny-gpt2, tiny-bert, tiny-llama, a local directory or a Hugging Face name",
     )
     parser.add_argument(
         "--dataset",

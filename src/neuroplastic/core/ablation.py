@@ -110,6 +110,16 @@ def prune_weights(model: Any, neurons: NeuronSet, zero_output: bool = True) -> N
     gradient is scaled by its output weights, its output gradient by its activation; both zero),
     so training can never revive it. ``zero_output=False`` zeroes the input side only: the neuron
     is just as silent at first but gets gradient and can regrow, which is what ``regrow`` uses.
+
+    Gated (SwiGLU) MLPs, ``down(act(gate·x) * (up·x))``: the input side zeroed is the **up**
+    projection's row (``mlp.in``), never the gate's. The neuron's activation ``act(gate·x)·0`` is
+    then exactly zero whatever the activation function, and its up row's gradient
+    ``δ·act(gate·x)·x`` is not, so it regrows (and the gate row and down column train again once
+    the up row has moved). Zeroing the gate row as well would be a stationary point (every one of
+    the neuron's gradients is a product with ``up·x`` or ``act(0)`` = 0 for SiLU), like zeroing
+    both sides of a plain MLP; zeroing only the down column would leave the neuron firing in
+    every statistic. The gate row keeps its trained weights: a regrown gated neuron still opens
+    where it used to, which makes regrowing its old meaning easier than in a plain MLP.
     """
     check_mlp_hooks(model)
     with torch.no_grad():
@@ -126,8 +136,12 @@ def prune_weights(model: Any, neurons: NeuronSet, zero_output: bool = True) -> N
 def check_can_regrow(model: Any) -> None:
     """Refuse weight pruning meant to regrow on an activation flat at 0 (ReLU): a neuron with
     zeroed input weights and bias sits at pre-activation 0, where such an activation has zero
-    derivative, so no gradient ever reaches its input weights and it stays dead."""
+    derivative, so no gradient ever reaches its input weights and it stays dead. A gated MLP
+    regrows whatever its activation (its up row is zeroed, its gate left: see
+    :func:`prune_weights`)."""
     name = activation_name(model)
+    if getattr(model.cfg, "gated_mlp", False):
+        return  # the up row is zeroed, not the gate's: its gradient is δ·act(gate·x)·x
     if name in FLAT_AT_ZERO:
         raise NeuroplasticError(
             f"regrow mode cannot revive neurons of a {name} MLP: its derivative at 0 is 0, so a "
@@ -149,7 +163,9 @@ def mlp_neuron_weights(
     """Input weight, input bias and output weight of layer ``layer``'s MLP neurons.
 
     Handles TransformerBridge MLPs (``mlp.in`` / ``mlp.out`` wrapping ``nn.Linear`` or GPT-2's
-    ``Conv1D``) and HookedTransformer-style ``W_in`` / ``b_in`` / ``W_out`` parameters.
+    ``Conv1D``) and HookedTransformer-style ``W_in`` / ``b_in`` / ``W_out`` parameters. In a
+    gated MLP the input weight is the up projection (``mlp.in``, Hugging Face's ``up_proj``;
+    ``W_in``), not the gate (``mlp.gate`` / ``W_gate``).
     """
     mlp = model.blocks[layer].mlp
     d_mlp = model.cfg.d_mlp

@@ -1,5 +1,7 @@
-"""Models generated offline, never downloaded: ``tiny-gpt2`` and ``tiny-bert`` (small random
-models with offline tokenizers, for tests and demos) and ``random-gpt2-*`` (randomly
+"""Models generated offline, never downloaded: ``tiny-gpt2``, ``tiny-bert`` and ``tiny-llama``
+(small random models with offline tokenizers, for tests and demos; ``tiny-llama`` has SmolLM2's
+architecture: RMSNorm, rotary positions, grouped-query attention, a SwiGLU MLP and tied
+embeddings, with the tiny GPT-2's byte-level BPE tokenizer) and ``random-gpt2-*`` (randomly
 initialised GPT-2-architecture models of real sizes, for timing without the hub).
 :func:`neuroplastic.core.models.load_model` wraps them as TransformerLens bridges."""
 
@@ -14,7 +16,9 @@ from typing import Any
 
 import torch
 
-TINY_MODELS = ("tiny-gpt2", "tiny-bert")
+from neuroplastic.core.pretrained import cache_root
+
+TINY_MODELS = ("tiny-gpt2", "tiny-bert", "tiny-llama")
 # Randomly initialised GPT-2-architecture models of real sizes, for timing without the hub:
 # (layers, d_model, heads). "gpt2-1b" is ~1.3B parameters (GPT-2 XL's width, 24 layers).
 RANDOM_SHAPES = {
@@ -29,8 +33,8 @@ _TOKENIZER_VERSION = 2  # bump when the tiny tokenizers change (v2: held-out cor
 @functools.cache
 def _tiny_tokenizer_dir(kind: str) -> str:
     """An offline tokenizer saved to disk (TransformerLens only accepts reloaded tokenizers),
-    built once per machine in ``$NEUROPLASTIC_CACHE`` (default ``~/.cache/neuroplastic``)."""
-    root = Path(os.environ.get("NEUROPLASTIC_CACHE", Path.home() / ".cache" / "neuroplastic"))
+    built once per machine in :func:`~neuroplastic.core.pretrained.cache_root`."""
+    root = cache_root()
     final = root / f"tiny-{kind}-tokenizer-v{_TOKENIZER_VERSION}"
     if (final / "tokenizer_config.json").is_file():
         return str(final)
@@ -101,11 +105,14 @@ def generated_model(name: str, seed: int, device: str = "cpu") -> tuple[Any, Any
         BertForMaskedLM,
         GPT2Config,
         GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
     )
 
-    kind = "gpt2" if name in RANDOM_SHAPES else name.removeprefix("tiny-")
+    own_dir = name in RANDOM_SHAPES or name == "tiny-llama"  # the tiny GPT-2's tokenizer
+    kind = "gpt2" if own_dir else name.removeprefix("tiny-")
     directory = _tiny_tokenizer_dir(kind)
-    if name in RANDOM_SHAPES:
+    if own_dir:
         directory = _model_dir(name, directory)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -120,6 +127,21 @@ def generated_model(name: str, seed: int, device: str = "cpu") -> tuple[Any, Any
             max_position_embeddings=160,
         )
         hf_model = BertForMaskedLM(config)
+    elif name == "tiny-llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,  # d_mlp: 64 gated neurons per layer
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,  # grouped-query attention, as SmolLM2 (9 heads, 3 groups)
+            max_position_embeddings=160,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            # No pad_token_id: Llama would zero its embedding, and here pad is also bos.
+        )
+        hf_model = LlamaForCausalLM(config)
     else:
         n_layer, n_embd, n_head = RANDOM_SHAPES.get(name, (2, 32, 2))
         config = GPT2Config(

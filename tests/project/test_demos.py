@@ -34,6 +34,7 @@ NOTEBOOKS = (
     "04_your_own_hooks.py",
     "05_paper_setting.py",
     "06_removals.py",
+    "07_llm.py",
 )
 
 
@@ -316,3 +317,46 @@ def test_three_removals_from_one_base_traced_alike(monkeypatch: pytest.MonkeyPat
             e for e in summaries[removal]["arms"]["concept"]["stages"] if e["stage"] == stage
         )
         assert row["layer 0"] == entry["readable"]["0"] and 0 <= row["layer 1"] <= 1
+
+
+def test_llm_neurons_ablated_in_a_with_block_and_restored(monkeypatch: pytest.MonkeyPatch):
+    """On tiny-llama (a gated MLP, as SmolLM2's): the ranked set is the ranking's top k, the
+    control matches it per layer, each continuation is the model's greedy one (recomputed here
+    by hand with hooks placed by hand), and every hook is gone on exit."""
+    from neuroplastic.core.models import mlp_hook_name
+
+    demo = run_demo(
+        "07_llm.py", monkeypatch, model="tiny-llama", sentences=30, n_neurons=12, n_shown=2,
+        new_tokens=3,
+    )  # fmt: skip
+    model, neurons, control = demo["model"], demo["neurons"], demo["control"]
+    assert neurons == NeuronSet.top_k(demo["ranking"], 12)
+    assert control.per_layer_counts() == neurons.per_layer_counts()
+    assert not set(control.neurons) & set(neurons.neurons)
+    assert demo["after"] == demo["before"] and demo["hooks_left"] == 0
+    assert count_hooks(model) == 0
+
+    def greedy(prompt: str, held: NeuronSet | None) -> str:
+        def zero(layer_neurons):
+            def hook(activation, hook):
+                activation = activation.clone()
+                activation[..., layer_neurons] = 0
+                return activation
+
+            return hook
+
+        hooks = [] if held is None else [
+            (mlp_hook_name(layer), zero(indices)) for layer, indices in held.by_layer().items()
+        ]  # fmt: skip
+        ids = torch.tensor([model.tokenizer.encode(prompt, add_special_tokens=False)])
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            for _ in range(3):
+                next_id = model(ids, return_type="logits")[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, next_id], dim=1)
+        return model.tokenizer.decode(ids[0, -3:])
+
+    for prompt in demo["PROMPTS"]:
+        assert demo["before"][prompt] == greedy(prompt, None)
+        assert demo["without_loc"][prompt] == greedy(prompt, neurons)
+        assert demo["without_random"][prompt] == greedy(prompt, control)
+    assert count_hooks(model) == 0

@@ -41,6 +41,11 @@ NOTEBOOKS: dict[str, tuple[dict[str, Any], int, int]] = {
         0,
         1,  # the three removals' recovery curves
     ),
+    "07_llm.py": (
+        dict(model="tiny-llama", sentences=30, n_neurons=12, n_shown=2, new_tokens=3),
+        1,  # the top neurons' view
+        0,
+    ),
 }
 # Counted in the page and in every frame (a report and each figure are isolated frames).
 DRAWN = """() => {

@@ -121,14 +121,14 @@ class ResidualTap:
     ) -> Residuals:
         """What the tap kept at ``point``, in corpus order: of every sentence, or of
         ``sentences`` only; every sentence must have gone through it once."""
+        if point not in self.points:
+            raise NeuroplasticError(f"the tap kept {', '.join(self.points)}, not {point}")
         if len(self._sentences) != self.n_sentences:
             raise NeuroplasticError(
                 f"the residual tap saw {len(self._sentences)} of {self.n_sentences} sentences: "
                 "run every sentence through the model with its hooks held (one process, not a "
                 "share of them)"
             )
-        if point not in self.points:
-            raise NeuroplasticError(f"the tap kept {', '.join(self.points)}, not {point}")
         order = sorted(self._sentences if sentences is None else set(sentences))
         keys = self.keys
         layers = {

@@ -229,6 +229,13 @@ def test_every_stage_of_a_run_records_where_the_concept_is_readable(tiny_run):
             readable = entry["readable"]
             assert set(readable) == {"0", "1"}, entry["stage"]
             assert all(0.0 <= value <= 1.0 for value in readable.values())
+            probes = entry["probes"]
+            assert set(probes) == {"resid_post", "mlp_out", "split"}
+            assert probes["split"]["n_fit"] + probes["split"]["n_score"] == 32  # validation
+            for point in ("resid_post", "mlp_out"):
+                for reading in probes[point].values():
+                    assert 0.5 <= reading["sign_free"] <= 1.0
+                    assert reading["low"] <= reading["auc"] <= reading["high"]
 
 
 def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
@@ -242,9 +249,11 @@ def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
     page = write_report(copy).read_text(encoding="utf-8")
     assert "Where LOC is linearly readable" in page
     for arm in summary["arms"]:
-        assert f"{arm} arm: probe AUC per layer and stage" in page
-    base = summary["arms"]["concept"]["stages"][0]["readable"]["1"]
-    assert f"{base:.3f}" in page
+        assert f"{arm} arm: sign-free probe readability at the residual stream" in page
+        assert f"{arm} arm: sign-free probe readability at the MLP output" in page
+    base = summary["arms"]["concept"]["stages"][0]["probes"]["resid_post"]["1"]
+    assert f"{base['sign_free']:.3f}" in page
+    assert "max(AUC, 1 - AUC)" in page
 
 
 # -- the control: a random projection matched in removed variance ---------------------------------

@@ -351,3 +351,24 @@ def test_the_removed_shares_survive_saving_and_an_older_file_has_none(
     assert LinearErasure.load(older.save(tmp_path / "older.safetensors")).removed == {}
     with pytest.raises(NeuroplasticError, match="records no share of removed variance"):
         fit_matched_control(tiny_bert, splits[0], older, seed=0)
+
+
+def test_a_run_from_before_the_disjoint_probes_still_reports_its_raw_aucs(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from neuroplastic.report.run_report import write_report
+
+    source, summary = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(source, copy)
+    older = json.loads((copy / "summary.json").read_text())
+    for arm in older["arms"].values():
+        for entry in arm["stages"]:
+            del entry["probes"]
+    (copy / "summary.json").write_text(json.dumps(older))
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert "concept arm: probe AUC per layer and stage" in page
+    assert "This run predates the probes fitted apart" in page
+    base = summary["arms"]["concept"]["stages"][0]["readable"]["1"]
+    assert f"{base:.3f}" in page

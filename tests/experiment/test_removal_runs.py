@@ -274,3 +274,25 @@ def test_the_command_line_takes_the_removal(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["removal"], config["removal_layers"]) == ("direction", "0")
     assert LinearErasure.load(RunDir(tmp_path / "run").removal_path("concept")).layers == [0]
+
+
+@pytest.mark.slow
+def test_an_unfinished_run_of_an_older_format_is_not_resumed(leace_run, tmp_path):
+    """Its stages' probes and control differ from this release's: resuming it would mix the
+    two in one summary. A finished one adds nothing and is let through."""
+    import shutil
+
+    out, _ = leace_run
+    copy = tmp_path / "older"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "format": 1}))
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").unlink()
+    with pytest.raises(NeuroplasticError, match="format 1.*cannot be resumed without mixing"):
+        run_experiment(tiny_config(removal="leace"), copy, progress=False, log=quiet)
+    (copy / "summary.json").write_text(json.dumps(summary))
+    from neuroplastic.store.checkpoint import Checkpointer
+
+    with Checkpointer(RunDir(copy)) as store:  # the check alone: finished, so let through
+        store.check_config(tiny_config(removal="leace"))

@@ -17,8 +17,13 @@ from neuroplastic.errors import NeuroplasticError
 #: (no manifest.json, stage markers without a config hash: read as it is, nothing to verify);
 #: 1 adds manifest.json and the markers' config hash, which every reader then requires. Runs of
 #: format 1 written before the key existed are told apart by their manifest or a hashed marker
-#: (:func:`neuroplastic.store.manifest.run_format`).
-RUN_FORMAT = 1
+#: (:func:`neuroplastic.store.manifest.run_format`). 2: the stages' probes are fitted on half
+#: the validation sentences and read the MLP output too (rows carry ``probes``), and an
+#: erasure's random control is matched in removed variance; a run of an earlier format reads
+#: and reports as it is, but is not resumed (its done stages would mix with new ones).
+RUN_FORMAT = 2
+#: the first format whose probes and erasure control a resumed run may add stages to
+RESUMABLE_FORMAT = 2
 FORMAT_KEY = "format"
 
 

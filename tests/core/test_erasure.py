@@ -17,6 +17,8 @@ from neuroplastic.core.erasure import (
     erase,
     fit_direction,
     fit_leace,
+    fit_matched_control,
+    matched_directions,
     resid_hook_name,
     residual_tokens,
 )
@@ -227,6 +229,13 @@ def test_every_stage_of_a_run_records_where_the_concept_is_readable(tiny_run):
             readable = entry["readable"]
             assert set(readable) == {"0", "1"}, entry["stage"]
             assert all(0.0 <= value <= 1.0 for value in readable.values())
+            probes = entry["probes"]
+            assert set(probes) == {"resid_post", "mlp_out", "split"}
+            assert probes["split"]["n_fit"] + probes["split"]["n_score"] == 32  # validation
+            for point in ("resid_post", "mlp_out"):
+                for reading in probes[point].values():
+                    assert 0.5 <= reading["sign_free"] <= 1.0
+                    assert reading["low"] <= reading["auc"] <= reading["high"]
 
 
 def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
@@ -240,6 +249,126 @@ def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
     page = write_report(copy).read_text(encoding="utf-8")
     assert "Where LOC is linearly readable" in page
     for arm in summary["arms"]:
-        assert f"{arm} arm: probe AUC per layer and stage" in page
+        assert f"{arm} arm: sign-free probe readability at the residual stream" in page
+        assert f"{arm} arm: sign-free probe readability at the MLP output" in page
+    base = summary["arms"]["concept"]["stages"][0]["probes"]["resid_post"]["1"]
+    assert f"{base['sign_free']:.3f}" in page
+    assert "max(AUC, 1 - AUC)" in page
+
+
+# -- the control: a random projection matched in removed variance ---------------------------------
+def removed_by_hand(model, data, erasure: LinearErasure, layer: int) -> float:
+    """The share of ``layer``'s variance ``erasure`` takes away, from the residual stream
+    captured with its earlier layers held: var(x - erased x) summed over var(x) summed."""
+    earlier = LinearErasure(
+        erasure.kind,
+        erasure.concept,
+        *(
+            {k: v for k, v in part.items() if k < layer}
+            for part in (erasure.left, erasure.right, erasure.bias)
+        ),
+    )
+    with erase(model, earlier) if earlier.left else contextlib.nullcontext():
+        x = torch.cat([r[layer] for r, _ in residual_tokens(model, data, [layer])]).double()
+    taken = x - erasure.apply(layer, x.float()).double()
+    return float(taken.var(0).sum() / x.var(0).sum())
+
+
+def test_a_matched_direction_removes_the_planted_share_a_uniform_one_misses():
+    """A stream of 64 dimensions whose concept direction carries 30 times a dimension's
+    variance: projecting out a direction half on it removes (1 + 15) / 94 = 17% of the
+    variance. A uniformly random direction removes about 1/64 of it; the matched one, drawn from
+    the same Gaussian, removes 17% to the tolerance, and is still random (seeds differ)."""
+    d = 64
+    u = torch.zeros(d, dtype=torch.float64)
+    u[5] = 1.0
+    covariance = torch.eye(d, dtype=torch.float64) + 30 * torch.outer(u, u)
+    eraser = torch.zeros(d, dtype=torch.float64)
+    eraser[5] = eraser[9] = 2**-0.5
+    target = float(eraser @ covariance @ eraser / torch.trace(covariance))
+    assert target == pytest.approx(16 / 94)
+
+    def share(q):
+        return float(torch.trace(q.T @ covariance @ q) / torch.trace(covariance))
+
+    draws = []
+    for seed in range(3):
+        gaussian = torch.randn(
+            d, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+        uniform, _ = torch.linalg.qr(gaussian)
+        assert share(uniform) < 0.06  # about (1 + 30 (u.q)^2) / 94: a few percent at most
+        matched = matched_directions(covariance, gaussian, target)
+        assert torch.allclose(matched.T @ matched, torch.eye(1, dtype=torch.float64))
+        assert share(matched) == pytest.approx(target, rel=1e-5)
+        draws.append(matched[:, 0])
+    assert abs(float(draws[0] @ draws[1])) < 0.9  # different seeds: different directions
+
+
+def test_a_matched_direction_can_remove_less_than_a_uniform_one_and_clamps_at_the_ends():
+    d = 16
+    covariance = torch.diag(torch.linspace(1.0, 16.0, d, dtype=torch.float64))
+    total = float(torch.trace(covariance))
+    gaussian = torch.randn(d, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for target in (1.5 / total, 0.05, 15.5 / total):  # below, near and above a uniform draw
+        q = matched_directions(covariance, gaussian, target)
+        assert float(q.T @ covariance @ q) / total == pytest.approx(target, rel=1e-5)
+    # beyond the largest eigenvalue's share: the top direction, as close as it gets
+    q = matched_directions(covariance, gaussian, 0.9)
+    assert float(q.T @ covariance @ q) / total == pytest.approx(16 / total, rel=1e-3)
+
+
+def test_the_control_removes_the_share_of_variance_the_eraser_removes(tiny_bert, splits, leace):
+    fit, _ = splits
+    control = fit_matched_control(tiny_bert, fit, leace, seed=0)
+    assert control.kind == "random" and control.layers == leace.layers
+    assert control.rank == leace.rank
+    assert "same share of variance" in control.describe()
+    for layer in LAYERS:
+        q = control.left[layer]
+        assert torch.allclose(q.T @ q, torch.eye(control.rank), atol=1e-5)
+        assert torch.equal(control.right[layer], q.T)
+        # recorded at fitting, and measured again by hand on each arm's own stream
+        assert leace.removed[layer] == pytest.approx(
+            removed_by_hand(tiny_bert, fit, leace, layer), rel=1e-3
+        )
+        assert control.removed[layer] == pytest.approx(leace.removed[layer], rel=1e-4)
+        by_hand = removed_by_hand(tiny_bert, fit, control, layer)
+        assert by_hand == pytest.approx(leace.removed[layer], rel=1e-3), layer
+    # seeded: the same draw again, another with another seed
+    again = fit_matched_control(tiny_bert, fit, leace, seed=0)
+    assert all(torch.equal(again.left[k], control.left[k]) for k in LAYERS)
+    other = fit_matched_control(tiny_bert, fit, leace, seed=1)
+    assert not torch.allclose(other.left[0].abs(), control.left[0].abs())
+
+
+def test_the_removed_shares_survive_saving_and_an_older_file_has_none(
+    tiny_bert, splits, leace, tmp_path
+):
+    loaded = LinearErasure.load(leace.save(tmp_path / "leace.safetensors"))
+    assert loaded.removed == pytest.approx(leace.removed)
+    older = LinearErasure(leace.kind, leace.concept, leace.left, leace.right, leace.bias)
+    assert LinearErasure.load(older.save(tmp_path / "older.safetensors")).removed == {}
+    with pytest.raises(NeuroplasticError, match="records no share of removed variance"):
+        fit_matched_control(tiny_bert, splits[0], older, seed=0)
+
+
+def test_a_run_from_before_the_disjoint_probes_still_reports_its_raw_aucs(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from neuroplastic.report.run_report import write_report
+
+    source, summary = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(source, copy)
+    older = json.loads((copy / "summary.json").read_text())
+    for arm in older["arms"].values():
+        for entry in arm["stages"]:
+            del entry["probes"]
+    (copy / "summary.json").write_text(json.dumps(older))
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert "concept arm: probe AUC per layer and stage" in page
+    assert "This run predates the probes fitted apart" in page
     base = summary["arms"]["concept"]["stages"][0]["readable"]["1"]
     assert f"{base:.3f}" in page

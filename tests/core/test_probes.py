@@ -13,12 +13,17 @@ from neuroplastic.core.erasure import residual_tokens
 from neuroplastic.core.probes import (
     Residuals,
     ResidualTap,
+    at_chance,
+    auc_interval,
     probe_auc,
     probe_auc_of,
+    probe_readings,
+    probe_readings_of,
     tapped_residuals,
 )
 from neuroplastic.core.stats import collect_stats
 from neuroplastic.core.training import TokenClassifier, evaluate
+from neuroplastic.data.concept import IGNORE_CONCEPT
 from neuroplastic.data.load import encode_split
 from neuroplastic.errors import NeuroplasticError
 
@@ -143,3 +148,155 @@ def test_a_probe_reads_a_planted_direction_as_well_as_the_best_possible_rule():
     assert auc[0] == pytest.approx(best, abs=0.025)
     assert auc[1] == pytest.approx(0.5, abs=0.035)
     assert auc[2] == 1.0
+
+
+# -- readability without its sign, its interval, and a split disjoint from the eraser's ----------
+def planted(n: int, sign: float, generator: torch.Generator, shift: float = 1.5) -> Residuals:
+    """Tokens in sentences of 8, 16 unit-variance dimensions, the concept's (1 in 5) shifted by
+    ``sign * shift`` along dimension 3."""
+    labels = (torch.rand(n, generator=generator) < 0.2).long()
+    x = torch.randn(n, 16, generator=generator)
+    x[:, 3] += sign * shift * labels.float()
+    return Residuals({0: x}, labels, torch.arange(n) // 8)
+
+
+def test_an_anti_correlated_probe_is_readable_without_its_sign():
+    """Fitted where the concept lies along +d, scored where it lies along -d: the raw AUC is the
+    best rule's mirror, 1 - Phi(1.5 / sqrt 2) = 0.144; readable all the same, and its interval
+    says so (far from holding 0.5)."""
+    generator = torch.Generator().manual_seed(1)
+    reading = probe_readings_of(planted(4000, 1, generator), planted(4000, -1, generator), 1)[0]
+    best = float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(1.5 / 2**0.5)))
+    assert reading["auc"] == pytest.approx(1 - best, abs=0.025)
+    assert reading["sign_free"] == pytest.approx(best, abs=0.025)
+    assert reading["sign_free"] == max(reading["auc"], 1 - reading["auc"])
+    assert reading["low"] <= reading["auc"] <= reading["high"] < 0.5
+    assert not at_chance(reading)
+    # the same probe scored where the sign agrees
+    same = probe_readings_of(planted(4000, 1, generator), planted(4000, 1, generator), 1)[0]
+    assert same["auc"] == pytest.approx(best, abs=0.025) and not at_chance(same)
+
+
+def test_a_probe_of_pure_noise_is_at_chance_and_the_interval_covers_it():
+    generator = torch.Generator().manual_seed(2)
+    noise = probe_readings_of(planted(2000, 0, generator), planted(2000, 0, generator), 1)[0]
+    assert at_chance(noise) and noise["sign_free"] >= 0.5
+
+
+def test_the_auc_interval_is_clustered_by_sentence():
+    """Scores sharing a sentence's random offset, labels shared within a sentence too: tokens
+    are not independent. Over 300 null draws (50 sentences of 16) the clustered 95% interval
+    holds 0.5 about 95% of the time; the token-level one (each token its own) much less often."""
+    generator = torch.Generator().manual_seed(3)
+    covered = {"sentence": 0, "token": 0}
+    draws = 300
+    for _ in range(draws):
+        sentences = torch.arange(800) // 16
+        offset = torch.randn(50, generator=generator)[sentences]
+        concept = (torch.rand(50, generator=generator) < 0.5)[sentences]
+        labels = concept & (torch.rand(800, generator=generator) < 0.5)
+        labels[0], labels[1] = True, False
+        scores = (3 * offset + torch.randn(800, generator=generator)).numpy()
+        for name, clusters in (("sentence", sentences), ("token", None)):
+            _, low, high = auc_interval(scores, labels, clusters)
+            covered[name] += low <= 0.5 <= high
+    assert 0.90 <= covered["sentence"] / draws <= 0.99, covered
+    assert covered["token"] / draws < 0.7, covered
+
+
+def test_a_probe_fitted_apart_from_the_erasers_sentences_reads_the_concept_that_survives():
+    """LEACE fitted on 60 tokens in 16 dimensions equalises the class means of those tokens
+    only. On new tokens the concept survives along what the eraser missed: the best any rule
+    can read there is Phi(Delta / 2), Delta the Mahalanobis distance of the erased class means
+    (known from the eraser's algebra). A probe fitted on half the new tokens and scored on the
+    other half reads it; one fitted on the eraser's own tokens does not."""
+    from concept_erasure import LeaceFitter
+
+    generator = torch.Generator().manual_seed(5)
+    d = 16
+    delta = torch.zeros(d, dtype=torch.float64)
+    delta[0], delta[1] = 1.5, 1.0
+
+    def tokens(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = (torch.arange(n) % 4 == 0).long()  # 1 in 4 the concept
+        x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        return x + labels[:, None] * delta, labels
+
+    x_fit, y_fit = tokens(60)
+    fitter = LeaceFitter(d, 1, dtype=torch.float64)
+    fitter.update(x_fit, y_fit[:, None].double())
+    eraser = fitter.eraser
+    # the eraser as an affine map: x -> x - P (x - b)
+    projection = eraser.proj_left @ eraser.proj_right
+    keep = torch.eye(d, dtype=torch.float64) - projection
+
+    def erased(x: torch.Tensor) -> torch.Tensor:
+        return eraser(x)
+
+    moved = keep @ delta
+    covariance = keep @ keep.T
+    distance = float(moved @ torch.linalg.pinv(covariance, hermitian=True) @ moved) ** 0.5
+    best = float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(distance / 2**0.5)))
+    assert best > 0.65  # the concept survives on new tokens (the eraser's estimate is off)
+
+    x_a, y_a = tokens(6000)
+    x_b, y_b = tokens(6000)
+    fitted_apart = probe_readings_of(
+        Residuals({0: erased(x_a).float()}, y_a), Residuals({0: erased(x_b).float()}, y_b), 1
+    )[0]
+    assert fitted_apart["auc"] == pytest.approx(best, abs=0.03)
+    assert not at_chance(fitted_apart)
+    # on the eraser's own tokens the class means are equal: a probe fitted there learns nothing
+    # about the concept (chance on those tokens, by construction)
+    own = probe_auc_of(
+        Residuals({0: erased(x_fit).float()}, y_fit),
+        Residuals({0: erased(x_fit).float()}, y_fit),
+        1,
+    )[0]
+    assert abs(own - 0.5) < abs(fitted_apart["auc"] - 0.5)
+
+
+def test_a_tap_keeps_the_mlp_output_and_gives_any_sentences_in_corpus_order(tiny_bert, splits):
+    fit, _ = splits
+    layers = layers_of(tiny_bert)
+    tap = ResidualTap(layers, len(fit), ("resid_post", "mlp_out"))
+    names = [name for name, _ in tap.hooks]
+    assert names == [f"blocks.{n}.hook_resid_post" for n in layers] + [
+        f"blocks.{n}.hook_mlp_out" for n in layers
+    ]
+    with torch.no_grad(), tiny_bert.hooks(fwd_hooks=tap.hooks):
+        for batch in fit.batches(16):
+            tiny_bert(batch.tokens, attention_mask=batch.attention_mask)
+            tap.record(batch)
+    whole = tap.residuals("resid_post")
+    assert torch.equal(whole.layers[0], tapped_residuals(tiny_bert, fit, layers).layers[0])
+    # the MLP output, by hand
+    captured = {}
+    some = [5, 1, 9]
+    subset = fit.subset(sorted(some))
+    hooks = [
+        (f"blocks.{n}.hook_mlp_out", lambda a, hook, n=n: captured.setdefault(n, a)) for n in layers
+    ]
+    with torch.no_grad(), tiny_bert.hooks(fwd_hooks=hooks):
+        batch = next(subset.batches(8))
+        tiny_bert(batch.tokens, attention_mask=batch.attention_mask)
+    real = batch.concept_labels != IGNORE_CONCEPT
+    kept = tap.residuals("mlp_out", some)
+    for layer in layers:
+        assert torch.allclose(kept.layers[layer], captured[layer][real], atol=1e-5)
+    assert kept.sentences.unique().tolist() == sorted(some)
+    with pytest.raises(NeuroplasticError, match="not mlp_out"):
+        ResidualTap(layers, len(fit)).residuals("mlp_out")
+
+
+def test_readings_from_taps_and_from_passes_of_their_own_agree(tiny_bert, splits):
+    fit, held_out = splits
+    layers = layers_of(tiny_bert)
+    own = probe_readings(tiny_bert, fit, held_out, CONCEPT, layers)
+    assert set(own) == {"resid_post", "mlp_out"}
+    plain = probe_auc(tiny_bert, fit, held_out, CONCEPT, layers)
+    for layer in layers:
+        assert own["resid_post"][layer]["auc"] == pytest.approx(plain[layer], abs=1e-12)
+        for reading in (own["resid_post"][layer], own["mlp_out"][layer]):
+            assert reading["low"] <= reading["auc"] <= reading["high"]
+            assert reading["sign_free"] == max(reading["auc"], 1 - reading["auc"])

@@ -1,5 +1,6 @@
 """A run whose removal is an erasure (``--removal leace|direction``): fitted at base, saved with
-the run, held through retraining and every evaluation, its control a random projection.
+the run, held through retraining and every evaluation, its control a random projection
+removing the same share of variance.
 
 Expectations are independent of the pipeline: the erasure fitted again by hand on the base
 weights the run kept, the residual stream captured and erased again, the settings' refusals.
@@ -16,7 +17,8 @@ from tiny import tiny_config
 
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.erasure import LinearErasure, erase, fit_direction, fit_leace
-from neuroplastic.core.probes import probe_auc
+from neuroplastic.core.halves import split_probe
+from neuroplastic.core.probes import probe_auc, probe_readings
 from neuroplastic.core.training import evaluate
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.pipeline import run_experiment
@@ -82,13 +84,26 @@ def test_the_erasure_is_fitted_on_the_base_weights_and_saved_with_the_run(leace_
         assert torch.allclose(q.T @ q, torch.eye(1), atol=1e-5)
     arms = summary["arms"]
     assert arms["concept"]["removal"]["kind"] == "leace"
-    assert arms["random"]["removal"] == {
+    removal = dict(arms["random"]["removal"])  # (a copy: the fixture's summary is shared)
+    removed = removal.pop("removed_variance")
+    assert removal == {
         "kind": "random",
         "layers": [0, 1],
         "rank": 1,
         "what": control.describe(),
     }
-    assert arms["random"]["control"] == "random-projection"
+    assert arms["random"]["control"] == "matched-projection"
+    # the control removes the share of each layer's variance the eraser removes (on the probe
+    # sentences both were fitted on), as recorded in the summary and in the saved files
+    concept_removed = arms["concept"]["removal"]["removed_variance"]
+    assert set(removed) == set(concept_removed) == {"0", "1"}
+    # (the tiny model's layer-1 eraser can be null once layer 0 is erased: a share of 0)
+    assert 0 < concept_removed["0"] < 1
+    for layer, share in concept_removed.items():
+        assert 0 <= share < 1
+        assert removed[layer] == pytest.approx(share, rel=1e-4, abs=1e-9)
+        assert saved.removed[int(layer)] == pytest.approx(share)
+        assert control.removed[int(layer)] == pytest.approx(removed[layer])
     assert "prediction" not in summary  # the neuron predictors need removed neurons
 
 
@@ -119,25 +134,39 @@ def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run, tm
     base = {arm: summary["arms"][arm]["stages"][0]["f1"] for arm in ("concept", "random")}
     assert base["concept"] == base["random"]
     # The pruned stage, by hand: the kept base weights scored with each arm's saved erasure
-    # held, and the probes fitted on the erased residual stream.
+    # held, and the probes fitted on the erased stream of one half of the validation
+    # sentences (a seeded hash, none of the probe sentences the eraser was fitted on) and
+    # scored on the other half.
     setup = base_setup(out, tmp_path / "scratch")
     run = RunDir(out)
+    split = split_probe(len(setup.validation_data), 0, salt="readout")
+    assert not set(split.predict) & set(split.truth)
+    assert len(split.predict) + len(split.truth) == len(setup.validation_data)
+    fit_half = setup.validation_data.subset(split.predict)
+    score_half = setup.validation_data.subset(split.truth)
     for arm in ("concept", "random"):
         pruned = summary["arms"][arm]["stages"][1]
+        assert pruned["probes"]["split"] == {
+            "fit": "validation, hash half 0",
+            "score": "validation, hash half 1",
+            "n_fit": len(split.predict),
+            "n_score": len(split.truth),
+        }
         with erase(setup.model, LinearErasure.load(run.removal_path(arm))):
             scores = evaluate(setup.module, setup.validation_data, "ner", "LOC", progress=False)
-            readable = probe_auc(
-                setup.model, setup.probe_data, setup.validation_data, "LOC", [0, 1]
-            )
+            readable = probe_auc(setup.model, fit_half, score_half, "LOC", [0, 1])
+            mlp = probe_readings(setup.model, fit_half, score_half, "LOC", [0, 1])["mlp_out"]
         assert scores.scores["f1"] == pytest.approx(pruned["f1"], abs=1e-12)
         assert {str(k): v for k, v in readable.items()} == pytest.approx(
             pruned["readable"], abs=1e-4
         )
-    # LEACE leaves no linear reading of the concept at the layers it erased; the random
-    # projection of the same rank leaves most of it.
-    concept_auc = summary["arms"]["concept"]["stages"][1]["readable"]
-    random_auc = summary["arms"]["random"]["stages"][1]["readable"]
-    assert max(concept_auc.values()) < min(random_auc.values())
+        for layer in ("0", "1"):
+            recorded = pruned["probes"]["resid_post"][layer]
+            assert recorded["auc"] == pruned["readable"][layer]  # the raw AUC, its sign kept
+            assert recorded["sign_free"] == max(recorded["auc"], 1 - recorded["auc"])
+            assert pruned["probes"]["mlp_out"][layer]["auc"] == pytest.approx(
+                mlp[int(layer)]["auc"], abs=1e-4
+            )
 
 
 @pytest.mark.slow
@@ -245,3 +274,25 @@ def test_the_command_line_takes_the_removal(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["removal"], config["removal_layers"]) == ("direction", "0")
     assert LinearErasure.load(RunDir(tmp_path / "run").removal_path("concept")).layers == [0]
+
+
+@pytest.mark.slow
+def test_an_unfinished_run_of_an_older_format_is_not_resumed(leace_run, tmp_path):
+    """Its stages' probes and control differ from this release's: resuming it would mix the
+    two in one summary. A finished one adds nothing and is let through."""
+    import shutil
+
+    out, _ = leace_run
+    copy = tmp_path / "older"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "format": 1}))
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").unlink()
+    with pytest.raises(NeuroplasticError, match="format 1.*cannot be resumed without mixing"):
+        run_experiment(tiny_config(removal="leace"), copy, progress=False, log=quiet)
+    (copy / "summary.json").write_text(json.dumps(summary))
+    from neuroplastic.store.checkpoint import Checkpointer
+
+    with Checkpointer(RunDir(copy)) as store:  # the check alone: finished, so let through
+        store.check_config(tiny_config(removal="leace"))

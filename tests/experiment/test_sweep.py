@@ -189,3 +189,40 @@ def test_readability_across_seeds_by_hand_and_in_the_report():
     _readable(page, {"arms": {"concept": {"readable": table}}}, "LOC")
     text = page._repr_html_()
     assert "linearly readable" in text and "layer 0" in text and "0.85 [" in text
+
+
+def test_sign_free_readability_across_seeds_says_at_chance_only_where_intervals_allow():
+    """Three seeds. Layer 0 reads with the sign flipped in every seed (raw 0.37-0.40, each
+    seed's interval below 0.5): readable, 0.62 sign-free, not at chance. Layer 1 straddles 0.5
+    in every seed and across seeds: at chance. Layer 2 flips sign between seeds (0.3, 0.7,
+    0.5): the raw mean is 0.5, but two seeds' own intervals exclude it: not at chance."""
+    from neuroplastic.experiment.sweep import _readability_across
+    from neuroplastic.report.html import HtmlPage
+    from neuroplastic.report.sweep_report import _readable
+
+    def reading(auc, half):
+        return {"auc": auc, "sign_free": max(auc, 1 - auc), "low": auc - half, "high": auc + half}
+
+    per_seed = [
+        {"probes": {"resid_post": {"pruned": {"0": reading(a, 0.03), "1": reading(b, 0.05),
+                                              "2": reading(c, 0.04)}}}}
+        for a, b, c in ((0.37, 0.49, 0.3), (0.40, 0.52, 0.7), (0.38, 0.50, 0.5))
+    ]  # fmt: skip
+    table = _readability_across(per_seed)["resid_post"]["pruned"]
+    flipped, chance, mixed = table["0"], table["1"], table["2"]
+    assert flipped["sign_free"]["mean"] == pytest.approx((0.63 + 0.60 + 0.62) / 3)
+    assert flipped["auc"]["ci_high"] < 0.5 and flipped["seeds_at_chance"] == 0
+    assert not flipped["at_chance"]
+    assert chance["at_chance"] and chance["seeds_at_chance"] == 3
+    assert mixed["auc"]["ci_low"] <= 0.5 <= mixed["auc"]["ci_high"]
+    assert mixed["seeds_at_chance"] == 1 and not mixed["at_chance"]
+    assert mixed["sign_free"]["mean"] == pytest.approx(0.6333333)
+    # a seed from before the readings: nothing aggregated (older sweeps show the raw table)
+    assert _readability_across([*per_seed, {"readable": {"pruned": {"0": 0.5}}}]) == {}
+    page = HtmlPage("t")
+    _readable(
+        page, {"arms": {"concept": {"readability": {"resid_post": {"pruned": table}}}}}, "LOC"
+    )
+    text = page._repr_html_()
+    assert "sign-free probe readability" in text and "max(AUC, 1 - AUC)" in text
+    assert "· flipped" in text and "· at chance" in text

@@ -16,18 +16,30 @@ stream is another. Both removals here have one form, per chosen layer ``l`` at t
 * ``direction``: the difference of the concept's and the other tokens' mean residual, unit
   length, projected out (``x - (x . d) d``; ``L = d``, ``R = d``, ``b = 0``), as
   refusal-direction work removes a direction.
-* :meth:`LinearErasure.random_control`: a random orthogonal projection of the same rank at the
-  same points (``L = R.T = Q``, orthonormal columns, ``b = 0``): what removing as many
-  dimensions that carry nothing in particular costs.
+* :func:`fit_matched_control`: the control, a random orthogonal projection of the same rank at
+  the same points (``L = R.T = Q``, orthonormal columns, ``b = 0``) that removes the same share
+  of each layer's variance as the concept's eraser (see its docstring for why and how).
+  :meth:`LinearErasure.random_control` is the unmatched one (uniform random directions), which
+  removes about ``rank / d_model`` of the variance whatever the eraser removes.
+
+**Removed share of variance.** For a removal ``x -> x - D(x)``, the share of a layer's variance
+it removes is the variance of what it takes away over the layer's total variance,
+``tr Cov(D(x)) / tr Cov(x) = tr(L R S R^T L^T) / tr S`` with ``S`` the covariance of the
+residual stream it sees (the earlier layers' removals held). For an orthogonal projection this
+is the share of variance along the projected-out directions; LEACE, an oblique projection, is
+the affine eraser with the least ``E|D(x)|^2`` (its optimality), so it never removes more than
+the largest principal direction does. Fitting records it per layer (:attr:`removed`).
 
 The tensors are plain buffers of the hook, not parameters: training never changes them.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +67,9 @@ class LinearErasure:
     left: dict[int, Float[Tensor, "d_model k"]]
     right: dict[int, Float[Tensor, "k d_model"]]
     bias: dict[int, Float[Tensor, " d_model"]]
+    #: per layer, the share of the residual stream's variance it removes on the sentences it
+    #: was fitted on (:func:`removed_share`; empty for one saved before this was recorded)
+    removed: dict[int, float] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[int]:
@@ -77,10 +92,25 @@ class LinearErasure:
             "direction": f"the {self.concept} difference-of-means direction projected out",
             "random": "a random orthogonal projection of the same rank (the control)",
         }[self.kind]
+        if self.kind == "random" and self.removed:
+            what = (
+                "a random orthogonal projection of the same rank, removing the same share of "
+                "variance (the control)"
+            )
         return f"{what} at blocks.{{{','.join(map(str, self.layers))}}}.hook_resid_post"
 
+    def removed_share(self, layer: int, covariance: Float[Tensor, "d_model d_model"]) -> float:
+        """The share of the variance of a stream with ``covariance`` this removal takes away at
+        ``layer``: ``tr(L R S R^T L^T) / tr S`` (the module's docstring)."""
+        left = self.left[layer].double()
+        right = self.right[layer].double()
+        moved = left @ (right @ covariance.double() @ right.T) @ left.T
+        return float(torch.trace(moved) / torch.trace(covariance.double()).clamp_min(1e-30))
+
     def random_control(self, seed: int) -> LinearErasure:
-        """As many random orthonormal directions per layer projected out, at the same points."""
+        """As many uniformly random orthonormal directions per layer projected out, at the same
+        points: the unmatched control (it removes about ``rank / d_model`` of the variance);
+        runs hold :func:`fit_matched_control` instead."""
         generator = torch.Generator().manual_seed(seed)
         left, right, bias = {}, {}, {}
         for layer in self.layers:
@@ -102,7 +132,10 @@ class LinearErasure:
             tensors[f"{layer}.left"] = self.left[layer].clone().contiguous()
             tensors[f"{layer}.right"] = self.right[layer].clone().contiguous()
             tensors[f"{layer}.bias"] = self.bias[layer].clone().contiguous()
-        data = save(tensors, metadata={"kind": self.kind, "concept": self.concept})
+        metadata = {"kind": self.kind, "concept": self.concept}
+        if self.removed:
+            metadata["removed"] = json.dumps({str(k): v for k, v in sorted(self.removed.items())})
+        data = save(tensors, metadata=metadata)
         return atomic_write_bytes(path, data)  # a run resumes from it: never half-written
 
     @classmethod
@@ -123,10 +156,17 @@ class LinearErasure:
                 layer, _, part = key.partition(".")
                 if part not in parts or not layer.isdigit():
                     raise NeuroplasticError(f"{path}: unexpected tensor {key!r} in an erasure")
-                parts[part][int(layer)] = handle.get_tensor(key)
+                # a copy: fresh, aligned storage (the header's length moves the data)
+                parts[part][int(layer)] = handle.get_tensor(key).clone()
+        removed = {int(k): float(v) for k, v in json.loads(metadata.get("removed", "{}")).items()}
         return cls(
-            metadata["kind"], metadata["concept"], parts["left"], parts["right"], parts["bias"]
-        )  # type: ignore[arg-type]
+            metadata["kind"],  # type: ignore[arg-type]
+            metadata["concept"],
+            parts["left"],
+            parts["right"],
+            parts["bias"],
+            removed,
+        )
 
 
 # -- fitting -------------------------------------------------------------------------------------
@@ -243,16 +283,143 @@ def _fit_in_order(
     data.label_id(concept)  # an unknown concept fails before any pass
     erasure = LinearErasure(kind, concept, {}, {}, {})
     for layer in sorted(set(layers)):
+        moments = _Moments()
         with erase(model, erasure) if erasure.left else nullcontext():
             residual = (
-                (per_layer[layer], labels)
+                (moments.add(per_layer[layer]), labels)
                 for per_layer, labels in residual_tokens(model, data, [layer], batch_size, progress)
             )
             left, right, bias = fit_one(residual)
         erasure.left[layer] = left.contiguous()
         erasure.right[layer] = right.contiguous()
         erasure.bias[layer] = bias.contiguous()
+        erasure.removed[layer] = erasure.removed_share(layer, moments.covariance())
     return erasure
+
+
+class _Moments:
+    """Streaming mean and covariance of rows (float64)."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.outer = 0, None, None
+
+    def add(self, x: Tensor) -> Tensor:
+        """Count ``x``'s rows in; returns ``x`` (so it can sit inside a generator)."""
+        rows = x.double()
+        if self.total is None:
+            self.total = torch.zeros(rows.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64)
+        self.n += rows.shape[0]
+        self.total += rows.sum(0)
+        self.outer += rows.T @ rows
+        return x
+
+    def covariance(self) -> Float[Tensor, "d d"]:
+        if self.total is None or self.n < 2:
+            raise NeuroplasticError("too few tokens to measure the residual stream's variance")
+        mean = self.total / self.n
+        return (self.outer - self.n * torch.outer(mean, mean)) / (self.n - 1)
+
+
+def matched_directions(
+    covariance: Float[Tensor, "d d"],
+    gaussian: Float[Tensor, "d k"],
+    target: float,
+    tolerance: float = 1e-6,
+) -> Float[Tensor, "d k"]:
+    """Orthonormal directions ``Q`` drawn from ``gaussian`` whose projection removes ``target``
+    of the variance of a stream with ``covariance``: ``Q = orth(S^(a/2) G)``, the tilt ``a``
+    solved by bisection so that ``tr(Q^T S Q) / tr S`` is ``target`` (within ``tolerance``,
+    relative). ``a = 0`` is a uniformly random subspace (the unmatched control); ``a > 0`` leans
+    towards the stream's high-variance directions, ``a < 0`` away from them. For one direction
+    the share rises monotonically with ``a`` (it is the mean eigenvalue under weights
+    ``lambda^a c^2``), from the least eigenvalue's share to the greatest's; a target outside
+    that range gets the nearest end."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+    eigenvalues = eigenvalues.clamp_min(0)
+    total = float(eigenvalues.sum())
+    top = float(eigenvalues.max())
+    if total <= 0:
+        raise NeuroplasticError("the residual stream has no variance to match")
+    # log(lambda / lambda_max), floored so a null direction has a finite weight
+    logs = torch.log((eigenvalues / top).clamp_min(1e-18))
+    coordinates = eigenvectors.T @ gaussian.double()
+
+    def directions(tilt: float) -> Tensor:
+        log_weights = 0.5 * tilt * logs
+        weights = torch.exp(log_weights - log_weights.max())
+        q, _ = torch.linalg.qr(eigenvectors @ (weights[:, None] * coordinates))
+        return q
+
+    def share(tilt: float) -> float:
+        q = directions(tilt)
+        return float(torch.trace(q.T @ covariance.double() @ q)) / total
+
+    low, high = -1.0, 1.0
+    while share(low) > target and low > -4096:
+        low *= 2
+    while share(high) < target and high < 4096:
+        high *= 2
+    if share(low) >= target:
+        return directions(low)
+    if share(high) <= target:
+        return directions(high)
+    for _ in range(200):
+        middle = (low + high) / 2
+        value = share(middle)
+        if abs(value - target) <= tolerance * max(target, 1e-12):
+            return directions(middle)
+        low, high = (middle, high) if value < target else (low, middle)
+    return directions((low + high) / 2)
+
+
+def fit_matched_control(
+    model: Any,
+    data: ConceptDataset,
+    erasure: LinearErasure,
+    seed: int,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> LinearErasure:
+    """The control of ``erasure``: per layer, as many random orthonormal directions projected
+    out, drawn so that they remove the same share of the layer's variance on ``data`` (the
+    sentences ``erasure`` was fitted on) as ``erasure`` does (:func:`matched_directions`).
+
+    Why this control. A uniformly random direction in ``d_model`` dimensions removes about
+    ``1 / d_model`` of the variance (0.26% in 384) and so nothing at all: its paired difference
+    is just the eraser's own number. A control must remove as much as the treatment and differ
+    in what it removes: here the rank, the hook points and the share of variance are the
+    eraser's, and only the directions are random (no concept in particular). An eraser fitted
+    for another entity type would remove a neighbouring concept instead, which answers another
+    question (is the removal specific?), needs a second type in every dataset, and does not
+    remove as much by construction.
+
+    Layer by layer, as the eraser was fitted: each layer's variance is measured on the stream
+    with the control's earlier layers held, and the shares recorded in :attr:`removed`. The
+    Gaussian draws come from ``seed`` alone (a layer's draw does not depend on the data)."""
+    if set(erasure.removed) != set(erasure.layers):
+        raise NeuroplasticError(
+            "the erasure records no share of removed variance (saved by an older release): "
+            "fit it again to draw a matched control"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    control = LinearErasure("random", erasure.concept, {}, {}, {})
+    for layer in erasure.layers:
+        d_model = erasure.left[layer].shape[0]
+        gaussian = torch.randn(d_model, erasure.rank, generator=generator, dtype=torch.float64)
+        moments = _Moments()
+        with erase(model, control) if control.left else nullcontext():
+            for per_layer, _ in residual_tokens(model, data, [layer], batch_size, progress):
+                moments.add(per_layer[layer])
+        covariance = moments.covariance()
+        q = matched_directions(covariance, gaussian, erasure.removed[layer])
+        control.left[layer] = q.float().contiguous()
+        control.right[layer] = q.T.float().contiguous()
+        control.bias[layer] = torch.zeros(d_model)
+        control.removed[layer] = control.removed_share(layer, covariance)
+    if not all(math.isfinite(v) for v in control.removed.values()):
+        raise NeuroplasticError("the matched control's removed variance is not finite")
+    return control
 
 
 # -- holding it --------------------------------------------------------------------------------
@@ -297,5 +464,7 @@ __all__ = [
     "erase",
     "fit_direction",
     "fit_leace",
+    "fit_matched_control",
+    "matched_directions",
     "residual_tokens",
 ]

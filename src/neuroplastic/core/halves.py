@@ -46,21 +46,29 @@ class ProbeSplit:
         return torch.isin(sentences, torch.tensor(self.predict, dtype=sentences.dtype))
 
 
-def _bit(seed: int, index: int) -> int:
-    return hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=1).digest()[0] & 1
+def _bit(seed: int, index: int, salt: str = "") -> int:
+    key = f"{seed}:{index}" if not salt else f"{salt}:{seed}:{index}"
+    return hashlib.blake2b(key.encode(), digest_size=1).digest()[0] & 1
 
 
-def split_probe(n_sentences: int, seed: int) -> ProbeSplit:
-    """Each of ``n_sentences`` sentences to one half by a hash of ``(seed, index)``.
+def split_probe(n_sentences: int, seed: int, salt: str = "") -> ProbeSplit:
+    """Each of ``n_sentences`` sentences to one half by a hash of ``(seed, index)`` (and
+    ``salt``, for a split of other sentences that should not repeat this one's coins).
 
     The halves are near equal in size, not exactly (a coin per sentence). Both must hold at
-    least one sentence: fewer than 4 probe sentences cannot be split usefully."""
+    least one sentence: fewer than 4 sentences cannot be split usefully."""
     if n_sentences < 4:
-        raise NeuroplasticError(
-            f"the probe sentences are split in two halves (predictors / ground truths); "
-            f"{n_sentences} sentences are too few: give --probe-sentences 4 or more"
+        what, option = (
+            ("probe sentences", "--probe-sentences")
+            if not salt
+            else ("validation sentences", "--validation-sentences")
         )
-    bits = [_bit(seed, i) for i in range(n_sentences)]
+        why = "(predictors / ground truths)" if not salt else "(probe fit / probe score)"
+        raise NeuroplasticError(
+            f"the {what} are split in two halves {why}; {n_sentences} sentences are too few: "
+            f"give {option} 4 or more"
+        )
+    bits = [_bit(seed, i, salt) for i in range(n_sentences)]
     predict = tuple(i for i, b in enumerate(bits) if b == 0)
     truth = tuple(i for i, b in enumerate(bits) if b == 1)
     if not predict or not truth:  # 2^-n: a few sentences, an unlucky seed

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 
@@ -54,12 +54,23 @@ from neuroplastic.analysis.viewed import top_sentences, viewed_neurons
 from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, ExperimentConfig
 from neuroplastic.core.ablation import check_can_regrow
 from neuroplastic.core.activations import neuron_activations
-from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace
+from neuroplastic.core.erasure import (
+    LinearErasure,
+    fit_direction,
+    fit_leace,
+    fit_matched_control,
+)
 from neuroplastic.core.halves import HALVES, ProbeSplit, split_probe
 from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.models import check_device, is_decoder, load_model, model_device
 from neuroplastic.core.neurons import NeuronSet, control_kind
-from neuroplastic.core.probes import ResidualTap, layers_that_fit, probe_auc, probe_auc_of
+from neuroplastic.core.probes import (
+    POINTS,
+    ResidualTap,
+    layers_that_fit,
+    probe_readings,
+    probe_readings_of,
+)
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.relearn import (
     concept_neutral_loss,
@@ -195,6 +206,13 @@ class Setup:
         """The probe sentences the predictors read (:mod:`neuroplastic.core.halves`)."""
         assert self.probe_split is not None
         return self.probe_data.subset(self.probe_split.predict)
+
+    @property
+    def readout_split(self) -> ProbeSplit:
+        """The validation sentences' two halves the per-layer probes use (``predict``: the
+        half they are fitted on, ``truth``: the half they are scored on): disjoint from the
+        probe sentences the ranking and the erasers are fitted on (:func:`_readability`)."""
+        return split_probe(len(self.validation_data), self.config.seed, salt=READOUT_SALT)
 
     @property
     def trainee(self) -> torch.nn.Module:
@@ -906,6 +924,9 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     return sets
 
 
+#: the salt of the validation sentences' hash split for the per-layer probes
+READOUT_SALT = "readout"
+
 #: what an erasure of each kind is fitted with (:mod:`neuroplastic.core.erasure`)
 ERASURE_FITTERS = {"leace": fit_leace, "direction": fit_direction}
 
@@ -915,7 +936,9 @@ def _prepare_erasures(setup: Setup, log) -> dict[str, LinearErasure]:
     """Each arm's erasure (rank 0): read back from ``removals/{arm}.safetensors`` where the run
     saved it (a resumption holds exactly what it held), else fitted on the base weights in eval
     mode on the probe sentences (the concept's), or drawn (the random control: as many random
-    orthonormal directions at the same points, seeded), then saved and listed in the manifest."""
+    orthonormal directions at the same points, seeded, removing the same share of each layer's
+    variance on the same sentences: :func:`~neuroplastic.core.erasure.fit_matched_control`),
+    then saved and listed in the manifest."""
     config, run, store = setup.config, setup.run, setup.store
     erasures = {}
     for arm in ("concept", "random", NAIVE_ARM):
@@ -940,7 +963,10 @@ def _prepare_erasures(setup: Setup, log) -> dict[str, LinearErasure]:
         )
         _save_erasure(setup, "concept", erasures["concept"])
     if "random" in wanted and "random" not in erasures:
-        erasures["random"] = erasures["concept"].random_control(seed=config.seed)
+        erasures["random"] = fit_matched_control(
+            setup.model, setup.probe_data, erasures["concept"], config.seed,
+            progress=setup.progress,
+        )  # fmt: skip
         _save_erasure(setup, "random", erasures["random"])
     for arm in wanted:
         log(f"[{arm}] removal: {erasures[arm].describe()}")
@@ -1362,18 +1388,18 @@ def _finish_stage(
     (:mod:`neuroplastic.analysis.causal`, rank 0, the model as retraining left it)."""
     config = setup.config
     setup.tell(arm, stage, "trained", step, dead)
-    taps = _readability_taps(setup)
-    evaluation = _validate(
-        setup, dead, progress=setup.progress, taps=[taps.validation] if taps else ()
-    )
-    stats, halves = _probe_stats(setup, taps=[taps.probe] if taps else ())
+    tap = _readability_tap(setup)
+    evaluation = _validate(setup, dead, progress=setup.progress, taps=[tap] if tap else ())
+    stats, halves = _probe_stats(setup)
+    readable, probes = _readability(setup, tap)
     row = {
         "arm": arm,
         "stage": stage,
         "step": step,
         **evaluation.scores,
         "train_loss": sum(losses) / len(losses) if losses else None,
-        "readable": _readability(setup, taps),
+        "readable": readable,
+        "probes": probes,
     }
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
@@ -1402,42 +1428,68 @@ def _finish_stage(
     return ranking
 
 
-class _ReadabilityTaps(NamedTuple):
-    probe: ResidualTap  # on the stage's statistics pass: the probes' training tokens
-    validation: ResidualTap  # on its evaluation: the tokens the probes are scored on
-
-
-def _readability_taps(setup: Setup) -> _ReadabilityTaps | None:
-    """Taps keeping every layer's residual stream from the stage's statistics pass and
-    evaluation, so the probes need no passes of their own. None (the probes then run passes of
-    their own, in groups of layers) under a launcher, where a process's passes see only its
-    share, and when every layer's residual stream on both sets would not fit in
+def _readability_tap(setup: Setup) -> ResidualTap | None:
+    """A tap keeping every layer's residual stream and MLP output from the stage's evaluation,
+    so the probes need no passes of their own. None (the probes then run passes of their own,
+    in groups of layers) under a launcher, where a process's passes see only its share, and
+    when every layer's activations at both points would not fit in
     :data:`~neuroplastic.core.probes.PROBE_MEMORY`."""
     if distributed.world_size() > 1:
         return None
-    data = (setup.probe_data, setup.validation_data)
     layers = range(int(setup.model.cfg.n_layers))
-    if layers_that_fit(setup.model, data) < len(layers):
+    if layers_that_fit(setup.model, (setup.validation_data,), len(POINTS)) < len(layers):
         return None
-    return _ReadabilityTaps(*(ResidualTap(layers, len(each)) for each in data))
+    return ResidualTap(layers, len(setup.validation_data), tuple(POINTS))
 
 
 @distributed.rank_zero
-def _readability(setup: Setup, taps: _ReadabilityTaps | None) -> dict[str, float]:
-    """Where the concept is linearly readable at this stage, whatever the removal: per layer
-    (``blocks.{l}.hook_resid_post``), the validation-token AUC of a logistic-regression probe
-    for the concept trained on the probe sentences, with the arm's removal held (rank 0; no
-    random numbers drawn, so training is the same with it). ``taps``: the probe and validation
-    sentences' residual streams as the stage's own passes left them (else passes of its own)."""
-    concept = setup.config.concept
-    if taps is not None:
-        train, test = taps.probe.residuals(), taps.validation.residuals()
-        auc = probe_auc_of(train, test, setup.probe_data.label_id(concept), concept=concept)
+def _readability(setup: Setup, tap: ResidualTap | None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Where the concept is linearly readable at this stage, whatever the removal (rank 0; no
+    random numbers drawn, so training is the same with it). Per point (:data:`POINTS`: the
+    residual stream after block l, and block l's MLP output) and layer, a logistic-regression
+    probe for the concept, with the arm's removal held, fitted on one half of the validation
+    sentences and scored on the other (:attr:`Setup.readout_split`): never on the probe
+    sentences the ranking and the erasers were fitted on, whose class means an eraser
+    equalised (a probe fitted there reads chance by construction).
+
+    Returns the residual stream's raw AUCs per layer (``readable``, as runs have always
+    recorded; below 0.5 the sign flipped) and every reading (``probes``: per point and layer,
+    ``auc``, ``sign_free`` = max(auc, 1 - auc), and the AUC's 95% interval ``low`` / ``high``,
+    with the split). ``tap``: the validation sentences' activations as the stage's evaluation
+    left them (else passes of its own)."""
+    concept, split = setup.config.concept, setup.readout_split
+    if tap is not None:
+        concept_id = setup.validation_data.label_id(concept)
+        readings = {
+            point: probe_readings_of(
+                tap.residuals(point, split.predict),
+                tap.residuals(point, split.truth),
+                concept_id,
+                concept=concept,
+            )
+            for point in POINTS
+        }
     else:
         setup.module.eval()
-        layers = range(int(setup.model.cfg.n_layers))
-        auc = probe_auc(setup.model, setup.probe_data, setup.validation_data, concept, layers)
-    return {str(layer): value for layer, value in auc.items()}
+        readings = probe_readings(
+            setup.model,
+            setup.validation_data.subset(split.predict),
+            setup.validation_data.subset(split.truth),
+            concept,
+            range(int(setup.model.cfg.n_layers)),
+        )
+    probes: dict[str, Any] = {
+        point: {str(layer): value for layer, value in per_layer.items()}
+        for point, per_layer in readings.items()
+    }
+    probes["split"] = {
+        "fit": "validation, hash half 0",
+        "score": "validation, hash half 1",
+        "n_fit": len(split.predict),
+        "n_score": len(split.truth),
+    }
+    readable = {layer: value["auc"] for layer, value in probes["resid_post"].items()}
+    return readable, probes
 
 
 def _recompute_stage_files(setup: Setup, stages: list[Recompute]) -> None:

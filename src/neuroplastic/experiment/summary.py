@@ -112,7 +112,12 @@ def arm_summaries(
                 "rank": erasure.rank,
                 "what": erasure.describe(),
             }
-            control = "random-projection" if arm == "random" else None
+            if erasure.removed:  # the share of each layer's variance it removes (fit sentences)
+                removal["removed_variance"] = {
+                    str(k): v for k, v in sorted(erasure.removed.items())
+                }
+            if arm == "random":  # matched in removed variance, or (older runs) not
+                control = "matched-projection" if erasure.removed else "random-projection"
         else:
             if arm != "concept":
                 overlap = neurons.overlap(neuron_sets["concept"])

@@ -560,6 +560,10 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
             "f1": {entry.stage: entry.f1 for entry in entries},
             # per stage, per layer: where a linear probe reads the concept (none in older runs)
             "readable": {e.stage: e.readable for e in entries if e.readable},
+            # per point, stage and layer: raw and sign-free AUC with the run's interval, the
+            # probe fitted apart from the eraser's and the ranking's sentences (none in older
+            # runs, whose probes were fitted on the probe sentences)
+            "probes": _probes_by_point(entries),
             "curve": curve.to_dict(orient="list"),
         }
         if data.control is not None:
@@ -849,6 +853,9 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         readable = _readable_across(per_arm)
         if readable:
             result["arms"][arm]["readable"] = readable
+        readability = _readability_across(per_arm)
+        if readability:
+            result["arms"][arm]["readability"] = readability
         kinds = sorted({a["control"] for a in per_arm if "control" in a})
         if kinds:
             result["arms"][arm]["control"] = kinds[0] if len(kinds) == 1 else kinds
@@ -887,6 +894,51 @@ def _readable_across(per_arm: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
         }
         for stage in stages
     }
+
+
+def _probes_by_point(entries: Sequence[Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """A run's stage-end probe readings regrouped per point (``resid_post``, ``mlp_out``), then
+    stage, then layer; empty for a run made before they were recorded."""
+    by_point: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in entries:
+        for point, layers in (getattr(entry, "probes", None) or {}).items():
+            if point != "split":
+                by_point.setdefault(point, {})[entry.stage] = layers
+    return by_point
+
+
+def _readability_across(per_arm: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per point, stage and layer across the seeds: the sign-free readability
+    (max(AUC, 1 - AUC)) and the raw AUC, each mean and interval (kept in [0, 1]), how many
+    seeds' own interval holds 0.5, and ``at_chance``: the raw AUC's interval across seeds
+    holds 0.5 and so does every seed's own. Only where every seed has the point, stage and
+    layer; empty when a seed predates the readings."""
+    tables = [a.get("probes") or {} for a in per_arm]
+    if not all(tables):
+        return {}
+    result: dict[str, Any] = {}
+    for point, stages in tables[0].items():
+        if not all(point in t for t in tables):
+            continue
+        result[point] = {}
+        for stage, layers in stages.items():
+            if not all(stage in t[point] for t in tables):
+                continue
+            result[point][stage] = {}
+            for layer in layers:
+                if not all(layer in t[point][stage] for t in tables):
+                    continue
+                readings = [t[point][stage][layer] for t in tables]
+                raw = interval([r["auc"] for r in readings], bounds=F1_BOUNDS)
+                own = sum(r["low"] <= 0.5 <= r["high"] for r in readings)
+                spans = raw["ci_low"] is None or raw["ci_low"] <= 0.5 <= raw["ci_high"]
+                result[point][stage][layer] = {
+                    "sign_free": interval([r["sign_free"] for r in readings], bounds=F1_BOUNDS),
+                    "auc": raw,
+                    "seeds_at_chance": own,
+                    "at_chance": bool(spans and own == len(readings)),
+                }
+    return result
 
 
 def _budget(arm: dict[str, Any]) -> float | None:

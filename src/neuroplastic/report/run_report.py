@@ -299,7 +299,9 @@ def _embeddings(
 REPORTED_CONTROLS = {
     **CONTROL_KINDS,
     "random-projection": "a random orthogonal projection of the erasure's rank at the same "
-    "hook points",
+    "hook points (not matched in removed variance: it removes about rank / d_model of it)",
+    "matched-projection": "a random orthogonal projection of the erasure's rank at the same "
+    "hook points, removing the same share of each layer's variance as the erasure",
 }
 
 
@@ -608,7 +610,8 @@ def _seen_in_train(page: HtmlPage, summary: Summary | None) -> None:
 
 
 def _readable(page: HtmlPage, summary: Summary | None, concept: str) -> None:
-    """Per arm, the layer x stage table of where the concept is linearly readable."""
+    """Per arm, the layer x stage tables of where the concept is linearly readable: sign-free
+    readability at the residual stream and the MLP output (older runs: the raw AUC)."""
     arms = {
         arm: [e for e in data.stages if e.readable]
         for arm, data in (summary.arms if summary else {}).items()
@@ -617,17 +620,68 @@ def _readable(page: HtmlPage, summary: Summary | None, concept: str) -> None:
     if not arms:
         return
     page.heading(f"Where {concept} is linearly readable")
+    if not all(e.probes for entries in arms.values() for e in entries):
+        _readable_older(page, arms, concept)
+        return
+    split = next(iter(arms.values()))[0].probes["split"]
+    page.paragraph(
+        f"Per layer and stage, with the arm's removal in place: a logistic-regression probe for "
+        f"{concept} (its tokens against all others), fitted on one half of the validation "
+        f"sentences ({split['n_fit']}) and scored on the other ({split['n_score']}): never on "
+        "the probe sentences the ranking and any eraser were fitted on, where an eraser "
+        "equalised the class means and a probe reads chance by construction. The figure is "
+        "the sign-free readability, max(AUC, 1 - AUC) (0.5: not readable; 1: perfectly); "
+        "'flipped' marks a raw AUC below 0.5 (readable, the sign reversed), 'chance' a layer "
+        "whose raw AUC's 95% interval (clustered by sentence) holds 0.5, the only place "
+        "the concept is called unreadable. Two points per layer: the residual stream after "
+        "block l, and what block l's MLP writes to it. A removal of neurons can leave the "
+        "stream at its ceiling (the concept still there, disconnected from the head, not "
+        "removed) while the MLP output, which those neurons write, moves. One run, one seed."
+    )
+    for arm, entries in arms.items():
+        for point, what in PROBE_POINTS.items():
+            layers = sorted({int(k) for e in entries for k in e.probes.get(point, {})})
+            if not layers:
+                continue
+            table = pd.DataFrame(
+                {
+                    e.stage: [_reading_text(e.probes[point].get(str(n))) for n in layers]
+                    for e in entries
+                },
+                index=pd.Index([f"layer {n}" for n in layers], name="layer"),
+            )
+            page.table(
+                table, caption=f"{arm} arm: sign-free probe readability at {what}", index=True
+            )
+
+
+#: where the probes read, as the report names them
+PROBE_POINTS = {
+    "resid_post": "the residual stream (blocks.{l}.hook_resid_post)",
+    "mlp_out": "the MLP output (blocks.{l}.hook_mlp_out)",
+}
+
+
+def _reading_text(reading: dict[str, float] | None) -> str:
+    """A probe reading as the report shows it: its sign-free readability, marked."""
+    if not reading:
+        return "–"
+    text = f"{reading['sign_free']:.3f}"
+    if reading["low"] <= 0.5 <= reading["high"]:
+        return text + " (chance)"
+    return text + (" (flipped)" if reading["auc"] < 0.5 else "")
+
+
+def _readable_older(page: HtmlPage, arms: dict[str, list], concept: str) -> None:
+    """A run made before the probes were fitted apart from the eraser's sentences."""
     page.paragraph(
         f"Per layer (the residual stream after block l) and stage: the AUC on the validation "
         f"tokens of a logistic-regression probe for {concept} (its tokens against all others) "
-        "trained on the probe sentences, with the arm's removal in place (its neurons held, or "
-        "in regrow mode its weights as retraining left them). 0.5: the probe trained on the "
-        f"probe sentences does not tell {concept}'s tokens apart on new ones; 1: perfectly; "
-        "below 0.5: they still differ there, in the opposite direction. Removing neurons "
-        "removes what the network computes from them, not necessarily what the residual "
-        "stream carries: a removal can silence the concept for the tagging head while it "
-        "stays readable here, and retraining can make it readable again before the head uses "
-        "it. One run, one seed."
+        "trained on the probe sentences, with the arm's removal in place. This run predates "
+        "the probes fitted apart from those sentences: after an erasure fitted on them, the "
+        "probe was fitted where the eraser equalised the class means, so an AUC near 0.5 is "
+        "built in, and an AUC below 0.5 is readable with the sign flipped. Raw AUCs, no "
+        "interval. One run, one seed."
     )
     for arm, entries in arms.items():
         layers = sorted({int(k) for e in entries for k in e.readable})

@@ -176,7 +176,11 @@ def _stage_scores(page: HtmlPage, result: dict[str, Any]) -> None:
 
 
 def _readable(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
-    """Per arm and stage, the concept probe's validation AUC at each layer across seeds."""
+    """Per arm and stage, the concept probe's readability at each layer across seeds: sign-free
+    at the residual stream and the MLP output, or (older sweeps) the raw AUC."""
+    if all(data.get("readability") for data in result["arms"].values()):
+        _readability(page, result, concept)
+        return
     rows = [
         {"arm": arm, "stage": stage, **{f"layer {k}": as_text(v) for k, v in layers.items()}}
         for arm, data in result["arms"].items()
@@ -193,6 +197,49 @@ def _readable(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
             "[0, 1]]."
         )
         page.table(pd.DataFrame(rows).set_index(["arm", "stage"]), float_format=None)
+
+
+def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
+    points = {
+        "resid_post": "residual stream",
+        "mlp_out": "MLP output",
+    }
+    rows = []
+    for arm, data in result["arms"].items():
+        for point, stages in data["readability"].items():
+            for stage, layers in stages.items():
+                rows.append(
+                    {
+                        "arm": arm,
+                        "point": points.get(point, point),
+                        "stage": stage,
+                        **{f"layer {k}": _cell(v) for k, v in layers.items()},
+                    }
+                )
+    with page.details(f"Where {concept} is linearly readable (sign-free probe readability)"):
+        page.paragraph(
+            f"A logistic-regression probe for {concept} (its tokens against the rest) at each "
+            "stage and layer, with the arm's removal held, fitted on one half of the "
+            "validation sentences and scored on the other: never on the probe sentences the "
+            "ranking and any eraser were fitted on. At the residual stream after block l "
+            "(blocks.{l}.hook_resid_post) and at the MLP output (blocks.{l}.hook_mlp_out). "
+            "The figure is the sign-free readability max(AUC, 1 - AUC): mean [95% interval "
+            "across seeds; seed range where a t-interval leaves [0, 1]]; 0.5 is not readable, "
+            "and its interval cannot go below 0.5 by construction. 'at chance' only where the "
+            "raw AUC's interval across seeds holds 0.5 and so does every seed's own interval; "
+            "'flipped' where the raw AUC's interval lies below 0.5 (readable, sign reversed)."
+        )
+        page.table(pd.DataFrame(rows).set_index(["arm", "point", "stage"]), float_format=None)
+
+
+def _cell(value: dict[str, Any]) -> str:
+    text = as_text(value["sign_free"])
+    raw = value["auc"]
+    if value["at_chance"]:
+        return text + " · at chance"
+    if raw["ci_high"] is not None and raw["ci_high"] < 0.5:
+        return text + " · flipped"
+    return text
 
 
 def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:

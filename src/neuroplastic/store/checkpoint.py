@@ -38,11 +38,17 @@ import torch
 from safetensors.torch import load_file, save
 
 from neuroplastic import distributed
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import RESUMABLE_FORMAT, RUN_FORMAT, ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.io import atomic_write_bytes, atomic_write_json
 from neuroplastic.store.lock import RunLock
-from neuroplastic.store.manifest import CONFIG_HASH, CorruptFile, digest, file_digest
+from neuroplastic.store.manifest import (
+    CONFIG_HASH,
+    CorruptFile,
+    digest,
+    file_digest,
+    run_format,
+)
 from neuroplastic.store.rundir import (
     STAGE_FILES,
     RunDir,
@@ -143,6 +149,7 @@ class Checkpointer:
                     f"{self.run.path} holds a run with a different config; use another --out, "
                     "or the same settings to resume. Differences: " + "; ".join(differences)
                 )
+        self._refuse_older_format()
         current = config.identity_hash()
         unreadable: dict[Path, str] = {}
         for path in sorted(self.run.state_dir.glob("*/*.json")):
@@ -174,6 +181,22 @@ class Checkpointer:
             last = max((i for i, d in enumerate(done) if d), default=-1)
             lost += [self.run.marker_path(*owners[i]) for i in range(last) if not done[i]]
         return sorted(set(lost))
+
+    def _refuse_older_format(self) -> None:
+        """Refuse to add stages to a run of a format before :data:`RESUMABLE_FORMAT` that has
+        done some: its stages' probes (fitted on the probe sentences) and its erasure control
+        (unmatched) are not what this release computes, and the two would mix in one
+        summary. A finished one (its summary.json written) adds nothing and is let through;
+        its results load and report as they are."""
+        found = run_format(self.run.path)
+        started = any(self.run.state_dir.glob("*/*.json"))
+        if found < RESUMABLE_FORMAT and started and not self.run.summary_path.is_file():
+            raise NeuroplasticError(
+                f"{self.run.path} was written in run-directory format {found}, whose per-layer "
+                "probes and erasure control differ from this release's (format "
+                f"{RUN_FORMAT}); it cannot be resumed without mixing the two. Its results "
+                "still load and report; rerun into a new --out to continue"
+            )
 
     def _refuse_results(self, problem: str, remedy: str) -> None:
         """Refuse a directory holding results when their config.json cannot be read."""

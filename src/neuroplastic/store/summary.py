@@ -65,6 +65,13 @@ class StageRecord:
         """Where a linear probe reads the concept, per layer (None: not probed, or older)."""
         return self.scores.get("readable")
 
+    @property
+    def probes(self) -> dict[str, Any] | None:
+        """Every probe reading per point and layer, with the split it used
+        (:func:`neuroplastic.experiment.pipeline._readability`; None in older runs, whose
+        probes were fitted on the probe sentences)."""
+        return self.scores.get("probes")
+
 
 @dataclass(frozen=True)
 class ArmSummary:
@@ -73,7 +80,8 @@ class ArmSummary:
     ``removal`` (a linear erasure's kind, layers, rank, description) is set for a run whose
     removal is not neurons; ``overlap_with_concept`` (neurons shared with the concept arm's set)
     for a neuron removal's other arms; ``control`` (how the random arm's set was drawn, or
-    ``random-projection``) for the random arm; ``recovery``
+    ``matched-projection``: matched in removed variance; ``random-projection`` in older runs)
+    for the random arm; ``recovery``
     (:func:`neuroplastic.core.curves.recovery` of round 1) for every NER arm that knew the
     concept at base."""
 

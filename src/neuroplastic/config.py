@@ -99,6 +99,16 @@ PREDICTOR_NAMES = (
     "random",
 )
 
+#: The ranking method ``neuroplastic rank``, :func:`neuroplastic.api.rank_neurons` and
+#: :meth:`neuroplastic.core.ranking.Ranking.from_stats` use unless told: the paper's. They look
+#: at whatever model they are given, as the paper did; they are not a preview of a run's set (a
+#: run ranks its own fine-tuned base on the probe sentences).
+RANK_METHOD = "probeless"
+#: The ranking method a run uses unless told (``ExperimentConfig.method``). Not the paper's: on
+#: NER probeless ranks first the neurons that separate *every* entity type from O, so ablating
+#: them removes PER as much as LOC; selectivity removes LOC alone (docs/method.md).
+RUN_METHOD = "selectivity"
+
 DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
 SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
 
@@ -240,10 +250,13 @@ class ExperimentConfig:
     concept: str = setting(
         "LOC", help="the entity label whose neurons are ablated, e.g. LOC or PER", unit="LABEL"
     )
-    # Not the paper's probeless: on NER it ranks neurons separating *all* entities from O first,
-    # so ablating them removes PER as much as LOC. Selectivity removes LOC alone (README).
     method: Literal["probeless", "smd", "selectivity"] = setting(
-        "selectivity", help="how neurons are ranked for the concept (probeless: the paper's)"
+        RUN_METHOD,
+        help=(
+            "how neurons are ranked for the concept: selectivity puts the concept's own "
+            f"neurons first; {RANK_METHOD} (the paper's, and `neuroplastic rank`'s default) "
+            "those of every entity type, whose removal takes the other types too"
+        ),
     )
     # "ner" (token classification) or "lm" (causal LM, decoders only)
     task: Literal["ner", "lm"] = setting(

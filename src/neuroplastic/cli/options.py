@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from neuroplastic.cli.arguments import grid_axis, int_list
-from neuroplastic.config import RANKER_NAMES, setting
+from neuroplastic.config import RANK_METHOD, RANKER_NAMES, RUN_METHOD, setting
 
 #: the most runs a sweep makes without ``--max-runs`` saying more (a typo in a --grid can ask
 #: for thousands)
@@ -80,7 +80,10 @@ class ModelData:
 class Rank:
     concept: str = flag("LOC", "entity label to rank neurons for (default: %(default)s)", "LABEL")
     method: Literal[RANKER_NAMES] = flag(
-        "probeless", "ranking method (default: %(default)s, the paper's)"
+        RANK_METHOD,
+        "ranking method (default: %(default)s, the paper's; `neuroplastic run` defaults to "
+        f"{RUN_METHOD}, which puts the concept's own neurons first where %(default)s puts "
+        "those of every entity type)",
     )
     top: int = flag(20, "neurons to print, most salient first (default: %(default)s)", "NEURONS")
     top_k_tokens: int = flag(

@@ -153,33 +153,18 @@ def add_flags(parser: argparse.ArgumentParser, *declarations: type) -> None:
 def config_flags(
     parser: argparse.ArgumentParser, lists: Sequence[str] = (), skip: Sequence[str] = ()
 ) -> None:
-    """A flag per ExperimentConfig setting (``--config FILE`` first, flags override it);
-    ``lists`` settings take comma-separated values; ``skip`` settings get no flag. Every
-    default is None: a flag not given leaves the --preset's or --config's value."""
+    """A flag per ExperimentConfig setting (``--preset`` and ``--config FILE`` first, flags
+    override them); ``lists`` settings take comma-separated values; ``skip`` settings get no
+    flag. Every default is None: a flag not given leaves the preset's or the file's value."""
     from neuroplastic.config import OPTIONAL_CHOICES, ExperimentConfig  # light: no torch
-    from neuroplastic.presets import PRESETS  # light: no torch
 
-    parser.add_argument(
-        "--preset",
-        choices=PRESETS,
-        help="named settings: 'paper' is Lo et al.'s recipe (DistilGPT2 on CoNLL-2003, "
-        "probeless 50%%, epochs, lr 2e-5, batch 8); --config and flags override it",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="JSON file of settings (the flags' names with _); flags override it",
-    )
+    _settings_source_flags(parser)
     hints, metadata = get_type_hints(ExperimentConfig), setting_metadata()
     for name, value in setting_defaults().items():
         if name in skip:
             continue
-        flag, what, declared = (
-            "--" + name.replace("_", "-"),
-            SETTING_HELP.get(name, ""),
-            metadata[name],
-        )
+        flag, declared = "--" + name.replace("_", "-"), metadata[name]
+        what = SETTING_HELP.get(name, "")
         kind, choices = value_type(hints[name], declared)
         choices = choices or OPTIONAL_CHOICES.get(name)
         if name in lists:
@@ -213,4 +198,21 @@ def config_flags(
         default=None,
         metavar="RATE",
         help="alias of --learning-rate",
+    )
+
+
+def _settings_source_flags(parser: argparse.ArgumentParser) -> None:
+    from neuroplastic.presets import PRESETS  # light: no torch
+
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="named settings: 'paper' is Lo et al.'s recipe (DistilGPT2 on CoNLL-2003, "
+        "probeless 50%%, epochs, lr 2e-5, batch 8); --config and flags override it",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON file of settings (the flags' names with _); flags override it",
     )

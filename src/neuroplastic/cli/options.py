@@ -1,12 +1,13 @@
 """Each command's own flags, declared once as settings, as ExperimentConfig declares the run's
 (:func:`neuroplastic.config.setting`): the field's name is the flag (``top_k_tokens`` is
 ``--top-k-tokens``), its type the value's (a ``Literal`` gives the choices, ``bool`` a switch,
-an ``int`` whose bound leaves out 0 a positive integer), its unit the metavar, and its help
-the line `--help` shows, where ``%(default)s`` reads the declared default.
+an ``int`` a positive integer), its unit the metavar, and its help the line `--help` shows,
+where ``%(default)s`` reads the declared default.
 :func:`neuroplastic.cli.parser.add_flags` turns a class of them into flags. Light: no torch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ def flag(
     help: str = "",
     unit: str | None = None,
     *,
-    parse: Any = None,
+    parse: Callable[[str], Any] | None = None,
     required: bool = False,
     repeat: bool = False,
 ) -> Any:

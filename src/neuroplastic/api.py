@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from neuroplastic.config import check_concept
+from neuroplastic.config import RANK_METHOD, check_concept
 from neuroplastic.core.models import load_model
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import NeuronStats, collect_stats
@@ -100,7 +100,7 @@ def rank_neurons(
     model: str | Any = "embedded",
     dataset: str = "embedded",
     concept: str = "LOC",
-    method: str = "probeless",
+    method: str = RANK_METHOD,
     split: str = "validation",
     limit: int | None = None,
     batch_size: int = 32,

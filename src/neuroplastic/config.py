@@ -104,6 +104,16 @@ PREDICTOR_NAMES = (
     "random",
 )
 
+#: The ranking method ``neuroplastic rank``, :func:`neuroplastic.api.rank_neurons` and
+#: :meth:`neuroplastic.core.ranking.Ranking.from_stats` use unless told: the paper's. They look
+#: at whatever model they are given, as the paper did; they are not a preview of a run's set (a
+#: run ranks its own fine-tuned base on the probe sentences).
+RANK_METHOD = "probeless"
+#: The ranking method a run uses unless told (``ExperimentConfig.method``). Not the paper's: on
+#: NER probeless ranks first the neurons that separate *every* entity type from O, so ablating
+#: them removes PER as much as LOC; selectivity removes LOC alone (docs/method.md).
+RUN_METHOD = "selectivity"
+
 DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
 SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
 
@@ -247,12 +257,14 @@ class ExperimentConfig:
     concept: str = setting(
         "LOC", help="the entity label whose neurons are ablated, e.g. LOC or PER", unit="LABEL"
     )
-    # Not the paper's probeless: on NER it ranks neurons separating *all* entities from O first,
-    # so ablating them removes PER as much as LOC. Selectivity removes LOC alone (README).
     method: Literal["probeless", "smd", "selectivity"] = setting(
-        "selectivity", help="how neurons are ranked for the concept (probeless: the paper's)"
+        RUN_METHOD,
+        help=(
+            "how neurons are ranked for the concept: selectivity puts the concept's own "
+            f"neurons first; {RANK_METHOD} (the paper's, and `neuroplastic rank`'s default) "
+            "those of every entity type, whose removal takes the other types too"
+        ),
     )
-    # "ner" (token classification) or "lm" (causal LM, decoders only)
     task: Literal["ner", "lm"] = setting(
         "ner",
         help=(
@@ -260,7 +272,6 @@ class ExperimentConfig:
             "(decoders only)"
         ),
     )
-    # "hold": ablation hooks persist; "regrow": weights zeroed once
     mode: Literal["hold", "regrow"] = setting(
         "hold",
         help=(
@@ -268,7 +279,6 @@ class ExperimentConfig:
             "are zeroed once and may relearn"
         ),
     )
-    # "fraction", "count" or "per-layer"
     selection: Literal["fraction", "count", "per-layer"] = setting(
         "fraction",
         help=(
@@ -288,10 +298,8 @@ class ExperimentConfig:
         unit="NEURONS",
         bound=POSITIVE,
     )
-    # "random": as many random neurons per layer, outside the concept set; "random-global":
-    # as many in total (for sets too dense in a layer to match per layer); "random-any": as many
-    # drawn uniformly from all neurons, the concept's included (its overlap is recorded); "none".
-    # A control drawn from a pool no larger than the set is the set's complement, and is named so.
+    # random-global is for sets too dense in a layer to be matched per layer; random-any records
+    # its overlap with the concept's set.
     baseline: Literal["random", "random-global", "random-any", "none"] = setting(
         "random",
         help=(
@@ -301,7 +309,6 @@ class ExperimentConfig:
             "named so"
         ),
     )
-    # an already fine-tuned run's checkpoint: skip base training
     checkpoint: str | None = setting(
         None,
         help=(
@@ -310,8 +317,8 @@ class ExperimentConfig:
         ),
         unit="FILE",
     )
-    # embedded corpus size / cap on a dataset's train split; 0: the whole split (what the probe
-    # leaves of a dataset's; CoNLL-2003's 14,041 sentences for the embedded corpus)
+    # 0 is what the probe leaves of a dataset's train split, or CoNLL-2003's 14,041 sentences
+    # for the embedded corpus.
     train_sentences: int = setting(
         2000,
         help=(
@@ -321,11 +328,9 @@ class ExperimentConfig:
         unit="SENTENCES",
         bound=Bound(low=0, note="0: the whole split"),
     )
-    # F1 is measured on these
     validation_sentences: int = setting(
         400, help="validation sentences F1 is measured on", unit="SENTENCES", bound=POSITIVE
     )
-    # neuron statistics and rankings are taken on these (train split)
     probe_sentences: int = setting(
         400,
         help="sentences (train split) neuron statistics and rankings are taken on",
@@ -335,9 +340,6 @@ class ExperimentConfig:
     max_length: int = setting(
         64, help="tokens per sentence; words past it are left out", unit="TOKENS", bound=POSITIVE
     )
-    # Fine-tuning runs until the probe loss plateaus (checked every plateau_every steps; it
-    # stops after plateau_patience checks without a relative improvement of plateau_tolerance),
-    # or for base_steps steps at most; plateau_every 0 trains exactly base_steps.
     base_steps: int = setting(
         600,
         help="most optimizer steps of base fine-tuning (it stops earlier on a plateau)",
@@ -370,8 +372,7 @@ class ExperimentConfig:
     stage_steps: int = setting(
         30, help="optimizer steps per retraining stage", unit="STEPS", bound=POSITIVE
     )
-    # Epochs over the training sentences instead of steps when positive (the paper's recipe):
-    # base fine-tuning runs exactly base_epochs (no plateau stop), each stage stage_epochs.
+    # Epochs, not steps, are the paper's recipe.
     base_epochs: float = setting(
         0.0,
         help=(
@@ -390,8 +391,6 @@ class ExperimentConfig:
         unit="EPOCHS",
         bound=Bound(low=0, finite=True, note="0: count steps instead"),
     )
-    # "continuous": one optimizer and LR schedule across all retraining stages (stages are
-    # evaluation points); "per-stage": a fresh optimizer and schedule per stage (the paper's)
     schedule: Literal["continuous", "per-stage"] = setting(
         "continuous",
         help=(
@@ -399,10 +398,7 @@ class ExperimentConfig:
             "one per stage (the paper's)"
         ),
     )
-    # Where retraining is evaluated. "dense": every step for the first 4 steps of each round's
-    # first stage, then log-spaced to its end (recovery happens there, and a coarse grid moves
-    # steps-to-recover), then at every stage end; "uniform": at stage ends only. Both add an
-    # evaluation every eval_every steps inside every stage when eval_every > 0.
+    # Dense where recovery happens: a coarse grid there moves steps-to-recover.
     eval_grid: Literal["dense", "uniform"] = setting(
         "dense",
         help=(
@@ -464,13 +460,11 @@ class ExperimentConfig:
     save_checkpoints: bool = setting(
         False, help="keep every stage's weights as .safetensors (about a model's size each)"
     )
-    # "cuda" with a GPU; a run may resume on another device
     device: str = setting(
         "cpu",
         help="where to compute: cpu, cuda, cuda:N or mps; may change when resuming",
         unit="DEVICE",
     )
-    # The model's weights and activations; statistics stay float32/float64 whatever it is.
     dtype: Literal["float32", "bfloat16", "float16"] = setting(
         "float32",
         help=(
@@ -478,8 +472,6 @@ class ExperimentConfig:
             "trains in mixed precision: float16 compute, float32 weights and optimizer state"
         ),
     )
-    # Spread a model too large for one device over several ("auto", "balanced", ...): passed to
-    # Hugging Face's loader through TransformerLens; replaces device.
     device_map: str | None = setting(
         None,
         help=(
@@ -488,8 +480,6 @@ class ExperimentConfig:
         ),
         unit="MAP",
     )
-    # Chase the concept: after retraining, rank again on the retrained model and hold the next
-    # most salient live neurons too (chosen as in round 1), for this many rounds in all.
     rounds: int = setting(
         1,
         help=(
@@ -499,8 +489,6 @@ class ExperimentConfig:
         unit="N",
         bound=POSITIVE,
     )
-    # Stop chasing after a round whose retraining leaves concept F1 below this share of its base
-    # F1 (0: run every round).
     stop_below: float = setting(
         0.0,
         help=(
@@ -510,8 +498,6 @@ class ExperimentConfig:
         unit="SHARE",
         bound=Bound(low=0, high=1, note="a share of the base F1"),
     )
-    # Pre-empt: two more arms hold the concept's neurons plus preempt_count neurons, the ones
-    # this predictor scores highest at the pruned stage vs as many random survivors per layer.
     preempt: str | None = setting(
         None,
         help=(
@@ -529,11 +515,6 @@ class ExperimentConfig:
         unit="NEURONS",
         bound=POSITIVE,
     )
-    # Relearning or learning anew. naive: add the naive arm (NAIVE_ARM). relearn: what every
-    # arm retrains on: "same" (the training batches), "masked" (the same batches with the
-    # concept's tokens out of the loss), "retain" (only sentences with no mention of the
-    # concept). relearn_sentences N > 0: retrain on a seeded subset of N sentences mentioning
-    # the concept, cycled through for the same steps (0: no subset).
     naive: bool = setting(
         False,
         help=(
@@ -560,20 +541,16 @@ class ExperimentConfig:
         unit="SENTENCES",
         bound=Bound(low=0, note="0: no subset"),
     )
-    # The retrainer's learning rate (0: learning_rate, the base's): a grid over it asks for the
-    # retrainer's best case with the base model unchanged.
+    # Apart from learning_rate so that a grid over it asks for the retrainer's best case with
+    # the base model unchanged.
     relearn_lr: float = setting(
         0.0,
         help="the retraining learning rate (the base model is unchanged); 0: --learning-rate",
         unit="RATE",
         bound=Bound(low=0, finite=True, note="0: --learning-rate"),
     )
-    # What removes the concept: "neurons" (the ranking's top MLP neurons, zero-ablated as mode
-    # says), "leace" (a LEACE eraser of the concept's tokens against the rest) or "direction"
-    # (the concept's difference-of-means direction projected out), each of the last two fitted
-    # at base on the probe sentences and held at blocks.{l}.hook_resid_post of removal_layers
-    # ("all", or layers "0,2,5"). The random control is a random orthogonal projection of the
-    # same rank at the same points.
+    # The erasers are fitted at base on the probe sentences; their random control is a random
+    # orthogonal projection of the same rank at the same points.
     removal: Literal["neurons", "leace", "direction"] = setting(
         "neurons",
         help=(

@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float, Int
 from scipy.stats import rankdata
 from torch import Tensor
 
-from neuroplastic.config import RANKER_NAMES
+from neuroplastic.config import RANK_METHOD, RANKER_NAMES
 from neuroplastic.core.stats import NeuronStats
 from neuroplastic.errors import NeuroplasticError
 
@@ -118,7 +118,7 @@ class Ranking:
         self.scores = self.scores.masked_fill(~self.alive, float("-inf"))
 
     @classmethod
-    def from_stats(cls, stats: NeuronStats, concept: str, method: str = "probeless") -> Ranking:
+    def from_stats(cls, stats: NeuronStats, concept: str, method: str = RANK_METHOD) -> Ranking:
         if method not in RANKERS:
             raise NeuroplasticError(
                 f"unknown ranking method {method!r}; choose one of {', '.join(RANKERS)}"

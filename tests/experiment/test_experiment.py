@@ -430,7 +430,8 @@ def test_a_dense_concept_set_gets_no_overlapping_control(tmp_path):
     assert control.per_layer_counts()[1] >= 61 - 4  # only 4 neurons of layer 0 are outside
     with pytest.raises(NeuroplasticError, match="hold at most half"):
         NeuronSet.of(2, 64, [(0, n) for n in range(64)] + [(1, 0)]).random_global()
-    with pytest.raises(NeuroplasticError, match=r"layer 0 has 40 of its 64.*random-global"):
+    # A per-layer count above half a layer: refused from the settings, before any training.
+    with pytest.raises(NeuroplasticError, match=r"--count 40 per layer holds more than half"):
         experiment.run_experiment(
             tiny_config(selection="per-layer", count=40), tmp_path, progress=False, log=quiet
         )

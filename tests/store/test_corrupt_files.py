@@ -23,7 +23,10 @@ HOW = ("truncated", "garbage")
 def damage(path, how):
     data = path.read_bytes()
     if how == "truncated":
-        path.write_bytes(data[: len(data) // 2])
+        cut = len(data) // 2
+        while data[cut - 1 : cut] == b"\n":  # cut within a line: a line end is another case
+            cut -= 1
+        path.write_bytes(data[:cut])
     else:  # the same size, no byte of the original format left
         path.write_bytes(random.Random(len(data)).randbytes(len(data)))
 

@@ -378,10 +378,14 @@ def test_a_deleted_manifest_is_refused(finished, tmp_path, cli, hashes):
     _refused_by_run_and_report(out, message, cli)
 
 
-def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_path, cli):
+def test_a_run_from_before_manifests_reports_as_it_is_and_is_not_resumed(
+    killed, finished, tmp_path, cli
+):
+    """What an earlier version left: no manifest, no lock file, markers without a config hash,
+    and no format version in config.json. Unfinished, it reports as it is, and `run` refuses
+    to add this release's stages to it (its probes and erasure control were another
+    release's) with the directory left as it was; finished, it is adopted as it is."""
     out = copy(killed, tmp_path)
-    # What an earlier version left: no manifest, no lock file, markers without a config hash,
-    # and no format version in config.json.
     (out / "manifest.json").unlink()
     (out / ".lock").unlink()
     _strip_config_hashes(out)
@@ -389,15 +393,19 @@ def test_a_run_from_before_manifests_is_adopted_as_it_is(killed, finished, tmp_p
     code, _, stderr = cli("report", out, "--similarity", "none")
     assert code == 0 and "Unfinished run" in stderr
     assert not (out / ".lock").exists()  # a report makes no lock file
-    assert experiment.run_experiment(tiny_config(), out, progress=False, log=quiet) == finished[1]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert sorted(manifest) == sorted(
-        p.relative_to(out).as_posix() for p in (out / "stages").rglob("*.*")
-    )
-    assert {"config_hash" in json.loads(m.read_text()) for m in out.glob("state/*/*.json")} == {
-        False,  # the stages done before keep their markers as they were
-        True,
-    }
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(NeuroplasticError, match="run-directory format 0.*new --out"):
+        experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {p: b for p, b in before.items() if p.name != ".lock"}
+
+    done = copy(finished[0], tmp_path / "finished")
+    (done / "manifest.json").unlink()
+    (done / ".lock").unlink(missing_ok=True)
+    _strip_config_hashes(done)
+    _write_config(done, _without_format)
+    summary = json.loads((done / "summary.json").read_text())
+    assert experiment.run_experiment(tiny_config(), done, progress=False, log=quiet) == summary
 
 
 def test_a_runs_config_declares_its_format(killed, tmp_path):

@@ -140,3 +140,18 @@ def test_the_headline_figures_are_the_committed_sweeps():
     concept = lasting["cells"]["hold-selectivity"]["arms"]["concept"]
     for text in (README, relearning):
         assert shown("lasting_recovery_90", 1) in text  # 16.9 [12.7, 21.2]
+
+
+def test_the_savings_headline_is_the_fair_naive_sweep():
+    """The README's savings row: each arm's lasting recovery to 80% of base and the savings,
+    as the fair naive arm's committed sweep.json holds them (the seeds it has so far)."""
+    sweep = json.loads((ROOT / "benchmarks" / "results" / "sweep-naive-fair-cpu.json").read_text())
+    at_80 = sweep["cells"]["hold-selectivity"]["savings"]["targets"]["0.8"]
+    relearned, naive = at_80["steps_relearned"]["mean"], at_80["steps_naive"]["mean"]
+    shown = (
+        f"{relearned:.1f} steps against {naive:.1f} for a model never taught LOC; savings "
+        f"{at_80['savings']['mean']:.2f}"
+    )
+    assert shown in README
+    seeds = sweep["cells"]["hold-selectivity"]["seeds"]
+    assert ("one seed so far" in README) == (len(seeds) == 1)

@@ -605,7 +605,7 @@ def run_measures(run_dir: str | Path, top: int | float = 0.01) -> dict[str, Any]
             "naive_minus_concept_base": {
                 entity: naive_base[entity] - arms["concept"]["f1"]["base"][entity]
                 for entity in naive_base
-                if entity != concept and entity in arms["concept"]["f1"]["base"]
+                if entity not in (concept, "overall") and entity in arms["concept"]["f1"]["base"]
             },
             "naive_base_f1": saved["naive_base"]["f1"][concept],
             "first_stage_f1": summary.arms[NAIVE_ARM].stage("retrain-1").f1[concept],

@@ -225,7 +225,7 @@ def test_a_round_no_control_can_match_stops_the_chase_with_every_result_kept(tmp
     # Planted: the control of round 3 cannot be drawn (as when the concept's rounds leave a
     # layer too few free neurons). The chase stops after round 2, before any of round 3's
     # training, and the run finishes with its summary instead of ending in an error.
-    real = experiment.next_random_set
+    real = experiment_setup.next_random_set
 
     def crowded(held, before, now, seed, per_layer=True):
         if seed == 0 + 3:  # round 3's control (seeded with the run's seed + its round)

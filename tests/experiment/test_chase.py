@@ -14,6 +14,7 @@ from planted import CONCEPT, PLANTED
 from tiny import TINY, tiny_config
 
 import neuroplastic.experiment.pipeline as experiment
+import neuroplastic.experiment.setup as experiment_setup
 from neuroplastic.analysis.predict import Predictions, predict_at_pruned
 from neuroplastic.cli.commands import _config, _parser
 from neuroplastic.core.neurons import NeuronSet
@@ -197,7 +198,7 @@ def test_paired_arms_stay_identical_through_the_rounds(tmp_path, monkeypatch):
     """With the control forced to hold the concept arm's own neurons in every round, the arms
     are one computation: equal F1 at every stage (same batches, dropout and schedule)."""
     monkeypatch.setattr(NeuronSet, "random_matching", lambda self, seed=0: self)
-    monkeypatch.setattr(experiment, "next_random_set", lambda held, before, now, **_: now)
+    monkeypatch.setattr(experiment_setup, "next_random_set", lambda held, before, now, **_: now)
     summary = experiment.run_experiment(tiny_config(rounds=2), tmp_path, progress=False, log=quiet)
     concept, random = (summary["arms"][a]["stages"] for a in ("concept", "random"))
     assert [s["f1"] for s in concept] == [s["f1"] for s in random]
@@ -224,14 +225,14 @@ def test_a_round_no_control_can_match_stops_the_chase_with_every_result_kept(tmp
     # Planted: the control of round 3 cannot be drawn (as when the concept's rounds leave a
     # layer too few free neurons). The chase stops after round 2, before any of round 3's
     # training, and the run finishes with its summary instead of ending in an error.
-    real = experiment.next_random_set
+    real = experiment_setup.next_random_set
 
     def crowded(held, before, now, seed, per_layer=True):
         if seed == 0 + 3:  # round 3's control (seeded with the run's seed + its round)
             raise chase.ControlCapacityError("layer 0: planted, 0 free")
         return real(held, before, now, seed=seed, per_layer=per_layer)
 
-    monkeypatch.setattr(experiment, "next_random_set", crowded)
+    monkeypatch.setattr(experiment_setup, "next_random_set", crowded)
     config = tiny_config(rounds=3)
     summary = experiment.run_experiment(config, tmp_path, progress=False, log=quiet)
     record = summary["chase"]

@@ -11,7 +11,9 @@ import pytest
 from kills import SimulatedKill, kill_at, killed_then_resumed
 from tiny import TINY, quiet, tiny_config
 
+import neuroplastic.experiment.loading as loading
 import neuroplastic.experiment.pipeline as experiment
+import neuroplastic.experiment.setup as experiment_setup
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.training import Trainer
@@ -171,7 +173,8 @@ def test_nan_loss_stops_and_keeps_completed_stages(tmp_path, monkeypatch):
         loss = real(module, batch)
         return loss * float("nan") if calls["n"] > TINY["base_steps"] else loss
 
-    monkeypatch.setattr(experiment, "tagging_loss", poisoned)
+    # where the run looks its loss up (Setup.loss_fn)
+    monkeypatch.setattr(experiment_setup, "tagging_loss", poisoned)
     with pytest.raises(NeuroplasticError, match=r"\[concept\] retrain-1: the loss became nan"):
         experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
     run = RunDir(tmp_path)
@@ -453,7 +456,7 @@ def test_regrow_is_refused_for_relu_models(tmp_path, monkeypatch):
         model.cfg.act_fn = "relu"
         return model
 
-    monkeypatch.setattr(experiment, "load_model", relu_model)
+    monkeypatch.setattr(loading, "load_model", relu_model)  # where _setup looks it up
     with pytest.raises(NeuroplasticError, match="relu MLP: its derivative at 0 is 0"):
         experiment.run_experiment(tiny_config(mode="regrow"), tmp_path, progress=False, log=quiet)
     assert not (tmp_path / "config.json").exists()

@@ -17,6 +17,7 @@ from scipy import stats
 from tiny import quiet, tiny_config
 
 import neuroplastic.experiment.pipeline as experiment
+import neuroplastic.experiment.predicting as predicting
 import neuroplastic.experiment.sweep as sweep
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.predict import PREDICTORS, Predictions, random_score, survivors
@@ -40,7 +41,7 @@ def unpredicted(tmp_path_factory):
     """The same run on the code path without predictions (no arm predicted)."""
     out = tmp_path_factory.mktemp("unpredicted")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiment, "PREDICTED_ARMS", ())
+        patch.setattr(predicting, "PREDICTED_ARMS", ())  # where _predicted looks it up
         summary = experiment.run_experiment(tiny_config(), out, progress=False, log=quiet)
     return out, summary
 

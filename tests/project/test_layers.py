@@ -100,3 +100,80 @@ def test_the_public_api_is_importable_from_the_package():
     assert ExperimentConfig.__module__ == "neuroplastic.config"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         neuroplastic.nothing  # noqa: B018
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    """``neuroplastic.<...>`` of the file ``path`` under the package directory ``root``."""
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> every package module it imports, anywhere in the file (lazy, type-only):
+    ``from neuroplastic.a import b`` is an edge to ``neuroplastic.a.b`` where that is a
+    module, else to ``neuroplastic.a``."""
+    files = {module_name(path, root): path for path in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    inner = f"{node.module}.{alias.name}"
+                    targets.add(inner if inner in files else node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[name] = {t for t in targets if t in files and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The graph's strongly connected components of more than one module: its import cycles."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_the_cycle_finder_finds_a_planted_lazy_and_type_only_cycle(tmp_path):
+    package = tmp_path / "neuroplastic"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "a.py").write_text("def f():\n    from neuroplastic.sub import b\n")
+    (package / "sub" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from neuroplastic.c import C\n"
+    )
+    (package / "c.py").write_text("import neuroplastic.sub.a\n")
+    graph = import_graph(package)
+    assert graph["neuroplastic.sub.a"] == {"neuroplastic.sub.b"}
+    assert import_cycles(graph) == [["neuroplastic.c", "neuroplastic.sub.a", "neuroplastic.sub.b"]]
+
+
+def test_no_import_cycles_lazy_and_type_only_imports_included():
+    cycles = import_cycles(import_graph())
+    assert not cycles, f"import cycles among neuroplastic's modules: {cycles}"

@@ -50,7 +50,7 @@ def run(out: str, config: str, checks: str, stop: str = "") -> None:
         if event.moment == "trained" and event.dead is not None:
             found.append({"arm": arm, "stage": stage, **held_neurons(setup, event.dead)})
         elif event.moment == "trained" and setup.config.removal != "neurons" and stage != "base":
-            found.append({"arm": arm, "stage": stage, **held_erasure(setup, arm)})
+            found.append({"arm": arm, "stage": stage, **held_erasure(setup, arm, event.held)})
         if event.moment == "finished" and f"{arm}:{stage}" == stop:
             raise SystemExit(3)  # as if killed after this stage, on every rank
 
@@ -95,11 +95,11 @@ def held_neurons(setup, dead) -> dict:
     }
 
 
-def held_erasure(setup, arm: str) -> dict:
-    """On this replica, with ``arm``'s erasure held: whether its hooks are registered, the
-    largest change erasing the residual stream once more makes at each erased layer (0 where
-    the erasure holds: a projection erases nothing twice), and digests of the erasure's tensors
-    and of the replica's weights."""
+def held_erasure(setup, arm: str, held) -> dict:
+    """On this replica, with ``arm``'s erasure held: whether its hooks (``held``, as the stage
+    event hands them) are registered, the largest change erasing the residual stream once more
+    makes at each erased layer (0 where the erasure holds: a projection erases nothing twice),
+    and digests of the erasure's tensors and of the replica's weights."""
     import torch
 
     from neuroplastic.core.erasure import resid_hook_name
@@ -128,7 +128,7 @@ def held_erasure(setup, arm: str) -> dict:
     for name, parameter in setup.module.named_parameters():
         weights.update(name.encode() + parameter.detach().cpu().numpy().tobytes())
     return {
-        "active": bool(setup.held is not None and setup.held.active),
+        "active": bool(held is not None and held.active),
         "erased_again": again,
         "scale": max(float(x[real].abs().max()) for x in captured.values()),
         "kind": erasure.kind,

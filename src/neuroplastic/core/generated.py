@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from neuroplastic.core.pretrained import cache_root
+from neuroplastic.core.pretrained import cache_root, embedded_model_path
 
 TINY_MODELS = ("tiny-gpt2", "tiny-bert", "tiny-llama")
 # Randomly initialised GPT-2-architecture models of real sizes, for timing without the hub:
@@ -69,8 +69,6 @@ def _build_tiny_tokenizer(kind: str, directory: str) -> None:
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
     if kind == "bert":
-        from neuroplastic.core.models import embedded_model_path  # (it imports this module)
-
         tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
     else:
         from tokenizers import ByteLevelBPETokenizer

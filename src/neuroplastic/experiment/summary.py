@@ -35,7 +35,7 @@ from neuroplastic.store.rundir import RunDir, json_of, read_run_file, stage_key,
 from neuroplastic.store.summary import ArmSummary, StageRecord, Steps, Summary
 
 if TYPE_CHECKING:
-    from neuroplastic.experiment.pipeline import HeldSets, Setup
+    from neuroplastic.experiment.setup import HeldSets, Setup
 
 #: each arm's paired control: the same batches, schedule and dropout, other neurons held
 CONTROLS = {"concept": "random", "preempt": "preempt-random"}

@@ -68,7 +68,7 @@ class StageRecord:
     @property
     def probes(self) -> dict[str, Any] | None:
         """Every probe reading per point and layer, with the split it used
-        (:func:`neuroplastic.experiment.pipeline._readability`; None in older runs, whose
+        (:func:`neuroplastic.experiment.stages._readability`; None in older runs, whose
         probes were fitted on the probe sentences)."""
         return self.scores.get("probes")
 

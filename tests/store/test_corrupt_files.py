@@ -24,7 +24,8 @@ def damage(path, how):
     data = path.read_bytes()
     if how == "truncated":
         cut = len(data) // 2
-        while data[cut - 1 : cut] == b"\n":  # cut within a line: a line end is another case
+        # Cut inside a line (a cut at a line end leaves whole lines: another case).
+        while b"\n" in data[cut - 1 : cut + 1]:
             cut -= 1
         path.write_bytes(data[:cut])
     else:  # the same size, no byte of the original format left

@@ -18,10 +18,11 @@ from neuroplastic.core.activations import neuron_activations
 from neuroplastic.core.generated import generated_model
 from neuroplastic.core.models import load_model, mlp_hook_name, resid_post_name, run_forward
 from neuroplastic.core.neurons import NeuronSet
-from neuroplastic.core.probes import probe_auc
+from neuroplastic.core.probes import ResidualTap, probe_auc, tapped_residuals
 from neuroplastic.core.ranking import RANKERS, Ranking
 from neuroplastic.core.removal import NeuronRemoval
 from neuroplastic.core.stats import collect_stats
+from neuroplastic.core.training import evaluate
 from neuroplastic.data.load import encode_split
 from neuroplastic.report.views import examples_from_model, neuron_view
 
@@ -303,3 +304,48 @@ def test_a_gated_relu_mlp_may_regrow():
     up_w = torch.zeros(1, 4, requires_grad=True)
     (torch.relu(x @ gate_w.T) * (x @ up_w.T)).sum().backward()
     assert (up_w.grad != 0).any()
+
+
+def test_lm_statistics_read_the_positions_that_predict_the_concept(llama, hf_llama, data):
+    """For ``--task lm`` the concept's statistics are taken where its loss is computed: at the
+    token *before* each concept token. Checked against the Hugging Face model's own products
+    and cross-entropy, position by position."""
+    predicting = data.predicting()
+    stats = collect_stats(llama, predicting, batch_size=5, top_k=1, progress=False)
+    everything = data.collate(list(range(len(data))))
+    loc = data.label_id("LOC")
+    real = everything.attention_mask.bool()
+    before_loc = torch.zeros_like(real)
+    before_loc[:, :-1] = (everything.concept_labels[:, 1:] == loc) & real[:, 1:]
+    assert 0 < int(before_loc.sum()) < int((everything.concept_labels == loc).sum()) + 1
+    assert stats.count[loc] == int(before_loc.sum())
+    for layer, product in hand_products(hf_llama, everything).items():
+        torch.testing.assert_close(
+            stats.mean()[loc, layer].float(), product[before_loc].mean(0), rtol=1e-4, atol=1e-5
+        )
+    with torch.no_grad():
+        logits = hf_llama(input_ids=everything.tokens, attention_mask=everything.attention_mask)
+    losses = F.cross_entropy(
+        logits.logits[:, :-1].flatten(0, 1), everything.tokens[:, 1:].flatten(), reduction="none"
+    ).view(everything.tokens.shape[0], -1)
+    scored = evaluate(llama, data, "lm", "LOC", progress=False).scores["lm_loss"]["concept"]
+    torch.testing.assert_close(scored, float(losses[before_loc[:, :-1]].mean()), rtol=1e-4, atol=0)
+    # tokens and everything but the concept labels are the dataset's own
+    assert predicting.collate([0]).tokens.equal(data.collate([0]).tokens)
+    assert predicting.encoded[0].concept_labels[:-1] == data.encoded[0].concept_labels[1:]
+    assert predicting.encoded[0].concept_labels[-1] == -1
+
+
+def test_a_predicting_tap_labels_each_token_by_the_next(llama, data):
+    """The tap's ``predicting`` labels equal a plain tap's over ``data.predicting()``: the
+    batched shift (padding included) is the dataset's."""
+    layers = [0, 1]
+    plain = tapped_residuals(llama, data.predicting(), layers, batch_size=5)
+    tap = ResidualTap(layers, len(data), predicting=True)
+    with torch.no_grad(), llama.hooks(fwd_hooks=tap.hooks):
+        for batch in data.batches(4, order=data.by_length()):
+            run_forward(llama, batch.tokens, batch.attention_mask, stop_at=tap.last_hook)
+            tap.record(batch)
+    shifted = tap.residuals("resid_post")
+    assert torch.equal(shifted.labels, plain.labels)
+    torch.testing.assert_close(shifted.layers[1], plain.layers[1], rtol=1e-5, atol=1e-5)

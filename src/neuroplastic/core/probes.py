@@ -27,7 +27,12 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from neuroplastic.core.models import resid_hook_name, run_forward
-from neuroplastic.data.concept import IGNORE_CONCEPT, Batch, ConceptDataset
+from neuroplastic.data.concept import (
+    IGNORE_CONCEPT,
+    Batch,
+    ConceptDataset,
+    predicting_labels,
+)
 from neuroplastic.errors import NeuroplasticError
 
 #: the most residual-stream bytes :func:`probe_auc` holds at once (layers go in groups below it)
@@ -62,7 +67,11 @@ class ResidualTap:
     in corpus order gives (to a float's last bits, as padding may move them)."""
 
     def __init__(
-        self, layers: Sequence[int], n_sentences: int, points: Sequence[str] = ("resid_post",)
+        self,
+        layers: Sequence[int],
+        n_sentences: int,
+        points: Sequence[str] = ("resid_post",),
+        predicting: bool = False,
     ) -> None:
         if not layers:
             raise NeuroplasticError("a residual tap needs at least one layer")
@@ -72,6 +81,8 @@ class ResidualTap:
         self.layer_list = sorted(set(layers))
         self.points = tuple(dict.fromkeys(points))
         self.n_sentences = n_sentences
+        # Label each token by the next one, as ConceptDataset.predicting does (--task lm).
+        self.predicting = predicting
         self._batch: dict[tuple[str, int], Tensor] = {}
         self._sentences: dict[int, tuple[list[Tensor], Tensor]] = {}
 
@@ -104,7 +115,8 @@ class ResidualTap:
                 f"the forward never reached {POINTS[point](layer)}: run it to the tap's last "
                 f"hook point, {self.last_hook}"
             )
-        real = batch.concept_labels != IGNORE_CONCEPT
+        labels = predicting_labels(batch.concept_labels) if self.predicting else batch.concept_labels
+        real = labels != IGNORE_CONCEPT
         kept = [self._batch[key].float().cpu() for key in self.keys]
         for row, index in enumerate(batch.sentence_index.tolist()):
             if index in self._sentences:
@@ -112,7 +124,7 @@ class ResidualTap:
             mask = real[row]
             self._sentences[index] = (
                 [activation[row][mask] for activation in kept],
-                batch.concept_labels[row][mask],
+                labels[row][mask],
             )
         self._batch.clear()
 

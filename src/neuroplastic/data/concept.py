@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from jaxtyping import Int
@@ -103,6 +103,18 @@ class ConceptDataset:
         subset.encoded = [self.encoded[i] for i in chosen]
         return subset
 
+    def predicting(self) -> ConceptDataset:
+        """The same sentences with each token's concept label replaced by the *next* token's
+        (the last token's by -1): a causal LM's loss on a concept token is computed at the
+        position before it, so that is where statistics, rankings and erasers that serve
+        ``--task lm`` must look. Tokens, tags and word alignment are unchanged."""
+        shifted = copy.copy(self)
+        shifted.encoded = [
+            replace(enc, concept_labels=enc.concept_labels[1:] + [IGNORE_CONCEPT])
+            for enc in self.encoded
+        ]
+        return shifted
+
     def label_id(self, label: str) -> int:
         if label not in self.label_names:
             raise NeuroplasticError(
@@ -152,6 +164,14 @@ class ConceptDataset:
             word_ids=pad([r.word_ids for r in rows], -1),
             sentence_index=torch.tensor(list(indices), dtype=torch.long),
         )
+
+
+def predicting_labels(labels: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """A batch's concept labels moved one position left (the last column -1): each position
+    labelled by the token it predicts, as :meth:`ConceptDataset.predicting` labels them."""
+    shifted = torch.full_like(labels, IGNORE_CONCEPT)
+    shifted[:, :-1] = labels[:, 1:]
+    return shifted
 
 
 def _pad_id(tokenizer) -> int:

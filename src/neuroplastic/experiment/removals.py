@@ -169,12 +169,12 @@ def _prepare_erasures(setup: Setup, log) -> dict[str, LinearErasure]:
     layers = config.erasure_layers(int(setup.model.cfg.n_layers))
     if "concept" not in erasures:
         erasures["concept"] = ERASURE_FITTERS[config.removal](
-            setup.model, setup.probe_data, config.concept, layers, progress=setup.progress
+            setup.model, setup.rank_data, config.concept, layers, progress=setup.progress
         )
         _save_erasure(setup, "concept", erasures["concept"])
     if "random" in wanted and "random" not in erasures:
         erasures["random"] = fit_matched_control(
-            setup.model, setup.probe_data, erasures["concept"], config.seed,
+            setup.model, setup.rank_data, erasures["concept"], config.seed,
             progress=setup.progress,
         )  # fmt: skip
         _save_erasure(setup, "random", erasures["random"])

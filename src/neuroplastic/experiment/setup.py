@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Literal
 
 import torch
@@ -113,6 +113,15 @@ class Setup:
                 then(n, loss)
 
         return on_step
+
+    @cached_property
+    def rank_data(self) -> ConceptDataset:
+        """The probe sentences as statistics, rankings and erasers read them: at each token for
+        ``--task ner``; for ``--task lm`` at the position that *predicts* it, where a causal
+        LM's loss on a concept token is computed (:meth:`ConceptDataset.predicting`). At the
+        concept's own tokens the removal is not the concept's: ranked there, SmolLM2's top
+        neurons raise the next-token loss on place names no more than a random set does."""
+        return self.probe_data.predicting() if self.config.task == "lm" else self.probe_data
 
     @property
     def predict_data(self) -> ConceptDataset:

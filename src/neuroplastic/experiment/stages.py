@@ -177,7 +177,7 @@ def _probe_stats(
     halves = {
         half: collect_stats(
             setup.model,
-            setup.probe_data,
+            setup.rank_data,
             batch_size=32,
             top_k=setup.config.top_k_tokens,
             indices=getattr(setup.probe_split, half),
@@ -219,7 +219,9 @@ def _readability_tap(setup: Setup) -> ResidualTap | None:
     layers = range(int(setup.model.cfg.n_layers))
     if layers_that_fit(setup.model, (setup.validation_data,), len(POINTS)) < len(layers):
         return None
-    return ResidualTap(layers, len(setup.validation_data), tuple(POINTS))
+    return ResidualTap(
+        layers, len(setup.validation_data), tuple(POINTS), predicting=setup.config.task == "lm"
+    )
 
 
 @distributed.rank_zero
@@ -230,7 +232,9 @@ def _readability(setup: Setup, tap: ResidualTap | None) -> tuple[dict[str, float
     probe for the concept, with the arm's removal held, fitted on one half of the validation
     sentences and scored on the other (:attr:`Setup.readout_split`): never on the probe
     sentences the ranking and the erasers were fitted on, whose class means an eraser
-    equalised (a probe fitted there reads chance by construction).
+    equalised (a probe fitted there reads chance by construction). Under ``--task lm`` each
+    token is labelled by the next one, as the ranking reads them: does the stream at a position
+    still say that a place name comes next?
 
     Returns the residual stream's raw AUCs per layer (``readable``, as runs have always
     recorded; below 0.5 the sign flipped) and every reading (``probes``: per point and layer,
@@ -251,10 +255,12 @@ def _readability(setup: Setup, tap: ResidualTap | None) -> tuple[dict[str, float
         }
     else:
         setup.module.eval()
+        data = setup.validation_data
+        data = data.predicting() if setup.config.task == "lm" else data  # as the tap labels
         readings = probe_readings(
             setup.model,
-            setup.validation_data.subset(split.predict),
-            setup.validation_data.subset(split.truth),
+            data.subset(split.predict),
+            data.subset(split.truth),
             concept,
             range(int(setup.model.cfg.n_layers)),
         )

@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -160,9 +161,59 @@ def test_the_sweep_command(tmp_path, capsys):
         main(["sweep", "--out", str(tmp_path), "--seeds", "0", "--mode", "hold,keep"])
 
 
-def test_sweep_refuses_the_lm_task(tmp_path):
+def test_an_lm_sweep_takes_no_grid(tmp_path):
+    config = ExperimentConfig(**{**SWEPT, "model": "tiny-gpt2", "task": "lm"})
     with pytest.raises(NeuroplasticError, match="needs --task ner"):
-        sweep.run_sweep(ExperimentConfig(**{**SWEPT, "task": "lm"}), tmp_path, seeds=[0], log=quiet)
+        sweep.run_sweep(config, tmp_path, seeds=[0], grid={"relearn_lr": [1e-4, 1e-3]}, log=quiet)
+
+
+@pytest.mark.slow  # a sweep of two runs
+def test_an_lm_sweep_measures_the_loss_rise_and_its_recovery(tmp_path):
+    """``--task lm``: each arm's rise in next-token loss at the removal (concept and other
+    tokens), recovery as the share of that rise won back, computed here by hand from each
+    run's summary.json and metrics.jsonl; intervals across the seeds; a report that says
+    loss, not F1."""
+    settings = {**SWEPT, "model": "tiny-gpt2", "task": "lm", "fraction": 0.3}
+    result = sweep.run_sweep(
+        ExperimentConfig(**settings), tmp_path, seeds=[0, 1], progress=False, log=quiet
+    )
+    cell = result["cells"]["hold-selectivity"]
+    assert "specificity_at_pruning" in result["measures"]
+    assert "F1" not in result["measures"]["drop_at_pruning"]
+    for arm in ("concept", "random"):
+        rises, specific, shares = [], [], []
+        for seed in (0, 1):
+            run = RunDir(tmp_path / "hold-selectivity" / f"seed-{seed}")
+            stages = {s["stage"]: s["lm_loss"] for s in run.summary()["arms"][arm]["stages"]}
+            base, pruned = stages["base"], stages["pruned"]
+            rises.append(pruned["concept"] - base["concept"])
+            specific.append(rises[-1] - (pruned["other"] - base["other"]))
+            rows = sorted(
+                (r for r in run.metrics_rows() if r["arm"] == arm and r["stage"] != "base"),
+                key=lambda r: r["step"],
+            )
+            steps = [float(r["step"]) for r in rows]
+            losses = [r["lm_loss"]["concept"] for r in rows]
+            assert losses[0] == pytest.approx(pruned["concept"])
+            rise = losses[0] - base["concept"]
+            if rise >= 0.1 * base["concept"] and steps[-1] >= 5:
+                at_5 = float(np.interp(5.0, steps, losses))
+                shares.append((losses[0] - at_5) / rise)
+            else:  # no rise to take a share of: undefined, not censored
+                shares.append(None)
+        measured = cell["arms"][arm]
+        assert measured["drop_at_pruning"]["values"] == pytest.approx(rises)
+        assert measured["specificity_at_pruning"]["values"] == pytest.approx(specific)
+        got = measured["share_recovered_5"]["values"]
+        assert [g is None for g in got] == [s is None for s in shares]
+        assert [g for g in got if g is not None] == pytest.approx([s for s in shares if s])
+        assert set(measured["lm_loss"]["pruned"]) == {"concept", "other"}
+    paired = cell["concept_minus_random"]["specificity_at_pruning"]["values"]
+    concept = cell["arms"]["concept"]["specificity_at_pruning"]["values"]
+    random = cell["arms"]["random"]["specificity_at_pruning"]["values"]
+    assert paired == pytest.approx([c - r for c, r in zip(concept, random, strict=True)])
+    html = build_sweep_report(json.loads(json.dumps(result))).to_html()
+    assert "Next-token loss per stage" in html and "next-token loss on LOC" in html
 
 
 def test_readability_across_seeds_by_hand_and_in_the_report():
@@ -226,3 +277,42 @@ def test_sign_free_readability_across_seeds_says_at_chance_only_where_intervals_
     text = page._repr_html_()
     assert "sign-free probe readability" in text and "max(AUC, 1 - AUC)" in text
     assert "· flipped" in text and "· at chance" in text
+
+
+def test_lm_recovery_is_the_share_of_the_loss_rise_won_back():
+    """A planted loss curve: base 4.0, 5.0 at the removal, then 4.5, 4.1, 4.3, 4.05 at steps
+    2, 5, 8, 10: shares 0.5, 0.9, 0.7, 0.95 of the 1-nat rise by hand."""
+    from types import SimpleNamespace
+
+    from neuroplastic.analysis.one_run import _lm_scores
+
+    steps, losses = [0, 2, 5, 8, 10], [5.0, 4.5, 4.1, 4.3, 4.05]
+    metrics = pd.DataFrame(
+        {
+            "arm": "concept",
+            "stage": ["pruned", "retrain-1@2", "retrain-1@5", "retrain-1@8", "retrain-1"],
+            "step": steps,
+            "lm_loss_concept": losses,
+        }
+    )
+    entries = [
+        SimpleNamespace(stage=stage, scores={"lm_loss": {"concept": c, "other": o}})
+        for stage, c, o in (("base", 4.0, 3.0), ("pruned", 5.0, 3.2), ("retrain-1", 4.05, 3.1))
+    ]
+    scored = _lm_scores(metrics, "concept", entries)
+    assert scored["drop_at_pruning"] == pytest.approx(1.0)
+    assert scored["other_rise_at_pruning"] == pytest.approx(0.2)
+    assert scored["specificity_at_pruning"] == pytest.approx(0.8)
+    assert scored["curve"]["recovered"] == pytest.approx([0, 0.5, 0.9, 0.7, 0.95])
+    assert scored["steps_to_recover_90"] == pytest.approx(5.0)  # first crossing
+    # lasting: the last evaluation below 0.9 is step 8 (0.7), back above at 10 (0.95)
+    assert scored["lasting_recovery_90"] == pytest.approx(8 + (0.9 - 0.7) / 0.25 * 2)
+    assert scored["share_recovered_5"] == pytest.approx(0.9)
+    assert scored["final_gap_to_base"] == pytest.approx(0.05)
+    assert scored["drift_after_pruning"] == pytest.approx(0.95)
+    # A rise under 10% of the base loss has no share to recover: undefined, not censored.
+    flat = metrics.assign(lm_loss_concept=[4.2, 4.1, 4.0, 4.0, 4.0])
+    entries[1].scores["lm_loss"]["concept"] = 4.2
+    still = _lm_scores(flat, "concept", entries)
+    assert still["recovery"] is None and math.isnan(still["steps_to_recover_90"])
+    assert "recovered" not in still["curve"] and still["drop_at_pruning"] == pytest.approx(0.2)

@@ -14,13 +14,13 @@ from neuroplastic.analysis.across_predictions import causal_across_seeds, predic
 from neuroplastic.analysis.across_rounds import chase_across_seeds, preempt_across_seeds
 from neuroplastic.analysis.intervals import censored_interval, interval, paired
 from neuroplastic.analysis.measures import (
-    BOUNDS,
-    CENSORED,
     F1_BOUNDS,
     MARGINS,
-    MEASURES,
+    STAGE_SCORE,
+    MeasureTable,
     _difference_bounds,
     _minus,
+    measure_table,
 )
 from neuroplastic.core.curves import (
     NEITHER_REACHED,
@@ -31,20 +31,27 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and 95% interval across runs (seeds) of every measure and stage score, per arm, and
     of the per-seed concept-minus-random difference (paired, with the difference 80% power
     would detect and an equivalence test against :data:`MARGINS`). Runs that never recovered
-    are censored (:func:`~neuroplastic.analysis.intervals.censored_interval`), never dropped."""
+    are censored (:func:`~neuroplastic.analysis.intervals.censored_interval`), never dropped.
+    The measures are the runs' task's (:func:`~neuroplastic.analysis.measures.measure_table`),
+    and so are the stage scores: entity F1, or next-token loss per kind of token."""
     arms = list(runs[0]["arms"])
+    task = runs[0].get("task", "ner")
+    table, score = measure_table(task), STAGE_SCORE[task]
+    score_bounds = F1_BOUNDS if score == "f1" else None  # a loss has no ceiling
     result: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "arms": {}}
     endings = [(r.get("base") or {}).get("stopped") for r in runs]
     result["base_stopped"] = {str(e): endings.count(e) for e in dict.fromkeys(endings)}
     for arm in arms:
         per_arm = [r["arms"][arm] for r in runs]
-        stages = list(per_arm[0]["f1"])
+        stages = list(per_arm[0][score])
         result["arms"][arm] = {
-            **{m: _across(m, per_arm) for m in MEASURES},
-            "f1": {
+            **{m: _across(m, per_arm, table) for m in table.descriptions},
+            score: {
                 stage: {
-                    entity: interval([a["f1"][stage][entity] for a in per_arm], bounds=F1_BOUNDS)
-                    for entity in per_arm[0]["f1"][stage]
+                    entity: interval(
+                        [a[score][stage][entity] for a in per_arm], bounds=score_bounds
+                    )
+                    for entity in per_arm[0][score][stage]
                 }
                 for stage in stages
             },
@@ -63,9 +70,12 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if "random" in arms:
         result["concept_minus_random"] = {
             m: _paired_across(
-                m, [r["arms"]["concept"] for r in runs], [r["arms"]["random"] for r in runs]
+                m,
+                [r["arms"]["concept"] for r in runs],
+                [r["arms"]["random"] for r in runs],
+                table,
             )
-            for m in MEASURES
+            for m in table.descriptions
         }
     prediction = prediction_across_seeds(runs)
     if prediction:
@@ -136,27 +146,36 @@ def _budget(arm: dict[str, Any]) -> float | None:
     return (arm.get("recovery") or {}).get("budget")
 
 
-def _across(measure: str, per_arm: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _across(
+    measure: str, per_arm: Sequence[dict[str, Any]], table: MeasureTable | None = None
+) -> dict[str, Any]:
+    table = table or measure_table()
     values = [a[measure] for a in per_arm]
-    if measure in CENSORED:
+    if measure in table.censored:
         budgets = [_budget(a) for a in per_arm]
         known = [b for b in budgets if b is not None]
         # steps lie in [0, budget]: a t-interval leaving them is replaced by the seeds' range
         bounds = (0.0, float(max(known))) if known else None
         return censored_interval(values, budgets, range_=bounds)
-    return interval(values, bounds=BOUNDS.get(measure))
+    return interval(values, bounds=table.bounds.get(measure))
 
 
 def _paired_across(
-    measure: str, treated: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]]
+    measure: str,
+    treated: Sequence[dict[str, Any]],
+    control: Sequence[dict[str, Any]],
+    table: MeasureTable | None = None,
 ) -> dict[str, Any]:
     """The per-seed difference treated - control of ``measure``, across seeds. Of a censored
     measure: a seed whose treated run never got there differs by at least its budget minus the
     control's number, one whose control never did by at most the treated number minus the
     control's budget, one where neither did by anything (the mean is then undetermined)."""
+    table = table or measure_table()
     pairs = list(zip(treated, control, strict=True))
     values = [_minus(t[measure], c[measure]) for t, c in pairs]
-    if measure in CENSORED and any(t[measure] is None or c[measure] is None for t, c in pairs):
+    if measure in table.censored and any(
+        t[measure] is None or c[measure] is None for t, c in pairs
+    ):
         result = censored_interval(
             values,
             [_minus(_budget(t), c[measure]) if t[measure] is None else None for t, c in pairs],
@@ -165,9 +184,9 @@ def _paired_across(
             ],
             unbounded=[t[measure] is None and c[measure] is None for t, c in pairs],
         )
-        result["margin"] = MARGINS.get(measure)
+        result["margin"] = table.margins.get(measure)
         return result
-    return paired(values, MARGINS.get(measure), _difference_bounds(BOUNDS.get(measure)))
+    return paired(values, table.margins.get(measure), _difference_bounds(table.bounds.get(measure)))
 
 
 def _grid(per_arm: Sequence[dict[str, Any]]) -> list[float] | list[list[float]]:

@@ -125,6 +125,113 @@ RUN_MEASURES: tuple[Measure, ...] = (
         margin=0.05,
     ),
 )
+#: the measures of the concept's neurons that mean the same under either task
+_NEURON_MEASURES = tuple(
+    m
+    for m in RUN_MEASURES
+    if m.name.startswith(("relocation", "removal_shift", "primed", "gainers"))
+)
+
+#: ``--task lm``'s per-run measures, in reading order: the concept's score is its next-token
+#: loss (lower is better; in nats), and recovery is read on the share of the removal's rise
+#: in it recovered (:func:`~neuroplastic.core.curves.rise_recovered`)
+LM_RUN_MEASURES: tuple[Measure, ...] = (
+    Measure(
+        "drop_at_pruning",
+        "rise of the next-token loss on the concept's tokens at the removal (pruned - base, nats)",
+        margin=0.05,
+    ),
+    Measure(
+        "other_rise_at_pruning",
+        "rise of the next-token loss on every other token at the removal (pruned - base, "
+        "nats): what the removal costs the rest of the model",
+        margin=0.05,
+    ),
+    Measure(
+        "specificity_at_pruning",
+        "the concept's rise minus the other tokens' rise (nats): above 0, the removal hits the "
+        "concept more than everything else",
+        margin=0.05,
+    ),
+    Measure(
+        "steps_to_recover_90",
+        "first crossing: retraining steps until 90% of the concept loss's rise at the removal "
+        "is first recovered (interpolated), whether or not it stays so; censored at the budget "
+        "when it never is; undefined for an arm whose rise is under 10% of the base loss",
+        censored=True,
+        margin=3.0,
+    ),
+    Measure(
+        "lasting_recovery_90",
+        "lasting recovery: retraining steps after which every evaluation has recovered at "
+        "least 90% of the rise (interpolated from the last evaluation below); censored at the "
+        "budget when the last evaluation is below; undefined as above",
+        censored=True,
+        margin=3.0,
+    ),
+    *(
+        Measure(
+            f"share_recovered_{step}",
+            f"share of the concept loss's rise recovered after {step} retraining steps, "
+            "(loss pruned - loss) / (loss pruned - loss base), interpolated between "
+            "evaluations; undefined for an arm whose rise is under 10% of the base loss",
+            margin=0.05,
+        )
+        for step in SHARE_STEPS
+    ),
+    Measure(
+        "recovery_auc",
+        "mean share of the rise recovered over the retraining steps (1 = back at once)",
+        margin=0.05,
+    ),
+    Measure(
+        "final_gap_to_base",
+        "the concept's next-token loss after the last stage minus base (nats; above 0: still "
+        "worse than base)",
+        margin=0.05,
+    ),
+    Measure(
+        "drift_after_pruning",
+        "the concept's loss at the pruned stage minus after the last stage (nats): on the "
+        "control, what retraining alone improves",
+        margin=0.05,
+    ),
+    *_NEURON_MEASURES,
+)
+
+
+@dataclass(frozen=True)
+class MeasureTable:
+    """A task's per-run measures as the aggregation across seeds reads them."""
+
+    measures: tuple[Measure, ...]
+
+    @property
+    def descriptions(self) -> dict[str, str]:
+        return {m.name: m.description for m in self.measures}
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        return {m.name: m.bounds for m in self.measures if m.bounds is not None}
+
+    @property
+    def censored(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.measures if m.censored)
+
+    @property
+    def margins(self) -> dict[str, float]:
+        return {m.name: m.margin for m in self.measures if m.margin is not None}
+
+
+def measure_table(task: str = "ner") -> MeasureTable:
+    """The per-run measures of ``task`` (``ner``: on entity F1; ``lm``: on next-token loss)."""
+    return MeasureTable(LM_RUN_MEASURES if task == "lm" else RUN_MEASURES)
+
+
+#: the stage score each task's measures read: entity F1, or next-token loss per kind of token
+STAGE_SCORE = {"ner": "f1", "lm": "lm_loss"}
+
+
 #: the per-run measures, in reading order, with what each one means
 MEASURES = {m.name: m.description for m in RUN_MEASURES}
 #: the range of the measures that have one (their intervals never leave it)

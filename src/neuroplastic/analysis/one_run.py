@@ -19,10 +19,12 @@ from neuroplastic.analysis.measures import (
 )
 from neuroplastic.config import NAIVE_ARM
 from neuroplastic.core.curves import (
+    MIN_DROP,
     RECOVERY_TARGET,
     SAVINGS_TARGETS,
     SHARE_STEPS,
     recovery,
+    rise_recovered,
     savings,
 )
 from neuroplastic.errors import NeuroplasticError
@@ -41,6 +43,7 @@ def measures_of_run(run: RunDir, top: int | float = 0.01) -> dict[str, Any]:
 
     summary = Summary.read(run)
     concept = summary.concept
+    task = summary.config.get("task", "ner")
     metrics = run.metrics()
     embeddings = run.embeddings()
     arms: dict[str, Any] = {}
@@ -54,27 +57,18 @@ def measures_of_run(run: RunDir, top: int | float = 0.01) -> dict[str, Any]:
             continue
         # Later rounds of a chase start from another model: they have their own measures.
         entries = [e for e in data.stages if stage_round(e.stage) in (0, 1)]
-        stages = {entry.stage: entry for entry in entries}
-        base_f1 = stages["base"].f1[concept]
-        last = entries[-1]
-        curve = _curve(metrics, arm, concept)
-        recovered = recovery(curve, base_f1, RECOVERY_TARGET)
+        scored = (
+            _lm_scores(metrics, arm, entries)
+            if task == "lm"
+            else _ner_scores(metrics, arm, entries, concept)
+        )
         loaded = loaded_arms[arm]
         moved = relocation(loaded.rankings(), loaded.ablated, top, loaded.start)
         can_prime = concept_token_ids(loaded.stages[loaded.first].stats, concept).numel() > 0
         primed = primed_neurons(loaded, embeddings, population=population) if can_prime else None
         blended = _polysemantic_gainers(loaded, population, top)
         arms[arm] = {
-            "drop_at_pruning": base_f1 - stages["pruned"].f1[concept],
-            "steps_to_recover_90": recovered["steps_to_recover"],
-            "lasting_recovery_90": recovered["steps_to_lasting_recovery"],
-            **{
-                f"share_recovered_{step}": recovered["share_recovered"][str(step)]
-                for step in SHARE_STEPS
-            },
-            "recovery_auc": recovered["auc"],
-            "final_gap_to_base": last.f1[concept] - base_f1,
-            "drift_after_pruning": last.f1[concept] - stages["pruned"].f1[concept],
+            **scored,
             "relocation": moved.shift,
             "removal_shift": moved.removal_shift,
             "primed_rho": primed.rho if primed else math.nan,
@@ -82,20 +76,18 @@ def measures_of_run(run: RunDir, top: int | float = 0.01) -> dict[str, Any]:
             "gainers_polysemantic": blended.get("gainers_share", math.nan),
             "gainers_polysemantic_excess": blended.get("excess", math.nan),
             "polysemantic_gainers": blended,
-            "recovery": recovered,
-            "f1": {entry.stage: entry.f1 for entry in entries},
             # per stage, per layer: where a linear probe reads the concept (none in older runs)
             "readable": {e.stage: e.readable for e in entries if e.readable},
             # per point, stage and layer: raw and sign-free AUC with the run's interval, the
             # probe fitted apart from the eraser's and the ranking's sentences (none in older
             # runs, whose probes were fitted on the probe sentences)
             "probes": _probes_by_point(entries),
-            "curve": curve.to_dict(orient="list"),
         }
         if data.control is not None:
             arms[arm]["control"] = data.control
     measures = {
         "seed": summary.config["seed"],
+        "task": task,
         "concept": concept,
         # how base fine-tuning ended: a retraining that measures recovery needs a converged base
         "base": {k: (summary.base or {}).get(k) for k in ("steps", "stopped")},
@@ -228,6 +220,80 @@ def _others_mean(f1: dict[str, float], concept: str) -> float:
     """Unweighted mean F1 of the entity types other than ``concept`` (and not ``overall``)."""
     others = [v for e, v in f1.items() if e not in (concept, "overall")]
     return float(np.mean(others)) if others else math.nan
+
+
+def _ner_scores(
+    metrics: pd.DataFrame, arm: str, entries: Sequence[Any], concept: str
+) -> dict[str, Any]:
+    """An arm's measures of the concept's F1 (:data:`~neuroplastic.analysis.measures.
+    RUN_MEASURES`), its recovery, its stage scores and its curve."""
+    stages = {entry.stage: entry for entry in entries}
+    base_f1, pruned_f1 = stages["base"].f1[concept], stages["pruned"].f1[concept]
+    last_f1 = entries[-1].f1[concept]
+    curve = _curve(metrics, arm, concept)
+    recovered = recovery(curve, base_f1, RECOVERY_TARGET)
+    return {
+        "drop_at_pruning": base_f1 - pruned_f1,
+        **_recovery_measures(recovered),
+        "final_gap_to_base": last_f1 - base_f1,
+        "drift_after_pruning": last_f1 - pruned_f1,
+        "recovery": recovered,
+        "f1": {entry.stage: entry.f1 for entry in entries},
+        "curve": curve.to_dict(orient="list"),
+    }
+
+
+def _lm_scores(metrics: pd.DataFrame, arm: str, entries: Sequence[Any]) -> dict[str, Any]:
+    """An arm's measures of the concept's next-token loss (:data:`~neuroplastic.analysis.
+    measures.LM_RUN_MEASURES`): its rise at the removal beside the other tokens', and recovery
+    as the share of that rise recovered (:func:`~neuroplastic.core.curves.rise_recovered`;
+    undefined, not censored, when the rise is under ``MIN_DROP`` of the base loss)."""
+    losses = {entry.stage: entry.scores["lm_loss"] for entry in entries}
+    base, pruned, last = losses["base"], losses["pruned"], losses[entries[-1].stage]
+    rows = metrics[(metrics["arm"] == arm) & (metrics["step"] >= 0)]
+    rows = rows[rows["stage"].map(lambda s: stage_round(str(s)) == 1)].sort_values(
+        "step", kind="stable"
+    )
+    steps, concept_loss = rows["step"].astype(float), rows["lm_loss_concept"].astype(float)
+    curve = rise_recovered(steps, concept_loss, base["concept"], MIN_DROP * base["concept"])
+    recovered = recovery(curve, 1.0, RECOVERY_TARGET) if curve is not None else None
+    rise = {kind: pruned[kind] - base[kind] for kind in ("concept", "other")}
+    return {
+        "drop_at_pruning": rise["concept"],
+        "other_rise_at_pruning": rise["other"],
+        "specificity_at_pruning": rise["concept"] - rise["other"],
+        **_recovery_measures(recovered),
+        "final_gap_to_base": last["concept"] - base["concept"],
+        "drift_after_pruning": pruned["concept"] - last["concept"],
+        "recovery": recovered,
+        "lm_loss": losses,
+        "curve": {
+            "step": steps.tolist(),
+            "lm_loss": concept_loss.tolist(),
+            **({"recovered": curve["recovered"]} if curve is not None else {}),
+        },
+    }
+
+
+def _recovery_measures(recovered: dict[str, Any] | None) -> dict[str, Any]:
+    """The recovery measures of :func:`~neuroplastic.core.curves.recovery`'s result, or all
+    NaN when the arm has no recovery to measure (``None``)."""
+    if recovered is None:
+        return {
+            "steps_to_recover_90": math.nan,
+            "lasting_recovery_90": math.nan,
+            **{f"share_recovered_{step}": math.nan for step in SHARE_STEPS},
+            "recovery_auc": math.nan,
+        }
+    return {
+        "steps_to_recover_90": recovered["steps_to_recover"],
+        "lasting_recovery_90": recovered["steps_to_lasting_recovery"],
+        **{
+            f"share_recovered_{step}": recovered["share_recovered"][str(step)]
+            for step in SHARE_STEPS
+        },
+        "recovery_auc": recovered["auc"],
+    }
 
 
 def _curve(metrics: pd.DataFrame, arm: str, concept: str) -> pd.DataFrame:

@@ -79,7 +79,15 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {args.out / 'sweep.json'}")
     for cell, data in result["cells"].items():
         drop = data["arms"]["concept"]["drop_at_pruning"]
-        print(f"  {cell}: {config.concept} F1 drop at pruning {_mean_ci(drop)} across seeds")
+        if config.task == "lm":
+            specific = data["arms"]["concept"]["specificity_at_pruning"]
+            print(
+                f"  {cell}: {config.concept} next-token loss rise at the removal "
+                f"{_mean_ci(drop)} nats, minus the other tokens' {_mean_ci(specific)}, "
+                "across seeds"
+            )
+        else:
+            print(f"  {cell}: {config.concept} F1 drop at pruning {_mean_ci(drop)} across seeds")
         for entry in data.get("chase", {}).get("per_round", []):
             arms = entry["arms"]
             print(

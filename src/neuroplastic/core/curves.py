@@ -1,9 +1,10 @@
-"""How fast a score comes back: the measures of a recovery curve (concept F1 against step)."""
+"""How fast a score comes back: the measures of a recovery curve (concept F1 against step, or
+for a language model the share of the concept's loss rise recovered, :func:`rise_recovered`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,30 @@ import numpy as np
 #: "recovered": the concept's F1 back to this share of its F1 before the removal
 RECOVERY_TARGET = 0.9
 
-#: ``{"step": [...], "f1": [...]}`` in step order (a DataFrame with those columns will do)
+#: ``{"step": [...], "f1": [...]}`` in step order (a DataFrame with those columns will do); for
+#: a language model ``"recovered"`` instead of ``"f1"`` (:func:`rise_recovered`)
 Curve = Mapping[str, Any]
+
+
+def scores(curve: Curve) -> np.ndarray:
+    """The curve's scores, higher is better: its F1, or its share of the loss rise recovered."""
+    return np.asarray(curve["f1"] if "f1" in curve else curve["recovered"], float)
+
+
+def rise_recovered(
+    steps: Sequence[float], losses: Sequence[float], base: float, min_rise: float
+) -> Curve | None:
+    """A language model's recovery curve: at each evaluation, the share of the removal's rise
+    in the concept's next-token loss recovered, (loss_pruned - loss_t) / (loss_pruned -
+    loss_base), where the first evaluation is the pruned one. 1 is back at base, 0 no
+    recovery; a loss has no ceiling to take a share of, as F1 has, so the rise is the scale.
+    None when the rise is under ``min_rise`` (a control that barely moved: nothing to
+    recover, and a share of almost nothing is noise)."""
+    losses = np.asarray(losses, float)
+    rise = float(losses[0] - base) if len(losses) else math.nan
+    if not rise >= min_rise:
+        return None
+    return {"step": [float(s) for s in steps], "recovered": list((losses[0] - losses) / rise)}
 
 
 def steps_to_recover(curve: Curve, target: float) -> float:
@@ -20,7 +43,7 @@ def steps_to_recover(curve: Curve, target: float) -> float:
     interpolated between the evaluations around it; the first step if it never fell below;
     NaN if it never gets there. A curve may cross and fall back below (a learning-rate peak
     does it): :func:`steps_to_lasting_recovery` is the recovery that holds."""
-    steps, values = np.asarray(curve["step"], float), np.asarray(curve["f1"], float)
+    steps, values = np.asarray(curve["step"], float), scores(curve)
     for i, (step, value) in enumerate(zip(steps, values, strict=True)):
         if value >= target:
             if i == 0:
@@ -35,7 +58,7 @@ def steps_to_lasting_recovery(curve: Curve, target: float) -> float:
     ``target``, linearly interpolated between the last evaluation below it and the next; the
     first step if no evaluation is below; NaN if the last evaluation is below (censored: not
     back, or not staying back, within the grid). "Lasting" means within the evaluated steps."""
-    steps, values = np.asarray(curve["step"], float), np.asarray(curve["f1"], float)
+    steps, values = np.asarray(curve["step"], float), scores(curve)
     below = np.flatnonzero(values < target)
     if not len(steps):
         return math.nan
@@ -54,7 +77,7 @@ def recovery_auc(curve: Curve, base: float) -> float:
     if base <= 0:
         return math.nan
     steps = np.asarray(curve["step"], float)
-    values = np.asarray(curve["f1"], float) / base
+    values = scores(curve) / base
     if len(steps) < 2 or steps[-1] == steps[0]:
         return float(values[-1]) if len(values) else math.nan
     area = float(((values[1:] + values[:-1]) / 2 * np.diff(steps)).sum())
@@ -72,7 +95,7 @@ def share_recovered(curve: Curve, base: float, step: float) -> float:
     as the unlearning literature reports recovery; F1_pruned is the curve's first point. NaN
     when ``step`` is beyond the last evaluation or the drop is under ``MIN_DROP`` of base (a
     control that barely fell has no drop to take a share of)."""
-    steps, values = np.asarray(curve["step"], float), np.asarray(curve["f1"], float)
+    steps, values = np.asarray(curve["step"], float), scores(curve)
     if not len(steps) or step > steps[-1] or step < steps[0]:
         return math.nan
     drop = base - values[0]

@@ -115,7 +115,9 @@ class ResidualTap:
                 f"the forward never reached {POINTS[point](layer)}: run it to the tap's last "
                 f"hook point, {self.last_hook}"
             )
-        labels = predicting_labels(batch.concept_labels) if self.predicting else batch.concept_labels
+        labels = (
+            predicting_labels(batch.concept_labels) if self.predicting else batch.concept_labels
+        )
         real = labels != IGNORE_CONCEPT
         kept = [self._batch[key].float().cpu() for key in self.keys]
         for row, index in enumerate(batch.sentence_index.tolist()):

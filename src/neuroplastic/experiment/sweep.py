@@ -47,10 +47,15 @@ from neuroplastic.analysis.measures import BOUNDS as BOUNDS
 from neuroplastic.analysis.measures import CENSORED as CENSORED
 from neuroplastic.analysis.measures import (
     CHASE_MEASURES,
-    MARGINS,
-    MEASURES,
     PREEMPT_MEASURES,
     SAVINGS_MEASURES,
+    measure_table,
+)
+from neuroplastic.analysis.measures import (
+    MARGINS as MARGINS,
+)
+from neuroplastic.analysis.measures import (
+    MEASURES as MEASURES,
 )
 from neuroplastic.analysis.measures import RECOVERY_STEPS as RECOVERY_STEPS
 from neuroplastic.analysis.one_run import chase_measures as chase_measures
@@ -163,8 +168,8 @@ def run_sweep(
         "seeds": list(seeds),
         "modes": modes,
         "methods": methods,
-        "measures": MEASURES,
-        "margins": MARGINS,
+        "measures": measure_table(base.task).descriptions,
+        "margins": measure_table(base.task).margins,
         **({"chase_measures": CHASE_MEASURES} if base.rounds > 1 else {}),
         **({"preempt_measures": PREEMPT_MEASURES} if base.preempt else {}),
         **({"savings_measures": SAVINGS_MEASURES} if base.naive else {}),

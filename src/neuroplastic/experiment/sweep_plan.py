@@ -77,10 +77,10 @@ def plan_sweep(
 ) -> SweepPlan:
     """Every (cell, seed) run with its settings, each checked: raises on the first that is not
     valid, before anything runs."""
-    if base.task != "ner":
+    if base.task != "ner" and grid:
         raise NeuroplasticError(
-            "sweep measures recovery of entity F1, so it needs --task ner; run --task lm "
-            "experiments one by one with `neuroplastic run`"
+            "--grid compares the retrainer's choices by entity F1, so it needs --task ner; "
+            "sweep --task lm over --seeds (and --mode, --method) without it"
         )
     if not seeds or len(set(seeds)) != len(seeds):
         raise NeuroplasticError(f"give distinct seeds, e.g. --seeds 0,1,2; got {list(seeds)}")

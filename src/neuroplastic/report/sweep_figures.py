@@ -35,14 +35,17 @@ def error_bars(values: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"type": "data", "symmetric": False, "array": high, "arrayminus": low}
 
 
-def seed_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], concept: str) -> Figure:
-    """Every seed's concept F1 against retraining step, per arm, thin; the mean of the seeds,
-    thick, where all seeds were evaluated at the same steps."""
+def seed_curves(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], concept: str, score: str = "f1"
+) -> Figure:
+    """Every seed's concept score against retraining step, per arm, thin; the mean of the
+    seeds, thick, where all seeds were evaluated at the same steps. ``score``: ``f1``, or a
+    language model's ``lm_loss`` (the concept's next-token loss)."""
     go = _go()
     figure = go.Figure()
     for arm, per_seed in curves.items():
         color = ARM_COLORS.get(arm, OTHER_COLOR)
-        frames = [pd.DataFrame(c) for c in per_seed]
+        frames = [pd.DataFrame(c).rename(columns={score: "f1"}) for c in per_seed]
         for i, curve in enumerate(frames):
             figure.add_trace(
                 go.Scatter(
@@ -62,7 +65,7 @@ def seed_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], concept: str)
             )  # fmt: skip
     figure.update_layout(
         xaxis_title="retraining step (0 = pruned)",
-        yaxis_title=f"{concept} F1",
+        yaxis_title=f"{concept} F1" if score == "f1" else f"next-token loss on {concept} (nats)",
         margin={"t": 30},
     )
     return figure

@@ -165,13 +165,19 @@ def _measures(page: HtmlPage, measures: dict[str, str], result: dict[str, Any]) 
 
 
 def _stage_scores(page: HtmlPage, result: dict[str, Any]) -> None:
+    score = _score(result)
     rows = []
     for arm, data in result["arms"].items():
-        for stage, entities in data["f1"].items():
+        for stage, entities in data[score].items():
             rows.append(
                 {"arm": arm, "stage": stage, **{e: as_text(v) for e, v in entities.items()}}
             )
-    with page.details("Entity F1 per stage (mean [95% interval])"):
+    title = (
+        "Entity F1 per stage"
+        if score == "f1"
+        else "Next-token loss per stage, on the concept's tokens and on every other token (nats)"
+    )
+    with page.details(f"{title} (mean [95% interval])"):
         page.table(pd.DataFrame(rows).set_index(["arm", "stage"]), float_format=None)
 
 
@@ -242,9 +248,15 @@ def _cell(value: dict[str, Any]) -> str:
     return text
 
 
+def _score(result: dict[str, Any]) -> str:
+    """The cell's stage score: ``f1`` (NER), or ``lm_loss`` (``--task lm``)."""
+    return "lm_loss" if "lm_loss" in result["arms"]["concept"] else "f1"
+
+
 def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
     curves = {arm: data["curves"] for arm, data in result["arms"].items()}
-    page.plotly(sweep_figures.seed_curves(curves, concept), height="380px")
+    figure = sweep_figures.seed_curves(curves, concept, _score(result))
+    page.plotly(figure, height="380px")
 
 
 PREDICTION_MEASURES = {

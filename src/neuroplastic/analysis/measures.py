@@ -157,7 +157,8 @@ LM_RUN_MEASURES: tuple[Measure, ...] = (
         "steps_to_recover_90",
         "first crossing: retraining steps until 90% of the concept loss's rise at the removal "
         "is first recovered (interpolated), whether or not it stays so; censored at the budget "
-        "when it never is; undefined for an arm whose rise is under 10% of the base loss",
+        "when it never is; undefined for an arm whose perplexity on the concept rose by less than "
+        "10% (a rise under ln 1.1 nats: a control)",
         censored=True,
         margin=3.0,
     ),
@@ -174,7 +175,8 @@ LM_RUN_MEASURES: tuple[Measure, ...] = (
             f"share_recovered_{step}",
             f"share of the concept loss's rise recovered after {step} retraining steps, "
             "(loss pruned - loss) / (loss pruned - loss base), interpolated between "
-            "evaluations; undefined for an arm whose rise is under 10% of the base loss",
+            "evaluations; undefined for an arm whose perplexity on the concept rose by less "
+            "than 10%",
             margin=0.05,
         )
         for step in SHARE_STEPS

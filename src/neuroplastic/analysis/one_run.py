@@ -247,7 +247,7 @@ def _lm_scores(metrics: pd.DataFrame, arm: str, entries: Sequence[Any]) -> dict[
     """An arm's measures of the concept's next-token loss (:data:`~neuroplastic.analysis.
     measures.LM_RUN_MEASURES`): its rise at the removal beside the other tokens', and recovery
     as the share of that rise recovered (:func:`~neuroplastic.core.curves.rise_recovered`;
-    undefined, not censored, when the rise is under ``MIN_DROP`` of the base loss)."""
+    undefined, not censored, when the perplexity rose by less than ``MIN_DROP``)."""
     losses = {entry.stage: entry.scores["lm_loss"] for entry in entries}
     base, pruned, last = losses["base"], losses["pruned"], losses[entries[-1].stage]
     rows = metrics[(metrics["arm"] == arm) & (metrics["step"] >= 0)]
@@ -255,7 +255,8 @@ def _lm_scores(metrics: pd.DataFrame, arm: str, entries: Sequence[Any]) -> dict[
         "step", kind="stable"
     )
     steps, concept_loss = rows["step"].astype(float), rows["lm_loss_concept"].astype(float)
-    curve = rise_recovered(steps, concept_loss, base["concept"], MIN_DROP * base["concept"])
+    # As F1's MIN_DROP asks 10% of base F1, a loss must rise by ln 1.1 nats: perplexity +10%.
+    curve = rise_recovered(steps, concept_loss, base["concept"], math.log1p(MIN_DROP))
     recovered = recovery(curve, 1.0, RECOVERY_TARGET) if curve is not None else None
     rise = {kind: pruned[kind] - base[kind] for kind in ("concept", "other")}
     return {

@@ -43,9 +43,7 @@ def lm_losses(model, data, concept: str) -> dict[str, float]:
 
 
 def one_seed(model, args, seed: int) -> list[dict]:
-    corpus = load_corpus(
-        n_train=10, n_validation=args.validation, n_probe=args.probe, seed=seed
-    )
+    corpus = load_corpus(n_train=10, n_validation=args.validation, n_probe=args.probe, seed=seed)
     probe = encode_split(corpus, model.tokenizer, "probe", max_length=48)
     validation = encode_split(corpus, model.tokenizer, "validation", max_length=48)
     base = lm_losses(model, validation, args.concept)
@@ -58,14 +56,23 @@ def one_seed(model, args, seed: int) -> list[dict]:
             for fraction in args.fractions:
                 concept_set = NeuronSet.top_fraction(ranking, fraction)
                 arms = {"concept": concept_set, "random": concept_set.random_matching(seed)}
-                row = {"seed": seed, "positions": positions, "method": method,
-                       "fraction": fraction, "neurons": len(concept_set), "base": base}
+                row = {
+                    "seed": seed,
+                    "positions": positions,
+                    "method": method,
+                    "fraction": fraction,
+                    "neurons": len(concept_set),
+                    "base": base,
+                }
                 for arm, neurons in arms.items():
                     with ablate(model, neurons):
                         after = lm_losses(model, validation, args.concept)
                     rise = {k: after[k] - base[k] for k in after}
-                    row[arm] = {"lm_loss": after, "rise": rise,
-                                "specificity": rise["concept"] - rise["other"]}
+                    row[arm] = {
+                        "lm_loss": after,
+                        "rise": rise,
+                        "specificity": rise["concept"] - rise["other"],
+                    }
                 rows.append(row)
                 print(
                     f"seed {seed} {positions:>10} {method} {fraction:.3%}: specificity "
@@ -132,9 +139,10 @@ def main() -> None:
             "probe_sentences": args.probe,
             "validation_sentences": args.validation,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "command": "python benchmarks/llm_specificity.py " + " ".join(
-                f"--{k} {v}" for k, v in (("model", args.model), ("seeds", args.seeds),
-                                          ("out", args.out))
+            "command": "python benchmarks/llm_specificity.py "
+            + " ".join(
+                f"--{k} {v}"
+                for k, v in (("model", args.model), ("seeds", args.seeds), ("out", args.out))
             ),
             "summary": summarise(rows),
             "rows": rows,

@@ -208,6 +208,8 @@ def test_an_lm_sweep_measures_the_loss_rise_and_its_recovery(tmp_path):
         assert [g is None for g in got] == [s is None for s in shares]
         assert [g for g in got if g is not None] == pytest.approx([s for s in shares if s])
         assert set(measured["lm_loss"]["pruned"]) == {"concept", "other"}
+    # the random arm is its own control: no gap to close
+    assert cell["arms"]["random"]["control_gap_closed_5"]["values"] == [None, None]
     paired = cell["concept_minus_random"]["specificity_at_pruning"]["values"]
     concept = cell["arms"]["concept"]["specificity_at_pruning"]["values"]
     random = cell["arms"]["random"]["specificity_at_pruning"]["values"]
@@ -319,3 +321,16 @@ def test_lm_recovery_is_the_share_of_the_loss_rise_won_back():
         assert (still["recovery"] is not None) is defined
         assert math.isnan(still["steps_to_recover_90"]) is not defined
         assert still["drop_at_pruning"] == pytest.approx(rise)
+
+
+def test_the_gap_to_the_control_cancels_what_retraining_does_to_both():
+    """Both arms drift up by 0.1 nats a step; the concept arm starts 1 nat above its control
+    and closes half of it by step 4, all by step 8: by hand 0.5 at 4, 1.0 at 8, 0.25 at 2."""
+    control = {"step": [0, 4, 8], "lm_loss": [4.0, 4.4, 4.8]}
+    treated = {"step": [0, 4, 8], "lm_loss": [5.0, 4.9, 4.8]}
+    closed = [curves.control_gap_closed(treated, control, s, 0.1, "lm_loss") for s in (2, 4, 8)]
+    assert closed == pytest.approx([0.25, 0.5, 1.0])
+    # Past either curve's last evaluation, or with a gap under the minimum: undefined.
+    assert math.isnan(curves.control_gap_closed(treated, control, 9, 0.1, "lm_loss"))
+    small = {"step": [0, 4, 8], "lm_loss": [4.05, 4.4, 4.8]}
+    assert math.isnan(curves.control_gap_closed(small, control, 4, 0.1, "lm_loss"))

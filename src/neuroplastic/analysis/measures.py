@@ -181,6 +181,18 @@ LM_RUN_MEASURES: tuple[Measure, ...] = (
         )
         for step in SHARE_STEPS
     ),
+    *(
+        Measure(
+            f"control_gap_closed_{step}",
+            f"share of the concept arm's gap to the random arm at the removal closed after "
+            f"{step} retraining steps, 1 - gap / gap at the removal, gap = the concept arm's "
+            "loss on the concept's tokens minus the random arm's (paired within the seed, so "
+            "what retraining does to both cancels); undefined for the random arm and where the "
+            "gap at the removal is under ln 1.1 nats",
+            margin=0.05,
+        )
+        for step in SHARE_STEPS
+    ),
     Measure(
         "recovery_auc",
         "mean share of the rise recovered over the retraining steps (1 = back at once)",

@@ -23,6 +23,7 @@ from neuroplastic.core.curves import (
     RECOVERY_TARGET,
     SAVINGS_TARGETS,
     SHARE_STEPS,
+    control_gap_closed,
     recovery,
     rise_recovered,
     savings,
@@ -85,6 +86,8 @@ def measures_of_run(run: RunDir, top: int | float = 0.01) -> dict[str, Any]:
         }
         if data.control is not None:
             arms[arm]["control"] = data.control
+    if task == "lm":
+        _add_control_gap(arms)
     measures = {
         "seed": summary.config["seed"],
         "task": task,
@@ -274,6 +277,21 @@ def _lm_scores(metrics: pd.DataFrame, arm: str, entries: Sequence[Any]) -> dict[
             **({"recovered": curve["recovered"]} if curve is not None else {}),
         },
     }
+
+
+def _add_control_gap(arms: dict[str, Any]) -> None:
+    """Each arm's ``control_gap_closed_{step}``: the concept arm's against the random arm of
+    the same seed (:func:`~neuroplastic.core.curves.control_gap_closed`); NaN for the random
+    arm, which is its own control, and for every arm of a run without one."""
+    for arm, measured in arms.items():
+        for step in SHARE_STEPS:
+            closed = math.nan
+            if arm == "concept" and "random" in arms:
+                closed = control_gap_closed(
+                    measured["curve"], arms["random"]["curve"], step, math.log1p(MIN_DROP),
+                    column="lm_loss",
+                )  # fmt: skip
+            measured[f"control_gap_closed_{step}"] = closed
 
 
 def _recovery_measures(recovered: dict[str, Any] | None) -> dict[str, Any]:

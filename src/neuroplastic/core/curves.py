@@ -38,6 +38,26 @@ def rise_recovered(
     return {"step": [float(s) for s in steps], "recovered": list((losses[0] - losses) / rise)}
 
 
+def control_gap_closed(
+    treated: Curve, control: Curve, step: float, min_gap: float, column: str
+) -> float:
+    """The share of the treated arm's gap to its paired control at the first evaluation
+    (the removal) closed by ``step``: 1 - gap(step) / gap(0), with gap = treated - control
+    in ``column`` (a loss: the removal raised it; each curve interpolated at ``step``).
+    Retraining that moves both arms alike (drift) cancels in the gap, as it does not in a
+    share of the distance back to base. NaN when ``step`` is past either curve's last
+    evaluation or the gap at the removal is under ``min_gap``."""
+    t_steps, t_values = np.asarray(treated["step"], float), np.asarray(treated[column], float)
+    c_steps, c_values = np.asarray(control["step"], float), np.asarray(control[column], float)
+    if not len(t_steps) or not len(c_steps) or step > min(t_steps[-1], c_steps[-1]):
+        return math.nan
+    first = t_values[0] - c_values[0]
+    if not first >= min_gap:
+        return math.nan
+    now = np.interp(step, t_steps, t_values) - np.interp(step, c_steps, c_values)
+    return float(1 - now / first)
+
+
 def steps_to_recover(curve: Curve, target: float) -> float:
     """The **first crossing**: the first step at which the curve reaches ``target``, linearly
     interpolated between the evaluations around it; the first step if it never fell below;

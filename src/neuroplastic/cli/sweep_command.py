@@ -83,7 +83,7 @@ def sweep(args: argparse.Namespace) -> int:
             specific = data["arms"]["concept"]["specificity_at_pruning"]
             print(
                 f"  {cell}: {config.concept} next-token loss rise at the removal "
-                f"{_mean_ci(drop)} nats, minus the other tokens' {_mean_ci(specific)}, "
+                f"{_mean_ci(drop)} nats, {_mean_ci(specific)} more than the other tokens', "
                 "across seeds"
             )
         else:

@@ -62,8 +62,9 @@ def build_sweep_report(sweep: dict[str, Any]) -> HtmlPage:
             f"{seeds_missing} (aggregated with --only-finished while the sweep was unfinished); "
             "its intervals are over the seeds it has.</p>"
         )
+    head = "the head's initialisation, " if config.get("task", "ner") == "ner" else ""
     page.paragraph(
-        f"{len(seeds)} seeds per cell. A seed changes the head's initialisation, the data order, "
+        f"{len(seeds)} seeds per cell. A seed changes {head}the data order, "
         "dropout, the sentences sampled and the random control's neurons; everything else is "
         "fixed. Every number is a mean across seeds with a 95% t-interval across seeds "
         f"(n = {len(seeds)}; seeds are the unit of replication). 'concept - random' is the "

@@ -157,3 +157,36 @@ def test_the_savings_headline_is_the_fair_naive_sweep():
     words = {1: "one seed", 2: "two seeds", 3: "three seeds", 4: "four seeds"}
     if len(seeds) in words:
         assert f"{words[len(seeds)]} so far" in README
+
+
+def test_the_smollm2_figures_are_the_committed_sweep():
+    """The SmolLM2 page's relearning table and the README's SmolLM2 row, as the committed
+    --task lm sweep holds them (2 decimals), with the number of seeds said where they are."""
+    sweep = json.loads((ROOT / "benchmarks" / "results" / "sweep-smollm2-lm-cpu.json").read_text())
+    cell = sweep["cells"]["hold-selectivity"]
+    concept, random = cell["arms"]["concept"], cell["arms"]["random"]
+
+    def shown(m: dict) -> str:
+        return f"{m['mean']:.2f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
+
+    page = (DOCS / "studies" / "llm.md").read_text(encoding="utf-8")
+    for measure in (
+        "drop_at_pruning",
+        "other_rise_at_pruning",
+        "specificity_at_pruning",
+        "share_recovered_5",
+        "share_recovered_10",
+        "share_recovered_30",
+        "control_gap_closed_5",
+        "control_gap_closed_10",
+        "control_gap_closed_30",
+    ):
+        assert shown(concept[measure]) in page, measure
+    assert shown(random["drop_at_pruning"]) in page
+    paired = cell["concept_minus_random"]
+    for measure in ("specificity_at_pruning", "final_gap_to_base"):
+        assert shown(paired[measure]) in page, measure
+    for measure in ("drop_at_pruning", "control_gap_closed_10"):
+        assert shown(concept[measure]) in README, measure
+    words = {3: "3 seeds", 4: "4 seeds", 5: "5 seeds"}
+    assert words[len(cell["seeds"])] in page

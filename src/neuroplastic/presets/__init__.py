@@ -9,7 +9,7 @@ stage. The control holds as many random neurons in total (at 50% some layers hav
 neurons left for a per-layer match).
 
 ``smollm2``: the offline decoder SmolLM2-135M-Instruct (Q4_1 weights de-quantised) under
-``--task lm`` on the embedded corpus, sized for about 25 minutes on two CPU cores: the top 0.5%
+``--task lm`` on the embedded corpus, about 12 minutes a run on two CPU cores: the top 0.5%
 of its 46,080 MLP neurons by ``selectivity``, ranked at the positions that predict a place name
 (where its loss is computed), held at zero beside as many random neurons per layer; base
 fine-tuning to a plateau (at most 60 steps of 8 sentences), then 3 retraining stages of 10

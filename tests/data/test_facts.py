@@ -11,6 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from neuroplastic.core.fact_scores import (
+    _encoder,
+    choice_log_likelihoods,
+    greedy_answers,
+    greedy_exact_match,
+    known_facts,
+    multiple_choice_accuracy,
+)
 from neuroplastic.core.generated import generated_model
 from neuroplastic.data.concept import IGNORE_CONCEPT, ConceptDataset
 from neuroplastic.data.facts import (
@@ -20,13 +28,7 @@ from neuroplastic.data.facts import (
     RELATIONS,
     TRAIN_TEMPLATES,
     Fact,
-    _encoder,
-    choice_log_likelihoods,
     generate_facts,
-    greedy_answers,
-    greedy_exact_match,
-    known_facts,
-    multiple_choice_accuracy,
     multiple_choices,
     prompt_for,
     render_fact,

@@ -354,6 +354,26 @@ def test_greedy_matches_hugging_face_generate(tiny_llama, hf_llama, tokenizer):
     assert all(expected)  # the random model wrote something to compare
 
 
+def test_greedy_stops_once_the_match_is_decided(tiny_llama):
+    prompts = ["The capital of France is", "Lagos is a city in", "The city of Lima lies in"]
+    full = greedy_answers(tiny_llama, prompts, max_new_tokens=6)
+    # Per prompt: an answer it leaves at once, its own first word (a match), and its first two
+    # words glued together (it writes the first, then leaves).
+    assert all(len(text.split()) >= 2 for text in full)
+    for answers, verdict in (
+        (["Zanzibar"] * 3, False),
+        ([text.split()[0] for text in full], True),
+        (["".join(text.split()[:2]) for text in full], False),
+    ):
+        early = greedy_answers(tiny_llama, prompts, max_new_tokens=6, answers=answers)
+        for e, f, answer in zip(early, full, answers, strict=True):
+            assert f.startswith(e)
+            assert greedy_exact_match(e, answer) is greedy_exact_match(f, answer) is verdict
+    # Leaving the answer at the first token: one token written, not six.
+    stopped = greedy_answers(tiny_llama, prompts, max_new_tokens=6, answers=["Zanzibar"] * 3)
+    assert all(len(bare_ids(tiny_llama.tokenizer, text)) == 1 for text in stopped)
+
+
 @pytest.mark.parametrize(
     ("continuation", "answer", "match"),
     [

@@ -179,42 +179,68 @@ def multiple_choice_accuracy(
 # Greedy answers
 
 
-def _greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a batch, one full forward per new token (no KV cache: prompts
-    are a few tokens, and a right-padded forward is exactly the unbatched one). A row stops at
-    the end-of-sequence token, which is not part of its text."""
+def _match_decided(text: str, answer: str) -> bool:
+    """Whether more text could still change :func:`greedy_exact_match`'s verdict: no once the
+    text has left the answer, or has written it and the character after it."""
+    stripped = text.lstrip()
+    if stripped.startswith(answer):
+        return len(stripped) > len(answer)
+    return not answer.startswith(stripped)
+
+
+def _greedy_batch(
+    model: Any, prompts: Sequence[str], max_new_tokens: int, answers: Sequence[str] | None
+) -> list[str]:
+    """Greedy continuations of a batch, one forward of the rows still writing per new token
+    (no KV cache: prompts are a few tokens, and a right-padded forward is exactly the
+    unbatched one). A row stops at the end-of-sequence token, which is not part of its text,
+    and, given its answer, as soon as its match is decided."""
     tokenizer = model.tokenizer
     encode = _encoder(tokenizer)
     rows = [encode(p).ids for p in prompts]
     new: list[list[int]] = [[] for _ in rows]
-    done = [False] * len(rows)
+    writing = list(range(len(rows)))
     for _ in range(max_new_tokens):
-        tokens, mask = _right_padded(rows, _pad_id(tokenizer))
-        last = torch.tensor([len(r) - 1 for r in rows])
-        chosen = _logits(model, tokens, mask)[torch.arange(len(rows)), last].argmax(-1)
-        for i, token in enumerate(chosen.tolist()):
-            if done[i]:
-                continue
+        if not writing:
+            break
+        tokens, mask = _right_padded([rows[i] for i in writing], _pad_id(tokenizer))
+        last = torch.tensor([len(rows[i]) - 1 for i in writing])
+        chosen = _logits(model, tokens, mask)[torch.arange(len(writing)), last].argmax(-1)
+        still = []
+        for i, token in zip(writing, chosen.tolist(), strict=True):
             if token == tokenizer.eos_token_id:
-                done[i] = True
                 continue
             rows[i] = rows[i] + [token]
             new[i].append(token)
-        if all(done):
-            break
+            if answers is None or not _match_decided(tokenizer.decode(new[i]), answers[i]):
+                still.append(i)
+        writing = still
     return [tokenizer.decode(ids) for ids in new]
 
 
 def greedy_answers(
-    model: Any, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 32
+    model: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 8,
+    batch_size: int = 32,
+    answers: Sequence[str] | None = None,
 ) -> list[str]:
     """Each prompt's greedy continuation, as text (it starts with the space before the first
     word when the model writes one), at most ``max_new_tokens`` tokens, cut at end-of-sequence.
-    Prompts are tokenized as :func:`choice_log_likelihoods` tokenizes them."""
+    Prompts are tokenized as :func:`choice_log_likelihoods` tokenizes them.
+
+    With ``answers`` (one per prompt), a row stops as soon as :func:`greedy_exact_match` is
+    decided for it: most continuations leave the answer at their first token, so scoring many
+    facts costs a few forwards, not ``max_new_tokens``. The text is then the continuation's
+    beginning, and its verdict the full continuation's."""
+    if answers is not None and len(answers) != len(prompts):
+        raise NeuroplasticError(f"{len(answers)} answers for {len(prompts)} prompts")
     out: list[str] = []
     with _evaluating(model):
         for start in range(0, len(prompts), batch_size):
-            out += _greedy_batch(model, prompts[start : start + batch_size], max_new_tokens)
+            end = start + batch_size
+            chunk = None if answers is None else answers[start:end]
+            out += _greedy_batch(model, prompts[start:end], max_new_tokens, chunk)
     return out
 
 
@@ -261,8 +287,9 @@ def evaluate_facts(
 ) -> list[FactResult]:
     """Ask ``model`` every fact: multiple choice (distractors from ``facts``, drawn with
     ``seed``) and greedy, with one template per relation (by default the first evaluation
-    template). Greedy runs two tokens past the longest answer, so a match is followed by a
-    boundary the model actually wrote, not by the end of the budget."""
+    template). Greedy stops where its match is decided, and at most two tokens past the
+    longest answer, so a match is followed by a boundary the model actually wrote, not by the
+    end of the budget; ``greedy`` holds the text up to there."""
     templates = {r: EVAL_TEMPLATES[r][0] for r in RELATIONS} | dict(templates or {})
     prompts = [prompt_for(f, templates[f.relation]) for f in facts]
     questions = multiple_choices(facts, seed)
@@ -270,7 +297,7 @@ def evaluate_facts(
     answer_index = torch.tensor([q.answer_index for q in questions])
     correct = multiple_choice_correct(scores, answer_index).tolist()
     budget = max(_answer_tokens(model.tokenizer, f.answer) for f in facts) + 2
-    greedy = greedy_answers(model, prompts, budget, batch_size)
+    greedy = greedy_answers(model, prompts, budget, batch_size, [f.answer for f in facts])
     return [
         FactResult(
             fact=q.fact,

@@ -257,12 +257,14 @@ class ExperimentConfig:
     concept: str = setting(
         "LOC", help="the entity label whose neurons are ablated, e.g. LOC or PER", unit="LABEL"
     )
-    method: Literal["probeless", "smd", "selectivity"] = setting(
+    method: Literal["probeless", "smd", "selectivity", "ratio"] = setting(
         RUN_METHOD,
         help=(
             "how neurons are ranked for the concept: selectivity puts the concept's own "
             f"neurons first; {RANK_METHOD} (the paper's, and `neuroplastic rank`'s default) "
-            "those of every entity type, whose removal takes the other types too"
+            "those of every entity type, whose removal takes the other types too; ratio "
+            "the mean squared activation on the concept over that on the rest (the "
+            "forget/retain ratio of unlearning work)"
         ),
     )
     task: Literal["ner", "lm"] = setting(

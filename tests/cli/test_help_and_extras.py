@@ -112,8 +112,8 @@ def test_every_help_answers_without_importing_torch():
         assert loaded == [], f"`neuroplastic {command} --help` imported {loaded}"
         assert text.startswith("usage: neuroplastic"), command
     # Choices are listed, and the help text is the real one (not an empty parser's).
-    assert "--method {probeless,smd,selectivity}" in result["rank"][2]
-    assert "--method {probeless,smd,selectivity}" in result["run"][2]
+    assert "--method {probeless,smd,selectivity,ratio}" in result["rank"][2]
+    assert "--method {probeless,smd,selectivity,ratio}" in result["run"][2]
     assert "--mode {hold,regrow}[,...]" in result["sweep"][2]
     assert "--stage-steps STEPS" in result["run"][2]
 

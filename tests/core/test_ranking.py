@@ -144,6 +144,17 @@ def test_neuron_set_json_round_trip_and_errors(tmp_path):
         NeuronSet.top_k(layered_ranking(), 13)
 
 
+def test_ratio_by_hand():
+    # Neuron 0: LOC rows 5, 3 -> (25 + 9) / 2 = 17; the rest 0, 2, 1, 1 -> 6 / 4 = 1.5.
+    table = TOKENS.numpy().astype(float)
+    inside, outside = table[TOKEN_LABELS == 1], table[TOKEN_LABELS != 1]
+    expected = (inside**2).mean(0) / (outside**2).mean(0)
+    assert expected[0] == pytest.approx(17 / 1.5)
+    ranking = Ranking.from_stats(toy_stats(), "LOC", "ratio")
+    np.testing.assert_allclose(ranking.scores[0].numpy(), expected, rtol=1e-5)
+    assert ranking.top(1) == [(0, int(expected.argmax()))]
+
+
 def test_selectivity_by_hand():
     # Per-label variances: neuron 0: O 1, LOC 1, PER 0; neuron 1: O 0, LOC 1, PER 1.
     # Neuron 0 margins: vs O (4-1)/sqrt(1) = 3, vs PER (4-1)/sqrt(0.5) = 4.24 -> 3.
@@ -159,7 +170,7 @@ def test_dead_neurons_are_not_ranked_with_every_method():
     stats = toy_stats()
     # Neuron 3 never fires.
     silent = toy_stats(torch.cat([TOKENS, torch.zeros(len(TOKENS), 1)], dim=1))
-    for method in ("probeless", "smd", "selectivity"):
+    for method in RANKER_NAMES:
         ranking = Ranking.from_stats(silent, "LOC", method)
         live = Ranking.from_stats(stats, "LOC", method)
         assert ranking.alive.tolist() == [[True, True, True, False]], method
@@ -197,7 +208,7 @@ def random_stats(n_layers: int, d_mlp: int, dead: torch.Tensor, seed: int = 0) -
     )
 
 
-@pytest.mark.parametrize("method", ["probeless", "smd", "selectivity"])
+@pytest.mark.parametrize("method", RANKER_NAMES)
 def test_ablated_neurons_cannot_fake_a_move_to_earlier_layers(method):
     # Random statistics carry no concept anywhere: every layer's live neurons should sit at a
     # mean saliency of 0.5. Half of the last two layers are ablated (exactly zero). Ranking

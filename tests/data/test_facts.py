@@ -25,17 +25,22 @@ from neuroplastic.data.facts import (
     CAPITAL_OF,
     COUNTRY_OF,
     EVAL_TEMPLATES,
+    FACT_LABELS,
+    FORGET,
     RELATIONS,
+    RETAIN,
     TRAIN_TEMPLATES,
     Fact,
     generate_facts,
     multiple_choices,
     prompt_for,
+    recall_dataset,
     render_fact,
     split_facts,
 )
 from neuroplastic.errors import NeuroplasticError
 
+TAGS = ("O", "B-FORGET", "I-FORGET", "B-RETAIN", "I-RETAIN")
 # A clean name, written out here: up to four words of ASCII letters and . ' - (see _clean_name).
 CLEAN = re.compile(r"[A-Za-z][A-Za-z.'-]*( [A-Za-z][A-Za-z.'-]*){0,3}")
 
@@ -172,6 +177,39 @@ def test_concept_dataset_labels_the_answer_and_its_predicting_position(tokenizer
         # Multiple choice scores the same tokens: the answer is where the dataset labels it.
         encoded = _encoder(tokenizer)(prompt_for(fact, rendered[i].template), fact.answer)
         assert encoded.ids == ids and encoded.continuation_start == answer[0]
+
+
+def test_recall_positions_are_the_subjects_last_token_and_the_prompts_last(tokenizer):
+    facts = [
+        Fact(CAPITAL_OF, "Papua New Guinea", "Port Moresby"),
+        Fact(COUNTRY_OF, "Lagos", "Nigeria"),
+    ]
+    rendered = [
+        render_fact(facts[0], "The capital city of {subject} is", FORGET),
+        render_fact(facts[1], "{subject} is a large city in", RETAIN),
+    ]
+    data = ConceptDataset([r.sentence for r in rendered], tokenizer, FACT_LABELS, TAGS)
+    recall = recall_dataset(data, rendered)
+    encode = _encoder(tokenizer)
+    for i, (fact, label) in enumerate(zip(facts, (FORGET, RETAIN), strict=True)):
+        # Independently: the token count of the text up to the subject's end, and of the
+        # whole prompt, each tokenized alone (BPE merges stop at spaces).
+        prompt = prompt_for(fact, rendered[i].template)
+        up_to_subject = prompt[: prompt.index(fact.subject) + len(fact.subject)]
+        subject_end = len(encode(up_to_subject).ids) - 1
+        prompt_end = len(encode(prompt).ids) - 1
+        labels = recall.encoded[i].concept_labels
+        marked = [p for p, c in enumerate(labels) if c != IGNORE_CONCEPT]
+        assert marked == sorted({subject_end, prompt_end})
+        assert {labels[p] for p in marked} == {FACT_LABELS.index(label)}
+        ids = data.encoded[i].token_ids
+        assert tokenizer.decode(ids[: subject_end + 1]).endswith(fact.subject)
+        # The tokens are untouched, and the plain dataset is not changed by it.
+        assert recall.encoded[i].token_ids == ids
+        assert data.encoded[i].concept_labels != labels
+    with pytest.raises(NeuroplasticError, match="cut off at max_length"):
+        short = ConceptDataset([r.sentence for r in rendered], tokenizer, FACT_LABELS, TAGS, 6)
+        recall_dataset(short, rendered)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "neuroplastic"
 
 #: lowest first; a module may import its own floor and the floors below it
 FLOORS = [
-    {"errors", "io", "extras", "progress", "distributed", "config", "presets"},
+    {"errors", "io", "extras", "progress", "distributed", "config", "facts_config", "presets"},
     {"data"},
     {"core"},
     {"store"},

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, NoReturn, get_args, get_origin, get_type_hints
 
-from neuroplastic.cli import inspect_commands, run_commands, sweep_command
+from neuroplastic.cli import facts_command, inspect_commands, run_commands, sweep_command
 from neuroplastic.cli.arguments import choice_list, positive_int, setting_defaults, setting_metadata
 from neuroplastic.cli.options import ModelData, NoReport, Quiet, Rank, RunOut, Sweep, SweepOut, View
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     for build in (_rank_parser, _run_parser, _sweep_parser, _report_parser, _view_parser):
         build(commands)
+    facts_command.add_parser(commands)
     return parser
 
 

@@ -20,6 +20,7 @@ from neuroplastic.data.facts import (
     EVAL_TEMPLATES,
     RELATIONS,
     Fact,
+    MultipleChoice,
     multiple_choices,
     prompt_for,
 )
@@ -278,26 +279,34 @@ def _answer_tokens(tokenizer: Any, answer: str) -> int:
     return len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
 
 
-def evaluate_facts(
+def ask(
     model: Any,
-    facts: Sequence[Fact],
+    questions: Sequence[MultipleChoice],
     templates: Mapping[str, str] | None = None,
-    seed: int = 0,
     batch_size: int = 32,
+    greedy: bool = True,
 ) -> list[FactResult]:
-    """Ask ``model`` every fact: multiple choice (distractors from ``facts``, drawn with
-    ``seed``) and greedy, with one template per relation (by default the first evaluation
-    template). Greedy stops where its match is decided, and at most two tokens past the
-    longest answer, so a match is followed by a boundary the model actually wrote, not by the
-    end of the budget; ``greedy`` holds the text up to there."""
+    """Ask ``model`` fixed questions: multiple choice among each question's choices, and
+    (``greedy``) its greedy continuation, with one template per relation (by default the first
+    evaluation template). Greedy stops where its match is decided, and at most two tokens past
+    the longest answer, so a match is followed by a boundary the model actually wrote, not by
+    the end of the budget; ``greedy`` holds the text up to there (empty when not asked).
+
+    The questions are the instrument: draw them once (:func:`multiple_choices` over the whole
+    fact pool) and ask every model state the same ones, so a change in accuracy is the model's."""
+    if not questions:
+        raise NeuroplasticError("no questions to ask")
     templates = {r: EVAL_TEMPLATES[r][0] for r in RELATIONS} | dict(templates or {})
+    facts = [q.fact for q in questions]
     prompts = [prompt_for(f, templates[f.relation]) for f in facts]
-    questions = multiple_choices(facts, seed)
     scores = choice_log_likelihoods(model, prompts, [q.choices for q in questions], batch_size)
     answer_index = torch.tensor([q.answer_index for q in questions])
     correct = multiple_choice_correct(scores, answer_index).tolist()
-    budget = max(_answer_tokens(model.tokenizer, f.answer) for f in facts) + 2
-    greedy = greedy_answers(model, prompts, budget, batch_size, [f.answer for f in facts])
+    if greedy:
+        budget = max(_answer_tokens(model.tokenizer, f.answer) for f in facts) + 2
+        texts = greedy_answers(model, prompts, budget, batch_size, [f.answer for f in facts])
+    else:
+        texts = [""] * len(facts)
     return [
         FactResult(
             fact=q.fact,
@@ -307,12 +316,36 @@ def evaluate_facts(
             log_likelihoods=tuple(row),
             multiple_choice=bool(right),
             greedy=text,
-            greedy_match=greedy_exact_match(text, q.fact.answer),
+            greedy_match=greedy and greedy_exact_match(text, q.fact.answer),
         )
         for q, prompt, row, right, text in zip(
-            questions, prompts, scores.tolist(), correct, greedy, strict=True
+            questions, prompts, scores.tolist(), correct, texts, strict=True
         )
     ]
+
+
+def accuracies(results: Sequence[FactResult], greedy: bool = True) -> dict[str, float | int]:
+    """The share answered right by multiple choice (and greedily, when asked), and how many."""
+    n = len(results)
+    out: dict[str, float | int] = {
+        "n": n,
+        "multiple_choice": sum(r.multiple_choice for r in results) / n,
+    }
+    if greedy:
+        out["greedy"] = sum(r.greedy_match for r in results) / n
+    return out
+
+
+def evaluate_facts(
+    model: Any,
+    facts: Sequence[Fact],
+    templates: Mapping[str, str] | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[FactResult]:
+    """Ask ``model`` every fact (see :func:`ask`), with distractors drawn from ``facts`` with
+    ``seed``."""
+    return ask(model, multiple_choices(facts, seed), templates, batch_size)
 
 
 def known_facts(

@@ -71,10 +71,29 @@ def selectivity_scores(stats: NeuronStats, concept: str) -> Scores:
     return torch.stack(margins).min(0).values.float()
 
 
+def ratio_scores(stats: NeuronStats, concept: str) -> Scores:
+    """The mean squared activation on the concept's tokens over that on every other token:
+    the forget/retain activation ratio that unlearning work ranks neurons by (with concept =
+    forget, and the rest the retain tokens). Squared, so a neuron strongly negative on the
+    concept counts too (SwiGLU products take either sign). Both means are over tokens; a
+    neuron silent everywhere scores 0/0 -> 1, as if it did not care."""
+    z = _concept_index(stats, concept)
+    n_out = (stats.count.sum() - stats.count[z]).double()
+    if n_out == 0:
+        raise NeuroplasticError(f"every token is labelled {concept!r}; nothing to contrast with")
+    square_in = stats.sum_sq[z] / stats.count[z].double()
+    square_out = (stats.sum_sq.sum(0) - stats.sum_sq[z]) / n_out
+    # A floor far below any activation's square keeps the ratio finite: a neuron that never
+    # fires outside the concept ranks by its square on the concept, times a large constant.
+    tiny = 1e-12
+    return ((square_in + tiny) / (square_out + tiny)).float()
+
+
 RANKERS: dict[str, Callable[[NeuronStats, str], Scores]] = {
     "probeless": probeless_scores,
     "smd": smd_scores,
     "selectivity": selectivity_scores,
+    "ratio": ratio_scores,
 }
 assert tuple(RANKERS) == RANKER_NAMES  # the names settings are checked against, without torch
 

@@ -23,14 +23,16 @@ on are the tokens it is trained, ranked and erased on.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from neuroplastic.data.concept import IGNORE_CONCEPT, ConceptDataset
 from neuroplastic.data.synthetic import _clean_name
 from neuroplastic.data.types import NerSentence, is_valid_tag
 from neuroplastic.errors import NeuroplasticError
@@ -39,6 +41,9 @@ __all__ = [
     "CAPITAL_OF",
     "COUNTRY_OF",
     "EVAL_TEMPLATES",
+    "FACT_LABELS",
+    "FORGET",
+    "RETAIN",
     "N_CHOICES",
     "RELATIONS",
     "TRAIN_TEMPLATES",
@@ -49,7 +54,9 @@ __all__ = [
     "generate_facts",
     "multiple_choices",
     "prompt_for",
+    "recall_dataset",
     "render_fact",
+    "render_facts",
     "split_facts",
 ]
 
@@ -57,6 +64,9 @@ CAPITAL_OF = "capital_of"
 COUNTRY_OF = "country_of"
 RELATIONS: tuple[str, ...] = (CAPITAL_OF, COUNTRY_OF)
 N_CHOICES = 4  # RTT's multiple choice: the answer and three distractors
+# The two groups a facts study labels: the facts it removes and the facts it must keep.
+FORGET, RETAIN = "FORGET", "RETAIN"
+FACT_LABELS: tuple[str, ...] = ("O", FORGET, RETAIN)
 DEFAULT_N_CITIES = 300
 SUBJECT_SLOT = "{subject}"
 
@@ -253,6 +263,51 @@ def render_fact(fact: Fact, template: str, label: str) -> FactSentence:
         subject_last_word=slot + len(subject) - 1,
         answer_first_word=len(prompt_words),
     )
+
+
+def render_facts(
+    facts: Sequence[Fact], templates: dict[str, tuple[str, ...]], label: str
+) -> list[FactSentence]:
+    """Every fact in every template of its relation, fact by fact (a fact's phrasings side by
+    side), the answer tagged with ``label``."""
+    return [render_fact(f, t, label) for f in facts for t in templates[f.relation]]
+
+
+def _last_token_of(word_ids: Sequence[int], word: int) -> int | None:
+    positions = [i for i, w in enumerate(word_ids) if w == word]
+    return positions[-1] if positions else None
+
+
+def recall_dataset(data: ConceptDataset, rendered: Sequence[FactSentence]) -> ConceptDataset:
+    """``data`` (the ``rendered`` facts, encoded) with concept labels at the two positions where
+    a model recalls a fact and nowhere else: the subject's last token, where the model has read
+    the whole subject (the subject-enrichment site of Geva et al. 2023), and the prompt's last
+    token, whose output predicts the answer's first token. Each takes the label of its fact's
+    answer (``FORGET``, ``RETAIN``); every other token is ignored, so statistics, rankers and
+    erasers contrast recall with recall, not with the rest of the text. The answer's own tokens
+    come after recall and are left out. Tokens and tags are unchanged."""
+    if len(rendered) != len(data):
+        raise NeuroplasticError(f"{len(rendered)} rendered facts for {len(data)} sentences")
+    relabelled = []
+    for enc, fact in zip(data.encoded, rendered, strict=True):
+        answer = [
+            label
+            for label, w in zip(enc.concept_labels, enc.word_ids, strict=True)
+            if w == fact.answer_first_word
+        ]
+        subject = _last_token_of(enc.word_ids, fact.subject_last_word)
+        predicting = _last_token_of(enc.word_ids, fact.answer_first_word - 1)
+        if not answer or subject is None or predicting is None:
+            raise NeuroplasticError(
+                f"{fact.fact.key}: its answer was cut off at max_length {data.max_length} "
+                "tokens; raise max_length"
+            )
+        labels = [IGNORE_CONCEPT] * len(enc.concept_labels)
+        labels[subject] = labels[predicting] = answer[0]
+        relabelled.append(replace(enc, concept_labels=labels))
+    recall = copy.copy(data)
+    recall.encoded = relabelled
+    return recall
 
 
 # --------------------------------------------------------------------------------------------

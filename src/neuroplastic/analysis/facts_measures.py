@@ -1,0 +1,99 @@
+"""What a facts study measured, per seed and across seeds.
+
+Per seed (:func:`seed_measures`), from the accuracy on forget-V of each model state:
+
+- the removal's drop on V and T against its cost: the drop on retain facts and the rise of the
+  general-ability loss; the same for the control (as many random neurons per layer), and the
+  paired difference;
+- under each protocol, V after retraining in each arm, and the share of the drop recovered:
+  ``(V after removal+relearn - V after removal) / (V at base - V after removal)``. It is a
+  share only when the removal took something: under :data:`MIN_DROP` of V accuracy it is
+  undefined (None), not censored. ``recovered_net`` subtracts what the same retraining taught
+  the model with no removal (``none_gain``: V after base+relearn minus V at base), since
+  training on T may teach V by itself; ``gap_to_control`` is V after the removal arm's
+  retraining minus V after the control arm's, the same seed's batches.
+
+Across seeds (:func:`aggregate`): each measure's mean and t-interval, seeds the unit. Accuracy
+is multiple choice among four answers (chance 0.25) unless the name says ``greedy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from neuroplastic.analysis.intervals import interval, paired
+
+#: The smallest drop of V accuracy (multiple choice) that makes recovery a share: 0.1 of the
+#: facts, about 4-5 facts of a forget-V of 45 and more than one fact of any V this study has.
+MIN_DROP = 0.1
+#: Accuracy (multiple choice) and greedy exact match; the suffix each gives a measure's name.
+KINDS: dict[str, str] = {"multiple_choice": "", "greedy": "_greedy"}
+#: Measures that compare two arms of the same seed: paired differences.
+PAIRED_SUFFIXES = ("_vs_control", "_gap_to_control")
+
+
+def _share(gain: float, drop: float) -> float | None:
+    return gain / drop if drop >= MIN_DROP else None
+
+
+def seed_measures(
+    states: Mapping[str, Mapping[str, Any]], protocols: Sequence[str]
+) -> dict[str, float | None]:
+    """One seed's measures from its states' scores (``scores.jsonl`` by state name)."""
+    base = states["base"]
+    out: dict[str, float | None] = {}
+    for kind, suffix in KINDS.items():
+        out[f"base_v{suffix}"] = base["forget_v"][kind]
+        for arm in ("removal", "control"):
+            after = states[arm]
+            out[f"{arm}_v{suffix}"] = after["forget_v"][kind]
+            out[f"{arm}_drop_v{suffix}"] = base["forget_v"][kind] - after["forget_v"][kind]
+            out[f"{arm}_drop_t{suffix}"] = base["forget_t"][kind] - after["forget_t"][kind]
+            out[f"{arm}_drop_retain{suffix}"] = base["retain"][kind] - after["retain"][kind]
+        out[f"drop_v{suffix}_vs_control"] = (
+            out[f"removal_drop_v{suffix}"] - out[f"control_drop_v{suffix}"]  # type: ignore[operator]
+        )
+    for arm in ("removal", "control"):
+        out[f"{arm}_general_damage"] = states[arm]["general_loss"] - base["general_loss"]
+    # The removal's own specificity: V's drop beyond the retain facts' drop.
+    out["removal_specificity"] = out["removal_drop_v"] - out["removal_drop_retain"]  # type: ignore[operator]
+    for protocol in protocols:
+        for kind, suffix in KINDS.items():
+            at_base = base["forget_v"][kind]
+            none_gain = states[f"{protocol}/none"]["forget_v"][kind] - at_base
+            out[f"{protocol}_none_gain{suffix}"] = none_gain
+            for arm in ("removal", "control"):
+                removed = states[arm]["forget_v"][kind]
+                relearned = states[f"{protocol}/{arm}"]["forget_v"][kind]
+                out[f"{protocol}_{arm}_v{suffix}"] = relearned
+                out[f"{protocol}_{arm}_recovered{suffix}"] = _share(
+                    relearned - removed, at_base - removed
+                )
+                out[f"{protocol}_{arm}_recovered_net{suffix}"] = _share(
+                    relearned - removed - none_gain, at_base - removed
+                )
+            out[f"{protocol}_gap_to_control{suffix}"] = (
+                states[f"{protocol}/removal"]["forget_v"][kind]
+                - states[f"{protocol}/control"]["forget_v"][kind]
+            )
+        out[f"{protocol}_removal_retain"] = states[f"{protocol}/removal"]["retain"][
+            "multiple_choice"
+        ]
+        out[f"{protocol}_removal_general_damage"] = (
+            states[f"{protocol}/removal"]["general_loss"] - base["general_loss"]
+        )
+    return out
+
+
+def aggregate(seed_summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each measure across seeds: mean and 95% t-interval (paired measures also with the
+    difference 80% power would detect), seeds in the order given."""
+    if not seed_summaries:
+        return {}
+    names = list(seed_summaries[0]["measures"])
+    out = {}
+    for name in names:
+        values = [s["measures"].get(name) for s in seed_summaries]
+        out[name] = paired(values) if name.endswith(PAIRED_SUFFIXES) else interval(values)
+    return out

@@ -1,0 +1,169 @@
+"""`neuroplastic facts`: the held-out relearning study on facts (RTT), over seeds. Light at
+import: the study imports torch when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from neuroplastic.cli.arguments import comma_values, int_list, positive_int
+from neuroplastic.facts_config import FACT_RANKERS, PROTOCOLS, RELATIONS, REMOVALS, FactsConfig
+
+
+def _protocols(text: str) -> list[str]:
+    values = comma_values(text, "heldout,unrelated")
+    unknown = [v for v in values if v not in PROTOCOLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown protocol {unknown[0]!r}; choose from {', '.join(PROTOCOLS)}"
+        )
+    return values
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    defaults = {f.name: f.default for f in fields(FactsConfig)}
+    facts = commands.add_parser(
+        "facts",
+        help="does removed knowledge stay removed? facts, held-out relearning (RTT), seeds",
+        description="Find the facts the model knows (country -> capital, city -> country), "
+        "split the forget relation's into T and V by seed, remove them (neurons ranked at the "
+        "recall positions, or an eraser) beside a random control, then retrain each arm "
+        "(removal, control, no removal) under each protocol and ask V. Writes DIR/seed-S/ "
+        "(resumable) and DIR/facts.json (intervals across seeds).",
+    )
+    add = facts.add_argument
+    add("--out", type=Path, required=True, metavar="DIR", help="the study directory")
+    add("--seeds", type=int_list, default=[0], metavar="S,...", help="seeds (default: 0)")
+    add("--model", default=defaults["model"], metavar="MODEL", help="a decoder (default: smollm2)")
+    add(
+        "--forget-relation",
+        choices=RELATIONS,
+        default=defaults["forget_relation"],
+        help="the relation removed; the other is retained (default: capital_of)",
+    )
+    add(
+        "--removal",
+        choices=REMOVALS,
+        default=defaults["removal"],
+        help="neurons (held at zero), or an eraser held at every layer (default: neurons)",
+    )
+    add(
+        "--method",
+        choices=FACT_RANKERS,
+        default=defaults["method"],
+        help="how neurons are ranked, forget against retain (default: selectivity)",
+    )
+    add(
+        "--fraction",
+        type=float,
+        default=defaults["fraction"],
+        metavar="FRACTION",
+        help="share of all MLP neurons removed (default: 0.005)",
+    )
+    add(
+        "--relearn",
+        type=_protocols,
+        default=list(PROTOCOLS),
+        metavar="P,...",
+        help="protocols: heldout (forget-T facts), unrelated (text with no fact), retain "
+        "(the other relation's facts) (default: all three)",
+    )
+    add(
+        "--steps",
+        type=positive_int,
+        default=defaults["steps"],
+        metavar="STEPS",
+        help="retraining steps under each protocol (default: 30)",
+    )
+    add(
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=defaults["learning_rate"],
+        metavar="RATE",
+        help="retraining learning rate (default: 3e-05)",
+    )
+    add(
+        "--batch-size",
+        type=positive_int,
+        default=defaults["batch_size"],
+        metavar="N",
+        help="sentences a step (default: 8)",
+    )
+    add(
+        "--unrelated-sentences",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retrain unrelated on N seeded sentences, cycled; 0: all of them (default)",
+    )
+    add(
+        "--max-facts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="known facts kept per relation, 0: all (default)",
+    )
+    add(
+        "--retain-questions",
+        type=positive_int,
+        default=defaults["retain_questions"],
+        metavar="N",
+        help="retain facts asked at each state (default: 100)",
+    )
+    add(
+        "--general-sentences",
+        type=positive_int,
+        default=defaults["general_sentences"],
+        metavar="N",
+        help="held-out sentences of the general-ability loss (default: 64)",
+    )
+    add("--device", default=defaults["device"], help="cpu, cuda or mps (default: cpu)")
+    add("--quiet", action="store_true", help="no progress lines")
+    facts.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = FactsConfig(
+        model=args.model,
+        forget_relation=args.forget_relation,
+        removal=args.removal,
+        method=args.method,
+        fraction=args.fraction,
+        protocols=tuple(args.relearn),
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        unrelated_sentences=args.unrelated_sentences,
+        max_facts=args.max_facts,
+        retain_questions=args.retain_questions,
+        general_sentences=args.general_sentences,
+        device=args.device,
+    )  # checked before torch loads
+    from neuroplastic.analysis.intervals import as_text
+    from neuroplastic.experiment.facts_study import run_facts_study
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    study = run_facts_study(config, args.seeds, args.out, log=log)
+    measures = study["measures"]
+    print(f"facts study, {len(args.seeds)} seed(s), {args.out / 'facts.json'}:")
+    for name in (
+        "removal_drop_v",
+        "control_drop_v",
+        "removal_drop_retain",
+        "removal_general_damage",
+    ):
+        print(f"  {name}: {as_text(measures[name])}")
+    for protocol in config.protocols:
+        for name in (
+            f"{protocol}_removal_recovered",
+            f"{protocol}_removal_recovered_net",
+            f"{protocol}_none_gain",
+        ):
+            print(f"  {name}: {as_text(measures[name])}")
+    return 0

@@ -1,0 +1,478 @@
+"""The facts study, one seed: does removed knowledge stay removed?
+
+Deeb & Roger (2024, RTT) made the question precise: remove a set of facts, fine-tune on some of
+them (forget-T) and test the others (forget-V). Facts that were truly removed cannot come back
+from training on *other* facts; facts that were only hidden do. Łucki et al. (2024) showed that
+training on *unrelated* text can bring hidden knowledge back too. Here, on a pretrained decoder:
+
+    known facts ──► split T / V / retain (salted by the seed) ──► statistics at the recall
+    positions of the forget and retain facts ──► ranking ──► the removal (top neurons, held)
+    and its control (as many random neurons per layer, held)
+      ──► for each protocol (heldout, unrelated, retain) and arm (removal, control, none):
+          base weights ──► the arm's neurons held ──► retrain ``steps`` steps ──► ask V
+
+Every arm of a protocol starts from the base weights and retrains on the same batches in the
+same order with the same schedule: they differ in the neurons held and nothing else. The
+``none`` arm (no removal) says what the retraining teaches V by itself, which the recovery
+measure subtracts (:mod:`neuroplastic.analysis.facts_measures`).
+
+The questions are drawn once from the whole fact pool (multiple choice among four answers of
+the relation, RTT's measure, greedy exact match beside it) and asked of every model state with
+an evaluation template that no training sentence uses. Known facts are those the base model
+answers right by multiple choice; the seed does not change them, so they are found once per
+study directory (``known.json``).
+
+Files of one seed (``seed-S/``): ``config.json``, ``neurons-removal.json`` and
+``neurons-control.json`` (exactly what is held, so a resumed run holds the same removal),
+``scores.jsonl`` (one line per model state, written as soon as it is measured) and
+``summary.json``. A rerun of the same command skips every state already in ``scores.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from neuroplastic.analysis.facts_measures import aggregate, seed_measures
+from neuroplastic.core.ablation import ablate
+from neuroplastic.core.erasure import (
+    LinearErasure,
+    erase,
+    fit_direction,
+    fit_leace,
+    fit_matched_control,
+)
+from neuroplastic.core.fact_scores import accuracies, ask
+from neuroplastic.core.models import load_model, model_device
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.core.ranking import Ranking
+from neuroplastic.core.stats import collect_stats
+from neuroplastic.core.training import TrainConfig, lm_loss, lm_token_losses, train
+from neuroplastic.data.concept import Batch, ConceptDataset
+from neuroplastic.data.facts import (
+    FACT_LABELS,
+    FORGET,
+    RETAIN,
+    TRAIN_TEMPLATES,
+    Fact,
+    MultipleChoice,
+    _unit_hash,
+    generate_facts,
+    multiple_choices,
+    recall_dataset,
+    render_facts,
+    split_facts,
+)
+from neuroplastic.data.load import concept_labels
+from neuroplastic.data.synthetic import generate_corpus
+from neuroplastic.data.types import NerCorpus
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.facts_config import ARMS, FactsConfig
+from neuroplastic.io import atomic_write_json, atomic_write_text
+from neuroplastic.progress import report_line
+
+TAG_NAMES = ("O", *(f"{p}-{label}" for label in (FORGET, RETAIN) for p in ("B", "I")))
+#: The embedded corpus sentences searched for text with no location in it.
+CORPUS_SENTENCES = 2000
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def known_facts_of(model: Any, config: FactsConfig, root: Path) -> tuple[list[Fact], dict]:
+    """The facts the base model answers right by multiple choice, and every fact's question;
+    found once per study directory (``known.json``) and read back after."""
+    facts = generate_facts(n_cities=config.n_cities)
+    questions = {q.fact.key: q for q in multiple_choices(facts, seed=0)}
+    path = root / "known.json"
+    identity = {"model": config.model, "n_cities": config.n_cities, "facts": len(facts)}
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded["identity"] != identity:
+            raise NeuroplasticError(
+                f"{path} holds the known facts of {recorded['identity']}, not {identity}: use "
+                "another --out directory for another model or fact pool"
+            )
+        known_keys = set(recorded["known"])
+    else:
+        report_line(f"asking the base model all {len(facts)} facts (once per study)")
+        results = ask(model, list(questions.values()), greedy=False)
+        known_keys = {r.fact.key for r in results if r.multiple_choice}
+        atomic_write_json(
+            path,
+            {
+                "identity": identity,
+                "known": [f.key for f in facts if f.key in known_keys],
+                "asked": len(facts),
+            },
+        )
+    return [f for f in facts if f.key in known_keys], questions
+
+
+def _capped(facts: Sequence[Fact], cap: int) -> list[Fact]:
+    """The first ``cap`` facts of each relation (all when ``cap`` is 0), in order."""
+    if not cap:
+        return list(facts)
+    kept: dict[str, int] = {}
+    out = []
+    for fact in facts:
+        if kept.get(fact.relation, 0) < cap:
+            kept[fact.relation] = kept.get(fact.relation, 0) + 1
+            out.append(fact)
+    return out
+
+
+def _by_hash(facts: Sequence[Fact], salt: str, n: int) -> list[Fact]:
+    """``n`` of ``facts`` chosen by a salted stable hash, kept in their order."""
+    chosen = set(sorted(facts, key=lambda f: _unit_hash(f"{salt}:{f.key}"))[:n])
+    return [f for f in facts if f in chosen]
+
+
+def unrelated_text() -> NerCorpus:
+    """Embedded-corpus sentences that mention no location (so no country and no capital), as
+    the train split of a corpus: text with no fact of either relation in it."""
+    corpus = generate_corpus(n_train=CORPUS_SENTENCES, n_validation=0, seed=0)
+    plain = [s for s in corpus.train if "LOC" not in s.entity_labels]
+    return replace(corpus, train=plain)
+
+
+def _dataset(sentences: Sequence[Any], model: Any, config: FactsConfig) -> ConceptDataset:
+    return ConceptDataset(sentences, model.tokenizer, FACT_LABELS, TAG_NAMES, config.max_length)
+
+
+class StudyData:
+    """Everything one seed asks, ranks on and retrains on."""
+
+    def __init__(self, model: Any, config: FactsConfig, root: Path) -> None:
+        known, questions = known_facts_of(model, config, root)
+        known = _capped(known, config.max_facts)
+        split = split_facts(known, config.forget_relation, seed=config.seed)
+        if min(len(split.forget_t), len(split.forget_v), len(split.retain)) < 2:
+            raise NeuroplasticError(
+                f"the base model knows too few facts to split: T {len(split.forget_t)}, V "
+                f"{len(split.forget_v)}, retain {len(split.retain)}; raise --max-facts or use "
+                "a model that knows more"
+            )
+        self.split = split
+        retain_asked = _by_hash(
+            split.retain, f"retain-asked:{config.seed}", config.retain_questions
+        )
+        self.questions: dict[str, list[MultipleChoice]] = {
+            "forget_v": [questions[f.key] for f in split.forget_v],
+            "forget_t": [questions[f.key] for f in split.forget_t],
+            "retain": [questions[f.key] for f in retain_asked],
+        }
+        forget = [*split.forget_t, *split.forget_v]
+        rendered = [
+            *render_facts(forget, TRAIN_TEMPLATES, FORGET),
+            *render_facts(split.retain, TRAIN_TEMPLATES, RETAIN),
+        ]
+        self.recall = recall_dataset(
+            _dataset([r.sentence for r in rendered], model, config), rendered
+        )
+        self.train: dict[str, ConceptDataset] = {
+            "heldout": _dataset(
+                [r.sentence for r in render_facts(split.forget_t, TRAIN_TEMPLATES, FORGET)],
+                model,
+                config,
+            ),
+            "retain": _dataset(
+                [r.sentence for r in render_facts(split.retain, TRAIN_TEMPLATES, RETAIN)],
+                model,
+                config,
+            ),
+        }
+        # The general-ability sentences come first and are never retrained on.
+        text = unrelated_text()
+        plain = list(text.train)
+        general, rest = plain[: config.general_sentences], plain[config.general_sentences :]
+        if config.unrelated_sentences:
+            rest = sorted(
+                rest, key=lambda s: _unit_hash(f"unrelated:{config.seed}:{' '.join(s.words)}")
+            )[: config.unrelated_sentences]
+        labels, tags = concept_labels(text), text.tag_names
+        self.general = ConceptDataset(general, model.tokenizer, labels, tags, config.max_length)
+        self.train["unrelated"] = ConceptDataset(
+            rest, model.tokenizer, labels, tags, config.max_length
+        )
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "forget_t": len(self.split.forget_t),
+            "forget_v": len(self.split.forget_v),
+            "retain": len(self.split.retain),
+            "retain_asked": len(self.questions["retain"]),
+            "recall_sentences": len(self.recall),
+            **{f"train_{name}": len(data) for name, data in self.train.items()},
+            "general_sentences": len(self.general),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and measures
+
+
+def answer_loss(model: Any, batch: Batch) -> Tensor:
+    """Next-token loss on the answer's tokens only: the fact is what is taught, not its
+    phrasing (every token of a rendered fact is ``O`` but the answer's)."""
+    losses: Float[Tensor, "batch pos_minus_1"] = lm_token_losses(model, batch)
+    answer = (batch.concept_labels[:, 1:] > 0) & batch.attention_mask[:, 1:].bool()
+    return (losses * answer).sum() / answer.sum().clamp(min=1)
+
+
+def general_loss(model: Any, data: ConceptDataset, batch_size: int = 32) -> float:
+    """The mean next-token loss over every real token of ``data`` (token-weighted)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data.batches(batch_size, data.by_length()):
+            batch = batch.to(model_device(model))
+            mask = batch.attention_mask[:, 1:].float()
+            total += float((lm_token_losses(model, batch) * mask).sum())
+            count += int(mask.sum())
+    return total / count
+
+
+def measure(model: Any, data: StudyData, parts: Sequence[str]) -> dict[str, Any]:
+    """The model's accuracy on each part's questions (multiple choice and greedy) and, with
+    ``"general"`` among ``parts``, its general-ability loss."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        if part == "general":
+            out["general_loss"] = general_loss(model, data.general)
+        else:
+            out[part] = accuracies(ask(model, data.questions[part]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+#: A removal: given the model, a context manager that holds it (hooks held for the block).
+Removal = Callable[[Any], contextlib.AbstractContextManager]
+
+
+def no_removal(model: Any) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+class Scores:
+    """``scores.jsonl``: one line per measured state, appended as soon as it is measured."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.states: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                # A line torn by a kill is the last one, and its state is simply redone.
+                with contextlib.suppress(json.JSONDecodeError):
+                    record = json.loads(line)
+                    self.states[record["state"]] = record
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.states[record["state"]] = record
+        lines = [json.dumps(r, sort_keys=True) for r in self.states.values()]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+
+def _neuron_removals(
+    model: Any, data: StudyData, config: FactsConfig, directory: Path
+) -> tuple[dict[str, Removal], int]:
+    """The ranked neurons and their control (as many random neurons in each layer), ranked on
+    the recall positions of forget against retain facts; read back on resumption."""
+    paths = {arm: directory / f"neurons-{arm}.json" for arm in ("removal", "control")}
+    if all(p.exists() for p in paths.values()):
+        sets = {arm: NeuronSet.load(p) for arm, p in paths.items()}
+    else:
+        stats = collect_stats(model, data.recall, batch_size=32, progress=False)
+        removal = NeuronSet.top_fraction(
+            Ranking.from_stats(stats, FORGET, config.method), config.fraction
+        )
+        sets = {"removal": removal, "control": removal.random_matching(seed=config.seed)}
+        for arm, neurons in sets.items():
+            neurons.save(paths[arm])
+    return {
+        arm: functools.partial(ablate, neurons=neurons, permanent=True)
+        for arm, neurons in sets.items()
+    }, len(sets["removal"])
+
+
+def _erasure_removals(
+    model: Any, data: StudyData, config: FactsConfig, directory: Path
+) -> tuple[dict[str, Removal], int]:
+    """A LEACE eraser (or the difference-of-means direction) of forget against retain at the
+    recall positions, held at every layer's residual stream, and its matched control (random
+    directions removing as much of each layer's variance); read back on resumption."""
+    paths = {arm: directory / f"erasure-{arm}.safetensors" for arm in ("removal", "control")}
+    if all(p.exists() for p in paths.values()):
+        erasures = {arm: LinearErasure.load(p) for arm, p in paths.items()}
+    else:
+        fit = fit_leace if config.removal == "leace" else fit_direction
+        layers = list(range(int(model.cfg.n_layers)))
+        removal = fit(model, data.recall, FORGET, layers)
+        erasures = {
+            "removal": removal,
+            "control": fit_matched_control(model, data.recall, removal, seed=config.seed),
+        }
+        for arm, erasure in erasures.items():
+            erasure.save(paths[arm])
+    return {
+        arm: functools.partial(erase, erasure=erasure, permanent=True)
+        for arm, erasure in erasures.items()
+    }, erasures["removal"].rank
+
+
+def _check_config(directory: Path, config: FactsConfig) -> None:
+    path = directory / "config.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != config.to_dict():
+            changed = sorted(k for k in recorded if recorded[k] != config.to_dict().get(k))
+            raise NeuroplasticError(
+                f"{directory} holds a facts run with other settings ({', '.join(changed)}); "
+                "rerun with its settings to resume, or give another --out"
+            )
+    else:
+        atomic_write_json(path, config.to_dict())
+
+
+def states_of(protocols: Sequence[str]) -> list[str]:
+    """Every state a seed measures, in the order it measures them."""
+    return ["base", "removal", "control"] + [
+        f"{protocol}/{arm}" for protocol in protocols for arm in ARMS
+    ]
+
+
+EVERYTHING = ("forget_v", "forget_t", "retain", "general")
+
+
+def run_states(
+    model: Any,
+    data: StudyData,
+    config: FactsConfig,
+    removals: dict[str, Removal],
+    scores: Scores,
+    log: Callable[[str], None] = report_line,
+) -> None:
+    """Measure every state not yet in ``scores``: base, each removal alone, and each
+    protocol's retraining in each arm, every one from the base weights."""
+    removals = {"none": no_removal, **removals}
+    base_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for state in states_of(config.protocols):
+        if state in scores.states:
+            continue
+        started = time.time()
+        protocol, _, arm = state.rpartition("/")
+        arm = arm if arm in removals else "none"  # "base" holds nothing
+        with _restored(model, base_weights), removals[arm](model):
+            if protocol:
+                _retrain(model, data, config, protocol)
+            record = measure(model, data, EVERYTHING)
+        record |= {"state": state, "seconds": round(time.time() - started, 1)}
+        scores.add(record)
+        log(f"seed {config.seed} {state}: V {record['forget_v']['multiple_choice']:.3f}")
+
+
+def run_facts_seed(
+    config: FactsConfig,
+    root: str | Path,
+    model: Any | None = None,
+    log: Callable[[str], None] = report_line,
+) -> dict[str, Any]:
+    """One seed of the study into ``root/seed-<seed>/``; returns its summary. Resumes."""
+    root = Path(root)
+    directory = root / f"seed-{config.seed}"
+    directory.mkdir(parents=True, exist_ok=True)
+    _check_config(directory, config)
+    if model is None:
+        model = load_model(config.model, device=config.device)
+    model.eval()
+    data = StudyData(model, config, root)
+    scores = Scores(directory / "scores.jsonl")
+    make = _neuron_removals if config.removal == "neurons" else _erasure_removals
+    removals, size = make(model, data, config, directory)
+    run_states(model, data, config, removals, scores, log)
+    summary = {
+        "config": config.to_dict(),
+        "sizes": data.sizes(),
+        "removed": size,
+        "states": scores.states,
+        "measures": seed_measures(scores.states, config.protocols),
+    }
+    atomic_write_json(directory / "summary.json", summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _restored(model: Any, weights: dict[str, Tensor]) -> Iterator[None]:
+    """The base weights before the block and after it: every state starts from base."""
+    model.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        model.load_state_dict(weights)
+        model.eval()
+
+
+def _retrain(model: Any, data: StudyData, config: FactsConfig, protocol: str) -> None:
+    """``config.steps`` AdamW steps on the protocol's data, the seed's batches: every arm of a
+    protocol sees the same batches in the same order."""
+    loss = lm_loss if protocol == "unrelated" else answer_loss
+    settings = TrainConfig(
+        learning_rate=config.learning_rate, batch_size=config.batch_size, weight_decay=0.0
+    )
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    train(
+        model,
+        loss,
+        data.train[protocol],
+        config.steps,
+        settings,
+        seed=config.seed,
+        progress=False,
+        description=f"retraining ({protocol})",
+    )
+
+
+def run_facts_study(
+    config: FactsConfig,
+    seeds: Sequence[int],
+    root: str | Path,
+    log: Callable[[str], None] = report_line,
+) -> dict[str, Any]:
+    """Every seed (one model load; each seed resumable), then ``root/facts.json``: each
+    measure's mean and interval across the seeds, with the seeds' own values."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise NeuroplasticError(f"give distinct seeds, at least one; got {list(seeds)}")
+    root = Path(root)
+    started = time.time()
+    model = load_model(config.model, device=config.device)
+    summaries = []
+    for seed in seeds:
+        seed_config = replace(config, seed=seed)
+        summaries.append(run_facts_seed(seed_config, root, model=model, log=log))
+    study = {
+        "config": {**config.to_dict(), "seed": None},
+        "seeds": list(seeds),
+        "sizes": {
+            f"seed-{s}": summary["sizes"] for s, summary in zip(seeds, summaries, strict=True)
+        },
+        "removed": [summary["removed"] for summary in summaries],
+        "measures": aggregate(summaries),
+        "seconds_this_call": round(time.time() - started),
+    }
+    atomic_write_json(root / "facts.json", study)
+    return study

@@ -1,0 +1,214 @@
+"""The facts study (neuroplastic.experiment.facts_study): its losses against hand computations,
+its measures on planted scores, arms that differ in the removal only, a removal that holds while
+retraining, resumption, and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from neuroplastic.analysis.facts_measures import MIN_DROP, aggregate, seed_measures
+from neuroplastic.core.fact_scores import _encoder
+from neuroplastic.core.models import mlp_hook_name
+from neuroplastic.core.neurons import NeuronSet
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.facts_study import (
+    Scores,
+    StudyData,
+    _retrain,
+    answer_loss,
+    general_loss,
+    no_removal,
+    run_facts_seed,
+    run_states,
+    states_of,
+)
+from neuroplastic.facts_config import RELATIONS, FactsConfig
+
+CLI = [sys.executable, "-c", "from neuroplastic.cli.commands import main; raise SystemExit(main())"]
+SMALL = dict(model="tiny-llama", max_facts=12, steps=3, retain_questions=8, general_sentences=8)
+
+
+def test_the_torch_free_relations_are_the_data_layers():
+    from neuroplastic.data.facts import RELATIONS as DATA_RELATIONS
+
+    assert RELATIONS == DATA_RELATIONS
+
+
+@pytest.fixture(scope="module")
+def study(tiny_llama, tmp_path_factory):
+    config = FactsConfig(**SMALL, protocols=("heldout", "unrelated"))
+    root = tmp_path_factory.mktemp("facts")
+    return config, root, StudyData(tiny_llama, config, root)
+
+
+def test_answer_loss_is_the_answers_cross_entropy(tiny_llama, study):
+    _, _, data = study
+    batch = data.train["heldout"].collate([0, 1])
+    with torch.no_grad():
+        got = answer_loss(tiny_llama, batch)
+    # By hand: each sentence alone, the log-probability of its answer's tokens after its prompt.
+    encode = _encoder(tiny_llama.tokenizer)
+    total, count = 0.0, 0
+    for index in (0, 1):
+        sentence = data.train["heldout"].sentences[index]
+        first_answer = sentence.tags.index("B-FORGET")
+        prompt, answer = (
+            " ".join(sentence.words[:first_answer]),
+            " ".join(sentence.words[first_answer:]),
+        )
+        encoded = encode(prompt, answer)
+        tokens = torch.tensor([encoded.ids])
+        with torch.no_grad():
+            log_probs = tiny_llama(tokens, return_type="logits")[0].log_softmax(-1)
+        for position in range(encoded.continuation_start, len(encoded.ids)):
+            total -= float(log_probs[position - 1, encoded.ids[position]])
+            count += 1
+    assert float(got) == pytest.approx(total / count, rel=1e-4)
+
+
+def test_general_loss_weighs_every_token_once(tiny_llama, study):
+    _, _, data = study
+    total, count = 0.0, 0
+    for encoded in data.general.encoded:
+        tokens = torch.tensor([encoded.token_ids])
+        with torch.no_grad():
+            logits = tiny_llama(tokens, return_type="logits")[0]
+        losses = torch.nn.functional.cross_entropy(logits[:-1], tokens[0, 1:], reduction="sum")
+        total, count = total + float(losses), count + len(encoded.token_ids) - 1
+    assert general_loss(tiny_llama, data.general) == pytest.approx(total / count, rel=1e-4)
+
+
+def _state(v: float, t: float = 1.0, retain: float = 1.0, loss: float = 2.0, greedy=None):
+    def part(value):
+        return {"n": 10, "multiple_choice": value, "greedy": value if greedy is None else greedy}
+
+    return {"forget_v": part(v), "forget_t": part(t), "retain": part(retain), "general_loss": loss}
+
+
+def test_measures_on_planted_scores():
+    states = {
+        "base": _state(1.0, loss=2.0),
+        "removal": _state(0.4, t=0.5, retain=0.9, loss=2.3),
+        "control": _state(0.95, retain=1.0, loss=2.05),
+        "heldout/removal": _state(0.7),
+        "heldout/control": _state(0.98),
+        "heldout/none": _state(1.0),
+        "unrelated/removal": _state(0.55),
+        "unrelated/control": _state(0.95),
+        "unrelated/none": _state(0.9),  # retraining alone costs V 0.1
+    }
+    m = seed_measures(states, ["heldout", "unrelated"])
+    assert m["removal_drop_v"] == pytest.approx(0.6)
+    assert m["removal_drop_t"] == pytest.approx(0.5)
+    assert m["removal_drop_retain"] == pytest.approx(0.1)
+    assert m["removal_specificity"] == pytest.approx(0.5)
+    assert m["drop_v_vs_control"] == pytest.approx(0.55)
+    assert m["removal_general_damage"] == pytest.approx(0.3)
+    # (0.7 - 0.4) / (1 - 0.4) = 0.5; net of the no-removal arm's gain (0): the same.
+    assert m["heldout_removal_recovered"] == pytest.approx(0.5)
+    assert m["heldout_removal_recovered_net"] == pytest.approx(0.5)
+    assert m["heldout_gap_to_control"] == pytest.approx(-0.28)
+    # (0.55 - 0.4) / 0.6 = 0.25; net: the none arm lost 0.1, so + 0.1 / 0.6.
+    assert m["unrelated_removal_recovered"] == pytest.approx(0.25)
+    assert m["unrelated_removal_recovered_net"] == pytest.approx(0.25 + 0.1 / 0.6)
+    assert m["unrelated_none_gain"] == pytest.approx(-0.1)
+    # The control dropped 0.05 < MIN_DROP: its recovery is no share, not a number.
+    assert 0.05 < MIN_DROP and m["heldout_control_recovered"] is None
+    across = aggregate([{"measures": m}, {"measures": {**m, "removal_drop_v": 0.4}}])
+    assert across["removal_drop_v"]["mean"] == pytest.approx(0.5)
+    assert across["removal_drop_v"]["n"] == 2
+    assert "detectable_80" in across["drop_v_vs_control"]  # paired measures are paired
+
+
+def test_arms_differ_in_the_removal_and_nothing_else(tiny_llama, study, tmp_path):
+    config, _, data = study
+    # With no removal in any arm, every arm of a protocol must end identical.
+    scores = Scores(tmp_path / "scores.jsonl")
+    run_states(
+        tiny_llama, data, config, {"removal": no_removal, "control": no_removal}, scores, print
+    )
+    assert list(scores.states) == states_of(config.protocols)
+    for protocol in config.protocols:
+        arms = [scores.states[f"{protocol}/{arm}"] for arm in ("removal", "control", "none")]
+        for record in arms:
+            record.pop("seconds"), record.pop("state")
+        assert arms[0] == arms[1] == arms[2]
+    # ... and retraining did change the model (or the test above would prove nothing).
+    base = {k: v for k, v in scores.states["base"].items() if k not in ("seconds", "state")}
+    assert arms[0] != base
+
+
+def test_the_removal_holds_while_retraining(tiny_llama, study):
+    from neuroplastic.core.ablation import ablate
+
+    config, _, data = study
+    held = NeuronSet.of(2, tiny_llama.cfg.d_mlp, [(0, 1), (1, 3), (1, 5)])
+    weights = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    try:
+        with ablate(tiny_llama, held, permanent=True):
+            _retrain(tiny_llama, data, config, "heldout")
+            captured = {}
+            hooks = [
+                (mlp_hook_name(layer), lambda x, hook, layer=layer: captured.update({layer: x}))
+                for layer in range(2)
+            ]
+            with torch.no_grad(), tiny_llama.hooks(fwd_hooks=hooks):
+                tiny_llama(data.train["heldout"].collate([0]).tokens)
+            assert captured[0][..., 1].abs().max() == 0
+            assert captured[1][..., [3, 5]].abs().max() == 0
+            assert captured[1][..., 4].abs().max() > 0
+        changed = any(not torch.equal(v, weights[k]) for k, v in tiny_llama.state_dict().items())
+        assert changed
+    finally:
+        tiny_llama.load_state_dict(weights)
+
+
+def test_a_seed_resumes_to_the_same_files_and_refuses_other_settings(tiny_llama, tmp_path):
+    config = FactsConfig(**SMALL, protocols=("heldout",))
+    first = run_facts_seed(config, tmp_path, model=tiny_llama, log=lambda line: None)
+    directory = tmp_path / "seed-0"
+    lines = (directory / "scores.jsonl").read_text().splitlines()
+    assert [json.loads(line)["state"] for line in lines] == states_of(("heldout",))
+    # Killed after three states (the fourth line torn): the rerun redoes the rest only.
+    (directory / "scores.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    again = run_facts_seed(config, tmp_path, model=tiny_llama, log=lambda line: None)
+
+    def without_time(states):
+        return {k: {f: v for f, v in r.items() if f != "seconds"} for k, r in states.items()}
+
+    assert without_time(again["states"]) == without_time(first["states"])
+    assert again["measures"] == first["measures"]
+    assert again["states"]["base"]["seconds"] == first["states"]["base"]["seconds"]
+    with pytest.raises(NeuroplasticError, match=r"other settings \(steps\)"):
+        run_facts_seed(
+            FactsConfig(**{**SMALL, "steps": 4}, protocols=("heldout",)), tmp_path, tiny_llama
+        )
+
+
+def test_the_command_writes_intervals_across_seeds(tmp_path):
+    out = tmp_path / "study"
+    command = [*CLI, "facts", "--out", str(out), "--seeds", "0,1"]
+    command += ["--model", "tiny-llama", "--max-facts", "12", "--steps", "2", "--relearn"]
+    command += ["heldout", "--retain-questions", "8", "--general-sentences", "8", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    study = json.loads((out / "facts.json").read_text())
+    assert study["seeds"] == [0, 1]
+    drops = [
+        json.loads((out / f"seed-{s}" / "summary.json").read_text())["measures"]["removal_drop_v"]
+        for s in (0, 1)
+    ]
+    assert study["measures"]["removal_drop_v"]["values"] == drops
+    assert "removal_drop_v" in result.stdout
+    bad = subprocess.run(
+        [*CLI, "facts", "--out", str(out), "--relearn", "heldout,forgotten"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "unknown protocol 'forgotten'" in bad.stderr

@@ -77,9 +77,6 @@ def seed_measures(
                 states[f"{protocol}/removal"]["forget_v"][kind]
                 - states[f"{protocol}/control"]["forget_v"][kind]
             )
-        out[f"{protocol}_removal_retain"] = states[f"{protocol}/removal"]["retain"][
-            "multiple_choice"
-        ]
         out[f"{protocol}_removal_general_damage"] = (
             states[f"{protocol}/removal"]["general_loss"] - base["general_loss"]
         )

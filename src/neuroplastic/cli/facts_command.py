@@ -53,14 +53,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--method",
         choices=FACT_RANKERS,
         default=defaults["method"],
-        help="how neurons are ranked, forget against retain (default: selectivity)",
+        help="how neurons are ranked, forget against retain (default: ratio)",
     )
     add(
         "--fraction",
         type=float,
         default=defaults["fraction"],
         metavar="FRACTION",
-        help="share of all MLP neurons removed (default: 0.005)",
+        help="share of all MLP neurons removed (default: 0.02)",
     )
     add(
         "--relearn",

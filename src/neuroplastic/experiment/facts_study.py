@@ -90,10 +90,13 @@ CORPUS_SENTENCES = 2000
 # Data
 
 
-def known_facts_of(model: Any, config: FactsConfig, root: Path) -> tuple[list[Fact], dict]:
+def known_facts_of(
+    model: Any, config: FactsConfig, root: Path, facts: Sequence[Fact] | None = None
+) -> tuple[list[Fact], dict]:
     """The facts the base model answers right by multiple choice, and every fact's question;
-    found once per study directory (``known.json``) and read back after."""
-    facts = generate_facts(n_cities=config.n_cities)
+    found once per study directory (``known.json``) and read back after. ``facts``: the pool
+    (default: :func:`generate_facts` with ``config.n_cities``)."""
+    facts = generate_facts(n_cities=config.n_cities) if facts is None else tuple(facts)
     questions = {q.fact.key: q for q in multiple_choices(facts, seed=0)}
     path = root / "known.json"
     identity = {"model": config.model, "n_cities": config.n_cities, "facts": len(facts)}
@@ -154,8 +157,10 @@ def _dataset(sentences: Sequence[Any], model: Any, config: FactsConfig) -> Conce
 class StudyData:
     """Everything one seed asks, ranks on and retrains on."""
 
-    def __init__(self, model: Any, config: FactsConfig, root: Path) -> None:
-        known, questions = known_facts_of(model, config, root)
+    def __init__(
+        self, model: Any, config: FactsConfig, root: Path, facts: Sequence[Fact] | None = None
+    ) -> None:
+        known, questions = known_facts_of(model, config, root, facts)
         known = _capped(known, config.max_facts)
         split = split_facts(known, config.forget_relation, seed=config.seed)
         if min(len(split.forget_t), len(split.forget_v), len(split.retain)) < 2:

@@ -205,6 +205,14 @@ def test_the_command_writes_intervals_across_seeds(tmp_path):
     ]
     assert study["measures"]["removal_drop_v"]["values"] == drops
     assert "removal_drop_v" in result.stdout
+    # The page shows the figures of facts.json, as text.
+    import html
+
+    from neuroplastic.analysis.intervals import as_text
+
+    page = html.unescape((out / "report.html").read_text())
+    assert as_text(study["measures"]["removal_drop_v"]) in page
+    assert as_text(study["measures"]["heldout_removal_recovered_net"]) in page
     bad = subprocess.run(
         [*CLI, "facts", "--out", str(out), "--relearn", "heldout,forgotten"],
         capture_output=True,

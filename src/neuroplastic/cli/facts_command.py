@@ -150,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
 
     study = run_facts_study(config, args.seeds, args.out, log=log)
+    from neuroplastic.report.facts_report import write_facts_report
+
+    report = write_facts_report(args.out, study)
     measures = study["measures"]
     print(f"facts study, {len(args.seeds)} seed(s), {args.out / 'facts.json'}:")
     for name in (
@@ -166,4 +169,5 @@ def run(args: argparse.Namespace) -> int:
             f"{protocol}_none_gain",
         ):
             print(f"  {name}: {as_text(measures[name])}")
+    print(f"report: {report}")
     return 0

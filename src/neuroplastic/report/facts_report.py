@@ -1,0 +1,86 @@
+"""The facts study's page (``DIR/report.html``): what the removal took and cost, and how much
+of it each protocol brought back, as means and 95% intervals across seeds, from ``facts.json``
+alone (the per-seed files are behind it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neuroplastic.analysis.intervals import as_text
+from neuroplastic.io import atomic_write_text
+from neuroplastic.report.html import HtmlPage
+
+GENERATOR = "neuroplastic facts"
+
+#: The removal's rows: (label, measure of the removal arm, measure of the control arm).
+REMOVAL_ROWS = (
+    ("V accuracy after the removal", "removal_v", "control_v"),
+    ("V's drop", "removal_drop_v", "control_drop_v"),
+    ("V's drop, greedy", "removal_drop_v_greedy", "control_drop_v_greedy"),
+    ("T's drop", "removal_drop_t", "control_drop_t"),
+    ("retain facts' drop", "removal_drop_retain", "control_drop_retain"),
+    ("general loss's rise (nats)", "removal_general_damage", "control_general_damage"),
+)
+#: Each protocol's rows: (label, measure name after the protocol's prefix).
+PROTOCOL_ROWS = (
+    ("V after retraining, removal arm", "removal_v"),
+    ("V after retraining, control arm", "control_v"),
+    ("share of V's drop recovered", "removal_recovered"),
+    ("... net of the no-removal arm's change", "removal_recovered_net"),
+    ("no-removal arm's change in V", "none_gain"),
+    ("removal arm minus control arm (paired)", "gap_to_control"),
+    ("share recovered, greedy", "removal_recovered_greedy"),
+    ("general loss's rise after retraining (nats)", "removal_general_damage"),
+)
+
+
+def _cell(measures: Mapping[str, Any], name: str) -> str:
+    return as_text(measures[name]) if name in measures else ""
+
+
+def facts_page(study: Mapping[str, Any]) -> HtmlPage:
+    """The page of a ``facts.json``."""
+    config, measures = study["config"], study["measures"]
+    page = HtmlPage("Facts: does removed knowledge stay removed?", generator=GENERATOR)
+    removed = sorted(set(study["removed"]))
+    what = (
+        f"the top {config['fraction']:.1%} of MLP neurons by {config['method']} "
+        f"({', '.join(map(str, removed))} neurons), held at zero"
+        if config["removal"] == "neurons"
+        else f"a {config['removal']} eraser of rank {removed[0]} held at every layer"
+    )
+    page.paragraph(
+        f"{config['model']}: {config['forget_relation']} facts removed ({what}), beside a "
+        f"random control of the same size. {len(study['seeds'])} seeds "
+        f"({', '.join(map(str, study['seeds']))}); each splits the known forget facts into T "
+        f"and V. Retraining: {config['steps']} steps of {config['batch_size']} at learning "
+        f"rate {config['learning_rate']:g}. Accuracy is 4-way multiple choice (chance 0.25) "
+        "unless marked greedy. Mean [95% t-interval across seeds]."
+    )
+    page.heading("What the removal took, and what it cost")
+    page.table(
+        pd.DataFrame(
+            [[label, _cell(measures, r), _cell(measures, c)] for label, r, c in REMOVAL_ROWS],
+            columns=["", "removal", "random control"],
+        ),
+        index=False,
+    )
+    page.heading("What retraining brought back")
+    for protocol in config["protocols"]:
+        rows = [
+            [label, _cell(measures, f"{protocol}_{name}")]
+            for label, name in PROTOCOL_ROWS
+            if f"{protocol}_{name}" in measures
+        ]
+        page.table(pd.DataFrame(rows, columns=["", protocol]), caption=protocol, index=False)
+    return page
+
+
+def write_facts_report(root: str | Path, study: Mapping[str, Any]) -> Path:
+    path = Path(root) / "report.html"
+    atomic_write_text(path, facts_page(study).to_html())
+    return path

@@ -32,6 +32,10 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.store.rundir import RunDir, stage_round
 from neuroplastic.store.summary import Summary
 
+#: The smallest loss rise that makes lm recovery a share: as F1's MIN_DROP asks 10% of base
+#: F1, a loss must rise by ln 1.1 nats, perplexity +10%.
+MIN_LOSS_RISE = math.log1p(MIN_DROP)
+
 
 def measures_of_run(run: RunDir, top: int | float = 0.01) -> dict[str, Any]:
     """The sweep's measures of one finished run, per arm, plus its stage scores and curves;
@@ -258,8 +262,7 @@ def _lm_scores(metrics: pd.DataFrame, arm: str, entries: Sequence[Any]) -> dict[
         "step", kind="stable"
     )
     steps, concept_loss = rows["step"].astype(float), rows["lm_loss_concept"].astype(float)
-    # As F1's MIN_DROP asks 10% of base F1, a loss must rise by ln 1.1 nats: perplexity +10%.
-    curve = rise_recovered(steps, concept_loss, base["concept"], math.log1p(MIN_DROP))
+    curve = rise_recovered(steps, concept_loss, base["concept"], MIN_LOSS_RISE)
     recovered = recovery(curve, 1.0, RECOVERY_TARGET) if curve is not None else None
     rise = {kind: pruned[kind] - base[kind] for kind in ("concept", "other")}
     return {
@@ -288,7 +291,7 @@ def _add_control_gap(arms: dict[str, Any]) -> None:
             closed = math.nan
             if arm == "concept" and "random" in arms:
                 closed = control_gap_closed(
-                    measured["curve"], arms["random"]["curve"], step, math.log1p(MIN_DROP),
+                    measured["curve"], arms["random"]["curve"], step, MIN_LOSS_RISE,
                     column="lm_loss",
                 )  # fmt: skip
             measured[f"control_gap_closed_{step}"] = closed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -123,6 +124,41 @@ def test_measures_on_planted_scores():
     assert across["removal_drop_v"]["mean"] == pytest.approx(0.5)
     assert across["removal_drop_v"]["n"] == 2
     assert "detectable_80" in across["drop_v_vs_control"]  # paired measures are paired
+
+
+def test_the_best_case_is_each_arms_highest_v_over_the_rates():
+    states = {
+        "base": _state(1.0),
+        "removal": _state(0.4),
+        "control": _state(0.9),
+        "heldout/removal": _state(0.5),
+        "heldout/control": _state(0.9),
+        "heldout/none": _state(1.0),
+        "heldout@0.0001/removal": _state(0.8),
+        "heldout@0.0001/control": _state(0.85),
+        "heldout@0.0001/none": _state(0.95),
+    }
+    m = seed_measures(states, ["heldout"], ["@0.0001"])
+    assert m["heldout_removal_recovered"] == pytest.approx(0.1 / 0.6)  # the main rate's
+    assert m["heldout_best_removal_v"] == 0.8 and m["heldout_best_removal_lr_index"] == 1
+    assert m["heldout_best_removal_recovered"] == pytest.approx(0.4 / 0.6)
+    assert m["heldout_best_control_v"] == 0.9 and m["heldout_best_control_lr_index"] == 0
+    assert m["heldout_best_none_v"] == 1.0
+
+
+def test_best_case_rates_retrain_every_arm_again(tiny_llama, study, tmp_path):
+    config, _, data = study
+    graded = replace(config, protocols=("heldout",), best_case_lrs=(1e-2,))
+    scores = Scores(tmp_path / "scores.jsonl")
+    run_states(tiny_llama, data, graded, {"removal": no_removal, "control": no_removal}, scores)
+    assert list(scores.states) == states_of(("heldout",), (1e-2,))
+    assert "heldout@0.01/removal" in scores.states
+    # Another rate is another retraining: V's log-likelihoods move differently, so at least
+    # the general loss differs from the main rate's.
+    main, other = scores.states["heldout/none"], scores.states["heldout@0.01/none"]
+    assert main["general_loss"] != other["general_loss"]
+    with pytest.raises(NeuroplasticError, match="best_case_lrs must be distinct"):
+        replace(config, best_case_lrs=(config.learning_rate,))
 
 
 def test_arms_differ_in_the_removal_and_nothing_else(tiny_llama, study, tmp_path):

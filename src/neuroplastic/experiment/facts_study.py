@@ -340,14 +340,16 @@ def _erasure_removals(
 
 
 def _check_config(directory: Path, config: FactsConfig) -> None:
-    """Refuse to resume under other settings. The protocols may change: each protocol's states
-    are its own, so a rerun with another protocol adds its states beside the others."""
+    """Refuse to resume under other settings. The protocols and the best-case learning rates
+    may change: their states are their own, so a rerun with more adds states beside the
+    others."""
     path = directory / "config.json"
     now = config.to_dict()
     if path.exists():
         recorded = json.loads(path.read_text())
+        growable = ("protocols", "best_case_lrs")
         changed = sorted(
-            k for k in {*recorded, *now} if k != "protocols" and recorded.get(k) != now.get(k)
+            k for k in {*recorded, *now} if k not in growable and recorded.get(k) != now.get(k)
         )
         if changed:
             raise NeuroplasticError(
@@ -357,10 +359,17 @@ def _check_config(directory: Path, config: FactsConfig) -> None:
     atomic_write_json(path, now)
 
 
-def states_of(protocols: Sequence[str]) -> list[str]:
-    """Every state a seed measures, in the order it measures them."""
+def lr_tag(learning_rate: float) -> str:
+    """How a best-case learning rate names its states: ``heldout@0.0001/removal``."""
+    return f"@{learning_rate:g}"
+
+
+def states_of(protocols: Sequence[str], best_case_lrs: Sequence[float] = ()) -> list[str]:
+    """Every state a seed measures, in the order it measures them: base, each removal alone,
+    each protocol's arms at the main learning rate, then at each best-case rate."""
+    tags = ["", *(lr_tag(lr) for lr in best_case_lrs)]
     return ["base", "removal", "control"] + [
-        f"{protocol}/{arm}" for protocol in protocols for arm in ARMS
+        f"{protocol}{tag}/{arm}" for tag in tags for protocol in protocols for arm in ARMS
     ]
 
 
@@ -383,15 +392,18 @@ def run_states(
     protocol's retraining in each arm, every one from the base weights."""
     removals = {"none": no_removal, **removals}
     base_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for state in states_of(config.protocols):
+    rates = {lr_tag(lr): lr for lr in config.best_case_lrs}
+    for state in states_of(config.protocols, config.best_case_lrs):
         if state in scores.states:
             continue
         started = time.time()
-        protocol, _, arm = state.rpartition("/")
+        retraining, _, arm = state.rpartition("/")
+        protocol, at, tag = retraining.partition("@")
         arm = arm if arm in removals else "none"  # "base" holds nothing
+        learning_rate = rates[at + tag] if at else config.learning_rate
         with _restored(model, base_weights), removals[arm](model):
             if protocol:
-                _retrain(model, data, config, protocol)
+                _retrain(model, data, config, protocol, learning_rate)
             record = measure(model, data, RETRAINED if protocol else EVERYTHING)
         record |= {"state": state, "seconds": round(time.time() - started, 1)}
         scores.add(record)
@@ -422,7 +434,9 @@ def run_facts_seed(
         "sizes": data.sizes(),
         "removed": size,
         "states": scores.states,
-        "measures": seed_measures(scores.states, config.protocols),
+        "measures": seed_measures(
+            scores.states, config.protocols, [lr_tag(lr) for lr in config.best_case_lrs]
+        ),
     }
     atomic_write_json(directory / "summary.json", summary)
     return summary
@@ -439,12 +453,21 @@ def _restored(model: Any, weights: dict[str, Tensor]) -> Iterator[None]:
         model.eval()
 
 
-def _retrain(model: Any, data: StudyData, config: FactsConfig, protocol: str) -> None:
-    """``config.steps`` AdamW steps on the protocol's data, the seed's batches: every arm of a
-    protocol sees the same batches in the same order."""
+def _retrain(
+    model: Any,
+    data: StudyData,
+    config: FactsConfig,
+    protocol: str,
+    learning_rate: float | None = None,
+) -> None:
+    """``config.steps`` AdamW steps on the protocol's data (at ``learning_rate``, by default
+    the config's), the seed's batches: every arm of a protocol sees the same batches in the
+    same order."""
     loss = lm_loss if protocol == "unrelated" else answer_loss
     settings = TrainConfig(
-        learning_rate=config.learning_rate, batch_size=config.batch_size, weight_decay=0.0
+        learning_rate=learning_rate or config.learning_rate,
+        batch_size=config.batch_size,
+        weight_decay=0.0,
     )
     for parameter in model.parameters():
         parameter.requires_grad_(True)

@@ -569,6 +569,12 @@ class ExperimentConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.dataset == "facts":
+            raise NeuroplasticError(
+                "the facts study (held-out relearning on the facts a model knows) is a command "
+                "of its own: neuroplastic facts --out DIR [--seeds 0,1,2,3,4] (see neuroplastic "
+                "facts --help)"
+            )
         if self.method not in RANKER_NAMES:  # checked now, not after base fine-tuning
             raise NeuroplasticError(
                 f"unknown ranking method {self.method!r}; choose one of {', '.join(RANKER_NAMES)}"

@@ -34,6 +34,13 @@ CLI = [sys.executable, "-c", "from neuroplastic.cli.commands import main; raise 
 SMALL = dict(model="tiny-llama", max_facts=12, steps=3, retain_questions=8, general_sentences=8)
 
 
+def test_run_points_a_facts_dataset_to_the_facts_command():
+    from neuroplastic.config import ExperimentConfig
+
+    with pytest.raises(NeuroplasticError, match="neuroplastic facts --out DIR"):
+        ExperimentConfig(dataset="facts")
+
+
 def test_the_torch_free_relations_are_the_data_layers():
     from neuroplastic.data.facts import RELATIONS as DATA_RELATIONS
 

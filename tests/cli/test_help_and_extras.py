@@ -106,7 +106,7 @@ def test_every_help_answers_without_importing_torch():
     done = python(HELP_WITHOUT_TORCH, json.dumps(commands))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert set(result) == {"(top)", "rank", "run", "sweep", "report", "view"}
+    assert set(result) == {"(top)", "rank", "run", "sweep", "report", "view", "facts"}
     for command, (code, loaded, text) in result.items():
         assert code == 0, command
         assert loaded == [], f"`neuroplastic {command} --help` imported {loaded}"
@@ -116,6 +116,7 @@ def test_every_help_answers_without_importing_torch():
     assert "--method {probeless,smd,selectivity,ratio}" in result["run"][2]
     assert "--mode {hold,regrow}[,...]" in result["sweep"][2]
     assert "--stage-steps STEPS" in result["run"][2]
+    assert "--relearn P,..." in result["facts"][2]
 
 
 def test_the_cli_names_the_rankers_that_exist():
@@ -152,7 +153,7 @@ def test_every_setting_has_a_help_line_and_its_choices():
         if expected is not None and not isinstance(action, argparse.BooleanOptionalAction):
             assert tuple(action.choices) == tuple(expected), name
     sweep = {a.dest: a for a in subcommands()["sweep"]._actions}
-    assert sweep["method"].metavar == "{probeless,smd,selectivity}[,...]"
+    assert sweep["method"].metavar == "{probeless,smd,selectivity,ratio}[,...]"
     assert "seed" not in sweep  # --seeds replaces it
 
 

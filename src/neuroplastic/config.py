@@ -125,6 +125,11 @@ PREEMPT_CHOICES = (*PREDICTOR_NAMES, "oracle")
 #: the oracle (the concept arm's realised top gainers held instead), which bounds what any
 #: predictor could buy; ``--preempt oracle`` runs the first two only (its preempt is the oracle).
 PREEMPT_ARMS = ("preempt", "preempt-random", "preempt-oracle")
+#: The arm that holds the concept's neurons (ablated, then retrained): what a run measures. Its
+#: base stage is the base of every arm but the naive one (whose base never learned the concept).
+CONCEPT_ARM = "concept"
+#: The concept arm's control (``baseline``): as many other neurons, held and retrained alike.
+RANDOM_ARM = "random"
 #: The arm a chase adds: the union of every round's neurons held from the base weights at once,
 #: retrained for one round (is chasing different from removing more at once?).
 ONE_SHOT_ARM = "one-shot"
@@ -722,7 +727,7 @@ class ExperimentConfig:
 
     @property
     def arms(self) -> tuple[str, ...]:
-        arms = ("concept",) if self.baseline == "none" else ("concept", "random")
+        arms = (CONCEPT_ARM,) if self.baseline == "none" else (CONCEPT_ARM, RANDOM_ARM)
         if self.rounds > 1:
             return (*arms, ONE_SHOT_ARM)
         if self.naive:

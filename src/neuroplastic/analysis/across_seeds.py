@@ -22,6 +22,7 @@ from neuroplastic.analysis.measures import (
     _minus,
     measure_table,
 )
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
 from neuroplastic.core.curves import (
     NEITHER_REACHED,
 )
@@ -67,12 +68,12 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         kinds = sorted({a["control"] for a in per_arm if "control" in a})
         if kinds:
             result["arms"][arm]["control"] = kinds[0] if len(kinds) == 1 else kinds
-    if "random" in arms:
+    if RANDOM_ARM in arms:
         result["concept_minus_random"] = {
             m: _paired_across(
                 m,
-                [r["arms"]["concept"] for r in runs],
-                [r["arms"]["random"] for r in runs],
+                [r["arms"][CONCEPT_ARM] for r in runs],
+                [r["arms"][RANDOM_ARM] for r in runs],
                 table,
             )
             for m in table.descriptions
@@ -218,8 +219,10 @@ def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         result["targets_reached"] = {
             share: {
-                "concept": sum(s["targets"][share]["steps_relearned"] is not None for s in present),
-                "naive": sum(s["targets"][share]["steps_naive"] is not None for s in present),
+                CONCEPT_ARM: sum(
+                    s["targets"][share]["steps_relearned"] is not None for s in present
+                ),
+                NAIVE_ARM: sum(s["targets"][share]["steps_naive"] is not None for s in present),
                 "of": len(present),
             }
             for share in present[0]["targets"]

@@ -16,6 +16,7 @@ from neuroplastic.analysis.measures import (
     RECOVERY_STEPS,
     _minus,
 )
+from neuroplastic.config import CONCEPT_ARM
 
 
 def _along(settings: dict[str, dict[str, Any]], axis: str) -> list[list[str]]:
@@ -47,7 +48,7 @@ def best_cases(
         fastest, at_least, highest = [], [], []
         chosen_fastest, chosen_highest = [], []
         for seed in seeds:
-            concept = {c: measured[c][seed]["arms"]["concept"] for c in cells}
+            concept = {c: measured[c][seed]["arms"][CONCEPT_ARM] for c in cells}
             reached = {
                 c: a[RECOVERY_STEPS] for c, a in concept.items() if a[RECOVERY_STEPS] is not None
             }

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from neuroplastic.config import CONCEPT_ARM
 from neuroplastic.report import figures
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.style import fmt, fmt_or_missing, steps_text
@@ -126,7 +127,7 @@ def _chase_recovery(
 
 def _chase_collateral(page: HtmlPage, summary: Summary, rounds: list[dict], concept: str) -> None:
     entities = [
-        e for e in rounds[0]["arms"]["concept"]["retrained"] if e not in (concept, "overall")
+        e for e in rounds[0]["arms"][CONCEPT_ARM]["retrained"] if e not in (concept, "overall")
     ]
     if not entities:
         return
@@ -178,7 +179,7 @@ def _chase_layers(page: HtmlPage, rounds: list[dict], summary: Summary) -> None:
             row.update({f"layer {k}": str(entry["added_per_layer"].get(str(k), 0)) for k in layers})
             row["mean layer of the added"] = fmt(entry["added_mean_layer"], ".2f")
             row["already salient at base"] = (
-                fmt(entry.get("already_salient_at_base"), ".0%") if arm == "concept" else "–"
+                fmt(entry.get("already_salient_at_base"), ".0%") if arm == CONCEPT_ARM else "–"
             )
             rows.append(row)
     page.table(

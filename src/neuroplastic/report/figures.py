@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
 from neuroplastic.core.curves import RECOVERY_TARGET
 from neuroplastic.extras import require
 from neuroplastic.report.style import ARM_COLORS, DEAD_COLOR, LAYER_COLORS
@@ -42,14 +43,14 @@ def _subplots(**layout: Any) -> Figure:
 
 def arm_line(arm: str) -> dict[str, Any]:
     """The concept arm solid, every control dashed, in its arm's colour."""
-    return {"color": ARM_COLORS.get(arm), **({} if arm == "concept" else {"dash": "dash"})}
+    return {"color": ARM_COLORS.get(arm), **({} if arm == CONCEPT_ARM else {"dash": "dash"})}
 
 
 def concept_on_top(curves: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Each arm's curve, the concept arm's last so it is drawn over a control it coincides
     with (two identical curves would otherwise show as the control alone)."""
     arms = list(curves.groupby("arm", sort=False))
-    return sorted(arms, key=lambda item: item[0] == "concept")
+    return sorted(arms, key=lambda item: item[0] == CONCEPT_ARM)
 
 
 def stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
@@ -152,7 +153,7 @@ def headline(curves: pd.DataFrame, *, main: str, score: str, metric: str) -> Fig
             for arm, group in concept_on_top(curves)
         ]
     )
-    controlled = set(curves["arm"]) >= {"concept", "random"}
+    controlled = set(curves["arm"]) >= {CONCEPT_ARM, RANDOM_ARM}
     fig.update_layout(
         title=f"{main} {score} while retraining"
         + (": the concept arm against its control" if controlled else ": the concept arm"),

@@ -114,6 +114,11 @@ RANK_METHOD = "probeless"
 #: them removes PER as much as LOC; selectivity removes LOC alone (docs/method.md).
 RUN_METHOD = "selectivity"
 
+#: "recovered": the concept's F1 back to this share of its F1 before the removal (for a language
+#: model, this share of the concept loss's rise at the removal recovered). Here, not in
+#: :mod:`neuroplastic.core.curves` (which uses it), so that text stating it needs no torch.
+RECOVERY_TARGET = 0.9
+
 DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
 SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
 

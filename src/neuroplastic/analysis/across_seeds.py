@@ -197,8 +197,9 @@ def _grid(per_arm: Sequence[dict[str, Any]]) -> list[float] | list[list[float]]:
 
 
 def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """:data:`SAVINGS_MEASURES` across the seeds that have them, at 90% of base and at every
-    share of :data:`~neuroplastic.core.curves.SAVINGS_TARGETS` (``targets``); censored seeds
+    """:data:`SAVINGS_MEASURES` across the seeds that have them, at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of base and at every share of
+    :data:`~neuroplastic.core.curves.SAVINGS_TARGETS` (``targets``); censored seeds
     are counted at their bound, never dropped
     (:func:`~neuroplastic.analysis.intervals.censored_interval`): a naive arm that never
     learned makes a seed's savings at least its value at the naive budget, a concept arm that

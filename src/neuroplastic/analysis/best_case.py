@@ -36,10 +36,11 @@ def best_cases(
 ) -> list[dict[str, Any]]:
     """The retrainer's best case over ``axis``, as the tamper-resistance literature reports a
     defence's worst case: for each group of cells that differ in ``axis`` alone, per seed the
-    value that recovered the concept fastest (fewest steps to lasting recovery at 90% of base,
-    :data:`RECOVERY_STEPS`; a seed where none got there is censored at the smallest budget)
-    and the one that ended with the highest concept F1, then both across seeds. The choice is
-    made per seed, after the fact: an upper bound on what a retrainer who tunes ``axis`` gets."""
+    value that recovered the concept fastest (fewest steps to lasting recovery at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of base, :data:`RECOVERY_STEPS`; a seed where
+    none got there is censored at the smallest budget) and the one that ended with the highest
+    concept F1, then both across seeds. The choice is made per seed, after the fact: an upper
+    bound on what a retrainer who tunes ``axis`` gets."""
     cases = []
     for cells in _along(settings, axis):
         if len(cells) < 2:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from neuroplastic.cli.run_commands import check_report_extra, config_from_args
-from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM, RECOVERY_TARGET
 
 #: the settings whose flags take several values in a sweep, one cell each
 CELL_SETTINGS = ("mode", "method")
@@ -104,8 +104,8 @@ def sweep(args: argparse.Namespace) -> int:
             difference = data["preempt"]["preempt_minus_control"]
             print(
                 f"    pre-empting by {data['preempt']['predictor']} minus its control: steps to "
-                f"90% {_mean_ci(difference['steps_to_recover_90'])}, recovery AUC "
-                f"{_mean_ci(difference['recovery_auc'])}"
+                f"{RECOVERY_TARGET:.0%} {_mean_ci(difference['steps_to_recover_90'])}, "
+                f"recovery AUC {_mean_ci(difference['recovery_auc'])}"
             )
     if not args.no_report:
         from neuroplastic.report.sweep_report import write_sweep_report

@@ -215,7 +215,7 @@ def round_measures(
     added neurons already among the base's most salient (:func:`share_salient_at_base`) beside
     its chance level (:func:`salient_at_base_chance`), for the others how many neurons they
     hold in common with it. Measuring a later round against base would give 0 steps whenever
-    the concept never falls below 90% of base, by construction.
+    the concept never falls below ``recovery_target`` of base, by construction.
 
     ``rows``: the run's evaluations (``metrics.jsonl``); ``sets``: each arm's held set per
     round, round 1 first; ``branches``: arms whose later rounds start from another arm's model

@@ -163,8 +163,9 @@ def _relearn_summary(setup: Setup) -> dict[str, Any] | None:
 
 def _savings_summary(setup: Setup, rows: list[dict]) -> dict[str, Any]:
     """Relearning against first learning (:func:`neuroplastic.core.curves.savings`): the concept
-    arm's round-1 curve and the naive arm's, each arm's lasting recovery to 90% (and to every
-    share of :data:`~neuroplastic.core.curves.SAVINGS_TARGETS`) of the concept arm's base F1,
+    arm's round-1 curve and the naive arm's, each arm's lasting recovery to
+    :data:`~neuroplastic.config.RECOVERY_TARGET` (and to every share of
+    :data:`~neuroplastic.core.curves.SAVINGS_TARGETS`) of the concept arm's base F1,
     the area between them over the first stage, and the naive base as fine-tuned without the
     concept (its F1 for every type: the arms must be equally good at everything else)."""
     config, store = setup.config, setup.store
@@ -182,7 +183,7 @@ def _savings_summary(setup: Setup, rows: list[dict]) -> dict[str, Any]:
             curves[CONCEPT_ARM], curves[NAIVE_ARM], RECOVERY_TARGET * base_f1, first_stage_end
         ),
         "target_share_of_base": RECOVERY_TARGET,
-        # several targets: at 90% the target may sit on the naive arm's plateau
+        # several targets: at RECOVERY_TARGET the target may sit on the naive arm's plateau
         "targets": {
             str(share): savings(
                 curves[CONCEPT_ARM], curves[NAIVE_ARM], share * base_f1, first_stage_end
@@ -250,8 +251,9 @@ def _one_shot_summary(
 def _preempt_summary(
     setup: Setup, neuron_sets: dict[str, NeuronSet], rows: list[dict]
 ) -> dict[str, Any]:
-    """Recovery of every arm from its pruned stage (steps to 90% of the base F1, mean recovered
-    share) and the pre-empting arm minus its control, at the last stage and in recovery."""
+    """Recovery of every arm from its pruned stage (steps to
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of the base F1, mean recovered share) and the
+    pre-empting arm minus its control, at the last stage and in recovery."""
     config, concept = setup.config, setup.config.concept
     base = next(r["f1"][concept] for r in rows if r["stage"] == "base")
     recovery = {}

@@ -178,7 +178,8 @@ def chase_recovery(
     concept: str,
 ) -> Figure:
     """The concept's F1 (``column`` of the chase's evaluation rows) over every round, per arm of
-    ``arms``; a dotted line where each round starts and a dashed one at 90% of ``base_score``."""
+    ``arms``; a dotted line where each round starts and a dashed one at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of ``base_score``."""
     go = _go()
     figure = go.Figure()
     for arm, group in metrics.groupby("arm", sort=False):
@@ -439,7 +440,8 @@ def savings_curves(
     curves: pd.DataFrame, *, arms: Sequence[str], target: float, concept: str
 ) -> Figure:
     """The concept's F1 against retraining step for each of ``arms`` present in ``curves``, a
-    dotted line at ``target`` (90% of the concept arm's base F1)."""
+    dotted line at ``target`` (:data:`~neuroplastic.config.RECOVERY_TARGET` of the concept
+    arm's base F1)."""
     go = _go()
     fig = go.Figure()
     for arm in arms:
@@ -460,7 +462,7 @@ def savings_curves(
     fig.add_hline(
         y=target,
         line={"dash": "dot", "width": 1, "color": "#57606a"},
-        annotation_text="target: 90% of the concept arm's base F1",
+        annotation_text=f"target: {RECOVERY_TARGET:.0%} of the concept arm's base F1",
         annotation_font=NOTE_FONT,
     )
     fig.update_yaxes(range=[0, 1.02], title_text=f"{concept} F1")

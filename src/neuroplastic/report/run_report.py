@@ -31,7 +31,7 @@ from neuroplastic.analysis.arm_analysis import ArmAnalysis, analyse_arm
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.polysemantic import common_population, control_pair_population
 from neuroplastic.analysis.scores import recovery_curves, stage_gaps
-from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM, ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM, RECOVERY_TARGET, ExperimentConfig
 from neuroplastic.core.neurons import CONTROL_KINDS
 from neuroplastic.core.pretrained import model_note
 from neuroplastic.core.similarity import TokenEmbeddings
@@ -413,14 +413,15 @@ def _recovery_numbers(recovered: dict[str, Any]) -> dict[str, str]:
     grid = recovered.get("grid") or []
     steps = recovered.get("steps_to_recover")
     budget = recovered.get("budget")
+    target = f"{RECOVERY_TARGET:.0%} of base"
     numbers = {
-        f"first crossing of 90% of base, steps (evaluated at steps {_grid_text(grid)})": (
+        f"first crossing of {target}, steps (evaluated at steps {_grid_text(grid)})": (
             steps_text(steps) if recovered.get("reached") else f"not within {budget:g} (censored)"
         )
     }
     if "lasting" in recovered:  # (older runs have the first crossing only)
         lasting = recovered.get("steps_to_lasting_recovery")
-        numbers["lasting recovery: steps after which it stays at or above 90% of base"] = (
+        numbers[f"lasting recovery: steps after which it stays at or above {target}"] = (
             steps_text(lasting) if recovered["lasting"] else f"not by step {budget:g} (censored)"
         )
     for step, share in (recovered.get("share_recovered") or {}).items():

@@ -19,7 +19,7 @@ import pandas as pd
 
 from neuroplastic.analysis.intervals import as_text, number_text
 from neuroplastic.analysis.predictor_labels import DESCRIPTIONS
-from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM, RECOVERY_TARGET
 from neuroplastic.core.pretrained import model_note
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.report import sweep_figures
@@ -411,8 +411,9 @@ _SAVINGS_EXTRAS = (
 def _savings(
     page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str
 ) -> None:
-    """Relearning or learning: the concept arm against the naive arm, across seeds, at 90% of
-    base and at every target, and the two bases on the other types."""
+    """Relearning or learning: the concept arm against the naive arm, across seeds, at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of base and at every target, and the two bases
+    on the other types."""
     saved = result.get("savings")
     if not saved:
         return
@@ -545,7 +546,9 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
                     "axis": axis,
                     "other settings": ", ".join(f"{k}={v}" for k, v in case["fixed"].items()),
                     "values": ", ".join(map(str, case["values"])),
-                    "fastest lasting recovery (steps to 90%)": as_text(case["fastest_recovery"]),
+                    f"fastest lasting recovery (steps to {RECOVERY_TARGET:.0%})": as_text(
+                        case["fastest_recovery"]
+                    ),
                     "chosen per seed": ", ".join(map(str, case["fastest_value"])),
                     f"highest final {concept} F1": as_text(case["highest_final_f1"]),
                     "chosen per seed ": ", ".join(map(str, case["highest_value"])),

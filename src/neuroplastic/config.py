@@ -114,6 +114,11 @@ RANK_METHOD = "probeless"
 #: them removes PER as much as LOC; selectivity removes LOC alone (docs/method.md).
 RUN_METHOD = "selectivity"
 
+#: "recovered": the concept's F1 back to this share of its F1 before the removal (for a language
+#: model, this share of the concept loss's rise at the removal recovered). Here, not in
+#: :mod:`neuroplastic.core.curves` (which uses it), so that text stating it needs no torch.
+RECOVERY_TARGET = 0.9
+
 DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
 SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
 
@@ -125,6 +130,11 @@ PREEMPT_CHOICES = (*PREDICTOR_NAMES, "oracle")
 #: the oracle (the concept arm's realised top gainers held instead), which bounds what any
 #: predictor could buy; ``--preempt oracle`` runs the first two only (its preempt is the oracle).
 PREEMPT_ARMS = ("preempt", "preempt-random", "preempt-oracle")
+#: The arm that holds the concept's neurons (ablated, then retrained): what a run measures. Its
+#: base stage is the base of every arm but the naive one (whose base never learned the concept).
+CONCEPT_ARM = "concept"
+#: The concept arm's control (``baseline``): as many other neurons, held and retrained alike.
+RANDOM_ARM = "random"
 #: The arm a chase adds: the union of every round's neurons held from the base weights at once,
 #: retrained for one round (is chasing different from removing more at once?).
 ONE_SHOT_ARM = "one-shot"
@@ -728,7 +738,7 @@ class ExperimentConfig:
 
     @property
     def arms(self) -> tuple[str, ...]:
-        arms = ("concept",) if self.baseline == "none" else ("concept", "random")
+        arms = (CONCEPT_ARM,) if self.baseline == "none" else (CONCEPT_ARM, RANDOM_ARM)
         if self.rounds > 1:
             return (*arms, ONE_SHOT_ARM)
         if self.naive:

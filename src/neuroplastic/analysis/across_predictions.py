@@ -18,6 +18,7 @@ from neuroplastic.analysis.measures import (
     _difference_bounds,
     _minus,
 )
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
 
 
 def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -34,16 +35,16 @@ def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, An
         if frame.empty:
             continue
         if "arm" not in frame:
-            frame["arm"] = "concept"
+            frame["arm"] = CONCEPT_ARM
         # None (no number in the summary's JSON) back to NaN: a measure not defined.
         frame = frame.astype({"auc": float, "precision_at_k": float, "base_rate": float})
         frame["precision_lift"] = frame["precision_at_k"] - frame["base_rate"]
         for arm, rows in frame.groupby("arm", sort=False):
             per_arm.setdefault(str(arm), {})[run["seed"]] = rows.set_index(["predictor", "truth"])
-    if "concept" not in per_arm:
+    if CONCEPT_ARM not in per_arm:
         return []
     result = []
-    concept = per_arm["concept"]
+    concept = per_arm[CONCEPT_ARM]
     keys = list(dict.fromkeys(k for frame in concept.values() for k in frame.index))
     for predictor, truth in keys:
         for measure, bounds in PREDICTION_BOUNDS.items():
@@ -52,8 +53,8 @@ def prediction_across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, An
                 result.append(
                     _prediction_row(arm, predictor, truth, measure, interval(values, bounds=bounds))
                 )
-            if "random" in per_arm:
-                control = per_arm["random"]
+            if RANDOM_ARM in per_arm:
+                control = per_arm[RANDOM_ARM]
                 values = [
                     _minus(
                         _cell(concept[s], predictor, truth, measure),

@@ -18,6 +18,7 @@ from neuroplastic.analysis.measures import (
     _minus,
     _nan,
 )
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
 
 
 def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -47,8 +48,9 @@ def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 for arm in arms
             },
         }
-        if {"concept", "random"} <= set(arms):
-            pairs = [(a["concept"], a["random"]) if {"concept", "random"} <= set(a) else None
+        if {CONCEPT_ARM, RANDOM_ARM} <= set(arms):
+            pair = (CONCEPT_ARM, RANDOM_ARM)
+            pairs = [(a[pair[0]], a[pair[1]]) if set(pair) <= set(a) else None
                      for a in per_seed]  # fmt: skip
             entry["concept_minus_random"] = {m: _chase_difference(m, pairs) for m in CHASE_MEASURES}
         result.append(entry)

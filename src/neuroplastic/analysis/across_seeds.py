@@ -22,6 +22,7 @@ from neuroplastic.analysis.measures import (
     _minus,
     measure_table,
 )
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
 from neuroplastic.core.curves import (
     NEITHER_REACHED,
 )
@@ -67,12 +68,12 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         kinds = sorted({a["control"] for a in per_arm if "control" in a})
         if kinds:
             result["arms"][arm]["control"] = kinds[0] if len(kinds) == 1 else kinds
-    if "random" in arms:
+    if RANDOM_ARM in arms:
         result["concept_minus_random"] = {
             m: _paired_across(
                 m,
-                [r["arms"]["concept"] for r in runs],
-                [r["arms"]["random"] for r in runs],
+                [r["arms"][CONCEPT_ARM] for r in runs],
+                [r["arms"][RANDOM_ARM] for r in runs],
                 table,
             )
             for m in table.descriptions
@@ -196,8 +197,9 @@ def _grid(per_arm: Sequence[dict[str, Any]]) -> list[float] | list[list[float]]:
 
 
 def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """:data:`SAVINGS_MEASURES` across the seeds that have them, at 90% of base and at every
-    share of :data:`~neuroplastic.core.curves.SAVINGS_TARGETS` (``targets``); censored seeds
+    """:data:`SAVINGS_MEASURES` across the seeds that have them, at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of base and at every share of
+    :data:`~neuroplastic.core.curves.SAVINGS_TARGETS` (``targets``); censored seeds
     are counted at their bound, never dropped
     (:func:`~neuroplastic.analysis.intervals.censored_interval`): a naive arm that never
     learned makes a seed's savings at least its value at the naive budget, a concept arm that
@@ -218,8 +220,10 @@ def savings_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         result["targets_reached"] = {
             share: {
-                "concept": sum(s["targets"][share]["steps_relearned"] is not None for s in present),
-                "naive": sum(s["targets"][share]["steps_naive"] is not None for s in present),
+                CONCEPT_ARM: sum(
+                    s["targets"][share]["steps_relearned"] is not None for s in present
+                ),
+                NAIVE_ARM: sum(s["targets"][share]["steps_naive"] is not None for s in present),
                 "of": len(present),
             }
             for share in present[0]["targets"]

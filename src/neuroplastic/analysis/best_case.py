@@ -16,6 +16,7 @@ from neuroplastic.analysis.measures import (
     RECOVERY_STEPS,
     _minus,
 )
+from neuroplastic.config import CONCEPT_ARM
 
 
 def _along(settings: dict[str, dict[str, Any]], axis: str) -> list[list[str]]:
@@ -35,10 +36,11 @@ def best_cases(
 ) -> list[dict[str, Any]]:
     """The retrainer's best case over ``axis``, as the tamper-resistance literature reports a
     defence's worst case: for each group of cells that differ in ``axis`` alone, per seed the
-    value that recovered the concept fastest (fewest steps to lasting recovery at 90% of base,
-    :data:`RECOVERY_STEPS`; a seed where none got there is censored at the smallest budget)
-    and the one that ended with the highest concept F1, then both across seeds. The choice is
-    made per seed, after the fact: an upper bound on what a retrainer who tunes ``axis`` gets."""
+    value that recovered the concept fastest (fewest steps to lasting recovery at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of base, :data:`RECOVERY_STEPS`; a seed where
+    none got there is censored at the smallest budget) and the one that ended with the highest
+    concept F1, then both across seeds. The choice is made per seed, after the fact: an upper
+    bound on what a retrainer who tunes ``axis`` gets."""
     cases = []
     for cells in _along(settings, axis):
         if len(cells) < 2:
@@ -47,7 +49,7 @@ def best_cases(
         fastest, at_least, highest = [], [], []
         chosen_fastest, chosen_highest = [], []
         for seed in seeds:
-            concept = {c: measured[c][seed]["arms"]["concept"] for c in cells}
+            concept = {c: measured[c][seed]["arms"][CONCEPT_ARM] for c in cells}
             reached = {
                 c: a[RECOVERY_STEPS] for c, a in concept.items() if a[RECOVERY_STEPS] is not None
             }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from neuroplastic.config import RECOVERY_TARGET
 from neuroplastic.core.curves import (
     SHARE_STEPS,
 )
@@ -37,17 +38,17 @@ RUN_MEASURES: tuple[Measure, ...] = (
     Measure(
         "steps_to_recover_90",
         "first crossing: retraining steps until concept F1 first reaches "
-        "90% of base (interpolated between the evaluations of the run's grid), whether or not it "
-        "stays there; a run that never gets there is censored: counted, and the mean becomes a "
-        "lower bound (the budget for that run)",
+        f"{RECOVERY_TARGET:.0%} of base (interpolated between the evaluations of the run's grid), "
+        "whether or not it stays there; a run that never gets there is censored: counted, and "
+        "the mean becomes a lower bound (the budget for that run)",
         censored=True,
         margin=3.0,
     ),
     Measure(
         "lasting_recovery_90",
         "lasting recovery: retraining steps after which every evaluation "
-        "of the run's grid stays at or above 90% of base (interpolated from the last evaluation "
-        "below); a run whose last evaluation is below is censored at its budget",
+        f"of the run's grid stays at or above {RECOVERY_TARGET:.0%} of base (interpolated from the "
+        "last evaluation below); a run whose last evaluation is below is censored at its budget",
         censored=True,
         margin=3.0,
     ),
@@ -155,7 +156,8 @@ LM_RUN_MEASURES: tuple[Measure, ...] = (
     ),
     Measure(
         "steps_to_recover_90",
-        "first crossing: retraining steps until 90% of the concept loss's rise at the removal "
+        f"first crossing: retraining steps until {RECOVERY_TARGET:.0%} of the concept loss's "
+        "rise at the removal "
         "is first recovered (interpolated), whether or not it stays so; censored at the budget "
         "when it never is; undefined for an arm whose perplexity on the concept rose by less than "
         "10% (a rise under ln 1.1 nats: a control)",
@@ -165,8 +167,8 @@ LM_RUN_MEASURES: tuple[Measure, ...] = (
     Measure(
         "lasting_recovery_90",
         "lasting recovery: retraining steps after which every evaluation has recovered at "
-        "least 90% of the rise (interpolated from the last evaluation below); censored at the "
-        "budget when the last evaluation is below; undefined as above",
+        f"least {RECOVERY_TARGET:.0%} of the rise (interpolated from the last evaluation below); "
+        "censored at the budget when the last evaluation is below; undefined as above",
         censored=True,
         margin=3.0,
     ),
@@ -275,9 +277,10 @@ CHASE_MEASURES = {
     "removed": "concept F1 right after the round's neurons were removed",
     "drop": "concept F1 lost at the round's removal: before - removed",
     "retrained": "concept F1 after the round's retraining",
-    "steps_to_recover": "retraining steps from the round's start until concept F1 is back to 90% "
-    "of its F1 just before the removal (interpolated); a seed whose round never gets there is "
-    "censored: counted at the round's budget, and the mean becomes a lower bound",
+    "steps_to_recover": "retraining steps from the round's start until concept F1 is back to "
+    f"{RECOVERY_TARGET:.0%} of its F1 just before the removal (interpolated); a seed whose round "
+    "never gets there is censored: counted at the round's budget, and the mean becomes a lower "
+    "bound",
     "recovery_auc": "mean of concept F1 / its F1 before the removal over the round's steps",
     "held": "neurons held after the round's removal (all rounds so far)",
     "others_retrained": "unweighted mean F1 of the other entity types (not the concept, not "
@@ -287,7 +290,8 @@ CHASE_MEASURES = {
 
 #: a pre-emption's (``--preempt``) per-run measures, per arm
 PREEMPT_MEASURES = {
-    "steps_to_recover_90": "retraining steps until concept F1 is back to 90% of base "
+    "steps_to_recover_90": f"retraining steps until concept F1 is back to {RECOVERY_TARGET:.0%} "
+    "of base "
     "(interpolated); a seed that never gets there is censored at its budget",
     "recovery_auc": "mean of concept F1 / base F1 over the retraining steps",
     "pruned_f1": "concept F1 right after pruning",
@@ -315,11 +319,12 @@ SAVINGS_FIELDS = (
 
 #: the savings measures across seeds, with what each one means
 SAVINGS_MEASURES = {
-    "savings": "1 - steps(concept arm) / steps(naive arm) to lasting recovery at 90% of the "
-    "concept arm's base F1 (``targets``: at 50%, 80% and 90%): 1 when relearning is immediate, "
-    "0 when no faster than learning from nothing; a seed whose naive arm never got there for "
-    "good is censored (at least its value at the naive arm's budget), one whose concept arm "
-    "never got back there for good too (at most its value at that arm's budget)",
+    "savings": "1 - steps(concept arm) / steps(naive arm) to lasting recovery at "
+    f"{RECOVERY_TARGET:.0%} of the concept arm's base F1 (``targets``: at 50%, 80% and 90%): 1 "
+    "when relearning is immediate, 0 when no faster than learning from nothing; a seed whose "
+    "naive arm never got there for good is censored (at least its value at the naive arm's "
+    "budget), one whose concept arm never got back there for good too (at most its value at "
+    "that arm's budget)",
     "steps_relearned": "retraining steps of the concept arm to lasting recovery at that target",
     "steps_naive": "retraining steps of the naive arm (never taught the concept nor to refuse "
     "it, the same neurons held, the same batches) to lasting recovery at that target; "

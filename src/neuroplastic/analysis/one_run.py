@@ -17,7 +17,7 @@ from neuroplastic.analysis.measures import (
     _minus,
     _nan,
 )
-from neuroplastic.config import NAIVE_ARM
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
 from neuroplastic.core.curves import (
     MIN_DROP,
     RECOVERY_TARGET,
@@ -112,9 +112,12 @@ def measures_of_run(run: RunDir, top: int | float = 0.01) -> dict[str, Any]:
     if saved is not None and "savings" in saved:  # (none while the naive arm has not retrained)
         # Recomputed from the curves (lasting recovery, every target), not read from the
         # summary: a run made before these measures gives the same numbers as a new one.
-        relearned, naive = _curve(metrics, "concept", concept), _curve(metrics, NAIVE_ARM, concept)
-        base_f1 = arms["concept"]["f1"]["base"][concept]
-        until = summary.arms["concept"].stage("retrain-1").step
+        relearned, naive = (
+            _curve(metrics, CONCEPT_ARM, concept),
+            _curve(metrics, NAIVE_ARM, concept),
+        )
+        base_f1 = arms[CONCEPT_ARM]["f1"]["base"][concept]
+        until = summary.arms[CONCEPT_ARM].stage("retrain-1").step
         targets = {
             str(share): savings(relearned, naive, share * base_f1, until)
             for share in SAVINGS_TARGETS
@@ -128,9 +131,9 @@ def measures_of_run(run: RunDir, top: int | float = 0.01) -> dict[str, Any]:
             },
             # the arms must be equally good at everything but the concept
             "naive_minus_concept_base": {
-                entity: naive_base[entity] - arms["concept"]["f1"]["base"][entity]
+                entity: naive_base[entity] - arms[CONCEPT_ARM]["f1"]["base"][entity]
                 for entity in naive_base
-                if entity not in (concept, "overall") and entity in arms["concept"]["f1"]["base"]
+                if entity not in (concept, "overall") and entity in arms[CONCEPT_ARM]["f1"]["base"]
             },
             "naive_base_f1": saved["naive_base"]["f1"][concept],
             "first_stage_f1": summary.arms[NAIVE_ARM].stage("retrain-1").f1[concept],
@@ -289,9 +292,9 @@ def _add_control_gap(arms: dict[str, Any]) -> None:
     for arm, measured in arms.items():
         for step in SHARE_STEPS:
             closed = math.nan
-            if arm == "concept" and "random" in arms:
+            if arm == CONCEPT_ARM and RANDOM_ARM in arms:
                 closed = control_gap_closed(
-                    measured["curve"], arms["random"]["curve"], step, MIN_LOSS_RISE,
+                    measured["curve"], arms[RANDOM_ARM]["curve"], step, MIN_LOSS_RISE,
                     column="lm_loss",
                 )  # fmt: skip
             measured[f"control_gap_closed_{step}"] = closed

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from neuroplastic.analysis.arm_run import ArmRun, concept_share
 from neuroplastic.analysis.layers import fixed_population
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.stats import NeuronStats
 from neuroplastic.errors import NeuroplasticError
@@ -135,7 +136,7 @@ def control_pair_population(arms: Mapping[str, ArmRun]) -> Bool[Tensor, "layer n
     """:func:`common_population` of the concept arm and its control (the pair a paired
     difference compares), or of every arm in a run without that pair: what other arms a run
     happens to have (a chase's, a pre-emption's) does not change the neurons compared."""
-    pair = {arm: arms[arm] for arm in ("concept", "random") if arm in arms}
+    pair = {arm: arms[arm] for arm in (CONCEPT_ARM, RANDOM_ARM) if arm in arms}
     return common_population(pair if len(pair) == 2 else arms)
 
 

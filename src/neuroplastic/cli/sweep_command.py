@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from neuroplastic.cli.run_commands import check_report_extra, config_from_args
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM, RECOVERY_TARGET
 
 #: the settings whose flags take several values in a sweep, one cell each
 CELL_SETTINGS = ("mode", "method")
@@ -78,9 +79,9 @@ def sweep(args: argparse.Namespace) -> int:
 
     print(f"sweep: {args.out / 'sweep.json'}")
     for cell, data in result["cells"].items():
-        drop = data["arms"]["concept"]["drop_at_pruning"]
+        drop = data["arms"][CONCEPT_ARM]["drop_at_pruning"]
         if config.task == "lm":
-            specific = data["arms"]["concept"]["specificity_at_pruning"]
+            specific = data["arms"][CONCEPT_ARM]["specificity_at_pruning"]
             print(
                 f"  {cell}: {config.concept} next-token loss rise at the removal "
                 f"{_mean_ci(drop)} nats, {_mean_ci(specific)} more than the other tokens', "
@@ -92,10 +93,10 @@ def sweep(args: argparse.Namespace) -> int:
             arms = entry["arms"]
             print(
                 f"    round {entry['round']}: {config.concept} F1 after retraining, concept arm "
-                f"{_mean_ci(arms['concept']['retrained'])}"
+                f"{_mean_ci(arms[CONCEPT_ARM]['retrained'])}"
                 + (
-                    f", random arm {_mean_ci(arms['random']['retrained'])}"
-                    if "random" in arms
+                    f", random arm {_mean_ci(arms[RANDOM_ARM]['retrained'])}"
+                    if RANDOM_ARM in arms
                     else ""
                 )
             )
@@ -103,8 +104,8 @@ def sweep(args: argparse.Namespace) -> int:
             difference = data["preempt"]["preempt_minus_control"]
             print(
                 f"    pre-empting by {data['preempt']['predictor']} minus its control: steps to "
-                f"90% {_mean_ci(difference['steps_to_recover_90'])}, recovery AUC "
-                f"{_mean_ci(difference['recovery_auc'])}"
+                f"{RECOVERY_TARGET:.0%} {_mean_ci(difference['steps_to_recover_90'])}, "
+                f"recovery AUC {_mean_ci(difference['recovery_auc'])}"
             )
     if not args.no_report:
         from neuroplastic.report.sweep_report import write_sweep_report

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from neuroplastic import distributed
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, ExperimentConfig
 from neuroplastic.core.models import load_model
 from neuroplastic.core.relearn import concept_neutral_loss, concept_tag_ids
 from neuroplastic.core.training import TokenClassifier, TrainConfig, Trainer, mean_loss
@@ -63,7 +63,7 @@ def _train_to_plateau(setup: Setup, log=report_line) -> tuple[dict, list[float]]
         first = trainer.step
         losses += trainer.run(
             min(chunk, cap - first),
-            on_step=setup.step_hook("concept", "base", first),
+            on_step=setup.step_hook(CONCEPT_ARM, "base", first),
             progress=setup.progress,
             description=f"fine-tuning base model from step {first}",
         )

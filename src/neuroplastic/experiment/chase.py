@@ -22,7 +22,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, ExperimentConfig
 from neuroplastic.core.curves import RECOVERY_TARGET, recovery_auc, steps_to_recover
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
@@ -144,10 +144,10 @@ def chase_stop(store: Checkpointer, config: ExperimentConfig, round_: int) -> st
         if stop["after_round"] == round_:
             return stop["reason"]
     last = round_stages(config.stages, round_)[-1]
-    if not config.stop_below or not store.done("concept", last):
+    if not config.stop_below or not store.done(CONCEPT_ARM, last):
         return None
-    base = store.marker("concept", "base")["rows"][-1]["f1"][config.concept]
-    after = store.marker("concept", last)["rows"][-1]["f1"][config.concept]
+    base = store.marker(CONCEPT_ARM, "base")["rows"][-1]["f1"][config.concept]
+    after = store.marker(CONCEPT_ARM, last)["rows"][-1]["f1"][config.concept]
     if after >= config.stop_below * base:
         return None
     return (
@@ -215,13 +215,13 @@ def round_measures(
     added neurons already among the base's most salient (:func:`share_salient_at_base`) beside
     its chance level (:func:`salient_at_base_chance`), for the others how many neurons they
     hold in common with it. Measuring a later round against base would give 0 steps whenever
-    the concept never falls below 90% of base, by construction.
+    the concept never falls below ``recovery_target`` of base, by construction.
 
     ``rows``: the run's evaluations (``metrics.jsonl``); ``sets``: each arm's held set per
     round, round 1 first; ``branches``: arms whose later rounds start from another arm's model
     (the control from the concept arm's), which is then what ``before`` is read from."""
     branches = branches or {}
-    base_f1 = next(r["f1"] for r in rows if r["stage"] == "base" and r["arm"] == "concept")
+    base_f1 = next(r["f1"] for r in rows if r["stage"] == "base" and r["arm"] == CONCEPT_ARM)
     records = []
     for index in range(max(len(s) for s in sets.values())):
         round_ = index + 1
@@ -262,11 +262,11 @@ def round_measures(
                 "held_per_layer": _per_layer(held),
                 "added_mean_layer": _none_if_nan(mean_layer(added)),
             }
-            if arm != "concept" and "concept" in sets and index < len(sets["concept"]):
+            if arm != CONCEPT_ARM and CONCEPT_ARM in sets and index < len(sets[CONCEPT_ARM]):
                 # The concept arm picks by its own ranking alone: it may take up neurons the
                 # control held in an earlier round (the control's picks avoid the concept's).
-                entry["overlap_with_concept"] = held.overlap(sets["concept"][index])
-            if arm == "concept":
+                entry["overlap_with_concept"] = held.overlap(sets[CONCEPT_ARM][index])
+            if arm == CONCEPT_ARM:
                 entry["already_salient_at_base"] = _none_if_nan(
                     share_salient_at_base(added, held, base)
                 )

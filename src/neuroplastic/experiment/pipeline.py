@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from neuroplastic import distributed
-from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, ONE_SHOT_ARM, ExperimentConfig
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.training import Trainer
 from neuroplastic.core.training import tagging_loss as tagging_loss  # re-exported
@@ -137,13 +137,13 @@ def run_experiment(
                 _retrain_arm(setup, arm, held, log)
         if config.naive:  # the concept learned from nothing, the concept arm's neurons held
             _fine_tune_naive(setup, log, base_from)
-            naive = _naive_set(setup, neuron_sets["concept"])
+            naive = _naive_set(setup, neuron_sets[CONCEPT_ARM])
             if config.removal != "neurons":
                 setup = replace(setup, erasures=_naive_erasure(setup))
             held = HeldSets(setup, {**neuron_sets, NAIVE_ARM: naive})
             _retrain_arm(setup, NAIVE_ARM, held, log)
         if config.preempt:  # from the concept arm's predictions, made at its pruned stage
-            preempted = _preempt_sets(setup, neuron_sets["concept"])
+            preempted = _preempt_sets(setup, neuron_sets[CONCEPT_ARM])
             held = HeldSets(setup, {**neuron_sets, **preempted})
             for arm in preempted:
                 _retrain_arm(setup, arm, held, log)
@@ -179,11 +179,11 @@ def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> 
     of the same base settings), then measure the base; returns its ranking (None when the base
     was done before: its ranking is on disk)."""
     config = setup.config
-    if setup.main_store.done("concept", "base"):
+    if setup.main_store.done(CONCEPT_ARM, "base"):
         log("[base] already done; resuming")
         return None
     losses: list[float] = []
-    shared = _shared(setup, base_from, "concept")
+    shared = _shared(setup, base_from, CONCEPT_ARM)
     if config.checkpoint:
         _load_on_main(setup.module, Path(config.checkpoint))
         base = {"steps": 0, "stopped": "checkpoint", "probe_loss": []}
@@ -194,7 +194,7 @@ def _fine_tune_base(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> 
         log(f"[base] fine-tuned weights loaded from {shared.source} (the same base settings)")
     else:
         base, losses = _train_to_plateau(setup, log)
-    return _finish_stage(setup, "concept", "base", 0, losses, None, [], log, base=base)
+    return _finish_stage(setup, CONCEPT_ARM, "base", 0, losses, None, [], log, base=base)
 
 
 def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) -> None:
@@ -214,7 +214,7 @@ def _fine_tune_naive(setup: Setup, log, base_from: Sequence[str | Path] = ()) ->
         log(f"[{NAIVE_ARM}] base weights loaded from {shared.source} (the same base settings)")
         _finish_stage(setup, NAIVE_ARM, "base", 0, shared.losses, None, [], log, base=shared.base)
         return
-    steps = setup.main_store.marker("concept", "base")["base"]["steps"]
+    steps = setup.main_store.marker(CONCEPT_ARM, "base")["base"]["steps"]
     _load_initial_weights(setup)
     trainer = Trainer(
         setup.trainee, naive_base_loss(setup), setup.train_data, setup.base_steps,

@@ -14,6 +14,7 @@ from neuroplastic.analysis.predict import (
     predict_at_base,
     predict_at_pruned,
 )
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.similarity import TokenEmbeddings
@@ -26,12 +27,12 @@ from neuroplastic.store.rundir import round_stages
 
 #: the arms whose removal is predicted: the concept's, and its paired control, where nothing
 #: concept-specific was removed, so that every predictor's score there is its null
-PREDICTED_ARMS = ("concept", "random")
+PREDICTED_ARMS = (CONCEPT_ARM, RANDOM_ARM)
 
 
 #: the arms whose predictors also get a causal truth (ablating each one's picks in the
 #: retrained model): the concept arm, where there is something to have taken over
-CAUSAL_ARMS = ("concept",)
+CAUSAL_ARMS = (CONCEPT_ARM,)
 
 
 def _predicted(setup: Setup, arm: str) -> bool:
@@ -70,13 +71,13 @@ def _predict_at_base(setup: Setup, neurons: NeuronSet) -> Predictions:
     """Base saliency, concept similarity (the base model's own input embeddings, as the report
     uses) and co-activation with ``neurons``: on the base weights, no ablation held."""
     config, split = setup.config, setup.probe_split
-    base = setup.run.stage("concept", "base")  # verified against the manifest
+    base = setup.run.stage(CONCEPT_ARM, "base")  # verified against the manifest
     embeddings = TokenEmbeddings.from_vectors(*_token_embeddings(setup.model, setup.probe_data))
     # Every predictor reads the predict half only: its saliency, its share of the base top
     # tokens (each entry records its sentence), its sentences for co-activation.
     return predict_at_base(
         setup.module, setup.predict_data, config.concept,
-        _half_ranking(setup, "concept", "base", "predict"), base.stats, neurons, embeddings,
+        _half_ranking(setup, CONCEPT_ARM, "base", "predict"), base.stats, neurons, embeddings,
         progress=setup.progress, readable=split.in_predict(base.stats.top_sentence),
     )  # fmt: skip
 

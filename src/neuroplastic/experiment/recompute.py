@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from neuroplastic import distributed
-from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, ONE_SHOT_ARM
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.stats import NeuronStats
 from neuroplastic.experiment.predicting import (
@@ -68,11 +68,11 @@ def _held_sets(setup: Setup) -> HeldSets:
     if setup.config.rounds > 1 and distributed.on_main(one_shot.is_file):
         neuron_sets[ONE_SHOT_ARM] = setup.main_run.neurons(ONE_SHOT_ARM)
     if setup.config.naive:
-        neuron_sets[NAIVE_ARM] = _naive_set(setup, neuron_sets["concept"])
+        neuron_sets[NAIVE_ARM] = _naive_set(setup, neuron_sets[CONCEPT_ARM])
     if setup.config.preempt and distributed.on_main(
-        lambda: setup.run.predictions_path("concept").is_file()
+        lambda: setup.run.predictions_path(CONCEPT_ARM).is_file()
     ):
-        neuron_sets |= _preempt_sets(setup, neuron_sets["concept"])
+        neuron_sets |= _preempt_sets(setup, neuron_sets[CONCEPT_ARM])
     return HeldSets(setup, neuron_sets)
 
 
@@ -80,7 +80,7 @@ def _repredict(setup: Setup, each: Recompute, neurons: NeuronSet) -> None:
     """The predictions saved with a recomputed pruned stage, computed again as the run did:
     on the base weights (kept until the run is complete), then on the weights after the stage
     with the removal held. The same numbers, so a damaged file comes back as it was."""
-    base = setup.main_run.saved_weights("concept", "base")
+    base = setup.main_run.saved_weights(CONCEPT_ARM, "base")
     if base is None:
         return  # a complete run keeps no weights: recovery refused it before any of this
     _load_on_main(setup.module, base)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from neuroplastic import distributed
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.predict import Predictions
-from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, ONE_SHOT_ARM, RANDOM_ARM
 from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace, fit_matched_control
 from neuroplastic.core.neurons import NeuronSet, control_kind
 from neuroplastic.core.ranking import Ranking
@@ -23,7 +23,7 @@ def _base_neuron_sets(setup: Setup, ranking: Ranking | None = None) -> dict[str,
     """Every arm's set from the base ``ranking`` (as just computed), or, on resumption, from
     its disk copy (verified against the manifest; the same ranking to the bit)."""
     if ranking is None:
-        ranking = setup.run.stage("concept", "base").ranking
+        ranking = setup.run.stage(CONCEPT_ARM, "base").ranking
     return _neuron_sets(setup, ranking)
 
 
@@ -35,13 +35,13 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
         # analysis reads the whole model as alive; the erasure is in removals/{arm}.safetensors.
         sets = {
             arm: NeuronSet(concept.n_layers, concept.d_mlp, (), setup.erasures[arm].describe())
-            for arm in ("concept", "random")
+            for arm in (CONCEPT_ARM, RANDOM_ARM)
             if arm in config.arms
         }
         for arm, neurons in sets.items():
             neurons.save(setup.run.neurons_path(arm))
         return sets
-    sets = {"concept": concept}
+    sets = {CONCEPT_ARM: concept}
     draw = {
         "random": concept.random_matching,
         "random-global": concept.random_global,
@@ -49,7 +49,7 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
     }.get(config.baseline)
     if draw is not None:
         try:
-            sets["random"] = draw(seed=config.seed)
+            sets[RANDOM_ARM] = draw(seed=config.seed)
         except NeuroplasticError as error:
             # Known only once the base is ranked; a run's settings are fixed from its start.
             raise NeuroplasticError(
@@ -63,9 +63,9 @@ def _neuron_sets(setup: Setup, ranking: Ranking) -> dict[str, NeuronSet]:
 
 def _note_control(setup: Setup, neuron_sets: dict[str, NeuronSet], log) -> None:
     """Say so when the control is not a random draw (the complement) or overlaps the set."""
-    if "random" not in neuron_sets or setup.config.removal != "neurons":
+    if RANDOM_ARM not in neuron_sets or setup.config.removal != "neurons":
         return
-    control, concept = neuron_sets["random"], neuron_sets["concept"]
+    control, concept = neuron_sets[RANDOM_ARM], neuron_sets[CONCEPT_ARM]
     kind = control_kind(setup.config.baseline, control, concept)
     if kind == "complement":
         log(
@@ -98,7 +98,7 @@ def _one_shot_set(setup: Setup, held: HeldSets) -> NeuronSet:
     """The one-shot arm's set (rank 0): every neuron the concept arm holds after the last
     round the chase ran (each round adds to the last), saved as ``neurons/one-shot.json``."""
     rounds = rounds_run(setup.store, setup.config)
-    union = held.local("concept", rounds)
+    union = held.local(CONCEPT_ARM, rounds)
     neurons = NeuronSet(
         union.n_layers,
         union.d_mlp,
@@ -115,7 +115,7 @@ def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
     predictions (rank 0)."""
     config, run = setup.config, setup.run
     # The oracle: what the concept arm (run first, on the same batches) realised.
-    arm = ArmRun.load(run, "concept")
+    arm = ArmRun.load(run, CONCEPT_ARM)
     first_round_last = round_stages(config.stages, 1)[-1]
     pruned, last = arm.stages["pruned"].ranking, arm.stages[first_round_last].ranking
     if config.preempt == "oracle":
@@ -124,7 +124,7 @@ def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
             config.seed,
         )  # fmt: skip
     else:
-        path = run.predictions_path("concept")
+        path = run.predictions_path(CONCEPT_ARM)
         run.manifest.verify(path)  # the file the run wrote, not another
         sets = preempt_sets(
             concept, Predictions.load(path), config.preempt, config.preempt_count, config.seed
@@ -151,33 +151,33 @@ def _prepare_erasures(setup: Setup, log) -> dict[str, LinearErasure]:
     then saved and listed in the manifest."""
     config, run, store = setup.config, setup.run, setup.store
     erasures = {}
-    for arm in ("concept", "random", NAIVE_ARM):
+    for arm in (CONCEPT_ARM, RANDOM_ARM, NAIVE_ARM):
         path = run.removal_path(arm)
         if path.is_file() and run.manifest.matches(path):
             erasures[arm] = LinearErasure.load(path)
-    wanted = [arm for arm in config.arms if arm in ("concept", "random")]
+    wanted = [arm for arm in config.arms if arm in (CONCEPT_ARM, RANDOM_ARM)]
     if all(arm in erasures for arm in wanted):
         return erasures
-    if not run.weights_path("concept", "base").is_file():
+    if not run.weights_path(CONCEPT_ARM, "base").is_file():
         raise NeuroplasticError(
             f"{run.path}: the {config.removal} erasure the run held is missing or altered "
-            f"({run.removal_path('concept')}) and the base weights it was fitted on are gone; "
+            f"({run.removal_path(CONCEPT_ARM)}) and the base weights it was fitted on are gone; "
             "rerun into a new --out"
         )
-    store.restore("concept", "base", setup.module)
+    store.restore(CONCEPT_ARM, "base", setup.module)
     setup.module.eval()  # no dropout in what the erasure is fitted on
     layers = config.erasure_layers(int(setup.model.cfg.n_layers))
-    if "concept" not in erasures:
-        erasures["concept"] = ERASURE_FITTERS[config.removal](
+    if CONCEPT_ARM not in erasures:
+        erasures[CONCEPT_ARM] = ERASURE_FITTERS[config.removal](
             setup.model, setup.rank_data, config.concept, layers, progress=setup.progress
         )
-        _save_erasure(setup, "concept", erasures["concept"])
-    if "random" in wanted and "random" not in erasures:
-        erasures["random"] = fit_matched_control(
-            setup.model, setup.rank_data, erasures["concept"], config.seed,
+        _save_erasure(setup, CONCEPT_ARM, erasures[CONCEPT_ARM])
+    if RANDOM_ARM in wanted and RANDOM_ARM not in erasures:
+        erasures[RANDOM_ARM] = fit_matched_control(
+            setup.model, setup.rank_data, erasures[CONCEPT_ARM], config.seed,
             progress=setup.progress,
         )  # fmt: skip
-        _save_erasure(setup, "random", erasures["random"])
+        _save_erasure(setup, RANDOM_ARM, erasures[RANDOM_ARM])
     for arm in wanted:
         log(f"[{arm}] removal: {erasures[arm].describe()}")
     return erasures
@@ -188,7 +188,7 @@ def _naive_erasure(setup: Setup) -> dict[str, LinearErasure]:
     """The naive arm holds the concept arm's erasure, as fitted on the concept's base (rank 0)."""
     erasures = dict(setup.erasures)
     if NAIVE_ARM not in erasures:
-        erasures[NAIVE_ARM] = erasures["concept"]
+        erasures[NAIVE_ARM] = erasures[CONCEPT_ARM]
         _save_erasure(setup, NAIVE_ARM, erasures[NAIVE_ARM])
     return erasures
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from neuroplastic import distributed
+from neuroplastic.config import CONCEPT_ARM
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.training import Trainer
 from neuroplastic.errors import NeuroplasticError
@@ -49,9 +50,9 @@ def _chase(setup: Setup, arms: Sequence[str], held: HeldSets, log) -> None:
             log(f"[concept] the chase stops after round {round_ - 1}: {stop}")
             return
         for arm in arms:
-            if arm != "concept":
-                _retrain_round(setup, arm, round_, held(arm, round_), log, branch="concept")
-        _retrain_round(setup, "concept", round_, held("concept", round_), log)
+            if arm != CONCEPT_ARM:
+                _retrain_round(setup, arm, round_, held(arm, round_), log, branch=CONCEPT_ARM)
+        _retrain_round(setup, CONCEPT_ARM, round_, held(CONCEPT_ARM, round_), log)
 
 
 @distributed.rank_zero
@@ -62,7 +63,7 @@ def _round_sets(setup: Setup, held: HeldSets, arms: Sequence[str], round_: int) 
             held.local(arm, round_)
     except ControlCapacityError as error:
         # The concept's set of the round that will not run was saved with it: not a round.
-        setup.run.neurons_path("concept", round_).unlink(missing_ok=True)
+        setup.run.neurons_path(CONCEPT_ARM, round_).unlink(missing_ok=True)
         return record_capacity_stop(setup.run, round_ - 1, error)
     return None
 

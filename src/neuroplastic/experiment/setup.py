@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from neuroplastic import distributed
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, ExperimentConfig
 from neuroplastic.core.erasure import LinearErasure
 from neuroplastic.core.halves import ProbeSplit, split_probe
 from neuroplastic.core.held_hooks import HeldHooks
@@ -188,18 +188,18 @@ class HeldSets:
         if (arm, round_) in self._local:
             return self._local[arm, round_]
         config, run = self.setup.config, self.setup.run
-        if arm == "concept":
+        if arm == CONCEPT_ARM:
             last = round_stages(config.stages, round_ - 1)[-1]
             neurons = next_concept_set(
-                self.local("concept", round_ - 1), run.stage("concept", last).ranking, config
+                self.local(CONCEPT_ARM, round_ - 1), run.stage(CONCEPT_ARM, last).ranking, config
             )
         else:
             # The control branches from the concept model round r-1 left: it holds that
             # model's neurons plus as many random survivors as the concept arm adds.
             neurons = next_random_set(
-                self.local("concept", round_ - 1),
-                self.local("concept", round_ - 1),
-                self.local("concept", round_),
+                self.local(CONCEPT_ARM, round_ - 1),
+                self.local(CONCEPT_ARM, round_ - 1),
+                self.local(CONCEPT_ARM, round_),
                 seed=config.seed + round_,
                 per_layer=config.baseline == "random",
             )

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.causal import CAUSAL_FILE
 from neuroplastic.analysis.predict import Predictions, evaluate_arm, paired_population
-from neuroplastic.config import NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, ExperimentConfig
+from neuroplastic.config import (
+    CONCEPT_ARM,
+    NAIVE_ARM,
+    ONE_SHOT_ARM,
+    PREEMPT_ARMS,
+    RANDOM_ARM,
+    ExperimentConfig,
+)
 from neuroplastic.core.curves import (
     RECOVERY_TARGET,
     SAVINGS_TARGETS,
@@ -38,7 +45,7 @@ if TYPE_CHECKING:
     from neuroplastic.experiment.setup import HeldSets, Setup
 
 #: each arm's paired control: the same batches, schedule and dropout, other neurons held
-CONTROLS = {"concept": "random", "preempt": "preempt-random"}
+CONTROLS = {CONCEPT_ARM: RANDOM_ARM, "preempt": "preempt-random"}
 
 
 def build_summary(setup: Setup, held: HeldSets, processes: list[int]) -> Summary:
@@ -60,7 +67,7 @@ def build_summary(setup: Setup, held: HeldSets, processes: list[int]) -> Summary
             **setup.data_overlap,
         },
         steps=Steps(base_cap=setup.base_steps, per_stage=setup.stage_steps),
-        base=store.marker("concept", "base")["base"],
+        base=store.marker(CONCEPT_ARM, "base")["base"],
         arms=arm_summaries(config, rows, neuron_sets, setup.erasures),
         prediction=predicted.get("prediction"),
         causal=predicted.get("causal"),
@@ -116,13 +123,13 @@ def arm_summaries(
                 removal["removed_variance"] = {
                     str(k): v for k, v in sorted(erasure.removed.items())
                 }
-            if arm == "random":  # matched in removed variance, or (older runs) not
+            if arm == RANDOM_ARM:  # matched in removed variance, or (older runs) not
                 control = "matched-projection" if erasure.removed else "random-projection"
         else:
-            if arm != "concept":
-                overlap = neurons.overlap(neuron_sets["concept"])
-            if arm == "random":
-                control = control_kind(config.baseline, neurons, neuron_sets["concept"])
+            if arm != CONCEPT_ARM:
+                overlap = neurons.overlap(neuron_sets[CONCEPT_ARM])
+            if arm == RANDOM_ARM:
+                control = control_kind(config.baseline, neurons, neuron_sets[CONCEPT_ARM])
         if metric == "f1" and ends[arm] and arm != NAIVE_ARM:  # (the naive base never knew it)
             base_f1 = ends[arm][0]["f1"][config.concept]
             recovered = recovery(round_one_curve(rows, arm, config.concept), base_f1)
@@ -156,25 +163,30 @@ def _relearn_summary(setup: Setup) -> dict[str, Any] | None:
 
 def _savings_summary(setup: Setup, rows: list[dict]) -> dict[str, Any]:
     """Relearning against first learning (:func:`neuroplastic.core.curves.savings`): the concept
-    arm's round-1 curve and the naive arm's, each arm's lasting recovery to 90% (and to every
-    share of :data:`~neuroplastic.core.curves.SAVINGS_TARGETS`) of the concept arm's base F1,
+    arm's round-1 curve and the naive arm's, each arm's lasting recovery to
+    :data:`~neuroplastic.config.RECOVERY_TARGET` (and to every share of
+    :data:`~neuroplastic.core.curves.SAVINGS_TARGETS`) of the concept arm's base F1,
     the area between them over the first stage, and the naive base as fine-tuned without the
     concept (its F1 for every type: the arms must be equally good at everything else)."""
     config, store = setup.config, setup.store
     concept = config.concept
-    base_f1 = next(r["f1"][concept] for r in rows if r["arm"] == "concept" and r["stage"] == "base")
-    curves = {arm: round_one_curve(rows, arm, concept) for arm in ("concept", NAIVE_ARM)}
+    base_f1 = next(
+        r["f1"][concept] for r in rows if r["arm"] == CONCEPT_ARM and r["stage"] == "base"
+    )
+    curves = {arm: round_one_curve(rows, arm, concept) for arm in (CONCEPT_ARM, NAIVE_ARM)}
     if not curves[NAIVE_ARM]["step"]:
         return {"naive_base": store.marker(NAIVE_ARM, "base")["base"]}
-    first_stage_end = curves["concept"]["step"][0] + setup.stage_steps
+    first_stage_end = curves[CONCEPT_ARM]["step"][0] + setup.stage_steps
     naive_base = next(r for r in rows if r["arm"] == NAIVE_ARM and r["stage"] == "base")
     return {
-        **savings(curves["concept"], curves[NAIVE_ARM], RECOVERY_TARGET * base_f1, first_stage_end),
+        **savings(
+            curves[CONCEPT_ARM], curves[NAIVE_ARM], RECOVERY_TARGET * base_f1, first_stage_end
+        ),
         "target_share_of_base": RECOVERY_TARGET,
-        # several targets: at 90% the target may sit on the naive arm's plateau
+        # several targets: at RECOVERY_TARGET the target may sit on the naive arm's plateau
         "targets": {
             str(share): savings(
-                curves["concept"], curves[NAIVE_ARM], share * base_f1, first_stage_end
+                curves[CONCEPT_ARM], curves[NAIVE_ARM], share * base_f1, first_stage_end
             )
             for share in SAVINGS_TARGETS
         },
@@ -192,7 +204,7 @@ def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, 
     rounds = rounds_run(setup.store, config)
     stop = chase_stop(setup.store, config, rounds) if rounds < config.rounds else None
     chased = [arm for arm in held.arms if arm != ONE_SHOT_ARM]
-    base = setup.run.stage("concept", "base").ranking
+    base = setup.run.stage(CONCEPT_ARM, "base").ranking
     per_round = round_measures(
         rows,
         {arm: [held.local(arm, r) for r in range(1, rounds + 1)] for arm in chased},
@@ -200,7 +212,7 @@ def _chase_summary(setup: Setup, held: HeldSets, rows: list[dict]) -> dict[str, 
         config.concept,
         config.stages,
         config.stages * setup.stage_steps,
-        branches={arm: "concept" for arm in chased if arm != "concept"},
+        branches={arm: CONCEPT_ARM for arm in chased if arm != CONCEPT_ARM},
     )
     summary = {"rounds_run": rounds, "stopped_early": stop, "rounds": per_round}
     if ONE_SHOT_ARM in held.arms:
@@ -221,7 +233,7 @@ def _one_shot_summary(
     if not measured or ONE_SHOT_ARM not in measured[0]["arms"]:
         return None
     once = measured[0]["arms"][ONE_SHOT_ARM]
-    chase_end = per_round[-1]["arms"]["concept"]
+    chase_end = per_round[-1]["arms"][CONCEPT_ARM]
     return {
         "neurons": len(held.local(ONE_SHOT_ARM, 1)),
         "rounds": len(per_round),
@@ -239,8 +251,9 @@ def _one_shot_summary(
 def _preempt_summary(
     setup: Setup, neuron_sets: dict[str, NeuronSet], rows: list[dict]
 ) -> dict[str, Any]:
-    """Recovery of every arm from its pruned stage (steps to 90% of the base F1, mean recovered
-    share) and the pre-empting arm minus its control, at the last stage and in recovery."""
+    """Recovery of every arm from its pruned stage (steps to
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of the base F1, mean recovered share) and the
+    pre-empting arm minus its control, at the last stage and in recovery."""
     config, concept = setup.config, setup.config.concept
     base = next(r["f1"][concept] for r in rows if r["stage"] == "base")
     recovery = {}
@@ -255,7 +268,7 @@ def _preempt_summary(
             "last": mine[-1]["f1"],
         }
     extra = {
-        arm: set(neuron_sets[arm].neurons) - set(neuron_sets["concept"].neurons)
+        arm: set(neuron_sets[arm].neurons) - set(neuron_sets[CONCEPT_ARM].neurons)
         for arm in PREEMPT_ARMS
         if arm in neuron_sets
     }

@@ -61,7 +61,7 @@ from neuroplastic.analysis.measures import RECOVERY_STEPS as RECOVERY_STEPS
 from neuroplastic.analysis.one_run import chase_measures as chase_measures
 from neuroplastic.analysis.one_run import measures_of_run
 from neuroplastic.analysis.one_run import preempt_measures as preempt_measures
-from neuroplastic.config import NAIVE_ARM, ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.pipeline import run_experiment
 from neuroplastic.experiment.sweep_plan import plan_sweep
@@ -250,7 +250,7 @@ def _waves(
 
 def _bases_left(candidates: Sequence[Path], config: ExperimentConfig) -> bool:
     """Whether ``candidates`` hold every base ``config``'s run needs (its naive base too)."""
-    arms = ["concept", *([NAIVE_ARM] if config.naive else [])]
+    arms = [CONCEPT_ARM, *([NAIVE_ARM] if config.naive else [])]
     return all(find_shared_base(candidates, config, arm) is not None for arm in arms)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from neuroplastic.config import CONCEPT_ARM, RECOVERY_TARGET
 from neuroplastic.report import figures
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.style import fmt, fmt_or_missing, steps_text
@@ -71,12 +72,12 @@ def _chase_recovery(
     page.paragraph(
         f"Per round: {concept} F1 just before the round's removal (base in round 1, else after "
         f"the previous round), right after it and after its retraining, the retraining steps "
-        f"from the round's start until {concept} F1 is back to 90% of its F1 before the removal "
-        "(interpolated between evaluations; 'not reached' within the round), the recovery AUC "
-        f"(mean of {concept} F1 / its F1 before the removal over the round's steps; 1 = never "
-        "lost) and the neurons the round added and held in all. Each round is measured against "
-        "the model it removed from: against base, a later round that never falls below 90% of "
-        "base would read 0 steps by construction."
+        f"from the round's start until {concept} F1 is back to {RECOVERY_TARGET:.0%} of its F1 "
+        "before the removal (interpolated between evaluations; 'not reached' within the round), "
+        f"the recovery AUC (mean of {concept} F1 / its F1 before the removal over the round's "
+        "steps; 1 = never lost) and the neurons the round added and held in all. Each round is "
+        "measured against the model it removed from: against base, a later round that never "
+        f"falls below {RECOVERY_TARGET:.0%} of base would read 0 steps by construction."
     )
     for record in rounds:
         rows = {
@@ -86,7 +87,7 @@ def _chase_recovery(
                 ),
                 f"{concept} F1 after removal": fmt(entry["removed"].get(concept), ".3f"),
                 f"{concept} F1 after retraining": fmt(entry["retrained"].get(concept), ".3f"),
-                "steps to 90% of that": steps_text(entry["steps_to_recover"]),
+                f"steps to {RECOVERY_TARGET:.0%} of that": steps_text(entry["steps_to_recover"]),
                 "recovery AUC": fmt(entry["recovery_auc"], ".3f"),
                 "neurons added": str(entry["added"]),
                 "neurons held": str(entry["held"]),
@@ -119,14 +120,15 @@ def _chase_recovery(
     )
     page.paragraph(
         f"{concept} F1 against training step over every round, each arm; dotted lines mark "
-        "where each round starts (its neurons removed), the dashed line is 90% of the base F1."
+        "where each round starts (its neurons removed), the dashed line is "
+        f"{RECOVERY_TARGET:.0%} of the base F1."
     )
     page.plotly(figure, height="360px")
 
 
 def _chase_collateral(page: HtmlPage, summary: Summary, rounds: list[dict], concept: str) -> None:
     entities = [
-        e for e in rounds[0]["arms"]["concept"]["retrained"] if e not in (concept, "overall")
+        e for e in rounds[0]["arms"][CONCEPT_ARM]["retrained"] if e not in (concept, "overall")
     ]
     if not entities:
         return
@@ -178,7 +180,7 @@ def _chase_layers(page: HtmlPage, rounds: list[dict], summary: Summary) -> None:
             row.update({f"layer {k}": str(entry["added_per_layer"].get(str(k), 0)) for k in layers})
             row["mean layer of the added"] = fmt(entry["added_mean_layer"], ".2f")
             row["already salient at base"] = (
-                fmt(entry.get("already_salient_at_base"), ".0%") if arm == "concept" else "–"
+                fmt(entry.get("already_salient_at_base"), ".0%") if arm == CONCEPT_ARM else "–"
             )
             rows.append(row)
     page.table(
@@ -205,9 +207,10 @@ def preempt_section(page: HtmlPage, summary: Summary | None, concept: str) -> No
         f"drawn from the same candidates (the survivors {predictor} scored): the two differ only "
         f"in which survivors they hold, so preempt minus control is what the prediction bought. "
         f"{preempt['overlap']} of the {count} random survivors are also among the predicted "
-        "ones. Steps to 90%: retraining steps from pruning until "
-        f"{concept} F1 is back to 90% of its base value (interpolated; 'not reached' within the "
-        f"run); recovery AUC: mean of {concept} F1 / base F1 over the retraining steps. "
+        f"ones. Steps to {RECOVERY_TARGET:.0%}: retraining steps from pruning until "
+        f"{concept} F1 is back to {RECOVERY_TARGET:.0%} of its base value (interpolated; 'not "
+        f"reached' within the run); recovery AUC: mean of {concept} F1 / base F1 over the "
+        "retraining steps. "
         + ONE_SEED_SWEEP.format(flags=f"--preempt {predictor} --preempt-count {count}")
     )
     recovery = preempt["recovery"]
@@ -216,7 +219,7 @@ def preempt_section(page: HtmlPage, summary: Summary | None, concept: str) -> No
     rows = {}
     for arm, data in recovery.items():
         row = {
-            "steps to 90% of base": steps_text(data["steps_to_recover_90"]),
+            f"steps to {RECOVERY_TARGET:.0%} of base": steps_text(data["steps_to_recover_90"]),
             "recovery AUC": fmt(data["recovery_auc"], ".3f"),
         }
         for entity in entities:
@@ -230,7 +233,7 @@ def preempt_section(page: HtmlPage, summary: Summary | None, concept: str) -> No
     )
     diff = preempt["preempt_minus_control"]
     difference = {
-        "steps to 90% of base": fmt_or_missing(
+        f"steps to {RECOVERY_TARGET:.0%} of base": fmt_or_missing(
             diff["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
         ),
         "recovery AUC": fmt_or_missing(diff["recovery_auc"], "+.3f"),
@@ -240,7 +243,7 @@ def preempt_section(page: HtmlPage, summary: Summary | None, concept: str) -> No
     oracle = preempt.get("oracle_minus_control")
     if oracle is not None:
         columns["preempt-oracle - preempt-random"] = {
-            "steps to 90% of base": fmt_or_missing(
+            f"steps to {RECOVERY_TARGET:.0%} of base": fmt_or_missing(
                 oracle["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
             ),
             "recovery AUC": fmt_or_missing(oracle["recovery_auc"], "+.3f"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
 from neuroplastic.core.curves import RECOVERY_TARGET
 from neuroplastic.extras import require
 from neuroplastic.report.style import ARM_COLORS, DEAD_COLOR, LAYER_COLORS
@@ -42,14 +43,14 @@ def _subplots(**layout: Any) -> Figure:
 
 def arm_line(arm: str) -> dict[str, Any]:
     """The concept arm solid, every control dashed, in its arm's colour."""
-    return {"color": ARM_COLORS.get(arm), **({} if arm == "concept" else {"dash": "dash"})}
+    return {"color": ARM_COLORS.get(arm), **({} if arm == CONCEPT_ARM else {"dash": "dash"})}
 
 
 def concept_on_top(curves: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Each arm's curve, the concept arm's last so it is drawn over a control it coincides
     with (two identical curves would otherwise show as the control alone)."""
     arms = list(curves.groupby("arm", sort=False))
-    return sorted(arms, key=lambda item: item[0] == "concept")
+    return sorted(arms, key=lambda item: item[0] == CONCEPT_ARM)
 
 
 def stage_starts(curves: pd.DataFrame) -> list[tuple[str, float]]:
@@ -152,7 +153,7 @@ def headline(curves: pd.DataFrame, *, main: str, score: str, metric: str) -> Fig
             for arm, group in concept_on_top(curves)
         ]
     )
-    controlled = set(curves["arm"]) >= {"concept", "random"}
+    controlled = set(curves["arm"]) >= {CONCEPT_ARM, RANDOM_ARM}
     fig.update_layout(
         title=f"{main} {score} while retraining"
         + (": the concept arm against its control" if controlled else ": the concept arm"),
@@ -177,7 +178,8 @@ def chase_recovery(
     concept: str,
 ) -> Figure:
     """The concept's F1 (``column`` of the chase's evaluation rows) over every round, per arm of
-    ``arms``; a dotted line where each round starts and a dashed one at 90% of ``base_score``."""
+    ``arms``; a dotted line where each round starts and a dashed one at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of ``base_score``."""
     go = _go()
     figure = go.Figure()
     for arm, group in metrics.groupby("arm", sort=False):
@@ -438,7 +440,8 @@ def savings_curves(
     curves: pd.DataFrame, *, arms: Sequence[str], target: float, concept: str
 ) -> Figure:
     """The concept's F1 against retraining step for each of ``arms`` present in ``curves``, a
-    dotted line at ``target`` (90% of the concept arm's base F1)."""
+    dotted line at ``target`` (:data:`~neuroplastic.config.RECOVERY_TARGET` of the concept
+    arm's base F1)."""
     go = _go()
     fig = go.Figure()
     for arm in arms:
@@ -459,7 +462,7 @@ def savings_curves(
     fig.add_hline(
         y=target,
         line={"dash": "dot", "width": 1, "color": "#57606a"},
-        annotation_text="target: 90% of the concept arm's base F1",
+        annotation_text=f"target: {RECOVERY_TARGET:.0%} of the concept arm's base F1",
         annotation_font=NOTE_FONT,
     )
     fig.update_yaxes(range=[0, 1.02], title_text=f"{concept} F1")

@@ -9,13 +9,14 @@ from typing import Any
 import pandas as pd
 
 from neuroplastic.analysis.scores import recovery_curves
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
 from neuroplastic.report import figures
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.store.rundir import stage_round
 from neuroplastic.store.summary import Summary
 
 #: the arms the section's curves show, in drawing order
-CURVE_ARMS = ("concept", "random", "naive")
+CURVE_ARMS = (CONCEPT_ARM, RANDOM_ARM, NAIVE_ARM)
 
 
 def relearning(

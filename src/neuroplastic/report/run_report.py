@@ -31,7 +31,7 @@ from neuroplastic.analysis.arm_analysis import ArmAnalysis, analyse_arm
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.polysemantic import common_population, control_pair_population
 from neuroplastic.analysis.scores import recovery_curves, stage_gaps
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM, RECOVERY_TARGET, ExperimentConfig
 from neuroplastic.core.neurons import CONTROL_KINDS
 from neuroplastic.core.pretrained import model_note
 from neuroplastic.core.similarity import TokenEmbeddings
@@ -332,9 +332,9 @@ def _key_numbers(
         if len(analyses) > 1 and removal is None:
             overlap = recorded.overlap_with_concept if recorded else None
             column["of them also in the concept set"] = (
-                "–" if arm == "concept" else NOT_RECORDED if overlap is None else str(overlap)
+                "–" if arm == CONCEPT_ARM else NOT_RECORDED if overlap is None else str(overlap)
             )
-        if arm == "random":
+        if arm == RANDOM_ARM:
             kind = recorded.control if recorded else None
             column["the control is"] = NOT_RECORDED if kind is None else REPORTED_CONTROLS[kind]
         recovered = recorded.recovery if recorded else None
@@ -379,7 +379,7 @@ def _key_numbers(
         )
         rows[arm] = column
     # Measures as the (unnamed) index: row headers, left-aligned.
-    others = [arm for arm in rows if arm not in ("concept", "random")]
+    others = [arm for arm in rows if arm not in (CONCEPT_ARM, RANDOM_ARM)]
     page.table(
         pd.DataFrame(rows).fillna("–"),
         caption="Concept arm beside the random arm"
@@ -391,7 +391,7 @@ def _control_sentence(config: dict[str, Any], summary: Summary | None) -> str:
     """What the control arm holds, as the run drew it."""
     if config.get("baseline") == "none":
         return "There is no control arm."
-    random = summary.arms.get("random") if summary else None
+    random = summary.arms.get(RANDOM_ARM) if summary else None
     kind = random.control if random else None
     if kind == "complement":
         return (
@@ -413,14 +413,15 @@ def _recovery_numbers(recovered: dict[str, Any]) -> dict[str, str]:
     grid = recovered.get("grid") or []
     steps = recovered.get("steps_to_recover")
     budget = recovered.get("budget")
+    target = f"{RECOVERY_TARGET:.0%} of base"
     numbers = {
-        f"first crossing of 90% of base, steps (evaluated at steps {_grid_text(grid)})": (
+        f"first crossing of {target}, steps (evaluated at steps {_grid_text(grid)})": (
             steps_text(steps) if recovered.get("reached") else f"not within {budget:g} (censored)"
         )
     }
     if "lasting" in recovered:  # (older runs have the first crossing only)
         lasting = recovered.get("steps_to_lasting_recovery")
-        numbers["lasting recovery: steps after which it stays at or above 90% of base"] = (
+        numbers[f"lasting recovery: steps after which it stays at or above {target}"] = (
             steps_text(lasting) if recovered["lasting"] else f"not by step {budget:g} (censored)"
         )
     for step, share in (recovered.get("share_recovered") or {}).items():
@@ -463,8 +464,8 @@ def _stage_table(page: HtmlPage, gaps: pd.DataFrame, concept: str) -> None:
     """Per stage of the concept arm: its score, the gap to base and the gap to the random arm
     at the same stage (the paired control), for the concept and overall."""
     name, main, other = _score_names(gaps.attrs["metric"], concept)
-    arm = gaps[gaps["arm"] == "concept"]
-    control = gaps[gaps["arm"] == "random"].set_index(["stage", "entity"])["value"]
+    arm = gaps[gaps["arm"] == CONCEPT_ARM]
+    control = gaps[gaps["arm"] == RANDOM_ARM].set_index(["stage", "entity"])["value"]
     rows = []
     for stage, group in arm.groupby("stage", sort=False):
         by_entity = group.set_index("entity")
@@ -565,8 +566,8 @@ def _gap_table(gaps: pd.DataFrame, name: str) -> pd.DataFrame:
         for arm in by_arm.index:
             row[f"{arm} arm {name}"] = fmt(by_arm.loc[arm, "value"], ".3f")
             row[f"{arm} arm gap to base"] = _gap(by_arm.loc[arm, "gap_to_base"])
-        if "concept" in by_arm.index and len(by_arm) > 1:
-            row["gap to control"] = _gap(by_arm.loc["concept", "gap_to_control"])
+        if CONCEPT_ARM in by_arm.index and len(by_arm) > 1:
+            row["gap to control"] = _gap(by_arm.loc[CONCEPT_ARM, "gap_to_control"])
         if "preempt" in by_arm.index and "preempt-random" in by_arm.index:
             row["preempt arm gap to control"] = _gap(by_arm.loc["preempt", "gap_to_control"])
         rows.append(row)
@@ -701,11 +702,11 @@ def _headline(page: HtmlPage, metrics: pd.DataFrame, concept: str) -> None:
         return
     name, main, _ = _score_names(metric, concept)
     curves = recovery_curves(metrics, metric=metric)
-    curves = curves[(curves["entity"] == main) & curves["arm"].isin(["concept", "random"])]
+    curves = curves[(curves["entity"] == main) & curves["arm"].isin([CONCEPT_ARM, RANDOM_ARM])]
     if curves.empty:
         return
     fig = figures.headline(curves, main=main, score=name, metric=metric)
-    controlled = set(curves["arm"]) >= {"concept", "random"}
+    controlled = set(curves["arm"]) >= {CONCEPT_ARM, RANDOM_ARM}
     page.plotly(fig, height="380px")
     page.paragraph(
         "Step 0: the base model, then the model right after its neurons were removed. "

@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
+
 ARM_COLORS = {
-    "concept": "#d62728",
-    "random": "#1f77b4",
+    CONCEPT_ARM: "#d62728",
+    RANDOM_ARM: "#1f77b4",
     "preempt": "#9467bd",
     "preempt-random": "#7f7f7f",
     "preempt-oracle": "#2ca02c",
-    "naive": "#ff7f0e",
+    NAIVE_ARM: "#ff7f0e",
 }
 
 LAYER_COLORS = (

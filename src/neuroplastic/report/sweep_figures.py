@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from neuroplastic.config import CONCEPT_ARM
 from neuroplastic.extras import require
 from neuroplastic.report.style import ARM_COLORS
 
@@ -177,7 +178,7 @@ def share_recovered(lines: Mapping[str, Points], axis: str) -> Figure:
             go.Scatter(
                 x=xs, y=[p["mean"] for p in points], mode="lines+markers",
                 name=f"after {steps} steps", error_y=error_bars(points),
-                line={"color": ARM_COLORS.get("concept", OTHER_COLOR), "dash": dash},
+                line={"color": ARM_COLORS.get(CONCEPT_ARM, OTHER_COLOR), "dash": dash},
             )
         )  # fmt: skip
     figure.update_layout(

@@ -19,6 +19,7 @@ import pandas as pd
 
 from neuroplastic.analysis.intervals import as_text, number_text
 from neuroplastic.analysis.predictor_labels import DESCRIPTIONS
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM, RECOVERY_TARGET
 from neuroplastic.core.pretrained import model_note
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.report import sweep_figures
@@ -112,7 +113,7 @@ def _overview(page: HtmlPage, sweep: dict[str, Any]) -> None:
     page.heading("All cells")
     columns = {}
     for cell, result in sweep["cells"].items():
-        columns[f"{cell}: concept"] = result["arms"]["concept"]
+        columns[f"{cell}: concept"] = result["arms"][CONCEPT_ARM]
         if "concept_minus_random" in result:
             columns[f"{cell}: concept - random"] = result["concept_minus_random"]
     table = pd.DataFrame(
@@ -126,7 +127,7 @@ def _overview(page: HtmlPage, sweep: dict[str, Any]) -> None:
 
 def _design(page: HtmlPage, result: dict[str, Any]) -> None:
     """What the control was and where the recovery was read: both change what the numbers say."""
-    random = result["arms"].get("random", {})
+    random = result["arms"].get(RANDOM_ARM, {})
     kind = random.get("control")
     notes = []
     if kind == "complement":
@@ -146,7 +147,7 @@ def _design(page: HtmlPage, result: dict[str, Any]) -> None:
             "retraining also continues training). The control arm's change from base is the "
             "yardstick of what retraining alone still changes."
         )
-    grid = result["arms"]["concept"].get("grid")
+    grid = result["arms"][CONCEPT_ARM].get("grid")
     if grid and not isinstance(grid[0], list):
         notes.append("Recovery read at retraining steps " + ", ".join(f"{g:g}" for g in grid) + ".")
     elif grid:
@@ -251,7 +252,7 @@ def _cell(value: dict[str, Any]) -> str:
 
 def _score(result: dict[str, Any]) -> str:
     """The cell's stage score: ``f1`` (NER), or ``lm_loss`` (``--task lm``)."""
-    return "lm_loss" if "lm_loss" in result["arms"]["concept"] else "f1"
+    return "lm_loss" if "lm_loss" in result["arms"][CONCEPT_ARM] else "f1"
 
 
 def _curves(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
@@ -274,7 +275,7 @@ def _prediction(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
     if not rows:
         return
     for row in rows:
-        row.setdefault("arm", "concept")  # sweeps from before the control was scored
+        row.setdefault("arm", CONCEPT_ARM)  # sweeps from before the control was scored
     frame = pd.DataFrame(rows)
     truths = list(dict.fromkeys(frame["truth"]))
     page.paragraph(
@@ -312,7 +313,7 @@ def _chase(page: HtmlPage, measures: dict[str, str], result: dict[str, Any], con
     chase = result.get("chase")
     if not chase:
         return
-    measures = measures or {m: m for m in chase["per_round"][0]["arms"]["concept"]}
+    measures = measures or {m: m for m in chase["per_round"][0]["arms"][CONCEPT_ARM]}
     stopped = chase.get("stopped_early") or {}
     page.paragraph(
         f"Chasing {concept} over {chase['rounds']} rounds: each round holds the next most "
@@ -410,8 +411,9 @@ _SAVINGS_EXTRAS = (
 def _savings(
     page: HtmlPage, measures: dict[str, str], result: dict[str, Any], concept: str
 ) -> None:
-    """Relearning or learning: the concept arm against the naive arm, across seeds, at 90% of
-    base and at every target, and the two bases on the other types."""
+    """Relearning or learning: the concept arm against the naive arm, across seeds, at
+    :data:`~neuroplastic.config.RECOVERY_TARGET` of base and at every target, and the two bases
+    on the other types."""
     saved = result.get("savings")
     if not saved:
         return
@@ -437,7 +439,7 @@ def _savings(
                 "concept arm steps": as_text(at["steps_relearned"]),
                 "naive arm steps": as_text(at["steps_naive"]),
                 "seeds reached (concept / naive)": (
-                    f"{reached[share]['concept']} / {reached[share]['naive']} of "
+                    f"{reached[share][CONCEPT_ARM]} / {reached[share][NAIVE_ARM]} of "
                     f"{reached[share]['of']}"
                     if share in reached
                     else "–"
@@ -458,8 +460,10 @@ def _savings(
             f"everything but {concept}?",
             float_format=None,
         )
-    curves = {a: result["arms"][a]["curves"] for a in ("concept", "random") if a in result["arms"]}
-    curves["naive"] = saved["naive_curves"]
+    curves = {
+        a: result["arms"][a]["curves"] for a in (CONCEPT_ARM, RANDOM_ARM) if a in result["arms"]
+    }
+    curves[NAIVE_ARM] = saved["naive_curves"]
     figure = sweep_figures.savings_seeds(curves, concept)
     page.paragraph(f"{concept} F1 of every seed, concept, random and naive arms.")
     page.plotly(figure, height="380px")
@@ -516,7 +520,7 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
     settings = sweep["settings"]
     for axis, values in sweep["grid"].items():
         arms = {}
-        for arm in ("concept", "random", "naive"):
+        for arm in (CONCEPT_ARM, RANDOM_ARM, NAIVE_ARM):
             xs, points = [], []
             for cell, point in settings.items():
                 at = _first_stage_f1(sweep["cells"][cell], arm, concept)
@@ -542,7 +546,9 @@ def _grid(page: HtmlPage, sweep: dict[str, Any], concept: str) -> None:
                     "axis": axis,
                     "other settings": ", ".join(f"{k}={v}" for k, v in case["fixed"].items()),
                     "values": ", ".join(map(str, case["values"])),
-                    "fastest lasting recovery (steps to 90%)": as_text(case["fastest_recovery"]),
+                    f"fastest lasting recovery (steps to {RECOVERY_TARGET:.0%})": as_text(
+                        case["fastest_recovery"]
+                    ),
                     "chosen per seed": ", ".join(map(str, case["fastest_value"])),
                     f"highest final {concept} F1": as_text(case["highest_final_f1"]),
                     "chosen per seed ": ", ".join(map(str, case["highest_value"])),
@@ -604,7 +610,7 @@ def _share_plot(page: HtmlPage, sweep: dict[str, Any], axis: str, values: Any) -
     for measure in (m for m in sweep["measures"] if m.startswith("share_recovered_")):
         xs, points = [], []
         for cell, point in sweep["settings"].items():
-            at = sweep["cells"][cell]["arms"].get("concept", {}).get(measure)
+            at = sweep["cells"][cell]["arms"].get(CONCEPT_ARM, {}).get(measure)
             if not at or at["mean"] is None:
                 continue
             xs.append(str(point[axis]))
@@ -627,4 +633,4 @@ def _first_stage_f1(result: dict[str, Any], arm: str, concept: str) -> dict[str,
     if arm in result["arms"]:
         return (result["arms"][arm]["f1"].get("retrain-1") or {}).get(concept)
     saved = result.get("savings")
-    return saved.get("naive_first_stage_f1") if arm == "naive" and saved else None
+    return saved.get("naive_first_stage_f1") if arm == NAIVE_ARM and saved else None

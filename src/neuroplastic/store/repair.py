@@ -39,7 +39,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neuroplastic.config import ExperimentConfig
+from neuroplastic.config import CONCEPT_ARM, ExperimentConfig
 from neuroplastic.core.halves import HALVES_FILE
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.store.manifest import CorruptFile
@@ -84,7 +84,7 @@ def recover(
     missing += lost
     damaged = {**markers, **unreadable}
     # Hashed only when needed: the base weights are the largest file a run keeps.
-    base_weights = run.saved_weights("concept", "base") if damaged or missing else None
+    base_weights = run.saved_weights(CONCEPT_ARM, "base") if damaged or missing else None
     forget: set[str] = set()
     recompute: dict[tuple[str, str], Recompute] = {}
     _missing_files(run, missing, base_weights, recovery, forget, recompute)
@@ -256,7 +256,7 @@ def _unrecoverable(run: RunDir, path: Path, kind: str, arm: str, stage: str | No
             f"it holds the {held}fine-tuned base model every later stage builds on, which "
             "cannot be recomputed without starting over; restore it, or rerun into a new --out"
         )
-    if kind == "stage" and (arm, stage) == ("concept", "base"):
+    if kind == "stage" and (arm, stage) == (CONCEPT_ARM, "base"):
         return (
             "the run no longer keeps the base weights to recompute it from (--save-checkpoints "
             "keeps them), and the neuron sets come from it; restore it, or rerun into a new "

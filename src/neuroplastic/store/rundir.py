@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuroplastic.config import NAIVE_ARM
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ARMS, RANDOM_ARM
 from neuroplastic.core.halves import HALVES_FILE, load_halves, save_halves
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
@@ -68,7 +68,7 @@ from neuroplastic.store.manifest import CONFIG_FILE, MANIFEST, CorruptFile, Mani
 
 T = TypeVar("T")
 
-ARMS = ("concept", "random", "preempt", "preempt-random", "preempt-oracle", "one-shot", NAIVE_ARM)
+ARMS = (CONCEPT_ARM, RANDOM_ARM, *PREEMPT_ARMS, ONE_SHOT_ARM, NAIVE_ARM)
 #: The files of one stage; ``ranking.parquet`` is written last.
 STAGE_FILES = ("stats.safetensors", "top_tokens.parquet", "ranking.parquet")
 #: written at a run's end for the first and last stage of each arm: the whole-sentence
@@ -79,7 +79,7 @@ SENTENCE_ACTIVATIONS_FILE = "sentence_activations.safetensors"
 def stage_owner(arm: str, stage: str) -> str:
     """The arm whose record and weights ``stage`` of ``arm`` is: the base is the concept arm's,
     shared by every arm but the naive one, which fine-tunes its own."""
-    return arm if stage != "base" or arm == NAIVE_ARM else "concept"
+    return arm if stage != "base" or arm == NAIVE_ARM else CONCEPT_ARM
 
 
 def file_owner(relative: str | Path) -> tuple[str, str, str] | None:
@@ -338,7 +338,7 @@ class RunDir:
         recomputes it (the weights after the stage, or the base weights its arm restarts
         from), else do without the stage or start over."""
         if self.saved_weights(arm, stage) is not None or (
-            stage != "base" and self.saved_weights("concept", "base") is not None
+            stage != "base" and self.saved_weights(CONCEPT_ARM, "base") is not None
         ):
             return f"rerun {self.rerun}: it recomputes the stage from the weights the run kept"
         return (

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from neuroplastic.config import CONCEPT_ARM
 from neuroplastic.store.rundir import RunDir, read_run_file
 
 #: the evaluation row's fields a stage record keeps apart; the rest are its scores
@@ -211,7 +212,7 @@ class Summary:
         """The stages' score: ``f1`` for NER, ``lm_loss`` for LM (older runs: NER)."""
         return "lm_loss" if self.config.get("task") == "lm" else "f1"
 
-    def base_scores(self, arm: str = "concept") -> dict[str, float]:
+    def base_scores(self, arm: str = CONCEPT_ARM) -> dict[str, float]:
         """The metric per entity type at ``arm``'s base stage (empty: not recorded)."""
         entry = self.arms.get(arm)
         base = entry.stage("base") if entry else None

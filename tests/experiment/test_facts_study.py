@@ -247,6 +247,7 @@ def test_the_command_writes_intervals_across_seeds(tmp_path):
         for s in (0, 1)
     ]
     assert study["measures"]["removal_drop_v"]["values"] == drops
+    assert [study["per_seed"][s]["measures"]["removal_drop_v"] for s in ("0", "1")] == drops
     assert "removal_drop_v" in result.stdout
     # The page shows the figures of facts.json, as text.
     import html

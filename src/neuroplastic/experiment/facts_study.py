@@ -490,7 +490,7 @@ def run_facts_study(
     log: Callable[[str], None] = report_line,
 ) -> dict[str, Any]:
     """Every seed (one model load; each seed resumable), then ``root/facts.json``: each
-    measure's mean and interval across the seeds, with the seeds' own values."""
+    measure's mean and interval across the seeds, with every seed's measures and scores."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise NeuroplasticError(f"give distinct seeds, at least one; got {list(seeds)}")
     root = Path(root)
@@ -508,6 +508,11 @@ def run_facts_study(
         },
         "removed": [summary["removed"] for summary in summaries],
         "measures": aggregate(summaries),
+        # Every seed's own measures and scores, so that this one file holds the whole study.
+        "per_seed": {
+            str(s): {"measures": summary["measures"], "states": summary["states"]}
+            for s, summary in zip(seeds, summaries, strict=True)
+        },
         "seconds_this_call": round(time.time() - started),
     }
     atomic_write_json(root / "facts.json", study)

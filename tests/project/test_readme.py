@@ -46,13 +46,17 @@ def _synopsis(text: str) -> str:
 
 
 def test_the_command_synopsis_shows_the_defaults():
-    defaults = ExperimentConfig()
-    shown = dict(re.findall(r"\[--([a-z-]+) ([0-9.]+)", _synopsis(README)))
-    assert shown, "no [--flag value] in the synopsis"
-    for flag, value in shown.items():
-        name = flag.replace("-", "_")
-        assert hasattr(defaults, name), flag
-        assert float(value) == float(getattr(defaults, name)), f"--{flag} {value}"
+    from neuroplastic.facts_config import FactsConfig
+
+    runs, facts = _synopsis(README).split("neuroplastic facts")
+    aliases = {"lr": "learning_rate"}
+    for part, defaults in ((runs, ExperimentConfig()), (facts, FactsConfig())):
+        shown = dict(re.findall(r"\[--([a-z-]+) ([0-9.e-]+)", part))
+        assert shown, "no [--flag value] in the synopsis"
+        for flag, value in shown.items():
+            name = aliases.get(flag, flag.replace("-", "_"))
+            assert hasattr(defaults, name), flag
+            assert float(value) == float(getattr(defaults, name)), f"--{flag} {value}"
     # The command-line page shows the same synopsis.
     assert _synopsis(CLI) == _synopsis(README)
 
@@ -190,3 +194,50 @@ def test_the_smollm2_figures_are_the_committed_sweep():
         assert shown(concept[measure]) in README, measure
     words = {3: "3 seeds", 4: "4 seeds", 5: "5 seeds"}
     assert words[len(cell["seeds"])] in page
+
+
+def test_the_facts_figures_are_the_committed_study():
+    """The facts page's five-seed tables and the README's facts row, as the committed facts
+    study holds them, each figure in its own rounding (2 or 3 decimals)."""
+    study = json.loads((ROOT / "benchmarks" / "results" / "facts-smollm2-cpu.json").read_text())
+    measures = study["measures"]
+    page = (DOCS / "studies" / "facts.md").read_text(encoding="utf-8")
+
+    def shown(name: str, places: int) -> str:
+        m = measures[name]
+        return f"{m['mean']:.{places}f} [{m['ci_low']:.{places}f}, {m['ci_high']:.{places}f}]"
+
+    for name in (
+        "removal_v",
+        "control_v",
+        "removal_drop_v",
+        "control_drop_v",
+        "drop_v_vs_control",
+        "removal_drop_v_greedy",
+        "control_drop_v_greedy",
+        "drop_v_greedy_vs_control",
+        "removal_drop_t",
+        "control_drop_t",
+        "removal_drop_retain",
+        "control_drop_retain",
+        "control_general_damage",
+        "heldout_removal_v",
+        "heldout_removal_recovered",
+        "heldout_removal_recovered_net",
+        "heldout_gap_to_control",
+        "heldout_none_gain",
+        "heldout_none_gain_greedy",
+        "heldout_removal_v_greedy",
+        "unrelated_removal_v",
+        "unrelated_removal_recovered",
+        "unrelated_removal_recovered_net",
+        "unrelated_gap_to_control",
+    ):
+        assert shown(name, 3) in page, name
+    assert measures["removal_general_damage"]["values"] == [0.194] * 5 or all(
+        round(v, 3) == 0.194 for v in measures["removal_general_damage"]["values"]
+    )
+    assert measures["heldout_control_recovered"]["n"] == 3  # "(3 seeds)" on the page
+    for name in ("removal_v", "heldout_removal_recovered", "unrelated_removal_recovered"):
+        assert shown(name, 2) in README, name
+    assert len(study["seeds"]) == 5 and set(study["removed"]) == {922}

@@ -40,6 +40,8 @@ from neuroplastic.experiment.facts_study import (
 )
 from neuroplastic.facts_config import FactsConfig
 
+pytestmark = pytest.mark.slow  # two toy trainings and twelve model states, about 25 s
+
 D_MODEL, D_MEMORY = 64, 256
 #: Where V is stored: the first half of the memory.
 V_UNITS = torch.arange(D_MEMORY // 2)

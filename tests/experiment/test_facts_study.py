@@ -153,6 +153,7 @@ def test_the_best_case_is_each_arms_highest_v_over_the_rates():
     assert m["heldout_best_none_v"] == 1.0
 
 
+@pytest.mark.slow
 def test_best_case_rates_retrain_every_arm_again(tiny_llama, study, tmp_path):
     config, _, data = study
     graded = replace(config, protocols=("heldout",), best_case_lrs=(1e-2,))
@@ -233,6 +234,7 @@ def test_a_seed_resumes_to_the_same_files_and_refuses_other_settings(tiny_llama,
         )
 
 
+@pytest.mark.slow
 def test_the_command_writes_intervals_across_seeds(tmp_path):
     out = tmp_path / "study"
     command = [*CLI, "facts", "--out", str(out), "--seeds", "0,1"]

@@ -141,23 +141,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = FactsConfig(
-        model=args.model,
-        forget_relation=args.forget_relation,
-        removal=args.removal,
-        method=args.method,
-        fraction=args.fraction,
-        protocols=tuple(args.relearn),
-        steps=args.steps,
-        learning_rate=args.learning_rate,
-        best_case_lrs=tuple(args.best_case_lrs),
-        batch_size=args.batch_size,
-        unrelated_sentences=args.unrelated_sentences,
-        max_facts=args.max_facts,
-        retain_questions=args.retain_questions,
-        general_sentences=args.general_sentences,
-        device=args.device,
-    )  # checked before torch loads
+    # Every setting with a flag of its own name; the two list flags become tuples.
+    given = {f.name: getattr(args, f.name) for f in fields(FactsConfig) if hasattr(args, f.name)}
+    given |= {"protocols": tuple(args.relearn), "best_case_lrs": tuple(args.best_case_lrs)}
+    config = FactsConfig(**given)  # checked before torch loads
     from neuroplastic.analysis.intervals import as_text
     from neuroplastic.experiment.facts_study import run_facts_study
 

@@ -232,12 +232,24 @@ def test_the_facts_figures_are_the_committed_study():
         "unrelated_removal_recovered",
         "unrelated_removal_recovered_net",
         "unrelated_gap_to_control",
+        "retain_removal_v",
+        "retain_removal_recovered",
+        "retain_removal_recovered_net",
+        "retain_control_recovered",
     ):
         assert shown(name, 3) in page, name
     assert measures["removal_general_damage"]["values"] == [0.194] * 5 or all(
         round(v, 3) == 0.194 for v in measures["removal_general_damage"]["values"]
     )
     assert measures["heldout_control_recovered"]["n"] == 3  # "(3 seeds)" on the page
-    for name in ("removal_v", "heldout_removal_recovered", "unrelated_removal_recovered"):
+    assert measures["retain_control_recovered"]["n"] == 3
+    gap = measures["retain_gap_to_control"]  # shown with its sign turned, as "below"
+    assert f"{-gap['mean']:.3f} [{-gap['ci_high']:.3f}, {-gap['ci_low']:.3f}]" in page
+    for name in (
+        "removal_v",
+        "heldout_removal_recovered",
+        "retain_removal_recovered",
+        "unrelated_removal_recovered",
+    ):
         assert shown(name, 2) in README, name
     assert len(study["seeds"]) == 5 and set(study["removed"]) == {922}

@@ -142,9 +142,11 @@ def _by_hash(facts: Sequence[Fact], salt: str, n: int) -> list[Fact]:
     return [f for f in facts if f in chosen]
 
 
+@functools.lru_cache(maxsize=1)
 def unrelated_text() -> NerCorpus:
     """Embedded-corpus sentences that mention no location (so no country and no capital), as
-    the train split of a corpus: text with no fact of either relation in it."""
+    the train split of a corpus: text with no fact of either relation in it. The same for
+    every seed, so generated once per process (callers copy the list before cutting it)."""
     corpus = generate_corpus(n_train=CORPUS_SENTENCES, n_validation=0, seed=0)
     plain = [s for s in corpus.train if "LOC" not in s.entity_labels]
     return replace(corpus, train=plain)
@@ -274,7 +276,8 @@ def no_removal(model: Any) -> contextlib.AbstractContextManager:
 
 
 class Scores:
-    """``scores.jsonl``: one line per measured state, appended as soon as it is measured."""
+    """``scores.jsonl``: one line per measured state, the file rewritten atomically as soon as
+    a state is measured (a kill leaves the last whole file; a torn line is redone)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -11,12 +11,22 @@ from neuroplastic.errors import NeuroplasticError
 
 #: What the retrainer trains on after the removal, for the same number of steps:
 #: ``heldout`` the forget facts of T only, tested on V (RTT, Deeb & Roger 2024); ``unrelated``
-#: text with no fact in it (Łucki et al. 2024); ``retain`` the retain facts only.
-PROTOCOLS: tuple[str, ...] = ("heldout", "unrelated", "retain")
-#: The arms of one seed, paired: the ranked neurons held, their random control (as many
-#: neurons, layer by layer) held, and no removal at all (what retraining teaches by itself).
+#: text with no fact in it (Łucki et al. 2024); ``retain`` the retain facts only; ``same`` the
+#: forget facts of T and V, V among them (the paper's relearning: what comes back when the
+#: removed facts themselves are taught again).
+PROTOCOLS: tuple[str, ...] = ("heldout", "unrelated", "retain", "same")
+#: The protocols a study runs unless told: the three that never train on V.
+DEFAULT_PROTOCOLS: tuple[str, ...] = ("heldout", "unrelated", "retain")
+#: The arms of one seed, paired: the removal, its control, and no removal at all (what
+#: retraining teaches by itself).
 ARMS: tuple[str, ...] = ("removal", "control", "none")
-REMOVALS: tuple[str, ...] = ("neurons", "leace", "direction")
+#: Held by hooks: ``neurons`` (the ranked top fraction at zero), ``leace`` and ``direction``
+#: (an eraser at every layer). Edited into the weights: ``graddiff`` (gradient difference) and
+#: ``rmu`` (:mod:`neuroplastic.core.unlearning`).
+REMOVALS: tuple[str, ...] = ("neurons", "leace", "direction", "graddiff", "rmu")
+#: The removals that fine-tune the weights; their control is the same method on as many known
+#: facts of the forget relation, held out from T and V (``held_out``).
+WEIGHT_EDITS: tuple[str, ...] = ("graddiff", "rmu")
 FACT_RANKERS: tuple[str, ...] = ("selectivity", "ratio", "smd", "probeless")
 #: The relations of :mod:`neuroplastic.data.facts` (which imports torch; a test keeps the two
 #: the same).
@@ -37,7 +47,7 @@ class FactsConfig:
     removal: str = "neurons"
     method: str = "ratio"
     fraction: float = 0.02
-    protocols: tuple[str, ...] = PROTOCOLS
+    protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     steps: int = 30
     learning_rate: float = 3e-5
     #: More retraining learning rates, for the retrainer's best case: every protocol's arms
@@ -45,10 +55,30 @@ class FactsConfig:
     #: main learning rate's, labelled as chosen after the fact.
     best_case_lrs: tuple[float, ...] = ()
     batch_size: int = 8
+    #: Gradient difference: AdamW steps at a constant rate on -loss(forget) + w * loss(retain),
+    #: a batch of each a step, every weight trained.
+    graddiff_steps: int = 30
+    graddiff_lr: float = 1e-5
+    graddiff_retain_weight: float = 1.0
+    #: RMU at ``rmu_layer``'s residual stream, updating the MLPs of ``rmu_updated_layers``
+    #: (WMDP: layer 7 of Zephyr-7B's 32, updating 5-7). The steering norm c is
+    #: ``rmu_steering`` times the unedited model's mean residual norm there on the forget
+    #: facts: one setting across models whose residual scales differ (WMDP re-tuned its
+    #: absolute c per model). ``rmu_alpha`` weighs keeping the retain facts' residual.
+    rmu_layer: int = 7
+    rmu_updated_layers: tuple[int, ...] = (5, 6, 7)
+    rmu_steering: float = 4.0
+    rmu_alpha: float = 100.0
+    rmu_steps: int = 30
+    rmu_lr: float = 5e-5
     #: Unrelated sentences retrained on, cycled for the steps: 0 every one (the unrelated set),
     #: N a seeded N of them (Łucki et al.'s handful).
     unrelated_sentences: int = 0
     n_cities: int = 300
+    #: The share of the forget relation's known facts set aside from T and V: measured at base
+    #: and after each removal (does it spill over to facts it did not target?) and unlearned by
+    #: a weight edit's control, which needs them.
+    held_out: float = 0.0
     #: Known facts kept per relation, 0 all: a small study for tests and trials.
     max_facts: int = 0
     #: Retain facts asked at each evaluation (a stable-hash subset; all are trained on under
@@ -80,7 +110,31 @@ class FactsConfig:
                 "best_case_lrs must be distinct positive rates other than learning_rate",
             ),
             (self.batch_size >= 1, "batch_size must be at least 1"),
+            (
+                min(self.graddiff_steps, self.rmu_steps) >= 1,
+                "graddiff_steps and rmu_steps must be at least 1",
+            ),
+            (
+                min(self.graddiff_lr, self.rmu_lr, self.rmu_steering) > 0,
+                "graddiff_lr, rmu_lr and rmu_steering must be positive",
+            ),
+            (
+                min(self.graddiff_retain_weight, self.rmu_alpha) >= 0,
+                "graddiff_retain_weight and rmu_alpha must be 0 or more",
+            ),
+            (
+                bool(self.rmu_updated_layers)
+                and min(self.rmu_updated_layers) >= 0
+                and max(self.rmu_updated_layers) <= self.rmu_layer,
+                "rmu_updated_layers must be layers at or before rmu_layer",
+            ),
             (self.unrelated_sentences >= 0, "unrelated_sentences must be 0 or more"),
+            (0 <= self.held_out < 1, "held_out must be in [0, 1)"),
+            (
+                self.removal not in WEIGHT_EDITS or self.held_out > 0,
+                f"the {self.removal} removal's control unlearns held-out facts: give a "
+                "held_out share, e.g. 0.5",
+            ),
             (self.max_facts >= 0, "max_facts must be 0 (all) or more"),
             (self.retain_questions >= 1, "retain_questions must be at least 1"),
             (self.general_sentences >= 1, "general_sentences must be at least 1"),
@@ -96,6 +150,7 @@ class FactsConfig:
         out = asdict(self)
         out["protocols"] = list(self.protocols)
         out["best_case_lrs"] = list(self.best_case_lrs)
+        out["rmu_updated_layers"] = list(self.rmu_updated_layers)
         return out
 
     @classmethod
@@ -105,7 +160,7 @@ class FactsConfig:
         if unknown:
             raise NeuroplasticError(f"facts study: unknown settings {unknown}")
         values = dict(values)
-        for name in ("protocols", "best_case_lrs"):
+        for name in ("protocols", "best_case_lrs", "rmu_updated_layers"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -58,6 +60,12 @@ from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import collect_stats
 from neuroplastic.core.training import TrainConfig, lm_loss, lm_token_losses, train
+from neuroplastic.core.unlearning import (
+    changed_tensors,
+    gradient_difference,
+    mean_residual_norm,
+    rmu,
+)
 from neuroplastic.data.concept import Batch, ConceptDataset
 from neuroplastic.data.facts import (
     FACT_LABELS,
@@ -77,8 +85,8 @@ from neuroplastic.data.load import concept_labels
 from neuroplastic.data.synthetic import generate_corpus
 from neuroplastic.data.types import NerCorpus
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.facts_config import ARMS, FactsConfig
-from neuroplastic.io import atomic_write_json, atomic_write_text
+from neuroplastic.facts_config import ARMS, WEIGHT_EDITS, FactsConfig
+from neuroplastic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from neuroplastic.progress import report_line
 
 TAG_NAMES = ("O", *(f"{p}-{label}" for label in (FORGET, RETAIN) for p in ("B", "I")))
@@ -136,6 +144,15 @@ def _capped(facts: Sequence[Fact], cap: int) -> list[Fact]:
     return out
 
 
+def _held_out(facts: Sequence[Fact], config: FactsConfig) -> list[Fact]:
+    """The ``config.held_out`` share of the forget relation's facts (rounded up, so that a half
+    holds at least as many as T and V together), chosen by a hash salted with the seed, kept
+    in their order."""
+    forget = [f for f in facts if f.relation == config.forget_relation]
+    n = math.ceil(config.held_out * len(forget))
+    return _by_hash(forget, f"held-out:{config.seed}", n)
+
+
 def _by_hash(facts: Sequence[Fact], salt: str, n: int) -> list[Fact]:
     """``n`` of ``facts`` chosen by a salted stable hash, kept in their order."""
     chosen = set(sorted(facts, key=lambda f: _unit_hash(f"{salt}:{f.key}"))[:n])
@@ -164,7 +181,16 @@ class StudyData:
     ) -> None:
         known, questions = known_facts_of(model, config, root, facts)
         known = _capped(known, config.max_facts)
-        split = split_facts(known, config.forget_relation, seed=config.seed)
+        #: Known facts of the forget relation set aside from T and V (``held_out``): never
+        #: ranked on, removed or retrained on by the removal; a weight edit's control
+        #: unlearns as many of them as T and V hold.
+        self.held_out = _held_out(known, config)
+        held = set(self.held_out)
+        split = split_facts(
+            [f for f in known if f not in held],
+            config.forget_relation,
+            seed=config.seed,
+        )
         if min(len(split.forget_t), len(split.forget_v), len(split.retain)) < 2:
             raise NeuroplasticError(
                 f"the base model knows too few facts to split: T {len(split.forget_t)}, V "
@@ -180,6 +206,8 @@ class StudyData:
             "forget_t": [questions[f.key] for f in split.forget_t],
             "retain": [questions[f.key] for f in retain_asked],
         }
+        if self.held_out:
+            self.questions["held_out"] = [questions[f.key] for f in self.held_out]
         forget = [*split.forget_t, *split.forget_v]
         rendered = [
             *render_facts(forget, TRAIN_TEMPLATES, FORGET),
@@ -199,6 +227,11 @@ class StudyData:
                 model,
                 config,
             ),
+            "same": _dataset(
+                [r.sentence for r in render_facts(forget, TRAIN_TEMPLATES, FORGET)],
+                model,
+                config,
+            ),
         }
         # The general-ability sentences come first and are never retrained on.
         text = unrelated_text()
@@ -214,11 +247,25 @@ class StudyData:
             rest, model.tokenizer, labels, tags, config.max_length
         )
 
+    def control_forget(self, model: Any, config: FactsConfig) -> tuple[list[Fact], ConceptDataset]:
+        """As many held-out facts as forget-T and V hold (a seeded hash chooses them), rendered
+        as the forget facts are: what a weight edit's control unlearns."""
+        n = len(self.split.forget_t) + len(self.split.forget_v)
+        if len(self.held_out) < n:
+            raise NeuroplasticError(
+                f"a weight edit's control unlearns as many held-out facts as T and V hold "
+                f"({n}), and {len(self.held_out)} are held out; give --held-out 0.5"
+            )
+        chosen = _by_hash(self.held_out, f"control-forget:{config.seed}", n)
+        rendered = render_facts(chosen, TRAIN_TEMPLATES, FORGET)
+        return chosen, _dataset([r.sentence for r in rendered], model, config)
+
     def sizes(self) -> dict[str, int]:
         return {
             "forget_t": len(self.split.forget_t),
             "forget_v": len(self.split.forget_v),
             "retain": len(self.split.retain),
+            "held_out": len(self.held_out),
             "retain_asked": len(self.questions["retain"]),
             "recall_sentences": len(self.recall),
             **{f"train_{name}": len(data) for name, data in self.train.items()},
@@ -256,6 +303,8 @@ def measure(model: Any, data: StudyData, parts: Sequence[str]) -> dict[str, Any]
     ``"general"`` among ``parts``, its general-ability loss."""
     out: dict[str, Any] = {}
     for part in parts:
+        if part not in data.questions and part != "general":
+            continue  # (held-out facts, in a study that holds none out)
         if part == "general":
             out["general_loss"] = general_loss(model, data.general)
         else:
@@ -342,6 +391,102 @@ def _erasure_removals(
     }, erasures["removal"].rank
 
 
+def _unlearn(
+    model: Any, data: StudyData, config: FactsConfig, forget: ConceptDataset
+) -> dict[str, Any]:
+    """Edit ``model`` in place by the config's weight-editing removal on ``forget`` against the
+    retain facts; returns what the manifest records of it."""
+    retain = data.train["retain"]
+    if config.removal == "graddiff":
+        history = gradient_difference(
+            model,
+            forget,
+            retain,
+            answer_loss,
+            config.graddiff_steps,
+            config.graddiff_lr,
+            config.batch_size,
+            config.seed,
+            retain_weight=config.graddiff_retain_weight,
+        )
+        return {"history": history}
+    # The steering norm is stated against the residual scale of the forget facts themselves.
+    scale = mean_residual_norm(model, data.train["same"], config.rmu_layer)
+    steering = config.rmu_steering * scale
+    history = rmu(
+        model,
+        forget,
+        retain,
+        config.rmu_layer,
+        config.rmu_updated_layers,
+        steering,
+        config.rmu_alpha,
+        config.rmu_steps,
+        config.rmu_lr,
+        config.batch_size,
+        config.seed,
+    )
+    return {"mean_residual_norm": scale, "steering_norm": steering, "history": history}
+
+
+@contextlib.contextmanager
+def _edited(model: Any, tensors: dict[str, Tensor]) -> Iterator[None]:
+    """The edited weights loaded over the model's (the caller restores the base after)."""
+    model.load_state_dict(tensors, strict=False)
+    yield
+
+
+def _edit_removals(
+    model: Any, data: StudyData, config: FactsConfig, directory: Path
+) -> tuple[dict[str, Removal], int]:
+    """Gradient difference or RMU on the forget facts (T and V), and its control: the same
+    method, settings and batches' schedule on as many facts of the forget relation that the
+    base model does not know. Each edit's changed tensors are kept in
+    ``edit-<arm>.safetensors``, their digest and the run's loss terms in ``edits.json``; a
+    resumed run loads them back (and redoes an edit whose file does not match its digest).
+    Returns the removals and the number of weights the removal changed."""
+    from safetensors.torch import load, save
+
+    manifest_path = directory / "edits.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    base: dict[str, Tensor] | None = None
+    edits: dict[str, dict[str, Tensor]] = {}
+    for arm in ("removal", "control"):
+        path = directory / f"edit-{arm}.safetensors"
+        record = manifest.get(arm)
+        if record and path.exists():
+            payload = path.read_bytes()
+            if hashlib.sha256(payload).hexdigest() == record["sha256"]:
+                edits[arm] = load(payload)
+                continue
+        if base is None:
+            base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if arm == "removal":
+            facts = [*data.split.forget_t, *data.split.forget_v]
+            forget = data.train["same"]
+        else:
+            facts, forget = data.control_forget(model, config)
+        started = time.time()
+        with _restored(model, base):
+            record = _unlearn(model, data, config, forget)
+            edits[arm] = changed_tensors(model, base)
+        payload = save(edits[arm])
+        atomic_write_bytes(path, payload)
+        manifest[arm] = {
+            "method": config.removal,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "tensors": sorted(edits[arm]),
+            "forget_facts": [f.key for f in facts],
+            "seconds": round(time.time() - started, 1),
+            **record,
+        }
+        atomic_write_json(manifest_path, manifest)
+    changed = sum(int(v.numel()) for v in edits["removal"].values())
+    return {
+        arm: functools.partial(_edited, tensors=tensors) for arm, tensors in edits.items()
+    }, changed
+
+
 def _check_config(directory: Path, config: FactsConfig) -> None:
     """Refuse to resume under other settings. The protocols and the best-case learning rates
     may change: their states are their own, so a rerun with more adds states beside the
@@ -349,7 +494,8 @@ def _check_config(directory: Path, config: FactsConfig) -> None:
     path = directory / "config.json"
     now = config.to_dict()
     if path.exists():
-        recorded = json.loads(path.read_text())
+        # A setting added since the run was made reads as its default.
+        recorded = {**FactsConfig().to_dict(), **json.loads(path.read_text())}
         growable = ("protocols", "best_case_lrs")
         changed = sorted(
             k for k in {*recorded, *now} if k not in growable and recorded.get(k) != now.get(k)
@@ -376,8 +522,9 @@ def states_of(protocols: Sequence[str], best_case_lrs: Sequence[float] = ()) -> 
     ]
 
 
-#: What is measured of base and of each removal alone: forget-V and T, retain, general loss.
-EVERYTHING = ("forget_v", "forget_t", "retain", "general")
+#: What is measured of base and of each removal alone: forget-V and T, retain, general loss,
+#: and the held-out facts of the forget relation where some are held out.
+EVERYTHING = ("forget_v", "forget_t", "retain", "held_out", "general")
 #: What is measured after retraining: V, the question, and the general loss (a retraining that
 #: wrecks the model is no relearning). T is trained on under heldout, retain under retain.
 RETRAINED = ("forget_v", "general")
@@ -429,7 +576,13 @@ def run_facts_seed(
     model.eval()
     data = StudyData(model, config, root)
     scores = Scores(directory / "scores.jsonl")
-    make = _neuron_removals if config.removal == "neurons" else _erasure_removals
+    make = (
+        _neuron_removals
+        if config.removal == "neurons"
+        else _edit_removals
+        if config.removal in WEIGHT_EDITS
+        else _erasure_removals
+    )
     removals, size = make(model, data, config, directory)
     run_states(model, data, config, removals, scores, log)
     summary = {

@@ -3,7 +3,8 @@ is missing.
 
 The core (ranking, ablation, training, views) needs none of them. ``[embedded]`` brings the
 offline model and the synthetic corpus, ``[report]`` the HTML report's plots, ``[erasure]``
-LEACE, ``[llm]`` the GGUF reader for ``--model smollm2``, ``[cluster]`` Ray for sweeps. Keep
+LEACE, ``[llm]`` the GGUF reader for ``--model smollm2``, ``[adapters]`` PEFT for LoRA
+retraining, ``[cluster]`` Ray for sweeps. Keep
 ``EXTRAS`` in step with ``[project.optional-dependencies]`` in pyproject.toml (a test checks it).
 """
 
@@ -24,6 +25,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "report": {"plotly": "plotly"},
     "erasure": {"concept_erasure": "concept-erasure"},
     "llm": {"gguf": "gguf"},
+    "adapters": {"peft": "peft"},
     "cluster": {"ray": "ray"},
 }
 

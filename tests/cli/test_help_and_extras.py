@@ -168,7 +168,7 @@ def test_the_extras_table_matches_pyproject():
 
     for extra, modules in EXTRAS.items():
         assert names(optional[extra]) == set(modules.values()), extra
-    assert optional["all"] == ["neuroplastic[embedded,report,erasure,llm]"]
+    assert optional["all"] == ["neuroplastic[embedded,report,erasure,llm,adapters]"]
     core = names(project["dependencies"])
     optional_names = set().union(*(names(optional[e]) for e in EXTRAS))
     assert not core & optional_names

@@ -24,6 +24,9 @@ ARMS: tuple[str, ...] = ("removal", "control", "none")
 #: (an eraser at every layer). Edited into the weights: ``graddiff`` (gradient difference) and
 #: ``rmu`` (:mod:`neuroplastic.core.unlearning`).
 REMOVALS: tuple[str, ...] = ("neurons", "leace", "direction", "graddiff", "rmu")
+#: How the retrainer changes the model: every weight (``full``), or low-rank adapters on every
+#: attention and MLP projection (``lora``, through PEFT), the removal held either way.
+ADAPTERS: tuple[str, ...] = ("full", "lora")
 #: The removals that fine-tune the weights; their control is the same method on as many known
 #: facts of the forget relation, held out from T and V (``held_out``).
 WEIGHT_EDITS: tuple[str, ...] = ("graddiff", "rmu")
@@ -54,6 +57,12 @@ class FactsConfig:
     #: also retrain at each, and each seed's best V over all of them is reported beside the
     #: main learning rate's, labelled as chosen after the fact.
     best_case_lrs: tuple[float, ...] = ()
+    #: The retrainer's tool: ``full`` fine-tuning or ``lora`` adapters of rank ``lora_rank``.
+    relearn_adapter: str = "full"
+    lora_rank: int = 8
+    #: More retrainer tools for the best case: every arm also retrains with each, at the main
+    #: learning rate and at each of ``best_case_lrs``.
+    best_case_adapters: tuple[str, ...] = ()
     batch_size: int = 8
     #: Gradient difference: AdamW steps at a constant rate on -loss(forget) + w * loss(retain),
     #: a batch of each a step, every weight trained.
@@ -109,6 +118,15 @@ class FactsConfig:
                 and self.learning_rate not in self.best_case_lrs,
                 "best_case_lrs must be distinct positive rates other than learning_rate",
             ),
+            (self.relearn_adapter in ADAPTERS, f"relearn_adapter must be one of {ADAPTERS}"),
+            (self.lora_rank >= 1, "lora_rank must be at least 1"),
+            (
+                set(self.best_case_adapters) <= set(ADAPTERS)
+                and len(set(self.best_case_adapters)) == len(self.best_case_adapters)
+                and self.relearn_adapter not in self.best_case_adapters,
+                f"best_case_adapters must be distinct tools of {ADAPTERS} other than "
+                "relearn_adapter",
+            ),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (
                 min(self.graddiff_steps, self.rmu_steps) >= 1,
@@ -151,6 +169,7 @@ class FactsConfig:
         out["protocols"] = list(self.protocols)
         out["best_case_lrs"] = list(self.best_case_lrs)
         out["rmu_updated_layers"] = list(self.rmu_updated_layers)
+        out["best_case_adapters"] = list(self.best_case_adapters)
         return out
 
     @classmethod
@@ -160,7 +179,12 @@ class FactsConfig:
         if unknown:
             raise NeuroplasticError(f"facts study: unknown settings {unknown}")
         values = dict(values)
-        for name in ("protocols", "best_case_lrs", "rmu_updated_layers"):
+        for name in (
+            "protocols",
+            "best_case_lrs",
+            "rmu_updated_layers",
+            "best_case_adapters",
+        ):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)

@@ -147,9 +147,9 @@ def test_the_best_case_is_each_arms_highest_v_over_the_rates():
     }
     m = seed_measures(states, ["heldout"], ["@0.0001"])
     assert m["heldout_removal_recovered"] == pytest.approx(0.1 / 0.6)  # the main rate's
-    assert m["heldout_best_removal_v"] == 0.8 and m["heldout_best_removal_lr_index"] == 1
+    assert m["heldout_best_removal_v"] == 0.8 and m["heldout_best_removal_retrainer_index"] == 1
     assert m["heldout_best_removal_recovered"] == pytest.approx(0.4 / 0.6)
-    assert m["heldout_best_control_v"] == 0.9 and m["heldout_best_control_lr_index"] == 0
+    assert m["heldout_best_control_v"] == 0.9 and m["heldout_best_control_retrainer_index"] == 0
     assert m["heldout_best_none_v"] == 1.0
 
 
@@ -159,7 +159,7 @@ def test_best_case_rates_retrain_every_arm_again(tiny_llama, study, tmp_path):
     graded = replace(config, protocols=("heldout",), best_case_lrs=(1e-2,))
     scores = Scores(tmp_path / "scores.jsonl")
     run_states(tiny_llama, data, graded, {"removal": no_removal, "control": no_removal}, scores)
-    assert list(scores.states) == states_of(("heldout",), (1e-2,))
+    assert list(scores.states) == states_of(("heldout",), ("", "@0.01"))
     assert "heldout@0.01/removal" in scores.states
     # Another rate is another retraining: V's log-likelihoods move differently, so at least
     # the general loss differs from the main rate's.

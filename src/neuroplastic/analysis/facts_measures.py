@@ -13,8 +13,9 @@ Per seed (:func:`seed_measures`), from the accuracy on forget-V of each model st
   training on T may teach V by itself; ``gap_to_control`` is V after the removal arm's
   retraining minus V after the control arm's, the same seed's batches.
 
-With more learning rates (the retrainer's best case), ``<protocol>_best_<arm>_v`` is each
-seed's highest V over every rate, chosen after the fact, and ``..._recovered`` its recovery.
+With more retrainers (the retrainer's best case: other learning rates, LoRA beside full
+fine-tuning), ``<protocol>_best_<arm>_v`` is each seed's highest V over every retrainer,
+chosen after the fact, and ``..._recovered`` its recovery.
 
 Across seeds (:func:`aggregate`): each measure's mean and t-interval, seeds the unit. Accuracy
 is multiple choice among four answers (chance 0.25) unless the name says ``greedy``.
@@ -46,7 +47,7 @@ def seed_measures(
     best_case_tags: Sequence[str] = (),
 ) -> dict[str, float | None]:
     """One seed's measures from its states' scores (``scores.jsonl`` by state name);
-    ``best_case_tags`` name the other learning rates' states (``"@0.0001"``)."""
+    ``best_case_tags`` name the other retrainers' states (``"@0.0001"``, ``"@lora"``)."""
     base = states["base"]
     out: dict[str, float | None] = {}
     for kind, suffix in KINDS.items():
@@ -96,15 +97,16 @@ def _best_case(
 ) -> dict[str, float | None]:
     """The retrainer's best case: per arm, the highest V after retraining over every learning
     rate, chosen after the fact (it is an upper bound on what one rate gives, not a rate one
-    could pick beforehand); and the recovery it makes. ``_lr_index`` says which rate won (0:
-    the main one, then the best-case rates in order)."""
+    could pick beforehand); and the recovery it makes. ``_retrainer_index`` says which
+    retrainer won (0: the main one, then the others in the order of ``tags``: each learning
+    rate, each adapter)."""
     out: dict[str, float | None] = {}
     at_base = states["base"]["forget_v"]["multiple_choice"]
     for arm in ("removal", "control", "none"):
         values = [states[f"{protocol}{tag}/{arm}"]["forget_v"]["multiple_choice"] for tag in tags]
         best = max(values)
         out[f"{protocol}_best_{arm}_v"] = best
-        out[f"{protocol}_best_{arm}_lr_index"] = float(values.index(best))
+        out[f"{protocol}_best_{arm}_retrainer_index"] = float(values.index(best))
         if arm != "none":
             removed = states[arm]["forget_v"]["multiple_choice"]
             out[f"{protocol}_best_{arm}_recovered"] = _share(best - removed, at_base - removed)

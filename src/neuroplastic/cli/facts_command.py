@@ -9,7 +9,15 @@ from dataclasses import fields
 from pathlib import Path
 
 from neuroplastic.cli.arguments import comma_values, int_list, positive_int
-from neuroplastic.facts_config import FACT_RANKERS, PROTOCOLS, RELATIONS, REMOVALS, FactsConfig
+from neuroplastic.facts_config import (
+    ADAPTERS,
+    DEFAULT_PROTOCOLS,
+    FACT_RANKERS,
+    PROTOCOLS,
+    RELATIONS,
+    REMOVALS,
+    FactsConfig,
+)
 
 
 def _protocols(text: str) -> list[str]:
@@ -27,6 +35,23 @@ def _rates(text: str) -> list[float]:
         return [float(v) for v in comma_values(text, "1e-5,1e-4")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of learning rates") from None
+
+
+def _adapters(text: str) -> list[str]:
+    values = comma_values(text, "lora")
+    unknown = [v for v in values if v not in ADAPTERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown adapter {unknown[0]!r}; choose from {', '.join(ADAPTERS)}"
+        )
+    return values
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(v) for v in comma_values(text, "5,6,7")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of layer numbers") from None
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -54,7 +79,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--removal",
         choices=REMOVALS,
         default=defaults["removal"],
-        help="neurons (held at zero), or an eraser held at every layer (default: neurons)",
+        help="neurons (held at zero), an eraser held at every layer (leace, direction), or "
+        "a weight edit: gradient difference (graddiff) or RMU (rmu), whose control unlearns "
+        "held-out facts, so give --held-out (default: neurons)",
+    )
+    add(
+        "--held-out",
+        dest="held_out",
+        type=float,
+        default=defaults["held_out"],
+        metavar="SHARE",
+        help="share of the forget relation's known facts set aside from T and V: measured "
+        "after each removal, and unlearned by a weight edit's control (default: 0)",
     )
     add(
         "--method",
@@ -72,10 +108,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add(
         "--relearn",
         type=_protocols,
-        default=list(PROTOCOLS),
+        default=list(DEFAULT_PROTOCOLS),
         metavar="P,...",
         help="protocols: heldout (forget-T facts), unrelated (text with no fact), retain "
-        "(the other relation's facts) (default: all three)",
+        "(the other relation's facts), same (forget-T and V) (default: the first three)",
     )
     add(
         "--steps",
@@ -100,6 +136,48 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="more retraining learning rates: every arm also retrains at each, and each "
         "seed's best V over all rates is reported, chosen after the fact (default: none)",
     )
+    add(
+        "--relearn-adapter",
+        choices=ADAPTERS,
+        default=defaults["relearn_adapter"],
+        help="retrain every weight (full) or LoRA adapters only (default: full)",
+    )
+    add(
+        "--lora-rank",
+        type=positive_int,
+        default=defaults["lora_rank"],
+        metavar="RANK",
+        help="the LoRA adapters' rank (default: 8)",
+    )
+    add(
+        "--best-case-adapters",
+        type=_adapters,
+        default=[],
+        metavar="TOOL,...",
+        help="more retrainer tools for the best case (full, lora), each at every learning "
+        "rate (default: none)",
+    )
+    for name, kind, meaning in (
+        ("graddiff_steps", positive_int, "gradient difference's steps"),
+        ("graddiff_lr", float, "gradient difference's learning rate"),
+        ("graddiff_retain_weight", float, "the weight of gradient difference's retain loss"),
+        ("rmu_layer", int, "the layer whose residual RMU steers"),
+        ("rmu_updated_layers", _layers, "the layers whose MLPs RMU updates"),
+        ("rmu_steering", float, "RMU's steering norm, in mean residual norms at its layer"),
+        ("rmu_alpha", float, "the weight of RMU's retain loss"),
+        ("rmu_steps", positive_int, "RMU's steps"),
+        ("rmu_lr", float, "RMU's learning rate"),
+    ):
+        default = defaults[name]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        add(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=default,
+            metavar=name.split("_")[-1].upper(),
+            help=f"{meaning} (default: {shown})",
+        )
     add(
         "--batch-size",
         type=positive_int,
@@ -143,7 +221,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Every setting with a flag of its own name; the two list flags become tuples.
     given = {f.name: getattr(args, f.name) for f in fields(FactsConfig) if hasattr(args, f.name)}
-    given |= {"protocols": tuple(args.relearn), "best_case_lrs": tuple(args.best_case_lrs)}
+    given |= {
+        "protocols": tuple(args.relearn),
+        "best_case_lrs": tuple(args.best_case_lrs),
+        "best_case_adapters": tuple(args.best_case_adapters),
+        "rmu_updated_layers": tuple(args.rmu_updated_layers),
+    }
     config = FactsConfig(**given)  # checked before torch loads
     from neuroplastic.analysis.intervals import as_text
     from neuroplastic.experiment.facts_study import run_facts_study
@@ -172,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             f"{protocol}_none_gain",
         ):
             print(f"  {name}: {as_text(measures[name])}")
-        if config.best_case_lrs:
+        if config.best_case_lrs or config.best_case_adapters:
             name = f"{protocol}_best_removal_recovered"
             print(f"  {name} (chosen after the fact): {as_text(measures[name])}")
     print(f"report: {report}")

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from neuroplastic.analysis.facts_measures import aggregate, seed_measures
 from neuroplastic.core.ablation import ablate
+from neuroplastic.core.adapters import lora_adapters
 from neuroplastic.core.erasure import (
     LinearErasure,
     erase,
@@ -488,15 +489,15 @@ def _edit_removals(
 
 
 def _check_config(directory: Path, config: FactsConfig) -> None:
-    """Refuse to resume under other settings. The protocols and the best-case learning rates
-    may change: their states are their own, so a rerun with more adds states beside the
+    """Refuse to resume under other settings. The protocols and the best case's learning rates
+    and adapters may change: their states are their own, so a rerun with more adds states beside the
     others."""
     path = directory / "config.json"
     now = config.to_dict()
     if path.exists():
         # A setting added since the run was made reads as its default.
         recorded = {**FactsConfig().to_dict(), **json.loads(path.read_text())}
-        growable = ("protocols", "best_case_lrs")
+        growable = ("protocols", "best_case_lrs", "best_case_adapters")
         changed = sorted(
             k for k in {*recorded, *now} if k not in growable and recorded.get(k) != now.get(k)
         )
@@ -513,10 +514,23 @@ def lr_tag(learning_rate: float) -> str:
     return f"@{learning_rate:g}"
 
 
-def states_of(protocols: Sequence[str], best_case_lrs: Sequence[float] = ()) -> list[str]:
+def retrainers(config: FactsConfig) -> dict[str, tuple[float, str]]:
+    """Each retrainer of a protocol's arms by the tag its states carry, as (learning rate,
+    adapter): the main one (tag ``""``), then every other learning rate with the main adapter,
+    then each best-case adapter at every rate (``@lora``, ``@lora@0.0001``)."""
+    rates = [config.learning_rate, *config.best_case_lrs]
+    out: dict[str, tuple[float, str]] = {}
+    for adapter in (config.relearn_adapter, *config.best_case_adapters):
+        for rate in rates:
+            tag = "" if adapter == config.relearn_adapter else f"@{adapter}"
+            tag += "" if rate == config.learning_rate else lr_tag(rate)
+            out[tag] = (rate, adapter)
+    return out
+
+
+def states_of(protocols: Sequence[str], tags: Sequence[str] = ("",)) -> list[str]:
     """Every state a seed measures, in the order it measures them: base, each removal alone,
-    each protocol's arms at the main learning rate, then at each best-case rate."""
-    tags = ["", *(lr_tag(lr) for lr in best_case_lrs)]
+    then each retrainer's (``tags``, the main one ``""`` first) protocols and arms."""
     return ["base", "removal", "control"] + [
         f"{protocol}{tag}/{arm}" for tag in tags for protocol in protocols for arm in ARMS
     ]
@@ -542,18 +556,18 @@ def run_states(
     protocol's retraining in each arm, every one from the base weights."""
     removals = {"none": no_removal, **removals}
     base_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    rates = {lr_tag(lr): lr for lr in config.best_case_lrs}
-    for state in states_of(config.protocols, config.best_case_lrs):
+    tools = retrainers(config)
+    for state in states_of(config.protocols, list(tools)):
         if state in scores.states:
             continue
         started = time.time()
         retraining, _, arm = state.rpartition("/")
         protocol, at, tag = retraining.partition("@")
         arm = arm if arm in removals else "none"  # "base" holds nothing
-        learning_rate = rates[at + tag] if at else config.learning_rate
+        learning_rate, adapter = tools[at + tag]
         with _restored(model, base_weights), removals[arm](model):
             if protocol:
-                _retrain(model, data, config, protocol, learning_rate)
+                _retrain(model, data, config, protocol, learning_rate, adapter)
             record = measure(model, data, RETRAINED if protocol else EVERYTHING)
         record |= {"state": state, "seconds": round(time.time() - started, 1)}
         scores.add(record)
@@ -591,7 +605,7 @@ def run_facts_seed(
         "removed": size,
         "states": scores.states,
         "measures": seed_measures(
-            scores.states, config.protocols, [lr_tag(lr) for lr in config.best_case_lrs]
+            scores.states, config.protocols, [t for t in retrainers(config) if t]
         ),
     }
     atomic_write_json(directory / "summary.json", summary)
@@ -615,28 +629,41 @@ def _retrain(
     config: FactsConfig,
     protocol: str,
     learning_rate: float | None = None,
+    adapter: str = "full",
 ) -> None:
     """``config.steps`` AdamW steps on the protocol's data (at ``learning_rate``, by default
     the config's), the seed's batches: every arm of a protocol sees the same batches in the
-    same order."""
+    same order. With ``adapter="lora"`` only LoRA adapters of rank ``config.lora_rank`` train
+    (the removal's hooks still held), and are merged into the weights after: the model is
+    then measured as retrained, and the caller's restore of the base weights undoes it."""
     loss = lm_loss if protocol == "unrelated" else answer_loss
     settings = TrainConfig(
         learning_rate=learning_rate or config.learning_rate,
         batch_size=config.batch_size,
         weight_decay=0.0,
     )
+
+    def run() -> None:
+        train(
+            model,
+            loss,
+            data.train[protocol],
+            config.steps,
+            settings,
+            seed=config.seed,
+            progress=False,
+            description=f"retraining ({protocol})",
+        )
+
+    if adapter == "lora":
+        with lora_adapters(model, rank=config.lora_rank) as adapters:
+            run()
+            for layer in adapters.layers:
+                layer.merge()
+        return
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    train(
-        model,
-        loss,
-        data.train[protocol],
-        config.steps,
-        settings,
-        seed=config.seed,
-        progress=False,
-        description=f"retraining ({protocol})",
-    )
+    run()
 
 
 def run_facts_study(

@@ -34,10 +34,14 @@ def candidate(spec: str, config: FactsConfig) -> FactsConfig:
     """``"rmu:rmu_steering=4,rmu_lr=5e-5"`` as the config it names."""
     removal, _, settings = spec.partition(":")
     types = {f.name: type(f.default) for f in fields(FactsConfig)}
-    values = {}
+    values: dict[str, object] = {}
     for item in filter(None, settings.split(",")):
         name, _, value = item.partition("=")
-        values[name] = types[name](value)
+        # A tuple of layers is written with "+": rmu_updated_layers=10+11+12.
+        parse = (
+            (lambda v: tuple(int(x) for x in v.split("+"))) if types[name] is tuple else types[name]
+        )
+        values[name] = parse(value)
     return replace(config, removal=removal, **values)
 
 

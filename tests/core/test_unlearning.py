@@ -117,6 +117,7 @@ def test_rmu_one_step_by_hand(tiny_llama, sets):
     )
     residual = captured[0]
     real = forget_batch.attention_mask.bool()
+    real[:, 0] = False  # the first position is one vector in every sentence: left out
     by_hand = ((residual - target) ** 2).mean(-1)[real].mean()
     by_hand.backward()  # (the retain term is zero at the unedited weights, and so its gradient)
     gradients = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -156,11 +157,23 @@ def test_rmu_keeps_the_retain_residual_where_the_unedited_model_had_it(tiny_llam
         with torch.no_grad():
             _, cache = model.run_with_cache(batch.tokens, attention_mask=batch.attention_mask)
         real = batch.attention_mask.bool()
+        real[:, 0] = False
         by_hand = ((cache[hook] - unedited) ** 2).mean(-1)[real].mean()
         assert history[1]["retain_loss"] > 0
         assert history[1]["retain_loss"] == pytest.approx(by_hand.item(), rel=1e-4)
     finally:
         model.load_state_dict(state)
+
+
+def test_the_first_position_is_one_vector_in_every_sentence(tiny_llama, sets):
+    """Why RMU leaves it out: causal attention, one start token."""
+    forget, _ = sets
+    batch = forget.collate(list(range(len(forget))))
+    assert (batch.tokens[:, 0] == batch.tokens[0, 0]).all()
+    with torch.no_grad():
+        _, cache = tiny_llama.run_with_cache(batch.tokens, attention_mask=batch.attention_mask)
+    first = cache["blocks.1.hook_resid_post"][:, 0]
+    torch.testing.assert_close(first, first[:1].expand_as(first))
 
 
 def test_token_mse_leaves_padding_out():
@@ -184,7 +197,9 @@ def test_mean_residual_norm_is_the_full_cache_mean(tiny_llama, sets):
     batch = forget.collate(list(range(len(forget))))
     with torch.no_grad():
         _, cache = tiny_llama.run_with_cache(batch.tokens, attention_mask=batch.attention_mask)
-    norms = cache["blocks.0.hook_resid_post"].norm(dim=-1)[batch.attention_mask.bool()]
+    real = batch.attention_mask.bool()
+    real[:, 0] = False
+    norms = cache["blocks.0.hook_resid_post"].norm(dim=-1)[real]
     got = mean_residual_norm(tiny_llama, forget, 0, batch_size=5)
     assert got == pytest.approx(float(norms.mean()), rel=1e-4)
 

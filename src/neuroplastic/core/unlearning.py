@@ -148,9 +148,21 @@ def residual_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+def after_first(attention_mask: Tensor) -> Tensor:
+    """The real tokens but the first. Under causal attention the first position sees only its
+    own token, so in sentences that all begin with the tokenizer's start token its residual is
+    one vector for every sentence: it carries no fact, and in Llama-style models it is a
+    massive attention sink (about 6x the other tokens' norm in SmolLM2's layer 7, 160x in
+    layer 12) that would swamp RMU's means. RMU's losses and scale leave it out."""
+    mask = attention_mask.clone()
+    mask[:, 0] = 0
+    return mask
+
+
 def mean_residual_norm(model: Any, data: ConceptDataset, layer: int, batch_size: int = 32) -> float:
     """The mean norm of the residual stream after block ``layer`` over the real tokens of
-    ``data``: the scale RMU's steering is stated against."""
+    ``data`` but each sentence's first (:func:`after_first`): the scale RMU's steering is
+    stated against."""
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -158,7 +170,7 @@ def mean_residual_norm(model: Any, data: ConceptDataset, layer: int, batch_size:
             residual = run_forward(
                 model, batch.tokens, batch.attention_mask, stop_at=residual_hook(layer)
             )
-            mask = batch.attention_mask.to(residual.device).bool()
+            mask = after_first(batch.attention_mask).to(residual.device).bool()
             total += float(residual.norm(dim=-1)[mask].sum())
             count += int(mask.sum())
     return total / count
@@ -202,7 +214,8 @@ def rmu(
 ) -> list[dict[str, float]]:
     """Edit the MLPs of ``updated_layers`` in place by RMU at ``layer``: the forget batch's
     residual is pushed toward ``steering`` times :func:`steering_direction`, the retain batch's
-    held where the unedited weights put it. Returns each step's ``forget_loss`` and
+    held where the unedited weights put it, every real token but the first
+    (:func:`after_first`) averaged. Returns each step's ``forget_loss`` and
     ``retain_loss`` (before its update, ``retain_loss`` unweighted)."""
     _check("RMU", forget, retain, steps)
     if max(updated_layers, default=-1) > layer:
@@ -228,8 +241,12 @@ def rmu(
             forget_batch, retain_batch = forget_batch.to(device), retain_batch.to(device)
             with torch.no_grad(), _swapped(parameters, unedited):
                 frozen = residual(retain_batch)
-            forget_loss = token_mse(residual(forget_batch), target, forget_batch.attention_mask)
-            retain_loss = token_mse(residual(retain_batch), frozen, retain_batch.attention_mask)
+            forget_loss = token_mse(
+                residual(forget_batch), target, after_first(forget_batch.attention_mask)
+            )
+            retain_loss = token_mse(
+                residual(retain_batch), frozen, after_first(retain_batch.attention_mask)
+            )
             _step(optimizer, parameters, forget_loss + alpha * retain_loss, "RMU")
             history.append({"forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()})
     return history

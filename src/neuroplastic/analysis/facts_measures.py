@@ -58,6 +58,10 @@ def seed_measures(
             out[f"{arm}_drop_v{suffix}"] = base["forget_v"][kind] - after["forget_v"][kind]
             out[f"{arm}_drop_t{suffix}"] = base["forget_t"][kind] - after["forget_t"][kind]
             out[f"{arm}_drop_retain{suffix}"] = base["retain"][kind] - after["retain"][kind]
+            if "held_out" in base:  # the forget relation's facts that no removal targeted
+                out[f"{arm}_drop_held_out{suffix}"] = (
+                    base["held_out"][kind] - after["held_out"][kind]
+                )
         out[f"drop_v{suffix}_vs_control"] = (
             out[f"removal_drop_v{suffix}"] - out[f"control_drop_v{suffix}"]  # type: ignore[operator]
         )

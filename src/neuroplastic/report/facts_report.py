@@ -23,6 +23,11 @@ REMOVAL_ROWS = (
     ("V's drop, greedy", "removal_drop_v_greedy", "control_drop_v_greedy"),
     ("T's drop", "removal_drop_t", "control_drop_t"),
     ("retain facts' drop", "removal_drop_retain", "control_drop_retain"),
+    (
+        "held-out facts' drop (the relation's facts outside T and V)",
+        "removal_drop_held_out",
+        "control_drop_held_out",
+    ),
     ("general loss's rise (nats)", "removal_general_damage", "control_general_damage"),
 )
 #: Each protocol's rows: (label, measure name after the protocol's prefix).
@@ -42,20 +47,46 @@ def _cell(measures: Mapping[str, Any], name: str) -> str:
     return as_text(measures[name]) if name in measures else ""
 
 
+def removal_text(config: Mapping[str, Any], removed: list[int]) -> tuple[str, str]:
+    """What the removal was, and what its control was, in words."""
+    removal = config["removal"]
+    if removal == "neurons":
+        return (
+            f"the top {config['fraction']:.1%} of MLP neurons by {config['method']} "
+            f"({', '.join(map(str, removed))} neurons), held at zero",
+            "a random control of as many neurons in each layer",
+        )
+    same_method = "the same method on as many held-out facts of the relation"
+    if removal == "graddiff":
+        return (
+            f"gradient difference: {config['graddiff_steps']} steps at "
+            f"{config['graddiff_lr']:g} ascending the forget facts' loss and descending the "
+            f"retain facts', every weight edited",
+            same_method,
+        )
+    if removal == "rmu":
+        layers = ",".join(map(str, config["rmu_updated_layers"]))
+        return (
+            f"RMU at layer {config['rmu_layer']}: {config['rmu_steps']} steps at "
+            f"{config['rmu_lr']:g} on the MLPs of layers {layers}, steering "
+            f"{config['rmu_steering']:g}x the mean residual norm, retain weight "
+            f"{config['rmu_alpha']:g}",
+            same_method,
+        )
+    return (
+        f"a {removal} eraser of rank {removed[0]} held at every layer",
+        "random directions removing as much of each layer's variance",
+    )
+
+
 def facts_page(study: Mapping[str, Any]) -> HtmlPage:
     """The page of a ``facts.json``."""
     config, measures = study["config"], study["measures"]
     page = HtmlPage("Facts: does removed knowledge stay removed?", generator=GENERATOR)
-    removed = sorted(set(study["removed"]))
-    what = (
-        f"the top {config['fraction']:.1%} of MLP neurons by {config['method']} "
-        f"({', '.join(map(str, removed))} neurons), held at zero"
-        if config["removal"] == "neurons"
-        else f"a {config['removal']} eraser of rank {removed[0]} held at every layer"
-    )
+    what, control = removal_text(config, sorted(set(study["removed"])))
     page.paragraph(
-        f"{config['model']}: {config['forget_relation']} facts removed ({what}), beside a "
-        f"random control of the same size. {len(study['seeds'])} seeds "
+        f"{config['model']}: {config['forget_relation']} facts removed ({what}), beside "
+        f"{control}. {len(study['seeds'])} seeds "
         f"({', '.join(map(str, study['seeds']))}); each splits the known forget facts into T "
         f"and V. Retraining: {config['steps']} steps of {config['batch_size']} at learning "
         f"rate {config['learning_rate']:g}. Accuracy is 4-way multiple choice (chance 0.25) "

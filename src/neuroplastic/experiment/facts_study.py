@@ -22,8 +22,16 @@ an evaluation template that no training sentence uses. Known facts are those the
 answers right by multiple choice; the seed does not change them, so they are found once per
 study directory (``known.json``).
 
+The removal is one of three kinds, each beside its control: neurons held at zero (control: as
+many random neurons per layer), an eraser held at every layer (control: random directions
+removing as much variance), or a weight edit, gradient difference or RMU on the forget facts
+against the retain facts (control: the same method on as many held-out facts of the relation,
+``held_out``; :mod:`neuroplastic.core.unlearning`). The retrainer fine-tunes every weight, or
+LoRA adapters with the removal still held.
+
 Files of one seed (``seed-S/``): ``config.json``, ``neurons-removal.json`` and
-``neurons-control.json`` (exactly what is held, so a resumed run holds the same removal),
+``neurons-control.json``, ``erasure-*.safetensors``, or ``edit-*.safetensors`` with
+``edits.json`` (exactly what is held or edited, so a resumed run holds the same removal),
 ``scores.jsonl`` (one line per model state, written as soon as it is measured) and
 ``summary.json``. A rerun of the same command skips every state already in ``scores.jsonl``.
 """

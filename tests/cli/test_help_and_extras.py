@@ -87,6 +87,8 @@ def test_a_settings_error_is_one_line_before_torch_is_imported(tmp_path):
         ("run", "--out", out, "--fraction", "2"): "error: fraction must be in (0, 1]; got 2.0",
         ("sweep", "--out", out, "--seeds", "0,-1"): "error: seed must be in [0, 4294967295]",
         ("sweep", "--out", out, "--seeds", "0", "--grid", "fraction=0.1,2"): "got 2.0",
+        ("sweep", "--out", out, "--seeds", "0", "--grid", "removal=neurons,graddiff"): "run "
+        "neuroplastic facts --out DIR --grid removal=",
         # refused by the parser: one line, not the 27-line usage above it
         ("run", "--out", out, "--fraction", "abc"): "invalid float value: 'abc' (see "
         "`neuroplastic run --help`)",

@@ -87,9 +87,17 @@ def test_a_settings_error_is_one_line_before_torch_is_imported(tmp_path):
         ("run", "--out", out, "--fraction", "2"): "error: fraction must be in (0, 1]; got 2.0",
         ("sweep", "--out", out, "--seeds", "0,-1"): "error: seed must be in [0, 4294967295]",
         ("sweep", "--out", out, "--seeds", "0", "--grid", "fraction=0.1,2"): "got 2.0",
+        # a facts grid: every cell built and checked; weight edits are not the sweep's
+        ("facts", "--out", out, "--grid", "seed=0,1"): "error: --grid seed: not a grid axis",
+        ("facts", "--out", out, "--grid", "steps=two"): "'two' is not a whole number",
+        ("facts", "--out", out, "--grid", "removal=neurons,rmu"): "error: --grid cell "
+        "removal=rmu: the rmu removal's control unlearns held-out facts",
+        ("sweep", "--out", out, "--seeds", "0", "--grid", "removal=neurons,graddiff"): "run "
+        "neuroplastic facts --out DIR --grid removal=",
         # refused by the parser: one line, not the 27-line usage above it
         ("run", "--out", out, "--fraction", "abc"): "invalid float value: 'abc' (see "
         "`neuroplastic run --help`)",
+        ("facts", "--out", out, "--grid", "removal"): "give SETTING=V1,V2 (e.g. removal=",
     }
     done = python(SETTINGS_ERROR_WITHOUT_TORCH, json.dumps([list(c) for c in commands]))
     assert done.returncode == 0, done.stderr
@@ -117,6 +125,7 @@ def test_every_help_answers_without_importing_torch():
     assert "--mode {hold,regrow}[,...]" in result["sweep"][2]
     assert "--stage-steps STEPS" in result["run"][2]
     assert "--relearn P,..." in result["facts"][2]
+    assert "--grid KEY=V1,V2" in result["facts"][2]
 
 
 def test_the_cli_names_the_rankers_that_exist():

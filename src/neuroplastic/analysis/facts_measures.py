@@ -35,6 +35,25 @@ MIN_DROP = 0.1
 KINDS: dict[str, str] = {"multiple_choice": "", "greedy": "_greedy"}
 #: Measures that compare two arms of the same seed: paired differences.
 PAIRED_SUFFIXES = ("_vs_control", "_gap_to_control")
+#: What a grid's comparison sets side by side for each cell, of the removal alone: V right
+#: after it and after its control, and its cost (retain facts, the relation's held-out facts,
+#: the general loss).
+COMPARED_REMOVAL = (
+    "removal_v",
+    "control_v",
+    "removal_drop_retain",
+    "removal_drop_held_out",
+    "removal_general_damage",
+)
+#: ... and of each protocol, after its prefix: V after retraining the removal arm, the share of
+#: V's drop recovered, net of the no-removal arm's change, and the retrainer's best case.
+COMPARED_PROTOCOL = ("removal_v", "removal_recovered", "removal_recovered_net", "best_removal_v")
+
+
+def compared_measures(protocols: Sequence[str]) -> list[str]:
+    """The comparison's measures in column order; a study has those its settings make
+    (``removal_drop_held_out`` with held-out facts, ``best_`` with a best case)."""
+    return [*COMPARED_REMOVAL, *(f"{p}_{name}" for p in protocols for name in COMPARED_PROTOCOL)]
 
 
 def _share(gain: float, drop: float) -> float | None:

@@ -62,23 +62,30 @@ def int_list(text: str) -> list[int]:
         ) from None
 
 
+def grid_parts(text: str, example: str) -> tuple[str, list[str]]:
+    """``SETTING=V1,V2`` split: the setting (dashes or underscores, a leading ``--`` dropped)
+    and its values as text, none empty; ``example`` is a whole axis shown when ``=`` is
+    missing. Which settings exist and what their values become is the caller's to say."""
+    name, equals, values = text.partition("=")
+    key = name.strip().removeprefix("--").replace("-", "_")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"{text!r}: give SETTING=V1,V2 (e.g. {example})")
+    if not values.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: no values after '='")
+    return key, comma_values(values, f"{key}=V1,V2", given=text)
+
+
 def grid_axis(text: str) -> tuple[str, list[Any]]:
     """``SETTING=V1,V2``: the setting (dashes or underscores) and its values, typed as the
     setting is (``none`` for a setting that may be unset)."""
-    name, equals, values = text.partition("=")
-    key = name.strip().removeprefix("--").replace("-", "_")
+    key, parts = grid_parts(text, "relearn_lr=1e-5,1e-4")
     defaults = setting_defaults()
-    if not equals or key not in defaults:
+    if key not in defaults:
         known = ", ".join(sorted(defaults))
         raise argparse.ArgumentTypeError(
             f"{text!r}: give SETTING=V1,V2 with SETTING one of {known}"
-            if equals
-            else f"{text!r}: give SETTING=V1,V2 (e.g. relearn_lr=1e-5,1e-4)"
         )
     default = defaults[key]
-    if not values.strip():
-        raise argparse.ArgumentTypeError(f"{text!r}: no values after '='")
-    parts = comma_values(values, f"{key}=V1,V2", given=text)
 
     def typed(part: str) -> Any:
         if default is None:

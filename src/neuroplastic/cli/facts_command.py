@@ -1,14 +1,16 @@
-"""`neuroplastic facts`: the held-out relearning study on facts (RTT), over seeds. Light at
-import: the study imports torch when it runs."""
+"""`neuroplastic facts`: the held-out relearning study on facts (RTT), over seeds, or a grid of
+such studies (``--grid``) side by side. Light at import: the study imports torch when it runs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from neuroplastic.cli.arguments import comma_values, int_list, positive_int
+from neuroplastic.cli.arguments import comma_values, grid_parts, int_list, positive_int
+from neuroplastic.errors import NeuroplasticError
 from neuroplastic.facts_config import (
     ADAPTERS,
     DEFAULT_PROTOCOLS,
@@ -54,6 +56,11 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of layer numbers") from None
 
 
+def _grid_axis(text: str) -> tuple[str, list[str]]:
+    # The values stay text here: the grid's plan types and checks them, setting by setting.
+    return grid_parts(text, "removal=neurons,graddiff")
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     defaults = {f.name: f.default for f in fields(FactsConfig)}
     facts = commands.add_parser(
@@ -63,7 +70,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "split the forget relation's into T and V by seed, remove them (neurons ranked at the "
         "recall positions, or an eraser) beside a random control, then retrain each arm "
         "(removal, control, no removal) under each protocol and ask V. Writes DIR/seed-S/ "
-        "(resumable) and DIR/facts.json (intervals across seeds).",
+        "(resumable) and DIR/facts.json (intervals across seeds); with --grid, one such study "
+        "per cell in DIR/<cell>/ and their comparison in DIR/comparison.html.",
     )
     add = facts.add_argument
     add("--out", type=Path, required=True, metavar="DIR", help="the study directory")
@@ -213,6 +221,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="held-out sentences of the general-ability loss (default: 64)",
     )
+    add(
+        "--grid",
+        type=_grid_axis,
+        action="append",
+        metavar="KEY=V1,V2",
+        help="run a grid of studies, one per combination of values, in DIR/KEY=V1[_KEY2=..]/ "
+        "(each the study --out DIR/KEY=V1 would make, so studies run alone are gathered), "
+        "seeds outer, one model load, then DIR/comparison.json and comparison.html. KEY is a "
+        "setting: a flag's name with underscores (learning_rate for --lr; not --seeds, "
+        "--model, --device, --relearn or --best-case-*), its value replacing the flag's; a "
+        "layer list as 10+11. Repeat for more axes, e.g. --grid "
+        "removal=neurons,leace,direction,graddiff,rmu",
+    )
     add("--device", default=defaults["device"], help="cpu, cuda or mps (default: cpu)")
     add("--quiet", action="store_true", help="no progress lines")
     facts.set_defaults(handler=run)
@@ -228,17 +249,27 @@ def run(args: argparse.Namespace) -> int:
         "rmu_updated_layers": tuple(args.rmu_updated_layers),
     }
     config = FactsConfig(**given)  # checked before torch loads
-    from neuroplastic.analysis.intervals import as_text
-    from neuroplastic.experiment.facts_study import run_facts_study
 
     def log(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
+    if args.grid:
+        return _run_grid(args, config, log)
+    from neuroplastic.experiment.facts_study import run_facts_study
+
     study = run_facts_study(config, args.seeds, args.out, log=log)
     from neuroplastic.report.facts_report import write_facts_report
 
     report = write_facts_report(args.out, study)
+    _print_study(args, config, study)
+    print(f"report: {report}")
+    return 0
+
+
+def _print_study(args: argparse.Namespace, config: FactsConfig, study: dict) -> None:
+    from neuroplastic.analysis.intervals import as_text
+
     measures = study["measures"]
     print(f"facts study, {len(args.seeds)} seed(s), {args.out / 'facts.json'}:")
     for name in (
@@ -258,5 +289,35 @@ def run(args: argparse.Namespace) -> int:
         if config.best_case_lrs or config.best_case_adapters:
             name = f"{protocol}_best_removal_recovered"
             print(f"  {name} (chosen after the fact): {as_text(measures[name])}")
-    print(f"report: {report}")
+
+
+def _grid_of(args: argparse.Namespace) -> dict[str, list[str]]:
+    grid: dict[str, list[str]] = {}
+    for key, values in args.grid:
+        if key in grid:
+            raise NeuroplasticError(f"--grid {key} is given twice; give its values once")
+        grid[key] = values
+    return grid
+
+
+def _run_grid(args: argparse.Namespace, config: FactsConfig, log: Callable[[str], None]) -> int:
+    from neuroplastic.experiment.facts_grid_plan import plan_facts_grid  # light: no torch
+
+    grid = _grid_of(args)
+    plan = plan_facts_grid(config, grid)  # every cell checked, before torch
+    log(
+        f"facts grid: {len(plan.cells)} cell(s) x {len(args.seeds)} seed(s) into {args.out}: "
+        + ", ".join(cell.name for cell in plan.cells)
+    )
+    from neuroplastic.experiment.facts_grid import run_facts_grid
+    from neuroplastic.report.facts_comparison import comparison_text, write_comparison_report
+    from neuroplastic.report.facts_report import write_facts_report
+
+    result = run_facts_grid(config, grid, args.seeds, args.out, log=log)
+    for name, study in result["studies"].items():
+        write_facts_report(args.out / name, study)
+    page = write_comparison_report(args.out, result["comparison"])
+    print(f"facts grid, {len(plan.cells)} cell(s), {len(args.seeds)} seed(s), means across seeds:")
+    print(comparison_text(result["comparison"]))
+    print(f"comparison: {page}")
     return 0

@@ -94,6 +94,7 @@ from neuroplastic.data.load import concept_labels
 from neuroplastic.data.synthetic import generate_corpus
 from neuroplastic.data.types import NerCorpus
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.facts_grid_plan import COMPARISON_FILE
 from neuroplastic.facts_config import ARMS, WEIGHT_EDITS, FactsConfig
 from neuroplastic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from neuroplastic.progress import report_line
@@ -496,25 +497,38 @@ def _edit_removals(
     }, changed
 
 
-def _check_config(directory: Path, config: FactsConfig) -> None:
-    """Refuse to resume under other settings. The protocols and the best case's learning rates
-    and adapters may change: their states are their own, so a rerun with more adds states beside the
-    others."""
+def _changed_settings(directory: Path, config: FactsConfig) -> list[str]:
+    """The settings that differ between ``config`` and the run recorded in ``directory`` (none
+    when there is none). The protocols and the best case's learning rates and adapters may
+    change: their states are their own, so a rerun with more adds states beside the others."""
     path = directory / "config.json"
+    if not path.exists():
+        return []
     now = config.to_dict()
-    if path.exists():
-        # A setting added since the run was made reads as its default.
-        recorded = {**FactsConfig().to_dict(), **json.loads(path.read_text())}
-        growable = ("protocols", "best_case_lrs", "best_case_adapters")
-        changed = sorted(
-            k for k in {*recorded, *now} if k not in growable and recorded.get(k) != now.get(k)
-        )
+    # A setting added since the run was made reads as its default.
+    recorded = {**FactsConfig().to_dict(), **json.loads(path.read_text())}
+    growable = ("protocols", "best_case_lrs", "best_case_adapters")
+    return sorted(
+        k for k in {*recorded, *now} if k not in growable and recorded.get(k) != now.get(k)
+    )
+
+
+def check_resumable(config: FactsConfig, seeds: Sequence[int], root: Path) -> None:
+    """Refuse, before any model loads, to resume a seed of ``root`` under other settings."""
+    for seed in seeds:
+        directory = root / f"seed-{seed}"
+        changed = _changed_settings(directory, replace(config, seed=seed))
         if changed:
             raise NeuroplasticError(
                 f"{directory} holds a facts run with other settings ({', '.join(changed)}); "
                 "rerun with its settings to resume, or give another --out"
             )
-    atomic_write_json(path, now)
+
+
+def _check_config(directory: Path, config: FactsConfig) -> None:
+    """Refuse to resume under other settings (:func:`_changed_settings`), then record these."""
+    check_resumable(config, [config.seed], directory.parent)
+    atomic_write_json(directory / "config.json", config.to_dict())
 
 
 def lr_tag(learning_rate: float) -> str:
@@ -674,23 +688,47 @@ def _retrain(
     run()
 
 
+def check_seeds(seeds: Sequence[int]) -> None:
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise NeuroplasticError(f"give distinct seeds, at least one; got {list(seeds)}")
+
+
 def run_facts_study(
     config: FactsConfig,
     seeds: Sequence[int],
     root: str | Path,
     log: Callable[[str], None] = report_line,
+    model: Any | None = None,
 ) -> dict[str, Any]:
-    """Every seed (one model load; each seed resumable), then ``root/facts.json``: each
-    measure's mean and interval across the seeds, with every seed's measures and scores."""
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise NeuroplasticError(f"give distinct seeds, at least one; got {list(seeds)}")
+    """Every seed (one model load, or ``model`` when given; each seed resumable), then
+    ``root/facts.json`` (:func:`write_study`)."""
+    check_seeds(seeds)
     root = Path(root)
+    if (root / COMPARISON_FILE).exists():
+        raise NeuroplasticError(
+            f"{root} holds a grid of facts studies ({COMPARISON_FILE}), not one study: rerun "
+            f"it with its --grid, or give --out {root}/<cell> to run one of its cells"
+        )
+    check_resumable(config, seeds, root)
     started = time.time()
-    model = load_model(config.model, device=config.device)
-    summaries = []
-    for seed in seeds:
-        seed_config = replace(config, seed=seed)
-        summaries.append(run_facts_seed(seed_config, root, model=model, log=log))
+    if model is None:
+        model = load_model(config.model, device=config.device)
+    summaries = [
+        run_facts_seed(replace(config, seed=seed), root, model=model, log=log) for seed in seeds
+    ]
+    return write_study(config, seeds, root, summaries, time.time() - started)
+
+
+def write_study(
+    config: FactsConfig,
+    seeds: Sequence[int],
+    root: Path,
+    summaries: Sequence[dict[str, Any]],
+    seconds: float,
+) -> dict[str, Any]:
+    """``root/facts.json`` from its seeds' summaries (:func:`run_facts_seed`, in the order of
+    ``seeds``): each measure's mean and interval across the seeds, with every seed's measures
+    and scores; returns what it wrote."""
     study = {
         "config": {**config.to_dict(), "seed": None},
         "seeds": list(seeds),
@@ -704,7 +742,7 @@ def run_facts_study(
             str(s): {"measures": summary["measures"], "states": summary["states"]}
             for s, summary in zip(seeds, summaries, strict=True)
         },
-        "seconds_this_call": round(time.time() - started),
+        "seconds_this_call": round(seconds),
     }
     atomic_write_json(root / "facts.json", study)
     return study

@@ -12,16 +12,19 @@ from typing import Any
 
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.facts_config import WEIGHT_EDITS
 
 
 def cell_name(mode: str, method: str, point: dict[str, Any] | None = None) -> str:
     """``{mode}-{method}``, then ``_{key}={value}`` per grid axis (``--grid``), in order: one
     directory name, a value's path separators percent-encoded (``dataset=data/x`` ->
     ``dataset=data%2Fx``), so that no grid value puts a cell's runs outside the sweep."""
-    return f"{mode}-{method}" + "".join(f"_{k}={_path_safe(v)}" for k, v in (point or {}).items())
+    return f"{mode}-{method}" + "".join(f"_{k}={path_safe(v)}" for k, v in (point or {}).items())
 
 
-def _path_safe(value: Any) -> str:
+def path_safe(value: Any) -> str:
+    """``value`` as text that stays one path component: ``%``, ``/``, ``\\`` and NUL
+    percent-encoded."""
     text = str(value).replace("%", "%25")
     for separator in ("/", "\\", "\0"):
         text = text.replace(separator, f"%{ord(separator):02X}")
@@ -55,6 +58,14 @@ def _check_grid(grid: dict[str, list[Any]]) -> None:
             )
         if not values or len(set(map(repr, values))) != len(values):
             raise NeuroplasticError(f"--grid {key}: give distinct values, e.g. {key}=a,b")
+        edits = [v for v in values if key == "removal" and v in WEIGHT_EDITS]
+        if edits:
+            # ExperimentConfig would refuse them too, as unknown removals: say where they live.
+            raise NeuroplasticError(
+                f"--grid removal={edits[0]}: gradient difference and RMU are removals of the "
+                "facts study, not of the sweep (whose removals are neurons, leace, direction); "
+                "run neuroplastic facts --out DIR --grid removal=neurons,graddiff,rmu"
+            )
 
 
 @dataclass(frozen=True)

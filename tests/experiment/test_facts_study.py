@@ -266,3 +266,19 @@ def test_the_command_writes_intervals_across_seeds(tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and "unknown protocol 'forgotten'" in bad.stderr
+
+
+def test_intervals_keep_to_each_measures_range():
+    """Accuracies near 1 with a wide spread: a t-interval would pass 1, the seeds' range
+    does not; a share recovered is unbounded and keeps its t-interval."""
+    from neuroplastic.analysis.facts_measures import bounds_of
+
+    values = (1.0, 0.2, 1.0)
+    seeds = [{"measures": {"removal_v": v, "heldout_removal_recovered": v}} for v in values]
+    out = aggregate(seeds)
+    assert out["removal_v"]["ci_high"] <= 1.0 and out["removal_v"]["ci_low"] >= 0.0
+    assert out["heldout_removal_recovered"]["ci_high"] > 1.0
+    assert bounds_of("removal_drop_v") == (-1.0, 1.0)
+    assert bounds_of("drop_v_vs_control") == (-1.0, 1.0)
+    assert bounds_of("heldout_best_removal_v") == (0.0, 1.0)
+    assert bounds_of("removal_general_damage") is None

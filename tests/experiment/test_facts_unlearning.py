@@ -198,3 +198,21 @@ def test_lora_retraining_moves_each_weight_by_a_low_rank_update(tiny_llama, tmp_
         tiny_llama.reset_hooks(including_permanent=True)
         tiny_llama.load_state_dict(base)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_lora_retraining_starts_every_arm_from_the_same_adapters(tiny_llama, tmp_path):
+    """PEFT draws the adapters at random; from the seed, two retrainings are one."""
+    config = FactsConfig(**{**TINY, "held_out": 0.0, "max_facts": 12}, lora_rank=2)
+    data = StudyData(tiny_llama, config, tmp_path)
+    base = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    retrained = []
+    try:
+        for _ in range(2):
+            torch.manual_seed(len(retrained))  # whatever the global state was before
+            _retrain(tiny_llama, data, config, "heldout", learning_rate=1e-2, adapter="lora")
+            retrained.append({k: v.clone() for k, v in tiny_llama.state_dict().items()})
+            tiny_llama.load_state_dict(base)
+    finally:
+        tiny_llama.load_state_dict(base)
+    assert all(torch.equal(retrained[0][k], retrained[1][k]) for k in base)
+    assert any(not torch.equal(retrained[0][k], base[k]) for k in base)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from neuroplastic.analysis.intervals import interval, paired
+from neuroplastic.analysis.intervals import Bounds, interval, paired
 
 #: The smallest drop of V accuracy (multiple choice) that makes recovery a share: 0.1 of the
 #: facts, about 4-5 facts of a forget-V of 45 and more than one fact of any V this study has.
@@ -136,14 +136,37 @@ def _best_case(
     return out
 
 
+def bounds_of(name: str) -> Bounds | None:
+    """The range a measure cannot leave, which its interval keeps to (None: unbounded).
+    Accuracies lie in [0, 1]; a drop, gain or gap is a difference of two accuracies, in
+    [-1, 1] (``drop_v_vs_control`` too: the base is shared, so it is control V minus removal
+    V); specificity is a difference of two drops. Shares recovered, losses and indices are
+    unbounded."""
+    if any(part in name for part in ("recovered", "general", "index")):
+        return None
+    if "specificity" in name:
+        return (-2.0, 2.0)
+    if any(part in name for part in ("drop", "gain", "gap")):
+        return (-1.0, 1.0)
+    if name.endswith(("_v", "_v_greedy")):
+        return (0.0, 1.0)
+    return None
+
+
 def aggregate(seed_summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each measure across seeds: mean and 95% t-interval (paired measures also with the
-    difference 80% power would detect), seeds in the order given."""
+    """Each measure across seeds: mean and 95% t-interval, kept within the measure's range
+    (:func:`bounds_of`; paired measures also with the difference 80% power would detect),
+    seeds in the order given."""
     if not seed_summaries:
         return {}
     names = list(seed_summaries[0]["measures"])
     out = {}
     for name in names:
         values = [s["measures"].get(name) for s in seed_summaries]
-        out[name] = paired(values) if name.endswith(PAIRED_SUFFIXES) else interval(values)
+        bounds = bounds_of(name)
+        out[name] = (
+            paired(values, bounds=bounds)
+            if name.endswith(PAIRED_SUFFIXES)
+            else interval(values, bounds=bounds)
+        )
     return out

@@ -678,10 +678,14 @@ def _retrain(
         )
 
     if adapter == "lora":
-        with lora_adapters(model, rank=config.lora_rank) as adapters:
-            run()
-            for layer in adapters.layers:
-                layer.merge()
+        # PEFT draws each adapter's A at random: from the seed, so that every arm of a
+        # protocol starts from the same adapters, and a rerun from the same ones again.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            with lora_adapters(model, rank=config.lora_rank) as adapters:
+                run()
+                for layer in adapters.layers:
+                    layer.merge()
         return
     for parameter in model.parameters():
         parameter.requires_grad_(True)

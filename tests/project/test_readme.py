@@ -253,3 +253,29 @@ def test_the_facts_figures_are_the_committed_study():
     ):
         assert shown(name, 2) in README, name
     assert len(study["seeds"]) == 5 and set(study["removed"]) == {922}
+
+
+def unlearning_calibration_rows(calibration: dict) -> list[str]:
+    """The unlearning page's calibration table, row by row, from its committed JSON."""
+
+    def accuracy(scores: dict, part: str) -> str:
+        return f"{scores[part]['multiple_choice']:.3f}"
+
+    def row(edit: str, settings: str, scores: dict) -> str:
+        cells = [accuracy(scores, p) for p in ("forget_v", "held_out", "retain")]
+        return f"| {edit} | {settings} | {' | '.join(cells)} | {scores['general_loss']:.3f} |"
+
+    rows = [row("none (base)", "", calibration["base"])]
+    for candidate in calibration["rows"]:
+        edit, _, settings = candidate["candidate"].partition(":")
+        rows.append(row(edit, f"`{settings}`", candidate))
+    return rows
+
+
+def test_the_unlearning_calibration_table_is_the_committed_json():
+    calibration = json.loads(
+        (ROOT / "benchmarks" / "results" / "facts-unlearning-smollm2-cpu.json").read_text()
+    )
+    page = (DOCS / "studies" / "unlearning.md").read_text(encoding="utf-8")
+    for row in unlearning_calibration_rows(calibration):
+        assert row in page, row

@@ -112,6 +112,24 @@ def seed_measures(
         )
         if best_case_tags:
             out |= _best_case(states, protocol, ["", *best_case_tags])
+    return out | lens_measures(states, protocols)
+
+
+def lens_measures(
+    states: Mapping[str, Mapping[str, Any]], protocols: Sequence[str]
+) -> dict[str, float | None]:
+    """V's multiple choice through the logit lens at each layer (``lens_<state>_L<layer>``) and
+    at its best layer (``lens_<state>_best``), for base, each removal alone and each protocol's
+    removal arm; none where the states were measured without the lens."""
+    chosen = ["base", "removal", "control", *(f"{p}/removal" for p in protocols)]
+    out: dict[str, float | None] = {}
+    for state in chosen:
+        per_layer = states[state].get("forget_v_lens")
+        if per_layer is None:
+            continue
+        name = state.replace("/", "_")
+        out[f"lens_{name}_best"] = max(per_layer)
+        out |= {f"lens_{name}_L{layer}": value for layer, value in enumerate(per_layer)}
     return out
 
 
@@ -144,6 +162,8 @@ def bounds_of(name: str) -> Bounds | None:
     unbounded."""
     if any(part in name for part in ("recovered", "general", "index")):
         return None
+    if name.startswith("lens_"):
+        return (0.0, 1.0)
     if "specificity" in name:
         return (-2.0, 2.0)
     if any(part in name for part in ("drop", "gain", "gap")):

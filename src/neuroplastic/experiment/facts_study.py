@@ -63,6 +63,7 @@ from neuroplastic.core.erasure import (
     fit_leace,
     fit_matched_control,
 )
+from neuroplastic.core.fact_lens import lens_accuracies
 from neuroplastic.core.fact_scores import accuracies, ask
 from neuroplastic.core.models import load_model, model_device
 from neuroplastic.core.neurons import NeuronSet
@@ -309,14 +310,18 @@ def general_loss(model: Any, data: ConceptDataset, batch_size: int = 32) -> floa
 
 
 def measure(model: Any, data: StudyData, parts: Sequence[str]) -> dict[str, Any]:
-    """The model's accuracy on each part's questions (multiple choice and greedy) and, with
-    ``"general"`` among ``parts``, its general-ability loss."""
+    """The model's accuracy on each part's questions (multiple choice and greedy); with
+    ``"general"`` among ``parts``, its general-ability loss; with ``"forget_v_lens"``, V's
+    multiple choice read at every layer through the logit lens
+    (:mod:`neuroplastic.core.fact_lens`)."""
     out: dict[str, Any] = {}
     for part in parts:
-        if part not in data.questions and part != "general":
-            continue  # (held-out facts, in a study that holds none out)
         if part == "general":
             out["general_loss"] = general_loss(model, data.general)
+        elif part == "forget_v_lens":
+            out[part] = lens_accuracies(model, data.questions["forget_v"])
+        elif part not in data.questions:
+            continue  # (held-out facts, in a study that holds none out)
         else:
             out[part] = accuracies(ask(model, data.questions[part]))
     return out
@@ -560,10 +565,11 @@ def states_of(protocols: Sequence[str], tags: Sequence[str] = ("",)) -> list[str
 
 #: What is measured of base and of each removal alone: forget-V and T, retain, general loss,
 #: and the held-out facts of the forget relation where some are held out.
-EVERYTHING = ("forget_v", "forget_t", "retain", "held_out", "general")
-#: What is measured after retraining: V, the question, and the general loss (a retraining that
-#: wrecks the model is no relearning). T is trained on under heldout, retain under retain.
-RETRAINED = ("forget_v", "general")
+EVERYTHING = ("forget_v", "forget_t", "retain", "held_out", "general", "forget_v_lens")
+#: What is measured after retraining: V, the question, V through the lens at every layer, and
+#: the general loss (a retraining that wrecks the model is no relearning). T is trained on
+#: under heldout, retain under retain.
+RETRAINED = ("forget_v", "general", "forget_v_lens")
 
 
 def run_states(

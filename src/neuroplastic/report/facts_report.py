@@ -96,7 +96,7 @@ def facts_page(study: Mapping[str, Any]) -> HtmlPage:
     page.table(
         pd.DataFrame(
             [[label, _cell(measures, r), _cell(measures, c)] for label, r, c in REMOVAL_ROWS],
-            columns=["", "removal", "random control"],
+            columns=["", "removal", "control"],
         ),
         index=False,
     )
@@ -108,7 +108,38 @@ def facts_page(study: Mapping[str, Any]) -> HtmlPage:
             if f"{protocol}_{name}" in measures
         ]
         page.table(pd.DataFrame(rows, columns=["", protocol]), caption=protocol, index=False)
+    lens = lens_table(measures, config["protocols"])
+    if lens is not None:
+        page.heading("Where V's answers can still be read: the logit lens, layer by layer")
+        page.paragraph(
+            "Each layer's residual at the position that predicts the answer, read through the "
+            "model's final norm and unembedding (nothing fitted), asked V's multiple choice by "
+            "each choice's first token. The last layer is the model's own output. A layer that "
+            "reads V after the removal as it did at base, while the output does not, holds "
+            "answers the removal disconnected rather than removed. Early layers sit near "
+            "chance (0.25) for any model: they are not in the unembedding's basis."
+        )
+        page.table(lens, index=False)
     return page
+
+
+def lens_table(measures: Mapping[str, Any], protocols: list[str]) -> pd.DataFrame | None:
+    """Layers as rows; base, each removal alone and each protocol's removal arm as columns."""
+    columns = {
+        "base": "base",
+        "removal": "after the removal",
+        "control": "after the control",
+        **{f"{p}_removal": f"removal + {p}" for p in protocols},
+    }
+    present = {k: v for k, v in columns.items() if f"lens_{k}_L0" in measures}
+    if not present:
+        return None
+    layers = sum(1 for name in measures if name.startswith("lens_base_L"))
+    rows = [
+        [layer, *(_cell(measures, f"lens_{k}_L{layer}") for k in present)]
+        for layer in range(layers)
+    ]
+    return pd.DataFrame(rows, columns=["layer", *present.values()])
 
 
 def write_facts_report(root: str | Path, study: Mapping[str, Any]) -> Path:

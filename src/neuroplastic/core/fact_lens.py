@@ -1,0 +1,95 @@
+"""Where a fact's answer can still be read: the logit lens over every layer's residual stream.
+
+A removal can take an answer away, or only disconnect it: the answer is still computed in the
+middle of the model and something downstream stops it from reaching the output. The logit lens
+(nostalgebraist 2020) reads each layer's residual at the position that predicts the answer
+through the model's own final norm and unembedding, with nothing fitted, so nothing is learned
+from the facts it is asked about. :func:`lens_accuracies` asks each question's multiple choice
+at every layer this way, each choice scored by the log-probability of its first token.
+
+At the last layer the lens is the model's own next-token prediction. Early layers are not in
+the unembedding's basis, so their accuracy sits near chance for any model; what tells removed
+from disconnected is a layer that reads the answer at base and still reads it after the removal,
+while the output does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from neuroplastic.core.fact_scores import _encoder, _evaluating, _right_padded
+from neuroplastic.core.models import model_device
+from neuroplastic.data.concept import _pad_id
+from neuroplastic.data.facts import EVAL_TEMPLATES, RELATIONS, MultipleChoice, prompt_for
+from neuroplastic.errors import NeuroplasticError
+
+
+def first_tokens(
+    model: Any, questions: Sequence[MultipleChoice], templates: Mapping[str, str] | None = None
+) -> tuple[list[list[int]], Int[Tensor, "facts choices"]]:
+    """Each question's prompt tokens (as :func:`neuroplastic.core.fact_scores.ask` reads them)
+    and the first token of each of its choices after that prompt."""
+    templates = {r: EVAL_TEMPLATES[r][0] for r in RELATIONS} | dict(templates or {})
+    encode = _encoder(model.tokenizer)
+    prompts, firsts = [], []
+    for question in questions:
+        prompt = prompt_for(question.fact, templates[question.fact.relation])
+        prompts.append(encode(prompt).ids)
+        row = []
+        for choice in question.choices:
+            encoded = encode(prompt, choice)
+            row.append(encoded.ids[encoded.continuation_start])
+        firsts.append(row)
+    return prompts, torch.tensor(firsts)
+
+
+def lens_log_probs(
+    model: Any, prompts: Sequence[list[int]], choice_tokens: Int[Tensor, "facts choices"]
+) -> Float[Tensor, "layers facts choices"]:
+    """The log-probability of each choice's first token read from each layer's residual (after
+    the block) at each prompt's last token, through the final norm and the unembedding."""
+    n_layers = int(model.cfg.n_layers)
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+    tokens, mask = _right_padded(list(prompts), _pad_id(model.tokenizer))
+    device = model_device(model)
+    _, cache = model.run_with_cache(
+        tokens.to(device), attention_mask=mask.to(device), names_filter=lambda n: n in names
+    )
+    last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+    rows = torch.arange(len(prompts), device=device)
+    residual = torch.stack([cache[name][rows, last] for name in names])
+    logits = model.unembed(model.ln_final(residual)).float()
+    log_probs = logits.log_softmax(-1).cpu()
+    index = einops.repeat(choice_tokens, "facts choices -> layers facts choices", layers=n_layers)
+    return log_probs.gather(-1, index)
+
+
+def lens_accuracies(
+    model: Any,
+    questions: Sequence[MultipleChoice],
+    batch_size: int = 32,
+    templates: Mapping[str, str] | None = None,
+) -> list[float]:
+    """Per layer, the share of ``questions`` whose answer's first token the logit lens scores
+    above every other choice's (strictly: choices that share the answer's first token count
+    against it, as ties do in :func:`neuroplastic.core.fact_scores.multiple_choice_correct`)."""
+    if not questions:
+        raise NeuroplasticError("no questions to read through the lens")
+    prompts, choice_tokens = first_tokens(model, questions, templates)
+    answer = torch.tensor([q.answer_index for q in questions])
+    correct = []
+    with _evaluating(model):
+        for start in range(0, len(questions), batch_size):
+            chunk = slice(start, start + batch_size)
+            scores = lens_log_probs(model, prompts[chunk], choice_tokens[chunk])
+            right = scores.gather(-1, answer[chunk][None, :, None].expand(scores.shape[0], -1, 1))
+            others = scores.scatter(-1, answer[chunk][None, :, None].expand_as(right), -torch.inf)
+            correct.append(right[..., 0] > others.max(-1).values)
+    per_layer = torch.cat(correct, dim=1).float().mean(1)
+    return [float(v) for v in per_layer]

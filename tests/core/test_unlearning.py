@@ -228,3 +228,16 @@ def test_bad_settings_are_refused_before_any_step(tiny_llama, sets):
     with pytest.raises(NeuroplasticError, match="steps must be at least 1"):
         gradient_difference(tiny_llama, forget, retain, lm_loss, 0, LR, 4, 0)
     assert all(torch.equal(v, state[k]) for k, v in tiny_llama.state_dict().items())
+
+
+def test_an_edit_leaves_no_gradient_behind(tiny_llama, sets):
+    """A later training that clips over every parameter would count a stale gradient."""
+    forget, retain = sets
+    state = _weights(tiny_llama)
+    try:
+        gradient_difference(tiny_llama, forget, retain, lm_loss, 1, LR, 4, 0)
+        assert all(p.grad is None for p in tiny_llama.parameters())
+        rmu(tiny_llama, forget, retain, 1, [1], 3.0, 1.0, 1, LR, 4, 0)
+        assert all(p.grad is None for p in tiny_llama.parameters())
+    finally:
+        tiny_llama.load_state_dict(state)

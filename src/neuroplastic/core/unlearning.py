@@ -75,6 +75,9 @@ def _training_only(model: Any, parameters: Sequence[nn.Parameter]) -> Iterator[N
     try:
         yield
     finally:
+        # The edit's last gradients go too: a later training that clips over every parameter
+        # would count them.
+        model.zero_grad(set_to_none=True)
         for p in model.parameters():
             p.requires_grad_(before[id(p)])
 

@@ -672,6 +672,9 @@ def _retrain(
     )
 
     def run() -> None:
+        # No gradient left over from an earlier state: clipping measures every parameter's
+        # gradient, and one a LoRA retraining does not train would still count.
+        model.zero_grad(set_to_none=True)
         train(
             model,
             loss,
@@ -682,6 +685,7 @@ def _retrain(
             progress=False,
             description=f"retraining ({protocol})",
         )
+        model.zero_grad(set_to_none=True)
 
     if adapter == "lora":
         # PEFT draws each adapter's A at random: from the seed, so that every arm of a

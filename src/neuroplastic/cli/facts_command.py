@@ -68,7 +68,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="does removed knowledge stay removed? facts, held-out relearning (RTT), seeds",
         description="Find the facts the model knows (country -> capital, city -> country), "
         "split the forget relation's into T and V by seed, remove them (neurons ranked at the "
-        "recall positions, or an eraser) beside a random control, then retrain each arm "
+        "recall positions, an eraser, or a weight edit) beside its control, then retrain each arm "
         "(removal, control, no removal) under each protocol and ask V. Writes DIR/seed-S/ "
         "(resumable) and DIR/facts.json (intervals across seeds); with --grid, one such study "
         "per cell in DIR/<cell>/ and their comparison in DIR/comparison.html.",

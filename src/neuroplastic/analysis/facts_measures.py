@@ -44,6 +44,8 @@ COMPARED_REMOVAL = (
     "removal_drop_retain",
     "removal_drop_held_out",
     "removal_general_damage",
+    "lens_base_best",
+    "lens_removal_best",
 )
 #: ... and of each protocol, after its prefix: V after retraining the removal arm, the share of
 #: V's drop recovered, net of the no-removal arm's change, and the retrainer's best case.

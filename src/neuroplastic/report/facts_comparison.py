@@ -26,6 +26,8 @@ REMOVAL_COLUMNS = (
     ("removal_drop_retain", "retain facts' drop"),
     ("removal_drop_held_out", "held-out facts' drop"),
     ("removal_general_damage", "general loss's rise (nats)"),
+    ("lens_base_best", "V through the logit lens, best layer, at base"),
+    ("lens_removal_best", "... after the removal"),
 )
 #: ... and each protocol's, after its prefix.
 PROTOCOL_COLUMNS = (

@@ -41,6 +41,11 @@ SPLIT_SETTINGS: tuple[str, ...] = ("model", "n_cities", "max_facts", "forget_rel
 RELATIONS: tuple[str, ...] = ("capital_of", "country_of")
 
 
+#: What a run recorded before a setting existed did: read a missing setting as this, not as
+#: today's default (weight edits kept every retain fact before ``edit_retain``).
+BEFORE_THE_SETTING: dict[str, object] = {"edit_retain": "all"}
+
+
 @dataclass(frozen=True)
 class FactsConfig:
     """One seed of a facts study. The defaults are the SmolLM2 study's: 2% of the MLP neurons
@@ -88,6 +93,9 @@ class FactsConfig:
     rmu_alpha: float = 100.0
     rmu_steps: int = 30
     rmu_lr: float = 1e-3
+    #: The retain facts a weight edit keeps: ``unasked`` those never asked at evaluation (so
+    #: the retain accuracy is a held-out cost), ``all`` every one (the asked ones in-sample).
+    edit_retain: str = "unasked"
     #: Unrelated sentences retrained on, cycled for the steps: 0 every one (the unrelated set),
     #: N a seeded N of them (Łucki et al.'s handful).
     unrelated_sentences: int = 0
@@ -157,10 +165,11 @@ class FactsConfig:
             (self.unrelated_sentences >= 0, "unrelated_sentences must be 0 or more"),
             (0 <= self.held_out < 1, "held_out must be in [0, 1)"),
             (
-                self.removal not in WEIGHT_EDITS or self.held_out > 0,
-                f"the {self.removal} removal's control unlearns held-out facts: give a "
-                "held_out share, e.g. 0.5",
+                self.removal not in WEIGHT_EDITS or self.held_out >= 0.5,
+                f"the {self.removal} removal's control unlearns as many held-out facts as T "
+                "and V hold: give a held_out share of 0.5 or more",
             ),
+            (self.edit_retain in ("unasked", "all"), "edit_retain must be unasked or all"),
             (self.max_facts >= 0, "max_facts must be 0 (all) or more"),
             (self.retain_questions >= 1, "retain_questions must be at least 1"),
             (self.general_sentences >= 1, "general_sentences must be at least 1"),

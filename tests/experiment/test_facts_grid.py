@@ -182,7 +182,9 @@ def test_the_page_and_the_terminal_show_a_row_per_cell(grid):
     assert all(any(line.startswith(cell) for line in lines) for cell in CELLS)
 
 
-RMU_WITHOUT_HELD_OUT = "cell removal=rmu_held_out=0.0: the rmu removal's control unlearns held-out"
+RMU_WITHOUT_HELD_OUT = (
+    "cell removal=rmu_held_out=0.0: the rmu removal's control unlearns as many held-out"
+)
 
 
 def _must_not_load(*args, **kwargs):
@@ -240,10 +242,10 @@ def test_cells_that_share_held_out_share_each_seeds_split(grid, tiny_llama):
         ]
         assert splits[0] == splits[1]
     plan = plan_facts_grid(
-        FactsConfig(**TINY), {"removal": ["neurons", "graddiff"], "held_out": ["0.3", "0.5"]}
+        FactsConfig(**TINY), {"removal": ["neurons", "graddiff"], "held_out": ["0.6", "0.5"]}
     )
     assert plan.split_groups() == [
-        ["removal=neurons_held_out=0.3", "removal=graddiff_held_out=0.3"],
+        ["removal=neurons_held_out=0.6", "removal=graddiff_held_out=0.6"],
         ["removal=neurons_held_out=0.5", "removal=graddiff_held_out=0.5"],
     ]
 

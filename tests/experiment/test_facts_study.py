@@ -282,3 +282,20 @@ def test_intervals_keep_to_each_measures_range():
     assert bounds_of("drop_v_vs_control") == (-1.0, 1.0)
     assert bounds_of("heldout_best_removal_v") == (0.0, 1.0)
     assert bounds_of("removal_general_damage") is None
+
+
+def test_the_lens_reads_every_state_at_one_layer_fixed_at_base():
+    """Base reads V best at layer 1 of the inner layers (the last is the output); the removal
+    is read there, not at its own best layer, which is noise at layer 0."""
+    from neuroplastic.analysis.facts_measures import lens_measures
+
+    states = {
+        "base": {"forget_v_lens": [0.25, 0.8, 0.5, 0.9]},
+        "removal": {"forget_v_lens": [0.6, 0.3, 0.25, 0.25]},
+        "control": {"forget_v_lens": [0.25, 0.7, 0.5, 0.8]},
+    }
+    out = lens_measures(states, [])
+    assert out["lens_layer"] == 1.0
+    assert out["lens_base_fixed"] == 0.8 and out["lens_removal_fixed"] == 0.3
+    assert out["lens_control_fixed"] == 0.7 and out["lens_removal_L0"] == 0.6
+    assert lens_measures({"base": {}}, []) == {}

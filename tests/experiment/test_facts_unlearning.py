@@ -42,7 +42,7 @@ TINY = dict(
 #: Settings that take the tiny model's known facts: a random model "knows" a fact by chance,
 #: so a strong, short edit.
 GRADDIFF = dict(removal="graddiff", graddiff_lr=1e-3)
-RMU = dict(removal="rmu", rmu_lr=1e-2, rmu_steering=20.0)
+RMU = dict(removal="rmu", rmu_lr=1e-2, rmu_steering=20.0, rmu_steps=60)
 
 
 def _accuracy(state, part):
@@ -76,7 +76,8 @@ def test_the_edit_takes_the_forget_facts_and_keeps_the_retain_facts(tiny_llama, 
     assert _accuracy(removed, "retain") >= _accuracy(base, "retain") - 0.15
     manifest = json.loads((tmp_path / "seed-0" / "edits.json").read_text())
     assert manifest["removal"]["method"] == settings["removal"]
-    assert len(manifest["removal"]["history"]) == 30
+    steps = settings.get("rmu_steps", FactsConfig().graddiff_steps)
+    assert len(manifest["removal"]["history"]) == steps
     # The control unlearned other facts than the removal, of the same number.
     removal_facts, control_facts = (set(manifest[a]["forget_facts"]) for a in manifest)
     assert len(removal_facts) == len(control_facts) and not removal_facts & control_facts
@@ -138,9 +139,9 @@ def test_the_edit_is_loaded_for_its_arm_and_undone_after(tiny_llama, tmp_path):
     directory.mkdir()
     base = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
     removals, changed = _edit_removals(tiny_llama, data, config, directory)
-    # Every weight trained: all but the unembedding's bias, the bridge's zeros for a Llama,
-    # which has none (no parameter holds it).
-    assert changed == sum(v.numel() for k, v in base.items() if k != "unembed.bias")
+    # Every weight trained, each counted once: the parameters (a tied embedding is one; the
+    # unembedding's bias, the bridge's zeros for a Llama, is none).
+    assert changed == sum(p.numel() for p in tiny_llama.parameters())
     from safetensors.torch import load_file
 
     saved = load_file(directory / "edit-removal.safetensors")
@@ -216,3 +217,41 @@ def test_lora_retraining_starts_every_arm_from_the_same_adapters(tiny_llama, tmp
         tiny_llama.load_state_dict(base)
     assert all(torch.equal(retrained[0][k], retrained[1][k]) for k in base)
     assert any(not torch.equal(retrained[0][k], base[k]) for k in base)
+
+
+def test_the_edit_keeps_retain_facts_that_are_never_asked(tiny_llama, tmp_path):
+    asked_apart = StudyData(tiny_llama, FactsConfig(**TINY, **GRADDIFF), tmp_path)
+    asked = {q.fact for q in asked_apart.questions["retain"]}
+    assert asked and not asked & set(asked_apart.edit_retain)
+    assert set(asked_apart.edit_retain) | asked == set(asked_apart.split.retain)
+    every = StudyData(tiny_llama, FactsConfig(**TINY, **GRADDIFF, edit_retain="all"), tmp_path)
+    assert every.edit_retain == list(every.split.retain)
+
+
+def test_a_kept_edit_is_never_redone_under_states_measured_with_it(tiny_llama, tmp_path):
+    config = FactsConfig(**TINY, **GRADDIFF)
+    run_facts_seed(config, tmp_path, model=tiny_llama)
+    directory = tmp_path / "seed-0"
+    (directory / "edit-control.safetensors").write_bytes(b"torn")
+    with pytest.raises(NeuroplasticError, match="measured with the old one"):
+        run_facts_seed(config, tmp_path, model=tiny_llama)
+    # A run made before edit_retain existed kept every retain fact: it resumes as such only.
+    path = directory / "config.json"
+    recorded = json.loads(path.read_text())
+    recorded.pop("edit_retain")
+    path.write_text(json.dumps(recorded))
+    with pytest.raises(NeuroplasticError, match="edit_retain"):
+        run_facts_seed(config, tmp_path, model=tiny_llama)
+    # The weight edits' settings do not bind a study of another removal.
+    from neuroplastic.experiment.facts_study import uses_setting
+
+    assert not uses_setting("neurons", "rmu_lr") and not uses_setting("rmu", "graddiff_lr")
+    assert uses_setting("rmu", "rmu_lr") and uses_setting("graddiff", "edit_retain")
+
+
+def test_an_edit_naming_tensors_the_model_lacks_is_refused(tiny_llama):
+    from neuroplastic.experiment.facts_study import _edited
+
+    with pytest.raises(NeuroplasticError, match="another model"):
+        with _edited(tiny_llama, {"blocks.99.mlp.in.weight": torch.zeros(1)}):
+            pass

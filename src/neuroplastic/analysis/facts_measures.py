@@ -44,8 +44,9 @@ COMPARED_REMOVAL = (
     "removal_drop_retain",
     "removal_drop_held_out",
     "removal_general_damage",
-    "lens_base_best",
-    "lens_removal_best",
+    "lens_base_fixed",
+    "lens_removal_fixed",
+    "lens_control_fixed",
 )
 #: ... and of each protocol, after its prefix: V after retraining the removal arm, the share of
 #: V's drop recovered, net of the no-removal arm's change, and the retrainer's best case.
@@ -120,18 +121,26 @@ def seed_measures(
 def lens_measures(
     states: Mapping[str, Mapping[str, Any]], protocols: Sequence[str]
 ) -> dict[str, float | None]:
-    """V's multiple choice through the logit lens at each layer (``lens_<state>_L<layer>``) and
-    at its best layer (``lens_<state>_best``), for base, each removal alone and each protocol's
-    removal arm; none where the states were measured without the lens."""
-    chosen = ["base", "removal", "control", *(f"{p}/removal" for p in protocols)]
-    out: dict[str, float | None] = {}
+    """V's multiple choice through the logit lens at each layer (``lens_<state>_L<layer>``)
+    for base, each removal alone and each protocol's arms; and every one of those states read
+    at one layer fixed in advance (``lens_<state>_fixed``): the layer, other than the last
+    (the output), where base reads V best (``lens_layer``). A maximum taken per state would
+    favour noise: over thirty layers near chance, the best of them sits well above it. None
+    where the states were measured without the lens."""
+    chosen = ["base", "removal", "control"]
+    chosen += [f"{p}/{arm}" for p in protocols for arm in ("removal", "control", "none")]
+    base = states["base"].get("forget_v_lens")
+    if base is None:
+        return {}
+    layer = max(range(len(base) - 1), key=lambda i: (base[i], i))
+    out: dict[str, float | None] = {"lens_layer": float(layer)}
     for state in chosen:
         per_layer = states[state].get("forget_v_lens")
         if per_layer is None:
             continue
         name = state.replace("/", "_")
-        out[f"lens_{name}_best"] = max(per_layer)
-        out |= {f"lens_{name}_L{layer}": value for layer, value in enumerate(per_layer)}
+        out[f"lens_{name}_fixed"] = per_layer[layer]
+        out |= {f"lens_{name}_L{i}": value for i, value in enumerate(per_layer)}
     return out
 
 
@@ -163,6 +172,8 @@ def bounds_of(name: str) -> Bounds | None:
     V); specificity is a difference of two drops. Shares recovered, losses and indices are
     unbounded."""
     if any(part in name for part in ("recovered", "general", "index")):
+        return None
+    if name == "lens_layer":
         return None
     if name.startswith("lens_"):
         return (0.0, 1.0)

@@ -40,12 +40,17 @@ def first_tokens(
     prompts, firsts = [], []
     for question in questions:
         prompt = prompt_for(question.fact, templates[question.fact.relation])
-        prompts.append(encode(prompt).ids)
-        row = []
-        for choice in question.choices:
-            encoded = encode(prompt, choice)
-            row.append(encoded.ids[encoded.continuation_start])
-        firsts.append(row)
+        joint = [encode(prompt, choice) for choice in question.choices]
+        # The prompt as the model reads it before each choice, which must be one for all
+        # (the lens reads the position that predicts every choice's first token).
+        before = {tuple(e.ids[: e.continuation_start]) for e in joint}
+        if len(before) != 1:
+            raise NeuroplasticError(
+                f"the tokenizer reads the prompt {prompt!r} differently before its choices: "
+                "the lens has no one position to read"
+            )
+        prompts.append(list(before.pop()))
+        firsts.append([e.ids[e.continuation_start] for e in joint])
     return prompts, torch.tensor(firsts)
 
 

@@ -96,7 +96,7 @@ from neuroplastic.data.synthetic import generate_corpus
 from neuroplastic.data.types import NerCorpus
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.facts_grid_plan import COMPARISON_FILE
-from neuroplastic.facts_config import ARMS, WEIGHT_EDITS, FactsConfig
+from neuroplastic.facts_config import ARMS, BEFORE_THE_SETTING, WEIGHT_EDITS, FactsConfig
 from neuroplastic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from neuroplastic.progress import report_line
 
@@ -217,6 +217,12 @@ class StudyData:
             "forget_t": [questions[f.key] for f in split.forget_t],
             "retain": [questions[f.key] for f in retain_asked],
         }
+        asked = set(retain_asked)
+        #: The retain facts a weight edit keeps (``edit_retain``): by default none that is
+        #: asked, so that the retain accuracy after the edit is out of its sample.
+        self.edit_retain = [
+            f for f in split.retain if config.edit_retain == "all" or f not in asked
+        ]
         if self.held_out:
             self.questions["held_out"] = [questions[f.key] for f in self.held_out]
         forget = [*split.forget_t, *split.forget_v]
@@ -411,7 +417,11 @@ def _unlearn(
 ) -> dict[str, Any]:
     """Edit ``model`` in place by the config's weight-editing removal on ``forget`` against the
     retain facts; returns what the manifest records of it."""
-    retain = data.train["retain"]
+    retain = _dataset(
+        [r.sentence for r in render_facts(data.edit_retain, TRAIN_TEMPLATES, RETAIN)],
+        model,
+        config,
+    )
     if config.removal == "graddiff":
         history = gradient_difference(
             model,
@@ -425,7 +435,8 @@ def _unlearn(
             retain_weight=config.graddiff_retain_weight,
         )
         return {"history": history}
-    # The steering norm is stated against the residual scale of the forget facts themselves.
+    # The steering norm is stated against the residual scale of the removal's forget facts,
+    # for the removal and its control alike: both arms steer to the same c.
     scale = mean_residual_norm(model, data.train["same"], config.rmu_layer)
     steering = config.rmu_steering * scale
     history = rmu(
@@ -447,7 +458,13 @@ def _unlearn(
 @contextlib.contextmanager
 def _edited(model: Any, tensors: dict[str, Tensor]) -> Iterator[None]:
     """The edited weights loaded over the model's (the caller restores the base after)."""
-    model.load_state_dict(tensors, strict=False)
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise NeuroplasticError(
+            f"a kept weight edit names tensors this model does not have "
+            f"({', '.join(result.unexpected_keys[:3])}...): it was made with another model or "
+            "library version; remove the seed's edit-*.safetensors and edits.json to redo it"
+        )
     yield
 
 
@@ -455,8 +472,8 @@ def _edit_removals(
     model: Any, data: StudyData, config: FactsConfig, directory: Path
 ) -> tuple[dict[str, Removal], int]:
     """Gradient difference or RMU on the forget facts (T and V), and its control: the same
-    method, settings and batches' schedule on as many facts of the forget relation that the
-    base model does not know. Each edit's changed tensors are kept in
+    method, settings and batches' schedule on as many held-out known facts of the relation.
+    Each edit's changed tensors are kept in
     ``edit-<arm>.safetensors``, their digest and the run's loss terms in ``edits.json``; a
     resumed run loads them back (and redoes an edit whose file does not match its digest).
     Returns the removals and the number of weights the removal changed."""
@@ -469,18 +486,30 @@ def _edit_removals(
     for arm in ("removal", "control"):
         path = directory / f"edit-{arm}.safetensors"
         record = manifest.get(arm)
-        if record and path.exists():
-            payload = path.read_bytes()
-            if hashlib.sha256(payload).hexdigest() == record["sha256"]:
-                edits[arm] = load(payload)
-                continue
-        if base is None:
-            base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if arm == "removal":
             facts = [*data.split.forget_t, *data.split.forget_v]
             forget = data.train["same"]
         else:
             facts, forget = data.control_forget(model, config)
+        if record and record["forget_facts"] != [f.key for f in facts]:
+            raise NeuroplasticError(
+                f"{directory}/edits.json: the kept {arm} edit unlearned other facts than this "
+                "seed's split gives; it was made under other settings: give another --out"
+            )
+        if record and path.exists():
+            payload = path.read_bytes()
+            if hashlib.sha256(payload).hexdigest() == record["sha256"]:
+                edits[arm] = load(payload)
+                continue
+        measured = [s for s in Scores(directory / "scores.jsonl").states if s != "base"]
+        if measured:
+            raise NeuroplasticError(
+                f"{directory}: the {arm} edit must be redone ({path.name} is missing or does "
+                f"not match its digest), but {len(measured)} states were measured with the "
+                "old one; remove the seed's scores.jsonl too to redo them all"
+            )
+        if base is None:
+            base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         started = time.time()
         with _restored(model, base):
             record = _unlearn(model, data, config, forget)
@@ -496,7 +525,10 @@ def _edit_removals(
             **record,
         }
         atomic_write_json(manifest_path, manifest)
-    changed = sum(int(v.numel()) for v in edits["removal"].values())
+    # Tied weights (an embedding that is also the unembedding) are one storage kept under each
+    # name: count each storage once.
+    state = model.state_dict()
+    changed = sum({state[n].data_ptr(): int(state[n].numel()) for n in edits["removal"]}.values())
     return {
         arm: functools.partial(_edited, tensors=tensors) for arm, tensors in edits.items()
     }, changed
@@ -510,12 +542,27 @@ def _changed_settings(directory: Path, config: FactsConfig) -> list[str]:
     if not path.exists():
         return []
     now = config.to_dict()
-    # A setting added since the run was made reads as its default.
-    recorded = {**FactsConfig().to_dict(), **json.loads(path.read_text())}
+    # A setting added since the run was made reads as its default, or as what the run did
+    # before the setting existed.
+    recorded = {**FactsConfig().to_dict(), **BEFORE_THE_SETTING, **json.loads(path.read_text())}
     growable = ("protocols", "best_case_lrs", "best_case_adapters")
     return sorted(
-        k for k in {*recorded, *now} if k not in growable and recorded.get(k) != now.get(k)
+        k
+        for k in {*recorded, *now}
+        if k not in growable
+        and recorded.get(k) != now.get(k)
+        and uses_setting(config.removal, k)
     )
+
+
+def uses_setting(removal: str, name: str) -> bool:
+    """Whether a study of ``removal`` depends on the setting ``name``: the weight edits'
+    settings matter to their own removal only (a neurons run resumes whatever they say)."""
+    if name.startswith(("graddiff_", "rmu_")):
+        return name.split("_")[0] == removal
+    if name == "edit_retain":
+        return removal in WEIGHT_EDITS
+    return True
 
 
 def check_resumable(config: FactsConfig, seeds: Sequence[int], root: Path) -> None:

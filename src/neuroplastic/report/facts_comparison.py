@@ -26,8 +26,9 @@ REMOVAL_COLUMNS = (
     ("removal_drop_retain", "retain facts' drop"),
     ("removal_drop_held_out", "held-out facts' drop"),
     ("removal_general_damage", "general loss's rise (nats)"),
-    ("lens_base_best", "V through the logit lens, best layer, at base"),
-    ("lens_removal_best", "... after the removal"),
+    ("lens_base_fixed", "V through the logit lens at base's best inner layer"),
+    ("lens_removal_fixed", "... after the removal"),
+    ("lens_control_fixed", "... after its control"),
 )
 #: ... and each protocol's, after its prefix.
 PROTOCOL_COLUMNS = (

@@ -47,6 +47,21 @@ def _cell(measures: Mapping[str, Any], name: str) -> str:
     return as_text(measures[name]) if name in measures else ""
 
 
+def removal_rows(removal: str) -> list[tuple[str, str, str]]:
+    """The removal table's rows. A weight edit's control unlearns held-out facts: its drop on
+    them is how far it took its own targets, not a spill-over, so it gets a row of its own."""
+    if removal not in ("graddiff", "rmu"):
+        return list(REMOVAL_ROWS)
+    rows = []
+    for label, ours, theirs in REMOVAL_ROWS:
+        if ours == "removal_drop_held_out":
+            rows.append((label, ours, ""))
+            rows.append(("the control's drop on the held-out facts it unlearned", "", theirs))
+        else:
+            rows.append((label, ours, theirs))
+    return rows
+
+
 def removal_text(config: Mapping[str, Any], removed: list[int]) -> tuple[str, str]:
     """What the removal was, and what its control was, in words."""
     removal = config["removal"]
@@ -95,7 +110,10 @@ def facts_page(study: Mapping[str, Any]) -> HtmlPage:
     page.heading("What the removal took, and what it cost")
     page.table(
         pd.DataFrame(
-            [[label, _cell(measures, r), _cell(measures, c)] for label, r, c in REMOVAL_ROWS],
+            [
+                [label, _cell(measures, r), _cell(measures, c)]
+                for label, r, c in removal_rows(config["removal"])
+            ],
             columns=["", "removal", "control"],
         ),
         index=False,

@@ -549,9 +549,7 @@ def _changed_settings(directory: Path, config: FactsConfig) -> list[str]:
     return sorted(
         k
         for k in {*recorded, *now}
-        if k not in growable
-        and recorded.get(k) != now.get(k)
-        and uses_setting(config.removal, k)
+        if k not in growable and recorded.get(k) != now.get(k) and uses_setting(config.removal, k)
     )
 
 

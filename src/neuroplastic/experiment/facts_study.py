@@ -32,8 +32,11 @@ LoRA adapters with the removal still held.
 Files of one seed (``seed-S/``): ``config.json``, ``neurons-removal.json`` and
 ``neurons-control.json``, ``erasure-*.safetensors``, or ``edit-*.safetensors`` with
 ``edits.json`` (exactly what is held or edited, so a resumed run holds the same removal),
-``scores.jsonl`` (one line per model state, written as soon as it is measured) and
-``summary.json``. A rerun of the same command skips every state already in ``scores.jsonl``.
+``scores.jsonl`` (one line per model state, written as soon as it is measured),
+``summary.json``, and for a neuron removal ``gainers-<protocol>.json`` (the surviving neurons
+that gained most saliency for the forget facts while each held arm relearned:
+:mod:`neuroplastic.experiment.facts_gainers`). A rerun of the same command skips every
+state already in ``scores.jsonl``.
 """
 
 from __future__ import annotations
@@ -67,8 +70,6 @@ from neuroplastic.core.fact_lens import lens_accuracies
 from neuroplastic.core.fact_scores import accuracies, ask
 from neuroplastic.core.models import load_model, model_device
 from neuroplastic.core.neurons import NeuronSet
-from neuroplastic.core.ranking import Ranking
-from neuroplastic.core.stats import collect_stats
 from neuroplastic.core.training import TrainConfig, lm_loss, lm_token_losses, train
 from neuroplastic.core.unlearning import (
     changed_tensors,
@@ -95,6 +96,7 @@ from neuroplastic.data.load import concept_labels
 from neuroplastic.data.synthetic import generate_corpus
 from neuroplastic.data.types import NerCorpus
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.facts_gainers import HELD_ARMS, Gainers, recall_ranking
 from neuroplastic.experiment.facts_grid_plan import COMPARISON_FILE
 from neuroplastic.facts_config import ARMS, BEFORE_THE_SETTING, WEIGHT_EDITS, FactsConfig
 from neuroplastic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -374,9 +376,8 @@ def _neuron_removals(
     if all(p.exists() for p in paths.values()):
         sets = {arm: NeuronSet.load(p) for arm, p in paths.items()}
     else:
-        stats = collect_stats(model, data.recall, batch_size=32, progress=False)
         removal = NeuronSet.top_fraction(
-            Ranking.from_stats(stats, FORGET, config.method), config.fraction
+            recall_ranking(model, data.recall, config.method), config.fraction
         )
         sets = {"removal": removal, "control": removal.random_matching(seed=config.seed)}
         for arm, neurons in sets.items():
@@ -624,24 +625,39 @@ def run_states(
     removals: dict[str, Removal],
     scores: Scores,
     log: Callable[[str], None] = report_line,
+    gainers: Gainers | None = None,
 ) -> None:
     """Measure every state not yet in ``scores``: base, each removal alone, and each
-    protocol's retraining in each arm, every one from the base weights."""
+    protocol's retraining in each arm, every one from the base weights. ``gainers``: the
+    surviving neurons that gain saliency in the held arms are found from each retrained model
+    too, and written before its scores (:mod:`neuroplastic.experiment.facts_gainers`)."""
     removals = {"none": no_removal, **removals}
     base_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tools = retrainers(config)
     for state in states_of(config.protocols, list(tools)):
         if state in scores.states:
+            if gainers is not None:
+                gainers.note_resumed(state)  # never retrained for gainers alone
             continue
         started = time.time()
         retraining, _, arm = state.rpartition("/")
         protocol, at, tag = retraining.partition("@")
         arm = arm if arm in removals else "none"  # "base" holds nothing
         learning_rate, adapter = tools[at + tag]
+        follow = gainers is not None and gainers.pending(state)
+        if follow:
+            with _restored(model, base_weights):
+                gainers.prepare(model, arm, removals[arm])
         with _restored(model, base_weights), removals[arm](model):
             if protocol:
                 _retrain(model, data, config, protocol, learning_rate, adapter)
             record = measure(model, data, RETRAINED if protocol else EVERYTHING)
+            # Here and only here the model is this state's retrained one.
+            found = gainers.retrained(model, state) if follow else None
+        if found is not None:
+            # Back at the start, the arm still held: the views' "before" side, then the file.
+            with _restored(model, base_weights), removals[arm](model):
+                gainers.save(model, found)
         record |= {"state": state, "seconds": round(time.time() - started, 1)}
         scores.add(record)
         log(f"seed {config.seed} {state}: V {record['forget_v']['multiple_choice']:.3f}")
@@ -671,7 +687,8 @@ def run_facts_seed(
         else _erasure_removals
     )
     removals, size = make(model, data, config, directory)
-    run_states(model, data, config, removals, scores, log)
+    gainers = _gainers(model, data, config, directory, log)
+    run_states(model, data, config, removals, scores, log, gainers)
     summary = {
         "config": config.to_dict(),
         "sizes": data.sizes(),
@@ -683,6 +700,19 @@ def run_facts_seed(
     }
     atomic_write_json(directory / "summary.json", summary)
     return summary
+
+
+def _gainers(
+    model: Any, data: StudyData, config: FactsConfig, directory: Path, log: Callable[[str], None]
+) -> Gainers | None:
+    """The gainers of a neuron removal and its control; None for any other removal, which
+    holds no neurons and so leaves no fixed population of survivors to follow (said once per
+    seed)."""
+    if config.removal != "neurons":
+        log(f"seed {config.seed}: gainers are followed for removal=neurons only; none here")
+        return None
+    held = {arm: NeuronSet.load(directory / f"neurons-{arm}.json") for arm in HELD_ARMS}
+    return Gainers(directory, data, config, held, lambda s: _dataset(s, model, config), log)
 
 
 @contextlib.contextmanager

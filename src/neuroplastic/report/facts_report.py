@@ -1,6 +1,8 @@
 """The facts study's page (``DIR/report.html``): what the removal took and cost, and how much
 of it each protocol brought back, as means and 95% intervals across seeds, from ``facts.json``
-alone (the per-seed files are behind it)."""
+(the per-seed files are behind it); for a neuron removal, the surviving neurons that gained
+saliency while relearning, from the seeds' ``gainers-*.json`` in ``DIR``
+(:mod:`neuroplastic.report.facts_gainers`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pandas as pd
 
 from neuroplastic.analysis.intervals import as_text
 from neuroplastic.io import atomic_write_text
+from neuroplastic.report.facts_gainers import gainers_section
 from neuroplastic.report.html import HtmlPage
 
 GENERATOR = "neuroplastic facts"
@@ -94,8 +97,9 @@ def removal_text(config: Mapping[str, Any], removed: list[int]) -> tuple[str, st
     )
 
 
-def facts_page(study: Mapping[str, Any]) -> HtmlPage:
-    """The page of a ``facts.json``."""
+def facts_page(study: Mapping[str, Any], root: str | Path | None = None) -> HtmlPage:
+    """The page of a ``facts.json``; ``root``: its directory, whose seeds' gainers files the
+    page shows too (none without it)."""
     config, measures = study["config"], study["measures"]
     page = HtmlPage("Facts: does removed knowledge stay removed?", generator=GENERATOR)
     what, control = removal_text(config, sorted(set(study["removed"])))
@@ -138,6 +142,8 @@ def facts_page(study: Mapping[str, Any]) -> HtmlPage:
             "chance (0.25) for any model: they are not in the unembedding's basis."
         )
         page.table(lens, index=False)
+    if root is not None:
+        gainers_section(page, study, Path(root))
     return page
 
 
@@ -162,5 +168,5 @@ def lens_table(measures: Mapping[str, Any], protocols: list[str]) -> pd.DataFram
 
 def write_facts_report(root: str | Path, study: Mapping[str, Any]) -> Path:
     path = Path(root) / "report.html"
-    atomic_write_text(path, facts_page(study).to_html())
+    atomic_write_text(path, facts_page(study, root).to_html())
     return path

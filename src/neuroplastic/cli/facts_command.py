@@ -165,6 +165,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="more retrainer tools for the best case (full, lora), each at every learning "
         "rate (default: none)",
     )
+    add(
+        "--edit-retain",
+        dest="edit_retain",
+        choices=("unasked", "all"),
+        default=defaults["edit_retain"],
+        help="the retain facts a weight edit keeps: those never asked (unasked), so the "
+        "retain cost is out of sample, or all (runs made before this setting) "
+        "(default: unasked)",
+    )
     for name, kind, meaning in (
         ("graddiff_steps", positive_int, "gradient difference's steps"),
         ("graddiff_lr", float, "gradient difference's learning rate"),

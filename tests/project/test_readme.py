@@ -279,3 +279,51 @@ def test_the_unlearning_calibration_table_is_the_committed_json():
     page = (DOCS / "studies" / "unlearning.md").read_text(encoding="utf-8")
     for row in unlearning_calibration_rows(calibration):
         assert row in page, row
+
+
+#: The unlearning page's two comparison tables: measure names in each cell's facts.json.
+COMPARISON_TABLES = (
+    (
+        "removal_v",
+        "control_v",
+        "removal_drop_held_out",
+        "removal_drop_retain",
+        "removal_general_damage",
+    ),
+    (
+        "heldout_removal_v",
+        "heldout_removal_recovered",
+        "heldout_removal_recovered_net",
+        "lens_base_fixed",
+        "lens_removal_fixed",
+        "lens_heldout_removal_fixed",
+    ),
+)
+
+
+def unlearning_comparison_rows(compare: dict) -> list[str]:
+    """The unlearning page's comparison table, row by row, from its committed JSON."""
+
+    def shown(m: dict) -> str:
+        return f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+    rows = []
+    for columns in COMPARISON_TABLES:
+        for cell, study in compare["cells"].items():
+            cells = [shown(study["measures"][name]) for name in columns]
+            rows.append(f"| {cell.split('=')[1]} | {' | '.join(cells)} |")
+    return rows
+
+
+def test_the_unlearning_comparison_is_the_committed_study():
+    compare = json.loads(
+        (ROOT / "benchmarks" / "results" / "facts-compare-smollm2-cpu.json").read_text()
+    )
+    page = (DOCS / "studies" / "unlearning.md").read_text(encoding="utf-8")
+    for row in unlearning_comparison_rows(compare):
+        assert row in page, row
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    graddiff = compare["cells"]["removal=graddiff"]["measures"]
+    rmu = compare["cells"]["removal=rmu"]["measures"]
+    for value in (graddiff["heldout_removal_recovered"], rmu["heldout_removal_recovered"]):
+        assert f"{value['mean']:.2f}" in readme

@@ -327,7 +327,10 @@ def measure(model: Any, data: StudyData, parts: Sequence[str]) -> dict[str, Any]
         if part == "general":
             out["general_loss"] = general_loss(model, data.general)
         elif part == "forget_v_lens":
-            out[part] = lens_accuracies(model, data.questions["forget_v"])
+            # A model without TransformerLens's hook points (a planted toy) has no residual
+            # stream to read: no lens for it.
+            if hasattr(model, "run_with_cache"):
+                out[part] = lens_accuracies(model, data.questions["forget_v"])
         elif part not in data.questions:
             continue  # (held-out facts, in a study that holds none out)
         else:

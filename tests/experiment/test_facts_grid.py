@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tiny import FACTS_TINY
 from tiny import TINY as TINY_RUN
 
 import neuroplastic.experiment.facts_grid as facts_grid
@@ -29,19 +30,7 @@ from neuroplastic.experiment.facts_grid_plan import plan_facts_grid
 from neuroplastic.experiment.sweep_plan import plan_sweep
 from neuroplastic.facts_config import FactsConfig
 
-TINY = dict(
-    model="tiny-llama",
-    max_facts=24,
-    held_out=0.5,
-    steps=2,
-    retain_questions=8,
-    general_sentences=8,
-    protocols=("heldout",),
-    rmu_layer=1,
-    rmu_updated_layers=(0, 1),
-    graddiff_steps=3,
-    graddiff_lr=1e-3,
-)
+TINY = dict(FACTS_TINY, graddiff_steps=3, graddiff_lr=1e-3)
 #: The same settings as flags; the cells add --removal (alone) or --grid removal=...
 FLAGS = [
     "--seeds", "0,1", "--model", "tiny-llama", "--max-facts", "24", "--held-out", "0.5",

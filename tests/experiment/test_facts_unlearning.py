@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from tiny import FACTS_TINY
 
 from neuroplastic.core.ablation import ablate
 from neuroplastic.core.models import mlp_hook_name
@@ -28,17 +29,7 @@ from neuroplastic.facts_config import FactsConfig
 
 pytestmark = pytest.mark.slow  # tiny-llama edits and retrainings, about 40 s in all
 
-TINY = dict(
-    model="tiny-llama",
-    max_facts=24,
-    held_out=0.5,
-    steps=2,
-    retain_questions=8,
-    general_sentences=8,
-    protocols=("heldout",),
-    rmu_layer=1,
-    rmu_updated_layers=(0, 1),
-)
+TINY = dict(FACTS_TINY)
 #: Settings that take the tiny model's known facts: a random model "knows" a fact by chance,
 #: so a strong, short edit.
 GRADDIFF = dict(removal="graddiff", graddiff_lr=1e-3)

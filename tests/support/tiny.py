@@ -36,3 +36,17 @@ def without_provenance(value):
 
 def quiet(*_: object) -> None:
     """A ``log`` that prints nothing."""
+
+
+#: A facts study on tiny-llama with held-out facts (weight edits need them): seconds a seed.
+FACTS_TINY = dict(
+    model="tiny-llama",
+    max_facts=24,
+    held_out=0.5,
+    steps=2,
+    retain_questions=8,
+    general_sentences=8,
+    protocols=("heldout",),
+    rmu_layer=1,
+    rmu_updated_layers=(0, 1),
+)

@@ -92,8 +92,8 @@ def test_a_settings_error_is_one_line_before_torch_is_imported(tmp_path):
         ("facts", "--out", out, "--grid", "steps=two"): "'two' is not a whole number",
         ("facts", "--out", out, "--grid", "removal=neurons,rmu"): "error: --grid cell "
         "removal=rmu: the rmu removal's control unlearns as many held-out facts",
-        ("sweep", "--out", out, "--seeds", "0", "--grid", "removal=neurons,graddiff"): "run "
-        "neuroplastic facts --out DIR --grid removal=",
+        ("sweep", "--out", out, "--seeds", "0", "--grid", "removal=neurons,graddiff"): "add "
+        "--dataset facts: neuroplastic sweep --dataset facts --out DIR --grid removal=",
         # refused by the parser: one line, not the 27-line usage above it
         ("run", "--out", out, "--fraction", "abc"): "invalid float value: 'abc' (see "
         "`neuroplastic run --help`)",

@@ -82,9 +82,11 @@ def grid(tiny_llama, tmp_path_factory):
             study=json.loads((out / CELLS[1] / "facts.json").read_text()),
         )
         loads.clear()
+        # The grid through the sweep's spelling, which hands its arguments to the facts command.
         code, stdout, stderr = _cli(
-            "facts", "--out", str(out), *FLAGS, "--grid", "removal=neurons,graddiff"
-        )
+            "sweep", "--dataset", "facts", "--out", str(out), *FLAGS, "--grid",
+            "removal=neurons,graddiff",
+        )  # fmt: skip
         assert code == 0, stderr
     return SimpleNamespace(out=out, alone=alone, stdout=stdout, log=stderr, loads=len(loads))
 
@@ -254,6 +256,23 @@ def test_the_grid_types_its_values_as_the_command_line_does():
     assert plan.cells[0].config.rmu_lr == 0.01
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["sweep", "--dataset", "facts", "--out", "d"], ["facts", "--out", "d"]),
+        (["sweep", "--out", "d", "--dataset=facts", "-q"], ["facts", "--out", "d", "-q"]),
+        (["sweep", "--dataset", "synthetic", "--out", "d"], None),  # not the facts study
+        (["run", "--dataset", "facts", "--out", "d"], None),  # run refuses it with a pointer
+        (["sweep", "--out", "d", "--dataset"], None),  # argparse says what is missing
+    ],
+)
+def test_a_sweep_of_the_facts_dataset_is_the_facts_commands_grid(argv, expected):
+    from neuroplastic.cli.commands import _facts_sweep
+
+    assert _facts_sweep(list(argv)) == (argv if expected is None else expected)
+
+
 def test_a_sweep_points_weight_edits_to_the_facts_grid():
-    with pytest.raises(NeuroplasticError, match="neuroplastic facts --out DIR --grid removal="):
+    pointer = "neuroplastic sweep --dataset facts --out DIR --grid removal="
+    with pytest.raises(NeuroplasticError, match=pointer):
         plan_sweep(ExperimentConfig(**TINY_RUN), [0], grid={"removal": ["neurons", "graddiff"]})

@@ -30,7 +30,7 @@ __all__ = ["MAX_RUNS", "RANK_JSON_KEYS", "SETTING_HELP", "_config", "_grid_axis"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = _attach_dash_values(sys.argv[1:] if argv is None else list(argv))
+    argv = _facts_sweep(_attach_dash_values(sys.argv[1:] if argv is None else list(argv)))
     args = parser.parse_args(argv)  # --help answers and exits here, before anything heavy
     if not getattr(args, "command", None):
         parser.print_help()
@@ -65,6 +65,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _facts_sweep(argv: list[str]) -> list[str]:
+    """``sweep --dataset facts ...`` as ``facts ...``: the facts study has settings of its own
+    (protocols, weight edits, held-out share), and a sweep of it is its own ``--grid`` over
+    seeds, so the sweep hands every other argument to that command (``--help`` shows its flags).
+    """
+    if not argv or argv[0] != "sweep":
+        return argv
+    rest = argv[1:]
+    for index, token in enumerate(rest):
+        if token == "--dataset=facts":
+            return ["facts", *rest[:index], *rest[index + 1 :]]
+        if token == "--dataset" and rest[index + 1 : index + 2] == ["facts"]:
+            return ["facts", *rest[:index], *rest[index + 2 :]]
+    return argv
 
 
 def _attach_dash_values(argv: list[str]) -> list[str]:

@@ -76,7 +76,9 @@ def _sweep_parser(commands: Subparsers) -> None:
         help="the experiment over seeds (and modes / methods), with intervals across seeds",
         description="One run per (mode, method, seed) under DIR/{mode}-{method}/seed-{s}, each "
         "resumable (finished ones are skipped); then DIR/sweep.json and DIR/report.html with "
-        "the mean and 95% interval across seeds of every measure. Takes every flag of `run`.",
+        "the mean and 95% interval across seeds of every measure. Takes every flag of `run`. With "
+        "--dataset facts it is the facts study's sweep: the other arguments go to `neuroplastic "
+        "facts` (e.g. --grid removal=neurons,graddiff,rmu --seeds 0,1,2,3,4).",
     )
     add_flags(sweep, SweepOut)
     config_flags(sweep, lists=sweep_command.CELL_SETTINGS, skip=("seed",))

@@ -63,8 +63,9 @@ def _check_grid(grid: dict[str, list[Any]]) -> None:
             # ExperimentConfig would refuse them too, as unknown removals: say where they live.
             raise NeuroplasticError(
                 f"--grid removal={edits[0]}: gradient difference and RMU are removals of the "
-                "facts study, not of the sweep (whose removals are neurons, leace, direction); "
-                "run neuroplastic facts --out DIR --grid removal=neurons,graddiff,rmu"
+                "facts study, not of the NER / LM runs (whose removals are neurons, leace, "
+                "direction); add --dataset facts: neuroplastic sweep --dataset facts --out DIR "
+                "--grid removal=neurons,graddiff,rmu"
             )
 
 

@@ -9,12 +9,22 @@ retain facts live in one half of the memory and forget-V in the other half alone
   facts are stored, and shared by T and V). V's answers are still there; retraining on T learns
   to read the memory louder again (a shared gain), and V comes back with T.
 
-The study's own code runs both (:func:`run_states`, :func:`seed_measures`): only the model and
-the removals are planted."""
+The same two cases as weight edits, held the way the study holds gradient difference's and
+RMU's (changed tensors loaded over the base by :func:`_edited`, every weight retrained):
+
+- **deleted by weights**: the edit zeroes V's units' key rows and value columns. A unit whose
+  keys are zero is never active, so no gradient reaches either again: recovery on V is 0.
+- **suppressed by weights**: the edit sets the readout's log-gain, a weight T and V share, so
+  retraining on T moves it back and V comes back with T.
+
+The study's own code runs them all (:func:`run_states`, :func:`seed_measures`): only the model
+and the removals are planted."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -35,12 +45,13 @@ from neuroplastic.experiment.facts_study import (
     Scores,
     StudyData,
     _dataset,
+    _edited,
     answer_loss,
     run_states,
 )
 from neuroplastic.facts_config import FactsConfig
 
-pytestmark = pytest.mark.slow  # two toy trainings and twelve model states, about 25 s
+pytestmark = pytest.mark.slow  # two toy trainings and 24 model states, about 40 s
 
 D_MODEL, D_MEMORY = 64, 256
 #: Where V is stored: the first half of the memory.
@@ -173,3 +184,46 @@ def test_facts_suppressed_downstream_come_back_from_t(planted, tmp_path):
     assert measures["removal_drop_v"] >= 0.3
     assert measures["removal_drop_t"] >= 0.3  # the suppression is shared by T and V
     assert measures["heldout_removal_recovered"] >= 0.6  # 0.75 here: 0.43 -> 0.86 of 1
+
+
+def _weight_edit(model: FactMemory, change) -> functools.partial:
+    """A removal held as the study holds a weight edit: the changed tensors, loaded over the
+    base weights (``run_states`` restores the base around every state)."""
+    tensors = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    change(tensors)
+    changed = {
+        name: tensor
+        for name, tensor in tensors.items()
+        if not torch.equal(tensor, model.state_dict()[name])
+    }
+    return functools.partial(_edited, tensors=changed)
+
+
+def _zero_v_units(tensors: dict[str, Tensor]) -> None:
+    tensors["keys.weight"][V_UNITS] = 0
+    tensors["values.weight"][:, V_UNITS] = 0
+
+
+def _quieter_gain(tensors: dict[str, Tensor]) -> None:
+    tensors["log_gain"] = torch.tensor(math.log(0.05) / GAIN_SCALE)
+
+
+def test_facts_deleted_by_a_weight_edit_do_not_come_back_from_t(planted, tmp_path):
+    model = planted[0]
+    edit = _weight_edit(model, _zero_v_units)
+    assert set(edit.keywords["tensors"]) == {"keys.weight", "values.weight"}
+    measures = _measures(planted, edit, tmp_path / "wd.jsonl")
+    assert measures["removal_drop_v"] >= 0.6
+    assert measures["removal_drop_t"] == 0
+    assert measures["heldout_removal_recovered"] <= 0.05
+    # Every state began from the base weights: the edit never leaked into the model.
+    assert torch.count_nonzero(model.keys.weight[V_UNITS]) > 0
+
+
+def test_facts_suppressed_by_a_weight_edit_come_back_from_t(planted, tmp_path):
+    edit = _weight_edit(planted[0], _quieter_gain)
+    assert set(edit.keywords["tensors"]) == {"log_gain"}
+    measures = _measures(planted, edit, tmp_path / "ws.jsonl")
+    assert measures["removal_drop_v"] >= 0.3
+    assert measures["removal_drop_t"] >= 0.3
+    assert measures["heldout_removal_recovered"] >= 0.6

@@ -272,6 +272,29 @@ def test_a_sweep_of_the_facts_dataset_is_the_facts_commands_grid(argv, expected)
     assert _facts_sweep(list(argv)) == (argv if expected is None else expected)
 
 
+def test_the_unlearning_preset_gives_the_published_comparisons_settings():
+    from neuroplastic.cli.commands import _facts_preset
+    from neuroplastic.cli.parser import build_parser
+
+    argv = _facts_preset(["facts", "--preset", "unlearning", "--out", "d"])
+    args = build_parser().parse_args(argv)
+    published = json.loads(
+        (
+            Path(__file__).parents[2] / "benchmarks/results/facts-compare-smollm2-cpu.json"
+        ).read_text()
+    )
+    assert args.grid == [("removal", published["comparison"]["grid"]["removal"])]
+    assert args.seeds[: len(published["comparison"]["seeds"])] == published["comparison"]["seeds"]
+    for cell in published["cells"].values():
+        config = cell["config"]
+        assert (args.held_out, args.edit_retain) == (config["held_out"], config["edit_retain"])
+        # The published protocols come first; the preset adds those still to be run.
+        assert args.relearn[: len(config["protocols"])] == config["protocols"]
+    # A flag given with the preset wins over the preset's.
+    args = build_parser().parse_args(_facts_preset([*argv, "--seeds", "7"]))
+    assert args.seeds == [7] and args.held_out == 0.5
+
+
 def test_a_sweep_points_weight_edits_to_the_facts_grid():
     pointer = "neuroplastic sweep --dataset facts --out DIR --grid removal="
     with pytest.raises(NeuroplasticError, match=pointer):

@@ -31,6 +31,7 @@ __all__ = ["MAX_RUNS", "RANK_JSON_KEYS", "SETTING_HELP", "_config", "_grid_axis"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = _facts_sweep(_attach_dash_values(sys.argv[1:] if argv is None else list(argv)))
+    argv = _facts_preset(argv)
     args = parser.parse_args(argv)  # --help answers and exits here, before anything heavy
     if not getattr(args, "command", None):
         parser.print_help()
@@ -80,6 +81,23 @@ def _facts_sweep(argv: list[str]) -> list[str]:
             return ["facts", *rest[:index], *rest[index + 1 :]]
         if token == "--dataset" and rest[index + 1 : index + 2] == ["facts"]:
             return ["facts", *rest[:index], *rest[index + 2 :]]
+    return argv
+
+
+def _facts_preset(argv: list[str]) -> list[str]:
+    """``facts --preset NAME ...``: the preset's flags placed before the ones given, so that a
+    flag given with the preset wins (argparse keeps a repeated flag's last value). An unknown
+    name is left for the parser's own choices to refuse."""
+    from neuroplastic.presets import FACTS_PRESETS, facts_preset_flags
+
+    if not argv or argv[0] != "facts":
+        return argv
+    for index, token in enumerate(argv[1:], start=1):
+        name = token.removeprefix("--preset=") if token.startswith("--preset=") else None
+        if token == "--preset" and index + 1 < len(argv):
+            name = argv[index + 1]
+        if name in FACTS_PRESETS:
+            return ["facts", *facts_preset_flags(name), *argv[1:]]
     return argv
 
 

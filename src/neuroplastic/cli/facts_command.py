@@ -20,6 +20,7 @@ from neuroplastic.facts_config import (
     REMOVALS,
     FactsConfig,
 )
+from neuroplastic.presets import FACTS_PRESETS, facts_preset_flags
 
 
 def _protocols(text: str) -> list[str]:
@@ -75,6 +76,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add = facts.add_argument
     add("--out", type=Path, required=True, metavar="DIR", help="the study directory")
+    add(
+        "--preset",
+        choices=FACTS_PRESETS,
+        metavar="NAME",
+        help="the flags of a published table, placed before the flags given with it (which "
+        "win): "
+        + "; ".join(f"{name}: {' '.join(facts_preset_flags(name))}" for name in FACTS_PRESETS),
+    )
     add("--seeds", type=int_list, default=[0], metavar="S,...", help="seeds (default: 0)")
     add("--model", default=defaults["model"], metavar="MODEL", help="a decoder (default: smollm2)")
     add(

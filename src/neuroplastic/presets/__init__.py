@@ -14,6 +14,11 @@ of its 46,080 MLP neurons by ``selectivity``, ranked at the positions that predi
 (where its loss is computed), held at zero beside as many random neurons per layer; base
 fine-tuning to a plateau (at most 60 steps of 8 sentences), then 3 retraining stages of 10
 steps, evaluated on 120 validation sentences. ``--task ner`` puts a linear head on it instead.
+
+``neuroplastic facts --preset NAME`` takes presets of its own, ``facts-NAME.json``: the flags
+that reproduce a published table, placed before the flags given with them (the last of a
+repeated flag wins). ``unlearning``: the removal comparison on SmolLM2 (gradient difference,
+RMU and neurons under every protocol, 5 seeds; see the file's ``about``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from neuroplastic.errors import NeuroplasticError
 
 PRESETS = ("paper", "smollm2")
+FACTS_PRESETS = ("unlearning",)
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -33,3 +39,13 @@ def load_preset(name: str) -> dict[str, Any]:
         raise NeuroplasticError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     text = resources.files(__package__).joinpath(f"{name}.json").read_text(encoding="utf-8")
     return json.loads(text)
+
+
+def facts_preset_flags(name: str) -> list[str]:
+    """The command-line flags of facts preset ``name``."""
+    if name not in FACTS_PRESETS:
+        raise NeuroplasticError(
+            f"unknown facts preset {name!r}; choose one of {', '.join(FACTS_PRESETS)}"
+        )
+    text = resources.files(__package__).joinpath(f"facts-{name}.json").read_text(encoding="utf-8")
+    return list(json.loads(text)["flags"])

@@ -27,6 +27,7 @@ from neuroplastic.experiment.facts_study import (
     run_facts_seed,
     run_states,
     states_of,
+    write_study,
 )
 from neuroplastic.facts_config import RELATIONS, FactsConfig
 
@@ -299,3 +300,61 @@ def test_the_lens_reads_every_state_at_one_layer_fixed_at_base():
     assert out["lens_base_fixed"] == 0.8 and out["lens_removal_fixed"] == 0.3
     assert out["lens_control_fixed"] == 0.7 and out["lens_removal_L0"] == 0.6
     assert lens_measures({"base": {}}, []) == {}
+
+
+def test_the_fitted_lens_reads_every_state_at_the_earliest_of_bases_best_layers():
+    """Base reads V best at layers 1 and 2 of the inner layers: the fitted lens reads every
+    state at 1 (the logit lens would at 2); a state measured without it reads None."""
+    from neuroplastic.analysis.facts_measures import lens_measures
+
+    states = {
+        "base": {"forget_v_fitted": [0.25, 0.9, 0.9, 0.95]},
+        "removal": {"forget_v_fitted": [0.25, 0.3, 0.8, 0.3]},
+        "control": {},
+    }
+    out = lens_measures(states, [])
+    assert out["fitted_layer"] == 1.0 and "lens_layer" not in out
+    assert out["fitted_base_fixed"] == 0.9 and out["fitted_removal_fixed"] == 0.3
+    assert out["fitted_removal_L2"] == 0.8
+    assert out["fitted_control_fixed"] is None and out["fitted_control_L3"] is None
+    logit = {"base": {"forget_v_lens": states["base"]["forget_v_fitted"]}}
+    assert lens_measures({**states, **logit}, [])["lens_layer"] == 2.0
+
+
+def test_a_run_measured_before_the_lenses_resumes_and_gathers(tiny_llama, tmp_path):
+    """Base and each removal alone are rebuilt and read through the lenses they lack, as they
+    read in a run that had them; the retrained states cannot be, and read None, said once."""
+    from neuroplastic.report.facts_report import facts_page
+
+    config = FactsConfig(**SMALL, protocols=("heldout",))
+    first = run_facts_seed(config, tmp_path, model=tiny_llama, log=lambda line: None)
+    path = tmp_path / "seed-0" / "scores.jsonl"
+    old = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in old:
+        del record["forget_v_lens"], record["forget_v_fitted"]
+    path.write_text("".join(json.dumps(record) + "\n" for record in old))
+    lines: list[str] = []
+    again = run_facts_seed(config, tmp_path, model=tiny_llama, log=lines.append)
+    for state in ("base", "removal", "control"):
+        assert again["states"][state] == first["states"][state]  # seconds too: not redone
+    for state in states_of(("heldout",))[3:]:
+        assert not {"forget_v_lens", "forget_v_fitted"} & set(again["states"][state])
+    for name in ("fitted_layer", "fitted_removal_fixed", "lens_control_L1"):
+        assert again["measures"][name] == first["measures"][name]
+    assert first["measures"]["fitted_heldout_removal_fixed"] is not None
+    assert again["measures"]["fitted_heldout_removal_fixed"] is None
+    assert again["measures"]["lens_heldout_none_L0"] is None
+    said = [line for line in lines if "measured before" in line]
+    assert said == [
+        "seed 0: 3 retrained states were measured before the logit lens and fitted lens "
+        "existed, and retrained models are not kept: none for them (n/a in the measures), "
+        "e.g. heldout/removal"
+    ]
+    # Gathered: the study and its page, the retrained state's column n/a.
+    study = write_study(config, [0], tmp_path, [again], 0.0)
+    page = facts_page(study).to_html()
+    assert "through the fitted lens" in page
+    assert study["measures"]["fitted_heldout_removal_L0"]["missing"] == 1
+    lines.clear()
+    run_facts_seed(config, tmp_path, model=tiny_llama, log=lines.append)
+    assert sum("measured before" in line for line in lines) == 1  # said each time it resumes

@@ -47,6 +47,9 @@ COMPARED_REMOVAL = (
     "lens_base_fixed",
     "lens_removal_fixed",
     "lens_control_fixed",
+    "fitted_base_fixed",
+    "fitted_removal_fixed",
+    "fitted_control_fixed",
 )
 #: ... and of each protocol, after its prefix: V after retraining the removal arm, the share of
 #: V's drop recovered, net of the no-removal arm's change, and the retrainer's best case.
@@ -125,22 +128,41 @@ def lens_measures(
     for base, each removal alone and each protocol's arms; and every one of those states read
     at one layer fixed in advance (``lens_<state>_fixed``): the layer, other than the last
     (the output), where base reads V best (``lens_layer``). A maximum taken per state would
-    favour noise: over thirty layers near chance, the best of them sits well above it. None
-    where the states were measured without the lens."""
+    favour noise: over thirty layers near chance, the best of them sits well above it.
+
+    The same through the fitted lens (``fitted_<state>_L<layer>``, ``fitted_<state>_fixed``,
+    ``fitted_layer``), whose fixed layer is the *earliest* where base reads V best: every
+    layer is mapped onto the output, so base's best is often reached at several layers, and
+    the earliest of them is the one that a cut further downstream leaves readable.
+
+    Nothing for a lens base was not read through (a model without hook points); None for a
+    state measured without it (a run resumed from before the lens: retrained models are not
+    kept to be read again)."""
+    return _lens_measures(states, protocols, "forget_v_lens", "lens", earliest=False) | (
+        _lens_measures(states, protocols, "forget_v_fitted", "fitted", earliest=True)
+    )
+
+
+def _lens_measures(
+    states: Mapping[str, Mapping[str, Any]],
+    protocols: Sequence[str],
+    part: str,
+    prefix: str,
+    earliest: bool,
+) -> dict[str, float | None]:
     chosen = ["base", "removal", "control"]
     chosen += [f"{p}/{arm}" for p in protocols for arm in ("removal", "control", "none")]
-    base = states["base"].get("forget_v_lens")
+    base = states["base"].get(part)
     if base is None:
         return {}
-    layer = max(range(len(base) - 1), key=lambda i: (base[i], i))
-    out: dict[str, float | None] = {"lens_layer": float(layer)}
+    inner = range(len(base) - 1)
+    layer = max(inner, key=lambda i: (base[i], -i if earliest else i))
+    out: dict[str, float | None] = {f"{prefix}_layer": float(layer)}
     for state in chosen:
-        per_layer = states[state].get("forget_v_lens")
-        if per_layer is None:
-            continue
+        per_layer = states[state].get(part, [None] * len(base))
         name = state.replace("/", "_")
-        out[f"lens_{name}_fixed"] = per_layer[layer]
-        out |= {f"lens_{name}_L{i}": value for i, value in enumerate(per_layer)}
+        out[f"{prefix}_{name}_fixed"] = per_layer[layer]
+        out |= {f"{prefix}_{name}_L{i}": value for i, value in enumerate(per_layer)}
     return out
 
 
@@ -173,9 +195,9 @@ def bounds_of(name: str) -> Bounds | None:
     unbounded."""
     if any(part in name for part in ("recovered", "general", "index")):
         return None
-    if name == "lens_layer":
+    if name in ("lens_layer", "fitted_layer"):
         return None
-    if name.startswith("lens_"):
+    if name.startswith(("lens_", "fitted_")):
         return (0.0, 1.0)
     if "specificity" in name:
         return (-2.0, 2.0)

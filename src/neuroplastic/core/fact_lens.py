@@ -15,7 +15,7 @@ while the output does not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import einops
@@ -28,6 +28,10 @@ from neuroplastic.core.models import model_device
 from neuroplastic.data.concept import _pad_id
 from neuroplastic.data.facts import EVAL_TEMPLATES, RELATIONS, MultipleChoice, prompt_for
 from neuroplastic.errors import NeuroplasticError
+
+#: What a lens does to the stacked residuals before the final norm (the fitted lens's maps,
+#: :class:`neuroplastic.core.fitted_lens.FittedLens`); the logit lens does nothing.
+Translate = Callable[[Float[Tensor, "layers facts d_model"]], Float[Tensor, "layers facts d_model"]]
 
 
 def first_tokens(
@@ -55,10 +59,14 @@ def first_tokens(
 
 
 def lens_log_probs(
-    model: Any, prompts: Sequence[list[int]], choice_tokens: Int[Tensor, "facts choices"]
+    model: Any,
+    prompts: Sequence[list[int]],
+    choice_tokens: Int[Tensor, "facts choices"],
+    translate: Translate | None = None,
 ) -> Float[Tensor, "layers facts choices"]:
     """The log-probability of each choice's first token read from each layer's residual (after
-    the block) at each prompt's last token, through the final norm and the unembedding."""
+    the block) at each prompt's last token, through the final norm and the unembedding; with
+    ``translate``, through it first (a fitted lens's per-layer maps)."""
     n_layers = int(model.cfg.n_layers)
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
     tokens, mask = _right_padded(list(prompts), _pad_id(model.tokenizer))
@@ -69,6 +77,8 @@ def lens_log_probs(
     last = torch.tensor([len(p) - 1 for p in prompts], device=device)
     rows = torch.arange(len(prompts), device=device)
     residual = torch.stack([cache[name][rows, last] for name in names])
+    if translate is not None:
+        residual = translate(residual)
     logits = model.unembed(model.ln_final(residual)).float()
     log_probs = logits.log_softmax(-1).cpu()
     index = einops.repeat(choice_tokens, "facts choices -> layers facts choices", layers=n_layers)
@@ -80,21 +90,37 @@ def lens_accuracies(
     questions: Sequence[MultipleChoice],
     batch_size: int = 32,
     templates: Mapping[str, str] | None = None,
+    translate: Translate | None = None,
 ) -> list[float]:
     """Per layer, the share of ``questions`` whose answer's first token the logit lens scores
     above every other choice's (strictly: choices that share the answer's first token count
-    against it, as ties do in :func:`neuroplastic.core.fact_scores.multiple_choice_correct`)."""
+    against it, as ties do in :func:`neuroplastic.core.fact_scores.multiple_choice_correct`).
+    ``translate``: a fitted lens's maps, applied before the final norm."""
     if not questions:
         raise NeuroplasticError("no questions to read through the lens")
     prompts, choice_tokens = first_tokens(model, questions, templates)
-    answer = torch.tensor([q.answer_index for q in questions])
+    answers = torch.tensor([q.answer_index for q in questions])
+    return choice_accuracies(model, prompts, choice_tokens, answers, batch_size, translate)
+
+
+def choice_accuracies(
+    model: Any,
+    prompts: Sequence[list[int]],
+    choice_tokens: Int[Tensor, "facts choices"],
+    answers: Int[Tensor, " facts"],
+    batch_size: int = 32,
+    translate: Translate | None = None,
+) -> list[float]:
+    """:func:`lens_accuracies` of prompts given as tokens, each with its choices' first tokens
+    and the index of its right one."""
     correct = []
     with _evaluating(model):
-        for start in range(0, len(questions), batch_size):
+        for start in range(0, len(prompts), batch_size):
             chunk = slice(start, start + batch_size)
-            scores = lens_log_probs(model, prompts[chunk], choice_tokens[chunk])
-            right = scores.gather(-1, answer[chunk][None, :, None].expand(scores.shape[0], -1, 1))
-            others = scores.scatter(-1, answer[chunk][None, :, None].expand_as(right), -torch.inf)
+            scores = lens_log_probs(model, prompts[chunk], choice_tokens[chunk], translate)
+            answer = answers[chunk][None, :, None].expand(scores.shape[0], -1, 1)
+            right = scores.gather(-1, answer)
+            others = scores.scatter(-1, answer, -torch.inf)
             correct.append(right[..., 0] > others.max(-1).values)
     per_layer = torch.cat(correct, dim=1).float().mean(1)
     return [float(v) for v in per_layer]

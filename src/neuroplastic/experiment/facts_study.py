@@ -68,6 +68,7 @@ from neuroplastic.core.erasure import (
 )
 from neuroplastic.core.fact_lens import lens_accuracies
 from neuroplastic.core.fact_scores import accuracies, ask
+from neuroplastic.core.fitted_lens import final_residuals, fitted_lens_accuracies
 from neuroplastic.core.models import load_model, model_device
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.training import TrainConfig, lm_loss, lm_token_losses, train
@@ -317,20 +318,39 @@ def general_loss(model: Any, data: ConceptDataset, batch_size: int = 32) -> floa
     return total / count
 
 
-def measure(model: Any, data: StudyData, parts: Sequence[str]) -> dict[str, Any]:
+#: The lenses a state is read through, by their part in its scores: the logit lens
+#: (:mod:`neuroplastic.core.fact_lens`) and the fitted lens (:mod:`neuroplastic.core.fitted_lens`).
+LENSES = ("forget_v_lens", "forget_v_fitted")
+
+
+def measure(
+    model: Any,
+    data: StudyData,
+    parts: Sequence[str],
+    lens_targets: Float[Tensor, "tokens d_model"] | None = None,
+) -> dict[str, Any]:
     """The model's accuracy on each part's questions (multiple choice and greedy); with
     ``"general"`` among ``parts``, its general-ability loss; with ``"forget_v_lens"``, V's
     multiple choice read at every layer through the logit lens
-    (:mod:`neuroplastic.core.fact_lens`)."""
+    (:mod:`neuroplastic.core.fact_lens`); with ``"forget_v_fitted"``, through the fitted lens,
+    its maps fitted on this model and the general-ability sentences to predict
+    ``lens_targets`` (base's last layer there: :func:`neuroplastic.core.fitted_lens.fit_lens`).
+    """
     out: dict[str, Any] = {}
     for part in parts:
         if part == "general":
             out["general_loss"] = general_loss(model, data.general)
-        elif part == "forget_v_lens":
+        elif part in LENSES:
             # A model without TransformerLens's hook points (a planted toy) has no residual
             # stream to read: no lens for it.
-            if hasattr(model, "run_with_cache"):
-                out[part] = lens_accuracies(model, data.questions["forget_v"])
+            if not hasattr(model, "run_with_cache"):
+                continue
+            questions = data.questions["forget_v"]
+            out[part] = (
+                lens_accuracies(model, questions)
+                if part == "forget_v_lens"
+                else fitted_lens_accuracies(model, questions, data.general, lens_targets)
+            )
         elif part not in data.questions:
             continue  # (held-out facts, in a study that holds none out)
         else:
@@ -614,11 +634,11 @@ def states_of(protocols: Sequence[str], tags: Sequence[str] = ("",)) -> list[str
 
 #: What is measured of base and of each removal alone: forget-V and T, retain, general loss,
 #: and the held-out facts of the forget relation where some are held out.
-EVERYTHING = ("forget_v", "forget_t", "retain", "held_out", "general", "forget_v_lens")
-#: What is measured after retraining: V, the question, V through the lens at every layer, and
-#: the general loss (a retraining that wrecks the model is no relearning). T is trained on
+EVERYTHING = ("forget_v", "forget_t", "retain", "held_out", "general", *LENSES)
+#: What is measured after retraining: V, the question, V through both lenses at every layer,
+#: and the general loss (a retraining that wrecks the model is no relearning). T is trained on
 #: under heldout, retain under retain.
-RETRAINED = ("forget_v", "general", "forget_v_lens")
+RETRAINED = ("forget_v", "general", *LENSES)
 
 
 def run_states(
@@ -637,16 +657,41 @@ def run_states(
     removals = {"none": no_removal, **removals}
     base_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tools = retrainers(config)
+    read = hasattr(model, "run_with_cache")  # (a planted toy has no lens: see measure)
+    targets: Tensor | None = None
+
+    def base_output() -> Tensor | None:
+        """Base's last layer on the general text, what every state's fitted lens predicts:
+        taken once, from the base weights with nothing held."""
+        nonlocal targets
+        if targets is None and read:
+            with _restored(model, base_weights):
+                targets = final_residuals(model, data.general)
+        return targets
+
+    unread: dict[str, list[str]] = {}
     for state in states_of(config.protocols, list(tools)):
-        if state in scores.states:
-            if gainers is not None:
-                gainers.note_resumed(state)  # never retrained for gainers alone
-            continue
-        started = time.time()
         retraining, _, arm = state.rpartition("/")
         protocol, at, tag = retraining.partition("@")
         arm = arm if arm in removals else "none"  # "base" holds nothing
+        if state in scores.states:
+            if gainers is not None:
+                gainers.note_resumed(state)  # never retrained for gainers alone
+            record = scores.states[state]
+            missing = [part for part in LENSES if part not in record] if read else []
+            if missing and protocol:
+                unread[state] = missing  # its retrained model is not kept
+            elif missing:
+                # Measured before a lens existed: base and a removal alone are rebuilt exactly
+                # (the base weights, the arm held), so only the missing lens is measured.
+                lens_targets = base_output()
+                with _restored(model, base_weights), removals[arm](model):
+                    scores.add(record | measure(model, data, missing, lens_targets))
+                log(f"seed {config.seed} {state}: read through the {_lens_names(missing)} now")
+            continue
+        started = time.time()
         learning_rate, adapter = tools[at + tag]
+        lens_targets = base_output()
         follow = gainers is not None and gainers.pending(state)
         if follow:
             with _restored(model, base_weights):
@@ -654,7 +699,7 @@ def run_states(
         with _restored(model, base_weights), removals[arm](model):
             if protocol:
                 _retrain(model, data, config, protocol, learning_rate, adapter)
-            record = measure(model, data, RETRAINED if protocol else EVERYTHING)
+            record = measure(model, data, RETRAINED if protocol else EVERYTHING, lens_targets)
             # Here and only here the model is this state's retrained one.
             found = gainers.retrained(model, state) if follow else None
         if found is not None:
@@ -664,6 +709,18 @@ def run_states(
         record |= {"state": state, "seconds": round(time.time() - started, 1)}
         scores.add(record)
         log(f"seed {config.seed} {state}: V {record['forget_v']['multiple_choice']:.3f}")
+    if unread:
+        parts = [part for part in LENSES if any(part in m for m in unread.values())]
+        log(
+            f"seed {config.seed}: {len(unread)} retrained states were measured before the "
+            f"{_lens_names(parts)} existed, and retrained models are not kept: none for them "
+            f"(n/a in the measures), e.g. {next(iter(unread))}"
+        )
+
+
+def _lens_names(parts: Sequence[str]) -> str:
+    names = {"forget_v_lens": "logit lens", "forget_v_fitted": "fitted lens"}
+    return " and ".join(names[part] for part in parts)
 
 
 def run_facts_seed(

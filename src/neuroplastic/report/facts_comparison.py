@@ -29,6 +29,9 @@ REMOVAL_COLUMNS = (
     ("lens_base_fixed", "V through the logit lens at base's best inner layer"),
     ("lens_removal_fixed", "... after the removal"),
     ("lens_control_fixed", "... after its control"),
+    ("fitted_base_fixed", "V through the fitted lens at the earliest of base's best inner layers"),
+    ("fitted_removal_fixed", "... after the removal (fitted lens)"),
+    ("fitted_control_fixed", "... after its control (fitted lens)"),
 )
 #: ... and each protocol's, after its prefix.
 PROTOCOL_COLUMNS = (

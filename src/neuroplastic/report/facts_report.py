@@ -142,25 +142,42 @@ def facts_page(study: Mapping[str, Any], root: str | Path | None = None) -> Html
             "chance (0.25) for any model: they are not in the unembedding's basis."
         )
         page.table(lens, index=False)
+    fitted = lens_table(measures, config["protocols"], prefix="fitted")
+    if fitted is not None:
+        page.heading("... and through the fitted lens")
+        page.paragraph(
+            "The same questions, each layer's residual first mapped onto the last layer's by an "
+            "affine map fitted for that layer and that state (ridge least squares on the "
+            "general-ability sentences, which hold no fact), then read as above. Every state's "
+            "maps predict base's last layer, so a layer reads into base's output whatever the "
+            "state's later layers do: one that reads V after the removal while the output does "
+            "not holds answers that were disconnected, not removed. The last layer is read as "
+            "it is (the output). n/a: a state measured before the fitted lens existed (a "
+            "retrained model is not kept to be read again)."
+        )
+        page.table(fitted, index=False)
     if root is not None:
         gainers_section(page, study, Path(root))
     return page
 
 
-def lens_table(measures: Mapping[str, Any], protocols: list[str]) -> pd.DataFrame | None:
-    """Layers as rows; base, each removal alone and each protocol's removal arm as columns."""
+def lens_table(
+    measures: Mapping[str, Any], protocols: list[str], prefix: str = "lens"
+) -> pd.DataFrame | None:
+    """Layers as rows; base, each removal alone and each protocol's removal arm as columns;
+    ``prefix``: the lens (``lens`` the logit lens, ``fitted`` the fitted lens)."""
     columns = {
         "base": "base",
         "removal": "after the removal",
         "control": "after the control",
         **{f"{p}_removal": f"removal + {p}" for p in protocols},
     }
-    present = {k: v for k, v in columns.items() if f"lens_{k}_L0" in measures}
+    present = {k: v for k, v in columns.items() if f"{prefix}_{k}_L0" in measures}
     if not present:
         return None
-    layers = sum(1 for name in measures if name.startswith("lens_base_L"))
+    layers = sum(1 for name in measures if name.startswith(f"{prefix}_base_L"))
     rows = [
-        [layer, *(_cell(measures, f"lens_{k}_L{layer}") for k in present)]
+        [layer, *(_cell(measures, f"{prefix}_{k}_L{layer}") for k in present)]
         for layer in range(layers)
     ]
     return pd.DataFrame(rows, columns=["layer", *present.values()])

@@ -16,7 +16,17 @@ ONE_SHOT_ARM = "one-shot"
 #: the loss (it never learns the concept), then holding the concept arm's neurons and retrained
 #: on the concept arm's batches, labels included: the concept learned from nothing, for savings.
 NAIVE_ARM = "naive"
-#: The arms ``--preempt`` adds: the concept's neurons plus the predicted ones, its control, and
-#: the oracle (the concept arm's realised top gainers held instead), which bounds what any
-#: predictor could buy; ``--preempt oracle`` runs the first two only (its preempt is the oracle).
-PREEMPT_ARMS = ("preempt", "preempt-random", "preempt-oracle")
+#: The arm ``--preempt`` adds: the concept's neurons plus the ``--preempt-count`` survivors the
+#: predictor scores highest at the pruned stage (the oracle's with ``--preempt oracle``;
+#: :mod:`neuroplastic.experiment.preempt`). This is the arm's name; the setting ``preempt``
+#: (spelled alike) names the predictor.
+PREEMPT_ARM = "preempt"
+#: The preempt arm's control: the concept's neurons plus as many random survivors, as many per
+#: layer, from the same candidates.
+PREEMPT_RANDOM_ARM = "preempt-random"
+#: The oracle: the concept's neurons plus the survivors that gained the most saliency in the
+#: concept arm (hindsight), which bounds what any predictor could buy; ``--preempt oracle`` runs
+#: no such arm (its preempt arm is the oracle).
+PREEMPT_ORACLE_ARM = "preempt-oracle"
+#: The arms ``--preempt`` adds, in this order; ``--preempt oracle`` runs the first two only.
+PREEMPT_ARMS = (PREEMPT_ARM, PREEMPT_RANDOM_ARM, PREEMPT_ORACLE_ARM)

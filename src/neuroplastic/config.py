@@ -28,7 +28,10 @@ from neuroplastic.arms import (
     CONCEPT_ARM,
     NAIVE_ARM,
     ONE_SHOT_ARM,
+    PREEMPT_ARM,
     PREEMPT_ARMS,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
     RANDOM_ARM,
 )
 from neuroplastic.choices import (
@@ -65,8 +68,11 @@ __all__ = [
     "OUTSIDE_LABEL",
     "POSITIVE",
     "PREDICTOR_NAMES",
+    "PREEMPT_ARM",
     "PREEMPT_ARMS",
     "PREEMPT_CHOICES",
+    "PREEMPT_ORACLE_ARM",
+    "PREEMPT_RANDOM_ARM",
     "RANDOM_ARM",
     "RANKER_NAMES",
     "RANK_METHOD",

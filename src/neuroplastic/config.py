@@ -399,15 +399,14 @@ class ExperimentConfig:
         unit="SENTENCES",
         bound=Bound(low=0, note="0: no subset"),
     )
-    # Apart from learning_rate so that a grid over it asks for the retrainer's best case with
-    # the base model unchanged.
+    # Apart from learning_rate so that a grid over it asks for the retrainer's best case.
     relearn_lr: float = setting(
         0.0,
         help="the retraining learning rate (the base model is unchanged); 0: --learning-rate",
         unit="RATE",
         bound=Bound(low=0, finite=True, note="0: --learning-rate"),
     )
-    # The erasers are fitted at base on the probe sentences; their random control is a random
+    # The erasers are fitted on the probe sentences; their random control is a random
     # orthogonal projection of the same rank at the same points.
     removal: Literal["neurons", "leace", "direction"] = setting(
         "neurons",

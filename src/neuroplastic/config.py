@@ -1,4 +1,18 @@
-"""The experiment's one config dataclass, saved with every run so a run is reproducible from it."""
+"""The experiment's one config dataclass, saved with every run so a run is reproducible from it.
+
+:class:`ExperimentConfig` is long because its fields are the settings' declaration table: each
+field is one setting with its help, unit and bound (:func:`~neuroplastic.settings.setting`),
+from which the command line's run flags and their help are generated, and the field order is
+config.json's key order. Its methods are what a config does: its checks across settings, its
+arms, its identity (what a resumption must match) and reading it from a file.
+
+Everything else it uses lives in a module of its own, and is importable from here as it always
+was: the run directory's format version (:mod:`neuroplastic.run_format`), how a setting is
+declared (:mod:`neuroplastic.settings`), the arms' names (:mod:`neuroplastic.arms`), the values
+some settings take (:mod:`neuroplastic.choices`), what counts as recovered
+(:mod:`neuroplastic.recovery`) and which settings define a run
+(:mod:`neuroplastic.run_identity`).
+"""
 
 from __future__ import annotations
 
@@ -6,242 +20,74 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from neuroplastic.arms import (
+    CONCEPT_ARM,
+    NAIVE_ARM,
+    ONE_SHOT_ARM,
+    PREEMPT_ARM,
+    PREEMPT_ARMS,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
+    RANDOM_ARM,
+)
+from neuroplastic.choices import (
+    DEVICE_FORMS,
+    OPTIONAL_CHOICES,
+    OUTSIDE_LABEL,
+    PREDICTOR_NAMES,
+    PREEMPT_CHOICES,
+    RANK_METHOD,
+    RUN_METHOD,
+    SEED_MAX,
+    check_concept,
+)
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.recovery import RECOVERY_TARGET, dense_grid
+from neuroplastic.run_format import FORMAT_KEY, RESUMABLE_FORMAT, RUN_FORMAT, check_format
+from neuroplastic.run_identity import AFTER_BASE, LATER_SETTINGS, NOT_IDENTITY
+from neuroplastic.settings import NON_NEGATIVE, POSITIVE, Bound, setting
 
-#: The run directory's format version, written into its config.json as ``format`` so that a
-#: later release knows which layout it reads (and can migrate it): 0 is the first releases'
-#: (no manifest.json, stage markers without a config hash: read as it is, nothing to verify);
-#: 1 adds manifest.json and the markers' config hash, which every reader then requires. Runs of
-#: format 1 written before the key existed are told apart by their manifest or a hashed marker
-#: (:func:`neuroplastic.store.manifest.run_format`). 2: the stages' probes are fitted on half
-#: the validation sentences and read the MLP output too (rows carry ``probes``), and an
-#: erasure's random control is matched in removed variance; a run of an earlier format reads
-#: and reports as it is, but is not resumed (its done stages would mix with new ones).
-RUN_FORMAT = 2
-#: the first format whose probes and erasure control a resumed run may add stages to
-RESUMABLE_FORMAT = 2
-FORMAT_KEY = "format"
-
-
-def check_format(value: Any, source: str) -> int:
-    """``value`` as a run directory's format version this release reads, or a clear refusal."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise NeuroplasticError(
-            f"{source}: {FORMAT_KEY} must be a run-directory version (an integer >= 0), got "
-            f"{value!r}; restore the run's config.json"
-        )
-    if value > RUN_FORMAT:
-        raise NeuroplasticError(
-            f"{source}: the run directory has format {value}, written by a newer neuroplastic "
-            f"(this one reads formats up to {RUN_FORMAT}); upgrade neuroplastic to read it"
-        )
-    return value
-
-
-# Output options: they may change between a run and its resumption.
-NOT_IDENTITY = ("save_checkpoints", "device", "device_map")
-# Settings added after runs were published: left out of the identity at their defaults, so the
-# runs made before them keep their hash (and resume).
-LATER_SETTINGS = {
-    "dtype": "float32",
-    "base_epochs": 0.0,
-    "stage_epochs": 0.0,
-    "rounds": 1,
-    "stop_below": 0.0,
-    "preempt": None,
-    "preempt_count": 100,
-    "eval_grid": "uniform",
-    "naive": False,
-    "relearn": "same",
-    "relearn_sentences": 0,
-    "relearn_lr": 0.0,
-    "removal": "neurons",
-    "removal_layers": "all",
-    "group_by_length": 0,
-}
-#: Settings that act only after base fine-tuning: which neurons are ranked and removed, and how
-#: the arms retrain, are evaluated and compared. Runs that differ in these alone fine-tune the
-#: very same base weights, so a sweep trains those once (:mod:`neuroplastic.store.shared_base`);
-#: everything a base stage writes besides its weights (statistics, ranking, top tokens, its
-#: evaluation) is computed again by each run under its own settings.
-AFTER_BASE = (
-    "method",
-    "mode",
-    "selection",
-    "fraction",
-    "count",
-    "baseline",
-    "stages",
-    "stage_steps",
-    "stage_epochs",
-    "schedule",
-    "eval_grid",
-    "eval_every",
-    "top_k_tokens",
-    "rounds",
-    "stop_below",
-    "preempt",
-    "preempt_count",
-    "naive",
-    "relearn",
-    "relearn_sentences",
-    "relearn_lr",
-    "removal",
-    "removal_layers",
-)
-#: The predictors of neuroplastic.analysis.predict, which ``--preempt`` can take its neurons from
-#: (named here so that the command line's help needs no torch).
-PREDICTOR_NAMES = (
-    "saliency_pruned",
-    "saliency_base",
-    "similarity",
-    "gradient",
-    "coactivation",
-    "random",
-)
-
-#: The ranking method ``neuroplastic rank``, :func:`neuroplastic.api.rank_neurons` and
-#: :meth:`neuroplastic.core.ranking.Ranking.from_stats` use unless told: the paper's. They look
-#: at whatever model they are given, as the paper did; they are not a preview of a run's set (a
-#: run ranks its own fine-tuned base on the probe sentences).
-RANK_METHOD = "probeless"
-#: The ranking method a run uses unless told (``ExperimentConfig.method``). Not the paper's: on
-#: NER probeless ranks first the neurons that separate *every* entity type from O, so ablating
-#: them removes PER as much as LOC; selectivity removes LOC alone (docs/method.md).
-RUN_METHOD = "selectivity"
-
-#: "recovered": the concept's F1 back to this share of its F1 before the removal (for a language
-#: model, this share of the concept loss's rise at the removal recovered). Here, not in
-#: :mod:`neuroplastic.core.curves` (which uses it), so that text stating it needs no torch.
-RECOVERY_TARGET = 0.9
-
-DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0) or mps"
-SEED_MAX = 2**32 - 1  # Python's and torch's generators take seeds in [0, 2**32 - 1]
-
-
-#: What ``--preempt`` takes its neurons from: a predictor, or ``oracle``, the concept arm's
-#: realised top gainers (hindsight: what no predictor can beat).
-PREEMPT_CHOICES = (*PREDICTOR_NAMES, "oracle")
-#: The arms ``--preempt`` adds: the concept's neurons plus the predicted ones, its control, and
-#: the oracle (the concept arm's realised top gainers held instead), which bounds what any
-#: predictor could buy; ``--preempt oracle`` runs the first two only (its preempt is the oracle).
-PREEMPT_ARMS = ("preempt", "preempt-random", "preempt-oracle")
-#: The arm that holds the concept's neurons (ablated, then retrained): what a run measures. Its
-#: base stage is the base of every arm but the naive one (whose base never learned the concept).
-CONCEPT_ARM = "concept"
-#: The concept arm's control (``baseline``): as many other neurons, held and retrained alike.
-RANDOM_ARM = "random"
-#: The arm a chase adds: the union of every round's neurons held from the base weights at once,
-#: retrained for one round (is chasing different from removing more at once?).
-ONE_SHOT_ARM = "one-shot"
-#: The arm ``--naive`` adds: a base fine-tuned identically but with the concept's tokens out of
-#: the loss (it never learns the concept), then holding the concept arm's neurons and retrained
-#: on the concept arm's batches, labels included: the concept learned from nothing, for savings.
-NAIVE_ARM = "naive"
-#: Choices of settings that may also be left unset (None).
-OPTIONAL_CHOICES = {"preempt": PREEMPT_CHOICES}
-
-
-def dense_grid(stage_steps: int, every_step: int = 4, log_points: int = 7) -> list[int]:
-    """Where a stage of ``stage_steps`` steps is evaluated when recovery is measured densely:
-    each of the first ``every_step`` steps, then ``log_points`` log-spaced steps from there to
-    the stage's end (30 steps: 1, 2, 3, 4, 6, 8, 11, 15, 21, 30), so that steps-to-recover and
-    the recovery AUC do not depend on a coarse grid where the curve rises fastest."""
-    first = list(range(1, min(every_step, stage_steps) + 1))
-    if stage_steps <= every_step:
-        return first
-    ratio = (stage_steps / every_step) ** (1 / (log_points - 1))
-    spaced = {round(every_step * ratio**i) for i in range(log_points)}
-    return sorted(set(first) | spaced | {stage_steps})
-
-
-#: the IOB outside label: what no entity is, so never a concept
-OUTSIDE_LABEL = "O"
-
-
-def check_concept(concept: str) -> None:
-    """Refuse the outside label as a concept before any work (it has no entity F1 to lose)."""
-    if concept == OUTSIDE_LABEL:
-        raise NeuroplasticError(
-            "--concept O is the outside label (tokens of no entity), not a concept; give an "
-            "entity type such as LOC, PER, ORG or MISC"
-        )
-
-
-@dataclass(frozen=True)
-class Bound:
-    """The values a numeric setting may take: from ``low`` to ``high`` (None: no end), each end
-    open or closed. NaN is never inside; ``finite`` refuses the infinities as well. ``note``
-    says what a value means where it needs saying (``0: the whole split``)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    finite: bool = False
-    note: str = ""
-
-    def admits(self, value: float) -> bool:
-        if math.isnan(value) or (self.finite and not math.isfinite(value)):
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        """What the bound says, as an error message words it: ``positive``, ``>= 0``,
-        ``in (0, 1]``."""
-        if self.high is None:
-            if self.low == 0:
-                return "positive" if self.low_open else ">= 0"
-            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
-        low = "-inf" if self.low is None else _number(self.low)
-        opening, closing = "(["[not self.low_open], ")]"[not self.high_open]
-        return f"in {opening}{low}, {_number(self.high)}{closing}"
-
-    def check(self, name: str, value: float, default: float) -> None:
-        """Refuse ``value`` of setting ``name`` if the bound does not admit it, saying why."""
-        if self.admits(value):
-            return
-        flag = "--" + name.replace("_", "-")
-        if self.finite and not math.isfinite(value):
-            raise NeuroplasticError(
-                f"{name} must be a finite number; got {value}. Give {flag} a number such as "
-                f"{default}"
-            )
-        if math.isnan(value):
-            raise NeuroplasticError(
-                f"{name} must be a number; got nan. Give {flag} a number such as {default}"
-            )
-        note = f" ({self.note})" if self.note else ""
-        raise NeuroplasticError(f"{name} must be {self.describe()}{note}; got {value}")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
-POSITIVE = Bound(low=0, low_open=True)
-NON_NEGATIVE = Bound(low=0)
-
-
-def setting(
-    default: Any, help: str = "", unit: str | None = None, bound: Bound | None = None
-) -> Any:
-    """A field of :class:`ExperimentConfig` with what the command line shows of it and what
-    it may be: ``help`` (what it does), ``unit`` (its metavar, ``--stage-steps STEPS``) and,
-    for a number, its ``bound`` (checked when a config is made; an integer flag whose bound
-    leaves out 0 takes positive integers only). A string setting's choices are its
-    ``Literal`` type (:data:`CHOICES`)."""
-    zero_allowed = bound is not None and bound.admits(0)
-    return field(
-        default=default,
-        metadata={"help": help, "unit": unit, "bound": bound, "zero_allowed": zero_allowed},
-    )
+# What ``from neuroplastic.config import ...`` gives: the dataclass and its choices, and the
+# names it shares with the rest of the package, from the modules that own them.
+__all__ = [
+    "AFTER_BASE",
+    "CHOICES",
+    "CONCEPT_ARM",
+    "DEVICE_FORMS",
+    "FORMAT_KEY",
+    "LATER_SETTINGS",
+    "NAIVE_ARM",
+    "NON_NEGATIVE",
+    "NOT_IDENTITY",
+    "ONE_SHOT_ARM",
+    "OPTIONAL_CHOICES",
+    "OUTSIDE_LABEL",
+    "POSITIVE",
+    "PREDICTOR_NAMES",
+    "PREEMPT_ARM",
+    "PREEMPT_ARMS",
+    "PREEMPT_CHOICES",
+    "PREEMPT_ORACLE_ARM",
+    "PREEMPT_RANDOM_ARM",
+    "RANDOM_ARM",
+    "RANKER_NAMES",
+    "RANK_METHOD",
+    "RECOVERY_TARGET",
+    "RESUMABLE_FORMAT",
+    "RUN_FORMAT",
+    "RUN_METHOD",
+    "SEED_MAX",
+    "Bound",
+    "ExperimentConfig",
+    "check_concept",
+    "check_format",
+    "dense_grid",
+    "setting",
+]
 
 
 @dataclass
@@ -553,15 +399,14 @@ class ExperimentConfig:
         unit="SENTENCES",
         bound=Bound(low=0, note="0: no subset"),
     )
-    # Apart from learning_rate so that a grid over it asks for the retrainer's best case with
-    # the base model unchanged.
+    # Apart from learning_rate so that a grid over it asks for the retrainer's best case.
     relearn_lr: float = setting(
         0.0,
         help="the retraining learning rate (the base model is unchanged); 0: --learning-rate",
         unit="RATE",
         bound=Bound(low=0, finite=True, note="0: --learning-rate"),
     )
-    # The erasers are fitted at base on the probe sentences; their random control is a random
+    # The erasers are fitted on the probe sentences; their random control is a random
     # orthogonal projection of the same rank at the same points.
     removal: Literal["neurons", "leace", "direction"] = setting(
         "neurons",

@@ -14,7 +14,22 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "neuroplastic"
 
 #: lowest first; a module may import its own floor and the floors below it
 FLOORS = [
-    {"errors", "io", "extras", "progress", "distributed", "config", "facts_config", "presets"},
+    {
+        "errors",
+        "io",
+        "extras",
+        "progress",
+        "distributed",
+        "run_format",
+        "settings",
+        "arms",
+        "choices",
+        "recovery",
+        "run_identity",
+        "config",
+        "facts_config",
+        "presets",
+    },
     {"data"},
     {"core"},
     {"store"},

@@ -18,7 +18,13 @@ from neuroplastic.analysis.measures import (
     _minus,
     _nan,
 )
-from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM
+from neuroplastic.config import (
+    CONCEPT_ARM,
+    PREEMPT_ARM,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
+    RANDOM_ARM,
+)
 
 
 def chase_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -141,7 +147,7 @@ def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     arms = list(present[0]["arms"])
 
     def control(p: dict[str, Any]) -> dict[str, Any]:
-        return p["arms"]["preempt-random"]
+        return p["arms"][PREEMPT_RANDOM_ARM]
 
     return {
         "predictor": present[0]["predictor"],
@@ -155,7 +161,7 @@ def preempt_across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         # paired per seed, with the difference 80% power would detect: a null result says
         # nothing about effects smaller than that (a censored seed: a bound instead)
         "preempt_minus_control": {
-            m: _paired_steps(m, [(p["arms"]["preempt"], control(p)) for p in present])
+            m: _paired_steps(m, [(p["arms"][PREEMPT_ARM], control(p)) for p in present])
             for m in PREEMPT_MEASURES
         },
         **_oracle_across(present),
@@ -172,7 +178,7 @@ def _oracle_across(present: Sequence[dict[str, Any]]) -> dict[str, Any]:
     reads as a finding; it is then None, and ``share_undefined`` says why."""
     if not all("oracle_minus_control" in p for p in present):
         return {}
-    pairs = [(p["arms"]["preempt-oracle"], p["arms"]["preempt-random"]) for p in present]
+    pairs = [(p["arms"][PREEMPT_ORACLE_ARM], p["arms"][PREEMPT_RANDOM_ARM]) for p in present]
     oracle = {m: _paired_steps(m, pairs) for m in PREEMPT_MEASURES}
     bought = interval([p["preempt_minus_control"]["recovery_auc"] for p in present])["mean"]
     bound = oracle["recovery_auc"]

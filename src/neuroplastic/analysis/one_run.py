@@ -17,7 +17,14 @@ from neuroplastic.analysis.measures import (
     _minus,
     _nan,
 )
-from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
+from neuroplastic.config import (
+    CONCEPT_ARM,
+    NAIVE_ARM,
+    PREEMPT_ARM,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
+    RANDOM_ARM,
+)
 from neuroplastic.core.curves import (
     MIN_DROP,
     RECOVERY_TARGET,
@@ -199,7 +206,7 @@ def preempt_measures(summary: Summary) -> dict[str, Any]:
         }
         for arm, data in preempt["recovery"].items()
     }
-    treated, control = arms["preempt"], arms["preempt-random"]
+    treated, control = arms[PREEMPT_ARM], arms[PREEMPT_RANDOM_ARM]
     measures = {
         "predictor": preempt["predictor"],
         "count": preempt["count"],
@@ -207,8 +214,8 @@ def preempt_measures(summary: Summary) -> dict[str, Any]:
         "arms": arms,
         "preempt_minus_control": {m: _minus(treated[m], control[m]) for m in PREEMPT_MEASURES},
     }
-    if "preempt-oracle" in arms:
-        oracle = arms["preempt-oracle"]
+    if PREEMPT_ORACLE_ARM in arms:
+        oracle = arms[PREEMPT_ORACLE_ARM]
         measures["oracle_minus_control"] = {
             m: _minus(oracle[m], control[m]) for m in PREEMPT_MEASURES
         }

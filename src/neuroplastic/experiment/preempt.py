@@ -24,6 +24,7 @@ import random
 import torch
 
 from neuroplastic.analysis.predict import Predictions, ground_truth
+from neuroplastic.config import PREEMPT_ARM, PREEMPT_RANDOM_ARM
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.errors import NeuroplasticError
@@ -32,7 +33,7 @@ from neuroplastic.errors import NeuroplasticError
 def preempt_sets(
     concept: NeuronSet, predictions: Predictions, predictor: str, count: int, seed: int
 ) -> dict[str, NeuronSet]:
-    """``{"preempt": ..., "preempt-random": ...}`` (see the module's docstring)."""
+    """``{PREEMPT_ARM: ..., PREEMPT_RANDOM_ARM: ...}`` (see the module's docstring)."""
     if predictor not in predictions.scores:
         raise NeuroplasticError(
             f"--preempt {predictor}: the run has no {predictor!r} scores (it had "
@@ -59,8 +60,8 @@ def preempt_sets(
         pool = torch.nonzero(candidates[layer]).flatten().tolist()
         matched += [(layer, neuron) for neuron in rng.sample(pool, n)]
     return {
-        "preempt": _with(concept, predicted, f"the {count} survivors {predictor} scores highest"),
-        "preempt-random": _with(
+        PREEMPT_ARM: _with(concept, predicted, f"the {count} survivors {predictor} scores highest"),
+        PREEMPT_RANDOM_ARM: _with(
             concept, matched, f"{count} random survivors matching those per layer (seed {seed})"
         ),
     }
@@ -79,7 +80,7 @@ def oracle_set(
     """The ``preempt-oracle`` arm's set: the concept's neurons and the ``count`` survivors of
     largest realised gain."""
     sets = preempt_sets(concept, realised_gain(pruned, last, concept), "oracle", count, seed)
-    return sets["preempt"]
+    return sets[PREEMPT_ARM]
 
 
 def _with(concept: NeuronSet, extra: list[tuple[int, int]], what: str) -> NeuronSet:

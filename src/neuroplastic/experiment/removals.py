@@ -6,7 +6,7 @@ from __future__ import annotations
 from neuroplastic import distributed
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.predict import Predictions
-from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, ONE_SHOT_ARM, RANDOM_ARM
+from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, ONE_SHOT_ARM, PREEMPT_ORACLE_ARM, RANDOM_ARM
 from neuroplastic.core.erasure import LinearErasure, fit_direction, fit_leace, fit_matched_control
 from neuroplastic.core.neurons import NeuronSet, control_kind
 from neuroplastic.core.ranking import Ranking
@@ -129,7 +129,7 @@ def _preempt_sets(setup: Setup, concept: NeuronSet) -> dict[str, NeuronSet]:
         sets = preempt_sets(
             concept, Predictions.load(path), config.preempt, config.preempt_count, config.seed
         )
-        sets["preempt-oracle"] = oracle_set(
+        sets[PREEMPT_ORACLE_ARM] = oracle_set(
             concept, pruned, last, config.preempt_count, config.seed
         )
     for arm, neurons in sets.items():

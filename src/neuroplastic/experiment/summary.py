@@ -20,7 +20,10 @@ from neuroplastic.config import (
     CONCEPT_ARM,
     NAIVE_ARM,
     ONE_SHOT_ARM,
+    PREEMPT_ARM,
     PREEMPT_ARMS,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
     RANDOM_ARM,
     ExperimentConfig,
 )
@@ -45,7 +48,7 @@ if TYPE_CHECKING:
     from neuroplastic.experiment.setup import HeldSets, Setup
 
 #: each arm's paired control: the same batches, schedule and dropout, other neurons held
-CONTROLS = {CONCEPT_ARM: RANDOM_ARM, "preempt": "preempt-random"}
+CONTROLS = {CONCEPT_ARM: RANDOM_ARM, PREEMPT_ARM: PREEMPT_RANDOM_ARM}
 
 
 def build_summary(setup: Setup, held: HeldSets, processes: list[int]) -> Summary:
@@ -275,13 +278,13 @@ def _preempt_summary(
     summary = {
         "predictor": config.preempt,
         "count": config.preempt_count,
-        "overlap": len(extra["preempt"] & extra["preempt-random"]),
+        "overlap": len(extra[PREEMPT_ARM] & extra[PREEMPT_RANDOM_ARM]),
         "recovery": recovery,
-        "preempt_minus_control": _arm_minus(recovery["preempt"], recovery["preempt-random"]),
+        "preempt_minus_control": _arm_minus(recovery[PREEMPT_ARM], recovery[PREEMPT_RANDOM_ARM]),
     }
-    if "preempt-oracle" in recovery:
-        oracle = _arm_minus(recovery["preempt-oracle"], recovery["preempt-random"])
-        summary["oracle_overlap"] = len(extra["preempt"] & extra["preempt-oracle"])
+    if PREEMPT_ORACLE_ARM in recovery:
+        oracle = _arm_minus(recovery[PREEMPT_ORACLE_ARM], recovery[PREEMPT_RANDOM_ARM])
+        summary["oracle_overlap"] = len(extra[PREEMPT_ARM] & extra[PREEMPT_ORACLE_ARM])
         summary["oracle_minus_control"] = oracle
         # Where the predictor sits between random (0) and hindsight (1), in recovery AUC.
         bought, bound = summary["preempt_minus_control"]["recovery_auc"], oracle["recovery_auc"]

@@ -8,7 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from neuroplastic.config import CONCEPT_ARM, RECOVERY_TARGET
+from neuroplastic.config import (
+    CONCEPT_ARM,
+    PREEMPT_ARM,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
+    RECOVERY_TARGET,
+)
 from neuroplastic.report import figures
 from neuroplastic.report.html import HtmlPage
 from neuroplastic.report.style import fmt, fmt_or_missing, steps_text
@@ -239,10 +245,10 @@ def preempt_section(page: HtmlPage, summary: Summary | None, concept: str) -> No
         "recovery AUC": fmt_or_missing(diff["recovery_auc"], "+.3f"),
         **{f"{e} F1 last": fmt_or_missing(diff["last"].get(e), "+.3f") for e in entities},
     }
-    columns = {"preempt - preempt-random": difference}
+    columns = {f"{PREEMPT_ARM} - {PREEMPT_RANDOM_ARM}": difference}
     oracle = preempt.get("oracle_minus_control")
     if oracle is not None:
-        columns["preempt-oracle - preempt-random"] = {
+        columns[f"{PREEMPT_ORACLE_ARM} - {PREEMPT_RANDOM_ARM}"] = {
             f"steps to {RECOVERY_TARGET:.0%} of base": fmt_or_missing(
                 oracle["steps_to_recover_90"], "+.1f", "n/a (not reached in an arm)"
             ),

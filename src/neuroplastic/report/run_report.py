@@ -31,7 +31,15 @@ from neuroplastic.analysis.arm_analysis import ArmAnalysis, analyse_arm
 from neuroplastic.analysis.arm_run import ArmRun
 from neuroplastic.analysis.polysemantic import common_population, control_pair_population
 from neuroplastic.analysis.scores import recovery_curves, stage_gaps
-from neuroplastic.config import CONCEPT_ARM, RANDOM_ARM, RECOVERY_TARGET, ExperimentConfig
+from neuroplastic.config import (
+    CONCEPT_ARM,
+    PREEMPT_ARM,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
+    RANDOM_ARM,
+    RECOVERY_TARGET,
+    ExperimentConfig,
+)
 from neuroplastic.core.neurons import CONTROL_KINDS
 from neuroplastic.core.pretrained import model_note
 from neuroplastic.core.similarity import TokenEmbeddings
@@ -522,12 +530,12 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: Summary | None, co
             "dashed)"
             + (
                 ", preempt arm (purple) and its control, the preempt-random arm (grey)"
-                if "preempt" in set(curves["arm"])
+                if PREEMPT_ARM in set(curves["arm"])
                 else ""
             )
             + (
                 ", the oracle, the preempt-oracle arm (green)"
-                if "preempt-oracle" in set(curves["arm"])
+                if PREEMPT_ORACLE_ARM in set(curves["arm"])
                 else ""
             )
             + "; dotted lines mark where each stage starts. The "
@@ -548,7 +556,7 @@ def _recovery(page: HtmlPage, metrics: pd.DataFrame, summary: Summary | None, co
                 "arm at the same stage"
                 + (
                     "; preempt arm gap to control: preempt arm - preempt-random arm"
-                    if "preempt" in set(gaps["arm"])
+                    if PREEMPT_ARM in set(gaps["arm"])
                     else ""
                 ),
                 index=False,
@@ -568,8 +576,10 @@ def _gap_table(gaps: pd.DataFrame, name: str) -> pd.DataFrame:
             row[f"{arm} arm gap to base"] = _gap(by_arm.loc[arm, "gap_to_base"])
         if CONCEPT_ARM in by_arm.index and len(by_arm) > 1:
             row["gap to control"] = _gap(by_arm.loc[CONCEPT_ARM, "gap_to_control"])
-        if "preempt" in by_arm.index and "preempt-random" in by_arm.index:
-            row["preempt arm gap to control"] = _gap(by_arm.loc["preempt", "gap_to_control"])
+        if PREEMPT_ARM in by_arm.index and PREEMPT_RANDOM_ARM in by_arm.index:
+            row[f"{PREEMPT_ARM} arm gap to control"] = _gap(
+                by_arm.loc[PREEMPT_ARM, "gap_to_control"]
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -6,14 +6,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM
+from neuroplastic.config import (
+    CONCEPT_ARM,
+    NAIVE_ARM,
+    PREEMPT_ARM,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
+    RANDOM_ARM,
+)
 
 ARM_COLORS = {
     CONCEPT_ARM: "#d62728",
     RANDOM_ARM: "#1f77b4",
-    "preempt": "#9467bd",
-    "preempt-random": "#7f7f7f",
-    "preempt-oracle": "#2ca02c",
+    PREEMPT_ARM: "#9467bd",
+    PREEMPT_RANDOM_ARM: "#7f7f7f",
+    PREEMPT_ORACLE_ARM: "#2ca02c",
     NAIVE_ARM: "#ff7f0e",
 }
 

@@ -19,7 +19,15 @@ import pandas as pd
 
 from neuroplastic.analysis.intervals import as_text, number_text
 from neuroplastic.analysis.predictor_labels import DESCRIPTIONS
-from neuroplastic.config import CONCEPT_ARM, NAIVE_ARM, RANDOM_ARM, RECOVERY_TARGET
+from neuroplastic.config import (
+    CONCEPT_ARM,
+    NAIVE_ARM,
+    PREEMPT_ARM,
+    PREEMPT_ORACLE_ARM,
+    PREEMPT_RANDOM_ARM,
+    RANDOM_ARM,
+    RECOVERY_TARGET,
+)
 from neuroplastic.core.pretrained import model_note
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.report import sweep_figures
@@ -375,9 +383,9 @@ def _preempt(
         f"The two arms' extra neurons overlap by {as_text(preempt['overlap'])} neurons."
     )
     columns = dict(preempt["arms"])
-    columns["preempt - preempt-random"] = preempt["preempt_minus_control"]
+    columns[f"{PREEMPT_ARM} - {PREEMPT_RANDOM_ARM}"] = preempt["preempt_minus_control"]
     if "oracle_minus_control" in preempt:
-        columns["preempt-oracle - preempt-random"] = preempt["oracle_minus_control"]
+        columns[f"{PREEMPT_ORACLE_ARM} - {PREEMPT_RANDOM_ARM}"] = preempt["oracle_minus_control"]
     table = pd.DataFrame(
         {name: {measures[m]: as_text(v[m]) for m in measures} for name, v in columns.items()}
     )

@@ -18,14 +18,15 @@ from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.facts import FORGET
-from neuroplastic.experiment import facts_gainers
-from neuroplastic.experiment import facts_study as study_module
+from neuroplastic.experiment import facts_gainers, facts_states
+from neuroplastic.experiment.facts_data import StudyData
 from neuroplastic.experiment.facts_gainers import (
     TOP_GAINERS,
     VIEW_NEURONS,
     survivor_gainers,
 )
-from neuroplastic.experiment.facts_study import StudyData, _retrain, run_facts_seed, write_study
+from neuroplastic.experiment.facts_states import _retrain
+from neuroplastic.experiment.facts_study import run_facts_seed, write_study
 from neuroplastic.facts_config import FactsConfig
 from neuroplastic.report.facts_report import facts_page
 
@@ -157,7 +158,7 @@ def test_a_resumed_seed_never_recomputes_gainers(tiny_llama, neurons_study, tmp_
         raise AssertionError("recomputed on resume")
 
     monkeypatch.setattr(facts_gainers, "recall_ranking", boom)
-    monkeypatch.setattr(study_module, "_retrain", boom)
+    monkeypatch.setattr(facts_states, "_retrain", boom)
     run_facts_seed(config, tmp_path, model=tiny_llama, log=_quiet)
     assert path.read_bytes() == written
     # A state measured before its gainers were followed: its retrained weights are gone; it is

@@ -26,6 +26,7 @@ from neuroplastic.analysis.intervals import as_text
 from neuroplastic.cli.commands import main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.facts_data import StudyData
 from neuroplastic.experiment.facts_grid_plan import plan_facts_grid
 from neuroplastic.experiment.sweep_plan import plan_sweep
 from neuroplastic.facts_config import FactsConfig
@@ -228,7 +229,7 @@ def test_cells_that_share_held_out_share_each_seeds_split(grid, tiny_llama):
     root = grid.out / CELLS[0]  # its known.json: nothing is asked again
     for seed in SEEDS:
         splits = [
-            facts_study.StudyData(tiny_llama, FactsConfig(**TINY, removal=r, seed=seed), root).split
+            StudyData(tiny_llama, FactsConfig(**TINY, removal=r, seed=seed), root).split
             for r in ("neurons", "graddiff")
         ]
         assert splits[0] == splits[1]

@@ -29,8 +29,8 @@ from neuroplastic.experiment.facts_grid_plan import (
     FactsGridPlan,
     plan_facts_grid,
 )
+from neuroplastic.experiment.facts_resumption import check_resumable
 from neuroplastic.experiment.facts_study import (
-    check_resumable,
     check_seeds,
     run_facts_seed,
     write_study,

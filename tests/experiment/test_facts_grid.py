@@ -78,6 +78,7 @@ def grid(tiny_llama, tmp_path_factory):
         code, _, err = _cli("facts", "--out", str(out / CELLS[1]), *FLAGS, "--removal", "graddiff")
         assert code == 0, err
         alone = SimpleNamespace(
+            log=err,
             stamps=_stamps(out / CELLS[1]),
             files={p.name for p in (out / CELLS[1]).iterdir()},
             study=json.loads((out / CELLS[1] / "facts.json").read_text()),
@@ -123,6 +124,15 @@ def test_a_study_run_alone_is_gathered_without_redoing_a_state(grid):
     assert "asking the base model" not in grid.log
     known = [(grid.out / cell / "known.json").read_bytes() for cell in CELLS]
     assert known[0] == known[1]
+
+
+@pytest.mark.slow
+def test_a_study_that_follows_no_gainers_says_so_once_not_per_seed(grid):
+    note = "gainers are followed for removal=neurons only; none here"
+    assert grid.alone.log.count(note) == 1  # graddiff alone, two seeds
+    said = re.findall(rf"^(\S+): {re.escape(note)}$", grid.log, re.MULTILINE)
+    assert said == [CELLS[1]]  # the grid: its graddiff cell, once for both seeds
+    assert grid.log.count(note) == 1
 
 
 @pytest.mark.slow

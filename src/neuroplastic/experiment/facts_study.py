@@ -107,13 +107,21 @@ def _gainers(
     model: Any, data: StudyData, config: FactsConfig, directory: Path, log: Callable[[str], None]
 ) -> Gainers | None:
     """The gainers of a neuron removal and its control; None for any other removal, which
-    holds no neurons and so leaves no fixed population of survivors to follow (said once per
-    seed)."""
+    holds no neurons and so leaves no fixed population of survivors to follow (the study says
+    so once: :func:`gainers_note`)."""
     if config.removal != "neurons":
-        log(f"seed {config.seed}: gainers are followed for removal=neurons only; none here")
         return None
     held = {arm: NeuronSet.load(directory / f"neurons-{arm}.json") for arm in HELD_ARMS}
     return Gainers(directory, data, config, held, lambda s: facts_dataset(s, model, config), log)
+
+
+def gainers_note(config: FactsConfig) -> str | None:
+    """What a study of ``config`` logs once, before its first seed, when it follows no gainers
+    (:func:`_gainers`); None when it does. Once per study and not per seed: a grid runs every
+    cell's seeds in turn, and a line per seed and cell would bury the progress lines."""
+    if config.removal == "neurons":
+        return None
+    return "gainers are followed for removal=neurons only; none here"
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
@@ -141,6 +149,9 @@ def run_facts_study(
     started = time.time()
     if model is None:
         model = load_model(config.model, device=config.device)
+    note = gainers_note(config)
+    if note:
+        log(note)
     summaries = [
         run_facts_seed(replace(config, seed=seed), root, model=model, log=log) for seed in seeds
     ]

@@ -26,7 +26,8 @@ from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.facts import FORGET
-from neuroplastic.experiment.facts_study import StudyData, measure
+from neuroplastic.experiment.facts_data import StudyData
+from neuroplastic.experiment.facts_scoring import measure
 from neuroplastic.facts_config import FactsConfig
 from neuroplastic.io import atomic_write_json
 

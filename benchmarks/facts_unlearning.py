@@ -23,7 +23,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from neuroplastic.core.models import load_model
-from neuroplastic.experiment.facts_study import StudyData, _restored, _unlearn, measure
+from neuroplastic.experiment.facts_data import StudyData
+from neuroplastic.experiment.facts_removals import _unlearn
+from neuroplastic.experiment.facts_scoring import measure
+from neuroplastic.experiment.facts_states import restored
 from neuroplastic.facts_config import FactsConfig
 from neuroplastic.io import atomic_write_json
 
@@ -79,7 +82,7 @@ def main() -> None:
             continue
         config = candidate(spec, base_config)
         started = time.time()
-        with _restored(model, base_weights):
+        with restored(model, base_weights):
             record = _unlearn(model, data, config, data.train["same"])
             scores = measure(model, data, PARTS)
         history = record.pop("history")

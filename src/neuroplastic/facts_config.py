@@ -33,7 +33,7 @@ WEIGHT_EDITS: tuple[str, ...] = ("graddiff", "rmu")
 FACT_RANKERS: tuple[str, ...] = ("selectivity", "ratio", "smd", "probeless")
 #: What a seed's split of the known facts into T, V and held-out depends on, beside the seed:
 #: the model and fact pool (which facts are known), the cap on them, the relation removed and
-#: the held-out share (:class:`neuroplastic.experiment.facts_study.StudyData`). Studies that
+#: the held-out share (:class:`neuroplastic.experiment.facts_data.StudyData`). Studies that
 #: agree on these ask the same V per seed, so they pair seed by seed.
 SPLIT_SETTINGS: tuple[str, ...] = ("model", "n_cities", "max_facts", "forget_relation", "held_out")
 #: The relations of :mod:`neuroplastic.data.facts` (which imports torch; a test keeps the two

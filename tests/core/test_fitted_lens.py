@@ -22,7 +22,7 @@ LAYER = 0
 @pytest.fixture(scope="module")
 def text(tiny_llama):
     """Sentences with no location in them, as the facts study fits its lens on."""
-    from neuroplastic.experiment.facts_study import unrelated_text
+    from neuroplastic.experiment.facts_data import unrelated_text
 
     corpus = unrelated_text()
     return ConceptDataset(

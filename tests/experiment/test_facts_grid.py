@@ -26,6 +26,7 @@ from neuroplastic.analysis.intervals import as_text
 from neuroplastic.cli.commands import main
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.facts_data import StudyData
 from neuroplastic.experiment.facts_grid_plan import plan_facts_grid
 from neuroplastic.experiment.sweep_plan import plan_sweep
 from neuroplastic.facts_config import FactsConfig
@@ -77,6 +78,7 @@ def grid(tiny_llama, tmp_path_factory):
         code, _, err = _cli("facts", "--out", str(out / CELLS[1]), *FLAGS, "--removal", "graddiff")
         assert code == 0, err
         alone = SimpleNamespace(
+            log=err,
             stamps=_stamps(out / CELLS[1]),
             files={p.name for p in (out / CELLS[1]).iterdir()},
             study=json.loads((out / CELLS[1] / "facts.json").read_text()),
@@ -122,6 +124,15 @@ def test_a_study_run_alone_is_gathered_without_redoing_a_state(grid):
     assert "asking the base model" not in grid.log
     known = [(grid.out / cell / "known.json").read_bytes() for cell in CELLS]
     assert known[0] == known[1]
+
+
+@pytest.mark.slow
+def test_a_study_that_follows_no_gainers_says_so_once_not_per_seed(grid):
+    note = "gainers are followed for removal=neurons only; none here"
+    assert grid.alone.log.count(note) == 1  # graddiff alone, two seeds
+    said = re.findall(rf"^(\S+): {re.escape(note)}$", grid.log, re.MULTILINE)
+    assert said == [CELLS[1]]  # the grid: its graddiff cell, once for both seeds
+    assert grid.log.count(note) == 1
 
 
 @pytest.mark.slow
@@ -228,7 +239,7 @@ def test_cells_that_share_held_out_share_each_seeds_split(grid, tiny_llama):
     root = grid.out / CELLS[0]  # its known.json: nothing is asked again
     for seed in SEEDS:
         splits = [
-            facts_study.StudyData(tiny_llama, FactsConfig(**TINY, removal=r, seed=seed), root).split
+            StudyData(tiny_llama, FactsConfig(**TINY, removal=r, seed=seed), root).split
             for r in ("neurons", "graddiff")
         ]
         assert splits[0] == splits[1]

@@ -41,14 +41,10 @@ from neuroplastic.data.facts import (
     render_facts,
     split_facts,
 )
-from neuroplastic.experiment.facts_study import (
-    Scores,
-    StudyData,
-    _dataset,
-    _edited,
-    answer_loss,
-    run_states,
-)
+from neuroplastic.experiment.facts_data import StudyData, facts_dataset
+from neuroplastic.experiment.facts_removals import _edited
+from neuroplastic.experiment.facts_scoring import Scores, answer_loss
+from neuroplastic.experiment.facts_states import run_states
 from neuroplastic.facts_config import FactsConfig
 
 pytestmark = pytest.mark.slow  # two toy trainings and 24 model states, about 40 s
@@ -132,7 +128,7 @@ def planted(tiny_llama, tmp_path_factory):
 
     def sentences(facts):
         rendered = render_facts(facts, every_template, FORGET)
-        return _dataset([r.sentence for r in rendered], model, config)
+        return facts_dataset([r.sentence for r in rendered], model, config)
 
     settings = TrainConfig(learning_rate=1e-2, batch_size=16, weight_decay=0.0)
     # The gain stays 1 while the facts are stored; it is the retrainer's to move.

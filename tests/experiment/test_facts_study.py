@@ -17,18 +17,10 @@ from neuroplastic.core.fact_scores import _encoder
 from neuroplastic.core.models import mlp_hook_name
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.experiment.facts_study import (
-    Scores,
-    StudyData,
-    _retrain,
-    answer_loss,
-    general_loss,
-    no_removal,
-    run_facts_seed,
-    run_states,
-    states_of,
-    write_study,
-)
+from neuroplastic.experiment.facts_data import StudyData
+from neuroplastic.experiment.facts_scoring import Scores, answer_loss, general_loss
+from neuroplastic.experiment.facts_states import _retrain, no_removal, run_states, states_of
+from neuroplastic.experiment.facts_study import run_facts_seed, write_study
 from neuroplastic.facts_config import RELATIONS, FactsConfig
 
 CLI = [sys.executable, "-c", "from neuroplastic.cli.commands import main; raise SystemExit(main())"]

@@ -16,15 +16,10 @@ from neuroplastic.core.ablation import ablate
 from neuroplastic.core.models import mlp_hook_name
 from neuroplastic.core.neurons import NeuronSet
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.experiment.facts_study import (
-    StudyData,
-    _edit_removals,
-    _restored,
-    _retrain,
-    retrainers,
-    run_facts_seed,
-    states_of,
-)
+from neuroplastic.experiment.facts_data import StudyData
+from neuroplastic.experiment.facts_removals import _edit_removals
+from neuroplastic.experiment.facts_states import _retrain, restored, retrainers, states_of
+from neuroplastic.experiment.facts_study import run_facts_seed
 from neuroplastic.facts_config import FactsConfig
 
 pytestmark = pytest.mark.slow  # tiny-llama edits and retrainings, about 40 s in all
@@ -136,7 +131,7 @@ def test_the_edit_is_loaded_for_its_arm_and_undone_after(tiny_llama, tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(directory / "edit-removal.safetensors")
-    with _restored(tiny_llama, base), removals["removal"](tiny_llama):
+    with restored(tiny_llama, base), removals["removal"](tiny_llama):
         inside = tiny_llama.state_dict()
         assert all(torch.equal(inside[name], value) for name, value in saved.items())
     after = tiny_llama.state_dict()
@@ -234,14 +229,14 @@ def test_a_kept_edit_is_never_redone_under_states_measured_with_it(tiny_llama, t
     with pytest.raises(NeuroplasticError, match="edit_retain"):
         run_facts_seed(config, tmp_path, model=tiny_llama)
     # The weight edits' settings do not bind a study of another removal.
-    from neuroplastic.experiment.facts_study import uses_setting
+    from neuroplastic.experiment.facts_resumption import uses_setting
 
     assert not uses_setting("neurons", "rmu_lr") and not uses_setting("rmu", "graddiff_lr")
     assert uses_setting("rmu", "rmu_lr") and uses_setting("graddiff", "edit_retain")
 
 
 def test_an_edit_naming_tensors_the_model_lacks_is_refused(tiny_llama):
-    from neuroplastic.experiment.facts_study import _edited
+    from neuroplastic.experiment.facts_removals import _edited
 
     with pytest.raises(NeuroplasticError, match="another model"):
         with _edited(tiny_llama, {"blocks.99.mlp.in.weight": torch.zeros(1)}):

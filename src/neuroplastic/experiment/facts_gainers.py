@@ -50,6 +50,7 @@ from neuroplastic.core.stats import collect_stats
 from neuroplastic.data.concept import ConceptDataset
 from neuroplastic.data.facts import EVAL_TEMPLATES, FORGET, RETAIN, render_fact
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiment.facts_data import StudyData
 from neuroplastic.facts_config import FactsConfig
 from neuroplastic.io import atomic_write_json
 
@@ -176,7 +177,7 @@ def _number(value: Tensor) -> float | None:
 
 
 def view_prompts(
-    data: Any, dataset: Callable[[Sequence[Any]], ConceptDataset]
+    data: StudyData, dataset: Callable[[Sequence[Any]], ConceptDataset]
 ) -> tuple[ConceptDataset, list[dict[str, str]]]:
     """The views' prompts: the first :data:`VIEW_V` forget-V facts and :data:`VIEW_RETAIN`
     retain facts, each in the first evaluation template of its relation followed by its answer
@@ -212,16 +213,16 @@ class Retrained:
 class Gainers:
     """The gainers of one seed's neuron removal and its control (``seed-S/gainers-*.json``).
 
-    ``data``: the seed's :class:`~neuroplastic.experiment.facts_study.StudyData` (typed
-    loosely: that module imports this one); ``held``: the neurons each arm holds; ``dataset``:
-    sentences to the study's encoding, for the views' prompts (:func:`view_prompts`). The
-    rankings at base and at each arm's start are taken once per seed, when the first state that
-    needs them is run, and kept as rankings (one score per neuron), never as statistics."""
+    ``data``: the seed's :class:`~neuroplastic.experiment.facts_data.StudyData`; ``held``: the
+    neurons each arm holds; ``dataset``: sentences to the study's encoding, for the views'
+    prompts (:func:`view_prompts`). The rankings at base and at each arm's start are taken
+    once per seed, when the first state that needs them is run, and kept as rankings (one score
+    per neuron), never as statistics."""
 
     def __init__(
         self,
         directory: Path,
-        data: Any,
+        data: StudyData,
         config: FactsConfig,
         held: Mapping[str, NeuronSet],
         dataset: Callable[[Sequence[Any]], ConceptDataset],

@@ -29,9 +29,10 @@ from neuroplastic.experiment.facts_grid_plan import (
     FactsGridPlan,
     plan_facts_grid,
 )
+from neuroplastic.experiment.facts_resumption import check_resumable
 from neuroplastic.experiment.facts_study import (
-    check_resumable,
     check_seeds,
+    gainers_note,
     run_facts_seed,
     write_study,
 )
@@ -60,6 +61,10 @@ def run_facts_grid(
         check_resumable(cell.config, seeds, root / cell.name)
     if model is None:
         model = load_model(base.model, device=base.device)
+    for cell in plan.cells:
+        note = gainers_note(cell.config)
+        if note:
+            log(f"{cell.name}: {note}")
     summaries: dict[str, list[dict[str, Any]]] = {cell.name: [] for cell in plan.cells}
     seconds = dict.fromkeys(summaries, 0.0)
     for seed in seeds:

@@ -7,6 +7,7 @@ by hand from captured activations, a probe trained from scratch, the erasure's o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import pytest
@@ -372,3 +373,26 @@ def test_a_run_from_before_the_disjoint_probes_still_reports_its_raw_aucs(tiny_r
     assert "This run predates the probes fitted apart" in page
     base = summary["arms"]["concept"]["stages"][0]["readable"]["1"]
     assert f"{base:.3f}" in page
+
+
+def test_an_erasure_saves_to_the_same_bytes_every_time_and_reads_older_files(leace, tmp_path):
+    from safetensors.torch import save
+
+    # safetensors orders a multi-key metadata map differently from one map to the next.
+    saved = {leace.save(tmp_path / f"{i}.safetensors").read_bytes() for i in range(8)}
+    assert len(saved) == 1
+    # A file written before the one metadata key: kind, concept and removed as keys of their own.
+    tensors = {
+        f"{layer}.{part}": getattr(leace, part)[layer].clone().contiguous()
+        for layer in leace.layers
+        for part in ("left", "right", "bias")
+    }
+    removed = json.dumps({str(k): v for k, v in sorted(leace.removed.items())})
+    older = tmp_path / "older.safetensors"
+    older.write_bytes(
+        save(tensors, metadata={"kind": "leace", "concept": leace.concept, "removed": removed})
+    )
+    loaded = LinearErasure.load(older)
+    assert (loaded.kind, loaded.concept) == ("leace", leace.concept)
+    assert loaded.removed == pytest.approx(leace.removed)
+    assert all(torch.equal(loaded.left[k], leace.left[k]) for k in leace.layers)

@@ -55,6 +55,8 @@ from neuroplastic.extras import require
 from neuroplastic.progress import progress as progress_bar
 
 Kind = Literal["leace", "direction", "random"]
+#: The one metadata key of a saved erasure's file: its kind, concept and removed variance.
+METADATA_KEY = "erasure"
 
 
 @dataclass
@@ -132,10 +134,12 @@ class LinearErasure:
             tensors[f"{layer}.left"] = self.left[layer].clone().contiguous()
             tensors[f"{layer}.right"] = self.right[layer].clone().contiguous()
             tensors[f"{layer}.bias"] = self.bias[layer].clone().contiguous()
-        metadata = {"kind": self.kind, "concept": self.concept}
+        described: dict[str, str] = {"kind": self.kind, "concept": self.concept}
         if self.removed:
-            metadata["removed"] = json.dumps({str(k): v for k, v in sorted(self.removed.items())})
-        data = save(tensors, metadata=metadata)
+            described["removed"] = json.dumps({str(k): v for k, v in sorted(self.removed.items())})
+        # One metadata key: safetensors writes its metadata from a hash map, whose order
+        # changes between processes, and a file must be the same bytes for the same erasure.
+        data = save(tensors, metadata={METADATA_KEY: json.dumps(described, sort_keys=True)})
         return atomic_write_bytes(path, data)  # a run resumes from it: never half-written
 
     @classmethod
@@ -145,6 +149,8 @@ class LinearErasure:
         parts: dict[str, dict[int, Tensor]] = {"left": {}, "right": {}, "bias": {}}
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+            if METADATA_KEY in metadata:  # files saved before it carry the keys themselves
+                metadata = json.loads(metadata[METADATA_KEY])
             if metadata.get("kind") not in ("leace", "direction", "random") or not metadata.get(
                 "concept"
             ):

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from tiny import TINY
 
 from neuroplastic import progress as progress_module
 from neuroplastic.cli.commands import SETTING_HELP, _parser, main
+from neuroplastic.cli.facts_command import config_of
 from neuroplastic.config import CHOICES, RANKER_NAMES, ExperimentConfig
 from neuroplastic.extras import EXTRAS, MissingExtraError, require
+from neuroplastic.facts_config import SETTING_CHOICES, FactsConfig
 from neuroplastic.store.rundir import stage_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,6 +167,36 @@ def test_every_setting_has_a_help_line_and_its_choices():
     sweep = {a.dest: a for a in subcommands()["sweep"]._actions}
     assert sweep["method"].metavar == "{probeless,smd,selectivity,ratio}[,...]"
     assert "seed" not in sweep  # --seeds replaces it
+
+
+#: FactsConfig's settings without a flag: each seed of --seeds is one; the city pool and the
+#: sentence length are the study's own.
+FACTS_WITHOUT_FLAG = {"seed", "n_cities", "max_length"}
+
+
+def test_every_facts_setting_has_one_flag_made_from_its_declaration():
+    actions: dict[str, list[argparse.Action]] = {}
+    for action in subcommands()["facts"]._actions:
+        actions.setdefault(action.dest, []).append(action)
+    for setting in fields(FactsConfig):
+        flags = actions.get(setting.name, [])
+        if setting.name in FACTS_WITHOUT_FLAG:
+            assert not flags, setting.name
+            continue
+        assert len(flags) == 1, setting.name
+        assert flags[0].default == setting.default, setting.name
+        assert flags[0].choices == SETTING_CHOICES.get(setting.name), setting.name
+    # No flag given: the defaults; flags given: lists as their settings' tuples.
+    assert config_of(_parser().parse_args(["facts", "--out", "d"])) == FactsConfig()
+    given = "--relearn same,retain --lr 1e-4 --best-case-lrs 1e-3 --rmu-updated-layers 0,1"
+    args = _parser().parse_args(["facts", "--out", "d", *given.split(), "--rmu-layer", "1"])
+    assert config_of(args) == FactsConfig(
+        protocols=("same", "retain"),
+        learning_rate=1e-4,
+        best_case_lrs=(1e-3,),
+        rmu_updated_layers=(0, 1),
+        rmu_layer=1,
+    )
 
 
 # -- extras --------------------------------------------------------------------------------------

@@ -300,7 +300,7 @@ def test_the_unlearning_preset_gives_the_published_comparisons_settings():
         config = cell["config"]
         assert (args.held_out, args.edit_retain) == (config["held_out"], config["edit_retain"])
         # The published protocols come first; the preset adds those still to be run.
-        assert args.relearn[: len(config["protocols"])] == config["protocols"]
+        assert args.protocols[: len(config["protocols"])] == config["protocols"]
     # A flag given with the preset wins over the preset's.
     args = build_parser().parse_args(_facts_preset([*argv, "--seeds", "7"]))
     assert args.seeds == [7] and args.held_out == 0.5

@@ -122,3 +122,26 @@ def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
         return values
 
     return parse
+
+
+def value_list(
+    kind: Callable[[str], Any], allowed: Sequence[str], item: str, example: str
+) -> Callable[[str], list[Any]]:
+    """A parser of comma-separated values, each read with ``kind`` or, where ``allowed`` is
+    given, one of those; a refusal calls one value ``item`` and shows ``example``."""
+
+    def parse(text: str) -> list[Any]:
+        values = comma_values(text, example)
+        if allowed:
+            unknown = [v for v in values if v not in allowed]
+            if unknown:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {item} {unknown[0]!r}; choose from {', '.join(allowed)}"
+                )
+            return values
+        try:
+            return [kind(v) for v in values]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a list of {item}s") from None
+
+    return parse

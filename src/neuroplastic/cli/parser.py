@@ -1,5 +1,6 @@
 """Every command's parser, built from declarations: the run's settings
-(:class:`neuroplastic.config.ExperimentConfig`) and each command's own flags
+(:class:`neuroplastic.config.ExperimentConfig`), the facts study's
+(:class:`neuroplastic.facts_config.FactsConfig`) and each command's own flags
 (:mod:`neuroplastic.cli.options`). Imports nothing heavy: `--help` must answer without torch."""
 
 from __future__ import annotations
@@ -12,13 +13,33 @@ from types import UnionType
 from typing import Any, Literal, NoReturn, get_args, get_origin, get_type_hints
 
 from neuroplastic.cli import facts_command, inspect_commands, run_commands, sweep_command
-from neuroplastic.cli.arguments import choice_list, positive_int, setting_defaults, setting_metadata
+from neuroplastic.cli.arguments import (
+    choice_list,
+    grid_parts,
+    int_list,
+    positive_int,
+    setting_defaults,
+    setting_metadata,
+    value_list,
+)
 from neuroplastic.cli.options import ModelData, NoReport, Quiet, Rank, RunOut, Sweep, SweepOut, View
+from neuroplastic.facts_config import FactsConfig, flag_of
+from neuroplastic.presets import FACTS_PRESETS, facts_preset_flags
 
 #: One line per setting for `run` / `sweep --help` (what it does), read off the config; a
 #: setting without one gets a help of only its default, which tests/cli/test_help_and_extras.py
 #: refuses.
 SETTING_HELP = {name: m["help"] for name, m in setting_metadata().items() if m.get("help")}
+#: The facts settings' flags in `facts --help`'s order: what is removed, how it is retrained,
+#: the weight edits, the sizes (FactsConfig's field order is config.json's). A setting with a
+#: flag that is not here is shown after --grid.
+FACTS_FLAG_ORDER = (
+    "model", "forget_relation", "removal", "held_out", "method", "fraction", "protocols", "steps",
+    "learning_rate", "best_case_lrs", "relearn_adapter", "lora_rank", "best_case_adapters",
+    "edit_retain", "graddiff_steps", "graddiff_lr", "graddiff_retain_weight", "rmu_layer",
+    "rmu_updated_layers", "rmu_steering", "rmu_alpha", "rmu_steps", "rmu_lr", "batch_size",
+    "unrelated_sentences", "max_facts", "retain_questions", "general_sentences",
+)  # fmt: skip
 
 Subparsers = Any  # argparse's _SubParsersAction, private
 
@@ -39,9 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         "where it comes back.",
     )
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
-    for build in (_rank_parser, _run_parser, _sweep_parser, _report_parser, _view_parser):
+    for build in (
+        _rank_parser,
+        _run_parser,
+        _sweep_parser,
+        _report_parser,
+        _view_parser,
+        _facts_parser,
+    ):
         build(commands)
-    facts_command.add_parser(commands)
     return parser
 
 
@@ -115,6 +142,84 @@ def _view_parser(commands: Subparsers) -> None:
     )
     add_flags(view, ModelData, Quiet, View)
     view.set_defaults(handler=inspect_commands.view)
+
+
+def _facts_parser(commands: Subparsers) -> None:
+    facts = commands.add_parser(
+        "facts",
+        help="does removed knowledge stay removed? facts, held-out relearning (RTT), seeds",
+        description="Find the facts the model knows (country -> capital, city -> country), "
+        "split the forget relation's into T and V by seed, remove them (neurons ranked at the "
+        "recall positions, an eraser, or a weight edit) beside its control, then retrain each arm "
+        "(removal, control, no removal) under each protocol and ask V. Writes DIR/seed-S/ "
+        "(resumable) and DIR/facts.json (intervals across seeds); with --grid, one such study "
+        "per cell in DIR/<cell>/ and their comparison in DIR/comparison.html.",
+    )
+    add = facts.add_argument
+    add("--out", type=Path, required=True, metavar="DIR", help="the study directory")
+    add(
+        "--preset",
+        choices=FACTS_PRESETS,
+        metavar="NAME",
+        help="the flags of a published table, placed before the flags given with it (which "
+        "win): "
+        + "; ".join(f"{name}: {' '.join(facts_preset_flags(name))}" for name in FACTS_PRESETS),
+    )
+    add("--seeds", type=int_list, default=[0], metavar="S,...", help="seeds (default: 0)")
+    facts_flags(facts, FACTS_FLAG_ORDER)
+    add(
+        "--grid",
+        type=_facts_grid_axis,
+        action="append",
+        metavar="KEY=V1,V2",
+        help="run a grid of studies, one per combination of values, in DIR/KEY=V1[_KEY2=..]/ "
+        "(each the study --out DIR/KEY=V1 would make, so studies run alone are gathered), "
+        "seeds outer, one model load, then DIR/comparison.json and comparison.html. KEY is a "
+        "setting: a flag's name with underscores (learning_rate for --lr; not --seeds, "
+        "--model, --device, --relearn or --best-case-*), its value replacing the flag's; a "
+        "layer list as 10+11. Repeat for more axes, e.g. --grid "
+        "removal=neurons,leace,direction,graddiff,rmu",
+    )
+    rest = [f.name for f in fields(FactsConfig) if f.name not in FACTS_FLAG_ORDER]
+    facts_flags(facts, [name for name in rest if flag_of(name)])  # --device
+    add("--quiet", action="store_true", help="no progress lines")
+    facts.set_defaults(handler=facts_command.run)
+
+
+def _facts_grid_axis(text: str) -> tuple[str, list[str]]:
+    # The values stay text here: the grid's plan types and checks them, setting by setting.
+    return grid_parts(text, "removal=neurons,graddiff")
+
+
+def facts_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """A flag per named FactsConfig setting, in that order, as the setting declares it
+    (:func:`neuroplastic.facts_config.facts_setting`): its value's type and choices (a
+    ``tuple`` setting's comma-separated), its unit as metavar, its help with its default. Its
+    dest is the setting's name and its default the setting's: no flag given, no change."""
+    hints, declared = get_type_hints(FactsConfig), {f.name: f for f in fields(FactsConfig)}
+    for name in names:
+        meta, default = declared[name].metadata, declared[name].default
+        if get_origin(hints[name]) is tuple:
+            item = get_args(hints[name])[0]
+            allowed = get_args(item) if get_origin(item) is Literal else ()
+            kind, choices = value_list(item, allowed, meta["item"], meta["example"]), None
+        else:
+            kind, choices = value_type(hints[name], meta)
+        help = meta["help"]
+        if "(default" not in help:  # unless the help says its default itself
+            shown = (
+                (",".join(map(str, default)) or "none") if isinstance(default, tuple) else default
+            )
+            help = f"{help} (default: {shown})"
+        parser.add_argument(
+            flag_of(name),
+            dest=name,
+            type=kind,
+            default=default,
+            choices=choices,
+            metavar=None if choices else meta["unit"],
+            help=help,
+        )
 
 
 def value_type(hint: Any, declared: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.sweep_plan import grid_points, path_safe
-from neuroplastic.facts_config import SPLIT_SETTINGS, FactsConfig
+from neuroplastic.facts_config import SPLIT_SETTINGS, FactsConfig, flag_of
 
 #: The grid's own file in its directory: the cells' measures side by side.
 COMPARISON_FILE = "comparison.json"
@@ -29,11 +29,11 @@ NOT_GRID: dict[str, str] = {
     "are not paired): run one grid per --model, each into its own --out",
     **{
         name: f"{name} is a study's growable list (a rerun adds its states beside the others "
-        f"in the same directory), so every cell takes all of it: give {flag}"
-        for name, flag in (
-            ("protocols", "--relearn P,..."),
-            ("best_case_lrs", "--best-case-lrs RATE,..."),
-            ("best_case_adapters", "--best-case-adapters TOOL,..."),
+        f"in the same directory), so every cell takes all of it: give {flag_of(name)} {unit}"
+        for name, unit in (
+            (f.name, f.metadata["unit"])
+            for f in fields(FactsConfig)
+            if f.name in ("protocols", "best_case_lrs", "best_case_adapters")
         )
     },
 }

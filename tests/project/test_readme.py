@@ -48,7 +48,7 @@ def _synopsis(text: str) -> str:
 def test_the_command_synopsis_shows_the_defaults():
     from neuroplastic.facts_config import FactsConfig
 
-    runs, facts = _synopsis(README).split("neuroplastic facts")
+    runs, facts = _synopsis(README).split("neuroplastic facts", 1)
     aliases = {"lr": "learning_rate"}
     for part, defaults in ((runs, ExperimentConfig()), (facts, FactsConfig())):
         shown = dict(re.findall(r"\[--([a-z-]+) ([0-9.e-]+)", part))

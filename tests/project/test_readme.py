@@ -286,6 +286,7 @@ COMPARISON_TABLES = (
     (
         "removal_v",
         "control_v",
+        "drop_v_vs_control",
         "removal_drop_held_out",
         "removal_drop_retain",
         "removal_general_damage",
@@ -294,9 +295,16 @@ COMPARISON_TABLES = (
         "heldout_removal_v",
         "heldout_removal_recovered",
         "heldout_removal_recovered_net",
+        "heldout_gap_to_control",
+    ),
+    (
         "lens_base_fixed",
         "lens_removal_fixed",
+        "lens_control_fixed",
         "lens_heldout_removal_fixed",
+        "fitted_base_fixed",
+        "fitted_removal_fixed",
+        "fitted_control_fixed",
     ),
 )
 

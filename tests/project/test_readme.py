@@ -281,7 +281,7 @@ def test_the_unlearning_calibration_table_is_the_committed_json():
         assert row in page, row
 
 
-#: The unlearning page's two comparison tables: measure names in each cell's facts.json.
+#: The unlearning page's three comparison tables: measure names in each cell's facts.json.
 COMPARISON_TABLES = (
     (
         "removal_v",
@@ -333,5 +333,7 @@ def test_the_unlearning_comparison_is_the_committed_study():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     graddiff = compare["cells"]["removal=graddiff"]["measures"]
     rmu = compare["cells"]["removal=rmu"]["measures"]
-    for value in (graddiff["heldout_removal_recovered"], rmu["heldout_removal_recovered"]):
-        assert f"{value['mean']:.2f}" in readme
+    for name in ("heldout_removal_recovered", "drop_v_vs_control"):
+        for value in (graddiff[name], rmu[name]):
+            shown = f"{value['mean']:.2f} [{value['ci_low']:.2f}, {value['ci_high']:.2f}]"
+            assert shown in readme, shown

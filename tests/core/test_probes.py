@@ -15,10 +15,14 @@ from neuroplastic.core.probes import (
     ResidualTap,
     at_chance,
     auc_interval,
+    fixed_readings_of,
+    point_readings,
     probe_auc,
     probe_auc_of,
     probe_readings,
     probe_readings_of,
+    readings_and_probes,
+    readings_and_probes_of,
     tapped_residuals,
 )
 from neuroplastic.core.stats import collect_stats
@@ -300,3 +304,72 @@ def test_readings_from_taps_and_from_passes_of_their_own_agree(tiny_bert, splits
         for reading in (own["resid_post"][layer], own["mlp_out"][layer]):
             assert reading["low"] <= reading["auc"] <= reading["high"]
             assert reading["sign_free"] == max(reading["auc"], 1 - reading["auc"])
+
+
+# -- a probe held fixed: moved or removed ----------------------------------------------------------
+def along(n: int, dimension: int, generator: torch.Generator, shift: float = 1.5) -> Residuals:
+    """:func:`planted`'s tokens with the concept shifted along ``dimension`` (None: nowhere)."""
+    labels = (torch.rand(n, generator=generator) < 0.2).long()
+    x = torch.randn(n, 16, generator=generator)
+    if dimension is not None:
+        x[:, dimension] += shift * labels.float()
+    return Residuals({0: x}, labels, torch.arange(n) // 8)
+
+
+def test_a_probe_held_fixed_tells_a_concept_moved_from_one_removed():
+    """Fitted where the concept lies along dimension 3. Where it still lies there, the fixed
+    probe reads what the best rule reads, Phi(1.5 / sqrt 2); where it moved to dimension 5, a
+    probe fitted anew still reads it all, the fixed one reads chance; where it is gone, both
+    read chance. Only the fixed probe tells the move from the stay."""
+    generator = torch.Generator().manual_seed(7)
+    best = float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(1.5 / 2**0.5)))
+    base = along(4000, 3, generator)
+    _, probes = readings_and_probes_of(base, along(4000, 3, generator), 1)
+    stayed = fixed_readings_of(probes, along(4000, 3, generator), 1)[0]
+    assert stayed["auc"] == pytest.approx(best, abs=0.025) and not at_chance(stayed)
+    moved = along(4000, 5, generator)
+    assert fixed_readings_of(probes, moved, 1)[0]["auc"] == pytest.approx(0.5, abs=0.035)
+    assert at_chance(fixed_readings_of(probes, moved, 1)[0])
+    refit = probe_readings_of(along(4000, 5, generator), moved, 1)[0]
+    assert refit["auc"] == pytest.approx(best, abs=0.025)
+    gone = along(4000, None, generator)
+    assert at_chance(fixed_readings_of(probes, gone, 1)[0])
+    assert at_chance(probe_readings_of(along(4000, None, generator), gone, 1)[0])
+
+
+def test_a_probe_folded_to_be_held_scores_what_the_probe_it_came_from_scores():
+    """The folded direction (standardisation folded in, offset dropped) ranks tokens as the
+    fitted probe does: scored on the very tokens the readings came from, the same AUC and
+    interval to rounding."""
+    generator = torch.Generator().manual_seed(8)
+    fit, score = planted(3000, 1, generator), planted(3000, 1, generator)
+    fit.layers[0][:, 2] = fit.layers[0][:, 2] * 40 + 7  # a spread and mean to fold in
+    score.layers[0][:, 2] = score.layers[0][:, 2] * 40 + 7
+    readings, probes = readings_and_probes_of(fit, score, 1)
+    assert readings == probe_readings_of(fit, score, 1)
+    held = fixed_readings_of(probes, score, 1)
+    for key in ("auc", "sign_free", "low", "high"):
+        assert held[0][key] == pytest.approx(readings[0][key], abs=1e-9), key
+    # per point: the fits, and the held probes' readings under the point's name + "_fixed"
+    both, again = point_readings(
+        {"resid_post": fit}, {"resid_post": score}, 1, {"resid_post": probes}
+    )
+    assert both["resid_post"] == readings and both["resid_post_fixed"] == held
+    assert torch.equal(again["resid_post"][0].direction, probes[0].direction)
+    with pytest.raises(NeuroplasticError, match="fitted on another model"):
+        fixed_readings_of(probes, Residuals({0: torch.randn(50, 8)}, torch.arange(50) % 2), 1)
+
+
+def test_probes_held_fixed_on_a_model_read_as_they_read_where_they_were_fitted(tiny_bert, splits):
+    """With passes of their own: probes fitted on the model and held fixed on the same model
+    read what they read when fitted."""
+    fit, held_out = splits
+    layers = layers_of(tiny_bert)
+    readings, probes = readings_and_probes(tiny_bert, fit, held_out, CONCEPT, layers)
+    assert readings == probe_readings(tiny_bert, fit, held_out, CONCEPT, layers)
+    again, _ = readings_and_probes(tiny_bert, fit, held_out, CONCEPT, layers, fixed=probes)
+    for point in ("resid_post", "mlp_out"):
+        for layer in layers:
+            assert again[point + "_fixed"][layer]["auc"] == pytest.approx(
+                readings[point][layer]["auc"], abs=1e-9
+            )

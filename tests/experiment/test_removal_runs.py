@@ -18,7 +18,7 @@ from tiny import tiny_config
 from neuroplastic.config import ExperimentConfig
 from neuroplastic.core.erasure import LinearErasure, erase, fit_direction, fit_leace
 from neuroplastic.core.halves import split_probe
-from neuroplastic.core.probes import probe_auc, probe_readings
+from neuroplastic.core.probes import probe_auc, probe_readings, readings_and_probes
 from neuroplastic.core.training import evaluate
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.pipeline import run_experiment
@@ -144,6 +144,13 @@ def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run, tm
     assert len(split.predict) + len(split.truth) == len(setup.validation_data)
     fit_half = setup.validation_data.subset(split.predict)
     score_half = setup.validation_data.subset(split.truth)
+    # The base's own probes, fitted by hand on the kept base weights: every later stage reads
+    # them unchanged (`<point>_fixed`), and at the base they are the stage's own readings.
+    _, base_probes = readings_and_probes(setup.model, fit_half, score_half, "LOC", [0, 1])
+    for arm in ("concept", "random"):
+        recorded_base = summary["arms"][arm]["stages"][0]["probes"]
+        for point in ("resid_post", "mlp_out"):
+            assert recorded_base[point + "_fixed"] == recorded_base[point]
     for arm in ("concept", "random"):
         pruned = summary["arms"][arm]["stages"][1]
         assert pruned["probes"]["split"] == {
@@ -156,6 +163,9 @@ def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run, tm
             scores = evaluate(setup.module, setup.validation_data, "ner", "LOC", progress=False)
             readable = probe_auc(setup.model, fit_half, score_half, "LOC", [0, 1])
             mlp = probe_readings(setup.model, fit_half, score_half, "LOC", [0, 1])["mlp_out"]
+            fixed, _ = readings_and_probes(
+                setup.model, fit_half, score_half, "LOC", [0, 1], fixed=base_probes
+            )
         assert scores.scores["f1"] == pytest.approx(pruned["f1"], abs=1e-12)
         assert {str(k): v for k, v in readable.items()} == pytest.approx(
             pruned["readable"], abs=1e-4
@@ -167,6 +177,10 @@ def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run, tm
             assert pruned["probes"]["mlp_out"][layer]["auc"] == pytest.approx(
                 mlp[int(layer)]["auc"], abs=1e-4
             )
+            for point in ("resid_post_fixed", "mlp_out_fixed"):
+                assert pruned["probes"][point][layer]["auc"] == pytest.approx(
+                    fixed[point][int(layer)]["auc"], abs=1e-4
+                ), (arm, point, layer)
 
 
 @pytest.mark.slow

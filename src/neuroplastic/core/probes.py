@@ -12,11 +12,18 @@ training tokens and its test tokens separate the concept in opposite directions,
 readable. :func:`probe_readings_of` gives the raw AUC, the sign-free readability
 ``max(AUC, 1 - AUC)`` and a 95% interval of the raw AUC (:func:`auc_interval`, clustered by
 sentence); "at chance" is said only where that interval holds 0.5.
+
+**A probe held fixed.** A probe fitted anew at every stage asks whether the concept is still
+linearly readable anywhere in a layer; after a neuron removal it sits at its ceiling on MiniLM,
+at both points, so it cannot trace a thing. The base stage's probe, kept
+(:func:`readings_and_probes`, :class:`Probe`) and scored unchanged at later stages
+(:func:`fixed_readings_of`), asks whether the concept is still where the base model wrote it:
+that reading can move, as the facts study's fitted lens held at base does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,20 +234,65 @@ def probe_readings(
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Per point (:data:`POINTS`) and layer, :func:`probe_readings_of` from passes of its own
     (layers in groups that fit in :data:`PROBE_MEMORY`), as :func:`probe_auc` takes them."""
+    return readings_and_probes(model, train, test, concept, layers, points, batch_size, steps)[0]
+
+
+def readings_and_probes(
+    model: Any,
+    train: ConceptDataset,
+    test: ConceptDataset,
+    concept: str,
+    layers: Sequence[int],
+    points: Sequence[str] = tuple(POINTS),
+    batch_size: int = 32,
+    steps: int = 200,
+    fixed: Mapping[str, Mapping[int, Probe]] | None = None,
+) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, Probe]]]:
+    """:func:`probe_readings` and the probes that gave them (:func:`readings_and_probes_of`);
+    with ``fixed`` (probes per point, fitted earlier), those probes' readings on ``test`` too,
+    under the point's name with :data:`FIXED` appended (:func:`point_readings`)."""
     concept_id = train.label_id(concept)
     points = tuple(dict.fromkeys(points))
     size = layers_that_fit(model, (train, test), len(points))
     layers = list(layers)
-    result: dict[str, dict[int, dict[str, float]]] = {point: {} for point in points}
+    readings: dict[str, dict[int, dict[str, float]]] = {}
+    probes: dict[str, dict[int, Probe]] = {}
     for start in range(0, len(layers), size):
         group = layers[start : start + size]
         fitted = _by_point(tapped_residuals(model, train, group, batch_size, points), points)
         scored = _by_point(tapped_residuals(model, test, group, batch_size, points), points)
-        for point in points:
-            result[point] |= probe_readings_of(
-                fitted[point], scored[point], concept_id, steps, concept
-            )
-    return result
+        got, kept = point_readings(fitted, scored, concept_id, fixed, steps, concept)
+        for point, per_layer in got.items():
+            readings.setdefault(point, {}).update(per_layer)
+        for point, per_layer in kept.items():
+            probes.setdefault(point, {}).update(per_layer)
+    return readings, probes
+
+
+#: appended to a point's name for the readings of a probe held fixed since it was fitted
+FIXED = "_fixed"
+
+
+def point_readings(
+    fitted: Mapping[str, Residuals],
+    scored: Mapping[str, Residuals],
+    concept_id: int,
+    fixed: Mapping[str, Mapping[int, Probe]] | None = None,
+    steps: int = 200,
+    concept: str = "",
+) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, Probe]]]:
+    """Per point of ``fitted``: a probe per layer fitted there and read on ``scored``
+    (:func:`readings_and_probes_of`), and, per point of ``fixed``, the probes held fixed read
+    on ``scored`` (:func:`fixed_readings_of`) under ``point + FIXED``; then the probes fitted."""
+    readings: dict[str, dict[int, dict[str, float]]] = {}
+    probes: dict[str, dict[int, Probe]] = {}
+    for point in fitted:
+        readings[point], probes[point] = readings_and_probes_of(
+            fitted[point], scored[point], concept_id, steps, concept
+        )
+    for point, held in (fixed or {}).items():
+        readings[point + FIXED] = fixed_readings_of(dict(held), scored[point], concept_id, concept)
+    return readings, probes
 
 
 def _by_point(kept: Residuals | dict[str, Residuals], points: Sequence[str]):
@@ -272,14 +324,67 @@ def probe_readings_of(
     ``sign_free`` (``max(auc, 1 - auc)``: readable either way round) and ``low`` / ``high``, the
     95% interval of the raw AUC (:func:`auc_interval`, clustered by ``test``'s sentences where
     known). The concept is at chance at a layer only where ``low <= 0.5 <= high``."""
+    return readings_and_probes_of(train, test, concept_id, steps, concept)[0]
+
+
+def readings_and_probes_of(
+    train: Residuals, test: Residuals, concept_id: int, steps: int = 200, concept: str = ""
+) -> tuple[dict[int, dict[str, float]], dict[int, Probe]]:
+    """:func:`probe_readings_of`'s readings and, per layer, the probe that gave them, folded to
+    be held fixed (:class:`Probe`, :func:`fixed_readings_of`): one fit per layer for both."""
     y_train, y_test = train.labels == concept_id, test.labels == concept_id
     if y_train.all() or not y_train.any() or y_test.all() or not y_test.any():
         raise NeuroplasticError(
             f"a probe needs {concept or 'concept'} tokens and others in both splits"
         )
-    readings = {}
+    readings, probes = {}, {}
     for layer, x in train.layers.items():
-        scores = _scores(_fit_probe(x, y_train, steps), test.layers[layer])
+        fitted = _fit_probe(x, y_train, steps)
+        scores = _scores(fitted, test.layers[layer])
+        auc, low, high = auc_interval(scores, y_test, test.sentences)
+        readings[layer] = {"auc": auc, "sign_free": max(auc, 1 - auc), "low": low, "high": high}
+        weight, _, std = fitted
+        probes[layer] = Probe(weight / std.double())
+    return readings, probes
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fitted probe folded into one direction: a token's score is ``x @ direction``, the
+    standardisation by the fitting tokens' mean and spread folded in (the offset is dropped: an
+    AUC reads ranks only). Kept as plain floats so that a stage's marker can hold it."""
+
+    direction: Float[Tensor, " d_model"]
+
+    def to_list(self) -> list[float]:
+        return self.direction.tolist()
+
+    @classmethod
+    def from_list(cls, values: Sequence[float]) -> Probe:
+        return cls(torch.tensor(values, dtype=torch.float64))
+
+
+def fixed_readings_of(
+    probes: dict[int, Probe], test: Residuals, concept_id: int, concept: str = ""
+) -> dict[int, dict[str, float]]:
+    """Per layer of ``probes`` that ``test`` has, the probe scored as it is on ``test``'s
+    tokens: the readings :func:`probe_readings_of` gives (raw AUC, sign-free, interval), with no
+    fitting. A fixed probe reads how much of the concept is left where it was when the probe
+    was fitted; a drop means the concept left that direction, not that it left the layer."""
+    y_test = test.labels == concept_id
+    if y_test.all() or not y_test.any():
+        raise NeuroplasticError(f"a probe needs {concept or 'concept'} tokens and others")
+    readings = {}
+    for layer, probe in probes.items():
+        if layer not in test.layers:
+            continue
+        x = test.layers[layer]
+        if x.shape[-1] != probe.direction.shape[0]:
+            raise NeuroplasticError(
+                f"a probe held fixed at layer {layer} reads {probe.direction.shape[0]} "
+                f"dimensions, the activations have {x.shape[-1]}: it was fitted on another model"
+            )
+        scores = (x.double() @ probe.direction).numpy()
         auc, low, high = auc_interval(scores, y_test, test.sentences)
         readings[layer] = {"auc": auc, "sign_free": max(auc, 1 - auc), "low": low, "high": high}
     return readings
@@ -362,9 +467,15 @@ def _auc(probe: tuple[Tensor, Tensor, Tensor], x: Tensor, y: Tensor) -> float:
 
 __all__ = [
     "POINTS",
+    "Probe",
+    "FIXED",
+    "readings_and_probes",
+    "readings_and_probes_of",
+    "fixed_readings_of",
     "PROBE_MEMORY",
     "at_chance",
     "auc_interval",
+    "point_readings",
     "probe_readings",
     "probe_readings_of",
     "ResidualTap",

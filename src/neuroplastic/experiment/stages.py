@@ -19,11 +19,13 @@ from neuroplastic.core.activations import neuron_activations
 from neuroplastic.core.halves import HALVES
 from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.probes import (
+    FIXED,
     POINTS,
+    Probe,
     ResidualTap,
     layers_that_fit,
-    probe_readings,
-    probe_readings_of,
+    point_readings,
+    readings_and_probes,
 )
 from neuroplastic.core.ranking import Ranking
 from neuroplastic.core.stats import NeuronStats, collect_stats
@@ -65,7 +67,10 @@ def _finish_stage(
     tap = _readability_tap(setup)
     evaluation = _validate(setup, held, dead, progress=setup.progress, taps=[tap] if tap else ())
     stats, halves = _probe_stats(setup)
-    readable, probes = _readability(setup, tap)
+    # The base's probes, held fixed (a base recorded before they were kept has none).
+    held_probes = None if stage == "base" else setup.store.marker(stage_owner(arm, "base"), "base")
+    held_probes = held_probes.get(FIXED_PROBES) if held_probes else None
+    readable, probes, fitted = _readability(setup, tap, held_probes, base=stage == "base")
     row = {
         "arm": arm,
         "stage": stage,
@@ -78,6 +83,8 @@ def _finish_stage(
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
         marker["base"] = base
+    if stage == "base":  # every later stage of the arms sharing this base reads them unchanged
+        marker[FIXED_PROBES] = fitted
     if distributed.world_size() > 1:  # (one process: markers as before launchers existed)
         marker["processes"] = distributed.world_size()
 
@@ -224,8 +231,18 @@ def _readability_tap(setup: Setup) -> ResidualTap | None:
     )
 
 
+#: the base stage's marker key holding its probes, per point and layer (:class:`Probe` as
+#: plain floats), which every later stage scores unchanged (``<point>_fixed`` readings)
+FIXED_PROBES = "fixed_probes"
+
+
 @distributed.rank_zero
-def _readability(setup: Setup, tap: ResidualTap | None) -> tuple[dict[str, float], dict[str, Any]]:
+def _readability(
+    setup: Setup,
+    tap: ResidualTap | None,
+    held: dict[str, dict[str, list[float]]] | None = None,
+    base: bool = False,
+) -> tuple[dict[str, float], dict[str, Any], dict[str, dict[str, list[float]]]]:
     """Where the concept is linearly readable at this stage, whatever the removal (rank 0; no
     random numbers drawn, so training is the same with it). Per point (:data:`POINTS`: the
     residual stream after block l, and block l's MLP output) and layer, a logistic-regression
@@ -236,34 +253,41 @@ def _readability(setup: Setup, tap: ResidualTap | None) -> tuple[dict[str, float
     token is labelled by the next one, as the ranking reads them: does the stream at a position
     still say that a place name comes next?
 
+    ``held``: the base stage's probes (its marker's :data:`FIXED_PROBES`), read unchanged on
+    the same half as ``<point>_fixed``: is the concept still where the base model wrote it? At
+    the base stage (``base``) the stage's own probes are those, and are read as such.
+
     Returns the residual stream's raw AUCs per layer (``readable``, as runs have always
-    recorded; below 0.5 the sign flipped) and every reading (``probes``: per point and layer,
+    recorded; below 0.5 the sign flipped), every reading (``probes``: per point and layer,
     ``auc``, ``sign_free`` = max(auc, 1 - auc), and the AUC's 95% interval ``low`` / ``high``,
-    with the split). ``tap``: the validation sentences' activations as the stage's evaluation
-    left them (else passes of its own)."""
+    with the split) and the probes fitted, as plain floats. ``tap``: the validation sentences'
+    activations as the stage's evaluation left them (else passes of its own)."""
     concept, split = setup.config.concept, setup.readout_split
+    fixed = None if held is None else _probes_from_record(held)
     if tap is not None:
         concept_id = setup.validation_data.label_id(concept)
-        readings = {
-            point: probe_readings_of(
-                tap.residuals(point, split.predict),
-                tap.residuals(point, split.truth),
-                concept_id,
-                concept=concept,
-            )
-            for point in POINTS
-        }
+        readings, fitted = point_readings(
+            {point: tap.residuals(point, split.predict) for point in POINTS},
+            {point: tap.residuals(point, split.truth) for point in POINTS},
+            concept_id,
+            fixed,
+            concept=concept,
+        )
     else:
         setup.module.eval()
         data = setup.validation_data
         data = data.predicting() if setup.config.task == "lm" else data  # as the tap labels
-        readings = probe_readings(
+        readings, fitted = readings_and_probes(
             setup.model,
             data.subset(split.predict),
             data.subset(split.truth),
             concept,
             range(int(setup.model.cfg.n_layers)),
+            fixed=fixed,
         )
+    if base:  # its own probes are the ones held fixed later
+        for point in POINTS:
+            readings[point + FIXED] = readings[point]
     probes: dict[str, Any] = {
         point: {str(layer): value for layer, value in per_layer.items()}
         for point, per_layer in readings.items()
@@ -275,7 +299,18 @@ def _readability(setup: Setup, tap: ResidualTap | None) -> tuple[dict[str, float
         "n_score": len(split.truth),
     }
     readable = {layer: value["auc"] for layer, value in probes["resid_post"].items()}
-    return readable, probes
+    record = {
+        point: {str(layer): probe.to_list() for layer, probe in per_layer.items()}
+        for point, per_layer in fitted.items()
+    }
+    return readable, probes, record
+
+
+def _probes_from_record(held: dict[str, dict[str, list[float]]]) -> dict[str, dict[int, Probe]]:
+    return {
+        point: {int(layer): Probe.from_list(values) for layer, values in per_layer.items()}
+        for point, per_layer in held.items()
+    }
 
 
 def _load_on_main(module: torch.nn.Module, path: Path) -> None:

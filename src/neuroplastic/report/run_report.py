@@ -645,9 +645,12 @@ def _readable(page: HtmlPage, summary: Summary | None, concept: str) -> None:
         "'flipped' marks a raw AUC below 0.5 (readable, the sign reversed), 'chance' a layer "
         "whose raw AUC's 95% interval (clustered by sentence) holds 0.5, the only place "
         "the concept is called unreadable. Two points per layer: the residual stream after "
-        "block l, and what block l's MLP writes to it. A removal of neurons can leave the "
-        "stream at its ceiling (the concept still there, disconnected from the head, not "
-        "removed) while the MLP output, which those neurons write, moves. One run, one seed."
+        "block l, and what block l's MLP writes to it. A probe fitted anew at each stage asks "
+        "whether the concept is readable anywhere in the layer: after a removal of neurons it "
+        "can stay at its ceiling (the concept still there, disconnected from the head, not "
+        "removed). The base stage's probe, held fixed and scored at every later stage, asks "
+        "whether the concept is still where the base model wrote it: that reading can fall "
+        "where the first cannot. One run, one seed."
     )
     for arm, entries in arms.items():
         for point, what in PROBE_POINTS.items():
@@ -670,6 +673,8 @@ def _readable(page: HtmlPage, summary: Summary | None, concept: str) -> None:
 PROBE_POINTS = {
     "resid_post": "the residual stream (blocks.{l}.hook_resid_post)",
     "mlp_out": "the MLP output (blocks.{l}.hook_mlp_out)",
+    "resid_post_fixed": "the residual stream, the base's probe held fixed",
+    "mlp_out_fixed": "the MLP output, the base's probe held fixed",
 }
 
 

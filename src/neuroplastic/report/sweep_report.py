@@ -219,6 +219,8 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
     points = {
         "resid_post": "residual stream",
         "mlp_out": "MLP output",
+        "resid_post_fixed": "residual stream, base's probe held",
+        "mlp_out_fixed": "MLP output, base's probe held",
     }
     rows = []
     for arm, data in result["arms"].items():
@@ -238,8 +240,10 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
             "stage and layer, with the arm's removal held, fitted on one half of the "
             "validation sentences and scored on the other: never on the probe sentences the "
             "ranking and any eraser were fitted on. At the residual stream after block l "
-            "(blocks.{l}.hook_resid_post) and at the MLP output (blocks.{l}.hook_mlp_out). "
-            "The figure is the sign-free readability max(AUC, 1 - AUC): mean [95% interval "
+            "(blocks.{l}.hook_resid_post) and at the MLP output (blocks.{l}.hook_mlp_out); "
+            "'base's probe held' rows score the base stage's probe unchanged at every stage "
+            "(is the concept still where the base model wrote it?). The figure is the "
+            "sign-free readability max(AUC, 1 - AUC): mean [95% interval "
             "across seeds; seed range where a t-interval leaves [0, 1]]; 0.5 is not readable, "
             "and its interval cannot go below 0.5 by construction. 'at chance' only where the "
             "raw AUC's interval across seeds holds 0.5 and so does every seed's own interval; "

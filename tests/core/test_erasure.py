@@ -231,15 +231,17 @@ def test_every_stage_of_a_run_records_where_the_concept_is_readable(tiny_run):
             assert set(readable) == {"0", "1"}, entry["stage"]
             assert all(0.0 <= value <= 1.0 for value in readable.values())
             probes = entry["probes"]
-            assert set(probes) == {"resid_post", "mlp_out", "split"}
+            points = {"resid_post", "mlp_out", "resid_post_fixed", "mlp_out_fixed"}
+            assert set(probes) == points | {"split", "head"}  # the head's own score too
             assert probes["split"]["n_fit"] + probes["split"]["n_score"] == 32  # validation
-            for point in ("resid_post", "mlp_out"):
+            for point in points:
                 for reading in probes[point].values():
                     assert 0.5 <= reading["sign_free"] <= 1.0
                     assert reading["low"] <= reading["auc"] <= reading["high"]
 
 
 def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
+    import html
     import shutil
 
     from neuroplastic.report.run_report import write_report
@@ -252,6 +254,8 @@ def test_the_report_shows_where_the_concept_is_readable(tiny_run, tmp_path):
     for arm in summary["arms"]:
         assert f"{arm} arm: sign-free probe readability at the residual stream" in page
         assert f"{arm} arm: sign-free probe readability at the MLP output" in page
+        held = f"{arm} arm: raw probe AUC at the MLP output, the base's probe held fixed"
+        assert html.escape(held) in page
     base = summary["arms"]["concept"]["stages"][0]["probes"]["resid_post"]["1"]
     assert f"{base['sign_free']:.3f}" in page
     assert "max(AUC, 1 - AUC)" in page

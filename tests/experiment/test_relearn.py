@@ -292,6 +292,98 @@ def test_the_naive_base_differs_from_the_concept_base_in_the_loss_alone(tmp_path
     assert arms["naive"]["stages"] == strip
 
 
+def test_every_arm_holds_its_own_bases_probes_fixed(tmp_path, monkeypatch):
+    """The naive arm fine-tunes a base of its own: its later stages score that base's probes,
+    every other arm the concept base's. The probes each base marker keeps are those fitted by
+    hand on that base's weights (kept with --save-checkpoints), on the run's validation halves;
+    and each later stage is scored with its own arm's."""
+    import json
+
+    import neuroplastic.experiment.stages as stages
+    from neuroplastic.core.probes import readings_and_probes
+    from neuroplastic.experiment.pipeline import _setup
+    from neuroplastic.store.checkpoint import Checkpointer, load_weights
+
+    held = []
+    real = stages.point_readings
+
+    def spy(fitted, scored, concept_id, fixed=None, *args, **kwargs):
+        held.append(fixed)
+        return real(fitted, scored, concept_id, fixed, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "point_readings", spy)
+    config = tiny_config(naive=True, save_checkpoints=True)
+    summary = experiment.run_experiment(config, tmp_path / "run", progress=False, log=quiet)
+    run = RunDir(tmp_path / "run")
+    kept = {
+        arm: json.loads(run.marker_path(arm, "base").read_text())[stages.FIXED_PROBES]
+        for arm in ("concept", "naive")
+    }
+    setup = _setup(config, Checkpointer(RunDir(tmp_path / "scratch")), False, quiet)
+    split = setup.readout_split
+    for arm, record in kept.items():
+        load_weights(setup.module, run.checkpoint_path(arm, "base"))
+        setup.module.eval()
+        _, by_hand = readings_and_probes(
+            setup.model,
+            setup.validation_data.subset(split.predict),
+            setup.validation_data.subset(split.truth),
+            "LOC",
+            range(int(setup.model.cfg.n_layers)),
+        )
+        for point, per_layer in by_hand.items():
+            for layer, probe in per_layer.items():
+                assert record[point][str(layer)] == pytest.approx(
+                    probe.direction.tolist(), rel=1e-4, abs=1e-6
+                ), (arm, point, layer)
+    assert kept["concept"] != kept["naive"]
+    # each stage after a base scored the probes of its own arm's base (none at the bases)
+    later = [fixed for fixed in held if fixed is not None]
+
+    def which(fixed) -> str:
+        (arm,) = [
+            arm
+            for arm, record in kept.items()
+            if all(
+                fixed[point][int(layer)].direction.tolist() == values
+                for point, per_layer in record.items()
+                for layer, values in per_layer.items()
+            )
+        ]
+        return arm
+
+    stages_after_base = {  # (every arm's stages start with its base, shared or its own)
+        arm: len(data["stages"]) - 1 for arm, data in summary["arms"].items()
+    }
+    assert len(held) - len(later) == 2  # the two bases
+    owners = [which(fixed) for fixed in later]
+    assert owners.count("naive") == stages_after_base["naive"]
+    assert owners.count("concept") == stages_after_base["concept"] + stages_after_base["random"]
+    for data in summary["arms"].values():
+        for stage in data["stages"]:
+            assert {"resid_post_fixed", "mlp_out_fixed"} <= set(stage["probes"])
+
+
+def test_a_base_that_kept_no_probes_gives_later_stages_no_fixed_readings(tmp_path, monkeypatch):
+    """A base recorded before the probes were kept (here: its record emptied) gives its later
+    stages no `_fixed` readings, never another stage's probes; the run goes on."""
+    import neuroplastic.experiment.stages as stages
+
+    real = stages._readability
+
+    def forgetful(*args):
+        readable, probes, _ = real(*args)
+        return readable, probes, {}
+
+    monkeypatch.setattr(stages, "_readability", forgetful)
+    summary = experiment.run_experiment(tiny_config(), tmp_path, progress=False, log=quiet)
+    later = [s for d in summary["arms"].values() for s in d["stages"] if s["stage"] != "base"]
+    assert len(later) == 6  # both arms' pruned and two retraining stages
+    for stage in later:
+        assert {"resid_post", "mlp_out"} <= set(stage["probes"])
+        assert not {"resid_post_fixed", "mlp_out_fixed"} & set(stage["probes"]), stage["stage"]
+
+
 @pytest.mark.slow  # kills and resumptions: several tiny runs
 @pytest.mark.parametrize(
     "arm, stage, when",

@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+from scipy.stats import rankdata
 from tiny import tiny_config
 
 from neuroplastic.config import ExperimentConfig
@@ -20,6 +21,7 @@ from neuroplastic.core.erasure import LinearErasure, erase, fit_direction, fit_l
 from neuroplastic.core.halves import split_probe
 from neuroplastic.core.probes import probe_auc, probe_readings, readings_and_probes
 from neuroplastic.core.training import evaluate
+from neuroplastic.data.concept import IGNORE_CONCEPT
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.pipeline import run_experiment
 from neuroplastic.store.rundir import RunDir, stage_names
@@ -166,6 +168,23 @@ def test_every_arm_retrains_and_is_evaluated_with_its_erasure_held(leace_run, tm
             fixed, _ = readings_and_probes(
                 setup.model, fit_half, score_half, "LOC", [0, 1], fixed=base_probes
             )
+            # the head's own score on the scoring half, by hand: its log-odds of LOC's tags
+            head_scores, head_labels = [], []
+            for batch in score_half.batches(8):
+                with torch.no_grad():
+                    logits = setup.module(batch.tokens, batch.attention_mask)
+                real = batch.concept_labels != IGNORE_CONCEPT
+                loc = [i for i, t in enumerate(score_half.tag_names) if t.endswith("-LOC")]
+                others = [i for i in range(len(score_half.tag_names)) if i not in loc]
+                odds = logits[..., loc].logsumexp(-1) - logits[..., others].logsumexp(-1)
+                head_scores.append(odds[real])
+                head_labels.append(batch.concept_labels[real] == score_half.label_id("LOC"))
+        scores_by_hand = torch.cat(head_scores).numpy()
+        positive = torch.cat(head_labels).numpy()
+        ranks = rankdata(scores_by_hand)
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        head_auc = (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        assert pruned["probes"]["head"]["1"]["auc"] == pytest.approx(head_auc, abs=1e-6)
         assert scores.scores["f1"] == pytest.approx(pruned["f1"], abs=1e-12)
         assert {str(k): v for k, v in readable.items()} == pytest.approx(
             pruned["readable"], abs=1e-4

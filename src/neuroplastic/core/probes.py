@@ -46,8 +46,8 @@ from neuroplastic.errors import NeuroplasticError
 PROBE_MEMORY = 2 * 1024**3
 
 #: where a probe reads, per layer: the residual stream after the block, and the block's MLP
-#: output (what its neurons write: a removal of neurons can move it where the stream, fed by
-#: attention and the embeddings too, stays at its ceiling)
+#: output (what its neurons write; on MiniLM a probe fitted anew sits at its ceiling there too
+#: after a neuron removal, as the layer's other neurons still write the concept)
 POINTS = {
     "resid_post": resid_hook_name,
     "mlp_out": lambda layer: f"blocks.{layer}.hook_mlp_out",
@@ -291,7 +291,10 @@ def point_readings(
             fitted[point], scored[point], concept_id, steps, concept
         )
     for point, held in (fixed or {}).items():
-        readings[point + FIXED] = fixed_readings_of(dict(held), scored[point], concept_id, concept)
+        if point in scored:  # (probes kept at a point this reading does not take are skipped)
+            readings[point + FIXED] = fixed_readings_of(
+                dict(held), scored[point], concept_id, concept
+            )
     return readings, probes
 
 

@@ -31,6 +31,7 @@ from neuroplastic.errors import NeuroplasticError
 from neuroplastic.progress import progress as progress_bar
 
 if TYPE_CHECKING:
+    from neuroplastic.core.head_reading import HeadScores
     from neuroplastic.core.probes import ResidualTap
 
 
@@ -336,6 +337,7 @@ def evaluate(
     dead_neurons: Tensor | None = None,
     progress: bool = True,
     taps: Sequence[ResidualTap] = (),
+    head: HeadScores | None = None,
 ) -> Evaluation:
     """Entity F1 per type (``ner``) or next-token loss on concept and other tokens (``lm``).
 
@@ -349,7 +351,8 @@ def evaluate(
     a held ablation that stopped holding is a bug, and the run stops.
 
     ``taps`` keep the residual stream of the same forwards, for the probes (the forward reaches
-    every block's ``hook_resid_post``: the tagging head reads the last).
+    every block's ``hook_resid_post``: the tagging head reads the last). ``head`` keeps the
+    tagging head's own score for the concept from the same logits (``ner`` only).
     """
     model = module.model if isinstance(module, TokenClassifier) else module
     captured: dict[int, Tensor] = {}
@@ -374,8 +377,10 @@ def evaluate(
             enabled=progress,
         ):
             if task == "ner":
-                predictions = module(batch.tokens, batch.attention_mask).argmax(-1).cpu()
-                _collect_tags(dataset, batch, predictions, true_tags, predicted_tags)
+                logits = module(batch.tokens, batch.attention_mask)
+                _collect_tags(dataset, batch, logits.argmax(-1).cpu(), true_tags, predicted_tags)
+                if head is not None:
+                    head.record(batch, logits)
             else:
                 losses = lm_token_losses(model, batch.to(model_device(model))).cpu()
                 target_labels = batch.concept_labels[:, 1:]

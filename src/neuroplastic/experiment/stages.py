@@ -17,6 +17,7 @@ from neuroplastic.analysis.predict import Predictions
 from neuroplastic.analysis.viewed import top_sentences, viewed_neurons
 from neuroplastic.core.activations import neuron_activations
 from neuroplastic.core.halves import HALVES
+from neuroplastic.core.head_reading import HEAD, HeadScores
 from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.probes import (
     FIXED,
@@ -65,12 +66,17 @@ def _finish_stage(
     config = setup.config
     setup.tell(arm, stage, "trained", step, dead, held)
     tap = _readability_tap(setup)
-    evaluation = _validate(setup, held, dead, progress=setup.progress, taps=[tap] if tap else ())
+    # (under a launcher each process evaluates a share of the sentences: no head reading)
+    head = (
+        HeadScores(setup.validation_data.tag_names, config.concept)
+        if config.task == "ner" and distributed.world_size() == 1
+        else None
+    )
+    evaluation = _validate(
+        setup, held, dead, progress=setup.progress, taps=[tap] if tap else (), head=head
+    )
     stats, halves = _probe_stats(setup)
-    # The base's probes, held fixed (a base recorded before they were kept has none).
-    held_probes = None if stage == "base" else setup.store.marker(stage_owner(arm, "base"), "base")
-    held_probes = held_probes.get(FIXED_PROBES) if held_probes else None
-    readable, probes, fitted = _readability(setup, tap, held_probes, base=stage == "base")
+    readable, probes, fitted = _readability(setup, tap, arm, stage, head)
     row = {
         "arm": arm,
         "stage": stage,
@@ -83,7 +89,7 @@ def _finish_stage(
     marker: dict[str, Any] = {"rows": [*rows, row]}
     if base is not None:
         marker["base"] = base
-    if stage == "base":  # every later stage of the arms sharing this base reads them unchanged
+    if fitted:  # the base's: every later stage of the arms sharing it reads them unchanged
         marker[FIXED_PROBES] = fitted
     if distributed.world_size() > 1:  # (one process: markers as before launchers existed)
         marker["processes"] = distributed.world_size()
@@ -115,9 +121,11 @@ def _validate(
     dead: torch.Tensor | None,
     progress: bool,
     taps: Sequence[ResidualTap] = (),
+    head: HeadScores | None = None,
 ):
     """Scores on the validation sentences, checking that the removal's hooks (``held``) are all
-    still held and that held neurons are still exactly zero; ``taps`` keep the residual stream."""
+    still held and that held neurons are still exactly zero; ``taps`` keep the residual stream,
+    ``head`` the tagging head's own score for the concept."""
     if held is not None and not held.active:
         raise NeuroplasticError(
             "the removal's hooks are no longer all held (something removed them during "
@@ -131,6 +139,7 @@ def _validate(
         dead_neurons=dead,
         progress=progress,
         taps=taps,
+        head=head,
     )
 
 
@@ -238,10 +247,7 @@ FIXED_PROBES = "fixed_probes"
 
 @distributed.rank_zero
 def _readability(
-    setup: Setup,
-    tap: ResidualTap | None,
-    held: dict[str, dict[str, list[float]]] | None = None,
-    base: bool = False,
+    setup: Setup, tap: ResidualTap | None, arm: str, stage: str, head: HeadScores | None = None
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, dict[str, list[float]]]]:
     """Where the concept is linearly readable at this stage, whatever the removal (rank 0; no
     random numbers drawn, so training is the same with it). Per point (:data:`POINTS`: the
@@ -253,17 +259,24 @@ def _readability(
     token is labelled by the next one, as the ranking reads them: does the stream at a position
     still say that a place name comes next?
 
-    ``held``: the base stage's probes (its marker's :data:`FIXED_PROBES`), read unchanged on
-    the same half as ``<point>_fixed``: is the concept still where the base model wrote it? At
-    the base stage (``base``) the stage's own probes are those, and are read as such.
+    After the base, the arm's base stage's probes (its marker's :data:`FIXED_PROBES`; none
+    where the base was recorded before they were kept) are read unchanged on the same half as
+    ``<point>_fixed``: is the concept still where the base model wrote it? At the base stage
+    the stage's own probes are those, and are read as such.
 
     Returns the residual stream's raw AUCs per layer (``readable``, as runs have always
     recorded; below 0.5 the sign flipped), every reading (``probes``: per point and layer,
     ``auc``, ``sign_free`` = max(auc, 1 - auc), and the AUC's 95% interval ``low`` / ``high``,
-    with the split) and the probes fitted, as plain floats. ``tap``: the validation sentences'
-    activations as the stage's evaluation left them (else passes of its own)."""
+    with the split) and, at the base stage, the probes fitted, as plain floats (else empty).
+    ``tap``: the validation sentences' activations as the stage's evaluation left them (else
+    passes of its own). ``head``: the tagging head's own scores from that evaluation, read on
+    the same half as ``head`` (keyed by the last layer, which it reads): does the head still
+    order the concept's tokens above the others, whatever its decisions?"""
     concept, split = setup.config.concept, setup.readout_split
-    fixed = None if held is None else _probes_from_record(held)
+    base = stage == "base"
+    # rank 0 alone reads the run directory (a launcher's other machines may have none)
+    held = None if base else setup.store.marker(stage_owner(arm, "base"), "base")
+    fixed = _probes_from_record(held[FIXED_PROBES]) if held and FIXED_PROBES in held else None
     if tap is not None:
         concept_id = setup.validation_data.label_id(concept)
         readings, fitted = point_readings(
@@ -292,6 +305,9 @@ def _readability(
         point: {str(layer): value for layer, value in per_layer.items()}
         for point, per_layer in readings.items()
     }
+    if head is not None:
+        last = str(int(setup.model.cfg.n_layers) - 1)
+        probes[HEAD] = {last: head.reading(split.truth, setup.validation_data.label_id(concept))}
     probes["split"] = {
         "fit": "validation, hash half 0",
         "score": "validation, hash half 1",
@@ -301,7 +317,7 @@ def _readability(
     readable = {layer: value["auc"] for layer, value in probes["resid_post"].items()}
     record = {
         point: {str(layer): probe.to_list() for layer, probe in per_layer.items()}
-        for point, per_layer in fitted.items()
+        for point, per_layer in (fitted.items() if base else ())
     }
     return readable, probes, record
 

@@ -40,8 +40,10 @@ from neuroplastic.config import (
     RECOVERY_TARGET,
     ExperimentConfig,
 )
+from neuroplastic.core.head_reading import HEAD
 from neuroplastic.core.neurons import CONTROL_KINDS
 from neuroplastic.core.pretrained import model_note
+from neuroplastic.core.probes import FIXED
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.chase import rounds_run
@@ -650,23 +652,25 @@ def _readable(page: HtmlPage, summary: Summary | None, concept: str) -> None:
         "can stay at its ceiling (the concept still there, disconnected from the head, not "
         "removed). The base stage's probe, held fixed and scored at every later stage, asks "
         "whether the concept is still where the base model wrote it: that reading can fall "
-        "where the first cannot. One run, one seed."
+        "where the first cannot. Its tables give the raw AUC, as the base fixed its sign. The "
+        "head's own score, nothing fitted, asks whether the head still ranks the concept's "
+        "tokens above the others whatever its decisions (raw AUC too). One run, one seed."
     )
     for arm, entries in arms.items():
         for point, what in PROBE_POINTS.items():
+            held = point in HELD_POINTS
             layers = sorted({int(k) for e in entries for k in e.probes.get(point, {})})
             if not layers:
                 continue
             table = pd.DataFrame(
                 {
-                    e.stage: [_reading_text(e.probes[point].get(str(n))) for n in layers]
+                    e.stage: [_reading_text(e.probes[point].get(str(n)), held) for n in layers]
                     for e in entries
                 },
                 index=pd.Index([f"layer {n}" for n in layers], name="layer"),
             )
-            page.table(
-                table, caption=f"{arm} arm: sign-free probe readability at {what}", index=True
-            )
+            figure = "raw probe AUC" if held else "sign-free probe readability"
+            page.table(table, caption=f"{arm} arm: {figure} at {what}", index=True)
 
 
 #: where the probes read, as the report names them
@@ -675,17 +679,23 @@ PROBE_POINTS = {
     "mlp_out": "the MLP output (blocks.{l}.hook_mlp_out)",
     "resid_post_fixed": "the residual stream, the base's probe held fixed",
     "mlp_out_fixed": "the MLP output, the base's probe held fixed",
+    HEAD: "the tagging head's own score (log-odds of the concept's tags), read off the last layer",
 }
+#: readings whose sign is known (the base's probe held fixed; the head's own score), so the raw
+#: AUC is shown: a fall toward 0.5 is what they measure, and the sign-free figure would lean
+#: above it
+HELD_POINTS = frozenset(p for p in PROBE_POINTS if p.endswith(FIXED) or p == HEAD)
 
 
-def _reading_text(reading: dict[str, float] | None) -> str:
-    """A probe reading as the report shows it: its sign-free readability, marked."""
+def _reading_text(reading: dict[str, float] | None, raw: bool = False) -> str:
+    """A probe reading as the report shows it: its sign-free readability, marked (``raw``: the
+    raw AUC of a probe held fixed, marked at chance only)."""
     if not reading:
         return "–"
-    text = f"{reading['sign_free']:.3f}"
+    text = f"{reading['auc' if raw else 'sign_free']:.3f}"
     if reading["low"] <= 0.5 <= reading["high"]:
         return text + " (chance)"
-    return text + (" (flipped)" if reading["auc"] < 0.5 else "")
+    return text + (" (flipped)" if reading["auc"] < 0.5 and not raw else "")
 
 
 def _readable_older(page: HtmlPage, arms: dict[str, list], concept: str) -> None:

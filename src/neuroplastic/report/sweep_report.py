@@ -28,7 +28,9 @@ from neuroplastic.config import (
     RANDOM_ARM,
     RECOVERY_TARGET,
 )
+from neuroplastic.core.head_reading import HEAD
 from neuroplastic.core.pretrained import model_note
+from neuroplastic.core.probes import FIXED
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.report import sweep_figures
 from neuroplastic.report.html import HtmlPage
@@ -221,6 +223,7 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
         "mlp_out": "MLP output",
         "resid_post_fixed": "residual stream, base's probe held",
         "mlp_out_fixed": "MLP output, base's probe held",
+        HEAD: "the head's own score",
     }
     rows = []
     for arm, data in result["arms"].items():
@@ -231,7 +234,10 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
                         "arm": arm,
                         "point": points.get(point, point),
                         "stage": stage,
-                        **{f"layer {k}": _cell(v) for k, v in layers.items()},
+                        **{
+                            f"layer {k}": _cell(v, raw=point.endswith(FIXED) or point == HEAD)
+                            for k, v in layers.items()
+                        },
                     }
                 )
     with page.details(f"Where {concept} is linearly readable (sign-free probe readability)"):
@@ -242,7 +248,10 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
             "ranking and any eraser were fitted on. At the residual stream after block l "
             "(blocks.{l}.hook_resid_post) and at the MLP output (blocks.{l}.hook_mlp_out); "
             "'base's probe held' rows score the base stage's probe unchanged at every stage "
-            "(is the concept still where the base model wrote it?). The figure is the "
+            "(is the concept still where the base model wrote it?), and show the raw AUC, "
+            "whose sign the base fixed; so do 'the head's own score' rows, the tagging head's "
+            "log-odds of the concept's tags, nothing fitted (does the head still rank the "
+            "concept's tokens first, whatever its decisions?). Elsewhere the figure is the "
             "sign-free readability max(AUC, 1 - AUC): mean [95% interval "
             "across seeds; seed range where a t-interval leaves [0, 1]]; 0.5 is not readable, "
             "and its interval cannot go below 0.5 by construction. 'at chance' only where the "
@@ -252,12 +261,14 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
         page.table(pd.DataFrame(rows).set_index(["arm", "point", "stage"]), float_format=None)
 
 
-def _cell(value: dict[str, Any]) -> str:
-    text = as_text(value["sign_free"])
-    raw = value["auc"]
+def _cell(value: dict[str, Any], raw: bool = False) -> str:
+    """A reading across seeds: sign-free (``raw``: the raw AUC of a probe held fixed, whose
+    sign is known, so that a fall toward 0.5 is not read above it), marked."""
+    text = as_text(value["auc" if raw else "sign_free"])
+    auc = value["auc"]
     if value["at_chance"]:
         return text + " · at chance"
-    if raw["ci_high"] is not None and raw["ci_high"] < 0.5:
+    if auc["ci_high"] is not None and auc["ci_high"] < 0.5 and not raw:
         return text + " · flipped"
     return text
 

@@ -20,6 +20,13 @@ RUN_FORMAT = 2
 #: the first format whose probes and erasure control a resumed run may add stages to
 RESUMABLE_FORMAT = 2
 FORMAT_KEY = "format"
+#: a stage row's probe readings beside each point's (``resid_post``, ``mlp_out``): the point's
+#: name with this appended holds the base stage's probe held fixed
+#: (:func:`neuroplastic.core.probes.fixed_readings_of`); older rows have none
+FIXED_SUFFIX = "_fixed"
+#: ... and this one the tagging head's own order of the concept's tokens
+#: (:mod:`neuroplastic.core.head_reading`)
+HEAD_READING = "head"
 
 
 def check_format(value: Any, source: str) -> int:

@@ -23,9 +23,10 @@ from torch import Tensor
 from neuroplastic.core.probes import auc_interval
 from neuroplastic.data.concept import IGNORE_CONCEPT, Batch
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.run_format import HEAD_READING
 
 #: the name of the head's reading among a stage's probe readings
-HEAD = "head"
+HEAD = HEAD_READING
 
 
 def concept_tags(tag_names: Sequence[str], concept: str) -> list[int]:

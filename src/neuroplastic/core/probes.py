@@ -41,6 +41,7 @@ from neuroplastic.data.concept import (
     predicting_labels,
 )
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.run_format import FIXED_SUFFIX
 
 #: the most residual-stream bytes :func:`probe_auc` holds at once (layers go in groups below it)
 PROBE_MEMORY = 2 * 1024**3
@@ -270,7 +271,7 @@ def readings_and_probes(
 
 
 #: appended to a point's name for the readings of a probe held fixed since it was fitted
-FIXED = "_fixed"
+FIXED = FIXED_SUFFIX
 
 
 def point_readings(

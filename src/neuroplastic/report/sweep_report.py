@@ -28,12 +28,11 @@ from neuroplastic.config import (
     RANDOM_ARM,
     RECOVERY_TARGET,
 )
-from neuroplastic.core.head_reading import HEAD
 from neuroplastic.core.pretrained import model_note
-from neuroplastic.core.probes import FIXED
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.report import sweep_figures
 from neuroplastic.report.html import HtmlPage
+from neuroplastic.run_format import FIXED_SUFFIX, HEAD_READING
 
 #: what every sweep.json has (:func:`neuroplastic.experiment.sweep.run_sweep`)
 SWEEP_KEYS = ("config", "seeds", "modes", "methods", "measures", "cells")
@@ -223,7 +222,7 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
         "mlp_out": "MLP output",
         "resid_post_fixed": "residual stream, base's probe held",
         "mlp_out_fixed": "MLP output, base's probe held",
-        HEAD: "the head's own score",
+        HEAD_READING: "the head's own score",
     }
     rows = []
     for arm, data in result["arms"].items():
@@ -234,10 +233,7 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
                         "arm": arm,
                         "point": points.get(point, point),
                         "stage": stage,
-                        **{
-                            f"layer {k}": _cell(v, raw=point.endswith(FIXED) or point == HEAD)
-                            for k, v in layers.items()
-                        },
+                        **{f"layer {k}": _cell(v, raw=_signed(point)) for k, v in layers.items()},
                     }
                 )
     with page.details(f"Where {concept} is linearly readable (sign-free probe readability)"):
@@ -259,6 +255,12 @@ def _readability(page: HtmlPage, result: dict[str, Any], concept: str) -> None:
             "'flipped' where the raw AUC's interval lies below 0.5 (readable, sign reversed)."
         )
         page.table(pd.DataFrame(rows).set_index(["arm", "point", "stage"]), float_format=None)
+
+
+def _signed(point: str) -> bool:
+    """Whether a reading's sign is known (the base's probe held fixed; the head's own score),
+    so that its raw AUC is shown."""
+    return point.endswith(FIXED_SUFFIX) or point == HEAD_READING
 
 
 def _cell(value: dict[str, Any], raw: bool = False) -> str:

@@ -298,6 +298,12 @@ COMPARISON_TABLES = (
         "heldout_gap_to_control",
     ),
     (
+        "unrelated_removal_v",
+        "unrelated_removal_recovered",
+        "unrelated_removal_recovered_net",
+        "unrelated_gap_to_control",
+    ),
+    (
         "lens_base_fixed",
         "lens_removal_fixed",
         "lens_control_fixed",
@@ -333,7 +339,7 @@ def test_the_unlearning_comparison_is_the_committed_study():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     graddiff = compare["cells"]["removal=graddiff"]["measures"]
     rmu = compare["cells"]["removal=rmu"]["measures"]
-    for name in ("heldout_removal_recovered", "drop_v_vs_control"):
+    for name in ("heldout_removal_recovered", "unrelated_removal_recovered", "drop_v_vs_control"):
         for value in (graddiff[name], rmu[name]):
             shown = f"{value['mean']:.2f} [{value['ci_low']:.2f}, {value['ci_high']:.2f}]"
             assert shown in readme, shown

@@ -270,8 +270,8 @@ def _readability(
     with the split) and, at the base stage, the probes fitted, as plain floats (else empty).
     ``tap``: the validation sentences' activations as the stage's evaluation left them (else
     passes of its own). ``head``: the tagging head's own scores from that evaluation, read on
-    the same half as ``head`` (keyed by the last layer, which it reads): does the head still
-    order the concept's tokens above the others, whatever its decisions?"""
+    the same half into ``probes["head"]`` (keyed by the last layer, which the head reads): does
+    the head still order the concept's tokens above the others, whatever its decisions?"""
     concept, split = setup.config.concept, setup.readout_split
     base = stage == "base"
     # rank 0 alone reads the run directory (a launcher's other machines may have none)

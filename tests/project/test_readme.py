@@ -343,3 +343,25 @@ def test_the_unlearning_comparison_is_the_committed_study():
         for value in (graddiff[name], rmu[name]):
             shown = f"{value['mean']:.2f} [{value['ci_low']:.2f}, {value['ci_high']:.2f}]"
             assert shown in readme, shown
+
+
+def test_the_head_bias_figures_are_the_committed_benchmark():
+    """The method page's and the README's threshold figures, from their JSON: the shift chosen
+    on the probe sentences (the best there), scored on the validation sentences."""
+    result = json.loads((ROOT / "benchmarks" / "results" / "head-bias-cpu.json").read_text())
+    probe = {float(k): v for k, v in result["probe_f1_by_shift"].items()}
+    assert result["chosen_shift"] == max(probe, key=lambda k: (probe[k], -k))
+    assert result["pruned_f1_here"] == result["pruned_f1_recorded"]  # the run's own removal
+    shifted = result["validation_f1_by_shift"][str(result["chosen_shift"])]
+    assert shifted == result["shifted_f1"]
+    share = (shifted - result["pruned_f1_here"]) / (result["base_f1"] - result["pruned_f1_here"])
+    page = " ".join((DOCS / "method.md").read_text(encoding="utf-8").split())  # as wrapped
+    for text in (
+        f"from {result['pruned_f1_here']:.3f} to {shifted:.3f} (base {result['base_f1']:.3f})",
+        f"{share:.2f} of the drop",
+        f"+{result['chosen_shift']:g} nats",
+        f"it gives {probe[result['chosen_shift']]:.3f}",
+    ):
+        assert text in page, text
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"brings F1 back to {shifted:.2f}" in readme

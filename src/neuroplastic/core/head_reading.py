@@ -20,13 +20,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from neuroplastic.core.probes import auc_interval
+from neuroplastic.core.probes import reading_of
 from neuroplastic.data.concept import IGNORE_CONCEPT, Batch
 from neuroplastic.errors import NeuroplasticError
-from neuroplastic.run_format import HEAD_READING
-
-#: the name of the head's reading among a stage's probe readings
-HEAD = HEAD_READING
 
 
 def concept_tags(tag_names: Sequence[str], concept: str) -> list[int]:
@@ -83,8 +79,7 @@ class HeadScores:
         positive = labels == concept_id
         if positive.all() or not positive.any():
             raise NeuroplasticError("the head's reading needs concept tokens and others")
-        auc, low, high = auc_interval(scores.numpy(), positive, owner)
-        return {"auc": auc, "sign_free": max(auc, 1 - auc), "low": low, "high": high}
+        return reading_of(scores.numpy(), positive, owner)
 
 
-__all__ = ["HEAD", "HeadScores", "concept_log_odds", "concept_tags"]
+__all__ = ["HeadScores", "concept_log_odds", "concept_tags"]

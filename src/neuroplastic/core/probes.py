@@ -251,7 +251,8 @@ def readings_and_probes(
 ) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, Probe]]]:
     """:func:`probe_readings` and the probes that gave them (:func:`readings_and_probes_of`);
     with ``fixed`` (probes per point, fitted earlier), those probes' readings on ``test`` too,
-    under the point's name with :data:`FIXED` appended (:func:`point_readings`)."""
+    under the point's name with :data:`~neuroplastic.run_format.FIXED_SUFFIX` appended
+    (:func:`point_readings`)."""
     concept_id = train.label_id(concept)
     points = tuple(dict.fromkeys(points))
     size = layers_that_fit(model, (train, test), len(points))
@@ -270,10 +271,6 @@ def readings_and_probes(
     return readings, probes
 
 
-#: appended to a point's name for the readings of a probe held fixed since it was fitted
-FIXED = FIXED_SUFFIX
-
-
 def point_readings(
     fitted: Mapping[str, Residuals],
     scored: Mapping[str, Residuals],
@@ -284,7 +281,8 @@ def point_readings(
 ) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, Probe]]]:
     """Per point of ``fitted``: a probe per layer fitted there and read on ``scored``
     (:func:`readings_and_probes_of`), and, per point of ``fixed``, the probes held fixed read
-    on ``scored`` (:func:`fixed_readings_of`) under ``point + FIXED``; then the probes fitted."""
+    on ``scored`` (:func:`fixed_readings_of`) under ``point + FIXED_SUFFIX``; then the probes
+    fitted."""
     readings: dict[str, dict[int, dict[str, float]]] = {}
     probes: dict[str, dict[int, Probe]] = {}
     for point in fitted:
@@ -293,7 +291,7 @@ def point_readings(
         )
     for point, held in (fixed or {}).items():
         if point in scored:  # (probes kept at a point this reading does not take are skipped)
-            readings[point + FIXED] = fixed_readings_of(
+            readings[point + FIXED_SUFFIX] = fixed_readings_of(
                 dict(held), scored[point], concept_id, concept
             )
     return readings, probes
@@ -345,8 +343,7 @@ def readings_and_probes_of(
     for layer, x in train.layers.items():
         fitted = _fit_probe(x, y_train, steps)
         scores = _scores(fitted, test.layers[layer])
-        auc, low, high = auc_interval(scores, y_test, test.sentences)
-        readings[layer] = {"auc": auc, "sign_free": max(auc, 1 - auc), "low": low, "high": high}
+        readings[layer] = reading_of(scores, y_test, test.sentences)
         weight, _, std = fitted
         probes[layer] = Probe(weight / std.double())
     return readings, probes
@@ -388,10 +385,18 @@ def fixed_readings_of(
                 f"a probe held fixed at layer {layer} reads {probe.direction.shape[0]} "
                 f"dimensions, the activations have {x.shape[-1]}: it was fitted on another model"
             )
-        scores = (x.double() @ probe.direction).numpy()
-        auc, low, high = auc_interval(scores, y_test, test.sentences)
-        readings[layer] = {"auc": auc, "sign_free": max(auc, 1 - auc), "low": low, "high": high}
+        readings[layer] = reading_of((x.double() @ probe.direction).numpy(), y_test, test.sentences)
     return readings
+
+
+def reading_of(
+    scores: np.ndarray, positive: Tensor, clusters: Tensor | None = None
+) -> dict[str, float]:
+    """A reading of ``scores`` for ``positive``: the raw AUC (``auc``, with its sign), the
+    sign-free readability ``max(auc, 1 - auc)`` and the raw AUC's 95% interval ``low`` /
+    ``high`` (:func:`auc_interval`, clustered by ``clusters``)."""
+    auc, low, high = auc_interval(scores, positive, clusters)
+    return {"auc": auc, "sign_free": max(auc, 1 - auc), "low": low, "high": high}
 
 
 def at_chance(reading: dict[str, float]) -> bool:
@@ -472,7 +477,7 @@ def _auc(probe: tuple[Tensor, Tensor, Tensor], x: Tensor, y: Tensor) -> float:
 __all__ = [
     "POINTS",
     "Probe",
-    "FIXED",
+    "reading_of",
     "readings_and_probes",
     "readings_and_probes_of",
     "fixed_readings_of",

@@ -17,10 +17,9 @@ from neuroplastic.analysis.predict import Predictions
 from neuroplastic.analysis.viewed import top_sentences, viewed_neurons
 from neuroplastic.core.activations import neuron_activations
 from neuroplastic.core.halves import HALVES
-from neuroplastic.core.head_reading import HEAD, HeadScores
+from neuroplastic.core.head_reading import HeadScores
 from neuroplastic.core.held_hooks import HeldHooks
 from neuroplastic.core.probes import (
-    FIXED,
     POINTS,
     Probe,
     ResidualTap,
@@ -34,6 +33,7 @@ from neuroplastic.core.training import evaluate
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.removals import _removal
 from neuroplastic.experiment.setup import HeldSets, Setup
+from neuroplastic.run_format import FIXED_SUFFIX, HEAD_READING
 from neuroplastic.store.checkpoint import load_weights
 from neuroplastic.store.rundir import stage_key, stage_owner, stage_round, top_tokens_frame
 
@@ -300,14 +300,15 @@ def _readability(
         )
     if base:  # its own probes are the ones held fixed later
         for point in POINTS:
-            readings[point + FIXED] = readings[point]
+            readings[point + FIXED_SUFFIX] = readings[point]
     probes: dict[str, Any] = {
         point: {str(layer): value for layer, value in per_layer.items()}
         for point, per_layer in readings.items()
     }
     if head is not None:
         last = str(int(setup.model.cfg.n_layers) - 1)
-        probes[HEAD] = {last: head.reading(split.truth, setup.validation_data.label_id(concept))}
+        concept_id = setup.validation_data.label_id(concept)
+        probes[HEAD_READING] = {last: head.reading(split.truth, concept_id)}
     probes["split"] = {
         "fit": "validation, hash half 0",
         "score": "validation, hash half 1",

@@ -40,10 +40,8 @@ from neuroplastic.config import (
     RECOVERY_TARGET,
     ExperimentConfig,
 )
-from neuroplastic.core.head_reading import HEAD
 from neuroplastic.core.neurons import CONTROL_KINDS
 from neuroplastic.core.pretrained import model_note
-from neuroplastic.core.probes import FIXED
 from neuroplastic.core.similarity import TokenEmbeddings
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiment.chase import rounds_run
@@ -62,6 +60,7 @@ from neuroplastic.report.neurons_sections import (
 )
 from neuroplastic.report.relearning import relearning
 from neuroplastic.report.style import fmt, steps_text
+from neuroplastic.run_format import FIXED_SUFFIX, HEAD_READING
 from neuroplastic.store.checkpoint import Checkpointer, check_stages_match_config
 from neuroplastic.store.lock import reading
 from neuroplastic.store.manifest import CorruptFile
@@ -679,12 +678,14 @@ PROBE_POINTS = {
     "mlp_out": "the MLP output (blocks.{l}.hook_mlp_out)",
     "resid_post_fixed": "the residual stream, the base's probe held fixed",
     "mlp_out_fixed": "the MLP output, the base's probe held fixed",
-    HEAD: "the tagging head's own score (log-odds of the concept's tags), read off the last layer",
+    HEAD_READING: (
+        "the tagging head's own score (log-odds of the concept's tags), read off the last layer"
+    ),
 }
 #: readings whose sign is known (the base's probe held fixed; the head's own score), so the raw
 #: AUC is shown: a fall toward 0.5 is what they measure, and the sign-free figure would lean
 #: above it
-HELD_POINTS = frozenset(p for p in PROBE_POINTS if p.endswith(FIXED) or p == HEAD)
+HELD_POINTS = frozenset(p for p in PROBE_POINTS if p.endswith(FIXED_SUFFIX) or p == HEAD_READING)
 
 
 def _reading_text(reading: dict[str, float] | None, raw: bool = False) -> str:
